@@ -1,0 +1,45 @@
+//! The one error type of cnnc's public API: a variant per class of user mistake.
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// I/O failure on a file the user named.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML could not be parsed, or does not follow the graph format.
+    #[error("{0}")]
+    Format(String),
+    /// The graph is well-formed YAML but not a valid network (names, inputs, cycles, op arity).
+    #[error("{0}")]
+    Graph(String),
+    /// Shape inference failed; the message shows the arithmetic.
+    #[error("{0}")]
+    Shape(String),
+    /// A weights file is missing a tensor, or holds one of the wrong shape or dtype.
+    #[error("{0}")]
+    Weights(String),
+    /// An input tensor or file does not fit the graph.
+    #[error("{0}")]
+    Input(String),
+    /// A feature that is not available in this build or engine.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Code generation failed (a bug in cnnc, reported instead of panicking).
+    #[error("code generation failed: {0}")]
+    Codegen(String),
+}
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
