@@ -1,0 +1,2 @@
+//! The `cnnc` command line: one module per subcommand.
+pub mod info;

@@ -1,0 +1,412 @@
+//! The YAML graph format (see `docs/graph-format.md`): parsing, `repeat` expansion,
+//! layer naming, and building the IR.
+mod attrs;
+
+use crate::error::{Error, Result};
+use crate::ir::{Conv, Epilogue, Fc, Graph, InputNorm, NodeId, Op, Pool, Shape};
+use attrs::*;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+/// The ops a layer may name, in the order error messages list them.
+pub const OPS: &[&str] = &[
+    "conv",
+    "relu",
+    "maxpool",
+    "avgpool",
+    "global_avgpool",
+    "fc",
+    "flatten",
+    "softmax",
+    "add",
+    "concat",
+    "batchnorm",
+    "dropout",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    name: Option<String>,
+    input: InputDecl,
+    weights: Option<String>,
+    #[serde(default)]
+    seed: u64,
+    layers: Vec<LayerItem>,
+    outputs: Option<Vec<String>>,
+    #[serde(default)]
+    strict_shapes: bool,
+}
+
+struct InputDecl {
+    shape: [usize; 3],
+    norm: Option<InputNorm>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputMap {
+    shape: Vec<Positive>,
+    mean: Option<Vec<f32>>,
+    std: Option<Vec<f32>>,
+}
+
+impl<'de> Deserialize<'de> for InputDecl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = InputDecl;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(
+                    f,
+                    "[C, H, W] or {{shape: [C, H, W], mean: [..], std: [..]}}"
+                )
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<InputDecl, A::Error> {
+                let dims: Vec<Positive> =
+                    Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(InputDecl {
+                    shape: chw::<A::Error>(&dims)?,
+                    norm: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<InputDecl, A::Error> {
+                let m: InputMap =
+                    Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let shape = chw::<A::Error>(&m.shape)?;
+                let norm = match (m.mean, m.std) {
+                    (None, None) => None,
+                    (mean, std) => {
+                        let mean = mean.unwrap_or_else(|| vec![0.0; shape[0]]);
+                        let std = std.unwrap_or_else(|| vec![1.0; shape[0]]);
+                        for (what, v) in [("mean", &mean), ("std", &std)] {
+                            if v.len() != shape[0] {
+                                return Err(de::Error::custom(format!(
+                                    "input {what} has {} values, but the input has {} channels",
+                                    v.len(),
+                                    shape[0]
+                                )));
+                            }
+                        }
+                        if let Some(s) = std.iter().find(|s| !(**s > 0.0)) {
+                            return Err(de::Error::custom(format!(
+                                "input std must be positive, got {s}"
+                            )));
+                        }
+                        Some(InputNorm { mean, std })
+                    }
+                };
+                Ok(InputDecl { shape, norm })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn chw<E: de::Error>(dims: &[Positive]) -> Result<[usize; 3], E> {
+    match dims {
+        [c, h, w] => Ok([c.0, h.0, w.0]),
+        _ => Err(E::custom(format!(
+            "the input shape is [C, H, W], three numbers; got {}",
+            dims.len()
+        ))),
+    }
+}
+
+/// One entry of `layers:` as written.
+#[derive(Clone)]
+enum LayerItem {
+    Layer(LayerDecl),
+    Repeat {
+        times: usize,
+        layers: Vec<LayerItem>,
+    },
+}
+
+#[derive(Clone)]
+struct LayerDecl {
+    op: Op,
+    name: Option<String>,
+    inputs: Option<Vec<String>>,
+}
+
+/// The op a bare name stands for, if it needs no attributes.
+fn bare_op(name: &str) -> Option<Op> {
+    Some(match name {
+        "relu" => Op::Relu,
+        "softmax" => Op::Softmax,
+        "flatten" => Op::Flatten,
+        "global_avgpool" => Op::GlobalAvgPool,
+        "dropout" => Op::Dropout,
+        "batchnorm" => Op::BatchNorm { eps: 1e-5 },
+        "add" => Op::Add,
+        "concat" => Op::Concat,
+        _ => return None,
+    })
+}
+
+fn unknown_op<E: de::Error>(name: &str) -> E {
+    E::custom(format!(
+        "unknown op `{name}`; the ops are: {}",
+        OPS.join(", ")
+    ))
+}
+
+fn op_from_map<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Op, A::Error> {
+    let pool = |a: PoolAttrs| Pool {
+        size: a.size.0,
+        stride: a.stride.map_or(a.size.0, |s| s.0),
+        pad: a.pad.map_or(crate::ir::Hw::square(0), |p| p.0),
+    };
+    Ok(match key {
+        "conv" => {
+            let a: ConvAttrs = map.next_value()?;
+            Op::Conv(Conv {
+                filters: a.filters.0,
+                size: a.size.0,
+                stride: a.stride.map_or(crate::ir::Hw::square(1), |s| s.0),
+                pad: a.pad.map_or(crate::ir::Hw::square(0), |p| p.0),
+                bias: a.bias.unwrap_or(true),
+                epilogue: Epilogue::default(),
+            })
+        }
+        "maxpool" => Op::MaxPool(pool(map.next_value()?)),
+        "avgpool" => Op::AvgPool(pool(map.next_value()?)),
+        "fc" => {
+            let a: FcAttrs = map.next_value()?;
+            Op::Fc(Fc {
+                units: a.units.0,
+                bias: a.bias.unwrap_or(true),
+                epilogue: Epilogue::default(),
+            })
+        }
+        "batchnorm" => {
+            let a: Option<BatchNormAttrs> = map.next_value()?;
+            let eps = a.and_then(|a| a.eps).unwrap_or(1e-5);
+            if !(eps > 0.0) {
+                return Err(de::Error::custom(format!(
+                    "batchnorm eps must be positive, got {eps}"
+                )));
+            }
+            Op::BatchNorm { eps }
+        }
+        other => match bare_op(other) {
+            Some(op) => {
+                let _: Option<NoAttrs> = map.next_value()?;
+                op
+            }
+            None => return Err(unknown_op(other)),
+        },
+    })
+}
+
+impl<'de> Deserialize<'de> for LayerItem {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LayerItem;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a layer: an op name, or a map with one op key")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<LayerItem, E> {
+                match bare_op(s) {
+                    Some(op) => Ok(LayerItem::Layer(LayerDecl {
+                        op,
+                        name: None,
+                        inputs: None,
+                    })),
+                    None if OPS.contains(&s) => Err(E::custom(format!(
+                        "`{s}` needs attributes, e.g. {}",
+                        match s {
+                            "conv" => "conv: {filters: 16, size: 3}",
+                            "fc" => "fc: {units: 10}",
+                            _ => "maxpool: {size: 2}",
+                        }
+                    ))),
+                    None => Err(unknown_op(s)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LayerItem, A::Error> {
+                let (mut op, mut name, mut inputs) = (None::<(String, Op)>, None, None);
+                let (mut repeat, mut layers) = (None::<Positive>, None::<Vec<LayerItem>>);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "name" => name = Some(map.next_value::<String>()?),
+                        "inputs" => inputs = Some(map.next_value::<Vec<String>>()?),
+                        "repeat" => repeat = Some(map.next_value()?),
+                        "layers" => layers = Some(map.next_value()?),
+                        k => {
+                            let parsed = op_from_map(k, &mut map)?;
+                            if let Some((first, _)) = &op {
+                                return Err(de::Error::custom(format!(
+                                    "a layer has exactly one op, but this one has `{first}` and `{k}`"
+                                )));
+                            }
+                            op = Some((k.to_string(), parsed));
+                        }
+                    }
+                }
+                if repeat.is_some() || layers.is_some() {
+                    return match (repeat, layers, &op, &name, &inputs) {
+                        (Some(times), Some(layers), None, None, None) => Ok(LayerItem::Repeat {
+                            times: times.0,
+                            layers,
+                        }),
+                        (None, _, _, _, _) => Err(de::Error::custom(
+                            "`layers:` inside a layer list needs `repeat: N` beside it",
+                        )),
+                        (_, None, _, _, _) => Err(de::Error::custom(
+                            "`repeat: N` needs the block to repeat as `layers: [...]`",
+                        )),
+                        _ => Err(de::Error::custom(
+                            "a repeat block has only `repeat:` and `layers:` (no op, name or inputs)",
+                        )),
+                    };
+                }
+                let (_, op) = op.ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "this layer names no op; the ops are: {}",
+                        OPS.join(", ")
+                    ))
+                })?;
+                Ok(LayerItem::Layer(LayerDecl { op, name, inputs }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Flattens `repeat` blocks into a plain list of layers.
+fn expand(items: &[LayerItem], in_repeat: bool, out: &mut Vec<LayerDecl>) -> Result<()> {
+    for item in items {
+        match item {
+            LayerItem::Layer(l) => {
+                if in_repeat && (l.name.is_some() || l.inputs.is_some()) {
+                    return Err(Error::Format(format!(
+                        "a {} layer inside `repeat` has `name:` or `inputs:`; a repeated block is a plain chain, so its layers are named automatically",
+                        l.op.kind()
+                    )));
+                }
+                out.push(l.clone());
+            }
+            LayerItem::Repeat { times, layers } => {
+                if times.saturating_mul(layers.len()) > 100_000 {
+                    return Err(Error::Format(format!(
+                        "repeat {times} of {} layers is more than the limit of 100000 layers",
+                        layers.len()
+                    )));
+                }
+                for _ in 0..*times {
+                    expand(layers, true, out)?;
+                }
+            }
+        }
+        if out.len() > 100_000 {
+            return Err(Error::Format(
+                "the graph has more than the limit of 100000 layers".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses a graph from YAML text. `base` is the folder relative paths (`weights:`) are
+/// resolved against. Shapes are inferred and checked.
+pub fn parse_str(text: &str, base: Option<&Path>) -> Result<Graph> {
+    let doc: Document = serde_yaml::from_str(text).map_err(|e| Error::Format(e.to_string()))?;
+    let mut decls = Vec::new();
+    expand(&doc.layers, false, &mut decls)?;
+    if decls.is_empty() {
+        return Err(Error::Format("the graph has no layers".into()));
+    }
+    let [c, h, w] = doc.input.shape;
+    crate::ir::shape::check_budget("input", "input", &[c, h, w])?;
+    let mut g = Graph::new(
+        doc.name.unwrap_or_else(|| "graph".into()),
+        Shape::chw(c, h, w),
+    );
+    g.norm = doc.input.norm;
+    g.seed = doc.seed;
+    g.strict_shapes = doc.strict_shapes;
+    g.weights_path = doc.weights.map(|p| base.unwrap_or(Path::new("")).join(p));
+
+    // Names first: a layer may name a later one as its input (that is a cycle or
+    // a forward reference, both reported below).
+    let mut ordinals: HashMap<&'static str, usize> = HashMap::new();
+    let mut ids: HashMap<String, NodeId> = HashMap::from([("input".to_string(), g.input)]);
+    let mut order = Vec::with_capacity(decls.len());
+    for decl in &decls {
+        let kind = decl.op.kind();
+        let k = ordinals.entry(kind).or_insert(0);
+        *k += 1;
+        let name = decl.name.clone().unwrap_or_else(|| format!("{kind}{k}"));
+        if name.is_empty() {
+            return Err(Error::Graph(format!("a {kind} layer has an empty name")));
+        }
+        if ids.contains_key(&name) {
+            return Err(Error::Graph(format!(
+                "two layers are named `{name}`{}",
+                if name == "input" {
+                    " (`input` is the graph input's name)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let id = g
+            .dag
+            .add_node(crate::ir::Node::new(name.clone(), decl.op.clone()));
+        ids.insert(name, id);
+        order.push(id);
+    }
+    let mut prev = g.input;
+    for (decl, &id) in decls.iter().zip(&order) {
+        let inputs: Vec<NodeId> = match &decl.inputs {
+            None => vec![prev],
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    ids.get(n).copied().ok_or_else(|| {
+                        Error::Graph(format!(
+                            "{}: input `{n}` is not a layer of this graph",
+                            g.dag[id].name
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        for (slot, src) in inputs.into_iter().enumerate() {
+            g.dag.add_edge(src, id, slot);
+        }
+        prev = id;
+    }
+    g.outputs = match doc.outputs {
+        None => vec![prev],
+        Some(names) if names.is_empty() => {
+            return Err(Error::Graph("`outputs:` is empty".into()));
+        }
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                ids.get(n).copied().ok_or_else(|| {
+                    Error::Graph(format!("output `{n}` is not a layer of this graph"))
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    g.infer_shapes()?;
+    Ok(g)
+}
+
+/// Reads and parses a graph file; errors name the file.
+pub fn load(path: impl AsRef<Path>) -> Result<Graph> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_str(&text, path.parent()).map_err(|e| match e {
+        Error::Format(m) => Error::Format(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}

@@ -1,0 +1,217 @@
+//! The operations of the IR, with typed attributes.
+use std::fmt;
+
+/// A pair of per-axis values (height, width): filter size, stride or padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Hw {
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Hw {
+    pub const fn square(n: usize) -> Self {
+        Hw { h: n, w: n }
+    }
+    pub fn is(&self, n: usize) -> bool {
+        self.h == n && self.w == n
+    }
+}
+
+impl fmt::Display for Hw {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        if self.h == self.w {
+            write!(f, "{}", self.h)
+        } else {
+            write!(f, "[{}, {}]", self.h, self.w)
+        }
+    }
+}
+
+/// What a producing layer does to its result before storing it: the fused tail of
+/// `conv -> [add(shortcut)] -> [relu]`. With `residual`, the node has a second input
+/// (slot 1): a tensor of the output's shape that is added before the relu.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Epilogue {
+    pub residual: bool,
+    pub relu: bool,
+}
+
+impl Epilogue {
+    pub fn is_empty(&self) -> bool {
+        !self.residual && !self.relu
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Conv {
+    pub filters: usize,
+    pub size: Hw,
+    pub stride: Hw,
+    pub pad: Hw,
+    pub bias: bool,
+    pub epilogue: Epilogue,
+}
+
+/// A 1x1 convolution lowered to a matrix product `[K x C] * [C x pixels]`, sampling
+/// every `stride`-th pixel in place (ResNet's projection shortcut). Shares its kernel with fc.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Gemm {
+    pub filters: usize,
+    pub stride: Hw,
+    pub bias: bool,
+    pub epilogue: Epilogue,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Fc {
+    pub units: usize,
+    pub bias: bool,
+    pub epilogue: Epilogue,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Pool {
+    pub size: Hw,
+    pub stride: Hw,
+    pub pad: Hw,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// The graph input; exactly one per graph, named `input`.
+    Input,
+    Conv(Conv),
+    Gemm(Gemm),
+    Fc(Fc),
+    Relu,
+    #[serde(rename = "maxpool")]
+    MaxPool(Pool),
+    #[serde(rename = "avgpool")]
+    AvgPool(Pool),
+    #[serde(rename = "global_avgpool")]
+    GlobalAvgPool,
+    Flatten,
+    Softmax,
+    Add,
+    Concat,
+    #[serde(rename = "batchnorm")]
+    BatchNorm {
+        eps: f32,
+    },
+    Dropout,
+}
+
+impl Op {
+    /// The op's name as written in the graph format.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "input",
+            Op::Conv(_) => "conv",
+            Op::Gemm(_) => "gemm",
+            Op::Fc(_) => "fc",
+            Op::Relu => "relu",
+            Op::MaxPool(_) => "maxpool",
+            Op::AvgPool(_) => "avgpool",
+            Op::GlobalAvgPool => "global_avgpool",
+            Op::Flatten => "flatten",
+            Op::Softmax => "softmax",
+            Op::Add => "add",
+            Op::Concat => "concat",
+            Op::BatchNorm { .. } => "batchnorm",
+            Op::Dropout => "dropout",
+        }
+    }
+
+    /// How many inputs the op takes: `(min, max)`.
+    pub fn arity(&self) -> (usize, usize) {
+        match self {
+            Op::Input => (0, 0),
+            Op::Add | Op::Concat => (2, usize::MAX),
+            Op::Conv(Conv { epilogue, .. })
+            | Op::Gemm(Gemm { epilogue, .. })
+            | Op::Fc(Fc { epilogue, .. }) => {
+                let n = 1 + epilogue.residual as usize;
+                (n, n)
+            }
+            _ => (1, 1),
+        }
+    }
+
+    pub fn epilogue(&self) -> Option<&Epilogue> {
+        match self {
+            Op::Conv(c) => Some(&c.epilogue),
+            Op::Gemm(g) => Some(&g.epilogue),
+            Op::Fc(f) => Some(&f.epilogue),
+            _ => None,
+        }
+    }
+
+    pub fn epilogue_mut(&mut self) -> Option<&mut Epilogue> {
+        match self {
+            Op::Conv(c) => Some(&mut c.epilogue),
+            Op::Gemm(g) => Some(&mut g.epilogue),
+            Op::Fc(f) => Some(&mut f.epilogue),
+            _ => None,
+        }
+    }
+
+    /// The names of the parameter tensors the op owns, PyTorch style (`<layer>.<suffix>`).
+    pub fn param_names(&self) -> &'static [&'static str] {
+        match self {
+            Op::Conv(Conv { bias: true, .. })
+            | Op::Gemm(Gemm { bias: true, .. })
+            | Op::Fc(Fc { bias: true, .. }) => &["weight", "bias"],
+            Op::Conv(_) | Op::Gemm(_) | Op::Fc(_) => &["weight"],
+            Op::BatchNorm { .. } => &["weight", "bias", "running_mean", "running_var"],
+            _ => &[],
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    /// The op with its attributes, as `cnnc info` and IR dumps show it.
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fn tail(f: &mut fmt::Formatter, bias: bool, e: &Epilogue) -> fmt::Result {
+            if !bias {
+                write!(f, " nobias")?;
+            }
+            if e.residual {
+                write!(f, " +residual")?;
+            }
+            if e.relu {
+                write!(f, " +relu")?;
+            }
+            Ok(())
+        }
+        match self {
+            Op::Conv(c) => {
+                write!(
+                    f,
+                    "conv {}x{}/{} pad {} k={}",
+                    c.size.h, c.size.w, c.stride, c.pad, c.filters
+                )?;
+                tail(f, c.bias, &c.epilogue)
+            }
+            Op::Gemm(g) => {
+                write!(f, "gemm 1x1/{} k={}", g.stride, g.filters)?;
+                tail(f, g.bias, &g.epilogue)
+            }
+            Op::Fc(c) => {
+                write!(f, "fc {}", c.units)?;
+                tail(f, c.bias, &c.epilogue)
+            }
+            Op::MaxPool(p) | Op::AvgPool(p) => write!(
+                f,
+                "{} {}x{}/{} pad {}",
+                self.kind(),
+                p.size.h,
+                p.size.w,
+                p.stride,
+                p.pad
+            ),
+            Op::BatchNorm { eps } => write!(f, "batchnorm eps={eps}"),
+            other => write!(f, "{}", other.kind()),
+        }
+    }
+}
