@@ -271,6 +271,7 @@ def make_fixture(yaml_path, out_dir):
         "batch": batch,
         "input_shape": list(shp),
         "outputs": out_meta,
+        "layer_shapes": {k: list(v) for k, v in g.infer_shapes(batch).items()},
         "weights": {k: list(v.shape) for k, v in weights.items()},
         "rng_seed": stem_seed(stem),
         "input_kind": "-|N(0,1)|-0.1" if stem in SPECIAL_INPUTS else "N(0,1)",
@@ -336,6 +337,24 @@ def main():
                           "batch": meta["batch"],
                           "outputs": [o["file"] for o in meta["outputs"]]}
     dump_json(dict(sorted(manifest.items())), mpath)
+    if not args.stems:
+        write_shapes_only("resnet18")
+
+
+def write_shapes_only(stem):
+    """For graphs too big for a fixture: per-layer output shapes (batch 1) and
+    weight shapes only."""
+    g = R.load_graph(os.path.join(REPO, "graphs", stem + ".yaml"))
+    ws = g.weight_shapes()
+    meta = {
+        "graph": f"graphs/{stem}.yaml",
+        "parameters": sum(int(np.prod(s)) for k, s in ws.items()
+                          if not k.endswith(("running_mean", "running_var"))),
+        "layer_shapes": {k: list(v) for k, v in g.infer_shapes(1).items()},
+        "weights": {k: list(v) for k, v in ws.items()},
+    }
+    dump_json(meta, os.path.join(HERE, f"{stem}_shapes.json"))
+    print(f"tests/golden/{stem}_shapes.json: {meta['parameters']} parameters")
 
 
 if __name__ == "__main__":
