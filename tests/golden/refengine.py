@@ -20,10 +20,16 @@ from collections import OrderedDict
 import numpy as np
 import yaml
 
+# op -> allowed config keys (None: anything goes)
 OPS = {
-    "conv", "relu", "maxpool", "avgpool", "global_avgpool", "fc", "flatten",
-    "softmax", "add", "concat", "batchnorm", "dropout",
+    "conv": {"filters", "size", "stride", "pad", "bias"},
+    "relu": set(), "maxpool": {"size", "stride", "pad"},
+    "avgpool": {"size", "stride", "pad"}, "global_avgpool": set(),
+    "fc": {"units", "bias"}, "flatten": set(), "softmax": set(), "add": set(),
+    "concat": set(), "batchnorm": {"eps"}, "dropout": None,
 }
+REQUIRED = {"conv": ("filters", "size"), "maxpool": ("size",), "avgpool": ("size",),
+            "fc": ("units",)}
 
 
 class GraphError(Exception):
@@ -209,6 +215,11 @@ def _split_layer(raw):
         raise GraphError(f"layer {raw!r}: expected a string or a map")
     if op not in OPS:
         raise GraphError(f"unknown op {op!r}")
+    if OPS[op] is not None and set(cfg) - OPS[op]:
+        raise GraphError(f"{op}: unknown config keys {sorted(set(cfg) - OPS[op])}")
+    for k in REQUIRED.get(op, ()):
+        if k not in cfg:
+            raise GraphError(f"{op}: missing {k!r}")
     return op, dict(cfg), name, inputs
 
 
@@ -309,6 +320,9 @@ class Graph:
             kh, kw = pair(c["size"], "size")
             sh, sw = pair(c.get("stride", c["size"]), "stride")
             ph, pw = pair(c.get("pad", 0), "pad")
+            if 2 * ph > kh or 2 * pw > kw:
+                raise GraphError(f"{l.name}: pad must be at most half the window "
+                                 "(as in PyTorch)")
             self._strict(l, x, (kh, kw), (sh, sw), (ph, pw))
             ho, wo = out_size(x[2], kh, sh, ph), out_size(x[3], kw, sw, pw)
             if ho < 1 or wo < 1:
