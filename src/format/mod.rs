@@ -196,6 +196,17 @@ fn op_from_map<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Op, A::
             }
             Op::BatchNorm { eps }
         }
+        "dropout" => {
+            let a: Option<DropoutAttrs> = map.next_value()?;
+            if let Some(p) = a.and_then(|a| a.p) {
+                if !(0.0..1.0).contains(&p) {
+                    return Err(de::Error::custom(format!(
+                        "dropout p must be in [0, 1), got {p}"
+                    )));
+                }
+            }
+            Op::Dropout
+        }
         other => match bare_op(other) {
             Some(op) => {
                 let _: Option<NoAttrs> = map.next_value()?;
