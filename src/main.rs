@@ -35,6 +35,26 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Import an ONNX model: writes a YAML graph and its weights (.safetensors) beside it.
+    Import {
+        /// The ONNX model.
+        model: PathBuf,
+        /// The YAML graph to write; the weights go to the same path with .safetensors.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Export a graph and its weights as an ONNX model (opset 17).
+    Export {
+        /// The graph (YAML).
+        graph: PathBuf,
+        /// Weights (.safetensors); overrides the graph's `weights:`. Without either,
+        /// the weights drawn from the graph's seed.
+        #[arg(short, long)]
+        weights: Option<PathBuf>,
+        /// The ONNX file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -110,6 +130,50 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
     Ok(())
 }
 
+/// `cnnc import` and `cnnc export`.
+fn onnx_command(command: Command) -> cnnc::Result<()> {
+    match command {
+        Command::Import { model, output } => {
+            let g = cnnc::onnx::import_file(&model, &output)?;
+            let weights = g.weights_path.as_deref().unwrap_or(&output);
+            println!(
+                "imported {} layers from {}: wrote {} and {}",
+                g.node_count() - 1,
+                model.display(),
+                output.display(),
+                weights.display()
+            );
+        }
+        Command::Export {
+            graph,
+            weights,
+            output,
+        } => {
+            let mut g = cnnc::format::load(&graph)?;
+            if weights.is_none() && g.weights_path.is_none() {
+                eprintln!(
+                    "note: {} names no weights; exporting the weights drawn from seed {}",
+                    graph.display(),
+                    g.seed
+                );
+            }
+            for w in cnnc::weights::bind(&mut g, weights.as_deref())? {
+                eprintln!("warning: {w}");
+            }
+            cnnc::onnx::export_file(&g, &output)?;
+            println!(
+                "exported {} layers of {} to {} (ONNX opset {})",
+                g.node_count() - 1,
+                g.name,
+                output.display(),
+                cnnc::onnx::OPSET
+            );
+        }
+        _ => unreachable!("only import and export"),
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> cnnc::Result<()> {
     match cli.command {
         Command::Info { graph, json } => {
@@ -122,6 +186,7 @@ fn run(cli: Cli) -> cnnc::Result<()> {
             print!("{text}");
         }
         Command::Run(args) => run_network(args)?,
+        c @ (Command::Import { .. } | Command::Export { .. }) => onnx_command(c)?,
         Command::Init { graph, output } => {
             let mut g = cnnc::format::load(&graph)?;
             cnnc::weights::init_from_seed(&mut g);

@@ -121,6 +121,18 @@ pub struct DropoutAttrs {
     pub p: Option<f32>,
 }
 
+/// Explicit padding: rows/columns on each side (default 0) and the fill value
+/// (default 0; `-.inf` before a max pool).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PadAttrs {
+    pub top: Option<Count<0>>,
+    pub left: Option<Count<0>>,
+    pub bottom: Option<Count<0>>,
+    pub right: Option<Count<0>>,
+    pub value: Option<f32>,
+}
+
 /// Ops that take no attributes: `relu: {}` or `relu:`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,9 +1,12 @@
 //! The YAML graph format (see `docs/graph-format.md`): parsing, `repeat` expansion,
 //! layer naming, and building the IR.
 mod attrs;
+mod write;
+
+pub use write::write_str;
 
 use crate::error::{Error, Result};
-use crate::ir::{Conv, Epilogue, Fc, Graph, InputNorm, NodeId, Op, Pool, Shape};
+use crate::ir::{Conv, Epilogue, Fc, Graph, InputNorm, NodeId, Op, Pad, Pool, Shape};
 use attrs::*;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -25,6 +28,7 @@ pub const OPS: &[&str] = &[
     "concat",
     "batchnorm",
     "dropout",
+    "pad",
 ];
 
 #[derive(Deserialize)]
@@ -207,6 +211,23 @@ fn op_from_map<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Op, A::
             }
             Op::Dropout
         }
+        "pad" => {
+            let a: PadAttrs = map.next_value()?;
+            let value = a.value.unwrap_or(0.0);
+            if value.is_nan() || value == f32::INFINITY {
+                return Err(de::Error::custom(format!(
+                    "pad value must be a number or -.inf, got {value}"
+                )));
+            }
+            let side = |s: Option<Count<0>>| s.map_or(0, |c| c.0);
+            Op::Pad(Pad {
+                top: side(a.top),
+                left: side(a.left),
+                bottom: side(a.bottom),
+                right: side(a.right),
+                value,
+            })
+        }
         other => match bare_op(other) {
             Some(op) => {
                 let _: Option<NoAttrs> = map.next_value()?;
@@ -237,6 +258,7 @@ impl<'de> Deserialize<'de> for LayerItem {
                         match s {
                             "conv" => "conv: {filters: 16, size: 3}",
                             "fc" => "fc: {units: 10}",
+                            "pad" => "pad: {bottom: 1, right: 1}",
                             _ => "maxpool: {size: 2}",
                         }
                     ))),

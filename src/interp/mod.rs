@@ -86,6 +86,7 @@ pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
             Op::Softmax => ops::softmax(x.unwrap()),
             Op::Add => ops::add(&inputs),
             Op::Concat => ops::concat(&inputs),
+            Op::Pad(p) => ops::pad(x.unwrap(), p, &node.shape),
             Op::BatchNorm { eps } => ops::batchnorm(
                 x.unwrap(),
                 param("weight")?,

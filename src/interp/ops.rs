@@ -1,7 +1,7 @@
 //! One function per op, on `[N, C, H, W]` / `[N, F]` tensors, written as the
 //! textbook definitions.
 use super::item_shape;
-use crate::ir::{Hw, Pool, Shape};
+use crate::ir::{Hw, Pad, Pool, Shape};
 use crate::tensor::Tensor;
 
 /// out[n][k][y][x] = bias[k] + sum over c, i, j of
@@ -202,6 +202,20 @@ pub fn batchnorm(
         let c = (i / plane) % s.c;
         *v =
             (*v - mean.data()[c]) / (var.data()[c] + eps).sqrt() * gamma.data()[c] + beta.data()[c];
+    }
+    y
+}
+
+/// Copies each plane into the middle of a larger one filled with `p.value`.
+pub fn pad(x: &Tensor, p: &Pad, out: &Shape) -> Tensor {
+    let (n, s) = (x.shape()[0], item_shape(x));
+    let mut y = Tensor::filled(out.dims(n), p.value);
+    for plane in 0..n * s.c {
+        for iy in 0..s.h {
+            let src = (plane * s.h + iy) * s.w;
+            let dst = (plane * out.h + iy + p.top) * out.w + p.left;
+            y.data_mut()[dst..dst + s.w].copy_from_slice(&x.data()[src..src + s.w]);
+        }
     }
     y
 }

@@ -10,7 +10,7 @@ pub mod stats;
 
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-pub use op::{Conv, Epilogue, Fc, Gemm, Hw, Op, Pool};
+pub use op::{Conv, Epilogue, Fc, Gemm, Hw, Op, Pad, Pool};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;

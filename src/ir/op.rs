@@ -76,6 +76,18 @@ pub struct Pool {
     pub pad: Hw,
 }
 
+/// Explicit padding of the spatial axes with `value`: `top` rows above, `bottom` below,
+/// `left`/`right` columns. Conv and pool pads are symmetric; this layer carries the
+/// asymmetric remainder of an imported model's pads (value 0, or -inf before a max pool).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Pad {
+    pub top: usize,
+    pub left: usize,
+    pub bottom: usize,
+    pub right: usize,
+    pub value: f32,
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
@@ -100,6 +112,7 @@ pub enum Op {
         eps: f32,
     },
     Dropout,
+    Pad(Pad),
 }
 
 impl Op {
@@ -120,6 +133,7 @@ impl Op {
             Op::Concat => "concat",
             Op::BatchNorm { .. } => "batchnorm",
             Op::Dropout => "dropout",
+            Op::Pad(_) => "pad",
         }
     }
 
@@ -211,6 +225,13 @@ impl fmt::Display for Op {
                 p.pad
             ),
             Op::BatchNorm { eps } => write!(f, "batchnorm eps={eps}"),
+            Op::Pad(p) => {
+                write!(f, "pad t{} l{} b{} r{}", p.top, p.left, p.bottom, p.right)?;
+                if p.value != 0.0 {
+                    write!(f, " value {}", p.value)?;
+                }
+                Ok(())
+            }
             other => write!(f, "{}", other.kind()),
         }
     }

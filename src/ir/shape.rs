@@ -197,6 +197,15 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Shape], strict: bool) -> Result<(Sh
             }
             Shape::chw(x.c, 1, 1)
         }
+        Op::Pad(p) => {
+            if x.flat {
+                return Err(Error::Shape(format!(
+                    "{layer}: pad needs a CxHxW input, but its input is a flat vector of {} features",
+                    x.c
+                )));
+            }
+            Shape::chw(x.c, x.h + p.top + p.bottom, x.w + p.left + p.right)
+        }
         Op::Fc(f) => Shape::flat(f.units),
         Op::Flatten => Shape::flat(x.len()),
         Op::Relu | Op::Softmax | Op::Dropout | Op::BatchNorm { .. } => x,
