@@ -236,7 +236,25 @@ fn unsupported(n: &NodeProto) -> Option<String> {
     }
 }
 
-/// `/features/features.0/Conv` -> `features_features.0_Conv`.
+/// A layer name from a node name: PyTorch's `/features/features.0/Conv` ->
+/// `features_features.0` (a last component naming the op type is dropped; characters
+/// other than letters, digits, `_`, `.` and `-` become `_`).
+fn layer_name(name: &str, op_type: &str) -> String {
+    if let Some((scope, last)) = name.rsplit_once('/') {
+        let is_op = last.strip_prefix(op_type).is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix('_')
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+        });
+        let scope = sanitize(scope);
+        if is_op && !scope.is_empty() {
+            return scope;
+        }
+    }
+    sanitize(name)
+}
+
 fn sanitize(name: &str) -> String {
     let mut out = String::new();
     for c in name.chars() {
@@ -451,7 +469,7 @@ impl Importer<'_> {
     /// Converts node `i`; returns the layer computing its first output, if any.
     fn node(&mut self, n: &NodeProto) -> Result<Option<NodeId>> {
         let op = n.op_type();
-        let base = sanitize(n.name());
+        let base = layer_name(n.name(), n.op_type());
         let x_name = Self::input(n, 0).unwrap_or_default();
         let x_of = |me: &Self| me.value(x_name, "its input");
         let id = match op {
