@@ -374,7 +374,7 @@ impl Importer<'_> {
     }
 
     /// The node's input `i` when present (empty names are omitted optional inputs).
-    fn input<'n>(n: &'n NodeProto, i: usize) -> Option<&'n str> {
+    fn input(n: &NodeProto, i: usize) -> Option<&str> {
         n.input.get(i).map(String::as_str).filter(|s| !s.is_empty())
     }
 
@@ -973,9 +973,12 @@ fn graph_input(
 /// Reads an ONNX model into a graph with its weights bound (`weights_path` unset).
 pub fn import(bytes: &[u8]) -> Result<Graph> {
     let model = ModelProto::decode(bytes).map_err(|e| {
-        Error::Format(format!(
-            "not an ONNX model, or a truncated one: the protobuf does not decode ({e})"
-        ))
+        let text = std::str::from_utf8(bytes).is_ok_and(|t| !t.contains('\0'));
+        Error::Format(if text && !bytes.is_empty() {
+            "not an ONNX model: the file is text (ONNX models are binary protobuf files)".into()
+        } else {
+            format!("not an ONNX model, or a truncated one: the protobuf does not decode ({e})")
+        })
     })?;
     let graph = match &model.graph {
         Some(g) if model.ir_version.is_some() => g,
