@@ -1,5 +1,5 @@
 //! Compiles `proto/onnx.proto` with protox and writes prost's Rust types to
-//! `src/onnx/proto.rs`. Run from the repository root.
+//! `src/onnx/proto.rs`; run `cargo fmt` afterwards.
 use std::path::Path;
 
 fn main() {
