@@ -91,7 +91,10 @@ impl<'de> Deserialize<'de> for InputDecl {
                                 )));
                             }
                         }
-                        if let Some(s) = std.iter().find(|s| !(**s > 0.0)) {
+                        if let Some(s) = std
+                            .iter()
+                            .find(|s| s.partial_cmp(&&0.0) != Some(std::cmp::Ordering::Greater))
+                        {
                             return Err(de::Error::custom(format!(
                                 "input std must be positive, got {s}"
                             )));
@@ -186,12 +189,23 @@ fn op_from_map<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Op, A::
         "batchnorm" => {
             let a: Option<BatchNormAttrs> = map.next_value()?;
             let eps = a.and_then(|a| a.eps).unwrap_or(1e-5);
-            if !(eps > 0.0) {
+            if eps.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
                 return Err(de::Error::custom(format!(
                     "batchnorm eps must be positive, got {eps}"
                 )));
             }
             Op::BatchNorm { eps }
+        }
+        "dropout" => {
+            let a: Option<DropoutAttrs> = map.next_value()?;
+            if let Some(p) = a.and_then(|a| a.p) {
+                if !(0.0..1.0).contains(&p) {
+                    return Err(de::Error::custom(format!(
+                        "dropout p must be in [0, 1), got {p}"
+                    )));
+                }
+            }
+            Op::Dropout
         }
         other => match bare_op(other) {
             Some(op) => {

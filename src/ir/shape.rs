@@ -95,7 +95,7 @@ impl WindowAxis {
             s,
             p,
             out: span / s + 1,
-            untiled: span % s != 0,
+            untiled: !span.is_multiple_of(s),
         })
     }
 
