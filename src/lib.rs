@@ -3,8 +3,11 @@
 //! The pipeline: [`format`] (YAML) -> [`ir`] (petgraph) -> passes -> interpreter / JIT.
 pub mod error;
 pub mod format;
+pub mod interp;
+pub mod io;
 pub mod ir;
 pub mod tensor;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use ir::Graph;

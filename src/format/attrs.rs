@@ -124,6 +124,13 @@ pub struct BatchNormAttrs {
     pub eps: Option<f32>,
 }
 
+/// Dropout's rate is accepted (it documents training) and ignored at inference.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropoutAttrs {
+    pub p: Option<f32>,
+}
+
 /// Ops that take no attributes: `relu: {}` or `relu:`.
 #[derive(Deserialize)]
 #[serde(

@@ -1,0 +1,118 @@
+//! The reference interpreter: walks the IR in topological order and computes every op
+//! with direct loops that read like the definitions. It is the correctness oracle for
+//! the JIT, so it favours being obviously right over being fast.
+mod ops;
+
+use crate::error::{Error, Result};
+use crate::ir::{Graph, Op, Shape};
+use crate::tensor::{fmt_shape, Tensor};
+use std::collections::HashMap;
+
+/// Checks that `x` fits the graph's input (`[N, C, H, W]`, or `[C, H, W]` for one
+/// image) and returns it as `[N, C, H, W]`.
+pub fn check_input(g: &Graph, x: Tensor) -> Result<Tensor> {
+    let s = g.input_shape();
+    let want = [s.c, s.h, s.w];
+    let dims = x.shape().to_vec();
+    let fits = match dims.as_slice() {
+        [c, h, w] => [*c, *h, *w] == want,
+        [n, c, h, w] => *n >= 1 && [*c, *h, *w] == want,
+        _ => false,
+    };
+    if !fits {
+        return Err(Error::Input(format!(
+            "the input has shape {}, but the graph takes {} (or Nx{})",
+            fmt_shape(&dims),
+            fmt_shape(&want),
+            fmt_shape(&want)
+        )));
+    }
+    if dims.len() == 3 {
+        return x.reshaped(vec![1, s.c, s.h, s.w]);
+    }
+    Ok(x)
+}
+
+/// Runs the graph on a batch; returns one tensor per graph output, `[N, ...]`.
+/// The graph's weights must be bound (see [`crate::weights::bind`]).
+pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
+    let x = check_input(g, input)?;
+    let n = x.shape()[0];
+    let mut values: HashMap<_, Tensor> = HashMap::new();
+    values.insert(g.input, x);
+    for id in g.topo_order()? {
+        if id == g.input {
+            continue;
+        }
+        let node = g.node(id);
+        let inputs: Vec<&Tensor> = g.inputs(id).iter().map(|i| &values[i]).collect();
+        let param = |suffix: &str| {
+            node.param(suffix).ok_or_else(|| {
+                Error::Weights(format!("{}: parameter `{suffix}` is not bound", node.name))
+            })
+        };
+        let bias = |has: bool| {
+            if has {
+                param("bias").map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let out_dims = node.shape.dims(n);
+        let x = inputs.first().copied();
+        let mut y = match &node.op {
+            Op::Input => unreachable!("the input node is skipped"),
+            Op::Conv(c) => ops::conv(
+                x.unwrap(),
+                param("weight")?,
+                bias(c.bias)?,
+                c.stride,
+                c.pad,
+                &node.shape,
+            ),
+            Op::Gemm(gm) => ops::gemm_1x1(
+                x.unwrap(),
+                param("weight")?,
+                bias(gm.bias)?,
+                gm.stride,
+                &node.shape,
+            ),
+            Op::Fc(f) => ops::fc(x.unwrap(), param("weight")?, bias(f.bias)?),
+            Op::Relu => ops::relu(x.unwrap().clone()),
+            Op::MaxPool(p) => ops::pool(x.unwrap(), p, ops::PoolKind::Max, &node.shape),
+            Op::AvgPool(p) => ops::pool(x.unwrap(), p, ops::PoolKind::Avg, &node.shape),
+            Op::GlobalAvgPool => ops::global_avgpool(x.unwrap()),
+            Op::Flatten | Op::Dropout => x.unwrap().clone(),
+            Op::Softmax => ops::softmax(x.unwrap()),
+            Op::Add => ops::add(&inputs),
+            Op::Concat => ops::concat(&inputs),
+            Op::BatchNorm { eps } => ops::batchnorm(
+                x.unwrap(),
+                param("weight")?,
+                param("bias")?,
+                param("running_mean")?,
+                param("running_var")?,
+                *eps,
+            ),
+        };
+        if let Some(e) = node.op.epilogue() {
+            if e.residual {
+                y = ops::add(&[&y, inputs[1]]);
+            }
+            if e.relu {
+                y = ops::relu(y);
+            }
+        }
+        values.insert(id, y.reshaped(out_dims)?);
+    }
+    Ok(g.outputs.iter().map(|o| values[o].clone()).collect())
+}
+
+/// The shape of one batch item of a `[N, ...]` tensor, as the kernels see it.
+pub(crate) fn item_shape(t: &Tensor) -> Shape {
+    match t.shape() {
+        [_, c, h, w] => Shape::chw(*c, *h, *w),
+        [_, f] => Shape::flat(*f),
+        other => panic!("activation tensors are [N, C, H, W] or [N, F], got {other:?}"),
+    }
+}

@@ -1,0 +1,97 @@
+//! Reading inputs and writing outputs: `.npy` arrays and image files.
+pub mod image;
+pub mod npy;
+
+use crate::error::{Error, Result};
+use crate::ir::Graph;
+use crate::tensor::Tensor;
+use std::path::Path;
+
+/// A batch of network inputs and a label for each item (its file name, or its index).
+pub struct Batch {
+    pub tensor: Tensor,
+    pub items: Vec<String>,
+}
+
+/// Builds the input batch from `--input`: a `.npy` array, an image, a folder of images,
+/// or (without a path) `batch` standard-normal images drawn from the graph's seed.
+pub fn load_input(path: Option<&Path>, g: &Graph, batch: Option<usize>) -> Result<Batch> {
+    let s = g.input_shape();
+    let per_item = s.len();
+    let loaded = match path {
+        None => {
+            let n = batch.unwrap_or(1);
+            crate::ir::shape::check_budget("input", "input batch", &[n, per_item])?;
+            let data = crate::weights::standard_normal(g.seed, "input", n * per_item);
+            return Ok(Batch {
+                tensor: Tensor::new(vec![n, s.c, s.h, s.w], data)?,
+                items: (0..n).map(|i| format!("random input {i}")).collect(),
+            });
+        }
+        Some(p) if p.is_dir() => {
+            let files = image::list_dir(p)?;
+            let bar = (files.len() > 32).then(|| indicatif::ProgressBar::new(files.len() as u64));
+            let mut data = Vec::with_capacity(files.len() * per_item);
+            for f in &files {
+                data.extend(image::load(f, &s, g.norm.as_ref())?.into_data());
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+            }
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            let items = files.iter().map(|f| file_name(f)).collect();
+            Batch {
+                tensor: Tensor::new(vec![files.len(), s.c, s.h, s.w], data)?,
+                items,
+            }
+        }
+        Some(p) if image::is_image(p) => {
+            let t = image::load(p, &s, g.norm.as_ref())?;
+            Batch {
+                tensor: t.reshaped(vec![1, s.c, s.h, s.w])?,
+                items: vec![file_name(p)],
+            }
+        }
+        Some(p) if p.extension().is_some_and(|e| e == "npy") => {
+            let t = crate::interp::check_input(g, npy::read(p)?)
+                .map_err(|e| Error::Input(format!("{}: {e}", p.display())))?;
+            let n = t.shape()[0];
+            Batch {
+                tensor: t,
+                items: (0..n).map(|i| format!("{}[{i}]", file_name(p))).collect(),
+            }
+        }
+        Some(p) => {
+            return Err(Error::Input(format!(
+                "{}: --input takes a .npy array, a .png/.jpg image or a folder of images",
+                p.display()
+            )))
+        }
+    };
+    match batch {
+        Some(n) if n != loaded.items.len() => {
+            if loaded.items.len() != 1 {
+                return Err(Error::Input(format!(
+                    "--batch {n} does not match the {} items of the input",
+                    loaded.items.len()
+                )));
+            }
+            // One image repeated to fill the batch.
+            let data = loaded.tensor.data().repeat(n);
+            Ok(Batch {
+                tensor: Tensor::new(vec![n, s.c, s.h, s.w], data)?,
+                items: vec![loaded.items[0].clone(); n],
+            })
+        }
+        _ => Ok(loaded),
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    )
+}
