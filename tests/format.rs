@@ -147,6 +147,8 @@ layers:
   - dropout
   - global_avgpool
   - flatten
+  - dropout: {p: 0.5}
+  - dropout:
 ",
     );
     assert_eq!(
@@ -163,7 +165,9 @@ layers:
             "softmax1",
             "dropout1",
             "global_avgpool1",
-            "flatten1"
+            "flatten1",
+            "dropout2",
+            "dropout3"
         ]
     );
     for n in ["relu1", "relu2", "relu3", "r4"] {
@@ -175,6 +179,9 @@ layers:
     assert_eq!(node(&g, "batchnorm4").op, Op::BatchNorm { eps: 0.001 });
     assert_eq!(shape(&g, "global_avgpool1"), "2x1x1");
     assert_eq!(shape(&g, "flatten1"), "2");
+    for n in ["dropout1", "dropout2", "dropout3"] {
+        assert_eq!(node(&g, n).op, Op::Dropout);
+    }
 }
 
 #[test]

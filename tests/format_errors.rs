@@ -297,6 +297,19 @@ fn hw_pair_of_the_wrong_length() {
 }
 
 #[test]
+fn dropout_rate_out_of_range() {
+    rejects(
+        &layers("  - dropout: {p: 1.5}\n"),
+        &["dropout p", "[0, 1)", "1.5"],
+    );
+    rejects(&layers("  - dropout: {p: -0.1}\n"), &["dropout p", "-0.1"]);
+    rejects(
+        &layers("  - dropout: {rate: 0.1}\n"),
+        &["unknown field `rate`", "`p`"],
+    );
+}
+
+#[test]
 fn non_positive_batchnorm_eps() {
     rejects(&layers("  - batchnorm: {eps: 0}\n"), &["eps", "positive"]);
     rejects(

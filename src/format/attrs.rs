@@ -126,7 +126,7 @@ pub struct BatchNormAttrs {
 
 /// Dropout's rate is accepted (it documents training) and ignored at inference.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "dropout attributes {p}")]
 pub struct DropoutAttrs {
     pub p: Option<f32>,
 }
