@@ -539,6 +539,14 @@ fn name_or_inputs_inside_repeat() {
 }
 
 #[test]
+fn errors_inside_repeat_blocks_give_the_path() {
+    rejects(
+        &layers("  - relu\n  - repeat: 2\n    layers:\n      - relu\n      - conv: {filters: 2, size: 3, pad: -1}\n"),
+        &["layers[1].layers[1].conv.pad", "got -1", "line 7"],
+    );
+}
+
+#[test]
 fn malformed_repeat() {
     rejects(&layers("  - repeat: 2\n"), &["repeat", "layers"]);
     rejects(&layers("  - layers: [relu]\n"), &["repeat: N"]);
