@@ -781,3 +781,62 @@ fn every_example_graph_loads() {
     }
     assert!(n >= 7);
 }
+
+// ---------------------------------------------------------------------------------
+// Properties: the size formula against counting window positions directly.
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// How many windows of `f` at stride `s` fit in `n` padded by `p` on both sides,
+    /// counted one position at a time.
+    fn count_positions(n: usize, f: usize, s: usize, p: usize) -> usize {
+        (0..).take_while(|o| o * s + f <= n + 2 * p).count()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn size_formula_counts_window_positions(
+            c in 1usize..4, h in 1usize..40, w in 1usize..40,
+            fh in 1usize..8, fw in 1usize..8, sh in 1usize..5, sw in 1usize..5,
+            ph in 0usize..4, pw in 0usize..4, pool in any::<bool>(), strict in any::<bool>(),
+        ) {
+            let op = if pool {
+                format!("maxpool: {{size: [{fh}, {fw}], stride: [{sh}, {sw}], pad: [{ph}, {pw}]}}")
+            } else {
+                format!("conv: {{filters: 2, size: [{fh}, {fw}], stride: [{sh}, {sw}], pad: [{ph}, {pw}]}}")
+            };
+            let text = format!("input: [{c}, {h}, {w}]\nstrict_shapes: {strict}\nlayers:\n  - {op}\n");
+            let fits = h + 2 * ph >= fh && w + 2 * pw >= fw && ph < fh && pw < fw;
+            let tiles = (h + 2 * ph).saturating_sub(fh) % sh == 0
+                && (w + 2 * pw).saturating_sub(fw) % sw == 0;
+            match parse_str(&text, None) {
+                Ok(g) => {
+                    prop_assert!(fits && (tiles || !strict));
+                    let name = if pool { "maxpool1" } else { "conv1" };
+                    let s = g.node(g.find(name).unwrap()).shape;
+                    prop_assert_eq!(s.c, if pool { c } else { 2 });
+                    prop_assert_eq!(s.h, count_positions(h, fh, sh, ph));
+                    prop_assert_eq!(s.w, count_positions(w, fw, sw, pw));
+                    let win = g.node(g.find(name).unwrap()).note.window.clone().unwrap();
+                    prop_assert_eq!(win.untiled(), !tiles);
+                    if !pool {
+                        // K*(Fh*Fw*C + 1) parameters; one Fh*Fw*C dot product per output.
+                        let st = layer_stats(&g, g.find(name).unwrap());
+                        prop_assert_eq!(st.params as usize, 2 * (fh * fw * c + 1));
+                        prop_assert_eq!(st.macs as usize, s.len() * fh * fw * c);
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(!fits || (strict && !tiles), "{}", msg);
+                    let name = if pool { "maxpool1" } else { "conv1" };
+                    prop_assert!(msg.starts_with(name), "{}", msg);
+                }
+            }
+        }
+    }
+}

@@ -726,3 +726,51 @@ fn cli_info_warns_on_a_rounded_row() {
     assert!(conv1["warning"].is_string());
     assert_eq!(v["total_params"], 11_689_512);
 }
+
+// ---------------------------------------------------------------------------------
+// Never a panic: every example graph with one character removed, or one line
+// duplicated, either parses or gives an error.
+
+#[test]
+fn mangled_example_graphs_never_panic() {
+    let mut tried = 0;
+    for entry in std::fs::read_dir("graphs").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let chars: Vec<char> = text.chars().collect();
+        let step = (chars.len() / 400).max(1);
+        let mut variants: Vec<String> = (0..chars.len())
+            .step_by(step)
+            .map(|i| {
+                let mut c = chars.clone();
+                c.remove(i);
+                c.into_iter().collect()
+            })
+            .collect();
+        let lines: Vec<&str> = text.lines().collect();
+        for i in 0..lines.len() {
+            let mut l = lines.clone();
+            l.insert(i, lines[i]);
+            variants.push(l.join("\n"));
+            let mut l = lines.clone();
+            l.remove(i);
+            variants.push(l.join("\n"));
+        }
+        for v in variants {
+            tried += 1;
+            let r = std::panic::catch_unwind(|| cnnc::format::parse_str(&v, None).map(|_| ()));
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
+                }
+                Err(_) => panic!("parse_str panicked on a mangled {}:\n{v}", path.display()),
+            }
+        }
+    }
+    assert!(tried > 1000);
+}
