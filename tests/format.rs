@@ -840,3 +840,39 @@ mod props {
         }
     }
 }
+
+/// Every complete graph in docs/graph-format.md (a yaml block with `input:` and
+/// `layers:`) parses, and the doc's naming example names its layers as the comments say.
+#[test]
+fn the_examples_in_the_docs_parse() {
+    let doc = std::fs::read_to_string("docs/graph-format.md").unwrap();
+    let mut n = 0;
+    for block in doc.split("```yaml\n").skip(1) {
+        let block = &block[..block.find("```").unwrap()];
+        if !block.contains("input:") || !block.contains("layers:") {
+            continue;
+        }
+        let g = parse_str(block, None).unwrap_or_else(|e| panic!("{e}\n{block}"));
+        n += 1;
+        if let Some(cat) = g.find("cat") {
+            assert_eq!(g.node(cat).shape.to_string(), "64x56x56");
+        }
+        if block.contains("cs231n_conv_example") {
+            assert_eq!(total_params(&g), 26_370);
+        }
+    }
+    assert!(n >= 2, "found {n} example graphs");
+    // The naming example: its comments give each layer's name.
+    let naming = doc
+        .split("```yaml\n")
+        .map(|b| &b[..b.find("```").unwrap_or(b.len())])
+        .find(|b| b.contains("# stem"))
+        .unwrap();
+    let g = parse_str(&format!("input: [3, 8, 8]\n{naming}"), None).unwrap();
+    let expected: Vec<&str> = naming
+        .lines()
+        .filter_map(|l| l.split("# ").nth(1))
+        .map(|c| c.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names(&g), expected);
+}
