@@ -21,6 +21,7 @@ pub mod format;
 pub mod interp;
 pub mod io;
 pub mod ir;
+pub mod jit;
 pub mod tensor;
 pub mod weights;
 
