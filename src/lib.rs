@@ -22,6 +22,7 @@ pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod jit;
+pub mod runtime;
 pub mod tensor;
 pub mod weights;
 

@@ -93,7 +93,8 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
     let g = cli::engine::load(&a.graph)?;
     let labels = a.labels.as_deref().map(cli::run::read_labels).transpose()?;
     let batch = cnnc::io::load_input(a.input.as_deref(), &g, a.batch)?;
-    let runner = cli::engine::Runner::new(g, &a.engine)?;
+    let n = batch.tensor.shape()[0];
+    let runner = cli::engine::Runner::new(g, &a.engine, n)?;
     let start = std::time::Instant::now();
     let outputs = runner.run(batch.tensor)?;
     let elapsed = start.elapsed();
@@ -135,7 +136,7 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
         .sum();
     let x = cnnc::io::load_input(None, &g, Some(a.batch))?.tensor;
     let start = std::time::Instant::now();
-    let runner = cli::engine::Runner::new(g, &a.engine)?;
+    let runner = cli::engine::Runner::new(g, &a.engine, a.batch)?;
     let compile = start.elapsed();
     let budget = cli::bench::Budget {
         time: std::time::Duration::from_secs_f64(a.time),

@@ -4,10 +4,14 @@ use proptest::prelude::*;
 
 /// Deterministic values in [-1, 1).
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
@@ -49,7 +53,8 @@ fn ref_conv(s: &ConvSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f
                                 continue;
                             }
                             let xv = x[(c * s.in_h + iy as usize) * s.in_w + ix as usize] as f64;
-                            let wv = w[((k * s.in_c + c) * s.kernel_h + fy) * s.kernel_w + fx] as f64;
+                            let wv =
+                                w[((k * s.in_c + c) * s.kernel_h + fy) * s.kernel_w + fx] as f64;
                             acc += xv * wv;
                         }
                     }
@@ -90,17 +95,29 @@ fn check_conv(s: &ConvSpec, seed: u64) {
         let mut out2 = vec![f32::NAN; s.output_len()];
         for i in 0..pieces {
             let range = units * i / pieces..units * (i + 1) / pieces;
-            k.run(&x, &packed, r.as_deref(), &mut out2, &mut scratch, range).unwrap();
+            k.run(&x, &packed, r.as_deref(), &mut out2, &mut scratch, range)
+                .unwrap();
         }
         assert!(
-            out.iter().zip(&out2).all(|(a, b)| a.to_bits() == b.to_bits()),
+            out.iter()
+                .zip(&out2)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
             "{s:?}: split in {pieces} differs"
         );
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn spec(c: usize, h: usize, w: usize, k: usize, fh: usize, fw: usize, s: (usize, usize), p: (usize, usize)) -> ConvSpec {
+fn spec(
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    fh: usize,
+    fw: usize,
+    s: (usize, usize),
+    p: (usize, usize),
+) -> ConvSpec {
     ConvSpec {
         in_c: c,
         in_h: h,
@@ -142,7 +159,12 @@ fn conv_shapes() {
         (10, 14, 3, 70, 2, 2, (1, 1), (0, 0)),
         (2, 4, 40, 3, 3, 5, (3, 1), (2, 3)),
     ] {
-        for (bias, relu, residual) in [(false, false, false), (true, true, true), (true, false, true), (false, true, false)] {
+        for (bias, relu, residual) in [
+            (false, false, false),
+            (true, true, true),
+            (true, false, true),
+            (false, true, false),
+        ] {
             let mut sp = spec(c, h, w, k, fh, fw, s, p);
             sp.bias = bias;
             sp.relu = relu;

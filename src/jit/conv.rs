@@ -44,7 +44,14 @@ pub struct ConvSpec {
 
 impl ConvSpec {
     /// A square-filter convolution without epilogue.
-    pub fn square(in_c: usize, hw: usize, out_c: usize, k: usize, stride: usize, pad: usize) -> Self {
+    pub fn square(
+        in_c: usize,
+        hw: usize,
+        out_c: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
         ConvSpec {
             in_c,
             in_h: hw,
@@ -108,7 +115,10 @@ impl ConvSpec {
             self.weight_len() + 64 * self.out_c,
             self.in_c * (self.in_h + 2 * self.pad_h) * (self.in_w + 2 * self.pad_w),
         ];
-        if big.iter().any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2)) {
+        if big
+            .iter()
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
             return Err(Error::Unsupported(format!(
                 "conv tensors over 1 GB are not supported: {s:?}"
             )));
@@ -259,23 +269,28 @@ impl DirectPlan {
                     if count == 0 || width == 0 {
                         continue;
                     }
-                    e.for_const(ox0 as i64, (ox0 + count * width) as i64, width as i64, |e, ox| {
-                        let io = e.mul_imm(ox, (s.stride_w * 4) as i64);
-                        let ip = e.b.ins().iadd(irow, io);
-                        let oo = e.ishl4(ox);
-                        let op = e.b.ins().iadd(orow, oo);
-                        let rp = e.b.ins().iadd(rrow, oo);
-                        let t = Tile {
-                            width,
-                            ip,
-                            op,
-                            rp,
-                            wblk,
-                            bias,
-                            is_tail,
-                        };
-                        self.tile(e, &t, table, ohw)
-                    })?;
+                    e.for_const(
+                        ox0 as i64,
+                        (ox0 + count * width) as i64,
+                        width as i64,
+                        |e, ox| {
+                            let io = e.mul_imm(ox, (s.stride_w * 4) as i64);
+                            let ip = e.b.ins().iadd(irow, io);
+                            let oo = e.ishl4(ox);
+                            let op = e.b.ins().iadd(orow, oo);
+                            let rp = e.b.ins().iadd(rrow, oo);
+                            let t = Tile {
+                                width,
+                                ip,
+                                op,
+                                rp,
+                                wblk,
+                                bias,
+                                is_tail,
+                            };
+                            self.tile(e, &t, table, ohw)
+                        },
+                    )?;
                     ox0 += count * width;
                 }
                 Ok(())
@@ -443,7 +458,11 @@ impl Plan {
 
 /// Packs PyTorch-layout weights `[out_c, in_c, kernel_h, kernel_w]` (and the bias `[out_c]`
 /// when `spec.bias`) into the order the kernel for `spec` reads them. Done once, at compile time.
-pub fn pack_conv_weights(spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+pub fn pack_conv_weights(
+    spec: &ConvSpec,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>> {
     spec.validate()?;
     if weights.len() != spec.weight_len() {
         return Err(Error::Weights(format!(
@@ -466,7 +485,9 @@ pub fn pack_conv_weights(spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>)
             )))
         }
         (true, None) => return Err(Error::Weights("conv bias missing".into())),
-        (false, Some(_)) => return Err(Error::Weights("conv has no bias but one was given".into())),
+        (false, Some(_)) => {
+            return Err(Error::Weights("conv has no bias but one was given".into()))
+        }
         (false, None) => None,
     };
     Ok(match Plan::new(spec) {
@@ -499,7 +520,8 @@ impl KernelModule {
     }
 }
 
-type ConvFn = unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
+type ConvFn =
+    unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
 
 impl Pending for PendingConv {
     type Kernel = ConvKernel;
@@ -576,7 +598,9 @@ impl ConvKernel {
             (false, None) => std::ptr::null(),
             (true, None) => return Err(Error::Input("conv residual missing".into())),
             (false, Some(_)) => {
-                return Err(Error::Input("conv has no residual but one was given".into()))
+                return Err(Error::Input(
+                    "conv has no residual but one was given".into(),
+                ))
             }
         };
         check_range(&range, self.units)?;
@@ -600,7 +624,13 @@ impl ConvKernel {
     }
 
     /// `run` over all work units, allocating the scratch buffer.
-    pub fn run_all(&self, input: &[f32], packed: &[f32], residual: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    pub fn run_all(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
         let mut scratch = vec![0.0f32; self.scratch_len];
         self.run(input, packed, residual, out, &mut scratch, 0..self.units)
     }
@@ -608,7 +638,9 @@ impl ConvKernel {
 
 pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(Error::Input(format!("{what}: expected {want} floats, got {got}")));
+        return Err(Error::Input(format!(
+            "{what}: expected {want} floats, got {got}"
+        )));
     }
     Ok(())
 }

@@ -86,20 +86,22 @@ impl PixelGemm {
         let (inp, w, res, out, begin, end) = (p[0], p[1], p[2], p[3], p[5], p[6]);
         let npix = s.pixels;
         let nfull = npix / self.panel;
-        let ptr = Ptrs {
-            inp,
-            w,
-            res,
-            out,
-        };
+        let ptr = Ptrs { inp, w, res, out };
         // Full panels: a runtime loop over panels, all tiles full.
         if nfull > 0 {
-            e.for_const(0, (nfull * self.panel * 4) as i64, (self.panel * 4) as i64, |e, p0| {
-                e.for_range(begin, end, 1, |e, mb| {
-                    let pend = e.add_imm(p0, (self.panel * 4) as i64);
-                    e.for_range(p0, pend, (NP * 4) as i64, |e, pb| self.tile(e, &ptr, mb, pb, NV, 0))
-                })
-            })?;
+            e.for_const(
+                0,
+                (nfull * self.panel * 4) as i64,
+                (self.panel * 4) as i64,
+                |e, p0| {
+                    e.for_range(begin, end, 1, |e, mb| {
+                        let pend = e.add_imm(p0, (self.panel * 4) as i64);
+                        e.for_range(p0, pend, (NP * 4) as i64, |e, pb| {
+                            self.tile(e, &ptr, mb, pb, NV, 0)
+                        })
+                    })
+                },
+            )?;
         }
         // The last, partial panel, with the pixel tails.
         let rest = npix - nfull * self.panel;
@@ -126,7 +128,15 @@ impl PixelGemm {
 
     /// One tile: MR output channels of block `mb` by `nv` vectors + `ns` single pixels starting
     /// at byte offset `pb` within a channel plane.
-    fn tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, nv: usize, ns: usize) -> Result<()> {
+    fn tile(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        mb: Value,
+        pb: Value,
+        nv: usize,
+        ns: usize,
+    ) -> Result<()> {
         let s = self.s;
         let (c, k, np) = (s.in_c, s.out_c, s.pixels);
         let cols: Vec<(Type, usize)> = (0..nv)
@@ -229,7 +239,9 @@ impl PixelGemm {
             store_row(e, i);
         }
         if tail != 0 {
-            let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
+            let is_tail =
+                e.b.ins()
+                    .icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
             let more = e.b.create_block();
             let done = e.b.create_block();
             e.b.ins().brif(is_tail, done, &[], more, &[]);
@@ -302,10 +314,15 @@ impl FcSpec {
     }
     pub fn validate(&self) -> Result<()> {
         if self.in_features == 0 || self.out_features == 0 || self.batch == 0 {
-            return Err(Error::Shape(format!("fc with an empty dimension: {self:?}")));
+            return Err(Error::Shape(format!(
+                "fc with an empty dimension: {self:?}"
+            )));
         }
         let big = [self.input_len(), self.output_len(), self.packed_len()];
-        if big.iter().any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2)) {
+        if big
+            .iter()
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
             return Err(Error::Unsupported(format!(
                 "fc tensors over 1 GB are not supported: {self:?}"
             )));
@@ -317,7 +334,8 @@ impl FcSpec {
 /// Packs PyTorch-layout fc weights `[out, in]` (and bias `[out]`) for the fc kernel.
 pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
     spec.validate()?;
-    check_len("fc weights", weights.len(), spec.weight_len()).map_err(|e| Error::Weights(e.to_string()))?;
+    check_len("fc weights", weights.len(), spec.weight_len())
+        .map_err(|e| Error::Weights(e.to_string()))?;
     let (c, k) = (spec.in_features, spec.out_features);
     let mut out = vec![0.0f32; spec.packed_len()];
     for ki in 0..k {
@@ -344,7 +362,9 @@ fn fc_body(s: &FcSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
     let rem = s.batch % FROWS;
     e.for_range(begin, end, 1, |e, kb| {
         if nfull > 0 {
-            e.for_const(0, nfull as i64, 1, |e, chunk| fc_tile(s, e, x, w, res, out, kb, chunk, FROWS))?;
+            e.for_const(0, nfull as i64, 1, |e, chunk| {
+                fc_tile(s, e, x, w, res, out, kb, chunk, FROWS)
+            })?;
         }
         if rem > 0 {
             let chunk = e.iconst(nfull as i64);
@@ -589,7 +609,13 @@ impl FcKernel {
         };
         Ok(())
     }
-    pub fn run_all(&self, input: &[f32], packed: &[f32], residual: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    pub fn run_all(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
         self.run(input, packed, residual, out, 0..self.work_units())
     }
 }
