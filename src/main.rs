@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// Class names, one per line.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Print the time, GFLOP/s and share of the total of each layer (JIT engine).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(clap::Args)]
@@ -96,7 +99,21 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
     let n = batch.tensor.shape()[0];
     let runner = cli::engine::Runner::new(g, &a.engine, n)?;
     let start = std::time::Instant::now();
-    let outputs = runner.run(batch.tensor)?;
+    let (outputs, layers) = if a.profile {
+        match &runner {
+            cli::engine::Runner::Jit(_, model) => {
+                let (y, layers) = model.profile(&batch.tensor)?;
+                (y, Some(layers))
+            }
+            cli::engine::Runner::Interp(_) => {
+                return Err(cnnc::Error::Unsupported(
+                    "--profile times the JIT's kernels; use it with --engine jit".into(),
+                ))
+            }
+        }
+    } else {
+        (runner.run(batch.tensor)?, None)
+    };
     let elapsed = start.elapsed();
     let g = runner.graph();
     let y = &outputs[0];
@@ -112,6 +129,9 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
         elapsed.as_secs_f64() * 1e3,
         a.engine.engine.name()
     );
+    if let Some(layers) = layers {
+        print!("{}", cli::run::profile_table(&layers));
+    }
     if let Some(path) = &a.output {
         cnnc::io::npy::write(path, y)?;
     }

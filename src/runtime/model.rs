@@ -49,6 +49,7 @@ enum Kernel {
 /// Each region holds a whole chunk (`batch` items of `item` floats each).
 struct Step {
     name: String,
+    op: String,
     kernel: Kernel,
     inputs: Vec<Region>,
     output: Region,
@@ -56,6 +57,17 @@ struct Step {
     input_items: Vec<usize>,
     output_item: usize,
     flops_per_item: u64,
+}
+
+/// Time spent in one layer during [`Model::profile`].
+#[derive(Clone, Debug)]
+pub struct LayerTime {
+    pub name: String,
+    /// The op with its attributes, as IR dumps show it.
+    pub op: String,
+    pub time: Duration,
+    /// Floating-point operations of the whole batch.
+    pub flops: u64,
 }
 
 /// Per-run memory: the activation arena and kernel scratch space.
@@ -362,6 +374,7 @@ fn plan_step(
         kernel,
         step: Step {
             name: node.name.clone(),
+            op: node.op.to_string(),
             kernel: Kernel::Concat, // replaced once the code is finalized
             inputs: inputs.iter().map(|i| region[i]).collect(),
             output: region[&id],
@@ -443,6 +456,47 @@ impl Model {
     /// Like [`Model::run`], writing into `outputs` (shaped `[N, ...]` for each graph
     /// output): no allocation once the model has run once.
     pub fn run_into(&self, x: &Tensor, outputs: &mut [Tensor]) -> Result<()> {
+        self.run_timed(x, outputs, None)
+    }
+
+    /// Runs once and returns the time spent in each layer, in execution order.
+    pub fn profile(&self, x: &Tensor) -> Result<(Vec<Tensor>, Vec<LayerTime>)> {
+        let n = self.check_input(x)?;
+        let mut outs: Vec<Tensor> = self
+            .outputs
+            .iter()
+            .map(|(_, s)| Tensor::zeros(s.dims(n)))
+            .collect();
+        let mut times = vec![Duration::ZERO; self.steps.len()];
+        self.run_timed(x, &mut outs, Some(&mut times))?;
+        let layers = self
+            .steps
+            .iter()
+            .zip(times)
+            .map(|(s, time)| LayerTime {
+                name: s.name.clone(),
+                op: s.op.clone(),
+                time,
+                flops: s.flops_per_item * n as u64,
+            })
+            .collect();
+        Ok((outs, layers))
+    }
+
+    fn take_workspace(&self) -> Workspace {
+        let idle = self.workspaces.lock().ok().and_then(|mut pool| pool.pop());
+        idle.unwrap_or_else(|| Workspace {
+            arena: vec![0.0; self.arena_len],
+            scratch: vec![0.0; self.scratch_len],
+        })
+    }
+
+    fn run_timed(
+        &self,
+        x: &Tensor,
+        outputs: &mut [Tensor],
+        mut profile: Option<&mut [Duration]>,
+    ) -> Result<()> {
         let n = self.check_input(x)?;
         if outputs.len() != self.outputs.len() {
             return Err(Error::Input(format!(
@@ -460,15 +514,7 @@ impl Model {
                 )));
             }
         }
-        let mut ws = self
-            .workspaces
-            .lock()
-            .map_err(|_| Error::Codegen("workspace lock poisoned".into()))?
-            .pop();
-        let mut ws = ws.take().unwrap_or_else(|| Workspace {
-            arena: vec![0.0; self.arena_len],
-            scratch: vec![0.0; self.scratch_len],
-        });
+        let mut ws = self.take_workspace();
         let item_in = self.input_shape.len();
         let result = (|| {
             for chunk_start in (0..n).step_by(self.batch) {
@@ -478,8 +524,12 @@ impl Model {
                     &mut ws.arena[self.input.offset..self.input.offset + self.batch * item_in];
                 dst[..src.len()].copy_from_slice(src);
                 dst[src.len()..].fill(0.0);
-                for step in &self.steps {
+                for (i, step) in self.steps.iter().enumerate() {
+                    let t = profile.is_some().then(Instant::now);
                     self.run_step(step, &mut ws)?;
+                    if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
+                        p[i] += t.elapsed();
+                    }
                 }
                 for (t, (r, s)) in outputs.iter_mut().zip(&self.outputs) {
                     let len = s.len();
