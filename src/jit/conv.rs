@@ -132,7 +132,7 @@ const KV: usize = KB / 4;
 /// Maximum output pixels per micro-kernel tile.
 const MAX_PX: usize = 6;
 /// Tap loop unroll factor.
-const UNROLL: usize = 4;
+const UNROLL: usize = 1;
 
 #[derive(Clone, Debug)]
 pub(crate) struct DirectPlan {
