@@ -6,7 +6,9 @@ use cnnc::jit::*;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn vals(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i * 7919 % 1000) as f32) / 1000.0 - 0.5).collect()
+    (0..n)
+        .map(|i| ((i * 7919 % 1000) as f32) / 1000.0 - 0.5)
+        .collect()
 }
 
 fn conv(c: &mut Criterion, name: &str, spec: ConvSpec) {
@@ -24,8 +26,15 @@ fn conv(c: &mut Criterion, name: &str, spec: ConvSpec) {
     g.throughput(Throughput::Elements(spec.flops()));
     g.bench_function(name, |bch| {
         bch.iter(|| {
-            k.run(black_box(&x), &packed, None, &mut out, &mut scratch, 0..k.work_units())
-                .unwrap()
+            k.run(
+                black_box(&x),
+                &packed,
+                None,
+                &mut out,
+                &mut scratch,
+                0..k.work_units(),
+            )
+            .unwrap()
         })
     });
     g.finish();

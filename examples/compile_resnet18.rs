@@ -3,7 +3,16 @@
 use cnnc::jit::*;
 use std::time::Instant;
 
-fn conv(c: usize, hw: usize, k: usize, f: usize, s: usize, p: usize, relu: bool, residual: bool) -> ConvSpec {
+fn conv(
+    c: usize,
+    hw: usize,
+    k: usize,
+    f: usize,
+    s: usize,
+    p: usize,
+    relu: bool,
+    residual: bool,
+) -> ConvSpec {
     let mut spec = ConvSpec::square(c, hw, k, f, s, p);
     spec.bias = true;
     spec.relu = relu;
@@ -32,12 +41,21 @@ fn main() {
             km.add_conv(s).unwrap();
             per.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        km.add_pool(&PoolSpec::square(PoolKind::Max, 64, 112, 3, 2, 1)).unwrap();
-        km.add_elementwise(&EltSpec::GlobalAvgPool { channels: 512, hw: 49 }).unwrap();
+        km.add_pool(&PoolSpec::square(PoolKind::Max, 64, 112, 3, 2, 1))
+            .unwrap();
+        km.add_elementwise(&EltSpec::GlobalAvgPool {
+            channels: 512,
+            hw: 49,
+        })
+        .unwrap();
         let mut fc = FcSpec::new(512, 1000, 1);
         fc.bias = true;
         km.add_fc(&fc).unwrap();
-        km.add_elementwise(&EltSpec::Softmax { channels: 1000, hw: 1 }).unwrap();
+        km.add_elementwise(&EltSpec::Softmax {
+            channels: 1000,
+            hw: 1,
+        })
+        .unwrap();
         let t2 = Instant::now();
         let _code = km.finalize().unwrap();
         let t3 = Instant::now();
@@ -49,6 +67,11 @@ fn main() {
             (t3 - t2).as_secs_f64() * 1e3,
             (t3 - t0).as_secs_f64() * 1e3
         );
-        println!("per conv (ms): {:?}", per.iter().map(|x| (x * 100.0).round() / 100.0).collect::<Vec<_>>());
+        println!(
+            "per conv (ms): {:?}",
+            per.iter()
+                .map(|x| (x * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -3,7 +3,10 @@ use cnnc::jit::*;
 use std::time::Instant;
 
 fn main() {
-    let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().unwrap()).collect();
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().unwrap())
+        .collect();
     let (c, hw, k, f, s, p) = (a[0], a[1], a[2], a[3], a[4], a[5]);
     let mut spec = ConvSpec::square(c, hw, k, f, s, p);
     spec.bias = true;
@@ -14,8 +17,12 @@ fn main() {
     let code = km.finalize().unwrap();
     let kern = code.get(pk).unwrap();
     let ct = t0.elapsed();
-    let x: Vec<f32> = (0..spec.input_len()).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
-    let w: Vec<f32> = (0..spec.weight_len()).map(|i| (i % 13) as f32 * 0.01 - 0.06).collect();
+    let x: Vec<f32> = (0..spec.input_len())
+        .map(|i| (i % 17) as f32 * 0.1 - 0.8)
+        .collect();
+    let w: Vec<f32> = (0..spec.weight_len())
+        .map(|i| (i % 13) as f32 * 0.01 - 0.06)
+        .collect();
     let b = vec![0.1; k];
     let packed = pack_conv_weights(&spec, &w, Some(&b)).unwrap();
     let mut out = vec![0.0; spec.output_len()];
@@ -24,7 +31,15 @@ fn main() {
     let t1 = Instant::now();
     while t1.elapsed().as_secs_f64() < 1.5 {
         let t = Instant::now();
-        kern.run(&x, &packed, None, &mut out, &mut scratch, 0..kern.work_units()).unwrap();
+        kern.run(
+            &x,
+            &packed,
+            None,
+            &mut out,
+            &mut scratch,
+            0..kern.work_units(),
+        )
+        .unwrap();
         best = best.min(t.elapsed().as_secs_f64());
     }
     println!(

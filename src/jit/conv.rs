@@ -44,7 +44,14 @@ pub struct ConvSpec {
 
 impl ConvSpec {
     /// A square-filter convolution without epilogue.
-    pub fn square(in_c: usize, hw: usize, out_c: usize, k: usize, stride: usize, pad: usize) -> Self {
+    pub fn square(
+        in_c: usize,
+        hw: usize,
+        out_c: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
         ConvSpec {
             in_c,
             in_h: hw,
@@ -108,7 +115,10 @@ impl ConvSpec {
             self.weight_len() + 64 * self.out_c,
             self.in_c * (self.in_h + 2 * self.pad_h) * (self.in_w + 2 * self.pad_w),
         ];
-        if big.iter().any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2)) {
+        if big
+            .iter()
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
             return Err(Error::Unsupported(format!(
                 "conv tensors over 1 GB are not supported: {s:?}"
             )));
@@ -131,8 +141,6 @@ const KB: usize = 8;
 const KV: usize = KB / 4;
 /// Maximum output pixels per micro-kernel tile.
 const MAX_PX: usize = 6;
-/// Tap loop unroll factor.
-const UNROLL: usize = 1;
 
 #[derive(Clone, Debug)]
 pub(crate) struct DirectPlan {
@@ -259,23 +267,28 @@ impl DirectPlan {
                     if count == 0 || width == 0 {
                         continue;
                     }
-                    e.for_const(ox0 as i64, (ox0 + count * width) as i64, width as i64, |e, ox| {
-                        let io = e.mul_imm(ox, (s.stride_w * 4) as i64);
-                        let ip = e.b.ins().iadd(irow, io);
-                        let oo = e.ishl4(ox);
-                        let op = e.b.ins().iadd(orow, oo);
-                        let rp = e.b.ins().iadd(rrow, oo);
-                        let t = Tile {
-                            width,
-                            ip,
-                            op,
-                            rp,
-                            wblk,
-                            bias,
-                            is_tail,
-                        };
-                        self.tile(e, &t, table, ohw)
-                    })?;
+                    e.for_const(
+                        ox0 as i64,
+                        (ox0 + count * width) as i64,
+                        width as i64,
+                        |e, ox| {
+                            let io = e.mul_imm(ox, (s.stride_w * 4) as i64);
+                            let ip = e.b.ins().iadd(irow, io);
+                            let oo = e.ishl4(ox);
+                            let op = e.b.ins().iadd(orow, oo);
+                            let rp = e.b.ins().iadd(rrow, oo);
+                            let t = Tile {
+                                width,
+                                ip,
+                                op,
+                                rp,
+                                wblk,
+                                bias,
+                                is_tail,
+                            };
+                            self.tile(e, &t, table, ohw)
+                        },
+                    )?;
                     ox0 += count * width;
                 }
                 Ok(())
@@ -305,9 +318,12 @@ impl DirectPlan {
                     .map(|v| e.load(F32X4, wp, off((u * KB + v * 4) * 4)))
                     .collect();
                 for j in 0..w {
-                    let x = e.load(F32, ip, off(j * sw4));
-                    let x = e.b.ins().splat(F32X4, x);
                     for (v, &wvv) in wv.iter().enumerate() {
+                        // One broadcast per FMA, made distinct by its flags so that GVN does
+                        // not merge them: a single-use splat of a load becomes one
+                        // `vbroadcastss xmm, m32`, and the FMA may clobber it (no copy).
+                        let x = e.b.ins().load(F32, bcast_flags(v), ip, off(j * sw4));
+                        let x = e.b.ins().splat(F32X4, x);
                         let a = e.b.use_var(acc[j * KV + v]);
                         let a = e.fmadd(x, wvv, a);
                         e.b.def_var(acc[j * KV + v], a);
@@ -315,23 +331,16 @@ impl DirectPlan {
                 }
             }
         };
-        let nmain = self.taps / UNROLL;
-        let tend = table + (nmain * UNROLL * 4) as i64;
-        if nmain > 0 {
-            e.for_const(table, tend, (UNROLL * 4) as i64, |e, tp| {
-                let wp = e.b.use_var(wvar);
-                step(e, tp, wp, UNROLL);
-                let wn = e.add_imm(wp, (UNROLL * KB * 4) as i64);
-                e.b.def_var(wvar, wn);
-                Ok(())
-            })?;
-        }
-        let rem = self.taps % UNROLL;
-        if rem > 0 {
-            let tp = e.iconst(tend);
+        // One tap per iteration: with more, Cranelift's scheduler would place the unrolled
+        // taps accumulator by accumulator and keep all their weight vectors live (spills).
+        let tend = table + (self.taps * 4) as i64;
+        e.for_const(table, tend, 4, |e, tp| {
             let wp = e.b.use_var(wvar);
-            step(e, tp, wp, rem);
-        }
+            step(e, tp, wp, 1);
+            let wn = e.add_imm(wp, (KB * 4) as i64);
+            e.b.def_var(wvar, wn);
+            Ok(())
+        })?;
         // Epilogue: bias (vector), residual and relu, transposed scalar stores.
         let mut vals: Vec<Value> = acc.iter().map(|&v| e.b.use_var(v)).collect();
         if let Some(bp) = t.bias {
@@ -380,6 +389,20 @@ impl DirectPlan {
         }
         let _ = F32;
         Ok(())
+    }
+}
+
+/// Equivalent read-only flags that differ only in ways that do not matter for f32 loads
+/// (`aligned` holds for every f32 in a Rust slice; little-endian is the host order). Four
+/// distinct variants; `v` wraps.
+pub(crate) fn bcast_flags(v: usize) -> cranelift_codegen::ir::MemFlagsData {
+    use cranelift_codegen::ir::Endianness;
+    let f = super::cg::ro();
+    match v % 4 {
+        0 => f,
+        1 => f.with_aligned(),
+        2 => f.with_endianness(Endianness::Little),
+        _ => f.with_aligned().with_endianness(Endianness::Little),
     }
 }
 
@@ -443,7 +466,11 @@ impl Plan {
 
 /// Packs PyTorch-layout weights `[out_c, in_c, kernel_h, kernel_w]` (and the bias `[out_c]`
 /// when `spec.bias`) into the order the kernel for `spec` reads them. Done once, at compile time.
-pub fn pack_conv_weights(spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+pub fn pack_conv_weights(
+    spec: &ConvSpec,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>> {
     spec.validate()?;
     if weights.len() != spec.weight_len() {
         return Err(Error::Weights(format!(
@@ -466,7 +493,9 @@ pub fn pack_conv_weights(spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>)
             )))
         }
         (true, None) => return Err(Error::Weights("conv bias missing".into())),
-        (false, Some(_)) => return Err(Error::Weights("conv has no bias but one was given".into())),
+        (false, Some(_)) => {
+            return Err(Error::Weights("conv has no bias but one was given".into()))
+        }
         (false, None) => None,
     };
     Ok(match Plan::new(spec) {
@@ -499,7 +528,8 @@ impl KernelModule {
     }
 }
 
-type ConvFn = unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
+type ConvFn =
+    unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
 
 impl Pending for PendingConv {
     type Kernel = ConvKernel;
@@ -576,7 +606,9 @@ impl ConvKernel {
             (false, None) => std::ptr::null(),
             (true, None) => return Err(Error::Input("conv residual missing".into())),
             (false, Some(_)) => {
-                return Err(Error::Input("conv has no residual but one was given".into()))
+                return Err(Error::Input(
+                    "conv has no residual but one was given".into(),
+                ))
             }
         };
         check_range(&range, self.units)?;
@@ -600,7 +632,13 @@ impl ConvKernel {
     }
 
     /// `run` over all work units, allocating the scratch buffer.
-    pub fn run_all(&self, input: &[f32], packed: &[f32], residual: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    pub fn run_all(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
         let mut scratch = vec![0.0f32; self.scratch_len];
         self.run(input, packed, residual, out, &mut scratch, 0..self.units)
     }
@@ -608,7 +646,9 @@ impl ConvKernel {
 
 pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(Error::Input(format!("{what}: expected {want} floats, got {got}")));
+        return Err(Error::Input(format!(
+            "{what}: expected {want} floats, got {got}"
+        )));
     }
     Ok(())
 }

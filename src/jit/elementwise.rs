@@ -21,11 +21,19 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EltSpec {
     /// `out = x0 + x1 + ... (+ relu)` over `len` floats, summed left to right.
-    Add { inputs: usize, len: usize, relu: bool },
+    Add {
+        inputs: usize,
+        len: usize,
+        relu: bool,
+    },
     /// `out = max(x, 0)` over `len` floats.
     Relu { len: usize },
     /// `out[c][i] = x[c][i] * scale[c] + shift[c]` (inference batchnorm), optional ReLU.
-    ScaleShift { channels: usize, hw: usize, relu: bool },
+    ScaleShift {
+        channels: usize,
+        hw: usize,
+        relu: bool,
+    },
     /// Softmax over channels at each of `hw` pixels (max subtracted first).
     Softmax { channels: usize, hw: usize },
     /// `out[c] = mean over hw of x[c]`.
@@ -69,7 +77,11 @@ impl EltSpec {
         if ins.contains(&0) || out == 0 || self.n_inputs() == 0 {
             return Err(Error::Shape(format!("empty elementwise op: {self:?}")));
         }
-        if ins.iter().chain([&out]).any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2)) {
+        if ins
+            .iter()
+            .chain([&out])
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
             return Err(Error::Unsupported(format!("tensor over 1 GB: {self:?}")));
         }
         Ok(())
@@ -85,44 +97,42 @@ fn body(s: &EltSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
     match *s {
         EltSpec::Add { relu, .. } => add_body(e, &ins, out, begin, end, relu),
         EltSpec::Relu { .. } => add_body(e, &ins, out, begin, end, true),
-        EltSpec::ScaleShift { hw, relu, .. } => {
-            e.for_range(begin, end, 1, |e, c| {
-                let o = e.mul_imm(c, (hw * 4) as i64);
-                let x = e.b.ins().iadd(ins[0], o);
-                let y = e.b.ins().iadd(out, o);
-                let co = e.ishl4(c);
-                let sp = e.b.ins().iadd(ins[1], co);
-                let tp = e.b.ins().iadd(ins[2], co);
-                let sc = e.load(F32, sp, 0);
-                let sh = e.load(F32, tp, 0);
-                let sc4 = e.b.ins().splat(F32X4, sc);
-                let sh4 = e.b.ins().splat(F32X4, sh);
-                let f = |e: &mut Emit, ty, src: Value, dst: Value| {
-                    let v = e.load(ty, src, 0);
-                    let (a, b) = if ty == F32 { (sc, sh) } else { (sc4, sh4) };
-                    let m = e.b.ins().fmul(v, a);
-                    let mut r = e.b.ins().fadd(m, b);
-                    if relu {
-                        r = e.relu(r);
-                    }
-                    e.store(r, dst, 0);
-                };
-                let n4 = hw / 4 * 4;
-                let delta = e.b.ins().isub(y, x);
-                let xe = e.add_imm(x, (n4 * 4) as i64);
-                e.for_range(x, xe, 16, |e, xp| {
-                    let yp = e.b.ins().iadd(xp, delta);
-                    f(e, F32X4, xp, yp);
-                    Ok(())
-                })?;
-                for i in n4..hw {
-                    let xp = e.add_imm(x, (i * 4) as i64);
-                    let yp = e.add_imm(y, (i * 4) as i64);
-                    f(e, F32, xp, yp);
+        EltSpec::ScaleShift { hw, relu, .. } => e.for_range(begin, end, 1, |e, c| {
+            let o = e.mul_imm(c, (hw * 4) as i64);
+            let x = e.b.ins().iadd(ins[0], o);
+            let y = e.b.ins().iadd(out, o);
+            let co = e.ishl4(c);
+            let sp = e.b.ins().iadd(ins[1], co);
+            let tp = e.b.ins().iadd(ins[2], co);
+            let sc = e.load(F32, sp, 0);
+            let sh = e.load(F32, tp, 0);
+            let sc4 = e.b.ins().splat(F32X4, sc);
+            let sh4 = e.b.ins().splat(F32X4, sh);
+            let f = |e: &mut Emit, ty, src: Value, dst: Value| {
+                let v = e.load(ty, src, 0);
+                let (a, b) = if ty == F32 { (sc, sh) } else { (sc4, sh4) };
+                let m = e.b.ins().fmul(v, a);
+                let mut r = e.b.ins().fadd(m, b);
+                if relu {
+                    r = e.relu(r);
                 }
+                e.store(r, dst, 0);
+            };
+            let n4 = hw / 4 * 4;
+            let delta = e.b.ins().isub(y, x);
+            let xe = e.add_imm(x, (n4 * 4) as i64);
+            e.for_range(x, xe, 16, |e, xp| {
+                let yp = e.b.ins().iadd(xp, delta);
+                f(e, F32X4, xp, yp);
                 Ok(())
-            })
-        }
+            })?;
+            for i in n4..hw {
+                let xp = e.add_imm(x, (i * 4) as i64);
+                let yp = e.add_imm(y, (i * 4) as i64);
+                f(e, F32, xp, yp);
+            }
+            Ok(())
+        }),
         EltSpec::Softmax { channels, hw } => e.for_range(begin, end, 1, |e, px| {
             let po = e.ishl4(px);
             let x = e.b.ins().iadd(ins[0], po);
@@ -201,7 +211,14 @@ fn body(s: &EltSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
 
 /// Elements `begin..end`: f32x4 while 4 remain, then one at a time. Both paths compute each
 /// element with the same IEEE operations, so any split gives bit-identical results.
-fn add_body(e: &mut Emit, ins: &[Value], out: Value, begin: Value, end: Value, relu: bool) -> Result<()> {
+fn add_body(
+    e: &mut Emit,
+    ins: &[Value],
+    out: Value,
+    begin: Value,
+    end: Value,
+    relu: bool,
+) -> Result<()> {
     let i = e.b.declare_var(I64);
     e.b.def_var(i, begin);
     let elem = |e: &mut Emit, ty, o: Value| {

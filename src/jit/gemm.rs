@@ -13,17 +13,17 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
-use super::conv::{check_len, check_range};
+use super::conv::{bcast_flags, check_len, check_range};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use crate::error::{Error, Result};
 
 /// Output channels per block of the pointwise GEMM.
-const MR: usize = 4;
-/// f32x4 vectors of pixels per tile (12 pixels).
-const NV: usize = 3;
+const MR: usize = 6;
+/// f32x4 vectors of pixels per tile (8 pixels).
+const NV: usize = 2;
 const NP: usize = NV * 4;
-/// Reduction unroll.
-const UNROLL: usize = 4;
+/// Reduction unroll of the fc kernel (its accumulator sets alternate over these steps).
+const FC_UNROLL: usize = 4;
 /// Bytes of input a pixel panel may occupy (kept in L2 while all channel blocks use it).
 const PANEL_BYTES: usize = 192 * 1024;
 
@@ -86,20 +86,22 @@ impl PixelGemm {
         let (inp, w, res, out, begin, end) = (p[0], p[1], p[2], p[3], p[5], p[6]);
         let npix = s.pixels;
         let nfull = npix / self.panel;
-        let ptr = Ptrs {
-            inp,
-            w,
-            res,
-            out,
-        };
+        let ptr = Ptrs { inp, w, res, out };
         // Full panels: a runtime loop over panels, all tiles full.
         if nfull > 0 {
-            e.for_const(0, (nfull * self.panel * 4) as i64, (self.panel * 4) as i64, |e, p0| {
-                e.for_range(begin, end, 1, |e, mb| {
-                    let pend = e.add_imm(p0, (self.panel * 4) as i64);
-                    e.for_range(p0, pend, (NP * 4) as i64, |e, pb| self.tile(e, &ptr, mb, pb, NV, 0))
-                })
-            })?;
+            e.for_const(
+                0,
+                (nfull * self.panel * 4) as i64,
+                (self.panel * 4) as i64,
+                |e, p0| {
+                    e.for_range(begin, end, 1, |e, mb| {
+                        let pend = e.add_imm(p0, (self.panel * 4) as i64);
+                        e.for_range(p0, pend, (NP * 4) as i64, |e, pb| {
+                            self.tile(e, &ptr, mb, pb, NV, 0)
+                        })
+                    })
+                },
+            )?;
         }
         // The last, partial panel, with the pixel tails.
         let rest = npix - nfull * self.panel;
@@ -126,7 +128,15 @@ impl PixelGemm {
 
     /// One tile: MR output channels of block `mb` by `nv` vectors + `ns` single pixels starting
     /// at byte offset `pb` within a channel plane.
-    fn tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, nv: usize, ns: usize) -> Result<()> {
+    fn tile(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        mb: Value,
+        pb: Value,
+        nv: usize,
+        ns: usize,
+    ) -> Result<()> {
         let s = self.s;
         let (c, k, np) = (s.in_c, s.out_c, s.pixels);
         let cols: Vec<(Type, usize)> = (0..nv)
@@ -155,36 +165,32 @@ impl PixelGemm {
                     .map(|&(ty, o)| e.load(ty, xp, off(u * np * 4 + o)))
                     .collect();
                 for i in 0..MR {
-                    let ws = e.load(F32, wp, off((u * MR + i) * 4));
-                    let wv = if nv > 0 {
-                        Some(e.b.ins().splat(F32X4, ws))
-                    } else {
-                        None
-                    };
                     for (col, &(ty, _)) in cols.iter().enumerate() {
+                        // A fresh broadcast per FMA (see `conv::bcast_flags`).
+                        let ws =
+                            e.b.ins()
+                                .load(F32, bcast_flags(col), wp, off((u * MR + i) * 4));
+                        let wx = if ty == F32 {
+                            ws
+                        } else {
+                            e.b.ins().splat(F32X4, ws)
+                        };
                         let a = e.b.use_var(acc[i * ncol + col]);
-                        let wx = if ty == F32 { ws } else { wv.unwrap() };
-                        let a = e.fmadd(xs[col], wx, a);
+                        let a = e.fmadd(wx, xs[col], a);
                         e.b.def_var(acc[i * ncol + col], a);
                     }
                 }
             }
         };
-        let nmain = c / UNROLL;
-        let xend = e.add_imm(xbase, (nmain * UNROLL * np * 4) as i64);
-        if nmain > 0 {
-            e.for_range(xbase, xend, (UNROLL * np * 4) as i64, |e, xp| {
-                let wp = e.b.use_var(wvar);
-                step(e, xp, wp, UNROLL);
-                let wn = e.add_imm(wp, (UNROLL * MR * 4) as i64);
-                e.b.def_var(wvar, wn);
-                Ok(())
-            })?;
-        }
-        if c % UNROLL > 0 {
+        // One input channel per iteration (see the note on unrolling in `conv`).
+        let xend = e.add_imm(xbase, (c * np * 4) as i64);
+        e.for_range(xbase, xend, (np * 4) as i64, |e, xp| {
             let wp = e.b.use_var(wvar);
-            step(e, xend, wp, c % UNROLL);
-        }
+            step(e, xp, wp, 1);
+            let wn = e.add_imm(wp, (MR * 4) as i64);
+            e.b.def_var(wvar, wn);
+            Ok(())
+        })?;
         // Epilogue.
         let bias_base = (self.nmb * c * MR * 4) as i64;
         let ko = e.mul_imm(mb, (MR * np * 4) as i64);
@@ -229,7 +235,9 @@ impl PixelGemm {
             store_row(e, i);
         }
         if tail != 0 {
-            let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
+            let is_tail =
+                e.b.ins()
+                    .icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
             let more = e.b.create_block();
             let done = e.b.create_block();
             e.b.ins().brif(is_tail, done, &[], more, &[]);
@@ -302,10 +310,15 @@ impl FcSpec {
     }
     pub fn validate(&self) -> Result<()> {
         if self.in_features == 0 || self.out_features == 0 || self.batch == 0 {
-            return Err(Error::Shape(format!("fc with an empty dimension: {self:?}")));
+            return Err(Error::Shape(format!(
+                "fc with an empty dimension: {self:?}"
+            )));
         }
         let big = [self.input_len(), self.output_len(), self.packed_len()];
-        if big.iter().any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2)) {
+        if big
+            .iter()
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
             return Err(Error::Unsupported(format!(
                 "fc tensors over 1 GB are not supported: {self:?}"
             )));
@@ -317,7 +330,8 @@ impl FcSpec {
 /// Packs PyTorch-layout fc weights `[out, in]` (and bias `[out]`) for the fc kernel.
 pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
     spec.validate()?;
-    check_len("fc weights", weights.len(), spec.weight_len()).map_err(|e| Error::Weights(e.to_string()))?;
+    check_len("fc weights", weights.len(), spec.weight_len())
+        .map_err(|e| Error::Weights(e.to_string()))?;
     let (c, k) = (spec.in_features, spec.out_features);
     let mut out = vec![0.0f32; spec.packed_len()];
     for ki in 0..k {
@@ -344,7 +358,9 @@ fn fc_body(s: &FcSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
     let rem = s.batch % FROWS;
     e.for_range(begin, end, 1, |e, kb| {
         if nfull > 0 {
-            e.for_const(0, nfull as i64, 1, |e, chunk| fc_tile(s, e, x, w, res, out, kb, chunk, FROWS))?;
+            e.for_const(0, nfull as i64, 1, |e, chunk| {
+                fc_tile(s, e, x, w, res, out, kb, chunk, FROWS)
+            })?;
         }
         if rem > 0 {
             let chunk = e.iconst(nfull as i64);
@@ -368,7 +384,7 @@ fn fc_tile(
 ) -> Result<()> {
     let (c, k) = (s.in_features, s.out_features);
     // Independent accumulator sets over the reduction so that at least 8 FMAs are in flight.
-    let sets = (8 / (rows * 2)).clamp(1, UNROLL);
+    let sets = (8 / (rows * 2)).clamp(1, FC_UNROLL);
     let acc: Vec<Variable> = (0..sets * rows * 2)
         .map(|_| {
             let v = e.b.declare_var(F32X4);
@@ -400,20 +416,20 @@ fn fc_tile(
             }
         }
     };
-    let nmain = c / UNROLL;
-    let xend = e.add_imm(xb, (nmain * UNROLL * 4) as i64);
+    let nmain = c / FC_UNROLL;
+    let xend = e.add_imm(xb, (nmain * FC_UNROLL * 4) as i64);
     if nmain > 0 {
-        e.for_range(xb, xend, (UNROLL * 4) as i64, |e, xp| {
+        e.for_range(xb, xend, (FC_UNROLL * 4) as i64, |e, xp| {
             let wp = e.b.use_var(wvar);
-            step(e, xp, wp, UNROLL);
-            let wn = e.add_imm(wp, (UNROLL * FKB * 4) as i64);
+            step(e, xp, wp, FC_UNROLL);
+            let wn = e.add_imm(wp, (FC_UNROLL * FKB * 4) as i64);
             e.b.def_var(wvar, wn);
             Ok(())
         })?;
     }
-    if c % UNROLL > 0 {
+    if c % FC_UNROLL > 0 {
         let wp = e.b.use_var(wvar);
-        step(e, xend, wp, c % UNROLL);
+        step(e, xend, wp, c % FC_UNROLL);
     }
     // Reduce the sets pairwise, in a fixed order.
     let mut vals: Vec<Value> = (0..rows * 2).map(|i| e.b.use_var(acc[i])).collect();
@@ -589,7 +605,13 @@ impl FcKernel {
         };
         Ok(())
     }
-    pub fn run_all(&self, input: &[f32], packed: &[f32], residual: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+    pub fn run_all(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
         self.run(input, packed, residual, out, 0..self.work_units())
     }
 }

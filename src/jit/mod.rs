@@ -9,7 +9,7 @@ pub mod module;
 pub mod pool;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvSpec, PendingConv};
+pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
 pub use gemm::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{Compiled, KernelModule, Pending};
-pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};

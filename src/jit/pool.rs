@@ -37,7 +37,14 @@ pub struct PoolSpec {
 }
 
 impl PoolSpec {
-    pub fn square(kind: PoolKind, channels: usize, hw: usize, k: usize, stride: usize, pad: usize) -> Self {
+    pub fn square(
+        kind: PoolKind,
+        channels: usize,
+        hw: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
         PoolSpec {
             kind,
             channels,
@@ -89,7 +96,9 @@ impl PoolSpec {
             return Err(Error::Shape(format!("pool stride must be positive: {s:?}")));
         }
         if s.in_h + 2 * s.pad_h < s.kernel_h || s.in_w + 2 * s.pad_w < s.kernel_w {
-            return Err(Error::Shape(format!("pool window larger than the padded input: {s:?}")));
+            return Err(Error::Shape(format!(
+                "pool window larger than the padded input: {s:?}"
+            )));
         }
         if 2 * s.pad_h > s.kernel_h || 2 * s.pad_w > s.kernel_w {
             return Err(Error::Shape(format!(
@@ -97,7 +106,10 @@ impl PoolSpec {
             )));
         }
         let big = [s.input_len(), s.output_len(), s.channels * s.hp() * s.wp()];
-        if big.iter().any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2)) {
+        if big
+            .iter()
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
             return Err(Error::Unsupported(format!("pool tensors over 1 GB: {s:?}")));
         }
         Ok(())
@@ -220,12 +232,7 @@ impl Emit<'_> {
             .iter()
             .flat_map(|&l| (0..4).map(move |i| (l * 4 + i) as u8))
             .collect();
-        let imm = self
-            .b
-            .func
-            .dfg
-            .immediates
-            .push(ConstantData::from(bytes));
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(bytes));
         let s = self.b.ins().shuffle(a8, b8, imm);
         self.b.ins().bitcast(F32X4, le, s)
     }
@@ -279,7 +286,13 @@ impl PoolKernel {
     pub fn scratch_len(&self) -> usize {
         self.spec.scratch_len()
     }
-    pub fn run(&self, input: &[f32], out: &mut [f32], scratch: &mut [f32], range: Range<usize>) -> Result<()> {
+    pub fn run(
+        &self,
+        input: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+        range: Range<usize>,
+    ) -> Result<()> {
         let s = &self.spec;
         check_len("pool input", input.len(), s.input_len())?;
         check_len("pool output", out.len(), s.output_len())?;
