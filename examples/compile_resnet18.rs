@@ -3,6 +3,7 @@
 use cnnc::jit::*;
 use std::time::Instant;
 
+#[allow(clippy::too_many_arguments)]
 fn conv(
     c: usize,
     hw: usize,
