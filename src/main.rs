@@ -25,7 +25,11 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        passes: cli::passes::PassArgs,
     },
+    /// Run the pass pipeline and print the IR (or Graphviz DOT).
+    Compile(cli::compile::CompileArgs),
     /// Run a network on an input and print the top classes.
     Run(RunArgs),
     /// Write the weights the graph's seed gives to a .safetensors file.
@@ -62,6 +66,8 @@ struct RunArgs {
     /// Class names, one per line.
     #[arg(long)]
     labels: Option<PathBuf>,
+    #[command(flatten)]
+    passes: cli::passes::PassArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -77,6 +83,7 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
     for w in cnnc::weights::bind(&mut g, a.weights.as_deref())? {
         eprintln!("warning: {w}");
     }
+    cnnc::passes::optimize(&mut g, &a.passes.options())?;
     if a.batch == Some(0) {
         return Err(cnnc::Error::Input("--batch must be at least 1".into()));
     }
@@ -112,8 +119,14 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
 
 fn run(cli: Cli) -> cnnc::Result<()> {
     match cli.command {
-        Command::Info { graph, json } => {
-            let g = cnnc::format::load(&graph)?;
+        Command::Info {
+            graph,
+            json,
+            passes,
+        } => {
+            let mut g = cnnc::format::load(&graph)?;
+            // info describes the graph as written (PyTorch's parameter count) unless given -O.
+            cnnc::passes::optimize(&mut g, &passes.options_or(cnnc::OptLevel::O0))?;
             let text = if json {
                 cli::info::json(&g)?
             } else {
@@ -122,6 +135,7 @@ fn run(cli: Cli) -> cnnc::Result<()> {
             print!("{text}");
         }
         Command::Run(args) => run_network(args)?,
+        Command::Compile(args) => print!("{}", cli::compile::compile(&args)?),
         Command::Init { graph, output } => {
             let mut g = cnnc::format::load(&graph)?;
             cnnc::weights::init_from_seed(&mut g);

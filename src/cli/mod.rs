@@ -1,3 +1,5 @@
 //! The `cnnc` command line: one module per subcommand.
+pub mod compile;
 pub mod info;
+pub mod passes;
 pub mod run;
