@@ -82,7 +82,7 @@ fn fold(g: &mut Graph, layer: NodeId, bn: NodeId) -> Result<()> {
             }
             let w = layer_node.param("weight").expect("bound");
             let old_bias = layer_node.param("bias");
-            if w.len() % channels != 0 || old_bias.is_some_and(|b| b.len() != channels) {
+            if !w.len().is_multiple_of(channels) || old_bias.is_some_and(|b| b.len() != channels) {
                 return Err(Error::Weights(format!(
                     "{name}: its weight {:?} does not have {channels} output channels",
                     w.shape()
