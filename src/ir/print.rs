@@ -65,12 +65,14 @@ pub fn to_dot(g: &Graph) -> Result<String> {
             "maxpool" | "avgpool" | "global_avgpool" => "palegreen",
             _ => "white",
         };
-        let mut attrs = format!(
-            "label=\"{}\\n{}\\n{}\", fillcolor={fill}",
-            escape(&node.name),
-            escape(&node.op.to_string()),
-            node.shape
-        );
+        let op = node.op.to_string();
+        // The op line is left out when the name says it all (`input`, a `relu` named relu).
+        let label = if op == node.name {
+            format!("{}\\n{}", escape(&op), node.shape)
+        } else {
+            format!("{}\\n{}\\n{}", escape(&node.name), escape(&op), node.shape)
+        };
+        let mut attrs = format!("label=\"{label}\", fillcolor={fill}");
         if g.outputs.contains(&id) {
             attrs.push_str(", peripheries=2");
         }
