@@ -1,11 +1,27 @@
 //! cnnc: a small compiler for convolutional neural networks.
 //!
-//! The pipeline: [`format`] (YAML) -> [`ir`] (petgraph) -> passes -> interpreter / JIT.
+//! The pipeline: [`format`] (YAML) -> [`ir`] (petgraph) -> passes -> [`interp`] / JIT.
+//!
+//! ```
+//! // Load a graph (from a path with `format::load`, or from a string):
+//! let mut graph = cnnc::format::parse_str(
+//!     "input: [1, 8, 8]\nlayers:\n  - conv: {filters: 4, size: 3, pad: 1}\n  - relu\n  - fc: {units: 10}\n  - softmax\n",
+//!     None,
+//! )?;
+//! // Bind weights: the graph's `weights:` file, a file of yours, or drawn from its seed.
+//! cnnc::weights::bind(&mut graph, None)?;
+//! // Run the reference interpreter on a batch of two images.
+//! let x = cnnc::Tensor::zeros(vec![2, 1, 8, 8]);
+//! let y = cnnc::interp::run(&graph, x)?;
+//! assert_eq!(y[0].shape(), &[2, 10]);
+//! # Ok::<(), cnnc::Error>(())
+//! ```
 pub mod error;
 pub mod format;
 pub mod interp;
 pub mod io;
 pub mod ir;
+pub mod jit;
 pub mod options;
 pub mod passes;
 pub mod tensor;

@@ -59,35 +59,42 @@ pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
             }
         };
         let out_dims = node.shape.dims(n);
-        let x = inputs.first().copied();
+        // Shape inference checked every node's input count; a graph built by hand
+        // without it gets an error here rather than a panic.
+        let (min, _) = node.op.arity();
+        if inputs.len() < min.max(1) {
+            return Err(Error::Graph(format!(
+                "{}: {} has {} input(s); run shape inference (Graph::infer_shapes) first",
+                node.name,
+                node.op.kind(),
+                inputs.len()
+            )));
+        }
+        let x = inputs[0];
         let mut y = match &node.op {
             Op::Input => unreachable!("the input node is skipped"),
             Op::Conv(c) => ops::conv(
-                x.unwrap(),
+                x,
                 param("weight")?,
                 bias(c.bias)?,
                 c.stride,
                 c.pad,
                 &node.shape,
             ),
-            Op::Gemm(gm) => ops::gemm_1x1(
-                x.unwrap(),
-                param("weight")?,
-                bias(gm.bias)?,
-                gm.stride,
-                &node.shape,
-            ),
-            Op::Fc(f) => ops::fc(x.unwrap(), param("weight")?, bias(f.bias)?),
-            Op::Relu => ops::relu(x.unwrap().clone()),
-            Op::MaxPool(p) => ops::pool(x.unwrap(), p, ops::PoolKind::Max, &node.shape),
-            Op::AvgPool(p) => ops::pool(x.unwrap(), p, ops::PoolKind::Avg, &node.shape),
-            Op::GlobalAvgPool => ops::global_avgpool(x.unwrap()),
-            Op::Flatten | Op::Dropout => x.unwrap().clone(),
-            Op::Softmax => ops::softmax(x.unwrap()),
+            Op::Gemm(gm) => {
+                ops::gemm_1x1(x, param("weight")?, bias(gm.bias)?, gm.stride, &node.shape)
+            }
+            Op::Fc(f) => ops::fc(x, param("weight")?, bias(f.bias)?),
+            Op::Relu => ops::relu(x.clone()),
+            Op::MaxPool(p) => ops::pool(x, p, ops::PoolKind::Max, &node.shape),
+            Op::AvgPool(p) => ops::pool(x, p, ops::PoolKind::Avg, &node.shape),
+            Op::GlobalAvgPool => ops::global_avgpool(x),
+            Op::Flatten | Op::Dropout => x.clone(),
+            Op::Softmax => ops::softmax(x),
             Op::Add => ops::add(&inputs),
             Op::Concat => ops::concat(&inputs),
             Op::BatchNorm { eps } => ops::batchnorm(
-                x.unwrap(),
+                x,
                 param("weight")?,
                 param("bias")?,
                 param("running_mean")?,

@@ -22,7 +22,7 @@ pub fn read(path: &Path) -> Result<Tensor> {
         )));
     }
     let dtype = npy.dtype().descr();
-    let data: Vec<f32> = match dtype.as_str() {
+    let data: Vec<f32> = match dtype.trim_matches('\'') {
         "<f4" => npy.into_vec::<f32>().map_err(bad)?,
         "<f8" => npy
             .into_vec::<f64>()
