@@ -11,6 +11,31 @@
 //! once at compile time: run the pipeline after the weights are bound
 //! ([`crate::weights::bind`]). On a graph without weights they rewrite the structure
 //! only (enough for `cnnc info` and `cnnc compile --emit`).
+//!
+//! ```
+//! use cnnc::passes::{optimize, Changed, Pipeline};
+//! use cnnc::{OptLevel, Options};
+//! let yaml = "input: [4, 8, 8]
+//! layers:
+//!   - {name: conv, conv: {filters: 4, size: 3, pad: 1, bias: false}}
+//!   - {name: bn, batchnorm}
+//!   - {name: add, add, inputs: [bn, input]}
+//!   - relu
+//! ";
+//! let mut g = cnnc::format::parse_str(yaml, None)?;
+//! cnnc::weights::bind(&mut g, None)?; // fold-batchnorm computes the new weights
+//! let mut g1 = g.clone();
+//! let o1 = Options { opt_level: OptLevel::O1, ..Options::default() };
+//! Pipeline::new(&o1)?.run_with(&mut g1, &mut |pass, changed, g| {
+//!     println!("after {pass} ({changed:?}):\n{}", cnnc::ir::print::to_text(g).unwrap());
+//! })?;
+//! assert_eq!(g1.node_count(), 4); // input, conv, add, relu
+//! assert_eq!(optimize(&mut g, &Options::default())?, Changed::Yes);
+//! let conv = g.node(g.find("conv").unwrap());
+//! assert_eq!(conv.op.to_string(), "conv 3x3/1 pad 1 k=4 +residual +relu");
+//! assert_eq!(g.node_count(), 2);
+//! # Ok::<(), cnnc::Error>(())
+//! ```
 pub mod dce;
 pub mod fold_batchnorm;
 pub mod fuse_epilogue;
