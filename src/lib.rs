@@ -24,6 +24,7 @@ pub mod ir;
 pub mod jit;
 pub mod options;
 pub mod passes;
+pub mod runtime;
 pub mod tensor;
 pub mod weights;
 

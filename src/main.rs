@@ -66,6 +66,9 @@ pub struct RunArgs {
     /// Class names, one per line.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Print the time, GFLOP/s and share of the total of each layer (JIT engine).
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     passes: cli::passes::PassArgs,
 }
@@ -102,9 +105,24 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
     cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let labels = a.labels.as_deref().map(cli::run::read_labels).transpose()?;
     let batch = cnnc::io::load_input(a.input.as_deref(), &g, a.batch)?;
-    let runner = cli::engine::Runner::new(g, &a.engine)?;
+    let n = batch.tensor.shape()[0];
+    let runner = cli::engine::Runner::new(g, &a.engine, n)?;
     let start = std::time::Instant::now();
-    let outputs = runner.run(batch.tensor)?;
+    let (outputs, layers) = if a.profile {
+        match &runner {
+            cli::engine::Runner::Jit(_, model) => {
+                let (y, layers) = model.profile(&batch.tensor)?;
+                (y, Some(layers))
+            }
+            cli::engine::Runner::Interp(_) => {
+                return Err(cnnc::Error::Unsupported(
+                    "--profile times the JIT's kernels; use it with --engine jit".into(),
+                ))
+            }
+        }
+    } else {
+        (runner.run(batch.tensor)?, None)
+    };
     let elapsed = start.elapsed();
     let g = runner.graph();
     let y = &outputs[0];
@@ -120,6 +138,9 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
         elapsed.as_secs_f64() * 1e3,
         a.engine.engine.name()
     );
+    if let Some(layers) = layers {
+        print!("{}", cli::run::profile_table(&layers));
+    }
     if let Some(path) = &a.output {
         cnnc::io::npy::write(path, y)?;
     }
@@ -146,7 +167,7 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
     let start = std::time::Instant::now();
     // Compile time includes the passes (batchnorm folding is done here, once).
     cnnc::passes::optimize(&mut g, &a.passes.options())?;
-    let runner = cli::engine::Runner::new(g, &a.engine)?;
+    let runner = cli::engine::Runner::new(g, &a.engine, a.batch)?;
     let compile = start.elapsed();
     let budget = cli::bench::Budget {
         time: std::time::Duration::from_secs_f64(a.time),

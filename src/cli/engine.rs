@@ -22,7 +22,7 @@ impl EngineKind {
 
 #[derive(clap::Args)]
 pub struct EngineArgs {
-    #[arg(long, value_enum, default_value_t = EngineKind::Interp)]
+    #[arg(long, value_enum, default_value_t = EngineKind::Jit)]
     pub engine: EngineKind,
 }
 
@@ -51,27 +51,32 @@ pub fn load_with(graph: &Path, weights: Option<&Path>) -> Result<Graph> {
 /// A network ready to run on one engine.
 pub enum Runner {
     Interp(Graph),
+    Jit(Graph, cnnc::runtime::Model),
 }
 
 impl Runner {
-    pub fn new(graph: Graph, args: &EngineArgs) -> Result<Self> {
+    /// `batch`: images per kernel call for the JIT.
+    pub fn new(graph: Graph, args: &EngineArgs, batch: usize) -> Result<Self> {
         match args.engine {
             EngineKind::Interp => Ok(Runner::Interp(graph)),
-            EngineKind::Jit => Err(cnnc::Error::Unsupported(
-                "the JIT engine is not available yet; use --engine interp".into(),
-            )),
+            EngineKind::Jit => {
+                let opts = cnnc::runtime::CompileOptions { batch };
+                let model = cnnc::runtime::compile(&graph, &opts)?;
+                Ok(Runner::Jit(graph, model))
+            }
         }
     }
 
     pub fn graph(&self) -> &Graph {
         match self {
-            Runner::Interp(g) => g,
+            Runner::Interp(g) | Runner::Jit(g, _) => g,
         }
     }
 
     pub fn run(&self, x: Tensor) -> Result<Vec<Tensor>> {
         match self {
             Runner::Interp(g) => cnnc::interp::run(g, x),
+            Runner::Jit(_, m) => m.run(&x),
         }
     }
 }

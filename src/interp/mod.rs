@@ -5,38 +5,13 @@ mod ops;
 
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Op, Shape};
-use crate::tensor::{fmt_shape, Tensor};
+use crate::tensor::Tensor;
 use std::collections::HashMap;
-
-/// Checks that `x` fits the graph's input (`[N, C, H, W]`, or `[C, H, W]` for one
-/// image) and returns it as `[N, C, H, W]`.
-pub fn check_input(g: &Graph, x: Tensor) -> Result<Tensor> {
-    let s = g.input_shape();
-    let want = [s.c, s.h, s.w];
-    let dims = x.shape().to_vec();
-    let fits = match dims.as_slice() {
-        [c, h, w] => [*c, *h, *w] == want,
-        [n, c, h, w] => *n >= 1 && [*c, *h, *w] == want,
-        _ => false,
-    };
-    if !fits {
-        return Err(Error::Input(format!(
-            "the input has shape {}, but the graph takes {} (or Nx{})",
-            fmt_shape(&dims),
-            fmt_shape(&want),
-            fmt_shape(&want)
-        )));
-    }
-    if dims.len() == 3 {
-        return x.reshaped(vec![1, s.c, s.h, s.w]);
-    }
-    Ok(x)
-}
 
 /// Runs the graph on a batch; returns one tensor per graph output, `[N, ...]`.
 /// The graph's weights must be bound (see [`crate::weights::bind`]).
 pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
-    let x = check_input(g, input)?;
+    let x = g.check_input(input)?;
     let n = x.shape()[0];
     let mut values: HashMap<_, Tensor> = HashMap::new();
     values.insert(g.input, x);
