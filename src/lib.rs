@@ -22,10 +22,13 @@ pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod jit;
+pub mod options;
+pub mod passes;
 pub mod runtime;
 pub mod tensor;
 pub mod weights;
 
 pub use error::{Error, Result};
 pub use ir::Graph;
+pub use options::{OptLevel, Options};
 pub use tensor::Tensor;

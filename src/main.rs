@@ -26,7 +26,11 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        passes: cli::passes::PassArgs,
     },
+    /// Run the pass pipeline and print the IR (or Graphviz DOT).
+    Compile(cli::compile::CompileArgs),
     /// Run a network on an input and print the top classes.
     Run(RunArgs),
     /// Time a network: compile once, warm up, then run for a while.
@@ -65,6 +69,8 @@ pub struct RunArgs {
     /// Print the time, GFLOP/s and share of the total of each layer (JIT engine).
     #[arg(long)]
     profile: bool,
+    #[command(flatten)]
+    passes: cli::passes::PassArgs,
 }
 
 #[derive(clap::Args)]
@@ -87,13 +93,16 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    passes: cli::passes::PassArgs,
 }
 
 fn run_network(a: RunArgs) -> cnnc::Result<()> {
     if a.batch == Some(0) {
         return Err(cnnc::Error::Input("--batch must be at least 1".into()));
     }
-    let g = cli::engine::load(&a.graph)?;
+    let mut g = cli::engine::load(&a.graph)?;
+    cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let labels = a.labels.as_deref().map(cli::run::read_labels).transpose()?;
     let batch = cnnc::io::load_input(a.input.as_deref(), &g, a.batch)?;
     let n = batch.tensor.shape()[0];
@@ -148,7 +157,7 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
             a.time
         )));
     }
-    let g = cli::engine::load(&a.graph)?;
+    let mut g = cli::engine::load(&a.graph)?;
     let macs: u64 = g
         .dag
         .node_indices()
@@ -156,6 +165,8 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
         .sum();
     let x = cnnc::io::load_input(None, &g, Some(a.batch))?.tensor;
     let start = std::time::Instant::now();
+    // Compile time includes the passes (batchnorm folding is done here, once).
+    cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let runner = cli::engine::Runner::new(g, &a.engine, a.batch)?;
     let compile = start.elapsed();
     let budget = cli::bench::Budget {
@@ -194,8 +205,14 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
 
 fn run(cli: Cli) -> cnnc::Result<()> {
     match cli.command {
-        Command::Info { graph, json } => {
-            let g = cnnc::format::load(&graph)?;
+        Command::Info {
+            graph,
+            json,
+            passes,
+        } => {
+            let mut g = cnnc::format::load(&graph)?;
+            // info describes the graph as written (PyTorch's parameter count) unless given -O.
+            cnnc::passes::optimize(&mut g, &passes.options_or(cnnc::OptLevel::O0))?;
             let text = if json {
                 cli::info::json(&g)?
             } else {
@@ -204,6 +221,7 @@ fn run(cli: Cli) -> cnnc::Result<()> {
             print!("{text}");
         }
         Command::Run(args) => run_network(args)?,
+        Command::Compile(args) => print!("{}", cli::compile::compile(&args)?),
         Command::Bench(args) => bench(args)?,
         Command::Init { graph, output } => {
             let mut g = cnnc::format::load(&graph)?;

@@ -5,6 +5,7 @@
 //! and `concat` inputs is kept. The graph is a `StableDiGraph` so passes can delete and
 //! replace nodes without invalidating the indices they hold.
 pub mod op;
+pub mod print;
 pub mod shape;
 pub mod stats;
 
