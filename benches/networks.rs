@@ -1,6 +1,6 @@
 //! Whole networks: the reference interpreter against the JIT, and the JIT's compile
 //! time. `cargo bench --bench networks`; numbers go to BENCHMARKS.md.
-use cnnc::runtime::{compile, CompileOptions};
+use cnnc::{compile, OptLevel, Options};
 use cnnc::{Graph, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
@@ -52,8 +52,27 @@ fn networks(c: &mut Criterion) {
         for &batch in batches {
             let x = input(&g, batch);
             group.throughput(Throughput::Elements(flops(&g) * batch as u64));
-            let model = compile(&g, &CompileOptions { batch }).expect("compiles");
-            group.bench_with_input(BenchmarkId::new("jit", batch), &x, |b, x| {
+            for level in [OptLevel::O0, OptLevel::O2] {
+                let opts = Options {
+                    opt_level: level,
+                    batch,
+                    threads: 1,
+                    ..Default::default()
+                };
+                let model = compile(&g, &opts).expect("compiles");
+                group.bench_with_input(
+                    BenchmarkId::new(format!("jit{level}"), batch),
+                    &x,
+                    |b, x| b.iter(|| model.run(x).expect("runs")),
+                );
+            }
+            let opts = Options {
+                batch,
+                ..Default::default()
+            };
+            let model = compile(&g, &opts).expect("compiles");
+            let id = format!("jit-O2-threads{}", opts.threads);
+            group.bench_with_input(BenchmarkId::new(id, batch), &x, |b, x| {
                 b.iter(|| model.run(x).expect("runs"))
             });
             // The interpreter is slow on the big networks: one batch size, few samples.
@@ -74,7 +93,7 @@ fn compile_time(c: &mut Criterion) {
     for &name in GRAPHS {
         let g = load(name);
         group.bench_function(name, |b| {
-            b.iter(|| compile(&g, &CompileOptions::default()).expect("compiles"))
+            b.iter(|| compile(&g, &Options::default()).expect("compiles"))
         });
     }
     group.finish();

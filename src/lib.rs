@@ -31,4 +31,13 @@ pub mod weights;
 pub use error::{Error, Result};
 pub use ir::Graph;
 pub use options::{OptLevel, Options};
+pub use runtime::Model;
 pub use tensor::Tensor;
+
+/// Optimises a copy of `graph` with the pass pipeline `opts` selects, then compiles it
+/// to machine code for the host CPU. The graph's weights must be bound.
+pub fn compile(graph: &Graph, opts: &Options) -> Result<Model> {
+    let mut g = graph.clone();
+    passes::optimize(&mut g, opts)?;
+    runtime::compile(&g, opts)
+}

@@ -105,8 +105,10 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
     cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let labels = a.labels.as_deref().map(cli::run::read_labels).transpose()?;
     let batch = cnnc::io::load_input(a.input.as_deref(), &g, a.batch)?;
-    let n = batch.tensor.shape()[0];
-    let runner = cli::engine::Runner::new(g, &a.engine, n)?;
+    let opts = a
+        .engine
+        .options(a.passes.options(), batch.tensor.shape()[0]);
+    let runner = cli::engine::Runner::new(g, a.engine.engine, &opts)?;
     let start = std::time::Instant::now();
     let (outputs, layers) = if a.profile {
         match &runner {
@@ -166,8 +168,9 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
     let x = cnnc::io::load_input(None, &g, Some(a.batch))?.tensor;
     let start = std::time::Instant::now();
     // Compile time includes the passes (batchnorm folding is done here, once).
-    cnnc::passes::optimize(&mut g, &a.passes.options())?;
-    let runner = cli::engine::Runner::new(g, &a.engine, a.batch)?;
+    let opts = a.engine.options(a.passes.options(), a.batch);
+    cnnc::passes::optimize(&mut g, &opts)?;
+    let runner = cli::engine::Runner::new(g, a.engine.engine, &opts)?;
     let compile = start.elapsed();
     let budget = cli::bench::Budget {
         time: std::time::Duration::from_secs_f64(a.time),
@@ -180,7 +183,10 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
     let report = cli::bench::BenchReport {
         graph: runner.graph().name.clone(),
         engine: a.engine.engine.name().into(),
-        threads: 1,
+        threads: match a.engine.engine {
+            cli::engine::EngineKind::Jit => opts.threads,
+            cli::engine::EngineKind::Interp => 1,
+        },
         batch: a.batch,
         compile_ms: ms(compile),
         runs: times.len(),

@@ -57,6 +57,11 @@ pub struct Options {
     /// Re-infers and checks every shape after each pass, failing with the pass's name.
     /// On by default in debug builds; tests turn it on explicitly.
     pub verify: bool,
+    /// JIT: images per kernel call. A model runs any batch size, in chunks of this many.
+    pub batch: usize,
+    /// JIT: threads that share each large layer's work. Default: the machine's cores.
+    /// Results are bit-identical for any count.
+    pub threads: usize,
 }
 
 // Not derivable: `verify` follows the build profile (clippy sees `false` in release).
@@ -68,6 +73,8 @@ impl Default for Options {
             passes: None,
             disabled: Vec::new(),
             verify: cfg!(debug_assertions),
+            batch: 1,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

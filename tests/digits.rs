@@ -64,8 +64,14 @@ fn cli_classifies_a_png_of_a_digit() {
 fn jit_matches_the_training_script_on_the_held_out_split() {
     for batch in [1, 64] {
         digits_predictions(|g, x| {
-            let model =
-                cnnc::runtime::compile(g, &cnnc::runtime::CompileOptions { batch }).unwrap();
+            let model = cnnc::compile(
+                g,
+                &cnnc::Options {
+                    batch,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             model.run(&x).unwrap().remove(0)
         });
     }

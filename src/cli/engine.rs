@@ -24,6 +24,20 @@ impl EngineKind {
 pub struct EngineArgs {
     #[arg(long, value_enum, default_value_t = EngineKind::Jit)]
     pub engine: EngineKind,
+    /// Threads per layer for the JIT [default: the machine's cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl EngineArgs {
+    /// `opts` with this engine's settings and `batch` images per kernel call.
+    pub fn options(&self, mut opts: cnnc::Options, batch: usize) -> cnnc::Options {
+        opts.batch = batch;
+        if let Some(t) = self.threads {
+            opts.threads = t;
+        }
+        opts
+    }
 }
 
 #[derive(clap::Args)]
@@ -55,13 +69,12 @@ pub enum Runner {
 }
 
 impl Runner {
-    /// `batch`: images per kernel call for the JIT.
-    pub fn new(graph: Graph, args: &EngineArgs, batch: usize) -> Result<Self> {
-        match args.engine {
+    /// `graph` has been through the passes already; `opts` gives the JIT's batch and threads.
+    pub fn new(graph: Graph, engine: EngineKind, opts: &cnnc::Options) -> Result<Self> {
+        match engine {
             EngineKind::Interp => Ok(Runner::Interp(graph)),
             EngineKind::Jit => {
-                let opts = cnnc::runtime::CompileOptions { batch };
-                let model = cnnc::runtime::compile(&graph, &opts)?;
+                let model = cnnc::runtime::compile(&graph, opts)?;
                 Ok(Runner::Jit(graph, model))
             }
         }

@@ -22,6 +22,7 @@ use cranelift_frontend::Variable;
 use super::cg::{off, F32, F32X4, I32, I64};
 use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::shared_out::SharedOut;
 use crate::error::{Error, Result};
 
 /// Shapes and fused epilogue of one convolution layer (one image, NCHW).
@@ -587,6 +588,28 @@ impl ConvKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
+        self.run_shared(
+            input,
+            packed,
+            residual,
+            &SharedOut::new(out),
+            scratch,
+            range,
+        )
+    }
+
+    /// [`ConvKernel::run`] for one of several threads filling `out` together: it writes
+    /// only the output channels of the blocks in `range`.
+    /// Computes the output channel blocks in `range` of `out` (`[out_c, out_h, out_w]`).
+    pub fn run_shared(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &SharedOut,
+        scratch: &mut [f32],
+        range: Range<usize>,
+    ) -> Result<()> {
         let s = &self.spec;
         check_len("conv input", input.len(), s.input_len())?;
         check_len("conv packed weights", packed.len(), self.packed_len)?;
@@ -616,7 +639,8 @@ impl ConvKernel {
         // (output_len, only when spec.residual), reads and writes `scratch` (scratch_len), and
         // writes `out` (output_len): every address it computes is derived from the spec's
         // shapes for units in `range`, which lie within these lengths, all checked above.
-        // `out` and `scratch` are exclusive borrows, so they alias nothing else.
+        // `scratch` is an exclusive borrow; `out` is a SharedOut, of which only the output
+        // channels of the blocks in `range` are written (see SharedOut).
         unsafe {
             (self.f)(
                 input.as_ptr(),

@@ -15,6 +15,7 @@ use cranelift_frontend::Variable;
 use super::cg::{off, F32, F32X4, I64};
 use super::conv::{check_len, check_range};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::shared_out::SharedOut;
 use crate::error::{Error, Result};
 
 /// What an [`EltKernel`] computes.
@@ -308,6 +309,16 @@ impl EltKernel {
     /// `inputs`: the summands for Add, `[x]` for Relu/Softmax/GlobalAvgPool,
     /// `[x, scale, shift]` for ScaleShift.
     pub fn run(&self, inputs: &[&[f32]], out: &mut [f32], range: Range<usize>) -> Result<()> {
+        self.run_shared(inputs, &SharedOut::new(out), range)
+    }
+    /// [`EltKernel::run`] for one of several threads filling `out` together: it writes
+    /// only the output elements of the units in `range`.
+    pub fn run_shared(
+        &self,
+        inputs: &[&[f32]],
+        out: &SharedOut,
+        range: Range<usize>,
+    ) -> Result<()> {
         let (lens, out_len) = self.spec.lens();
         if inputs.len() != lens.len() {
             return Err(Error::Input(format!(

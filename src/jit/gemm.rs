@@ -15,6 +15,7 @@ use cranelift_frontend::Variable;
 use super::cg::{off, F32, F32X4, I64};
 use super::conv::{bcast_flags, check_len, check_range};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::shared_out::SharedOut;
 use crate::error::{Error, Result};
 
 /// Output channels per block of the pointwise GEMM.
@@ -576,6 +577,19 @@ impl FcKernel {
         packed: &[f32],
         residual: Option<&[f32]>,
         out: &mut [f32],
+        range: Range<usize>,
+    ) -> Result<()> {
+        self.run_shared(input, packed, residual, &SharedOut::new(out), range)
+    }
+    /// [`FcKernel::run`] for one of several threads filling `out` together: it writes
+    /// only the output features of the blocks in `range`.
+    /// `input` is `[batch, in]`, `out` and `residual` are `[batch, out]`.
+    pub fn run_shared(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &SharedOut,
         range: Range<usize>,
     ) -> Result<()> {
         let s = &self.spec;

@@ -14,6 +14,7 @@ use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFla
 use super::cg::{off, F32, F32X4};
 use super::conv::{check_len, check_range};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::shared_out::SharedOut;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -290,6 +291,17 @@ impl PoolKernel {
         &self,
         input: &[f32],
         out: &mut [f32],
+        scratch: &mut [f32],
+        range: Range<usize>,
+    ) -> Result<()> {
+        self.run_shared(input, &SharedOut::new(out), scratch, range)
+    }
+    /// [`PoolKernel::run`] for one of several threads filling `out` together: it writes
+    /// only the output planes of the channels in `range`.
+    pub fn run_shared(
+        &self,
+        input: &[f32],
+        out: &SharedOut,
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {

@@ -3,4 +3,4 @@
 pub mod arena;
 pub mod model;
 
-pub use model::{compile, CompileOptions, LayerTime, Model};
+pub use model::{compile, LayerTime, Model};

@@ -5,26 +5,17 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op, Shape};
 use crate::jit::{
     concat_channels, pack_conv_weights, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec,
-    FcKernel, FcSpec, KernelModule, PoolKernel, PoolKind, PoolSpec,
+    FcKernel, FcSpec, KernelModule, PoolKernel, PoolKind, PoolSpec, SharedOut,
 };
+use crate::options::Options;
 use crate::tensor::Tensor;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How to compile a model.
-#[derive(Clone, Debug)]
-pub struct CompileOptions {
-    /// Images per kernel call. `run` takes any batch size and processes it in chunks of
-    /// this many (a last, partial chunk is padded inside the arena, never in user memory).
-    pub batch: usize,
-}
-
-impl Default for CompileOptions {
-    fn default() -> Self {
-        CompileOptions { batch: 1 }
-    }
-}
+/// Below this much work (FLOPs, or floats written) a layer runs on one thread: waking
+/// another costs more than it saves.
+const PARALLEL_MIN_WORK: u64 = 1 << 20;
 
 /// The machine code of one layer and the constants it reads.
 enum Kernel {
@@ -70,10 +61,74 @@ pub struct LayerTime {
     pub flops: u64,
 }
 
-/// Per-run memory: the activation arena and kernel scratch space.
+impl Step {
+    /// Batch item `n` of input `i`.
+    fn item<'a>(&self, ins: &[&'a [f32]], i: usize, n: usize) -> &'a [f32] {
+        let len = self.input_items[i];
+        &ins[i][n * len..(n + 1) * len]
+    }
+
+    /// Work units of one kernel call.
+    fn work_units(&self) -> usize {
+        match &self.kernel {
+            Kernel::Conv { k, .. } => k.work_units(),
+            Kernel::Fc { k, .. } => k.work_units(),
+            Kernel::Pool(k) => k.work_units(),
+            Kernel::Elt { k, .. } => k.work_units(),
+            Kernel::Concat => 1,
+        }
+    }
+
+    /// The units in `range` of every item of a `batch`-item chunk.
+    fn run(
+        &self,
+        ins: &[&[f32]],
+        out: &SharedOut,
+        scratch: &mut [f32],
+        range: std::ops::Range<usize>,
+        batch: usize,
+    ) -> Result<()> {
+        if let Kernel::Fc { k, packed } = &self.kernel {
+            // One call for the whole chunk: the weights are read once for every item.
+            let residual = (ins.len() > 1).then(|| &ins[1][..batch * self.output_item]);
+            return k.run_shared(
+                &ins[0][..batch * self.input_items[0]],
+                packed,
+                residual,
+                out,
+                range,
+            );
+        }
+        for n in 0..batch {
+            let o = out
+                .part(n * self.output_item, self.output_item)
+                .ok_or_else(|| {
+                    Error::Codegen(format!("{}: output item {n} out of range", self.name))
+                })?;
+            let range = range.clone();
+            match &self.kernel {
+                Kernel::Conv { k, packed } => {
+                    let residual = (ins.len() > 1).then(|| self.item(ins, 1, n));
+                    k.run_shared(self.item(ins, 0, n), packed, residual, &o, scratch, range)?;
+                }
+                Kernel::Pool(k) => k.run_shared(self.item(ins, 0, n), &o, scratch, range)?,
+                Kernel::Elt { k, consts } => {
+                    let mut args: Vec<&[f32]> =
+                        (0..ins.len()).map(|i| self.item(ins, i, n)).collect();
+                    args.extend(consts.iter().map(Vec::as_slice));
+                    k.run_shared(&args, &o, range)?;
+                }
+                Kernel::Fc { .. } | Kernel::Concat => unreachable!("run whole chunks"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-run memory: the activation arena, and kernel scratch space for each thread.
 struct Workspace {
     arena: Vec<f32>,
-    scratch: Vec<f32>,
+    scratch: Vec<Mutex<Vec<f32>>>,
 }
 
 pub struct Model {
@@ -88,16 +143,36 @@ pub struct Model {
     /// Idle workspaces; concurrent `run` calls each take one (a new one is made only
     /// when more calls overlap than ever before), so steady-state runs allocate nothing.
     workspaces: Mutex<Vec<Workspace>>,
+    /// Workers for `threads > 1`, created once per model.
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
     compile_time: Duration,
 }
 
-/// Compiles a graph (with bound weights) to machine code for the host CPU.
-pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Model> {
+/// Compiles a graph (with bound weights) to machine code for the host CPU, as it is:
+/// [`crate::compile`] runs the optimisation passes first. Uses `opts.batch` and
+/// `opts.threads`.
+pub fn compile(g: &Graph, opts: &Options) -> Result<Model> {
     let start = Instant::now();
     let b = opts.batch;
     if b == 0 {
         return Err(Error::Input("the batch size must be at least 1".into()));
     }
+    if opts.threads == 0 {
+        return Err(Error::Input("the thread count must be at least 1".into()));
+    }
+    let pool = if opts.threads > 1 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .thread_name(|i| format!("cnnc-worker-{i}"))
+            .build()
+            .map_err(|e| {
+                Error::Unsupported(format!("cannot start {} threads: {e}", opts.threads))
+            })?;
+        Some(pool)
+    } else {
+        None
+    };
     let order = g.topo_order()?;
     let mut module = KernelModule::new()?;
 
@@ -196,6 +271,8 @@ pub fn compile(g: &Graph, opts: &CompileOptions) -> Result<Model> {
         arena_len,
         scratch_len,
         workspaces: Mutex::new(Vec::new()),
+        pool,
+        threads: opts.threads,
         compile_time: start.elapsed(),
     })
 }
@@ -487,7 +564,9 @@ impl Model {
         let idle = self.workspaces.lock().ok().and_then(|mut pool| pool.pop());
         idle.unwrap_or_else(|| Workspace {
             arena: vec![0.0; self.arena_len],
-            scratch: vec![0.0; self.scratch_len],
+            scratch: (0..self.threads)
+                .map(|_| Mutex::new(vec![0.0; self.scratch_len]))
+                .collect(),
         })
     }
 
@@ -549,40 +628,36 @@ impl Model {
         let b = self.batch;
         let (ins, out) = split_io(&mut ws.arena, &step.inputs, step.output)?;
         let out = &mut out[..b * step.output_item];
-        let item =
-            |i: usize, n: usize| &ins[i][n * step.input_items[i]..(n + 1) * step.input_items[i]];
-        match &step.kernel {
-            Kernel::Fc { k, packed } => {
-                let residual = (ins.len() > 1).then(|| &ins[1][..b * step.output_item]);
-                k.run_all(&ins[0][..b * step.input_items[0]], packed, residual, out)?;
+        if let Kernel::Concat = step.kernel {
+            for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
+                let args: Vec<&[f32]> = (0..ins.len()).map(|i| step.item(&ins, i, n)).collect();
+                concat_channels(&args, o)?;
             }
-            _ => {
-                for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
-                    match &step.kernel {
-                        Kernel::Conv { k, packed } => {
-                            let residual = (ins.len() > 1).then(|| item(1, n));
-                            let units = k.work_units();
-                            k.run(item(0, n), packed, residual, o, &mut ws.scratch, 0..units)?;
-                        }
-                        Kernel::Pool(k) => {
-                            k.run(item(0, n), o, &mut ws.scratch, 0..k.work_units())?
-                        }
-                        Kernel::Elt { k, consts } => {
-                            let mut args: Vec<&[f32]> =
-                                (0..ins.len()).map(|i| item(i, n)).collect();
-                            args.extend(consts.iter().map(Vec::as_slice));
-                            k.run_all(&args, o)?;
-                        }
-                        Kernel::Concat => {
-                            let args: Vec<&[f32]> = (0..ins.len()).map(|i| item(i, n)).collect();
-                            concat_channels(&args, o)?;
-                        }
-                        Kernel::Fc { .. } => unreachable!("handled above"),
-                    }
-                }
-            }
+            return Ok(());
         }
-        Ok(())
+        let units = step.work_units();
+        let work = step.flops_per_item.max(step.output_item as u64) * b as u64;
+        let out = SharedOut::new(out);
+        let lock = |i: usize| {
+            ws.scratch[i]
+                .lock()
+                .map_err(|_| Error::Codegen("scratch lock poisoned".into()))
+        };
+        match &self.pool {
+            Some(pool) if work >= PARALLEL_MIN_WORK && units > 1 => {
+                let parts = self.threads.min(units);
+                let results = pool.broadcast(|ctx| {
+                    let i = ctx.index();
+                    if i >= parts {
+                        return Ok(());
+                    }
+                    let range = i * units / parts..(i + 1) * units / parts;
+                    step.run(&ins, &out, &mut lock(i)?, range, b)
+                });
+                results.into_iter().collect()
+            }
+            _ => step.run(&ins, &out, &mut lock(0)?, 0..units, b),
+        }
     }
 
     /// Per-layer names and FLOPs per image, in execution order (for profiles).
