@@ -1,8 +1,8 @@
 //! Numeric equivalence of the pipeline: the interpreter's output at -O0 (the graph as
-//! written) and at -O2 agree within 1e-5 relative L2 (and the JIT's at -O2 within 1e-4), on every example graph (seeded
-//! weights with non-trivial batchnorm statistics) and on every golden fixture (its
-//! weights, a seeded input; fixtures the parser or weight loader does not accept yet
-//! are skipped with a note).
+//! written) and at -O2 agree within 1e-5 relative L2 (and the JIT's at -O2 within
+//! 1e-4), on every example graph (seeded weights with non-trivial batchnorm statistics)
+//! and on every golden fixture (its weights, a seeded input; fixtures the parser or
+//! weight loader does not accept yet are skipped with a note).
 use cnnc::passes::{optimize, Pipeline};
 use cnnc::runtime::{compile, CompileOptions};
 use cnnc::tensor::rel_l2;
