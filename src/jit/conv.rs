@@ -141,8 +141,6 @@ const KB: usize = 8;
 const KV: usize = KB / 4;
 /// Maximum output pixels per micro-kernel tile.
 const MAX_PX: usize = 6;
-/// Tap loop unroll factor.
-const UNROLL: usize = 4;
 
 #[derive(Clone, Debug)]
 pub(crate) struct DirectPlan {
@@ -320,9 +318,12 @@ impl DirectPlan {
                     .map(|v| e.load(F32X4, wp, off((u * KB + v * 4) * 4)))
                     .collect();
                 for j in 0..w {
-                    let x = e.load(F32, ip, off(j * sw4));
-                    let x = e.b.ins().splat(F32X4, x);
                     for (v, &wvv) in wv.iter().enumerate() {
+                        // One broadcast per FMA, made distinct by its flags so that GVN does
+                        // not merge them: a single-use splat of a load becomes one
+                        // `vbroadcastss xmm, m32`, and the FMA may clobber it (no copy).
+                        let x = e.b.ins().load(F32, bcast_flags(v), ip, off(j * sw4));
+                        let x = e.b.ins().splat(F32X4, x);
                         let a = e.b.use_var(acc[j * KV + v]);
                         let a = e.fmadd(x, wvv, a);
                         e.b.def_var(acc[j * KV + v], a);
@@ -330,23 +331,16 @@ impl DirectPlan {
                 }
             }
         };
-        let nmain = self.taps / UNROLL;
-        let tend = table + (nmain * UNROLL * 4) as i64;
-        if nmain > 0 {
-            e.for_const(table, tend, (UNROLL * 4) as i64, |e, tp| {
-                let wp = e.b.use_var(wvar);
-                step(e, tp, wp, UNROLL);
-                let wn = e.add_imm(wp, (UNROLL * KB * 4) as i64);
-                e.b.def_var(wvar, wn);
-                Ok(())
-            })?;
-        }
-        let rem = self.taps % UNROLL;
-        if rem > 0 {
-            let tp = e.iconst(tend);
+        // One tap per iteration: with more, Cranelift's scheduler would place the unrolled
+        // taps accumulator by accumulator and keep all their weight vectors live (spills).
+        let tend = table + (self.taps * 4) as i64;
+        e.for_const(table, tend, 4, |e, tp| {
             let wp = e.b.use_var(wvar);
-            step(e, tp, wp, rem);
-        }
+            step(e, tp, wp, 1);
+            let wn = e.add_imm(wp, (KB * 4) as i64);
+            e.b.def_var(wvar, wn);
+            Ok(())
+        })?;
         // Epilogue: bias (vector), residual and relu, transposed scalar stores.
         let mut vals: Vec<Value> = acc.iter().map(|&v| e.b.use_var(v)).collect();
         if let Some(bp) = t.bias {
@@ -395,6 +389,20 @@ impl DirectPlan {
         }
         let _ = F32;
         Ok(())
+    }
+}
+
+/// Equivalent read-only flags that differ only in ways that do not matter for f32 loads
+/// (`aligned` holds for every f32 in a Rust slice; little-endian is the host order). Four
+/// distinct variants; `v` wraps.
+pub(crate) fn bcast_flags(v: usize) -> cranelift_codegen::ir::MemFlagsData {
+    use cranelift_codegen::ir::Endianness;
+    let f = super::cg::ro();
+    match v % 4 {
+        0 => f,
+        1 => f.with_aligned(),
+        2 => f.with_endianness(Endianness::Little),
+        _ => f.with_aligned().with_endianness(Endianness::Little),
     }
 }
 

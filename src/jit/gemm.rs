@@ -13,17 +13,17 @@ use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
-use super::conv::{check_len, check_range};
+use super::conv::{bcast_flags, check_len, check_range};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use crate::error::{Error, Result};
 
 /// Output channels per block of the pointwise GEMM.
-const MR: usize = 4;
-/// f32x4 vectors of pixels per tile (12 pixels).
-const NV: usize = 3;
+const MR: usize = 6;
+/// f32x4 vectors of pixels per tile (8 pixels).
+const NV: usize = 2;
 const NP: usize = NV * 4;
-/// Reduction unroll.
-const UNROLL: usize = 4;
+/// Reduction unroll of the fc kernel (its accumulator sets alternate over these steps).
+const FC_UNROLL: usize = 4;
 /// Bytes of input a pixel panel may occupy (kept in L2 while all channel blocks use it).
 const PANEL_BYTES: usize = 192 * 1024;
 
@@ -165,36 +165,32 @@ impl PixelGemm {
                     .map(|&(ty, o)| e.load(ty, xp, off(u * np * 4 + o)))
                     .collect();
                 for i in 0..MR {
-                    let ws = e.load(F32, wp, off((u * MR + i) * 4));
-                    let wv = if nv > 0 {
-                        Some(e.b.ins().splat(F32X4, ws))
-                    } else {
-                        None
-                    };
                     for (col, &(ty, _)) in cols.iter().enumerate() {
+                        // A fresh broadcast per FMA (see `conv::bcast_flags`).
+                        let ws =
+                            e.b.ins()
+                                .load(F32, bcast_flags(col), wp, off((u * MR + i) * 4));
+                        let wx = if ty == F32 {
+                            ws
+                        } else {
+                            e.b.ins().splat(F32X4, ws)
+                        };
                         let a = e.b.use_var(acc[i * ncol + col]);
-                        let wx = if ty == F32 { ws } else { wv.unwrap() };
-                        let a = e.fmadd(xs[col], wx, a);
+                        let a = e.fmadd(wx, xs[col], a);
                         e.b.def_var(acc[i * ncol + col], a);
                     }
                 }
             }
         };
-        let nmain = c / UNROLL;
-        let xend = e.add_imm(xbase, (nmain * UNROLL * np * 4) as i64);
-        if nmain > 0 {
-            e.for_range(xbase, xend, (UNROLL * np * 4) as i64, |e, xp| {
-                let wp = e.b.use_var(wvar);
-                step(e, xp, wp, UNROLL);
-                let wn = e.add_imm(wp, (UNROLL * MR * 4) as i64);
-                e.b.def_var(wvar, wn);
-                Ok(())
-            })?;
-        }
-        if c % UNROLL > 0 {
+        // One input channel per iteration (see the note on unrolling in `conv`).
+        let xend = e.add_imm(xbase, (c * np * 4) as i64);
+        e.for_range(xbase, xend, (np * 4) as i64, |e, xp| {
             let wp = e.b.use_var(wvar);
-            step(e, xend, wp, c % UNROLL);
-        }
+            step(e, xp, wp, 1);
+            let wn = e.add_imm(wp, (MR * 4) as i64);
+            e.b.def_var(wvar, wn);
+            Ok(())
+        })?;
         // Epilogue.
         let bias_base = (self.nmb * c * MR * 4) as i64;
         let ko = e.mul_imm(mb, (MR * np * 4) as i64);
@@ -388,7 +384,7 @@ fn fc_tile(
 ) -> Result<()> {
     let (c, k) = (s.in_features, s.out_features);
     // Independent accumulator sets over the reduction so that at least 8 FMAs are in flight.
-    let sets = (8 / (rows * 2)).clamp(1, UNROLL);
+    let sets = (8 / (rows * 2)).clamp(1, FC_UNROLL);
     let acc: Vec<Variable> = (0..sets * rows * 2)
         .map(|_| {
             let v = e.b.declare_var(F32X4);
@@ -420,20 +416,20 @@ fn fc_tile(
             }
         }
     };
-    let nmain = c / UNROLL;
-    let xend = e.add_imm(xb, (nmain * UNROLL * 4) as i64);
+    let nmain = c / FC_UNROLL;
+    let xend = e.add_imm(xb, (nmain * FC_UNROLL * 4) as i64);
     if nmain > 0 {
-        e.for_range(xb, xend, (UNROLL * 4) as i64, |e, xp| {
+        e.for_range(xb, xend, (FC_UNROLL * 4) as i64, |e, xp| {
             let wp = e.b.use_var(wvar);
-            step(e, xp, wp, UNROLL);
-            let wn = e.add_imm(wp, (UNROLL * FKB * 4) as i64);
+            step(e, xp, wp, FC_UNROLL);
+            let wn = e.add_imm(wp, (FC_UNROLL * FKB * 4) as i64);
             e.b.def_var(wvar, wn);
             Ok(())
         })?;
     }
-    if c % UNROLL > 0 {
+    if c % FC_UNROLL > 0 {
         let wp = e.b.use_var(wvar);
-        step(e, xend, wp, c % UNROLL);
+        step(e, xend, wp, c % FC_UNROLL);
     }
     // Reduce the sets pairwise, in a fixed order.
     let mut vals: Vec<Value> = (0..rows * 2).map(|i| e.b.use_var(acc[i])).collect();

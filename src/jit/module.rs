@@ -166,7 +166,17 @@ impl KernelModule {
             e.b.seal_all_blocks();
             e.b.finalize(module.target_config());
         }
+        if let Some(dir) = std::env::var_os("CNNC_JIT_DUMP") {
+            let path = std::path::Path::new(&dir).join(format!("{name}.clif"));
+            let _ = std::fs::write(path, self.ctx.func.display().to_string());
+        }
         let res = module.define_function(fid, &mut self.ctx);
+        if let (Some(dir), Ok(_)) = (std::env::var_os("CNNC_JIT_DUMP"), &res) {
+            if let Some(cc) = self.ctx.compiled_code() {
+                let path = std::path::Path::new(&dir).join(format!("{name}.bin"));
+                let _ = std::fs::write(path, cc.code_buffer());
+            }
+        }
         module.clear_context(&mut self.ctx);
         res.map_err(|e| Error::Codegen(format!("{e:?}")))?;
         self.funcs.push(fid);
