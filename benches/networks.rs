@@ -40,7 +40,11 @@ fn networks(c: &mut Criterion) {
     for &name in GRAPHS {
         let g = load(name);
         let big = flops(&g) > 1_000_000_000;
-        let batches: &[usize] = if g.input_shape().h <= 32 { &[1, 8] } else { &[1] };
+        let batches: &[usize] = if g.input_shape().h <= 32 {
+            &[1, 8]
+        } else {
+            &[1]
+        };
         let mut group = c.benchmark_group(format!("network/{name}"));
         group.sample_size(10);
         group.warm_up_time(Duration::from_millis(if big { 500 } else { 300 }));

@@ -6,9 +6,16 @@ use std::process::Command;
 
 fn memcheck(graph: &str, batch: &str) {
     let out = Command::new("valgrind")
-        .args(["--tool=memcheck", "--error-exitcode=99", "--smc-check=all-non-file", "-q"])
+        .args([
+            "--tool=memcheck",
+            "--error-exitcode=99",
+            "--smc-check=all-non-file",
+            "-q",
+        ])
         .arg(env!("CARGO_BIN_EXE_cnnc"))
-        .args(["run", graph, "--engine", "jit", "--batch", batch, "--top", "1"])
+        .args([
+            "run", graph, "--engine", "jit", "--batch", batch, "--top", "1",
+        ])
         .current_dir(common::repo())
         .output()
         .expect("valgrind is installed (apt-get install valgrind)");
