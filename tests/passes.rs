@@ -804,3 +804,36 @@ fn resnet18_at_o2_has_no_batchnorm_relu_or_add_left() {
         "conv 3x3/1 pad 1 k=128 +residual +relu"
     );
 }
+
+/// A pass that drops a bound bias but leaves `bias: true`.
+struct BiasDropper;
+impl Pass for BiasDropper {
+    fn name(&self) -> &'static str {
+        "bias-dropper"
+    }
+    fn description(&self) -> &'static str {
+        "loses a parameter"
+    }
+    fn run(&self, g: &mut Graph) -> cnnc::Result<Changed> {
+        let c = g.find("c").unwrap();
+        g.node_mut(c).params.remove("bias");
+        Ok(Changed::Yes)
+    }
+}
+
+#[test]
+fn verify_checks_bound_parameters() {
+    let mut g = parse(
+        "input: [3, 8, 8]
+layers:
+  - {name: c, conv: {filters: 4, size: 3, pad: 1}}",
+    );
+    cnnc::weights::init_from_seed(&mut g);
+    let mut p = Pipeline::new(&opts(&[])).unwrap();
+    p.push(Box::new(BiasDropper));
+    let msg = p.run(&mut g).unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        "pass `bias-dropper` broke the graph: c.bias is missing"
+    );
+}

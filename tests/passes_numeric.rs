@@ -1,9 +1,10 @@
 //! Numeric equivalence of the pipeline: the interpreter's output at -O0 (the graph as
-//! written) and at -O2 agree within 1e-5 relative L2, on every example graph (seeded
-//! weights with non-trivial batchnorm statistics) and on every golden fixture (its
-//! weights, a seeded input; fixtures the parser or weight loader does not accept yet
-//! are skipped with a note).
+//! written) and at -O2 agree within 1e-5 relative L2 (and the JIT's at -O2 within
+//! 1e-4), on every example graph (seeded weights with non-trivial batchnorm statistics)
+//! and on every golden fixture (its weights, a seeded input; fixtures the parser or
+//! weight loader does not accept yet are skipped with a note).
 use cnnc::passes::{optimize, Pipeline};
+use cnnc::runtime::{compile, CompileOptions};
 use cnnc::tensor::rel_l2;
 use cnnc::weights::standard_normal;
 use cnnc::{Graph, OptLevel, Options, Tensor};
@@ -48,7 +49,7 @@ fn compare(name: &str, g0: Graph, x: Tensor) {
     optimize(&mut g2, &o2()).unwrap();
     assert!(g2.node_count() <= g0.node_count());
     let y0 = cnnc::interp::run(&g0, x.clone()).unwrap();
-    let y2 = cnnc::interp::run(&g2, x).unwrap();
+    let y2 = cnnc::interp::run(&g2, x.clone()).unwrap();
     assert_eq!(y0.len(), y2.len());
     for (a, b) in y0.iter().zip(&y2) {
         assert_eq!(a.shape(), b.shape(), "{name}");
@@ -58,6 +59,18 @@ fn compare(name: &str, g0: Graph, x: Tensor) {
             "{name}: {} -> {} nodes, rel L2 {d:e}",
             g0.node_count(),
             g2.node_count()
+        );
+    }
+    // The JIT runs the optimised graph (fused epilogues, gemm nodes) and agrees with the
+    // interpreter on the graph as written, within the JIT's tolerance.
+    let batch = x.shape()[0];
+    let model = compile(&g2, &CompileOptions { batch }).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let yj = model.run(&x).unwrap();
+    for (j, a) in yj.iter().zip(&y0) {
+        let d = rel_l2(j.data(), a.data());
+        assert!(
+            d < 1e-4,
+            "{name}: the JIT at -O2 and the interpreter at -O0 differ by {d:e}"
         );
     }
 }

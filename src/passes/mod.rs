@@ -211,8 +211,9 @@ pub fn optimize(g: &mut Graph, opts: &Options) -> Result<Changed> {
 }
 
 /// The invariants every pass keeps: the input node is alive and reads nothing, outputs
-/// are alive, the graph is acyclic, every op has its arity, and every shape is what
-/// inference gives (a pass must set the shapes of what it rewrites).
+/// are alive, the graph is acyclic, every op has its arity, every shape is what
+/// inference gives (a pass must set the shapes of what it rewrites), and bound
+/// parameters have the shapes the op expects.
 pub fn verify(g: &mut Graph) -> Result<()> {
     let bad = |m: String| Err(Error::Graph(m));
     if !g.dag.contains_node(g.input) {
@@ -233,6 +234,18 @@ pub fn verify(g: &mut Graph) -> Result<()> {
                 "{}: the pass left its shape as {shape}, but inference gives {now}",
                 g.dag[id].name
             ));
+        }
+        // Bound weights must still be the ones the (rewritten) op expects.
+        let node = &g.dag[id];
+        if node.params.is_empty() {
+            continue;
+        }
+        for (suffix, expected) in crate::weights::expected_params(g, id) {
+            let name = format!("{}.{suffix}", node.name);
+            match node.param(suffix) {
+                Some(t) => crate::weights::check_shape(&name, &expected, t.shape())?,
+                None => return bad(format!("{name} is missing")),
+            }
         }
     }
     Ok(())
