@@ -4,7 +4,7 @@
 //! and on every golden fixture (its weights, a seeded input; fixtures the parser or
 //! weight loader does not accept yet are skipped with a note).
 use cnnc::passes::{optimize, Pipeline};
-use cnnc::runtime::{compile, CompileOptions};
+use cnnc::runtime::compile;
 use cnnc::tensor::rel_l2;
 use cnnc::weights::standard_normal;
 use cnnc::{Graph, OptLevel, Options, Tensor};
@@ -64,7 +64,14 @@ fn compare(name: &str, g0: Graph, x: Tensor) {
     // The JIT runs the optimised graph (fused epilogues, gemm nodes) and agrees with the
     // interpreter on the graph as written, within the JIT's tolerance.
     let batch = x.shape()[0];
-    let model = compile(&g2, &CompileOptions { batch }).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let model = compile(
+        &g2,
+        &cnnc::Options {
+            batch,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
     let yj = model.run(&x).unwrap();
     for (j, a) in yj.iter().zip(&y0) {
         let d = rel_l2(j.data(), a.data());

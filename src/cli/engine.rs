@@ -65,7 +65,7 @@ pub fn load_with(graph: &Path, weights: Option<&Path>) -> Result<Graph> {
 /// A network ready to run on one engine.
 pub enum Runner {
     Interp(Graph),
-    Jit(Graph, cnnc::runtime::Model),
+    Jit(Graph, Box<cnnc::runtime::Model>),
 }
 
 impl Runner {
@@ -75,7 +75,7 @@ impl Runner {
             EngineKind::Interp => Ok(Runner::Interp(graph)),
             EngineKind::Jit => {
                 let model = cnnc::runtime::compile(&graph, opts)?;
-                Ok(Runner::Jit(graph, model))
+                Ok(Runner::Jit(graph, Box::new(model)))
             }
         }
     }
