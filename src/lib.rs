@@ -12,8 +12,12 @@
 //! cnnc::weights::bind(&mut graph, None)?;
 //! // Run the reference interpreter on a batch of two images.
 //! let x = cnnc::Tensor::zeros(vec![2, 1, 8, 8]);
-//! let y = cnnc::interp::run(&graph, x)?;
+//! let y = cnnc::interp::run(&graph, x.clone())?;
 //! assert_eq!(y[0].shape(), &[2, 10]);
+//! // Or optimise and compile it to machine code for this CPU, and run that.
+//! let model = cnnc::compile(&graph, &cnnc::Options::default())?;
+//! let z = model.run(&x)?;
+//! assert!(cnnc::tensor::rel_l2(z[0].data(), y[0].data()) < 1e-5);
 //! # Ok::<(), cnnc::Error>(())
 //! ```
 pub mod error;
