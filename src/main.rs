@@ -170,6 +170,7 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
     // Compile time includes the passes (batchnorm folding is done here, once).
     let opts = a.engine.options(a.passes.options(), a.batch);
     cnnc::passes::optimize(&mut g, &opts)?;
+    let passes = start.elapsed();
     let runner = cli::engine::Runner::new(g, a.engine.engine, &opts)?;
     let compile = start.elapsed();
     let budget = cli::bench::Budget {
@@ -189,6 +190,7 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
         },
         batch: a.batch,
         compile_ms: ms(compile),
+        passes_ms: ms(passes),
         runs: times.len(),
         median_ms: ms(median),
         p90_ms: ms(cli::bench::percentile(&times, 0.9)),
