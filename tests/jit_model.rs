@@ -165,3 +165,31 @@ fn run_into_reuses_caller_buffers_and_checks_shapes() {
         "{err}"
     );
 }
+
+#[test]
+fn compile_emits_the_ir_and_machine_code_of_every_kernel() {
+    let emit = |what: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
+            .args(["compile", "graphs/resnet_basic_block.yaml", "--emit", what])
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let clif = emit("clif");
+    let asm = emit("asm");
+    // After -O2 the block is two convs, the second with the fused shortcut and relu.
+    for layer in ["; layer conv1 ", "; layer conv2 "] {
+        assert!(
+            clif.contains(layer) && asm.contains(layer),
+            "{layer}\n{clif}"
+        );
+    }
+    assert!(clif.contains("function ") && clif.contains("fma"), "{clif}");
+    assert!(asm.contains("ret") && asm.contains("vfmadd"), "{asm}");
+}

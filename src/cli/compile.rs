@@ -13,6 +13,10 @@ pub enum Emit {
     Ir,
     /// Graphviz DOT (`| dot -Tsvg > g.svg`).
     Dot,
+    /// The Cranelift IR of every generated kernel.
+    Clif,
+    /// The machine code of every generated kernel, as Cranelift prints it.
+    Asm,
 }
 
 #[derive(clap::Args)]
@@ -46,6 +50,11 @@ pub fn compile(a: &CompileArgs) -> Result<String> {
         passes::check_name(name)?;
     }
     let mut g = cnnc::format::load(&a.graph)?;
+    let codegen = matches!(a.emit, Emit::Clif | Emit::Asm);
+    if codegen {
+        // Code generation packs weights; the seed's are as good as any for looking at code.
+        cnnc::weights::bind(&mut g, None)?;
+    }
     let pipeline = Pipeline::new(&a.passes.options())?;
     pipeline.run_with(&mut g, &mut |pass, changed, g| {
         if a.print_after_all || a.print_after.iter().any(|p| p == pass) {
@@ -55,5 +64,21 @@ pub fn compile(a: &CompileArgs) -> Result<String> {
     match a.emit {
         Emit::Ir => print::to_text(&g),
         Emit::Dot => print::to_dot(&g),
+        Emit::Clif | Emit::Asm => {
+            let listings = cnnc::runtime::listings(&g, &a.passes.options())?;
+            let mut out = String::new();
+            for l in listings {
+                let body = if matches!(a.emit, Emit::Clif) {
+                    &l.clif
+                } else {
+                    &l.asm
+                };
+                out += &format!(
+                    "; layer {} ({}, {} bytes of code)\n{body}\n",
+                    l.label, l.symbol, l.code_bytes
+                );
+            }
+            Ok(out)
+        }
     }
 }

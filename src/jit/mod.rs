@@ -12,6 +12,6 @@ pub mod shared_out;
 pub use conv::{pack_conv_weights, ConvKernel, ConvSpec, PendingConv};
 pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
 pub use gemm::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
-pub use module::{Compiled, KernelModule, Pending};
+pub use module::{Compiled, KernelListing, KernelModule, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
 pub use shared_out::SharedOut;

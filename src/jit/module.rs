@@ -49,6 +49,10 @@ pub struct KernelModule {
     exp_func: FuncId,
     has_fma: bool,
     build_time: Duration,
+    /// With [`KernelModule::keep_listings`]: each kernel's CLIF and machine code.
+    listings: Option<Vec<KernelListing>>,
+    /// What the next kernels are for (a layer name), for listings.
+    label: String,
 }
 
 /// Everything a code generator needs while emitting one function.
@@ -109,7 +113,24 @@ impl KernelModule {
             exp_func,
             has_fma,
             build_time: Duration::ZERO,
+            listings: None,
+            label: String::new(),
         })
+    }
+
+    /// Keeps the CLIF and the disassembly of every kernel defined from now on.
+    pub fn keep_listings(&mut self) {
+        self.listings.get_or_insert_with(Vec::new);
+    }
+
+    /// Names what the next kernels are for (their layer), in listings.
+    pub fn set_label(&mut self, label: &str) {
+        label.clone_into(&mut self.label);
+    }
+
+    /// The listings kept so far.
+    pub fn take_listings(&mut self) -> Vec<KernelListing> {
+        self.listings.take().unwrap_or_default()
     }
 
     /// Whether the generated code uses fused multiply-add.
@@ -170,7 +191,22 @@ impl KernelModule {
             let path = std::path::Path::new(&dir).join(format!("{name}.clif"));
             let _ = std::fs::write(path, self.ctx.func.display().to_string());
         }
+        let clif = self
+            .listings
+            .is_some()
+            .then(|| self.ctx.func.display().to_string());
+        self.ctx.set_disasm(self.listings.is_some());
         let res = module.define_function(fid, &mut self.ctx);
+        if let (Some(listings), Some(clif), Ok(_)) = (self.listings.as_mut(), clif, &res) {
+            let code = self.ctx.compiled_code();
+            listings.push(KernelListing {
+                label: self.label.clone(),
+                symbol: name.clone(),
+                clif,
+                asm: code.and_then(|c| c.vcode.clone()).unwrap_or_default(),
+                code_bytes: code.map_or(0, |c| c.code_buffer().len()),
+            });
+        }
         if let (Some(dir), Ok(_)) = (std::env::var_os("CNNC_JIT_DUMP"), &res) {
             if let Some(cc) = self.ctx.compiled_code() {
                 let path = std::path::Path::new(&dir).join(format!("{name}.bin"));
@@ -212,6 +248,20 @@ impl Drop for KernelModule {
             unsafe { m.free_memory() };
         }
     }
+}
+
+/// One generated function, for `cnnc compile --emit clif|asm`.
+#[derive(Clone, Debug)]
+pub struct KernelListing {
+    /// The layer it was generated for.
+    pub label: String,
+    /// Its symbol in the module.
+    pub symbol: String,
+    /// Cranelift IR, before optimisation.
+    pub clif: String,
+    /// The machine code, as Cranelift prints it.
+    pub asm: String,
+    pub code_bytes: usize,
 }
 
 /// Index of a kernel defined in a [`KernelModule`], before finalization.

@@ -3,4 +3,4 @@
 pub mod arena;
 pub mod model;
 
-pub use model::{compile, LayerTime, Model};
+pub use model::{compile, listings, LayerTime, Model};

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op, Shape};
 use crate::jit::{
     concat_channels, pack_conv_weights, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec,
-    FcKernel, FcSpec, KernelModule, PoolKernel, PoolKind, PoolSpec, SharedOut,
+    FcKernel, FcSpec, KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, SharedOut,
 };
 use crate::options::Options;
 use crate::tensor::Tensor;
@@ -153,6 +153,19 @@ pub struct Model {
 /// [`crate::compile`] runs the optimisation passes first. Uses `opts.batch` and
 /// `opts.threads`.
 pub fn compile(g: &Graph, opts: &Options) -> Result<Model> {
+    compile_with(g, opts, false).map(|(model, _)| model)
+}
+
+/// The Cranelift IR and machine code of every kernel [`compile`] generates for `g`.
+pub fn listings(g: &Graph, opts: &Options) -> Result<Vec<KernelListing>> {
+    compile_with(g, opts, true).map(|(_, listings)| listings)
+}
+
+fn compile_with(
+    g: &Graph,
+    opts: &Options,
+    keep_listings: bool,
+) -> Result<(Model, Vec<KernelListing>)> {
     let start = Instant::now();
     let b = opts.batch;
     if b == 0 {
@@ -175,6 +188,9 @@ pub fn compile(g: &Graph, opts: &Options) -> Result<Model> {
     };
     let order = g.topo_order()?;
     let mut module = KernelModule::new()?;
+    if keep_listings {
+        module.keep_listings();
+    }
 
     // Where each value lives: a flatten or dropout shares its input's buffer.
     let mut buffer_of: HashMap<NodeId, NodeId> = HashMap::new();
@@ -212,6 +228,7 @@ pub fn compile(g: &Graph, opts: &Options) -> Result<Model> {
             region.insert(id, region[&buffer_of[&id]]);
         }
         if id != g.input && buffer_of[&id] == id {
+            module.set_label(&node.name);
             pending.push(plan_step(g, id, b, &mut module, &region)?);
         }
         // Free what this step read last (after allocating its output, so the two never
@@ -227,6 +244,7 @@ pub fn compile(g: &Graph, opts: &Options) -> Result<Model> {
         }
     }
 
+    let listings = module.take_listings();
     let code = module.finalize()?;
     let mut steps = Vec::with_capacity(pending.len());
     for p in pending {
@@ -257,7 +275,7 @@ pub fn compile(g: &Graph, opts: &Options) -> Result<Model> {
         })
         .max()
         .unwrap_or(0);
-    Ok(Model {
+    let model = Model {
         name: g.name.clone(),
         steps,
         batch: b,
@@ -274,7 +292,8 @@ pub fn compile(g: &Graph, opts: &Options) -> Result<Model> {
         pool,
         threads: opts.threads,
         compile_time: start.elapsed(),
-    })
+    };
+    Ok((model, listings))
 }
 
 enum PendingKernel {
