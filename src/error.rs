@@ -30,6 +30,12 @@ pub enum Error {
     /// A feature that is not available in this build or engine.
     #[error("{0}")]
     Unsupported(String),
+    /// Bad compiler options: an unknown pass name or optimisation level.
+    #[error("{0}")]
+    Options(String),
+    /// A pass left the graph invalid (a bug in cnnc, caught by the check after each pass).
+    #[error("pass `{pass}` broke the graph: {message}")]
+    Pass { pass: String, message: String },
     /// Code generation failed (a bug in cnnc, reported instead of panicking).
     #[error("code generation failed: {0}")]
     Codegen(String),

@@ -12,8 +12,12 @@
 //! cnnc::weights::bind(&mut graph, None)?;
 //! // Run the reference interpreter on a batch of two images.
 //! let x = cnnc::Tensor::zeros(vec![2, 1, 8, 8]);
-//! let y = cnnc::interp::run(&graph, x)?;
+//! let y = cnnc::interp::run(&graph, x.clone())?;
 //! assert_eq!(y[0].shape(), &[2, 10]);
+//! // Or optimise and compile it to machine code for this CPU, and run that.
+//! let model = cnnc::compile(&graph, &cnnc::Options::default())?;
+//! let z = model.run(&x)?;
+//! assert!(cnnc::tensor::rel_l2(z[0].data(), y[0].data()) < 1e-5);
 //! # Ok::<(), cnnc::Error>(())
 //! ```
 pub mod error;
@@ -21,10 +25,24 @@ pub mod format;
 pub mod interp;
 pub mod io;
 pub mod ir;
+pub mod jit;
 pub mod onnx;
+pub mod options;
+pub mod passes;
+pub mod runtime;
 pub mod tensor;
 pub mod weights;
 
 pub use error::{Error, Result};
 pub use ir::Graph;
+pub use options::{OptLevel, Options};
+pub use runtime::Model;
 pub use tensor::Tensor;
+
+/// Optimises a copy of `graph` with the pass pipeline `opts` selects, then compiles it
+/// to machine code for the host CPU. The graph's weights must be bound.
+pub fn compile(graph: &Graph, opts: &Options) -> Result<Model> {
+    let mut g = graph.clone();
+    passes::optimize(&mut g, opts)?;
+    runtime::compile(&g, opts)
+}

@@ -1,7 +1,8 @@
-//! The `cnnc` command line.
+//! The `cnnc` command line. Each subcommand lives in its own module under `cli/`.
 mod cli;
 
 use clap::{Parser, Subcommand};
+use cli::engine::{EngineArgs, GraphArgs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,9 +26,15 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        passes: cli::passes::PassArgs,
     },
+    /// Run the pass pipeline and print the IR (or Graphviz DOT).
+    Compile(cli::compile::CompileArgs),
     /// Run a network on an input and print the top classes.
     Run(RunArgs),
+    /// Time a network: compile once, warm up, then run for a while.
+    Bench(BenchArgs),
     /// Write the weights the graph's seed gives to a .safetensors file.
     Init {
         graph: PathBuf,
@@ -58,72 +65,104 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct RunArgs {
-    /// The graph (YAML).
-    graph: PathBuf,
+pub struct RunArgs {
+    #[command(flatten)]
+    graph: GraphArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// A .npy array ([C,H,W] or [N,C,H,W]), a .png/.jpg image, or a folder of images.
     /// Without it, a random input drawn from the graph's seed.
     #[arg(short, long)]
     input: Option<PathBuf>,
-    /// Write the output tensor here as .npy.
+    /// Write the (first) output tensor here as .npy.
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Weights (.safetensors); overrides the graph's `weights:`.
-    #[arg(short, long)]
-    weights: Option<PathBuf>,
     /// Batch size (a single input is repeated to fill it).
     #[arg(long)]
     batch: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Engine::Interp)]
-    engine: Engine,
     /// How many classes to print per batch item.
     #[arg(long, default_value_t = 5)]
     top: usize,
     /// Class names, one per line.
     #[arg(long)]
     labels: Option<PathBuf>,
+    /// Print the time, GFLOP/s and share of the total of each layer (JIT engine).
+    #[arg(long)]
+    profile: bool,
+    #[command(flatten)]
+    passes: cli::passes::PassArgs,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Engine {
-    /// The reference interpreter.
-    Interp,
-    /// The Cranelift JIT.
-    Jit,
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    graph: GraphArgs,
+    #[command(flatten)]
+    engine: EngineArgs,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Seconds to measure for.
+    #[arg(long, default_value_t = 3.0)]
+    time: f64,
+    /// Stop after this many timed runs.
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    passes: cli::passes::PassArgs,
 }
 
 fn run_network(a: RunArgs) -> cnnc::Result<()> {
-    let mut g = cnnc::format::load(&a.graph)?;
-    for w in cnnc::weights::bind(&mut g, a.weights.as_deref())? {
-        eprintln!("warning: {w}");
-    }
     if a.batch == Some(0) {
         return Err(cnnc::Error::Input("--batch must be at least 1".into()));
     }
+    let mut g = cli::engine::load(&a.graph)?;
+    cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let labels = a.labels.as_deref().map(cli::run::read_labels).transpose()?;
     let batch = cnnc::io::load_input(a.input.as_deref(), &g, a.batch)?;
+    let opts = a
+        .engine
+        .options(a.passes.options(), batch.tensor.shape()[0]);
+    let runner = cli::engine::Runner::new(g, a.engine.engine, &opts)?;
     let start = std::time::Instant::now();
-    let outputs = match a.engine {
-        Engine::Interp => cnnc::interp::run(&g, batch.tensor)?,
-        Engine::Jit => {
-            return Err(cnnc::Error::Unsupported(
-                "the JIT engine is not available yet; use --engine interp".into(),
-            ))
+    let (outputs, layers) = if a.profile {
+        match &runner {
+            cli::engine::Runner::Jit(_, model) => {
+                let (y, layers) = model.profile(&batch.tensor)?;
+                (y, Some(layers))
+            }
+            cli::engine::Runner::Interp(_) => {
+                return Err(cnnc::Error::Unsupported(
+                    "--profile times the JIT's kernels; use it with --engine jit".into(),
+                ))
+            }
         }
+    } else {
+        (runner.run(batch.tensor)?, None)
     };
     let elapsed = start.elapsed();
+    let g = runner.graph();
     let y = &outputs[0];
-    let out_name = &g.node(g.outputs[0]).name;
-    println!("{}: output `{out_name}` of shape {:?}", g.name, y.shape());
+    println!(
+        "{}: output `{}` of shape {:?}",
+        g.name,
+        g.node(g.outputs[0]).name,
+        y.shape()
+    );
     cli::run::print_top(y, &batch.items, a.top, labels.as_deref());
     println!(
         "time: {:.3} ms ({} engine)",
         elapsed.as_secs_f64() * 1e3,
-        match a.engine {
-            Engine::Interp => "interp",
-            Engine::Jit => "jit",
-        }
+        a.engine.engine.name()
     );
+    if let Some(layers) = layers {
+        print!("{}", cli::run::profile_table(&layers));
+    }
     if let Some(path) = &a.output {
         cnnc::io::npy::write(path, y)?;
     }
@@ -174,10 +213,78 @@ fn onnx_command(command: Command) -> cnnc::Result<()> {
     Ok(())
 }
 
+fn bench(a: BenchArgs) -> cnnc::Result<()> {
+    if a.batch == 0 {
+        return Err(cnnc::Error::Input("--batch must be at least 1".into()));
+    }
+    if !(a.time.is_finite() && a.time >= 0.0) {
+        return Err(cnnc::Error::Input(format!(
+            "--time must be a number of seconds, got {}",
+            a.time
+        )));
+    }
+    let mut g = cli::engine::load(&a.graph)?;
+    let macs: u64 = g
+        .dag
+        .node_indices()
+        .map(|id| cnnc::ir::stats::layer_stats(&g, id).macs)
+        .sum();
+    let x = cnnc::io::load_input(None, &g, Some(a.batch))?.tensor;
+    let start = std::time::Instant::now();
+    // Compile time includes the passes (batchnorm folding is done here, once).
+    let opts = a.engine.options(a.passes.options(), a.batch);
+    cnnc::passes::optimize(&mut g, &opts)?;
+    let passes = start.elapsed();
+    let runner = cli::engine::Runner::new(g, a.engine.engine, &opts)?;
+    let compile = start.elapsed();
+    let budget = cli::bench::Budget {
+        time: std::time::Duration::from_secs_f64(a.time),
+        max_runs: a.runs,
+        warmup: a.warmup,
+    };
+    let times = cli::bench::measure(&budget, || runner.run(x.clone()).map(drop))?;
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let median = cli::bench::percentile(&times, 0.5);
+    let report = cli::bench::BenchReport {
+        graph: runner.graph().name.clone(),
+        engine: a.engine.engine.name().into(),
+        threads: match a.engine.engine {
+            cli::engine::EngineKind::Jit => opts.threads,
+            cli::engine::EngineKind::Interp => 1,
+        },
+        batch: a.batch,
+        compile_ms: ms(compile),
+        passes_ms: ms(passes),
+        runs: times.len(),
+        median_ms: ms(median),
+        p90_ms: ms(cli::bench::percentile(&times, 0.9)),
+        p99_ms: ms(cli::bench::percentile(&times, 0.99)),
+        min_ms: ms(times[0]),
+        images_per_s: a.batch as f64 / median.as_secs_f64(),
+        gflops: 2.0 * macs as f64 * a.batch as f64 / median.as_secs_f64() / 1e9,
+        peak_memory_mb: cli::bench::peak_memory_mb(),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+    } else {
+        report.print();
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> cnnc::Result<()> {
     match cli.command {
-        Command::Info { graph, json } => {
-            let g = cnnc::format::load(&graph)?;
+        Command::Info {
+            graph,
+            json,
+            passes,
+        } => {
+            let mut g = cnnc::format::load(&graph)?;
+            // info describes the graph as written (PyTorch's parameter count) unless given -O.
+            cnnc::passes::optimize(&mut g, &passes.options_or(cnnc::OptLevel::O0))?;
             let text = if json {
                 cli::info::json(&g)?
             } else {
@@ -187,6 +294,8 @@ fn run(cli: Cli) -> cnnc::Result<()> {
         }
         Command::Run(args) => run_network(args)?,
         c @ (Command::Import { .. } | Command::Export { .. }) => onnx_command(c)?,
+        Command::Compile(args) => print!("{}", cli::compile::compile(&args)?),
+        Command::Bench(args) => bench(args)?,
         Command::Init { graph, output } => {
             let mut g = cnnc::format::load(&graph)?;
             cnnc::weights::init_from_seed(&mut g);

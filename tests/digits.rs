@@ -17,7 +17,7 @@ fn argmax(row: &[f32]) -> i64 {
         .unwrap() as i64
 }
 
-pub fn digits_predictions(run: impl Fn(&cnnc::Graph, cnnc::Tensor) -> cnnc::Tensor) {
+fn digits_predictions(run: impl Fn(&cnnc::Graph, cnnc::Tensor) -> cnnc::Tensor) {
     let dir = repo().join("examples/digits");
     let mut g = cnnc::format::load(repo().join("graphs/digits.yaml")).unwrap();
     let warnings = cnnc::weights::bind(&mut g, None).unwrap();
@@ -58,4 +58,21 @@ fn cli_classifies_a_png_of_a_digit() {
         .find(|l| l.trim_start().starts_with("1."))
         .unwrap();
     assert!(first.contains("class 7"), "{stdout}");
+}
+
+#[test]
+fn jit_matches_the_training_script_on_the_held_out_split() {
+    for batch in [1, 64] {
+        digits_predictions(|g, x| {
+            let model = cnnc::compile(
+                g,
+                &cnnc::Options {
+                    batch,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            model.run(&x).unwrap().remove(0)
+        });
+    }
 }

@@ -1,5 +1,6 @@
 //! ONNX import and export: round trips of every example graph, onnxruntime's outputs
-//! (fixtures written by `tests/golden/make_onnx_fixtures.py`), a model cnnc did not
+//! (fixtures written by `tests/golden/make_onnx_fixtures.py`) for the interpreter and
+//! the JIT, a model cnnc did not
 //! write, and clear errors for malformed or unsupported models.
 mod common;
 use cnnc::onnx::proto::{
@@ -167,6 +168,16 @@ fn check_outputs(what: &str, g: &Graph, input: &Tensor, want: &[Tensor]) {
     assert_eq!(got.len(), want.len(), "{what}: outputs");
     for (i, (y, w)) in got.iter().zip(want).enumerate() {
         assert_close(&format!("{what} output {i}"), y, w, 1e-4);
+    }
+    // The JIT (after the optimisation passes) too.
+    let model =
+        cnnc::compile(g, &cnnc::Options::default()).unwrap_or_else(|e| panic!("{what}: jit: {e}"));
+    let got = model
+        .run(input)
+        .unwrap_or_else(|e| panic!("{what}: jit: {e}"));
+    assert_eq!(got.len(), want.len(), "{what}: jit outputs");
+    for (i, (y, w)) in got.iter().zip(want).enumerate() {
+        assert_close(&format!("{what} output {i} (jit)"), y, w, 1e-4);
     }
 }
 
@@ -467,4 +478,25 @@ fn the_cli_round_trips_and_reports_errors_in_one_line() {
         "{err}"
     );
     assert!(!Path::new(&p("bad.yaml")).exists());
+}
+
+/// Found by the hand-built model: after fuse-epilogue, a conv whose residual is its
+/// own input read one buffer in two slots, and the arena freed it twice.
+#[test]
+fn the_jit_runs_a_conv_whose_residual_is_its_own_input() {
+    let mut g = graph(
+        "input: [2, 5, 5]\nlayers:\n  - {name: r, relu}\n  - {name: c, conv: {filters: 2, size: 3, pad: 1}}\n  - {name: a, add, inputs: [c, r]}\n  - {name: p, pad: {bottom: 1, right: 1, value: -.inf}}\n  - maxpool: {size: 2}\n  - fc: {units: 3}\n",
+    );
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let x = Tensor::new(
+        vec![3, 2, 5, 5],
+        (0..150)
+            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 4.0)
+            .collect(),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    let model = cnnc::compile(&g, &cnnc::Options::default()).unwrap();
+    let got = model.run(&x).unwrap();
+    assert_close("jit", &got[0], &want[0], 1e-5);
 }

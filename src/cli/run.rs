@@ -32,3 +32,42 @@ pub fn print_top(y: &Tensor, items: &[String], k: usize, labels: Option<&[String
         }
     }
 }
+
+/// One row per layer: time, GFLOP/s and share of the total, slowest layers visible at a glance.
+pub fn profile_table(layers: &[cnnc::runtime::LayerTime]) -> String {
+    let total: f64 = layers.iter().map(|l| l.time.as_secs_f64()).sum();
+    let name_w = layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let op_w = layers.iter().map(|l| l.op.len()).max().unwrap_or(2).max(2);
+    let mut out = format!(
+        "{:<name_w$}  {:<op_w$}  {:>10}  {:>8}  {:>6}\n",
+        "layer", "op", "time (ms)", "GFLOP/s", "share"
+    );
+    for l in layers {
+        let secs = l.time.as_secs_f64();
+        let gflops = if l.flops > 0 && secs > 0.0 {
+            format!("{:.2}", l.flops as f64 / secs / 1e9)
+        } else {
+            "-".into()
+        };
+        out += &format!(
+            "{:<name_w$}  {:<op_w$}  {:>10.3}  {:>8}  {:>5.1}%\n",
+            l.name,
+            l.op,
+            secs * 1e3,
+            gflops,
+            100.0 * secs / total.max(f64::MIN_POSITIVE)
+        );
+    }
+    let flops: u64 = layers.iter().map(|l| l.flops).sum();
+    out += &format!(
+        "total: {:.3} ms, {:.2} GFLOP/s\n",
+        total * 1e3,
+        flops as f64 / total.max(f64::MIN_POSITIVE) / 1e9
+    );
+    out
+}

@@ -22,6 +22,10 @@ fn check<E: de::Error, const MIN: u64>(v: i64) -> Result<usize, E> {
         };
         return Err(E::custom(format!("expected {what}, got {v}")));
     }
+    // Capped so the size arithmetic (n + 2p, products of dims) cannot overflow.
+    if v as u64 > crate::ir::shape::MAX_ELEMENTS {
+        return Err(E::custom(format!("{v} is too large (the limit is 2^31)")));
+    }
     usize::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
 }
 
@@ -36,7 +40,10 @@ impl<'de, const MIN: u64> Visitor<'de> for CountVisitor<MIN> {
         check::<E, MIN>(v)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
-        check::<E, MIN>(i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?)
+        check::<E, MIN>(
+            i64::try_from(v)
+                .map_err(|_| E::custom(format!("{v} is too large (the limit is 2^31)")))?,
+        )
     }
 }
 
@@ -84,7 +91,10 @@ pub type Size = HwAttr<1>;
 pub type Padding = HwAttr<0>;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "conv attributes {filters, size, stride, pad, bias}"
+)]
 pub struct ConvAttrs {
     pub filters: Positive,
     pub size: Size,
@@ -94,7 +104,7 @@ pub struct ConvAttrs {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "pool attributes {size, stride, pad}")]
 pub struct PoolAttrs {
     pub size: Size,
     pub stride: Option<Size>,
@@ -102,21 +112,21 @@ pub struct PoolAttrs {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "fc attributes {units, bias}")]
 pub struct FcAttrs {
     pub units: Positive,
     pub bias: Option<bool>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "batchnorm attributes {eps}")]
 pub struct BatchNormAttrs {
     pub eps: Option<f32>,
 }
 
 /// Dropout's rate is accepted (it documents training) and ignored at inference.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "dropout attributes {p}")]
 pub struct DropoutAttrs {
     pub p: Option<f32>,
 }
@@ -135,5 +145,8 @@ pub struct PadAttrs {
 
 /// Ops that take no attributes: `relu: {}` or `relu:`.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "no attributes: an empty map `{}` or nothing"
+)]
 pub struct NoAttrs {}

@@ -382,15 +382,13 @@ pub fn parse_str(text: &str, base: Option<&Path>) -> Result<Graph> {
         if name.is_empty() {
             return Err(Error::Graph(format!("a {kind} layer has an empty name")));
         }
-        if ids.contains_key(&name) {
+        if name == "input" {
             return Err(Error::Graph(format!(
-                "two layers are named `{name}`{}",
-                if name == "input" {
-                    " (`input` is the graph input's name)"
-                } else {
-                    ""
-                }
+                "a {kind} layer is named `input`, which is the graph input's name"
             )));
+        }
+        if ids.contains_key(&name) {
+            return Err(Error::Graph(format!("two layers are named `{name}`")));
         }
         let id = g
             .dag
@@ -398,8 +396,11 @@ pub fn parse_str(text: &str, base: Option<&Path>) -> Result<Graph> {
         ids.insert(name, id);
         order.push(id);
     }
+    let position: HashMap<NodeId, usize> =
+        order.iter().enumerate().map(|(i, &id)| (id, i)).collect();
+    let mut forward = None;
     let mut prev = g.input;
-    for (decl, &id) in decls.iter().zip(&order) {
+    for (i, (decl, &id)) in decls.iter().zip(&order).enumerate() {
         let inputs: Vec<NodeId> = match &decl.inputs {
             None => vec![prev],
             Some(names) => names
@@ -415,9 +416,20 @@ pub fn parse_str(text: &str, base: Option<&Path>) -> Result<Graph> {
                 .collect::<Result<_>>()?,
         };
         for (slot, src) in inputs.into_iter().enumerate() {
+            if forward.is_none() && position.get(&src).is_some_and(|&p| p > i) {
+                forward = Some((id, src));
+            }
             g.dag.add_edge(src, id, slot);
         }
         prev = id;
+    }
+    // A cycle is the more useful report, so look for one before blaming the order.
+    g.topo_order()?;
+    if let Some((id, src)) = forward {
+        return Err(Error::Graph(format!(
+            "{}: input `{}` is a later layer; a layer may only read layers above it in the file",
+            g.dag[id].name, g.dag[src].name
+        )));
     }
     g.outputs = match doc.outputs {
         None => vec![prev],

@@ -5,38 +5,13 @@ mod ops;
 
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Op, Shape};
-use crate::tensor::{fmt_shape, Tensor};
+use crate::tensor::Tensor;
 use std::collections::HashMap;
-
-/// Checks that `x` fits the graph's input (`[N, C, H, W]`, or `[C, H, W]` for one
-/// image) and returns it as `[N, C, H, W]`.
-pub fn check_input(g: &Graph, x: Tensor) -> Result<Tensor> {
-    let s = g.input_shape();
-    let want = [s.c, s.h, s.w];
-    let dims = x.shape().to_vec();
-    let fits = match dims.as_slice() {
-        [c, h, w] => [*c, *h, *w] == want,
-        [n, c, h, w] => *n >= 1 && [*c, *h, *w] == want,
-        _ => false,
-    };
-    if !fits {
-        return Err(Error::Input(format!(
-            "the input has shape {}, but the graph takes {} (or Nx{})",
-            fmt_shape(&dims),
-            fmt_shape(&want),
-            fmt_shape(&want)
-        )));
-    }
-    if dims.len() == 3 {
-        return x.reshaped(vec![1, s.c, s.h, s.w]);
-    }
-    Ok(x)
-}
 
 /// Runs the graph on a batch; returns one tensor per graph output, `[N, ...]`.
 /// The graph's weights must be bound (see [`crate::weights::bind`]).
 pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
-    let x = check_input(g, input)?;
+    let x = g.check_input(input)?;
     let n = x.shape()[0];
     let mut values: HashMap<_, Tensor> = HashMap::new();
     values.insert(g.input, x);
@@ -59,36 +34,43 @@ pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
             }
         };
         let out_dims = node.shape.dims(n);
-        let x = inputs.first().copied();
+        // Shape inference checked every node's input count; a graph built by hand
+        // without it gets an error here rather than a panic.
+        let (min, _) = node.op.arity();
+        if inputs.len() < min.max(1) {
+            return Err(Error::Graph(format!(
+                "{}: {} has {} input(s); run shape inference (Graph::infer_shapes) first",
+                node.name,
+                node.op.kind(),
+                inputs.len()
+            )));
+        }
+        let x = inputs[0];
         let mut y = match &node.op {
             Op::Input => unreachable!("the input node is skipped"),
             Op::Conv(c) => ops::conv(
-                x.unwrap(),
+                x,
                 param("weight")?,
                 bias(c.bias)?,
                 c.stride,
                 c.pad,
                 &node.shape,
             ),
-            Op::Gemm(gm) => ops::gemm_1x1(
-                x.unwrap(),
-                param("weight")?,
-                bias(gm.bias)?,
-                gm.stride,
-                &node.shape,
-            ),
-            Op::Fc(f) => ops::fc(x.unwrap(), param("weight")?, bias(f.bias)?),
-            Op::Relu => ops::relu(x.unwrap().clone()),
-            Op::MaxPool(p) => ops::pool(x.unwrap(), p, ops::PoolKind::Max, &node.shape),
-            Op::AvgPool(p) => ops::pool(x.unwrap(), p, ops::PoolKind::Avg, &node.shape),
-            Op::GlobalAvgPool => ops::global_avgpool(x.unwrap()),
-            Op::Flatten | Op::Dropout => x.unwrap().clone(),
-            Op::Softmax => ops::softmax(x.unwrap()),
+            Op::Gemm(gm) => {
+                ops::gemm_1x1(x, param("weight")?, bias(gm.bias)?, gm.stride, &node.shape)
+            }
+            Op::Fc(f) => ops::fc(x, param("weight")?, bias(f.bias)?),
+            Op::Relu => ops::relu(x.clone()),
+            Op::MaxPool(p) => ops::pool(x, p, ops::PoolKind::Max, &node.shape),
+            Op::AvgPool(p) => ops::pool(x, p, ops::PoolKind::Avg, &node.shape),
+            Op::GlobalAvgPool => ops::global_avgpool(x),
+            Op::Flatten | Op::Dropout => x.clone(),
+            Op::Softmax => ops::softmax(x),
             Op::Add => ops::add(&inputs),
             Op::Concat => ops::concat(&inputs),
-            Op::Pad(p) => ops::pad(x.unwrap(), p, &node.shape),
+            Op::Pad(p) => ops::pad(x, p, &node.shape),
             Op::BatchNorm { eps } => ops::batchnorm(
-                x.unwrap(),
+                x,
                 param("weight")?,
                 param("bias")?,
                 param("running_mean")?,

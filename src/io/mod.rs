@@ -55,7 +55,8 @@ pub fn load_input(path: Option<&Path>, g: &Graph, batch: Option<usize>) -> Resul
             }
         }
         Some(p) if p.extension().is_some_and(|e| e == "npy") => {
-            let t = crate::interp::check_input(g, npy::read(p)?)
+            let t = g
+                .check_input(npy::read(p)?)
                 .map_err(|e| Error::Input(format!("{}: {e}", p.display())))?;
             let n = t.shape()[0];
             Batch {

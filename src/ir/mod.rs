@@ -5,11 +5,12 @@
 //! and `concat` inputs is kept. The graph is a `StableDiGraph` so passes can delete and
 //! replace nodes without invalidating the indices they hold.
 pub mod op;
+pub mod print;
 pub mod shape;
 pub mod stats;
 
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{fmt_shape, Tensor};
 pub use op::{Conv, Epilogue, Fc, Gemm, Hw, Op, Pad, Pool};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
@@ -229,6 +230,31 @@ impl Graph {
             node.note = note;
         }
         Ok(())
+    }
+
+    /// Checks that `x` fits the graph's input (`[N, C, H, W]`, or `[C, H, W]` for one
+    /// image) and returns it as `[N, C, H, W]`.
+    pub fn check_input(&self, x: Tensor) -> Result<Tensor> {
+        let s = self.input_shape();
+        let want = [s.c, s.h, s.w];
+        let dims = x.shape().to_vec();
+        let fits = match dims.as_slice() {
+            [c, h, w] => [*c, *h, *w] == want,
+            [n, c, h, w] => *n >= 1 && [*c, *h, *w] == want,
+            _ => false,
+        };
+        if !fits {
+            return Err(Error::Input(format!(
+                "the input has shape {}, but the graph takes {} (or Nx{})",
+                fmt_shape(&dims),
+                fmt_shape(&want),
+                fmt_shape(&want)
+            )));
+        }
+        if dims.len() == 3 {
+            return x.reshaped(vec![1, s.c, s.h, s.w]);
+        }
+        Ok(x)
     }
 
     /// The shapes of the graph's outputs for a batch of `n`.

@@ -1,0 +1,115 @@
+//! Single-thread kernel throughput (FLOP/s via `Throughput::Elements(flops)`).
+use std::hint::black_box;
+use std::time::Duration;
+
+use cnnc::jit::*;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+fn vals(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 % 1000) as f32) / 1000.0 - 0.5)
+        .collect()
+}
+
+fn conv(c: &mut Criterion, name: &str, spec: ConvSpec) {
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_conv(&spec).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let x = vals(spec.input_len());
+    let w = vals(spec.weight_len());
+    let b = spec.bias.then(|| vals(spec.out_c));
+    let packed = pack_conv_weights(&spec, &w, b.as_deref()).unwrap();
+    let mut out = vec![0.0; spec.output_len()];
+    let mut scratch = vec![0.0; k.scratch_len()];
+    let mut g = c.benchmark_group("conv");
+    g.throughput(Throughput::Elements(spec.flops()));
+    g.bench_function(name, |bch| {
+        bch.iter(|| {
+            k.run(
+                black_box(&x),
+                &packed,
+                None,
+                &mut out,
+                &mut scratch,
+                0..k.work_units(),
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let filter = std::env::var("KBENCH").unwrap_or_default();
+    let want = |n: &str| filter.is_empty() || n.contains(&filter);
+    if want("3x3") {
+        let mut s = ConvSpec::square(64, 56, 64, 3, 1, 1);
+        s.bias = true;
+        s.relu = true;
+        conv(c, "3x3_64_64_56", s);
+    }
+    if want("1x1") {
+        let mut s = ConvSpec::square(256, 56, 64, 1, 1, 0);
+        s.bias = true;
+        s.relu = true;
+        conv(c, "1x1_256_64_56", s);
+    }
+    if want("7x7") {
+        let mut s = ConvSpec::square(3, 224, 64, 7, 2, 3);
+        s.bias = true;
+        s.relu = true;
+        conv(c, "7x7s2_3_64_224", s);
+    }
+    if want("pool") {
+        let s = PoolSpec::square(PoolKind::Max, 64, 112, 2, 2, 0);
+        let mut km = KernelModule::new().unwrap();
+        let p = km.add_pool(&s).unwrap();
+        let code = km.finalize().unwrap();
+        let k = code.get(p).unwrap();
+        let x = vals(s.input_len());
+        let mut out = vec![0.0; s.output_len()];
+        let mut scratch = vec![0.0; k.scratch_len()];
+        let mut g = c.benchmark_group("pool");
+        g.throughput(Throughput::Elements(s.input_len() as u64));
+        g.bench_function("max2x2s2_64_112", |bch| {
+            bch.iter(|| k.run(black_box(&x), &mut out, &mut scratch, 0..64).unwrap())
+        });
+        g.finish();
+    }
+    if want("fc") {
+        let mut s = FcSpec::new(4096, 1000, 1);
+        s.bias = true;
+        let mut km = KernelModule::new().unwrap();
+        let p = km.add_fc(&s).unwrap();
+        let code = km.finalize().unwrap();
+        let k = code.get(p).unwrap();
+        let x = vals(s.input_len());
+        let packed = pack_fc_weights(&s, &vals(s.weight_len()), Some(&vals(1000))).unwrap();
+        let mut out = vec![0.0; s.output_len()];
+        let mut g = c.benchmark_group("fc");
+        g.throughput(Throughput::Elements(s.flops()));
+        g.bench_function("4096_1000_b1", |bch| {
+            bch.iter(|| k.run_all(black_box(&x), &packed, None, &mut out).unwrap())
+        });
+        g.finish();
+        // Reference: read 16 MB (the fc weights' size) with a vectorised integer sum.
+        let buf: Vec<u32> = (0..4096 * 1000u32).collect();
+        let mut g = c.benchmark_group("membw");
+        g.throughput(Throughput::Bytes((buf.len() * 4) as u64));
+        g.bench_function("read_16MB", |bch| {
+            bch.iter(|| black_box(&buf).iter().fold(0u32, |a, &v| a.wrapping_add(v)))
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = kernels;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = benches
+}
+criterion_main!(kernels);

@@ -1,0 +1,51 @@
+//! Quick single-thread conv timing: `cargo run --release --example convperf -- C HW K F S P`.
+use cnnc::jit::*;
+use std::time::Instant;
+
+fn main() {
+    let a: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let (c, hw, k, f, s, p) = (a[0], a[1], a[2], a[3], a[4], a[5]);
+    let mut spec = ConvSpec::square(c, hw, k, f, s, p);
+    spec.bias = true;
+    spec.relu = true;
+    let t0 = Instant::now();
+    let mut km = KernelModule::new().unwrap();
+    let pk = km.add_conv(&spec).unwrap();
+    let code = km.finalize().unwrap();
+    let kern = code.get(pk).unwrap();
+    let ct = t0.elapsed();
+    let x: Vec<f32> = (0..spec.input_len())
+        .map(|i| (i % 17) as f32 * 0.1 - 0.8)
+        .collect();
+    let w: Vec<f32> = (0..spec.weight_len())
+        .map(|i| (i % 13) as f32 * 0.01 - 0.06)
+        .collect();
+    let b = vec![0.1; k];
+    let packed = pack_conv_weights(&spec, &w, Some(&b)).unwrap();
+    let mut out = vec![0.0; spec.output_len()];
+    let mut scratch = vec![0.0; kern.scratch_len()];
+    let mut best = f64::MAX;
+    let t1 = Instant::now();
+    while t1.elapsed().as_secs_f64() < 1.5 {
+        let t = Instant::now();
+        kern.run(
+            &x,
+            &packed,
+            None,
+            &mut out,
+            &mut scratch,
+            0..kern.work_units(),
+        )
+        .unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "{spec:?}\ncompile {:.2} ms, best {:.3} ms, {:.1} GFLOP/s",
+        ct.as_secs_f64() * 1e3,
+        best * 1e3,
+        spec.flops() as f64 / best / 1e9
+    );
+}

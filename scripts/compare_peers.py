@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""cnnc against onnxruntime on the example graphs, side by side, in one run.
+
+For each graph: `cnnc export` writes the ONNX model (same seeded weights), onnxruntime
+and `cnnc run` compute the same input and the outputs must agree (relative L2 < 1e-4);
+then `cnnc bench --json` and onnxruntime are timed alternately, round after round, so
+machine drift hits both alike. Prints one markdown table (paste it into BENCHMARKS.md).
+
+Usage (from the repo root; creates a virtualenv outside the repo on first use):
+    python3 scripts/compare_peers.py [--graphs a,b] [--rounds 3] [--seconds 2]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VENV = Path(os.environ.get("CNNC_PEERS_VENV", Path.home() / ".cache" / "cnnc-peers-venv"))
+REPO = Path(__file__).resolve().parent.parent
+GRAPHS = ["cs231n_example", "lenet5", "digits", "vgg_cifar", "resnet_basic_block",
+          "resnet_bottleneck_block", "inception3a", "resnet18"]
+
+
+def ensure_venv():
+    """Re-runs this script inside a virtualenv that has onnxruntime and numpy."""
+    try:
+        import numpy  # noqa: F401
+        import onnxruntime  # noqa: F401
+        return
+    except ImportError:
+        pass
+    py = VENV / "bin" / "python"
+    if os.environ.get("CNNC_PEERS_BOOTSTRAPPED"):
+        sys.exit(f"onnxruntime is still missing in {VENV}")
+    if not py.exists():
+        print(f"creating {VENV} (onnxruntime, numpy from PyPI)...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "onnxruntime", "numpy"], check=True)
+    env = dict(os.environ, CNNC_PEERS_BOOTSTRAPPED="1")
+    os.execve(str(py), [str(py), *sys.argv], env)
+
+
+def cnnc(*args, capture=True):
+    exe = REPO / "target" / "release" / "cnnc"
+    out = subprocess.run([str(exe), *map(str, args)], cwd=REPO, check=True,
+                         capture_output=capture, text=True)
+    return out.stdout
+
+
+def rel_l2(a, b):
+    import numpy as np
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def ort_session(model, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+
+
+def time_ort(sess, x, seconds):
+    name = sess.get_inputs()[0].name
+    for _ in range(3):
+        sess.run(None, {name: x})
+    times, start = [], time.perf_counter()
+    while not times or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        sess.run(None, {name: x})
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2] * 1e3
+
+
+def main():
+    ensure_venv()
+    import numpy as np
+    import onnxruntime as ort
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--graphs", default=",".join(GRAPHS))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=1.5, help="per measurement")
+    ap.add_argument("--json", help="also write the raw results here")
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "-q"], cwd=REPO, check=True)
+    threads = [1, 2]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for g in args.graphs.split(","):
+            graph = REPO / "graphs" / f"{g}.yaml"
+            model = tmp / f"{g}.onnx"
+            cnnc("export", graph, "-o", model)
+            info = json.loads(cnnc("info", graph, "--json"))
+            gflop = 2 * info["total_macs"] / 1e9
+            c, h, w = (int(d) for d in info["input"].split("x"))
+            x = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(np.float32)
+            np.save(tmp / "x.npy", x)
+            cnnc("run", graph, "--input", tmp / "x.npy", "--output", tmp / "y.npy", "--top", "1")
+            sessions = {t: ort_session(model, t) for t in threads}
+            ref = sessions[1].run(None, {sessions[1].get_inputs()[0].name: x})[0]
+            err = rel_l2(np.load(tmp / "y.npy"), ref)
+            assert err < 1e-4, f"{g}: cnnc and onnxruntime disagree: relative L2 {err:.2e}"
+
+            ours = {t: [] for t in threads}
+            theirs = {t: [] for t in threads}
+            for _ in range(args.rounds):
+                for t in threads:
+                    theirs[t].append(time_ort(sessions[t], x, args.seconds))
+                    rep = json.loads(cnnc("bench", graph, "--threads", t, "--time", args.seconds, "--json"))
+                    ours[t].append(rep["median_ms"])
+            med = lambda v: sorted(v)[len(v) // 2]
+            row = {"graph": g, "gflop": gflop, "rel_l2": err}
+            for t in threads:
+                row[f"cnnc_{t}"] = med(ours[t])
+                row[f"ort_{t}"] = med(theirs[t])
+            rows.append(row)
+            print(f"{g}: done", file=sys.stderr)
+
+    print(f"onnxruntime {ort.__version__}; cnnc {cnnc('--version').split()[-1]}; "
+          f"median of {args.rounds} alternating rounds of {args.seconds} s each; batch 1\n")
+    print("| network | GFLOP | cnnc 1T (ms) | ORT 1T (ms) | cnnc/ORT 1T | cnnc 2T (ms) | ORT 2T (ms) "
+          "| cnnc/ORT 2T | cnnc GFLOP/s 1T | max rel L2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['graph']} | {r['gflop']:.4f} | {r['cnnc_1']:.3f} | {r['ort_1']:.3f} | "
+              f"{r['cnnc_1'] / r['ort_1']:.2f} | {r['cnnc_2']:.3f} | {r['ort_2']:.3f} | "
+              f"{r['cnnc_2'] / r['ort_2']:.2f} | {r['gflop'] / r['cnnc_1'] * 1e3:.1f} | {r['rel_l2']:.1e} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

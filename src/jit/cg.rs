@@ -1,0 +1,205 @@
+//! Small helpers shared by the code generators: memory flags, counted loops, FMA, ReLU and
+//! a padded copy of an NCHW image.
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
+
+use super::module::Emit;
+use crate::error::Result;
+
+pub(crate) const F32X4: Type = types::F32X4;
+pub(crate) const F32: Type = types::F32;
+pub(crate) const I64: Type = types::I64;
+pub(crate) const I32: Type = types::I32;
+
+/// Flags for loads of memory the kernel never writes (weights, inputs, tables): `readonly` and
+/// `can_move` let Cranelift keep them next to their uses instead of hoisting them into spills.
+pub(crate) fn ro() -> MemFlagsData {
+    MemFlagsData::new()
+        .with_notrap()
+        .with_readonly()
+        .with_can_move()
+}
+
+/// Flags for loads of memory the kernel itself wrote earlier (scratch) and for stores.
+pub(crate) fn rw() -> MemFlagsData {
+    MemFlagsData::new().with_notrap()
+}
+
+/// Converts a byte offset known at compile time to a load/store immediate.
+pub(crate) fn off(x: usize) -> i32 {
+    i32::try_from(x).expect("offsets are checked against i32 when the spec is validated")
+}
+
+impl Emit<'_> {
+    pub(crate) fn iconst(&mut self, v: i64) -> Value {
+        self.b.ins().iconst(I64, v)
+    }
+
+    pub(crate) fn add_imm(&mut self, x: Value, v: i64) -> Value {
+        if v == 0 {
+            x
+        } else {
+            self.b.ins().iadd_imm_s(x, v)
+        }
+    }
+
+    /// `x * c` for a compile-time constant `c`.
+    pub(crate) fn mul_imm(&mut self, x: Value, c: i64) -> Value {
+        self.b.ins().imul_imm_s(x, c)
+    }
+
+    pub(crate) fn fzero(&mut self, ty: Type) -> Value {
+        let z = self.b.ins().f32const(0.0f32);
+        if ty == F32 {
+            z
+        } else {
+            self.b.ins().splat(ty, z)
+        }
+    }
+
+    /// `a * b + c`, fused when the host has FMA.
+    pub(crate) fn fmadd(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.has_fma {
+            self.b.ins().fma(a, b, c)
+        } else {
+            let m = self.b.ins().fmul(a, b);
+            self.b.ins().fadd(m, c)
+        }
+    }
+
+    /// `max(x, 0)`, NaN-propagating like PyTorch's ReLU.
+    pub(crate) fn relu(&mut self, x: Value) -> Value {
+        let ty = self.b.func.dfg.value_type(x);
+        let z = self.fzero(ty);
+        self.b.ins().fmax(x, z)
+    }
+
+    pub(crate) fn load(&mut self, ty: Type, p: Value, offset: i32) -> Value {
+        self.b.ins().load(ty, ro(), p, offset)
+    }
+
+    pub(crate) fn load_rw(&mut self, ty: Type, p: Value, offset: i32) -> Value {
+        self.b.ins().load(ty, rw(), p, offset)
+    }
+
+    pub(crate) fn store(&mut self, x: Value, p: Value, offset: i32) {
+        self.b.ins().store(rw(), x, p, offset);
+    }
+
+    /// `for (i = start; i < end; i += step) body(i)` with signed compare. Values defined
+    /// through `Variable`s inside `body` are carried across iterations by the SSA builder.
+    pub(crate) fn for_range(
+        &mut self,
+        start: Value,
+        end: Value,
+        step: i64,
+        mut body: impl FnMut(&mut Self, Value) -> Result<()>,
+    ) -> Result<()> {
+        let var = self.b.declare_var(I64);
+        self.b.def_var(var, start);
+        let header = self.b.create_block();
+        let body_block = self.b.create_block();
+        let exit = self.b.create_block();
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let i = self.b.use_var(var);
+        let c = self.b.ins().icmp(IntCC::SignedLessThan, i, end);
+        self.b.ins().brif(c, body_block, &[], exit, &[]);
+        self.b.switch_to_block(body_block);
+        body(self, i)?;
+        let next = self.b.ins().iadd_imm_s(i, step);
+        self.b.def_var(var, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+        Ok(())
+    }
+
+    /// `for_range` over compile-time bounds; emits nothing when the range is empty.
+    pub(crate) fn for_const(
+        &mut self,
+        start: i64,
+        end: i64,
+        step: i64,
+        body: impl FnMut(&mut Self, Value) -> Result<()>,
+    ) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let s = self.iconst(start);
+        let e = self.iconst(end);
+        self.for_range(s, e, step, body)
+    }
+
+    /// Fills `n` floats at `dst` with `value` (vector loop plus scalar tail).
+    pub(crate) fn fill(&mut self, dst: Value, n: usize, value: f32) -> Result<()> {
+        let v = self.b.ins().f32const(value);
+        let v4 = self.b.ins().splat(F32X4, v);
+        let n4 = n / 4 * 4;
+        let end = self.add_imm(dst, (n4 * 4) as i64);
+        if n4 > 0 {
+            self.for_range(dst, end, 16, |e, p| {
+                e.store(v4, p, 0);
+                Ok(())
+            })?;
+        }
+        for i in 0..n % 4 {
+            self.store(v, end, off(i * 4));
+        }
+        Ok(())
+    }
+
+    /// Copies `n` floats from `src` to `dst` (vector loop plus scalar tail).
+    pub(crate) fn copy(&mut self, src: Value, dst: Value, n: usize) -> Result<()> {
+        let n4 = n / 4 * 4;
+        if n4 > 0 {
+            let delta = self.b.ins().isub(dst, src);
+            let end = self.add_imm(src, (n4 * 4) as i64);
+            self.for_range(src, end, 16, |e, p| {
+                let x = e.load(F32X4, p, 0);
+                let q = e.b.ins().iadd(p, delta);
+                e.store(x, q, 0);
+                Ok(())
+            })?;
+        }
+        let s = self.add_imm(src, (n4 * 4) as i64);
+        let d = self.add_imm(dst, (n4 * 4) as i64);
+        for i in 0..n % 4 {
+            let x = self.load(F32, s, off(i * 4));
+            self.store(x, d, off(i * 4));
+        }
+        Ok(())
+    }
+
+    /// Writes a copy of the `c x h x w` image at `src` into `dst`, surrounded by `ph` rows and
+    /// `pw` columns of `value`: `dst` is `c x (h + 2ph) x (w + 2pw)`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pad_copy(
+        &mut self,
+        src: Value,
+        dst: Value,
+        c: usize,
+        h: usize,
+        w: usize,
+        ph: usize,
+        pw: usize,
+        value: f32,
+    ) -> Result<()> {
+        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+        self.fill(dst, c * hp * wp, value)?;
+        // Row r = ci * h + y goes from src + r*w to dst + ((ci*hp + y + ph)*wp + pw).
+        self.for_const(0, c as i64, 1, |e, ci| {
+            let s0 = e.mul_imm(ci, (h * w * 4) as i64);
+            let s0 = e.b.ins().iadd(src, s0);
+            let d0 = e.mul_imm(ci, (hp * wp * 4) as i64);
+            let d0 = e.b.ins().iadd(dst, d0);
+            let d0 = e.add_imm(d0, ((ph * wp + pw) * 4) as i64);
+            e.for_const(0, h as i64, 1, |e, y| {
+                let so = e.mul_imm(y, (w * 4) as i64);
+                let sp = e.b.ins().iadd(s0, so);
+                let dof = e.mul_imm(y, (wp * 4) as i64);
+                let dp = e.b.ins().iadd(d0, dof);
+                e.copy(sp, dp, w)
+            })
+        })
+    }
+}

@@ -1,0 +1,687 @@
+//! 2-D convolution on one NCHW image, with an optional fused epilogue
+//! (bias, then a residual tensor of the output's shape, then ReLU, before the single store).
+//!
+//! Two code generators, chosen from the spec alone:
+//! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]).
+//! * everything else: a *direct* convolution vectorised along output channels. The micro-kernel
+//!   keeps a tile of `w` output pixels (up to 6, consecutive in one output row) by `KB = 8`
+//!   output channels in `w * 2` f32x4 accumulators. The reduction runs over the taps
+//!   `(c, fy, fx)` in a loop unrolled 4x; per tap it loads two weight vectors (packed so that
+//!   they are consecutive), reads the tap's input offset from a table (one i32), and broadcasts
+//!   one input value per pixel. Strides cost nothing (the pixel addresses are just further
+//!   apart), and padding is taken out of the hot loop by first copying the input into a
+//!   zero-bordered scratch buffer, so that every pixel uses the same tap table.
+//!   Results are stored transposed (one scalar store per element).
+use std::ops::Range;
+use std::sync::Arc;
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_frontend::Variable;
+
+use super::cg::{off, F32, F32X4, I32, I64};
+use super::gemm::{self, PixelGemm};
+use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::shared_out::SharedOut;
+use crate::error::{Error, Result};
+
+/// Shapes and fused epilogue of one convolution layer (one image, NCHW).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvSpec {
+    pub in_c: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_c: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_h: usize,
+    pub pad_w: usize,
+    pub bias: bool,
+    pub relu: bool,
+    pub residual: bool,
+}
+
+impl ConvSpec {
+    /// A square-filter convolution without epilogue.
+    pub fn square(
+        in_c: usize,
+        hw: usize,
+        out_c: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
+        ConvSpec {
+            in_c,
+            in_h: hw,
+            in_w: hw,
+            out_c,
+            kernel_h: k,
+            kernel_w: k,
+            stride_h: stride,
+            stride_w: stride,
+            pad_h: pad,
+            pad_w: pad,
+            bias: false,
+            relu: false,
+            residual: false,
+        }
+    }
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.pad_h - self.kernel_h) / self.stride_h + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.pad_w - self.kernel_w) / self.stride_w + 1
+    }
+    pub fn input_len(&self) -> usize {
+        self.in_c * self.in_h * self.in_w
+    }
+    pub fn output_len(&self) -> usize {
+        self.out_c * self.out_h() * self.out_w()
+    }
+    /// Length of the PyTorch-layout weights `[out_c, in_c, kernel_h, kernel_w]`.
+    pub fn weight_len(&self) -> usize {
+        self.out_c * self.in_c * self.kernel_h * self.kernel_w
+    }
+    /// Multiply-adds times two.
+    pub fn flops(&self) -> u64 {
+        2 * (self.weight_len() * self.out_h() * self.out_w()) as u64
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let s = self;
+        if s.in_c == 0 || s.in_h == 0 || s.in_w == 0 || s.out_c == 0 {
+            return Err(Error::Shape(format!("conv with an empty dimension: {s:?}")));
+        }
+        if s.kernel_h == 0 || s.kernel_w == 0 || s.stride_h == 0 || s.stride_w == 0 {
+            return Err(Error::Shape(format!(
+                "conv filter and stride must be positive: {s:?}"
+            )));
+        }
+        if s.in_h + 2 * s.pad_h < s.kernel_h || s.in_w + 2 * s.pad_w < s.kernel_w {
+            return Err(Error::Shape(format!(
+                "conv filter {}x{} larger than the padded input {}x{}",
+                s.kernel_h,
+                s.kernel_w,
+                s.in_h + 2 * s.pad_h,
+                s.in_w + 2 * s.pad_w
+            )));
+        }
+        // Every byte offset the generated code computes must fit in an i32.
+        let big = [
+            self.input_len(),
+            self.output_len(),
+            self.weight_len() + 64 * self.out_c,
+            self.in_c * (self.in_h + 2 * self.pad_h) * (self.in_w + 2 * self.pad_w),
+        ];
+        if big
+            .iter()
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
+            return Err(Error::Unsupported(format!(
+                "conv tensors over 1 GB are not supported: {s:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn is_pointwise(&self) -> bool {
+        self.kernel_h == 1
+            && self.kernel_w == 1
+            && self.stride_h == 1
+            && self.stride_w == 1
+            && self.pad_h == 0
+            && self.pad_w == 0
+    }
+}
+
+/// Output channels per block of the direct kernel (two f32x4 vectors).
+const KB: usize = 8;
+const KV: usize = KB / 4;
+/// Maximum output pixels per micro-kernel tile.
+const MAX_PX: usize = 6;
+
+#[derive(Clone, Debug)]
+pub(crate) struct DirectPlan {
+    spec: ConvSpec,
+    nkb: usize,
+    taps: usize,
+    hp: usize,
+    wp: usize,
+    padded: bool,
+}
+
+impl DirectPlan {
+    fn new(spec: ConvSpec) -> Self {
+        let padded = spec.pad_h > 0 || spec.pad_w > 0;
+        DirectPlan {
+            spec,
+            nkb: spec.out_c.div_ceil(KB),
+            taps: spec.in_c * spec.kernel_h * spec.kernel_w,
+            hp: spec.in_h + 2 * spec.pad_h,
+            wp: spec.in_w + 2 * spec.pad_w,
+            padded,
+        }
+    }
+    fn packed_len(&self) -> usize {
+        self.nkb * self.taps * KB + self.nkb * KB
+    }
+    fn scratch_len(&self) -> usize {
+        if self.padded {
+            self.spec.in_c * self.hp * self.wp
+        } else {
+            0
+        }
+    }
+    /// Tiles of one output row: `(count, width)` pairs, widths as equal as possible.
+    fn row_tiles(&self) -> [(usize, usize); 2] {
+        let ow = self.spec.out_w();
+        let n = ow.div_ceil(MAX_PX);
+        let q = ow / n;
+        let r = ow % n;
+        [(r, q + 1), (n - r, q)]
+    }
+
+    /// `[nkb][c][fy][fx][KB]` then the bias padded to `nkb * KB` (zeros when absent).
+    fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let s = &self.spec;
+        let mut out = vec![0.0f32; self.packed_len()];
+        let per_k = self.taps;
+        for k in 0..s.out_c {
+            let (kb, kl) = (k / KB, k % KB);
+            for t in 0..per_k {
+                out[(kb * per_k + t) * KB + kl] = w[k * per_k + t];
+            }
+        }
+        if let Some(b) = bias {
+            let base = self.nkb * self.taps * KB;
+            out[base..base + s.out_c].copy_from_slice(b);
+        }
+        out
+    }
+
+    fn table(&self) -> Vec<i32> {
+        let s = &self.spec;
+        let mut t = Vec::with_capacity(self.taps);
+        for c in 0..s.in_c {
+            for fy in 0..s.kernel_h {
+                for fx in 0..s.kernel_w {
+                    t.push((((c * self.hp + fy) * self.wp + fx) * 4) as i32);
+                }
+            }
+        }
+        t
+    }
+
+    /// Emits `fn(input, packed, residual, out, scratch, begin, end)`.
+    fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
+        let table = km.add_table(self.table());
+        let plan = self.clone();
+        km.define(7, move |e, p| plan.body(e, p, table))
+    }
+
+    fn body(&self, e: &mut Emit, p: &[Value], table: i64) -> Result<()> {
+        let s = self.spec;
+        let (inp, w, res, out, scratch, begin, end) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
+        let src = if self.padded {
+            e.pad_copy(inp, scratch, s.in_c, s.in_h, s.in_w, s.pad_h, s.pad_w, 0.0)?;
+            scratch
+        } else {
+            inp
+        };
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let ohw = oh * ow;
+        let tail = s.out_c % KB;
+        let bias_base = (self.nkb * self.taps * KB * 4) as i64;
+        e.for_range(begin, end, 1, |e, kb| {
+            let wo = e.mul_imm(kb, (self.taps * KB * 4) as i64);
+            let wblk = e.b.ins().iadd(w, wo);
+            let oo = e.mul_imm(kb, (KB * ohw * 4) as i64);
+            let oblk = e.b.ins().iadd(out, oo);
+            let rblk = e.b.ins().iadd(res, oo);
+            let is_tail = if tail != 0 {
+                Some(
+                    e.b.ins()
+                        .icmp_imm_s(IntCC::Equal, kb, (self.nkb - 1) as i64),
+                )
+            } else {
+                None
+            };
+            let bias = if s.bias {
+                let bo = e.mul_imm(kb, (KB * 4) as i64);
+                let bp = e.b.ins().iadd(w, bo);
+                let bp = e.add_imm(bp, bias_base);
+                Some(bp)
+            } else {
+                None
+            };
+            e.for_const(0, oh as i64, 1, |e, oy| {
+                let io = e.mul_imm(oy, (s.stride_h * self.wp * 4) as i64);
+                let irow = e.b.ins().iadd(src, io);
+                let oo = e.mul_imm(oy, (ow * 4) as i64);
+                let orow = e.b.ins().iadd(oblk, oo);
+                let rrow = e.b.ins().iadd(rblk, oo);
+                let mut ox0 = 0usize;
+                for (count, width) in self.row_tiles() {
+                    if count == 0 || width == 0 {
+                        continue;
+                    }
+                    e.for_const(
+                        ox0 as i64,
+                        (ox0 + count * width) as i64,
+                        width as i64,
+                        |e, ox| {
+                            let io = e.mul_imm(ox, (s.stride_w * 4) as i64);
+                            let ip = e.b.ins().iadd(irow, io);
+                            let oo = e.ishl4(ox);
+                            let op = e.b.ins().iadd(orow, oo);
+                            let rp = e.b.ins().iadd(rrow, oo);
+                            let t = Tile {
+                                width,
+                                ip,
+                                op,
+                                rp,
+                                wblk,
+                                bias,
+                                is_tail,
+                            };
+                            self.tile(e, &t, table, ohw)
+                        },
+                    )?;
+                    ox0 += count * width;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn tile(&self, e: &mut Emit, t: &Tile, table: i64, ohw: usize) -> Result<()> {
+        let s = self.spec;
+        let w = t.width;
+        let mut acc: Vec<Variable> = Vec::with_capacity(w * KV);
+        let z = e.fzero(F32X4);
+        for _ in 0..w * KV {
+            let v = e.b.declare_var(F32X4);
+            e.b.def_var(v, z);
+            acc.push(v);
+        }
+        let wvar = e.b.declare_var(I64);
+        e.b.def_var(wvar, t.wblk);
+        let sw4 = s.stride_w * 4;
+        let step = |e: &mut Emit, tp: Value, wp: Value, taps: usize| {
+            for u in 0..taps {
+                let ioff = e.b.ins().load(I32, super::cg::ro(), tp, off(u * 4));
+                let ioff = e.b.ins().sextend(I64, ioff);
+                let ip = e.b.ins().iadd(t.ip, ioff);
+                let wv: Vec<Value> = (0..KV)
+                    .map(|v| e.load(F32X4, wp, off((u * KB + v * 4) * 4)))
+                    .collect();
+                for j in 0..w {
+                    for (v, &wvv) in wv.iter().enumerate() {
+                        // One broadcast per FMA, made distinct by its flags so that GVN does
+                        // not merge them: a single-use splat of a load becomes one
+                        // `vbroadcastss xmm, m32`, and the FMA may clobber it (no copy).
+                        let x = e.b.ins().load(F32, bcast_flags(v), ip, off(j * sw4));
+                        let x = e.b.ins().splat(F32X4, x);
+                        let a = e.b.use_var(acc[j * KV + v]);
+                        let a = e.fmadd(x, wvv, a);
+                        e.b.def_var(acc[j * KV + v], a);
+                    }
+                }
+            }
+        };
+        // One tap per iteration: with more, Cranelift's scheduler would place the unrolled
+        // taps accumulator by accumulator and keep all their weight vectors live (spills).
+        let tend = table + (self.taps * 4) as i64;
+        e.for_const(table, tend, 4, |e, tp| {
+            let wp = e.b.use_var(wvar);
+            step(e, tp, wp, 1);
+            let wn = e.add_imm(wp, (KB * 4) as i64);
+            e.b.def_var(wvar, wn);
+            Ok(())
+        })?;
+        // Epilogue: bias (vector), residual and relu, transposed scalar stores.
+        let mut vals: Vec<Value> = acc.iter().map(|&v| e.b.use_var(v)).collect();
+        if let Some(bp) = t.bias {
+            for v in 0..KV {
+                let bv = e.load(F32X4, bp, off(v * 16));
+                for j in 0..w {
+                    vals[j * KV + v] = e.b.ins().fadd(vals[j * KV + v], bv);
+                }
+            }
+        }
+        if s.relu && !s.residual {
+            for x in vals.iter_mut() {
+                *x = e.relu(*x);
+            }
+        }
+        let tail = s.out_c % KB;
+        let store_lane = |e: &mut Emit, kl: usize| {
+            let (v, l) = (kl / 4, kl % 4);
+            for j in 0..w {
+                let mut x = e.b.ins().extractlane(vals[j * KV + v], l as u8);
+                let o = off((kl * ohw + j) * 4);
+                if s.residual {
+                    let r = e.load(F32, t.rp, o);
+                    x = e.b.ins().fadd(x, r);
+                    if s.relu {
+                        x = e.relu(x);
+                    }
+                }
+                e.store(x, t.op, o);
+            }
+        };
+        let always = if tail == 0 { KB } else { tail };
+        for kl in 0..always {
+            store_lane(e, kl);
+        }
+        if let Some(is_tail) = t.is_tail {
+            let more = e.b.create_block();
+            let done = e.b.create_block();
+            e.b.ins().brif(is_tail, done, &[], more, &[]);
+            e.b.switch_to_block(more);
+            for kl in always..KB {
+                store_lane(e, kl);
+            }
+            e.b.ins().jump(done, &[]);
+            e.b.switch_to_block(done);
+        }
+        let _ = F32;
+        Ok(())
+    }
+}
+
+/// Equivalent read-only flags that differ only in ways that do not matter for f32 loads
+/// (`aligned` holds for every f32 in a Rust slice; little-endian is the host order). Four
+/// distinct variants; `v` wraps.
+pub(crate) fn bcast_flags(v: usize) -> cranelift_codegen::ir::MemFlagsData {
+    use cranelift_codegen::ir::Endianness;
+    let f = super::cg::ro();
+    match v % 4 {
+        0 => f,
+        1 => f.with_aligned(),
+        2 => f.with_endianness(Endianness::Little),
+        _ => f.with_aligned().with_endianness(Endianness::Little),
+    }
+}
+
+struct Tile {
+    width: usize,
+    ip: Value,
+    op: Value,
+    rp: Value,
+    wblk: Value,
+    bias: Option<Value>,
+    is_tail: Option<Value>,
+}
+
+impl Emit<'_> {
+    /// `x * 4` (float index to byte offset).
+    pub(crate) fn ishl4(&mut self, x: Value) -> Value {
+        self.b.ins().ishl_imm_s(x, 2)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Plan {
+    Direct(DirectPlan),
+    Gemm(PixelGemm),
+}
+
+impl Plan {
+    fn new(spec: &ConvSpec) -> Plan {
+        if spec.is_pointwise() {
+            Plan::Gemm(PixelGemm::new(gemm::PixelGemmSpec {
+                in_c: spec.in_c,
+                out_c: spec.out_c,
+                pixels: spec.in_h * spec.in_w,
+                bias: spec.bias,
+                relu: spec.relu,
+                residual: spec.residual,
+            }))
+        } else {
+            Plan::Direct(DirectPlan::new(*spec))
+        }
+    }
+    fn packed_len(&self) -> usize {
+        match self {
+            Plan::Direct(d) => d.packed_len(),
+            Plan::Gemm(g) => g.packed_len(),
+        }
+    }
+    fn scratch_len(&self) -> usize {
+        match self {
+            Plan::Direct(d) => d.scratch_len(),
+            Plan::Gemm(_) => 0,
+        }
+    }
+    fn work_units(&self) -> usize {
+        match self {
+            Plan::Direct(d) => d.nkb,
+            Plan::Gemm(g) => g.work_units(),
+        }
+    }
+}
+
+/// Packs PyTorch-layout weights `[out_c, in_c, kernel_h, kernel_w]` (and the bias `[out_c]`
+/// when `spec.bias`) into the order the kernel for `spec` reads them. Done once, at compile time.
+pub fn pack_conv_weights(
+    spec: &ConvSpec,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    spec.validate()?;
+    if weights.len() != spec.weight_len() {
+        return Err(Error::Weights(format!(
+            "conv weights: expected {} values ({}x{}x{}x{}), got {}",
+            spec.weight_len(),
+            spec.out_c,
+            spec.in_c,
+            spec.kernel_h,
+            spec.kernel_w,
+            weights.len()
+        )));
+    }
+    let bias = match (spec.bias, bias) {
+        (true, Some(b)) if b.len() == spec.out_c => Some(b),
+        (true, Some(b)) => {
+            return Err(Error::Weights(format!(
+                "conv bias: expected {} values, got {}",
+                spec.out_c,
+                b.len()
+            )))
+        }
+        (true, None) => return Err(Error::Weights("conv bias missing".into())),
+        (false, Some(_)) => {
+            return Err(Error::Weights("conv has no bias but one was given".into()))
+        }
+        (false, None) => None,
+    };
+    Ok(match Plan::new(spec) {
+        Plan::Direct(d) => d.pack(weights, bias),
+        Plan::Gemm(g) => g.pack(weights, bias),
+    })
+}
+
+/// A convolution defined in a [`KernelModule`], not yet finalized.
+pub struct PendingConv {
+    id: PendingId,
+    spec: ConvSpec,
+    plan: Plan,
+}
+
+impl KernelModule {
+    /// Generates the kernel for `spec`.
+    pub fn add_conv(&mut self, spec: &ConvSpec) -> Result<PendingConv> {
+        spec.validate()?;
+        let plan = Plan::new(spec);
+        let id = match &plan {
+            Plan::Direct(d) => d.emit(self)?,
+            Plan::Gemm(g) => g.emit(self)?,
+        };
+        Ok(PendingConv {
+            id,
+            spec: *spec,
+            plan,
+        })
+    }
+}
+
+type ConvFn =
+    unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
+
+impl Pending for PendingConv {
+    type Kernel = ConvKernel;
+    fn bind(self, code: &Arc<Compiled>) -> Result<ConvKernel> {
+        let ptr = code.ptr(self.id)?;
+        // SAFETY: `ptr` was defined with the signature of `ConvFn` (7 i64 params, System V).
+        let f = unsafe { std::mem::transmute::<*const u8, ConvFn>(ptr) };
+        Ok(ConvKernel {
+            _code: code.clone(),
+            f,
+            spec: self.spec,
+            packed_len: self.plan.packed_len(),
+            scratch_len: self.plan.scratch_len(),
+            units: self.plan.work_units(),
+        })
+    }
+}
+
+/// A compiled convolution, callable from any thread.
+pub struct ConvKernel {
+    _code: Arc<Compiled>,
+    f: ConvFn,
+    spec: ConvSpec,
+    packed_len: usize,
+    scratch_len: usize,
+    units: usize,
+}
+
+impl ConvKernel {
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+    /// Length of the packed weights ([`pack_conv_weights`]).
+    pub fn packed_len(&self) -> usize {
+        self.packed_len
+    }
+    /// Floats of scratch memory each call needs (the zero-padded input copy; 0 when unpadded).
+    /// Concurrent calls need separate scratch buffers.
+    pub fn scratch_len(&self) -> usize {
+        self.scratch_len
+    }
+    /// Number of work units (blocks of output channels); `run` computes the units in `range`.
+    /// Every output element is computed by the same instructions whatever the split.
+    pub fn work_units(&self) -> usize {
+        self.units
+    }
+
+    /// Computes the output channel blocks in `range` of `out` (`[out_c, out_h, out_w]`).
+    pub fn run(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+        range: Range<usize>,
+    ) -> Result<()> {
+        self.run_shared(
+            input,
+            packed,
+            residual,
+            &SharedOut::new(out),
+            scratch,
+            range,
+        )
+    }
+
+    /// [`ConvKernel::run`] for one of several threads filling `out` together: it writes
+    /// only the output channels of the blocks in `range`.
+    /// Computes the output channel blocks in `range` of `out` (`[out_c, out_h, out_w]`).
+    pub fn run_shared(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &SharedOut,
+        scratch: &mut [f32],
+        range: Range<usize>,
+    ) -> Result<()> {
+        let s = &self.spec;
+        check_len("conv input", input.len(), s.input_len())?;
+        check_len("conv packed weights", packed.len(), self.packed_len)?;
+        check_len("conv output", out.len(), s.output_len())?;
+        if scratch.len() < self.scratch_len {
+            return Err(Error::Input(format!(
+                "conv scratch: need {} floats, got {}",
+                self.scratch_len,
+                scratch.len()
+            )));
+        }
+        let res_ptr = match (s.residual, residual) {
+            (true, Some(r)) => {
+                check_len("conv residual", r.len(), s.output_len())?;
+                r.as_ptr()
+            }
+            (false, None) => std::ptr::null(),
+            (true, None) => return Err(Error::Input("conv residual missing".into())),
+            (false, Some(_)) => {
+                return Err(Error::Input(
+                    "conv has no residual but one was given".into(),
+                ))
+            }
+        };
+        check_range(&range, self.units)?;
+        // SAFETY: the kernel reads `input` (input_len floats), `packed` (packed_len), `residual`
+        // (output_len, only when spec.residual), reads and writes `scratch` (scratch_len), and
+        // writes `out` (output_len): every address it computes is derived from the spec's
+        // shapes for units in `range`, which lie within these lengths, all checked above.
+        // `scratch` is an exclusive borrow; `out` is a SharedOut, of which only the output
+        // channels of the blocks in `range` are written (see SharedOut).
+        unsafe {
+            (self.f)(
+                input.as_ptr(),
+                packed.as_ptr(),
+                res_ptr,
+                out.as_mut_ptr(),
+                scratch.as_mut_ptr(),
+                range.start as i64,
+                range.end as i64,
+            )
+        };
+        Ok(())
+    }
+
+    /// `run` over all work units, allocating the scratch buffer.
+    pub fn run_all(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let mut scratch = vec![0.0f32; self.scratch_len];
+        self.run(input, packed, residual, out, &mut scratch, 0..self.units)
+    }
+}
+
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Input(format!(
+            "{what}: expected {want} floats, got {got}"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_range(range: &Range<usize>, units: usize) -> Result<()> {
+    if range.start > range.end || range.end > units {
+        return Err(Error::Input(format!(
+            "work range {range:?} outside 0..{units}"
+        )));
+    }
+    Ok(())
+}

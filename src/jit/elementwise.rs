@@ -1,0 +1,364 @@
+//! Memory-bound kernels: sum of tensors (+ReLU), ReLU, per-channel scale+shift (batchnorm),
+//! softmax over channels, global average pooling, and channel concatenation.
+//!
+//! Concatenation along channels of one NCHW image is a placement: input `i` occupies the
+//! contiguous range starting at `(sum of earlier channel counts) * h * w`. The runtime is meant
+//! to let producers write straight into that slice of the concat buffer (no kernel at all);
+//! [`concat_channels`] is the copying fallback.
+use std::ops::Range;
+use std::sync::Arc;
+
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{InstBuilder, Value};
+use cranelift_frontend::Variable;
+
+use super::cg::{off, F32, F32X4, I64};
+use super::conv::{check_len, check_range};
+use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::shared_out::SharedOut;
+use crate::error::{Error, Result};
+
+/// What an [`EltKernel`] computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EltSpec {
+    /// `out = x0 + x1 + ... (+ relu)` over `len` floats, summed left to right.
+    Add {
+        inputs: usize,
+        len: usize,
+        relu: bool,
+    },
+    /// `out = max(x, 0)` over `len` floats.
+    Relu { len: usize },
+    /// `out[c][i] = x[c][i] * scale[c] + shift[c]` (inference batchnorm), optional ReLU.
+    ScaleShift {
+        channels: usize,
+        hw: usize,
+        relu: bool,
+    },
+    /// Softmax over channels at each of `hw` pixels (max subtracted first).
+    Softmax { channels: usize, hw: usize },
+    /// `out[c] = mean over hw of x[c]`.
+    GlobalAvgPool { channels: usize, hw: usize },
+}
+
+impl EltSpec {
+    fn n_inputs(&self) -> usize {
+        match *self {
+            EltSpec::Add { inputs, .. } => inputs,
+            EltSpec::Relu { .. } => 1,
+            EltSpec::ScaleShift { .. } => 3,
+            EltSpec::Softmax { .. } | EltSpec::GlobalAvgPool { .. } => 1,
+        }
+    }
+    /// Lengths of the inputs (scale and shift included) and of the output.
+    fn lens(&self) -> (Vec<usize>, usize) {
+        match *self {
+            EltSpec::Add { inputs, len, .. } => (vec![len; inputs], len),
+            EltSpec::Relu { len } => (vec![len], len),
+            EltSpec::ScaleShift { channels, hw, .. } => {
+                (vec![channels * hw, channels, channels], channels * hw)
+            }
+            EltSpec::Softmax { channels, hw } => (vec![channels * hw], channels * hw),
+            EltSpec::GlobalAvgPool { channels, hw } => (vec![channels * hw], channels),
+        }
+    }
+    /// Work units: elements for Add/Relu, channels for ScaleShift/GlobalAvgPool, pixels for
+    /// Softmax.
+    pub fn work_units(&self) -> usize {
+        match *self {
+            EltSpec::Add { len, .. } | EltSpec::Relu { len } => len,
+            EltSpec::ScaleShift { channels, .. } | EltSpec::GlobalAvgPool { channels, .. } => {
+                channels
+            }
+            EltSpec::Softmax { hw, .. } => hw,
+        }
+    }
+    fn validate(&self) -> Result<()> {
+        let (ins, out) = self.lens();
+        if ins.contains(&0) || out == 0 || self.n_inputs() == 0 {
+            return Err(Error::Shape(format!("empty elementwise op: {self:?}")));
+        }
+        if ins
+            .iter()
+            .chain([&out])
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
+            return Err(Error::Unsupported(format!("tensor over 1 GB: {self:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// Emits `fn(inputs: *const *const f32, out, begin, end)`.
+fn body(s: &EltSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
+    let (ptrs, out, begin, end) = (p[0], p[1], p[2], p[3]);
+    let ins: Vec<Value> = (0..s.n_inputs())
+        .map(|i| e.b.ins().load(I64, super::cg::ro(), ptrs, off(i * 8)))
+        .collect();
+    match *s {
+        EltSpec::Add { relu, .. } => add_body(e, &ins, out, begin, end, relu),
+        EltSpec::Relu { .. } => add_body(e, &ins, out, begin, end, true),
+        EltSpec::ScaleShift { hw, relu, .. } => e.for_range(begin, end, 1, |e, c| {
+            let o = e.mul_imm(c, (hw * 4) as i64);
+            let x = e.b.ins().iadd(ins[0], o);
+            let y = e.b.ins().iadd(out, o);
+            let co = e.ishl4(c);
+            let sp = e.b.ins().iadd(ins[1], co);
+            let tp = e.b.ins().iadd(ins[2], co);
+            let sc = e.load(F32, sp, 0);
+            let sh = e.load(F32, tp, 0);
+            let sc4 = e.b.ins().splat(F32X4, sc);
+            let sh4 = e.b.ins().splat(F32X4, sh);
+            let f = |e: &mut Emit, ty, src: Value, dst: Value| {
+                let v = e.load(ty, src, 0);
+                let (a, b) = if ty == F32 { (sc, sh) } else { (sc4, sh4) };
+                let m = e.b.ins().fmul(v, a);
+                let mut r = e.b.ins().fadd(m, b);
+                if relu {
+                    r = e.relu(r);
+                }
+                e.store(r, dst, 0);
+            };
+            let n4 = hw / 4 * 4;
+            let delta = e.b.ins().isub(y, x);
+            let xe = e.add_imm(x, (n4 * 4) as i64);
+            e.for_range(x, xe, 16, |e, xp| {
+                let yp = e.b.ins().iadd(xp, delta);
+                f(e, F32X4, xp, yp);
+                Ok(())
+            })?;
+            for i in n4..hw {
+                let xp = e.add_imm(x, (i * 4) as i64);
+                let yp = e.add_imm(y, (i * 4) as i64);
+                f(e, F32, xp, yp);
+            }
+            Ok(())
+        }),
+        EltSpec::Softmax { channels, hw } => e.for_range(begin, end, 1, |e, px| {
+            let po = e.ishl4(px);
+            let x = e.b.ins().iadd(ins[0], po);
+            let y = e.b.ins().iadd(out, po);
+            let stride = (hw * 4) as i64;
+            let xend = e.add_imm(x, stride * channels as i64);
+            let m = e.b.declare_var(F32);
+            let ninf = e.b.ins().f32const(f32::NEG_INFINITY);
+            e.b.def_var(m, ninf);
+            e.for_range(x, xend, stride, |e, xp| {
+                let v = e.load(F32, xp, 0);
+                let a = e.b.use_var(m);
+                let r = e.b.ins().fmax(a, v);
+                e.b.def_var(m, r);
+                Ok(())
+            })?;
+            let mx = e.b.use_var(m);
+            let sum = e.b.declare_var(F32);
+            let z = e.fzero(F32);
+            e.b.def_var(sum, z);
+            let delta = e.b.ins().isub(y, x);
+            e.for_range(x, xend, stride, |e, xp| {
+                let v = e.load(F32, xp, 0);
+                let d = e.b.ins().fsub(v, mx);
+                let call = e.b.ins().call(e.exp_ref, &[d]);
+                let ex = e.b.inst_results(call)[0];
+                let yp = e.b.ins().iadd(xp, delta);
+                e.store(ex, yp, 0);
+                let a = e.b.use_var(sum);
+                let a = e.b.ins().fadd(a, ex);
+                e.b.def_var(sum, a);
+                Ok(())
+            })?;
+            let total = e.b.use_var(sum);
+            let yend = e.add_imm(y, stride * channels as i64);
+            e.for_range(y, yend, stride, |e, yp| {
+                let v = e.load_rw(F32, yp, 0);
+                let r = e.b.ins().fdiv(v, total);
+                e.store(r, yp, 0);
+                Ok(())
+            })
+        }),
+        EltSpec::GlobalAvgPool { hw, .. } => e.for_range(begin, end, 1, |e, c| {
+            let o = e.mul_imm(c, (hw * 4) as i64);
+            let x = e.b.ins().iadd(ins[0], o);
+            let acc = e.b.declare_var(F32X4);
+            let z = e.fzero(F32X4);
+            e.b.def_var(acc, z);
+            let n4 = hw / 4 * 4;
+            let xe = e.add_imm(x, (n4 * 4) as i64);
+            e.for_range(x, xe, 16, |e, xp| {
+                let v = e.load(F32X4, xp, 0);
+                let a = e.b.use_var(acc);
+                let a = e.b.ins().fadd(a, v);
+                e.b.def_var(acc, a);
+                Ok(())
+            })?;
+            let a = e.b.use_var(acc);
+            let l: Vec<Value> = (0..4).map(|i| e.b.ins().extractlane(a, i as u8)).collect();
+            let s01 = e.b.ins().fadd(l[0], l[1]);
+            let s23 = e.b.ins().fadd(l[2], l[3]);
+            let mut t = e.b.ins().fadd(s01, s23);
+            for i in n4..hw {
+                let v = e.load(F32, x, off(i * 4));
+                t = e.b.ins().fadd(t, v);
+            }
+            let k = e.b.ins().f32const(hw as f32);
+            let r = e.b.ins().fdiv(t, k);
+            let co = e.ishl4(c);
+            let yp = e.b.ins().iadd(out, co);
+            e.store(r, yp, 0);
+            Ok(())
+        }),
+    }
+}
+
+/// Elements `begin..end`: f32x4 while 4 remain, then one at a time. Both paths compute each
+/// element with the same IEEE operations, so any split gives bit-identical results.
+fn add_body(
+    e: &mut Emit,
+    ins: &[Value],
+    out: Value,
+    begin: Value,
+    end: Value,
+    relu: bool,
+) -> Result<()> {
+    let i = e.b.declare_var(I64);
+    e.b.def_var(i, begin);
+    let elem = |e: &mut Emit, ty, o: Value| {
+        let mut acc = None;
+        for &p in ins {
+            let a = e.b.ins().iadd(p, o);
+            let v = e.load(ty, a, 0);
+            acc = Some(match acc {
+                None => v,
+                Some(x) => e.b.ins().fadd(x, v),
+            });
+        }
+        let mut r = acc.expect("at least one input");
+        if relu {
+            r = e.relu(r);
+        }
+        let a = e.b.ins().iadd(out, o);
+        e.store(r, a, 0);
+    };
+    let loop_ = |e: &mut Emit, i: Variable, width: i64, ty| {
+        let header = e.b.create_block();
+        let body = e.b.create_block();
+        let exit = e.b.create_block();
+        e.b.ins().jump(header, &[]);
+        e.b.switch_to_block(header);
+        let iv = e.b.use_var(i);
+        let next = e.b.ins().iadd_imm_s(iv, width);
+        let c = e.b.ins().icmp(IntCC::SignedLessThanOrEqual, next, end);
+        e.b.ins().brif(c, body, &[], exit, &[]);
+        e.b.switch_to_block(body);
+        let o = e.ishl4(iv);
+        elem(e, ty, o);
+        e.b.def_var(i, next);
+        e.b.ins().jump(header, &[]);
+        e.b.switch_to_block(exit);
+    };
+    loop_(e, i, 4, F32X4);
+    loop_(e, i, 1, F32);
+    Ok(())
+}
+
+/// An elementwise kernel defined in a [`KernelModule`], not yet finalized.
+pub struct PendingElt {
+    id: PendingId,
+    spec: EltSpec,
+}
+
+impl KernelModule {
+    pub fn add_elementwise(&mut self, spec: &EltSpec) -> Result<PendingElt> {
+        spec.validate()?;
+        let s = *spec;
+        let id = self.define(4, move |e, p| body(&s, e, p))?;
+        Ok(PendingElt { id, spec: s })
+    }
+}
+
+type EltFn = unsafe extern "C" fn(*const *const f32, *mut f32, i64, i64);
+
+impl Pending for PendingElt {
+    type Kernel = EltKernel;
+    fn bind(self, code: &Arc<Compiled>) -> Result<EltKernel> {
+        let ptr = code.ptr(self.id)?;
+        // SAFETY: defined with 4 i64 parameters, the signature of `EltFn`.
+        let f = unsafe { std::mem::transmute::<*const u8, EltFn>(ptr) };
+        Ok(EltKernel {
+            _code: code.clone(),
+            f,
+            spec: self.spec,
+        })
+    }
+}
+
+/// A compiled elementwise / reduction kernel.
+pub struct EltKernel {
+    _code: Arc<Compiled>,
+    f: EltFn,
+    spec: EltSpec,
+}
+
+impl EltKernel {
+    pub fn spec(&self) -> &EltSpec {
+        &self.spec
+    }
+    pub fn work_units(&self) -> usize {
+        self.spec.work_units()
+    }
+    /// `inputs`: the summands for Add, `[x]` for Relu/Softmax/GlobalAvgPool,
+    /// `[x, scale, shift]` for ScaleShift.
+    pub fn run(&self, inputs: &[&[f32]], out: &mut [f32], range: Range<usize>) -> Result<()> {
+        self.run_shared(inputs, &SharedOut::new(out), range)
+    }
+    /// [`EltKernel::run`] for one of several threads filling `out` together: it writes
+    /// only the output elements of the units in `range`.
+    pub fn run_shared(
+        &self,
+        inputs: &[&[f32]],
+        out: &SharedOut,
+        range: Range<usize>,
+    ) -> Result<()> {
+        let (lens, out_len) = self.spec.lens();
+        if inputs.len() != lens.len() {
+            return Err(Error::Input(format!(
+                "{:?}: expected {} inputs, got {}",
+                self.spec,
+                lens.len(),
+                inputs.len()
+            )));
+        }
+        for (x, &n) in inputs.iter().zip(&lens) {
+            check_len("elementwise input", x.len(), n)?;
+        }
+        check_len("elementwise output", out.len(), out_len)?;
+        check_range(&range, self.work_units())?;
+        let ptrs: Vec<*const f32> = inputs.iter().map(|x| x.as_ptr()).collect();
+        // SAFETY: the kernel reads the pointer array (n_inputs entries), then for the units in
+        // `range` only elements of the inputs and output within the lengths checked above.
+        unsafe {
+            (self.f)(
+                ptrs.as_ptr(),
+                out.as_mut_ptr(),
+                range.start as i64,
+                range.end as i64,
+            )
+        };
+        Ok(())
+    }
+    pub fn run_all(&self, inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
+        self.run(inputs, out, 0..self.work_units())
+    }
+}
+
+/// Copies the NCHW images `inputs` (same h*w, any channel counts) into `out` along channels.
+pub fn concat_channels(inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
+    let total: usize = inputs.iter().map(|x| x.len()).sum();
+    check_len("concat output", out.len(), total)?;
+    let mut at = 0;
+    for x in inputs {
+        out[at..at + x.len()].copy_from_slice(x);
+        at += x.len();
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The Cranelift JIT: kernels generated for one layer's shapes, on raw NCHW f32 buffers.
+//!
+//! See `docs/jit.md` for the design and measured numbers.
+mod cg;
+pub mod conv;
+pub mod elementwise;
+pub mod gemm;
+pub mod module;
+pub mod pool;
+pub mod shared_out;
+
+pub use conv::{pack_conv_weights, ConvKernel, ConvSpec, PendingConv};
+pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
+pub use gemm::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
+pub use module::{Compiled, KernelListing, KernelModule, Pending};
+pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
+pub use shared_out::SharedOut;

@@ -1,0 +1,320 @@
+//! `KernelModule`: one Cranelift JIT module holding many kernels, finalized together.
+//!
+//! Usage: create a [`KernelModule`], add kernels with the `add_*` methods of the kernel
+//! families (each returns a typed *pending* handle), call [`KernelModule::finalize`] once,
+//! then turn each handle into a callable kernel with [`Compiled::get`]. The code memory is
+//! owned by [`Compiled`] (shared through `Arc` by every kernel taken from it) and freed when
+//! the last of them is dropped.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::isa::OwnedTargetIsa;
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+
+use crate::error::{Error, Result};
+
+static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// `exp` for the generated code (softmax). Rust's `f32::exp` is correctly rounded to within
+/// 1 ulp, which is what the tests compare against.
+extern "C" fn cnnc_expf(x: f32) -> f32 {
+    x.exp()
+}
+
+/// Fallback for `fma` on hosts without FMA. Never called on this machine: the generators
+/// emit `fmul`+`fadd` instead when the ISA lacks FMA, but Cranelift may still reference it.
+extern "C" fn cnnc_fmaf(a: f32, b: f32, c: f32) -> f32 {
+    a.mul_add(b, c)
+}
+
+pub(crate) fn codegen_err(e: impl std::fmt::Display) -> Error {
+    Error::Codegen(e.to_string())
+}
+
+/// A module under construction: declare and define kernels, then [`finalize`](Self::finalize).
+pub struct KernelModule {
+    module: Option<JITModule>,
+    ctx: Context,
+    fctx: FunctionBuilderContext,
+    id: u64,
+    funcs: Vec<FuncId>,
+    /// Read-only tables referenced by address from the generated code (kept alive by `Compiled`).
+    tables: Vec<Box<[i32]>>,
+    exp_func: FuncId,
+    has_fma: bool,
+    build_time: Duration,
+    /// With [`KernelModule::keep_listings`]: each kernel's CLIF and machine code.
+    listings: Option<Vec<KernelListing>>,
+    /// What the next kernels are for (a layer name), for listings.
+    label: String,
+}
+
+/// Everything a code generator needs while emitting one function.
+pub(crate) struct Emit<'a> {
+    pub b: FunctionBuilder<'a>,
+    pub has_fma: bool,
+    pub exp_ref: cranelift_codegen::ir::FuncRef,
+}
+
+impl KernelModule {
+    /// A module for the host CPU (`opt_level=speed`; the IR verifier runs only in debug builds).
+    pub fn new() -> Result<Self> {
+        let mut flags = settings::builder();
+        flags.set("opt_level", "speed").map_err(codegen_err)?;
+        flags
+            .set(
+                "enable_verifier",
+                if cfg!(debug_assertions) {
+                    "true"
+                } else {
+                    "false"
+                },
+            )
+            .map_err(codegen_err)?;
+        flags.set("is_pic", "false").map_err(codegen_err)?;
+        let isa_builder = cranelift_native::builder().map_err(codegen_err)?;
+        let isa: OwnedTargetIsa = isa_builder
+            .finish(settings::Flags::new(flags))
+            .map_err(codegen_err)?;
+        if isa.pointer_type() != types::I64 {
+            return Err(Error::Unsupported(
+                "the JIT supports only 64-bit targets".into(),
+            ));
+        }
+        let has_fma = isa
+            .isa_flags()
+            .iter()
+            .any(|v| v.name == "has_fma" && v.as_bool() == Some(true))
+            || cfg!(target_arch = "aarch64");
+        let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+        jb.symbol("cnnc_expf", cnnc_expf as *const u8);
+        jb.symbol("fmaf", cnnc_fmaf as *const u8);
+        let mut module = JITModule::new(jb);
+        let mut sig = Signature::new(module.isa().default_call_conv());
+        sig.params.push(AbiParam::new(types::F32));
+        sig.returns.push(AbiParam::new(types::F32));
+        let exp_func = module
+            .declare_function("cnnc_expf", Linkage::Import, &sig)
+            .map_err(codegen_err)?;
+        let ctx = module.make_context();
+        Ok(KernelModule {
+            module: Some(module),
+            ctx,
+            fctx: FunctionBuilderContext::new(),
+            id: NEXT_MODULE_ID.fetch_add(1, Ordering::Relaxed),
+            funcs: Vec::new(),
+            tables: Vec::new(),
+            exp_func,
+            has_fma,
+            build_time: Duration::ZERO,
+            listings: None,
+            label: String::new(),
+        })
+    }
+
+    /// Keeps the CLIF and the disassembly of every kernel defined from now on.
+    pub fn keep_listings(&mut self) {
+        self.listings.get_or_insert_with(Vec::new);
+    }
+
+    /// Names what the next kernels are for (their layer), in listings.
+    pub fn set_label(&mut self, label: &str) {
+        label.clone_into(&mut self.label);
+    }
+
+    /// The listings kept so far.
+    pub fn take_listings(&mut self) -> Vec<KernelListing> {
+        self.listings.take().unwrap_or_default()
+    }
+
+    /// Whether the generated code uses fused multiply-add.
+    pub fn has_fma(&self) -> bool {
+        self.has_fma
+    }
+
+    /// Time spent so far building IR and compiling functions (excludes `finalize`).
+    pub fn build_time(&self) -> Duration {
+        self.build_time
+    }
+
+    /// Keeps `table` alive as long as the code and returns its address for the generated code.
+    pub(crate) fn add_table(&mut self, table: Vec<i32>) -> i64 {
+        let b: Box<[i32]> = table.into_boxed_slice();
+        let addr = b.as_ptr() as i64;
+        self.tables.push(b);
+        addr
+    }
+
+    /// Defines one function `extern "C" fn(i64 x n_params)` whose body `body` emits; returns the
+    /// kernel's index for [`Compiled::ptr`].
+    pub(crate) fn define(
+        &mut self,
+        n_params: usize,
+        body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
+    ) -> Result<PendingId> {
+        let t0 = Instant::now();
+        let module = self.module.as_mut().expect("module present until finalize");
+        let mut sig = Signature::new(module.isa().default_call_conv());
+        for _ in 0..n_params {
+            sig.params.push(AbiParam::new(types::I64));
+        }
+        let name = format!("k{}", self.funcs.len());
+        let fid = module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(codegen_err)?;
+        self.ctx.func.signature = sig;
+        self.ctx.func.name = UserFuncName::user(0, fid.as_u32());
+        {
+            let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
+            let exp_ref = module.declare_func_in_func(self.exp_func, b.func);
+            let entry = b.create_block();
+            b.append_block_params_for_function_params(entry);
+            b.switch_to_block(entry);
+            let params = b.block_params(entry).to_vec();
+            let mut e = Emit {
+                b,
+                has_fma: self.has_fma,
+                exp_ref,
+            };
+            body(&mut e, &params)?;
+            e.b.ins().return_(&[]);
+            e.b.seal_all_blocks();
+            e.b.finalize(module.target_config());
+        }
+        if let Some(dir) = std::env::var_os("CNNC_JIT_DUMP") {
+            let path = std::path::Path::new(&dir).join(format!("{name}.clif"));
+            let _ = std::fs::write(path, self.ctx.func.display().to_string());
+        }
+        let clif = self
+            .listings
+            .is_some()
+            .then(|| self.ctx.func.display().to_string());
+        self.ctx.set_disasm(self.listings.is_some());
+        let res = module.define_function(fid, &mut self.ctx);
+        if let (Some(listings), Some(clif), Ok(_)) = (self.listings.as_mut(), clif, &res) {
+            let code = self.ctx.compiled_code();
+            listings.push(KernelListing {
+                label: self.label.clone(),
+                symbol: name.clone(),
+                clif,
+                asm: code.and_then(|c| c.vcode.clone()).unwrap_or_default(),
+                code_bytes: code.map_or(0, |c| c.code_buffer().len()),
+            });
+        }
+        if let (Some(dir), Ok(_)) = (std::env::var_os("CNNC_JIT_DUMP"), &res) {
+            if let Some(cc) = self.ctx.compiled_code() {
+                let path = std::path::Path::new(&dir).join(format!("{name}.bin"));
+                let _ = std::fs::write(path, cc.code_buffer());
+            }
+        }
+        module.clear_context(&mut self.ctx);
+        res.map_err(|e| Error::Codegen(format!("{e:?}")))?;
+        self.funcs.push(fid);
+        self.build_time += t0.elapsed();
+        Ok(PendingId {
+            module: self.id,
+            index: self.funcs.len() - 1,
+        })
+    }
+
+    /// Finalizes every kernel at once (one `mprotect`), returning the executable code.
+    pub fn finalize(mut self) -> Result<Arc<Compiled>> {
+        let mut module = self.module.take().expect("module present until finalize");
+        module.finalize_definitions().map_err(codegen_err)?;
+        let ptrs = self
+            .funcs
+            .iter()
+            .map(|&f| module.get_finalized_function(f) as usize)
+            .collect();
+        Ok(Arc::new(Compiled {
+            module: Some(module),
+            ptrs,
+            id: self.id,
+            _tables: std::mem::take(&mut self.tables),
+        }))
+    }
+}
+
+impl Drop for KernelModule {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: nothing was finalized, so no function pointer into this memory escaped.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+/// One generated function, for `cnnc compile --emit clif|asm`.
+#[derive(Clone, Debug)]
+pub struct KernelListing {
+    /// The layer it was generated for.
+    pub label: String,
+    /// Its symbol in the module.
+    pub symbol: String,
+    /// Cranelift IR, before optimisation.
+    pub clif: String,
+    /// The machine code, as Cranelift prints it.
+    pub asm: String,
+    pub code_bytes: usize,
+}
+
+/// Index of a kernel defined in a [`KernelModule`], before finalization.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingId {
+    module: u64,
+    index: usize,
+}
+
+/// A kernel that has been defined but not finalized; [`Compiled::get`] turns it into a kernel.
+pub trait Pending {
+    type Kernel;
+    #[doc(hidden)]
+    fn bind(self, code: &Arc<Compiled>) -> Result<Self::Kernel>;
+}
+
+/// Finalized, executable code of one [`KernelModule`].
+pub struct Compiled {
+    module: Option<JITModule>,
+    ptrs: Vec<usize>,
+    id: u64,
+    _tables: Vec<Box<[i32]>>,
+}
+
+// SAFETY: after finalization the module is never mutated again until `Drop`, which has exclusive
+// access. The code and tables are immutable, and the generated functions keep no state, so
+// calling them from several threads at once is sound (each call writes only the output buffers
+// it is given).
+unsafe impl Send for Compiled {}
+unsafe impl Sync for Compiled {}
+
+impl Compiled {
+    /// The callable kernel for a handle returned by this module's `add_*` methods.
+    pub fn get<P: Pending>(self: &Arc<Self>, pending: P) -> Result<P::Kernel> {
+        pending.bind(self)
+    }
+
+    pub(crate) fn ptr(&self, id: PendingId) -> Result<*const u8> {
+        if id.module != self.id {
+            return Err(Error::Codegen(
+                "kernel handle belongs to a different KernelModule".into(),
+            ));
+        }
+        Ok(self.ptrs[id.index] as *const u8)
+    }
+}
+
+impl Drop for Compiled {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: `Compiled` is dropped when the last kernel holding its `Arc` is gone, so no
+            // function pointer into this memory can be called any more.
+            unsafe { m.free_memory() };
+        }
+    }
+}

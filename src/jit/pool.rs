@@ -1,0 +1,337 @@
+//! Max and average pooling (PyTorch semantics) and global average pooling, on one NCHW image.
+//!
+//! Max pool pads with -inf (never wins); average pool pads with zeros and divides by the full
+//! window `kh * kw` (PyTorch's default `count_include_pad=True`). When there is padding, each
+//! channel plane is first copied into a bordered scratch plane, so the inner loops never test
+//! bounds. Four outputs of a row are computed at once with f32x4 when the horizontal stride is
+//! 1 (plain loads) or 2 (two loads and an even/odd lane shuffle); other strides and row tails
+//! are scalar.
+use std::ops::Range;
+use std::sync::Arc;
+
+use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Value};
+
+use super::cg::{off, F32, F32X4};
+use super::conv::{check_len, check_range};
+use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::shared_out::SharedOut;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolSpec {
+    pub kind: PoolKind,
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    pub stride_h: usize,
+    pub stride_w: usize,
+    pub pad_h: usize,
+    pub pad_w: usize,
+}
+
+impl PoolSpec {
+    pub fn square(
+        kind: PoolKind,
+        channels: usize,
+        hw: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
+        PoolSpec {
+            kind,
+            channels,
+            in_h: hw,
+            in_w: hw,
+            kernel_h: k,
+            kernel_w: k,
+            stride_h: stride,
+            stride_w: stride,
+            pad_h: pad,
+            pad_w: pad,
+        }
+    }
+    pub fn out_h(&self) -> usize {
+        (self.in_h + 2 * self.pad_h - self.kernel_h) / self.stride_h + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.in_w + 2 * self.pad_w - self.kernel_w) / self.stride_w + 1
+    }
+    pub fn input_len(&self) -> usize {
+        self.channels * self.in_h * self.in_w
+    }
+    pub fn output_len(&self) -> usize {
+        self.channels * self.out_h() * self.out_w()
+    }
+    fn padded(&self) -> bool {
+        self.pad_h > 0 || self.pad_w > 0
+    }
+    fn hp(&self) -> usize {
+        self.in_h + 2 * self.pad_h
+    }
+    fn wp(&self) -> usize {
+        self.in_w + 2 * self.pad_w
+    }
+    /// Floats of scratch each call needs (one padded plane; 0 without padding).
+    pub fn scratch_len(&self) -> usize {
+        if self.padded() {
+            self.hp() * self.wp()
+        } else {
+            0
+        }
+    }
+    pub fn validate(&self) -> Result<()> {
+        let s = self;
+        if s.channels == 0 || s.in_h == 0 || s.in_w == 0 || s.kernel_h == 0 || s.kernel_w == 0 {
+            return Err(Error::Shape(format!("pool with an empty dimension: {s:?}")));
+        }
+        if s.stride_h == 0 || s.stride_w == 0 {
+            return Err(Error::Shape(format!("pool stride must be positive: {s:?}")));
+        }
+        if s.in_h + 2 * s.pad_h < s.kernel_h || s.in_w + 2 * s.pad_w < s.kernel_w {
+            return Err(Error::Shape(format!(
+                "pool window larger than the padded input: {s:?}"
+            )));
+        }
+        if 2 * s.pad_h > s.kernel_h || 2 * s.pad_w > s.kernel_w {
+            return Err(Error::Shape(format!(
+                "pool padding must be at most half the window (PyTorch's rule): {s:?}"
+            )));
+        }
+        let big = [s.input_len(), s.output_len(), s.channels * s.hp() * s.wp()];
+        if big
+            .iter()
+            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
+        {
+            return Err(Error::Unsupported(format!("pool tensors over 1 GB: {s:?}")));
+        }
+        Ok(())
+    }
+
+    /// Output columns computed four at a time (a multiple of 4); the rest are scalar.
+    fn vector_cols(&self) -> usize {
+        let ow = self.out_w();
+        let wp = self.wp();
+        match self.stride_w {
+            1 => ow / 4 * 4,
+            2 => {
+                // Group g loads [8g + 2q, 8g + 2q + 8) for q = fx / 2; it must stay in the row.
+                let qmax = (self.kernel_w - 1) / 2;
+                let mut g = ow / 4;
+                while g > 0 && 8 * (g - 1) + 2 * qmax + 8 > wp {
+                    g -= 1;
+                }
+                g * 4
+            }
+            _ => 0,
+        }
+    }
+}
+
+fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
+    let (inp, out, scratch, begin, end) = (p[0], p[1], p[2], p[3], p[4]);
+    let (oh, ow, wp) = (s.out_h(), s.out_w(), s.wp());
+    let is_max = s.kind == PoolKind::Max;
+    let nvec = s.vector_cols();
+    let inv = 1.0f32 / (s.kernel_h * s.kernel_w) as f32;
+    e.for_range(begin, end, 1, |e, c| {
+        let io = e.mul_imm(c, (s.in_h * s.in_w * 4) as i64);
+        let plane = e.b.ins().iadd(inp, io);
+        let src = if s.padded() {
+            let pad = if is_max { f32::NEG_INFINITY } else { 0.0 };
+            e.pad_copy(plane, scratch, 1, s.in_h, s.in_w, s.pad_h, s.pad_w, pad)?;
+            scratch
+        } else {
+            plane
+        };
+        let oo = e.mul_imm(c, (oh * ow * 4) as i64);
+        let oplane = e.b.ins().iadd(out, oo);
+        e.for_const(0, oh as i64, 1, |e, oy| {
+            let ro = e.mul_imm(oy, (s.stride_h * wp * 4) as i64);
+            let row = e.b.ins().iadd(src, ro);
+            let oro = e.mul_imm(oy, (ow * 4) as i64);
+            let orow = e.b.ins().iadd(oplane, oro);
+            // Vector groups of 4 outputs.
+            e.for_const(0, nvec as i64, 4, |e, ox| {
+                let xo = e.mul_imm(ox, (s.stride_w * 4) as i64);
+                let base = e.b.ins().iadd(row, xo);
+                let mut acc: Option<Value> = None;
+                for fy in 0..s.kernel_h {
+                    for fx in 0..s.kernel_w {
+                        let o = (fy * wp) * 4;
+                        let v = if s.stride_w == 1 {
+                            e.load(F32X4, base, off(o + fx * 4))
+                        } else {
+                            let q = fx / 2;
+                            let a = e.load(F32X4, base, off(o + q * 8));
+                            let b = e.load(F32X4, base, off(o + q * 8 + 16));
+                            e.shuffle_lanes(a, b, fx % 2)
+                        };
+                        acc = Some(match acc {
+                            None => v,
+                            Some(a) if is_max => e.b.ins().fmax(a, v),
+                            Some(a) => e.b.ins().fadd(a, v),
+                        });
+                    }
+                }
+                let mut r = acc.expect("window is not empty");
+                if !is_max {
+                    let k = e.b.ins().f32const(inv);
+                    let k = e.b.ins().splat(F32X4, k);
+                    r = e.b.ins().fmul(r, k);
+                }
+                let oo = e.ishl4(ox);
+                let op = e.b.ins().iadd(orow, oo);
+                e.store(r, op, 0);
+                Ok(())
+            })?;
+            // Scalar outputs.
+            e.for_const(nvec as i64, ow as i64, 1, |e, ox| {
+                let xo = e.mul_imm(ox, (s.stride_w * 4) as i64);
+                let base = e.b.ins().iadd(row, xo);
+                let mut acc: Option<Value> = None;
+                for fy in 0..s.kernel_h {
+                    for fx in 0..s.kernel_w {
+                        let v = e.load(F32, base, off((fy * wp + fx) * 4));
+                        acc = Some(match acc {
+                            None => v,
+                            Some(a) if is_max => e.b.ins().fmax(a, v),
+                            Some(a) => e.b.ins().fadd(a, v),
+                        });
+                    }
+                }
+                let mut r = acc.expect("window is not empty");
+                if !is_max {
+                    let k = e.b.ins().f32const(inv);
+                    r = e.b.ins().fmul(r, k);
+                }
+                let oo = e.ishl4(ox);
+                let op = e.b.ins().iadd(orow, oo);
+                e.store(r, op, 0);
+                Ok(())
+            })
+        })
+    })
+}
+
+impl Emit<'_> {
+    /// Lanes `[r, r+2]` of `a` followed by lanes `[r, r+2]` of `b` (`shufps`).
+    pub(crate) fn shuffle_lanes(&mut self, a: Value, b: Value, r: usize) -> Value {
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let a8 = self.b.ins().bitcast(types::I8X16, le, a);
+        let b8 = self.b.ins().bitcast(types::I8X16, le, b);
+        let lanes = [r, r + 2, 4 + r, 4 + r + 2];
+        let bytes: Vec<u8> = lanes
+            .iter()
+            .flat_map(|&l| (0..4).map(move |i| (l * 4 + i) as u8))
+            .collect();
+        let imm = self.b.func.dfg.immediates.push(ConstantData::from(bytes));
+        let s = self.b.ins().shuffle(a8, b8, imm);
+        self.b.ins().bitcast(F32X4, le, s)
+    }
+}
+
+/// A pooling layer defined in a [`KernelModule`], not yet finalized.
+pub struct PendingPool {
+    id: PendingId,
+    spec: PoolSpec,
+}
+
+impl KernelModule {
+    pub fn add_pool(&mut self, spec: &PoolSpec) -> Result<PendingPool> {
+        spec.validate()?;
+        let s = *spec;
+        let id = self.define(5, move |e, p| body(&s, e, p))?;
+        Ok(PendingPool { id, spec: s })
+    }
+}
+
+type PoolFn = unsafe extern "C" fn(*const f32, *mut f32, *mut f32, i64, i64);
+
+impl Pending for PendingPool {
+    type Kernel = PoolKernel;
+    fn bind(self, code: &Arc<Compiled>) -> Result<PoolKernel> {
+        let ptr = code.ptr(self.id)?;
+        // SAFETY: defined with 5 i64 parameters, the signature of `PoolFn`.
+        let f = unsafe { std::mem::transmute::<*const u8, PoolFn>(ptr) };
+        Ok(PoolKernel {
+            _code: code.clone(),
+            f,
+            spec: self.spec,
+        })
+    }
+}
+
+/// A compiled pooling layer; work units are channels.
+pub struct PoolKernel {
+    _code: Arc<Compiled>,
+    f: PoolFn,
+    spec: PoolSpec,
+}
+
+impl PoolKernel {
+    pub fn spec(&self) -> &PoolSpec {
+        &self.spec
+    }
+    pub fn work_units(&self) -> usize {
+        self.spec.channels
+    }
+    pub fn scratch_len(&self) -> usize {
+        self.spec.scratch_len()
+    }
+    pub fn run(
+        &self,
+        input: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+        range: Range<usize>,
+    ) -> Result<()> {
+        self.run_shared(input, &SharedOut::new(out), scratch, range)
+    }
+    /// [`PoolKernel::run`] for one of several threads filling `out` together: it writes
+    /// only the output planes of the channels in `range`.
+    pub fn run_shared(
+        &self,
+        input: &[f32],
+        out: &SharedOut,
+        scratch: &mut [f32],
+        range: Range<usize>,
+    ) -> Result<()> {
+        let s = &self.spec;
+        check_len("pool input", input.len(), s.input_len())?;
+        check_len("pool output", out.len(), s.output_len())?;
+        if scratch.len() < s.scratch_len() {
+            return Err(Error::Input(format!(
+                "pool scratch: need {} floats, got {}",
+                s.scratch_len(),
+                scratch.len()
+            )));
+        }
+        check_range(&range, s.channels)?;
+        // SAFETY: for each channel in `range` the kernel reads that channel's input plane,
+        // writes its output plane and (when padded) the first scratch_len floats of `scratch`;
+        // all lengths are checked above, and vector loads stay within a row (`vector_cols`).
+        unsafe {
+            (self.f)(
+                input.as_ptr(),
+                out.as_mut_ptr(),
+                scratch.as_mut_ptr(),
+                range.start as i64,
+                range.end as i64,
+            )
+        };
+        Ok(())
+    }
+    pub fn run_all(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
+        let mut scratch = vec![0.0f32; self.scratch_len()];
+        self.run(input, out, &mut scratch, 0..self.spec.channels)
+    }
+}

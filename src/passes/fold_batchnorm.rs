@@ -1,0 +1,127 @@
+//! `fold-batchnorm`: a batchnorm right after a conv, gemm or fc folds into that layer.
+//!
+//! With `s = gamma / sqrt(var + eps)` per output channel `k`:
+//! `w'[k] = w[k] * s[k]` and `b'[k] = (b[k] - mean[k]) * s[k] + beta[k]` (`b = 0` for a
+//! layer without bias, which gains one). The arithmetic is done here, once, in f64,
+//! so the folded weights cost nothing per run.
+//!
+//! The batchnorm folds only when its input is a conv/gemm/fc with an empty epilogue
+//! (a fused relu or residual sits between the product and the batchnorm) that nothing
+//! else reads (no other node, not a graph output). The layer keeps its name; the
+//! batchnorm's readers read the layer. Without bound weights only the structure changes.
+use super::{bypass, Changed, Pass};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, Op};
+use crate::tensor::Tensor;
+
+pub struct FoldBatchNorm;
+
+impl Pass for FoldBatchNorm {
+    fn name(&self) -> &'static str {
+        "fold-batchnorm"
+    }
+    fn description(&self) -> &'static str {
+        "folds a batchnorm into the conv/gemm/fc before it (weights and bias, computed at compile time)"
+    }
+    fn run(&self, g: &mut Graph) -> Result<Changed> {
+        let mut changed = Changed::No;
+        for bn in g.topo_order()? {
+            let Some(layer) = foldable_into(g, bn) else {
+                continue;
+            };
+            fold(g, layer, bn)?;
+            bypass(g, bn, layer);
+            changed = Changed::Yes;
+        }
+        Ok(changed)
+    }
+}
+
+/// The layer `bn` can fold into, if `bn` is a batchnorm that qualifies.
+fn foldable_into(g: &Graph, bn: NodeId) -> Option<NodeId> {
+    if !matches!(g.node(bn).op, Op::BatchNorm { .. }) {
+        return None;
+    }
+    let &[layer] = g.inputs(bn).as_slice() else {
+        return None;
+    };
+    let empty_epilogue = g.node(layer).op.epilogue().is_some_and(|e| e.is_empty());
+    (empty_epilogue && g.use_count(layer) == 1).then_some(layer)
+}
+
+/// Rewrites `layer`'s parameters and op to include `bn`.
+fn fold(g: &mut Graph, layer: NodeId, bn: NodeId) -> Result<()> {
+    let Op::BatchNorm { eps } = g.node(bn).op else {
+        unreachable!("checked by foldable_into")
+    };
+    let channels = g.node(layer).shape.c;
+    let bn_node = g.node(bn);
+    let stats: Vec<Option<&Tensor>> = ["weight", "bias", "running_mean", "running_var"]
+        .iter()
+        .map(|s| bn_node.param(s))
+        .collect();
+    let bound = g.node(layer).param("weight").is_some();
+    let new_params = match (bound, stats.as_slice()) {
+        (false, [None, None, None, None]) => None,
+        (true, [Some(gamma), Some(beta), Some(mean), Some(var)]) => {
+            let layer_node = g.node(layer);
+            let name = &layer_node.name;
+            for (what, t) in [
+                ("weight", gamma),
+                ("bias", beta),
+                ("running_mean", mean),
+                ("running_var", var),
+            ] {
+                if t.len() != channels {
+                    return Err(Error::Weights(format!(
+                        "{}.{what} has {} values, but {name} has {channels} output channels",
+                        bn_node.name,
+                        t.len()
+                    )));
+                }
+            }
+            let w = layer_node.param("weight").expect("bound");
+            let old_bias = layer_node.param("bias");
+            if !w.len().is_multiple_of(channels) || old_bias.is_some_and(|b| b.len() != channels) {
+                return Err(Error::Weights(format!(
+                    "{name}: its weight {:?} does not have {channels} output channels",
+                    w.shape()
+                )));
+            }
+            let per_channel = w.len() / channels;
+            let mut w2 = w.data().to_vec();
+            let mut b2 = vec![0f32; channels];
+            for k in 0..channels {
+                let s = gamma.data()[k] as f64 / (var.data()[k] as f64 + eps as f64).sqrt();
+                for x in &mut w2[k * per_channel..(k + 1) * per_channel] {
+                    *x = (*x as f64 * s) as f32;
+                }
+                let b = old_bias.map_or(0.0, |b| b.data()[k] as f64);
+                b2[k] = ((b - mean.data()[k] as f64) * s + beta.data()[k] as f64) as f32;
+            }
+            Some((
+                Tensor::new(w.shape().to_vec(), w2)?,
+                Tensor::new(vec![channels], b2)?,
+            ))
+        }
+        _ => {
+            return Err(Error::Weights(format!(
+                "cannot fold {} into {}: the weights of one are bound and the other's are not; bind the weights before running the passes",
+                bn_node.name,
+                g.node(layer).name
+            )))
+        }
+    };
+    let node = g.node_mut(layer);
+    match &mut node.op {
+        Op::Conv(c) => c.bias = true,
+        Op::Gemm(c) => c.bias = true,
+        Op::Fc(c) => c.bias = true,
+        _ => unreachable!("checked by foldable_into"),
+    }
+    if let Some((w, b)) = new_params {
+        node.params.insert("weight".into(), w);
+        node.params.insert("bias".into(), b);
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The middle end: graph-to-graph passes and the pipeline that runs them.
+//!
+//! A [`Pass`] rewrites the IR in place and says whether it changed anything. A
+//! [`Pipeline`] is an ordered list of passes built from [`Options`]: the level's list
+//! (`-O0`: none; `-O1`: `dce`, `fold-batchnorm`; `-O2`: `dce`, `fold-batchnorm`,
+//! `fuse-epilogue`, `lower-gemm`), or the user's `--passes`, minus `--disable-pass`.
+//! With [`Options::verify`] every shape is re-inferred after each pass, so a pass that
+//! breaks the graph fails at once with its name.
+//!
+//! Passes that touch weights (`fold-batchnorm`) compute the new tensors when they run,
+//! once at compile time: run the pipeline after the weights are bound
+//! ([`crate::weights::bind`]). On a graph without weights they rewrite the structure
+//! only (enough for `cnnc info` and `cnnc compile --emit`).
+//!
+//! ```
+//! use cnnc::passes::{optimize, Changed, Pipeline};
+//! use cnnc::{OptLevel, Options};
+//! let yaml = "input: [4, 8, 8]
+//! layers:
+//!   - {name: conv, conv: {filters: 4, size: 3, pad: 1, bias: false}}
+//!   - {name: bn, batchnorm}
+//!   - {name: add, add, inputs: [bn, input]}
+//!   - relu
+//! ";
+//! let mut g = cnnc::format::parse_str(yaml, None)?;
+//! cnnc::weights::bind(&mut g, None)?; // fold-batchnorm computes the new weights
+//! let mut g1 = g.clone();
+//! let o1 = Options { opt_level: OptLevel::O1, ..Options::default() };
+//! Pipeline::new(&o1)?.run_with(&mut g1, &mut |pass, changed, g| {
+//!     println!("after {pass} ({changed:?}):\n{}", cnnc::ir::print::to_text(g).unwrap());
+//! })?;
+//! assert_eq!(g1.node_count(), 4); // input, conv, add, relu
+//! assert_eq!(optimize(&mut g, &Options::default())?, Changed::Yes);
+//! let conv = g.node(g.find("conv").unwrap());
+//! assert_eq!(conv.op.to_string(), "conv 3x3/1 pad 1 k=4 +residual +relu");
+//! assert_eq!(g.node_count(), 2);
+//! # Ok::<(), cnnc::Error>(())
+//! ```
+pub mod dce;
+pub mod fold_batchnorm;
+pub mod fuse_epilogue;
+pub mod lower_gemm;
+
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, Shape};
+use crate::options::{OptLevel, Options};
+
+/// Whether a pass rewrote the graph.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Changed {
+    #[default]
+    No,
+    Yes,
+}
+
+impl Changed {
+    pub fn is_yes(self) -> bool {
+        self == Changed::Yes
+    }
+}
+
+impl From<bool> for Changed {
+    fn from(b: bool) -> Self {
+        if b {
+            Changed::Yes
+        } else {
+            Changed::No
+        }
+    }
+}
+
+impl std::ops::BitOr for Changed {
+    type Output = Changed;
+    fn bitor(self, rhs: Changed) -> Changed {
+        (self.is_yes() || rhs.is_yes()).into()
+    }
+}
+
+impl std::ops::BitOrAssign for Changed {
+    fn bitor_assign(&mut self, rhs: Changed) {
+        *self = *self | rhs;
+    }
+}
+
+/// A graph-to-graph rewrite. Passes keep node names (a fused node keeps its producer's
+/// name), never touch the graph's input node, and leave every shape correct.
+pub trait Pass {
+    /// The name `--passes`, `--disable-pass` and `--print-after` use.
+    fn name(&self) -> &'static str;
+    /// One line for `docs/passes.md` and help texts.
+    fn description(&self) -> &'static str;
+    fn run(&self, g: &mut Graph) -> Result<Changed>;
+}
+
+/// Every pass by name, in pipeline order.
+pub const PASS_NAMES: &[&str] = &["dce", "fold-batchnorm", "fuse-epilogue", "lower-gemm"];
+
+/// The pass registered under `name`.
+pub fn by_name(name: &str) -> Result<Box<dyn Pass>> {
+    Ok(match name {
+        "dce" => Box::new(dce::Dce),
+        "fold-batchnorm" => Box::new(fold_batchnorm::FoldBatchNorm),
+        "fuse-epilogue" => Box::new(fuse_epilogue::FuseEpilogue),
+        "lower-gemm" => Box::new(lower_gemm::LowerGemm),
+        _ => return Err(unknown_pass(name)),
+    })
+}
+
+fn unknown_pass(name: &str) -> Error {
+    Error::Options(format!(
+        "unknown pass `{name}`; the passes are: {}",
+        PASS_NAMES.join(", ")
+    ))
+}
+
+/// Checks that `name` is a registered pass (for `--print-after`).
+pub fn check_name(name: &str) -> Result<()> {
+    if PASS_NAMES.contains(&name) {
+        Ok(())
+    } else {
+        Err(unknown_pass(name))
+    }
+}
+
+/// The pass names a level runs.
+pub fn level_passes(level: OptLevel) -> &'static [&'static str] {
+    match level {
+        OptLevel::O0 => &[],
+        OptLevel::O1 => &PASS_NAMES[..2],
+        OptLevel::O2 => PASS_NAMES,
+    }
+}
+
+/// An ordered list of passes.
+pub struct Pipeline {
+    passes: Vec<Box<dyn Pass>>,
+    verify: bool,
+}
+
+impl Pipeline {
+    /// The pipeline `opts` asks for: `opts.passes` if set, else the level's, without the
+    /// disabled ones. Unknown names (in either list) are errors.
+    pub fn new(opts: &Options) -> Result<Self> {
+        for name in &opts.disabled {
+            check_name(name)?;
+        }
+        let names: Vec<&str> = match &opts.passes {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => level_passes(opts.opt_level).to_vec(),
+        };
+        let passes = names
+            .into_iter()
+            .filter(|n| !opts.disabled.iter().any(|d| d == n))
+            .map(by_name)
+            .collect::<Result<_>>()?;
+        Ok(Pipeline {
+            passes,
+            verify: opts.verify,
+        })
+    }
+
+    /// The default pipeline at `level`.
+    pub fn for_level(level: OptLevel) -> Self {
+        Self::new(&Options::level(level)).expect("the built-in pipelines name real passes")
+    }
+
+    pub fn push(&mut self, pass: Box<dyn Pass>) {
+        self.passes.push(pass);
+    }
+
+    /// Turns the shape check after each pass on or off.
+    pub fn set_verify(&mut self, verify: bool) {
+        self.verify = verify;
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.passes.iter().map(|p| p.name()).collect()
+    }
+
+    /// Runs every pass in order. Returns whether any changed the graph.
+    pub fn run(&self, g: &mut Graph) -> Result<Changed> {
+        self.run_with(g, &mut |_, _, _| {})
+    }
+
+    /// Runs every pass, calling `after(pass name, changed, graph)` after each one (the
+    /// hook behind `--print-after`).
+    pub fn run_with(
+        &self,
+        g: &mut Graph,
+        after: &mut dyn FnMut(&str, Changed, &Graph),
+    ) -> Result<Changed> {
+        let mut any = Changed::No;
+        for pass in &self.passes {
+            let changed = pass.run(g)?;
+            if self.verify {
+                verify(g).map_err(|e| Error::Pass {
+                    pass: pass.name().to_string(),
+                    message: e.to_string(),
+                })?;
+            }
+            after(pass.name(), changed, g);
+            any |= changed;
+        }
+        Ok(any)
+    }
+}
+
+/// Runs the pipeline `opts` asks for on `g`.
+pub fn optimize(g: &mut Graph, opts: &Options) -> Result<Changed> {
+    Pipeline::new(opts)?.run(g)
+}
+
+/// The invariants every pass keeps: the input node is alive and reads nothing, outputs
+/// are alive, the graph is acyclic, every op has its arity, every shape is what
+/// inference gives (a pass must set the shapes of what it rewrites), and bound
+/// parameters have the shapes the op expects.
+pub fn verify(g: &mut Graph) -> Result<()> {
+    let bad = |m: String| Err(Error::Graph(m));
+    if !g.dag.contains_node(g.input) {
+        return bad("the graph input node was removed".into());
+    }
+    if g.outputs.is_empty() {
+        return bad("the graph has no outputs".into());
+    }
+    if let Some(o) = g.outputs.iter().find(|&&o| !g.dag.contains_node(o)) {
+        return bad(format!("output {o:?} is a removed node"));
+    }
+    let before: Vec<(NodeId, Shape)> = g.dag.node_indices().map(|i| (i, g.dag[i].shape)).collect();
+    g.infer_shapes()?;
+    for (id, shape) in before {
+        let now = g.dag[id].shape;
+        if now != shape {
+            return bad(format!(
+                "{}: the pass left its shape as {shape}, but inference gives {now}",
+                g.dag[id].name
+            ));
+        }
+        // Bound weights must still be the ones the (rewritten) op expects.
+        let node = &g.dag[id];
+        if node.params.is_empty() {
+            continue;
+        }
+        for (suffix, expected) in crate::weights::expected_params(g, id) {
+            let name = format!("{}.{suffix}", node.name);
+            match node.param(suffix) {
+                Some(t) => crate::weights::check_shape(&name, &expected, t.shape())?,
+                None => return bad(format!("{name} is missing")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes `id` after pointing all its uses at `with`.
+pub(crate) fn bypass(g: &mut Graph, id: NodeId, with: NodeId) {
+    g.replace_uses(id, with);
+    g.dag.remove_node(id);
+}

@@ -1,0 +1,723 @@
+//! A compiled network: one JIT kernel per layer, weights packed for them, and an
+//! activation arena planned at compile time.
+use super::arena::{ArenaPlanner, Region};
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, Op, Shape};
+use crate::jit::{
+    concat_channels, pack_conv_weights, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec,
+    FcKernel, FcSpec, KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, SharedOut,
+};
+use crate::options::Options;
+use crate::tensor::Tensor;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Below this much work (FLOPs, or floats written) a layer runs on one thread: waking
+/// another costs more than it saves.
+const PARALLEL_MIN_WORK: u64 = 1 << 20;
+
+/// The machine code of one layer and the constants it reads.
+enum Kernel {
+    Conv {
+        k: ConvKernel,
+        packed: Vec<f32>,
+    },
+    Fc {
+        k: FcKernel,
+        packed: Vec<f32>,
+    },
+    Pool(PoolKernel),
+    /// Elementwise or reduction; `consts` are extra inputs (batchnorm's scale and shift).
+    Elt {
+        k: EltKernel,
+        consts: Vec<Vec<f32>>,
+    },
+    Concat,
+    /// A `pad` layer: each plane copied into a larger one filled with the pad value
+    /// (data movement, like concat, done in Rust).
+    Pad {
+        pad: crate::ir::Pad,
+        input: Shape,
+    },
+}
+
+/// One layer's execution: its kernel, the arena regions it reads and the one it writes.
+/// Each region holds a whole chunk (`batch` items of `item` floats each).
+struct Step {
+    name: String,
+    op: String,
+    kernel: Kernel,
+    inputs: Vec<Region>,
+    output: Region,
+    /// Floats per batch item of each input and of the output.
+    input_items: Vec<usize>,
+    output_item: usize,
+    flops_per_item: u64,
+}
+
+/// Time spent in one layer during [`Model::profile`].
+#[derive(Clone, Debug)]
+pub struct LayerTime {
+    pub name: String,
+    /// The op with its attributes, as IR dumps show it.
+    pub op: String,
+    pub time: Duration,
+    /// Floating-point operations of the whole batch.
+    pub flops: u64,
+}
+
+impl Step {
+    /// Batch item `n` of input `i`.
+    fn item<'a>(&self, ins: &[&'a [f32]], i: usize, n: usize) -> &'a [f32] {
+        let len = self.input_items[i];
+        &ins[i][n * len..(n + 1) * len]
+    }
+
+    /// Work units of one kernel call.
+    fn work_units(&self) -> usize {
+        match &self.kernel {
+            Kernel::Conv { k, .. } => k.work_units(),
+            Kernel::Fc { k, .. } => k.work_units(),
+            Kernel::Pool(k) => k.work_units(),
+            Kernel::Elt { k, .. } => k.work_units(),
+            Kernel::Concat | Kernel::Pad { .. } => 1,
+        }
+    }
+
+    /// The units in `range` of every item of a `batch`-item chunk.
+    fn run(
+        &self,
+        ins: &[&[f32]],
+        out: &SharedOut,
+        scratch: &mut [f32],
+        range: std::ops::Range<usize>,
+        batch: usize,
+    ) -> Result<()> {
+        if let Kernel::Fc { k, packed } = &self.kernel {
+            // One call for the whole chunk: the weights are read once for every item.
+            let residual = (ins.len() > 1).then(|| &ins[1][..batch * self.output_item]);
+            return k.run_shared(
+                &ins[0][..batch * self.input_items[0]],
+                packed,
+                residual,
+                out,
+                range,
+            );
+        }
+        for n in 0..batch {
+            let o = out
+                .part(n * self.output_item, self.output_item)
+                .ok_or_else(|| {
+                    Error::Codegen(format!("{}: output item {n} out of range", self.name))
+                })?;
+            let range = range.clone();
+            match &self.kernel {
+                Kernel::Conv { k, packed } => {
+                    let residual = (ins.len() > 1).then(|| self.item(ins, 1, n));
+                    k.run_shared(self.item(ins, 0, n), packed, residual, &o, scratch, range)?;
+                }
+                Kernel::Pool(k) => k.run_shared(self.item(ins, 0, n), &o, scratch, range)?,
+                Kernel::Elt { k, consts } => {
+                    let mut args: Vec<&[f32]> =
+                        (0..ins.len()).map(|i| self.item(ins, i, n)).collect();
+                    args.extend(consts.iter().map(Vec::as_slice));
+                    k.run_shared(&args, &o, range)?;
+                }
+                Kernel::Fc { .. } | Kernel::Concat | Kernel::Pad { .. } => {
+                    unreachable!("run whole chunks")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-run memory: the activation arena, and kernel scratch space for each thread.
+struct Workspace {
+    arena: Vec<f32>,
+    scratch: Vec<Mutex<Vec<f32>>>,
+}
+
+pub struct Model {
+    name: String,
+    steps: Vec<Step>,
+    batch: usize,
+    input: Region,
+    input_shape: Shape,
+    outputs: Vec<(Region, Shape)>,
+    arena_len: usize,
+    scratch_len: usize,
+    /// Idle workspaces; concurrent `run` calls each take one (a new one is made only
+    /// when more calls overlap than ever before), so steady-state runs allocate nothing.
+    workspaces: Mutex<Vec<Workspace>>,
+    /// Workers for `threads > 1`, created once per model.
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+    compile_time: Duration,
+}
+
+/// Compiles a graph (with bound weights) to machine code for the host CPU, as it is:
+/// [`crate::compile`] runs the optimisation passes first. Uses `opts.batch` and
+/// `opts.threads`.
+pub fn compile(g: &Graph, opts: &Options) -> Result<Model> {
+    compile_with(g, opts, false).map(|(model, _)| model)
+}
+
+/// The Cranelift IR and machine code of every kernel [`compile`] generates for `g`.
+pub fn listings(g: &Graph, opts: &Options) -> Result<Vec<KernelListing>> {
+    compile_with(g, opts, true).map(|(_, listings)| listings)
+}
+
+fn compile_with(
+    g: &Graph,
+    opts: &Options,
+    keep_listings: bool,
+) -> Result<(Model, Vec<KernelListing>)> {
+    let start = Instant::now();
+    let b = opts.batch;
+    if b == 0 {
+        return Err(Error::Input("the batch size must be at least 1".into()));
+    }
+    if opts.threads == 0 {
+        return Err(Error::Input("the thread count must be at least 1".into()));
+    }
+    let pool = if opts.threads > 1 {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .thread_name(|i| format!("cnnc-worker-{i}"))
+            .build()
+            .map_err(|e| {
+                Error::Unsupported(format!("cannot start {} threads: {e}", opts.threads))
+            })?;
+        Some(pool)
+    } else {
+        None
+    };
+    let order = g.topo_order()?;
+    let mut module = KernelModule::new()?;
+    if keep_listings {
+        module.keep_listings();
+    }
+
+    // Where each value lives: a flatten or dropout shares its input's buffer.
+    let mut buffer_of: HashMap<NodeId, NodeId> = HashMap::new();
+    for &id in &order {
+        let node = g.node(id);
+        let root = match node.op {
+            Op::Flatten | Op::Dropout => buffer_of[&g.inputs(id)[0]],
+            _ => id,
+        };
+        buffer_of.insert(id, root);
+    }
+    // The last step that reads each buffer; graph outputs live to the end.
+    let mut last_use: HashMap<NodeId, usize> = HashMap::new();
+    for (pos, &id) in order.iter().enumerate() {
+        for i in g.inputs(id) {
+            last_use.insert(buffer_of[&i], pos);
+        }
+    }
+    for o in &g.outputs {
+        last_use.insert(buffer_of[o], usize::MAX);
+    }
+
+    let mut planner = ArenaPlanner::default();
+    let mut arena_len = 0;
+    let mut region: HashMap<NodeId, Region> = HashMap::new();
+    let mut pending = Vec::new();
+    for (pos, &id) in order.iter().enumerate() {
+        let node = g.node(id);
+        let item = node.shape.len();
+        if buffer_of[&id] == id {
+            let r = planner.alloc(b * item);
+            arena_len = arena_len.max(planner.top());
+            region.insert(id, r);
+        } else {
+            region.insert(id, region[&buffer_of[&id]]);
+        }
+        if id != g.input && buffer_of[&id] == id {
+            module.set_label(&node.name);
+            pending.push(plan_step(g, id, b, &mut module, &region)?);
+        }
+        // Free what this step read last (after allocating its output, so the two never
+        // share memory).
+        // Each buffer once: a node may read one value in two slots (a conv whose
+        // residual is its own input), or two views (flatten) of one buffer.
+        let mut read: Vec<NodeId> = g.inputs(id).iter().map(|i| buffer_of[i]).collect();
+        read.sort();
+        read.dedup();
+        for buf in read {
+            if last_use.get(&buf) == Some(&pos) {
+                planner.release(region[&buf]);
+            }
+        }
+        if !last_use.contains_key(&buffer_of[&id]) && buffer_of[&id] == id {
+            planner.release(region[&id]); // Dead value: nobody reads it.
+        }
+    }
+
+    let listings = module.take_listings();
+    let code = module.finalize()?;
+    let mut steps = Vec::with_capacity(pending.len());
+    for p in pending {
+        let kernel = match p.kernel {
+            PendingKernel::Conv(k, packed) => Kernel::Conv {
+                k: code.get(k)?,
+                packed,
+            },
+            PendingKernel::Fc(k, packed) => Kernel::Fc {
+                k: code.get(k)?,
+                packed,
+            },
+            PendingKernel::Pool(k) => Kernel::Pool(code.get(k)?),
+            PendingKernel::Elt(k, consts) => Kernel::Elt {
+                k: code.get(k)?,
+                consts,
+            },
+            PendingKernel::Concat => Kernel::Concat,
+            PendingKernel::Pad(pad, input) => Kernel::Pad { pad, input },
+        };
+        steps.push(Step { kernel, ..p.step });
+    }
+    let scratch_len = steps
+        .iter()
+        .map(|s| match &s.kernel {
+            Kernel::Conv { k, .. } => k.scratch_len(),
+            Kernel::Pool(k) => k.scratch_len(),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    let model = Model {
+        name: g.name.clone(),
+        steps,
+        batch: b,
+        input: region[&g.input],
+        input_shape: g.input_shape(),
+        outputs: g
+            .outputs
+            .iter()
+            .map(|o| (region[o], g.node(*o).shape))
+            .collect(),
+        arena_len,
+        scratch_len,
+        workspaces: Mutex::new(Vec::new()),
+        pool,
+        threads: opts.threads,
+        compile_time: start.elapsed(),
+    };
+    Ok((model, listings))
+}
+
+enum PendingKernel {
+    Conv(crate::jit::PendingConv, Vec<f32>),
+    Fc(crate::jit::PendingFc, Vec<f32>),
+    Pool(crate::jit::PendingPool),
+    Elt(crate::jit::PendingElt, Vec<Vec<f32>>),
+    Concat,
+    Pad(crate::ir::Pad, Shape),
+}
+
+struct PendingStep {
+    kernel: PendingKernel,
+    step: Step,
+}
+
+fn param<'a>(g: &'a Graph, id: NodeId, suffix: &str) -> Result<&'a [f32]> {
+    let node = g.node(id);
+    node.param(suffix)
+        .map(|t| t.data())
+        .ok_or_else(|| Error::Weights(format!("{}: parameter `{suffix}` is not bound", node.name)))
+}
+
+fn plan_step(
+    g: &Graph,
+    id: NodeId,
+    b: usize,
+    module: &mut KernelModule,
+    region: &HashMap<NodeId, Region>,
+) -> Result<PendingStep> {
+    let node = g.node(id);
+    let inputs = g.inputs(id);
+    let x = g.node(inputs[0]).shape;
+    let out = node.shape;
+    let stats = crate::ir::stats::layer_stats(g, id);
+    let conv = |module: &mut KernelModule, spec: ConvSpec| -> Result<PendingKernel> {
+        let bias = if spec.bias {
+            Some(param(g, id, "bias")?)
+        } else {
+            None
+        };
+        let packed = pack_conv_weights(&spec, param(g, id, "weight")?, bias)?;
+        Ok(PendingKernel::Conv(module.add_conv(&spec)?, packed))
+    };
+    let elt = |module: &mut KernelModule, spec: EltSpec, consts| -> Result<PendingKernel> {
+        Ok(PendingKernel::Elt(module.add_elementwise(&spec)?, consts))
+    };
+    let kernel = match &node.op {
+        Op::Conv(c) => conv(
+            module,
+            ConvSpec {
+                in_c: x.c,
+                in_h: x.h,
+                in_w: x.w,
+                out_c: c.filters,
+                kernel_h: c.size.h,
+                kernel_w: c.size.w,
+                stride_h: c.stride.h,
+                stride_w: c.stride.w,
+                pad_h: c.pad.h,
+                pad_w: c.pad.w,
+                bias: c.bias,
+                relu: c.epilogue.relu,
+                residual: c.epilogue.residual,
+            },
+        )?,
+        Op::Gemm(gm) => conv(
+            module,
+            ConvSpec {
+                in_c: x.c,
+                in_h: x.h,
+                in_w: x.w,
+                out_c: gm.filters,
+                kernel_h: 1,
+                kernel_w: 1,
+                stride_h: gm.stride.h,
+                stride_w: gm.stride.w,
+                pad_h: 0,
+                pad_w: 0,
+                bias: gm.bias,
+                relu: gm.epilogue.relu,
+                residual: gm.epilogue.residual,
+            },
+        )?,
+        Op::Fc(f) => {
+            let spec = FcSpec {
+                bias: f.bias,
+                relu: f.epilogue.relu,
+                residual: f.epilogue.residual,
+                ..FcSpec::new(x.len(), f.units, b)
+            };
+            let bias = if f.bias {
+                Some(param(g, id, "bias")?)
+            } else {
+                None
+            };
+            let packed = pack_fc_weights(&spec, param(g, id, "weight")?, bias)?;
+            PendingKernel::Fc(module.add_fc(&spec)?, packed)
+        }
+        Op::MaxPool(p) | Op::AvgPool(p) => {
+            let kind = if matches!(node.op, Op::MaxPool(_)) {
+                PoolKind::Max
+            } else {
+                PoolKind::Avg
+            };
+            let spec = PoolSpec {
+                kind,
+                channels: x.c,
+                in_h: x.h,
+                in_w: x.w,
+                kernel_h: p.size.h,
+                kernel_w: p.size.w,
+                stride_h: p.stride.h,
+                stride_w: p.stride.w,
+                pad_h: p.pad.h,
+                pad_w: p.pad.w,
+            };
+            PendingKernel::Pool(module.add_pool(&spec)?)
+        }
+        Op::GlobalAvgPool => elt(
+            module,
+            EltSpec::GlobalAvgPool {
+                channels: x.c,
+                hw: x.h * x.w,
+            },
+            vec![],
+        )?,
+        Op::Relu => elt(module, EltSpec::Relu { len: out.len() }, vec![])?,
+        Op::Softmax => elt(
+            module,
+            EltSpec::Softmax {
+                channels: x.c,
+                hw: x.h * x.w,
+            },
+            vec![],
+        )?,
+        Op::Add => elt(
+            module,
+            EltSpec::Add {
+                inputs: inputs.len(),
+                len: out.len(),
+                relu: false,
+            },
+            vec![],
+        )?,
+        Op::BatchNorm { eps } => {
+            // Folded to a per-channel scale and shift once, here, never per run.
+            let (gamma, beta) = (param(g, id, "weight")?, param(g, id, "bias")?);
+            let (mean, var) = (param(g, id, "running_mean")?, param(g, id, "running_var")?);
+            let scale: Vec<f32> = gamma
+                .iter()
+                .zip(var)
+                .map(|(g, v)| g / (v + eps).sqrt())
+                .collect();
+            let shift = beta
+                .iter()
+                .zip(mean)
+                .zip(&scale)
+                .map(|((b, m), s)| b - m * s)
+                .collect();
+            elt(
+                module,
+                EltSpec::ScaleShift {
+                    channels: x.c,
+                    hw: x.h * x.w,
+                    relu: false,
+                },
+                vec![scale, shift],
+            )?
+        }
+        Op::Concat => PendingKernel::Concat,
+        Op::Pad(p) => PendingKernel::Pad(p.clone(), x),
+        Op::Input | Op::Flatten | Op::Dropout => unreachable!("no step for {}", node.op.kind()),
+    };
+    Ok(PendingStep {
+        kernel,
+        step: Step {
+            name: node.name.clone(),
+            op: node.op.to_string(),
+            kernel: Kernel::Concat, // replaced once the code is finalized
+            inputs: inputs.iter().map(|i| region[i]).collect(),
+            output: region[&id],
+            input_items: inputs.iter().map(|&i| g.node(i).shape.len()).collect(),
+            output_item: out.len(),
+            flops_per_item: 2 * stats.macs,
+        },
+    })
+}
+
+/// The output region as `&mut` and the input regions as shared slices of one arena.
+/// The planner never lets a step's output overlap a buffer it reads.
+fn split_io<'a>(
+    arena: &'a mut [f32],
+    inputs: &[Region],
+    output: Region,
+) -> Result<(Vec<&'a [f32]>, &'a mut [f32])> {
+    let (left, rest) = arena.split_at_mut(output.offset);
+    let (out, right) = rest.split_at_mut(output.len);
+    let (left, right): (&'a [f32], &'a [f32]) = (left, right);
+    let end = output.offset + output.len;
+    let ins = inputs
+        .iter()
+        .map(|r| {
+            if r.offset + r.len <= output.offset {
+                Ok(&left[r.range()])
+            } else if r.offset >= end {
+                Ok(&right[r.offset - end..r.offset - end + r.len])
+            } else {
+                Err(Error::Codegen(format!(
+                    "input region {r:?} overlaps the output {output:?}"
+                )))
+            }
+        })
+        .collect::<Result<_>>()?;
+    Ok((ins, out))
+}
+
+impl Model {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn compile_time(&self) -> Duration {
+        self.compile_time
+    }
+    /// Images per kernel call.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    /// Floats of activation memory per run.
+    pub fn arena_len(&self) -> usize {
+        self.arena_len
+    }
+
+    /// Runs the network on `[N, C, H, W]` (or `[C, H, W]`); one tensor per graph output.
+    pub fn run(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let n = self.check_input(x)?;
+        let mut outs: Vec<Tensor> = self
+            .outputs
+            .iter()
+            .map(|(_, s)| Tensor::zeros(s.dims(n)))
+            .collect();
+        self.run_into(x, &mut outs)?;
+        Ok(outs)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<usize> {
+        let s = self.input_shape;
+        match x.shape() {
+            [c, h, w] if [*c, *h, *w] == [s.c, s.h, s.w] => Ok(1),
+            [n, c, h, w] if *n >= 1 && [*c, *h, *w] == [s.c, s.h, s.w] => Ok(*n),
+            other => Err(Error::Input(format!(
+                "the input has shape {}, but the model takes {s} (or Nx{s})",
+                crate::tensor::fmt_shape(other)
+            ))),
+        }
+    }
+
+    /// Like [`Model::run`], writing into `outputs` (shaped `[N, ...]` for each graph
+    /// output): no allocation once the model has run once.
+    pub fn run_into(&self, x: &Tensor, outputs: &mut [Tensor]) -> Result<()> {
+        self.run_timed(x, outputs, None)
+    }
+
+    /// Runs once and returns the time spent in each layer, in execution order.
+    pub fn profile(&self, x: &Tensor) -> Result<(Vec<Tensor>, Vec<LayerTime>)> {
+        let n = self.check_input(x)?;
+        let mut outs: Vec<Tensor> = self
+            .outputs
+            .iter()
+            .map(|(_, s)| Tensor::zeros(s.dims(n)))
+            .collect();
+        let mut times = vec![Duration::ZERO; self.steps.len()];
+        self.run_timed(x, &mut outs, Some(&mut times))?;
+        let layers = self
+            .steps
+            .iter()
+            .zip(times)
+            .map(|(s, time)| LayerTime {
+                name: s.name.clone(),
+                op: s.op.clone(),
+                time,
+                flops: s.flops_per_item * n as u64,
+            })
+            .collect();
+        Ok((outs, layers))
+    }
+
+    fn take_workspace(&self) -> Workspace {
+        let idle = self.workspaces.lock().ok().and_then(|mut pool| pool.pop());
+        idle.unwrap_or_else(|| Workspace {
+            arena: vec![0.0; self.arena_len],
+            scratch: (0..self.threads)
+                .map(|_| Mutex::new(vec![0.0; self.scratch_len]))
+                .collect(),
+        })
+    }
+
+    fn run_timed(
+        &self,
+        x: &Tensor,
+        outputs: &mut [Tensor],
+        mut profile: Option<&mut [Duration]>,
+    ) -> Result<()> {
+        let n = self.check_input(x)?;
+        if outputs.len() != self.outputs.len() {
+            return Err(Error::Input(format!(
+                "the model has {} output(s), got {} buffers",
+                self.outputs.len(),
+                outputs.len()
+            )));
+        }
+        for (t, (_, s)) in outputs.iter().zip(&self.outputs) {
+            if t.shape() != s.dims(n).as_slice() {
+                return Err(Error::Input(format!(
+                    "output buffer has shape {}, expected {}",
+                    crate::tensor::fmt_shape(t.shape()),
+                    crate::tensor::fmt_shape(&s.dims(n))
+                )));
+            }
+        }
+        let mut ws = self.take_workspace();
+        let item_in = self.input_shape.len();
+        let result = (|| {
+            for chunk_start in (0..n).step_by(self.batch) {
+                let items = self.batch.min(n - chunk_start);
+                let src = &x.data()[chunk_start * item_in..(chunk_start + items) * item_in];
+                let dst =
+                    &mut ws.arena[self.input.offset..self.input.offset + self.batch * item_in];
+                dst[..src.len()].copy_from_slice(src);
+                dst[src.len()..].fill(0.0);
+                for (i, step) in self.steps.iter().enumerate() {
+                    let t = profile.is_some().then(Instant::now);
+                    self.run_step(step, &mut ws)?;
+                    if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
+                        p[i] += t.elapsed();
+                    }
+                }
+                for (t, (r, s)) in outputs.iter_mut().zip(&self.outputs) {
+                    let len = s.len();
+                    t.data_mut()[chunk_start * len..(chunk_start + items) * len]
+                        .copy_from_slice(&ws.arena[r.offset..r.offset + items * len]);
+                }
+            }
+            Ok(())
+        })();
+        if let Ok(mut pool) = self.workspaces.lock() {
+            pool.push(ws);
+        }
+        result
+    }
+
+    fn run_step(&self, step: &Step, ws: &mut Workspace) -> Result<()> {
+        let b = self.batch;
+        let (ins, out) = split_io(&mut ws.arena, &step.inputs, step.output)?;
+        let out = &mut out[..b * step.output_item];
+        if let Kernel::Concat = step.kernel {
+            for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
+                let args: Vec<&[f32]> = (0..ins.len()).map(|i| step.item(&ins, i, n)).collect();
+                concat_channels(&args, o)?;
+            }
+            return Ok(());
+        }
+        if let Kernel::Pad { pad, input } = &step.kernel {
+            for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
+                pad_item(step.item(&ins, 0, n), input, pad, o);
+            }
+            return Ok(());
+        }
+        let units = step.work_units();
+        let work = step.flops_per_item.max(step.output_item as u64) * b as u64;
+        let out = SharedOut::new(out);
+        let lock = |i: usize| {
+            ws.scratch[i]
+                .lock()
+                .map_err(|_| Error::Codegen("scratch lock poisoned".into()))
+        };
+        match &self.pool {
+            Some(pool) if work >= PARALLEL_MIN_WORK && units > 1 => {
+                let parts = self.threads.min(units);
+                let results = pool.broadcast(|ctx| {
+                    let i = ctx.index();
+                    if i >= parts {
+                        return Ok(());
+                    }
+                    let range = i * units / parts..(i + 1) * units / parts;
+                    step.run(&ins, &out, &mut lock(i)?, range, b)
+                });
+                results.into_iter().collect()
+            }
+            _ => step.run(&ins, &out, &mut lock(0)?, 0..units, b),
+        }
+    }
+
+    /// Per-layer names and FLOPs per image, in execution order (for profiles).
+    pub fn layers(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.flops_per_item))
+    }
+}
+
+/// One batch item of a `pad` layer: `x` is `input`, `out` the padded item.
+fn pad_item(x: &[f32], input: &Shape, p: &crate::ir::Pad, out: &mut [f32]) {
+    let (h, w) = (input.h, input.w);
+    let (oh, ow) = (h + p.top + p.bottom, w + p.left + p.right);
+    out.fill(p.value);
+    for c in 0..input.c {
+        for y in 0..h {
+            let src = (c * h + y) * w;
+            let dst = (c * oh + y + p.top) * ow + p.left;
+            out[dst..dst + w].copy_from_slice(&x[src..src + w]);
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! JIT kernels against plain, obviously correct reference loops (f64 accumulation).
+use cnnc::jit::*;
+use proptest::prelude::*;
+
+/// Deterministic values in [-1, 1).
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut num = 0.0f64;
+    let mut den = 0.0f64;
+    let mut max_abs = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (want {w})");
+        let d = g as f64 - w;
+        num += d * d;
+        den += w * w;
+        max_abs = max_abs.max(d.abs());
+    }
+    let rel = (num / den.max(1e-30)).sqrt();
+    assert!(
+        rel < 1e-5 || (den == 0.0 && num == 0.0),
+        "{what}: relative L2 {rel}"
+    );
+    assert!(max_abs < 1e-4, "{what}: max abs {max_abs}");
+}
+
+fn ref_conv(s: &ConvSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f32]>) -> Vec<f64> {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let mut out = vec![0.0f64; s.output_len()];
+    for k in 0..s.out_c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = b.map_or(0.0, |b| b[k] as f64);
+                for c in 0..s.in_c {
+                    for fy in 0..s.kernel_h {
+                        for fx in 0..s.kernel_w {
+                            let iy = (oy * s.stride_h + fy) as isize - s.pad_h as isize;
+                            let ix = (ox * s.stride_w + fx) as isize - s.pad_w as isize;
+                            if iy < 0 || ix < 0 || iy >= s.in_h as isize || ix >= s.in_w as isize {
+                                continue;
+                            }
+                            let xv = x[(c * s.in_h + iy as usize) * s.in_w + ix as usize] as f64;
+                            let wv =
+                                w[((k * s.in_c + c) * s.kernel_h + fy) * s.kernel_w + fx] as f64;
+                            acc += xv * wv;
+                        }
+                    }
+                }
+                let i = (k * oh + oy) * ow + ox;
+                if let Some(r) = r {
+                    acc += r[i] as f64;
+                }
+                if s.relu {
+                    acc = acc.max(0.0);
+                }
+                out[i] = acc;
+            }
+        }
+    }
+    out
+}
+
+/// Compiles `spec`, runs it over the whole range and in 2 and 3 pieces (bit-identical),
+/// and compares with the reference.
+fn check_conv(s: &ConvSpec, seed: u64) {
+    let x = rand_vec(s.input_len(), seed);
+    // Weights scaled by 1/sqrt(fan-in), as in trained networks, so outputs are O(1).
+    let scale = 1.0 / ((s.in_c * s.kernel_h * s.kernel_w) as f32).sqrt();
+    let w: Vec<f32> = rand_vec(s.weight_len(), seed + 1)
+        .iter()
+        .map(|v| v * scale)
+        .collect();
+    let b = s.bias.then(|| rand_vec(s.out_c, seed + 2));
+    let r = s.residual.then(|| rand_vec(s.output_len(), seed + 3));
+    let packed = pack_conv_weights(s, &w, b.as_deref()).unwrap();
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_conv(s).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let mut out = vec![f32::NAN; s.output_len()];
+    k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
+    let want = ref_conv(s, &x, &w, b.as_deref(), r.as_deref());
+    assert_close(&out, &want, &format!("{s:?}"));
+    let units = k.work_units();
+    let mut scratch = vec![0.0f32; k.scratch_len()];
+    for pieces in [2usize, 3] {
+        let mut out2 = vec![f32::NAN; s.output_len()];
+        for i in 0..pieces {
+            let range = units * i / pieces..units * (i + 1) / pieces;
+            k.run(&x, &packed, r.as_deref(), &mut out2, &mut scratch, range)
+                .unwrap();
+        }
+        assert!(
+            out.iter()
+                .zip(&out2)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{s:?}: split in {pieces} differs"
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spec(
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    fh: usize,
+    fw: usize,
+    s: (usize, usize),
+    p: (usize, usize),
+) -> ConvSpec {
+    ConvSpec {
+        in_c: c,
+        in_h: h,
+        in_w: w,
+        out_c: k,
+        kernel_h: fh,
+        kernel_w: fw,
+        stride_h: s.0,
+        stride_w: s.1,
+        pad_h: p.0,
+        pad_w: p.1,
+        bias: false,
+        relu: false,
+        residual: false,
+    }
+}
+
+#[test]
+fn conv_3x3_basic() {
+    check_conv(&spec(3, 8, 8, 8, 3, 3, (1, 1), (1, 1)), 1);
+    check_conv(&spec(5, 9, 11, 13, 3, 3, (1, 1), (0, 0)), 2);
+}
+
+#[test]
+fn conv_shapes() {
+    let mut seed = 10;
+    for &(c, h, w, k, fh, fw, s, p) in &[
+        (1, 1, 1, 1, 1, 1, (1, 1), (0, 0)),
+        (3, 7, 5, 9, 3, 3, (2, 2), (1, 1)),
+        (7, 13, 17, 11, 5, 5, (3, 3), (2, 2)),
+        (3, 23, 23, 16, 7, 7, (2, 2), (3, 3)),
+        (6, 9, 10, 5, 1, 3, (1, 1), (0, 1)),
+        (6, 10, 9, 7, 3, 1, (1, 2), (1, 0)),
+        (17, 6, 6, 19, 1, 1, (1, 1), (0, 0)),
+        (17, 9, 9, 19, 1, 1, (2, 2), (0, 0)),
+        (9, 5, 5, 12, 3, 3, (1, 1), (3, 3)),
+        (4, 3, 3, 4, 3, 3, (1, 1), (0, 0)),
+        (4, 2, 3, 33, 3, 3, (1, 1), (1, 1)),
+        (10, 14, 3, 70, 2, 2, (1, 1), (0, 0)),
+        (2, 4, 40, 3, 3, 5, (3, 1), (2, 3)),
+    ] {
+        for (bias, relu, residual) in [
+            (false, false, false),
+            (true, true, true),
+            (true, false, true),
+            (false, true, false),
+        ] {
+            let mut sp = spec(c, h, w, k, fh, fw, s, p);
+            sp.bias = bias;
+            sp.relu = relu;
+            sp.residual = residual;
+            check_conv(&sp, seed);
+            seed += 7;
+        }
+    }
+}
+
+#[test]
+fn conv_tiles_and_channel_tails() {
+    // Output widths 1..=13 exercise every tile split; out_c 1..=17 every channel tail.
+    let mut seed = 500;
+    for ow in 1..=13 {
+        check_conv(&spec(3, 3, ow + 2, 5, 3, 3, (1, 1), (0, 0)), seed);
+        seed += 1;
+    }
+    for k in 1..=17 {
+        let mut s = spec(5, 6, 7, k, 3, 3, (1, 1), (1, 1));
+        s.bias = true;
+        s.residual = k % 2 == 0;
+        s.relu = k % 3 == 0;
+        check_conv(&s, seed);
+        seed += 1;
+    }
+}
+
+#[test]
+fn conv_pointwise_gemm_tails() {
+    // 1x1 stride 1 goes through the pixel GEMM: pixel tails 0..11, channel tails, C % 4.
+    let mut seed = 900;
+    for (c, h, w, k) in [
+        (1, 1, 1, 1),
+        (3, 1, 5, 2),
+        (5, 3, 5, 7),
+        (9, 4, 4, 4),
+        (13, 7, 7, 9),
+        (64, 5, 9, 12),
+        (6, 1, 25, 3),
+        (70, 20, 20, 5),
+    ] {
+        for (bias, relu, residual) in [
+            (false, false, false),
+            (true, true, true),
+            (true, false, false),
+        ] {
+            let mut s = spec(c, h, w, k, 1, 1, (1, 1), (0, 0));
+            s.bias = bias;
+            s.relu = relu;
+            s.residual = residual;
+            check_conv(&s, seed);
+            seed += 1;
+        }
+    }
+}
+
+#[test]
+fn conv_rejects_bad_buffers() {
+    let s = spec(3, 5, 5, 4, 3, 3, (1, 1), (1, 1));
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_conv(&s).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let x = vec![0.0; s.input_len()];
+    let packed = pack_conv_weights(&s, &vec![0.0; s.weight_len()], None).unwrap();
+    let mut out = vec![0.0; s.output_len()];
+    let mut scratch = vec![0.0; k.scratch_len()];
+    assert!(k
+        .run(&x[1..], &packed, None, &mut out, &mut scratch, 0..1)
+        .is_err());
+    assert!(k
+        .run(&x, &packed[1..], None, &mut out, &mut scratch, 0..1)
+        .is_err());
+    assert!(k
+        .run(
+            &x,
+            &packed,
+            Some(&out.clone()),
+            &mut out,
+            &mut scratch,
+            0..1
+        )
+        .is_err());
+    assert!(k
+        .run(&x, &packed, None, &mut out, &mut scratch[1..], 0..1)
+        .is_err());
+    assert!(k
+        .run(&x, &packed, None, &mut out, &mut scratch, 0..2)
+        .is_err());
+    assert!(k
+        .run(&x, &packed, None, &mut out[1..], &mut scratch, 0..1)
+        .is_err());
+    assert!(pack_conv_weights(&s, &[0.0; 3], None).is_err());
+    assert!(KernelModule::new()
+        .unwrap()
+        .add_conv(&spec(3, 2, 2, 4, 3, 3, (1, 1), (0, 0)))
+        .is_err());
+    // A handle from another module is refused.
+    let mut km2 = KernelModule::new().unwrap();
+    let p2 = km2.add_conv(&s).unwrap();
+    let _code2 = km2.finalize().unwrap();
+    assert!(code.get(p2).is_err());
+}
+
+fn ref_fc(s: &FcSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f32]>) -> Vec<f64> {
+    let (c, k) = (s.in_features, s.out_features);
+    let mut out = vec![0.0; s.output_len()];
+    for n in 0..s.batch {
+        for ki in 0..k {
+            let mut acc = b.map_or(0.0, |b| b[ki] as f64);
+            for ci in 0..c {
+                acc += w[ki * c + ci] as f64 * x[n * c + ci] as f64;
+            }
+            if let Some(r) = r {
+                acc += r[n * k + ki] as f64;
+            }
+            if s.relu {
+                acc = acc.max(0.0);
+            }
+            out[n * k + ki] = acc;
+        }
+    }
+    out
+}
+
+fn check_fc(s: &FcSpec, seed: u64) {
+    let x = rand_vec(s.input_len(), seed);
+    let scale = 1.0 / (s.in_features as f32).sqrt();
+    let w: Vec<f32> = rand_vec(s.weight_len(), seed + 1)
+        .iter()
+        .map(|v| v * scale)
+        .collect();
+    let b = s.bias.then(|| rand_vec(s.out_features, seed + 2));
+    let r = s.residual.then(|| rand_vec(s.output_len(), seed + 3));
+    let packed = pack_fc_weights(s, &w, b.as_deref()).unwrap();
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_fc(s).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let mut out = vec![f32::NAN; s.output_len()];
+    k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
+    assert_close(
+        &out,
+        &ref_fc(s, &x, &w, b.as_deref(), r.as_deref()),
+        &format!("{s:?}"),
+    );
+    let units = k.work_units();
+    let mut out2 = vec![f32::NAN; s.output_len()];
+    for i in 0..3 {
+        k.run(
+            &x,
+            &packed,
+            r.as_deref(),
+            &mut out2,
+            units * i / 3..units * (i + 1) / 3,
+        )
+        .unwrap();
+    }
+    assert!(
+        out.iter()
+            .zip(&out2)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{s:?} split"
+    );
+}
+
+#[test]
+fn fc_shapes() {
+    let mut seed = 2000;
+    for (c, k, n) in [
+        (1, 1, 1),
+        (3, 5, 1),
+        (17, 10, 2),
+        (64, 8, 3),
+        (33, 19, 6),
+        (7, 70, 7),
+        (100, 13, 13),
+        (512, 1000, 1),
+        (9, 16, 5),
+    ] {
+        for (bias, relu, residual) in [
+            (false, false, false),
+            (true, true, true),
+            (true, false, false),
+        ] {
+            let mut s = FcSpec::new(c, k, n);
+            s.bias = bias;
+            s.relu = relu;
+            s.residual = residual;
+            check_fc(&s, seed);
+            seed += 4;
+        }
+    }
+}
+
+fn ref_pool(s: &PoolSpec, x: &[f32]) -> Vec<f64> {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let mut out = vec![0.0; s.output_len()];
+    for c in 0..s.channels {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut m = f64::NEG_INFINITY;
+                let mut sum = 0.0;
+                for fy in 0..s.kernel_h {
+                    for fx in 0..s.kernel_w {
+                        let iy = (oy * s.stride_h + fy) as isize - s.pad_h as isize;
+                        let ix = (ox * s.stride_w + fx) as isize - s.pad_w as isize;
+                        if iy < 0 || ix < 0 || iy >= s.in_h as isize || ix >= s.in_w as isize {
+                            continue;
+                        }
+                        let v = x[(c * s.in_h + iy as usize) * s.in_w + ix as usize] as f64;
+                        m = m.max(v);
+                        sum += v;
+                    }
+                }
+                out[(c * oh + oy) * ow + ox] = match s.kind {
+                    PoolKind::Max => m,
+                    PoolKind::Avg => sum / (s.kernel_h * s.kernel_w) as f64,
+                };
+            }
+        }
+    }
+    out
+}
+
+fn check_pool(s: &PoolSpec, seed: u64) {
+    let x = rand_vec(s.input_len(), seed);
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_pool(s).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let mut out = vec![f32::NAN; s.output_len()];
+    k.run_all(&x, &mut out).unwrap();
+    assert_close(&out, &ref_pool(s, &x), &format!("{s:?}"));
+    let mut out2 = vec![f32::NAN; s.output_len()];
+    let mut scratch = vec![0.0; k.scratch_len()];
+    let c = s.channels;
+    for i in 0..2 {
+        k.run(&x, &mut out2, &mut scratch, c * i / 2..c * (i + 1) / 2)
+            .unwrap();
+    }
+    assert!(
+        out.iter()
+            .zip(&out2)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{s:?} split"
+    );
+}
+
+#[test]
+fn pool_shapes() {
+    let mut seed = 3000;
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        for &(c, h, w, kh, kw, sh, sw, ph, pw) in &[
+            (1, 1, 1, 1, 1, 1, 1, 0, 0),
+            (3, 8, 8, 2, 2, 2, 2, 0, 0),
+            (2, 9, 11, 2, 2, 2, 2, 0, 0),
+            (5, 13, 17, 3, 3, 2, 2, 1, 1),
+            (3, 7, 7, 3, 3, 1, 1, 1, 1),
+            (2, 20, 23, 3, 3, 2, 2, 1, 1),
+            (4, 11, 12, 5, 3, 3, 2, 2, 1),
+            (2, 15, 15, 7, 7, 1, 1, 3, 3),
+            (3, 10, 30, 2, 4, 1, 2, 0, 2),
+            (2, 6, 33, 1, 1, 3, 3, 0, 0),
+            (64, 112, 112, 2, 2, 2, 2, 0, 0),
+            (8, 112, 112, 3, 3, 2, 2, 1, 1),
+        ] {
+            let s = PoolSpec {
+                kind,
+                channels: c,
+                in_h: h,
+                in_w: w,
+                kernel_h: kh,
+                kernel_w: kw,
+                stride_h: sh,
+                stride_w: sw,
+                pad_h: ph,
+                pad_w: pw,
+            };
+            check_pool(&s, seed);
+            seed += 1;
+        }
+    }
+}
+
+#[test]
+fn max_pool_negative_inputs_ignore_padding() {
+    // All inputs negative: padding (-inf) must never win, and avg counts padding as zeros.
+    let s = PoolSpec::square(PoolKind::Max, 2, 5, 3, 2, 1);
+    let x: Vec<f32> = rand_vec(s.input_len(), 7)
+        .iter()
+        .map(|v| -v.abs() - 1.0)
+        .collect();
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_pool(&s).unwrap();
+    let code = km.finalize().unwrap();
+    let mut out = vec![f32::NAN; s.output_len()];
+    code.get(p).unwrap().run_all(&x, &mut out).unwrap();
+    assert_close(&out, &ref_pool(&s, &x), "max pool negative");
+    assert!(out.iter().all(|v| *v < -1.0 + 1e-6));
+}
+
+fn run_elt(s: &EltSpec, inputs: &[Vec<f32>], out_len: usize) -> Vec<f32> {
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_elementwise(s).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let refs: Vec<&[f32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let mut out = vec![f32::NAN; out_len];
+    k.run_all(&refs, &mut out).unwrap();
+    let units = k.work_units();
+    let mut out2 = vec![f32::NAN; out_len];
+    for i in 0..3 {
+        k.run(&refs, &mut out2, units * i / 3..units * (i + 1) / 3)
+            .unwrap();
+    }
+    assert!(
+        out.iter()
+            .zip(&out2)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{s:?} split"
+    );
+    out
+}
+
+#[test]
+fn elementwise_ops() {
+    for len in [1usize, 3, 4, 7, 64, 1001] {
+        for n in 1..=4 {
+            for relu in [false, true] {
+                let ins: Vec<Vec<f32>> = (0..n)
+                    .map(|i| rand_vec(len, (len * 10 + i) as u64))
+                    .collect();
+                let got = run_elt(
+                    &EltSpec::Add {
+                        inputs: n,
+                        len,
+                        relu,
+                    },
+                    &ins,
+                    len,
+                );
+                let want: Vec<f64> = (0..len)
+                    .map(|j| {
+                        let s: f64 = ins.iter().map(|v| v[j] as f64).sum();
+                        if relu {
+                            s.max(0.0)
+                        } else {
+                            s
+                        }
+                    })
+                    .collect();
+                assert_close(&got, &want, "add");
+            }
+        }
+        let x = rand_vec(len, 77);
+        let got = run_elt(&EltSpec::Relu { len }, std::slice::from_ref(&x), len);
+        assert_close(
+            &got,
+            &x.iter().map(|&v| (v as f64).max(0.0)).collect::<Vec<_>>(),
+            "relu",
+        );
+    }
+    for (c, hw) in [(1usize, 1usize), (3, 5), (16, 49), (7, 3136)] {
+        let x = rand_vec(c * hw, 5);
+        let sc = rand_vec(c, 6);
+        let sh = rand_vec(c, 7);
+        for relu in [false, true] {
+            let got = run_elt(
+                &EltSpec::ScaleShift {
+                    channels: c,
+                    hw,
+                    relu,
+                },
+                &[x.clone(), sc.clone(), sh.clone()],
+                c * hw,
+            );
+            let want: Vec<f64> = (0..c * hw)
+                .map(|i| {
+                    let v = x[i] as f64 * sc[i / hw] as f64 + sh[i / hw] as f64;
+                    if relu {
+                        v.max(0.0)
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            assert_close(&got, &want, "scale_shift");
+        }
+        let got = run_elt(
+            &EltSpec::GlobalAvgPool { channels: c, hw },
+            std::slice::from_ref(&x),
+            c,
+        );
+        let want: Vec<f64> = (0..c)
+            .map(|ci| {
+                x[ci * hw..(ci + 1) * hw]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .sum::<f64>()
+                    / hw as f64
+            })
+            .collect();
+        assert_close(&got, &want, "gap");
+    }
+    for (c, hw) in [(1usize, 1usize), (10, 1), (1000, 1), (5, 7), (21, 16)] {
+        // Large logits: without subtracting the max, exp would overflow.
+        let x: Vec<f32> = rand_vec(c * hw, 9).iter().map(|v| v * 80.0).collect();
+        let got = run_elt(
+            &EltSpec::Softmax { channels: c, hw },
+            std::slice::from_ref(&x),
+            c * hw,
+        );
+        let mut want = vec![0.0f64; c * hw];
+        for p in 0..hw {
+            let m = (0..c)
+                .map(|ci| x[ci * hw + p] as f64)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = (0..c).map(|ci| (x[ci * hw + p] as f64 - m).exp()).sum();
+            for ci in 0..c {
+                want[ci * hw + p] = (x[ci * hw + p] as f64 - m).exp() / s;
+            }
+        }
+        assert_close(&got, &want, "softmax");
+    }
+    let a = rand_vec(6, 1);
+    let b = rand_vec(4, 2);
+    let mut out = vec![0.0; 10];
+    concat_channels(&[&a, &b], &mut out).unwrap();
+    assert_eq!(&out[..6], &a[..]);
+    assert_eq!(&out[6..], &b[..]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #[test]
+    fn prop_conv(c in 1usize..70, k in 1usize..70, h in 1usize..40, w in 1usize..40,
+                 fh in 1usize..8, fw in 1usize..8, sh in 1usize..4, sw in 1usize..4,
+                 ph in 0usize..4, pw in 0usize..4, flags in 0u8..8, seed in 0u64..1000) {
+        prop_assume!(h + 2 * ph >= fh && w + 2 * pw >= fw);
+        let mut s = spec(c, h, w, k, fh, fw, (sh, sw), (ph, pw));
+        s.bias = flags & 1 != 0;
+        s.relu = flags & 2 != 0;
+        s.residual = flags & 4 != 0;
+        prop_assume!(s.flops() < 60_000_000);
+        check_conv(&s, seed);
+    }
+
+    #[test]
+    fn prop_pool(c in 1usize..9, h in 1usize..40, w in 1usize..40, kh in 1usize..8, kw in 1usize..8,
+                 sh in 1usize..4, sw in 1usize..4, ph in 0usize..4, pw in 0usize..4, max in any::<bool>(), seed in 0u64..1000) {
+        prop_assume!(h + 2 * ph >= kh && w + 2 * pw >= kw && 2 * ph <= kh && 2 * pw <= kw);
+        let kind = if max { PoolKind::Max } else { PoolKind::Avg };
+        let s = PoolSpec { kind, channels: c, in_h: h, in_w: w, kernel_h: kh, kernel_w: kw, stride_h: sh, stride_w: sw, pad_h: ph, pad_w: pw };
+        check_pool(&s, seed);
+    }
+
+    #[test]
+    fn prop_fc(c in 1usize..300, k in 1usize..100, n in 1usize..15, flags in 0u8..8, seed in 0u64..1000) {
+        let mut s = FcSpec::new(c, k, n);
+        s.bias = flags & 1 != 0;
+        s.relu = flags & 2 != 0;
+        s.residual = flags & 4 != 0;
+        check_fc(&s, seed);
+    }
+}

@@ -1,0 +1,195 @@
+//! Whole networks compiled by the JIT agree with the reference interpreter.
+mod common;
+use cnnc::tensor::rel_l2;
+use cnnc::Tensor;
+use cnnc::{compile, OptLevel, Options};
+use common::*;
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// JIT vs interpreter: 1e-4 relative L2 and 1e-3 max abs, per the JIT issue.
+fn assert_agrees(what: &str, jit: &[Tensor], interp: &[Tensor]) {
+    assert_eq!(jit.len(), interp.len());
+    for (j, i) in jit.iter().zip(interp) {
+        assert_eq!(j.shape(), i.shape(), "{what}");
+        assert!(
+            j.data().iter().all(|v| v.is_finite()),
+            "{what}: non-finite output"
+        );
+        let (rel, abs) = (rel_l2(j.data(), i.data()), max_abs(j.data(), i.data()));
+        assert!(
+            rel <= 1e-4 && abs <= 1e-3,
+            "{what}: rel L2 {rel:e}, max abs {abs:e}"
+        );
+    }
+}
+
+#[test]
+fn golden_graphs_match_the_interpreter_at_several_batch_sizes() {
+    for case in golden_cases() {
+        let want = cnnc::interp::run(&case.graph, case.input.clone()).unwrap();
+        let configs = [
+            (OptLevel::O0, 1, 1),
+            (OptLevel::O2, 1, 2),
+            (OptLevel::O2, 3, 1),
+            (OptLevel::O0, 3, 2),
+        ];
+        for (level, batch, threads) in configs {
+            let opts = Options {
+                opt_level: level,
+                batch,
+                threads,
+                verify: true,
+                ..Default::default()
+            };
+            let model =
+                compile(&case.graph, &opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            let got = model
+                .run(&case.input)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            let what = format!("{} ({level}, batch {batch}, {threads} threads)", case.name);
+            assert_agrees(&what, &got, &want);
+        }
+    }
+}
+
+#[test]
+fn example_graphs_with_seeded_weights_match_the_interpreter() {
+    for name in [
+        "cs231n_example",
+        "lenet5",
+        "vgg_cifar",
+        "resnet_basic_block",
+        "inception3a",
+        "digits",
+    ] {
+        let mut g = cnnc::format::load(repo().join(format!("graphs/{name}.yaml"))).unwrap();
+        cnnc::weights::bind(&mut g, None).unwrap();
+        let s = g.input_shape();
+        let x = Tensor::new(
+            vec![3, s.c, s.h, s.w],
+            cnnc::weights::standard_normal(5, name, 3 * s.len()),
+        )
+        .unwrap();
+        let want = cnnc::interp::run(&g, x.clone()).unwrap();
+        let one = compile(
+            &g,
+            &Options {
+                batch: 3,
+                threads: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let got = one.run(&x).unwrap();
+        assert_agrees(name, &got, &want);
+        // Threads split each layer's work, never change a bit of the result.
+        for threads in [2, 3] {
+            let many = compile(
+                &g,
+                &Options {
+                    batch: 3,
+                    threads,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(many.run(&x).unwrap(), got, "{name}: {threads} threads");
+        }
+    }
+}
+
+#[test]
+fn model_is_send_and_sync_and_runs_concurrently() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<cnnc::Model>();
+    let mut g = cnnc::format::load(repo().join("graphs/lenet5.yaml")).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let model = compile(
+        &g,
+        &Options {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let inputs: Vec<Tensor> = (0..4)
+        .map(|i| {
+            Tensor::new(
+                vec![2, 1, 32, 32],
+                cnnc::weights::standard_normal(i, "c", 2048),
+            )
+            .unwrap()
+        })
+        .collect();
+    let serial: Vec<_> = inputs.iter().map(|x| model.run(x).unwrap()).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = inputs
+            .iter()
+            .map(|x| s.spawn(|| model.run(x).unwrap()))
+            .collect();
+        for (h, want) in handles.into_iter().zip(&serial) {
+            assert_eq!(&h.join().unwrap(), want);
+        }
+    });
+}
+
+#[test]
+fn run_into_reuses_caller_buffers_and_checks_shapes() {
+    let mut g = cnnc::format::load(repo().join("graphs/cs231n_example.yaml")).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let model = compile(&g, &Options::default()).unwrap();
+    let x = Tensor::new(
+        vec![2, 3, 32, 32],
+        cnnc::weights::standard_normal(3, "x", 2 * 3072),
+    )
+    .unwrap();
+    let want = model.run(&x).unwrap();
+    let mut out = vec![Tensor::filled(vec![2, 10], f32::NAN)];
+    model.run_into(&x, &mut out).unwrap();
+    assert_eq!(out, want);
+    let mut wrong = vec![Tensor::zeros(vec![3, 10])];
+    let err = model.run_into(&x, &mut wrong).unwrap_err().to_string();
+    assert!(err.contains("3x10") && err.contains("2x10"), "{err}");
+    let err = model
+        .run(&Tensor::zeros(vec![1, 3, 28, 28]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("1x3x28x28") && err.contains("3x32x32"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compile_emits_the_ir_and_machine_code_of_every_kernel() {
+    let emit = |what: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
+            .args(["compile", "graphs/resnet_basic_block.yaml", "--emit", what])
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let clif = emit("clif");
+    let asm = emit("asm");
+    // After -O2 the block is two convs, the second with the fused shortcut and relu.
+    for layer in ["; layer conv1 ", "; layer conv2 "] {
+        assert!(
+            clif.contains(layer) && asm.contains(layer),
+            "{layer}\n{clif}"
+        );
+    }
+    assert!(clif.contains("function ") && clif.contains("fma"), "{clif}");
+    assert!(asm.contains("ret") && asm.contains("vfmadd"), "{asm}");
+}

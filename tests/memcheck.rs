@@ -1,0 +1,42 @@
+//! Generated code must make no invalid read or write: run whole networks through the JIT
+//! under valgrind's memcheck. Slow, so ignored by default; run with
+//! `cargo test --release --test memcheck -- --ignored` (needs `valgrind` on the PATH).
+mod common;
+use std::process::Command;
+
+fn memcheck(graph: &str, batch: &str) {
+    let out = Command::new("valgrind")
+        .args([
+            "--tool=memcheck",
+            "--error-exitcode=99",
+            "--smc-check=all-non-file",
+            "-q",
+        ])
+        .arg(env!("CARGO_BIN_EXE_cnnc"))
+        .args([
+            "run", graph, "--engine", "jit", "--batch", batch, "--top", "1",
+        ])
+        .current_dir(common::repo())
+        .output()
+        .expect("valgrind is installed (apt-get install valgrind)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{graph}: memcheck exit {:?}\n{stderr}",
+        out.status.code()
+    );
+    assert!(!stderr.contains("Invalid"), "{graph}: {stderr}");
+}
+
+#[test]
+#[ignore = "slow: runs networks under valgrind"]
+fn jit_networks_make_no_invalid_memory_access() {
+    for graph in [
+        "graphs/lenet5.yaml",
+        "graphs/cs231n_example.yaml",
+        "graphs/inception3a.yaml",
+        "graphs/resnet_basic_block.yaml",
+    ] {
+        memcheck(graph, "2");
+    }
+}
