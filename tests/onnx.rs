@@ -394,6 +394,38 @@ fn every_unsupported_op_is_listed_in_one_message() {
 }
 
 #[test]
+fn avgpool_ceil_mode_is_taken_where_it_rounds_nothing_up() {
+    let mut m = handbuilt_model();
+    let pool = m
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "AveragePool")
+        .unwrap();
+    pool.attribute
+        .push(cnnc::onnx::export::attr_int("ceil_mode", 1));
+    let g = import(&m.encode_to_vec());
+    assert_same_graph("ceil_mode", &import(&handbuilt_bytes()), &g);
+    // 3x3 stride 2 on the 4x4 map: (4 + 2 - 3)/2 + 1 = 2.5 rounds up to a partial window.
+    let pool = m
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type() == "AveragePool")
+        .unwrap();
+    pool.attribute
+        .push(cnnc::onnx::export::attr_ints("strides", &[2, 2]));
+    pool.attribute
+        .retain(|a| a.name() != "strides" || a.ints == [2, 2]);
+    let msg = import_err(&m.encode_to_vec());
+    assert!(msg.contains("ceil_mode = 1"), "{msg}");
+}
+
+#[test]
 fn avgpool_without_counting_padding_is_a_clear_error() {
     let mut m = handbuilt_model();
     let pool = m

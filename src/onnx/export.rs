@@ -20,7 +20,7 @@ const IR_VERSION: i64 = 8;
 pub const META_MEAN: &str = "cnnc.input_mean";
 pub const META_STD: &str = "cnnc.input_std";
 
-pub(crate) fn attr_int(name: &str, v: i64) -> AttributeProto {
+pub fn attr_int(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Int as i32),
@@ -29,7 +29,7 @@ pub(crate) fn attr_int(name: &str, v: i64) -> AttributeProto {
     }
 }
 
-pub(crate) fn attr_float(name: &str, v: f32) -> AttributeProto {
+pub fn attr_float(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Float as i32),
@@ -38,7 +38,7 @@ pub(crate) fn attr_float(name: &str, v: f32) -> AttributeProto {
     }
 }
 
-pub(crate) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: Some(name.into()),
         r#type: Some(AttributeType::Ints as i32),

@@ -221,9 +221,6 @@ fn unsupported(n: &NodeProto) -> Option<String> {
         "MaxPool" if n.output.len() > 1 && !n.output[1].is_empty() => {
             Some("the Indices output".into())
         }
-        "AveragePool" if attr_int(n, "ceil_mode").unwrap_or(0) != 0 => {
-            Some("ceil_mode = 1 (cnnc's avgpool rounds down)".into())
-        }
         "Gemm" if attr_int(n, "transA").unwrap_or(0) != 0 => Some("transA = 1".into()),
         "BatchNormalization" if attr_int(n, "training_mode").unwrap_or(0) != 0 => {
             Some("training_mode = 1".into())
@@ -572,7 +569,7 @@ impl Importer<'_> {
                 }
                 let (size, stride, mut pads) = window(n, &xs, [k[0] as usize, k[1] as usize])?;
                 let max = op == "MaxPool";
-                if max && attr_int(n, "ceil_mode").unwrap_or(0) != 0 {
+                if attr_int(n, "ceil_mode").unwrap_or(0) != 0 {
                     // Rounding up = padding the end with -inf until the last window fits.
                     for (axis, nlen, f, s) in
                         [(0, xs.h, size.h, stride.h), (1, xs.w, size.w, stride.w)]
@@ -586,8 +583,13 @@ impl Importer<'_> {
                         if (out - 1) * s >= nlen + pads[axis] {
                             out -= 1;
                         }
-                        let need = (out - 1) * s + f;
-                        pads[axis + 2] += need.saturating_sub(span);
+                        let extra = ((out - 1) * s + f).saturating_sub(span);
+                        if extra > 0 && !max {
+                            return Err(Error::Unsupported(
+                                "AveragePool with ceil_mode = 1 where rounding up adds a partial window (ONNX divides it by its clipped size; cnnc's avgpool rounds down)".into(),
+                            ));
+                        }
+                        pads[axis + 2] += extra;
                     }
                 }
                 if !max && attr_int(n, "count_include_pad").unwrap_or(0) == 0 && pads != [0; 4] {
