@@ -193,3 +193,42 @@ fn compile_emits_the_ir_and_machine_code_of_every_kernel() {
     assert!(clif.contains("function ") && clif.contains("fma"), "{clif}");
     assert!(asm.contains("ret") && asm.contains("vfmadd"), "{asm}");
 }
+
+/// Graphs that stress the memory planner and the passes: a node reading one buffer in two
+/// slots, outputs that are the input or alias each other, shortcuts around one conv or fc.
+#[test]
+fn edge_graphs_match_the_interpreter_at_every_level() {
+    let dir = repo().join("tests/edge");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let mut g = cnnc::format::load(&path).unwrap();
+        cnnc::weights::bind(&mut g, None).unwrap();
+        let s = g.input_shape();
+        let x = Tensor::new(
+            vec![2, s.c, s.h, s.w],
+            cnnc::weights::standard_normal(9, "e", 2 * s.len()),
+        )
+        .unwrap();
+        let want = cnnc::interp::run(&g, x.clone()).unwrap();
+        for level in [OptLevel::O0, OptLevel::O1, OptLevel::O2] {
+            for (batch, threads) in [(1, 1), (2, 2)] {
+                let opts = Options {
+                    opt_level: level,
+                    batch,
+                    threads,
+                    verify: true,
+                    ..Default::default()
+                };
+                let what = format!("{} {level} batch {batch} threads {threads}", path.display());
+                let model = compile(&g, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_agrees(&what, &model.run(&x).unwrap(), &want);
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 7, "edge graphs found: {n}");
+}
