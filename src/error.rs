@@ -39,6 +39,9 @@ pub enum Error {
     /// Code generation failed (a bug in cnnc, reported instead of panicking).
     #[error("code generation failed: {0}")]
     Codegen(String),
+    /// A broken internal invariant (a bug in cnnc, reported instead of panicking).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {

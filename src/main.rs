@@ -117,6 +117,9 @@ pub struct BenchArgs {
     passes: cli::passes::PassArgs,
 }
 
+/// Images per kernel call in `cnnc run`.
+const RUN_CHUNK: usize = 16;
+
 fn run_network(a: RunArgs) -> cnnc::Result<()> {
     if a.batch == Some(0) {
         return Err(cnnc::Error::Input("--batch must be at least 1".into()));
@@ -125,9 +128,10 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
     cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let labels = a.labels.as_deref().map(cli::run::read_labels).transpose()?;
     let batch = cnnc::io::load_input(a.input.as_deref(), &g, a.batch)?;
-    let opts = a
-        .engine
-        .options(a.passes.options(), batch.tensor.shape()[0]);
+    // Kernels see chunks of at most RUN_CHUNK images: a folder of thousands of images
+    // needs an arena for one chunk, not for all of them.
+    let chunk = batch.tensor.shape()[0].min(RUN_CHUNK);
+    let opts = a.engine.options(a.passes.options(), chunk);
     let runner = cli::engine::Runner::new(g, a.engine.engine, &opts)?;
     let start = std::time::Instant::now();
     let (outputs, layers) = if a.profile {
@@ -217,7 +221,7 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
     if a.batch == 0 {
         return Err(cnnc::Error::Input("--batch must be at least 1".into()));
     }
-    if !(a.time.is_finite() && a.time >= 0.0) {
+    if !(a.time.is_finite() && (0.0..=1e6).contains(&a.time)) {
         return Err(cnnc::Error::Input(format!(
             "--time must be a number of seconds, got {}",
             a.time

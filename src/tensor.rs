@@ -9,7 +9,7 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = element_count(&shape)?;
         if n != data.len() {
             return Err(Error::Input(format!(
                 "tensor of shape {} needs {n} values, got {}",
@@ -18,6 +18,16 @@ impl Tensor {
             )));
         }
         Ok(Tensor { shape, data })
+    }
+
+    /// A tensor of `shape` filled with `value`, or an error if the shape is absurd
+    /// (its size overflows), checked before allocating.
+    pub fn try_filled(shape: Vec<usize>, value: f32) -> Result<Self> {
+        let n = element_count(&shape)?;
+        Ok(Tensor {
+            shape,
+            data: vec![value; n],
+        })
     }
 
     pub fn zeros(shape: Vec<usize>) -> Self {
@@ -55,6 +65,19 @@ impl Tensor {
     pub fn reshaped(self, shape: Vec<usize>) -> Result<Self> {
         Tensor::new(shape, self.data)
     }
+}
+
+/// The number of elements of `shape`, or an error if it overflows.
+pub fn element_count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "a tensor of shape {} is too large",
+                fmt_shape(shape)
+            ))
+        })
 }
 
 /// `[2, 3, 4]` -> `2x3x4`.

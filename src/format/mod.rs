@@ -84,6 +84,16 @@ impl<'de> Deserialize<'de> for InputDecl {
                 let norm = match (m.mean, m.std) {
                     (None, None) => None,
                     (mean, std) => {
+                        // Check given lengths before making defaults of C values.
+                        for (what, v) in [("mean", &mean), ("std", &std)] {
+                            if let Some(v) = v.as_ref().filter(|v| v.len() != shape[0]) {
+                                return Err(de::Error::custom(format!(
+                                    "input {what} has {} values, but the input has {} channels",
+                                    v.len(),
+                                    shape[0]
+                                )));
+                            }
+                        }
                         let mean = mean.unwrap_or_else(|| vec![0.0; shape[0]]);
                         let std = std.unwrap_or_else(|| vec![1.0; shape[0]]);
                         for (what, v) in [("mean", &mean), ("std", &std)] {

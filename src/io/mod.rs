@@ -80,6 +80,7 @@ pub fn load_input(path: Option<&Path>, g: &Graph, batch: Option<usize>) -> Resul
                 )));
             }
             // One image repeated to fill the batch.
+            crate::ir::shape::check_budget("input", "input batch", &[n, per_item])?;
             let data = loaded.tensor.data().repeat(n);
             Ok(Batch {
                 tensor: Tensor::new(vec![n, s.c, s.h, s.w], data)?,

@@ -204,32 +204,63 @@ impl Graph {
     /// error with `strict_shapes`).
     pub fn infer_shapes(&mut self) -> Result<()> {
         for id in self.topo_order()? {
-            let inputs = self.inputs(id);
-            let node = &self.dag[id];
-            let (min, max) = node.op.arity();
-            if inputs.len() < min || inputs.len() > max {
-                let want = match (min, max) {
-                    (a, b) if a == b => format!("{a}"),
-                    (a, usize::MAX) => format!("at least {a}"),
-                    (a, b) => format!("{a} to {b}"),
-                };
-                return Err(Error::Graph(format!(
-                    "{}: {} takes {want} input(s), got {}",
-                    node.name,
-                    node.op.kind(),
-                    inputs.len()
-                )));
+            if let Some((shape, note)) = self.inferred(id)? {
+                let node = &mut self.dag[id];
+                node.shape = shape;
+                node.note = note;
             }
-            if id == self.input {
-                continue;
-            }
-            let shapes: Vec<Shape> = inputs.iter().map(|&i| self.dag[i].shape).collect();
-            let (shape, note) = shape::infer(&node.name, &node.op, &shapes, self.strict_shapes)?;
-            let node = &mut self.dag[id];
-            node.shape = shape;
-            node.note = note;
         }
         Ok(())
+    }
+
+    /// Checks, without changing anything, that every node's input count and shape are
+    /// what inference gives: a graph built or edited by hand is checked before code is
+    /// generated for it.
+    pub fn check_shapes(&self) -> Result<()> {
+        for id in self.topo_order()? {
+            if let Some((shape, _)) = self.inferred(id)? {
+                let node = &self.dag[id];
+                if shape != node.shape {
+                    return Err(Error::Shape(format!(
+                        "{}: its recorded shape is {}, but inference gives {shape}",
+                        node.name, node.shape
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The shape inference gives node `id`, after checking its input count (`None` for
+    /// the graph input, whose shape is given).
+    fn inferred(&self, id: NodeId) -> Result<Option<(Shape, ShapeNote)>> {
+        let inputs = self.inputs(id);
+        let node = &self.dag[id];
+        let (min, max) = node.op.arity();
+        if inputs.len() < min || inputs.len() > max {
+            let want = match (min, max) {
+                (a, b) if a == b => format!("{a}"),
+                (a, usize::MAX) => format!("at least {a}"),
+                (a, b) => format!("{a} to {b}"),
+            };
+            return Err(Error::Graph(format!(
+                "{}: {} takes {want} input(s), got {}",
+                node.name,
+                node.op.kind(),
+                inputs.len()
+            )));
+        }
+        if id == self.input {
+            return Ok(None);
+        }
+        if node.op == Op::Input {
+            return Err(Error::Graph(format!(
+                "{}: a graph has one input node; this is a second",
+                node.name
+            )));
+        }
+        let shapes: Vec<Shape> = inputs.iter().map(|&i| self.dag[i].shape).collect();
+        shape::infer(&node.name, &node.op, &shapes, self.strict_shapes).map(Some)
     }
 
     /// Checks that `x` fits the graph's input (`[N, C, H, W]`, or `[C, H, W]` for one

@@ -13,6 +13,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The most activation memory a model may plan (floats): 16 GiB.
+const ARENA_LIMIT: u64 = 1 << 32;
+
 /// Below this much work (FLOPs, or floats written) a layer runs on one thread: waking
 /// another costs more than it saves.
 const PARALLEL_MIN_WORK: u64 = 1 << 20;
@@ -109,7 +112,7 @@ impl Step {
             let o = out
                 .part(n * self.output_item, self.output_item)
                 .ok_or_else(|| {
-                    Error::Codegen(format!("{}: output item {n} out of range", self.name))
+                    Error::Internal(format!("{}: output item {n} out of range", self.name))
                 })?;
             let range = range.clone();
             match &self.kernel {
@@ -125,7 +128,7 @@ impl Step {
                     k.run_shared(&args, &o, range)?;
                 }
                 Kernel::Fc { .. } | Kernel::Concat | Kernel::Pad { .. } => {
-                    unreachable!("run whole chunks")
+                    return Err(Error::Internal(format!("{}: runs whole chunks", self.name)))
                 }
             }
         }
@@ -194,6 +197,8 @@ fn compile_with(
     } else {
         None
     };
+    // A graph built or edited by hand gets the checks the parser gives a file.
+    g.check_shapes()?;
     let order = g.topo_order()?;
     let mut module = KernelModule::new()?;
     if keep_listings {
@@ -229,6 +234,7 @@ fn compile_with(
         let node = g.node(id);
         let item = node.shape.len();
         if buffer_of[&id] == id {
+            crate::ir::shape::check_budget(&node.name, "batch of activations", &[b, item])?;
             let r = planner.alloc(b * item);
             arena_len = arena_len.max(planner.top());
             region.insert(id, r);
@@ -256,6 +262,13 @@ fn compile_with(
         }
     }
 
+    if arena_len as u64 > ARENA_LIMIT {
+        return Err(Error::Shape(format!(
+            "the activations of a batch of {b} need {} MB, more than the limit of {} MB; use a smaller batch",
+            arena_len as u64 * 4 >> 20,
+            ARENA_LIMIT * 4 >> 20
+        )));
+    }
     let listings = module.take_listings();
     let code = module.finalize()?;
     let mut steps = Vec::with_capacity(pending.len());
@@ -479,7 +492,13 @@ fn plan_step(
         }
         Op::Concat => PendingKernel::Concat,
         Op::Pad(p) => PendingKernel::Pad(p.clone(), x),
-        Op::Input | Op::Flatten | Op::Dropout => unreachable!("no step for {}", node.op.kind()),
+        Op::Input | Op::Flatten | Op::Dropout => {
+            return Err(Error::Internal(format!(
+                "{}: {} has no step",
+                node.name,
+                node.op.kind()
+            )))
+        }
     };
     Ok(PendingStep {
         kernel,
@@ -515,7 +534,7 @@ fn split_io<'a>(
             } else if r.offset >= end {
                 Ok(&right[r.offset - end..r.offset - end + r.len])
             } else {
-                Err(Error::Codegen(format!(
+                Err(Error::Internal(format!(
                     "input region {r:?} overlaps the output {output:?}"
                 )))
             }
@@ -542,14 +561,21 @@ impl Model {
 
     /// Runs the network on `[N, C, H, W]` (or `[C, H, W]`); one tensor per graph output.
     pub fn run(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let n = self.check_input(x)?;
-        let mut outs: Vec<Tensor> = self
-            .outputs
-            .iter()
-            .map(|(_, s)| Tensor::zeros(s.dims(n)))
-            .collect();
+        let mut outs = self.output_tensors(x)?;
         self.run_into(x, &mut outs)?;
         Ok(outs)
+    }
+
+    /// Zeroed output tensors for input `x`, refused before allocating if absurdly large.
+    fn output_tensors(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let n = self.check_input(x)?;
+        self.outputs
+            .iter()
+            .map(|(_, s)| {
+                crate::ir::shape::check_budget(&self.name, "output batch", &[n, s.len()])?;
+                Tensor::try_filled(s.dims(n), 0.0)
+            })
+            .collect()
     }
 
     fn check_input(&self, x: &Tensor) -> Result<usize> {
@@ -573,11 +599,7 @@ impl Model {
     /// Runs once and returns the time spent in each layer, in execution order.
     pub fn profile(&self, x: &Tensor) -> Result<(Vec<Tensor>, Vec<LayerTime>)> {
         let n = self.check_input(x)?;
-        let mut outs: Vec<Tensor> = self
-            .outputs
-            .iter()
-            .map(|(_, s)| Tensor::zeros(s.dims(n)))
-            .collect();
+        let mut outs = self.output_tensors(x)?;
         let mut times = vec![Duration::ZERO; self.steps.len()];
         self.run_timed(x, &mut outs, Some(&mut times))?;
         let layers = self
@@ -588,7 +610,7 @@ impl Model {
                 name: s.name.clone(),
                 op: s.op.clone(),
                 time,
-                flops: s.flops_per_item * n as u64,
+                flops: s.flops_per_item.saturating_mul(n as u64),
             })
             .collect();
         Ok((outs, layers))
@@ -681,7 +703,7 @@ impl Model {
         let lock = |i: usize| {
             ws.scratch[i]
                 .lock()
-                .map_err(|_| Error::Codegen("scratch lock poisoned".into()))
+                .map_err(|_| Error::Internal("scratch lock poisoned".into()))
         };
         match &self.pool {
             Some(pool) if work >= PARALLEL_MIN_WORK && units > 1 => {
