@@ -265,8 +265,8 @@ fn compile_with(
     if arena_len as u64 > ARENA_LIMIT {
         return Err(Error::Shape(format!(
             "the activations of a batch of {b} need {} MB, more than the limit of {} MB; use a smaller batch",
-            arena_len as u64 * 4 >> 20,
-            ARENA_LIMIT * 4 >> 20
+            (arena_len as u64 * 4) >> 20,
+            (ARENA_LIMIT * 4) >> 20
         )));
     }
     let listings = module.take_listings();
