@@ -23,7 +23,7 @@ const MR: usize = 6;
 const NV: usize = 2;
 const NP: usize = NV * 4;
 /// Reduction unroll of the fc kernel (its accumulator sets alternate over these steps).
-const FC_UNROLL: usize = 4;
+const FC_UNROLL: usize = 8;
 /// Bytes of input a pixel panel may occupy (kept in L2 while all channel blocks use it).
 const PANEL_BYTES: usize = 192 * 1024;
 
@@ -264,8 +264,8 @@ struct Ptrs {
 
 /// Output features per block of the fc kernel (two f32x4 vectors).
 const FKB: usize = 8;
-/// Batch rows per register tile.
-const FROWS: usize = 6;
+/// Batch rows per register tile (at most 4: one distinct weight-load flag variant per row).
+const FROWS: usize = 4;
 
 /// `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`, then optional ReLU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -384,7 +384,10 @@ fn fc_tile(
 ) -> Result<()> {
     let (c, k) = (s.in_features, s.out_features);
     // Independent accumulator sets over the reduction so that at least 8 FMAs are in flight.
-    let sets = (8 / (rows * 2)).clamp(1, FC_UNROLL);
+    let sets = (8 / (rows * 2)).clamp(1, 4);
+    // Cranelift emits each accumulator's chain of FMAs with all of its loads first, so an
+    // iteration gives every accumulator at most two FMAs (otherwise: many live loads, spills).
+    let unroll = if rows == 1 { FC_UNROLL } else { 1 };
     let acc: Vec<Variable> = (0..sets * rows * 2)
         .map(|_| {
             let v = e.b.declare_var(F32X4);
@@ -402,12 +405,23 @@ fn fc_tile(
     let step = |e: &mut Emit, xp: Value, wp: Value, n: usize| {
         for u in 0..n {
             let set = u % sets;
-            let w0 = e.load(F32X4, wp, off(u * FKB * 4));
-            let w1 = e.load(F32X4, wp, off(u * FKB * 4 + 16));
             for r in 0..rows {
-                let xs = e.load(F32, xp, off((r * c + u) * 4));
-                let xv = e.b.ins().splat(F32X4, xs);
-                for (v, wv) in [w0, w1].into_iter().enumerate() {
+                for v in 0..2 {
+                    // Every FMA gets its own broadcast; at batch 1 also its own weight load (which
+                    // becomes the FMA's memory operand), otherwise the rows share the weight
+                    // registers.
+                    let wflags = if rows == 1 {
+                        bcast_flags(r)
+                    } else {
+                        super::cg::ro()
+                    };
+                    let wv =
+                        e.b.ins()
+                            .load(F32X4, wflags, wp, off((u * FKB + v * 4) * 4));
+                    let xs =
+                        e.b.ins()
+                            .load(F32, bcast_flags(v), xp, off((r * c + u) * 4));
+                    let xv = e.b.ins().splat(F32X4, xs);
                     let i = (set * rows + r) * 2 + v;
                     let a = e.b.use_var(acc[i]);
                     let a = e.fmadd(xv, wv, a);
@@ -416,20 +430,20 @@ fn fc_tile(
             }
         }
     };
-    let nmain = c / FC_UNROLL;
-    let xend = e.add_imm(xb, (nmain * FC_UNROLL * 4) as i64);
+    let nmain = c / unroll;
+    let xend = e.add_imm(xb, (nmain * unroll * 4) as i64);
     if nmain > 0 {
-        e.for_range(xb, xend, (FC_UNROLL * 4) as i64, |e, xp| {
+        e.for_range(xb, xend, (unroll * 4) as i64, |e, xp| {
             let wp = e.b.use_var(wvar);
-            step(e, xp, wp, FC_UNROLL);
-            let wn = e.add_imm(wp, (FC_UNROLL * FKB * 4) as i64);
+            step(e, xp, wp, unroll);
+            let wn = e.add_imm(wp, (unroll * FKB * 4) as i64);
             e.b.def_var(wvar, wn);
             Ok(())
         })?;
     }
-    if c % FC_UNROLL > 0 {
+    if c % unroll > 0 {
         let wp = e.b.use_var(wvar);
-        step(e, xend, wp, c % FC_UNROLL);
+        step(e, xend, wp, c % unroll);
     }
     // Reduce the sets pairwise, in a fixed order.
     let mut vals: Vec<Value> = (0..rows * 2).map(|i| e.b.use_var(acc[i])).collect();
