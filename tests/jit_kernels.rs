@@ -637,3 +637,79 @@ proptest! {
         check_fc(&s, seed);
     }
 }
+
+#[test]
+fn thread_pool_conv_matches_single_thread() {
+    use std::time::Duration;
+    let mut s = spec(19, 23, 21, 37, 3, 3, (1, 1), (1, 1));
+    s.bias = true;
+    s.residual = true;
+    s.relu = true;
+    let x = rand_vec(s.input_len(), 1);
+    let w = rand_vec(s.weight_len(), 2);
+    let b = rand_vec(s.out_c, 3);
+    let r = rand_vec(s.output_len(), 4);
+    let packed = pack_conv_weights(&s, &w, Some(&b)).unwrap();
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_conv(&s).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let mut want = vec![f32::NAN; s.output_len()];
+    k.run_all(&x, &packed, Some(&r), &mut want).unwrap();
+    for threads in [1, 2, 3, 5] {
+        // Zero spin: the workers park between jobs, exercising the wake-up path.
+        for spin in [Duration::ZERO, Duration::from_millis(1)] {
+            let pool = ThreadPool::new(threads, spin);
+            let mut scratch = vec![0.0; k.scratch_len() * pool.threads()];
+            for _ in 0..20 {
+                let mut out = vec![f32::NAN; s.output_len()];
+                k.run_parallel(&pool, &x, &packed, Some(&r), &mut out, &mut scratch)
+                    .unwrap();
+                assert!(want
+                    .iter()
+                    .zip(&out)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+            let mut small = vec![0.0; 1];
+            assert!(
+                k.run_parallel(
+                    &pool,
+                    &x,
+                    &packed,
+                    Some(&r),
+                    &mut vec![0.0; s.output_len()],
+                    &mut small
+                )
+                .is_err()
+                    || k.scratch_len() == 0
+            );
+        }
+    }
+}
+
+#[test]
+fn thread_pool_covers_every_unit_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = ThreadPool::new(3, std::time::Duration::from_micros(50));
+    for units in [0usize, 1, 2, 3, 7, 100] {
+        for _ in 0..50 {
+            let hits: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+            pool.split(units, |_, range| {
+                for i in range {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+    // A panicking part is reported on the calling thread, and the pool stays usable.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.split(3, |part, _| {
+            if part == 2 {
+                panic!("boom");
+            }
+        })
+    }));
+    assert!(r.is_err());
+    pool.split(3, |_, _| {});
+}

@@ -22,6 +22,7 @@ use cranelift_frontend::Variable;
 use super::cg::{off, F32, F32X4, I32, I64};
 use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 
 /// Shapes and fused epilogue of one convolution layer (one image, NCHW).
@@ -577,6 +578,39 @@ impl ConvKernel {
         self.units
     }
 
+    /// Checks every buffer against the spec; returns the residual pointer (null when unused).
+    fn check(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &[f32],
+        scratch: &[f32],
+        scratch_needed: usize,
+    ) -> Result<*const f32> {
+        let s = &self.spec;
+        check_len("conv input", input.len(), s.input_len())?;
+        check_len("conv packed weights", packed.len(), self.packed_len)?;
+        check_len("conv output", out.len(), s.output_len())?;
+        if scratch.len() < scratch_needed {
+            return Err(Error::Input(format!(
+                "conv scratch: need {scratch_needed} floats, got {}",
+                scratch.len()
+            )));
+        }
+        match (s.residual, residual) {
+            (true, Some(r)) => {
+                check_len("conv residual", r.len(), s.output_len())?;
+                Ok(r.as_ptr())
+            }
+            (false, None) => Ok(std::ptr::null()),
+            (true, None) => Err(Error::Input("conv residual missing".into())),
+            (false, Some(_)) => Err(Error::Input(
+                "conv has no residual but one was given".into(),
+            )),
+        }
+    }
+
     /// Computes the output channel blocks in `range` of `out` (`[out_c, out_h, out_w]`).
     pub fn run(
         &self,
@@ -587,30 +621,7 @@ impl ConvKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let s = &self.spec;
-        check_len("conv input", input.len(), s.input_len())?;
-        check_len("conv packed weights", packed.len(), self.packed_len)?;
-        check_len("conv output", out.len(), s.output_len())?;
-        if scratch.len() < self.scratch_len {
-            return Err(Error::Input(format!(
-                "conv scratch: need {} floats, got {}",
-                self.scratch_len,
-                scratch.len()
-            )));
-        }
-        let res_ptr = match (s.residual, residual) {
-            (true, Some(r)) => {
-                check_len("conv residual", r.len(), s.output_len())?;
-                r.as_ptr()
-            }
-            (false, None) => std::ptr::null(),
-            (true, None) => return Err(Error::Input("conv residual missing".into())),
-            (false, Some(_)) => {
-                return Err(Error::Input(
-                    "conv has no residual but one was given".into(),
-                ))
-            }
-        };
+        let res_ptr = self.check(input, packed, residual, out, scratch, self.scratch_len)?;
         check_range(&range, self.units)?;
         // SAFETY: the kernel reads `input` (input_len floats), `packed` (packed_len), `residual`
         // (output_len, only when spec.residual), reads and writes `scratch` (scratch_len), and
@@ -628,6 +639,52 @@ impl ConvKernel {
                 range.end as i64,
             )
         };
+        Ok(())
+    }
+
+    /// All work units, split across `pool`'s threads. `scratch` must hold
+    /// `scratch_len() * pool.threads()` floats (one scratch buffer per thread).
+    pub fn run_parallel(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let parts = pool.threads();
+        let res_ptr = self.check(
+            input,
+            packed,
+            residual,
+            out,
+            scratch,
+            self.scratch_len * parts,
+        )?;
+        let (inp, pk) = (
+            SyncPtr(input.as_ptr() as *mut f32),
+            SyncPtr(packed.as_ptr() as *mut f32),
+        );
+        let (res, o) = (SyncPtr(res_ptr as *mut f32), SyncPtr(out.as_mut_ptr()));
+        let scr = SyncPtr(scratch.as_mut_ptr());
+        let sl = self.scratch_len;
+        pool.split(self.units, |part, range| {
+            // SAFETY: as in `run`, with the lengths checked above. The parts' ranges are
+            // disjoint, so they write disjoint output channel blocks, and part `part` uses only
+            // its own scratch slice `[part*sl, (part+1)*sl)`, within the checked length.
+            unsafe {
+                (self.f)(
+                    inp.get(),
+                    pk.get(),
+                    res.get(),
+                    o.get(),
+                    scr.get().add(part * sl),
+                    range.start as i64,
+                    range.end as i64,
+                )
+            };
+        });
         Ok(())
     }
 
@@ -660,4 +717,16 @@ pub(crate) fn check_range(range: &Range<usize>, units: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A raw pointer shared with the pool's threads (they use disjoint parts of the buffer).
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: only used to hand buffers to kernels that write disjoint ranges (see the callers).
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+impl SyncPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
 }

@@ -7,9 +7,11 @@ pub mod elementwise;
 pub mod gemm;
 pub mod module;
 pub mod pool;
+pub mod threads;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvSpec, PendingConv};
 pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
 pub use gemm::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{Compiled, KernelModule, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
+pub use threads::ThreadPool;
