@@ -117,7 +117,7 @@ impl ThreadPool {
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < workers {
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -149,7 +149,7 @@ fn worker(s: &Shared, index: usize) {
                 return;
             }
             spins = spins.wrapping_add(1);
-            if spins % 256 != 0 || t0.elapsed() < s.spin {
+            if !spins.is_multiple_of(256) || t0.elapsed() < s.spin {
                 std::hint::spin_loop();
                 continue;
             }
