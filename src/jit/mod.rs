@@ -4,6 +4,7 @@
 mod cg;
 pub mod conv;
 pub mod elementwise;
+pub mod fc;
 pub mod gemm;
 pub mod module;
 pub mod pool;
@@ -11,7 +12,7 @@ pub mod threads;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvSpec, PendingConv};
 pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
-pub use gemm::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
+pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{Compiled, KernelModule, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
 pub use threads::ThreadPool;
