@@ -127,6 +127,9 @@ pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> 
     Ok(out)
 }
 
+/// Unroll of the reduction at batch 1.
+const FC_UNROLL: usize = 2;
+
 struct Args {
     x: Value,
     w: Value,
@@ -176,23 +179,43 @@ fn fc_tile(s: &FcSpec, e: &mut Emit, a: &Args, kb: Value, n0: Value, nimg: usize
     let xb = e.b.ins().iadd(a.x, xo);
     let wvar = e.b.declare_var(I64);
     e.b.def_var(wvar, wblk);
-    // One step of 4 input features per iteration (see the note on unrolling in `conv`).
-    if c4 > 0 {
-        let xend = e.add_imm(xb, (c4 * 4) as i64);
-        e.for_range(xb, xend, 16, |e, xp| {
-            let wp = e.b.use_var(wvar);
-            let xs: Vec<Value> = (0..nimg)
-                .map(|n| e.load(F32X4, xp, off(n * c * 4)))
-                .collect();
-            for ri in 0..r {
-                let wv = e.load(F32X4, wp, off(ri * 16));
-                for (n, &xv) in xs.iter().enumerate() {
-                    let i = ri * nimg + n;
-                    let av = e.b.use_var(acc[i]);
-                    let av = e.fmadd(wv, xv, av);
-                    e.b.def_var(acc[i], av);
-                }
+    // `FC_UNROLL` steps of 4 input features per iteration, then single steps. Each accumulator
+    // gets one FMA per step; the steps' x vectors are the only operands live across the
+    // unrolled body (Cranelift emits it accumulator by accumulator, see `conv`).
+    let step = |e: &mut Emit, xp: Value, wp: Value, u: usize| {
+        let xs: Vec<Value> = (0..nimg)
+            .map(|n| e.load(F32X4, xp, off(n * c * 4 + u * 16)))
+            .collect();
+        for ri in 0..r {
+            let wv = e.load(F32X4, wp, off((u * r + ri) * 16));
+            for (n, &xv) in xs.iter().enumerate() {
+                let i = ri * nimg + n;
+                let av = e.b.use_var(acc[i]);
+                let av = e.fmadd(wv, xv, av);
+                e.b.def_var(acc[i], av);
             }
+        }
+    };
+    let steps = c4 / 4;
+    let unroll = if nimg == 1 { FC_UNROLL } else { 1 };
+    let nmain = steps / unroll * unroll;
+    let xmid = e.add_imm(xb, (nmain * 16) as i64);
+    if nmain > 0 {
+        e.for_range(xb, xmid, (unroll * 16) as i64, |e, xp| {
+            let wp = e.b.use_var(wvar);
+            for u in 0..unroll {
+                step(e, xp, wp, u);
+            }
+            let wn = e.add_imm(wp, (unroll * r * 16) as i64);
+            e.b.def_var(wvar, wn);
+            Ok(())
+        })?;
+    }
+    if steps > nmain {
+        let xend = e.add_imm(xb, (steps * 16) as i64);
+        e.for_range(xmid, xend, 16, |e, xp| {
+            let wp = e.b.use_var(wvar);
+            step(e, xp, wp, 0);
             let wn = e.add_imm(wp, (r * 16) as i64);
             e.b.def_var(wvar, wn);
             Ok(())
