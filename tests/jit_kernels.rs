@@ -713,3 +713,28 @@ fn thread_pool_covers_every_unit_once() {
     assert!(r.is_err());
     pool.split(3, |_, _| {});
 }
+
+#[test]
+fn max_pool_propagates_nan() {
+    for (hw, k, s) in [(8usize, 2usize, 2usize), (9, 3, 1), (7, 3, 3)] {
+        let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, 0);
+        let mut km = KernelModule::new().unwrap();
+        let p = km.add_pool(&spec).unwrap();
+        let code = km.finalize().unwrap();
+        let kern = code.get(p).unwrap();
+        for pos in [0, hw + 1, hw * hw - 1] {
+            let mut x = rand_vec(hw * hw, pos as u64);
+            x[pos] = f32::NAN;
+            let mut out = vec![0.0; spec.output_len()];
+            kern.run_all(&x, &mut out).unwrap();
+            let (py, px) = (pos / hw, pos % hw);
+            let ow = spec.out_w();
+            for (i, v) in out.iter().enumerate() {
+                let (oy, ox) = (i / ow, i % ow);
+                let covers =
+                    (oy * s..oy * s + k).contains(&py) && (ox * s..ox * s + k).contains(&px);
+                assert_eq!(v.is_nan(), covers, "hw {hw} k {k} s {s} pos {pos} out {i}");
+            }
+        }
+    }
+}

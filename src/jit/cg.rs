@@ -74,6 +74,24 @@ impl Emit<'_> {
         self.b.ins().fmax(x, z)
     }
 
+    /// `v` if `v > m` or `v` is NaN, else `m`: the max of a running maximum `m` and a new
+    /// value, NaN-propagating like PyTorch's max pool, in 4 instructions on x86 for f32x4
+    /// (Cranelift's `fmax` takes 8).
+    pub(crate) fn max_nan(&mut self, m: Value, v: Value) -> Value {
+        use cranelift_codegen::ir::condcodes::FloatCC;
+        let gt = self.b.ins().fcmp(FloatCC::GreaterThan, v, m);
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+        let mask = self.b.ins().bor(gt, nan);
+        let ty = self.b.func.dfg.value_type(v);
+        if ty == F32 {
+            self.b.ins().select(mask, v, m)
+        } else {
+            let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+            let mask = self.b.ins().bitcast(ty, le, mask);
+            self.b.ins().bitselect(mask, v, m)
+        }
+    }
+
     pub(crate) fn load(&mut self, ty: Type, p: Value, offset: i32) -> Value {
         self.b.ins().load(ty, ro(), p, offset)
     }

@@ -176,7 +176,7 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
                         };
                         acc = Some(match acc {
                             None => v,
-                            Some(a) if is_max => e.b.ins().fmax(a, v),
+                            Some(a) if is_max => e.max_nan(a, v),
                             Some(a) => e.b.ins().fadd(a, v),
                         });
                     }
@@ -202,7 +202,7 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
                         let v = e.load(F32, base, off((fy * wp + fx) * 4));
                         acc = Some(match acc {
                             None => v,
-                            Some(a) if is_max => e.b.ins().fmax(a, v),
+                            Some(a) if is_max => e.max_nan(a, v),
                             Some(a) => e.b.ins().fadd(a, v),
                         });
                     }
