@@ -738,3 +738,58 @@ fn max_pool_propagates_nan() {
         }
     }
 }
+
+#[test]
+fn thread_pool_other_kernels_match_single_thread() {
+    let pool = ThreadPool::new(3, std::time::Duration::from_micros(100));
+    let mut km = KernelModule::new().unwrap();
+    let mut fs = FcSpec::new(37, 29, 3);
+    fs.bias = true;
+    let ps = PoolSpec::square(PoolKind::Max, 7, 13, 3, 2, 1);
+    let es = EltSpec::Add {
+        inputs: 2,
+        len: 1001,
+        relu: true,
+    };
+    let (pf, pp, pe) = (
+        km.add_fc(&fs).unwrap(),
+        km.add_pool(&ps).unwrap(),
+        km.add_elementwise(&es).unwrap(),
+    );
+    let code = km.finalize().unwrap();
+    let (fk, pk, ek) = (
+        code.get(pf).unwrap(),
+        code.get(pp).unwrap(),
+        code.get(pe).unwrap(),
+    );
+
+    let x = rand_vec(fs.input_len(), 1);
+    let packed =
+        pack_fc_weights(&fs, &rand_vec(fs.weight_len(), 2), Some(&rand_vec(29, 3))).unwrap();
+    let (mut a, mut b) = (
+        vec![f32::NAN; fs.output_len()],
+        vec![f32::NAN; fs.output_len()],
+    );
+    fk.run_all(&x, &packed, None, &mut a).unwrap();
+    fk.run_parallel(&pool, &x, &packed, None, &mut b).unwrap();
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+
+    let x = rand_vec(ps.input_len(), 4);
+    let (mut a, mut b) = (
+        vec![f32::NAN; ps.output_len()],
+        vec![f32::NAN; ps.output_len()],
+    );
+    pk.run_all(&x, &mut a).unwrap();
+    let mut scratch = vec![0.0; pk.scratch_len() * pool.threads()];
+    pk.run_parallel(&pool, &x, &mut b, &mut scratch).unwrap();
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert!(pk
+        .run_parallel(&pool, &x, &mut b, &mut scratch[1..])
+        .is_err());
+
+    let (u, v) = (rand_vec(1001, 5), rand_vec(1001, 6));
+    let (mut a, mut b) = (vec![f32::NAN; 1001], vec![f32::NAN; 1001]);
+    ek.run_all(&[&u, &v], &mut a).unwrap();
+    ek.run_parallel(&pool, &[&u, &v], &mut b).unwrap();
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+}

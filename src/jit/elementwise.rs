@@ -13,8 +13,9 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
-use super::conv::{check_len, check_range};
+use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 
 /// What an [`EltKernel`] computes.
@@ -307,7 +308,7 @@ impl EltKernel {
     }
     /// `inputs`: the summands for Add, `[x]` for Relu/Softmax/GlobalAvgPool,
     /// `[x, scale, shift]` for ScaleShift.
-    pub fn run(&self, inputs: &[&[f32]], out: &mut [f32], range: Range<usize>) -> Result<()> {
+    fn check(&self, inputs: &[&[f32]], out: &[f32]) -> Result<Vec<*const f32>> {
         let (lens, out_len) = self.spec.lens();
         if inputs.len() != lens.len() {
             return Err(Error::Input(format!(
@@ -321,8 +322,12 @@ impl EltKernel {
             check_len("elementwise input", x.len(), n)?;
         }
         check_len("elementwise output", out.len(), out_len)?;
+        Ok(inputs.iter().map(|x| x.as_ptr()).collect())
+    }
+
+    pub fn run(&self, inputs: &[&[f32]], out: &mut [f32], range: Range<usize>) -> Result<()> {
+        let ptrs = self.check(inputs, out)?;
         check_range(&range, self.work_units())?;
-        let ptrs: Vec<*const f32> = inputs.iter().map(|x| x.as_ptr()).collect();
         // SAFETY: the kernel reads the pointer array (n_inputs entries), then for the units in
         // `range` only elements of the inputs and output within the lengths checked above.
         unsafe {
@@ -335,6 +340,32 @@ impl EltKernel {
         };
         Ok(())
     }
+
+    /// All work units, split across `pool`'s threads.
+    pub fn run_parallel(
+        &self,
+        pool: &ThreadPool,
+        inputs: &[&[f32]],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let ptrs = self.check(inputs, out)?;
+        let pp = SyncPtr(ptrs.as_ptr() as *mut f32);
+        let o = SyncPtr(out.as_mut_ptr());
+        pool.split(self.work_units(), |_, range| {
+            // SAFETY: as in `run`; the parts' ranges are disjoint units, which write disjoint
+            // output elements (elements, channels or pixels).
+            unsafe {
+                (self.f)(
+                    pp.get() as *const *const f32,
+                    o.get(),
+                    range.start as i64,
+                    range.end as i64,
+                )
+            };
+        });
+        Ok(())
+    }
+
     pub fn run_all(&self, inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
         self.run(inputs, out, 0..self.work_units())
     }

@@ -17,8 +17,9 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
-use super::conv::{check_len, check_range};
+use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 
 /// `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`, then optional ReLU.
@@ -325,6 +326,27 @@ impl FcKernel {
     pub fn work_units(&self) -> usize {
         self.spec.nkb()
     }
+    fn check(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &[f32],
+    ) -> Result<*const f32> {
+        let s = &self.spec;
+        check_len("fc input", input.len(), s.input_len())?;
+        check_len("fc packed weights", packed.len(), s.packed_len())?;
+        check_len("fc output", out.len(), s.output_len())?;
+        match (s.residual, residual) {
+            (true, Some(r)) => {
+                check_len("fc residual", r.len(), s.output_len())?;
+                Ok(r.as_ptr())
+            }
+            (false, None) => Ok(std::ptr::null()),
+            _ => Err(Error::Input("fc residual given iff spec.residual".into())),
+        }
+    }
+
     /// `input` is `[batch, in]`, `out` and `residual` are `[batch, out]`.
     pub fn run(
         &self,
@@ -334,18 +356,7 @@ impl FcKernel {
         out: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let s = &self.spec;
-        check_len("fc input", input.len(), s.input_len())?;
-        check_len("fc packed weights", packed.len(), s.packed_len())?;
-        check_len("fc output", out.len(), s.output_len())?;
-        let rp = match (s.residual, residual) {
-            (true, Some(r)) => {
-                check_len("fc residual", r.len(), s.output_len())?;
-                r.as_ptr()
-            }
-            (false, None) => std::ptr::null(),
-            _ => return Err(Error::Input("fc residual given iff spec.residual".into())),
-        };
+        let rp = self.check(input, packed, residual, out)?;
         check_range(&range, self.work_units())?;
         // SAFETY: lengths checked above; the kernel touches input[batch*in], packed[packed_len],
         // residual/out[batch*out] only, at addresses derived from the spec for blocks in range.
@@ -361,6 +372,39 @@ impl FcKernel {
         };
         Ok(())
     }
+
+    /// All work units, split across `pool`'s threads.
+    pub fn run_parallel(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let rp = SyncPtr(self.check(input, packed, residual, out)? as *mut f32);
+        let (inp, pk) = (
+            SyncPtr(input.as_ptr() as *mut f32),
+            SyncPtr(packed.as_ptr() as *mut f32),
+        );
+        let o = SyncPtr(out.as_mut_ptr());
+        pool.split(self.work_units(), |_, range| {
+            // SAFETY: as in `run`; the parts' ranges are disjoint blocks of output features, so
+            // the threads write disjoint elements of `out`.
+            unsafe {
+                (self.f)(
+                    inp.get(),
+                    pk.get(),
+                    rp.get(),
+                    o.get(),
+                    range.start as i64,
+                    range.end as i64,
+                )
+            };
+        });
+        Ok(())
+    }
+
     pub fn run_all(
         &self,
         input: &[f32],

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Value};
 
 use super::cg::{off, F32, F32X4};
-use super::conv::{check_len, check_range};
+use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -286,6 +287,25 @@ impl PoolKernel {
     pub fn scratch_len(&self) -> usize {
         self.spec.scratch_len()
     }
+    fn check(
+        &self,
+        input: &[f32],
+        out: &[f32],
+        scratch: &[f32],
+        scratch_needed: usize,
+    ) -> Result<()> {
+        let s = &self.spec;
+        check_len("pool input", input.len(), s.input_len())?;
+        check_len("pool output", out.len(), s.output_len())?;
+        if scratch.len() < scratch_needed {
+            return Err(Error::Input(format!(
+                "pool scratch: need {scratch_needed} floats, got {}",
+                scratch.len()
+            )));
+        }
+        Ok(())
+    }
+
     pub fn run(
         &self,
         input: &[f32],
@@ -293,17 +313,8 @@ impl PoolKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let s = &self.spec;
-        check_len("pool input", input.len(), s.input_len())?;
-        check_len("pool output", out.len(), s.output_len())?;
-        if scratch.len() < s.scratch_len() {
-            return Err(Error::Input(format!(
-                "pool scratch: need {} floats, got {}",
-                s.scratch_len(),
-                scratch.len()
-            )));
-        }
-        check_range(&range, s.channels)?;
+        self.check(input, out, scratch, self.spec.scratch_len())?;
+        check_range(&range, self.spec.channels)?;
         // SAFETY: for each channel in `range` the kernel reads that channel's input plane,
         // writes its output plane and (when padded) the first scratch_len floats of `scratch`;
         // all lengths are checked above, and vector loads stay within a row (`vector_cols`).
@@ -318,6 +329,36 @@ impl PoolKernel {
         };
         Ok(())
     }
+
+    /// All channels, split across `pool`'s threads; `scratch` holds
+    /// `scratch_len() * pool.threads()` floats.
+    pub fn run_parallel(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let sl = self.spec.scratch_len();
+        self.check(input, out, scratch, sl * pool.threads())?;
+        let inp = SyncPtr(input.as_ptr() as *mut f32);
+        let (o, scr) = (SyncPtr(out.as_mut_ptr()), SyncPtr(scratch.as_mut_ptr()));
+        pool.split(self.spec.channels, |part, range| {
+            // SAFETY: as in `run`; parts cover disjoint channels (disjoint output planes) and
+            // part `part` uses only scratch[part*sl..(part+1)*sl], within the checked length.
+            unsafe {
+                (self.f)(
+                    inp.get(),
+                    o.get(),
+                    scr.get().add(part * sl),
+                    range.start as i64,
+                    range.end as i64,
+                )
+            };
+        });
+        Ok(())
+    }
+
     pub fn run_all(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
         let mut scratch = vec![0.0f32; self.scratch_len()];
         self.run(input, out, &mut scratch, 0..self.spec.channels)
