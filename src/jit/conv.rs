@@ -4,8 +4,8 @@
 //! Two code generators, chosen from the spec alone:
 //! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]).
 //! * everything else: a *direct* convolution vectorised along output channels. The micro-kernel
-//!   keeps a tile of `w` output pixels (up to 6, consecutive in one output row) by `KB = 8`
-//!   output channels in `w * 2` f32x4 accumulators. The reduction runs over the taps
+//!   keeps a tile of `w` output pixels (up to 6, consecutive in one output row) by 8 output
+//!   channels in `w * 2` f32x4 accumulators. The reduction runs over the taps
 //!   `(c, fy, fx)` in a loop unrolled 4x; per tap it loads two weight vectors (packed so that
 //!   they are consecutive), reads the tap's input offset from a table (one i32), and broadcasts
 //!   one input value per pixel. Strides cost nothing (the pixel addresses are just further
@@ -137,15 +137,22 @@ impl ConvSpec {
     }
 }
 
-/// Output channels per block of the direct kernel (two f32x4 vectors).
-const KB: usize = 8;
-const KV: usize = KB / 4;
+/// Output-channel vectors per block of the direct kernel: 2 (8 channels). Blocks of 12
+/// channels for narrow tiles (at most 4 pixels, 9-12 accumulators) measured 10-20% slower on
+/// 7x7 and 4x4 outputs (a 4x12 tile leaves no register to spare), so the plan keeps 8.
+fn channel_vectors(_out_w: usize) -> usize {
+    2
+}
+
 /// Maximum output pixels per micro-kernel tile.
 const MAX_PX: usize = 6;
 
 #[derive(Clone, Debug)]
 pub(crate) struct DirectPlan {
     spec: ConvSpec,
+    /// f32x4 vectors of output channels per block, and channels per block (`4 * kv`).
+    kv: usize,
+    kb: usize,
     nkb: usize,
     taps: usize,
     hp: usize,
@@ -156,9 +163,13 @@ pub(crate) struct DirectPlan {
 impl DirectPlan {
     fn new(spec: ConvSpec) -> Self {
         let padded = spec.pad_h > 0 || spec.pad_w > 0;
+        let kv = channel_vectors(spec.out_w());
+        let kb = 4 * kv;
         DirectPlan {
             spec,
-            nkb: spec.out_c.div_ceil(KB),
+            kv,
+            kb,
+            nkb: spec.out_c.div_ceil(kb),
             taps: spec.in_c * spec.kernel_h * spec.kernel_w,
             hp: spec.in_h + 2 * spec.pad_h,
             wp: spec.in_w + 2 * spec.pad_w,
@@ -166,7 +177,7 @@ impl DirectPlan {
         }
     }
     fn packed_len(&self) -> usize {
-        self.nkb * self.taps * KB + self.nkb * KB
+        self.nkb * self.taps * self.kb + self.nkb * self.kb
     }
     fn scratch_len(&self) -> usize {
         if self.padded {
@@ -184,19 +195,19 @@ impl DirectPlan {
         [(r, q + 1), (n - r, q)]
     }
 
-    /// `[nkb][c][fy][fx][KB]` then the bias padded to `nkb * KB` (zeros when absent).
+    /// `[nkb][c][fy][fx][kb]` then the bias padded to `nkb * kb` (zeros when absent).
     fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let s = &self.spec;
         let mut out = vec![0.0f32; self.packed_len()];
         let per_k = self.taps;
         for k in 0..s.out_c {
-            let (kb, kl) = (k / KB, k % KB);
+            let (kb, kl) = (k / self.kb, k % self.kb);
             for t in 0..per_k {
-                out[(kb * per_k + t) * KB + kl] = w[k * per_k + t];
+                out[(kb * per_k + t) * self.kb + kl] = w[k * per_k + t];
             }
         }
         if let Some(b) = bias {
-            let base = self.nkb * self.taps * KB;
+            let base = self.nkb * self.taps * self.kb;
             out[base..base + s.out_c].copy_from_slice(b);
         }
         out
@@ -233,12 +244,12 @@ impl DirectPlan {
         };
         let (oh, ow) = (s.out_h(), s.out_w());
         let ohw = oh * ow;
-        let tail = s.out_c % KB;
-        let bias_base = (self.nkb * self.taps * KB * 4) as i64;
+        let tail = s.out_c % self.kb;
+        let bias_base = (self.nkb * self.taps * self.kb * 4) as i64;
         e.for_range(begin, end, 1, |e, kb| {
-            let wo = e.mul_imm(kb, (self.taps * KB * 4) as i64);
+            let wo = e.mul_imm(kb, (self.taps * self.kb * 4) as i64);
             let wblk = e.b.ins().iadd(w, wo);
-            let oo = e.mul_imm(kb, (KB * ohw * 4) as i64);
+            let oo = e.mul_imm(kb, (self.kb * ohw * 4) as i64);
             let oblk = e.b.ins().iadd(out, oo);
             let rblk = e.b.ins().iadd(res, oo);
             let is_tail = if tail != 0 {
@@ -250,7 +261,7 @@ impl DirectPlan {
                 None
             };
             let bias = if s.bias {
-                let bo = e.mul_imm(kb, (KB * 4) as i64);
+                let bo = e.mul_imm(kb, (self.kb * 4) as i64);
                 let bp = e.b.ins().iadd(w, bo);
                 let bp = e.add_imm(bp, bias_base);
                 Some(bp)
@@ -300,9 +311,9 @@ impl DirectPlan {
     fn tile(&self, e: &mut Emit, t: &Tile, table: i64, ohw: usize) -> Result<()> {
         let s = self.spec;
         let w = t.width;
-        let mut acc: Vec<Variable> = Vec::with_capacity(w * KV);
+        let mut acc: Vec<Variable> = Vec::with_capacity(w * self.kv);
         let z = e.fzero(F32X4);
-        for _ in 0..w * KV {
+        for _ in 0..w * self.kv {
             let v = e.b.declare_var(F32X4);
             e.b.def_var(v, z);
             acc.push(v);
@@ -315,8 +326,8 @@ impl DirectPlan {
                 let ioff = e.b.ins().load(I32, super::cg::ro(), tp, off(u * 4));
                 let ioff = e.b.ins().sextend(I64, ioff);
                 let ip = e.b.ins().iadd(t.ip, ioff);
-                let wv: Vec<Value> = (0..KV)
-                    .map(|v| e.load(F32X4, wp, off((u * KB + v * 4) * 4)))
+                let wv: Vec<Value> = (0..self.kv)
+                    .map(|v| e.load(F32X4, wp, off((u * self.kb + v * 4) * 4)))
                     .collect();
                 for j in 0..w {
                     for (v, &wvv) in wv.iter().enumerate() {
@@ -325,9 +336,9 @@ impl DirectPlan {
                         // `vbroadcastss xmm, m32`, and the FMA may clobber it (no copy).
                         let x = e.b.ins().load(F32, bcast_flags(v), ip, off(j * sw4));
                         let x = e.b.ins().splat(F32X4, x);
-                        let a = e.b.use_var(acc[j * KV + v]);
+                        let a = e.b.use_var(acc[j * self.kv + v]);
                         let a = e.fmadd(x, wvv, a);
-                        e.b.def_var(acc[j * KV + v], a);
+                        e.b.def_var(acc[j * self.kv + v], a);
                     }
                 }
             }
@@ -338,17 +349,17 @@ impl DirectPlan {
         e.for_const(table, tend, 4, |e, tp| {
             let wp = e.b.use_var(wvar);
             step(e, tp, wp, 1);
-            let wn = e.add_imm(wp, (KB * 4) as i64);
+            let wn = e.add_imm(wp, (self.kb * 4) as i64);
             e.b.def_var(wvar, wn);
             Ok(())
         })?;
         // Epilogue: bias (vector), residual and relu, transposed scalar stores.
         let mut vals: Vec<Value> = acc.iter().map(|&v| e.b.use_var(v)).collect();
         if let Some(bp) = t.bias {
-            for v in 0..KV {
+            for v in 0..self.kv {
                 let bv = e.load(F32X4, bp, off(v * 16));
                 for j in 0..w {
-                    vals[j * KV + v] = e.b.ins().fadd(vals[j * KV + v], bv);
+                    vals[j * self.kv + v] = e.b.ins().fadd(vals[j * self.kv + v], bv);
                 }
             }
         }
@@ -357,11 +368,11 @@ impl DirectPlan {
                 *x = e.relu(*x);
             }
         }
-        let tail = s.out_c % KB;
+        let tail = s.out_c % self.kb;
         let store_lane = |e: &mut Emit, kl: usize| {
             let (v, l) = (kl / 4, kl % 4);
             for j in 0..w {
-                let mut x = e.b.ins().extractlane(vals[j * KV + v], l as u8);
+                let mut x = e.b.ins().extractlane(vals[j * self.kv + v], l as u8);
                 let o = off((kl * ohw + j) * 4);
                 if s.residual {
                     let r = e.load(F32, t.rp, o);
@@ -373,7 +384,7 @@ impl DirectPlan {
                 e.store(x, t.op, o);
             }
         };
-        let always = if tail == 0 { KB } else { tail };
+        let always = if tail == 0 { self.kb } else { tail };
         for kl in 0..always {
             store_lane(e, kl);
         }
@@ -382,7 +393,7 @@ impl DirectPlan {
             let done = e.b.create_block();
             e.b.ins().brif(is_tail, done, &[], more, &[]);
             e.b.switch_to_block(more);
-            for kl in always..KB {
+            for kl in always..self.kb {
                 store_lane(e, kl);
             }
             e.b.ins().jump(done, &[]);
