@@ -23,7 +23,9 @@ fn main() {
     let (pd, pg) = (km.add_conv(&direct).unwrap(), km.add_conv(&gemm).unwrap());
     let code = km.finalize().unwrap();
     let (kd, kg) = (code.get(pd).unwrap(), code.get(pg).unwrap());
-    let x: Vec<f32> = (0..direct.input_len()).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
+    let x: Vec<f32> = (0..direct.input_len())
+        .map(|i| (i % 17) as f32 * 0.1 - 0.8)
+        .collect();
     let wd = pack_conv_weights(&direct, &vec![0.01; direct.weight_len()], None).unwrap();
     let wg = pack_conv_weights(&gemm, &vec![0.01; gemm.weight_len()], None).unwrap();
     let mut out = vec![0.0; direct.output_len()];
@@ -38,11 +40,12 @@ fn main() {
                         let iy = oy as isize + fy as isize - 1;
                         for ox in 0..hw {
                             let ix = ox as isize + fx as isize - 1;
-                            row[oy * hw + ox] = if iy < 0 || ix < 0 || iy >= hw as isize || ix >= hw as isize {
-                                0.0
-                            } else {
-                                x[(ci * hw + iy as usize) * hw + ix as usize]
-                            };
+                            row[oy * hw + ox] =
+                                if iy < 0 || ix < 0 || iy >= hw as isize || ix >= hw as isize {
+                                    0.0
+                                } else {
+                                    x[(ci * hw + iy as usize) * hw + ix as usize]
+                                };
                         }
                     }
                 }
@@ -50,10 +53,20 @@ fn main() {
         }
     };
     let flops = direct.flops() as f64;
-    let td = best(|| kd.run(&x, &wd, None, &mut out, &mut scratch, 0..kd.work_units()).unwrap());
+    let td = best(|| {
+        kd.run(&x, &wd, None, &mut out, &mut scratch, 0..kd.work_units())
+            .unwrap()
+    });
     let ti = best(|| im2col(&mut col));
-    let tg = best(|| kg.run(&col, &wg, None, &mut out, &mut [], 0..kg.work_units()).unwrap());
-    println!("direct: {:.3} ms ({:.1} GFLOP/s)", td * 1e3, flops / td / 1e9);
+    let tg = best(|| {
+        kg.run(&col, &wg, None, &mut out, &mut [], 0..kg.work_units())
+            .unwrap()
+    });
+    println!(
+        "direct: {:.3} ms ({:.1} GFLOP/s)",
+        td * 1e3,
+        flops / td / 1e9
+    );
     println!(
         "im2col {:.3} ms + GEMM {:.3} ms = {:.3} ms ({:.1} GFLOP/s; GEMM alone {:.1})",
         ti * 1e3,

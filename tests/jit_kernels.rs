@@ -793,3 +793,30 @@ fn thread_pool_other_kernels_match_single_thread() {
     ek.run_parallel(&pool, &[&u, &v], &mut b).unwrap();
     assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
 }
+
+#[test]
+fn relu_propagates_nan_and_clamps() {
+    let x = vec![
+        f32::NAN,
+        -1.0,
+        2.0,
+        -0.0,
+        0.5,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        -3.0,
+        f32::NAN,
+    ];
+    let got = run_elt(
+        &EltSpec::Relu { len: x.len() },
+        std::slice::from_ref(&x),
+        x.len(),
+    );
+    for (g, v) in got.iter().zip(&x) {
+        if v.is_nan() {
+            assert!(g.is_nan());
+        } else {
+            assert_eq!(*g, v.max(0.0), "relu({v})");
+        }
+    }
+}
