@@ -820,3 +820,62 @@ fn relu_propagates_nan_and_clamps() {
         }
     }
 }
+
+#[test]
+fn huge_specs_are_refused_not_panicking() {
+    let mut km = KernelModule::new().unwrap();
+    let big = usize::MAX / 3;
+    let mut s = spec(3, 5, 5, 4, 3, 3, (1, 1), (1, 1));
+    for f in 0..10 {
+        let mut t = s;
+        match f {
+            0 => t.in_c = big,
+            1 => t.in_h = big,
+            2 => t.in_w = big,
+            3 => t.out_c = big,
+            4 => t.kernel_h = big,
+            5 => t.stride_w = big,
+            6 => t.pad_h = big,
+            7 => t.pad_w = big,
+            8 => (t.in_c, t.in_h, t.in_w) = (4096, 4096, 4096),
+            _ => (t.out_c, t.in_c, t.kernel_h, t.kernel_w) = (100_000, 100_000, 3, 3),
+        }
+        assert!(km.add_conv(&t).is_err(), "{t:?}");
+        assert!(pack_conv_weights(&t, &[], None).is_err());
+    }
+    s.out_c = 0;
+    assert!(km.add_conv(&s).is_err());
+    assert!(km.add_fc(&FcSpec::new(big, 10, 1)).is_err());
+    assert!(km.add_fc(&FcSpec::new(100_000, 100_000, 1)).is_err());
+    assert!(km.add_fc(&FcSpec::new(10, 10, 0)).is_err());
+    assert!(km
+        .add_pool(&PoolSpec::square(PoolKind::Max, big, 4, 2, 2, 0))
+        .is_err());
+    assert!(km
+        .add_pool(&PoolSpec::square(PoolKind::Max, 4096, 4096, 2, 2, 0))
+        .is_err());
+    assert!(km
+        .add_pool(&PoolSpec::square(PoolKind::Max, 1, 4, 2, 2, 2))
+        .is_err());
+    assert!(km
+        .add_elementwise(&EltSpec::Add {
+            inputs: big,
+            len: 4,
+            relu: false
+        })
+        .is_err());
+    assert!(km
+        .add_elementwise(&EltSpec::Softmax {
+            channels: big,
+            hw: big
+        })
+        .is_err());
+    assert!(km
+        .add_elementwise(&EltSpec::ScaleShift {
+            channels: 1 << 20,
+            hw: 1 << 20,
+            relu: false
+        })
+        .is_err());
+    assert!(km.add_elementwise(&EltSpec::Relu { len: 0 }).is_err());
+}

@@ -25,6 +25,17 @@ pub(crate) fn rw() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Whether a tensor of these dimensions fits the generated code's i32 byte offsets (with a
+/// factor 2 of margin for padded channel blocks), computed without overflow.
+pub(crate) fn fits(dims: &[usize]) -> bool {
+    dims.iter()
+        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+        .is_some_and(|b| b <= i32::MAX as usize / 2)
+}
+
+/// Upper bound on any single dimension, checked before any arithmetic on the dimensions.
+pub(crate) const MAX_DIM: usize = 1 << 24;
+
 /// Converts a byte offset known at compile time to a load/store immediate.
 pub(crate) fn off(x: usize) -> i32 {
     i32::try_from(x).expect("offsets are checked against i32 when the spec is validated")

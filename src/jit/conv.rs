@@ -19,7 +19,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
-use super::cg::{off, F32, F32X4, I32, I64};
+use super::cg::{fits, off, F32, F32X4, I32, I64, MAX_DIM};
 use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -92,6 +92,15 @@ impl ConvSpec {
 
     pub fn validate(&self) -> Result<()> {
         let s = self;
+        let dims = [
+            s.in_c, s.in_h, s.in_w, s.out_c, s.kernel_h, s.kernel_w, s.stride_h, s.stride_w,
+            s.pad_h, s.pad_w,
+        ];
+        if dims.iter().any(|&d| d > MAX_DIM) {
+            return Err(Error::Unsupported(format!(
+                "conv dimension over {MAX_DIM}: {s:?}"
+            )));
+        }
         if s.in_c == 0 || s.in_h == 0 || s.in_w == 0 || s.out_c == 0 {
             return Err(Error::Shape(format!("conv with an empty dimension: {s:?}")));
         }
@@ -110,16 +119,11 @@ impl ConvSpec {
             )));
         }
         // Every byte offset the generated code computes must fit in an i32.
-        let big = [
-            self.input_len(),
-            self.output_len(),
-            self.weight_len() + 64 * self.out_c,
-            self.in_c * (self.in_h + 2 * self.pad_h) * (self.in_w + 2 * self.pad_w),
-        ];
-        if big
-            .iter()
-            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
-        {
+        let (hp, wp) = (s.in_h + 2 * s.pad_h, s.in_w + 2 * s.pad_w);
+        let ok = fits(&[s.in_c, hp, wp])
+            && fits(&[s.out_c, s.out_h(), s.out_w()])
+            && fits(&[s.out_c + 8, s.in_c, s.kernel_h, s.kernel_w]);
+        if !ok {
             return Err(Error::Unsupported(format!(
                 "conv tensors over 1 GB are not supported: {s:?}"
             )));

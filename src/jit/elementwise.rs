@@ -12,7 +12,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
-use super::cg::{off, F32, F32X4, I64};
+use super::cg::{off, F32, F32X4, I64, MAX_DIM};
 use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -74,6 +74,18 @@ impl EltSpec {
         }
     }
     fn validate(&self) -> Result<()> {
+        let dims: &[usize] = match self {
+            EltSpec::Add { inputs, len, .. } => &[*inputs, *len],
+            EltSpec::Relu { len } => &[*len],
+            EltSpec::ScaleShift { channels, hw, .. }
+            | EltSpec::Softmax { channels, hw }
+            | EltSpec::GlobalAvgPool { channels, hw } => &[*channels, *hw],
+        };
+        if dims.iter().any(|&d| d > MAX_DIM) || self.n_inputs() > 1024 {
+            return Err(Error::Unsupported(format!(
+                "elementwise op too large: {self:?}"
+            )));
+        }
         let (ins, out) = self.lens();
         if ins.contains(&0) || out == 0 || self.n_inputs() == 0 {
             return Err(Error::Shape(format!("empty elementwise op: {self:?}")));

@@ -16,7 +16,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
-use super::cg::{off, F32, F32X4, I64};
+use super::cg::{fits, off, F32, F32X4, I64, MAX_DIM};
 use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -79,16 +79,21 @@ impl FcSpec {
         self.nkb() * r * self.in_features + self.nkb() * r
     }
     pub fn validate(&self) -> Result<()> {
+        let dims = [self.in_features, self.out_features, self.batch];
+        if dims.iter().any(|&d| d > MAX_DIM) {
+            return Err(Error::Unsupported(format!(
+                "fc dimension over {MAX_DIM}: {self:?}"
+            )));
+        }
         if self.in_features == 0 || self.out_features == 0 || self.batch == 0 {
             return Err(Error::Shape(format!(
                 "fc with an empty dimension: {self:?}"
             )));
         }
-        let big = [self.input_len(), self.output_len(), self.packed_len()];
-        if big
-            .iter()
-            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
-        {
+        let ok = fits(&[self.batch, self.in_features])
+            && fits(&[self.batch, self.out_features])
+            && fits(&[self.out_features + 8, self.in_features + 1]);
+        if !ok {
             return Err(Error::Unsupported(format!(
                 "fc tensors over 1 GB are not supported: {self:?}"
             )));

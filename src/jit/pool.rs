@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Value};
 
-use super::cg::{off, F32, F32X4};
+use super::cg::{fits, off, F32, F32X4, MAX_DIM};
 use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -90,6 +90,15 @@ impl PoolSpec {
     }
     pub fn validate(&self) -> Result<()> {
         let s = self;
+        let dims = [
+            s.channels, s.in_h, s.in_w, s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.pad_h,
+            s.pad_w,
+        ];
+        if dims.iter().any(|&d| d > MAX_DIM) {
+            return Err(Error::Unsupported(format!(
+                "pool dimension over {MAX_DIM}: {s:?}"
+            )));
+        }
         if s.channels == 0 || s.in_h == 0 || s.in_w == 0 || s.kernel_h == 0 || s.kernel_w == 0 {
             return Err(Error::Shape(format!("pool with an empty dimension: {s:?}")));
         }
@@ -106,11 +115,7 @@ impl PoolSpec {
                 "pool padding must be at most half the window (PyTorch's rule): {s:?}"
             )));
         }
-        let big = [s.input_len(), s.output_len(), s.channels * s.hp() * s.wp()];
-        if big
-            .iter()
-            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
-        {
+        if !fits(&[s.channels, s.hp(), s.wp()]) {
             return Err(Error::Unsupported(format!("pool tensors over 1 GB: {s:?}")));
         }
         Ok(())
