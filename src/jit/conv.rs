@@ -575,6 +575,12 @@ pub struct ConvKernel {
 }
 
 impl ConvKernel {
+    /// The machine code's entry point, for callers that generate their own dispatch (a
+    /// whole-network runtime): `extern "C" fn(input, packed, residual, out, scratch: *f32, begin, end: i64)`; `residual` may be null when the spec has none, `scratch` must hold `scratch_len()` floats, System V ABI, with the buffer sizes `run` checks. Valid
+    /// while this kernel (or another holding the same `Compiled`) is alive.
+    pub fn code_ptr(&self) -> *const u8 {
+        self.f as *const u8
+    }
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
     }

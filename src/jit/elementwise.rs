@@ -312,6 +312,12 @@ pub struct EltKernel {
 }
 
 impl EltKernel {
+    /// The machine code's entry point, for callers that generate their own dispatch (a
+    /// whole-network runtime): `extern "C" fn(inputs: *const *const f32, out: *f32, begin, end: i64)`, System V ABI, with the buffer sizes `run` checks. Valid
+    /// while this kernel (or another holding the same `Compiled`) is alive.
+    pub fn code_ptr(&self) -> *const u8 {
+        self.f as *const u8
+    }
     pub fn spec(&self) -> &EltSpec {
         &self.spec
     }

@@ -324,6 +324,12 @@ pub struct FcKernel {
 }
 
 impl FcKernel {
+    /// The machine code's entry point, for callers that generate their own dispatch (a
+    /// whole-network runtime): `extern "C" fn(input, packed, residual, out: *f32, begin, end: i64)`, System V ABI, with the buffer sizes `run` checks. Valid
+    /// while this kernel (or another holding the same `Compiled`) is alive.
+    pub fn code_ptr(&self) -> *const u8 {
+        self.f as *const u8
+    }
     pub fn spec(&self) -> &FcSpec {
         &self.spec
     }

@@ -161,7 +161,13 @@ impl KernelModule {
                 has_fma: self.has_fma,
                 exp_ref,
             };
-            body(&mut e, &params)?;
+            if let Err(err) = body(&mut e, &params) {
+                // Leave the reusable contexts clean for the next kernel.
+                drop(e);
+                module.clear_context(&mut self.ctx);
+                self.fctx = FunctionBuilderContext::new();
+                return Err(err);
+            }
             e.b.ins().return_(&[]);
             e.b.seal_all_blocks();
             e.b.finalize(module.target_config());

@@ -283,6 +283,12 @@ pub struct PoolKernel {
 }
 
 impl PoolKernel {
+    /// The machine code's entry point, for callers that generate their own dispatch (a
+    /// whole-network runtime): `extern "C" fn(input, out, scratch: *f32, begin, end: i64)`, System V ABI, with the buffer sizes `run` checks. Valid
+    /// while this kernel (or another holding the same `Compiled`) is alive.
+    pub fn code_ptr(&self) -> *const u8 {
+        self.f as *const u8
+    }
     pub fn spec(&self) -> &PoolSpec {
         &self.spec
     }
