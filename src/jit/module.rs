@@ -163,7 +163,6 @@ impl KernelModule {
             };
             if let Err(err) = body(&mut e, &params) {
                 // Leave the reusable contexts clean for the next kernel.
-                drop(e);
                 module.clear_context(&mut self.ctx);
                 self.fctx = FunctionBuilderContext::new();
                 return Err(err);
