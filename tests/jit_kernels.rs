@@ -879,3 +879,31 @@ fn huge_specs_are_refused_not_panicking() {
         .is_err());
     assert!(km.add_elementwise(&EltSpec::Relu { len: 0 }).is_err());
 }
+
+#[test]
+fn conv_narrow_outputs_row_groups() {
+    // Outputs narrower than 9 columns use tiles spanning several rows, plus a rest group.
+    let mut seed = 7000;
+    for ow in 1..=8 {
+        for oh in 1..=7 {
+            for stride in [1, 2] {
+                let mut s = spec(
+                    3,
+                    (oh - 1) * stride + 3,
+                    (ow - 1) * stride + 3,
+                    10,
+                    3,
+                    3,
+                    (stride, stride),
+                    (0, 0),
+                );
+                s.bias = true;
+                s.residual = seed % 2 == 0;
+                s.relu = seed % 3 == 0;
+                assert_eq!((s.out_h(), s.out_w()), (oh, ow));
+                check_conv(&s, seed);
+                seed += 1;
+            }
+        }
+    }
+}

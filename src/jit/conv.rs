@@ -192,11 +192,45 @@ impl DirectPlan {
     }
     /// Tiles of one output row: `(count, width)` pairs, widths as equal as possible.
     fn row_tiles(&self) -> [(usize, usize); 2] {
-        let ow = self.spec.out_w();
-        let n = ow.div_ceil(MAX_PX);
-        let q = ow / n;
-        let r = ow % n;
-        [(r, q + 1), (n - r, q)]
+        split_even(self.spec.out_w())
+    }
+
+    /// Output rows per row group. Narrow outputs (fewer than 9 columns, not a multiple of 6)
+    /// would give tiles of at most 4 pixels (8 accumulators or fewer: FMA latency shows), so
+    /// their tiles span `g` rows, about 12 pixels per group.
+    fn row_group(&self) -> usize {
+        let (oh, ow) = (self.spec.out_h(), self.spec.out_w());
+        if ow >= 9 || ow % MAX_PX == 0 {
+            1
+        } else {
+            (12usize.div_ceil(ow)).min(oh).max(1)
+        }
+    }
+
+    /// Tiles of a group of `rows` output rows: lists of pixel byte offsets (input, output)
+    /// relative to the group's first pixel.
+    fn group_tiles(&self, rows: usize) -> Vec<Vec<(usize, usize)>> {
+        let s = &self.spec;
+        let ow = s.out_w();
+        let mut q = 0;
+        let mut tiles = Vec::new();
+        for (count, width) in split_even(rows * ow) {
+            for _ in 0..count {
+                tiles.push(
+                    (q..q + width)
+                        .map(|p| {
+                            let (dy, dx) = (p / ow, p % ow);
+                            (
+                                (dy * s.stride_h * self.wp + dx * s.stride_w) * 4,
+                                (dy * ow + dx) * 4,
+                            )
+                        })
+                        .collect(),
+                );
+                q += width;
+            }
+        }
+        tiles
     }
 
     /// `[nkb][c][fy][fx][kb]` then the bias padded to `nkb * kb` (zeros when absent).
@@ -272,6 +306,49 @@ impl DirectPlan {
             } else {
                 None
             };
+            let g = self.row_group();
+            if g > 1 {
+                // Groups of `g` rows with statically laid out tiles, then the remaining rows.
+                let groups = [(0, oh / g, g), (oh / g * g, 1, oh % g)];
+                for (row0, count, rows) in groups {
+                    if count == 0 || rows == 0 {
+                        continue;
+                    }
+                    let tiles = self.group_tiles(rows);
+                    e.for_const(
+                        row0 as i64,
+                        (row0 + count * rows) as i64,
+                        rows as i64,
+                        |e, oy| {
+                            let io = e.mul_imm(oy, (s.stride_h * self.wp * 4) as i64);
+                            let irow = e.b.ins().iadd(src, io);
+                            let oo = e.mul_imm(oy, (ow * 4) as i64);
+                            let orow = e.b.ins().iadd(oblk, oo);
+                            let rrow = e.b.ins().iadd(rblk, oo);
+                            for px in &tiles {
+                                // Rebase on the tile's first pixel so that offsets stay small.
+                                let (i0, o0) = px[0];
+                                let ip = e.add_imm(irow, i0 as i64);
+                                let op = e.add_imm(orow, o0 as i64);
+                                let rp = e.add_imm(rrow, o0 as i64);
+                                let px = px.iter().map(|&(i, o)| (i - i0, o - o0)).collect();
+                                let t = Tile {
+                                    px,
+                                    ip,
+                                    op,
+                                    rp,
+                                    wblk,
+                                    bias,
+                                    is_tail,
+                                };
+                                self.tile(e, &t, table, ohw)?;
+                            }
+                            Ok(())
+                        },
+                    )?;
+                }
+                return Ok(());
+            }
             e.for_const(0, oh as i64, 1, |e, oy| {
                 let io = e.mul_imm(oy, (s.stride_h * self.wp * 4) as i64);
                 let irow = e.b.ins().iadd(src, io);
@@ -283,6 +360,8 @@ impl DirectPlan {
                     if count == 0 || width == 0 {
                         continue;
                     }
+                    let px: Vec<(usize, usize)> =
+                        (0..width).map(|j| (j * s.stride_w * 4, j * 4)).collect();
                     e.for_const(
                         ox0 as i64,
                         (ox0 + count * width) as i64,
@@ -294,7 +373,7 @@ impl DirectPlan {
                             let op = e.b.ins().iadd(orow, oo);
                             let rp = e.b.ins().iadd(rrow, oo);
                             let t = Tile {
-                                width,
+                                px: px.clone(),
                                 ip,
                                 op,
                                 rp,
@@ -314,7 +393,7 @@ impl DirectPlan {
 
     fn tile(&self, e: &mut Emit, t: &Tile, table: i64, ohw: usize) -> Result<()> {
         let s = self.spec;
-        let w = t.width;
+        let w = t.px.len();
         let mut acc: Vec<Variable> = Vec::with_capacity(w * self.kv);
         let z = e.fzero(F32X4);
         for _ in 0..w * self.kv {
@@ -324,7 +403,6 @@ impl DirectPlan {
         }
         let wvar = e.b.declare_var(I64);
         e.b.def_var(wvar, t.wblk);
-        let sw4 = s.stride_w * 4;
         let step = |e: &mut Emit, tp: Value, wp: Value, taps: usize| {
             for u in 0..taps {
                 let ioff = e.b.ins().load(I32, super::cg::ro(), tp, off(u * 4));
@@ -338,7 +416,7 @@ impl DirectPlan {
                         // One broadcast per FMA, made distinct by its flags so that GVN does
                         // not merge them: a single-use splat of a load becomes one
                         // `vbroadcastss xmm, m32`, and the FMA may clobber it (no copy).
-                        let x = e.b.ins().load(F32, bcast_flags(v), ip, off(j * sw4));
+                        let x = e.b.ins().load(F32, bcast_flags(v), ip, off(t.px[j].0));
                         let x = e.b.ins().splat(F32X4, x);
                         let a = e.b.use_var(acc[j * self.kv + v]);
                         let a = e.fmadd(x, wvv, a);
@@ -377,7 +455,7 @@ impl DirectPlan {
             let (v, l) = (kl / 4, kl % 4);
             for j in 0..w {
                 let mut x = e.b.ins().extractlane(vals[j * self.kv + v], l as u8);
-                let o = off((kl * ohw + j) * 4);
+                let o = off(kl * ohw * 4 + t.px[j].1);
                 if s.residual {
                     let r = e.load(F32, t.rp, o);
                     x = e.b.ins().fadd(x, r);
@@ -408,6 +486,15 @@ impl DirectPlan {
     }
 }
 
+/// Splits `n` pixels into tiles of at most `MAX_PX`, widths as equal as possible:
+/// `(count, width)` pairs.
+fn split_even(n: usize) -> [(usize, usize); 2] {
+    let t = n.div_ceil(MAX_PX);
+    let q = n / t;
+    let r = n % t;
+    [(r, q + 1), (t - r, q)]
+}
+
 /// Equivalent read-only flags that differ only in ways that do not matter for f32 loads
 /// (`aligned` holds for every f32 in a Rust slice; little-endian is the host order). Four
 /// distinct variants; `v` wraps.
@@ -423,7 +510,8 @@ pub(crate) fn bcast_flags(v: usize) -> cranelift_codegen::ir::MemFlagsData {
 }
 
 struct Tile {
-    width: usize,
+    /// Byte offsets of each pixel from `ip` (input) and from `op`/`rp` (output, residual).
+    px: Vec<(usize, usize)>,
     ip: Value,
     op: Value,
     rp: Value,
