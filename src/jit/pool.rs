@@ -147,6 +147,15 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
     let is_max = s.kind == PoolKind::Max;
     let nvec = s.vector_cols();
     let inv = 1.0f32 / (s.kernel_h * s.kernel_w) as f32;
+    // With padding the loads read the scratch plane this function wrote: not `readonly`.
+    let padded = s.padded();
+    let ld = |e: &mut Emit, ty, p, o| {
+        if padded {
+            e.load_rw(ty, p, o)
+        } else {
+            e.load(ty, p, o)
+        }
+    };
     e.for_range(begin, end, 1, |e, c| {
         let io = e.mul_imm(c, (s.in_h * s.in_w * 4) as i64);
         let plane = e.b.ins().iadd(inp, io);
@@ -173,11 +182,11 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
                     for fx in 0..s.kernel_w {
                         let o = (fy * wp) * 4;
                         let v = if s.stride_w == 1 {
-                            e.load(F32X4, base, off(o + fx * 4))
+                            ld(e, F32X4, base, off(o + fx * 4))
                         } else {
                             let q = fx / 2;
-                            let a = e.load(F32X4, base, off(o + q * 8));
-                            let b = e.load(F32X4, base, off(o + q * 8 + 16));
+                            let a = ld(e, F32X4, base, off(o + q * 8));
+                            let b = ld(e, F32X4, base, off(o + q * 8 + 16));
                             e.shuffle_lanes(a, b, fx % 2)
                         };
                         acc = Some(match acc {
@@ -205,7 +214,7 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
                 let mut acc: Option<Value> = None;
                 for fy in 0..s.kernel_h {
                     for fx in 0..s.kernel_w {
-                        let v = e.load(F32, base, off((fy * wp + fx) * 4));
+                        let v = ld(e, F32, base, off((fy * wp + fx) * 4));
                         acc = Some(match acc {
                             None => v,
                             Some(a) if is_max => e.max_nan(a, v),
