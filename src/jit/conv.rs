@@ -4,7 +4,7 @@
 //! Two code generators, chosen from the spec alone:
 //! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]).
 //! * everything else: a *direct* convolution vectorised along output channels. The micro-kernel
-//!   keeps a tile of `w` output pixels (up to 6, consecutive in one output row) by 8 output
+//!   keeps a tile of `w` output pixels (up to 5, consecutive in one output row) by 8 output
 //!   channels in `w * 2` f32x4 accumulators. The reduction runs over the taps
 //!   `(c, fy, fx)` in a loop unrolled 4x; per tap it loads two weight vectors (packed so that
 //!   they are consecutive), reads the tap's input offset from a table (one i32), and broadcasts
@@ -148,8 +148,11 @@ fn channel_vectors(_out_w: usize) -> usize {
     2
 }
 
-/// Maximum output pixels per micro-kernel tile.
-const MAX_PX: usize = 6;
+/// Maximum output pixels per micro-kernel tile: 5 pixels x 8 channels = 10 accumulators.
+/// 6 (12 accumulators + 2 weight vectors + 1 broadcast = 15 of 16 registers) ran at 35
+/// GFLOP/s when the register allocator managed without a spill and at 29 when it spilled one
+/// accumulator (depending on the surrounding code); 5 runs at 33-35 everywhere.
+const MAX_PX: usize = 5;
 
 #[derive(Clone, Debug)]
 pub(crate) struct DirectPlan {
