@@ -267,29 +267,34 @@ impl DirectPlan {
         t
     }
 
-    /// Emits `fn(input, packed, residual, out, scratch, begin, end)`.
+    /// Emits `fn(input, packed, residual, out, scratch, begin, end)`. With padding that is an
+    /// entry function calling a padded-copy function and then the compute function, so that
+    /// the compute function's `readonly` loads of the scratch copy are truthful (the scratch is
+    /// not written while it runs).
     fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
         let table = km.add_table(self.table());
         let plan = self.clone();
-        km.define(7, move |e, p| plan.body(e, p, table))
+        let compute = km.define(7, move |e, p| plan.body(e, p, table))?;
+        if !self.padded {
+            return Ok(compute);
+        }
+        let s = self.spec;
+        let pad = km.define(2, move |e, p| {
+            e.pad_copy(p[0], p[1], s.in_c, s.in_h, s.in_w, s.pad_h, s.pad_w, 0.0)
+        })?;
+        km.define_calling(7, &[pad, compute], |e, p| {
+            let (pad, compute) = (e.callees[0], e.callees[1]);
+            e.b.ins().call(pad, &[p[0], p[4]]);
+            e.b.ins().call(compute, p);
+            Ok(())
+        })
     }
 
     fn body(&self, e: &mut Emit, p: &[Value], table: i64) -> Result<()> {
         let s = self.spec;
         let (inp, w, res, out, scratch, begin, end) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
-        // The compute loops below read the padded copy with `readonly` + `can_move` loads
-        // although this function wrote it just before. That is sound here because each of those
-        // loads adds a tap offset loaded from the table inside the tap loop, so no code motion
-        // can place it before the copy loops; it is needed for speed: with ordinary loads
-        // Cranelift keeps them in program order and the broadcasts spill (35 -> 25 GFLOP/s).
-        // Splitting the copy into a separate function measured 20% slower for reasons not
-        // identified (the hot loop's code was the same; see docs/jit.md).
-        let src = if self.padded {
-            e.pad_copy(inp, scratch, s.in_c, s.in_h, s.in_w, s.pad_h, s.pad_w, 0.0)?;
-            scratch
-        } else {
-            inp
-        };
+        // With padding, the entry function has already copied the input into `scratch`.
+        let src = if self.padded { scratch } else { inp };
         let (oh, ow) = (s.out_h(), s.out_w());
         let ohw = oh * ow;
         let tail = s.out_c % self.kb;
