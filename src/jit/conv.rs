@@ -4,11 +4,11 @@
 //! Two code generators, chosen from the spec alone:
 //! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]).
 //! * everything else: a *direct* convolution vectorised along output channels. The micro-kernel
-//!   keeps a tile of `w` output pixels (up to 5, consecutive in one output row) by 8 output
+//!   keeps a tile of `w` output pixels (up to 4, consecutive in one output row) by 8 output
 //!   channels in `w * 2` f32x4 accumulators. The reduction runs over the taps
-//!   `(c, fy, fx)` in a loop unrolled 4x; per tap it loads two weight vectors (packed so that
+//!   `(c, fy, fx)` in a loop unrolled 2x; per tap it loads two weight vectors (packed so that
 //!   they are consecutive), reads the tap's input offset from a table (one i32), and broadcasts
-//!   one input value per pixel. Strides cost nothing (the pixel addresses are just further
+//!   one input value per FMA. Strides cost nothing (the pixel addresses are just further
 //!   apart), and padding is taken out of the hot loop by first copying the input into a
 //!   zero-bordered scratch buffer, so that every pixel uses the same tap table.
 //!   Results are stored transposed (one scalar store per element).
@@ -148,11 +148,14 @@ fn channel_vectors(_out_w: usize) -> usize {
     2
 }
 
-/// Maximum output pixels per micro-kernel tile: 5 pixels x 8 channels = 10 accumulators.
-/// 6 (12 accumulators + 2 weight vectors + 1 broadcast = 15 of 16 registers) ran at 35
-/// GFLOP/s when the register allocator managed without a spill and at 29 when it spilled one
-/// accumulator (depending on the surrounding code); 5 runs at 33-35 everywhere.
-const MAX_PX: usize = 5;
+/// Maximum output pixels per micro-kernel tile (4 pixels x 8 channels = 8 accumulators), and
+/// taps per loop iteration. Measured on 3x3 and 7x7 layers (best GFLOP/s): 6 px x 1 tap 35, or
+/// 29 when the register allocator spilled an accumulator (12 accumulators + 2 weight vectors +
+/// 1 broadcast leave one spare register); 5 x 1: 33-36; 4 x 2: 36-41; 4 x 3: 31-32; 4 x 4: 29-30.
+/// Cranelift emits an unrolled body accumulator by accumulator with every weight vector of the
+/// iteration live, so unrolling only pays while registers remain (8 acc + 4 weights + 1).
+const MAX_PX: usize = 4;
+const TAP_UNROLL: usize = 2;
 
 #[derive(Clone, Debug)]
 pub(crate) struct DirectPlan {
@@ -440,10 +443,18 @@ impl DirectPlan {
                 }
             }
         };
-        // One tap per iteration: with more, Cranelift's scheduler would place the unrolled
-        // taps accumulator by accumulator and keep all their weight vectors live (spills).
+        let u = TAP_UNROLL;
+        let nmain = self.taps / u * u;
+        let tmid = table + (nmain * 4) as i64;
+        e.for_const(table, tmid, (u * 4) as i64, |e, tp| {
+            let wp = e.b.use_var(wvar);
+            step(e, tp, wp, u);
+            let wn = e.add_imm(wp, (u * self.kb * 4) as i64);
+            e.b.def_var(wvar, wn);
+            Ok(())
+        })?;
         let tend = table + (self.taps * 4) as i64;
-        e.for_const(table, tend, 4, |e, tp| {
+        e.for_const(tmid, tend, 4, |e, tp| {
             let wp = e.b.use_var(wvar);
             step(e, tp, wp, 1);
             let wn = e.add_imm(wp, (self.kb * 4) as i64);
