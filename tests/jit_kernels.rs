@@ -660,7 +660,7 @@ fn thread_pool_conv_matches_single_thread() {
         // Zero spin: the workers park between jobs, exercising the wake-up path.
         for spin in [Duration::ZERO, Duration::from_millis(1)] {
             let pool = ThreadPool::new(threads, spin);
-            let mut scratch = vec![0.0; k.scratch_len() * pool.threads()];
+            let mut scratch = vec![0.0; k.scratch_len()];
             for _ in 0..20 {
                 let mut out = vec![f32::NAN; s.output_len()];
                 k.run_parallel(&pool, &x, &packed, Some(&r), &mut out, &mut scratch)

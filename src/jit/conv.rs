@@ -274,23 +274,24 @@ impl DirectPlan {
     /// entry function calling a padded-copy function and then the compute function, so that
     /// the compute function's `readonly` loads of the scratch copy are truthful (the scratch is
     /// not written while it runs).
-    fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
+    fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, Option<(PendingId, PendingId)>)> {
         let table = km.add_table(self.table());
         let plan = self.clone();
         let compute = km.define(7, move |e, p| plan.body(e, p, table))?;
         if !self.padded {
-            return Ok(compute);
+            return Ok((compute, None));
         }
         let s = self.spec;
         let pad = km.define(2, move |e, p| {
             e.pad_copy(p[0], p[1], s.in_c, s.in_h, s.in_w, s.pad_h, s.pad_w, 0.0)
         })?;
-        km.define_calling(7, &[pad, compute], |e, p| {
+        let entry = km.define_calling(7, &[pad, compute], |e, p| {
             let (pad, compute) = (e.callees[0], e.callees[1]);
             e.b.ins().call(pad, &[p[0], p[4]]);
             e.b.ins().call(compute, p);
             Ok(())
-        })
+        })?;
+        Ok((entry, Some((pad, compute))))
     }
 
     fn body(&self, e: &mut Emit, p: &[Value], table: i64) -> Result<()> {
@@ -637,6 +638,8 @@ pub fn pack_conv_weights(
 /// A convolution defined in a [`KernelModule`], not yet finalized.
 pub struct PendingConv {
     id: PendingId,
+    /// With padding: the padded-copy and compute functions the entry `id` calls.
+    parts: Option<(PendingId, PendingId)>,
     spec: ConvSpec,
     plan: Plan,
 }
@@ -646,12 +649,13 @@ impl KernelModule {
     pub fn add_conv(&mut self, spec: &ConvSpec) -> Result<PendingConv> {
         spec.validate()?;
         let plan = Plan::new(spec);
-        let id = match &plan {
+        let (id, parts) = match &plan {
             Plan::Direct(d) => d.emit(self)?,
-            Plan::Gemm(g) => g.emit(self)?,
+            Plan::Gemm(g) => (g.emit(self)?, None),
         };
         Ok(PendingConv {
             id,
+            parts,
             spec: *spec,
             plan,
         })
@@ -660,6 +664,8 @@ impl KernelModule {
 
 type ConvFn =
     unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
+/// `fn(input, scratch)`: the zero-bordered copy.
+type PadFn = unsafe extern "C" fn(*const f32, *mut f32);
 
 impl Pending for PendingConv {
     type Kernel = ConvKernel;
@@ -667,9 +673,23 @@ impl Pending for PendingConv {
         let ptr = code.ptr(self.id)?;
         // SAFETY: `ptr` was defined with the signature of `ConvFn` (7 i64 params, System V).
         let f = unsafe { std::mem::transmute::<*const u8, ConvFn>(ptr) };
+        let parts = match self.parts {
+            Some((pad, compute)) => {
+                let (pad, compute) = (code.ptr(pad)?, code.ptr(compute)?);
+                // SAFETY: `pad` was defined with 2 i64 params, `compute` with 7 (`ConvFn`).
+                unsafe {
+                    Some((
+                        std::mem::transmute::<*const u8, PadFn>(pad),
+                        std::mem::transmute::<*const u8, ConvFn>(compute),
+                    ))
+                }
+            }
+            None => None,
+        };
         Ok(ConvKernel {
             _code: code.clone(),
             f,
+            parts,
             spec: self.spec,
             packed_len: self.plan.packed_len(),
             scratch_len: self.plan.scratch_len(),
@@ -682,6 +702,8 @@ impl Pending for PendingConv {
 pub struct ConvKernel {
     _code: Arc<Compiled>,
     f: ConvFn,
+    /// With padding: the padded copy and the compute function that `f` calls in turn.
+    parts: Option<(PadFn, ConvFn)>,
     spec: ConvSpec,
     packed_len: usize,
     scratch_len: usize,
@@ -777,8 +799,8 @@ impl ConvKernel {
         Ok(())
     }
 
-    /// All work units, split across `pool`'s threads. `scratch` must hold
-    /// `scratch_len() * pool.threads()` floats (one scratch buffer per thread).
+    /// All work units, split across `pool`'s threads. `scratch` must hold `scratch_len()`
+    /// floats: the calling thread makes the padded copy once, then every thread reads it.
     pub fn run_parallel(
         &self,
         pool: &ThreadPool,
@@ -788,33 +810,33 @@ impl ConvKernel {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let parts = pool.threads();
-        let res_ptr = self.check(
-            input,
-            packed,
-            residual,
-            out,
-            scratch,
-            self.scratch_len * parts,
-        )?;
+        let res_ptr = self.check(input, packed, residual, out, scratch, self.scratch_len)?;
+        let compute = match self.parts {
+            Some((pad, compute)) => {
+                // SAFETY: reads `input` (input_len floats) and writes the first scratch_len
+                // floats of `scratch`, both checked above.
+                unsafe { pad(input.as_ptr(), scratch.as_mut_ptr()) };
+                compute
+            }
+            None => self.f,
+        };
         let (inp, pk) = (
             SyncPtr(input.as_ptr() as *mut f32),
             SyncPtr(packed.as_ptr() as *mut f32),
         );
         let (res, o) = (SyncPtr(res_ptr as *mut f32), SyncPtr(out.as_mut_ptr()));
         let scr = SyncPtr(scratch.as_mut_ptr());
-        let sl = self.scratch_len;
-        pool.split(self.units, |part, range| {
-            // SAFETY: as in `run`, with the lengths checked above. The parts' ranges are
-            // disjoint, so they write disjoint output channel blocks, and part `part` uses only
-            // its own scratch slice `[part*sl, (part+1)*sl)`, within the checked length.
+        pool.split(self.units, |_, range| {
+            // SAFETY: as in `run`, with the lengths checked above. The compute function only
+            // reads the scratch copy (written before the split), and the parts' ranges are
+            // disjoint, so the threads write disjoint output channel blocks.
             unsafe {
-                (self.f)(
+                compute(
                     inp.get(),
                     pk.get(),
                     res.get(),
                     o.get(),
-                    scr.get().add(part * sl),
+                    scr.get(),
                     range.start as i64,
                     range.end as i64,
                 )
