@@ -711,6 +711,13 @@ pub struct ConvKernel {
 }
 
 impl ConvKernel {
+    /// With padding, the two functions the entry point calls in turn: the padded copy
+    /// `extern "C" fn(input, scratch: *f32)` and the compute function (same signature as
+    /// `code_ptr()`, reading the copy from `scratch`). A runtime that splits a layer across
+    /// threads calls the copy once and the compute function per range, as `run_parallel` does.
+    pub fn pad_and_compute_ptrs(&self) -> Option<(*const u8, *const u8)> {
+        self.parts.map(|(p, c)| (p as *const u8, c as *const u8))
+    }
     /// The machine code's entry point, for callers that generate their own dispatch (a
     /// whole-network runtime): `extern "C" fn(input, packed, residual, out, scratch: *f32, begin, end: i64)`; `residual` may be null when the spec has none, `scratch` must hold `scratch_len()` floats, System V ABI, with the buffer sizes `run` checks. Valid
     /// while this kernel (or another holding the same `Compiled`) is alive.
