@@ -62,20 +62,30 @@ fn benches(c: &mut Criterion) {
         conv(c, "7x7s2_3_64_224", s);
     }
     if want("pool") {
-        let s = PoolSpec::square(PoolKind::Max, 64, 112, 2, 2, 0);
-        let mut km = KernelModule::new().unwrap();
-        let p = km.add_pool(&s).unwrap();
-        let code = km.finalize().unwrap();
-        let k = code.get(p).unwrap();
-        let x = vals(s.input_len());
-        let mut out = vec![0.0; s.output_len()];
-        let mut scratch = vec![0.0; k.scratch_len()];
-        let mut g = c.benchmark_group("pool");
-        g.throughput(Throughput::Elements(s.input_len() as u64));
-        g.bench_function("max2x2s2_64_112", |bch| {
-            bch.iter(|| k.run(black_box(&x), &mut out, &mut scratch, 0..64).unwrap())
-        });
-        g.finish();
+        for (name, s) in [
+            (
+                "max2x2s2_64_112",
+                PoolSpec::square(PoolKind::Max, 64, 112, 2, 2, 0),
+            ),
+            (
+                "max3x3s2p1_64_112",
+                PoolSpec::square(PoolKind::Max, 64, 112, 3, 2, 1),
+            ),
+        ] {
+            let mut km = KernelModule::new().unwrap();
+            let p = km.add_pool(&s).unwrap();
+            let code = km.finalize().unwrap();
+            let k = code.get(p).unwrap();
+            let x = vals(s.input_len());
+            let mut out = vec![0.0; s.output_len()];
+            let mut scratch = vec![0.0; k.scratch_len()];
+            let mut g = c.benchmark_group("pool");
+            g.throughput(Throughput::Elements(s.input_len() as u64));
+            g.bench_function(name, |bch| {
+                bch.iter(|| k.run(black_box(&x), &mut out, &mut scratch, 0..64).unwrap())
+            });
+            g.finish();
+        }
     }
     if want("fc") {
         let mut s = FcSpec::new(4096, 1000, 1);

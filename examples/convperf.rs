@@ -1,4 +1,4 @@
-//! Quick single-thread conv timing: `cargo run --release --example convperf -- C HW K F S P`.
+//! Quick conv timing: `cargo run --release --example convperf -- C HW K F S P [THREADS]`.
 use cnnc::jit::*;
 use std::time::Instant;
 
@@ -26,7 +26,9 @@ fn main() {
     let b = vec![0.1; k];
     let packed = pack_conv_weights(&spec, &w, Some(&b)).unwrap();
     let mut out = vec![0.0; spec.output_len()];
-    let mut scratch = vec![0.0; kern.scratch_len()];
+    let threads = a.get(6).copied().unwrap_or(1);
+    let pool = ThreadPool::new(threads, std::time::Duration::from_micros(200));
+    let mut scratch = vec![0.0; kern.scratch_len() * threads];
     let mut best = f64::MAX;
     let t1 = Instant::now();
     while t1.elapsed().as_secs_f64() < 1.5 {
@@ -43,7 +45,8 @@ fn main() {
         best = best.min(t.elapsed().as_secs_f64());
     }
     println!(
-        "{spec:?}\ncompile {:.2} ms, best {:.3} ms, {:.1} GFLOP/s",
+        "{spec:?} threads {}\ncompile {:.2} ms, best {:.3} ms, {:.1} GFLOP/s",
+        pool.threads(),
         ct.as_secs_f64() * 1e3,
         best * 1e3,
         spec.flops() as f64 / best / 1e9

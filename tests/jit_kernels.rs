@@ -637,3 +637,273 @@ proptest! {
         check_fc(&s, seed);
     }
 }
+
+#[test]
+fn thread_pool_conv_matches_single_thread() {
+    use std::time::Duration;
+    let mut s = spec(19, 23, 21, 37, 3, 3, (1, 1), (1, 1));
+    s.bias = true;
+    s.residual = true;
+    s.relu = true;
+    let x = rand_vec(s.input_len(), 1);
+    let w = rand_vec(s.weight_len(), 2);
+    let b = rand_vec(s.out_c, 3);
+    let r = rand_vec(s.output_len(), 4);
+    let packed = pack_conv_weights(&s, &w, Some(&b)).unwrap();
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_conv(&s).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let mut want = vec![f32::NAN; s.output_len()];
+    k.run_all(&x, &packed, Some(&r), &mut want).unwrap();
+    for threads in [1, 2, 3, 5] {
+        // Zero spin: the workers park between jobs, exercising the wake-up path.
+        for spin in [Duration::ZERO, Duration::from_millis(1)] {
+            let pool = ThreadPool::new(threads, spin);
+            let mut scratch = vec![0.0; k.scratch_len()];
+            for _ in 0..20 {
+                let mut out = vec![f32::NAN; s.output_len()];
+                k.run_parallel(&pool, &x, &packed, Some(&r), &mut out, &mut scratch)
+                    .unwrap();
+                assert!(want
+                    .iter()
+                    .zip(&out)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+            let mut small = vec![0.0; 1];
+            assert!(
+                k.run_parallel(
+                    &pool,
+                    &x,
+                    &packed,
+                    Some(&r),
+                    &mut vec![0.0; s.output_len()],
+                    &mut small
+                )
+                .is_err()
+                    || k.scratch_len() == 0
+            );
+        }
+    }
+}
+
+#[test]
+fn thread_pool_covers_every_unit_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pool = ThreadPool::new(3, std::time::Duration::from_micros(50));
+    for units in [0usize, 1, 2, 3, 7, 100] {
+        for _ in 0..50 {
+            let hits: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+            pool.split(units, |_, range| {
+                for i in range {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
+    // A panicking part is reported on the calling thread, and the pool stays usable.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.split(3, |part, _| {
+            if part == 2 {
+                panic!("boom");
+            }
+        })
+    }));
+    assert!(r.is_err());
+    pool.split(3, |_, _| {});
+}
+
+#[test]
+fn max_pool_propagates_nan() {
+    for (hw, k, s) in [(8usize, 2usize, 2usize), (9, 3, 1), (7, 3, 3)] {
+        let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, 0);
+        let mut km = KernelModule::new().unwrap();
+        let p = km.add_pool(&spec).unwrap();
+        let code = km.finalize().unwrap();
+        let kern = code.get(p).unwrap();
+        for pos in [0, hw + 1, hw * hw - 1] {
+            let mut x = rand_vec(hw * hw, pos as u64);
+            x[pos] = f32::NAN;
+            let mut out = vec![0.0; spec.output_len()];
+            kern.run_all(&x, &mut out).unwrap();
+            let (py, px) = (pos / hw, pos % hw);
+            let ow = spec.out_w();
+            for (i, v) in out.iter().enumerate() {
+                let (oy, ox) = (i / ow, i % ow);
+                let covers =
+                    (oy * s..oy * s + k).contains(&py) && (ox * s..ox * s + k).contains(&px);
+                assert_eq!(v.is_nan(), covers, "hw {hw} k {k} s {s} pos {pos} out {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn thread_pool_other_kernels_match_single_thread() {
+    let pool = ThreadPool::new(3, std::time::Duration::from_micros(100));
+    let mut km = KernelModule::new().unwrap();
+    let mut fs = FcSpec::new(37, 29, 3);
+    fs.bias = true;
+    let ps = PoolSpec::square(PoolKind::Max, 7, 13, 3, 2, 1);
+    let es = EltSpec::Add {
+        inputs: 2,
+        len: 1001,
+        relu: true,
+    };
+    let (pf, pp, pe) = (
+        km.add_fc(&fs).unwrap(),
+        km.add_pool(&ps).unwrap(),
+        km.add_elementwise(&es).unwrap(),
+    );
+    let code = km.finalize().unwrap();
+    let (fk, pk, ek) = (
+        code.get(pf).unwrap(),
+        code.get(pp).unwrap(),
+        code.get(pe).unwrap(),
+    );
+
+    let x = rand_vec(fs.input_len(), 1);
+    let packed =
+        pack_fc_weights(&fs, &rand_vec(fs.weight_len(), 2), Some(&rand_vec(29, 3))).unwrap();
+    let (mut a, mut b) = (
+        vec![f32::NAN; fs.output_len()],
+        vec![f32::NAN; fs.output_len()],
+    );
+    fk.run_all(&x, &packed, None, &mut a).unwrap();
+    fk.run_parallel(&pool, &x, &packed, None, &mut b).unwrap();
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+
+    let x = rand_vec(ps.input_len(), 4);
+    let (mut a, mut b) = (
+        vec![f32::NAN; ps.output_len()],
+        vec![f32::NAN; ps.output_len()],
+    );
+    pk.run_all(&x, &mut a).unwrap();
+    let mut scratch = vec![0.0; pk.scratch_len() * pool.threads()];
+    pk.run_parallel(&pool, &x, &mut b, &mut scratch).unwrap();
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    assert!(pk
+        .run_parallel(&pool, &x, &mut b, &mut scratch[1..])
+        .is_err());
+
+    let (u, v) = (rand_vec(1001, 5), rand_vec(1001, 6));
+    let (mut a, mut b) = (vec![f32::NAN; 1001], vec![f32::NAN; 1001]);
+    ek.run_all(&[&u, &v], &mut a).unwrap();
+    ek.run_parallel(&pool, &[&u, &v], &mut b).unwrap();
+    assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+}
+
+#[test]
+fn relu_propagates_nan_and_clamps() {
+    let x = vec![
+        f32::NAN,
+        -1.0,
+        2.0,
+        -0.0,
+        0.5,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        -3.0,
+        f32::NAN,
+    ];
+    let got = run_elt(
+        &EltSpec::Relu { len: x.len() },
+        std::slice::from_ref(&x),
+        x.len(),
+    );
+    for (g, v) in got.iter().zip(&x) {
+        if v.is_nan() {
+            assert!(g.is_nan());
+        } else {
+            assert_eq!(*g, v.max(0.0), "relu({v})");
+        }
+    }
+}
+
+#[test]
+fn huge_specs_are_refused_not_panicking() {
+    let mut km = KernelModule::new().unwrap();
+    let big = usize::MAX / 3;
+    let mut s = spec(3, 5, 5, 4, 3, 3, (1, 1), (1, 1));
+    for f in 0..10 {
+        let mut t = s;
+        match f {
+            0 => t.in_c = big,
+            1 => t.in_h = big,
+            2 => t.in_w = big,
+            3 => t.out_c = big,
+            4 => t.kernel_h = big,
+            5 => t.stride_w = big,
+            6 => t.pad_h = big,
+            7 => t.pad_w = big,
+            8 => (t.in_c, t.in_h, t.in_w) = (4096, 4096, 4096),
+            _ => (t.out_c, t.in_c, t.kernel_h, t.kernel_w) = (100_000, 100_000, 3, 3),
+        }
+        assert!(km.add_conv(&t).is_err(), "{t:?}");
+        assert!(pack_conv_weights(&t, &[], None).is_err());
+    }
+    s.out_c = 0;
+    assert!(km.add_conv(&s).is_err());
+    assert!(km.add_fc(&FcSpec::new(big, 10, 1)).is_err());
+    assert!(km.add_fc(&FcSpec::new(100_000, 100_000, 1)).is_err());
+    assert!(km.add_fc(&FcSpec::new(10, 10, 0)).is_err());
+    assert!(km
+        .add_pool(&PoolSpec::square(PoolKind::Max, big, 4, 2, 2, 0))
+        .is_err());
+    assert!(km
+        .add_pool(&PoolSpec::square(PoolKind::Max, 4096, 4096, 2, 2, 0))
+        .is_err());
+    assert!(km
+        .add_pool(&PoolSpec::square(PoolKind::Max, 1, 4, 2, 2, 2))
+        .is_err());
+    assert!(km
+        .add_elementwise(&EltSpec::Add {
+            inputs: big,
+            len: 4,
+            relu: false
+        })
+        .is_err());
+    assert!(km
+        .add_elementwise(&EltSpec::Softmax {
+            channels: big,
+            hw: big
+        })
+        .is_err());
+    assert!(km
+        .add_elementwise(&EltSpec::ScaleShift {
+            channels: 1 << 20,
+            hw: 1 << 20,
+            relu: false
+        })
+        .is_err());
+    assert!(km.add_elementwise(&EltSpec::Relu { len: 0 }).is_err());
+}
+
+#[test]
+fn conv_narrow_outputs_row_groups() {
+    // Outputs narrower than 9 columns use tiles spanning several rows, plus a rest group.
+    let mut seed = 7000;
+    for ow in 1..=8 {
+        for oh in 1..=7 {
+            for stride in [1, 2] {
+                let mut s = spec(
+                    3,
+                    (oh - 1) * stride + 3,
+                    (ow - 1) * stride + 3,
+                    10,
+                    3,
+                    3,
+                    (stride, stride),
+                    (0, 0),
+                );
+                s.bias = true;
+                s.residual = seed % 2 == 0;
+                s.relu = seed % 3 == 0;
+                assert_eq!((s.out_h(), s.out_w()), (oh, ow));
+                check_conv(&s, seed);
+                seed += 1;
+            }
+        }
+    }
+}

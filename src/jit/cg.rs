@@ -25,6 +25,17 @@ pub(crate) fn rw() -> MemFlagsData {
     MemFlagsData::new().with_notrap()
 }
 
+/// Whether a tensor of these dimensions fits the generated code's i32 byte offsets (with a
+/// factor 2 of margin for padded channel blocks), computed without overflow.
+pub(crate) fn fits(dims: &[usize]) -> bool {
+    dims.iter()
+        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+        .is_some_and(|b| b <= i32::MAX as usize / 2)
+}
+
+/// Upper bound on any single dimension, checked before any arithmetic on the dimensions.
+pub(crate) const MAX_DIM: usize = 1 << 24;
+
 /// Converts a byte offset known at compile time to a load/store immediate.
 pub(crate) fn off(x: usize) -> i32 {
     i32::try_from(x).expect("offsets are checked against i32 when the spec is validated")
@@ -67,11 +78,41 @@ impl Emit<'_> {
         }
     }
 
-    /// `max(x, 0)`, NaN-propagating like PyTorch's ReLU.
+    /// `max(x, 0)`, NaN-propagating like PyTorch's ReLU: `x` where `!(x < 0)`, else 0.
+    /// Two instructions for f32x4 (`cmpps` + `andps`); Cranelift's `fmax` takes 8.
     pub(crate) fn relu(&mut self, x: Value) -> Value {
+        use cranelift_codegen::ir::condcodes::FloatCC;
         let ty = self.b.func.dfg.value_type(x);
         let z = self.fzero(ty);
-        self.b.ins().fmax(x, z)
+        let keep = self
+            .b
+            .ins()
+            .fcmp(FloatCC::UnorderedOrGreaterThanOrEqual, x, z);
+        if ty == F32 {
+            self.b.ins().select(keep, x, z)
+        } else {
+            let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+            let mask = self.b.ins().bitcast(ty, le, keep);
+            self.b.ins().band(x, mask)
+        }
+    }
+
+    /// `v` if `v > m` or `v` is NaN, else `m`: the max of a running maximum `m` and a new
+    /// value, NaN-propagating like PyTorch's max pool, in 4 instructions on x86 for f32x4
+    /// (Cranelift's `fmax` takes 8).
+    pub(crate) fn max_nan(&mut self, m: Value, v: Value) -> Value {
+        use cranelift_codegen::ir::condcodes::FloatCC;
+        let gt = self.b.ins().fcmp(FloatCC::GreaterThan, v, m);
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+        let mask = self.b.ins().bor(gt, nan);
+        let ty = self.b.func.dfg.value_type(v);
+        if ty == F32 {
+            self.b.ins().select(mask, v, m)
+        } else {
+            let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+            let mask = self.b.ins().bitcast(ty, le, mask);
+            self.b.ins().bitselect(mask, v, m)
+        }
     }
 
     pub(crate) fn load(&mut self, ty: Type, p: Value, offset: i32) -> Value {

@@ -4,11 +4,11 @@
 //! Two code generators, chosen from the spec alone:
 //! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]).
 //! * everything else: a *direct* convolution vectorised along output channels. The micro-kernel
-//!   keeps a tile of `w` output pixels (up to 6, consecutive in one output row) by `KB = 8`
-//!   output channels in `w * 2` f32x4 accumulators. The reduction runs over the taps
-//!   `(c, fy, fx)` in a loop unrolled 4x; per tap it loads two weight vectors (packed so that
+//!   keeps a tile of `w` output pixels (up to 4, consecutive in one output row) by 8 output
+//!   channels in `w * 2` f32x4 accumulators. The reduction runs over the taps
+//!   `(c, fy, fx)` in a loop unrolled 2x; per tap it loads two weight vectors (packed so that
 //!   they are consecutive), reads the tap's input offset from a table (one i32), and broadcasts
-//!   one input value per pixel. Strides cost nothing (the pixel addresses are just further
+//!   one input value per FMA. Strides cost nothing (the pixel addresses are just further
 //!   apart), and padding is taken out of the hot loop by first copying the input into a
 //!   zero-bordered scratch buffer, so that every pixel uses the same tap table.
 //!   Results are stored transposed (one scalar store per element).
@@ -19,10 +19,10 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
-use super::cg::{off, F32, F32X4, I32, I64};
+use super::cg::{fits, off, F32, F32X4, I32, I64, MAX_DIM};
 use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
-use super::shared_out::SharedOut;
+use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 
 /// Shapes and fused epilogue of one convolution layer (one image, NCHW).
@@ -92,6 +92,15 @@ impl ConvSpec {
 
     pub fn validate(&self) -> Result<()> {
         let s = self;
+        let dims = [
+            s.in_c, s.in_h, s.in_w, s.out_c, s.kernel_h, s.kernel_w, s.stride_h, s.stride_w,
+            s.pad_h, s.pad_w,
+        ];
+        if dims.iter().any(|&d| d > MAX_DIM) {
+            return Err(Error::Unsupported(format!(
+                "conv dimension over {MAX_DIM}: {s:?}"
+            )));
+        }
         if s.in_c == 0 || s.in_h == 0 || s.in_w == 0 || s.out_c == 0 {
             return Err(Error::Shape(format!("conv with an empty dimension: {s:?}")));
         }
@@ -110,16 +119,11 @@ impl ConvSpec {
             )));
         }
         // Every byte offset the generated code computes must fit in an i32.
-        let big = [
-            self.input_len(),
-            self.output_len(),
-            self.weight_len() + 64 * self.out_c,
-            self.in_c * (self.in_h + 2 * self.pad_h) * (self.in_w + 2 * self.pad_w),
-        ];
-        if big
-            .iter()
-            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
-        {
+        let (hp, wp) = (s.in_h + 2 * s.pad_h, s.in_w + 2 * s.pad_w);
+        let ok = fits(&[s.in_c, hp, wp])
+            && fits(&[s.out_c, s.out_h(), s.out_w()])
+            && fits(&[s.out_c + 8, s.in_c, s.kernel_h, s.kernel_w]);
+        if !ok {
             return Err(Error::Unsupported(format!(
                 "conv tensors over 1 GB are not supported: {s:?}"
             )));
@@ -137,15 +141,28 @@ impl ConvSpec {
     }
 }
 
-/// Output channels per block of the direct kernel (two f32x4 vectors).
-const KB: usize = 8;
-const KV: usize = KB / 4;
-/// Maximum output pixels per micro-kernel tile.
-const MAX_PX: usize = 6;
+/// Output-channel vectors per block of the direct kernel: 2 (8 channels). Blocks of 12
+/// channels for narrow tiles (at most 4 pixels, 9-12 accumulators) measured 10-20% slower on
+/// 7x7 and 4x4 outputs (a 4x12 tile leaves no register to spare), so the plan keeps 8.
+fn channel_vectors(_out_w: usize) -> usize {
+    2
+}
+
+/// Maximum output pixels per micro-kernel tile (4 pixels x 8 channels = 8 accumulators), and
+/// taps per loop iteration. Measured on 3x3 and 7x7 layers (best GFLOP/s): 6 px x 1 tap 35, or
+/// 29 when the register allocator spilled an accumulator (12 accumulators + 2 weight vectors +
+/// 1 broadcast leave one spare register); 5 x 1: 33-36; 4 x 2: 36-41; 4 x 3: 31-32; 4 x 4: 29-30.
+/// Cranelift emits an unrolled body accumulator by accumulator with every weight vector of the
+/// iteration live, so unrolling only pays while registers remain (8 acc + 4 weights + 1).
+const MAX_PX: usize = 4;
+const TAP_UNROLL: usize = 2;
 
 #[derive(Clone, Debug)]
 pub(crate) struct DirectPlan {
     spec: ConvSpec,
+    /// f32x4 vectors of output channels per block, and channels per block (`4 * kv`).
+    kv: usize,
+    kb: usize,
     nkb: usize,
     taps: usize,
     hp: usize,
@@ -156,9 +173,13 @@ pub(crate) struct DirectPlan {
 impl DirectPlan {
     fn new(spec: ConvSpec) -> Self {
         let padded = spec.pad_h > 0 || spec.pad_w > 0;
+        let kv = channel_vectors(spec.out_w());
+        let kb = 4 * kv;
         DirectPlan {
             spec,
-            nkb: spec.out_c.div_ceil(KB),
+            kv,
+            kb,
+            nkb: spec.out_c.div_ceil(kb),
             taps: spec.in_c * spec.kernel_h * spec.kernel_w,
             hp: spec.in_h + 2 * spec.pad_h,
             wp: spec.in_w + 2 * spec.pad_w,
@@ -166,7 +187,7 @@ impl DirectPlan {
         }
     }
     fn packed_len(&self) -> usize {
-        self.nkb * self.taps * KB + self.nkb * KB
+        self.nkb * self.taps * self.kb + self.nkb * self.kb
     }
     fn scratch_len(&self) -> usize {
         if self.padded {
@@ -177,26 +198,60 @@ impl DirectPlan {
     }
     /// Tiles of one output row: `(count, width)` pairs, widths as equal as possible.
     fn row_tiles(&self) -> [(usize, usize); 2] {
-        let ow = self.spec.out_w();
-        let n = ow.div_ceil(MAX_PX);
-        let q = ow / n;
-        let r = ow % n;
-        [(r, q + 1), (n - r, q)]
+        split_even(self.spec.out_w())
     }
 
-    /// `[nkb][c][fy][fx][KB]` then the bias padded to `nkb * KB` (zeros when absent).
+    /// Output rows per row group. Narrow outputs (fewer than 9 columns, not a multiple of 6)
+    /// would give tiles of at most 4 pixels (8 accumulators or fewer: FMA latency shows), so
+    /// their tiles span `g` rows, about 12 pixels per group.
+    fn row_group(&self) -> usize {
+        let (oh, ow) = (self.spec.out_h(), self.spec.out_w());
+        if ow >= 9 || ow % MAX_PX == 0 {
+            1
+        } else {
+            (12usize.div_ceil(ow)).min(oh).max(1)
+        }
+    }
+
+    /// Tiles of a group of `rows` output rows: lists of pixel byte offsets (input, output)
+    /// relative to the group's first pixel.
+    fn group_tiles(&self, rows: usize) -> Vec<Vec<(usize, usize)>> {
+        let s = &self.spec;
+        let ow = s.out_w();
+        let mut q = 0;
+        let mut tiles = Vec::new();
+        for (count, width) in split_even(rows * ow) {
+            for _ in 0..count {
+                tiles.push(
+                    (q..q + width)
+                        .map(|p| {
+                            let (dy, dx) = (p / ow, p % ow);
+                            (
+                                (dy * s.stride_h * self.wp + dx * s.stride_w) * 4,
+                                (dy * ow + dx) * 4,
+                            )
+                        })
+                        .collect(),
+                );
+                q += width;
+            }
+        }
+        tiles
+    }
+
+    /// `[nkb][c][fy][fx][kb]` then the bias padded to `nkb * kb` (zeros when absent).
     fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let s = &self.spec;
         let mut out = vec![0.0f32; self.packed_len()];
         let per_k = self.taps;
         for k in 0..s.out_c {
-            let (kb, kl) = (k / KB, k % KB);
+            let (kb, kl) = (k / self.kb, k % self.kb);
             for t in 0..per_k {
-                out[(kb * per_k + t) * KB + kl] = w[k * per_k + t];
+                out[(kb * per_k + t) * self.kb + kl] = w[k * per_k + t];
             }
         }
         if let Some(b) = bias {
-            let base = self.nkb * self.taps * KB;
+            let base = self.nkb * self.taps * self.kb;
             out[base..base + s.out_c].copy_from_slice(b);
         }
         out
@@ -215,30 +270,43 @@ impl DirectPlan {
         t
     }
 
-    /// Emits `fn(input, packed, residual, out, scratch, begin, end)`.
-    fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
+    /// Emits `fn(input, packed, residual, out, scratch, begin, end)`. With padding that is an
+    /// entry function calling a padded-copy function and then the compute function, so that
+    /// the compute function's `readonly` loads of the scratch copy are truthful (the scratch is
+    /// not written while it runs).
+    fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, Option<(PendingId, PendingId)>)> {
         let table = km.add_table(self.table());
         let plan = self.clone();
-        km.define(7, move |e, p| plan.body(e, p, table))
+        let compute = km.define(7, move |e, p| plan.body(e, p, table))?;
+        if !self.padded {
+            return Ok((compute, None));
+        }
+        let s = self.spec;
+        let pad = km.define(2, move |e, p| {
+            e.pad_copy(p[0], p[1], s.in_c, s.in_h, s.in_w, s.pad_h, s.pad_w, 0.0)
+        })?;
+        let entry = km.define_calling(7, &[pad, compute], |e, p| {
+            let (pad, compute) = (e.callees[0], e.callees[1]);
+            e.b.ins().call(pad, &[p[0], p[4]]);
+            e.b.ins().call(compute, p);
+            Ok(())
+        })?;
+        Ok((entry, Some((pad, compute))))
     }
 
     fn body(&self, e: &mut Emit, p: &[Value], table: i64) -> Result<()> {
         let s = self.spec;
         let (inp, w, res, out, scratch, begin, end) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
-        let src = if self.padded {
-            e.pad_copy(inp, scratch, s.in_c, s.in_h, s.in_w, s.pad_h, s.pad_w, 0.0)?;
-            scratch
-        } else {
-            inp
-        };
+        // With padding, the entry function has already copied the input into `scratch`.
+        let src = if self.padded { scratch } else { inp };
         let (oh, ow) = (s.out_h(), s.out_w());
         let ohw = oh * ow;
-        let tail = s.out_c % KB;
-        let bias_base = (self.nkb * self.taps * KB * 4) as i64;
+        let tail = s.out_c % self.kb;
+        let bias_base = (self.nkb * self.taps * self.kb * 4) as i64;
         e.for_range(begin, end, 1, |e, kb| {
-            let wo = e.mul_imm(kb, (self.taps * KB * 4) as i64);
+            let wo = e.mul_imm(kb, (self.taps * self.kb * 4) as i64);
             let wblk = e.b.ins().iadd(w, wo);
-            let oo = e.mul_imm(kb, (KB * ohw * 4) as i64);
+            let oo = e.mul_imm(kb, (self.kb * ohw * 4) as i64);
             let oblk = e.b.ins().iadd(out, oo);
             let rblk = e.b.ins().iadd(res, oo);
             let is_tail = if tail != 0 {
@@ -250,13 +318,56 @@ impl DirectPlan {
                 None
             };
             let bias = if s.bias {
-                let bo = e.mul_imm(kb, (KB * 4) as i64);
+                let bo = e.mul_imm(kb, (self.kb * 4) as i64);
                 let bp = e.b.ins().iadd(w, bo);
                 let bp = e.add_imm(bp, bias_base);
                 Some(bp)
             } else {
                 None
             };
+            let g = self.row_group();
+            if g > 1 {
+                // Groups of `g` rows with statically laid out tiles, then the remaining rows.
+                let groups = [(0, oh / g, g), (oh / g * g, 1, oh % g)];
+                for (row0, count, rows) in groups {
+                    if count == 0 || rows == 0 {
+                        continue;
+                    }
+                    let tiles = self.group_tiles(rows);
+                    e.for_const(
+                        row0 as i64,
+                        (row0 + count * rows) as i64,
+                        rows as i64,
+                        |e, oy| {
+                            let io = e.mul_imm(oy, (s.stride_h * self.wp * 4) as i64);
+                            let irow = e.b.ins().iadd(src, io);
+                            let oo = e.mul_imm(oy, (ow * 4) as i64);
+                            let orow = e.b.ins().iadd(oblk, oo);
+                            let rrow = e.b.ins().iadd(rblk, oo);
+                            for px in &tiles {
+                                // Rebase on the tile's first pixel so that offsets stay small.
+                                let (i0, o0) = px[0];
+                                let ip = e.add_imm(irow, i0 as i64);
+                                let op = e.add_imm(orow, o0 as i64);
+                                let rp = e.add_imm(rrow, o0 as i64);
+                                let px = px.iter().map(|&(i, o)| (i - i0, o - o0)).collect();
+                                let t = Tile {
+                                    px,
+                                    ip,
+                                    op,
+                                    rp,
+                                    wblk,
+                                    bias,
+                                    is_tail,
+                                };
+                                self.tile(e, &t, table, ohw)?;
+                            }
+                            Ok(())
+                        },
+                    )?;
+                }
+                return Ok(());
+            }
             e.for_const(0, oh as i64, 1, |e, oy| {
                 let io = e.mul_imm(oy, (s.stride_h * self.wp * 4) as i64);
                 let irow = e.b.ins().iadd(src, io);
@@ -268,6 +379,8 @@ impl DirectPlan {
                     if count == 0 || width == 0 {
                         continue;
                     }
+                    let px: Vec<(usize, usize)> =
+                        (0..width).map(|j| (j * s.stride_w * 4, j * 4)).collect();
                     e.for_const(
                         ox0 as i64,
                         (ox0 + count * width) as i64,
@@ -279,7 +392,7 @@ impl DirectPlan {
                             let op = e.b.ins().iadd(orow, oo);
                             let rp = e.b.ins().iadd(rrow, oo);
                             let t = Tile {
-                                width,
+                                px: px.clone(),
                                 ip,
                                 op,
                                 rp,
@@ -299,56 +412,63 @@ impl DirectPlan {
 
     fn tile(&self, e: &mut Emit, t: &Tile, table: i64, ohw: usize) -> Result<()> {
         let s = self.spec;
-        let w = t.width;
-        let mut acc: Vec<Variable> = Vec::with_capacity(w * KV);
+        let w = t.px.len();
+        let mut acc: Vec<Variable> = Vec::with_capacity(w * self.kv);
         let z = e.fzero(F32X4);
-        for _ in 0..w * KV {
+        for _ in 0..w * self.kv {
             let v = e.b.declare_var(F32X4);
             e.b.def_var(v, z);
             acc.push(v);
         }
         let wvar = e.b.declare_var(I64);
         e.b.def_var(wvar, t.wblk);
-        let sw4 = s.stride_w * 4;
         let step = |e: &mut Emit, tp: Value, wp: Value, taps: usize| {
             for u in 0..taps {
                 let ioff = e.b.ins().load(I32, super::cg::ro(), tp, off(u * 4));
                 let ioff = e.b.ins().sextend(I64, ioff);
                 let ip = e.b.ins().iadd(t.ip, ioff);
-                let wv: Vec<Value> = (0..KV)
-                    .map(|v| e.load(F32X4, wp, off((u * KB + v * 4) * 4)))
+                let wv: Vec<Value> = (0..self.kv)
+                    .map(|v| e.load(F32X4, wp, off((u * self.kb + v * 4) * 4)))
                     .collect();
                 for j in 0..w {
                     for (v, &wvv) in wv.iter().enumerate() {
                         // One broadcast per FMA, made distinct by its flags so that GVN does
                         // not merge them: a single-use splat of a load becomes one
                         // `vbroadcastss xmm, m32`, and the FMA may clobber it (no copy).
-                        let x = e.b.ins().load(F32, bcast_flags(v), ip, off(j * sw4));
+                        let x = e.b.ins().load(F32, bcast_flags(v), ip, off(t.px[j].0));
                         let x = e.b.ins().splat(F32X4, x);
-                        let a = e.b.use_var(acc[j * KV + v]);
+                        let a = e.b.use_var(acc[j * self.kv + v]);
                         let a = e.fmadd(x, wvv, a);
-                        e.b.def_var(acc[j * KV + v], a);
+                        e.b.def_var(acc[j * self.kv + v], a);
                     }
                 }
             }
         };
-        // One tap per iteration: with more, Cranelift's scheduler would place the unrolled
-        // taps accumulator by accumulator and keep all their weight vectors live (spills).
+        let u = TAP_UNROLL;
+        let nmain = self.taps / u * u;
+        let tmid = table + (nmain * 4) as i64;
+        e.for_const(table, tmid, (u * 4) as i64, |e, tp| {
+            let wp = e.b.use_var(wvar);
+            step(e, tp, wp, u);
+            let wn = e.add_imm(wp, (u * self.kb * 4) as i64);
+            e.b.def_var(wvar, wn);
+            Ok(())
+        })?;
         let tend = table + (self.taps * 4) as i64;
-        e.for_const(table, tend, 4, |e, tp| {
+        e.for_const(tmid, tend, 4, |e, tp| {
             let wp = e.b.use_var(wvar);
             step(e, tp, wp, 1);
-            let wn = e.add_imm(wp, (KB * 4) as i64);
+            let wn = e.add_imm(wp, (self.kb * 4) as i64);
             e.b.def_var(wvar, wn);
             Ok(())
         })?;
         // Epilogue: bias (vector), residual and relu, transposed scalar stores.
         let mut vals: Vec<Value> = acc.iter().map(|&v| e.b.use_var(v)).collect();
         if let Some(bp) = t.bias {
-            for v in 0..KV {
+            for v in 0..self.kv {
                 let bv = e.load(F32X4, bp, off(v * 16));
                 for j in 0..w {
-                    vals[j * KV + v] = e.b.ins().fadd(vals[j * KV + v], bv);
+                    vals[j * self.kv + v] = e.b.ins().fadd(vals[j * self.kv + v], bv);
                 }
             }
         }
@@ -357,12 +477,12 @@ impl DirectPlan {
                 *x = e.relu(*x);
             }
         }
-        let tail = s.out_c % KB;
+        let tail = s.out_c % self.kb;
         let store_lane = |e: &mut Emit, kl: usize| {
             let (v, l) = (kl / 4, kl % 4);
             for j in 0..w {
-                let mut x = e.b.ins().extractlane(vals[j * KV + v], l as u8);
-                let o = off((kl * ohw + j) * 4);
+                let mut x = e.b.ins().extractlane(vals[j * self.kv + v], l as u8);
+                let o = off(kl * ohw * 4 + t.px[j].1);
                 if s.residual {
                     let r = e.load(F32, t.rp, o);
                     x = e.b.ins().fadd(x, r);
@@ -373,7 +493,7 @@ impl DirectPlan {
                 e.store(x, t.op, o);
             }
         };
-        let always = if tail == 0 { KB } else { tail };
+        let always = if tail == 0 { self.kb } else { tail };
         for kl in 0..always {
             store_lane(e, kl);
         }
@@ -382,7 +502,7 @@ impl DirectPlan {
             let done = e.b.create_block();
             e.b.ins().brif(is_tail, done, &[], more, &[]);
             e.b.switch_to_block(more);
-            for kl in always..KB {
+            for kl in always..self.kb {
                 store_lane(e, kl);
             }
             e.b.ins().jump(done, &[]);
@@ -391,6 +511,15 @@ impl DirectPlan {
         let _ = F32;
         Ok(())
     }
+}
+
+/// Splits `n` pixels into tiles of at most `MAX_PX`, widths as equal as possible:
+/// `(count, width)` pairs.
+fn split_even(n: usize) -> [(usize, usize); 2] {
+    let t = n.div_ceil(MAX_PX);
+    let q = n / t;
+    let r = n % t;
+    [(r, q + 1), (t - r, q)]
 }
 
 /// Equivalent read-only flags that differ only in ways that do not matter for f32 loads
@@ -408,7 +537,8 @@ pub(crate) fn bcast_flags(v: usize) -> cranelift_codegen::ir::MemFlagsData {
 }
 
 struct Tile {
-    width: usize,
+    /// Byte offsets of each pixel from `ip` (input) and from `op`/`rp` (output, residual).
+    px: Vec<(usize, usize)>,
     ip: Value,
     op: Value,
     rp: Value,
@@ -508,6 +638,8 @@ pub fn pack_conv_weights(
 /// A convolution defined in a [`KernelModule`], not yet finalized.
 pub struct PendingConv {
     id: PendingId,
+    /// With padding: the padded-copy and compute functions the entry `id` calls.
+    parts: Option<(PendingId, PendingId)>,
     spec: ConvSpec,
     plan: Plan,
 }
@@ -517,12 +649,13 @@ impl KernelModule {
     pub fn add_conv(&mut self, spec: &ConvSpec) -> Result<PendingConv> {
         spec.validate()?;
         let plan = Plan::new(spec);
-        let id = match &plan {
+        let (id, parts) = match &plan {
             Plan::Direct(d) => d.emit(self)?,
-            Plan::Gemm(g) => g.emit(self)?,
+            Plan::Gemm(g) => (g.emit(self)?, None),
         };
         Ok(PendingConv {
             id,
+            parts,
             spec: *spec,
             plan,
         })
@@ -531,6 +664,8 @@ impl KernelModule {
 
 type ConvFn =
     unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
+/// `fn(input, scratch)`: the zero-bordered copy.
+type PadFn = unsafe extern "C" fn(*const f32, *mut f32);
 
 impl Pending for PendingConv {
     type Kernel = ConvKernel;
@@ -538,9 +673,23 @@ impl Pending for PendingConv {
         let ptr = code.ptr(self.id)?;
         // SAFETY: `ptr` was defined with the signature of `ConvFn` (7 i64 params, System V).
         let f = unsafe { std::mem::transmute::<*const u8, ConvFn>(ptr) };
+        let parts = match self.parts {
+            Some((pad, compute)) => {
+                let (pad, compute) = (code.ptr(pad)?, code.ptr(compute)?);
+                // SAFETY: `pad` was defined with 2 i64 params, `compute` with 7 (`ConvFn`).
+                unsafe {
+                    Some((
+                        std::mem::transmute::<*const u8, PadFn>(pad),
+                        std::mem::transmute::<*const u8, ConvFn>(compute),
+                    ))
+                }
+            }
+            None => None,
+        };
         Ok(ConvKernel {
             _code: code.clone(),
             f,
+            parts,
             spec: self.spec,
             packed_len: self.plan.packed_len(),
             scratch_len: self.plan.scratch_len(),
@@ -553,6 +702,8 @@ impl Pending for PendingConv {
 pub struct ConvKernel {
     _code: Arc<Compiled>,
     f: ConvFn,
+    /// With padding: the padded copy and the compute function that `f` calls in turn.
+    parts: Option<(PadFn, ConvFn)>,
     spec: ConvSpec,
     packed_len: usize,
     scratch_len: usize,
@@ -560,6 +711,19 @@ pub struct ConvKernel {
 }
 
 impl ConvKernel {
+    /// With padding, the two functions the entry point calls in turn: the padded copy
+    /// `extern "C" fn(input, scratch: *f32)` and the compute function (same signature as
+    /// `code_ptr()`, reading the copy from `scratch`). A runtime that splits a layer across
+    /// threads calls the copy once and the compute function per range, as `run_parallel` does.
+    pub fn pad_and_compute_ptrs(&self) -> Option<(*const u8, *const u8)> {
+        self.parts.map(|(p, c)| (p as *const u8, c as *const u8))
+    }
+    /// The machine code's entry point, for callers that generate their own dispatch (a
+    /// whole-network runtime): `extern "C" fn(input, packed, residual, out, scratch: *f32, begin, end: i64)`; `residual` may be null when the spec has none, `scratch` must hold `scratch_len()` floats, System V ABI, with the buffer sizes `run` checks. Valid
+    /// while this kernel (or another holding the same `Compiled`) is alive.
+    pub fn code_ptr(&self) -> *const u8 {
+        self.f as *const u8
+    }
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
     }
@@ -578,6 +742,39 @@ impl ConvKernel {
         self.units
     }
 
+    /// Checks every buffer against the spec; returns the residual pointer (null when unused).
+    fn check(
+        &self,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &[f32],
+        scratch: &[f32],
+        scratch_needed: usize,
+    ) -> Result<*const f32> {
+        let s = &self.spec;
+        check_len("conv input", input.len(), s.input_len())?;
+        check_len("conv packed weights", packed.len(), self.packed_len)?;
+        check_len("conv output", out.len(), s.output_len())?;
+        if scratch.len() < scratch_needed {
+            return Err(Error::Input(format!(
+                "conv scratch: need {scratch_needed} floats, got {}",
+                scratch.len()
+            )));
+        }
+        match (s.residual, residual) {
+            (true, Some(r)) => {
+                check_len("conv residual", r.len(), s.output_len())?;
+                Ok(r.as_ptr())
+            }
+            (false, None) => Ok(std::ptr::null()),
+            (true, None) => Err(Error::Input("conv residual missing".into())),
+            (false, Some(_)) => Err(Error::Input(
+                "conv has no residual but one was given".into(),
+            )),
+        }
+    }
+
     /// Computes the output channel blocks in `range` of `out` (`[out_c, out_h, out_w]`).
     pub fn run(
         &self,
@@ -588,59 +785,13 @@ impl ConvKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        self.run_shared(
-            input,
-            packed,
-            residual,
-            &SharedOut::new(out),
-            scratch,
-            range,
-        )
-    }
-
-    /// [`ConvKernel::run`] for one of several threads filling `out` together: it writes
-    /// only the output channels of the blocks in `range`.
-    /// Computes the output channel blocks in `range` of `out` (`[out_c, out_h, out_w]`).
-    pub fn run_shared(
-        &self,
-        input: &[f32],
-        packed: &[f32],
-        residual: Option<&[f32]>,
-        out: &SharedOut,
-        scratch: &mut [f32],
-        range: Range<usize>,
-    ) -> Result<()> {
-        let s = &self.spec;
-        check_len("conv input", input.len(), s.input_len())?;
-        check_len("conv packed weights", packed.len(), self.packed_len)?;
-        check_len("conv output", out.len(), s.output_len())?;
-        if scratch.len() < self.scratch_len {
-            return Err(Error::Input(format!(
-                "conv scratch: need {} floats, got {}",
-                self.scratch_len,
-                scratch.len()
-            )));
-        }
-        let res_ptr = match (s.residual, residual) {
-            (true, Some(r)) => {
-                check_len("conv residual", r.len(), s.output_len())?;
-                r.as_ptr()
-            }
-            (false, None) => std::ptr::null(),
-            (true, None) => return Err(Error::Input("conv residual missing".into())),
-            (false, Some(_)) => {
-                return Err(Error::Input(
-                    "conv has no residual but one was given".into(),
-                ))
-            }
-        };
+        let res_ptr = self.check(input, packed, residual, out, scratch, self.scratch_len)?;
         check_range(&range, self.units)?;
         // SAFETY: the kernel reads `input` (input_len floats), `packed` (packed_len), `residual`
         // (output_len, only when spec.residual), reads and writes `scratch` (scratch_len), and
         // writes `out` (output_len): every address it computes is derived from the spec's
         // shapes for units in `range`, which lie within these lengths, all checked above.
-        // `scratch` is an exclusive borrow; `out` is a SharedOut, of which only the output
-        // channels of the blocks in `range` are written (see SharedOut).
+        // `out` and `scratch` are exclusive borrows, so they alias nothing else.
         unsafe {
             (self.f)(
                 input.as_ptr(),
@@ -652,6 +803,52 @@ impl ConvKernel {
                 range.end as i64,
             )
         };
+        Ok(())
+    }
+
+    /// All work units, split across `pool`'s threads. `scratch` must hold `scratch_len()`
+    /// floats: the calling thread makes the padded copy once, then every thread reads it.
+    pub fn run_parallel(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        packed: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let res_ptr = self.check(input, packed, residual, out, scratch, self.scratch_len)?;
+        let compute = match self.parts {
+            Some((pad, compute)) => {
+                // SAFETY: reads `input` (input_len floats) and writes the first scratch_len
+                // floats of `scratch`, both checked above.
+                unsafe { pad(input.as_ptr(), scratch.as_mut_ptr()) };
+                compute
+            }
+            None => self.f,
+        };
+        let (inp, pk) = (
+            SyncPtr(input.as_ptr() as *mut f32),
+            SyncPtr(packed.as_ptr() as *mut f32),
+        );
+        let (res, o) = (SyncPtr(res_ptr as *mut f32), SyncPtr(out.as_mut_ptr()));
+        let scr = SyncPtr(scratch.as_mut_ptr());
+        pool.split(self.units, |_, range| {
+            // SAFETY: as in `run`, with the lengths checked above. The compute function only
+            // reads the scratch copy (written before the split), and the parts' ranges are
+            // disjoint, so the threads write disjoint output channel blocks.
+            unsafe {
+                compute(
+                    inp.get(),
+                    pk.get(),
+                    res.get(),
+                    o.get(),
+                    scr.get(),
+                    range.start as i64,
+                    range.end as i64,
+                )
+            };
+        });
         Ok(())
     }
 
@@ -684,4 +881,16 @@ pub(crate) fn check_range(range: &Range<usize>, units: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A raw pointer shared with the pool's threads (they use disjoint parts of the buffer).
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: only used to hand buffers to kernels that write disjoint ranges (see the callers).
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+impl SyncPtr {
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
 }

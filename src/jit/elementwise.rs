@@ -12,10 +12,10 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
-use super::cg::{off, F32, F32X4, I64};
-use super::conv::{check_len, check_range};
+use super::cg::{off, F32, F32X4, I64, MAX_DIM};
+use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
-use super::shared_out::SharedOut;
+use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 
 /// What an [`EltKernel`] computes.
@@ -74,6 +74,18 @@ impl EltSpec {
         }
     }
     fn validate(&self) -> Result<()> {
+        let dims: &[usize] = match self {
+            EltSpec::Add { inputs, len, .. } => &[*inputs, *len],
+            EltSpec::Relu { len } => &[*len],
+            EltSpec::ScaleShift { channels, hw, .. }
+            | EltSpec::Softmax { channels, hw }
+            | EltSpec::GlobalAvgPool { channels, hw } => &[*channels, *hw],
+        };
+        if dims.iter().any(|&d| d > MAX_DIM) || self.n_inputs() > 1024 {
+            return Err(Error::Unsupported(format!(
+                "elementwise op too large: {self:?}"
+            )));
+        }
         let (ins, out) = self.lens();
         if ins.contains(&0) || out == 0 || self.n_inputs() == 0 {
             return Err(Error::Shape(format!("empty elementwise op: {self:?}")));
@@ -300,6 +312,12 @@ pub struct EltKernel {
 }
 
 impl EltKernel {
+    /// The machine code's entry point, for callers that generate their own dispatch (a
+    /// whole-network runtime): `extern "C" fn(inputs: *const *const f32, out: *f32, begin, end: i64)`, System V ABI, with the buffer sizes `run` checks. Valid
+    /// while this kernel (or another holding the same `Compiled`) is alive.
+    pub fn code_ptr(&self) -> *const u8 {
+        self.f as *const u8
+    }
     pub fn spec(&self) -> &EltSpec {
         &self.spec
     }
@@ -308,17 +326,7 @@ impl EltKernel {
     }
     /// `inputs`: the summands for Add, `[x]` for Relu/Softmax/GlobalAvgPool,
     /// `[x, scale, shift]` for ScaleShift.
-    pub fn run(&self, inputs: &[&[f32]], out: &mut [f32], range: Range<usize>) -> Result<()> {
-        self.run_shared(inputs, &SharedOut::new(out), range)
-    }
-    /// [`EltKernel::run`] for one of several threads filling `out` together: it writes
-    /// only the output elements of the units in `range`.
-    pub fn run_shared(
-        &self,
-        inputs: &[&[f32]],
-        out: &SharedOut,
-        range: Range<usize>,
-    ) -> Result<()> {
+    fn check(&self, inputs: &[&[f32]], out: &[f32]) -> Result<Vec<*const f32>> {
         let (lens, out_len) = self.spec.lens();
         if inputs.len() != lens.len() {
             return Err(Error::Input(format!(
@@ -332,8 +340,12 @@ impl EltKernel {
             check_len("elementwise input", x.len(), n)?;
         }
         check_len("elementwise output", out.len(), out_len)?;
+        Ok(inputs.iter().map(|x| x.as_ptr()).collect())
+    }
+
+    pub fn run(&self, inputs: &[&[f32]], out: &mut [f32], range: Range<usize>) -> Result<()> {
+        let ptrs = self.check(inputs, out)?;
         check_range(&range, self.work_units())?;
-        let ptrs: Vec<*const f32> = inputs.iter().map(|x| x.as_ptr()).collect();
         // SAFETY: the kernel reads the pointer array (n_inputs entries), then for the units in
         // `range` only elements of the inputs and output within the lengths checked above.
         unsafe {
@@ -346,6 +358,32 @@ impl EltKernel {
         };
         Ok(())
     }
+
+    /// All work units, split across `pool`'s threads.
+    pub fn run_parallel(
+        &self,
+        pool: &ThreadPool,
+        inputs: &[&[f32]],
+        out: &mut [f32],
+    ) -> Result<()> {
+        let ptrs = self.check(inputs, out)?;
+        let pp = SyncPtr(ptrs.as_ptr() as *mut f32);
+        let o = SyncPtr(out.as_mut_ptr());
+        pool.split(self.work_units(), |_, range| {
+            // SAFETY: as in `run`; the parts' ranges are disjoint units, which write disjoint
+            // output elements (elements, channels or pixels).
+            unsafe {
+                (self.f)(
+                    pp.get() as *const *const f32,
+                    o.get(),
+                    range.start as i64,
+                    range.end as i64,
+                )
+            };
+        });
+        Ok(())
+    }
+
     pub fn run_all(&self, inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
         self.run(inputs, out, 0..self.work_units())
     }

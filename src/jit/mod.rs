@@ -4,14 +4,15 @@
 mod cg;
 pub mod conv;
 pub mod elementwise;
+pub mod fc;
 pub mod gemm;
 pub mod module;
 pub mod pool;
-pub mod shared_out;
+pub mod threads;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvSpec, PendingConv};
 pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
-pub use gemm::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
+pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{Compiled, KernelListing, KernelModule, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
-pub use shared_out::SharedOut;
+pub use threads::ThreadPool;

@@ -60,6 +60,8 @@ pub(crate) struct Emit<'a> {
     pub b: FunctionBuilder<'a>,
     pub has_fma: bool,
     pub exp_ref: cranelift_codegen::ir::FuncRef,
+    /// The functions passed as `callees` to `define_calling`, callable with `call`.
+    pub callees: Vec<cranelift_codegen::ir::FuncRef>,
 }
 
 impl KernelModule {
@@ -158,6 +160,16 @@ impl KernelModule {
         n_params: usize,
         body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
     ) -> Result<PendingId> {
+        self.define_calling(n_params, &[], body)
+    }
+
+    /// `define` for a function that calls the already defined functions `callees`.
+    pub(crate) fn define_calling(
+        &mut self,
+        n_params: usize,
+        callees: &[PendingId],
+        body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
+    ) -> Result<PendingId> {
         let t0 = Instant::now();
         let module = self.module.as_mut().expect("module present until finalize");
         let mut sig = Signature::new(module.isa().default_call_conv());
@@ -173,6 +185,10 @@ impl KernelModule {
         {
             let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
             let exp_ref = module.declare_func_in_func(self.exp_func, b.func);
+            let callees = callees
+                .iter()
+                .map(|c| module.declare_func_in_func(self.funcs[c.index], b.func))
+                .collect();
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
@@ -181,8 +197,14 @@ impl KernelModule {
                 b,
                 has_fma: self.has_fma,
                 exp_ref,
+                callees,
             };
-            body(&mut e, &params)?;
+            if let Err(err) = body(&mut e, &params) {
+                // Leave the reusable contexts clean for the next kernel.
+                module.clear_context(&mut self.ctx);
+                self.fctx = FunctionBuilderContext::new();
+                return Err(err);
+            }
             e.b.ins().return_(&[]);
             e.b.seal_all_blocks();
             e.b.finalize(module.target_config());

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Value};
 
-use super::cg::{off, F32, F32X4};
-use super::conv::{check_len, check_range};
+use super::cg::{fits, off, F32, F32X4, MAX_DIM};
+use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
-use super::shared_out::SharedOut;
+use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +90,15 @@ impl PoolSpec {
     }
     pub fn validate(&self) -> Result<()> {
         let s = self;
+        let dims = [
+            s.channels, s.in_h, s.in_w, s.kernel_h, s.kernel_w, s.stride_h, s.stride_w, s.pad_h,
+            s.pad_w,
+        ];
+        if dims.iter().any(|&d| d > MAX_DIM) {
+            return Err(Error::Unsupported(format!(
+                "pool dimension over {MAX_DIM}: {s:?}"
+            )));
+        }
         if s.channels == 0 || s.in_h == 0 || s.in_w == 0 || s.kernel_h == 0 || s.kernel_w == 0 {
             return Err(Error::Shape(format!("pool with an empty dimension: {s:?}")));
         }
@@ -106,11 +115,7 @@ impl PoolSpec {
                 "pool padding must be at most half the window (PyTorch's rule): {s:?}"
             )));
         }
-        let big = [s.input_len(), s.output_len(), s.channels * s.hp() * s.wp()];
-        if big
-            .iter()
-            .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
-        {
+        if !fits(&[s.channels, s.hp(), s.wp()]) {
             return Err(Error::Unsupported(format!("pool tensors over 1 GB: {s:?}")));
         }
         Ok(())
@@ -142,6 +147,15 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
     let is_max = s.kind == PoolKind::Max;
     let nvec = s.vector_cols();
     let inv = 1.0f32 / (s.kernel_h * s.kernel_w) as f32;
+    // With padding the loads read the scratch plane this function wrote: not `readonly`.
+    let padded = s.padded();
+    let ld = |e: &mut Emit, ty, p, o| {
+        if padded {
+            e.load_rw(ty, p, o)
+        } else {
+            e.load(ty, p, o)
+        }
+    };
     e.for_range(begin, end, 1, |e, c| {
         let io = e.mul_imm(c, (s.in_h * s.in_w * 4) as i64);
         let plane = e.b.ins().iadd(inp, io);
@@ -168,16 +182,16 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
                     for fx in 0..s.kernel_w {
                         let o = (fy * wp) * 4;
                         let v = if s.stride_w == 1 {
-                            e.load(F32X4, base, off(o + fx * 4))
+                            ld(e, F32X4, base, off(o + fx * 4))
                         } else {
                             let q = fx / 2;
-                            let a = e.load(F32X4, base, off(o + q * 8));
-                            let b = e.load(F32X4, base, off(o + q * 8 + 16));
+                            let a = ld(e, F32X4, base, off(o + q * 8));
+                            let b = ld(e, F32X4, base, off(o + q * 8 + 16));
                             e.shuffle_lanes(a, b, fx % 2)
                         };
                         acc = Some(match acc {
                             None => v,
-                            Some(a) if is_max => e.b.ins().fmax(a, v),
+                            Some(a) if is_max => e.max_nan(a, v),
                             Some(a) => e.b.ins().fadd(a, v),
                         });
                     }
@@ -200,10 +214,10 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
                 let mut acc: Option<Value> = None;
                 for fy in 0..s.kernel_h {
                     for fx in 0..s.kernel_w {
-                        let v = e.load(F32, base, off((fy * wp + fx) * 4));
+                        let v = ld(e, F32, base, off((fy * wp + fx) * 4));
                         acc = Some(match acc {
                             None => v,
-                            Some(a) if is_max => e.b.ins().fmax(a, v),
+                            Some(a) if is_max => e.max_nan(a, v),
                             Some(a) => e.b.ins().fadd(a, v),
                         });
                     }
@@ -278,6 +292,12 @@ pub struct PoolKernel {
 }
 
 impl PoolKernel {
+    /// The machine code's entry point, for callers that generate their own dispatch (a
+    /// whole-network runtime): `extern "C" fn(input, out, scratch: *f32, begin, end: i64)`, System V ABI, with the buffer sizes `run` checks. Valid
+    /// while this kernel (or another holding the same `Compiled`) is alive.
+    pub fn code_ptr(&self) -> *const u8 {
+        self.f as *const u8
+    }
     pub fn spec(&self) -> &PoolSpec {
         &self.spec
     }
@@ -287,6 +307,25 @@ impl PoolKernel {
     pub fn scratch_len(&self) -> usize {
         self.spec.scratch_len()
     }
+    fn check(
+        &self,
+        input: &[f32],
+        out: &[f32],
+        scratch: &[f32],
+        scratch_needed: usize,
+    ) -> Result<()> {
+        let s = &self.spec;
+        check_len("pool input", input.len(), s.input_len())?;
+        check_len("pool output", out.len(), s.output_len())?;
+        if scratch.len() < scratch_needed {
+            return Err(Error::Input(format!(
+                "pool scratch: need {scratch_needed} floats, got {}",
+                scratch.len()
+            )));
+        }
+        Ok(())
+    }
+
     pub fn run(
         &self,
         input: &[f32],
@@ -294,28 +333,8 @@ impl PoolKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        self.run_shared(input, &SharedOut::new(out), scratch, range)
-    }
-    /// [`PoolKernel::run`] for one of several threads filling `out` together: it writes
-    /// only the output planes of the channels in `range`.
-    pub fn run_shared(
-        &self,
-        input: &[f32],
-        out: &SharedOut,
-        scratch: &mut [f32],
-        range: Range<usize>,
-    ) -> Result<()> {
-        let s = &self.spec;
-        check_len("pool input", input.len(), s.input_len())?;
-        check_len("pool output", out.len(), s.output_len())?;
-        if scratch.len() < s.scratch_len() {
-            return Err(Error::Input(format!(
-                "pool scratch: need {} floats, got {}",
-                s.scratch_len(),
-                scratch.len()
-            )));
-        }
-        check_range(&range, s.channels)?;
+        self.check(input, out, scratch, self.spec.scratch_len())?;
+        check_range(&range, self.spec.channels)?;
         // SAFETY: for each channel in `range` the kernel reads that channel's input plane,
         // writes its output plane and (when padded) the first scratch_len floats of `scratch`;
         // all lengths are checked above, and vector loads stay within a row (`vector_cols`).
@@ -330,6 +349,36 @@ impl PoolKernel {
         };
         Ok(())
     }
+
+    /// All channels, split across `pool`'s threads; `scratch` holds
+    /// `scratch_len() * pool.threads()` floats.
+    pub fn run_parallel(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<()> {
+        let sl = self.spec.scratch_len();
+        self.check(input, out, scratch, sl * pool.threads())?;
+        let inp = SyncPtr(input.as_ptr() as *mut f32);
+        let (o, scr) = (SyncPtr(out.as_mut_ptr()), SyncPtr(scratch.as_mut_ptr()));
+        pool.split(self.spec.channels, |part, range| {
+            // SAFETY: as in `run`; parts cover disjoint channels (disjoint output planes) and
+            // part `part` uses only scratch[part*sl..(part+1)*sl], within the checked length.
+            unsafe {
+                (self.f)(
+                    inp.get(),
+                    o.get(),
+                    scr.get().add(part * sl),
+                    range.start as i64,
+                    range.end as i64,
+                )
+            };
+        });
+        Ok(())
+    }
+
     pub fn run_all(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
         let mut scratch = vec![0.0f32; self.scratch_len()];
         self.run(input, out, &mut scratch, 0..self.spec.channels)

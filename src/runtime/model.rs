@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op, Shape};
 use crate::jit::{
     concat_channels, pack_conv_weights, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec,
-    FcKernel, FcSpec, KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, SharedOut,
+    FcKernel, FcSpec, KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, ThreadPool,
 };
 use crate::options::Options;
 use crate::tensor::Tensor;
@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 /// The most activation memory a model may plan (floats): 16 GiB.
 const ARENA_LIMIT: u64 = 1 << 32;
+
+/// How long workers spin for the next layer before parking (waking a parked thread
+/// costs tens of microseconds here, more than many layers take).
+const POOL_SPIN: Duration = Duration::from_micros(200);
 
 /// Below this much work (FLOPs, or floats written) a layer runs on one thread: waking
 /// another costs more than it saves.
@@ -76,70 +80,12 @@ impl Step {
         let len = self.input_items[i];
         &ins[i][n * len..(n + 1) * len]
     }
-
-    /// Work units of one kernel call.
-    fn work_units(&self) -> usize {
-        match &self.kernel {
-            Kernel::Conv { k, .. } => k.work_units(),
-            Kernel::Fc { k, .. } => k.work_units(),
-            Kernel::Pool(k) => k.work_units(),
-            Kernel::Elt { k, .. } => k.work_units(),
-            Kernel::Concat | Kernel::Pad { .. } => 1,
-        }
-    }
-
-    /// The units in `range` of every item of a `batch`-item chunk.
-    fn run(
-        &self,
-        ins: &[&[f32]],
-        out: &SharedOut,
-        scratch: &mut [f32],
-        range: std::ops::Range<usize>,
-        batch: usize,
-    ) -> Result<()> {
-        if let Kernel::Fc { k, packed } = &self.kernel {
-            // One call for the whole chunk: the weights are read once for every item.
-            let residual = (ins.len() > 1).then(|| &ins[1][..batch * self.output_item]);
-            return k.run_shared(
-                &ins[0][..batch * self.input_items[0]],
-                packed,
-                residual,
-                out,
-                range,
-            );
-        }
-        for n in 0..batch {
-            let o = out
-                .part(n * self.output_item, self.output_item)
-                .ok_or_else(|| {
-                    Error::Internal(format!("{}: output item {n} out of range", self.name))
-                })?;
-            let range = range.clone();
-            match &self.kernel {
-                Kernel::Conv { k, packed } => {
-                    let residual = (ins.len() > 1).then(|| self.item(ins, 1, n));
-                    k.run_shared(self.item(ins, 0, n), packed, residual, &o, scratch, range)?;
-                }
-                Kernel::Pool(k) => k.run_shared(self.item(ins, 0, n), &o, scratch, range)?,
-                Kernel::Elt { k, consts } => {
-                    let mut args: Vec<&[f32]> =
-                        (0..ins.len()).map(|i| self.item(ins, i, n)).collect();
-                    args.extend(consts.iter().map(Vec::as_slice));
-                    k.run_shared(&args, &o, range)?;
-                }
-                Kernel::Fc { .. } | Kernel::Concat | Kernel::Pad { .. } => {
-                    return Err(Error::Internal(format!("{}: runs whole chunks", self.name)))
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
-/// Per-run memory: the activation arena, and kernel scratch space for each thread.
+/// Per-run memory: the activation arena and kernel scratch space.
 struct Workspace {
     arena: Vec<f32>,
-    scratch: Vec<Mutex<Vec<f32>>>,
+    scratch: Vec<f32>,
 }
 
 pub struct Model {
@@ -155,8 +101,7 @@ pub struct Model {
     /// when more calls overlap than ever before), so steady-state runs allocate nothing.
     workspaces: Mutex<Vec<Workspace>>,
     /// Workers for `threads > 1`, created once per model.
-    pool: Option<rayon::ThreadPool>,
-    threads: usize,
+    pool: Option<ThreadPool>,
     compile_time: Duration,
 }
 
@@ -185,18 +130,13 @@ fn compile_with(
     if opts.threads == 0 {
         return Err(Error::Input("the thread count must be at least 1".into()));
     }
-    let pool = if opts.threads > 1 {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(opts.threads)
-            .thread_name(|i| format!("cnnc-worker-{i}"))
-            .build()
-            .map_err(|e| {
-                Error::Unsupported(format!("cannot start {} threads: {e}", opts.threads))
-            })?;
-        Some(pool)
-    } else {
-        None
-    };
+    if opts.threads > 256 {
+        return Err(Error::Input(format!(
+            "{} threads is more than the limit of 256",
+            opts.threads
+        )));
+    }
+    let pool = (opts.threads > 1).then(|| ThreadPool::new(opts.threads, POOL_SPIN));
     // A graph built or edited by hand gets the checks the parser gives a file.
     g.check_shapes()?;
     let order = g.topo_order()?;
@@ -275,7 +215,7 @@ fn compile_with(
     for p in pending {
         let kernel = match p.kernel {
             PendingKernel::Conv(k, packed) => Kernel::Conv {
-                k: code.get(k)?,
+                k: code.get(*k)?,
                 packed,
             },
             PendingKernel::Fc(k, packed) => Kernel::Fc {
@@ -295,8 +235,10 @@ fn compile_with(
     let scratch_len = steps
         .iter()
         .map(|s| match &s.kernel {
+            // A conv pads its input once, before its threads split the rest; each
+            // thread of a pool has scratch of its own.
             Kernel::Conv { k, .. } => k.scratch_len(),
-            Kernel::Pool(k) => k.scratch_len(),
+            Kernel::Pool(k) => k.scratch_len() * opts.threads,
             _ => 0,
         })
         .max()
@@ -316,14 +258,13 @@ fn compile_with(
         scratch_len,
         workspaces: Mutex::new(Vec::new()),
         pool,
-        threads: opts.threads,
         compile_time: start.elapsed(),
     };
     Ok((model, listings))
 }
 
 enum PendingKernel {
-    Conv(crate::jit::PendingConv, Vec<f32>),
+    Conv(Box<crate::jit::PendingConv>, Vec<f32>),
     Fc(crate::jit::PendingFc, Vec<f32>),
     Pool(crate::jit::PendingPool),
     Elt(crate::jit::PendingElt, Vec<Vec<f32>>),
@@ -362,7 +303,10 @@ fn plan_step(
             None
         };
         let packed = pack_conv_weights(&spec, param(g, id, "weight")?, bias)?;
-        Ok(PendingKernel::Conv(module.add_conv(&spec)?, packed))
+        Ok(PendingKernel::Conv(
+            Box::new(module.add_conv(&spec)?),
+            packed,
+        ))
     };
     let elt = |module: &mut KernelModule, spec: EltSpec, consts| -> Result<PendingKernel> {
         Ok(PendingKernel::Elt(module.add_elementwise(&spec)?, consts))
@@ -620,9 +564,7 @@ impl Model {
         let idle = self.workspaces.lock().ok().and_then(|mut pool| pool.pop());
         idle.unwrap_or_else(|| Workspace {
             arena: vec![0.0; self.arena_len],
-            scratch: (0..self.threads)
-                .map(|_| Mutex::new(vec![0.0; self.scratch_len]))
-                .collect(),
+            scratch: vec![0.0; self.scratch_len],
         })
     }
 
@@ -684,49 +626,57 @@ impl Model {
         let b = self.batch;
         let (ins, out) = split_io(&mut ws.arena, &step.inputs, step.output)?;
         let out = &mut out[..b * step.output_item];
-        if let Kernel::Concat = step.kernel {
-            for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
-                let args: Vec<&[f32]> = (0..ins.len()).map(|i| step.item(&ins, i, n)).collect();
-                concat_channels(&args, o)?;
-            }
-            return Ok(());
-        }
-        if let Kernel::Pad { pad, input } = &step.kernel {
-            for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
-                pad_item(step.item(&ins, 0, n), input, pad, o);
-            }
-            return Ok(());
-        }
-        let units = step.work_units();
+        let scratch = &mut ws.scratch[..];
+        // Large layers are split across the pool; small ones run here, since handing
+        // work to another thread costs more than they take.
         let work = step.flops_per_item.max(step.output_item as u64) * b as u64;
-        let out = SharedOut::new(out);
-        let lock = |i: usize| {
-            ws.scratch[i]
-                .lock()
-                .map_err(|_| Error::Internal("scratch lock poisoned".into()))
-        };
-        match &self.pool {
-            Some(pool) if work >= PARALLEL_MIN_WORK && units > 1 => {
-                let parts = self.threads.min(units);
-                let results = pool.broadcast(|ctx| {
-                    let i = ctx.index();
-                    if i >= parts {
-                        return Ok(());
-                    }
-                    let range = i * units / parts..(i + 1) * units / parts;
-                    step.run(&ins, &out, &mut lock(i)?, range, b)
-                });
-                results.into_iter().collect()
-            }
-            _ => step.run(&ins, &out, &mut lock(0)?, 0..units, b),
+        let pool = self.pool.as_ref().filter(|_| work >= PARALLEL_MIN_WORK);
+        if let Kernel::Fc { k, packed } = &step.kernel {
+            // One call for the whole chunk: the weights are read once for every item.
+            let x = &ins[0][..b * step.input_items[0]];
+            let residual = (ins.len() > 1).then(|| &ins[1][..b * step.output_item]);
+            return match pool {
+                Some(p) => k.run_parallel(p, x, packed, residual, out),
+                None => k.run_all(x, packed, residual, out),
+            };
         }
-    }
-
-    /// Per-layer names and FLOPs per image, in execution order (for profiles).
-    pub fn layers(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.steps
-            .iter()
-            .map(|s| (s.name.as_str(), s.flops_per_item))
+        for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
+            let x = step.item(&ins, 0, n);
+            match &step.kernel {
+                Kernel::Conv { k, packed } => {
+                    let residual = (ins.len() > 1).then(|| step.item(&ins, 1, n));
+                    match pool {
+                        Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
+                        None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
+                    }
+                }
+                Kernel::Pool(k) => match pool {
+                    Some(p) => k.run_parallel(p, x, o, scratch)?,
+                    None => k.run(x, o, scratch, 0..k.work_units())?,
+                },
+                Kernel::Elt { k, consts } => {
+                    let mut args: Vec<&[f32]> =
+                        (0..ins.len()).map(|i| step.item(&ins, i, n)).collect();
+                    args.extend(consts.iter().map(Vec::as_slice));
+                    match pool {
+                        Some(p) => k.run_parallel(p, &args, o)?,
+                        None => k.run_all(&args, o)?,
+                    }
+                }
+                Kernel::Concat => {
+                    let args: Vec<&[f32]> = (0..ins.len()).map(|i| step.item(&ins, i, n)).collect();
+                    concat_channels(&args, o)?;
+                }
+                Kernel::Pad { pad, input } => pad_item(x, input, pad, o),
+                Kernel::Fc { .. } => {
+                    return Err(Error::Internal(format!(
+                        "{}: fc runs whole chunks",
+                        step.name
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 }
 

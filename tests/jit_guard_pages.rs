@@ -1,0 +1,212 @@
+//! The generated code touches only the buffers it is given: every buffer is placed right
+//! against an inaccessible guard page (after its end, then before its start), so any
+//! out-of-bounds load or store crashes the test.
+#![cfg(unix)]
+use cnnc::jit::*;
+
+/// `n` floats whose end (or start) touches a PROT_NONE page.
+struct Guarded {
+    base: *mut libc::c_void,
+    map_len: usize,
+    ptr: *mut f32,
+    n: usize,
+}
+
+impl Guarded {
+    fn new(n: usize, guard_after: bool, fill: f32) -> Self {
+        let page = 4096usize;
+        let bytes = (n * 4).div_ceil(page) * page;
+        let map_len = bytes + 2 * page;
+        // SAFETY: plain anonymous mapping, then protection changes within it.
+        unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(base, libc::MAP_FAILED);
+            let b = base as *mut u8;
+            assert_eq!(libc::mprotect(base, page, libc::PROT_NONE), 0);
+            assert_eq!(
+                libc::mprotect(b.add(page + bytes) as *mut _, page, libc::PROT_NONE),
+                0
+            );
+            let start = if guard_after {
+                b.add(page + bytes - n * 4)
+            } else {
+                b.add(page)
+            };
+            let ptr = start as *mut f32;
+            for i in 0..n {
+                *ptr.add(i) = fill;
+            }
+            Guarded {
+                base,
+                map_len,
+                ptr,
+                n,
+            }
+        }
+    }
+    fn from(v: &[f32], guard_after: bool) -> Self {
+        let g = Self::new(v.len(), guard_after, 0.0);
+        // SAFETY: `g` holds v.len() writable floats.
+        unsafe { std::slice::from_raw_parts_mut(g.ptr, g.n) }.copy_from_slice(v);
+        g
+    }
+    fn s(&self) -> &[f32] {
+        // SAFETY: n floats, initialised in `new`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.n) }
+    }
+    fn m(&mut self) -> &mut [f32] {
+        // SAFETY: as above, and `&mut self` makes it exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.n) }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        unsafe { libc::munmap(self.base, self.map_len) };
+    }
+}
+
+fn vals(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 37 % 101) as f32) / 101.0 - 0.5)
+        .collect()
+}
+
+#[test]
+fn conv_stays_in_bounds() {
+    for &(c, h, w, k, f, s, p) in &[
+        (3, 7, 9, 5, 3, 1, 1),
+        (5, 13, 11, 9, 1, 1, 0),
+        (4, 9, 10, 13, 1, 2, 0),
+        (2, 12, 12, 3, 7, 2, 3),
+        (6, 5, 5, 17, 3, 3, 0),
+        (1, 1, 1, 1, 1, 1, 0),
+        (9, 6, 33, 7, 2, 1, 2),
+    ] {
+        for (bias, residual, relu) in [(true, true, true), (false, false, false)] {
+            let mut spec = ConvSpec::square(c, h, k, f, s, p);
+            spec.in_w = w;
+            spec.bias = bias;
+            spec.residual = residual;
+            spec.relu = relu;
+            let mut km = KernelModule::new().unwrap();
+            let pk = km.add_conv(&spec).unwrap();
+            let code = km.finalize().unwrap();
+            let kern = code.get(pk).unwrap();
+            let packed = pack_conv_weights(
+                &spec,
+                &vals(spec.weight_len()),
+                bias.then(|| vals(k)).as_deref(),
+            )
+            .unwrap();
+            for after in [true, false] {
+                let x = Guarded::from(&vals(spec.input_len()), after);
+                let wp = Guarded::from(&packed, after);
+                let r = Guarded::from(&vals(spec.output_len()), after);
+                let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
+                let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
+                kern.run(
+                    x.s(),
+                    wp.s(),
+                    residual.then(|| r.s()),
+                    out.m(),
+                    scratch.m(),
+                    0..kern.work_units(),
+                )
+                .unwrap();
+                assert!(out.s().iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}
+
+#[test]
+fn fc_pool_elementwise_stay_in_bounds() {
+    for (ci, co, n) in [(7, 3, 1), (33, 17, 2), (5, 9, 5), (4, 8, 1)] {
+        let mut spec = FcSpec::new(ci, co, n);
+        spec.bias = true;
+        spec.residual = true;
+        let mut km = KernelModule::new().unwrap();
+        let pk = km.add_fc(&spec).unwrap();
+        let code = km.finalize().unwrap();
+        let kern = code.get(pk).unwrap();
+        let packed = pack_fc_weights(&spec, &vals(spec.weight_len()), Some(&vals(co))).unwrap();
+        for after in [true, false] {
+            let x = Guarded::from(&vals(spec.input_len()), after);
+            let wp = Guarded::from(&packed, after);
+            let r = Guarded::from(&vals(spec.output_len()), after);
+            let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
+            kern.run_all(x.s(), wp.s(), Some(r.s()), out.m()).unwrap();
+            assert!(out.s().iter().all(|v| v.is_finite()));
+        }
+    }
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        for &(c, h, w, k, s, p) in &[
+            (2, 9, 9, 2, 2, 0),
+            (3, 11, 13, 3, 2, 1),
+            (1, 8, 17, 3, 1, 1),
+            (2, 10, 10, 5, 3, 2),
+        ] {
+            let mut spec = PoolSpec::square(kind, c, h, k, s, p);
+            spec.in_w = w;
+            let mut km = KernelModule::new().unwrap();
+            let pk = km.add_pool(&spec).unwrap();
+            let code = km.finalize().unwrap();
+            let kern = code.get(pk).unwrap();
+            for after in [true, false] {
+                let x = Guarded::from(&vals(spec.input_len()), after);
+                let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
+                let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
+                kern.run(x.s(), out.m(), scratch.m(), 0..c).unwrap();
+                assert!(out.s().iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+    for spec in [
+        EltSpec::Add {
+            inputs: 3,
+            len: 13,
+            relu: true,
+        },
+        EltSpec::Relu { len: 6 },
+        EltSpec::ScaleShift {
+            channels: 3,
+            hw: 7,
+            relu: false,
+        },
+        EltSpec::Softmax { channels: 5, hw: 3 },
+        EltSpec::GlobalAvgPool { channels: 3, hw: 9 },
+    ] {
+        let mut km = KernelModule::new().unwrap();
+        let pk = km.add_elementwise(&spec).unwrap();
+        let code = km.finalize().unwrap();
+        let kern = code.get(pk).unwrap();
+        let (ins, out_len): (Vec<usize>, usize) = match spec {
+            EltSpec::Add { inputs, len, .. } => (vec![len; inputs], len),
+            EltSpec::Relu { len } => (vec![len], len),
+            EltSpec::ScaleShift { channels, hw, .. } => {
+                (vec![channels * hw, channels, channels], channels * hw)
+            }
+            EltSpec::Softmax { channels, hw } => (vec![channels * hw], channels * hw),
+            EltSpec::GlobalAvgPool { channels, hw } => (vec![channels * hw], channels),
+        };
+        for after in [true, false] {
+            let bufs: Vec<Guarded> = ins
+                .iter()
+                .map(|&n| Guarded::from(&vals(n), after))
+                .collect();
+            let refs: Vec<&[f32]> = bufs.iter().map(|g| g.s()).collect();
+            let mut out = Guarded::new(out_len, after, f32::NAN);
+            kern.run_all(&refs, out.m()).unwrap();
+            assert!(out.s().iter().all(|v| v.is_finite()));
+        }
+    }
+}
