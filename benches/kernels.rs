@@ -1,4 +1,6 @@
-//! Single-thread kernel throughput (FLOP/s via `Throughput::Elements(flops)`).
+//! Kernel throughput (FLOP/s via `Throughput::Elements(flops)`): the raw JIT kernels on
+//! one thread, then the same layers as one-layer networks through the interpreter and the
+//! JIT at one thread and at all cores (`KBENCH=name` runs a subset).
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -114,12 +116,73 @@ fn benches(c: &mut Criterion) {
     }
 }
 
+/// The bench layers as one-layer graphs: (name, YAML).
+const LAYERS: &[(&str, &str)] = &[
+    (
+        "conv3x3_64_64_56",
+        "input: [64, 56, 56]\nlayers:\n  - conv: {filters: 64, size: 3, pad: 1}\n  - relu\n",
+    ),
+    (
+        "conv1x1_256_64_56",
+        "input: [256, 56, 56]\nlayers:\n  - conv: {filters: 64, size: 1}\n  - relu\n",
+    ),
+    (
+        "conv7x7s2_3_64_224",
+        "input: [3, 224, 224]\nlayers:\n  - conv: {filters: 64, size: 7, stride: 2, pad: 3}\n",
+    ),
+    (
+        "maxpool2x2s2_64_112",
+        "input: [64, 112, 112]\nlayers:\n  - maxpool: {size: 2}\n",
+    ),
+    (
+        "fc_4096_1000",
+        "input: [4096, 1, 1]\nlayers:\n  - fc: {units: 1000}\n",
+    ),
+];
+
+fn layers(c: &mut Criterion) {
+    let filter = std::env::var("KBENCH").unwrap_or_default();
+    for &(name, yaml) in LAYERS.iter().filter(|(n, _)| n.contains(&filter)) {
+        let mut g = cnnc::format::parse_str(yaml, None).unwrap();
+        cnnc::weights::bind(&mut g, None).unwrap();
+        let flops: u64 = g
+            .dag
+            .node_indices()
+            .map(|id| 2 * cnnc::ir::stats::layer_stats(&g, id).macs)
+            .sum();
+        let s = g.input_shape();
+        let x = cnnc::Tensor::new(vec![1, s.c, s.h, s.w], vals(s.len())).unwrap();
+        let mut group = c.benchmark_group(format!("layer/{name}"));
+        // Elements: FLOPs for conv and fc, input floats for the pool.
+        group.throughput(Throughput::Elements(if flops > 0 {
+            flops
+        } else {
+            s.len() as u64
+        }));
+        let all = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for threads in [1, all] {
+            let opts = cnnc::Options {
+                threads,
+                ..Default::default()
+            };
+            let model = cnnc::compile(&g, &opts).unwrap();
+            group.bench_function(format!("jit-{threads}T"), |b| {
+                b.iter(|| model.run(black_box(&x)).unwrap())
+            });
+        }
+        group.bench_function("interp", |b| {
+            b.iter(|| cnnc::interp::run(&g, black_box(x.clone())).unwrap())
+        });
+        group.finish();
+    }
+}
+
 criterion_group! {
     name = kernels;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = benches
+    targets = benches, layers
 }
 criterion_main!(kernels);
