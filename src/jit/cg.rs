@@ -244,3 +244,9 @@ impl Emit<'_> {
         })
     }
 }
+
+/// Output positions of a sliding window along one axis: `(n + 2*pad - k)/stride + 1`
+/// (the spec's `validate` has checked the window fits).
+pub(crate) fn window_out(n: usize, pad: usize, k: usize, stride: usize) -> usize {
+    (n + 2 * pad - k) / stride + 1
+}

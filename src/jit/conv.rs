@@ -19,7 +19,7 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
-use super::cg::{fits, off, F32, F32X4, I32, I64, MAX_DIM};
+use super::cg::{fits, off, window_out, F32, F32X4, I32, I64, MAX_DIM};
 use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -70,10 +70,10 @@ impl ConvSpec {
         }
     }
     pub fn out_h(&self) -> usize {
-        (self.in_h + 2 * self.pad_h - self.kernel_h) / self.stride_h + 1
+        window_out(self.in_h, self.pad_h, self.kernel_h, self.stride_h)
     }
     pub fn out_w(&self) -> usize {
-        (self.in_w + 2 * self.pad_w - self.kernel_w) / self.stride_w + 1
+        window_out(self.in_w, self.pad_w, self.kernel_w, self.stride_w)
     }
     pub fn input_len(&self) -> usize {
         self.in_c * self.in_h * self.in_w

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Value};
 
-use super::cg::{fits, off, F32, F32X4, MAX_DIM};
+use super::cg::{fits, off, window_out, F32, F32X4, MAX_DIM};
 use super::conv::{check_len, check_range, SyncPtr};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -60,10 +60,10 @@ impl PoolSpec {
         }
     }
     pub fn out_h(&self) -> usize {
-        (self.in_h + 2 * self.pad_h - self.kernel_h) / self.stride_h + 1
+        window_out(self.in_h, self.pad_h, self.kernel_h, self.stride_h)
     }
     pub fn out_w(&self) -> usize {
-        (self.in_w + 2 * self.pad_w - self.kernel_w) / self.stride_w + 1
+        window_out(self.in_w, self.pad_w, self.kernel_w, self.stride_w)
     }
     pub fn input_len(&self) -> usize {
         self.channels * self.in_h * self.in_w
