@@ -1,4 +1,5 @@
-//! Quick conv timing: `cargo run --release --example convperf -- C HW K F S P [THREADS]`.
+//! Quick conv timing: `cargo run --release --example convperf -- C HW K F S P [THREADS] [RESIDUAL]`
+//! (RESIDUAL = 1 fuses a residual add before the relu).
 use cnnc::jit::*;
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ fn main() {
     let mut spec = ConvSpec::square(c, hw, k, f, s, p);
     spec.bias = true;
     spec.relu = true;
+    spec.residual = a.get(7).copied().unwrap_or(0) != 0;
     let t0 = Instant::now();
     let mut km = KernelModule::new().unwrap();
     let pk = km.add_conv(&spec).unwrap();
@@ -26,6 +28,10 @@ fn main() {
     let b = vec![0.1; k];
     let packed = pack_conv_weights(&spec, &w, Some(&b)).unwrap();
     let mut out = vec![0.0; spec.output_len()];
+    let res: Vec<f32> = (0..spec.output_len())
+        .map(|i| (i % 11) as f32 * 0.05 - 0.3)
+        .collect();
+    let res = spec.residual.then_some(&res[..]);
     let threads = a.get(6).copied().unwrap_or(1);
     let pool = ThreadPool::new(threads, std::time::Duration::from_micros(200));
     let mut scratch = vec![0.0; kern.scratch_len() * threads];
@@ -36,7 +42,7 @@ fn main() {
         kern.run(
             &x,
             &packed,
-            None,
+            res,
             &mut out,
             &mut scratch,
             0..kern.work_units(),

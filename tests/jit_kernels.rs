@@ -907,3 +907,68 @@ fn conv_narrow_outputs_row_groups() {
         }
     }
 }
+
+/// The fused residual epilogue is exactly `((acc + bias) + residual)` then ReLU, in that
+/// order: bit-identical to the kernel without residual and ReLU followed by the add and ReLU
+/// in Rust, for row tiles of 4 contiguous pixels (vector epilogue), 3-pixel tiles, tiles
+/// spanning rows, strides and channel tails; the residual holds NaN, -0.0 and +-inf.
+#[test]
+fn conv_residual_epilogue_is_exact() {
+    let shapes = [
+        spec(5, 16, 16, 13, 3, 3, (1, 1), (1, 1)),
+        spec(3, 9, 12, 8, 3, 3, (1, 1), (0, 0)),
+        spec(4, 11, 22, 20, 3, 3, (1, 1), (1, 1)),
+        spec(6, 17, 17, 9, 3, 3, (2, 2), (1, 1)),
+        spec(7, 7, 7, 16, 3, 3, (1, 1), (1, 1)),
+        spec(8, 10, 32, 12, 1, 1, (2, 2), (0, 0)),
+    ];
+    for (i, base) in shapes.into_iter().enumerate() {
+        let seed = 40 + i as u64;
+        let x = rand_vec(base.input_len(), seed);
+        let w = rand_vec(base.weight_len(), seed + 1);
+        let b = rand_vec(base.out_c, seed + 2);
+        let mut r = rand_vec(base.output_len(), seed + 3);
+        for (j, v) in r.iter_mut().enumerate() {
+            match j % 37 {
+                0 => *v = f32::NAN,
+                1 => *v = -0.0,
+                2 => *v = f32::INFINITY,
+                3 => *v = f32::NEG_INFINITY,
+                _ => {}
+            }
+        }
+        let plain = ConvSpec { bias: true, ..base };
+        let mut km = KernelModule::new().unwrap();
+        let pp = km.add_conv(&plain).unwrap();
+        let fused: Vec<ConvSpec> = [false, true]
+            .map(|relu| ConvSpec {
+                bias: true,
+                residual: true,
+                relu,
+                ..base
+            })
+            .to_vec();
+        let pf: Vec<_> = fused.iter().map(|s| km.add_conv(s).unwrap()).collect();
+        let code = km.finalize().unwrap();
+        let packed = pack_conv_weights(&plain, &w, Some(&b)).unwrap();
+        let mut acc = vec![f32::NAN; plain.output_len()];
+        code.get(pp)
+            .unwrap()
+            .run_all(&x, &packed, None, &mut acc)
+            .unwrap();
+        for (s, p) in fused.iter().zip(pf) {
+            let mut out = vec![f32::NAN; s.output_len()];
+            code.get(p)
+                .unwrap()
+                .run_all(&x, &packed, Some(&r), &mut out)
+                .unwrap();
+            for (j, (&a, &rv)) in acc.iter().zip(&r).enumerate() {
+                let mut want = a + rv;
+                if s.relu && want < 0.0 {
+                    want = 0.0;
+                }
+                assert_eq!(out[j].to_bits(), want.to_bits(), "{s:?} at {j}");
+            }
+        }
+    }
+}

@@ -11,7 +11,8 @@
 //!   one input value per FMA. Strides cost nothing (the pixel addresses are just further
 //!   apart), and padding is taken out of the hot loop by first copying the input into a
 //!   zero-bordered scratch buffer, so that every pixel uses the same tap table.
-//!   Results are stored transposed (one scalar store per element).
+//!   Results are stored transposed (one scalar store per element), except with a residual
+//!   in 4-pixel row tiles: a 4x4 shuffle transpose, then per-channel vector residual epilogue.
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -493,9 +494,43 @@ impl DirectPlan {
                 e.store(x, t.op, o);
             }
         };
+        // With a residual and 4 pixels consecutive in one output row, transpose each group
+        // of 4 channels x 4 pixels so that every channel's 4 pixels are one vector: then the
+        // residual load, add, relu and store are vector operations (same arithmetic order).
+        let rows: Option<Vec<Value>> = if s.residual
+            && w == 4
+            && self.row_group() == 1
+            && t.px.iter().enumerate().all(|(j, p)| p.1 == j * 4)
+        {
+            let mut r = Vec::with_capacity(self.kb);
+            for v in 0..self.kv {
+                let q: Vec<Value> = (0..4).map(|j| vals[j * self.kv + v]).collect();
+                r.extend(e.transpose4(&q));
+            }
+            Some(r)
+        } else {
+            None
+        };
+        let store_row = |e: &mut Emit, kl: usize| {
+            let rows = rows.as_ref().expect("vector epilogue");
+            let o = off(kl * ohw * 4);
+            let r = e.load(F32X4, t.rp, o);
+            let mut x = e.b.ins().fadd(rows[kl], r);
+            if s.relu {
+                x = e.relu(x);
+            }
+            e.store(x, t.op, o);
+        };
+        let emit_ch = |e: &mut Emit, kl: usize| {
+            if rows.is_some() {
+                store_row(e, kl)
+            } else {
+                store_lane(e, kl)
+            }
+        };
         let always = if tail == 0 { self.kb } else { tail };
         for kl in 0..always {
-            store_lane(e, kl);
+            emit_ch(e, kl);
         }
         if let Some(is_tail) = t.is_tail {
             let more = e.b.create_block();
@@ -503,7 +538,7 @@ impl DirectPlan {
             e.b.ins().brif(is_tail, done, &[], more, &[]);
             e.b.switch_to_block(more);
             for kl in always..self.kb {
-                store_lane(e, kl);
+                emit_ch(e, kl);
             }
             e.b.ins().jump(done, &[]);
             e.b.switch_to_block(done);
@@ -548,6 +583,39 @@ struct Tile {
 }
 
 impl Emit<'_> {
+    /// Transposes 4 f32x4 vectors as a 4x4 matrix (row `i` of the result holds lane `i` of
+    /// every input), with the classic unpack-low/high dword then qword shuffles.
+    pub(crate) fn transpose4(&mut self, q: &[Value]) -> [Value; 4] {
+        use cranelift_codegen::ir::{types::I8X16, Endianness, MemFlagsData};
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let b: Vec<Value> = q
+            .iter()
+            .map(|&x| self.b.ins().bitcast(I8X16, le, x))
+            .collect();
+        // Byte masks from f32 lane indices (0-3 first operand, 4-7 second).
+        let shuf = |e: &mut Self, x: Value, y: Value, lanes: [u8; 4]| {
+            let mut m = [0u8; 16];
+            for (i, &l) in lanes.iter().enumerate() {
+                for k in 0..4 {
+                    m[i * 4 + k] = l * 4 + k as u8;
+                }
+            }
+            let imm = e.b.func.dfg.immediates.push(m.to_vec().into());
+            e.b.ins().shuffle(x, y, imm)
+        };
+        let lo01 = shuf(self, b[0], b[1], [0, 4, 1, 5]);
+        let lo23 = shuf(self, b[2], b[3], [0, 4, 1, 5]);
+        let hi01 = shuf(self, b[0], b[1], [2, 6, 3, 7]);
+        let hi23 = shuf(self, b[2], b[3], [2, 6, 3, 7]);
+        let r = [
+            shuf(self, lo01, lo23, [0, 1, 4, 5]),
+            shuf(self, lo01, lo23, [2, 3, 6, 7]),
+            shuf(self, hi01, hi23, [0, 1, 4, 5]),
+            shuf(self, hi01, hi23, [2, 3, 6, 7]),
+        ];
+        r.map(|x| self.b.ins().bitcast(F32X4, le, x))
+    }
+
     /// `x * 4` (float index to byte offset).
     pub(crate) fn ishl4(&mut self, x: Value) -> Value {
         self.b.ins().ishl_imm_s(x, 2)
