@@ -529,7 +529,34 @@ impl DirectPlan {
             }
         };
         let always = if tail == 0 { self.kb } else { tail };
-        for kl in 0..always {
+        // Other row tiles with a residual (3 pixels, or strided rows): per pixel, gather the
+        // residual of 4 channels into a vector, then vector add and relu, and scatter the
+        // lanes. (Row-spanning tiles keep the scalar path: no measurable gain there.)
+        let gathered = if s.residual && rows.is_none() && self.row_group() == 1 {
+            always / 4
+        } else {
+            0
+        };
+        for v in 0..gathered {
+            for j in 0..w {
+                let o = |l: usize| off((v * 4 + l) * ohw * 4 + t.px[j].1);
+                let r0 = e.load(F32, t.rp, o(0));
+                let mut r = e.b.ins().scalar_to_vector(F32X4, r0);
+                for l in 1..4 {
+                    let rl = e.load(F32, t.rp, o(l));
+                    r = e.b.ins().insertlane(r, rl, l as u8);
+                }
+                let mut x = e.b.ins().fadd(vals[j * self.kv + v], r);
+                if s.relu {
+                    x = e.relu(x);
+                }
+                for l in 0..4 {
+                    let xl = e.b.ins().extractlane(x, l as u8);
+                    e.store(xl, t.op, o(l));
+                }
+            }
+        }
+        for kl in gathered * 4..always {
             emit_ch(e, kl);
         }
         if let Some(is_tail) = t.is_tail {
