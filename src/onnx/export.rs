@@ -120,6 +120,26 @@ impl Builder {
         });
     }
 
+    /// A node reading `x`, then the layer's weight and (if any) bias as initializers:
+    /// the input order Conv and Gemm share.
+    #[allow(clippy::too_many_arguments)]
+    fn weighted_node(
+        &mut self,
+        op: &str,
+        name: &str,
+        x: &str,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        output: &str,
+        attrs: Vec<AttributeProto>,
+    ) {
+        let w = self.param(name, "weight", weight);
+        let bias = bias.map(|t| self.param(name, "bias", t));
+        let mut ins = vec![x, w.as_str()];
+        ins.extend(bias.as_deref());
+        self.node(op, name, &ins, output, attrs);
+    }
+
     /// Adds the layer's parameter `suffix` as an initializer and returns its name.
     fn param(&mut self, layer: &str, suffix: &str, t: &Tensor) -> String {
         let name = format!("{layer}.{suffix}");
@@ -161,16 +181,7 @@ pub fn to_model(g: &Graph) -> Result<ModelProto> {
         match &node.op {
             Op::Input => unreachable!("skipped"),
             Op::Conv(c) => {
-                let w = b.param(name, "weight", param("weight")?);
-                let mut ins = vec![x, w.as_str()];
-                let bias = if c.bias {
-                    Some(b.param(name, "bias", param("bias")?))
-                } else {
-                    None
-                };
-                if let Some(bias) = &bias {
-                    ins.push(bias);
-                }
+                let bias = c.bias.then(|| param("bias")).transpose()?;
                 let attrs = vec![
                     attr_ints("kernel_shape", &[c.size.h as i64, c.size.w as i64]),
                     attr_ints("strides", &[c.stride.h as i64, c.stride.w as i64]),
@@ -184,28 +195,19 @@ pub fn to_model(g: &Graph) -> Result<ModelProto> {
                         ],
                     ),
                 ];
-                b.node("Conv", name, &ins, &core_out, attrs);
+                b.weighted_node("Conv", name, x, param("weight")?, bias, &core_out, attrs);
             }
             Op::Gemm(gm) => {
                 let cin = g.node(g.inputs(id)[0]).shape.c;
                 let w = param("weight")?
                     .clone()
                     .reshaped(vec![gm.filters, cin, 1, 1])?;
-                let w = b.param(name, "weight", &w);
-                let mut ins = vec![x, w.as_str()];
-                let bias = if gm.bias {
-                    Some(b.param(name, "bias", param("bias")?))
-                } else {
-                    None
-                };
-                if let Some(bias) = &bias {
-                    ins.push(bias);
-                }
+                let bias = gm.bias.then(|| param("bias")).transpose()?;
                 let attrs = vec![
                     attr_ints("kernel_shape", &[1, 1]),
                     attr_ints("strides", &[gm.stride.h as i64, gm.stride.w as i64]),
                 ];
-                b.node("Conv", name, &ins, &core_out, attrs);
+                b.weighted_node("Conv", name, x, &w, bias, &core_out, attrs);
             }
             Op::Fc(f) => {
                 // Gemm takes [N, F]: a C x H x W input is flattened first by a helper
@@ -224,17 +226,9 @@ pub fn to_model(g: &Graph) -> Result<ModelProto> {
                     );
                     flat_in.as_str()
                 };
-                let w = b.param(name, "weight", param("weight")?);
-                let mut ins = vec![x, w.as_str()];
-                let bias = if f.bias {
-                    Some(b.param(name, "bias", param("bias")?))
-                } else {
-                    None
-                };
-                if let Some(bias) = &bias {
-                    ins.push(bias);
-                }
-                b.node("Gemm", name, &ins, &core_out, vec![attr_int("transB", 1)]);
+                let bias = f.bias.then(|| param("bias")).transpose()?;
+                let attrs = vec![attr_int("transB", 1)];
+                b.weighted_node("Gemm", name, x, param("weight")?, bias, &core_out, attrs);
             }
             Op::Relu => b.node("Relu", name, &[x], name, vec![]),
             Op::MaxPool(p) | Op::AvgPool(p) => {
