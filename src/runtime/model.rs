@@ -75,6 +75,11 @@ pub struct LayerTime {
 }
 
 impl Step {
+    /// Batch item `n` of every input, in slot order.
+    fn items<'a>(&self, ins: &[&'a [f32]], n: usize) -> Vec<&'a [f32]> {
+        (0..ins.len()).map(|i| self.item(ins, i, n)).collect()
+    }
+
     /// Batch item `n` of input `i`.
     fn item<'a>(&self, ins: &[&'a [f32]], i: usize, n: usize) -> &'a [f32] {
         let len = self.input_items[i];
@@ -655,8 +660,7 @@ impl Model {
                     None => k.run(x, o, scratch, 0..k.work_units())?,
                 },
                 Kernel::Elt { k, consts } => {
-                    let mut args: Vec<&[f32]> =
-                        (0..ins.len()).map(|i| step.item(&ins, i, n)).collect();
+                    let mut args = step.items(&ins, n);
                     args.extend(consts.iter().map(Vec::as_slice));
                     match pool {
                         Some(p) => k.run_parallel(p, &args, o)?,
@@ -664,7 +668,7 @@ impl Model {
                     }
                 }
                 Kernel::Concat => {
-                    let args: Vec<&[f32]> = (0..ins.len()).map(|i| step.item(&ins, i, n)).collect();
+                    let args = step.items(&ins, n);
                     concat_channels(&args, o)?;
                 }
                 Kernel::Pad { pad, input } => pad_item(x, input, pad, o),
