@@ -90,6 +90,10 @@ fn conv_stays_in_bounds() {
         (6, 5, 5, 17, 3, 3, 0),
         (1, 1, 1, 1, 1, 1, 0),
         (9, 6, 33, 7, 2, 1, 2),
+        // Winograd: tiles overhanging the bottom and right edges, a partial tile group.
+        (17, 11, 13, 19, 3, 1, 1),
+        (16, 6, 6, 16, 3, 1, 0),
+        (20, 9, 30, 23, 3, 1, 2),
     ] {
         for (bias, residual, relu) in [(true, true, true), (false, false, false)] {
             let mut spec = ConvSpec::square(c, h, k, f, s, p);

@@ -74,8 +74,8 @@ fn ref_conv(s: &ConvSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f
 }
 
 /// Compiles `spec`, runs it over the whole range and in 2 and 3 pieces (bit-identical),
-/// and compares with the reference.
-fn check_conv(s: &ConvSpec, seed: u64) {
+/// and compares with the reference. Returns the method the kernel used.
+fn check_conv(s: &ConvSpec, seed: u64) -> ConvMethod {
     let x = rand_vec(s.input_len(), seed);
     // Weights scaled by 1/sqrt(fan-in), as in trained networks, so outputs are O(1).
     let scale = 1.0 / ((s.in_c * s.kernel_h * s.kernel_w) as f32).sqrt();
@@ -110,6 +110,7 @@ fn check_conv(s: &ConvSpec, seed: u64) {
             "{s:?}: split in {pieces} differs"
         );
     }
+    k.method()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -177,6 +178,48 @@ fn conv_shapes() {
             check_conv(&sp, seed);
             seed += 7;
         }
+    }
+}
+
+#[test]
+fn conv_winograd_shapes() {
+    // 3x3 stride 1 with at least 16 channels: output sizes of every remainder mod 4 on both
+    // axes (tiles overhanging the edge), groups of 1-4 real tiles at the right edge, one tile,
+    // pads 0-2, channel counts off the 6-channel block and the vector width, every epilogue.
+    let mut seed = 500;
+    for &(c, h, w, k, p) in &[
+        (16, 6, 6, 16, 0),
+        (17, 7, 9, 23, 0),
+        (16, 8, 8, 16, 1),
+        (19, 13, 11, 37, 1),
+        (32, 14, 14, 33, 1),
+        (20, 18, 21, 16, 2),
+        (24, 30, 5, 18, 1),
+        (64, 7, 7, 70, 1),
+        (40, 29, 19, 16, 1),
+        (16, 3, 70, 17, 2),
+    ] {
+        for (bias, relu, residual) in [
+            (false, false, false),
+            (true, true, true),
+            (true, false, true),
+            (false, true, false),
+        ] {
+            let mut sp = spec(c, h, w, k, 3, 3, (1, 1), (p, p));
+            sp.bias = bias;
+            sp.relu = relu;
+            sp.residual = residual;
+            assert_eq!(check_conv(&sp, seed), ConvMethod::Winograd, "{sp:?}");
+            seed += 7;
+        }
+    }
+    // Too few channels, strided or not 3x3: the direct kernel.
+    for sp in [
+        spec(8, 10, 10, 32, 3, 3, (1, 1), (1, 1)),
+        spec(32, 10, 10, 32, 3, 3, (2, 2), (1, 1)),
+        spec(32, 10, 10, 32, 3, 5, (1, 1), (1, 1)),
+    ] {
+        assert_eq!(check_conv(&sp, 3), ConvMethod::Direct, "{sp:?}");
     }
 }
 

@@ -1,5 +1,5 @@
 //! Small helpers shared by the code generators: memory flags, counted loops, FMA, ReLU and
-//! a padded copy of an NCHW image.
+//! a padded copy of an image plane.
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 
@@ -115,6 +115,39 @@ impl Emit<'_> {
         }
     }
 
+    /// `sum c * x` over `terms`, whose constant coefficients are nonzero: `1` and `-1` as an
+    /// add or subtract, others as a multiply(-add) by the splatted constant.
+    pub(crate) fn lincomb(&mut self, terms: &[(f32, Value)]) -> Value {
+        let mut acc: Option<Value> = None;
+        for &(c, x) in terms {
+            debug_assert!(c != 0.0);
+            let ty = self.b.func.dfg.value_type(x);
+            let constant = |e: &mut Self| {
+                let k = e.b.ins().f32const(c);
+                if ty == F32 {
+                    k
+                } else {
+                    e.b.ins().splat(ty, k)
+                }
+            };
+            acc = Some(match acc {
+                None if c == 1.0 => x,
+                None if c == -1.0 => self.b.ins().fneg(x),
+                None => {
+                    let k = constant(self);
+                    self.b.ins().fmul(x, k)
+                }
+                Some(a) if c == 1.0 => self.b.ins().fadd(a, x),
+                Some(a) if c == -1.0 => self.b.ins().fsub(a, x),
+                Some(a) => {
+                    let k = constant(self);
+                    self.fmadd(x, k, a)
+                }
+            });
+        }
+        acc.expect("a linear combination of at least one term")
+    }
+
     pub(crate) fn load(&mut self, ty: Type, p: Value, offset: i32) -> Value {
         self.b.ins().load(ty, ro(), p, offset)
     }
@@ -211,36 +244,28 @@ impl Emit<'_> {
         Ok(())
     }
 
-    /// Writes a copy of the `c x h x w` image at `src` into `dst`, surrounded by `ph` rows and
-    /// `pw` columns of `value`: `dst` is `c x (h + 2ph) x (w + 2pw)`.
+    /// Copies the `h x w` plane at `src` into the `hp x wp` plane at `dst` with its top-left
+    /// corner at row `top`, column `left`, and fills the rest of `dst` with `value`
+    /// (`top + h <= hp`, `left + w <= wp`).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn pad_copy(
+    pub(crate) fn pad_plane(
         &mut self,
         src: Value,
         dst: Value,
-        c: usize,
-        h: usize,
-        w: usize,
-        ph: usize,
-        pw: usize,
+        (h, w): (usize, usize),
+        (hp, wp): (usize, usize),
+        (top, left): (usize, usize),
         value: f32,
     ) -> Result<()> {
-        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-        self.fill(dst, c * hp * wp, value)?;
-        // Row r = ci * h + y goes from src + r*w to dst + ((ci*hp + y + ph)*wp + pw).
-        self.for_const(0, c as i64, 1, |e, ci| {
-            let s0 = e.mul_imm(ci, (h * w * 4) as i64);
-            let s0 = e.b.ins().iadd(src, s0);
-            let d0 = e.mul_imm(ci, (hp * wp * 4) as i64);
-            let d0 = e.b.ins().iadd(dst, d0);
-            let d0 = e.add_imm(d0, ((ph * wp + pw) * 4) as i64);
-            e.for_const(0, h as i64, 1, |e, y| {
-                let so = e.mul_imm(y, (w * 4) as i64);
-                let sp = e.b.ins().iadd(s0, so);
-                let dof = e.mul_imm(y, (wp * 4) as i64);
-                let dp = e.b.ins().iadd(d0, dof);
-                e.copy(sp, dp, w)
-            })
+        debug_assert!(top + h <= hp && left + w <= wp);
+        self.fill(dst, hp * wp, value)?;
+        let d0 = self.add_imm(dst, ((top * wp + left) * 4) as i64);
+        self.for_const(0, h as i64, 1, |e, y| {
+            let so = e.mul_imm(y, (w * 4) as i64);
+            let sp = e.b.ins().iadd(src, so);
+            let dof = e.mul_imm(y, (wp * 4) as i64);
+            let dp = e.b.ins().iadd(d0, dof);
+            e.copy(sp, dp, w)
         })
     }
 }

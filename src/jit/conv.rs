@@ -24,6 +24,7 @@ use super::cg::{fits, off, window_out, F32, F32X4, I32, I64, MAX_DIM};
 use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
+use super::winograd::WinogradPlan;
 use crate::error::{Error, Result};
 
 /// Shapes and fused epilogue of one convolution layer (one image, NCHW).
@@ -283,12 +284,21 @@ impl DirectPlan {
             return Ok((compute, None));
         }
         let s = self.spec;
-        let pad = km.define(2, move |e, p| {
-            e.pad_copy(p[0], p[1], s.in_c, s.in_h, s.in_w, s.pad_h, s.pad_w, 0.0)
+        let (hw, hwp) = ((s.in_h, s.in_w), (self.hp, self.wp));
+        // `fn(input, scratch, begin, end)`: the padded copy of channels begin..end.
+        let pad = km.define(4, move |e, p| {
+            e.for_range(p[2], p[3], 1, |e, c| {
+                let so = e.mul_imm(c, (hw.0 * hw.1 * 4) as i64);
+                let src = e.b.ins().iadd(p[0], so);
+                let d = e.mul_imm(c, (hwp.0 * hwp.1 * 4) as i64);
+                let dst = e.b.ins().iadd(p[1], d);
+                e.pad_plane(src, dst, hw, hwp, (s.pad_h, s.pad_w), 0.0)
+            })
         })?;
-        let entry = km.define_calling(7, &[pad, compute], |e, p| {
+        let entry = km.define_calling(7, &[pad, compute], move |e, p| {
             let (pad, compute) = (e.callees[0], e.callees[1]);
-            e.b.ins().call(pad, &[p[0], p[4]]);
+            let (c0, c1) = (e.iconst(0), e.iconst(s.in_c as i64));
+            e.b.ins().call(pad, &[p[0], p[4], c0, c1]);
             e.b.ins().call(compute, p);
             Ok(())
         })?;
@@ -649,15 +659,39 @@ impl Emit<'_> {
     }
 }
 
+/// How a convolution is computed (chosen from its spec; see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvMethod {
+    /// Direct convolution on register tiles of pixels x 8 output channels.
+    Direct,
+    /// 1x1 stride 1: a GEMM vectorised along pixels.
+    PointwiseGemm,
+    /// 3x3 stride 1: Winograd F(4x4, 3x3).
+    Winograd,
+}
+
+impl std::fmt::Display for ConvMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConvMethod::Direct => "direct",
+            ConvMethod::PointwiseGemm => "pointwise-gemm",
+            ConvMethod::Winograd => "winograd-f4x4",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Plan {
     Direct(DirectPlan),
     Gemm(PixelGemm),
+    Winograd(WinogradPlan),
 }
 
 impl Plan {
     fn new(spec: &ConvSpec) -> Plan {
-        if spec.is_pointwise() {
+        if let Some(w) = WinogradPlan::for_spec(spec) {
+            Plan::Winograd(w)
+        } else if spec.is_pointwise() {
             Plan::Gemm(PixelGemm::new(gemm::PixelGemmSpec {
                 in_c: spec.in_c,
                 out_c: spec.out_c,
@@ -674,18 +708,36 @@ impl Plan {
         match self {
             Plan::Direct(d) => d.packed_len(),
             Plan::Gemm(g) => g.packed_len(),
+            Plan::Winograd(w) => w.packed_len(),
         }
     }
     fn scratch_len(&self) -> usize {
         match self {
             Plan::Direct(d) => d.scratch_len(),
             Plan::Gemm(_) => 0,
+            Plan::Winograd(w) => w.scratch_len(),
+        }
+    }
+    fn method(&self) -> ConvMethod {
+        match self {
+            Plan::Direct(_) => ConvMethod::Direct,
+            Plan::Gemm(_) => ConvMethod::PointwiseGemm,
+            Plan::Winograd(_) => ConvMethod::Winograd,
+        }
+    }
+    /// Work units of the prologue (input channels), when the kernel has one.
+    fn prologue_units(&self) -> usize {
+        match self {
+            Plan::Direct(d) => d.spec.in_c,
+            Plan::Gemm(_) => 0,
+            Plan::Winograd(w) => w.prologue_units(),
         }
     }
     fn work_units(&self) -> usize {
         match self {
             Plan::Direct(d) => d.nkb,
             Plan::Gemm(g) => g.work_units(),
+            Plan::Winograd(w) => w.work_units(),
         }
     }
 }
@@ -727,6 +779,7 @@ pub fn pack_conv_weights(
     Ok(match Plan::new(spec) {
         Plan::Direct(d) => d.pack(weights, bias),
         Plan::Gemm(g) => g.pack(weights, bias),
+        Plan::Winograd(w) => w.pack(weights, bias),
     })
 }
 
@@ -747,6 +800,10 @@ impl KernelModule {
         let (id, parts) = match &plan {
             Plan::Direct(d) => d.emit(self)?,
             Plan::Gemm(g) => (g.emit(self)?, None),
+            Plan::Winograd(w) => {
+                let (entry, prologue, compute) = w.emit(self)?;
+                (entry, Some((prologue, compute)))
+            }
         };
         Ok(PendingConv {
             id,
@@ -759,8 +816,10 @@ impl KernelModule {
 
 type ConvFn =
     unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
-/// `fn(input, scratch)`: the zero-bordered copy.
-type PadFn = unsafe extern "C" fn(*const f32, *mut f32);
+/// `fn(input, scratch, begin, end)`: the prologue over input channels `begin..end` (the
+/// zero-bordered copy; for Winograd also the input transform), writing only their part of
+/// `scratch`.
+type PrologueFn = unsafe extern "C" fn(*const f32, *mut f32, i64, i64);
 
 impl Pending for PendingConv {
     type Kernel = ConvKernel;
@@ -771,10 +830,10 @@ impl Pending for PendingConv {
         let parts = match self.parts {
             Some((pad, compute)) => {
                 let (pad, compute) = (code.ptr(pad)?, code.ptr(compute)?);
-                // SAFETY: `pad` was defined with 2 i64 params, `compute` with 7 (`ConvFn`).
+                // SAFETY: `pad` was defined with 4 i64 params, `compute` with 7 (`ConvFn`).
                 unsafe {
                     Some((
-                        std::mem::transmute::<*const u8, PadFn>(pad),
+                        std::mem::transmute::<*const u8, PrologueFn>(pad),
                         std::mem::transmute::<*const u8, ConvFn>(compute),
                     ))
                 }
@@ -789,6 +848,8 @@ impl Pending for PendingConv {
             packed_len: self.plan.packed_len(),
             scratch_len: self.plan.scratch_len(),
             units: self.plan.work_units(),
+            prologue_units: self.plan.prologue_units(),
+            method: self.plan.method(),
         })
     }
 }
@@ -797,19 +858,24 @@ impl Pending for PendingConv {
 pub struct ConvKernel {
     _code: Arc<Compiled>,
     f: ConvFn,
-    /// With padding: the padded copy and the compute function that `f` calls in turn.
-    parts: Option<(PadFn, ConvFn)>,
+    /// With a prologue (padded copy, Winograd input transform): the prologue and the compute
+    /// function that `f` calls in turn.
+    parts: Option<(PrologueFn, ConvFn)>,
     spec: ConvSpec,
     packed_len: usize,
     scratch_len: usize,
     units: usize,
+    prologue_units: usize,
+    method: ConvMethod,
 }
 
 impl ConvKernel {
-    /// With padding, the two functions the entry point calls in turn: the padded copy
-    /// `extern "C" fn(input, scratch: *f32)` and the compute function (same signature as
-    /// `code_ptr()`, reading the copy from `scratch`). A runtime that splits a layer across
-    /// threads calls the copy once and the compute function per range, as `run_parallel` does.
+    /// With a prologue, the two functions the entry point calls in turn: the prologue
+    /// `extern "C" fn(input, scratch: *f32, begin, end: i64)` over input channels `begin..end`
+    /// (the padded copy, and for Winograd the input transform) and the compute function (same
+    /// signature as `code_ptr()`, reading what the prologue wrote to `scratch`). A runtime that
+    /// splits a layer across threads runs the whole prologue (any split of its channels) before
+    /// the compute function's ranges, as `run_parallel` does.
     pub fn pad_and_compute_ptrs(&self) -> Option<(*const u8, *const u8)> {
         self.parts.map(|(p, c)| (p as *const u8, c as *const u8))
     }
@@ -821,6 +887,10 @@ impl ConvKernel {
     }
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
+    }
+    /// The algorithm the generated code uses.
+    pub fn method(&self) -> ConvMethod {
+        self.method
     }
     /// Length of the packed weights ([`pack_conv_weights`]).
     pub fn packed_len(&self) -> usize {
@@ -913,21 +983,24 @@ impl ConvKernel {
         scratch: &mut [f32],
     ) -> Result<()> {
         let res_ptr = self.check(input, packed, residual, out, scratch, self.scratch_len)?;
-        let compute = match self.parts {
-            Some((pad, compute)) => {
-                // SAFETY: reads `input` (input_len floats) and writes the first scratch_len
-                // floats of `scratch`, both checked above.
-                unsafe { pad(input.as_ptr(), scratch.as_mut_ptr()) };
-                compute
-            }
-            None => self.f,
-        };
         let (inp, pk) = (
             SyncPtr(input.as_ptr() as *mut f32),
             SyncPtr(packed.as_ptr() as *mut f32),
         );
         let (res, o) = (SyncPtr(res_ptr as *mut f32), SyncPtr(out.as_mut_ptr()));
         let scr = SyncPtr(scratch.as_mut_ptr());
+        let compute = match self.parts {
+            Some((prologue, compute)) => {
+                pool.split(self.prologue_units, |_, range| {
+                    // SAFETY: reads `input` (input_len floats) and writes, within the first
+                    // scratch_len floats of `scratch` (both checked above), only the parts
+                    // that belong to the input channels in `range`: disjoint between threads.
+                    unsafe { prologue(inp.get(), scr.get(), range.start as i64, range.end as i64) };
+                });
+                compute
+            }
+            None => self.f,
+        };
         pool.split(self.units, |_, range| {
             // SAFETY: as in `run`, with the lengths checked above. The compute function only
             // reads the scratch copy (written before the split), and the parts' ranges are

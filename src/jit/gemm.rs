@@ -14,7 +14,7 @@ use super::module::{Emit, KernelModule, PendingId};
 use crate::error::Result;
 
 /// Output channels per block of the pointwise GEMM.
-const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 /// f32x4 vectors of pixels per tile (8 pixels).
 const NV: usize = 2;
 const NP: usize = NV * 4;
@@ -47,26 +47,34 @@ impl PixelGemm {
             panel,
         }
     }
+    /// Floats of the packed weight matrix alone (`[nmb][c][MR]`).
+    pub(crate) fn weights_len(&self) -> usize {
+        self.nmb * self.s.in_c * MR
+    }
     pub(crate) fn packed_len(&self) -> usize {
-        self.nmb * self.s.in_c * MR + self.nmb * MR
+        self.weights_len() + self.nmb * MR
     }
     pub(crate) fn work_units(&self) -> usize {
         self.nmb
     }
     /// `[nmb][c][MR]` then the bias padded to `nmb * MR`.
     pub(crate) fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-        let (c, k) = (self.s.in_c, self.s.out_c);
         let mut out = vec![0.0f32; self.packed_len()];
+        self.pack_weights_into(w, &mut out[..self.weights_len()]);
+        if let Some(b) = bias {
+            let base = self.weights_len();
+            out[base..base + self.s.out_c].copy_from_slice(b);
+        }
+        out
+    }
+    /// Packs the `[k][c]` matrix `w` into `out` (`weights_len()` floats, zero-initialised).
+    pub(crate) fn pack_weights_into(&self, w: &[f32], out: &mut [f32]) {
+        let (c, k) = (self.s.in_c, self.s.out_c);
         for ki in 0..k {
             for ci in 0..c {
                 out[((ki / MR) * c + ci) * MR + ki % MR] = w[ki * c + ci];
             }
         }
-        if let Some(b) = bias {
-            let base = self.nmb * c * MR;
-            out[base..base + k].copy_from_slice(b);
-        }
-        out
     }
 
     /// Emits `fn(input, packed, residual, out, scratch(unused), begin, end)`.
@@ -121,8 +129,9 @@ impl PixelGemm {
     }
 
     /// One tile: MR output channels of block `mb` by `nv` vectors + `ns` single pixels starting
-    /// at byte offset `pb` within a channel plane.
-    fn tile(
+    /// at byte offset `pb` within a channel plane (planes of `pixels` floats). Also the
+    /// micro-kernel of the Winograd convolution's per-position GEMMs.
+    pub(crate) fn tile(
         &self,
         e: &mut Emit,
         ptr: &Ptrs,
@@ -246,9 +255,11 @@ impl PixelGemm {
     }
 }
 
-struct Ptrs {
-    inp: Value,
-    w: Value,
-    res: Value,
-    out: Value,
+/// Base pointers of one GEMM: the input planes, the packed weights (of this GEMM), the
+/// residual (read only with `residual`) and the output planes.
+pub(crate) struct Ptrs {
+    pub inp: Value,
+    pub w: Value,
+    pub res: Value,
+    pub out: Value,
 }

@@ -9,8 +9,9 @@ pub mod gemm;
 pub mod module;
 pub mod pool;
 pub mod threads;
+mod winograd;
 
-pub use conv::{pack_conv_weights, ConvKernel, ConvSpec, PendingConv};
+pub use conv::{pack_conv_weights, ConvKernel, ConvMethod, ConvSpec, PendingConv};
 pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{Compiled, KernelListing, KernelModule, Pending};

@@ -161,7 +161,14 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
         let plane = e.b.ins().iadd(inp, io);
         let src = if s.padded() {
             let pad = if is_max { f32::NEG_INFINITY } else { 0.0 };
-            e.pad_copy(plane, scratch, 1, s.in_h, s.in_w, s.pad_h, s.pad_w, pad)?;
+            e.pad_plane(
+                plane,
+                scratch,
+                (s.in_h, s.in_w),
+                (s.hp(), s.wp()),
+                (s.pad_h, s.pad_w),
+                pad,
+            )?;
             scratch
         } else {
             plane

@@ -1,0 +1,430 @@
+//! Winograd F(4x4, 3x3) convolution for 3x3, stride-1 layers (Lavin & Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2016).
+//!
+//! Output channel `k` of a 4x4 block of output pixels (a *tile*) is
+//! `Y = Aᵀ [ Σ_c (G g_kc Gᵀ) ⊙ (Bᵀ d_c B) ] A`, where `d_c` is the tile's 6x6 input patch in
+//! channel `c` and `g_kc` the 3x3 filter. At each of the 36 positions `ξ` of the transformed
+//! tile the sum over `c` is a matrix product `M[ξ] = U[ξ] · V[ξ]` (`[K x C]` by `[C x tiles]`):
+//! 36 multiply-adds per tile and channel pair where the direct convolution needs 144. With
+//! 128-bit vectors capping the multiply-add rate (see `docs/jit.md`), doing 4x fewer of them is
+//! the way to go faster.
+//!
+//! The generated code, all of it specialised to the layer's shapes:
+//! 1. a *prologue* per input channel (threads split the channels): copy the plane into a
+//!    zero-bordered scratch plane, then transform every tile, `V[ξ][c][t] = (Bᵀ d B)[ξ]`, four
+//!    neighbouring tiles of a tile row at a time (one f32x4 lane each);
+//! 2. a *compute* function per block of 6 output channels (threads split the blocks): the 36
+//!    products on the pointwise GEMM's micro-kernel ([`super::gemm`]), then the output
+//!    transform `Aᵀ m A`, four tiles at a time, with the epilogue (bias, residual, ReLU) and the
+//!    stores; tiles that overhang the output's right or bottom edge store only their inside.
+//!
+//! `U = G g Gᵀ` is computed once, in f64, when the weights are packed. Rounding differs from
+//! the direct convolution (the transforms scale values by up to 8 and 1/24); tests compare both
+//! with the f64 reference at the same tolerance.
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{InstBuilder, Value};
+
+use super::cg::{fits, off, F32, F32X4};
+use super::conv::ConvSpec;
+use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs, MR};
+use super::module::{Emit, KernelModule, PendingId};
+use crate::error::Result;
+
+/// Output tile edge (`m`), transformed tile edge (`m + r - 1`) and positions per tile.
+const TILE: usize = 4;
+const ALPHA: usize = 6;
+const POS: usize = ALPHA * ALPHA;
+
+/// Input transform `Bᵀ` of F(4x4, 3x3) (interpolation points 0, ±1, ±2, ∞).
+const BT: [[f32; ALPHA]; ALPHA] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+/// Output transform `Aᵀ`.
+const AT: [[f32; ALPHA]; TILE] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
+/// Filter transform `G`.
+const G: [[f64; 3]; ALPHA] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// Channels below which the products are too thin for the GEMM micro-kernel to pay for the
+/// transforms (the direct kernel takes those layers).
+const MIN_CHANNELS: usize = 16;
+
+#[derive(Clone, Debug)]
+pub(crate) struct WinogradPlan {
+    spec: ConvSpec,
+    /// Tile rows and columns; columns rounded up to a multiple of 4 (the transforms handle 4
+    /// tiles at once).
+    th: usize,
+    tw: usize,
+    tw4: usize,
+    /// Floats per `(ξ, channel)` row of `V` and `M`: the tiles, plus room for the last tile
+    /// row's group of 4 to run over (its extra lanes are computed, never stored).
+    tp: usize,
+    /// The zero-bordered plane: `4 th + 2` rows (each tile reads 6), `4 tw4 + 4` columns (a
+    /// group of 4 tiles reads 5 vectors of a row).
+    hp: usize,
+    wp: usize,
+    gemm: PixelGemm,
+}
+
+impl WinogradPlan {
+    /// Whether `s` is a 3x3 stride-1 convolution large enough for Winograd to pay, with a
+    /// scratch space the generated code can address.
+    pub(crate) fn for_spec(s: &ConvSpec) -> Option<Self> {
+        let shape = s.kernel_h == 3 && s.kernel_w == 3 && s.stride_h == 1 && s.stride_w == 1;
+        let big = s.in_c >= MIN_CHANNELS && s.out_c >= MIN_CHANNELS;
+        if !(shape && big && s.out_h() >= TILE && s.out_w() >= TILE) {
+            return None;
+        }
+        let plan = Self::new(*s);
+        (fits(&[plan.scratch_len()]) && fits(&[plan.packed_len()])).then_some(plan)
+    }
+
+    fn new(spec: ConvSpec) -> Self {
+        let (th, tw) = (spec.out_h().div_ceil(TILE), spec.out_w().div_ceil(TILE));
+        let tw4 = tw.next_multiple_of(4);
+        let tp = (th * tw + tw4 - tw).next_multiple_of(4);
+        let gemm = PixelGemm::new(PixelGemmSpec {
+            in_c: spec.in_c,
+            out_c: spec.out_c,
+            pixels: tp,
+            bias: false,
+            relu: false,
+            residual: false,
+        });
+        WinogradPlan {
+            spec,
+            th,
+            tw,
+            tw4,
+            tp,
+            hp: TILE * th + 2,
+            wp: TILE * tw4 + 4,
+            gemm,
+        }
+    }
+
+    fn plane_len(&self) -> usize {
+        self.hp * self.wp
+    }
+    fn v_len(&self) -> usize {
+        POS * self.spec.in_c * self.tp
+    }
+    fn m_len(&self) -> usize {
+        POS * self.spec.out_c * self.tp
+    }
+    /// Padded planes, then `V` (`[ξ][c][tp]`), then `M` (`[ξ][k][tp]`).
+    pub(crate) fn scratch_len(&self) -> usize {
+        self.spec.in_c * self.plane_len() + self.v_len() + self.m_len()
+    }
+    /// `U[ξ]` packed for the GEMM micro-kernel, for each `ξ`, then the bias.
+    pub(crate) fn packed_len(&self) -> usize {
+        POS * self.gemm.weights_len() + self.gemm.work_units() * MR
+    }
+    /// Blocks of 6 output channels.
+    pub(crate) fn work_units(&self) -> usize {
+        self.gemm.work_units()
+    }
+    /// Input channels (the prologue's work units).
+    pub(crate) fn prologue_units(&self) -> usize {
+        self.spec.in_c
+    }
+
+    /// `U[ξ][k][c] = (G g_kc Gᵀ)[ξ]` from PyTorch-layout weights, in f64, packed per `ξ`.
+    pub(crate) fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let (k, c) = (self.spec.out_c, self.spec.in_c);
+        let wl = self.gemm.weights_len();
+        let mut u = vec![0.0f32; POS * k * c];
+        for (kc, g) in w.chunks_exact(9).enumerate() {
+            let mut gg = [[0.0f64; 3]; ALPHA];
+            for (i, row) in gg.iter_mut().enumerate() {
+                for (b, v) in row.iter_mut().enumerate() {
+                    *v = (0..3).map(|a| G[i][a] * g[a * 3 + b] as f64).sum();
+                }
+            }
+            for i in 0..ALPHA {
+                for j in 0..ALPHA {
+                    let v: f64 = (0..3).map(|b| gg[i][b] * G[j][b]).sum();
+                    u[(i * ALPHA + j) * k * c + kc] = v as f32;
+                }
+            }
+        }
+        let mut out = vec![0.0f32; self.packed_len()];
+        for (xi, ux) in u.chunks_exact(k * c).enumerate() {
+            self.gemm
+                .pack_weights_into(ux, &mut out[xi * wl..(xi + 1) * wl]);
+        }
+        if let Some(b) = bias {
+            out[POS * wl..POS * wl + k].copy_from_slice(b);
+        }
+        out
+    }
+
+    /// Emits the entry `fn(input, packed, residual, out, scratch, begin, end)`, which runs the
+    /// prologue over all input channels and then the compute function over the output channel
+    /// blocks `begin..end`, and returns it with the prologue `fn(input, scratch, begin, end)`
+    /// and the compute function (same signature as the entry) for callers that split them.
+    pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, PendingId, PendingId)> {
+        let plan = self.clone();
+        let prologue = km.define(4, move |e, p| plan.prologue(e, p))?;
+        let plan = self.clone();
+        let compute = km.define(7, move |e, p| plan.compute(e, p))?;
+        let channels = self.spec.in_c as i64;
+        let entry = km.define_calling(7, &[prologue, compute], move |e, p| {
+            let (pro, comp) = (e.callees[0], e.callees[1]);
+            let (c0, c1) = (e.iconst(0), e.iconst(channels));
+            e.b.ins().call(pro, &[p[0], p[4], c0, c1]);
+            e.b.ins().call(comp, p);
+            Ok(())
+        })?;
+        Ok((entry, prologue, compute))
+    }
+
+    fn prologue(&self, e: &mut Emit, p: &[Value]) -> Result<()> {
+        let s = self.spec;
+        let (inp, scratch, begin, end) = (p[0], p[1], p[2], p[3]);
+        let plane = self.plane_len();
+        let vbase = e.add_imm(scratch, (s.in_c * plane * 4) as i64);
+        e.for_range(begin, end, 1, |e, c| {
+            let so = e.mul_imm(c, (s.in_h * s.in_w * 4) as i64);
+            let src = e.b.ins().iadd(inp, so);
+            let po = e.mul_imm(c, (plane * 4) as i64);
+            let pc = e.b.ins().iadd(scratch, po);
+            e.pad_plane(
+                src,
+                pc,
+                (s.in_h, s.in_w),
+                (self.hp, self.wp),
+                (s.pad_h, s.pad_w),
+                0.0,
+            )?;
+            let vo = e.mul_imm(c, (self.tp * 4) as i64);
+            let vc = e.b.ins().iadd(vbase, vo);
+            e.for_const(0, self.th as i64, 1, |e, ty| {
+                let pr = e.mul_imm(ty, (TILE * self.wp * 4) as i64);
+                let prow = e.b.ins().iadd(pc, pr);
+                let vr = e.mul_imm(ty, (self.tw * 4) as i64);
+                let vrow = e.b.ins().iadd(vc, vr);
+                e.for_const(0, self.tw4 as i64, 4, |e, tx0| {
+                    let xo = e.mul_imm(tx0, (TILE * 4) as i64);
+                    let pp = e.b.ins().iadd(prow, xo);
+                    let to = e.ishl4(tx0);
+                    let vp = e.b.ins().iadd(vrow, to);
+                    self.input_group(e, pp, vp);
+                    Ok(())
+                })
+            })
+        })
+    }
+
+    /// Transforms the 4 tiles whose patches start at `pp` (in the padded plane, which this
+    /// function wrote: ordinary loads) and stores lane `l` of `V[ξ]` for tile `l` at `vp`.
+    fn input_group(&self, e: &mut Emit, pp: Value, vp: Value) {
+        let (c, tp, wp) = (self.spec.in_c, self.tp, self.wp);
+        for (i, bt) in BT.iter().enumerate() {
+            // Row i of Bᵀ d along 20 columns: vector q holds columns 4q..4q+3.
+            let z: Vec<Value> = (0..5)
+                .map(|q| {
+                    let terms: Vec<(f32, Value)> = (0..ALPHA)
+                        .filter(|&r| bt[r] != 0.0)
+                        .map(|r| (bt[r], e.load_rw(F32X4, pp, off((r * wp + 4 * q) * 4))))
+                        .collect();
+                    e.lincomb(&terms)
+                })
+                .collect();
+            // Column s of tile l is column 4l + s: lane s of z[l], or lane s-4 of z[l+1].
+            let lo = e.transpose4(&z[0..4]);
+            let hi = e.transpose4(&z[1..5]);
+            let d = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
+            for (j, bj) in BT.iter().enumerate() {
+                let terms: Vec<(f32, Value)> = (0..ALPHA)
+                    .filter(|&s| bj[s] != 0.0)
+                    .map(|s| (bj[s], d[s]))
+                    .collect();
+                let v = e.lincomb(&terms);
+                e.store(v, vp, off((i * ALPHA + j) * c * tp * 4));
+            }
+        }
+    }
+
+    fn compute(&self, e: &mut Emit, p: &[Value]) -> Result<()> {
+        let s = self.spec;
+        let (w, res, out, scratch, begin, end) = (p[1], p[2], p[3], p[4], p[5], p[6]);
+        let (c, k, tp) = (s.in_c, s.out_c, self.tp);
+        let wl = self.gemm.weights_len();
+        let vbase = e.add_imm(scratch, (c * self.plane_len() * 4) as i64);
+        let mbase = e.add_imm(vbase, (self.v_len() * 4) as i64);
+        // The 36 products, position-major so that one V[ξ] stays in cache for every block.
+        e.for_const(0, POS as i64, 1, |e, xi| {
+            let vo = e.mul_imm(xi, (c * tp * 4) as i64);
+            let mo = e.mul_imm(xi, (k * tp * 4) as i64);
+            let wo = e.mul_imm(xi, (wl * 4) as i64);
+            let ptr = Ptrs {
+                inp: e.b.ins().iadd(vbase, vo),
+                w: e.b.ins().iadd(w, wo),
+                res,
+                out: e.b.ins().iadd(mbase, mo),
+            };
+            e.for_range(begin, end, 1, |e, mb| {
+                let full = tp / 8;
+                e.for_const(0, (full * 32) as i64, 32, |e, pb| {
+                    self.gemm.tile(e, &ptr, mb, pb, 2, 0)
+                })?;
+                if tp % 8 != 0 {
+                    let pb = e.iconst((full * 32) as i64);
+                    self.gemm.tile(e, &ptr, mb, pb, 1, 0)?;
+                }
+                Ok(())
+            })
+        })?;
+        // The output transform of the channels of blocks begin..end.
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let k0 = e.mul_imm(begin, MR as i64);
+        let k1 = e.mul_imm(end, MR as i64);
+        let kmax = e.iconst(k as i64);
+        let below = e.b.ins().icmp(IntCC::SignedLessThan, k1, kmax);
+        let k1 = e.b.ins().select(below, k1, kmax);
+        e.for_range(k0, k1, 1, |e, kk| {
+            let mo = e.mul_imm(kk, (tp * 4) as i64);
+            let mk = e.b.ins().iadd(mbase, mo);
+            let oo = e.mul_imm(kk, (oh * ow * 4) as i64);
+            let ok = e.b.ins().iadd(out, oo);
+            let rk = e.b.ins().iadd(res, oo);
+            let bias = if s.bias {
+                let bo = e.ishl4(kk);
+                let bp = e.b.ins().iadd(w, bo);
+                let b = e.load(F32, bp, off(POS * wl * 4));
+                Some((b, e.b.ins().splat(F32X4, b)))
+            } else {
+                None
+            };
+            let band = |e: &mut Emit, ty: Value, rows: usize| -> Result<()> {
+                let to = e.mul_imm(ty, (self.tw * 4) as i64);
+                let mrow = e.b.ins().iadd(mk, to);
+                let oo = e.mul_imm(ty, (TILE * ow * 4) as i64);
+                let orow = e.b.ins().iadd(ok, oo);
+                let rrow = e.b.ins().iadd(rk, oo);
+                let at = |e: &mut Emit, tx0: Value| {
+                    let to = e.ishl4(tx0);
+                    let xo = e.mul_imm(tx0, (TILE * 4) as i64);
+                    let o = e.b.ins().iadd(orow, xo);
+                    let r = e.b.ins().iadd(rrow, xo);
+                    (e.b.ins().iadd(mrow, to), o, r)
+                };
+                // Groups of 4 tiles inside the output, then the group at the right edge.
+                let full = ow / (4 * TILE);
+                e.for_const(0, (4 * full) as i64, 4, |e, tx0| {
+                    let (m, o, r) = at(e, tx0);
+                    self.output_group(e, m, o, r, bias, rows, [TILE; 4]);
+                    Ok(())
+                })?;
+                if 4 * full < self.tw {
+                    let cols = std::array::from_fn(|l| {
+                        let x = TILE * (4 * full + l);
+                        ow.saturating_sub(x).min(TILE)
+                    });
+                    let tx0 = e.iconst((4 * full) as i64);
+                    let (m, o, r) = at(e, tx0);
+                    self.output_group(e, m, o, r, bias, rows, cols);
+                }
+                Ok(())
+            };
+            e.for_const(0, (oh / TILE) as i64, 1, |e, ty| band(e, ty, TILE))?;
+            if oh % TILE != 0 {
+                let ty = e.iconst((oh / TILE) as i64);
+                band(e, ty, oh % TILE)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `Aᵀ m A` for the 4 tiles whose `M` values start at `mp`, then bias, residual, ReLU and
+    /// the stores of the first `rows` rows and `cols[l]` columns of tile `l` (at `op`, `rp`).
+    #[allow(clippy::too_many_arguments)]
+    fn output_group(
+        &self,
+        e: &mut Emit,
+        mp: Value,
+        op: Value,
+        rp: Value,
+        bias: Option<(Value, Value)>,
+        rows: usize,
+        cols: [usize; 4],
+    ) {
+        let s = self.spec;
+        let plane = s.out_c * self.tp * 4;
+        let ow = s.out_w();
+        for (a, at) in AT.iter().enumerate().take(rows) {
+            // Row a of Aᵀ m, then of (Aᵀ m) A: y[b] holds output (a, b) of the 4 tiles.
+            let t: Vec<Value> = (0..ALPHA)
+                .map(|j| {
+                    let terms: Vec<(f32, Value)> = (0..ALPHA)
+                        .filter(|&i| at[i] != 0.0)
+                        .map(|i| (at[i], e.load_rw(F32X4, mp, off((i * ALPHA + j) * plane))))
+                        .collect();
+                    e.lincomb(&terms)
+                })
+                .collect();
+            let y: Vec<Value> = AT
+                .iter()
+                .map(|ab| {
+                    let terms: Vec<(f32, Value)> = (0..ALPHA)
+                        .filter(|&j| ab[j] != 0.0)
+                        .map(|j| (ab[j], t[j]))
+                        .collect();
+                    e.lincomb(&terms)
+                })
+                .collect();
+            // Tile l's row a, 4 consecutive output pixels, as one vector.
+            let px = e.transpose4(&y);
+            for (l, &n) in cols.iter().enumerate() {
+                let o = (a * ow + TILE * l) * 4;
+                if n == TILE {
+                    let mut x = px[l];
+                    if let Some((_, bv)) = bias {
+                        x = e.b.ins().fadd(x, bv);
+                    }
+                    if s.residual {
+                        let r = e.load(F32X4, rp, off(o));
+                        x = e.b.ins().fadd(x, r);
+                    }
+                    if s.relu {
+                        x = e.relu(x);
+                    }
+                    e.store(x, op, off(o));
+                    continue;
+                }
+                for b in 0..n {
+                    let mut x = e.b.ins().extractlane(px[l], b as u8);
+                    if let Some((bs, _)) = bias {
+                        x = e.b.ins().fadd(x, bs);
+                    }
+                    if s.residual {
+                        let r = e.load(F32, rp, off(o + 4 * b));
+                        x = e.b.ins().fadd(x, r);
+                    }
+                    if s.relu {
+                        x = e.relu(x);
+                    }
+                    e.store(x, op, off(o + 4 * b));
+                }
+            }
+        }
+    }
+}
