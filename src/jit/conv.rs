@@ -784,6 +784,7 @@ pub fn pack_conv_weights(
 }
 
 /// A convolution defined in a [`KernelModule`], not yet finalized.
+#[derive(Clone)]
 pub struct PendingConv {
     id: PendingId,
     /// With padding: the padded-copy and compute functions the entry `id` calls.
@@ -793,9 +794,12 @@ pub struct PendingConv {
 }
 
 impl KernelModule {
-    /// Generates the kernel for `spec`.
+    /// Generates the kernel for `spec` (once per module: the same spec again shares the code).
     pub fn add_conv(&mut self, spec: &ConvSpec) -> Result<PendingConv> {
         spec.validate()?;
+        if let Some(p) = self.convs.get(spec) {
+            return Ok(p.clone());
+        }
         let plan = Plan::new(spec);
         let (id, parts) = match &plan {
             Plan::Direct(d) => d.emit(self)?,
@@ -805,12 +809,14 @@ impl KernelModule {
                 (entry, Some((prologue, compute)))
             }
         };
-        Ok(PendingConv {
+        let pending = PendingConv {
             id,
             parts,
             spec: *spec,
             plan,
-        })
+        };
+        self.convs.insert(*spec, pending.clone());
+        Ok(pending)
     }
 }
 

@@ -72,9 +72,13 @@ impl PixelGemm {
         let (c, k) = (self.s.in_c, self.s.out_c);
         for ki in 0..k {
             for ci in 0..c {
-                out[((ki / MR) * c + ci) * MR + ki % MR] = w[ki * c + ci];
+                out[self.packed_index(ki, ci)] = w[ki * c + ci];
             }
         }
+    }
+    /// Where weight `(ki, ci)` goes in the packed matrix.
+    pub(crate) fn packed_index(&self, ki: usize, ci: usize) -> usize {
+        ((ki / MR) * self.s.in_c + ci) * MR + ki % MR
     }
 
     /// Emits `fn(input, packed, residual, out, scratch(unused), begin, end)`.

@@ -53,6 +53,9 @@ pub struct KernelModule {
     listings: Option<Vec<KernelListing>>,
     /// What the next kernels are for (a layer name), for listings.
     label: String,
+    /// Convolutions already generated, by spec: layers of the same shape share code
+    /// (ResNet-18's 20 convolutions have 11 distinct specs).
+    pub(crate) convs: std::collections::HashMap<super::ConvSpec, super::PendingConv>,
 }
 
 /// Everything a code generator needs while emitting one function.
@@ -117,6 +120,7 @@ impl KernelModule {
             build_time: Duration::ZERO,
             listings: None,
             label: String::new(),
+            convs: Default::default(),
         })
     }
 

@@ -175,6 +175,7 @@ fn compile_with(
     let mut arena_len = 0;
     let mut region: HashMap<NodeId, Region> = HashMap::new();
     let mut pending = Vec::new();
+    let mut packing = Vec::new();
     for (pos, &id) in order.iter().enumerate() {
         let node = g.node(id);
         let item = node.shape.len();
@@ -188,7 +189,7 @@ fn compile_with(
         }
         if id != g.input && buffer_of[&id] == id {
             module.set_label(&node.name);
-            pending.push(plan_step(g, id, b, &mut module, &region)?);
+            pending.push(plan_step(g, id, b, &mut module, &region, &mut packing)?);
         }
         // Free what this step read last (after allocating its output, so the two never
         // share memory).
@@ -216,16 +217,25 @@ fn compile_with(
     }
     let listings = module.take_listings();
     let code = module.finalize()?;
+    let mut packed: Vec<Option<Vec<f32>>> = run_jobs(packing, opts.threads)?
+        .into_iter()
+        .map(Some)
+        .collect();
+    let mut take = |job: usize| {
+        packed[job]
+            .take()
+            .ok_or_else(|| Error::Internal("packed weights used twice".into()))
+    };
     let mut steps = Vec::with_capacity(pending.len());
     for p in pending {
         let kernel = match p.kernel {
-            PendingKernel::Conv(k, packed) => Kernel::Conv {
+            PendingKernel::Conv(k, job) => Kernel::Conv {
                 k: code.get(*k)?,
-                packed,
+                packed: take(job)?,
             },
-            PendingKernel::Fc(k, packed) => Kernel::Fc {
+            PendingKernel::Fc(k, job) => Kernel::Fc {
                 k: code.get(k)?,
-                packed,
+                packed: take(job)?,
             },
             PendingKernel::Pool(k) => Kernel::Pool(code.get(k)?),
             PendingKernel::Elt(k, consts) => Kernel::Elt {
@@ -268,9 +278,11 @@ fn compile_with(
     Ok((model, listings))
 }
 
+/// A kernel awaiting the module's finalization; conv and fc hold the index of the job that
+/// packs their weights.
 enum PendingKernel {
-    Conv(Box<crate::jit::PendingConv>, Vec<f32>),
-    Fc(crate::jit::PendingFc, Vec<f32>),
+    Conv(Box<crate::jit::PendingConv>, usize),
+    Fc(crate::jit::PendingFc, usize),
     Pool(crate::jit::PendingPool),
     Elt(crate::jit::PendingElt, Vec<Vec<f32>>),
     Concat,
@@ -289,28 +301,71 @@ fn param<'a>(g: &'a Graph, id: NodeId, suffix: &str) -> Result<&'a [f32]> {
         .ok_or_else(|| Error::Weights(format!("{}: parameter `{suffix}` is not bound", node.name)))
 }
 
-fn plan_step(
-    g: &Graph,
+/// Work deferred until every kernel is generated, then shared out among threads: packing a
+/// layer's weights (for Winograd convolutions, transforming them) can take longer than
+/// generating its code.
+type Job<'g, T> = Box<dyn FnOnce() -> Result<T> + Send + 'g>;
+
+/// Runs `jobs` on up to `threads` threads (the caller's included), each taking the next job
+/// not yet taken; returns the results in the jobs' order, or the first error.
+fn run_jobs<T: Send>(jobs: Vec<Job<'_, T>>, threads: usize) -> Result<Vec<T>> {
+    let n = jobs.len();
+    let queue: Vec<Mutex<Option<Job<'_, T>>>> =
+        jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+    let results: Vec<Mutex<Option<Result<T>>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some(slot) = queue.get(i) else { break };
+        let job = slot.lock().map(|mut j| j.take()).ok().flatten();
+        if let Some(job) = job {
+            let r = job();
+            if let Ok(mut out) = results[i].lock() {
+                *out = Some(r);
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..threads.min(n) {
+            s.spawn(work);
+        }
+        work();
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(Error::Internal("a packing job did not run".into())))
+        })
+        .collect()
+}
+
+fn plan_step<'g>(
+    g: &'g Graph,
     id: NodeId,
     b: usize,
     module: &mut KernelModule,
     region: &HashMap<NodeId, Region>,
+    packing: &mut Vec<Job<'g, Vec<f32>>>,
 ) -> Result<PendingStep> {
     let node = g.node(id);
     let inputs = g.inputs(id);
     let x = g.node(inputs[0]).shape;
     let out = node.shape;
     let stats = crate::ir::stats::layer_stats(g, id);
-    let conv = |module: &mut KernelModule, spec: ConvSpec| -> Result<PendingKernel> {
+    let mut conv = |module: &mut KernelModule, spec: ConvSpec| -> Result<PendingKernel> {
         let bias = if spec.bias {
             Some(param(g, id, "bias")?)
         } else {
             None
         };
-        let packed = pack_conv_weights(&spec, param(g, id, "weight")?, bias)?;
+        let weight = param(g, id, "weight")?;
+        packing.push(Box::new(move || pack_conv_weights(&spec, weight, bias)));
         Ok(PendingKernel::Conv(
             Box::new(module.add_conv(&spec)?),
-            packed,
+            packing.len() - 1,
         ))
     };
     let elt = |module: &mut KernelModule, spec: EltSpec, consts| -> Result<PendingKernel> {
@@ -365,8 +420,9 @@ fn plan_step(
             } else {
                 None
             };
-            let packed = pack_fc_weights(&spec, param(g, id, "weight")?, bias)?;
-            PendingKernel::Fc(module.add_fc(&spec)?, packed)
+            let weight = param(g, id, "weight")?;
+            packing.push(Box::new(move || pack_fc_weights(&spec, weight, bias)));
+            PendingKernel::Fc(module.add_fc(&spec)?, packing.len() - 1)
         }
         Op::MaxPool(p) | Op::AvgPool(p) => {
             let kind = if matches!(node.op, Op::MaxPool(_)) {
