@@ -86,7 +86,8 @@ pub struct RunArgs {
     /// Class names, one per line.
     #[arg(long)]
     labels: Option<PathBuf>,
-    /// Print the time, GFLOP/s and share of the total of each layer (JIT engine).
+    /// Print the time, GFLOP/s and share of the total of each layer (JIT engine): after a
+    /// warm-up run, the median of 5 timed runs.
     #[arg(long)]
     profile: bool,
     #[command(flatten)]
@@ -137,7 +138,19 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
     let (outputs, layers) = if a.profile {
         match &runner {
             cli::engine::Runner::Jit(_, model) => {
-                let (y, layers) = model.profile(&batch.tensor)?;
+                // The first run pays for first-touch page faults in weights and arena.
+                model.run(&batch.tensor)?;
+                let mut runs = Vec::new();
+                for _ in 0..5 {
+                    runs.push(model.profile(&batch.tensor)?);
+                }
+                let mut layers = runs[0].1.clone();
+                for (i, layer) in layers.iter_mut().enumerate() {
+                    let mut t: Vec<_> = runs.iter().map(|r| r.1[i].time).collect();
+                    t.sort();
+                    layer.time = t[t.len() / 2];
+                }
+                let y = runs.pop().map(|r| r.0).unwrap_or_default();
                 (y, Some(layers))
             }
             cli::engine::Runner::Interp(_) => {

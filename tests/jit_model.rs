@@ -88,6 +88,28 @@ fn example_graphs_with_seeded_weights_match_the_interpreter() {
         .unwrap();
         let got = one.run(&x).unwrap();
         assert_agrees(name, &got, &want);
+        // Direct convolutions only (`--no-winograd`): also within tolerance.
+        let direct = compile(
+            &g,
+            &Options {
+                batch: 3,
+                threads: 1,
+                winograd: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (got_direct, layers) = direct.profile(&x).unwrap();
+        assert_agrees(&format!("{name} without Winograd"), &got_direct, &want);
+        assert!(layers.iter().all(|l| !l.op.contains("winograd")), "{name}");
+        if name == "vgg_cifar" || name == "resnet_basic_block" {
+            let (_, layers) = one.profile(&x).unwrap();
+            assert!(
+                layers.iter().any(|l| l.op.contains("[winograd-f4x4]")),
+                "{name}: {:?}",
+                layers.iter().map(|l| &l.op).collect::<Vec<_>>()
+            );
+        }
         // Threads split each layer's work, never change a bit of the result.
         for threads in [2, 3] {
             let many = compile(

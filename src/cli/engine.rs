@@ -27,6 +27,10 @@ pub struct EngineArgs {
     /// Threads per layer for the JIT [default: the machine's cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Compute 3x3 convolutions directly instead of with Winograd F(4x4, 3x3) (slower, but
+    /// their packed weights take a quarter of the memory).
+    #[arg(long)]
+    pub no_winograd: bool,
 }
 
 impl EngineArgs {
@@ -36,6 +40,7 @@ impl EngineArgs {
         if let Some(t) = self.threads {
             opts.threads = t;
         }
+        opts.winograd &= !self.no_winograd;
         opts
     }
 }

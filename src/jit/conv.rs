@@ -688,8 +688,8 @@ enum Plan {
 }
 
 impl Plan {
-    fn new(spec: &ConvSpec) -> Plan {
-        if let Some(w) = WinogradPlan::for_spec(spec) {
+    fn new(spec: &ConvSpec, winograd: bool) -> Plan {
+        if let Some(w) = WinogradPlan::for_spec(spec).filter(|_| winograd) {
             Plan::Winograd(w)
         } else if spec.is_pointwise() {
             Plan::Gemm(PixelGemm::new(gemm::PixelGemmSpec {
@@ -740,16 +740,34 @@ impl Plan {
             Plan::Winograd(w) => w.work_units(),
         }
     }
+
+    /// Packs PyTorch-layout weights `[out_c, in_c, kernel_h, kernel_w]` (and the bias
+    /// `[out_c]` when `spec.bias`) into the order this plan's kernel reads them.
+    fn pack(&self, spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        check_conv_weights(spec, weights, bias)?;
+        let bias = bias.filter(|_| spec.bias);
+        Ok(match self {
+            Plan::Direct(d) => d.pack(weights, bias),
+            Plan::Gemm(g) => g.pack(weights, bias),
+            Plan::Winograd(w) => w.pack(weights, bias),
+        })
+    }
 }
 
 /// Packs PyTorch-layout weights `[out_c, in_c, kernel_h, kernel_w]` (and the bias `[out_c]`
-/// when `spec.bias`) into the order the kernel for `spec` reads them. Done once, at compile time.
+/// when `spec.bias`) into the order the kernel [`KernelModule::add_conv`] generates for `spec`
+/// reads them (with Winograd allowed, the default; otherwise use
+/// [`PendingConv::pack_weights`]). Done once, at compile time.
 pub fn pack_conv_weights(
     spec: &ConvSpec,
     weights: &[f32],
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
     spec.validate()?;
+    Plan::new(spec, true).pack(spec, weights, bias)
+}
+
+fn check_conv_weights(spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<()> {
     if weights.len() != spec.weight_len() {
         return Err(Error::Weights(format!(
             "conv weights: expected {} values ({}x{}x{}x{}), got {}",
@@ -761,26 +779,28 @@ pub fn pack_conv_weights(
             weights.len()
         )));
     }
-    let bias = match (spec.bias, bias) {
-        (true, Some(b)) if b.len() == spec.out_c => Some(b),
-        (true, Some(b)) => {
-            return Err(Error::Weights(format!(
-                "conv bias: expected {} values, got {}",
-                spec.out_c,
-                b.len()
-            )))
-        }
-        (true, None) => return Err(Error::Weights("conv bias missing".into())),
-        (false, Some(_)) => {
-            return Err(Error::Weights("conv has no bias but one was given".into()))
-        }
-        (false, None) => None,
-    };
-    Ok(match Plan::new(spec) {
-        Plan::Direct(d) => d.pack(weights, bias),
-        Plan::Gemm(g) => g.pack(weights, bias),
-        Plan::Winograd(w) => w.pack(weights, bias),
-    })
+    match (spec.bias, bias) {
+        (true, Some(b)) if b.len() == spec.out_c => Ok(()),
+        (true, Some(b)) => Err(Error::Weights(format!(
+            "conv bias: expected {} values, got {}",
+            spec.out_c,
+            b.len()
+        ))),
+        (true, None) => Err(Error::Weights("conv bias missing".into())),
+        (false, Some(_)) => Err(Error::Weights("conv has no bias but one was given".into())),
+        (false, None) => Ok(()),
+    }
+}
+
+impl PendingConv {
+    /// Packs the layer's weights for this kernel (see [`pack_conv_weights`]).
+    pub fn pack_weights(&self, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        self.plan.pack(&self.spec, weights, bias)
+    }
+    /// The algorithm the kernel uses.
+    pub fn method(&self) -> ConvMethod {
+        self.plan.method()
+    }
 }
 
 /// A convolution defined in a [`KernelModule`], not yet finalized.
@@ -797,10 +817,10 @@ impl KernelModule {
     /// Generates the kernel for `spec` (once per module: the same spec again shares the code).
     pub fn add_conv(&mut self, spec: &ConvSpec) -> Result<PendingConv> {
         spec.validate()?;
-        if let Some(p) = self.convs.get(spec) {
+        if let Some(p) = self.convs.get(&(*spec, self.winograd)) {
             return Ok(p.clone());
         }
-        let plan = Plan::new(spec);
+        let plan = Plan::new(spec, self.winograd);
         let (id, parts) = match &plan {
             Plan::Direct(d) => d.emit(self)?,
             Plan::Gemm(g) => (g.emit(self)?, None),
@@ -815,7 +835,7 @@ impl KernelModule {
             spec: *spec,
             plan,
         };
-        self.convs.insert(*spec, pending.clone());
+        self.convs.insert((*spec, self.winograd), pending.clone());
         Ok(pending)
     }
 }

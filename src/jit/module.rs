@@ -53,9 +53,11 @@ pub struct KernelModule {
     listings: Option<Vec<KernelListing>>,
     /// What the next kernels are for (a layer name), for listings.
     label: String,
-    /// Convolutions already generated, by spec: layers of the same shape share code
-    /// (ResNet-18's 20 convolutions have 11 distinct specs).
-    pub(crate) convs: std::collections::HashMap<super::ConvSpec, super::PendingConv>,
+    /// Convolutions already generated, by spec (and whether Winograd was allowed): layers of
+    /// the same shape share code (ResNet-18's 20 convolutions have 11 distinct specs).
+    pub(crate) convs: std::collections::HashMap<(super::ConvSpec, bool), super::PendingConv>,
+    /// Whether 3x3 stride-1 convolutions may use Winograd ([`KernelModule::set_winograd`]).
+    pub(crate) winograd: bool,
 }
 
 /// Everything a code generator needs while emitting one function.
@@ -121,7 +123,14 @@ impl KernelModule {
             listings: None,
             label: String::new(),
             convs: Default::default(),
+            winograd: true,
         })
+    }
+
+    /// Whether convolutions added from now on may use Winograd F(4x4, 3x3) (default: yes).
+    /// Pack their weights with [`crate::jit::PendingConv::pack_weights`], which follows it.
+    pub fn set_winograd(&mut self, on: bool) {
+        self.winograd = on;
     }
 
     /// Keeps the CLIF and the disassembly of every kernel defined from now on.

@@ -4,8 +4,8 @@ use super::arena::{ArenaPlanner, Region};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op, Shape};
 use crate::jit::{
-    concat_channels, pack_conv_weights, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec,
-    FcKernel, FcSpec, KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, ThreadPool,
+    concat_channels, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec, FcKernel, FcSpec,
+    KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, ThreadPool,
 };
 use crate::options::Options;
 use crate::tensor::Tensor;
@@ -67,7 +67,8 @@ struct Step {
 #[derive(Clone, Debug)]
 pub struct LayerTime {
     pub name: String,
-    /// The op with its attributes, as IR dumps show it.
+    /// The op with its attributes, as IR dumps show it; for convolutions also the
+    /// algorithm, e.g. `[winograd-f4x4]`.
     pub op: String,
     pub time: Duration,
     /// Floating-point operations of the whole batch.
@@ -146,6 +147,7 @@ fn compile_with(
     g.check_shapes()?;
     let order = g.topo_order()?;
     let mut module = KernelModule::new()?;
+    module.set_winograd(opts.winograd);
     if keep_listings {
         module.keep_listings();
     }
@@ -245,7 +247,11 @@ fn compile_with(
             PendingKernel::Concat => Kernel::Concat,
             PendingKernel::Pad(pad, input) => Kernel::Pad { pad, input },
         };
-        steps.push(Step { kernel, ..p.step });
+        let mut step = Step { kernel, ..p.step };
+        if let Kernel::Conv { k, .. } = &step.kernel {
+            step.op = format!("{} [{}]", step.op, k.method());
+        }
+        steps.push(step);
     }
     let scratch_len = steps
         .iter()
@@ -362,11 +368,10 @@ fn plan_step<'g>(
             None
         };
         let weight = param(g, id, "weight")?;
-        packing.push(Box::new(move || pack_conv_weights(&spec, weight, bias)));
-        Ok(PendingKernel::Conv(
-            Box::new(module.add_conv(&spec)?),
-            packing.len() - 1,
-        ))
+        let kernel = module.add_conv(&spec)?;
+        let packer = kernel.clone();
+        packing.push(Box::new(move || packer.pack_weights(weight, bias)));
+        Ok(PendingKernel::Conv(Box::new(kernel), packing.len() - 1))
     };
     let elt = |module: &mut KernelModule, spec: EltSpec, consts| -> Result<PendingKernel> {
         Ok(PendingKernel::Elt(module.add_elementwise(&spec)?, consts))
