@@ -39,15 +39,20 @@ fn main() {
     let t1 = Instant::now();
     while t1.elapsed().as_secs_f64() < 1.5 {
         let t = Instant::now();
-        kern.run(
-            &x,
-            &packed,
-            res,
-            &mut out,
-            &mut scratch,
-            0..kern.work_units(),
-        )
-        .unwrap();
+        if threads > 1 {
+            kern.run_parallel(&pool, &x, &packed, res, &mut out, &mut scratch)
+                .unwrap();
+        } else {
+            kern.run(
+                &x,
+                &packed,
+                res,
+                &mut out,
+                &mut scratch,
+                0..kern.work_units(),
+            )
+            .unwrap();
+        }
         best = best.min(t.elapsed().as_secs_f64());
     }
     println!(
