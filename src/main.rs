@@ -78,7 +78,7 @@ pub struct RunArgs {
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Batch size (a single input is repeated to fill it).
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     batch: Option<usize>,
     /// How many classes to print per batch item.
     #[arg(long, default_value_t = 5)]
@@ -100,7 +100,7 @@ pub struct BenchArgs {
     graph: GraphArgs,
     #[command(flatten)]
     engine: EngineArgs,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     batch: usize,
     /// Seconds to measure for.
     #[arg(long, default_value_t = 3.0)]
@@ -118,13 +118,18 @@ pub struct BenchArgs {
     passes: cli::passes::PassArgs,
 }
 
+/// Parses a count of at least 1 (clap reports anything else as a usage error, exit code 2).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("must be a whole number, at least 1".into()),
+    }
+}
+
 /// Images per kernel call in `cnnc run`.
 const RUN_CHUNK: usize = 16;
 
 fn run_network(a: RunArgs) -> cnnc::Result<()> {
-    if a.batch == Some(0) {
-        return Err(cnnc::Error::Input("--batch must be at least 1".into()));
-    }
     let mut g = cli::engine::load(&a.graph)?;
     cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let labels = a.labels.as_deref().map(cli::run::read_labels).transpose()?;
@@ -231,9 +236,6 @@ fn onnx_command(command: Command) -> cnnc::Result<()> {
 }
 
 fn bench(a: BenchArgs) -> cnnc::Result<()> {
-    if a.batch == 0 {
-        return Err(cnnc::Error::Input("--batch must be at least 1".into()));
-    }
     if !(a.time.is_finite() && (0.0..=1e6).contains(&a.time)) {
         return Err(cnnc::Error::Input(format!(
             "--time must be a number of seconds, got {}",
