@@ -774,3 +774,16 @@ fn mangled_example_graphs_never_panic() {
     }
     assert!(tried > 1000);
 }
+
+#[test]
+fn cli_rejects_a_batch_of_zero_as_a_usage_error() {
+    for cmd in ["run", "bench"] {
+        let out = cnnc(&[cmd, "graphs/lenet5.yaml", "--batch", "0"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("at least 1"),
+            "{cmd}: {stderr}"
+        );
+    }
+}
