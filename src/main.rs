@@ -274,6 +274,7 @@ fn bench(a: BenchArgs) -> cnnc::Result<()> {
         batch: a.batch,
         compile_ms: ms(compile),
         passes_ms: ms(passes),
+        packing_ms: runner.packing_time().map(ms),
         runs: times.len(),
         median_ms: ms(median),
         p90_ms: ms(cli::bench::percentile(&times, 0.9)),

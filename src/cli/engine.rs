@@ -85,6 +85,14 @@ impl Runner {
         }
     }
 
+    /// The JIT's time packing weights, a part of its compile time.
+    pub fn packing_time(&self) -> Option<std::time::Duration> {
+        match self {
+            Runner::Interp(_) => None,
+            Runner::Jit(_, m) => Some(m.packing_time()),
+        }
+    }
+
     pub fn graph(&self) -> &Graph {
         match self {
             Runner::Interp(g) | Runner::Jit(g, _) => g,

@@ -109,6 +109,7 @@ pub struct Model {
     /// Workers for `threads > 1`, created once per model.
     pool: Option<ThreadPool>,
     compile_time: Duration,
+    packing_time: Duration,
 }
 
 /// Compiles a graph (with bound weights) to machine code for the host CPU, as it is:
@@ -219,6 +220,7 @@ fn compile_with(
     }
     let listings = module.take_listings();
     let code = module.finalize()?;
+    let packing_start = Instant::now();
     let mut packed: Vec<Option<Vec<f32>>> = run_jobs(packing, opts.threads)?
         .into_iter()
         .map(Some)
@@ -228,6 +230,7 @@ fn compile_with(
             .take()
             .ok_or_else(|| Error::Internal("packed weights used twice".into()))
     };
+    let packing_time = packing_start.elapsed();
     let mut steps = Vec::with_capacity(pending.len());
     for p in pending {
         let kernel = match p.kernel {
@@ -280,6 +283,7 @@ fn compile_with(
         workspaces: Mutex::new(Vec::new()),
         pool,
         compile_time: start.elapsed(),
+        packing_time,
     };
     Ok((model, listings))
 }
@@ -557,8 +561,14 @@ impl Model {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// Everything [`compile`] took (it does not run the passes).
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+    /// The part of [`Model::compile_time`] spent packing weights (for Winograd
+    /// convolutions, transforming them), on `threads` threads.
+    pub fn packing_time(&self) -> Duration {
+        self.packing_time
     }
     /// Images per kernel call.
     pub fn batch(&self) -> usize {
