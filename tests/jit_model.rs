@@ -254,3 +254,32 @@ fn edge_graphs_match_the_interpreter_at_every_level() {
     }
     assert!(n >= 7, "edge graphs found: {n}");
 }
+
+#[test]
+fn inception_branches_write_into_the_concat_in_place() {
+    let mut g = cnnc::format::load(repo().join("graphs/inception3a.yaml")).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let s = g.input_shape();
+    let x = Tensor::new(
+        vec![3, s.c, s.h, s.w],
+        cnnc::weights::standard_normal(3, "cat", 3 * s.len()),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    for batch in [1, 3] {
+        let opts = Options {
+            batch,
+            threads: 2,
+            ..Default::default()
+        };
+        let model = compile(&g, &opts).unwrap();
+        let (got, layers) = model.profile(&x).unwrap();
+        assert_agrees(&format!("inception3a batch {batch}"), &got, &want);
+        // All four branches end in a conv (+relu) that writes its slot: no concat step.
+        assert!(
+            layers.iter().all(|l| !l.op.starts_with("concat")),
+            "batch {batch}: {:?}",
+            layers.iter().map(|l| &l.name).collect::<Vec<_>>()
+        );
+    }
+}

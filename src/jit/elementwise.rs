@@ -1,10 +1,9 @@
 //! Memory-bound kernels: sum of tensors (+ReLU), ReLU, per-channel scale+shift (batchnorm),
-//! softmax over channels, global average pooling, and channel concatenation.
+//! softmax over channels, global average pooling.
 //!
-//! Concatenation along channels of one NCHW image is a placement: input `i` occupies the
-//! contiguous range starting at `(sum of earlier channel counts) * h * w`. The runtime is meant
-//! to let producers write straight into that slice of the concat buffer (no kernel at all);
-//! [`concat_channels`] is the copying fallback.
+//! Concatenation needs no kernel: along channels of an NCHW image input `i` is the
+//! contiguous range starting at `(sum of earlier channel counts) * h * w`, and the runtime
+//! lets producers write straight there (`runtime::model`, `concat_placements`).
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -387,16 +386,4 @@ impl EltKernel {
     pub fn run_all(&self, inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
         self.run(inputs, out, 0..self.work_units())
     }
-}
-
-/// Copies the NCHW images `inputs` (same h*w, any channel counts) into `out` along channels.
-pub fn concat_channels(inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
-    let total: usize = inputs.iter().map(|x| x.len()).sum();
-    check_len("concat output", out.len(), total)?;
-    let mut at = 0;
-    for x in inputs {
-        out[at..at + x.len()].copy_from_slice(x);
-        at += x.len();
-    }
-    Ok(())
 }

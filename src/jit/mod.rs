@@ -12,7 +12,7 @@ pub mod threads;
 mod winograd;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvMethod, ConvSpec, PendingConv};
-pub use elementwise::{concat_channels, EltKernel, EltSpec, PendingElt};
+pub use elementwise::{EltKernel, EltSpec, PendingElt};
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{Compiled, KernelListing, KernelModule, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};

@@ -4,8 +4,8 @@ use super::arena::{ArenaPlanner, Region};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op, Shape};
 use crate::jit::{
-    concat_channels, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec, FcKernel, FcSpec,
-    KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, ThreadPool,
+    pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec, FcKernel, FcSpec, KernelListing,
+    KernelModule, PoolKernel, PoolKind, PoolSpec, ThreadPool,
 };
 use crate::options::Options;
 use crate::tensor::Tensor;
@@ -40,7 +40,9 @@ enum Kernel {
         k: EltKernel,
         consts: Vec<Vec<f32>>,
     },
-    Concat,
+    /// Copies each input item to its float offset in the output item (the inputs that
+    /// were not written in place; see [`concat_placements`]).
+    Concat(Vec<usize>),
     /// A `pad` layer: each plane copied into a larger one filled with the pad value
     /// (data movement, like concat, done in Rust).
     Pad {
@@ -49,18 +51,51 @@ enum Kernel {
     },
 }
 
-/// One layer's execution: its kernel, the arena regions it reads and the one it writes.
-/// Each region holds a whole chunk (`batch` items of `item` floats each).
+/// One layer's execution: its kernel, where in the arena the items it reads are, and
+/// where the items it writes go.
 struct Step {
     name: String,
     op: String,
     kernel: Kernel,
-    inputs: Vec<Region>,
-    output: Region,
-    /// Floats per batch item of each input and of the output.
-    input_items: Vec<usize>,
-    output_item: usize,
+    inputs: Vec<View>,
+    output: View,
     flops_per_item: u64,
+}
+
+/// Where the `batch` items of one value are: item `n` is `item` floats at
+/// `region.offset + n * stride`, `region` the span from the first item to the last.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    region: Region,
+    item: usize,
+    stride: usize,
+}
+
+impl View {
+    /// A buffer of its own: items back to back.
+    fn whole(region: Region, item: usize) -> Self {
+        View {
+            region,
+            item,
+            stride: item,
+        }
+    }
+    /// An input written in place into its concat's buffer `cat` (`cat_item` floats per
+    /// item), at float offset `at` of every item.
+    fn placed(cat: Region, at: usize, cat_item: usize, item: usize, batch: usize) -> Self {
+        View {
+            region: Region {
+                offset: cat.offset + at,
+                len: (batch - 1) * cat_item + item,
+            },
+            item,
+            stride: cat_item,
+        }
+    }
+    /// Item `n` within `span`, the slice of this view's region.
+    fn item_of<'a>(&self, span: &'a [f32], n: usize) -> &'a [f32] {
+        &span[n * self.stride..n * self.stride + self.item]
+    }
 }
 
 /// Time spent in one layer during [`Model::profile`].
@@ -83,8 +118,7 @@ impl Step {
 
     /// Batch item `n` of input `i`.
     fn item<'a>(&self, ins: &[&'a [f32]], i: usize, n: usize) -> &'a [f32] {
-        let len = self.input_items[i];
-        &ins[i][n * len..(n + 1) * len]
+        self.inputs[i].item_of(ins[i], n)
     }
 }
 
@@ -153,13 +187,15 @@ fn compile_with(
         module.keep_listings();
     }
 
-    // Where each value lives: a flatten or dropout shares its input's buffer.
+    // Where each value lives: a flatten or dropout shares its input's buffer, and a concat
+    // input placed in its concat's buffer lives there.
+    let placed = concat_placements(g, &order, b);
     let mut buffer_of: HashMap<NodeId, NodeId> = HashMap::new();
     for &id in &order {
         let node = g.node(id);
         let root = match node.op {
             Op::Flatten | Op::Dropout => buffer_of[&g.inputs(id)[0]],
-            _ => id,
+            _ => placed.get(&id).map_or(id, |&(cat, _)| cat),
         };
         buffer_of.insert(id, root);
     }
@@ -176,23 +212,44 @@ fn compile_with(
 
     let mut planner = ArenaPlanner::default();
     let mut arena_len = 0;
+    // Each buffer's region, and where each value's items are in it.
     let mut region: HashMap<NodeId, Region> = HashMap::new();
+    let mut view: HashMap<NodeId, View> = HashMap::new();
     let mut pending = Vec::new();
     let mut packing = Vec::new();
     for (pos, &id) in order.iter().enumerate() {
         let node = g.node(id);
         let item = node.shape.len();
-        if buffer_of[&id] == id {
-            crate::ir::shape::check_budget(&node.name, "batch of activations", &[b, item])?;
-            let r = planner.alloc(b * item);
+        let buf = buffer_of[&id];
+        if let std::collections::hash_map::Entry::Vacant(slot) = region.entry(buf) {
+            // A placed concat input allocates its concat's buffer.
+            let n = &g.node(buf);
+            crate::ir::shape::check_budget(&n.name, "batch of activations", &[b, n.shape.len()])?;
+            slot.insert(planner.alloc(b * n.shape.len()));
             arena_len = arena_len.max(planner.top());
-            region.insert(id, r);
-        } else {
-            region.insert(id, region[&buffer_of[&id]]);
         }
-        if id != g.input && buffer_of[&id] == id {
+        let v = match placed.get(&id) {
+            Some(&(cat, at)) => View::placed(region[&cat], at, g.node(cat).shape.len(), item, b),
+            None if buf == id => View::whole(region[&id], item),
+            None => view[&buf],
+        };
+        view.insert(id, v);
+        let aliased = matches!(node.op, Op::Flatten | Op::Dropout);
+        let all_placed = matches!(node.op, Op::Concat)
+            && g.inputs(id)
+                .iter()
+                .all(|i| placed.get(i).is_some_and(|p| p.0 == id));
+        if id != g.input && !aliased && !all_placed {
             module.set_label(&node.name);
-            pending.push(plan_step(g, id, b, &mut module, &region, &mut packing)?);
+            pending.push(plan_step(
+                g,
+                id,
+                b,
+                &mut module,
+                &view,
+                &placed,
+                &mut packing,
+            )?);
         }
         // Free what this step read last (after allocating its output, so the two never
         // share memory).
@@ -206,7 +263,7 @@ fn compile_with(
                 planner.release(region[&buf]);
             }
         }
-        if !last_use.contains_key(&buffer_of[&id]) && buffer_of[&id] == id {
+        if !last_use.contains_key(&buf) && buf == id {
             planner.release(region[&id]); // Dead value: nobody reads it.
         }
     }
@@ -247,7 +304,7 @@ fn compile_with(
                 k: code.get(k)?,
                 consts,
             },
-            PendingKernel::Concat => Kernel::Concat,
+            PendingKernel::Concat(at) => Kernel::Concat(at),
             PendingKernel::Pad(pad, input) => Kernel::Pad { pad, input },
         };
         let mut step = Step { kernel, ..p.step };
@@ -271,12 +328,12 @@ fn compile_with(
         name: g.name.clone(),
         steps,
         batch: b,
-        input: region[&g.input],
+        input: view[&g.input].region,
         input_shape: g.input_shape(),
         outputs: g
             .outputs
             .iter()
-            .map(|o| (region[o], g.node(*o).shape))
+            .map(|o| (view[o].region, g.node(*o).shape))
             .collect(),
         arena_len,
         scratch_len,
@@ -288,6 +345,58 @@ fn compile_with(
     Ok((model, listings))
 }
 
+/// The concat inputs that are written straight into their place in the concat's buffer,
+/// with the concat and the float offset of their slot in each item: in NCHW, input `i` of a
+/// channel concat is one contiguous block of every item, so its producer can write there and
+/// the concat copies nothing (GoogLeNet's inception blocks: all four branches). A value is
+/// placed when
+/// * a kernel that writes one item at a time makes it (not the graph input, an fc, a view
+///   such as flatten, or another concat), and it is not a graph output (copied out whole);
+/// * it fills one slot of one concat, and every reader takes it item by item (no fc, no
+///   flatten or dropout view);
+/// * with more than one item per chunk, it neither reads nor is read by a value placed in
+///   the same concat: their items interleave, and a step's output span may not overlap its
+///   inputs.
+fn concat_placements(
+    g: &Graph,
+    order: &[NodeId],
+    batch: usize,
+) -> HashMap<NodeId, (NodeId, usize)> {
+    let item_by_item = |op: &Op| {
+        !matches!(
+            op,
+            Op::Input | Op::Fc(_) | Op::Flatten | Op::Dropout | Op::Concat
+        )
+    };
+    let mut placed: HashMap<NodeId, (NodeId, usize)> = HashMap::new();
+    for &cat in order {
+        if !matches!(g.node(cat).op, Op::Concat) {
+            continue;
+        }
+        let inputs = g.inputs(cat);
+        let mut at = 0;
+        for &p in &inputs {
+            let eligible = item_by_item(&g.node(p).op)
+                && !g.outputs.contains(&p)
+                && !placed.contains_key(&p)
+                && inputs.iter().filter(|&&q| q == p).count() == 1
+                && g.readers(p).iter().all(|&r| {
+                    r == cat || !matches!(g.node(r).op, Op::Fc(_) | Op::Flatten | Op::Dropout)
+                })
+                && (batch == 1
+                    || g.inputs(p)
+                        .into_iter()
+                        .chain(g.readers(p))
+                        .all(|i| placed.get(&i).is_none_or(|q| q.0 != cat)));
+            if eligible {
+                placed.insert(p, (cat, at));
+            }
+            at += g.node(p).shape.len();
+        }
+    }
+    placed
+}
+
 /// A kernel awaiting the module's finalization; conv and fc hold the index of the job that
 /// packs their weights.
 enum PendingKernel {
@@ -295,7 +404,7 @@ enum PendingKernel {
     Fc(crate::jit::PendingFc, usize),
     Pool(crate::jit::PendingPool),
     Elt(crate::jit::PendingElt, Vec<Vec<f32>>),
-    Concat,
+    Concat(Vec<usize>),
     Pad(crate::ir::Pad, Shape),
 }
 
@@ -357,11 +466,12 @@ fn plan_step<'g>(
     id: NodeId,
     b: usize,
     module: &mut KernelModule,
-    region: &HashMap<NodeId, Region>,
+    view: &HashMap<NodeId, View>,
+    placed: &HashMap<NodeId, (NodeId, usize)>,
     packing: &mut Vec<Job<'g, Vec<f32>>>,
 ) -> Result<PendingStep> {
     let node = g.node(id);
-    let inputs = g.inputs(id);
+    let mut inputs = g.inputs(id);
     let x = g.node(inputs[0]).shape;
     let out = node.shape;
     let stats = crate::ir::stats::layer_stats(g, id);
@@ -504,7 +614,21 @@ fn plan_step<'g>(
                 vec![scale, shift],
             )?
         }
-        Op::Concat => PendingKernel::Concat,
+        Op::Concat => {
+            // Only the inputs not already written in place are copied.
+            let mut at = Vec::new();
+            let mut copied = Vec::new();
+            let mut offset = 0;
+            for &i in &inputs {
+                if placed.get(&i).is_none_or(|p| p.0 != id) {
+                    at.push(offset);
+                    copied.push(i);
+                }
+                offset += g.node(i).shape.len();
+            }
+            inputs = copied;
+            PendingKernel::Concat(at)
+        }
         Op::Pad(p) => PendingKernel::Pad(p.clone(), x),
         Op::Input | Op::Flatten | Op::Dropout => {
             return Err(Error::Internal(format!(
@@ -519,11 +643,9 @@ fn plan_step<'g>(
         step: Step {
             name: node.name.clone(),
             op: node.op.to_string(),
-            kernel: Kernel::Concat, // replaced once the code is finalized
-            inputs: inputs.iter().map(|i| region[i]).collect(),
-            output: region[&id],
-            input_items: inputs.iter().map(|&i| g.node(i).shape.len()).collect(),
-            output_item: out.len(),
+            kernel: Kernel::Concat(Vec::new()), // replaced once the code is finalized
+            inputs: inputs.iter().map(|i| view[i]).collect(),
+            output: view[&id],
             flops_per_item: 2 * stats.macs,
         },
     })
@@ -533,16 +655,18 @@ fn plan_step<'g>(
 /// The planner never lets a step's output overlap a buffer it reads.
 fn split_io<'a>(
     arena: &'a mut [f32],
-    inputs: &[Region],
-    output: Region,
+    inputs: &[View],
+    output: View,
 ) -> Result<(Vec<&'a [f32]>, &'a mut [f32])> {
+    let output = output.region;
     let (left, rest) = arena.split_at_mut(output.offset);
     let (out, right) = rest.split_at_mut(output.len);
     let (left, right): (&'a [f32], &'a [f32]) = (left, right);
     let end = output.offset + output.len;
     let ins = inputs
         .iter()
-        .map(|r| {
+        .map(|v| {
+            let r = &v.region;
             if r.offset + r.len <= output.offset {
                 Ok(&left[r.range()])
             } else if r.offset >= end {
@@ -701,22 +825,26 @@ impl Model {
     fn run_step(&self, step: &Step, ws: &mut Workspace) -> Result<()> {
         let b = self.batch;
         let (ins, out) = split_io(&mut ws.arena, &step.inputs, step.output)?;
-        let out = &mut out[..b * step.output_item];
         let scratch = &mut ws.scratch[..];
+        let item = step.output.item;
         // Large layers are split across the pool; small ones run here, since handing
         // work to another thread costs more than they take.
-        let work = step.flops_per_item.max(step.output_item as u64) * b as u64;
+        let work = step.flops_per_item.max(item as u64) * b as u64;
         let pool = self.pool.as_ref().filter(|_| work >= PARALLEL_MIN_WORK);
         if let Kernel::Fc { k, packed } = &step.kernel {
-            // One call for the whole chunk: the weights are read once for every item.
-            let x = &ins[0][..b * step.input_items[0]];
-            let residual = (ins.len() > 1).then(|| &ins[1][..b * step.output_item]);
+            // One call for the whole chunk: the weights are read once for every item. Its
+            // values are never placed in a concat, so their items are back to back.
+            let x = &ins[0][..b * step.inputs[0].item];
+            let residual = (ins.len() > 1).then(|| &ins[1][..b * item]);
+            let out = &mut out[..b * item];
             return match pool {
                 Some(p) => k.run_parallel(p, x, packed, residual, out),
                 None => k.run_all(x, packed, residual, out),
             };
         }
-        for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
+        let stride = step.output.stride;
+        for n in 0..b {
+            let o = &mut out[n * stride..n * stride + item];
             let x = step.item(&ins, 0, n);
             match &step.kernel {
                 Kernel::Conv { k, packed } => {
@@ -738,9 +866,11 @@ impl Model {
                         None => k.run_all(&args, o)?,
                     }
                 }
-                Kernel::Concat => {
-                    let args = step.items(&ins, n);
-                    concat_channels(&args, o)?;
+                Kernel::Concat(at) => {
+                    for (i, &at) in at.iter().enumerate() {
+                        let x = step.item(&ins, i, n);
+                        o[at..at + x.len()].copy_from_slice(x);
+                    }
                 }
                 Kernel::Pad { pad, input } => pad_item(x, input, pad, o),
                 Kernel::Fc { .. } => {
