@@ -18,9 +18,17 @@
 //!    transform `Aᵀ m A`, four tiles at a time, with the epilogue (bias, residual, ReLU) and the
 //!    stores; tiles that overhang the output's right or bottom edge store only their inside.
 //!
-//! `U = G g Gᵀ` is computed once, in f64, when the weights are packed. Rounding differs from
-//! the direct convolution (the transforms scale values by up to 8 and 1/24); tests compare both
+//! `U = G g Gᵀ` is computed once, when the weights are packed. Rounding differs from the
+//! direct convolution (the transforms scale values by up to 8 and 1/24); tests compare both
 //! with the f64 reference at the same tolerance.
+//!
+//! Bounds (what keeps every access inside the buffers `ConvKernel` checks): a tile row `ty <
+//! th` reads padded rows `4 ty .. 4 ty + 5 < hp = 4 th + 2`; a group of tiles starting at tile
+//! column `tx0 <= tw4 - 4` reads columns below `4 tx0 + 20 <= wp` (dense groups: below
+//! `4 tx + 8 <= wp`). Groups store lanes `t .. t + 3` of a `V` row and the GEMM and output
+//! transform read the same `M` indices, all below `tp` (`T + tw4 - tw` rounded up to 4; dense:
+//! `T` rounded up). The GEMM writes `M` rows of real output channels only, and the output
+//! transform stores only the inside part of each tile, into the `K x oh x ow` output.
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
