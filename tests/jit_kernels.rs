@@ -987,6 +987,13 @@ fn conv_residual_epilogue_is_exact() {
         spec(6, 17, 17, 9, 3, 3, (2, 2), (1, 1)),
         spec(7, 7, 7, 16, 3, 3, (1, 1), (1, 1)),
         spec(8, 10, 32, 12, 1, 1, (2, 2), (0, 0)),
+        // Narrow outputs (tiles spanning rows): 7x7 strided with a channel tail, 5x5
+        // (tiles 4+4+4+3), 13x2 (groups of 6 rows), 7x3, 3x3 with 1 row left over.
+        spec(6, 13, 13, 11, 3, 3, (2, 2), (1, 1)),
+        spec(5, 5, 5, 12, 3, 3, (1, 1), (1, 1)),
+        spec(4, 13, 2, 9, 3, 3, (1, 1), (1, 1)),
+        spec(3, 8, 4, 20, 2, 2, (1, 1), (0, 0)),
+        spec(2, 3, 3, 5, 3, 3, (1, 1), (1, 1)),
     ];
     for (i, base) in shapes.into_iter().enumerate() {
         let seed = 40 + i as u64;
