@@ -565,7 +565,8 @@ fn run_elt(s: &EltSpec, inputs: &[Vec<f32>], out_len: usize) -> Vec<f32> {
 #[test]
 fn elementwise_ops() {
     for len in [1usize, 3, 4, 7, 64, 1001] {
-        for n in 1..=4 {
+        // 16 and 17 inputs: the last on the stack and the first with a heap pointer array.
+        for n in (1..=4).chain([16, 17]) {
             for relu in [false, true] {
                 let ins: Vec<Vec<f32>> = (0..n)
                     .map(|i| rand_vec(len, (len * 10 + i) as u64))

@@ -4,8 +4,8 @@ use super::arena::{ArenaPlanner, Region};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op, Shape};
 use crate::jit::{
-    concat_channels, pack_conv_weights, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec,
-    FcKernel, FcSpec, KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, ThreadPool,
+    pack_conv_weights, pack_fc_weights, ConvKernel, ConvSpec, EltKernel, EltSpec, FcKernel, FcSpec,
+    KernelListing, KernelModule, PoolKernel, PoolKind, PoolSpec, ThreadPool,
 };
 use crate::options::Options;
 use crate::tensor::Tensor;
@@ -75,17 +75,15 @@ pub struct LayerTime {
 }
 
 impl Step {
-    /// Batch item `n` of every input, in slot order.
-    fn items<'a>(&self, ins: &[&'a [f32]], n: usize) -> Vec<&'a [f32]> {
-        (0..ins.len()).map(|i| self.item(ins, i, n)).collect()
-    }
-
     /// Batch item `n` of input `i`.
-    fn item<'a>(&self, ins: &[&'a [f32]], i: usize, n: usize) -> &'a [f32] {
+    fn item<'a>(&self, ins: &Inputs<'a>, i: usize, n: usize) -> Result<&'a [f32]> {
         let len = self.input_items[i];
-        &ins[i][n * len..(n + 1) * len]
+        Ok(&ins.get(self.inputs[i])?[n * len..(n + 1) * len])
     }
 }
+
+/// Elementwise operands passed without allocating: up to this many on the stack.
+const STACK_ARGS: usize = 16;
 
 /// Per-run memory: the activation arena and kernel scratch space.
 struct Workspace {
@@ -464,32 +462,42 @@ fn plan_step(
     })
 }
 
-/// The output region as `&mut` and the input regions as shared slices of one arena.
-/// The planner never lets a step's output overlap a buffer it reads.
-fn split_io<'a>(
-    arena: &'a mut [f32],
-    inputs: &[Region],
-    output: Region,
-) -> Result<(Vec<&'a [f32]>, &'a mut [f32])> {
+/// The arena on either side of a step's output region, from which its inputs are read.
+struct Inputs<'a> {
+    left: &'a [f32],
+    right: &'a [f32],
+    /// The output region's offset and end in the arena.
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Inputs<'a> {
+    /// The input region `r` (the planner never lets it overlap the step's output).
+    fn get(&self, r: Region) -> Result<&'a [f32]> {
+        if r.offset + r.len <= self.start {
+            Ok(&self.left[r.range()])
+        } else if r.offset >= self.end {
+            Ok(&self.right[r.offset - self.end..r.offset - self.end + r.len])
+        } else {
+            Err(Error::Internal(format!(
+                "input region {r:?} overlaps the output {}..{}",
+                self.start, self.end
+            )))
+        }
+    }
+}
+
+/// The output region as `&mut` and the rest of the arena, from which the inputs are read.
+fn split_io(arena: &mut [f32], output: Region) -> (Inputs<'_>, &mut [f32]) {
     let (left, rest) = arena.split_at_mut(output.offset);
     let (out, right) = rest.split_at_mut(output.len);
-    let (left, right): (&'a [f32], &'a [f32]) = (left, right);
-    let end = output.offset + output.len;
-    let ins = inputs
-        .iter()
-        .map(|r| {
-            if r.offset + r.len <= output.offset {
-                Ok(&left[r.range()])
-            } else if r.offset >= end {
-                Ok(&right[r.offset - end..r.offset - end + r.len])
-            } else {
-                Err(Error::Internal(format!(
-                    "input region {r:?} overlaps the output {output:?}"
-                )))
-            }
-        })
-        .collect::<Result<_>>()?;
-    Ok((ins, out))
+    let ins = Inputs {
+        left,
+        right,
+        start: output.offset,
+        end: output.offset + output.len,
+    };
+    (ins, out)
 }
 
 impl Model {
@@ -588,7 +596,7 @@ impl Model {
             )));
         }
         for (t, (_, s)) in outputs.iter().zip(&self.outputs) {
-            if t.shape() != s.dims(n).as_slice() {
+            if !s.is_dims(n, t.shape()) {
                 return Err(Error::Input(format!(
                     "output buffer has shape {}, expected {}",
                     crate::tensor::fmt_shape(t.shape()),
@@ -629,49 +637,87 @@ impl Model {
 
     fn run_step(&self, step: &Step, ws: &mut Workspace) -> Result<()> {
         let b = self.batch;
-        let (ins, out) = split_io(&mut ws.arena, &step.inputs, step.output)?;
+        let (ins, out) = split_io(&mut ws.arena, step.output);
         let out = &mut out[..b * step.output_item];
         let scratch = &mut ws.scratch[..];
         // Large layers are split across the pool; small ones run here, since handing
         // work to another thread costs more than they take.
         let work = step.flops_per_item.max(step.output_item as u64) * b as u64;
         let pool = self.pool.as_ref().filter(|_| work >= PARALLEL_MIN_WORK);
+        let n_in = step.inputs.len();
         if let Kernel::Fc { k, packed } = &step.kernel {
             // One call for the whole chunk: the weights are read once for every item.
-            let x = &ins[0][..b * step.input_items[0]];
-            let residual = (ins.len() > 1).then(|| &ins[1][..b * step.output_item]);
+            let x = &ins.get(step.inputs[0])?[..b * step.input_items[0]];
+            let residual = match n_in > 1 {
+                true => Some(&ins.get(step.inputs[1])?[..b * step.output_item]),
+                false => None,
+            };
             return match pool {
                 Some(p) => k.run_parallel(p, x, packed, residual, out),
                 None => k.run_all(x, packed, residual, out),
             };
         }
         for (n, o) in out.chunks_exact_mut(step.output_item).enumerate() {
-            let x = step.item(&ins, 0, n);
             match &step.kernel {
                 Kernel::Conv { k, packed } => {
-                    let residual = (ins.len() > 1).then(|| step.item(&ins, 1, n));
+                    let x = step.item(&ins, 0, n)?;
+                    let residual = match n_in > 1 {
+                        true => Some(step.item(&ins, 1, n)?),
+                        false => None,
+                    };
                     match pool {
                         Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
                         None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
                     }
                 }
-                Kernel::Pool(k) => match pool {
-                    Some(p) => k.run_parallel(p, x, o, scratch)?,
-                    None => k.run(x, o, scratch, 0..k.work_units())?,
-                },
-                Kernel::Elt { k, consts } => {
-                    let mut args = step.items(&ins, n);
-                    args.extend(consts.iter().map(Vec::as_slice));
+                Kernel::Pool(k) => {
+                    let x = step.item(&ins, 0, n)?;
                     match pool {
-                        Some(p) => k.run_parallel(p, &args, o)?,
-                        None => k.run_all(&args, o)?,
+                        Some(p) => k.run_parallel(p, x, o, scratch)?,
+                        None => k.run(x, o, scratch, 0..k.work_units())?,
+                    }
+                }
+                Kernel::Elt { k, consts } => {
+                    // The operands (batch item `n` of every input, then the constants) as
+                    // a list on the stack; a heap list only beyond STACK_ARGS operands.
+                    let total = n_in + consts.len();
+                    let mut stack: [&[f32]; STACK_ARGS] = [&[]; STACK_ARGS];
+                    let mut heap = Vec::new();
+                    let args: &mut [&[f32]] = if total <= STACK_ARGS {
+                        &mut stack[..total]
+                    } else {
+                        heap.resize(total, &[][..]);
+                        &mut heap
+                    };
+                    for (i, a) in args[..n_in].iter_mut().enumerate() {
+                        *a = step.item(&ins, i, n)?;
+                    }
+                    for (a, c) in args[n_in..].iter_mut().zip(consts) {
+                        *a = c;
+                    }
+                    match pool {
+                        Some(p) => k.run_parallel(p, args, o)?,
+                        None => k.run_all(args, o)?,
                     }
                 }
                 Kernel::Concat => {
-                    let args = step.items(&ins, n);
-                    concat_channels(&args, o)?;
+                    // Each input's item in turn along channels (as `concat_channels`).
+                    let total: usize = step.input_items.iter().sum();
+                    if total != o.len() {
+                        return Err(Error::Internal(format!(
+                            "{}: concat of {total} floats into {}",
+                            step.name,
+                            o.len()
+                        )));
+                    }
+                    let mut at = 0;
+                    for i in 0..n_in {
+                        let x = step.item(&ins, i, n)?;
+                        o[at..at + x.len()].copy_from_slice(x);
+                        at += x.len();
+                    }
                 }
-                Kernel::Pad { pad, input } => pad_item(x, input, pad, o),
+                Kernel::Pad { pad, input } => pad_item(step.item(&ins, 0, n)?, input, pad, o),
                 Kernel::Fc { .. } => {
                     return Err(Error::Internal(format!(
                         "{}: fc runs whole chunks",
