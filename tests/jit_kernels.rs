@@ -271,6 +271,72 @@ fn conv_pointwise_gemm_tails() {
 }
 
 #[test]
+fn conv_pointwise_pixel_ranges() {
+    // The pointwise GEMM's work units are (8-pixel column, channel block) pairs, pixel
+    // major: any range boundary (mid-column, mid-panel, in the partial last column) must
+    // give the same bits, and every unit on its own must write exactly its outputs.
+    let mut seed = 950;
+    for (c, h, w, k, residual) in [
+        (256, 23, 29, 13, true), // 3+ panels of 192 pixels, partial last column of 3
+        (300, 9, 9, 64, false),  // 81 pixels: 10 full columns and one single pixel
+        (33, 7, 12, 7, true),    // 84 pixels: last column of 4
+    ] {
+        let mut s = spec(c, h, w, k, 1, 1, (1, 1), (0, 0));
+        s.bias = true;
+        s.relu = true;
+        s.residual = residual;
+        check_conv(&s, seed);
+        let x = rand_vec(s.input_len(), seed);
+        let wt = rand_vec(s.weight_len(), seed + 1);
+        let b = rand_vec(k, seed + 2);
+        let r = residual.then(|| rand_vec(s.output_len(), seed + 3));
+        let packed = pack_conv_weights(&s, &wt, Some(&b)).unwrap();
+        let mut km = KernelModule::new().unwrap();
+        let p = km.add_conv(&s).unwrap();
+        let code = km.finalize().unwrap();
+        let kn = code.get(p).unwrap();
+        let units = kn.work_units();
+        assert_eq!(units, (h * w).div_ceil(8) * k.div_ceil(6));
+        let mut all = vec![f32::NAN; s.output_len()];
+        kn.run_all(&x, &packed, r.as_deref(), &mut all).unwrap();
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        for cuts in [
+            vec![1, 7],
+            vec![5, 6, units - 1],
+            vec![units / 3, units / 2 + 1],
+        ] {
+            let mut out = vec![f32::NAN; s.output_len()];
+            let mut prev = 0;
+            for &cut in cuts.iter().chain(std::iter::once(&units)) {
+                kn.run(&x, &packed, r.as_deref(), &mut out, &mut [], prev..cut)
+                    .unwrap();
+                prev = cut;
+            }
+            assert!(same(&all, &out), "{s:?}: cuts {cuts:?}");
+        }
+        // Unit by unit: each writes only its own NP x MR block (the rest stays NaN).
+        let mut out = vec![f32::NAN; s.output_len()];
+        let mut written = 0;
+        for u in 0..units {
+            kn.run(&x, &packed, r.as_deref(), &mut out, &mut [], u..u + 1)
+                .unwrap();
+            let (t, mb) = (u / k.div_ceil(6), u % k.div_ceil(6));
+            let px = (h * w - t * 8).min(8);
+            let ch = (k - mb * 6).min(6);
+            let now = out.iter().filter(|v| !v.is_nan()).count();
+            assert_eq!(now - written, px * ch, "{s:?} unit {u}");
+            for ki in mb * 6..mb * 6 + ch {
+                let row = &out[ki * h * w + t * 8..ki * h * w + t * 8 + px];
+                assert!(row.iter().all(|v| !v.is_nan()), "{s:?} unit {u}");
+            }
+            written = now;
+        }
+        assert!(same(&all, &out), "{s:?}: unit by unit");
+        seed += 10;
+    }
+}
+
+#[test]
 fn conv_rejects_bad_buffers() {
     let s = spec(3, 5, 5, 4, 3, 3, (1, 1), (1, 1));
     let mut km = KernelModule::new().unwrap();
@@ -542,7 +608,8 @@ fn run_elt(s: &EltSpec, inputs: &[Vec<f32>], out_len: usize) -> Vec<f32> {
 #[test]
 fn elementwise_ops() {
     for len in [1usize, 3, 4, 7, 64, 1001] {
-        for n in 1..=4 {
+        // 16 and 17 inputs: the last on the stack and the first with a heap pointer array.
+        for n in (1..=4).chain([16, 17]) {
             for relu in [false, true] {
                 let ins: Vec<Vec<f32>> = (0..n)
                     .map(|i| rand_vec(len, (len * 10 + i) as u64))
@@ -958,6 +1025,13 @@ fn conv_residual_epilogue_is_exact() {
         spec(6, 17, 17, 9, 3, 3, (2, 2), (1, 1)),
         spec(7, 7, 7, 16, 3, 3, (1, 1), (1, 1)),
         spec(8, 10, 32, 12, 1, 1, (2, 2), (0, 0)),
+        // Narrow outputs (tiles spanning rows): 7x7 strided with a channel tail, 5x5
+        // (tiles 4+4+4+3), 13x2 (groups of 6 rows), 7x3, 3x3 with 1 row left over.
+        spec(6, 13, 13, 11, 3, 3, (2, 2), (1, 1)),
+        spec(5, 5, 5, 12, 3, 3, (1, 1), (1, 1)),
+        spec(4, 13, 2, 9, 3, 3, (1, 1), (1, 1)),
+        spec(3, 8, 4, 20, 2, 2, (1, 1), (0, 0)),
+        spec(2, 3, 3, 5, 3, 3, (1, 1), (1, 1)),
     ];
     for (i, base) in shapes.into_iter().enumerate() {
         let seed = 40 + i as u64;

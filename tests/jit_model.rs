@@ -283,3 +283,42 @@ fn inception_branches_write_into_the_concat_in_place() {
         );
     }
 }
+
+#[test]
+fn wide_add_and_concat_match_the_interpreter() {
+    // 17 operands: beyond the runtime's on-stack operand list (16), so its heap fallback.
+    let mut yaml = String::from("name: wide\ninput: [3, 5, 4]\nlayers:\n");
+    let names: Vec<String> = (0..16).map(|i| format!("c{i}")).collect();
+    for n in &names {
+        yaml += &format!("  - {{name: {n}, conv: {{filters: 3, size: 1}}, inputs: [input]}}\n");
+    }
+    yaml += &format!(
+        "  - {{name: sum, add, inputs: [{}, input]}}\n",
+        names.join(", ")
+    );
+    yaml += &format!(
+        "  - {{name: cat, concat, inputs: [{}, sum]}}\n",
+        names.join(", ")
+    );
+    let mut g = cnnc::format::parse_str(&yaml, None).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let x = Tensor::new(
+        vec![2, 3, 5, 4],
+        cnnc::weights::standard_normal(9, "wide", 2 * 60),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    for (opt_level, threads) in [(OptLevel::O0, 1), (OptLevel::O2, 2)] {
+        let opts = Options {
+            opt_level,
+            threads,
+            ..Default::default()
+        };
+        let got = compile(&g, &opts).unwrap().run(&x).unwrap();
+        assert_agrees(
+            &format!("wide ({opt_level}, {threads} threads)"),
+            &got,
+            &want,
+        );
+    }
+}

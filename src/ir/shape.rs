@@ -41,6 +41,14 @@ impl Shape {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Whether `dims` is [`Shape::dims`]`(n)` (without allocating).
+    pub fn is_dims(&self, n: usize, dims: &[usize]) -> bool {
+        if self.flat {
+            dims == [n, self.c]
+        } else {
+            dims == [n, self.c, self.h, self.w]
+        }
+    }
     /// The tensor dimensions for a batch of `n`: `[n, C, H, W]` or `[n, F]`.
     pub fn dims(&self, n: usize) -> Vec<usize> {
         if self.flat {

@@ -504,23 +504,21 @@ impl DirectPlan {
                 e.store(x, t.op, o);
             }
         };
-        // With a residual and 4 pixels consecutive in one output row, transpose each group
-        // of 4 channels x 4 pixels so that every channel's 4 pixels are one vector: then the
-        // residual load, add, relu and store are vector operations (same arithmetic order).
-        let rows: Option<Vec<Value>> = if s.residual
-            && w == 4
-            && self.row_group() == 1
-            && t.px.iter().enumerate().all(|(j, p)| p.1 == j * 4)
-        {
-            let mut r = Vec::with_capacity(self.kb);
-            for v in 0..self.kv {
-                let q: Vec<Value> = (0..4).map(|j| vals[j * self.kv + v]).collect();
-                r.extend(e.transpose4(&q));
-            }
-            Some(r)
-        } else {
-            None
-        };
+        // With a residual and 4 pixels consecutive in memory (in one output row, or a
+        // row-spanning tile of a narrow output, whose rows are contiguous), transpose each
+        // group of 4 channels x 4 pixels so that every channel's 4 pixels are one vector: then
+        // the residual load, add, relu and store are vector operations (same arithmetic order).
+        let rows: Option<Vec<Value>> =
+            if s.residual && w == 4 && t.px.iter().enumerate().all(|(j, p)| p.1 == j * 4) {
+                let mut r = Vec::with_capacity(self.kb);
+                for v in 0..self.kv {
+                    let q: Vec<Value> = (0..4).map(|j| vals[j * self.kv + v]).collect();
+                    r.extend(e.transpose4(&q));
+                }
+                Some(r)
+            } else {
+                None
+            };
         let store_row = |e: &mut Emit, kl: usize| {
             let rows = rows.as_ref().expect("vector epilogue");
             let o = off(kl * ohw * 4);
@@ -539,10 +537,10 @@ impl DirectPlan {
             }
         };
         let always = if tail == 0 { self.kb } else { tail };
-        // Other row tiles with a residual (3 pixels, or strided rows): per pixel, gather the
-        // residual of 4 channels into a vector, then vector add and relu, and scatter the
-        // lanes. (Row-spanning tiles keep the scalar path: no measurable gain there.)
-        let gathered = if s.residual && rows.is_none() && self.row_group() == 1 {
+        // Other tiles with a residual (3 pixels, 1-2 pixels of a narrow output): per pixel,
+        // gather the residual of 4 channels into a vector, then vector add and relu, and
+        // scatter the lanes.
+        let gathered = if s.residual && rows.is_none() {
             always / 4
         } else {
             0

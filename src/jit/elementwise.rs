@@ -49,16 +49,15 @@ impl EltSpec {
             EltSpec::Softmax { .. } | EltSpec::GlobalAvgPool { .. } => 1,
         }
     }
-    /// Lengths of the inputs (scale and shift included) and of the output.
-    fn lens(&self) -> (Vec<usize>, usize) {
+    /// Length of input `i` (scale and shift included) and of the output.
+    fn lens(&self, i: usize) -> (usize, usize) {
         match *self {
-            EltSpec::Add { inputs, len, .. } => (vec![len; inputs], len),
-            EltSpec::Relu { len } => (vec![len], len),
+            EltSpec::Add { len, .. } | EltSpec::Relu { len } => (len, len),
             EltSpec::ScaleShift { channels, hw, .. } => {
-                (vec![channels * hw, channels, channels], channels * hw)
+                (if i == 0 { channels * hw } else { channels }, channels * hw)
             }
-            EltSpec::Softmax { channels, hw } => (vec![channels * hw], channels * hw),
-            EltSpec::GlobalAvgPool { channels, hw } => (vec![channels * hw], channels),
+            EltSpec::Softmax { channels, hw } => (channels * hw, channels * hw),
+            EltSpec::GlobalAvgPool { channels, hw } => (channels * hw, channels),
         }
     }
     /// Work units: elements for Add/Relu, channels for ScaleShift/GlobalAvgPool, pixels for
@@ -85,7 +84,8 @@ impl EltSpec {
                 "elementwise op too large: {self:?}"
             )));
         }
-        let (ins, out) = self.lens();
+        let ins: Vec<usize> = (0..self.n_inputs()).map(|i| self.lens(i).0).collect();
+        let out = self.lens(0).1;
         if ins.contains(&0) || out == 0 || self.n_inputs() == 0 {
             return Err(Error::Shape(format!("empty elementwise op: {self:?}")));
         }
@@ -325,21 +325,20 @@ impl EltKernel {
     }
     /// `inputs`: the summands for Add, `[x]` for Relu/Softmax/GlobalAvgPool,
     /// `[x, scale, shift]` for ScaleShift.
-    fn check(&self, inputs: &[&[f32]], out: &[f32]) -> Result<Vec<*const f32>> {
-        let (lens, out_len) = self.spec.lens();
-        if inputs.len() != lens.len() {
+    fn check(&self, inputs: &[&[f32]], out: &[f32]) -> Result<PtrArray> {
+        let n = self.spec.n_inputs();
+        if inputs.len() != n {
             return Err(Error::Input(format!(
-                "{:?}: expected {} inputs, got {}",
+                "{:?}: expected {n} inputs, got {}",
                 self.spec,
-                lens.len(),
                 inputs.len()
             )));
         }
-        for (x, &n) in inputs.iter().zip(&lens) {
-            check_len("elementwise input", x.len(), n)?;
+        for (i, x) in inputs.iter().enumerate() {
+            check_len("elementwise input", x.len(), self.spec.lens(i).0)?;
         }
-        check_len("elementwise output", out.len(), out_len)?;
-        Ok(inputs.iter().map(|x| x.as_ptr()).collect())
+        check_len("elementwise output", out.len(), self.spec.lens(0).1)?;
+        Ok(PtrArray::new(inputs))
     }
 
     pub fn run(&self, inputs: &[&[f32]], out: &mut [f32], range: Range<usize>) -> Result<()> {
@@ -385,5 +384,31 @@ impl EltKernel {
 
     pub fn run_all(&self, inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
         self.run(inputs, out, 0..self.work_units())
+    }
+}
+
+/// The kernel's array of input pointers: on the stack for up to 16 inputs (no allocation).
+enum PtrArray {
+    Stack([*const f32; 16]),
+    Heap(Vec<*const f32>),
+}
+
+impl PtrArray {
+    fn new(inputs: &[&[f32]]) -> Self {
+        if inputs.len() <= 16 {
+            let mut a = [std::ptr::null(); 16];
+            for (p, x) in a.iter_mut().zip(inputs) {
+                *p = x.as_ptr();
+            }
+            PtrArray::Stack(a)
+        } else {
+            PtrArray::Heap(inputs.iter().map(|x| x.as_ptr()).collect())
+        }
+    }
+    fn as_ptr(&self) -> *const *const f32 {
+        match self {
+            PtrArray::Stack(a) => a.as_ptr(),
+            PtrArray::Heap(v) => v.as_ptr(),
+        }
     }
 }

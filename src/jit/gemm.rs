@@ -54,8 +54,15 @@ impl PixelGemm {
     pub(crate) fn packed_len(&self) -> usize {
         self.weights_len() + self.nmb * MR
     }
-    pub(crate) fn work_units(&self) -> usize {
+    /// Tile columns (NP pixels, the last one possibly partial) times channel blocks, pixel
+    /// major: a contiguous range of units covers a contiguous range of pixels, so threads
+    /// read disjoint parts of the input, and ranges split evenly.
+    /// Blocks of `MR` output channels.
+    pub(crate) fn channel_blocks(&self) -> usize {
         self.nmb
+    }
+    pub(crate) fn work_units(&self) -> usize {
+        self.s.pixels.div_ceil(NP) * self.nmb
     }
     /// `[nmb][c][MR]` then the bias padded to `nmb * MR`.
     pub(crate) fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -90,43 +97,61 @@ impl PixelGemm {
     fn body(&self, e: &mut Emit, p: &[Value]) -> Result<()> {
         let s = self.s;
         let (inp, w, res, out, begin, end) = (p[0], p[1], p[2], p[3], p[5], p[6]);
-        let npix = s.pixels;
-        let nfull = npix / self.panel;
         let ptr = Ptrs { inp, w, res, out };
-        // Full panels: a runtime loop over panels, all tiles full.
-        if nfull > 0 {
-            e.for_const(
-                0,
-                (nfull * self.panel * 4) as i64,
-                (self.panel * 4) as i64,
-                |e, p0| {
-                    e.for_range(begin, end, 1, |e, mb| {
-                        let pend = e.add_imm(p0, (self.panel * 4) as i64);
-                        e.for_range(p0, pend, (NP * 4) as i64, |e, pb| {
-                            self.tile(e, &ptr, mb, pb, NV, 0)
-                        })
+        let nmb = self.nmb as i64;
+        let nt_full = (s.pixels / NP) as i64;
+        let r = s.pixels % NP;
+        let pt = (self.panel / NP) as i64;
+        // Unit u = t * nmb + mb covers tile column t (NP pixels) of channel block mb.
+        // Full tile columns [t_lo, t_hi) hold every unit of the range (and a few outside it
+        // at the ends, skipped by the test in the loop).
+        let t_lo = e.b.ins().udiv_imm_s(begin, nmb);
+        let t_hi = e.add_imm(end, nmb - 1);
+        let t_hi = e.b.ins().udiv_imm_s(t_hi, nmb);
+        let full = e.iconst(nt_full);
+        let t_hi = e.b.ins().smin(t_hi, full);
+        let len = e.b.ins().isub(end, begin);
+        // Whether unit `u` is in [begin, end): `u - begin < end - begin` unsigned.
+        let in_range = |e: &mut Emit, u: Value| {
+            let d = e.b.ins().isub(u, begin);
+            e.b.ins().icmp(IntCC::UnsignedLessThan, d, len)
+        };
+        let guarded = |e: &mut Emit, c: Value, f: &mut dyn FnMut(&mut Emit) -> Result<()>| {
+            let yes = e.b.create_block();
+            let done = e.b.create_block();
+            e.b.ins().brif(c, yes, &[], done, &[]);
+            e.b.switch_to_block(yes);
+            f(e)?;
+            e.b.ins().jump(done, &[]);
+            e.b.switch_to_block(done);
+            Ok::<(), crate::error::Error>(())
+        };
+        // Panels of `pt` tile columns: every channel block runs over a panel while its input
+        // (about PANEL_BYTES) stays in L2.
+        e.for_range(t_lo, t_hi, pt, |e, p0| {
+            let pend = e.add_imm(p0, pt);
+            let pend = e.b.ins().smin(pend, t_hi);
+            e.for_const(0, nmb, 1, |e, mb| {
+                e.for_range(p0, pend, 1, |e, t| {
+                    let u = e.mul_imm(t, nmb);
+                    let u = e.b.ins().iadd(u, mb);
+                    let c = in_range(e, u);
+                    guarded(e, c, &mut |e| {
+                        let pb = e.mul_imm(t, (NP * 4) as i64);
+                        self.tile(e, &ptr, mb, pb, NV, 0)
                     })
-                },
-            )?;
-        }
-        // The last, partial panel, with the pixel tails.
-        let rest = npix - nfull * self.panel;
-        if rest > 0 {
-            let p0 = nfull * self.panel;
-            let ntiles = rest / NP;
-            let r = rest % NP;
-            e.for_range(begin, end, 1, |e, mb| {
-                e.for_const(
-                    (p0 * 4) as i64,
-                    ((p0 + ntiles * NP) * 4) as i64,
-                    (NP * 4) as i64,
-                    |e, pb| self.tile(e, &ptr, mb, pb, NV, 0),
-                )?;
-                if r > 0 {
-                    let pb = e.iconst(((p0 + ntiles * NP) * 4) as i64);
-                    self.tile(e, &ptr, mb, pb, r / 4, r % 4)?;
-                }
-                Ok(())
+                })
+            })
+        })?;
+        // The last, partial tile column (`r` pixels).
+        if r > 0 {
+            e.for_const(0, nmb, 1, |e, mb| {
+                let u = e.add_imm(mb, nt_full * nmb);
+                let c = in_range(e, u);
+                guarded(e, c, &mut |e| {
+                    let pb = e.iconst(nt_full * (NP * 4) as i64);
+                    self.tile(e, &ptr, mb, pb, r / 4, r % 4)
+                })
             })?;
         }
         Ok(())

@@ -169,11 +169,11 @@ impl WinogradPlan {
     }
     /// `U[ξ]` packed for the GEMM micro-kernel, for each `ξ`, then the bias.
     pub(crate) fn packed_len(&self) -> usize {
-        POS * self.u_stride() + self.gemm.work_units() * MR
+        POS * self.u_stride() + self.gemm.channel_blocks() * MR
     }
     /// Blocks of 6 output channels.
     pub(crate) fn work_units(&self) -> usize {
-        self.gemm.work_units()
+        self.gemm.channel_blocks()
     }
     /// Input channels (the prologue's work units).
     pub(crate) fn prologue_units(&self) -> usize {

@@ -111,16 +111,15 @@ pub struct LayerTime {
 }
 
 impl Step {
-    /// Batch item `n` of every input, in slot order.
-    fn items<'a>(&self, ins: &[&'a [f32]], n: usize) -> Vec<&'a [f32]> {
-        (0..ins.len()).map(|i| self.item(ins, i, n)).collect()
-    }
-
     /// Batch item `n` of input `i`.
-    fn item<'a>(&self, ins: &[&'a [f32]], i: usize, n: usize) -> &'a [f32] {
-        self.inputs[i].item_of(ins[i], n)
+    fn item<'a>(&self, ins: &Inputs<'a>, i: usize, n: usize) -> Result<&'a [f32]> {
+        let v = &self.inputs[i];
+        Ok(v.item_of(ins.get(v.region)?, n))
     }
 }
+
+/// Elementwise operands passed without allocating: up to this many on the stack.
+const STACK_ARGS: usize = 16;
 
 /// Per-run memory: the activation arena and kernel scratch space.
 struct Workspace {
@@ -651,34 +650,42 @@ fn plan_step<'g>(
     })
 }
 
-/// The output region as `&mut` and the input regions as shared slices of one arena.
-/// The planner never lets a step's output overlap a buffer it reads.
-fn split_io<'a>(
-    arena: &'a mut [f32],
-    inputs: &[View],
-    output: View,
-) -> Result<(Vec<&'a [f32]>, &'a mut [f32])> {
-    let output = output.region;
+/// The arena on either side of a step's output region, from which its inputs are read.
+struct Inputs<'a> {
+    left: &'a [f32],
+    right: &'a [f32],
+    /// The output region's offset and end in the arena.
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Inputs<'a> {
+    /// The input region `r` (the planner never lets it overlap the step's output).
+    fn get(&self, r: Region) -> Result<&'a [f32]> {
+        if r.offset + r.len <= self.start {
+            Ok(&self.left[r.range()])
+        } else if r.offset >= self.end {
+            Ok(&self.right[r.offset - self.end..r.offset - self.end + r.len])
+        } else {
+            Err(Error::Internal(format!(
+                "input region {r:?} overlaps the output {}..{}",
+                self.start, self.end
+            )))
+        }
+    }
+}
+
+/// The output region as `&mut` and the rest of the arena, from which the inputs are read.
+fn split_io(arena: &mut [f32], output: Region) -> (Inputs<'_>, &mut [f32]) {
     let (left, rest) = arena.split_at_mut(output.offset);
     let (out, right) = rest.split_at_mut(output.len);
-    let (left, right): (&'a [f32], &'a [f32]) = (left, right);
-    let end = output.offset + output.len;
-    let ins = inputs
-        .iter()
-        .map(|v| {
-            let r = &v.region;
-            if r.offset + r.len <= output.offset {
-                Ok(&left[r.range()])
-            } else if r.offset >= end {
-                Ok(&right[r.offset - end..r.offset - end + r.len])
-            } else {
-                Err(Error::Internal(format!(
-                    "input region {r:?} overlaps the output {output:?}"
-                )))
-            }
-        })
-        .collect::<Result<_>>()?;
-    Ok((ins, out))
+    let ins = Inputs {
+        left,
+        right,
+        start: output.offset,
+        end: output.offset + output.len,
+    };
+    (ins, out)
 }
 
 impl Model {
@@ -783,7 +790,7 @@ impl Model {
             )));
         }
         for (t, (_, s)) in outputs.iter().zip(&self.outputs) {
-            if t.shape() != s.dims(n).as_slice() {
+            if !s.is_dims(n, t.shape()) {
                 return Err(Error::Input(format!(
                     "output buffer has shape {}, expected {}",
                     crate::tensor::fmt_shape(t.shape()),
@@ -824,18 +831,22 @@ impl Model {
 
     fn run_step(&self, step: &Step, ws: &mut Workspace) -> Result<()> {
         let b = self.batch;
-        let (ins, out) = split_io(&mut ws.arena, &step.inputs, step.output)?;
+        let (ins, out) = split_io(&mut ws.arena, step.output.region);
         let scratch = &mut ws.scratch[..];
         let item = step.output.item;
         // Large layers are split across the pool; small ones run here, since handing
         // work to another thread costs more than they take.
         let work = step.flops_per_item.max(item as u64) * b as u64;
         let pool = self.pool.as_ref().filter(|_| work >= PARALLEL_MIN_WORK);
+        let n_in = step.inputs.len();
         if let Kernel::Fc { k, packed } = &step.kernel {
             // One call for the whole chunk: the weights are read once for every item. Its
             // values are never placed in a concat, so their items are back to back.
-            let x = &ins[0][..b * step.inputs[0].item];
-            let residual = (ins.len() > 1).then(|| &ins[1][..b * item]);
+            let x = &ins.get(step.inputs[0].region)?[..b * step.inputs[0].item];
+            let residual = match n_in > 1 {
+                true => Some(&ins.get(step.inputs[1].region)?[..b * item]),
+                false => None,
+            };
             let out = &mut out[..b * item];
             return match pool {
                 Some(p) => k.run_parallel(p, x, packed, residual, out),
@@ -845,34 +856,55 @@ impl Model {
         let stride = step.output.stride;
         for n in 0..b {
             let o = &mut out[n * stride..n * stride + item];
-            let x = step.item(&ins, 0, n);
             match &step.kernel {
                 Kernel::Conv { k, packed } => {
-                    let residual = (ins.len() > 1).then(|| step.item(&ins, 1, n));
+                    let x = step.item(&ins, 0, n)?;
+                    let residual = match n_in > 1 {
+                        true => Some(step.item(&ins, 1, n)?),
+                        false => None,
+                    };
                     match pool {
                         Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
                         None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
                     }
                 }
-                Kernel::Pool(k) => match pool {
-                    Some(p) => k.run_parallel(p, x, o, scratch)?,
-                    None => k.run(x, o, scratch, 0..k.work_units())?,
-                },
-                Kernel::Elt { k, consts } => {
-                    let mut args = step.items(&ins, n);
-                    args.extend(consts.iter().map(Vec::as_slice));
+                Kernel::Pool(k) => {
+                    let x = step.item(&ins, 0, n)?;
                     match pool {
-                        Some(p) => k.run_parallel(p, &args, o)?,
-                        None => k.run_all(&args, o)?,
+                        Some(p) => k.run_parallel(p, x, o, scratch)?,
+                        None => k.run(x, o, scratch, 0..k.work_units())?,
+                    }
+                }
+                Kernel::Elt { k, consts } => {
+                    // The operands (batch item `n` of every input, then the constants) as
+                    // a list on the stack; a heap list only beyond STACK_ARGS operands.
+                    let total = n_in + consts.len();
+                    let mut stack: [&[f32]; STACK_ARGS] = [&[]; STACK_ARGS];
+                    let mut heap = Vec::new();
+                    let args: &mut [&[f32]] = if total <= STACK_ARGS {
+                        &mut stack[..total]
+                    } else {
+                        heap.resize(total, &[][..]);
+                        &mut heap
+                    };
+                    for (i, a) in args[..n_in].iter_mut().enumerate() {
+                        *a = step.item(&ins, i, n)?;
+                    }
+                    for (a, c) in args[n_in..].iter_mut().zip(consts) {
+                        *a = c;
+                    }
+                    match pool {
+                        Some(p) => k.run_parallel(p, args, o)?,
+                        None => k.run_all(args, o)?,
                     }
                 }
                 Kernel::Concat(at) => {
                     for (i, &at) in at.iter().enumerate() {
-                        let x = step.item(&ins, i, n);
+                        let x = step.item(&ins, i, n)?;
                         o[at..at + x.len()].copy_from_slice(x);
                     }
                 }
-                Kernel::Pad { pad, input } => pad_item(x, input, pad, o),
+                Kernel::Pad { pad, input } => pad_item(step.item(&ins, 0, n)?, input, pad, o),
                 Kernel::Fc { .. } => {
                     return Err(Error::Internal(format!(
                         "{}: fc runs whole chunks",
