@@ -13,15 +13,17 @@ fn vals(n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn conv(c: &mut Criterion, name: &str, spec: ConvSpec) {
+/// `winograd: false` times the direct kernel where Winograd would be chosen.
+fn conv(c: &mut Criterion, name: &str, spec: ConvSpec, winograd: bool) {
     let mut km = KernelModule::new().unwrap();
+    km.set_winograd(winograd);
     let p = km.add_conv(&spec).unwrap();
-    let code = km.finalize().unwrap();
-    let k = code.get(p).unwrap();
     let x = vals(spec.input_len());
     let w = vals(spec.weight_len());
     let b = spec.bias.then(|| vals(spec.out_c));
-    let packed = pack_conv_weights(&spec, &w, b.as_deref()).unwrap();
+    let packed = p.pack_weights(&w, b.as_deref()).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
     let mut out = vec![0.0; spec.output_len()];
     let mut scratch = vec![0.0; k.scratch_len()];
     let mut g = c.benchmark_group("conv");
@@ -49,19 +51,20 @@ fn benches(c: &mut Criterion) {
         let mut s = ConvSpec::square(64, 56, 64, 3, 1, 1);
         s.bias = true;
         s.relu = true;
-        conv(c, "3x3_64_64_56", s);
+        conv(c, "3x3_64_64_56", s, true);
+        conv(c, "3x3_64_64_56_direct", s, false);
     }
     if want("1x1") {
         let mut s = ConvSpec::square(256, 56, 64, 1, 1, 0);
         s.bias = true;
         s.relu = true;
-        conv(c, "1x1_256_64_56", s);
+        conv(c, "1x1_256_64_56", s, true);
     }
     if want("7x7") {
         let mut s = ConvSpec::square(3, 224, 64, 7, 2, 3);
         s.bias = true;
         s.relu = true;
-        conv(c, "7x7s2_3_64_224", s);
+        conv(c, "7x7s2_3_64_224", s, true);
     }
     if want("pool") {
         for (name, s) in [
