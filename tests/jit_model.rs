@@ -322,3 +322,31 @@ fn wide_add_and_concat_match_the_interpreter() {
         );
     }
 }
+
+#[test]
+fn resnet18_matches_the_interpreter() {
+    // 20 convolutions deep, 13 of them Winograd: the rounding of the transforms must not
+    // accumulate past the tolerance.
+    let mut g = cnnc::format::load(repo().join("graphs/resnet18.yaml")).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let s = g.input_shape();
+    let x = Tensor::new(
+        vec![2, s.c, s.h, s.w],
+        cnnc::weights::standard_normal(7, "r18", 2 * s.len()),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    for (batch, threads) in [(1, 1), (2, 2)] {
+        let opts = Options {
+            batch,
+            threads,
+            ..Default::default()
+        };
+        let got = compile(&g, &opts).unwrap().run(&x).unwrap();
+        assert_agrees(
+            &format!("resnet18 batch {batch}, {threads} threads"),
+            &got,
+            &want,
+        );
+    }
+}
