@@ -142,8 +142,16 @@ const FC_UNROLL: usize = 2;
 /// 4096->1000 against a plain read of as many bytes (`examples/fcperf.rs`, alternating
 /// runs): 75-79% without, 82-89% with (hot weights: 76-83% -> 87-104%). Chunks of 2 KB gave
 /// 81-85%, 4 KB 77-78%, 512 B 85-87%; 4 KB ahead 75-81%, 12 KB 78-96%, 24 KB 75-76%.
+///
+/// The prefetch pays when the weights come from memory (as in a network, where the other
+/// layers have evicted them since the last call) and costs when they are already in L3
+/// (the same layer run back to back, `examples/fcthreads.rs`: 230-290 us without, 310-440
+/// us with on one thread; 150-180 us against 180-260 us on two), through its extra
+/// instructions (the call, the chunk sums: about 25% more per weight). Weights smaller than
+/// L2 (`PREFETCH_MIN_BYTES`) stay hot between calls more often and are not prefetched.
 const FC_PREFETCH: bool = true;
 const PREFETCH_AHEAD: usize = 8192;
+const PREFETCH_MIN_BYTES: usize = 1 << 20;
 
 struct Args {
     x: Value,
@@ -231,7 +239,7 @@ fn fc_tile(s: &FcSpec, e: &mut Emit, a: &Args, kb: Value, n0: Value, nimg: usize
     // in the stack for the whole loop).
     let iter_bytes = unroll * r * 16;
     let per_chunk = (PREFETCH_BYTES / iter_bytes).max(1);
-    let nchunks = if s.batch == 1 && FC_PREFETCH {
+    let nchunks = if s.batch == 1 && FC_PREFETCH && s.weight_len() * 4 >= PREFETCH_MIN_BYTES {
         nmain / unroll / per_chunk
     } else {
         0
