@@ -459,6 +459,13 @@ fn fc_shapes() {
         (100, 13, 13),
         (512, 1000, 1),
         (9, 16, 5),
+        // Batch 1 with at least 1 MB of weights: chunks of 32 inputs (1 KB of weights) with
+        // prefetches. Exactly one chunk, one plus a 2-step iteration, one plus a single step
+        // and a 3-input tail, many chunks with every remainder.
+        (32, 8200, 1),
+        (40, 6600, 1),
+        (39, 6801, 1),
+        (4096 + 32 + 8 + 4 + 3, 70, 1),
     ] {
         for (bias, relu, residual) in [
             (false, false, false),

@@ -27,6 +27,25 @@ extern "C" fn cnnc_expf(x: f32) -> f32 {
     x.exp()
 }
 
+/// Bytes [`cnnc_prefetch`] asks the cache to fetch, from its argument on (16 lines: larger
+/// bursts measured slower, see `fc::FC_PREFETCH`).
+pub(crate) const PREFETCH_BYTES: usize = 1024;
+
+/// Software prefetch (Cranelift has no prefetch instruction): asks for the
+/// `PREFETCH_BYTES` from `p` into L1, one 64-byte line at a time. A prefetch never faults,
+/// so `p` may point anywhere, including past the end of a buffer.
+extern "C" fn cnnc_prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    for line in (0..PREFETCH_BYTES).step_by(64) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: prefetch instructions do not access memory architecturally and never
+        // fault, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Fallback for `fma` on hosts without FMA. Never called on this machine: the generators
 /// emit `fmul`+`fadd` instead when the ISA lacks FMA, but Cranelift may still reference it.
 extern "C" fn cnnc_fmaf(a: f32, b: f32, c: f32) -> f32 {
@@ -47,6 +66,7 @@ pub struct KernelModule {
     /// Read-only tables referenced by address from the generated code (kept alive by `Compiled`).
     tables: Vec<Box<[i32]>>,
     exp_func: FuncId,
+    prefetch_func: FuncId,
     has_fma: bool,
     build_time: Duration,
     /// With [`KernelModule::keep_listings`]: each kernel's CLIF and machine code.
@@ -65,6 +85,8 @@ pub(crate) struct Emit<'a> {
     pub b: FunctionBuilder<'a>,
     pub has_fma: bool,
     pub exp_ref: cranelift_codegen::ir::FuncRef,
+    /// `cnnc_prefetch(p: *u8)`: software prefetch of `PREFETCH_BYTES` from `p`.
+    pub prefetch_ref: cranelift_codegen::ir::FuncRef,
     /// The functions passed as `callees` to `define_calling`, callable with `call`.
     pub callees: Vec<cranelift_codegen::ir::FuncRef>,
 }
@@ -102,12 +124,18 @@ impl KernelModule {
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
         jb.symbol("cnnc_expf", cnnc_expf as *const u8);
         jb.symbol("fmaf", cnnc_fmaf as *const u8);
+        jb.symbol("cnnc_prefetch", cnnc_prefetch as *const u8);
         let mut module = JITModule::new(jb);
         let mut sig = Signature::new(module.isa().default_call_conv());
         sig.params.push(AbiParam::new(types::F32));
         sig.returns.push(AbiParam::new(types::F32));
         let exp_func = module
             .declare_function("cnnc_expf", Linkage::Import, &sig)
+            .map_err(codegen_err)?;
+        let mut sig = Signature::new(module.isa().default_call_conv());
+        sig.params.push(AbiParam::new(types::I64));
+        let prefetch_func = module
+            .declare_function("cnnc_prefetch", Linkage::Import, &sig)
             .map_err(codegen_err)?;
         let ctx = module.make_context();
         Ok(KernelModule {
@@ -118,6 +146,7 @@ impl KernelModule {
             funcs: Vec::new(),
             tables: Vec::new(),
             exp_func,
+            prefetch_func,
             has_fma,
             build_time: Duration::ZERO,
             listings: None,
@@ -198,6 +227,7 @@ impl KernelModule {
         {
             let mut b = FunctionBuilder::new(&mut self.ctx.func, &mut self.fctx);
             let exp_ref = module.declare_func_in_func(self.exp_func, b.func);
+            let prefetch_ref = module.declare_func_in_func(self.prefetch_func, b.func);
             let callees = callees
                 .iter()
                 .map(|c| module.declare_func_in_func(self.funcs[c.index], b.func))
@@ -210,6 +240,7 @@ impl KernelModule {
                 b,
                 has_fma: self.has_fma,
                 exp_ref,
+                prefetch_ref,
                 callees,
             };
             if let Err(err) = body(&mut e, &params) {
