@@ -854,6 +854,23 @@ fn conv_slots(spec: &ConvSpec, plan: &Plan, scratch: Slot) -> Vec<Slot> {
     ]
 }
 
+/// The caller's buffers in the slot order of [`conv_slots`].
+fn conv_bufs<'a>(
+    input: &'a [f32],
+    packed: &'a [f32],
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+    scratch: &'a mut [f32],
+) -> [Buf<'a>; 5] {
+    [
+        Buf::In(input),
+        Buf::In(packed),
+        Buf::opt(residual),
+        Buf::Out(out),
+        Buf::Out(scratch),
+    ]
+}
+
 impl Pending for PendingConv {
     type Kernel = ConvKernel;
     fn bind(self, code: &Arc<Compiled>) -> Result<ConvKernel> {
@@ -968,14 +985,8 @@ impl ConvKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let mut bufs = [
-            Buf::In(input),
-            Buf::In(packed),
-            Buf::opt(residual),
-            Buf::Out(out),
-            Buf::Out(scratch),
-        ];
-        self.entry.run(&mut bufs, range)
+        self.entry
+            .run(&mut conv_bufs(input, packed, residual, out, scratch), range)
     }
 
     /// All work units, split across `pool`'s threads. `scratch` must hold `scratch_len()`
@@ -1005,14 +1016,7 @@ impl ConvKernel {
             // No prologue: the scratch is unused (`scratch_len` is 0).
             None => &self.entry,
         };
-        let mut bufs = [
-            Buf::In(input),
-            Buf::In(packed),
-            Buf::opt(residual),
-            Buf::Out(out),
-            Buf::Out(scratch),
-        ];
-        compute.run_parallel(pool, &mut bufs)
+        compute.run_parallel(pool, &mut conv_bufs(input, packed, residual, out, scratch))
     }
 
     /// `run` over all work units, allocating the scratch buffer.

@@ -317,6 +317,21 @@ impl Pending for PendingFc {
     }
 }
 
+/// The caller's buffers in slot order: `[input, packed, residual, out]`.
+fn fc_bufs<'a>(
+    input: &'a [f32],
+    packed: &'a [f32],
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+) -> [Buf<'a>; 4] {
+    [
+        Buf::In(input),
+        Buf::In(packed),
+        Buf::opt(residual),
+        Buf::Out(out),
+    ]
+}
+
 /// A compiled fully connected layer over the whole batch (weights are read once per call).
 pub struct FcKernel {
     entry: Entry,
@@ -349,13 +364,8 @@ impl FcKernel {
         out: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let mut bufs = [
-            Buf::In(input),
-            Buf::In(packed),
-            Buf::opt(residual),
-            Buf::Out(out),
-        ];
-        self.entry.run(&mut bufs, range)
+        self.entry
+            .run(&mut fc_bufs(input, packed, residual, out), range)
     }
 
     /// All work units, split across `pool`'s threads.
@@ -367,13 +377,8 @@ impl FcKernel {
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<()> {
-        let mut bufs = [
-            Buf::In(input),
-            Buf::In(packed),
-            Buf::opt(residual),
-            Buf::Out(out),
-        ];
-        self.entry.run_parallel(pool, &mut bufs)
+        self.entry
+            .run_parallel(pool, &mut fc_bufs(input, packed, residual, out))
     }
 
     pub fn run_all(
