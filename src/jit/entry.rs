@@ -125,8 +125,10 @@ pub(crate) struct Entry {
 const INLINE: usize = 8;
 
 impl Entry {
-    /// Binds the function `id` of `code` to the spec-derived `slots` and `units`. The caller
-    /// guarantees that the slots describe what the function's code does (same spec).
+    /// Binds the function `id` of `code` to `units` and `slots`. This is the contract between
+    /// a code generator and the `unsafe` call below: each kernel family's `bind` derives the
+    /// slots from the same spec its generator emitted the function from, so that they state
+    /// every buffer the code touches, how, and how many floats at most.
     pub(crate) fn new(
         code: &Arc<Compiled>,
         id: PendingId,
