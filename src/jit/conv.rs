@@ -21,6 +21,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{fits, off, window_out, F32, F32X4, I32, I64, MAX_DIM};
+use super::entry::{Buf, Entry, Slot};
 use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -272,21 +273,21 @@ impl DirectPlan {
         t
     }
 
-    /// Emits `fn(input, packed, residual, out, scratch, begin, end)`. With padding that is an
-    /// entry function calling a padded-copy function and then the compute function, so that
-    /// the compute function's `readonly` loads of the scratch copy are truthful (the scratch is
-    /// not written while it runs).
+    /// Emits the function over the buffers `[input, packed, residual, out, scratch]`. With
+    /// padding that is an entry function calling a padded-copy function and then the compute
+    /// function, so that the compute function's `readonly` loads of the scratch copy are
+    /// truthful (the scratch is not written while it runs).
     fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, Option<(PendingId, PendingId)>)> {
         let table = km.add_table(self.table());
         let plan = self.clone();
-        let compute = km.define(7, move |e, p| plan.body(e, p, table))?;
+        let compute = km.define(5, move |e, p| plan.body(e, p, table))?;
         if !self.padded {
             return Ok((compute, None));
         }
         let s = self.spec;
         let (hw, hwp) = ((s.in_h, s.in_w), (self.hp, self.wp));
-        // `fn(input, scratch, begin, end)`: the padded copy of channels begin..end.
-        let pad = km.define(4, move |e, p| {
+        // Over `input` and `scratch`: the padded copy of channels begin..end.
+        let pad = km.define_slots(&[0, 4], 5, move |e, p| {
             e.for_range(p[2], p[3], 1, |e, c| {
                 let so = e.mul_imm(c, (hw.0 * hw.1 * 4) as i64);
                 let src = e.b.ins().iadd(p[0], so);
@@ -295,11 +296,11 @@ impl DirectPlan {
                 e.pad_plane(src, dst, hw, hwp, (s.pad_h, s.pad_w), 0.0)
             })
         })?;
-        let entry = km.define_calling(7, &[pad, compute], move |e, p| {
-            let (pad, compute) = (e.callees[0], e.callees[1]);
+        let entry = km.define_calling(5, &[pad, compute], move |e, p| {
+            let (pad, compute, bufs) = (e.callees[0], e.callees[1], e.bufs);
             let (c0, c1) = (e.iconst(0), e.iconst(s.in_c as i64));
-            e.b.ins().call(pad, &[p[0], p[4], c0, c1]);
-            e.b.ins().call(compute, p);
+            e.b.ins().call(pad, &[bufs, c0, c1]);
+            e.b.ins().call(compute, &[bufs, p[5], p[6]]);
             Ok(())
         })?;
         Ok((entry, Some((pad, compute))))
@@ -838,76 +839,117 @@ impl KernelModule {
     }
 }
 
-type ConvFn =
-    unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, *mut f32, i64, i64);
-/// `fn(input, scratch, begin, end)`: the prologue over input channels `begin..end` (the
-/// zero-bordered copy; for Winograd also the input transform), writing only their part of
-/// `scratch`.
-type PrologueFn = unsafe extern "C" fn(*const f32, *mut f32, i64, i64);
+/// The buffers of every conv function, in slot order: `[input, packed, residual, out,
+/// scratch]`, with the given use of `scratch`.
+fn conv_slots(spec: &ConvSpec, plan: &Plan, scratch: Slot) -> Vec<Slot> {
+    let s = spec;
+    vec![
+        Slot::read("conv input", s.input_len()),
+        Slot::read("conv packed weights", plan.packed_len()),
+        Slot::read_if(s.residual, "conv residual", s.output_len()),
+        Slot::write("conv output", s.output_len()),
+        scratch,
+    ]
+}
+
+/// The caller's buffers in the slot order of [`conv_slots`].
+fn conv_bufs<'a>(
+    input: &'a [f32],
+    packed: &'a [f32],
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+    scratch: &'a mut [f32],
+) -> [Buf<'a>; 5] {
+    [
+        Buf::In(input),
+        Buf::In(packed),
+        Buf::opt(residual),
+        Buf::Out(out),
+        Buf::Out(scratch),
+    ]
+}
 
 impl Pending for PendingConv {
     type Kernel = ConvKernel;
     fn bind(self, code: &Arc<Compiled>) -> Result<ConvKernel> {
-        let ptr = code.ptr(self.id)?;
-        // SAFETY: `ptr` was defined with the signature of `ConvFn` (7 i64 params, System V).
-        let f = unsafe { std::mem::transmute::<*const u8, ConvFn>(ptr) };
-        let parts = match self.parts {
-            Some((pad, compute)) => {
-                let (pad, compute) = (code.ptr(pad)?, code.ptr(compute)?);
-                // SAFETY: `pad` was defined with 4 i64 params, `compute` with 7 (`ConvFn`).
-                unsafe {
-                    Some((
-                        std::mem::transmute::<*const u8, PrologueFn>(pad),
-                        std::mem::transmute::<*const u8, ConvFn>(compute),
-                    ))
-                }
+        let (spec, plan) = (&self.spec, &self.plan);
+        let scratch_len = plan.scratch_len();
+        // The entry function makes its own padded copy (all channels) whatever the range: the
+        // scratch is temporary storage of each call.
+        let temp = Slot::temp("conv scratch", scratch_len);
+        let entry = Entry::new(
+            code,
+            self.id,
+            plan.work_units(),
+            conv_slots(spec, plan, temp),
+        )?;
+        let split = match self.parts {
+            Some((prologue, compute)) => {
+                // The prologue writes the scratch parts of its input channels; the compute
+                // function writes (Winograd) or reads only the parts of its output blocks.
+                let shared = Slot::write("conv scratch", scratch_len).or_longer();
+                let prologue_slots = vec![
+                    Slot::read("conv input", spec.input_len()),
+                    Slot::absent("conv packed weights"),
+                    Slot::absent("conv residual"),
+                    Slot::absent("conv output"),
+                    shared,
+                ];
+                Some((
+                    Entry::new(code, prologue, plan.prologue_units(), prologue_slots)?,
+                    Entry::new(
+                        code,
+                        compute,
+                        plan.work_units(),
+                        conv_slots(spec, plan, shared),
+                    )?,
+                ))
             }
             None => None,
         };
         Ok(ConvKernel {
-            _code: code.clone(),
-            f,
-            parts,
+            entry,
+            split,
             spec: self.spec,
-            packed_len: self.plan.packed_len(),
-            scratch_len: self.plan.scratch_len(),
-            units: self.plan.work_units(),
-            prologue_units: self.plan.prologue_units(),
-            method: self.plan.method(),
+            packed_len: plan.packed_len(),
+            scratch_len,
+            method: plan.method(),
         })
     }
 }
 
 /// A compiled convolution, callable from any thread.
 pub struct ConvKernel {
-    _code: Arc<Compiled>,
-    f: ConvFn,
-    /// With a prologue (padded copy, Winograd input transform): the prologue and the compute
-    /// function that `f` calls in turn.
-    parts: Option<(PrologueFn, ConvFn)>,
+    /// The whole convolution over a range of output blocks (the prologue included).
+    entry: Entry,
+    /// With a prologue (padded copy, Winograd input transform): the prologue over input
+    /// channels and the compute function that `entry` calls in turn.
+    split: Option<(Entry, Entry)>,
     spec: ConvSpec,
     packed_len: usize,
     scratch_len: usize,
-    units: usize,
-    prologue_units: usize,
     method: ConvMethod,
 }
 
 impl ConvKernel {
-    /// With a prologue, the two functions the entry point calls in turn: the prologue
-    /// `extern "C" fn(input, scratch: *f32, begin, end: i64)` over input channels `begin..end`
-    /// (the padded copy, and for Winograd the input transform) and the compute function (same
-    /// signature as `code_ptr()`, reading what the prologue wrote to `scratch`). A runtime that
-    /// splits a layer across threads runs the whole prologue (any split of its channels) before
-    /// the compute function's ranges, as `run_parallel` does.
+    /// With a prologue, the two functions the entry point calls in turn (same signature as
+    /// `code_ptr()`, same buffer array): the prologue over input channels `begin..end` (the
+    /// padded copy, and for Winograd the input transform; it uses only `input` and `scratch`)
+    /// and the compute function over output blocks, reading what the prologue wrote to
+    /// `scratch`. A runtime that splits a layer across threads runs the whole prologue (any
+    /// split of its channels) before the compute function's ranges, as `run_parallel` does.
     pub fn pad_and_compute_ptrs(&self) -> Option<(*const u8, *const u8)> {
-        self.parts.map(|(p, c)| (p as *const u8, c as *const u8))
+        self.split
+            .as_ref()
+            .map(|(p, c)| (p.code_ptr(), c.code_ptr()))
     }
     /// The machine code's entry point, for callers that generate their own dispatch (a
-    /// whole-network runtime): `extern "C" fn(input, packed, residual, out, scratch: *f32, begin, end: i64)`; `residual` may be null when the spec has none, `scratch` must hold `scratch_len()` floats, System V ABI, with the buffer sizes `run` checks. Valid
-    /// while this kernel (or another holding the same `Compiled`) is alive.
+    /// whole-network runtime): `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`, C ABI,
+    /// where `bufs` points to `[input, packed, residual, out, scratch]` (`residual` null when
+    /// the spec has none, `scratch` of `scratch_len()` floats), with the buffer sizes `run`
+    /// checks. Valid while this kernel (or another holding the same `Compiled`) is alive.
     pub fn code_ptr(&self) -> *const u8 {
-        self.f as *const u8
+        self.entry.code_ptr()
     }
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
@@ -928,40 +970,7 @@ impl ConvKernel {
     /// Number of work units (blocks of output channels); `run` computes the units in `range`.
     /// Every output element is computed by the same instructions whatever the split.
     pub fn work_units(&self) -> usize {
-        self.units
-    }
-
-    /// Checks every buffer against the spec; returns the residual pointer (null when unused).
-    fn check(
-        &self,
-        input: &[f32],
-        packed: &[f32],
-        residual: Option<&[f32]>,
-        out: &[f32],
-        scratch: &[f32],
-        scratch_needed: usize,
-    ) -> Result<*const f32> {
-        let s = &self.spec;
-        check_len("conv input", input.len(), s.input_len())?;
-        check_len("conv packed weights", packed.len(), self.packed_len)?;
-        check_len("conv output", out.len(), s.output_len())?;
-        if scratch.len() < scratch_needed {
-            return Err(Error::Input(format!(
-                "conv scratch: need {scratch_needed} floats, got {}",
-                scratch.len()
-            )));
-        }
-        match (s.residual, residual) {
-            (true, Some(r)) => {
-                check_len("conv residual", r.len(), s.output_len())?;
-                Ok(r.as_ptr())
-            }
-            (false, None) => Ok(std::ptr::null()),
-            (true, None) => Err(Error::Input("conv residual missing".into())),
-            (false, Some(_)) => Err(Error::Input(
-                "conv has no residual but one was given".into(),
-            )),
-        }
+        self.entry.units()
     }
 
     /// Computes the output channel blocks in `range` of `out` (`[out_c, out_h, out_w]`).
@@ -974,29 +983,13 @@ impl ConvKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let res_ptr = self.check(input, packed, residual, out, scratch, self.scratch_len)?;
-        check_range(&range, self.units)?;
-        // SAFETY: the kernel reads `input` (input_len floats), `packed` (packed_len), `residual`
-        // (output_len, only when spec.residual), reads and writes `scratch` (scratch_len), and
-        // writes `out` (output_len): every address it computes is derived from the spec's
-        // shapes for units in `range`, which lie within these lengths, all checked above.
-        // `out` and `scratch` are exclusive borrows, so they alias nothing else.
-        unsafe {
-            (self.f)(
-                input.as_ptr(),
-                packed.as_ptr(),
-                res_ptr,
-                out.as_mut_ptr(),
-                scratch.as_mut_ptr(),
-                range.start as i64,
-                range.end as i64,
-            )
-        };
-        Ok(())
+        self.entry
+            .run(&mut conv_bufs(input, packed, residual, out, scratch), range)
     }
 
     /// All work units, split across `pool`'s threads. `scratch` must hold `scratch_len()`
-    /// floats: the calling thread makes the padded copy once, then every thread reads it.
+    /// floats: the prologue (the padded copy) is split over input channels first, then every
+    /// thread reads it.
     pub fn run_parallel(
         &self,
         pool: &ThreadPool,
@@ -1006,42 +999,22 @@ impl ConvKernel {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let res_ptr = self.check(input, packed, residual, out, scratch, self.scratch_len)?;
-        let (inp, pk) = (
-            SyncPtr(input.as_ptr() as *mut f32),
-            SyncPtr(packed.as_ptr() as *mut f32),
-        );
-        let (res, o) = (SyncPtr(res_ptr as *mut f32), SyncPtr(out.as_mut_ptr()));
-        let scr = SyncPtr(scratch.as_mut_ptr());
-        let compute = match self.parts {
+        let compute = match &self.split {
             Some((prologue, compute)) => {
-                pool.split(self.prologue_units, |_, range| {
-                    // SAFETY: reads `input` (input_len floats) and writes, within the first
-                    // scratch_len floats of `scratch` (both checked above), only the parts
-                    // that belong to the input channels in `range`: disjoint between threads.
-                    unsafe { prologue(inp.get(), scr.get(), range.start as i64, range.end as i64) };
-                });
+                let mut bufs = [
+                    Buf::In(input),
+                    Buf::None,
+                    Buf::None,
+                    Buf::None,
+                    Buf::Out(scratch),
+                ];
+                prologue.run_parallel(pool, &mut bufs)?;
                 compute
             }
-            None => self.f,
+            // No prologue: the scratch is unused (`scratch_len` is 0).
+            None => &self.entry,
         };
-        pool.split(self.units, |_, range| {
-            // SAFETY: as in `run`, with the lengths checked above. The compute function only
-            // reads the scratch copy (written before the split), and the parts' ranges are
-            // disjoint, so the threads write disjoint output channel blocks.
-            unsafe {
-                compute(
-                    inp.get(),
-                    pk.get(),
-                    res.get(),
-                    o.get(),
-                    scr.get(),
-                    range.start as i64,
-                    range.end as i64,
-                )
-            };
-        });
-        Ok(())
+        compute.run_parallel(pool, &mut conv_bufs(input, packed, residual, out, scratch))
     }
 
     /// `run` over all work units, allocating the scratch buffer.
@@ -1053,36 +1026,13 @@ impl ConvKernel {
         out: &mut [f32],
     ) -> Result<()> {
         let mut scratch = vec![0.0f32; self.scratch_len];
-        self.run(input, packed, residual, out, &mut scratch, 0..self.units)
-    }
-}
-
-pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
-    if got != want {
-        return Err(Error::Input(format!(
-            "{what}: expected {want} floats, got {got}"
-        )));
-    }
-    Ok(())
-}
-
-pub(crate) fn check_range(range: &Range<usize>, units: usize) -> Result<()> {
-    if range.start > range.end || range.end > units {
-        return Err(Error::Input(format!(
-            "work range {range:?} outside 0..{units}"
-        )));
-    }
-    Ok(())
-}
-
-/// A raw pointer shared with the pool's threads (they use disjoint parts of the buffer).
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr(pub(crate) *mut f32);
-// SAFETY: only used to hand buffers to kernels that write disjoint ranges (see the callers).
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-impl SyncPtr {
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
+        self.run(
+            input,
+            packed,
+            residual,
+            out,
+            &mut scratch,
+            0..self.work_units(),
+        )
     }
 }

@@ -12,7 +12,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64, MAX_DIM};
-use super::conv::{check_len, check_range, SyncPtr};
+use super::entry::{Buf, Entry, Slot};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
@@ -100,15 +100,14 @@ impl EltSpec {
     }
 }
 
-/// Emits `fn(inputs: *const *const f32, out, begin, end)`.
+/// Emits the function over the buffers `[inputs.., out]`.
 fn body(s: &EltSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
-    let (ptrs, out, begin, end) = (p[0], p[1], p[2], p[3]);
-    let ins: Vec<Value> = (0..s.n_inputs())
-        .map(|i| e.b.ins().load(I64, super::cg::ro(), ptrs, off(i * 8)))
-        .collect();
+    let n = s.n_inputs();
+    let ins = &p[..n];
+    let (out, begin, end) = (p[n], p[n + 1], p[n + 2]);
     match *s {
-        EltSpec::Add { relu, .. } => add_body(e, &ins, out, begin, end, relu),
-        EltSpec::Relu { .. } => add_body(e, &ins, out, begin, end, true),
+        EltSpec::Add { relu, .. } => add_body(e, ins, out, begin, end, relu),
+        EltSpec::Relu { .. } => add_body(e, ins, out, begin, end, true),
         EltSpec::ScaleShift { hw, relu, .. } => e.for_range(begin, end, 1, |e, c| {
             let o = e.mul_imm(c, (hw * 4) as i64);
             let x = e.b.ins().iadd(ins[0], o);
@@ -282,50 +281,58 @@ impl KernelModule {
     pub fn add_elementwise(&mut self, spec: &EltSpec) -> Result<PendingElt> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(4, move |e, p| body(&s, e, p))?;
+        let id = self.define(s.n_inputs() + 1, move |e, p| body(&s, e, p))?;
         Ok(PendingElt { id, spec: s })
     }
 }
 
-type EltFn = unsafe extern "C" fn(*const *const f32, *mut f32, i64, i64);
-
 impl Pending for PendingElt {
     type Kernel = EltKernel;
     fn bind(self, code: &Arc<Compiled>) -> Result<EltKernel> {
-        let ptr = code.ptr(self.id)?;
-        // SAFETY: defined with 4 i64 parameters, the signature of `EltFn`.
-        let f = unsafe { std::mem::transmute::<*const u8, EltFn>(ptr) };
+        let n = self.spec.n_inputs();
+        let mut slots: Vec<Slot> = (0..n)
+            .map(|i| Slot::read("elementwise input", self.spec.lens(i).0))
+            .collect();
+        slots.push(Slot::write("elementwise output", self.spec.lens(0).1));
         Ok(EltKernel {
-            _code: code.clone(),
-            f,
+            entry: Entry::new(code, self.id, self.spec.work_units(), slots)?,
             spec: self.spec,
         })
     }
 }
 
+/// Inputs of an elementwise kernel whose buffer list a run keeps on the stack.
+const STACK_INPUTS: usize = 16;
+
 /// A compiled elementwise / reduction kernel.
 pub struct EltKernel {
-    _code: Arc<Compiled>,
-    f: EltFn,
+    entry: Entry,
     spec: EltSpec,
 }
 
 impl EltKernel {
     /// The machine code's entry point, for callers that generate their own dispatch (a
-    /// whole-network runtime): `extern "C" fn(inputs: *const *const f32, out: *f32, begin, end: i64)`, System V ABI, with the buffer sizes `run` checks. Valid
+    /// whole-network runtime): `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`, C ABI,
+    /// where `bufs` points to `[inputs.., out]`, with the buffer sizes `run` checks. Valid
     /// while this kernel (or another holding the same `Compiled`) is alive.
     pub fn code_ptr(&self) -> *const u8 {
-        self.f as *const u8
+        self.entry.code_ptr()
     }
     pub fn spec(&self) -> &EltSpec {
         &self.spec
     }
     pub fn work_units(&self) -> usize {
-        self.spec.work_units()
+        self.entry.units()
     }
     /// `inputs`: the summands for Add, `[x]` for Relu/Softmax/GlobalAvgPool,
-    /// `[x, scale, shift]` for ScaleShift.
-    fn check(&self, inputs: &[&[f32]], out: &[f32]) -> Result<PtrArray> {
+    /// `[x, scale, shift]` for ScaleShift; then `out`. Calls `f` with the buffer list, on the
+    /// stack for up to `STACK_INPUTS` inputs (a run allocates nothing).
+    fn with_bufs(
+        &self,
+        inputs: &[&[f32]],
+        out: &mut [f32],
+        f: impl FnOnce(&mut [Buf]) -> Result<()>,
+    ) -> Result<()> {
         let n = self.spec.n_inputs();
         if inputs.len() != n {
             return Err(Error::Input(format!(
@@ -334,27 +341,22 @@ impl EltKernel {
                 inputs.len()
             )));
         }
-        for (i, x) in inputs.iter().enumerate() {
-            check_len("elementwise input", x.len(), self.spec.lens(i).0)?;
+        if n <= STACK_INPUTS {
+            let mut stack: [Buf; STACK_INPUTS + 1] = std::array::from_fn(|_| Buf::None);
+            for (b, x) in stack.iter_mut().zip(inputs) {
+                *b = Buf::In(x);
+            }
+            stack[n] = Buf::Out(out);
+            f(&mut stack[..=n])
+        } else {
+            let mut bufs: Vec<Buf> = inputs.iter().map(|x| Buf::In(x)).collect();
+            bufs.push(Buf::Out(out));
+            f(&mut bufs)
         }
-        check_len("elementwise output", out.len(), self.spec.lens(0).1)?;
-        Ok(PtrArray::new(inputs))
     }
 
     pub fn run(&self, inputs: &[&[f32]], out: &mut [f32], range: Range<usize>) -> Result<()> {
-        let ptrs = self.check(inputs, out)?;
-        check_range(&range, self.work_units())?;
-        // SAFETY: the kernel reads the pointer array (n_inputs entries), then for the units in
-        // `range` only elements of the inputs and output within the lengths checked above.
-        unsafe {
-            (self.f)(
-                ptrs.as_ptr(),
-                out.as_mut_ptr(),
-                range.start as i64,
-                range.end as i64,
-            )
-        };
-        Ok(())
+        self.with_bufs(inputs, out, |bufs| self.entry.run(bufs, range))
     }
 
     /// All work units, split across `pool`'s threads.
@@ -364,51 +366,10 @@ impl EltKernel {
         inputs: &[&[f32]],
         out: &mut [f32],
     ) -> Result<()> {
-        let ptrs = self.check(inputs, out)?;
-        let pp = SyncPtr(ptrs.as_ptr() as *mut f32);
-        let o = SyncPtr(out.as_mut_ptr());
-        pool.split(self.work_units(), |_, range| {
-            // SAFETY: as in `run`; the parts' ranges are disjoint units, which write disjoint
-            // output elements (elements, channels or pixels).
-            unsafe {
-                (self.f)(
-                    pp.get() as *const *const f32,
-                    o.get(),
-                    range.start as i64,
-                    range.end as i64,
-                )
-            };
-        });
-        Ok(())
+        self.with_bufs(inputs, out, |bufs| self.entry.run_parallel(pool, bufs))
     }
 
     pub fn run_all(&self, inputs: &[&[f32]], out: &mut [f32]) -> Result<()> {
         self.run(inputs, out, 0..self.work_units())
-    }
-}
-
-/// The kernel's array of input pointers: on the stack for up to 16 inputs (no allocation).
-enum PtrArray {
-    Stack([*const f32; 16]),
-    Heap(Vec<*const f32>),
-}
-
-impl PtrArray {
-    fn new(inputs: &[&[f32]]) -> Self {
-        if inputs.len() <= 16 {
-            let mut a = [std::ptr::null(); 16];
-            for (p, x) in a.iter_mut().zip(inputs) {
-                *p = x.as_ptr();
-            }
-            PtrArray::Stack(a)
-        } else {
-            PtrArray::Heap(inputs.iter().map(|x| x.as_ptr()).collect())
-        }
-    }
-    fn as_ptr(&self) -> *const *const f32 {
-        match self {
-            PtrArray::Stack(a) => a.as_ptr(),
-            PtrArray::Heap(v) => v.as_ptr(),
-        }
     }
 }

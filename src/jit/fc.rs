@@ -18,7 +18,7 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{fits, off, F32, F32X4, I64, MAX_DIM};
-use super::conv::{check_len, check_range, SyncPtr};
+use super::entry::{check_len, Buf, Entry, Slot};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId, PREFETCH_BYTES};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
@@ -375,67 +375,64 @@ impl KernelModule {
     pub fn add_fc(&mut self, spec: &FcSpec) -> Result<PendingFc> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(6, move |e, p| fc_body(&s, e, p))?;
+        let id = self.define(4, move |e, p| fc_body(&s, e, p))?;
         Ok(PendingFc { id, spec: *spec })
     }
 }
 
-type FcFn = unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, i64, i64);
-
 impl Pending for PendingFc {
     type Kernel = FcKernel;
     fn bind(self, code: &Arc<Compiled>) -> Result<FcKernel> {
-        let ptr = code.ptr(self.id)?;
-        // SAFETY: defined with 6 i64 parameters, the signature of `FcFn`.
-        let f = unsafe { std::mem::transmute::<*const u8, FcFn>(ptr) };
+        let s = &self.spec;
+        let slots = vec![
+            Slot::read("fc input", s.input_len()),
+            Slot::read("fc packed weights", s.packed_len()),
+            Slot::read_if(s.residual, "fc residual", s.output_len()),
+            Slot::write("fc output", s.output_len()),
+        ];
         Ok(FcKernel {
-            _code: code.clone(),
-            f,
+            entry: Entry::new(code, self.id, s.nkb(), slots)?,
             spec: self.spec,
         })
     }
 }
 
+/// The caller's buffers in slot order: `[input, packed, residual, out]`.
+fn fc_bufs<'a>(
+    input: &'a [f32],
+    packed: &'a [f32],
+    residual: Option<&'a [f32]>,
+    out: &'a mut [f32],
+) -> [Buf<'a>; 4] {
+    [
+        Buf::In(input),
+        Buf::In(packed),
+        Buf::opt(residual),
+        Buf::Out(out),
+    ]
+}
+
 /// A compiled fully connected layer over the whole batch (weights are read once per call).
 pub struct FcKernel {
-    _code: Arc<Compiled>,
-    f: FcFn,
+    entry: Entry,
     spec: FcSpec,
 }
 
 impl FcKernel {
     /// The machine code's entry point, for callers that generate their own dispatch (a
-    /// whole-network runtime): `extern "C" fn(input, packed, residual, out: *f32, begin, end: i64)`, System V ABI, with the buffer sizes `run` checks. Valid
-    /// while this kernel (or another holding the same `Compiled`) is alive.
+    /// whole-network runtime): `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`, C ABI,
+    /// where `bufs` points to `[input, packed, residual, out]` (`residual` null when the spec
+    /// has none), with the buffer sizes `run` checks. Valid while this kernel (or another
+    /// holding the same `Compiled`) is alive.
     pub fn code_ptr(&self) -> *const u8 {
-        self.f as *const u8
+        self.entry.code_ptr()
     }
     pub fn spec(&self) -> &FcSpec {
         &self.spec
     }
     /// Work units: blocks of output features (8 at batch 1, else 4).
     pub fn work_units(&self) -> usize {
-        self.spec.nkb()
-    }
-    fn check(
-        &self,
-        input: &[f32],
-        packed: &[f32],
-        residual: Option<&[f32]>,
-        out: &[f32],
-    ) -> Result<*const f32> {
-        let s = &self.spec;
-        check_len("fc input", input.len(), s.input_len())?;
-        check_len("fc packed weights", packed.len(), s.packed_len())?;
-        check_len("fc output", out.len(), s.output_len())?;
-        match (s.residual, residual) {
-            (true, Some(r)) => {
-                check_len("fc residual", r.len(), s.output_len())?;
-                Ok(r.as_ptr())
-            }
-            (false, None) => Ok(std::ptr::null()),
-            _ => Err(Error::Input("fc residual given iff spec.residual".into())),
-        }
+        self.entry.units()
     }
 
     /// `input` is `[batch, in]`, `out` and `residual` are `[batch, out]`.
@@ -447,21 +444,8 @@ impl FcKernel {
         out: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let rp = self.check(input, packed, residual, out)?;
-        check_range(&range, self.work_units())?;
-        // SAFETY: lengths checked above; the kernel touches input[batch*in], packed[packed_len],
-        // residual/out[batch*out] only, at addresses derived from the spec for blocks in range.
-        unsafe {
-            (self.f)(
-                input.as_ptr(),
-                packed.as_ptr(),
-                rp,
-                out.as_mut_ptr(),
-                range.start as i64,
-                range.end as i64,
-            )
-        };
-        Ok(())
+        self.entry
+            .run(&mut fc_bufs(input, packed, residual, out), range)
     }
 
     /// All work units, split across `pool`'s threads.
@@ -473,27 +457,8 @@ impl FcKernel {
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<()> {
-        let rp = SyncPtr(self.check(input, packed, residual, out)? as *mut f32);
-        let (inp, pk) = (
-            SyncPtr(input.as_ptr() as *mut f32),
-            SyncPtr(packed.as_ptr() as *mut f32),
-        );
-        let o = SyncPtr(out.as_mut_ptr());
-        pool.split(self.work_units(), |_, range| {
-            // SAFETY: as in `run`; the parts' ranges are disjoint blocks of output features, so
-            // the threads write disjoint elements of `out`.
-            unsafe {
-                (self.f)(
-                    inp.get(),
-                    pk.get(),
-                    rp.get(),
-                    o.get(),
-                    range.start as i64,
-                    range.end as i64,
-                )
-            };
-        });
-        Ok(())
+        self.entry
+            .run_parallel(pool, &mut fc_bufs(input, packed, residual, out))
     }
 
     pub fn run_all(

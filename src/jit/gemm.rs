@@ -88,10 +88,10 @@ impl PixelGemm {
         ((ki / MR) * self.s.in_c + ci) * MR + ki % MR
     }
 
-    /// Emits `fn(input, packed, residual, out, scratch(unused), begin, end)`.
+    /// Emits the function over `[input, packed, residual, out, scratch (unused)]`.
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
         let g = self.clone();
-        km.define(7, move |e, p| g.body(e, p))
+        km.define(5, move |e, p| g.body(e, p))
     }
 
     fn body(&self, e: &mut Emit, p: &[Value]) -> Result<()> {

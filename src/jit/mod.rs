@@ -4,6 +4,7 @@
 mod cg;
 pub mod conv;
 pub mod elementwise;
+mod entry;
 pub mod fc;
 pub mod gemm;
 pub mod module;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, Signature, UserFuncName};
+use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName};
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
@@ -87,8 +87,11 @@ pub(crate) struct Emit<'a> {
     pub exp_ref: cranelift_codegen::ir::FuncRef,
     /// `cnnc_prefetch(p: *u8)`: software prefetch of `PREFETCH_BYTES` from `p`.
     pub prefetch_ref: cranelift_codegen::ir::FuncRef,
-    /// The functions passed as `callees` to `define_calling`, callable with `call`.
+    /// The functions passed as `callees` to `define_calling`, callable with `call` as
+    /// `call(callee, &[e.bufs, begin, end])`.
     pub callees: Vec<cranelift_codegen::ir::FuncRef>,
+    /// The function's buffer array parameter, to pass on to `callees`.
+    pub bufs: cranelift_codegen::ir::Value,
 }
 
 impl KernelModule {
@@ -195,27 +198,65 @@ impl KernelModule {
         addr
     }
 
-    /// Defines one function `extern "C" fn(i64 x n_params)` whose body `body` emits; returns the
-    /// kernel's index for [`Compiled::ptr`].
+    /// Defines one kernel function with the uniform signature of every generated function,
+    /// `extern "C" fn(bufs: *const *mut f32, begin: i64, end: i64)` (see [`super::entry`]).
+    /// `body` receives the buffer pointers `bufs[0..n_bufs]` (loaded at the function start)
+    /// followed by `begin` and `end`. Returns the kernel's handle for [`Compiled::ptr`].
     pub(crate) fn define(
         &mut self,
-        n_params: usize,
+        n_bufs: usize,
         body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
     ) -> Result<PendingId> {
-        self.define_calling(n_params, &[], body)
+        let slots: Vec<usize> = (0..n_bufs).collect();
+        self.define_fn(&slots, n_bufs, &[], body)
     }
 
-    /// `define` for a function that calls the already defined functions `callees`.
+    /// `define` for a function whose body uses only the slots `slots` of a buffer array of
+    /// `n_bufs` pointers (a prologue sharing its caller's array): `body` receives
+    /// `bufs[slots[0]], bufs[slots[1]], .., begin, end`.
+    pub(crate) fn define_slots(
+        &mut self,
+        slots: &[usize],
+        n_bufs: usize,
+        body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
+    ) -> Result<PendingId> {
+        self.define_fn(slots, n_bufs, &[], body)
+    }
+
+    /// `define` for a function that calls the already defined functions `callees`, passing
+    /// them its own buffer array ([`Emit::bufs`]), which must be as long as theirs.
     pub(crate) fn define_calling(
         &mut self,
-        n_params: usize,
+        n_bufs: usize,
         callees: &[PendingId],
         body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
     ) -> Result<PendingId> {
+        if let Some(c) = callees.iter().find(|c| c.n_bufs != n_bufs) {
+            return Err(Error::Codegen(format!(
+                "a function with {n_bufs} buffers calls one with {}",
+                c.n_bufs
+            )));
+        }
+        let slots: Vec<usize> = (0..n_bufs).collect();
+        self.define_fn(&slots, n_bufs, callees, body)
+    }
+
+    fn define_fn(
+        &mut self,
+        slots: &[usize],
+        n_bufs: usize,
+        callees: &[PendingId],
+        body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
+    ) -> Result<PendingId> {
+        if slots.iter().any(|&s| s >= n_bufs) {
+            return Err(Error::Codegen(format!(
+                "buffer slots {slots:?} outside 0..{n_bufs}"
+            )));
+        }
         let t0 = Instant::now();
         let module = self.module.as_mut().expect("module present until finalize");
         let mut sig = Signature::new(module.isa().default_call_conv());
-        for _ in 0..n_params {
+        for _ in 0..3 {
             sig.params.push(AbiParam::new(types::I64));
         }
         let name = format!("k{}", self.funcs.len());
@@ -235,13 +276,28 @@ impl KernelModule {
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
             b.switch_to_block(entry);
-            let params = b.block_params(entry).to_vec();
+            let (bufs, begin, end) = {
+                let p = b.block_params(entry);
+                (p[0], p[1], p[2])
+            };
+            // The array is not written while the function runs (the caller holds it), is
+            // 8-byte aligned and holds `n_bufs` pointers.
+            let flags = MemFlagsData::new()
+                .with_notrap()
+                .with_aligned()
+                .with_readonly();
+            let mut params: Vec<_> = slots
+                .iter()
+                .map(|&s| b.ins().load(types::I64, flags, bufs, (s * 8) as i32))
+                .collect();
+            params.extend([begin, end]);
             let mut e = Emit {
                 b,
                 has_fma: self.has_fma,
                 exp_ref,
                 prefetch_ref,
                 callees,
+                bufs,
             };
             if let Err(err) = body(&mut e, &params) {
                 // Leave the reusable contexts clean for the next kernel.
@@ -286,6 +342,7 @@ impl KernelModule {
         Ok(PendingId {
             module: self.id,
             index: self.funcs.len() - 1,
+            n_bufs,
         })
     }
 
@@ -335,6 +392,8 @@ pub struct KernelListing {
 pub(crate) struct PendingId {
     module: u64,
     index: usize,
+    /// Length of the buffer array the function reads (it loads only slots below it).
+    pub(crate) n_bufs: usize,
 }
 
 /// A kernel that has been defined but not finalized; [`Compiled::get`] turns it into a kernel.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Value};
 
 use super::cg::{fits, off, window_out, F32, F32X4, MAX_DIM};
-use super::conv::{check_len, check_range, SyncPtr};
+use super::entry::{Buf, Entry, Slot};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
@@ -270,22 +270,25 @@ impl KernelModule {
     pub fn add_pool(&mut self, spec: &PoolSpec) -> Result<PendingPool> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(5, move |e, p| body(&s, e, p))?;
+        let id = self.define(3, move |e, p| body(&s, e, p))?;
         Ok(PendingPool { id, spec: s })
     }
 }
 
-type PoolFn = unsafe extern "C" fn(*const f32, *mut f32, *mut f32, i64, i64);
-
 impl Pending for PendingPool {
     type Kernel = PoolKernel;
     fn bind(self, code: &Arc<Compiled>) -> Result<PoolKernel> {
-        let ptr = code.ptr(self.id)?;
-        // SAFETY: defined with 5 i64 parameters, the signature of `PoolFn`.
-        let f = unsafe { std::mem::transmute::<*const u8, PoolFn>(ptr) };
+        let s = &self.spec;
+        // For each channel in the range the code reads that channel's input plane, writes its
+        // output plane and uses (when padded) the first scratch_len floats of the scratch; its
+        // vector loads stay within a row (`vector_cols`).
+        let slots = vec![
+            Slot::read("pool input", s.input_len()),
+            Slot::write("pool output", s.output_len()),
+            Slot::temp("pool scratch", s.scratch_len()),
+        ];
         Ok(PoolKernel {
-            _code: code.clone(),
-            f,
+            entry: Entry::new(code, self.id, s.channels, slots)?,
             spec: self.spec,
         })
     }
@@ -293,44 +296,26 @@ impl Pending for PendingPool {
 
 /// A compiled pooling layer; work units are channels.
 pub struct PoolKernel {
-    _code: Arc<Compiled>,
-    f: PoolFn,
+    entry: Entry,
     spec: PoolSpec,
 }
 
 impl PoolKernel {
     /// The machine code's entry point, for callers that generate their own dispatch (a
-    /// whole-network runtime): `extern "C" fn(input, out, scratch: *f32, begin, end: i64)`, System V ABI, with the buffer sizes `run` checks. Valid
-    /// while this kernel (or another holding the same `Compiled`) is alive.
+    /// whole-network runtime): `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`, C ABI,
+    /// where `bufs` points to `[input, out, scratch]`, with the buffer sizes `run` checks.
+    /// Valid while this kernel (or another holding the same `Compiled`) is alive.
     pub fn code_ptr(&self) -> *const u8 {
-        self.f as *const u8
+        self.entry.code_ptr()
     }
     pub fn spec(&self) -> &PoolSpec {
         &self.spec
     }
     pub fn work_units(&self) -> usize {
-        self.spec.channels
+        self.entry.units()
     }
     pub fn scratch_len(&self) -> usize {
         self.spec.scratch_len()
-    }
-    fn check(
-        &self,
-        input: &[f32],
-        out: &[f32],
-        scratch: &[f32],
-        scratch_needed: usize,
-    ) -> Result<()> {
-        let s = &self.spec;
-        check_len("pool input", input.len(), s.input_len())?;
-        check_len("pool output", out.len(), s.output_len())?;
-        if scratch.len() < scratch_needed {
-            return Err(Error::Input(format!(
-                "pool scratch: need {scratch_needed} floats, got {}",
-                scratch.len()
-            )));
-        }
-        Ok(())
     }
 
     pub fn run(
@@ -340,21 +325,8 @@ impl PoolKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        self.check(input, out, scratch, self.spec.scratch_len())?;
-        check_range(&range, self.spec.channels)?;
-        // SAFETY: for each channel in `range` the kernel reads that channel's input plane,
-        // writes its output plane and (when padded) the first scratch_len floats of `scratch`;
-        // all lengths are checked above, and vector loads stay within a row (`vector_cols`).
-        unsafe {
-            (self.f)(
-                input.as_ptr(),
-                out.as_mut_ptr(),
-                scratch.as_mut_ptr(),
-                range.start as i64,
-                range.end as i64,
-            )
-        };
-        Ok(())
+        let mut bufs = [Buf::In(input), Buf::Out(out), Buf::Out(scratch)];
+        self.entry.run(&mut bufs, range)
     }
 
     /// All channels, split across `pool`'s threads; `scratch` holds
@@ -366,28 +338,12 @@ impl PoolKernel {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let sl = self.spec.scratch_len();
-        self.check(input, out, scratch, sl * pool.threads())?;
-        let inp = SyncPtr(input.as_ptr() as *mut f32);
-        let (o, scr) = (SyncPtr(out.as_mut_ptr()), SyncPtr(scratch.as_mut_ptr()));
-        pool.split(self.spec.channels, |part, range| {
-            // SAFETY: as in `run`; parts cover disjoint channels (disjoint output planes) and
-            // part `part` uses only scratch[part*sl..(part+1)*sl], within the checked length.
-            unsafe {
-                (self.f)(
-                    inp.get(),
-                    o.get(),
-                    scr.get().add(part * sl),
-                    range.start as i64,
-                    range.end as i64,
-                )
-            };
-        });
-        Ok(())
+        let mut bufs = [Buf::In(input), Buf::Out(out), Buf::Out(scratch)];
+        self.entry.run_parallel(pool, &mut bufs)
     }
 
     pub fn run_all(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
         let mut scratch = vec![0.0f32; self.scratch_len()];
-        self.run(input, out, &mut scratch, 0..self.spec.channels)
+        self.run(input, out, &mut scratch, 0..self.work_units())
     }
 }

@@ -227,21 +227,22 @@ impl WinogradPlan {
         out
     }
 
-    /// Emits the entry `fn(input, packed, residual, out, scratch, begin, end)`, which runs the
-    /// prologue over all input channels and then the compute function over the output channel
-    /// blocks `begin..end`, and returns it with the prologue `fn(input, scratch, begin, end)`
-    /// and the compute function (same signature as the entry) for callers that split them.
+    /// Emits the entry function over the buffers `[input, packed, residual, out, scratch]`,
+    /// which runs the prologue over all input channels and then the compute function over the
+    /// output channel blocks `begin..end`, and returns it with the prologue (over `input` and
+    /// `scratch` of the same buffer array) and the compute function, for callers that split
+    /// them.
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, PendingId, PendingId)> {
         let plan = self.clone();
-        let prologue = km.define(4, move |e, p| plan.prologue(e, p))?;
+        let prologue = km.define_slots(&[0, 4], 5, move |e, p| plan.prologue(e, p))?;
         let plan = self.clone();
-        let compute = km.define(7, move |e, p| plan.compute(e, p))?;
+        let compute = km.define(5, move |e, p| plan.compute(e, p))?;
         let channels = self.spec.in_c as i64;
-        let entry = km.define_calling(7, &[prologue, compute], move |e, p| {
-            let (pro, comp) = (e.callees[0], e.callees[1]);
+        let entry = km.define_calling(5, &[prologue, compute], move |e, p| {
+            let (pro, comp, bufs) = (e.callees[0], e.callees[1], e.bufs);
             let (c0, c1) = (e.iconst(0), e.iconst(channels));
-            e.b.ins().call(pro, &[p[0], p[4], c0, c1]);
-            e.b.ins().call(comp, p);
+            e.b.ins().call(pro, &[bufs, c0, c1]);
+            e.b.ins().call(comp, &[bufs, p[5], p[6]]);
             Ok(())
         })?;
         Ok((entry, prologue, compute))

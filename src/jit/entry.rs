@@ -1,0 +1,316 @@
+//! [`Entry`]: the one place that calls generated code.
+//!
+//! Every function [`KernelModule::define`](super::KernelModule) generates has the same
+//! signature, `extern "C" fn(bufs: *const *mut f32, begin: i64, end: i64)`: it loads its
+//! buffer pointers from the array `bufs` and computes the work units `begin..end`. An `Entry`
+//! is made when a kernel is bound to its finalized code, from the same spec the code was
+//! generated from: the function, its number of work units and, for each slot of `bufs`, what
+//! the code does with it ([`Slot`]). Its safe methods check the caller's buffers against the
+//! slots and the range against the units, then make the call. The kernel families
+//! (`ConvKernel`, `FcKernel`, `PoolKernel`, `EltKernel`) are typed front ends to entries.
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::module::{Compiled, PendingId};
+use super::threads::ThreadPool;
+use crate::error::{Error, Result};
+
+/// The uniform signature of generated functions.
+type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
+
+/// What the generated code does with one buffer slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Reads up to `len` floats.
+    Read,
+    /// Reads and writes up to `len` floats; the units of disjoint ranges write disjoint
+    /// elements (so ranges may run on different threads with one shared buffer).
+    Write,
+    /// Reads and writes up to `len` floats whatever the range (temporary storage): on a thread
+    /// pool every part gets its own `len` floats.
+    Temp,
+    /// Not touched: the slot holds null.
+    Absent,
+}
+
+/// One slot of a kernel function's buffer array.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    /// For error messages, e.g. "conv input".
+    name: &'static str,
+    /// Floats the code may touch (for `Temp`, per part).
+    len: usize,
+    access: Access,
+    /// Whether the buffer must hold exactly `len` floats (tensors) or may hold more (scratch).
+    exact: bool,
+}
+
+impl Slot {
+    /// A tensor of exactly `len` floats the code only reads.
+    pub(crate) fn read(name: &'static str, len: usize) -> Self {
+        Slot {
+            name,
+            len,
+            access: Access::Read,
+            exact: true,
+        }
+    }
+    /// `read` when `present`, else `absent` (an optional operand such as a residual).
+    pub(crate) fn read_if(present: bool, name: &'static str, len: usize) -> Self {
+        if present {
+            Slot::read(name, len)
+        } else {
+            Slot::absent(name)
+        }
+    }
+    /// A tensor of exactly `len` floats the code writes, disjoint elements per unit.
+    pub(crate) fn write(name: &'static str, len: usize) -> Self {
+        Slot {
+            name,
+            len,
+            access: Access::Write,
+            exact: true,
+        }
+    }
+    /// Scratch memory of at least `len` floats that each call uses whole (per thread on a
+    /// pool: the buffer then holds `len * threads` floats).
+    pub(crate) fn temp(name: &'static str, len: usize) -> Self {
+        Slot {
+            name,
+            len,
+            access: Access::Temp,
+            exact: false,
+        }
+    }
+    /// A slot the code does not touch.
+    pub(crate) fn absent(name: &'static str) -> Self {
+        Slot {
+            name,
+            len: 0,
+            access: Access::Absent,
+            exact: true,
+        }
+    }
+    /// Accepts a longer buffer (scratch shared between the units of a split).
+    pub(crate) fn or_longer(mut self) -> Self {
+        self.exact = false;
+        self
+    }
+}
+
+/// A caller's buffer for one slot.
+pub(crate) enum Buf<'a> {
+    In(&'a [f32]),
+    Out(&'a mut [f32]),
+    None,
+}
+
+impl<'a> Buf<'a> {
+    /// `In` when given, else `None`.
+    pub(crate) fn opt(x: Option<&'a [f32]>) -> Self {
+        x.map_or(Buf::None, Buf::In)
+    }
+}
+
+/// A generated function bound to the lengths it may touch; see the module docs.
+pub(crate) struct Entry {
+    /// Keeps the code alive.
+    _code: Arc<Compiled>,
+    f: KernelFn,
+    units: usize,
+    slots: Box<[Slot]>,
+}
+
+/// Buffer arrays up to this length live on the stack (an elementwise kernel with 16 inputs
+/// and its output: a run allocates nothing).
+const INLINE: usize = 17;
+
+impl Entry {
+    /// Binds the function `id` of `code` to `units` and `slots`. This is the contract between
+    /// a code generator and the `unsafe` call below: each kernel family's `bind` derives the
+    /// slots from the same spec its generator emitted the function from, so that they state
+    /// every buffer the code touches, how, and how many floats at most.
+    pub(crate) fn new(
+        code: &Arc<Compiled>,
+        id: PendingId,
+        units: usize,
+        slots: Vec<Slot>,
+    ) -> Result<Self> {
+        if slots.len() != id.n_bufs {
+            return Err(Error::Internal(format!(
+                "kernel function reads {} buffers, bound with {}",
+                id.n_bufs,
+                slots.len()
+            )));
+        }
+        let ptr = code.ptr(id)?;
+        // SAFETY: every function a `KernelModule` defines has the signature of `KernelFn`
+        // (`define_fn`: three i64 parameters, no result, the platform's C calling convention),
+        // and `ptr` is its finalized address in `code`, which `_code` keeps mapped.
+        let f = unsafe { std::mem::transmute::<*const u8, KernelFn>(ptr) };
+        Ok(Entry {
+            _code: code.clone(),
+            f,
+            units,
+            slots: slots.into(),
+        })
+    }
+
+    /// Work units: `run` computes those in a range of `0..units()`.
+    pub(crate) fn units(&self) -> usize {
+        self.units
+    }
+
+    /// The machine code, `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`.
+    pub(crate) fn code_ptr(&self) -> *const u8 {
+        self.f as *const u8
+    }
+
+    /// Computes the units in `range` on the calling thread.
+    pub(crate) fn run(&self, bufs: &mut [Buf], range: Range<usize>) -> Result<()> {
+        check_range(&range, self.units)?;
+        let addrs = self.addresses(bufs, 1)?;
+        self.call(&addrs, 0, range);
+        Ok(())
+    }
+
+    /// Computes all units, split across `pool`'s threads (a `temp` slot needs `len` floats
+    /// per thread).
+    pub(crate) fn run_parallel(&self, pool: &ThreadPool, bufs: &mut [Buf]) -> Result<()> {
+        let addrs = self.addresses(bufs, pool.threads())?;
+        pool.split(self.units, |part, range| self.call(&addrs, part, range));
+        Ok(())
+    }
+
+    /// Checks `bufs` against the slots for a split into `parts`; returns their addresses
+    /// (as integers, so that the pool's threads may share them).
+    fn addresses(&self, bufs: &mut [Buf], parts: usize) -> Result<Addrs> {
+        if bufs.len() != self.slots.len() {
+            return Err(Error::Internal(format!(
+                "kernel takes {} buffers, got {}",
+                self.slots.len(),
+                bufs.len()
+            )));
+        }
+        let mut addrs = Addrs::new(bufs.len());
+        for ((buf, slot), a) in bufs.iter_mut().zip(&self.slots).zip(addrs.slice_mut()) {
+            let (ptr, len) = match (slot.access, buf) {
+                (Access::Absent, Buf::None) => {
+                    *a = 0;
+                    continue;
+                }
+                (Access::Absent, _) => {
+                    return Err(Error::Input(format!(
+                        "{}: none expected, but one was given",
+                        slot.name
+                    )))
+                }
+                (_, Buf::None) => return Err(Error::Input(format!("{} missing", slot.name))),
+                (Access::Read, Buf::In(x)) => (x.as_ptr() as usize, x.len()),
+                (Access::Write | Access::Temp, Buf::Out(x)) => (x.as_mut_ptr() as usize, x.len()),
+                (access, _) => {
+                    return Err(Error::Internal(format!(
+                        "{}: wrong kind of buffer for {access:?}",
+                        slot.name
+                    )))
+                }
+            };
+            let need = if slot.access == Access::Temp {
+                slot.len
+                    .checked_mul(parts)
+                    .ok_or_else(|| Error::Input(format!("{}: scratch size overflows", slot.name)))?
+            } else {
+                slot.len
+            };
+            if slot.exact && len != need {
+                return Err(Error::Input(format!(
+                    "{}: expected {need} floats, got {len}",
+                    slot.name
+                )));
+            }
+            if len < need {
+                return Err(Error::Input(format!(
+                    "{}: need {need} floats, got {len}",
+                    slot.name
+                )));
+            }
+            *a = ptr;
+        }
+        Ok(addrs)
+    }
+
+    /// The one call into generated code: part `part` of a split, units `range`.
+    fn call(&self, addrs: &Addrs, part: usize, range: Range<usize>) {
+        let mut ptrs = Addrs::new(self.slots.len());
+        for ((p, &a), slot) in ptrs
+            .slice_mut()
+            .iter_mut()
+            .zip(addrs.slice())
+            .zip(&self.slots)
+        {
+            *p = if slot.access == Access::Temp {
+                a + part * slot.len * 4
+            } else {
+                a
+            };
+        }
+        let bufs = ptrs.slice().as_ptr() as *const *mut f32;
+        // SAFETY: `addresses` checked every buffer against its slot and `run` checked the
+        // range (`split` gives parts of `0..units`). The code was generated from the same spec
+        // as the slots, so for the units in `range` it touches only the first `len` floats of
+        // each slot's buffer (reading `Read` slots only; `Absent` slots are null and never
+        // dereferenced), and reads only the `slots.len()` entries of `bufs`. Written buffers
+        // (`Write`, `Temp`) came from `&mut` slices, so nothing else aliases them while the
+        // call runs. With a pool, concurrent calls get disjoint ranges, whose units write
+        // disjoint elements of `Write` buffers, and disjoint `len`-float parts of `Temp`
+        // buffers (part `part` starts at `part * len`, within the `len * threads` checked).
+        unsafe { (self.f)(bufs, range.start as i64, range.end as i64) };
+    }
+}
+
+/// Buffer addresses, on the stack when few.
+enum Addrs {
+    Inline([usize; INLINE], usize),
+    Heap(Vec<usize>),
+}
+
+impl Addrs {
+    fn new(n: usize) -> Self {
+        if n <= INLINE {
+            Addrs::Inline([0; INLINE], n)
+        } else {
+            Addrs::Heap(vec![0; n])
+        }
+    }
+    fn slice(&self) -> &[usize] {
+        match self {
+            Addrs::Inline(a, n) => &a[..*n],
+            Addrs::Heap(v) => v,
+        }
+    }
+    fn slice_mut(&mut self) -> &mut [usize] {
+        match self {
+            Addrs::Inline(a, n) => &mut a[..*n],
+            Addrs::Heap(v) => v,
+        }
+    }
+}
+
+/// Checks a buffer length against the length its spec implies.
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Input(format!(
+            "{what}: expected {want} floats, got {got}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_range(range: &Range<usize>, units: usize) -> Result<()> {
+    if range.start > range.end || range.end > units {
+        return Err(Error::Input(format!(
+            "work range {range:?} outside 0..{units}"
+        )));
+    }
+    Ok(())
+}
