@@ -90,10 +90,12 @@ fn conv_stays_in_bounds() {
         (6, 5, 5, 17, 3, 3, 0),
         (1, 1, 1, 1, 1, 1, 0),
         (9, 6, 33, 7, 2, 1, 2),
-        // Winograd: tiles overhanging the bottom and right edges, a partial tile group.
+        // Winograd: tiles overhanging the bottom and right edges, a partial tile group,
+        // dense groups, and rows of 5 tiles whose last group runs over into the next row.
         (17, 11, 13, 19, 3, 1, 1),
         (16, 6, 6, 16, 3, 1, 0),
         (20, 9, 30, 23, 3, 1, 2),
+        (16, 20, 20, 17, 3, 1, 1),
     ] {
         for (bias, residual, relu) in [(true, true, true), (false, false, false)] {
             let mut spec = ConvSpec::square(c, h, k, f, s, p);
@@ -127,6 +129,19 @@ fn conv_stays_in_bounds() {
                 )
                 .unwrap();
                 assert!(out.s().iter().all(|v| v.is_finite()));
+                // Split across threads: the prologue's and the compute's parts.
+                let pool = ThreadPool::new(2, std::time::Duration::from_micros(50));
+                let mut out2 = Guarded::new(spec.output_len(), after, f32::NAN);
+                kern.run_parallel(
+                    &pool,
+                    x.s(),
+                    wp.s(),
+                    residual.then(|| r.s()),
+                    out2.m(),
+                    scratch.m(),
+                )
+                .unwrap();
+                assert!(out2.s().iter().zip(out.s()).all(|(a, b)| a.to_bits() == b.to_bits()));
             }
         }
     }
