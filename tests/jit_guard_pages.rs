@@ -141,7 +141,11 @@ fn conv_stays_in_bounds() {
                     scratch.m(),
                 )
                 .unwrap();
-                assert!(out2.s().iter().zip(out.s()).all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(out2
+                    .s()
+                    .iter()
+                    .zip(out.s())
+                    .all(|(a, b)| a.to_bits() == b.to_bits()));
             }
         }
     }
