@@ -153,7 +153,7 @@ fn run_network(a: RunArgs) -> cnnc::Result<()> {
                 for (i, layer) in layers.iter_mut().enumerate() {
                     let mut t: Vec<_> = runs.iter().map(|r| r.1[i].time).collect();
                     t.sort();
-                    layer.time = t[t.len() / 2];
+                    layer.time = cli::bench::percentile(&t, 0.5);
                 }
                 let y = runs.pop().map(|r| r.0).unwrap_or_default();
                 (y, Some(layers))

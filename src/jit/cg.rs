@@ -188,6 +188,44 @@ impl Emit<'_> {
         Ok(())
     }
 
+    /// `if cond { body }`: a branch around `body`.
+    pub(crate) fn when(
+        &mut self,
+        cond: Value,
+        body: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        self.branch_around(cond, true, body)
+    }
+
+    /// `if !cond { body }`: a branch around `body`.
+    pub(crate) fn unless(
+        &mut self,
+        cond: Value,
+        body: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        self.branch_around(cond, false, body)
+    }
+
+    fn branch_around(
+        &mut self,
+        cond: Value,
+        run_if: bool,
+        body: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let then = self.b.create_block();
+        let done = self.b.create_block();
+        if run_if {
+            self.b.ins().brif(cond, then, &[], done, &[]);
+        } else {
+            self.b.ins().brif(cond, done, &[], then, &[]);
+        }
+        self.b.switch_to_block(then);
+        body(self)?;
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        Ok(())
+    }
+
     /// `for_range` over compile-time bounds; emits nothing when the range is empty.
     pub(crate) fn for_const(
         &mut self,
@@ -242,6 +280,27 @@ impl Emit<'_> {
             self.store(x, d, off(i * 4));
         }
         Ok(())
+    }
+
+    /// [`Emit::pad_plane`] for channel `c` of the `h x w` planes at `src` into the `hp x wp`
+    /// planes at `dst`; returns the address of the padded plane.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pad_channel(
+        &mut self,
+        src: Value,
+        dst: Value,
+        c: Value,
+        (h, w): (usize, usize),
+        (hp, wp): (usize, usize),
+        top_left: (usize, usize),
+        value: f32,
+    ) -> Result<Value> {
+        let so = self.mul_imm(c, (h * w * 4) as i64);
+        let src = self.b.ins().iadd(src, so);
+        let d = self.mul_imm(c, (hp * wp * 4) as i64);
+        let dst = self.b.ins().iadd(dst, d);
+        self.pad_plane(src, dst, (h, w), (hp, wp), top_left, value)?;
+        Ok(dst)
     }
 
     /// Copies the `h x w` plane at `src` into the `hp x wp` plane at `dst` with its top-left

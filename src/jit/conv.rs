@@ -289,20 +289,11 @@ impl DirectPlan {
         // Over `input` and `scratch`: the padded copy of channels begin..end.
         let pad = km.define_slots(&[0, 4], 5, move |e, p| {
             e.for_range(p[2], p[3], 1, |e, c| {
-                let so = e.mul_imm(c, (hw.0 * hw.1 * 4) as i64);
-                let src = e.b.ins().iadd(p[0], so);
-                let d = e.mul_imm(c, (hwp.0 * hwp.1 * 4) as i64);
-                let dst = e.b.ins().iadd(p[1], d);
-                e.pad_plane(src, dst, hw, hwp, (s.pad_h, s.pad_w), 0.0)
+                e.pad_channel(p[0], p[1], c, hw, hwp, (s.pad_h, s.pad_w), 0.0)
+                    .map(drop)
             })
         })?;
-        let entry = km.define_calling(5, &[pad, compute], move |e, p| {
-            let (pad, compute, bufs) = (e.callees[0], e.callees[1], e.bufs);
-            let (c0, c1) = (e.iconst(0), e.iconst(s.in_c as i64));
-            e.b.ins().call(pad, &[bufs, c0, c1]);
-            e.b.ins().call(compute, &[bufs, p[5], p[6]]);
-            Ok(())
-        })?;
+        let entry = define_entry(km, pad, compute, s.in_c)?;
         Ok((entry, Some((pad, compute))))
     }
 
@@ -569,17 +560,13 @@ impl DirectPlan {
             emit_ch(e, kl);
         }
         if let Some(is_tail) = t.is_tail {
-            let more = e.b.create_block();
-            let done = e.b.create_block();
-            e.b.ins().brif(is_tail, done, &[], more, &[]);
-            e.b.switch_to_block(more);
-            for kl in always..self.kb {
-                emit_ch(e, kl);
-            }
-            e.b.ins().jump(done, &[]);
-            e.b.switch_to_block(done);
+            e.unless(is_tail, |e| {
+                for kl in always..self.kb {
+                    emit_ch(e, kl);
+                }
+                Ok(())
+            })?;
         }
-        let _ = F32;
         Ok(())
     }
 }
@@ -824,7 +811,8 @@ impl KernelModule {
             Plan::Direct(d) => d.emit(self)?,
             Plan::Gemm(g) => (g.emit(self)?, None),
             Plan::Winograd(w) => {
-                let (entry, prologue, compute) = w.emit(self)?;
+                let (prologue, compute) = w.emit(self)?;
+                let entry = define_entry(self, prologue, compute, spec.in_c)?;
                 (entry, Some((prologue, compute)))
             }
         };
@@ -837,6 +825,23 @@ impl KernelModule {
         self.convs.insert((*spec, self.winograd), pending.clone());
         Ok(pending)
     }
+}
+
+/// The entry function of a conv with a prologue: the prologue over all `channels` input
+/// channels, then the compute function over the given range (the same buffer array).
+pub(crate) fn define_entry(
+    km: &mut KernelModule,
+    prologue: PendingId,
+    compute: PendingId,
+    channels: usize,
+) -> Result<PendingId> {
+    km.define_calling(5, &[prologue, compute], move |e, p| {
+        let (prologue, compute, bufs) = (e.callees[0], e.callees[1], e.bufs);
+        let (c0, c1) = (e.iconst(0), e.iconst(channels as i64));
+        e.b.ins().call(prologue, &[bufs, c0, c1]);
+        e.b.ins().call(compute, &[bufs, p[5], p[6]]);
+        Ok(())
+    })
 }
 
 /// The buffers of every conv function, in slot order: `[input, packed, residual, out,

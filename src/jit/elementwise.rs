@@ -302,7 +302,7 @@ impl Pending for PendingElt {
 }
 
 /// Inputs of an elementwise kernel whose buffer list a run keeps on the stack.
-const STACK_INPUTS: usize = 16;
+pub(crate) const STACK_INPUTS: usize = 16;
 
 /// A compiled elementwise / reduction kernel.
 pub struct EltKernel {

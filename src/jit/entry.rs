@@ -121,9 +121,9 @@ pub(crate) struct Entry {
     slots: Box<[Slot]>,
 }
 
-/// Buffer arrays up to this length live on the stack (an elementwise kernel with 16 inputs
-/// and its output: a run allocates nothing).
-const INLINE: usize = 17;
+/// Buffer arrays up to this length live on the stack (an elementwise kernel's inputs on the
+/// stack and its output: a run allocates nothing).
+const INLINE: usize = super::elementwise::STACK_INPUTS + 1;
 
 impl Entry {
     /// Binds the function `id` of `code` to `units` and `slots`. This is the contract between

@@ -352,15 +352,12 @@ fn fc_tile(s: &FcSpec, e: &mut Emit, a: &Args, kb: Value, n0: Value, nimg: usize
     }
     if tail != 0 {
         let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, kb, (s.nkb() - 1) as i64);
-        let more = e.b.create_block();
-        let done = e.b.create_block();
-        e.b.ins().brif(is_tail, done, &[], more, &[]);
-        e.b.switch_to_block(more);
-        for ri in always..r {
-            store_row(e, ri);
-        }
-        e.b.ins().jump(done, &[]);
-        e.b.switch_to_block(done);
+        e.unless(is_tail, |e| {
+            for ri in always..r {
+                store_row(e, ri);
+            }
+            Ok(())
+        })?;
     }
     Ok(())
 }

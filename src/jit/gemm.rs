@@ -116,16 +116,6 @@ impl PixelGemm {
             let d = e.b.ins().isub(u, begin);
             e.b.ins().icmp(IntCC::UnsignedLessThan, d, len)
         };
-        let guarded = |e: &mut Emit, c: Value, f: &mut dyn FnMut(&mut Emit) -> Result<()>| {
-            let yes = e.b.create_block();
-            let done = e.b.create_block();
-            e.b.ins().brif(c, yes, &[], done, &[]);
-            e.b.switch_to_block(yes);
-            f(e)?;
-            e.b.ins().jump(done, &[]);
-            e.b.switch_to_block(done);
-            Ok::<(), crate::error::Error>(())
-        };
         // Panels of `pt` tile columns: every channel block runs over a panel while its input
         // (about PANEL_BYTES) stays in L2.
         e.for_range(t_lo, t_hi, pt, |e, p0| {
@@ -136,7 +126,7 @@ impl PixelGemm {
                     let u = e.mul_imm(t, nmb);
                     let u = e.b.ins().iadd(u, mb);
                     let c = in_range(e, u);
-                    guarded(e, c, &mut |e| {
+                    e.when(c, |e| {
                         let pb = e.mul_imm(t, (NP * 4) as i64);
                         self.tile(e, &ptr, mb, pb, NV, 0)
                     })
@@ -148,7 +138,7 @@ impl PixelGemm {
             e.for_const(0, nmb, 1, |e, mb| {
                 let u = e.add_imm(mb, nt_full * nmb);
                 let c = in_range(e, u);
-                guarded(e, c, &mut |e| {
+                e.when(c, |e| {
                     let pb = e.iconst(nt_full * (NP * 4) as i64);
                     self.tile(e, &ptr, mb, pb, r / 4, r % 4)
                 })
@@ -270,15 +260,12 @@ impl PixelGemm {
             let is_tail =
                 e.b.ins()
                     .icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
-            let more = e.b.create_block();
-            let done = e.b.create_block();
-            e.b.ins().brif(is_tail, done, &[], more, &[]);
-            e.b.switch_to_block(more);
-            for i in always..MR {
-                store_row(e, i);
-            }
-            e.b.ins().jump(done, &[]);
-            e.b.switch_to_block(done);
+            e.unless(is_tail, |e| {
+                for i in always..MR {
+                    store_row(e, i);
+                }
+                Ok(())
+            })?;
         }
         Ok(())
     }

@@ -227,25 +227,16 @@ impl WinogradPlan {
         out
     }
 
-    /// Emits the entry function over the buffers `[input, packed, residual, out, scratch]`,
-    /// which runs the prologue over all input channels and then the compute function over the
-    /// output channel blocks `begin..end`, and returns it with the prologue (over `input` and
-    /// `scratch` of the same buffer array) and the compute function, for callers that split
-    /// them.
-    pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, PendingId, PendingId)> {
+    /// Emits the prologue over input channels `begin..end` (reading `input`, writing their
+    /// part of `scratch`) and the compute function over output channel blocks `begin..end`,
+    /// both over the conv buffers `[input, packed, residual, out, scratch]`
+    /// (`conv::define_entry` chains them).
+    pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, PendingId)> {
         let plan = self.clone();
         let prologue = km.define_slots(&[0, 4], 5, move |e, p| plan.prologue(e, p))?;
         let plan = self.clone();
         let compute = km.define(5, move |e, p| plan.compute(e, p))?;
-        let channels = self.spec.in_c as i64;
-        let entry = km.define_calling(5, &[prologue, compute], move |e, p| {
-            let (pro, comp, bufs) = (e.callees[0], e.callees[1], e.bufs);
-            let (c0, c1) = (e.iconst(0), e.iconst(channels));
-            e.b.ins().call(pro, &[bufs, c0, c1]);
-            e.b.ins().call(comp, &[bufs, p[5], p[6]]);
-            Ok(())
-        })?;
-        Ok((entry, prologue, compute))
+        Ok((prologue, compute))
     }
 
     fn prologue(&self, e: &mut Emit, p: &[Value]) -> Result<()> {
@@ -254,13 +245,10 @@ impl WinogradPlan {
         let plane = self.plane_len();
         let vbase = e.add_imm(scratch, (s.in_c * plane * 4) as i64);
         e.for_range(begin, end, 1, |e, c| {
-            let so = e.mul_imm(c, (s.in_h * s.in_w * 4) as i64);
-            let src = e.b.ins().iadd(inp, so);
-            let po = e.mul_imm(c, (plane * 4) as i64);
-            let pc = e.b.ins().iadd(scratch, po);
-            e.pad_plane(
-                src,
-                pc,
+            let pc = e.pad_channel(
+                inp,
+                scratch,
+                c,
                 (s.in_h, s.in_w),
                 (self.hp, self.wp),
                 (s.pad_h, s.pad_w),

@@ -118,8 +118,9 @@ impl Step {
     }
 }
 
-/// Elementwise operands passed without allocating: up to this many on the stack.
-const STACK_ARGS: usize = 16;
+/// Elementwise operands passed without allocating: up to this many on the stack (the
+/// kernel's own buffer list stays on the stack up to the same count).
+const STACK_ARGS: usize = crate::jit::elementwise::STACK_INPUTS;
 
 /// Per-run memory: the activation arena and kernel scratch space.
 struct Workspace {
@@ -843,10 +844,9 @@ impl Model {
             // One call for the whole chunk: the weights are read once for every item. Its
             // values are never placed in a concat, so their items are back to back.
             let x = &ins.get(step.inputs[0].region)?[..b * step.inputs[0].item];
-            let residual = match n_in > 1 {
-                true => Some(&ins.get(step.inputs[1].region)?[..b * item]),
-                false => None,
-            };
+            let residual = (n_in > 1)
+                .then(|| ins.get(step.inputs[1].region).map(|r| &r[..b * item]))
+                .transpose()?;
             let out = &mut out[..b * item];
             return match pool {
                 Some(p) => k.run_parallel(p, x, packed, residual, out),
@@ -859,10 +859,7 @@ impl Model {
             match &step.kernel {
                 Kernel::Conv { k, packed } => {
                     let x = step.item(&ins, 0, n)?;
-                    let residual = match n_in > 1 {
-                        true => Some(step.item(&ins, 1, n)?),
-                        false => None,
-                    };
+                    let residual = (n_in > 1).then(|| step.item(&ins, 1, n)).transpose()?;
                     match pool {
                         Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
                         None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
