@@ -1,7 +1,100 @@
 //! `cnnc bench`: compile once, warm up, run for a given time or count, and report
 //! latency percentiles, throughput and peak memory.
+use super::engine::{EngineArgs, EngineKind, GraphArgs, Runner};
 use serde::Serialize;
 use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[arg(long, default_value_t = 1, value_parser = super::positive)]
+    pub batch: usize,
+    /// Seconds to measure for.
+    #[arg(long, default_value_t = 3.0)]
+    pub time: f64,
+    /// Stop after this many timed runs.
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub passes: super::passes::PassArgs,
+}
+
+pub fn bench(a: &BenchArgs) -> cnnc::Result<()> {
+    if !(a.time.is_finite() && (0.0..=1e6).contains(&a.time)) {
+        return Err(cnnc::Error::Input(format!(
+            "--time must be a number of seconds, got {}",
+            a.time
+        )));
+    }
+    let mut g = super::engine::load(&a.graph)?;
+    let macs: u64 = g
+        .dag
+        .node_indices()
+        .map(|id| cnnc::ir::stats::layer_stats(&g, id).macs)
+        .sum();
+    let x = super::engine::load_input(None, &g, Some(a.batch))?.tensor;
+    let start = Instant::now();
+    // Compile time includes the passes (batchnorm folding is done here, once).
+    let opts = a.engine.options(a.passes.options(), a.batch);
+    cnnc::passes::optimize(&mut g, &opts)?;
+    let passes = start.elapsed();
+    let runner = Runner::new(g, a.engine.engine, &opts)?;
+    let compile = start.elapsed();
+    let budget = Budget {
+        time: Duration::from_secs_f64(a.time),
+        max_runs: a.runs,
+        warmup: a.warmup,
+    };
+    let times = match &runner {
+        // The model alone: outputs reused (`run_into`), no copy of the input per run. A
+        // fresh multi-megabyte output per run costs page faults that are not the model's.
+        Runner::Jit(_, model) => {
+            let mut outs = model.run(&x)?;
+            measure(&budget, || model.run_into(&x, &mut outs))?
+        }
+        Runner::Interp(g) => measure(&budget, || cnnc::interp::run(g, x.clone()).map(drop))?,
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let median = percentile(&times, 0.5);
+    let report = BenchReport {
+        graph: runner.graph().name.clone(),
+        engine: a.engine.engine.name().into(),
+        threads: match a.engine.engine {
+            EngineKind::Jit => opts.threads,
+            EngineKind::Interp => 1,
+        },
+        batch: a.batch,
+        compile_ms: ms(compile),
+        passes_ms: ms(passes),
+        packing_ms: runner.packing_time().map(ms),
+        runs: times.len(),
+        median_ms: ms(median),
+        p90_ms: ms(percentile(&times, 0.9)),
+        p99_ms: ms(percentile(&times, 0.99)),
+        min_ms: ms(times[0]),
+        images_per_s: a.batch as f64 / median.as_secs_f64(),
+        gflops: 2.0 * macs as f64 * a.batch as f64 / median.as_secs_f64() / 1e9,
+        peak_memory_mb: peak_memory_mb(),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+    } else {
+        report.print();
+    }
+    Ok(())
+}
 
 #[derive(Serialize)]
 pub struct BenchReport {

@@ -67,6 +67,22 @@ pub fn load_with(graph: &Path, weights: Option<&Path>) -> Result<Graph> {
     Ok(g)
 }
 
+/// The input batch of `run` and `bench` (see [`cnnc::io::load_input`]), with a progress
+/// bar on stderr while a folder of more than 32 images loads.
+pub fn load_input(path: Option<&Path>, g: &Graph, batch: Option<usize>) -> Result<cnnc::io::Batch> {
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let batch = cnnc::io::load_input(path, g, batch, &mut |done, total| {
+        if total > 32 {
+            bar.get_or_insert_with(|| indicatif::ProgressBar::new(total as u64))
+                .set_position(done as u64);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    batch
+}
+
 /// A network ready to run on one engine.
 pub enum Runner {
     Interp(Graph),

@@ -1,5 +1,104 @@
 //! `cnnc run`: run a network on an input and print the top classes.
+use super::engine::{EngineArgs, GraphArgs, Runner};
 use cnnc::{Result, Tensor};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// A .npy array ([C,H,W] or [N,C,H,W]), a .png/.jpg image, or a folder of images.
+    /// Without it, a random input drawn from the graph's seed.
+    #[arg(short, long)]
+    pub input: Option<PathBuf>,
+    /// Write the (first) output tensor here as .npy.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Batch size (a single input is repeated to fill it).
+    #[arg(long, value_parser = super::positive)]
+    pub batch: Option<usize>,
+    /// How many classes to print per batch item.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Class names, one per line.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Print the time, GFLOP/s and share of the total of each layer (JIT engine): after a
+    /// warm-up run, the median of 5 timed runs.
+    #[arg(long)]
+    pub profile: bool,
+    #[command(flatten)]
+    pub passes: super::passes::PassArgs,
+}
+
+/// Images per kernel call in `cnnc run`.
+const RUN_CHUNK: usize = 16;
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    let mut g = super::engine::load(&a.graph)?;
+    cnnc::passes::optimize(&mut g, &a.passes.options())?;
+    let labels = a.labels.as_deref().map(read_labels).transpose()?;
+    let batch = super::engine::load_input(a.input.as_deref(), &g, a.batch)?;
+    // Kernels see chunks of at most RUN_CHUNK images: a folder of thousands of images
+    // needs an arena for one chunk, not for all of them.
+    let chunk = batch.tensor.shape()[0].min(RUN_CHUNK);
+    let opts = a.engine.options(a.passes.options(), chunk);
+    let runner = Runner::new(g, a.engine.engine, &opts)?;
+    let start = std::time::Instant::now();
+    let (outputs, layers) = if a.profile {
+        let (y, layers) = profile(&runner, &batch.tensor)?;
+        (y, Some(layers))
+    } else {
+        (runner.run(batch.tensor)?, None)
+    };
+    let elapsed = start.elapsed();
+    let g = runner.graph();
+    let y = &outputs[0];
+    println!(
+        "{}: output `{}` of shape {:?}",
+        g.name,
+        g.node(g.outputs[0]).name,
+        y.shape()
+    );
+    print_top(y, &batch.items, a.top, labels.as_deref());
+    println!(
+        "time: {:.3} ms ({} engine)",
+        elapsed.as_secs_f64() * 1e3,
+        a.engine.engine.name()
+    );
+    if let Some(layers) = layers {
+        print!("{}", profile_table(&layers));
+    }
+    if let Some(path) = &a.output {
+        cnnc::io::npy::write(path, y)?;
+    }
+    Ok(())
+}
+
+/// `--profile`: after a warm-up run, five timed runs; each layer's median time.
+fn profile(runner: &Runner, x: &Tensor) -> Result<(Vec<Tensor>, Vec<cnnc::runtime::LayerTime>)> {
+    let Runner::Jit(_, model) = runner else {
+        return Err(cnnc::Error::Unsupported(
+            "--profile times the JIT's kernels; use it with --engine jit".into(),
+        ));
+    };
+    // The first run pays for first-touch page faults in weights and arena.
+    model.run(x)?;
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(model.profile(x)?);
+    }
+    let mut layers = runs[0].1.clone();
+    for (i, layer) in layers.iter_mut().enumerate() {
+        let mut t: Vec<_> = runs.iter().map(|r| r.1[i].time).collect();
+        t.sort();
+        layer.time = super::bench::percentile(&t, 0.5);
+    }
+    let y = runs.pop().map(|r| r.0).unwrap_or_default();
+    Ok((y, layers))
+}
 
 /// The `k` largest scores of each batch item as `(class, score)`, best first.
 pub fn top_k(y: &Tensor, k: usize) -> Vec<Vec<(usize, f32)>> {

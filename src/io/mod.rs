@@ -15,7 +15,14 @@ pub struct Batch {
 
 /// Builds the input batch from `--input`: a `.npy` array, an image, a folder of images,
 /// or (without a path) `batch` standard-normal images drawn from the graph's seed.
-pub fn load_input(path: Option<&Path>, g: &Graph, batch: Option<usize>) -> Result<Batch> {
+/// `progress(done, total)` is called after each image of a folder loads (a command line
+/// shows a progress bar with it; the library prints nothing).
+pub fn load_input(
+    path: Option<&Path>,
+    g: &Graph,
+    batch: Option<usize>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Batch> {
     let s = g.input_shape();
     let per_item = s.len();
     let loaded = match path {
@@ -30,16 +37,10 @@ pub fn load_input(path: Option<&Path>, g: &Graph, batch: Option<usize>) -> Resul
         }
         Some(p) if p.is_dir() => {
             let files = image::list_dir(p)?;
-            let bar = (files.len() > 32).then(|| indicatif::ProgressBar::new(files.len() as u64));
             let mut data = Vec::with_capacity(files.len() * per_item);
-            for f in &files {
+            for (i, f) in files.iter().enumerate() {
                 data.extend(image::load(f, &s, g.norm.as_ref())?.into_data());
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
-            }
-            if let Some(b) = bar {
-                b.finish_and_clear();
+                progress(i + 1, files.len());
             }
             let items = files.iter().map(|f| file_name(f)).collect();
             Batch {

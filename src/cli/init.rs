@@ -1,0 +1,23 @@
+//! `cnnc init`: write the weights a graph's seed gives to a `.safetensors` file.
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// The graph (YAML).
+    pub graph: PathBuf,
+    /// Where to write the weights.
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+pub fn init(a: &InitArgs) -> cnnc::Result<()> {
+    let mut g = cnnc::format::load(&a.graph)?;
+    cnnc::weights::init_from_seed(&mut g);
+    cnnc::weights::save_file(&g, &a.output)?;
+    println!(
+        "wrote the weights of seed {} to {}",
+        g.seed,
+        a.output.display()
+    );
+    Ok(())
+}
