@@ -66,6 +66,9 @@ fn ref_conv(s: &ConvSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f
                 if s.relu {
                     acc = acc.max(0.0);
                 }
+                if let Some(c) = s.clip {
+                    acc = acc.clamp(c.min as f64, c.max as f64);
+                }
                 out[i] = acc;
             }
         }
@@ -138,6 +141,7 @@ fn spec(
         bias: false,
         relu: false,
         residual: false,
+        clip: None,
     }
 }
 
@@ -398,6 +402,9 @@ fn ref_fc(s: &FcSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f32]>
             }
             if s.relu {
                 acc = acc.max(0.0);
+            }
+            if let Some(c) = s.clip {
+                acc = acc.clamp(c.min as f64, c.max as f64);
             }
             out[n * k + ki] = acc;
         }
@@ -932,8 +939,15 @@ fn relu_propagates_nan_and_clamps() {
     }
 }
 
+/// Specs too large for the generated code's offsets are refused for their size (not for
+/// their weights, nor by a panic or an allocation).
 #[test]
 fn huge_specs_are_refused_not_panicking() {
+    let too_big = |r: cnnc::Result<_>, what: &dyn std::fmt::Debug| match r {
+        Err(cnnc::Error::Unsupported(_)) => {}
+        Err(e) => panic!("{what:?}: refused for another reason: {e}"),
+        Ok(_) => panic!("{what:?}: accepted"),
+    };
     let mut km = KernelModule::new().unwrap();
     let big = usize::MAX / 3;
     let mut s = spec(3, 5, 5, 4, 3, 3, (1, 1), (1, 1));
@@ -951,43 +965,44 @@ fn huge_specs_are_refused_not_panicking() {
             8 => (t.in_c, t.in_h, t.in_w) = (4096, 4096, 4096),
             _ => (t.out_c, t.in_c, t.kernel_h, t.kernel_w) = (100_000, 100_000, 3, 3),
         }
-        assert!(km.add_conv(&t).is_err(), "{t:?}");
-        assert!(pack_conv_weights(&t, &[], None).is_err());
+        too_big(km.add_conv(&t).map(drop), &t);
+        // Refused before the weights (absent here) are looked at.
+        too_big(pack_conv_weights(&t, &[], None).map(drop), &t);
     }
     s.out_c = 0;
     assert!(km.add_conv(&s).is_err());
-    assert!(km.add_fc(&FcSpec::new(big, 10, 1)).is_err());
-    assert!(km.add_fc(&FcSpec::new(100_000, 100_000, 1)).is_err());
+    for t in [FcSpec::new(big, 10, 1), FcSpec::new(100_000, 100_000, 1)] {
+        too_big(km.add_fc(&t).map(drop), &t);
+        too_big(pack_fc_weights(&t, &[], None).map(drop), &t);
+    }
     assert!(km.add_fc(&FcSpec::new(10, 10, 0)).is_err());
-    assert!(km
-        .add_pool(&PoolSpec::square(PoolKind::Max, big, 4, 2, 2, 0))
-        .is_err());
-    assert!(km
-        .add_pool(&PoolSpec::square(PoolKind::Max, 4096, 4096, 2, 2, 0))
-        .is_err());
+    for t in [
+        PoolSpec::square(PoolKind::Max, big, 4, 2, 2, 0),
+        PoolSpec::square(PoolKind::Max, 4096, 4096, 2, 2, 0),
+    ] {
+        too_big(km.add_pool(&t).map(drop), &t);
+    }
     assert!(km
         .add_pool(&PoolSpec::square(PoolKind::Max, 1, 4, 2, 2, 2))
         .is_err());
-    assert!(km
-        .add_elementwise(&EltSpec::Add {
+    for t in [
+        EltSpec::Add {
             inputs: big,
             len: 4,
-            relu: false
-        })
-        .is_err());
-    assert!(km
-        .add_elementwise(&EltSpec::Softmax {
+            relu: false,
+        },
+        EltSpec::Softmax {
             channels: big,
-            hw: big
-        })
-        .is_err());
-    assert!(km
-        .add_elementwise(&EltSpec::ScaleShift {
+            hw: big,
+        },
+        EltSpec::ScaleShift {
             channels: 1 << 20,
             hw: 1 << 20,
-            relu: false
-        })
-        .is_err());
+            relu: false,
+        },
+    ] {
+        too_big(km.add_elementwise(&t).map(drop), &t);
+    }
     assert!(km.add_elementwise(&EltSpec::Relu { len: 0 }).is_err());
 }
 
@@ -1019,8 +1034,8 @@ fn conv_narrow_outputs_row_groups() {
     }
 }
 
-/// The fused residual epilogue is exactly `((acc + bias) + residual)` then ReLU, in that
-/// order: bit-identical to the kernel without residual and ReLU followed by the add and ReLU
+/// The fused residual epilogue is exactly `((acc + bias) + residual)` then ReLU then clip,
+/// in that order: bit-identical to the kernel without residual and ReLU followed by the add and ReLU
 /// in Rust, for row tiles of 4 contiguous pixels (vector epilogue), 3-pixel tiles, tiles
 /// spanning rows, strides and channel tails; the residual holds NaN, -0.0 and +-inf.
 #[test]
@@ -1058,14 +1073,26 @@ fn conv_residual_epilogue_is_exact() {
         let plain = ConvSpec { bias: true, ..base };
         let mut km = KernelModule::new().unwrap();
         let pp = km.add_conv(&plain).unwrap();
-        let fused: Vec<ConvSpec> = [false, true]
-            .map(|relu| ConvSpec {
-                bias: true,
-                residual: true,
-                relu,
-                ..base
-            })
-            .to_vec();
+        let fused: Vec<ConvSpec> = [
+            (false, None),
+            (true, None),
+            (true, Some(Clip::RELU6)),
+            (
+                false,
+                Some(Clip {
+                    min: -0.5,
+                    max: 0.5,
+                }),
+            ),
+        ]
+        .map(|(relu, clip)| ConvSpec {
+            bias: true,
+            residual: true,
+            relu,
+            clip,
+            ..base
+        })
+        .to_vec();
         let pf: Vec<_> = fused.iter().map(|s| km.add_conv(s).unwrap()).collect();
         let code = km.finalize().unwrap();
         let packed = pack_conv_weights(&plain, &w, Some(&b)).unwrap();
@@ -1085,8 +1112,91 @@ fn conv_residual_epilogue_is_exact() {
                 if s.relu && want < 0.0 {
                     want = 0.0;
                 }
+                if let Some(c) = s.clip {
+                    // NaN stays NaN (no comparison holds).
+                    if want < c.min {
+                        want = c.min;
+                    } else if want > c.max {
+                        want = c.max;
+                    }
+                }
                 assert_eq!(out[j].to_bits(), want.to_bits(), "{s:?} at {j}");
             }
         }
     }
+}
+
+/// A clip activation (ReLU6, or bounds that most outputs cross on both sides, with and
+/// without ReLU, bias and residual) on every conv method and the fc at batch 1-3, against the
+/// reference; bounds that are not numbers with `min <= max` are refused.
+#[test]
+fn clip_epilogue_on_every_kernel() {
+    let clips = [
+        (true, Clip::RELU6),
+        (
+            false,
+            Clip {
+                min: -0.25,
+                max: 0.3,
+            },
+        ),
+        (true, Clip { min: 0.1, max: 0.2 }),
+    ];
+    let shapes = [
+        spec(5, 16, 16, 13, 3, 3, (1, 1), (1, 1)),
+        spec(6, 13, 13, 11, 3, 3, (2, 2), (1, 1)),
+        spec(4, 13, 2, 9, 3, 3, (1, 1), (1, 1)),
+        spec(3, 15, 15, 10, 7, 7, (2, 2), (3, 3)),
+        spec(20, 9, 7, 14, 1, 1, (1, 1), (0, 0)),
+        spec(16, 10, 11, 19, 3, 3, (1, 1), (1, 1)),
+        spec(24, 9, 9, 17, 3, 3, (1, 1), (0, 0)),
+    ];
+    let mut methods = Vec::new();
+    let mut seed = 900;
+    for base in shapes {
+        for (i, &(relu, clip)) in clips.iter().enumerate() {
+            let s = ConvSpec {
+                bias: i != 1,
+                residual: i != 0,
+                relu,
+                clip: Some(clip),
+                ..base
+            };
+            methods.push(check_conv(&s, seed));
+            seed += 4;
+        }
+    }
+    for m in [
+        ConvMethod::Direct,
+        ConvMethod::PointwiseGemm,
+        ConvMethod::Winograd,
+    ] {
+        assert!(methods.contains(&m), "{m:?} not covered");
+    }
+    for (c, k, n) in [(37, 13, 1), (300, 19, 2), (64, 9, 3)] {
+        for (i, &(relu, clip)) in clips.iter().enumerate() {
+            let s = FcSpec {
+                bias: i != 1,
+                residual: i != 0,
+                relu,
+                clip: Some(clip),
+                ..FcSpec::new(c, k, n)
+            };
+            check_fc(&s, seed);
+            seed += 4;
+        }
+    }
+    let bad = ConvSpec {
+        clip: Some(Clip { min: 1.0, max: 0.0 }),
+        ..spec(3, 8, 8, 4, 3, 3, (1, 1), (1, 1))
+    };
+    assert!(KernelModule::new().unwrap().add_conv(&bad).is_err());
+    let nan = FcSpec {
+        clip: Some(Clip {
+            min: f32::NAN,
+            max: 1.0,
+        }),
+        ..FcSpec::new(4, 4, 1)
+    };
+    assert!(KernelModule::new().unwrap().add_fc(&nan).is_err());
 }

@@ -295,10 +295,8 @@ impl Emit<'_> {
         top_left: (usize, usize),
         value: f32,
     ) -> Result<Value> {
-        let so = self.mul_imm(c, (h * w * 4) as i64);
-        let src = self.b.ins().iadd(src, so);
-        let d = self.mul_imm(c, (hp * wp * 4) as i64);
-        let dst = self.b.ins().iadd(dst, d);
+        let src = self.addr(src, c, h * w * 4);
+        let dst = self.addr(dst, c, hp * wp * 4);
         self.pad_plane(src, dst, (h, w), (hp, wp), top_left, value)?;
         Ok(dst)
     }
@@ -320,10 +318,8 @@ impl Emit<'_> {
         self.fill(dst, hp * wp, value)?;
         let d0 = self.add_imm(dst, ((top * wp + left) * 4) as i64);
         self.for_const(0, h as i64, 1, |e, y| {
-            let so = e.mul_imm(y, (w * 4) as i64);
-            let sp = e.b.ins().iadd(src, so);
-            let dof = e.mul_imm(y, (wp * 4) as i64);
-            let dp = e.b.ins().iadd(d0, dof);
+            let sp = e.addr(src, y, w * 4);
+            let dp = e.addr(d0, y, wp * 4);
             e.copy(sp, dp, w)
         })
     }

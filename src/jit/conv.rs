@@ -1,7 +1,10 @@
 //! 2-D convolution on one NCHW image, with an optional fused epilogue
-//! (bias, then a residual tensor of the output's shape, then ReLU, before the single store).
+//! ([`super::epilogue`]: bias, then a residual tensor of the output's shape, then ReLU and
+//! clip, before the single store).
 //!
-//! Two code generators, chosen from the spec alone:
+//! Three code generators, chosen from the spec ([`ConvMethod`]):
+//! * 3x3, stride 1, at least 16 input and output channels and a 4x4 output: Winograd
+//!   F(4x4, 3x3) ([`super::winograd`]), unless the module disallows it.
 //! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]).
 //! * everything else: a *direct* convolution vectorised along output channels. The micro-kernel
 //!   keeps a tile of `w` output pixels (up to 4, consecutive in one output row) by 8 output
@@ -16,12 +19,12 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{fits, off, window_out, F32, F32X4, I32, I64, MAX_DIM};
-use super::entry::{Buf, Entry, Slot};
+use super::entry::{slot_layout, Buf, Entry, Slot};
+use super::epilogue::{ChannelBlock, Clip, Epilogue};
 use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -44,6 +47,8 @@ pub struct ConvSpec {
     pub bias: bool,
     pub relu: bool,
     pub residual: bool,
+    /// Clip after the ReLU (ReLU6: [`Clip::RELU6`]).
+    pub clip: Option<Clip>,
 }
 
 impl ConvSpec {
@@ -70,6 +75,16 @@ impl ConvSpec {
             bias: false,
             relu: false,
             residual: false,
+            clip: None,
+        }
+    }
+    /// What the kernel does to each accumulated value before storing it.
+    pub(crate) fn epilogue(&self) -> Epilogue {
+        Epilogue {
+            bias: self.bias,
+            residual: self.residual,
+            relu: self.relu,
+            clip: self.clip,
         }
     }
     pub fn out_h(&self) -> usize {
@@ -111,6 +126,9 @@ impl ConvSpec {
             return Err(Error::Shape(format!(
                 "conv filter and stride must be positive: {s:?}"
             )));
+        }
+        if let Some(c) = s.clip {
+            c.validate()?;
         }
         if s.in_h + 2 * s.pad_h < s.kernel_h || s.in_w + 2 * s.pad_w < s.kernel_w {
             return Err(Error::Shape(format!(
@@ -273,148 +291,162 @@ impl DirectPlan {
         t
     }
 
-    /// Emits the function over the buffers `[input, packed, residual, out, scratch]`. With
-    /// padding that is an entry function calling a padded-copy function and then the compute
-    /// function, so that the compute function's `readonly` loads of the scratch copy are
-    /// truthful (the scratch is not written while it runs).
+    /// Emits the function over the conv buffers. With padding that is an entry function
+    /// calling a padded-copy function and then the compute function, so that the compute
+    /// function's `readonly` loads of the scratch copy are truthful (the scratch is not
+    /// written while it runs).
     fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, Option<(PendingId, PendingId)>)> {
         let table = km.add_table(self.table());
         let plan = self.clone();
-        let compute = km.define(5, move |e, p| plan.body(e, p, table))?;
+        let compute = km.define(move |e, b, begin, end| plan.body(e, b, begin, end, table))?;
         if !self.padded {
             return Ok((compute, None));
         }
         let s = self.spec;
         let (hw, hwp) = ((s.in_h, s.in_w), (self.hp, self.wp));
-        // Over `input` and `scratch`: the padded copy of channels begin..end.
-        let pad = km.define_slots(&[0, 4], 5, move |e, p| {
-            e.for_range(p[2], p[3], 1, |e, c| {
-                e.pad_channel(p[0], p[1], c, hw, hwp, (s.pad_h, s.pad_w), 0.0)
-                    .map(drop)
-            })
-        })?;
+        // Reads `input`, writes the padded copy of channels begin..end into `scratch`.
+        let pad = km.define_using(
+            &PROLOGUE_USES.into_array(),
+            move |e, b: ConvBufs<_>, begin, end| {
+                e.for_range(begin, end, 1, |e, c| {
+                    e.pad_channel(b.input, b.scratch, c, hw, hwp, (s.pad_h, s.pad_w), 0.0)
+                        .map(drop)
+                })
+            },
+        )?;
         let entry = define_entry(km, pad, compute, s.in_c)?;
         Ok((entry, Some((pad, compute))))
     }
 
-    fn body(&self, e: &mut Emit, p: &[Value], table: i64) -> Result<()> {
+    /// The compute function: output channel blocks `begin..end`, row by row (or by groups of
+    /// rows, [`DirectPlan::row_group`]), a tile of pixels at a time.
+    fn body(
+        &self,
+        e: &mut Emit,
+        b: ConvBufs<Value>,
+        begin: Value,
+        end: Value,
+        table: i64,
+    ) -> Result<()> {
         let s = self.spec;
-        let (inp, w, res, out, scratch, begin, end) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6]);
         // With padding, the entry function has already copied the input into `scratch`.
-        let src = if self.padded { scratch } else { inp };
-        let (oh, ow) = (s.out_h(), s.out_w());
-        let ohw = oh * ow;
-        let tail = s.out_c % self.kb;
+        let src = if self.padded { b.scratch } else { b.input };
+        let ohw = s.out_h() * s.out_w();
         let bias_base = (self.nkb * self.taps * self.kb * 4) as i64;
         e.for_range(begin, end, 1, |e, kb| {
-            let wo = e.mul_imm(kb, (self.taps * self.kb * 4) as i64);
-            let wblk = e.b.ins().iadd(w, wo);
-            let oo = e.mul_imm(kb, (self.kb * ohw * 4) as i64);
-            let oblk = e.b.ins().iadd(out, oo);
-            let rblk = e.b.ins().iadd(res, oo);
-            let is_tail = if tail != 0 {
-                Some(
-                    e.b.ins()
-                        .icmp_imm_s(IntCC::Equal, kb, (self.nkb - 1) as i64),
-                )
-            } else {
-                None
-            };
+            let wblk = e.addr(b.packed, kb, self.taps * self.kb * 4);
+            let oblk = e.addr(b.out, kb, self.kb * ohw * 4);
+            let rblk = e.addr(b.residual, kb, self.kb * ohw * 4);
+            let channels = e.channel_block(kb, self.kb, s.out_c);
             let bias = if s.bias {
-                let bo = e.mul_imm(kb, (self.kb * 4) as i64);
-                let bp = e.b.ins().iadd(w, bo);
-                let bp = e.add_imm(bp, bias_base);
-                Some(bp)
+                let bp = e.addr(b.packed, kb, self.kb * 4);
+                Some(e.add_imm(bp, bias_base))
             } else {
                 None
             };
-            let g = self.row_group();
-            if g > 1 {
-                // Groups of `g` rows with statically laid out tiles, then the remaining rows.
-                let groups = [(0, oh / g, g), (oh / g * g, 1, oh % g)];
-                for (row0, count, rows) in groups {
-                    if count == 0 || rows == 0 {
-                        continue;
-                    }
-                    let tiles = self.group_tiles(rows);
-                    e.for_const(
-                        row0 as i64,
-                        (row0 + count * rows) as i64,
-                        rows as i64,
-                        |e, oy| {
-                            let io = e.mul_imm(oy, (s.stride_h * self.wp * 4) as i64);
-                            let irow = e.b.ins().iadd(src, io);
-                            let oo = e.mul_imm(oy, (ow * 4) as i64);
-                            let orow = e.b.ins().iadd(oblk, oo);
-                            let rrow = e.b.ins().iadd(rblk, oo);
-                            for px in &tiles {
-                                // Rebase on the tile's first pixel so that offsets stay small.
-                                let (i0, o0) = px[0];
-                                let ip = e.add_imm(irow, i0 as i64);
-                                let op = e.add_imm(orow, o0 as i64);
-                                let rp = e.add_imm(rrow, o0 as i64);
-                                let px = px.iter().map(|&(i, o)| (i - i0, o - o0)).collect();
-                                let t = Tile {
-                                    px,
-                                    ip,
-                                    op,
-                                    rp,
-                                    wblk,
-                                    bias,
-                                    is_tail,
-                                };
-                                self.tile(e, &t, table, ohw)?;
-                            }
-                            Ok(())
-                        },
-                    )?;
-                }
-                return Ok(());
+            let blk = Block {
+                src,
+                wblk,
+                oblk,
+                rblk,
+                bias,
+                channels,
+                table,
+            };
+            if self.row_group() > 1 {
+                self.row_groups(e, &blk)
+            } else {
+                self.rows(e, &blk)
             }
-            e.for_const(0, oh as i64, 1, |e, oy| {
-                let io = e.mul_imm(oy, (s.stride_h * self.wp * 4) as i64);
-                let irow = e.b.ins().iadd(src, io);
-                let oo = e.mul_imm(oy, (ow * 4) as i64);
-                let orow = e.b.ins().iadd(oblk, oo);
-                let rrow = e.b.ins().iadd(rblk, oo);
-                let mut ox0 = 0usize;
-                for (count, width) in self.row_tiles() {
-                    if count == 0 || width == 0 {
-                        continue;
-                    }
-                    let px: Vec<(usize, usize)> =
-                        (0..width).map(|j| (j * s.stride_w * 4, j * 4)).collect();
-                    e.for_const(
-                        ox0 as i64,
-                        (ox0 + count * width) as i64,
-                        width as i64,
-                        |e, ox| {
-                            let io = e.mul_imm(ox, (s.stride_w * 4) as i64);
-                            let ip = e.b.ins().iadd(irow, io);
-                            let oo = e.ishl4(ox);
-                            let op = e.b.ins().iadd(orow, oo);
-                            let rp = e.b.ins().iadd(rrow, oo);
-                            let t = Tile {
-                                px: px.clone(),
-                                ip,
-                                op,
-                                rp,
-                                wblk,
-                                bias,
-                                is_tail,
-                            };
-                            self.tile(e, &t, table, ohw)
-                        },
-                    )?;
-                    ox0 += count * width;
-                }
-                Ok(())
-            })
         })
     }
 
-    fn tile(&self, e: &mut Emit, t: &Tile, table: i64, ohw: usize) -> Result<()> {
+    /// One output row at a time, in the tiles of [`DirectPlan::row_tiles`].
+    fn rows(&self, e: &mut Emit, blk: &Block) -> Result<()> {
         let s = self.spec;
+        let (oh, ow) = (s.out_h(), s.out_w());
+        e.for_const(0, oh as i64, 1, |e, oy| {
+            let irow = e.addr(blk.src, oy, s.stride_h * self.wp * 4);
+            let orow = e.addr(blk.oblk, oy, ow * 4);
+            let rrow = e.addr(blk.rblk, oy, ow * 4);
+            let mut ox0 = 0usize;
+            for (count, width) in self.row_tiles() {
+                if count == 0 || width == 0 {
+                    continue;
+                }
+                let px: Vec<(usize, usize)> =
+                    (0..width).map(|j| (j * s.stride_w * 4, j * 4)).collect();
+                e.for_const(
+                    ox0 as i64,
+                    (ox0 + count * width) as i64,
+                    width as i64,
+                    |e, ox| {
+                        let ip = e.addr(irow, ox, s.stride_w * 4);
+                        let oo = e.ishl4(ox);
+                        let op = e.b.ins().iadd(orow, oo);
+                        let rp = e.b.ins().iadd(rrow, oo);
+                        let t = Tile {
+                            px: px.clone(),
+                            ip,
+                            op,
+                            rp,
+                        };
+                        self.tile(e, blk, &t)
+                    },
+                )?;
+                ox0 += count * width;
+            }
+            Ok(())
+        })
+    }
+
+    /// Groups of `g` rows with statically laid out tiles, then the remaining rows.
+    fn row_groups(&self, e: &mut Emit, blk: &Block) -> Result<()> {
+        let s = self.spec;
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let g = self.row_group();
+        let groups = [(0, oh / g, g), (oh / g * g, 1, oh % g)];
+        for (row0, count, rows) in groups {
+            if count == 0 || rows == 0 {
+                continue;
+            }
+            let tiles = self.group_tiles(rows);
+            e.for_const(
+                row0 as i64,
+                (row0 + count * rows) as i64,
+                rows as i64,
+                |e, oy| {
+                    let irow = e.addr(blk.src, oy, s.stride_h * self.wp * 4);
+                    let orow = e.addr(blk.oblk, oy, ow * 4);
+                    let rrow = e.addr(blk.rblk, oy, ow * 4);
+                    for px in &tiles {
+                        // Rebase on the tile's first pixel so that offsets stay small.
+                        let (i0, o0) = px[0];
+                        let t = Tile {
+                            px: px.iter().map(|&(i, o)| (i - i0, o - o0)).collect(),
+                            ip: e.add_imm(irow, i0 as i64),
+                            op: e.add_imm(orow, o0 as i64),
+                            rp: e.add_imm(rrow, o0 as i64),
+                        };
+                        self.tile(e, blk, &t)?;
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One tile: its pixels by the block's `kb` output channels.
+    fn tile(&self, e: &mut Emit, blk: &Block, t: &Tile) -> Result<()> {
+        let acc = self.accumulate(e, blk, t)?;
+        let vals: Vec<Value> = acc.iter().map(|&v| e.b.use_var(v)).collect();
+        self.store_tile(e, blk, t, vals)
+    }
+
+    /// The reduction over the taps into `w * kv` accumulators (pixel `j`, channel vector `v`
+    /// at `j * kv + v`).
+    fn accumulate(&self, e: &mut Emit, blk: &Block, t: &Tile) -> Result<Vec<Variable>> {
         let w = t.px.len();
         let mut acc: Vec<Variable> = Vec::with_capacity(w * self.kv);
         let z = e.fzero(F32X4);
@@ -424,7 +456,7 @@ impl DirectPlan {
             acc.push(v);
         }
         let wvar = e.b.declare_var(I64);
-        e.b.def_var(wvar, t.wblk);
+        e.b.def_var(wvar, blk.wblk);
         let step = |e: &mut Emit, tp: Value, wp: Value, taps: usize| {
             for u in 0..taps {
                 let ioff = e.b.ins().load(I32, super::cg::ro(), tp, off(u * 4));
@@ -449,15 +481,15 @@ impl DirectPlan {
         };
         let u = TAP_UNROLL;
         let nmain = self.taps / u * u;
-        let tmid = table + (nmain * 4) as i64;
-        e.for_const(table, tmid, (u * 4) as i64, |e, tp| {
+        let tmid = blk.table + (nmain * 4) as i64;
+        e.for_const(blk.table, tmid, (u * 4) as i64, |e, tp| {
             let wp = e.b.use_var(wvar);
             step(e, tp, wp, u);
             let wn = e.add_imm(wp, (u * self.kb * 4) as i64);
             e.b.def_var(wvar, wn);
             Ok(())
         })?;
-        let tend = table + (self.taps * 4) as i64;
+        let tend = blk.table + (self.taps * 4) as i64;
         e.for_const(tmid, tend, 4, |e, tp| {
             let wp = e.b.use_var(wvar);
             step(e, tp, wp, 1);
@@ -465,75 +497,45 @@ impl DirectPlan {
             e.b.def_var(wvar, wn);
             Ok(())
         })?;
-        // Epilogue: bias (vector), residual and relu, transposed scalar stores.
-        let mut vals: Vec<Value> = acc.iter().map(|&v| e.b.use_var(v)).collect();
-        if let Some(bp) = t.bias {
-            for v in 0..self.kv {
-                let bv = e.load(F32X4, bp, off(v * 16));
-                for j in 0..w {
-                    vals[j * self.kv + v] = e.b.ins().fadd(vals[j * self.kv + v], bv);
-                }
-            }
-        }
-        if s.relu && !s.residual {
-            for x in vals.iter_mut() {
-                *x = e.relu(*x);
-            }
-        }
-        let tail = s.out_c % self.kb;
-        let store_lane = |e: &mut Emit, kl: usize| {
-            let (v, l) = (kl / 4, kl % 4);
+        Ok(acc)
+    }
+
+    /// The epilogue and stores of a tile's accumulated values `vals` (as `accumulate` lays
+    /// them out): the bias by channel vector (and the activation when no residual follows),
+    /// then, transposed to the output's channel planes, one of three store paths.
+    fn store_tile(&self, e: &mut Emit, blk: &Block, t: &Tile, mut vals: Vec<Value>) -> Result<()> {
+        let ep = self.spec.epilogue();
+        let (w, kv) = (t.px.len(), self.kv);
+        let first = ep.on_accumulators();
+        let ep = ep.at_stores();
+        for v in 0..kv {
+            let bv = blk.bias.map(|bp| e.load(F32X4, bp, off(v * 16)));
             for j in 0..w {
-                let mut x = e.b.ins().extractlane(vals[j * self.kv + v], l as u8);
-                let o = off(kl * ohw * 4 + t.px[j].1);
-                if s.residual {
-                    let r = e.load(F32, t.rp, o);
-                    x = e.b.ins().fadd(x, r);
-                    if s.relu {
-                        x = e.relu(x);
-                    }
-                }
-                e.store(x, t.op, o);
+                vals[j * kv + v] = e.epilogue(&first, vals[j * kv + v], bv, None);
             }
-        };
+        }
+        let ohw = self.spec.out_h() * self.spec.out_w();
+        let at = (t.rp, t.op);
         // With a residual and 4 pixels consecutive in memory (in one output row, or a
         // row-spanning tile of a narrow output, whose rows are contiguous), transpose each
         // group of 4 channels x 4 pixels so that every channel's 4 pixels are one vector: then
-        // the residual load, add, relu and store are vector operations (same arithmetic order).
-        let rows: Option<Vec<Value>> =
-            if s.residual && w == 4 && t.px.iter().enumerate().all(|(j, p)| p.1 == j * 4) {
-                let mut r = Vec::with_capacity(self.kb);
-                for v in 0..self.kv {
-                    let q: Vec<Value> = (0..4).map(|j| vals[j * self.kv + v]).collect();
-                    r.extend(e.transpose4(&q));
-                }
-                Some(r)
-            } else {
-                None
-            };
-        let store_row = |e: &mut Emit, kl: usize| {
-            let rows = rows.as_ref().expect("vector epilogue");
-            let o = off(kl * ohw * 4);
-            let r = e.load(F32X4, t.rp, o);
-            let mut x = e.b.ins().fadd(rows[kl], r);
-            if s.relu {
-                x = e.relu(x);
+        // the residual load, add, activation and store are vector operations (same arithmetic
+        // order).
+        if ep.residual && w == 4 && t.px.iter().enumerate().all(|(j, p)| p.1 == j * 4) {
+            let mut rows = Vec::with_capacity(self.kb);
+            for v in 0..kv {
+                let q: Vec<Value> = (0..4).map(|j| vals[j * kv + v]).collect();
+                rows.extend(e.transpose4(&q));
             }
-            e.store(x, t.op, o);
-        };
-        let emit_ch = |e: &mut Emit, kl: usize| {
-            if rows.is_some() {
-                store_row(e, kl)
-            } else {
-                store_lane(e, kl)
-            }
-        };
-        let always = if tail == 0 { self.kb } else { tail };
+            return e.each_channel(&blk.channels, 0, |e, kl| {
+                e.epilogue_store(&ep, rows[kl], None, at, off(kl * ohw * 4));
+            });
+        }
         // Other tiles with a residual (3 pixels, 1-2 pixels of a narrow output): per pixel,
-        // gather the residual of 4 channels into a vector, then vector add and relu, and
-        // scatter the lanes.
-        let gathered = if s.residual && rows.is_none() {
-            always / 4
+        // gather the residual of 4 channels into a vector, then the vector epilogue, and
+        // scatter the lanes; for the channels of every block only.
+        let gathered = if ep.residual {
+            blk.channels.in_every_block() / 4
         } else {
             0
         };
@@ -546,28 +548,21 @@ impl DirectPlan {
                     let rl = e.load(F32, t.rp, o(l));
                     r = e.b.ins().insertlane(r, rl, l as u8);
                 }
-                let mut x = e.b.ins().fadd(vals[j * self.kv + v], r);
-                if s.relu {
-                    x = e.relu(x);
-                }
+                let x = e.epilogue(&ep, vals[j * kv + v], None, Some(r));
                 for l in 0..4 {
                     let xl = e.b.ins().extractlane(x, l as u8);
                     e.store(xl, t.op, o(l));
                 }
             }
         }
-        for kl in gathered * 4..always {
-            emit_ch(e, kl);
-        }
-        if let Some(is_tail) = t.is_tail {
-            e.unless(is_tail, |e| {
-                for kl in always..self.kb {
-                    emit_ch(e, kl);
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
+        // The rest one scalar at a time.
+        e.each_channel(&blk.channels, gathered * 4, |e, kl| {
+            let (v, l) = (kl / 4, kl % 4);
+            for j in 0..w {
+                let x = e.b.ins().extractlane(vals[j * kv + v], l as u8);
+                e.epilogue_store(&ep, x, None, at, off(kl * ohw * 4 + t.px[j].1));
+            }
+        })
     }
 }
 
@@ -594,15 +589,27 @@ pub(crate) fn bcast_flags(v: usize) -> cranelift_codegen::ir::MemFlagsData {
     }
 }
 
+/// What the tiles of one block of output channels share.
+struct Block {
+    /// The input, or its padded copy.
+    src: Value,
+    /// The block's packed weights, output and residual channel planes, and bias.
+    wblk: Value,
+    oblk: Value,
+    rblk: Value,
+    bias: Option<Value>,
+    channels: ChannelBlock,
+    /// The address of the tap table (input offsets of the taps).
+    table: i64,
+}
+
+/// One tile of output pixels.
 struct Tile {
     /// Byte offsets of each pixel from `ip` (input) and from `op`/`rp` (output, residual).
     px: Vec<(usize, usize)>,
     ip: Value,
     op: Value,
     rp: Value,
-    wblk: Value,
-    bias: Option<Value>,
-    is_tail: Option<Value>,
 }
 
 impl Emit<'_> {
@@ -682,9 +689,7 @@ impl Plan {
                 in_c: spec.in_c,
                 out_c: spec.out_c,
                 pixels: spec.in_h * spec.in_w,
-                bias: spec.bias,
-                relu: spec.relu,
-                residual: spec.residual,
+                epilogue: spec.epilogue(),
             }))
         } else {
             Plan::Direct(DirectPlan::new(*spec))
@@ -835,43 +840,69 @@ pub(crate) fn define_entry(
     compute: PendingId,
     channels: usize,
 ) -> Result<PendingId> {
-    km.define_calling(5, &[prologue, compute], move |e, p| {
+    km.define_calling::<ConvBufs<Value>>(&[prologue, compute], move |e, begin, end| {
         let (prologue, compute, bufs) = (e.callees[0], e.callees[1], e.bufs);
         let (c0, c1) = (e.iconst(0), e.iconst(channels as i64));
         e.b.ins().call(prologue, &[bufs, c0, c1]);
-        e.b.ins().call(compute, &[bufs, p[5], p[6]]);
+        e.b.ins().call(compute, &[bufs, begin, end]);
         Ok(())
     })
 }
 
-/// The buffers of every conv function, in slot order: `[input, packed, residual, out,
-/// scratch]`, with the given use of `scratch`.
-fn conv_slots(spec: &ConvSpec, plan: &Plan, scratch: Slot) -> Vec<Slot> {
-    let s = spec;
-    vec![
-        Slot::read("conv input", s.input_len()),
-        Slot::read("conv packed weights", plan.packed_len()),
-        Slot::read_if(s.residual, "conv residual", s.output_len()),
-        Slot::write("conv output", s.output_len()),
+slot_layout! {
+    /// The buffer array of every conv function (entry, prologue, compute), in slot order.
+    pub(crate) struct ConvBufs {
+        /// `[in_c, in_h, in_w]`.
+        input,
+        /// The packed weights and bias.
+        packed,
+        /// `[out_c, out_h, out_w]`, null without residual.
+        residual,
+        out,
+        /// Temporary storage: the padded copy and (Winograd) the transformed tiles.
         scratch,
-    ]
+    }
 }
 
-/// The caller's buffers in the slot order of [`conv_slots`].
-fn conv_bufs<'a>(
-    input: &'a [f32],
-    packed: &'a [f32],
-    residual: Option<&'a [f32]>,
-    out: &'a mut [f32],
-    scratch: &'a mut [f32],
-) -> [Buf<'a>; 5] {
-    [
-        Buf::In(input),
-        Buf::In(packed),
-        Buf::opt(residual),
-        Buf::Out(out),
-        Buf::Out(scratch),
-    ]
+/// The slots a prologue uses: it reads `input` and writes `scratch`.
+pub(crate) const PROLOGUE_USES: ConvBufs<bool> = ConvBufs {
+    input: true,
+    packed: false,
+    residual: false,
+    out: false,
+    scratch: true,
+};
+
+impl ConvBufs<Slot> {
+    /// The slots of a conv over everything, the prologue's use of the scratch aside.
+    fn new(spec: &ConvSpec, plan: &Plan, scratch: Slot) -> Self {
+        ConvBufs {
+            input: Slot::read("conv input", spec.input_len()),
+            packed: Slot::read("conv packed weights", plan.packed_len()),
+            residual: Slot::read_if(spec.residual, "conv residual", spec.output_len()),
+            out: Slot::write("conv output", spec.output_len()),
+            scratch,
+        }
+    }
+}
+
+impl<'a> ConvBufs<Buf<'a>> {
+    /// The caller's buffers.
+    fn new(
+        input: &'a [f32],
+        packed: &'a [f32],
+        residual: Option<&'a [f32]>,
+        out: &'a mut [f32],
+        scratch: &'a mut [f32],
+    ) -> Self {
+        ConvBufs {
+            input: Buf::In(input),
+            packed: Buf::In(packed),
+            residual: Buf::opt(residual),
+            out: Buf::Out(out),
+            scratch: Buf::Out(scratch),
+        }
+    }
 }
 
 impl Pending for PendingConv {
@@ -886,27 +917,32 @@ impl Pending for PendingConv {
             code,
             self.id,
             plan.work_units(),
-            conv_slots(spec, plan, temp),
+            ConvBufs::<Slot>::new(spec, plan, temp).into_array(),
         )?;
         let split = match self.parts {
             Some((prologue, compute)) => {
                 // The prologue writes the scratch parts of its input channels; the compute
                 // function writes (Winograd) or reads only the parts of its output blocks.
                 let shared = Slot::write("conv scratch", scratch_len).or_longer();
-                let prologue_slots = vec![
-                    Slot::read("conv input", spec.input_len()),
-                    Slot::absent("conv packed weights"),
-                    Slot::absent("conv residual"),
-                    Slot::absent("conv output"),
-                    shared,
-                ];
+                let prologue_slots = ConvBufs {
+                    input: Slot::read("conv input", spec.input_len()),
+                    packed: Slot::absent("conv packed weights"),
+                    residual: Slot::absent("conv residual"),
+                    out: Slot::absent("conv output"),
+                    scratch: shared,
+                };
                 Some((
-                    Entry::new(code, prologue, plan.prologue_units(), prologue_slots)?,
+                    Entry::new(
+                        code,
+                        prologue,
+                        plan.prologue_units(),
+                        prologue_slots.into_array(),
+                    )?,
                     Entry::new(
                         code,
                         compute,
                         plan.work_units(),
-                        conv_slots(spec, plan, shared),
+                        ConvBufs::<Slot>::new(spec, plan, shared).into_array(),
                     )?,
                 ))
             }
@@ -937,25 +973,6 @@ pub struct ConvKernel {
 }
 
 impl ConvKernel {
-    /// With a prologue, the two functions the entry point calls in turn (same signature as
-    /// `code_ptr()`, same buffer array): the prologue over input channels `begin..end` (the
-    /// padded copy, and for Winograd the input transform; it uses only `input` and `scratch`)
-    /// and the compute function over output blocks, reading what the prologue wrote to
-    /// `scratch`. A runtime that splits a layer across threads runs the whole prologue (any
-    /// split of its channels) before the compute function's ranges, as `run_parallel` does.
-    pub fn pad_and_compute_ptrs(&self) -> Option<(*const u8, *const u8)> {
-        self.split
-            .as_ref()
-            .map(|(p, c)| (p.code_ptr(), c.code_ptr()))
-    }
-    /// The machine code's entry point, for callers that generate their own dispatch (a
-    /// whole-network runtime): `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`, C ABI,
-    /// where `bufs` points to `[input, packed, residual, out, scratch]` (`residual` null when
-    /// the spec has none, `scratch` of `scratch_len()` floats), with the buffer sizes `run`
-    /// checks. Valid while this kernel (or another holding the same `Compiled`) is alive.
-    pub fn code_ptr(&self) -> *const u8 {
-        self.entry.code_ptr()
-    }
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
     }
@@ -988,8 +1005,8 @@ impl ConvKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        self.entry
-            .run(&mut conv_bufs(input, packed, residual, out, scratch), range)
+        let bufs = ConvBufs::<Buf>::new(input, packed, residual, out, scratch);
+        self.entry.run(&mut bufs.into_array(), range)
     }
 
     /// All work units, split across `pool`'s threads. `scratch` must hold `scratch_len()`
@@ -1006,20 +1023,21 @@ impl ConvKernel {
     ) -> Result<()> {
         let compute = match &self.split {
             Some((prologue, compute)) => {
-                let mut bufs = [
-                    Buf::In(input),
-                    Buf::None,
-                    Buf::None,
-                    Buf::None,
-                    Buf::Out(scratch),
-                ];
-                prologue.run_parallel(pool, &mut bufs)?;
+                let bufs = ConvBufs {
+                    input: Buf::In(input),
+                    packed: Buf::None,
+                    residual: Buf::None,
+                    out: Buf::None,
+                    scratch: Buf::Out(scratch),
+                };
+                prologue.run_parallel(pool, &mut bufs.into_array())?;
                 compute
             }
             // No prologue: the scratch is unused (`scratch_len` is 0).
             None => &self.entry,
         };
-        compute.run_parallel(pool, &mut conv_bufs(input, packed, residual, out, scratch))
+        let bufs = ConvBufs::<Buf>::new(input, packed, residual, out, scratch);
+        compute.run_parallel(pool, &mut bufs.into_array())
     }
 
     /// `run` over all work units, allocating the scratch buffer.

@@ -101,10 +101,8 @@ impl EltSpec {
 }
 
 /// Emits the function over the buffers `[inputs.., out]`.
-fn body(s: &EltSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
-    let n = s.n_inputs();
-    let ins = &p[..n];
-    let (out, begin, end) = (p[n], p[n + 1], p[n + 2]);
+fn body(s: &EltSpec, e: &mut Emit, p: &[Value], begin: Value, end: Value) -> Result<()> {
+    let (ins, out) = (&p[..s.n_inputs()], p[s.n_inputs()]);
     match *s {
         EltSpec::Add { relu, .. } => add_body(e, ins, out, begin, end, relu),
         EltSpec::Relu { .. } => add_body(e, ins, out, begin, end, true),
@@ -281,7 +279,9 @@ impl KernelModule {
     pub fn add_elementwise(&mut self, spec: &EltSpec) -> Result<PendingElt> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(s.n_inputs() + 1, move |e, p| body(&s, e, p))?;
+        let id = self.define_n(s.n_inputs() + 1, move |e, p, begin, end| {
+            body(&s, e, p, begin, end)
+        })?;
         Ok(PendingElt { id, spec: s })
     }
 }
@@ -311,13 +311,6 @@ pub struct EltKernel {
 }
 
 impl EltKernel {
-    /// The machine code's entry point, for callers that generate their own dispatch (a
-    /// whole-network runtime): `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`, C ABI,
-    /// where `bufs` points to `[inputs.., out]`, with the buffer sizes `run` checks. Valid
-    /// while this kernel (or another holding the same `Compiled`) is alive.
-    pub fn code_ptr(&self) -> *const u8 {
-        self.entry.code_ptr()
-    }
     pub fn spec(&self) -> &EltSpec {
         &self.spec
     }

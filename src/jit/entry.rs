@@ -98,6 +98,46 @@ impl Slot {
     }
 }
 
+/// A kernel family's buffer array, in slot order: a struct with one field per slot, generic
+/// over what each slot holds (the [`Slot`] the entry is bound with, the caller's [`Buf`], the
+/// generated code's pointer `Value`), so that the order is written once, in its declaration.
+pub(crate) trait Layout<T>: Sized {
+    /// Number of slots.
+    const LEN: usize;
+    /// The layout of the slots `s` (in order; `s.len() == LEN`).
+    fn from_slice(s: &[T]) -> Self;
+}
+
+/// Declares a [`Layout`]: `slot_layout! { /// docs \n pub(crate) struct Name { a, b, c } }`
+/// makes `Name<T>` with the fields `a`, `b`, `c` (slots 0, 1, 2) and `into_array`.
+macro_rules! slot_layout {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($(#[$fmeta:meta])* $field:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug)]
+        $vis struct $name<T> {
+            $($(#[$fmeta])* pub(crate) $field: T,)+
+        }
+        impl<T> $name<T> {
+            /// The slots in order.
+            pub(crate) fn into_array(self) -> [T; [$(stringify!($field)),+].len()] {
+                [$(self.$field),+]
+            }
+        }
+        impl<T: Copy> $crate::jit::entry::Layout<T> for $name<T> {
+            const LEN: usize = [$(stringify!($field)),+].len();
+            fn from_slice(s: &[T]) -> Self {
+                let mut it = s.iter().copied();
+                let layout = $name {
+                    $($field: it.next().expect("one value per slot"),)+
+                };
+                debug_assert!(it.next().is_none(), "one value per slot");
+                layout
+            }
+        }
+    };
+}
+pub(crate) use slot_layout;
+
 /// A caller's buffer for one slot.
 pub(crate) enum Buf<'a> {
     In(&'a [f32]),
@@ -134,8 +174,9 @@ impl Entry {
         code: &Arc<Compiled>,
         id: PendingId,
         units: usize,
-        slots: Vec<Slot>,
+        slots: impl Into<Vec<Slot>>,
     ) -> Result<Self> {
+        let slots = slots.into();
         if slots.len() != id.n_bufs {
             return Err(Error::Internal(format!(
                 "kernel function reads {} buffers, bound with {}",
@@ -159,11 +200,6 @@ impl Entry {
     /// Work units: `run` computes those in a range of `0..units()`.
     pub(crate) fn units(&self) -> usize {
         self.units
-    }
-
-    /// The machine code, `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`.
-    pub(crate) fn code_ptr(&self) -> *const u8 {
-        self.f as *const u8
     }
 
     /// Computes the units in `range` on the calling thread.

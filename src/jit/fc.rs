@@ -1,5 +1,5 @@
 //! Fully connected layer `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`,
-//! then optional ReLU, for the whole batch in one call.
+//! then optional ReLU and clip ([`super::epilogue`]), for the whole batch in one call.
 //!
 //! Vectorised along the reduction: an accumulator holds four partial sums of one (row `k`,
 //! image `n`) pair over `c mod 4`, and is summed horizontally at the end. Per step of four
@@ -13,17 +13,18 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{fits, off, F32, F32X4, I64, MAX_DIM};
-use super::entry::{check_len, Buf, Entry, Slot};
+use super::entry::{check_len, slot_layout, Buf, Entry, Slot};
+use super::epilogue::{Clip, Epilogue};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId, PREFETCH_BYTES};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 
-/// `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`, then optional ReLU.
+/// `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`, then optional ReLU
+/// and clip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FcSpec {
     pub in_features: usize,
@@ -32,6 +33,8 @@ pub struct FcSpec {
     pub bias: bool,
     pub relu: bool,
     pub residual: bool,
+    /// Clip after the ReLU (ReLU6: [`Clip::RELU6`]).
+    pub clip: Option<Clip>,
 }
 
 impl FcSpec {
@@ -43,6 +46,16 @@ impl FcSpec {
             bias: false,
             relu: false,
             residual: false,
+            clip: None,
+        }
+    }
+    /// What the kernel does to each accumulated value before storing it.
+    pub(crate) fn epilogue(&self) -> Epilogue {
+        Epilogue {
+            bias: self.bias,
+            residual: self.residual,
+            relu: self.relu,
+            clip: self.clip,
         }
     }
     pub fn input_len(&self) -> usize {
@@ -90,6 +103,9 @@ impl FcSpec {
             return Err(Error::Shape(format!(
                 "fc with an empty dimension: {self:?}"
             )));
+        }
+        if let Some(c) = self.clip {
+            c.validate()?;
         }
         let ok = fits(&[self.batch, self.in_features])
             && fits(&[self.batch, self.out_features])
@@ -153,59 +169,102 @@ const FC_PREFETCH: bool = true;
 const PREFETCH_AHEAD: usize = 8192;
 const PREFETCH_MIN_BYTES: usize = 1 << 20;
 
-struct Args {
-    x: Value,
-    w: Value,
-    res: Value,
-    out: Value,
+slot_layout! {
+    /// The buffer array of the fc function, in slot order.
+    pub(crate) struct FcBufs {
+        /// `[batch, in]`.
+        input,
+        /// The packed weights and bias.
+        packed,
+        /// `[batch, out]`, null without residual.
+        residual,
+        /// `[batch, out]`.
+        out,
+    }
 }
 
-fn fc_body(s: &FcSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
-    let a = Args {
-        x: p[0],
-        w: p[1],
-        res: p[2],
-        out: p[3],
-    };
-    let (begin, end) = (p[4], p[5]);
+fn fc_body(s: &FcSpec, e: &mut Emit, a: FcBufs<Value>, begin: Value, end: Value) -> Result<()> {
     let nb = s.nb();
     let nfull = s.batch / nb;
     let rem = s.batch % nb;
     e.for_range(begin, end, 1, |e, kb| {
         e.for_const(0, nfull as i64, 1, |e, chunk| {
             let n0 = e.mul_imm(chunk, nb as i64);
-            fc_tile(s, e, &a, kb, n0, nb)
+            FcTile::new(s, e, &a, kb, n0, nb).emit(e, &a, kb)
         })?;
         if rem > 0 {
             let n0 = e.iconst((nfull * nb) as i64);
-            fc_tile(s, e, &a, kb, n0, rem)?;
+            FcTile::new(s, e, &a, kb, n0, rem).emit(e, &a, kb)?;
         }
         Ok(())
     })
 }
 
-/// Rows `kb*R ..` of the output for images `n0 .. n0 + nimg`.
-fn fc_tile(s: &FcSpec, e: &mut Emit, a: &Args, kb: Value, n0: Value, nimg: usize) -> Result<()> {
-    let (c, k, r) = (s.in_features, s.out_features, s.rows());
-    let c4 = c / 4 * 4;
-    let acc: Vec<Variable> = (0..r * nimg)
-        .map(|_| {
-            let v = e.b.declare_var(F32X4);
-            let z = e.fzero(F32X4);
-            e.b.def_var(v, z);
-            v
-        })
-        .collect();
-    let wo = e.mul_imm(kb, (r * c * 4) as i64);
-    let wblk = e.b.ins().iadd(a.w, wo);
-    let xo = e.mul_imm(n0, (c * 4) as i64);
-    let xb = e.b.ins().iadd(a.x, xo);
-    let wvar = e.b.declare_var(I64);
-    e.b.def_var(wvar, wblk);
-    // `FC_UNROLL` steps of 4 input features per iteration, then single steps. Each accumulator
-    // gets one FMA per step; the steps' x vectors are the only operands live across the
-    // unrolled body (Cranelift emits it accumulator by accumulator, see `conv`).
-    let step = |e: &mut Emit, xp: Value, wp: Value, u: usize| {
+/// Rows `kb*R ..` of the output for images `n0 .. n0 + nimg`: `R * nimg` accumulators of
+/// four partial sums each.
+struct FcTile<'a> {
+    s: &'a FcSpec,
+    nimg: usize,
+    /// Rows (output features) per block.
+    r: usize,
+    /// The input features in whole vectors, `C` rounded down to 4.
+    c4: usize,
+    acc: Vec<Variable>,
+    /// The block's weights, the images' first input and the running weight pointer.
+    wblk: Value,
+    xb: Value,
+    wvar: Variable,
+    /// Steps of 4 input features per iteration of the main loop.
+    unroll: usize,
+    n0: Value,
+}
+
+impl<'a> FcTile<'a> {
+    fn new(
+        s: &'a FcSpec,
+        e: &mut Emit,
+        a: &FcBufs<Value>,
+        kb: Value,
+        n0: Value,
+        nimg: usize,
+    ) -> Self {
+        let (c, r) = (s.in_features, s.rows());
+        let acc: Vec<Variable> = (0..r * nimg)
+            .map(|_| {
+                let v = e.b.declare_var(F32X4);
+                let z = e.fzero(F32X4);
+                e.b.def_var(v, z);
+                v
+            })
+            .collect();
+        let wblk = e.addr(a.packed, kb, r * c * 4);
+        let xb = e.addr(a.input, n0, c * 4);
+        let wvar = e.b.declare_var(I64);
+        e.b.def_var(wvar, wblk);
+        FcTile {
+            s,
+            nimg,
+            r,
+            c4: c / 4 * 4,
+            acc,
+            wblk,
+            xb,
+            wvar,
+            unroll: if nimg == 1 { FC_UNROLL } else { 1 },
+            n0,
+        }
+    }
+
+    fn emit(&self, e: &mut Emit, a: &FcBufs<Value>, kb: Value) -> Result<()> {
+        self.reduce(e)?;
+        self.store(e, a, kb)
+    }
+
+    /// Step `u` of 4 input features from `xp` (input) and `wp` (weights). Each accumulator
+    /// gets one FMA per step; the steps' x vectors are the only operands live across an
+    /// unrolled body (Cranelift emits it accumulator by accumulator, see `conv`).
+    fn step(&self, e: &mut Emit, xp: Value, wp: Value, u: usize) {
+        let (c, r, nimg) = (self.s.in_features, self.r, self.nimg);
         let xs: Vec<Value> = (0..nimg)
             .map(|n| e.load(F32X4, xp, off(n * c * 4 + u * 16)))
             .collect();
@@ -213,40 +272,80 @@ fn fc_tile(s: &FcSpec, e: &mut Emit, a: &Args, kb: Value, n0: Value, nimg: usize
             let wv = e.load(F32X4, wp, off((u * r + ri) * 16));
             for (n, &xv) in xs.iter().enumerate() {
                 let i = ri * nimg + n;
-                let av = e.b.use_var(acc[i]);
+                let av = e.b.use_var(self.acc[i]);
                 let av = e.fmadd(wv, xv, av);
-                e.b.def_var(acc[i], av);
+                e.b.def_var(self.acc[i], av);
             }
         }
-    };
-    let steps = c4 / 4;
-    let unroll = if nimg == 1 { FC_UNROLL } else { 1 };
-    let nmain = steps / unroll * unroll;
-    let xmid = e.add_imm(xb, (nmain * 16) as i64);
-    let main_iter = |e: &mut Emit, xp: Value| {
-        let wp = e.b.use_var(wvar);
-        for u in 0..unroll {
-            step(e, xp, wp, u);
+    }
+
+    /// One iteration of the main loop: `unroll` steps.
+    fn main_iter(&self, e: &mut Emit, xp: Value) -> Result<()> {
+        let wp = e.b.use_var(self.wvar);
+        for u in 0..self.unroll {
+            self.step(e, xp, wp, u);
         }
-        let wn = e.add_imm(wp, (unroll * r * 16) as i64);
-        e.b.def_var(wvar, wn);
+        let wn = e.add_imm(wp, (self.unroll * self.r * 16) as i64);
+        e.b.def_var(self.wvar, wn);
         Ok(())
-    };
-    // At batch 1 the weights stream from memory once: every `PREFETCH_BYTES` of them, a
-    // call prefetches the stretch `PREFETCH_AHEAD` bytes further on. The call clobbers every
-    // vector register, so each chunk sums into fresh accumulators, added at its end to the
-    // totals kept in a stack slot (otherwise the register allocator keeps the accumulators
-    // in the stack for the whole loop).
-    let iter_bytes = unroll * r * 16;
-    let per_chunk = (PREFETCH_BYTES / iter_bytes).max(1);
-    let nchunks = if s.batch == 1 && FC_PREFETCH && s.weight_len() * 4 >= PREFETCH_MIN_BYTES {
-        nmain / unroll / per_chunk
-    } else {
-        0
-    };
-    let xchunks = e.add_imm(xb, (nchunks * per_chunk * unroll * 16) as i64);
-    let totals = if nchunks > 0 {
+    }
+
+    /// The reduction over the whole vectors of input features: the main loop (its first
+    /// part in prefetched chunks at batch 1, [`FcTile::prefetched_chunks`]), then single steps.
+    fn reduce(&self, e: &mut Emit) -> Result<()> {
+        let (s, xb, unroll) = (self.s, self.xb, self.unroll);
+        let steps = self.c4 / 4;
+        let nmain = steps / unroll * unroll;
+        let xmid = e.add_imm(xb, (nmain * 16) as i64);
+        let per_chunk = (PREFETCH_BYTES / (unroll * self.r * 16)).max(1);
+        let nchunks = if s.batch == 1 && FC_PREFETCH && s.weight_len() * 4 >= PREFETCH_MIN_BYTES {
+            nmain / unroll / per_chunk
+        } else {
+            0
+        };
+        let xchunks = e.add_imm(xb, (nchunks * per_chunk * unroll * 16) as i64);
+        let totals = if nchunks > 0 {
+            Some(self.prefetched_chunks(e, xchunks, per_chunk)?)
+        } else {
+            None
+        };
+        if nmain > nchunks * per_chunk * unroll {
+            e.for_range(xchunks, xmid, (unroll * 16) as i64, |e, xp| {
+                self.main_iter(e, xp)
+            })?;
+        }
+        if steps > nmain {
+            let xend = e.add_imm(xb, (steps * 16) as i64);
+            e.for_range(xmid, xend, 16, |e, xp| {
+                let wp = e.b.use_var(self.wvar);
+                self.step(e, xp, wp, 0);
+                let wn = e.add_imm(wp, (self.r * 16) as i64);
+                e.b.def_var(self.wvar, wn);
+                Ok(())
+            })?;
+        }
+        if let Some(sp) = totals {
+            // Totals of the chunks + the remaining steps.
+            for (i, &v) in self.acc.iter().enumerate() {
+                let t = e.load_rw(F32X4, sp, off(i * 16));
+                let a = e.b.use_var(v);
+                let t = e.b.ins().fadd(t, a);
+                e.b.def_var(v, t);
+            }
+        }
+        Ok(())
+    }
+
+    /// The main loop's iterations from `xb` to `xend` in chunks of `per_chunk`, at batch 1,
+    /// where the weights stream from memory once: every `PREFETCH_BYTES` of them, a call
+    /// prefetches the stretch `PREFETCH_AHEAD` bytes further on. The call clobbers every
+    /// vector register, so each chunk sums into fresh accumulators, added at its end to the
+    /// totals kept in a stack slot (otherwise the register allocator keeps the accumulators in
+    /// the stack for the whole loop). Returns the address of the totals; the accumulators are
+    /// zero again.
+    fn prefetched_chunks(&self, e: &mut Emit, xend: Value, per_chunk: usize) -> Result<Value> {
         use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        let acc = &self.acc;
         let slot = e.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
             (acc.len() * 16) as u32,
@@ -258,17 +357,20 @@ fn fc_tile(s: &FcSpec, e: &mut Emit, a: &Args, kb: Value, n0: Value, nimg: usize
         for i in 0..acc.len() {
             e.store(z, sp, off(i * 16));
         }
+        let unroll = self.unroll;
         let chunk_x = (per_chunk * unroll * 16) as i64;
-        e.for_range(xb, xchunks, chunk_x, |e, xc| {
-            let wp = e.b.use_var(wvar);
+        e.for_range(self.xb, xend, chunk_x, |e, xc| {
+            let wp = e.b.use_var(self.wvar);
             let ahead = e.add_imm(wp, PREFETCH_AHEAD as i64);
             e.b.ins().call(e.prefetch_ref, &[ahead]);
             let z = e.fzero(F32X4);
-            for &v in &acc {
+            for &v in acc {
                 e.b.def_var(v, z);
             }
             let xc_end = e.add_imm(xc, chunk_x);
-            e.for_range(xc, xc_end, (unroll * 16) as i64, main_iter)?;
+            e.for_range(xc, xc_end, (unroll * 16) as i64, |e, xp| {
+                self.main_iter(e, xp)
+            })?;
             for (i, &v) in acc.iter().enumerate() {
                 let t = e.load_rw(F32X4, sp, off(i * 16));
                 let a = e.b.use_var(v);
@@ -278,88 +380,47 @@ fn fc_tile(s: &FcSpec, e: &mut Emit, a: &Args, kb: Value, n0: Value, nimg: usize
             Ok(())
         })?;
         let z = e.fzero(F32X4);
-        for &v in &acc {
+        for &v in acc {
             e.b.def_var(v, z);
         }
-        Some(sp)
-    } else {
-        None
-    };
-    if nmain > nchunks * per_chunk * unroll {
-        e.for_range(xchunks, xmid, (unroll * 16) as i64, main_iter)?;
+        Ok(sp)
     }
-    if steps > nmain {
-        let xend = e.add_imm(xb, (steps * 16) as i64);
-        e.for_range(xmid, xend, 16, |e, xp| {
-            let wp = e.b.use_var(wvar);
-            step(e, xp, wp, 0);
-            let wn = e.add_imm(wp, (r * 16) as i64);
-            e.b.def_var(wvar, wn);
-            Ok(())
-        })?;
+
+    /// Per row and image: the horizontal sum of the accumulator, the `C % 4` tail features,
+    /// the epilogue and the store.
+    fn store(&self, e: &mut Emit, a: &FcBufs<Value>, kb: Value) -> Result<()> {
+        let s = self.s;
+        let ep = s.epilogue();
+        let (c, k, r, c4, nimg) = (s.in_features, s.out_features, self.r, self.c4, self.nimg);
+        let wtail = e.add_imm(self.wblk, (r * c4 * 4) as i64);
+        let bias_base = (s.nkb() * r * c * 4) as i64;
+        let bp = e.addr(a.packed, kb, r * 4);
+        let bp = e.add_imm(bp, bias_base);
+        // Output element (n0 + n, kb*R + ri) at byte ((n0 + n) * K + kb*R + ri) * 4.
+        let no = e.mul_imm(self.n0, (k * 4) as i64);
+        let bo = e.mul_imm(kb, (r * 4) as i64);
+        let ob = e.b.ins().iadd(a.out, no);
+        let ob = e.b.ins().iadd(ob, bo);
+        let rb = e.b.ins().iadd(a.residual, no);
+        let rb = e.b.ins().iadd(rb, bo);
+        let block = e.channel_block(kb, r, k);
+        e.each_channel(&block, 0, |e, ri| {
+            for n in 0..nimg {
+                let v = e.b.use_var(self.acc[ri * nimg + n]);
+                let l: Vec<Value> = (0..4).map(|i| e.b.ins().extractlane(v, i as u8)).collect();
+                let s01 = e.b.ins().fadd(l[0], l[1]);
+                let s23 = e.b.ins().fadd(l[2], l[3]);
+                let mut y = e.b.ins().fadd(s01, s23);
+                for t in 0..c - c4 {
+                    let wt = e.load(F32, wtail, off((t * r + ri) * 4));
+                    let xt = e.load(F32, self.xb, off((n * c + c4 + t) * 4));
+                    y = e.fmadd(wt, xt, y);
+                }
+                let b = ep.bias.then(|| e.load(F32, bp, off(ri * 4)));
+                e.epilogue_store(&ep, y, b, (rb, ob), off((n * k + ri) * 4));
+            }
+        })
     }
-    if let Some(sp) = totals {
-        // Totals of the chunks + the remaining steps.
-        for (i, &v) in acc.iter().enumerate() {
-            let t = e.load_rw(F32X4, sp, off(i * 16));
-            let a = e.b.use_var(v);
-            let t = e.b.ins().fadd(t, a);
-            e.b.def_var(v, t);
-        }
-    }
-    let wtail = e.add_imm(wblk, (r * c4 * 4) as i64);
-    let bias_base = (s.nkb() * r * c * 4) as i64;
-    let bo = e.mul_imm(kb, (r * 4) as i64);
-    let bp = e.b.ins().iadd(a.w, bo);
-    let bp = e.add_imm(bp, bias_base);
-    // Output element (n0 + n, kb*R + ri) at byte ((n0 + n) * K + kb*R + ri) * 4.
-    let no = e.mul_imm(n0, (k * 4) as i64);
-    let ob = e.b.ins().iadd(a.out, no);
-    let ob = e.b.ins().iadd(ob, bo);
-    let rb = e.b.ins().iadd(a.res, no);
-    let rb = e.b.ins().iadd(rb, bo);
-    let tail = k % r;
-    let store_row = |e: &mut Emit, ri: usize| {
-        for n in 0..nimg {
-            let v = e.b.use_var(acc[ri * nimg + n]);
-            let l: Vec<Value> = (0..4).map(|i| e.b.ins().extractlane(v, i as u8)).collect();
-            let s01 = e.b.ins().fadd(l[0], l[1]);
-            let s23 = e.b.ins().fadd(l[2], l[3]);
-            let mut y = e.b.ins().fadd(s01, s23);
-            for t in 0..c - c4 {
-                let wt = e.load(F32, wtail, off((t * r + ri) * 4));
-                let xt = e.load(F32, xb, off((n * c + c4 + t) * 4));
-                y = e.fmadd(wt, xt, y);
-            }
-            if s.bias {
-                let b = e.load(F32, bp, off(ri * 4));
-                y = e.b.ins().fadd(y, b);
-            }
-            let o = off((n * k + ri) * 4);
-            if s.residual {
-                let rr = e.load(F32, rb, o);
-                y = e.b.ins().fadd(y, rr);
-            }
-            if s.relu {
-                y = e.relu(y);
-            }
-            e.store(y, ob, o);
-        }
-    };
-    let always = if tail == 0 { r } else { tail };
-    for ri in 0..always {
-        store_row(e, ri);
-    }
-    if tail != 0 {
-        let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, kb, (s.nkb() - 1) as i64);
-        e.unless(is_tail, |e| {
-            for ri in always..r {
-                store_row(e, ri);
-            }
-            Ok(())
-        })?;
-    }
-    Ok(())
 }
 
 /// A fully connected layer defined in a [`KernelModule`], not yet finalized.
@@ -372,7 +433,7 @@ impl KernelModule {
     pub fn add_fc(&mut self, spec: &FcSpec) -> Result<PendingFc> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(4, move |e, p| fc_body(&s, e, p))?;
+        let id = self.define(move |e, b, begin, end| fc_body(&s, e, b, begin, end))?;
         Ok(PendingFc { id, spec: *spec })
     }
 }
@@ -381,32 +442,34 @@ impl Pending for PendingFc {
     type Kernel = FcKernel;
     fn bind(self, code: &Arc<Compiled>) -> Result<FcKernel> {
         let s = &self.spec;
-        let slots = vec![
-            Slot::read("fc input", s.input_len()),
-            Slot::read("fc packed weights", s.packed_len()),
-            Slot::read_if(s.residual, "fc residual", s.output_len()),
-            Slot::write("fc output", s.output_len()),
-        ];
+        let slots = FcBufs {
+            input: Slot::read("fc input", s.input_len()),
+            packed: Slot::read("fc packed weights", s.packed_len()),
+            residual: Slot::read_if(s.residual, "fc residual", s.output_len()),
+            out: Slot::write("fc output", s.output_len()),
+        };
         Ok(FcKernel {
-            entry: Entry::new(code, self.id, s.nkb(), slots)?,
+            entry: Entry::new(code, self.id, s.nkb(), slots.into_array())?,
             spec: self.spec,
         })
     }
 }
 
-/// The caller's buffers in slot order: `[input, packed, residual, out]`.
-fn fc_bufs<'a>(
-    input: &'a [f32],
-    packed: &'a [f32],
-    residual: Option<&'a [f32]>,
-    out: &'a mut [f32],
-) -> [Buf<'a>; 4] {
-    [
-        Buf::In(input),
-        Buf::In(packed),
-        Buf::opt(residual),
-        Buf::Out(out),
-    ]
+impl<'a> FcBufs<Buf<'a>> {
+    /// The caller's buffers.
+    fn new(
+        input: &'a [f32],
+        packed: &'a [f32],
+        residual: Option<&'a [f32]>,
+        out: &'a mut [f32],
+    ) -> Self {
+        FcBufs {
+            input: Buf::In(input),
+            packed: Buf::In(packed),
+            residual: Buf::opt(residual),
+            out: Buf::Out(out),
+        }
+    }
 }
 
 /// A compiled fully connected layer over the whole batch (weights are read once per call).
@@ -416,14 +479,6 @@ pub struct FcKernel {
 }
 
 impl FcKernel {
-    /// The machine code's entry point, for callers that generate their own dispatch (a
-    /// whole-network runtime): `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`, C ABI,
-    /// where `bufs` points to `[input, packed, residual, out]` (`residual` null when the spec
-    /// has none), with the buffer sizes `run` checks. Valid while this kernel (or another
-    /// holding the same `Compiled`) is alive.
-    pub fn code_ptr(&self) -> *const u8 {
-        self.entry.code_ptr()
-    }
     pub fn spec(&self) -> &FcSpec {
         &self.spec
     }
@@ -441,8 +496,8 @@ impl FcKernel {
         out: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        self.entry
-            .run(&mut fc_bufs(input, packed, residual, out), range)
+        let bufs = FcBufs::new(input, packed, residual, out);
+        self.entry.run(&mut bufs.into_array(), range)
     }
 
     /// All work units, split across `pool`'s threads.
@@ -454,8 +509,8 @@ impl FcKernel {
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<()> {
-        self.entry
-            .run_parallel(pool, &mut fc_bufs(input, packed, residual, out))
+        let bufs = FcBufs::new(input, packed, residual, out);
+        self.entry.run_parallel(pool, &mut bufs.into_array())
     }
 
     pub fn run_all(

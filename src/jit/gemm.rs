@@ -1,15 +1,17 @@
 //! The pointwise (1x1, stride 1) convolution `out[k][p] = sum_c W[k][c] x[c][p]` as a GEMM
-//! vectorised along pixels (the fully connected layer is in [`super::fc`]). Strided 1x1 convolutions (ResNet's projection shortcut)
-//! go through the direct convolution of [`super::conv`], which samples the pixels
-//! `(y*s, x*s)` in place (broadcast loads at any stride, no copy).
+//! vectorised along pixels (the fully connected layer is in [`super::fc`]). Strided 1x1
+//! convolutions (ResNet's projection shortcut) go through the direct convolution of
+//! [`super::conv`], which samples the pixels `(y*s, x*s)` in place (broadcast loads at any
+//! stride, no copy).
 //!
-//! Same epilogue as the convolution: bias, residual, ReLU, then one store.
+//! The convolution's epilogue ([`super::epilogue`]), then one store.
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
-use super::conv::bcast_flags;
+use super::conv::{bcast_flags, ConvBufs};
+use super::epilogue::Epilogue;
 use super::module::{Emit, KernelModule, PendingId};
 use crate::error::Result;
 
@@ -21,14 +23,13 @@ const NP: usize = NV * 4;
 /// Bytes of input a pixel panel may occupy (kept in L2 while all channel blocks use it).
 const PANEL_BYTES: usize = 192 * 1024;
 
+/// `out[k][p] = sum_c W[k][c] x[c][p]` over planes of `pixels` floats, then `epilogue`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct PixelGemmSpec {
+pub(crate) struct PixelGemmSpec {
     pub in_c: usize,
     pub out_c: usize,
     pub pixels: usize,
-    pub bias: bool,
-    pub relu: bool,
-    pub residual: bool,
+    pub epilogue: Epilogue,
 }
 
 #[derive(Clone, Debug)]
@@ -54,13 +55,13 @@ impl PixelGemm {
     pub(crate) fn packed_len(&self) -> usize {
         self.weights_len() + self.nmb * MR
     }
-    /// Tile columns (NP pixels, the last one possibly partial) times channel blocks, pixel
-    /// major: a contiguous range of units covers a contiguous range of pixels, so threads
-    /// read disjoint parts of the input, and ranges split evenly.
     /// Blocks of `MR` output channels.
     pub(crate) fn channel_blocks(&self) -> usize {
         self.nmb
     }
+    /// Tile columns (NP pixels, the last one possibly partial) times channel blocks, pixel
+    /// major: a contiguous range of units covers a contiguous range of pixels, so threads
+    /// read disjoint parts of the input, and ranges split evenly.
     pub(crate) fn work_units(&self) -> usize {
         self.s.pixels.div_ceil(NP) * self.nmb
     }
@@ -88,16 +89,20 @@ impl PixelGemm {
         ((ki / MR) * self.s.in_c + ci) * MR + ki % MR
     }
 
-    /// Emits the function over `[input, packed, residual, out, scratch (unused)]`.
+    /// Emits the function over the conv buffers (the scratch unused).
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
         let g = self.clone();
-        km.define(5, move |e, p| g.body(e, p))
+        km.define(move |e, b: ConvBufs<Value>, begin, end| g.body(e, b, begin, end))
     }
 
-    fn body(&self, e: &mut Emit, p: &[Value]) -> Result<()> {
+    fn body(&self, e: &mut Emit, b: ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
         let s = self.s;
-        let (inp, w, res, out, begin, end) = (p[0], p[1], p[2], p[3], p[5], p[6]);
-        let ptr = Ptrs { inp, w, res, out };
+        let ptr = Ptrs {
+            inp: b.input,
+            w: b.packed,
+            res: b.residual,
+            out: b.out,
+        };
         let nmb = self.nmb as i64;
         let nt_full = (s.pixels / NP) as i64;
         let r = s.pixels % NP;
@@ -175,8 +180,7 @@ impl PixelGemm {
                 v
             })
             .collect();
-        let wo = e.mul_imm(mb, (c * MR * 4) as i64);
-        let wblk = e.b.ins().iadd(ptr.w, wo);
+        let wblk = e.addr(ptr.w, mb, c * MR * 4);
         let xbase = e.b.ins().iadd(ptr.inp, pb);
         let wvar = e.b.declare_var(I64);
         e.b.def_var(wvar, wblk);
@@ -214,21 +218,20 @@ impl PixelGemm {
             Ok(())
         })?;
         // Epilogue.
+        let ep = s.epilogue;
         let bias_base = (self.nmb * c * MR * 4) as i64;
-        let ko = e.mul_imm(mb, (MR * np * 4) as i64);
-        let ob = e.b.ins().iadd(ptr.out, ko);
+        let ob = e.addr(ptr.out, mb, MR * np * 4);
         let ob = e.b.ins().iadd(ob, pb);
-        let rb = e.b.ins().iadd(ptr.res, ko);
+        let rb = e.addr(ptr.res, mb, MR * np * 4);
         let rb = e.b.ins().iadd(rb, pb);
-        let bp = if s.bias {
-            let bo = e.mul_imm(mb, (MR * 4) as i64);
-            let bp = e.b.ins().iadd(ptr.w, bo);
+        let bp = if ep.bias {
+            let bp = e.addr(ptr.w, mb, MR * 4);
             Some(e.add_imm(bp, bias_base))
         } else {
             None
         };
-        let tail = k % MR;
-        let store_row = |e: &mut Emit, i: usize| {
+        let block = e.channel_block(mb, MR, k);
+        e.each_channel(&block, 0, |e, i| {
             let bsc = bp.map(|bp| e.load(F32, bp, off(i * 4)));
             let bvec = if nv > 0 {
                 bsc.map(|b| e.b.ins().splat(F32X4, b))
@@ -236,38 +239,11 @@ impl PixelGemm {
                 None
             };
             for (col, &(ty, o)) in cols.iter().enumerate() {
-                let mut x = e.b.use_var(acc[i * ncol + col]);
-                if let Some(b) = bsc {
-                    let b = if ty == F32 { b } else { bvec.unwrap() };
-                    x = e.b.ins().fadd(x, b);
-                }
-                let o = off(i * np * 4 + o);
-                if s.residual {
-                    let r = e.load(ty, rb, o);
-                    x = e.b.ins().fadd(x, r);
-                }
-                if s.relu {
-                    x = e.relu(x);
-                }
-                e.store(x, ob, o);
+                let x = e.b.use_var(acc[i * ncol + col]);
+                let b = if ty == F32 { bsc } else { bvec };
+                e.epilogue_store(&ep, x, b, (rb, ob), off(i * np * 4 + o));
             }
-        };
-        let always = if tail == 0 { MR } else { tail };
-        for i in 0..always {
-            store_row(e, i);
-        }
-        if tail != 0 {
-            let is_tail =
-                e.b.ins()
-                    .icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
-            e.unless(is_tail, |e| {
-                for i in always..MR {
-                    store_row(e, i);
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
+        })
     }
 }
 

@@ -5,8 +5,9 @@ mod cg;
 pub mod conv;
 pub mod elementwise;
 mod entry;
+mod epilogue;
 pub mod fc;
-pub mod gemm;
+mod gemm;
 pub mod module;
 pub mod pool;
 pub mod threads;
@@ -14,6 +15,7 @@ mod winograd;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvMethod, ConvSpec, PendingConv};
 pub use elementwise::{EltKernel, EltSpec, PendingElt};
+pub use epilogue::Clip;
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{Compiled, KernelListing, KernelModule, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName};
+use cranelift_codegen::ir::{
+    types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
+};
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
@@ -17,6 +19,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
+use super::entry::Layout;
 use crate::error::{Error, Result};
 
 static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
@@ -91,7 +94,7 @@ pub(crate) struct Emit<'a> {
     /// `call(callee, &[e.bufs, begin, end])`.
     pub callees: Vec<cranelift_codegen::ir::FuncRef>,
     /// The function's buffer array parameter, to pass on to `callees`.
-    pub bufs: cranelift_codegen::ir::Value,
+    pub bufs: Value,
 }
 
 impl KernelModule {
@@ -200,59 +203,76 @@ impl KernelModule {
 
     /// Defines one kernel function with the uniform signature of every generated function,
     /// `extern "C" fn(bufs: *const *mut f32, begin: i64, end: i64)` (see [`super::entry`]).
-    /// `body` receives the buffer pointers `bufs[0..n_bufs]` (loaded at the function start)
-    /// followed by `begin` and `end`. Returns the kernel's handle for [`Compiled::ptr`].
-    pub(crate) fn define(
+    /// `body` receives the buffer pointers of the layout `L` (loaded at the function start),
+    /// then `begin` and `end`. Returns the kernel's handle for [`Compiled::ptr`].
+    pub(crate) fn define<L: Layout<Value>>(
         &mut self,
-        n_bufs: usize,
-        body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
+        body: impl FnOnce(&mut Emit, L, Value, Value) -> Result<()>,
     ) -> Result<PendingId> {
-        let slots: Vec<usize> = (0..n_bufs).collect();
-        self.define_fn(&slots, n_bufs, &[], body)
+        self.define_using(&vec![true; L::LEN], body)
     }
 
-    /// `define` for a function whose body uses only the slots `slots` of a buffer array of
-    /// `n_bufs` pointers (a prologue sharing its caller's array): `body` receives
-    /// `bufs[slots[0]], bufs[slots[1]], .., begin, end`.
-    pub(crate) fn define_slots(
+    /// `define` for a function that uses only the slots that `used` marks (a prologue sharing
+    /// its kernel's buffer array): the others are not loaded, and null in `body`.
+    pub(crate) fn define_using<L: Layout<Value>>(
         &mut self,
-        slots: &[usize],
-        n_bufs: usize,
-        body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
+        used: &[bool],
+        body: impl FnOnce(&mut Emit, L, Value, Value) -> Result<()>,
     ) -> Result<PendingId> {
-        self.define_fn(slots, n_bufs, &[], body)
+        if used.len() != L::LEN {
+            return Err(Error::Codegen(format!(
+                "{} slots marked for a layout of {}",
+                used.len(),
+                L::LEN
+            )));
+        }
+        self.define_fn(used, &[], |e, p| {
+            body(e, L::from_slice(&p[..L::LEN]), p[L::LEN], p[L::LEN + 1])
+        })
+    }
+
+    /// `define` for a function over `n_bufs` buffers whose number depends on the spec
+    /// (elementwise kernels): `body` receives the `n_bufs` pointers, `begin` and `end`.
+    pub(crate) fn define_n(
+        &mut self,
+        n_bufs: usize,
+        body: impl FnOnce(&mut Emit, &[Value], Value, Value) -> Result<()>,
+    ) -> Result<PendingId> {
+        self.define_fn(&vec![true; n_bufs], &[], |e, p| {
+            body(e, &p[..n_bufs], p[n_bufs], p[n_bufs + 1])
+        })
     }
 
     /// `define` for a function that calls the already defined functions `callees`, passing
-    /// them its own buffer array ([`Emit::bufs`]), which must be as long as theirs.
-    pub(crate) fn define_calling(
+    /// them its own buffer array ([`Emit::bufs`]), which must be as long as theirs: `body`
+    /// receives `begin` and `end`.
+    pub(crate) fn define_calling<L: Layout<Value>>(
         &mut self,
-        n_bufs: usize,
         callees: &[PendingId],
-        body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
+        body: impl FnOnce(&mut Emit, Value, Value) -> Result<()>,
     ) -> Result<PendingId> {
-        if let Some(c) = callees.iter().find(|c| c.n_bufs != n_bufs) {
+        if let Some(c) = callees.iter().find(|c| c.n_bufs != L::LEN) {
             return Err(Error::Codegen(format!(
-                "a function with {n_bufs} buffers calls one with {}",
+                "a function with {} buffers calls one with {}",
+                L::LEN,
                 c.n_bufs
             )));
         }
-        let slots: Vec<usize> = (0..n_bufs).collect();
-        self.define_fn(&slots, n_bufs, callees, body)
+        // The buffer pointers are not loaded: the callees load their own.
+        self.define_fn(&vec![false; L::LEN], callees, |e, p| {
+            body(e, p[L::LEN], p[L::LEN + 1])
+        })
     }
 
+    /// Defines a function over a buffer array of `used.len()` pointers: `body` receives them
+    /// (those `used` marks loaded, the others null), then `begin` and `end`.
     fn define_fn(
         &mut self,
-        slots: &[usize],
-        n_bufs: usize,
+        used: &[bool],
         callees: &[PendingId],
-        body: impl FnOnce(&mut Emit, &[cranelift_codegen::ir::Value]) -> Result<()>,
+        body: impl FnOnce(&mut Emit, &[Value]) -> Result<()>,
     ) -> Result<PendingId> {
-        if slots.iter().any(|&s| s >= n_bufs) {
-            return Err(Error::Codegen(format!(
-                "buffer slots {slots:?} outside 0..{n_bufs}"
-            )));
-        }
+        let n_bufs = used.len();
         let t0 = Instant::now();
         let module = self.module.as_mut().expect("module present until finalize");
         let mut sig = Signature::new(module.isa().default_call_conv());
@@ -286,9 +306,14 @@ impl KernelModule {
                 .with_notrap()
                 .with_aligned()
                 .with_readonly();
-            let mut params: Vec<_> = slots
-                .iter()
-                .map(|&s| b.ins().load(types::I64, flags, bufs, (s * 8) as i32))
+            let mut params: Vec<_> = (used.iter().enumerate())
+                .map(|(s, &u)| {
+                    if u {
+                        b.ins().load(types::I64, flags, bufs, (s * 8) as i32)
+                    } else {
+                        b.ins().iconst(types::I64, 0)
+                    }
+                })
                 .collect();
             params.extend([begin, end]);
             let mut e = Emit {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cranelift_codegen::ir::{types, ConstantData, Endianness, InstBuilder, MemFlagsData, Value};
 
 use super::cg::{fits, off, window_out, F32, F32X4, MAX_DIM};
-use super::entry::{Buf, Entry, Slot};
+use super::entry::{slot_layout, Buf, Entry, Slot};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
@@ -141,8 +141,31 @@ impl PoolSpec {
     }
 }
 
-fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
-    let (inp, out, scratch, begin, end) = (p[0], p[1], p[2], p[3], p[4]);
+slot_layout! {
+    /// The buffer array of the pool function, in slot order.
+    pub(crate) struct PoolBufs {
+        /// `[channels, in_h, in_w]`.
+        input,
+        /// `[channels, out_h, out_w]`.
+        out,
+        /// The padded plane of the channel being pooled.
+        scratch,
+    }
+}
+
+impl<'a> PoolBufs<Buf<'a>> {
+    /// The caller's buffers.
+    fn new(input: &'a [f32], out: &'a mut [f32], scratch: &'a mut [f32]) -> Self {
+        PoolBufs {
+            input: Buf::In(input),
+            out: Buf::Out(out),
+            scratch: Buf::Out(scratch),
+        }
+    }
+}
+
+fn body(s: &PoolSpec, e: &mut Emit, b: PoolBufs<Value>, begin: Value, end: Value) -> Result<()> {
+    let (inp, out, scratch) = (b.input, b.out, b.scratch);
     let (oh, ow, wp) = (s.out_h(), s.out_w(), s.wp());
     let is_max = s.kind == PoolKind::Max;
     let nvec = s.vector_cols();
@@ -157,8 +180,7 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
         }
     };
     e.for_range(begin, end, 1, |e, c| {
-        let io = e.mul_imm(c, (s.in_h * s.in_w * 4) as i64);
-        let plane = e.b.ins().iadd(inp, io);
+        let plane = e.addr(inp, c, s.in_h * s.in_w * 4);
         let src = if s.padded() {
             let pad = if is_max { f32::NEG_INFINITY } else { 0.0 };
             e.pad_plane(
@@ -173,17 +195,13 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
         } else {
             plane
         };
-        let oo = e.mul_imm(c, (oh * ow * 4) as i64);
-        let oplane = e.b.ins().iadd(out, oo);
+        let oplane = e.addr(out, c, oh * ow * 4);
         e.for_const(0, oh as i64, 1, |e, oy| {
-            let ro = e.mul_imm(oy, (s.stride_h * wp * 4) as i64);
-            let row = e.b.ins().iadd(src, ro);
-            let oro = e.mul_imm(oy, (ow * 4) as i64);
-            let orow = e.b.ins().iadd(oplane, oro);
+            let row = e.addr(src, oy, s.stride_h * wp * 4);
+            let orow = e.addr(oplane, oy, ow * 4);
             // Vector groups of 4 outputs.
             e.for_const(0, nvec as i64, 4, |e, ox| {
-                let xo = e.mul_imm(ox, (s.stride_w * 4) as i64);
-                let base = e.b.ins().iadd(row, xo);
+                let base = e.addr(row, ox, s.stride_w * 4);
                 let mut acc: Option<Value> = None;
                 for fy in 0..s.kernel_h {
                     for fx in 0..s.kernel_w {
@@ -216,8 +234,7 @@ fn body(s: &PoolSpec, e: &mut Emit, p: &[Value]) -> Result<()> {
             })?;
             // Scalar outputs.
             e.for_const(nvec as i64, ow as i64, 1, |e, ox| {
-                let xo = e.mul_imm(ox, (s.stride_w * 4) as i64);
-                let base = e.b.ins().iadd(row, xo);
+                let base = e.addr(row, ox, s.stride_w * 4);
                 let mut acc: Option<Value> = None;
                 for fy in 0..s.kernel_h {
                     for fx in 0..s.kernel_w {
@@ -270,7 +287,7 @@ impl KernelModule {
     pub fn add_pool(&mut self, spec: &PoolSpec) -> Result<PendingPool> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(3, move |e, p| body(&s, e, p))?;
+        let id = self.define(move |e, b, begin, end| body(&s, e, b, begin, end))?;
         Ok(PendingPool { id, spec: s })
     }
 }
@@ -282,13 +299,13 @@ impl Pending for PendingPool {
         // For each channel in the range the code reads that channel's input plane, writes its
         // output plane and uses (when padded) the first scratch_len floats of the scratch; its
         // vector loads stay within a row (`vector_cols`).
-        let slots = vec![
-            Slot::read("pool input", s.input_len()),
-            Slot::write("pool output", s.output_len()),
-            Slot::temp("pool scratch", s.scratch_len()),
-        ];
+        let slots = PoolBufs {
+            input: Slot::read("pool input", s.input_len()),
+            out: Slot::write("pool output", s.output_len()),
+            scratch: Slot::temp("pool scratch", s.scratch_len()),
+        };
         Ok(PoolKernel {
-            entry: Entry::new(code, self.id, s.channels, slots)?,
+            entry: Entry::new(code, self.id, s.channels, slots.into_array())?,
             spec: self.spec,
         })
     }
@@ -301,13 +318,6 @@ pub struct PoolKernel {
 }
 
 impl PoolKernel {
-    /// The machine code's entry point, for callers that generate their own dispatch (a
-    /// whole-network runtime): `extern "C" fn(bufs: *const *mut f32, begin, end: i64)`, C ABI,
-    /// where `bufs` points to `[input, out, scratch]`, with the buffer sizes `run` checks.
-    /// Valid while this kernel (or another holding the same `Compiled`) is alive.
-    pub fn code_ptr(&self) -> *const u8 {
-        self.entry.code_ptr()
-    }
     pub fn spec(&self) -> &PoolSpec {
         &self.spec
     }
@@ -325,8 +335,8 @@ impl PoolKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let mut bufs = [Buf::In(input), Buf::Out(out), Buf::Out(scratch)];
-        self.entry.run(&mut bufs, range)
+        let bufs = PoolBufs::new(input, out, scratch);
+        self.entry.run(&mut bufs.into_array(), range)
     }
 
     /// All channels, split across `pool`'s threads; `scratch` holds
@@ -338,8 +348,8 @@ impl PoolKernel {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let mut bufs = [Buf::In(input), Buf::Out(out), Buf::Out(scratch)];
-        self.entry.run_parallel(pool, &mut bufs)
+        let bufs = PoolBufs::new(input, out, scratch);
+        self.entry.run_parallel(pool, &mut bufs.into_array())
     }
 
     pub fn run_all(&self, input: &[f32], out: &mut [f32]) -> Result<()> {

@@ -15,8 +15,8 @@
 //!    neighbouring tiles of a tile row at a time (one f32x4 lane each);
 //! 2. a *compute* function per block of 6 output channels (threads split the blocks): the 36
 //!    products on the pointwise GEMM's micro-kernel ([`super::gemm`]), then the output
-//!    transform `Aᵀ m A`, four tiles at a time, with the epilogue (bias, residual, ReLU) and the
-//!    stores; tiles that overhang the output's right or bottom edge store only their inside.
+//!    transform `Aᵀ m A`, four tiles at a time, with the epilogue ([`super::epilogue`]) and
+//!    the stores; tiles that overhang the output's right or bottom edge store only their inside.
 //!
 //! `U = G g Gᵀ` is computed once, when the weights are packed. Rounding differs from the
 //! direct convolution (the transforms scale values by up to 8 and 1/24); tests compare both
@@ -33,7 +33,8 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{fits, off, F32, F32X4};
-use super::conv::ConvSpec;
+use super::conv::{ConvBufs, ConvSpec, PROLOGUE_USES};
+use super::epilogue::Epilogue;
 use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs, MR};
 use super::module::{Emit, KernelModule, PendingId};
 use crate::error::Result;
@@ -133,9 +134,7 @@ impl WinogradPlan {
             in_c: spec.in_c,
             out_c: spec.out_c,
             pixels: tp,
-            bias: false,
-            relu: false,
-            residual: false,
+            epilogue: Epilogue::default(),
         });
         WinogradPlan {
             spec,
@@ -229,19 +228,27 @@ impl WinogradPlan {
 
     /// Emits the prologue over input channels `begin..end` (reading `input`, writing their
     /// part of `scratch`) and the compute function over output channel blocks `begin..end`,
-    /// both over the conv buffers `[input, packed, residual, out, scratch]`
-    /// (`conv::define_entry` chains them).
+    /// both over the conv buffers (`conv::define_entry` chains them).
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, PendingId)> {
         let plan = self.clone();
-        let prologue = km.define_slots(&[0, 4], 5, move |e, p| plan.prologue(e, p))?;
+        let prologue = km.define_using(
+            &PROLOGUE_USES.into_array(),
+            move |e, b: ConvBufs<_>, begin, end| plan.prologue(e, b.input, b.scratch, begin, end),
+        )?;
         let plan = self.clone();
-        let compute = km.define(5, move |e, p| plan.compute(e, p))?;
+        let compute = km.define(move |e, b, begin, end| plan.compute(e, b, begin, end))?;
         Ok((prologue, compute))
     }
 
-    fn prologue(&self, e: &mut Emit, p: &[Value]) -> Result<()> {
+    fn prologue(
+        &self,
+        e: &mut Emit,
+        inp: Value,
+        scratch: Value,
+        begin: Value,
+        end: Value,
+    ) -> Result<()> {
         let s = self.spec;
-        let (inp, scratch, begin, end) = (p[0], p[1], p[2], p[3]);
         let plane = self.plane_len();
         let vbase = e.add_imm(scratch, (s.in_c * plane * 4) as i64);
         e.for_range(begin, end, 1, |e, c| {
@@ -254,8 +261,7 @@ impl WinogradPlan {
                 (s.pad_h, s.pad_w),
                 0.0,
             )?;
-            let vo = e.mul_imm(c, (self.tp * 4) as i64);
-            let vc = e.b.ins().iadd(vbase, vo);
+            let vc = e.addr(vbase, c, self.tp * 4);
             if self.dense {
                 for (g, tiles) in self.dense_groups().iter().enumerate() {
                     let origins = tiles.map(|(ty, tx)| (ty * TILE * self.wp + tx * TILE) * 4);
@@ -271,13 +277,10 @@ impl WinogradPlan {
                 return Ok(());
             }
             e.for_const(0, self.th as i64, 1, |e, ty| {
-                let pr = e.mul_imm(ty, (TILE * self.wp * 4) as i64);
-                let prow = e.b.ins().iadd(pc, pr);
-                let vr = e.mul_imm(ty, (self.tw * 4) as i64);
-                let vrow = e.b.ins().iadd(vc, vr);
+                let prow = e.addr(pc, ty, TILE * self.wp * 4);
+                let vrow = e.addr(vc, ty, self.tw * 4);
                 e.for_const(0, self.tw4 as i64, 4, |e, tx0| {
-                    let xo = e.mul_imm(tx0, (TILE * 4) as i64);
-                    let pp = e.b.ins().iadd(prow, xo);
+                    let pp = e.addr(prow, tx0, TILE * 4);
                     let to = e.ishl4(tx0);
                     let vp = e.b.ins().iadd(vrow, to);
                     // Tile l's columns 0-3 start 4l floats in, columns 4-5 at 4(l+1).
@@ -340,23 +343,20 @@ impl WinogradPlan {
         }
     }
 
-    fn compute(&self, e: &mut Emit, p: &[Value]) -> Result<()> {
+    fn compute(&self, e: &mut Emit, b: ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
         let s = self.spec;
-        let (w, res, out, scratch, begin, end) = (p[1], p[2], p[3], p[4], p[5], p[6]);
+        let (w, res, out, scratch) = (b.packed, b.residual, b.out, b.scratch);
         let (c, k, tp) = (s.in_c, s.out_c, self.tp);
         let wl = self.u_stride();
         let vbase = e.add_imm(scratch, (c * self.plane_len() * 4) as i64);
         let mbase = e.add_imm(vbase, (POS * self.v_stride() * 4) as i64);
         // The 36 products, position-major so that one V[ξ] stays in cache for every block.
         e.for_const(0, POS as i64, 1, |e, xi| {
-            let vo = e.mul_imm(xi, (self.v_stride() * 4) as i64);
-            let mo = e.mul_imm(xi, (self.m_stride() * 4) as i64);
-            let wo = e.mul_imm(xi, (wl * 4) as i64);
             let ptr = Ptrs {
-                inp: e.b.ins().iadd(vbase, vo),
-                w: e.b.ins().iadd(w, wo),
+                inp: e.addr(vbase, xi, self.v_stride() * 4),
+                w: e.addr(w, xi, wl * 4),
                 res,
-                out: e.b.ins().iadd(mbase, mo),
+                out: e.addr(mbase, xi, self.m_stride() * 4),
             };
             e.for_range(begin, end, 1, |e, mb| {
                 let full = tp / 8;
@@ -378,11 +378,9 @@ impl WinogradPlan {
         let below = e.b.ins().icmp(IntCC::SignedLessThan, k1, kmax);
         let k1 = e.b.ins().select(below, k1, kmax);
         e.for_range(k0, k1, 1, |e, kk| {
-            let mo = e.mul_imm(kk, (tp * 4) as i64);
-            let mk = e.b.ins().iadd(mbase, mo);
-            let oo = e.mul_imm(kk, (oh * ow * 4) as i64);
-            let ok = e.b.ins().iadd(out, oo);
-            let rk = e.b.ins().iadd(res, oo);
+            let mk = e.addr(mbase, kk, tp * 4);
+            let ok = e.addr(out, kk, oh * ow * 4);
+            let rk = e.addr(res, kk, oh * ow * 4);
             let bias = if s.bias {
                 let bo = e.ishl4(kk);
                 let bp = e.b.ins().iadd(w, bo);
@@ -412,16 +410,13 @@ impl WinogradPlan {
                 return Ok(());
             }
             let band = |e: &mut Emit, ty: Value, rows: usize| -> Result<()> {
-                let to = e.mul_imm(ty, (self.tw * 4) as i64);
-                let mrow = e.b.ins().iadd(mk, to);
-                let oo = e.mul_imm(ty, (TILE * ow * 4) as i64);
-                let orow = e.b.ins().iadd(ok, oo);
-                let rrow = e.b.ins().iadd(rk, oo);
+                let mrow = e.addr(mk, ty, self.tw * 4);
+                let orow = e.addr(ok, ty, TILE * ow * 4);
+                let rrow = e.addr(rk, ty, TILE * ow * 4);
                 let at = |e: &mut Emit, tx0: Value| {
                     let to = e.ishl4(tx0);
-                    let xo = e.mul_imm(tx0, (TILE * 4) as i64);
-                    let o = e.b.ins().iadd(orow, xo);
-                    let r = e.b.ins().iadd(rrow, xo);
+                    let o = e.addr(orow, tx0, TILE * 4);
+                    let r = e.addr(rrow, tx0, TILE * 4);
                     (e.b.ins().iadd(mrow, to), o, r)
                 };
                 // Groups of 4 tiles inside the output, then the group at the right edge.
@@ -467,6 +462,7 @@ impl WinogradPlan {
         lanes: [Lane; 4],
     ) {
         let s = self.spec;
+        let ep = s.epilogue();
         let plane = self.m_stride() * 4;
         let ow = s.out_w();
         let rows = lanes.iter().map(|l| l.rows).max().unwrap_or(0);
@@ -499,33 +495,14 @@ impl WinogradPlan {
                 }
                 let (o, n) = (lane.at + a * ow * 4, lane.cols);
                 if n == TILE {
-                    let mut x = px[l];
-                    if let Some((_, bv)) = bias {
-                        x = e.b.ins().fadd(x, bv);
-                    }
-                    if s.residual {
-                        let r = e.load(F32X4, rp, off(o));
-                        x = e.b.ins().fadd(x, r);
-                    }
-                    if s.relu {
-                        x = e.relu(x);
-                    }
-                    e.store(x, op, off(o));
+                    let bv = bias.map(|(_, bv)| bv);
+                    e.epilogue_store(&ep, px[l], bv, (rp, op), off(o));
                     continue;
                 }
                 for b in 0..n {
-                    let mut x = e.b.ins().extractlane(px[l], b as u8);
-                    if let Some((bs, _)) = bias {
-                        x = e.b.ins().fadd(x, bs);
-                    }
-                    if s.residual {
-                        let r = e.load(F32, rp, off(o + 4 * b));
-                        x = e.b.ins().fadd(x, r);
-                    }
-                    if s.relu {
-                        x = e.relu(x);
-                    }
-                    e.store(x, op, off(o + 4 * b));
+                    let x = e.b.ins().extractlane(px[l], b as u8);
+                    let bs = bias.map(|(bs, _)| bs);
+                    e.epilogue_store(&ep, x, bs, (rp, op), off(o + 4 * b));
                 }
             }
         }

@@ -507,6 +507,7 @@ fn plan_step<'g>(
                 bias: c.bias,
                 relu: c.epilogue.relu,
                 residual: c.epilogue.residual,
+                clip: None,
             },
         )?,
         Op::Gemm(gm) => conv(
@@ -525,6 +526,7 @@ fn plan_step<'g>(
                 bias: gm.bias,
                 relu: gm.epilogue.relu,
                 residual: gm.epilogue.residual,
+                clip: None,
             },
         )?,
         Op::Fc(f) => {
