@@ -26,6 +26,7 @@ pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod jit;
+pub mod memory;
 pub mod onnx;
 pub mod options;
 pub mod passes;

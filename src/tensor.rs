@@ -24,10 +24,12 @@ impl Tensor {
     /// (its size overflows), checked before allocating.
     pub fn try_filled(shape: Vec<usize>, value: f32) -> Result<Self> {
         let n = element_count(&shape)?;
-        Ok(Tensor {
-            shape,
-            data: vec![value; n],
-        })
+        let data = crate::memory::try_vec(
+            n,
+            value,
+            &format!("a tensor of shape {}", fmt_shape(&shape)),
+        )?;
+        Ok(Tensor { shape, data })
     }
 
     pub fn zeros(shape: Vec<usize>) -> Self {
@@ -80,8 +82,11 @@ pub fn element_count(shape: &[usize]) -> Result<usize> {
         })
 }
 
-/// `[2, 3, 4]` -> `2x3x4`.
+/// `[2, 3, 4]` -> `2x3x4`; `[]` -> `() (a scalar)`.
 pub fn fmt_shape(shape: &[usize]) -> String {
+    if shape.is_empty() {
+        return "() (a scalar)".into();
+    }
     shape
         .iter()
         .map(|d| d.to_string())

@@ -35,7 +35,9 @@ pub fn bench(a: &BenchArgs) -> cnnc::Result<()> {
             a.time
         )));
     }
-    let mut g = super::engine::load(&a.graph)?;
+    let mut g = cnnc::format::load(&a.graph.graph)?;
+    a.engine.check_memory(&g, a.batch, a.batch, 0)?;
+    super::engine::bind(&mut g, &a.graph)?;
     let macs: u64 = g
         .dag
         .node_indices()

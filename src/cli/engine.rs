@@ -31,6 +31,10 @@ pub struct EngineArgs {
     /// their packed weights take a quarter of the memory).
     #[arg(long)]
     pub no_winograd: bool,
+    /// Refuse to start a run estimated to need more memory than this (e.g. 512M, 4G)
+    /// [default: what the machine has available, MemAvailable or ulimit -v].
+    #[arg(long, value_name = "SIZE", value_parser = cnnc::memory::parse_bytes)]
+    pub max_memory: Option<u64>,
 }
 
 impl EngineArgs {
@@ -43,6 +47,20 @@ impl EngineArgs {
         opts.winograd &= !self.no_winograd;
         opts
     }
+
+    /// Refuses, before any work, a run of `batch` images (`chunk` per JIT call) whose
+    /// estimated memory, plus `extra` bytes, exceeds `--max-memory` or what is available.
+    pub fn check_memory(&self, g: &Graph, batch: usize, chunk: usize, extra: u64) -> Result<()> {
+        let engine = match self.engine {
+            EngineKind::Interp => cnnc::memory::Engine::Interp,
+            EngineKind::Jit => cnnc::memory::Engine::Jit { chunk },
+        };
+        let mut need = cnnc::memory::estimate(g, batch, engine);
+        if extra > 0 {
+            need.parts.push(("image decoding".into(), extra));
+        }
+        cnnc::memory::check(&need, self.max_memory)
+    }
 }
 
 #[derive(clap::Args)]
@@ -54,17 +72,13 @@ pub struct GraphArgs {
     pub weights: Option<PathBuf>,
 }
 
-/// Parses the graph and binds its weights, printing weight warnings to stderr.
-pub fn load(args: &GraphArgs) -> Result<Graph> {
-    load_with(&args.graph, args.weights.as_deref())
-}
-
-pub fn load_with(graph: &Path, weights: Option<&Path>) -> Result<Graph> {
-    let mut g = cnnc::format::load(graph)?;
-    for w in cnnc::weights::bind(&mut g, weights)? {
+/// Binds the graph's weights (`--weights`, else the graph's own), printing weight
+/// warnings to stderr.
+pub fn bind(g: &mut Graph, args: &GraphArgs) -> Result<()> {
+    for w in cnnc::weights::bind(g, args.weights.as_deref())? {
         eprintln!("warning: {w}");
     }
-    Ok(g)
+    Ok(())
 }
 
 /// The input batch of `run` and `bench` (see [`cnnc::io::load_input`]), with a progress

@@ -142,9 +142,9 @@ pub fn table(g: &Graph) -> Result<String> {
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
             // Numbers right-aligned, text left-aligned; the last column unpadded.
             match i {
-                3 | 4 => s.push_str(&format!("{cell:>w$}  ")),
+                3 | 4 => s.push_str(&(super::pad_left(cell, w) + "  ")),
                 5 => s.push_str(cell),
-                _ => s.push_str(&format!("{cell:<w$}  ")),
+                _ => s.push_str(&(super::pad_right(cell, w) + "  ")),
             }
         }
         s.trim_end().to_string() + "\n"

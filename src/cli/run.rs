@@ -37,13 +37,30 @@ pub struct RunArgs {
 const RUN_CHUNK: usize = 16;
 
 pub fn run(a: &RunArgs) -> Result<()> {
-    let mut g = super::engine::load(&a.graph)?;
-    cnnc::passes::optimize(&mut g, &a.passes.options())?;
+    let mut g = cnnc::format::load(&a.graph.graph)?;
     let labels = a.labels.as_deref().map(read_labels).transpose()?;
+    // Refused before reading anything large: the batch given, or one input (a folder
+    // of images is checked again once it is listed, an array once it is read).
+    let images = a
+        .input
+        .as_deref()
+        .is_some_and(|p| p.is_dir() || cnnc::io::image::is_image(p));
+    let decoding = if images {
+        cnnc::memory::image_need(&g)
+    } else {
+        0
+    };
+    let hint = a.batch.unwrap_or(1);
+    a.engine
+        .check_memory(&g, hint, hint.min(RUN_CHUNK), decoding)?;
+    super::engine::bind(&mut g, &a.graph)?;
+    cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let batch = super::engine::load_input(a.input.as_deref(), &g, a.batch)?;
     // Kernels see chunks of at most RUN_CHUNK images: a folder of thousands of images
     // needs an arena for one chunk, not for all of them.
-    let chunk = batch.tensor.shape()[0].min(RUN_CHUNK);
+    let n = batch.tensor.shape()[0];
+    let chunk = n.min(RUN_CHUNK);
+    a.engine.check_memory(&g, n, chunk, 0)?;
     let opts = a.engine.options(a.passes.options(), chunk);
     let runner = Runner::new(g, a.engine.engine, &opts)?;
     let start = std::time::Instant::now();
@@ -143,8 +160,12 @@ pub fn profile_table(layers: &[cnnc::runtime::LayerTime]) -> String {
         .max(5);
     let op_w = layers.iter().map(|l| l.op.len()).max().unwrap_or(2).max(2);
     let mut out = format!(
-        "{:<name_w$}  {:<op_w$}  {:>10}  {:>8}  {:>6}\n",
-        "layer", "op", "time (ms)", "GFLOP/s", "share"
+        "{}  {}  {:>10}  {:>8}  {:>6}\n",
+        super::pad_right("layer", name_w),
+        super::pad_right("op", op_w),
+        "time (ms)",
+        "GFLOP/s",
+        "share"
     );
     for l in layers {
         let secs = l.time.as_secs_f64();
@@ -154,9 +175,9 @@ pub fn profile_table(layers: &[cnnc::runtime::LayerTime]) -> String {
             "-".into()
         };
         out += &format!(
-            "{:<name_w$}  {:<op_w$}  {:>10.3}  {:>8}  {:>5.1}%\n",
-            l.name,
-            l.op,
+            "{}  {}  {:>10.3}  {:>8}  {:>5.1}%\n",
+            super::pad_right(&l.name, name_w),
+            super::pad_right(&l.op, op_w),
             secs * 1e3,
             gflops,
             100.0 * secs / total.max(f64::MIN_POSITIVE)

@@ -1,6 +1,7 @@
 //! The YAML graph format (see `docs/graph-format.md`): parsing, `repeat` expansion,
 //! layer naming, and building the IR.
 mod attrs;
+mod limits;
 mod write;
 
 pub use write::write_str;
@@ -339,14 +340,20 @@ fn expand(items: &[LayerItem], in_repeat: bool, out: &mut Vec<LayerDecl>) -> Res
                 out.push(l.clone());
             }
             LayerItem::Repeat { times, layers } => {
-                if times.saturating_mul(layers.len()) > 100_000 {
+                // The block is expanded once and copied: an empty block costs nothing,
+                // however many times it repeats.
+                let mut block = Vec::new();
+                expand(layers, true, &mut block)?;
+                if times.saturating_mul(block.len()) > 100_000 {
                     return Err(Error::Format(format!(
                         "repeat {times} of {} layers is more than the limit of 100000 layers",
-                        layers.len()
+                        block.len()
                     )));
                 }
-                for _ in 0..*times {
-                    expand(layers, true, out)?;
+                if !block.is_empty() {
+                    for _ in 0..*times {
+                        out.extend_from_slice(&block);
+                    }
                 }
             }
         }
@@ -362,6 +369,7 @@ fn expand(items: &[LayerItem], in_repeat: bool, out: &mut Vec<LayerDecl>) -> Res
 /// Parses a graph from YAML text. `base` is the folder relative paths (`weights:`) are
 /// resolved against. Shapes are inferred and checked.
 pub fn parse_str(text: &str, base: Option<&Path>) -> Result<Graph> {
+    limits::check(text)?;
     let doc: Document = serde_yaml::from_str(text).map_err(|e| Error::Format(e.to_string()))?;
     let mut decls = Vec::new();
     expand(&doc.layers, false, &mut decls)?;

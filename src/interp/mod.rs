@@ -13,6 +13,11 @@ use std::collections::HashMap;
 pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
     let x = g.check_input(input)?;
     let n = x.shape()[0];
+    // The interpreter keeps every activation of the batch: refuse what cannot fit.
+    crate::memory::check(
+        &crate::memory::estimate(g, n, crate::memory::Engine::Interp),
+        None,
+    )?;
     let mut values: HashMap<_, Tensor> = HashMap::new();
     values.insert(g.input, x);
     for id in g.topo_order()? {

@@ -37,7 +37,10 @@ pub fn load_input(
         }
         Some(p) if p.is_dir() => {
             let files = image::list_dir(p)?;
-            let mut data = Vec::with_capacity(files.len() * per_item);
+            let mut data = Vec::new();
+            let len = files.len().saturating_mul(per_item);
+            data.try_reserve_exact(len)
+                .map_err(|_| crate::memory::out_of_memory("the input images", len, 4))?;
             for (i, f) in files.iter().enumerate() {
                 data.extend(image::load(f, &s, g.norm.as_ref())?.into_data());
                 progress(i + 1, files.len());
@@ -82,7 +85,10 @@ pub fn load_input(
             }
             // One image repeated to fill the batch.
             crate::ir::shape::check_budget("input", "input batch", &[n, per_item])?;
-            let data = loaded.tensor.data().repeat(n);
+            let mut data = crate::memory::try_vec(n * per_item, 0.0, "the input batch")?;
+            for item in data.chunks_exact_mut(per_item) {
+                item.copy_from_slice(loaded.tensor.data());
+            }
             Ok(Batch {
                 tensor: Tensor::new(vec![n, s.c, s.h, s.w], data)?,
                 items: vec![loaded.items[0].clone(); n],

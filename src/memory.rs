@@ -1,0 +1,257 @@
+//! What a run will need in memory, what the machine can give, and fallible allocation.
+//!
+//! A run whose estimate exceeds what is available is refused before any work, with the
+//! figure and what it is for; the large buffers themselves are reserved with
+//! `try_reserve`, so a wrong estimate still ends in an error, never an allocator abort.
+use crate::error::{Error, Result};
+use crate::ir::{stats::layer_stats, Graph, Op};
+use std::fmt;
+
+/// The engine a run uses: the interpreter keeps every activation of the whole batch;
+/// the JIT keeps the activations of `chunk` images in its arena, plus packed weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Interp,
+    Jit { chunk: usize },
+}
+
+/// A conservative estimate of a run's memory, in bytes, by what it is for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Need {
+    pub parts: Vec<(String, u64)>,
+}
+
+impl Need {
+    pub fn total(&self) -> u64 {
+        self.parts
+            .iter()
+            .fold(0u64, |t, (_, b)| t.saturating_add(*b))
+    }
+    fn add(&mut self, what: impl Into<String>, bytes: u64) {
+        if bytes > 0 {
+            self.parts.push((what.into(), bytes));
+        }
+    }
+}
+
+impl fmt::Display for Need {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", bytes(self.total()))?;
+        let parts: Vec<String> = self
+            .parts
+            .iter()
+            .map(|(what, b)| format!("{what} {}", bytes(*b)))
+            .collect();
+        if !parts.is_empty() {
+            write!(f, " ({})", parts.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// `1536` -> `1.5 KiB`, up to TiB; exact below 1 KiB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Parses a size such as `512M`, `4G`, `1.5GiB` or a plain number of bytes.
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("`{s}` is not a size; write e.g. 512M or 4G")),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size; write e.g. 512M or 4G"))?;
+    if !(v.is_finite() && v * scale as f64 >= 1.0) {
+        return Err(format!("`{s}` is not a size of at least one byte"));
+    }
+    Ok((v * scale as f64).min(u64::MAX as f64) as u64)
+}
+
+const F32: u64 = 4;
+
+/// The memory of running `g` (shapes inferred) on `batch` images with `engine`.
+/// Counts the input batch, the outputs, the weights (and, for the JIT, a packed copy,
+/// four times the size for Winograd-eligible 3x3 convolutions), and the activations.
+pub fn estimate(g: &Graph, batch: usize, engine: Engine) -> Need {
+    let batch = batch as u64;
+    let mut need = Need::default();
+    let (mut weights, mut packed, mut activations) = (0u64, 0u64, 0u64);
+    for id in g.dag.node_indices() {
+        let node = g.node(id);
+        let params = layer_stats(g, id).params.saturating_mul(F32);
+        weights = weights.saturating_add(params);
+        let packing = match &node.op {
+            Op::Conv(c) if c.size.h == 3 && c.size.w == 3 => 4,
+            Op::Conv(_) | Op::Fc(_) | Op::Gemm(_) => 1,
+            _ => 0,
+        };
+        packed = packed.saturating_add(params.saturating_mul(packing));
+        if id != g.input {
+            activations = activations.saturating_add((node.shape.len() as u64).saturating_mul(F32));
+        }
+    }
+    let input = (g.input_shape().len() as u64).saturating_mul(F32);
+    let outputs: u64 = g
+        .outputs
+        .iter()
+        .map(|&o| g.node(o).shape.len() as u64 * F32)
+        .sum();
+    need.add("input batch", input.saturating_mul(batch));
+    need.add("weights", weights);
+    match engine {
+        Engine::Interp => {
+            need.add(
+                format!("activations of {batch} image(s)"),
+                activations.saturating_mul(batch),
+            );
+        }
+        Engine::Jit { chunk } => {
+            let chunk = (chunk as u64).clamp(1, batch.max(1));
+            need.add("packed weights", packed);
+            need.add(
+                format!("activations of {chunk} image(s) per call"),
+                activations.saturating_mul(chunk),
+            );
+            need.add("outputs", outputs.saturating_mul(batch));
+        }
+    }
+    need
+}
+
+/// Bytes of decoding and resizing one image for an input of `c x h x w`: the resized
+/// 8-bit image, its float copy and the tensor.
+pub fn image_need(g: &Graph) -> u64 {
+    let s = g.input_shape();
+    let plane = (s.h as u64).saturating_mul(s.w as u64);
+    plane.saturating_mul(3 + 3 * F32 + s.c as u64 * F32)
+}
+
+/// How much memory this process may still take, and where that figure comes from:
+/// the smaller of `MemAvailable` (`/proc/meminfo`) and the room left under an
+/// address-space limit (`ulimit -v`, `prlimit --as`). `None` when neither is known.
+pub fn available() -> Option<(u64, &'static str)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let mem = meminfo
+        .as_deref()
+        .and_then(|m| kib_field(m, "MemAvailable:"))
+        .map(|b| (b, "MemAvailable in /proc/meminfo"));
+    let limits = std::fs::read_to_string("/proc/self/limits").ok();
+    let status = std::fs::read_to_string("/proc/self/status").ok();
+    let address_space = limits
+        .as_deref()
+        .and_then(address_space_limit)
+        .map(|limit| {
+            let used = status
+                .as_deref()
+                .and_then(|s| kib_field(s, "VmSize:"))
+                .unwrap_or(0);
+            (
+                limit.saturating_sub(used),
+                "the room left under the address-space limit (ulimit -v)",
+            )
+        });
+    match (mem, address_space) {
+        (Some(m), Some(a)) => Some(if a.0 < m.0 { a } else { m }),
+        (m, a) => m.or(a),
+    }
+}
+
+/// A `Name:   1234 kB` line of a /proc file, in bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line[key.len()..].split_whitespace().next()?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// The soft `Max address space` of `/proc/self/limits`, unless unlimited.
+fn address_space_limit(limits: &str) -> Option<u64> {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    line["Max address space".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Refuses a run that needs more than `limit` (the user's `--max-memory`) or, without
+/// one, more than [`available`] reports.
+pub fn check(need: &Need, limit: Option<u64>) -> Result<()> {
+    let (have, source) = match limit {
+        Some(l) => (l, "the --max-memory limit"),
+        None => match available() {
+            Some(a) => a,
+            None => return Ok(()),
+        },
+    };
+    if need.total() > have {
+        return Err(Error::Input(format!(
+            "this run needs about {need}, more than the {} of {source}; use a smaller batch or input, or a smaller graph",
+            bytes(have)
+        )));
+    }
+    Ok(())
+}
+
+/// A vector of `n` copies of `value`, or an error naming `what` if the memory cannot
+/// be reserved (instead of the allocator aborting the process).
+pub fn try_vec<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| out_of_memory(what, n, size_of::<T>()))?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// The error for a failed reservation of `n` elements of `size` bytes.
+pub fn out_of_memory(what: &str, n: usize, size: usize) -> Error {
+    Error::Input(format!(
+        "not enough memory for {what}: {} could not be allocated",
+        bytes((n as u64).saturating_mul(size as u64))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("-1G").is_err());
+        assert!(parse_bytes("4Q").is_err());
+        assert_eq!(bytes(1000), "1000 bytes");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn a_failed_reservation_is_an_error() {
+        let e = try_vec(usize::MAX / 8, 0f32, "the test").unwrap_err();
+        assert!(e.to_string().starts_with("not enough memory for the test"));
+    }
+}
