@@ -34,9 +34,11 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Tensor, String> {
     let size = match h.descr.as_str() {
         "<f4" => 4,
         "<f8" => 8,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "the array's dtype is {other}; cnnc reads little-endian float32 (<f4) or float64 (<f8)"
-        )),
+        ))
+        }
     };
     if h.fortran && h.shape.len() > 1 {
         return Err(
