@@ -20,6 +20,12 @@
 //! assert!(cnnc::tensor::rel_l2(z[0].data(), y[0].data()) < 1e-5);
 //! # Ok::<(), cnnc::Error>(())
 //! ```
+//!
+//! `unsafe` code is denied, but for the items that call generated code, map and free it and
+//! hand work to the thread pool (in `jit`), each allowed where it stands with its invariant
+//! in a `// SAFETY:` comment.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 pub mod error;
 pub mod format;
 pub mod interp;

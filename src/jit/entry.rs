@@ -185,6 +185,7 @@ impl Entry {
             )));
         }
         let ptr = code.ptr(id)?;
+        #[allow(unsafe_code)] // The one conversion of generated code to a Rust function.
         // SAFETY: every function a `KernelModule` defines has the signature of `KernelFn`
         // (`define_fn`: three i64 parameters, no result, the platform's C calling convention),
         // and `ptr` is its finalized address in `code`, which `_code` keeps mapped.
@@ -291,6 +292,7 @@ impl Entry {
             };
         }
         let bufs = ptrs.slice().as_ptr() as *const *mut f32;
+        #[allow(unsafe_code)] // The one call into generated code.
         // SAFETY: `addresses` checked every buffer against its slot and `run` checked the
         // range (`split` gives parts of `0..units`). The code was generated from the same spec
         // as the slots, so for the units in `range` it touches only the first `len` floats of

@@ -41,6 +41,7 @@ extern "C" fn cnnc_prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     for line in (0..PREFETCH_BYTES).step_by(64) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        #[allow(unsafe_code)] // `_mm_prefetch` takes a raw pointer.
         // SAFETY: prefetch instructions do not access memory architecturally and never
         // fault, whatever the address.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8) };
@@ -392,6 +393,7 @@ impl KernelModule {
 impl Drop for KernelModule {
     fn drop(&mut self) {
         if let Some(m) = self.module.take() {
+            #[allow(unsafe_code)] // Unmapping the code memory.
             // SAFETY: nothing was finalized, so no function pointer into this memory escaped.
             unsafe { m.free_memory() };
         }
@@ -436,11 +438,15 @@ pub struct Compiled {
     _tables: Vec<Box<[i32]>>,
 }
 
-// SAFETY: after finalization the module is never mutated again until `Drop`, which has exclusive
-// access. The code and tables are immutable, and the generated functions keep no state, so
-// calling them from several threads at once is sound (each call writes only the output buffers
-// it is given).
+// `JITModule` is neither `Send` nor `Sync` (it holds raw pointers to the code memory).
+// SAFETY: after finalization the module is never used again until `Drop`, which has exclusive
+// access and only unmaps the memory: moving it to another thread with the last `Arc` is sound.
+#[allow(unsafe_code)]
 unsafe impl Send for Compiled {}
+// SAFETY: through `&Compiled` only the immutable code addresses and tables are reachable, and
+// the generated functions keep no state, so calling them from several threads at once is
+// sound (each call writes only the output buffers it is given, see `Entry`).
+#[allow(unsafe_code)]
 unsafe impl Sync for Compiled {}
 
 impl Compiled {
@@ -462,6 +468,7 @@ impl Compiled {
 impl Drop for Compiled {
     fn drop(&mut self) {
         if let Some(m) = self.module.take() {
+            #[allow(unsafe_code)] // Unmapping the code memory.
             // SAFETY: `Compiled` is dropped when the last kernel holding its `Arc` is gone, so no
             // function pointer into this memory can be called any more.
             unsafe { m.free_memory() };

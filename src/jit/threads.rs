@@ -161,6 +161,7 @@ fn worker(s: &Shared, index: usize) {
             *g -= 1;
         }
         let job = s.job.load(Ordering::Acquire);
+        #[allow(unsafe_code)] // The job's closure, borrowed across threads for its duration.
         // SAFETY: `split` published `job` before bumping the epoch and keeps it alive until
         // every worker has incremented `done` (below).
         let job = unsafe { &*job };
