@@ -14,8 +14,9 @@
 //!   one input value per FMA. Strides cost nothing (the pixel addresses are just further
 //!   apart), and padding is taken out of the hot loop by first copying the input into a
 //!   zero-bordered scratch buffer, so that every pixel uses the same tap table.
-//!   Results are stored transposed (one scalar store per element), except with a residual
-//!   in 4-pixel row tiles: a 4x4 shuffle transpose, then per-channel vector residual epilogue.
+//!   Results are stored transposed (one scalar store per element), except with a residual:
+//!   tiles of 4 consecutive pixels are transposed (4x4 shuffles) for a vector epilogue per
+//!   channel, and other tiles gather the residuals of 4 channels into a vector.
 use std::ops::Range;
 use std::sync::Arc;
 

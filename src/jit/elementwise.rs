@@ -103,119 +103,151 @@ impl EltSpec {
 /// Emits the function over the buffers `[inputs.., out]`.
 fn body(s: &EltSpec, e: &mut Emit, p: &[Value], begin: Value, end: Value) -> Result<()> {
     let (ins, out) = (&p[..s.n_inputs()], p[s.n_inputs()]);
+    let bufs = (ins, out);
+    let range = (begin, end);
     match *s {
         EltSpec::Add { relu, .. } => add_body(e, ins, out, begin, end, relu),
         EltSpec::Relu { .. } => add_body(e, ins, out, begin, end, true),
-        EltSpec::ScaleShift { hw, relu, .. } => e.for_range(begin, end, 1, |e, c| {
-            let o = e.mul_imm(c, (hw * 4) as i64);
-            let x = e.b.ins().iadd(ins[0], o);
-            let y = e.b.ins().iadd(out, o);
-            let co = e.ishl4(c);
-            let sp = e.b.ins().iadd(ins[1], co);
-            let tp = e.b.ins().iadd(ins[2], co);
-            let sc = e.load(F32, sp, 0);
-            let sh = e.load(F32, tp, 0);
-            let sc4 = e.b.ins().splat(F32X4, sc);
-            let sh4 = e.b.ins().splat(F32X4, sh);
-            let f = |e: &mut Emit, ty, src: Value, dst: Value| {
-                let v = e.load(ty, src, 0);
-                let (a, b) = if ty == F32 { (sc, sh) } else { (sc4, sh4) };
-                let m = e.b.ins().fmul(v, a);
-                let mut r = e.b.ins().fadd(m, b);
-                if relu {
-                    r = e.relu(r);
-                }
-                e.store(r, dst, 0);
-            };
-            let n4 = hw / 4 * 4;
-            let delta = e.b.ins().isub(y, x);
-            let xe = e.add_imm(x, (n4 * 4) as i64);
-            e.for_range(x, xe, 16, |e, xp| {
-                let yp = e.b.ins().iadd(xp, delta);
-                f(e, F32X4, xp, yp);
-                Ok(())
-            })?;
-            for i in n4..hw {
-                let xp = e.add_imm(x, (i * 4) as i64);
-                let yp = e.add_imm(y, (i * 4) as i64);
-                f(e, F32, xp, yp);
+        EltSpec::ScaleShift { hw, relu, .. } => scale_shift(e, bufs, range, hw, relu),
+        EltSpec::Softmax { channels, hw } => softmax(e, bufs, range, channels, hw),
+        EltSpec::GlobalAvgPool { hw, .. } => global_avg_pool(e, bufs, range, hw),
+    }
+}
+
+/// Channels `begin..end` of `x * scale[c] + shift[c]` (then ReLU), `ins = [x, scale, shift]`.
+fn scale_shift(
+    e: &mut Emit,
+    (ins, out): (&[Value], Value),
+    (begin, end): (Value, Value),
+    hw: usize,
+    relu: bool,
+) -> Result<()> {
+    e.for_range(begin, end, 1, |e, c| {
+        let x = e.addr(ins[0], c, hw * 4);
+        let y = e.addr(out, c, hw * 4);
+        let co = e.ishl4(c);
+        let sp = e.b.ins().iadd(ins[1], co);
+        let tp = e.b.ins().iadd(ins[2], co);
+        let sc = e.load(F32, sp, 0);
+        let sh = e.load(F32, tp, 0);
+        let sc4 = e.b.ins().splat(F32X4, sc);
+        let sh4 = e.b.ins().splat(F32X4, sh);
+        let f = |e: &mut Emit, ty, src: Value, dst: Value| {
+            let v = e.load(ty, src, 0);
+            let (a, b) = if ty == F32 { (sc, sh) } else { (sc4, sh4) };
+            let m = e.b.ins().fmul(v, a);
+            let mut r = e.b.ins().fadd(m, b);
+            if relu {
+                r = e.relu(r);
             }
+            e.store(r, dst, 0);
+        };
+        let n4 = hw / 4 * 4;
+        let delta = e.b.ins().isub(y, x);
+        let xe = e.add_imm(x, (n4 * 4) as i64);
+        e.for_range(x, xe, 16, |e, xp| {
+            let yp = e.b.ins().iadd(xp, delta);
+            f(e, F32X4, xp, yp);
             Ok(())
-        }),
-        EltSpec::Softmax { channels, hw } => e.for_range(begin, end, 1, |e, px| {
-            let po = e.ishl4(px);
-            let x = e.b.ins().iadd(ins[0], po);
-            let y = e.b.ins().iadd(out, po);
-            let stride = (hw * 4) as i64;
-            let xend = e.add_imm(x, stride * channels as i64);
-            let m = e.b.declare_var(F32);
-            let ninf = e.b.ins().f32const(f32::NEG_INFINITY);
-            e.b.def_var(m, ninf);
-            e.for_range(x, xend, stride, |e, xp| {
-                let v = e.load(F32, xp, 0);
-                let a = e.b.use_var(m);
-                let r = e.b.ins().fmax(a, v);
-                e.b.def_var(m, r);
-                Ok(())
-            })?;
-            let mx = e.b.use_var(m);
-            let sum = e.b.declare_var(F32);
-            let z = e.fzero(F32);
-            e.b.def_var(sum, z);
-            let delta = e.b.ins().isub(y, x);
-            e.for_range(x, xend, stride, |e, xp| {
-                let v = e.load(F32, xp, 0);
-                let d = e.b.ins().fsub(v, mx);
-                let call = e.b.ins().call(e.exp_ref, &[d]);
-                let ex = e.b.inst_results(call)[0];
-                let yp = e.b.ins().iadd(xp, delta);
-                e.store(ex, yp, 0);
-                let a = e.b.use_var(sum);
-                let a = e.b.ins().fadd(a, ex);
-                e.b.def_var(sum, a);
-                Ok(())
-            })?;
-            let total = e.b.use_var(sum);
-            let yend = e.add_imm(y, stride * channels as i64);
-            e.for_range(y, yend, stride, |e, yp| {
-                let v = e.load_rw(F32, yp, 0);
-                let r = e.b.ins().fdiv(v, total);
-                e.store(r, yp, 0);
-                Ok(())
-            })
-        }),
-        EltSpec::GlobalAvgPool { hw, .. } => e.for_range(begin, end, 1, |e, c| {
-            let o = e.mul_imm(c, (hw * 4) as i64);
-            let x = e.b.ins().iadd(ins[0], o);
-            let acc = e.b.declare_var(F32X4);
-            let z = e.fzero(F32X4);
-            e.b.def_var(acc, z);
-            let n4 = hw / 4 * 4;
-            let xe = e.add_imm(x, (n4 * 4) as i64);
-            e.for_range(x, xe, 16, |e, xp| {
-                let v = e.load(F32X4, xp, 0);
-                let a = e.b.use_var(acc);
-                let a = e.b.ins().fadd(a, v);
-                e.b.def_var(acc, a);
-                Ok(())
-            })?;
-            let a = e.b.use_var(acc);
-            let l: Vec<Value> = (0..4).map(|i| e.b.ins().extractlane(a, i as u8)).collect();
-            let s01 = e.b.ins().fadd(l[0], l[1]);
-            let s23 = e.b.ins().fadd(l[2], l[3]);
-            let mut t = e.b.ins().fadd(s01, s23);
-            for i in n4..hw {
-                let v = e.load(F32, x, off(i * 4));
-                t = e.b.ins().fadd(t, v);
-            }
-            let k = e.b.ins().f32const(hw as f32);
-            let r = e.b.ins().fdiv(t, k);
-            let co = e.ishl4(c);
-            let yp = e.b.ins().iadd(out, co);
+        })?;
+        for i in n4..hw {
+            let xp = e.add_imm(x, (i * 4) as i64);
+            let yp = e.add_imm(y, (i * 4) as i64);
+            f(e, F32, xp, yp);
+        }
+        Ok(())
+    })
+}
+
+/// Pixels `begin..end` of the softmax over the channels (max, `exp` of the differences, sum, division).
+fn softmax(
+    e: &mut Emit,
+    (ins, out): (&[Value], Value),
+    (begin, end): (Value, Value),
+    channels: usize,
+    hw: usize,
+) -> Result<()> {
+    e.for_range(begin, end, 1, |e, px| {
+        let po = e.ishl4(px);
+        let x = e.b.ins().iadd(ins[0], po);
+        let y = e.b.ins().iadd(out, po);
+        let stride = (hw * 4) as i64;
+        let xend = e.add_imm(x, stride * channels as i64);
+        let m = e.b.declare_var(F32);
+        let ninf = e.b.ins().f32const(f32::NEG_INFINITY);
+        e.b.def_var(m, ninf);
+        e.for_range(x, xend, stride, |e, xp| {
+            let v = e.load(F32, xp, 0);
+            let a = e.b.use_var(m);
+            let r = e.b.ins().fmax(a, v);
+            e.b.def_var(m, r);
+            Ok(())
+        })?;
+        let mx = e.b.use_var(m);
+        let sum = e.b.declare_var(F32);
+        let z = e.fzero(F32);
+        e.b.def_var(sum, z);
+        let delta = e.b.ins().isub(y, x);
+        e.for_range(x, xend, stride, |e, xp| {
+            let v = e.load(F32, xp, 0);
+            let d = e.b.ins().fsub(v, mx);
+            let call = e.b.ins().call(e.exp_ref, &[d]);
+            let ex = e.b.inst_results(call)[0];
+            let yp = e.b.ins().iadd(xp, delta);
+            e.store(ex, yp, 0);
+            let a = e.b.use_var(sum);
+            let a = e.b.ins().fadd(a, ex);
+            e.b.def_var(sum, a);
+            Ok(())
+        })?;
+        let total = e.b.use_var(sum);
+        let yend = e.add_imm(y, stride * channels as i64);
+        e.for_range(y, yend, stride, |e, yp| {
+            let v = e.load_rw(F32, yp, 0);
+            let r = e.b.ins().fdiv(v, total);
             e.store(r, yp, 0);
             Ok(())
-        }),
-    }
+        })
+    })
+}
+
+/// Channels `begin..end`: the mean of each `hw`-float plane.
+fn global_avg_pool(
+    e: &mut Emit,
+    (ins, out): (&[Value], Value),
+    (begin, end): (Value, Value),
+    hw: usize,
+) -> Result<()> {
+    e.for_range(begin, end, 1, |e, c| {
+        let x = e.addr(ins[0], c, hw * 4);
+        let acc = e.b.declare_var(F32X4);
+        let z = e.fzero(F32X4);
+        e.b.def_var(acc, z);
+        let n4 = hw / 4 * 4;
+        let xe = e.add_imm(x, (n4 * 4) as i64);
+        e.for_range(x, xe, 16, |e, xp| {
+            let v = e.load(F32X4, xp, 0);
+            let a = e.b.use_var(acc);
+            let a = e.b.ins().fadd(a, v);
+            e.b.def_var(acc, a);
+            Ok(())
+        })?;
+        let a = e.b.use_var(acc);
+        let l: Vec<Value> = (0..4).map(|i| e.b.ins().extractlane(a, i as u8)).collect();
+        let s01 = e.b.ins().fadd(l[0], l[1]);
+        let s23 = e.b.ins().fadd(l[2], l[3]);
+        let mut t = e.b.ins().fadd(s01, s23);
+        for i in n4..hw {
+            let v = e.load(F32, x, off(i * 4));
+            t = e.b.ins().fadd(t, v);
+        }
+        let k = e.b.ins().f32const(hw as f32);
+        let r = e.b.ins().fdiv(t, k);
+        let co = e.ishl4(c);
+        let yp = e.b.ins().iadd(out, co);
+        e.store(r, yp, 0);
+        Ok(())
+    })
 }
 
 /// Elements `begin..end`: f32x4 while 4 remain, then one at a time. Both paths compute each

@@ -302,7 +302,9 @@ impl Entry {
         // call runs. With a pool, concurrent calls get disjoint ranges, whose units write
         // disjoint elements of `Write` buffers, and disjoint `len`-float parts of `Temp`
         // buffers (part `part` starts at `part * len`, within the `len * threads` checked).
-        unsafe { (self.f)(bufs, range.start as i64, range.end as i64) };
+        unsafe {
+            (self.f)(bufs, range.start as i64, range.end as i64)
+        };
     }
 }
 

@@ -44,7 +44,9 @@ extern "C" fn cnnc_prefetch(p: *const u8) {
         #[allow(unsafe_code)] // `_mm_prefetch` takes a raw pointer.
         // SAFETY: prefetch instructions do not access memory architecturally and never
         // fault, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8) };
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line) as *const i8)
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
@@ -395,7 +397,9 @@ impl Drop for KernelModule {
         if let Some(m) = self.module.take() {
             #[allow(unsafe_code)] // Unmapping the code memory.
             // SAFETY: nothing was finalized, so no function pointer into this memory escaped.
-            unsafe { m.free_memory() };
+            unsafe {
+                m.free_memory()
+            };
         }
     }
 }
@@ -471,7 +475,9 @@ impl Drop for Compiled {
             #[allow(unsafe_code)] // Unmapping the code memory.
             // SAFETY: `Compiled` is dropped when the last kernel holding its `Arc` is gone, so no
             // function pointer into this memory can be called any more.
-            unsafe { m.free_memory() };
+            unsafe {
+                m.free_memory()
+            };
         }
     }
 }

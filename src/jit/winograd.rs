@@ -343,14 +343,26 @@ impl WinogradPlan {
         }
     }
 
+    /// The compute function: the products of the channel blocks `begin..end`, then the
+    /// output transform of their channels.
     fn compute(&self, e: &mut Emit, b: ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
-        let s = self.spec;
-        let (w, res, out, scratch) = (b.packed, b.residual, b.out, b.scratch);
-        let (c, k, tp) = (s.in_c, s.out_c, self.tp);
-        let wl = self.u_stride();
-        let vbase = e.add_imm(scratch, (c * self.plane_len() * 4) as i64);
+        let vbase = e.add_imm(b.scratch, (self.spec.in_c * self.plane_len() * 4) as i64);
         let mbase = e.add_imm(vbase, (POS * self.v_stride() * 4) as i64);
-        // The 36 products, position-major so that one V[ξ] stays in cache for every block.
+        self.products(e, &b, (vbase, mbase), (begin, end))?;
+        self.output_transform(e, &b, mbase, (begin, end))
+    }
+
+    /// `M[ξ] = U[ξ] V[ξ]` for the 36 positions, for channel blocks `begin..end`,
+    /// position-major so that one `V[ξ]` stays in cache for every block.
+    fn products(
+        &self,
+        e: &mut Emit,
+        b: &ConvBufs<Value>,
+        (vbase, mbase): (Value, Value),
+        (begin, end): (Value, Value),
+    ) -> Result<()> {
+        let (w, res, tp) = (b.packed, b.residual, self.tp);
+        let wl = self.u_stride();
         e.for_const(0, POS as i64, 1, |e, xi| {
             let ptr = Ptrs {
                 inp: e.addr(vbase, xi, self.v_stride() * 4),
@@ -369,8 +381,21 @@ impl WinogradPlan {
                 }
                 Ok(())
             })
-        })?;
-        // The output transform of the channels of blocks begin..end.
+        })
+    }
+
+    /// `Aᵀ M A`, the epilogue and the stores for the output channels of blocks `begin..end`,
+    /// a group of 4 tiles at a time.
+    fn output_transform(
+        &self,
+        e: &mut Emit,
+        b: &ConvBufs<Value>,
+        mbase: Value,
+        (begin, end): (Value, Value),
+    ) -> Result<()> {
+        let s = self.spec;
+        let (w, res, out, k, tp) = (b.packed, b.residual, b.out, s.out_c, self.tp);
+        let wl = self.u_stride();
         let (oh, ow) = (s.out_h(), s.out_w());
         let k0 = e.mul_imm(begin, MR as i64);
         let k1 = e.mul_imm(end, MR as i64);
@@ -450,7 +475,7 @@ impl WinogradPlan {
         })
     }
 
-    /// `Aᵀ m A` for the 4 tiles whose `M` values start at `mp`, then bias, residual, ReLU and
+    /// `Aᵀ m A` for the 4 tiles whose `M` values start at `mp`, then the epilogue and
     /// the stores of each lane's tile (its inside part) at `op`, `rp`.
     fn output_group(
         &self,
