@@ -1,6 +1,7 @@
 //! cnnc: a small compiler for convolutional neural networks.
 //!
-//! The pipeline: [`format`] (YAML) -> [`ir`] (petgraph) -> passes -> [`interp`] / JIT.
+//! The pipeline: [`format`] (YAML) -> [`ir`] (petgraph) -> [`passes`] -> [`interp`], or
+//! [`lower`] (an execution plan) -> [`jit`] kernels -> [`runtime`].
 //!
 //! ```
 //! // Load a graph (from a path with `format::load`, or from a string):
@@ -32,6 +33,7 @@ pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod jit;
+pub mod lower;
 pub mod memory;
 pub mod onnx;
 pub mod options;

@@ -1,4 +1,5 @@
-//! `cnnc compile`: runs the pass pipeline and emits the result (IR text or DOT), with
+//! `cnnc compile`: runs the pass pipeline and emits the result (IR text, DOT, the
+//! execution plan or the kernels' code), with
 //! LLVM-style `--print-after` dumps between passes on stderr.
 use super::passes::PassArgs;
 use cnnc::ir::print;
@@ -17,6 +18,9 @@ pub enum Emit {
     Clif,
     /// The machine code of every generated kernel, as Cranelift prints it.
     Asm,
+    /// The execution plan: each step's kernel, algorithm, shapes and buffers, then the
+    /// activation arena's layout and size.
+    Plan,
 }
 
 #[derive(clap::Args)]
@@ -50,9 +54,10 @@ pub fn compile(a: &CompileArgs) -> Result<String> {
         passes::check_name(name)?;
     }
     let mut g = cnnc::format::load(&a.graph)?;
-    let codegen = matches!(a.emit, Emit::Clif | Emit::Asm);
+    let codegen = matches!(a.emit, Emit::Clif | Emit::Asm | Emit::Plan);
     if codegen {
-        // Code generation packs weights; the seed's are as good as any for looking at code.
+        // Code generation packs weights (and lowering an unfolded batchnorm reads them);
+        // the seed's are as good as any for looking at code.
         cnnc::weights::bind(&mut g, None)?;
     }
     let pipeline = Pipeline::new(&a.passes.options())?;
@@ -64,6 +69,7 @@ pub fn compile(a: &CompileArgs) -> Result<String> {
     match a.emit {
         Emit::Ir => print::to_text(&g),
         Emit::Dot => print::to_dot(&g),
+        Emit::Plan => Ok(cnnc::lower::lower(&g, &a.passes.options())?.to_string()),
         Emit::Clif | Emit::Asm => {
             let listings = cnnc::runtime::listings(&g, &a.passes.options())?;
             let mut out = String::new();

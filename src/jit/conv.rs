@@ -654,7 +654,7 @@ impl Emit<'_> {
 }
 
 /// How a convolution is computed (chosen from its spec; see the module documentation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConvMethod {
     /// Direct convolution on register tiles of pixels x 8 output channels.
     Direct,
@@ -681,20 +681,46 @@ enum Plan {
     Winograd(WinogradPlan),
 }
 
+impl ConvMethod {
+    /// The fastest method for `spec` (Winograd only if `winograd` allows it).
+    pub fn for_spec(spec: &ConvSpec, winograd: bool) -> ConvMethod {
+        if winograd && WinogradPlan::for_spec(spec).is_some() {
+            ConvMethod::Winograd
+        } else if spec.is_pointwise() {
+            ConvMethod::PointwiseGemm
+        } else {
+            ConvMethod::Direct
+        }
+    }
+}
+
 impl Plan {
     fn new(spec: &ConvSpec, winograd: bool) -> Plan {
-        if let Some(w) = WinogradPlan::for_spec(spec).filter(|_| winograd) {
-            Plan::Winograd(w)
-        } else if spec.is_pointwise() {
-            Plan::Gemm(PixelGemm::new(gemm::PixelGemmSpec {
-                in_c: spec.in_c,
-                out_c: spec.out_c,
-                pixels: spec.in_h * spec.in_w,
-                epilogue: spec.epilogue(),
-            }))
-        } else {
-            Plan::Direct(DirectPlan::new(*spec))
-        }
+        Self::with_method(spec, ConvMethod::for_spec(spec, winograd))
+            .expect("for_spec picks a method that fits the spec")
+    }
+
+    /// The plan computing `spec` with `method`, or an error if the method cannot.
+    fn with_method(spec: &ConvSpec, method: ConvMethod) -> Result<Plan> {
+        let unfit = || {
+            Error::Codegen(format!(
+                "a {}x{}/{} convolution cannot use the {method} method",
+                spec.kernel_h, spec.kernel_w, spec.stride_h
+            ))
+        };
+        Ok(match method {
+            ConvMethod::Winograd => Plan::Winograd(WinogradPlan::for_spec(spec).ok_or_else(unfit)?),
+            ConvMethod::PointwiseGemm if spec.is_pointwise() => {
+                Plan::Gemm(PixelGemm::new(gemm::PixelGemmSpec {
+                    in_c: spec.in_c,
+                    out_c: spec.out_c,
+                    pixels: spec.in_h * spec.in_w,
+                    epilogue: spec.epilogue(),
+                }))
+            }
+            ConvMethod::PointwiseGemm => return Err(unfit()),
+            ConvMethod::Direct => Plan::Direct(DirectPlan::new(*spec)),
+        })
     }
     fn packed_len(&self) -> usize {
         match self {
@@ -806,13 +832,20 @@ pub struct PendingConv {
 }
 
 impl KernelModule {
-    /// Generates the kernel for `spec` (once per module: the same spec again shares the code).
+    /// Generates the kernel for `spec` (once per module: the same spec again shares the
+    /// code), with the method [`ConvMethod::for_spec`] picks.
     pub fn add_conv(&mut self, spec: &ConvSpec) -> Result<PendingConv> {
+        self.add_conv_with(spec, ConvMethod::for_spec(spec, self.winograd))
+    }
+
+    /// [`KernelModule::add_conv`] with the method chosen by the caller (an execution
+    /// plan); an error if `method` cannot compute `spec`.
+    pub fn add_conv_with(&mut self, spec: &ConvSpec, method: ConvMethod) -> Result<PendingConv> {
         spec.validate()?;
-        if let Some(p) = self.convs.get(&(*spec, self.winograd)) {
+        if let Some(p) = self.convs.get(&(*spec, method)) {
             return Ok(p.clone());
         }
-        let plan = Plan::new(spec, self.winograd);
+        let plan = Plan::with_method(spec, method)?;
         let (id, parts) = match &plan {
             Plan::Direct(d) => d.emit(self)?,
             Plan::Gemm(g) => (g.emit(self)?, None),
@@ -828,7 +861,7 @@ impl KernelModule {
             spec: *spec,
             plan,
         };
-        self.convs.insert((*spec, self.winograd), pending.clone());
+        self.convs.insert((*spec, method), pending.clone());
         Ok(pending)
     }
 }

@@ -79,9 +79,10 @@ pub struct KernelModule {
     listings: Option<Vec<KernelListing>>,
     /// What the next kernels are for (a layer name), for listings.
     label: String,
-    /// Convolutions already generated, by spec (and whether Winograd was allowed): layers of
+    /// Convolutions already generated, by spec and method: layers of
     /// the same shape share code (ResNet-18's 20 convolutions have 11 distinct specs).
-    pub(crate) convs: std::collections::HashMap<(super::ConvSpec, bool), super::PendingConv>,
+    pub(crate) convs:
+        std::collections::HashMap<(super::ConvSpec, super::ConvMethod), super::PendingConv>,
     /// Whether 3x3 stride-1 convolutions may use Winograd ([`KernelModule::set_winograd`]).
     pub(crate) winograd: bool,
 }

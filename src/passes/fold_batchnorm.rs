@@ -64,22 +64,16 @@ fn fold(g: &mut Graph, layer: NodeId, bn: NodeId) -> Result<()> {
     let new_params = match (bound, stats.as_slice()) {
         (false, [None, None, None, None]) => None,
         (true, [Some(gamma), Some(beta), Some(mean), Some(var)]) => {
+            let affine = BatchNormStats {
+                gamma: gamma.data(),
+                beta: beta.data(),
+                mean: mean.data(),
+                var: var.data(),
+                eps,
+            }
+            .scale_shift(&bn_node.name, channels)?;
             let layer_node = g.node(layer);
             let name = &layer_node.name;
-            for (what, t) in [
-                ("weight", gamma),
-                ("bias", beta),
-                ("running_mean", mean),
-                ("running_var", var),
-            ] {
-                if t.len() != channels {
-                    return Err(Error::Weights(format!(
-                        "{}.{what} has {} values, but {name} has {channels} output channels",
-                        bn_node.name,
-                        t.len()
-                    )));
-                }
-            }
             let w = layer_node.param("weight").expect("bound");
             let old_bias = layer_node.param("bias");
             if !w.len().is_multiple_of(channels) || old_bias.is_some_and(|b| b.len() != channels) {
@@ -92,12 +86,12 @@ fn fold(g: &mut Graph, layer: NodeId, bn: NodeId) -> Result<()> {
             let mut w2 = w.data().to_vec();
             let mut b2 = vec![0f32; channels];
             for k in 0..channels {
-                let s = gamma.data()[k] as f64 / (var.data()[k] as f64 + eps as f64).sqrt();
+                let s = affine.scale[k];
                 for x in &mut w2[k * per_channel..(k + 1) * per_channel] {
                     *x = (*x as f64 * s) as f32;
                 }
                 let b = old_bias.map_or(0.0, |b| b.data()[k] as f64);
-                b2[k] = ((b - mean.data()[k] as f64) * s + beta.data()[k] as f64) as f32;
+                b2[k] = (b * s + affine.shift[k]) as f32;
             }
             Some((
                 Tensor::new(w.shape().to_vec(), w2)?,
@@ -124,4 +118,47 @@ fn fold(g: &mut Graph, layer: NodeId, bn: NodeId) -> Result<()> {
         node.params.insert("bias".into(), b);
     }
     Ok(())
+}
+
+/// A batchnorm's parameters (`gamma` = `weight`, `beta` = `bias`).
+pub struct BatchNormStats<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub mean: &'a [f32],
+    pub var: &'a [f32],
+    pub eps: f32,
+}
+
+/// Inference batchnorm as the per-channel affine map `y = x * scale + shift`.
+pub struct ScaleShift {
+    pub scale: Vec<f64>,
+    pub shift: Vec<f64>,
+}
+
+impl BatchNormStats<'_> {
+    /// `scale = gamma / sqrt(var + eps)`, `shift = beta - mean * scale`, in f64: the one
+    /// computation behind both the fold and an unfolded batchnorm's kernel. Checks that
+    /// every statistic has `channels` values (`layer` names the batchnorm in the error).
+    pub fn scale_shift(&self, layer: &str, channels: usize) -> Result<ScaleShift> {
+        for (what, t) in [
+            ("weight", self.gamma),
+            ("bias", self.beta),
+            ("running_mean", self.mean),
+            ("running_var", self.var),
+        ] {
+            if t.len() != channels {
+                return Err(Error::Weights(format!(
+                    "{layer}.{what} has {} values, but the layer has {channels} channels",
+                    t.len()
+                )));
+            }
+        }
+        let scale: Vec<f64> = (0..channels)
+            .map(|k| self.gamma[k] as f64 / (self.var[k] as f64 + self.eps as f64).sqrt())
+            .collect();
+        let shift = (0..channels)
+            .map(|k| self.beta[k] as f64 - self.mean[k] as f64 * scale[k])
+            .collect();
+        Ok(ScaleShift { scale, shift })
+    }
 }

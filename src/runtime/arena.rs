@@ -1,90 +1,68 @@
-//! Activation memory planned at compile time: every buffer gets an offset in one arena,
-//! and a buffer's space is reused once its last reader has run.
+//! The activation arena at run time: floats whose first one sits on a cache line (the
+//! plan's offsets are multiples of 64 bytes, so every buffer does), and a step's view of
+//! it: its output region writable, the rest readable.
+use crate::error::{Error, Result};
+use crate::lower::memory::ALIGN_FLOATS;
+use crate::lower::Region;
 
-/// A planned buffer: `len` floats at `offset` in the arena.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Region {
-    pub offset: usize,
-    pub len: usize,
+/// `len` zeroed floats starting on a 64-byte boundary. Safe code: a `Vec<f32>` with
+/// up to 15 floats of slack, the start chosen by the allocation's address (which never
+/// changes: the vector is never resized).
+pub struct AlignedBuf {
+    buf: Vec<f32>,
+    start: usize,
+    len: usize,
 }
 
-impl Region {
-    pub fn range(&self) -> std::ops::Range<usize> {
-        self.offset..self.offset + self.len
+impl AlignedBuf {
+    pub fn zeroed(len: usize) -> Self {
+        let buf = vec![0.0f32; len + ALIGN_FLOATS - 1];
+        let line = 4 * ALIGN_FLOATS;
+        // An f32 is 4-byte aligned, so the distance to the next line is whole floats.
+        let start = (line - buf.as_ptr() as usize % line) % line / 4;
+        AlignedBuf { buf, start, len }
     }
-    pub fn overlaps(&self, other: &Region) -> bool {
-        self.offset < other.offset + other.len && other.offset < self.offset + self.len
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 
-/// First-fit allocation over a free list, coalescing on release.
-#[derive(Default)]
-pub struct ArenaPlanner {
-    /// Free holes below `top`, sorted by offset, never adjacent.
-    free: Vec<Region>,
-    top: usize,
+/// The arena on either side of a step's output region, from which its inputs are read.
+pub struct Inputs<'a> {
+    left: &'a [f32],
+    right: &'a [f32],
+    /// The output region's offset and end in the arena.
+    start: usize,
+    end: usize,
 }
 
-impl ArenaPlanner {
-    pub fn alloc(&mut self, len: usize) -> Region {
-        // Round to 16 floats (64 bytes) so every buffer starts on a cache line.
-        let len = len.max(1).div_ceil(16) * 16;
-        if let Some(i) = self.free.iter().position(|h| h.len >= len) {
-            let hole = self.free[i];
-            if hole.len == len {
-                self.free.remove(i);
-            } else {
-                self.free[i] = Region {
-                    offset: hole.offset + len,
-                    len: hole.len - len,
-                };
-            }
-            return Region {
-                offset: hole.offset,
-                len,
-            };
-        }
-        // Grow the top, absorbing a free hole that ends there.
-        let mut offset = self.top;
-        if let Some(last) = self.free.last() {
-            if last.offset + last.len == self.top {
-                offset = last.offset;
-                self.free.pop();
-            }
-        }
-        self.top = offset + len;
-        Region { offset, len }
-    }
-
-    pub fn release(&mut self, r: Region) {
-        let len = r.len.max(1).div_ceil(16) * 16;
-        let mut r = Region {
-            offset: r.offset,
-            len,
-        };
-        let i = self.free.partition_point(|h| h.offset < r.offset);
-        // Merge with the hole after, then the one before.
-        if i < self.free.len() && r.offset + r.len == self.free[i].offset {
-            r.len += self.free[i].len;
-            self.free.remove(i);
-        }
-        if i > 0 && self.free[i - 1].offset + self.free[i - 1].len == r.offset {
-            self.free[i - 1].len += r.len;
+impl<'a> Inputs<'a> {
+    /// The input region `r` (the plan never lets it overlap the step's output).
+    pub fn get(&self, r: Region) -> Result<&'a [f32]> {
+        if r.end() <= self.start {
+            Ok(&self.left[r.range()])
+        } else if r.offset >= self.end {
+            Ok(&self.right[r.offset - self.end..r.end() - self.end])
         } else {
-            self.free.insert(i, r);
-        }
-        if let Some(last) = self.free.last() {
-            if last.offset + last.len == self.top {
-                self.top = last.offset;
-                self.free.pop();
-            }
+            Err(Error::Internal(format!(
+                "input region {r:?} overlaps the output {}..{}",
+                self.start, self.end
+            )))
         }
     }
+}
 
-    /// The arena size needed so far (the high-water mark is tracked by the caller).
-    pub fn top(&self) -> usize {
-        self.top
-    }
+/// The output region as `&mut` and the rest of the arena, from which the inputs are read.
+pub fn split_io(arena: &mut [f32], output: Region) -> (Inputs<'_>, &mut [f32]) {
+    let (left, rest) = arena.split_at_mut(output.offset);
+    let (out, right) = rest.split_at_mut(output.len);
+    let ins = Inputs {
+        left,
+        right,
+        start: output.offset,
+        end: output.end(),
+    };
+    (ins, out)
 }
 
 #[cfg(test)]
@@ -92,24 +70,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn freed_space_is_reused_and_live_buffers_never_overlap() {
-        let mut p = ArenaPlanner::default();
-        let a = p.alloc(100);
-        let b = p.alloc(50);
-        assert!(!a.overlaps(&b));
-        p.release(a);
-        let c = p.alloc(60);
-        assert_eq!(c.offset, a.offset, "the hole left by `a` is reused");
-        assert!(!c.overlaps(&b));
-        let d = p.alloc(200);
-        assert!(!d.overlaps(&b) && !d.overlaps(&c));
-        p.release(b);
-        p.release(c);
-        p.release(d);
-        assert_eq!(
-            p.top(),
-            0,
-            "everything released shrinks the arena to nothing"
-        );
+    fn the_arena_starts_on_a_cache_line() {
+        for len in [0, 1, 16, 1000] {
+            let mut a = AlignedBuf::zeroed(len);
+            let s = a.as_mut_slice();
+            assert_eq!(s.len(), len);
+            assert_eq!(s.as_ptr() as usize % 64, 0);
+        }
     }
 }

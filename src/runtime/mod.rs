@@ -1,6 +1,7 @@
-//! Running compiled networks: the activation arena, and the model that owns the
-//! generated code and steps through it.
+//! Running compiled networks: instantiating a lowered [`crate::lower::Plan`] (one kernel
+//! per distinct spec, packed weights) and stepping through it on the activation arena.
 pub mod arena;
+mod kernels;
 pub mod model;
 
 pub use model::{compile, listings, LayerTime, Model};

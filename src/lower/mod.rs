@@ -1,0 +1,207 @@
+//! Lowering: the optimised IR becomes an execution [`Plan`], plain data that says which
+//! kernel runs at each step, on which buffers, and where every buffer lives in the
+//! activation arena.
+//!
+//! [`lower`] maps each IR node to at most one step ([`ops`], one function per op), then
+//! runs the memory passes over the plan ([`memory`]): concat inputs written in place,
+//! liveness, arena offsets. The runtime ([`crate::runtime`]) only generates one kernel per
+//! distinct spec, packs the weights and executes the steps in order.
+//!
+//! Adding an op: a function in [`ops`] returning its [`Kernel`], one arm in
+//! [`ops::kernel`]. Adding a kernel choice (an algorithm for an existing spec): a field or
+//! variant in the [`Kernel`] it refines, chosen in that op's function, and its arm in the
+//! runtime's `generate` (see `docs/runtime.md`).
+pub mod memory;
+pub mod ops;
+mod print;
+
+pub use memory::{Region, View};
+
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, Pad, Shape};
+use crate::jit::{ConvMethod, ConvSpec, EltSpec, FcSpec, PoolSpec};
+use crate::options::Options;
+use std::collections::HashMap;
+
+/// Index of a value in [`Plan::values`].
+pub type ValueId = usize;
+
+/// A network lowered to steps on planned buffers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The graph's name.
+    pub name: String,
+    /// Images per kernel call: every buffer holds this many items.
+    pub batch: usize,
+    /// One per IR node, in execution order.
+    pub values: Vec<Value>,
+    /// In execution order.
+    pub steps: Vec<Step>,
+    pub input: ValueId,
+    pub outputs: Vec<ValueId>,
+    /// Floats of activation memory, set by [`memory::assign_arena`]; a multiple of
+    /// [`memory::ALIGN_FLOATS`].
+    pub arena_len: usize,
+}
+
+/// One IR value (a node's output): its shape and where its floats are.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Value {
+    /// The node's name.
+    pub name: String,
+    /// One batch item.
+    pub shape: Shape,
+    pub storage: Storage,
+    /// Where its items are in the arena (set by [`memory::assign_arena`]).
+    pub view: View,
+}
+
+/// What memory a value occupies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// A buffer of its own.
+    Buffer,
+    /// The same floats as another value (flatten and dropout compute nothing).
+    Alias(ValueId),
+    /// Written by its producer straight into its slot of a concat's buffer: float offset
+    /// `at` of every item of `concat` (see [`memory::place_concat_inputs`]).
+    Slot { concat: ValueId, at: usize },
+}
+
+/// One kernel call per batch chunk (per item, except fc which takes the chunk at once).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The layer's name.
+    pub name: String,
+    /// The IR node, whose bound parameters the conv and fc kernels pack.
+    pub layer: NodeId,
+    /// The op with its attributes, as IR dumps show it.
+    pub op: String,
+    pub kernel: Kernel,
+    pub inputs: Vec<ValueId>,
+    pub output: ValueId,
+    /// Floating-point operations per batch item (2 per multiply-accumulate).
+    pub flops_per_item: u64,
+}
+
+/// What a step computes, with every shape baked in: equal kernels share generated code.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kernel {
+    /// A convolution (conv, and gemm: 1x1 with stride), with its algorithm.
+    Conv {
+        spec: ConvSpec,
+        method: ConvMethod,
+    },
+    /// Fully connected, over the whole chunk at once (weights read once per chunk).
+    Fc(FcSpec),
+    Pool(PoolSpec),
+    /// Elementwise or reduction; `consts` are extra inputs (batchnorm's scale and shift).
+    Elementwise {
+        spec: EltSpec,
+        consts: Vec<Vec<f32>>,
+    },
+    /// Concat: copies input `i` to float offset `at[i]` of each output item (only the
+    /// inputs not written in place).
+    Copy {
+        at: Vec<usize>,
+    },
+    /// Each plane copied into a larger one filled with the pad value.
+    Pad {
+        pad: Pad,
+        input: Shape,
+    },
+}
+
+impl Kernel {
+    /// The kernel family's name, as `--emit plan` shows it.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Kernel::Conv { .. } => "conv",
+            Kernel::Fc(_) => "fc",
+            Kernel::Pool(_) => "pool",
+            Kernel::Elementwise { .. } => "elementwise",
+            Kernel::Copy { .. } => "copy",
+            Kernel::Pad { .. } => "pad",
+        }
+    }
+
+    /// The algorithm, where there is a choice.
+    pub fn algorithm(&self) -> Option<String> {
+        match self {
+            Kernel::Conv { method, .. } => Some(method.to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl Plan {
+    /// The step computing each value (`None` for the input, views and concats written
+    /// entirely in place).
+    pub fn producers(&self) -> Vec<Option<usize>> {
+        let mut p = vec![None; self.values.len()];
+        for (i, s) in self.steps.iter().enumerate() {
+            p[s.output] = Some(i);
+        }
+        p
+    }
+
+    /// The value named `name`.
+    pub fn value(&self, name: &str) -> Option<ValueId> {
+        self.values.iter().position(|v| v.name == name)
+    }
+
+    /// The step of layer `name`.
+    pub fn step(&self, name: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// Lowers `g` (shapes inferred) for `opts.batch` images per call: one step per node that
+/// computes something, then the memory passes.
+pub fn lower(g: &Graph, opts: &Options) -> Result<Plan> {
+    if opts.batch == 0 {
+        return Err(Error::Input("the batch size must be at least 1".into()));
+    }
+    // A graph built or edited by hand gets the checks the parser gives a file.
+    g.check_shapes()?;
+    let order = g.topo_order()?;
+    let id_of: HashMap<NodeId, ValueId> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut plan = Plan {
+        name: g.name.clone(),
+        batch: opts.batch,
+        values: Vec::with_capacity(order.len()),
+        steps: Vec::new(),
+        input: id_of[&g.input],
+        outputs: g.outputs.iter().map(|o| id_of[o]).collect(),
+        arena_len: 0,
+    };
+    for (v, &id) in order.iter().enumerate() {
+        let node = g.node(id);
+        let inputs: Vec<ValueId> = g.inputs(id).iter().map(|i| id_of[i]).collect();
+        let storage = match ops::kernel(g, id, opts)? {
+            ops::Lowered::Nothing => Storage::Buffer,
+            ops::Lowered::Alias => Storage::Alias(inputs[0]),
+            ops::Lowered::Step(kernel) => {
+                plan.steps.push(Step {
+                    name: node.name.clone(),
+                    layer: id,
+                    op: node.op.to_string(),
+                    kernel,
+                    inputs,
+                    output: v,
+                    flops_per_item: 2 * crate::ir::stats::layer_stats(g, id).macs,
+                });
+                Storage::Buffer
+            }
+        };
+        plan.values.push(Value {
+            name: node.name.clone(),
+            shape: node.shape,
+            storage,
+            view: View::default(),
+        });
+    }
+    memory::place_concat_inputs(&mut plan);
+    memory::assign_arena(&mut plan)?;
+    Ok(plan)
+}

@@ -1,0 +1,179 @@
+//! One lowering per op: the kernel spec of a node, every shape taken from the IR.
+use super::Kernel;
+use crate::error::{Error, Result};
+use crate::ir::{Conv, Fc, Gemm, Graph, NodeId, Op, Pool, Shape};
+use crate::jit::{ConvMethod, ConvSpec, EltSpec, FcSpec, PoolKind, PoolSpec};
+use crate::options::Options;
+
+/// What a node becomes.
+pub enum Lowered {
+    /// The graph input: the runtime copies it in.
+    Nothing,
+    /// Its input's floats under another shape (flatten, dropout).
+    Alias,
+    Step(Kernel),
+}
+
+/// The lowering of node `id`.
+pub fn kernel(g: &Graph, id: NodeId, opts: &Options) -> Result<Lowered> {
+    let node = g.node(id);
+    let inputs = g.inputs(id);
+    let x = inputs.first().map_or(node.shape, |&i| g.node(i).shape);
+    let out = node.shape;
+    let kernel = match &node.op {
+        Op::Input => return Ok(Lowered::Nothing),
+        Op::Flatten | Op::Dropout => return Ok(Lowered::Alias),
+        Op::Conv(c) => conv(x, c, opts),
+        Op::Gemm(gm) => gemm(x, gm, opts),
+        Op::Fc(f) => fc(x, f, opts.batch),
+        Op::MaxPool(p) => pool(PoolKind::Max, x, p),
+        Op::AvgPool(p) => pool(PoolKind::Avg, x, p),
+        Op::GlobalAvgPool => elementwise(EltSpec::GlobalAvgPool {
+            channels: x.c,
+            hw: x.h * x.w,
+        }),
+        Op::Relu => elementwise(EltSpec::Relu { len: out.len() }),
+        Op::Softmax => elementwise(EltSpec::Softmax {
+            channels: x.c,
+            hw: x.h * x.w,
+        }),
+        Op::Add => elementwise(EltSpec::Add {
+            inputs: inputs.len(),
+            len: out.len(),
+            relu: false,
+        }),
+        Op::BatchNorm { eps } => batchnorm(g, id, x, *eps)?,
+        Op::Concat => concat(inputs.iter().map(|&i| g.node(i).shape)),
+        Op::Pad(p) => Kernel::Pad {
+            pad: p.clone(),
+            input: x,
+        },
+    };
+    Ok(Lowered::Step(kernel))
+}
+
+/// A convolution with the algorithm `opts` allows for its shape.
+fn conv_kernel(spec: ConvSpec, opts: &Options) -> Kernel {
+    Kernel::Conv {
+        method: ConvMethod::for_spec(&spec, opts.winograd),
+        spec,
+    }
+}
+
+fn conv(x: Shape, c: &Conv, opts: &Options) -> Kernel {
+    conv_kernel(
+        ConvSpec {
+            in_c: x.c,
+            in_h: x.h,
+            in_w: x.w,
+            out_c: c.filters,
+            kernel_h: c.size.h,
+            kernel_w: c.size.w,
+            stride_h: c.stride.h,
+            stride_w: c.stride.w,
+            pad_h: c.pad.h,
+            pad_w: c.pad.w,
+            bias: c.bias,
+            relu: c.epilogue.relu,
+            residual: c.epilogue.residual,
+            clip: None,
+        },
+        opts,
+    )
+}
+
+/// A gemm node (a 1x1 convolution with stride) runs on the conv kernels.
+fn gemm(x: Shape, gm: &Gemm, opts: &Options) -> Kernel {
+    conv_kernel(
+        ConvSpec {
+            in_c: x.c,
+            in_h: x.h,
+            in_w: x.w,
+            out_c: gm.filters,
+            kernel_h: 1,
+            kernel_w: 1,
+            stride_h: gm.stride.h,
+            stride_w: gm.stride.w,
+            pad_h: 0,
+            pad_w: 0,
+            bias: gm.bias,
+            relu: gm.epilogue.relu,
+            residual: gm.epilogue.residual,
+            clip: None,
+        },
+        opts,
+    )
+}
+
+fn fc(x: Shape, f: &Fc, batch: usize) -> Kernel {
+    Kernel::Fc(FcSpec {
+        bias: f.bias,
+        relu: f.epilogue.relu,
+        residual: f.epilogue.residual,
+        ..FcSpec::new(x.len(), f.units, batch)
+    })
+}
+
+fn pool(kind: PoolKind, x: Shape, p: &Pool) -> Kernel {
+    Kernel::Pool(PoolSpec {
+        kind,
+        channels: x.c,
+        in_h: x.h,
+        in_w: x.w,
+        kernel_h: p.size.h,
+        kernel_w: p.size.w,
+        stride_h: p.stride.h,
+        stride_w: p.stride.w,
+        pad_h: p.pad.h,
+        pad_w: p.pad.w,
+    })
+}
+
+fn elementwise(spec: EltSpec) -> Kernel {
+    Kernel::Elementwise {
+        spec,
+        consts: Vec::new(),
+    }
+}
+
+/// A batchnorm the passes did not fold: the per-channel scale and shift `fold-batchnorm`
+/// computes (the same function, in f64), once, here.
+fn batchnorm(g: &Graph, id: NodeId, x: Shape, eps: f32) -> Result<Kernel> {
+    let node = g.node(id);
+    let param = |suffix: &str| {
+        node.param(suffix).map(|t| t.data()).ok_or_else(|| {
+            Error::Weights(format!("{}: parameter `{suffix}` is not bound", node.name))
+        })
+    };
+    let stats = crate::passes::fold_batchnorm::BatchNormStats {
+        gamma: param("weight")?,
+        beta: param("bias")?,
+        mean: param("running_mean")?,
+        var: param("running_var")?,
+        eps,
+    };
+    let affine = stats.scale_shift(&node.name, x.c)?;
+    let to_f32 = |v: &[f64]| v.iter().map(|&s| s as f32).collect();
+    Ok(Kernel::Elementwise {
+        spec: EltSpec::ScaleShift {
+            channels: x.c,
+            hw: x.h * x.w,
+            relu: false,
+        },
+        consts: vec![to_f32(&affine.scale), to_f32(&affine.shift)],
+    })
+}
+
+/// Every input copied at its offset; [`super::memory::place_concat_inputs`] removes the
+/// inputs written in place.
+fn concat(inputs: impl Iterator<Item = Shape>) -> Kernel {
+    let mut offset = 0;
+    let at = inputs
+        .map(|s| {
+            let at = offset;
+            offset += s.len();
+            at
+        })
+        .collect();
+    Kernel::Copy { at }
+}

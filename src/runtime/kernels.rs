@@ -1,0 +1,229 @@
+//! Instantiating a [`Plan`]: one generated kernel per distinct spec, and each conv and fc
+//! step's weights packed for its kernel (on the model's thread pool).
+use crate::error::{Error, Result};
+use crate::ir::{Graph, NodeId, Pad, Shape};
+use crate::jit::{
+    pack_fc_weights, Compiled, ConvKernel, ConvMethod, ConvSpec, EltKernel, EltSpec, FcKernel,
+    FcSpec, KernelListing, KernelModule, Pending, PendingConv, PendingElt, PendingFc, PendingPool,
+    PoolKernel, PoolSpec, ThreadPool,
+};
+use crate::lower::{Kernel, Plan, Step};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A step's machine code and the constants it reads.
+pub(super) enum Code {
+    Conv {
+        k: Arc<ConvKernel>,
+        packed: Vec<f32>,
+    },
+    Fc {
+        k: Arc<FcKernel>,
+        packed: Vec<f32>,
+    },
+    Pool(Arc<PoolKernel>),
+    /// `consts` are extra inputs (batchnorm's scale and shift).
+    Elt {
+        k: Arc<EltKernel>,
+        consts: Vec<Vec<f32>>,
+    },
+    /// Copies each input item to its float offset in the output item (a concat).
+    Copy(Vec<usize>),
+    /// Each plane copied into a larger one filled with the pad value (done in Rust).
+    Pad {
+        pad: Pad,
+        input: Shape,
+    },
+}
+
+/// Every step's code, in the plan's order, and what it took to make.
+pub(super) struct Instantiated {
+    pub code: Vec<Code>,
+    pub listings: Vec<KernelListing>,
+    pub packing_time: Duration,
+}
+
+/// The kernels of one module before finalization, one per distinct spec.
+#[derive(Default)]
+struct Generated {
+    conv: HashMap<(ConvSpec, ConvMethod), PendingConv>,
+    fc: HashMap<FcSpec, PendingFc>,
+    pool: HashMap<PoolSpec, PendingPool>,
+    elt: HashMap<EltSpec, PendingElt>,
+}
+
+/// Adds the kernel for `key` unless the module has it already.
+fn once<K: Hash + Eq, P>(
+    map: &mut HashMap<K, P>,
+    key: K,
+    add: impl FnOnce() -> Result<P>,
+) -> Result<()> {
+    if let std::collections::hash_map::Entry::Vacant(e) = map.entry(key) {
+        e.insert(add()?);
+    }
+    Ok(())
+}
+
+/// Generates the kernels of `plan` in `module` (each labelled with its first layer).
+fn generate(plan: &Plan, module: &mut KernelModule) -> Result<Generated> {
+    let mut gen = Generated::default();
+    for s in &plan.steps {
+        module.set_label(&s.name);
+        match &s.kernel {
+            Kernel::Conv { spec, method } => once(&mut gen.conv, (*spec, *method), || {
+                module.add_conv_with(spec, *method)
+            })?,
+            Kernel::Fc(spec) => once(&mut gen.fc, *spec, || module.add_fc(spec))?,
+            Kernel::Pool(spec) => once(&mut gen.pool, *spec, || module.add_pool(spec))?,
+            Kernel::Elementwise { spec, .. } => {
+                once(&mut gen.elt, *spec, || module.add_elementwise(spec))?
+            }
+            Kernel::Copy { .. } | Kernel::Pad { .. } => {}
+        }
+    }
+    Ok(gen)
+}
+
+/// Each pending kernel of `map` made callable.
+fn bind<K: Hash + Eq, P: Pending>(
+    code: &Arc<Compiled>,
+    map: HashMap<K, P>,
+) -> Result<HashMap<K, Arc<P::Kernel>>> {
+    map.into_iter()
+        .map(|(k, p)| Ok((k, Arc::new(code.get(p)?))))
+        .collect()
+}
+
+fn param<'a>(g: &'a Graph, id: NodeId, suffix: &str) -> Result<&'a [f32]> {
+    let node = g.node(id);
+    node.param(suffix)
+        .map(|t| t.data())
+        .ok_or_else(|| Error::Weights(format!("{}: parameter `{suffix}` is not bound", node.name)))
+}
+
+/// A layer's weight and (if its spec has one) bias.
+fn weights(g: &Graph, id: NodeId, bias: bool) -> Result<(&[f32], Option<&[f32]>)> {
+    let b = bias.then(|| param(g, id, "bias")).transpose()?;
+    Ok((param(g, id, "weight")?, b))
+}
+
+type PackJob<'a> = Box<dyn Fn() -> Result<Vec<f32>> + Send + Sync + 'a>;
+
+/// The packing job of a step, if its kernel reads packed weights.
+fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<PackJob<'a>>> {
+    Ok(match &s.kernel {
+        Kernel::Conv { spec, method } => {
+            let (w, b) = weights(g, s.layer, spec.bias)?;
+            let k = gen
+                .conv
+                .get(&(*spec, *method))
+                .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
+            Some(Box::new(move || k.pack_weights(w, b)))
+        }
+        Kernel::Fc(spec) => {
+            let (w, b) = weights(g, s.layer, spec.bias)?;
+            let spec = *spec;
+            Some(Box::new(move || pack_fc_weights(&spec, w, b)))
+        }
+        _ => None,
+    })
+}
+
+/// Runs `jobs` on the pool's threads (or this one), each thread taking the next job not
+/// yet taken (packing a Winograd layer takes far longer than a small one); the results in
+/// the jobs' order, or the first error.
+fn run_jobs(jobs: &[PackJob], pool: Option<&ThreadPool>) -> Result<Vec<Vec<f32>>> {
+    let results: Vec<Mutex<Option<Result<Vec<f32>>>>> =
+        jobs.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        while let Some(i) = Some(next.fetch_add(1, Ordering::Relaxed)).filter(|&i| i < jobs.len()) {
+            let r = jobs[i]();
+            if let Ok(mut slot) = results[i].lock() {
+                *slot = Some(r);
+            }
+        }
+    };
+    match pool {
+        Some(p) => p.split(p.threads(), |_, _| work()),
+        None => work(),
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(Error::Internal("a packing job did not run".into())))
+        })
+        .collect()
+}
+
+/// Generates the code of every step of `plan` (whose weights are `g`'s) and packs the
+/// weights.
+pub(super) fn instantiate(
+    plan: &Plan,
+    g: &Graph,
+    keep_listings: bool,
+    pool: Option<&ThreadPool>,
+) -> Result<Instantiated> {
+    let mut module = KernelModule::new()?;
+    if keep_listings {
+        module.keep_listings();
+    }
+    let gen = generate(plan, &mut module)?;
+    let listings = module.take_listings();
+    let code = module.finalize()?;
+
+    let packing_start = Instant::now();
+    let mut jobs = Vec::new();
+    let mut job_of = Vec::with_capacity(plan.steps.len());
+    for s in &plan.steps {
+        job_of.push(pack_job(g, &gen, s)?.map(|j| {
+            jobs.push(j);
+            jobs.len() - 1
+        }));
+    }
+    let mut packed: Vec<Option<Vec<f32>>> = run_jobs(&jobs, pool)?.into_iter().map(Some).collect();
+    drop(jobs);
+    let packing_time = packing_start.elapsed();
+
+    let (conv, fc) = (bind(&code, gen.conv)?, bind(&code, gen.fc)?);
+    let (pool_k, elt) = (bind(&code, gen.pool)?, bind(&code, gen.elt)?);
+    let missing = || Error::Internal("a step's kernel was not generated".into());
+    let mut steps = Vec::with_capacity(plan.steps.len());
+    for (s, job) in plan.steps.iter().zip(job_of) {
+        let mut take = || {
+            job.and_then(|j| packed[j].take())
+                .ok_or_else(|| Error::Internal(format!("{}: no packed weights", s.name)))
+        };
+        steps.push(match &s.kernel {
+            Kernel::Conv { spec, method } => Code::Conv {
+                k: conv.get(&(*spec, *method)).ok_or_else(missing)?.clone(),
+                packed: take()?,
+            },
+            Kernel::Fc(spec) => Code::Fc {
+                k: fc.get(spec).ok_or_else(missing)?.clone(),
+                packed: take()?,
+            },
+            Kernel::Pool(spec) => Code::Pool(pool_k.get(spec).ok_or_else(missing)?.clone()),
+            Kernel::Elementwise { spec, consts } => Code::Elt {
+                k: elt.get(spec).ok_or_else(missing)?.clone(),
+                consts: consts.clone(),
+            },
+            Kernel::Copy { at } => Code::Copy(at.clone()),
+            Kernel::Pad { pad, input } => Code::Pad {
+                pad: pad.clone(),
+                input: *input,
+            },
+        });
+    }
+    Ok(Instantiated {
+        code: steps,
+        listings,
+        packing_time,
+    })
+}
