@@ -133,9 +133,73 @@ fn repeating_an_empty_block_costs_nothing() {
 /// 4 GB of address space, as the reproducers were run.
 const FOUR_GB: u64 = 4_000_000_000;
 
+/// The memory reproducers: tensors the JIT cannot address are refused when the graph
+/// loads (naming the layer), before any memory is taken.
+#[test]
+fn graphs_whose_tensors_no_engine_can_hold_are_refused_at_load() {
+    let boat = "examples/images/boat.png";
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["run", "@size_in_big.yaml", "--threads", "1"],
+            "global_avgpool1: its input `input` (2x32768x32768)",
+        ),
+        (
+            &["run", "@size_in_big2.yaml", "--threads", "1"],
+            "global_avgpool1: its input `input` (1x32768x32768)",
+        ),
+        (
+            &["run", "@size_fc_big.yaml", "--threads", "1"],
+            "fc1: its weight of shape 2048x1048576",
+        ),
+        (
+            &["run", "@size_pad_big2.yaml", "--engine", "interp"],
+            "pad1: its output height (2147483647) is over the limit",
+        ),
+        (
+            &["run", "@size_pad_relu_8e8.yaml", "--engine", "interp"],
+            "pad1: its output width (100000008) is over the limit",
+        ),
+        (
+            &[
+                "run",
+                "@size_img_graph_3x20000x20000.yaml",
+                "--input",
+                boat,
+                "--threads",
+                "1",
+            ],
+            "global_avgpool1: its input `input` (3x20000x20000)",
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| match a.strip_prefix('@') {
+                Some(f) => fixture(f),
+                None => a.to_string(),
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let what = args.join(" ");
+        let o = cnnc_limited(&args, Some(FOUR_GB));
+        assert_refused(&o, needle, &what);
+        assert!(o.time < Duration::from_secs(10), "{what}: {:?}", o.time);
+    }
+}
+
+/// Runs within every engine's limits that need more memory than allowed are refused
+/// before any work, with the estimate and what it is for.
 #[test]
 fn runs_that_need_more_memory_than_allowed_are_refused_before_any_work() {
-    let boat = "examples/images/boat.png";
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    // 192 MiB per image: 30 images are 5.6 GiB.
+    std::fs::write(
+        &big,
+        "input: [3, 4096, 4096]\nlayers:\n  - global_avgpool\n",
+    )
+    .unwrap();
+    let big = big.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["run", "graphs/lenet5.yaml", "--batch", "1000000"],
@@ -156,49 +220,15 @@ fn runs_that_need_more_memory_than_allowed_are_refused_before_any_work() {
             &["bench", "graphs/lenet5.yaml", "--batch", "1000000"],
             "input batch 3.8 GiB",
         ),
+        (&["run", big, "--batch", "30"], "input batch 5.6 GiB"),
         (
-            &["run", "@size_in_big.yaml", "--threads", "1"],
-            "input batch 8.0 GiB",
-        ),
-        (
-            &["run", "@size_in_big2.yaml", "--threads", "1"],
-            "input batch 4.0 GiB",
-        ),
-        (
-            &["run", "@size_fc_big.yaml", "--threads", "1"],
-            "weights 8.0 GiB",
-        ),
-        (
-            &["run", "@size_pad_big2.yaml", "--engine", "interp"],
-            "activations of 1 image(s) 8.0 GiB",
-        ),
-        (
-            &["run", "@size_pad_relu_8e8.yaml", "--engine", "interp"],
-            "activations of 1 image(s) 6.0 GiB",
-        ),
-        (
-            &[
-                "run",
-                "@size_img_graph_3x20000x20000.yaml",
-                "--input",
-                boat,
-                "--threads",
-                "1",
-            ],
-            "image decoding",
+            &["run", big, "--batch", "30", "--engine", "interp"],
+            "input batch 5.6 GiB",
         ),
     ];
     for (args, needle) in cases {
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| match a.strip_prefix('@') {
-                Some(f) => fixture(f),
-                None => a.to_string(),
-            })
-            .collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let what = args.join(" ");
-        let o = cnnc_limited(&args, Some(FOUR_GB));
+        let o = cnnc_limited(args, Some(FOUR_GB));
         assert_refused(&o, needle, &what);
         assert!(
             o.stderr.contains("address-space limit"),
@@ -207,7 +237,7 @@ fn runs_that_need_more_memory_than_allowed_are_refused_before_any_work() {
         );
         assert!(o.time < Duration::from_secs(10), "{what}: {:?}", o.time);
         // The same refusal with an explicit limit, whatever the machine has.
-        let mut limited = args.clone();
+        let mut limited = args.to_vec();
         limited.extend(["--max-memory", "1G"]);
         let o = cnnc(&limited);
         assert_refused(&o, "more than the 1.0 GiB of the --max-memory limit", &what);
@@ -228,4 +258,248 @@ fn max_memory_admits_what_fits() {
     let o = cnnc(&["run", "graphs/lenet5.yaml", "--max-memory", "lots"]);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("`lots` is not a size"), "{}", o.stderr);
+}
+
+/// A scratch folder with a graph, its seed's weights and an ONNX model in it.
+fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = repo();
+    std::fs::copy(root.join("graphs/lenet5.yaml"), dir.path().join("g.yaml")).unwrap();
+    std::fs::copy(
+        root.join("tests/golden/onnx/handbuilt/model.onnx"),
+        dir.path().join("m.onnx"),
+    )
+    .unwrap();
+    dir
+}
+
+fn in_dir(dir: &std::path::Path, args: &[&str]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        time: Duration::ZERO,
+    }
+}
+
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn no_command_overwrites_its_own_inputs() {
+    let dir = scratch();
+    let d = dir.path();
+    let before = |f: &str| std::fs::read(d.join(f)).unwrap();
+    let (graph, model) = (before("g.yaml"), before("m.onnx"));
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["import", "m.onnx", "-o", "m.onnx"],
+            "this is the ONNX model",
+        ),
+        (
+            &["import", "m.onnx", "-o", "m.safetensors"],
+            "would both be written here",
+        ),
+        (
+            &["run", "g.yaml", "--output", "g.yaml"],
+            "this is the graph",
+        ),
+        (&["init", "g.yaml", "-o", "g.yaml"], "this is the graph"),
+        (&["export", "g.yaml", "-o", "g.yaml"], "this is the graph"),
+        (&["export", "g.yaml", "-o", "./g.yaml"], "this is the graph"),
+    ];
+    for (args, needle) in cases {
+        assert_refused(&in_dir(d, args), needle, &args.join(" "));
+    }
+    assert_eq!(listing(d), ["g.yaml", "m.onnx"]);
+    assert_eq!(before("g.yaml"), graph);
+    assert_eq!(before("m.onnx"), model);
+    // The input and the weights of a run, as outputs.
+    let o = in_dir(d, &["init", "g.yaml", "-o", "w.safetensors"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = in_dir(
+        d,
+        &[
+            "run",
+            "g.yaml",
+            "-w",
+            "w.safetensors",
+            "-o",
+            "w.safetensors",
+        ],
+    );
+    assert_refused(&o, "this is the weights file", "run -o weights");
+    let o = in_dir(d, &["run", "g.yaml", "-o", "x.npy"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = in_dir(d, &["run", "g.yaml", "--input", "x.npy", "-o", "x.npy"]);
+    assert_refused(&o, "this is the input", "run -o input");
+}
+
+#[test]
+fn bad_output_paths_are_refused_before_running_and_leave_nothing() {
+    let dir = scratch();
+    let d = dir.path();
+    std::fs::create_dir(d.join("out")).unwrap();
+    let o = in_dir(d, &["import", "m.onnx", "-o", "out"]);
+    assert_refused(&o, "out: is a folder", "import -o folder");
+    let o = in_dir(d, &["run", "g.yaml", "-o", "no/such/x.npy"]);
+    assert_refused(
+        &o,
+        "the folder no/such does not exist",
+        "run -o missing folder",
+    );
+    // Refused before the network ran: nothing was printed.
+    assert!(o.stdout.is_empty(), "{}", o.stdout);
+    assert_eq!(listing(d), ["g.yaml", "m.onnx", "out"]);
+    assert!(listing(&d.join("out")).is_empty());
+    // A good import writes both files, and they load and run.
+    let o = in_dir(d, &["import", "m.onnx", "-o", "m.yaml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        listing(d),
+        ["g.yaml", "m.onnx", "m.safetensors", "m.yaml", "out"]
+    );
+    let o = in_dir(d, &["run", "m.yaml", "--engine", "interp"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+#[test]
+fn engine_limits_are_checked_at_load_with_the_layer_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let adds = vec!["relu1"; 100_000].join(", ");
+    let cases = [
+        (
+            "input: [1, 8, 8]\nlayers:\n  - {name: wide, conv: {filters: 2, size: 1, stride: 16777217}}\n".to_string(),
+            "wide: its height stride of 16777217 is more than the limit of 16777216",
+        ),
+        (
+            "input: [1, 4100, 4100]\nlayers:\n  - maxpool: {size: 1}\n  - {name: big, relu: {}}\n".into(),
+            "big: a relu over 16810000 elements is more than the limit",
+        ),
+        (
+            format!("input: [1, 2, 2]\nlayers:\n  - relu\n  - {{name: many, add: {{}}, inputs: [{adds}]}}\n"),
+            "many: an add of 100000 inputs is more than the limit of 1024",
+        ),
+    ];
+    for (i, (yaml, needle)) in cases.iter().enumerate() {
+        let file = format!("g{i}.yaml");
+        std::fs::write(d.join(&file), yaml).unwrap();
+        for engine in ["interp", "jit"] {
+            let o = in_dir(d, &["run", &file, "--engine", engine]);
+            assert_refused(&o, needle, &format!("{file} {engine}"));
+        }
+        assert_refused(&in_dir(d, &["info", &file]), needle, &file);
+    }
+}
+
+#[test]
+fn unclear_messages_are_now_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"input: [1, 8, 8]\nlayers: [relu, {fc: {units: 8 layers\n",
+            "YAML syntax error",
+        ),
+        (
+            b"input: [1, 8, 8]\nweights: 2\nlayers: [relu]\n",
+            "2: cannot read the weights file",
+        ),
+        (
+            b"- input: [1, 8, 8]\n- layers: [relu]\n",
+            "a graph is a map with `input:` and `layers:`",
+        ),
+        (
+            b"input: [1, 8, 8]\nlayers: [relu]\nname: \"\xff\xfe\"\n",
+            "line 3 column 8: the file is not UTF-8 text (byte 0xff)",
+        ),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let file = format!("g{i}.yaml");
+        std::fs::write(d.join(&file), text).unwrap();
+        assert_refused(&in_dir(d, &["run", &file]), needle, &file);
+    }
+    // `weights: 2` also says where the name came from.
+    let o = in_dir(d, &["run", "g1.yaml"]);
+    assert!(
+        o.stderr.contains("the graph's `weights:` file"),
+        "{}",
+        o.stderr
+    );
+}
+
+/// A safetensors file with a bad int8 tensor `a.weight` and a bad f32 `b.weight`.
+fn bad_safetensors() -> Vec<u8> {
+    let header = r#"{"b.weight":{"dtype":"F32","shape":[3],"data_offsets":[2,100]},"a.weight":{"dtype":"I8","shape":[2],"data_offsets":[0,3]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([0u8; 2]);
+    bytes
+}
+
+#[test]
+fn a_bad_safetensors_file_names_the_same_tensor_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("w.safetensors"), bad_safetensors()).unwrap();
+    std::fs::write(d.join("g.yaml"), "input: [1, 8, 8]\nlayers: [relu]\n").unwrap();
+    for _ in 0..5 {
+        let o = in_dir(d, &["run", "g.yaml", "-w", "w.safetensors"]);
+        assert_refused(
+            &o,
+            "tensor `a.weight`: its shape and dtype need 2 bytes, but its data_offsets [0, 3] span 3",
+            "bad safetensors",
+        );
+    }
+}
+
+#[test]
+fn nan_or_inf_in_inputs_weights_or_outputs_is_one_warning_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("g.yaml"),
+        "input: [1, 2, 2]\nlayers:\n  - fc: {units: 3}\n",
+    )
+    .unwrap();
+    let x = cnnc::Tensor::new(
+        vec![2, 1, 2, 2],
+        vec![1.0, 2.0, 3.0, 4.0, 1.0, f32::NAN, 0.0, 0.0],
+    )
+    .unwrap();
+    cnnc::io::npy::write(&d.join("x.npy"), &x).unwrap();
+    let o = in_dir(d, &["run", "g.yaml", "--input", "x.npy"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let warnings: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", o.stderr);
+    assert!(
+        warnings[0].contains("the input (1 values, first in x.npy[1])"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        warnings[0].contains("output `fc1` (3 values, first in x.npy[1])"),
+        "{}",
+        o.stderr
+    );
+    // A finite run warns about nothing.
+    let o = in_dir(d, &["run", "g.yaml"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.is_empty(), "{}", o.stderr);
 }

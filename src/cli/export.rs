@@ -1,4 +1,5 @@
 //! `cnnc export`: a graph and its weights as an ONNX model.
+use cnnc::io::output::Output;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -16,6 +17,10 @@ pub struct ExportArgs {
 
 pub fn export(a: &ExportArgs) -> cnnc::Result<()> {
     let mut g = cnnc::format::load(&a.graph)?;
+    let weights = a.weights.clone().or_else(|| g.weights_path.clone());
+    let mut inputs = vec![("the graph", a.graph.as_path())];
+    inputs.extend(weights.as_deref().map(|w| ("the weights file", w)));
+    let mut out = Output::create(&a.output, &inputs)?;
     if a.weights.is_none() && g.weights_path.is_none() {
         eprintln!(
             "note: {} names no weights; exporting the weights drawn from seed {}",
@@ -26,7 +31,8 @@ pub fn export(a: &ExportArgs) -> cnnc::Result<()> {
     for w in cnnc::weights::bind(&mut g, a.weights.as_deref())? {
         eprintln!("warning: {w}");
     }
-    cnnc::onnx::export_file(&g, &a.output)?;
+    out.write(&cnnc::onnx::export(&g)?)?;
+    out.commit()?;
     println!(
         "exported {} layers of {} to {} (ONNX opset {})",
         g.node_count() - 1,

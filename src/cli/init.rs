@@ -1,4 +1,5 @@
 //! `cnnc init`: write the weights a graph's seed gives to a `.safetensors` file.
+use cnnc::io::output::Output;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -12,8 +13,12 @@ pub struct InitArgs {
 
 pub fn init(a: &InitArgs) -> cnnc::Result<()> {
     let mut g = cnnc::format::load(&a.graph)?;
+    let mut out = Output::create(&a.output, &[("the graph", &a.graph)])?;
     cnnc::weights::init_from_seed(&mut g);
-    cnnc::weights::save_file(&g, &a.output)?;
+    out.write(&cnnc::weights::write_safetensors(
+        cnnc::weights::named_params(&g),
+    )?)?;
+    out.commit()?;
     println!(
         "wrote the weights of seed {} to {}",
         g.seed,

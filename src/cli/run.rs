@@ -1,5 +1,6 @@
 //! `cnnc run`: run a network on an input and print the top classes.
 use super::engine::{EngineArgs, GraphArgs, Runner};
+use cnnc::io::output::Output;
 use cnnc::{Result, Tensor};
 use std::path::PathBuf;
 
@@ -38,6 +39,19 @@ const RUN_CHUNK: usize = 16;
 
 pub fn run(a: &RunArgs) -> Result<()> {
     let mut g = cnnc::format::load(&a.graph.graph)?;
+    // The output is checked (writable, not one of the inputs) before the network runs.
+    let output = a
+        .output
+        .as_deref()
+        .map(|path| {
+            let weights = a.graph.weights.clone().or_else(|| g.weights_path.clone());
+            let mut inputs = vec![("the graph", a.graph.graph.as_path())];
+            inputs.extend(weights.as_deref().map(|w| ("the weights file", w)));
+            inputs.extend(a.input.as_deref().map(|i| ("the input", i)));
+            inputs.extend(a.labels.as_deref().map(|l| ("the labels file", l)));
+            Output::create(path, &inputs)
+        })
+        .transpose()?;
     let labels = a.labels.as_deref().map(read_labels).transpose()?;
     // Refused before reading anything large: the batch given, or one input (a folder
     // of images is checked again once it is listed, an array once it is read).
@@ -54,11 +68,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
     a.engine
         .check_memory(&g, hint, hint.min(RUN_CHUNK), decoding)?;
     super::engine::bind(&mut g, &a.graph)?;
+    let mut nonfinite: Vec<String> = nonfinite_weights(&g).into_iter().collect();
     cnnc::passes::optimize(&mut g, &a.passes.options())?;
     let batch = super::engine::load_input(a.input.as_deref(), &g, a.batch)?;
     // Kernels see chunks of at most RUN_CHUNK images: a folder of thousands of images
     // needs an arena for one chunk, not for all of them.
     let n = batch.tensor.shape()[0];
+    nonfinite.extend(nonfinite_in("the input", &batch.tensor, &batch.items));
     let chunk = n.min(RUN_CHUNK);
     a.engine.check_memory(&g, n, chunk, 0)?;
     let opts = a.engine.options(a.passes.options(), chunk);
@@ -72,6 +88,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
     };
     let elapsed = start.elapsed();
     let g = runner.graph();
+    for (&o, y) in g.outputs.iter().zip(&outputs) {
+        let what = format!("output `{}`", g.node(o).name);
+        nonfinite.extend(nonfinite_in(&what, y, &batch.items));
+    }
+    if !nonfinite.is_empty() {
+        eprintln!("warning: NaN or Inf in {}", nonfinite.join("; "));
+    }
     let y = &outputs[0];
     println!(
         "{}: output `{}` of shape {:?}",
@@ -88,10 +111,39 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if let Some(layers) = layers {
         print!("{}", profile_table(&layers));
     }
-    if let Some(path) = &a.output {
-        cnnc::io::npy::write(path, y)?;
+    if let Some(mut out) = output {
+        out.write(&cnnc::io::npy::to_bytes(y)?)?;
+        out.commit()?;
     }
     Ok(())
+}
+
+/// Where `t` holds NaN or Inf: how many values, and the first batch item.
+fn nonfinite_in(what: &str, t: &Tensor, items: &[String]) -> Option<String> {
+    let count = t.data().iter().filter(|v| !v.is_finite()).count();
+    let first = t.data().iter().position(|v| !v.is_finite())?;
+    let per_item = t.len() / t.shape()[0].max(1);
+    let item = items
+        .get(first / per_item.max(1))
+        .map_or(String::new(), |i| format!(", first in {i}"));
+    Some(format!("{what} ({count} values{item})"))
+}
+
+/// The first layer (in file order) whose weights hold NaN or Inf.
+fn nonfinite_weights(g: &cnnc::Graph) -> Option<String> {
+    for id in g.topo_order().ok()? {
+        let node = g.node(id);
+        for (suffix, t) in &node.params {
+            let count = t.data().iter().filter(|v| !v.is_finite()).count();
+            if count > 0 {
+                return Some(format!(
+                    "the weights of layer `{}` ({count} values of `{}.{suffix}`)",
+                    node.name, node.name
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// `--profile`: after a warm-up run, five timed runs; each layer's median time.

@@ -370,7 +370,7 @@ fn expand(items: &[LayerItem], in_repeat: bool, out: &mut Vec<LayerDecl>) -> Res
 /// resolved against. Shapes are inferred and checked.
 pub fn parse_str(text: &str, base: Option<&Path>) -> Result<Graph> {
     limits::check(text)?;
-    let doc: Document = serde_yaml::from_str(text).map_err(|e| Error::Format(e.to_string()))?;
+    let doc: Document = serde_yaml::from_str(text).map_err(|e| document_error(text, e))?;
     let mut decls = Vec::new();
     expand(&doc.layers, false, &mut decls)?;
     if decls.is_empty() {
@@ -464,13 +464,44 @@ pub fn parse_str(text: &str, base: Option<&Path>) -> Result<Graph> {
             .collect::<Result<_>>()?,
     };
     g.infer_shapes()?;
+    crate::ir::limits::check(&g)?;
     Ok(g)
+}
+
+/// The error for a document that does not deserialise: a YAML syntax error if there is
+/// one anywhere in the text (serde reports the first type mismatch it meets, and an
+/// unclosed `[` makes the rest of the file a string), else what the structure lacks.
+fn document_error(text: &str, e: serde_yaml::Error) -> Error {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Err(syntax) => Error::Format(format!("YAML syntax error: {syntax}")),
+        Ok(serde_yaml::Value::Mapping(_)) => Error::Format(e.to_string()),
+        Ok(other) => {
+            let kind = match other {
+                serde_yaml::Value::Sequence(_) => "a list",
+                serde_yaml::Value::Null => "empty",
+                _ => "a single value",
+            };
+            Error::Format(format!(
+                "a graph is a map with `input:` and `layers:` (see docs/graph-format.md), but this file is {kind}"
+            ))
+        }
+    }
 }
 
 /// Reads and parses a graph file; errors name the file.
 pub fn load(path: impl AsRef<Path>) -> Result<Graph> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = valid.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+        Error::Format(format!(
+            "{}: line {line} column {column}: the file is not UTF-8 text (byte 0x{:02x})",
+            path.display(),
+            e.as_bytes()[valid.len()]
+        ))
+    })?;
     parse_str(&text, path.parent()).map_err(|e| match e {
         Error::Format(m) => Error::Format(format!("{}: {m}", path.display())),
         other => other,

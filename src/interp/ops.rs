@@ -74,9 +74,12 @@ pub fn fc(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
     y
 }
 
+/// `max(x, 0)`, NaN staying NaN (as in PyTorch; `f32::max` would turn NaN into 0).
 pub fn relu(mut x: Tensor) -> Tensor {
     for v in x.data_mut() {
-        *v = v.max(0.0);
+        if *v < 0.0 {
+            *v = 0.0;
+        }
     }
     x
 }
@@ -87,7 +90,7 @@ pub enum PoolKind {
     Avg,
 }
 
-/// Max pool: the largest value in the window, padding never wins.
+/// Max pool: the largest value in the window (NaN if it holds one), padding never wins.
 /// Average pool: the window's sum divided by its full size, padding counted as zeros.
 pub fn pool(x: &Tensor, p: &Pool, kind: PoolKind, out: &Shape) -> Tensor {
     let (n, s) = (x.shape()[0], item_shape(x));
@@ -107,7 +110,10 @@ pub fn pool(x: &Tensor, p: &Pool, kind: PoolKind, out: &Shape) -> Tensor {
                             continue;
                         }
                         let v = src[iy as usize * s.w + ix as usize];
-                        max = max.max(v);
+                        // NaN wins, as in PyTorch (`f32::max` would skip it).
+                        if v > max || v.is_nan() {
+                            max = v;
+                        }
                         sum += v;
                     }
                 }

@@ -1,6 +1,7 @@
 //! Reading inputs and writing outputs: `.npy` arrays and image files.
 pub mod image;
 pub mod npy;
+pub mod output;
 
 use crate::error::{Error, Result};
 use crate::ir::Graph;

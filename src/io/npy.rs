@@ -216,17 +216,23 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
     }
 }
 
-/// Writes a tensor as a little-endian f32 array.
+/// Writes a tensor as a little-endian f32 array (atomically: see [`super::output`]).
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
-    let io = |e| Error::io(path, e);
-    let file = std::fs::File::create(path).map_err(io)?;
+    super::output::write_file(path, &to_bytes(t)?, &[])
+}
+
+/// A tensor as the bytes of a little-endian f32 `.npy` file.
+pub fn to_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let internal = |e: std::io::Error| Error::Internal(format!("writing a .npy array: {e}"));
     let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let mut bytes = Vec::new();
     let mut w = npyz::WriteOptions::<f32>::new()
         .default_dtype()
         .shape(&shape)
-        .writer(std::io::BufWriter::new(file))
+        .writer(&mut bytes)
         .begin_nd()
-        .map_err(io)?;
-    w.extend(t.data().iter().copied()).map_err(io)?;
-    w.finish().map_err(io)
+        .map_err(internal)?;
+    w.extend(t.data().iter().copied()).map_err(internal)?;
+    w.finish().map_err(internal)?;
+    Ok(bytes)
 }

@@ -1119,10 +1119,31 @@ pub fn import_file(onnx: &Path, yaml: &Path) -> Result<Graph> {
         .file_name()
         .map(std::path::PathBuf::from)
         .ok_or_else(|| Error::Input(format!("{}: not a file name", yaml.display())))?;
+    if weights == yaml {
+        return Err(Error::Input(format!(
+            "{}: the graph and its weights would both be written here; give the YAML's path, e.g. {}",
+            yaml.display(),
+            yaml.with_extension("yaml").display()
+        )));
+    }
     g.weights_path = Some(file_name);
     let text = crate::format::write_str(&g)?;
-    crate::weights::save_file(&g, &weights)?;
-    std::fs::write(yaml, text).map_err(|e| Error::io(yaml, e))?;
+    let bytes = crate::weights::write_safetensors(crate::weights::named_params(&g))?;
+    // What is written must load again (the same loader and checks as `cnnc run`).
+    crate::format::parse_str(&text, None).map_err(|e| {
+        Error::Unsupported(format!(
+            "{}: the imported graph does not load: {e}",
+            onnx.display()
+        ))
+    })?;
+    let model = [("the ONNX model", onnx)];
+    crate::io::output::write_all(vec![
+        (crate::io::output::Output::create(&weights, &model)?, bytes),
+        (
+            crate::io::output::Output::create(yaml, &model)?,
+            text.into_bytes(),
+        ),
+    ])?;
     g.weights_path = Some(weights);
     Ok(g)
 }

@@ -44,12 +44,13 @@ pub fn expected_params(g: &Graph, id: NodeId) -> Vec<(&'static str, Vec<usize>)>
 /// Binds the graph's weights: from `file` if given, else the graph's `weights:` file,
 /// else drawn from its seed. Returns warnings (e.g. tensors in the file no layer uses).
 pub fn bind(g: &mut Graph, file: Option<&Path>) -> Result<Vec<String>> {
-    match file
-        .map(Path::to_path_buf)
-        .or_else(|| g.weights_path.clone())
-    {
-        Some(path) => load_file(g, &path),
-        None => {
+    match (file, g.weights_path.clone()) {
+        (Some(path), _) => load_file(g, path),
+        (None, Some(path)) => load_file(g, &path).map_err(|e| match e {
+            Error::Weights(m) => Error::Weights(format!("{m} (the graph's `weights:` file)")),
+            other => other,
+        }),
+        (None, None) => {
             init_from_seed(g);
             Ok(Vec::new())
         }

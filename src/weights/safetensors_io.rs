@@ -9,10 +9,15 @@ use std::path::Path;
 
 /// Decodes every tensor of a safetensors buffer to f32 (f16, bf16 and f64 are converted).
 pub fn read_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::Weights(format!("not a valid safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        let why = diagnose(bytes).unwrap_or_else(|| e.to_string());
+        Error::Weights(format!("not a valid safetensors file: {why}"))
+    })?;
     let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
+    // In name order, so that the same bad file always names the same tensor.
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in tensors {
         let data = view.data();
         let values: Vec<f32> = match view.dtype() {
             Dtype::F32 => data
@@ -42,6 +47,49 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>> {
     Ok(out)
 }
 
+/// Which tensor of a safetensors file the `safetensors` crate refused, and why (its
+/// errors do not name the tensor): the first, in name order, whose dtype is unknown or
+/// whose data does not fit its shape or the file.
+fn diagnose(bytes: &[u8]) -> Option<String> {
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..end)?).ok()?;
+    let data = (bytes.len() - end) as u128;
+    for (name, info) in header.iter().filter(|(n, _)| *n != "__metadata__") {
+        let size: u128 = match info["dtype"].as_str()? {
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
+            "I16" | "U16" | "F16" | "BF16" => 2,
+            "I32" | "U32" | "F32" => 4,
+            "I64" | "U64" | "F64" => 8,
+            other => return Some(format!("tensor `{name}` has the unknown dtype {other}")),
+        };
+        let shape: Option<Vec<u128>> = info["shape"]
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64().map(u128::from))
+            .collect();
+        let want = shape?.iter().fold(size, |n, d| n.saturating_mul(*d));
+        let offsets = info["data_offsets"].as_array()?;
+        let (begin, stop) = (
+            offsets.first()?.as_u64()? as u128,
+            offsets.get(1)?.as_u64()? as u128,
+        );
+        if stop < begin || stop - begin != want {
+            return Some(format!(
+                "tensor `{name}`: its shape and dtype need {want} bytes, but its data_offsets [{begin}, {stop}] span {}",
+                stop.saturating_sub(begin)
+            ));
+        }
+        if stop > data {
+            return Some(format!(
+                "tensor `{name}`: its data_offsets end at byte {stop}, but the file holds {data} bytes of data"
+            ));
+        }
+    }
+    None
+}
+
 /// Serialises named f32 tensors.
 pub fn write_safetensors<'a>(
     tensors: impl IntoIterator<Item = (String, &'a Tensor)>,
@@ -67,7 +115,12 @@ pub fn write_safetensors<'a>(
 /// Loads the graph's parameters from `path`. Missing tensors and wrong shapes are
 /// errors; tensors no layer uses are returned as warnings.
 pub fn load_file(g: &mut Graph, path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Weights(format!(
+            "{}: cannot read the weights file: {e}",
+            path.display()
+        ))
+    })?;
     let mut tensors =
         read_safetensors(&bytes).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
     let ids: Vec<_> = g.dag.node_indices().collect();
@@ -101,5 +154,5 @@ pub fn load_file(g: &mut Graph, path: &Path) -> Result<Vec<String>> {
 /// Writes the graph's bound parameters to `path`.
 pub fn save_file(g: &Graph, path: &Path) -> Result<()> {
     let bytes = write_safetensors(named_params(g))?;
-    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    crate::io::output::write_file(path, &bytes, &[])
 }
