@@ -62,7 +62,7 @@ fn build(r: &Recipe) -> String {
         let pick = |k: usize| shapes.len() - 1 - (step.picks[k] as usize % shapes.len());
         let (src, x) = shapes[pick(0)].clone();
         let p = step.params.map(|v| v as usize);
-        let (line, out) = layer(step.op, &src, x, &p, &shapes, |k| pick(k));
+        let (line, out) = layer(step.op, &src, x, &p, &shapes, pick);
         yaml += &format!("  - {{name: {name}, {line}}}\n");
         shapes.push((name, out));
     }
@@ -103,7 +103,11 @@ fn layer(
                 w: (x.w + 2 * pad - size) / stride + 1,
                 flat: false,
             };
-            let bias = if p[3] % 4 == 0 { ", bias: false" } else { "" };
+            let bias = if p[3].is_multiple_of(4) {
+                ", bias: false"
+            } else {
+                ""
+            };
             let line = format!(
                 "conv: {{filters: {filters}, size: {size}, stride: {stride}, pad: {pad}{bias}}}, {}",
                 inputs(&[src])
@@ -144,7 +148,7 @@ fn layer(
             let mut names = vec![src.to_string()];
             for k in 1..3 {
                 let (n, s) = &shapes[pick(k)];
-                if *s == x && p[k] % 2 == 0 {
+                if *s == x && p[k].is_multiple_of(2) {
                     names.push(n.clone());
                 }
             }
@@ -159,7 +163,7 @@ fn layer(
             let mut c = x.c;
             for k in 1..3 {
                 let (n, s) = &shapes[pick(k)];
-                if (s.h, s.w, s.flat) == (x.h, x.w, x.flat) && p[k] % 2 == 0 {
+                if (s.h, s.w, s.flat) == (x.h, x.w, x.flat) && p[k].is_multiple_of(2) {
                     names.push(n.clone());
                     c += s.c;
                 }
