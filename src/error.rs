@@ -34,8 +34,12 @@ pub enum Error {
     #[error("{0}")]
     Options(String),
     /// A pass left the graph invalid (a bug in cnnc, caught by the check after each pass).
-    #[error("pass `{pass}` broke the graph: {message}")]
-    Pass { pass: String, message: String },
+    #[error("pass `{pass}` broke the graph: {source}")]
+    Pass {
+        pass: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// Code generation failed (a bug in cnnc, reported instead of panicking).
     #[error("code generation failed: {0}")]
     Codegen(String),

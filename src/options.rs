@@ -54,8 +54,9 @@ pub struct Options {
     pub passes: Option<Vec<String>>,
     /// Passes dropped from the pipeline (`--disable-pass NAME`).
     pub disabled: Vec<String>,
-    /// Re-infers and checks every shape after each pass, failing with the pass's name.
-    /// On by default in debug builds; tests turn it on explicitly.
+    /// Re-infers and checks every shape and parameter shape after each pass, failing with
+    /// the pass's name. On by default: about 0.3 ms per pass on ResNet-18, against ~100 ms
+    /// for its pipeline (measured 2026-11-29).
     pub verify: bool,
     /// JIT: images per kernel call. A model runs any batch size, in chunks of this many.
     pub batch: usize,
@@ -68,15 +69,13 @@ pub struct Options {
     pub winograd: bool,
 }
 
-// Not derivable: `verify` follows the build profile (clippy sees `false` in release).
-#[allow(clippy::derivable_impls)]
 impl Default for Options {
     fn default() -> Self {
         Options {
             opt_level: OptLevel::default(),
             passes: None,
             disabled: Vec::new(),
-            verify: cfg!(debug_assertions),
+            verify: true,
             batch: 1,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             winograd: true,

@@ -722,12 +722,6 @@ fn o0_leaves_the_graph_as_written() {
 /// A pass that breaks shapes: it widens the first conv without updating its shape.
 struct Breaker;
 impl Pass for Breaker {
-    fn name(&self) -> &'static str {
-        "breaker"
-    }
-    fn description(&self) -> &'static str {
-        "breaks the graph"
-    }
     fn run(&self, g: &mut Graph) -> cnnc::Result<Changed> {
         let c = g.find("c").unwrap();
         if let cnnc::ir::Op::Conv(conv) = &mut g.node_mut(c).op {
@@ -744,7 +738,7 @@ layers:
   - {name: c, conv: {filters: 4, size: 3, pad: 1}}
   - {name: r, relu}";
     let mut p = Pipeline::new(&opts(&["dce"])).unwrap();
-    p.push(Box::new(Breaker));
+    p.push("breaker", Box::new(Breaker));
     let err = p.run(&mut parse(yaml)).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Pass { .. }), "{msg}");
@@ -808,12 +802,6 @@ fn resnet18_at_o2_has_no_batchnorm_relu_or_add_left() {
 /// A pass that drops a bound bias but leaves `bias: true`.
 struct BiasDropper;
 impl Pass for BiasDropper {
-    fn name(&self) -> &'static str {
-        "bias-dropper"
-    }
-    fn description(&self) -> &'static str {
-        "loses a parameter"
-    }
     fn run(&self, g: &mut Graph) -> cnnc::Result<Changed> {
         let c = g.find("c").unwrap();
         g.node_mut(c).params.remove("bias");
@@ -830,7 +818,7 @@ layers:
     );
     cnnc::weights::init_from_seed(&mut g);
     let mut p = Pipeline::new(&opts(&[])).unwrap();
-    p.push(Box::new(BiasDropper));
+    p.push("bias-dropper", Box::new(BiasDropper));
     let msg = p.run(&mut g).unwrap_err().to_string();
     assert_eq!(
         msg,

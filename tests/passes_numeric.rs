@@ -1,8 +1,8 @@
 //! Numeric equivalence of the pipeline: the interpreter's output at -O0 (the graph as
 //! written) and at -O2 agree within 1e-5 relative L2 (and the JIT's at -O2 within
 //! 1e-4), on every example graph (seeded weights with non-trivial batchnorm statistics)
-//! and on every golden fixture (its weights, a seeded input; fixtures the parser or
-//! weight loader does not accept yet are skipped with a note).
+//! and on every golden fixture (its weights, a seeded input; a fixture that does not load
+//! fails the test).
 use cnnc::passes::{optimize, Pipeline};
 use cnnc::runtime::compile;
 use cnnc::tensor::rel_l2;
@@ -73,7 +73,9 @@ fn compare(name: &str, g0: Graph, x: Tensor) {
     )
     .unwrap_or_else(|e| panic!("{name}: {e}"));
     let yj = model.run(&x).unwrap();
+    assert_eq!(yj.len(), y0.len(), "{name}: outputs of the JIT");
     for (j, a) in yj.iter().zip(&y0) {
+        assert_eq!(j.shape(), a.shape(), "{name}");
         let d = rel_l2(j.data(), a.data());
         assert!(
             d < 1e-4,
@@ -111,19 +113,12 @@ fn golden_fixtures_agree_at_o0_and_o2() {
             .unwrap();
     let entries = manifest.as_object().unwrap();
     assert!(!entries.is_empty());
-    let mut checked = 0;
     for (name, e) in entries {
         let dir = Path::new(e["dir"].as_str().unwrap());
         let loaded = cnnc::format::load(e["graph"].as_str().unwrap()).and_then(|mut g| {
             cnnc::weights::load_file(&mut g, &dir.join("weights.safetensors")).map(|_| g)
         });
-        let g = match loaded {
-            Ok(g) => g,
-            Err(err) => {
-                eprintln!("{name}: skipped: {err}");
-                continue;
-            }
-        };
+        let g = loaded.unwrap_or_else(|err| panic!("{name}: {err}"));
         // A seeded input of the fixture's batch (the weights are what matter here).
         let s = g.input_shape();
         let n = e["batch"].as_u64().unwrap_or(1) as usize;
@@ -133,9 +128,12 @@ fn golden_fixtures_agree_at_o0_and_o2() {
         )
         .unwrap();
         compare(name, g, x);
-        checked += 1;
     }
-    assert!(checked >= 12, "only {checked} golden fixtures load");
+    assert!(
+        entries.len() >= 12,
+        "only {} golden fixtures",
+        entries.len()
+    );
 }
 
 #[test]

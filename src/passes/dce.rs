@@ -8,21 +8,24 @@
 //!   epilogue ends in relu).
 //!
 //! Then every node that no graph output depends on is removed (never the input node).
-use super::{bypass, Changed, Pass};
+use super::{bypass, Changed, Pass, PassInfo};
 use crate::error::Result;
 use crate::ir::{Graph, NodeId, Op};
+use crate::options::OptLevel;
 use petgraph::Direction;
 use std::collections::HashSet;
+
+/// `dce`, from `-O1` on.
+pub const PASS: PassInfo = PassInfo {
+    name: "dce",
+    level: OptLevel::O1,
+    description: "removes identities (dropout, flatten of a vector, 1x1/1 pooling, relu of a relu'd value) and nodes no output depends on",
+    make: || Box::new(Dce),
+};
 
 pub struct Dce;
 
 impl Pass for Dce {
-    fn name(&self) -> &'static str {
-        "dce"
-    }
-    fn description(&self) -> &'static str {
-        "removes identities (dropout, flatten of a vector, 1x1/1 pooling, relu of a relu'd value) and nodes no output depends on"
-    }
     fn run(&self, g: &mut Graph) -> Result<Changed> {
         let mut changed = Changed::No;
         for id in g.topo_order()? {

@@ -9,20 +9,23 @@
 //! (a fused relu or residual sits between the product and the batchnorm) that nothing
 //! else reads (no other node, not a graph output). The layer keeps its name; the
 //! batchnorm's readers read the layer. Without bound weights only the structure changes.
-use super::{bypass, Changed, Pass};
+use super::{bypass, Changed, Pass, PassInfo};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op};
+use crate::options::OptLevel;
 use crate::tensor::Tensor;
+
+/// `fold-batchnorm`, from `-O1` on.
+pub const PASS: PassInfo = PassInfo {
+    name: "fold-batchnorm",
+    level: OptLevel::O1,
+    description: "folds a batchnorm into the conv/gemm/fc before it (weights and bias, computed at compile time)",
+    make: || Box::new(FoldBatchNorm),
+};
 
 pub struct FoldBatchNorm;
 
 impl Pass for FoldBatchNorm {
-    fn name(&self) -> &'static str {
-        "fold-batchnorm"
-    }
-    fn description(&self) -> &'static str {
-        "folds a batchnorm into the conv/gemm/fc before it (weights and bias, computed at compile time)"
-    }
     fn run(&self, g: &mut Graph) -> Result<Changed> {
         let mut changed = Changed::No;
         for bn in g.topo_order()? {

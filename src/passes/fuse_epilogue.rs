@@ -10,19 +10,22 @@
 //! So ResNet's `conv -> add(shortcut) -> relu` (after `fold-batchnorm`, also
 //! `conv -> bn -> add -> relu`) is one conv. The fused node keeps the producer's name;
 //! the add's or relu's readers (and graph outputs) read it instead.
-use super::{bypass, Changed, Pass};
+use super::{bypass, Changed, Pass, PassInfo};
 use crate::error::Result;
 use crate::ir::{Graph, NodeId, Op};
+use crate::options::OptLevel;
+
+/// `fuse-epilogue`, from `-O2` on.
+pub const PASS: PassInfo = PassInfo {
+    name: "fuse-epilogue",
+    level: OptLevel::O2,
+    description: "fuses add(shortcut) and relu into the conv/gemm/fc they read, as its epilogue",
+    make: || Box::new(FuseEpilogue),
+};
 
 pub struct FuseEpilogue;
 
 impl Pass for FuseEpilogue {
-    fn name(&self) -> &'static str {
-        "fuse-epilogue"
-    }
-    fn description(&self) -> &'static str {
-        "fuses add(shortcut) and relu into the conv/gemm/fc they read, as its epilogue"
-    }
     fn run(&self, g: &mut Graph) -> Result<Changed> {
         let mut changed = Changed::No;
         // Topological order sees an add before the relu that reads it, so one sweep

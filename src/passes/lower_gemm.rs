@@ -6,19 +6,22 @@
 //! Its `weight` keeps the conv's PyTorch layout `[K, C, 1, 1]`, so weights files and
 //! `cnnc init` see the same tensors with or without the pass. A 1x1 conv with padding
 //! is left alone (its border outputs are bias only, not a plain product).
-use super::{Changed, Pass};
+use super::{Changed, Pass, PassInfo};
 use crate::error::Result;
 use crate::ir::{Gemm, Graph, Op};
+use crate::options::OptLevel;
+
+/// `lower-gemm`, from `-O2` on.
+pub const PASS: PassInfo = PassInfo {
+    name: "lower-gemm",
+    level: OptLevel::O2,
+    description: "lowers a 1x1 convolution with pad 0 (any stride) to a gemm node",
+    make: || Box::new(LowerGemm),
+};
 
 pub struct LowerGemm;
 
 impl Pass for LowerGemm {
-    fn name(&self) -> &'static str {
-        "lower-gemm"
-    }
-    fn description(&self) -> &'static str {
-        "lowers a 1x1 convolution with pad 0 (any stride) to a gemm node"
-    }
     fn run(&self, g: &mut Graph) -> Result<Changed> {
         let mut changed = Changed::No;
         let ids: Vec<_> = g.dag.node_indices().collect();

@@ -85,56 +85,58 @@ impl std::ops::BitOrAssign for Changed {
 /// A graph-to-graph rewrite. Passes keep node names (a fused node keeps its producer's
 /// name), never touch the graph's input node, and leave every shape correct.
 pub trait Pass {
-    /// The name `--passes`, `--disable-pass` and `--print-after` use.
-    fn name(&self) -> &'static str;
-    /// One line for `docs/passes.md` and help texts.
-    fn description(&self) -> &'static str;
     fn run(&self, g: &mut Graph) -> Result<Changed>;
 }
 
-/// Every pass by name, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["dce", "fold-batchnorm", "fuse-epilogue", "lower-gemm"];
-
-/// The pass registered under `name`.
-pub fn by_name(name: &str) -> Result<Box<dyn Pass>> {
-    Ok(match name {
-        "dce" => Box::new(dce::Dce),
-        "fold-batchnorm" => Box::new(fold_batchnorm::FoldBatchNorm),
-        "fuse-epilogue" => Box::new(fuse_epilogue::FuseEpilogue),
-        "lower-gemm" => Box::new(lower_gemm::LowerGemm),
-        _ => return Err(unknown_pass(name)),
-    })
+/// A pass, declared once (in its own module, as `PASS`): everything the pipeline, the
+/// command line and the docs know about it.
+pub struct PassInfo {
+    /// The name `--passes`, `--disable-pass` and `--print-after` use.
+    pub name: &'static str,
+    /// The lowest optimisation level whose pipeline runs it.
+    pub level: OptLevel,
+    /// One line for `docs/passes.md` and help texts.
+    pub description: &'static str,
+    pub make: fn() -> Box<dyn Pass>,
 }
 
-fn unknown_pass(name: &str) -> Error {
-    Error::Options(format!(
-        "unknown pass `{name}`; the passes are: {}",
-        PASS_NAMES.join(", ")
-    ))
+/// Every pass, in pipeline order.
+pub const PASSES: &[PassInfo] = &[
+    dce::PASS,
+    fold_batchnorm::PASS,
+    fuse_epilogue::PASS,
+    lower_gemm::PASS,
+];
+
+/// The pass registered under `name`.
+pub fn info(name: &str) -> Result<&'static PassInfo> {
+    PASSES.iter().find(|p| p.name == name).ok_or_else(|| {
+        let names: Vec<&str> = PASSES.iter().map(|p| p.name).collect();
+        Error::Options(format!(
+            "unknown pass `{name}`; the passes are: {}",
+            names.join(", ")
+        ))
+    })
 }
 
 /// Checks that `name` is a registered pass (for `--print-after`).
 pub fn check_name(name: &str) -> Result<()> {
-    if PASS_NAMES.contains(&name) {
-        Ok(())
-    } else {
-        Err(unknown_pass(name))
-    }
+    info(name).map(|_| ())
 }
 
-/// The pass names a level runs.
-pub fn level_passes(level: OptLevel) -> &'static [&'static str] {
-    match level {
-        OptLevel::O0 => &[],
-        OptLevel::O1 => &PASS_NAMES[..2],
-        OptLevel::O2 => PASS_NAMES,
-    }
+/// The passes a level runs, in order.
+pub fn level_passes(level: OptLevel) -> impl Iterator<Item = &'static PassInfo> {
+    PASSES
+        .iter()
+        .filter(move |p| p.level <= level && level > OptLevel::O0)
 }
 
 /// An ordered list of passes.
 pub struct Pipeline {
-    passes: Vec<Box<dyn Pass>>,
+    passes: Vec<(&'static str, Box<dyn Pass>)>,
     verify: bool,
+    /// Rounds of the whole list at most, until a round changes nothing (1: run once).
+    max_rounds: usize,
 }
 
 impl Pipeline {
@@ -144,18 +146,19 @@ impl Pipeline {
         for name in &opts.disabled {
             check_name(name)?;
         }
-        let names: Vec<&str> = match &opts.passes {
-            Some(list) => list.iter().map(String::as_str).collect(),
-            None => level_passes(opts.opt_level).to_vec(),
+        let chosen: Vec<&PassInfo> = match &opts.passes {
+            Some(list) => list.iter().map(|n| info(n)).collect::<Result<_>>()?,
+            None => level_passes(opts.opt_level).collect(),
         };
-        let passes = names
+        let passes = chosen
             .into_iter()
-            .filter(|n| !opts.disabled.iter().any(|d| d == n))
-            .map(by_name)
-            .collect::<Result<_>>()?;
+            .filter(|p| !opts.disabled.iter().any(|d| d == p.name))
+            .map(|p| (p.name, (p.make)()))
+            .collect();
         Ok(Pipeline {
             passes,
             verify: opts.verify,
+            max_rounds: 1,
         })
     }
 
@@ -164,17 +167,24 @@ impl Pipeline {
         Self::new(&Options::level(level)).expect("the built-in pipelines name real passes")
     }
 
-    pub fn push(&mut self, pass: Box<dyn Pass>) {
-        self.passes.push(pass);
+    /// Appends a pass of the caller's, under `name`.
+    pub fn push(&mut self, name: &'static str, pass: Box<dyn Pass>) {
+        self.passes.push((name, pass));
     }
 
-    /// Turns the shape check after each pass on or off.
+    /// Turns the check after each pass ([`verify`]) on or off.
     pub fn set_verify(&mut self, verify: bool) {
         self.verify = verify;
     }
 
+    /// Repeats the whole list until a round changes nothing, at most `max_rounds` times
+    /// (an error if the last round still changed the graph: a pass that never settles).
+    pub fn run_to_fixpoint(&mut self, max_rounds: usize) {
+        self.max_rounds = max_rounds.max(1);
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
-        self.passes.iter().map(|p| p.name()).collect()
+        self.passes.iter().map(|p| p.0).collect()
     }
 
     /// Runs every pass in order. Returns whether any changed the graph.
@@ -190,16 +200,29 @@ impl Pipeline {
         after: &mut dyn FnMut(&str, Changed, &Graph),
     ) -> Result<Changed> {
         let mut any = Changed::No;
-        for pass in &self.passes {
-            let changed = pass.run(g)?;
-            if self.verify {
-                verify(g).map_err(|e| Error::Pass {
-                    pass: pass.name().to_string(),
-                    message: e.to_string(),
-                })?;
+        for round in 1..=self.max_rounds {
+            let mut this_round = Changed::No;
+            for (name, pass) in &self.passes {
+                let broke = |e: Error| Error::Pass {
+                    pass: name.to_string(),
+                    source: Box::new(e),
+                };
+                let changed = pass.run(g)?;
+                if self.verify {
+                    verify(g).map_err(broke)?;
+                }
+                after(name, changed, g);
+                this_round |= changed;
             }
-            after(pass.name(), changed, g);
-            any |= changed;
+            any |= this_round;
+            if !this_round.is_yes() {
+                break;
+            }
+            if round == self.max_rounds && self.max_rounds > 1 {
+                return Err(Error::Internal(format!(
+                    "the passes still change the graph after {round} rounds"
+                )));
+            }
         }
         Ok(any)
     }
