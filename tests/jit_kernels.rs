@@ -722,17 +722,24 @@ fn elementwise_ops() {
     }
 }
 
+/// The clip of the property tests: bounds that outputs of size O(1) cross on both sides.
+const PROP_CLIP: Clip = Clip {
+    min: -0.3,
+    max: 0.4,
+};
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
     #[test]
     fn prop_conv(c in 1usize..70, k in 1usize..70, h in 1usize..40, w in 1usize..40,
                  fh in 1usize..8, fw in 1usize..8, sh in 1usize..4, sw in 1usize..4,
-                 ph in 0usize..4, pw in 0usize..4, flags in 0u8..8, seed in 0u64..1000) {
+                 ph in 0usize..4, pw in 0usize..4, flags in 0u8..16, seed in 0u64..1000) {
         prop_assume!(h + 2 * ph >= fh && w + 2 * pw >= fw);
         let mut s = spec(c, h, w, k, fh, fw, (sh, sw), (ph, pw));
         s.bias = flags & 1 != 0;
         s.relu = flags & 2 != 0;
         s.residual = flags & 4 != 0;
+        s.clip = (flags & 8 != 0).then_some(PROP_CLIP);
         prop_assume!(s.flops() < 60_000_000);
         check_conv(&s, seed);
     }
@@ -747,11 +754,12 @@ proptest! {
     }
 
     #[test]
-    fn prop_fc(c in 1usize..300, k in 1usize..100, n in 1usize..15, flags in 0u8..8, seed in 0u64..1000) {
+    fn prop_fc(c in 1usize..300, k in 1usize..100, n in 1usize..15, flags in 0u8..16, seed in 0u64..1000) {
         let mut s = FcSpec::new(c, k, n);
         s.bias = flags & 1 != 0;
         s.relu = flags & 2 != 0;
         s.residual = flags & 4 != 0;
+        s.clip = (flags & 8 != 0).then_some(PROP_CLIP);
         check_fc(&s, seed);
     }
 }

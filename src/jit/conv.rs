@@ -81,12 +81,7 @@ impl ConvSpec {
     }
     /// What the kernel does to each accumulated value before storing it.
     pub(crate) fn epilogue(&self) -> Epilogue {
-        Epilogue {
-            bias: self.bias,
-            residual: self.residual,
-            relu: self.relu,
-            clip: self.clip,
-        }
+        Epilogue::new(self.bias, self.residual, self.relu, self.clip)
     }
     pub fn out_h(&self) -> usize {
         window_out(self.in_h, self.pad_h, self.kernel_h, self.stride_h)

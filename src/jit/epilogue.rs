@@ -61,6 +61,15 @@ pub(crate) struct Epilogue {
 }
 
 impl Epilogue {
+    pub(crate) fn new(bias: bool, residual: bool, relu: bool, clip: Option<Clip>) -> Self {
+        Epilogue {
+            bias,
+            residual,
+            relu,
+            clip,
+        }
+    }
+
     /// Whether anything follows the bias.
     fn activates(&self) -> bool {
         self.relu || self.clip.is_some()

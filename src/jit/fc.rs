@@ -51,12 +51,7 @@ impl FcSpec {
     }
     /// What the kernel does to each accumulated value before storing it.
     pub(crate) fn epilogue(&self) -> Epilogue {
-        Epilogue {
-            bias: self.bias,
-            residual: self.residual,
-            relu: self.relu,
-            clip: self.clip,
-        }
+        Epilogue::new(self.bias, self.residual, self.relu, self.clip)
     }
     pub fn input_len(&self) -> usize {
         self.batch * self.in_features
