@@ -378,9 +378,8 @@ impl DirectPlan {
                     width as i64,
                     |e, ox| {
                         let ip = e.addr(irow, ox, s.stride_w * 4);
-                        let oo = e.ishl4(ox);
-                        let op = e.b.ins().iadd(orow, oo);
-                        let rp = e.b.ins().iadd(rrow, oo);
+                        let op = e.addr(orow, ox, 4);
+                        let rp = e.addr(rrow, ox, 4);
                         let t = Tile {
                             px: px.clone(),
                             ip,
@@ -642,10 +641,6 @@ impl Emit<'_> {
         r.map(|x| self.b.ins().bitcast(F32X4, le, x))
     }
 
-    /// `x * 4` (float index to byte offset).
-    pub(crate) fn ishl4(&mut self, x: Value) -> Value {
-        self.b.ins().ishl_imm_s(x, 2)
-    }
 }
 
 /// How a convolution is computed (chosen from its spec; see the module documentation).

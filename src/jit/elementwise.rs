@@ -125,9 +125,8 @@ fn scale_shift(
     e.for_range(begin, end, 1, |e, c| {
         let x = e.addr(ins[0], c, hw * 4);
         let y = e.addr(out, c, hw * 4);
-        let co = e.ishl4(c);
-        let sp = e.b.ins().iadd(ins[1], co);
-        let tp = e.b.ins().iadd(ins[2], co);
+        let sp = e.addr(ins[1], c, 4);
+        let tp = e.addr(ins[2], c, 4);
         let sc = e.load(F32, sp, 0);
         let sh = e.load(F32, tp, 0);
         let sc4 = e.b.ins().splat(F32X4, sc);
@@ -168,9 +167,8 @@ fn softmax(
     hw: usize,
 ) -> Result<()> {
     e.for_range(begin, end, 1, |e, px| {
-        let po = e.ishl4(px);
-        let x = e.b.ins().iadd(ins[0], po);
-        let y = e.b.ins().iadd(out, po);
+        let x = e.addr(ins[0], px, 4);
+        let y = e.addr(out, px, 4);
         let stride = (hw * 4) as i64;
         let xend = e.add_imm(x, stride * channels as i64);
         let m = e.b.declare_var(F32);
@@ -243,8 +241,7 @@ fn global_avg_pool(
         }
         let k = e.b.ins().f32const(hw as f32);
         let r = e.b.ins().fdiv(t, k);
-        let co = e.ishl4(c);
-        let yp = e.b.ins().iadd(out, co);
+        let yp = e.addr(out, c, 4);
         e.store(r, yp, 0);
         Ok(())
     })
@@ -290,7 +287,7 @@ fn add_body(
         let c = e.b.ins().icmp(IntCC::SignedLessThanOrEqual, next, end);
         e.b.ins().brif(c, body, &[], exit, &[]);
         e.b.switch_to_block(body);
-        let o = e.ishl4(iv);
+        let o = e.b.ins().ishl_imm_s(iv, 2);
         elem(e, ty, o);
         e.b.def_var(i, next);
         e.b.ins().jump(header, &[]);

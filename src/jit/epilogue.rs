@@ -243,9 +243,13 @@ impl Emit<'_> {
     }
 
     /// `base + i * stride`: the address of element `i` of an array of `stride`-byte elements
-    /// (a runtime index, a compile-time stride).
+    /// (a runtime index, a compile-time stride; a shift when it is a power of two).
     pub(crate) fn addr(&mut self, base: Value, i: Value, stride: usize) -> Value {
-        let o = self.mul_imm(i, stride as i64);
+        let o = if stride.is_power_of_two() {
+            self.b.ins().ishl_imm_s(i, stride.trailing_zeros() as i64)
+        } else {
+            self.mul_imm(i, stride as i64)
+        };
         self.b.ins().iadd(base, o)
     }
 }

@@ -227,8 +227,7 @@ fn body(s: &PoolSpec, e: &mut Emit, b: PoolBufs<Value>, begin: Value, end: Value
                     let k = e.b.ins().splat(F32X4, k);
                     r = e.b.ins().fmul(r, k);
                 }
-                let oo = e.ishl4(ox);
-                let op = e.b.ins().iadd(orow, oo);
+                let op = e.addr(orow, ox, 4);
                 e.store(r, op, 0);
                 Ok(())
             })?;
@@ -251,8 +250,7 @@ fn body(s: &PoolSpec, e: &mut Emit, b: PoolBufs<Value>, begin: Value, end: Value
                     let k = e.b.ins().f32const(inv);
                     r = e.b.ins().fmul(r, k);
                 }
-                let oo = e.ishl4(ox);
-                let op = e.b.ins().iadd(orow, oo);
+                let op = e.addr(orow, ox, 4);
                 e.store(r, op, 0);
                 Ok(())
             })

@@ -281,8 +281,7 @@ impl WinogradPlan {
                 let vrow = e.addr(vc, ty, self.tw * 4);
                 e.for_const(0, self.tw4 as i64, 4, |e, tx0| {
                     let pp = e.addr(prow, tx0, TILE * 4);
-                    let to = e.ishl4(tx0);
-                    let vp = e.b.ins().iadd(vrow, to);
+                    let vp = e.addr(vrow, tx0, 4);
                     // Tile l's columns 0-3 start 4l floats in, columns 4-5 at 4(l+1).
                     self.input_group(e, pp, vp, &[0, 16, 32, 48], &[16, 32, 48, 64]);
                     Ok(())
@@ -407,8 +406,7 @@ impl WinogradPlan {
             let ok = e.addr(out, kk, oh * ow * 4);
             let rk = e.addr(res, kk, oh * ow * 4);
             let bias = if s.bias {
-                let bo = e.ishl4(kk);
-                let bp = e.b.ins().iadd(w, bo);
+                let bp = e.addr(w, kk, 4);
                 let b = e.load(F32, bp, off(POS * wl * 4));
                 Some((b, e.b.ins().splat(F32X4, b)))
             } else {
@@ -439,10 +437,10 @@ impl WinogradPlan {
                 let orow = e.addr(ok, ty, TILE * ow * 4);
                 let rrow = e.addr(rk, ty, TILE * ow * 4);
                 let at = |e: &mut Emit, tx0: Value| {
-                    let to = e.ishl4(tx0);
+                    let m = e.addr(mrow, tx0, 4);
                     let o = e.addr(orow, tx0, TILE * 4);
                     let r = e.addr(rrow, tx0, TILE * 4);
-                    (e.b.ins().iadd(mrow, to), o, r)
+                    (m, o, r)
                 };
                 // Groups of 4 tiles inside the output, then the group at the right edge.
                 let full = ow / (4 * TILE);
