@@ -31,6 +31,7 @@ use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
 use super::winograd::WinogradPlan;
 use crate::error::{Error, Result};
+use crate::memory::try_vec;
 
 /// Shapes and fused epilogue of one convolution layer (one image, NCHW).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -256,10 +257,10 @@ impl DirectPlan {
         tiles
     }
 
-    /// `[nkb][c][fy][fx][kb]` then the bias padded to `nkb * kb` (zeros when absent).
-    fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    /// `[nkb][c][fy][fx][kb]` then the bias padded to `nkb * kb` into `out` (`packed_len()`
+    /// zeros).
+    fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
         let s = &self.spec;
-        let mut out = vec![0.0f32; self.packed_len()];
         let per_k = self.taps;
         for k in 0..s.out_c {
             let (kb, kl) = (k / self.kb, k % self.kb);
@@ -271,7 +272,6 @@ impl DirectPlan {
             let base = self.nkb * self.taps * self.kb;
             out[base..base + s.out_c].copy_from_slice(b);
         }
-        out
     }
 
     fn table(&self) -> Vec<i32> {
@@ -640,7 +640,6 @@ impl Emit<'_> {
         ];
         r.map(|x| self.b.ins().bitcast(F32X4, le, x))
     }
-
 }
 
 /// How a convolution is computed (chosen from its spec; see the module documentation).
@@ -754,11 +753,13 @@ impl Plan {
     fn pack(&self, spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
         check_conv_weights(spec, weights, bias)?;
         let bias = bias.filter(|_| spec.bias);
-        Ok(match self {
-            Plan::Direct(d) => d.pack(weights, bias),
-            Plan::Gemm(g) => g.pack(weights, bias),
-            Plan::Winograd(w) => w.pack(weights, bias),
-        })
+        let mut out = try_vec(self.packed_len(), 0.0f32, "conv packed weights")?;
+        match self {
+            Plan::Direct(d) => d.pack_into(weights, bias, &mut out),
+            Plan::Gemm(g) => g.pack_into(weights, bias, &mut out),
+            Plan::Winograd(w) => w.pack_into(weights, bias, &mut out),
+        }
+        Ok(out)
     }
 }
 
@@ -1072,7 +1073,7 @@ impl ConvKernel {
         residual: Option<&[f32]>,
         out: &mut [f32],
     ) -> Result<()> {
-        let mut scratch = vec![0.0f32; self.scratch_len];
+        let mut scratch = try_vec(self.scratch_len, 0.0f32, "conv scratch")?;
         self.run(
             input,
             packed,

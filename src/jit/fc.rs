@@ -22,6 +22,7 @@ use super::epilogue::{Clip, Epilogue};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId, PREFETCH_BYTES};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
+use crate::memory::try_vec;
 
 /// `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`, then optional ReLU
 /// and clip.
@@ -121,7 +122,7 @@ pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> 
         .map_err(|e| Error::Weights(e.to_string()))?;
     let (c, k, r) = (spec.in_features, spec.out_features, spec.rows());
     let c4 = c / 4 * 4;
-    let mut out = vec![0.0f32; spec.packed_len()];
+    let mut out = try_vec(spec.packed_len(), 0.0f32, "fc packed weights")?;
     for ki in 0..k {
         let (kb, kr) = (ki / r, ki % r);
         let blk = kb * r * c;

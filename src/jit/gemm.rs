@@ -65,15 +65,13 @@ impl PixelGemm {
     pub(crate) fn work_units(&self) -> usize {
         self.s.pixels.div_ceil(NP) * self.nmb
     }
-    /// `[nmb][c][MR]` then the bias padded to `nmb * MR`.
-    pub(crate) fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-        let mut out = vec![0.0f32; self.packed_len()];
+    /// `[nmb][c][MR]` then the bias padded to `nmb * MR` into `out` (`packed_len()` zeros).
+    pub(crate) fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
         self.pack_weights_into(w, &mut out[..self.weights_len()]);
         if let Some(b) = bias {
             let base = self.weights_len();
             out[base..base + self.s.out_c].copy_from_slice(b);
         }
-        out
     }
     /// Packs the `[k][c]` matrix `w` into `out` (`weights_len()` floats, zero-initialised).
     pub(crate) fn pack_weights_into(&self, w: &[f32], out: &mut [f32]) {

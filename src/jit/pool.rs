@@ -16,6 +16,7 @@ use super::entry::{slot_layout, Buf, Entry, Slot};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
+use crate::memory::try_vec;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PoolKind {
@@ -351,7 +352,7 @@ impl PoolKernel {
     }
 
     pub fn run_all(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
-        let mut scratch = vec![0.0f32; self.scratch_len()];
+        let mut scratch = try_vec(self.scratch_len(), 0.0f32, "pool scratch")?;
         self.run(input, out, &mut scratch, 0..self.work_units())
     }
 }

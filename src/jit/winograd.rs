@@ -183,10 +183,10 @@ impl WinogradPlan {
     /// GEMM micro-kernel's order, then the bias. Computed as `(24 G) g (24 G)ᵀ / 576` (small
     /// integer coefficients) one output channel at a time, with loops along the input
     /// channels, which the compiler vectorises: a 512->512 layer has 9.4 M values to make.
-    pub(crate) fn pack(&self, w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    /// Into `out`, `packed_len()` zeros.
+    pub(crate) fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
         let (k, c) = (self.spec.out_c, self.spec.in_c);
         let wl = self.u_stride();
-        let mut out = vec![0.0f32; self.packed_len()];
         let mut g = vec![0.0f32; 9 * c]; // [tap][c]
         let mut gg = vec![0.0f32; ALPHA * 3 * c]; // [i][b][c]: (24 G g)[i][b]
         let combine = |dst: &mut [f32], coef: [f32; 3], rows: [&[f32]; 3], scale: f32| {
@@ -223,7 +223,6 @@ impl WinogradPlan {
         if let Some(b) = bias {
             out[POS * wl..POS * wl + k].copy_from_slice(b);
         }
-        out
     }
 
     /// Emits the prologue over input channels `begin..end` (reading `input`, writing their
