@@ -200,9 +200,9 @@ impl Graph {
         Ok(order)
     }
 
-    /// Checks each node's input count and infers every output shape in topological
-    /// order. Returns the nodes whose window does not tile its input (a warning, or an
-    /// error with `strict_shapes`).
+    /// Checks each node's input count and sets every output shape and window note, in
+    /// topological order. A window that does not tile its input is noted (for a
+    /// warning), or an error with `strict_shapes`.
     pub fn infer_shapes(&mut self) -> Result<()> {
         for id in self.topo_order()? {
             if let Some((shape, note)) = self.inferred(id)? {

@@ -53,7 +53,8 @@ pub struct Conv {
 }
 
 /// A 1x1 convolution lowered to a matrix product `[K x C] * [C x pixels]`, sampling
-/// every `stride`-th pixel in place (ResNet's projection shortcut). Shares its kernel with fc.
+/// every `stride`-th pixel in place (ResNet's projection shortcut). Runs on the conv
+/// kernels (a 1x1 `ConvSpec` with this stride; the pointwise GEMM at stride 1).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Gemm {
     pub filters: usize,
