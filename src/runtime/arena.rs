@@ -7,7 +7,8 @@ use crate::lower::Region;
 
 /// `len` zeroed floats starting on a 64-byte boundary. Safe code: a `Vec<f32>` with
 /// up to 15 floats of slack, the start chosen by the allocation's address (which never
-/// changes: the vector is never resized).
+/// changes: the vector is never resized). Allocated fallibly: too little memory is an
+/// error naming `what`, not an abort.
 pub struct AlignedBuf {
     buf: Vec<f32>,
     start: usize,
@@ -15,12 +16,12 @@ pub struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    pub fn zeroed(len: usize) -> Self {
-        let buf = vec![0.0f32; len + ALIGN_FLOATS - 1];
+    pub fn zeroed(len: usize, what: &str) -> Result<Self> {
+        let buf = crate::memory::try_vec(len + ALIGN_FLOATS - 1, 0.0f32, what)?;
         let line = 4 * ALIGN_FLOATS;
         // An f32 is 4-byte aligned, so the distance to the next line is whole floats.
         let start = (line - buf.as_ptr() as usize % line) % line / 4;
-        AlignedBuf { buf, start, len }
+        Ok(AlignedBuf { buf, start, len })
     }
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         &mut self.buf[self.start..self.start + self.len]
@@ -72,7 +73,7 @@ mod tests {
     #[test]
     fn the_arena_starts_on_a_cache_line() {
         for len in [0, 1, 16, 1000] {
-            let mut a = AlignedBuf::zeroed(len);
+            let mut a = AlignedBuf::zeroed(len, "a test").unwrap();
             let s = a.as_mut_slice();
             assert_eq!(s.len(), len);
             assert_eq!(s.as_ptr() as usize % 64, 0);

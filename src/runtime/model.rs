@@ -252,12 +252,15 @@ impl Model {
         Ok((outs, layers))
     }
 
-    fn take_workspace(&self) -> Workspace {
+    fn take_workspace(&self) -> Result<Workspace> {
         let idle = self.workspaces.lock().ok().and_then(|mut pool| pool.pop());
-        idle.unwrap_or_else(|| Workspace {
-            arena: AlignedBuf::zeroed(self.arena_len),
-            scratch: AlignedBuf::zeroed(self.scratch_len),
-        })
+        match idle {
+            Some(ws) => Ok(ws),
+            None => Ok(Workspace {
+                arena: AlignedBuf::zeroed(self.arena_len, "the activation arena")?,
+                scratch: AlignedBuf::zeroed(self.scratch_len, "kernel scratch memory")?,
+            }),
+        }
     }
 
     fn run_timed(
@@ -283,7 +286,7 @@ impl Model {
                 )));
             }
         }
-        let mut ws = self.take_workspace();
+        let mut ws = self.take_workspace()?;
         let item_in = self.input_shape.len();
         let result = (|| {
             for chunk_start in (0..n).step_by(self.batch) {
