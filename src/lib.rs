@@ -39,6 +39,7 @@ pub mod onnx;
 pub mod options;
 pub mod passes;
 pub mod runtime;
+pub mod table;
 pub mod tensor;
 pub mod weights;
 

@@ -28,16 +28,3 @@ pub fn one_line(text: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
-
-/// `cell` padded with spaces on the right to `width` characters. (`format!("{:<w$}")`
-/// panics for widths over 65,535, and a layer name may be that long.)
-pub fn pad_right(cell: &str, width: usize) -> String {
-    let n = cell.chars().count();
-    format!("{cell}{}", " ".repeat(width.saturating_sub(n)))
-}
-
-/// `cell` padded with spaces on the left to `width` characters.
-pub fn pad_left(cell: &str, width: usize) -> String {
-    let n = cell.chars().count();
-    format!("{}{cell}", " ".repeat(width.saturating_sub(n)))
-}

@@ -109,7 +109,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         a.engine.engine.name()
     );
     if let Some(layers) = layers {
-        print!("{}", profile_table(&layers));
+        print!("{}", cnnc::runtime::profile::table(&layers));
     }
     if let Some(mut out) = output {
         out.write(&cnnc::io::npy::to_bytes(y)?)?;
@@ -146,27 +146,14 @@ fn nonfinite_weights(g: &cnnc::Graph) -> Option<String> {
     None
 }
 
-/// `--profile`: after a warm-up run, five timed runs; each layer's median time.
+/// `--profile`: the JIT's per-layer times (see [`cnnc::runtime::profile::median`]).
 fn profile(runner: &Runner, x: &Tensor) -> Result<(Vec<Tensor>, Vec<cnnc::runtime::LayerTime>)> {
     let Runner::Jit(_, model) = runner else {
         return Err(cnnc::Error::Unsupported(
             "--profile times the JIT's kernels; use it with --engine jit".into(),
         ));
     };
-    // The first run pays for first-touch page faults in weights and arena.
-    model.run(x)?;
-    let mut runs = Vec::new();
-    for _ in 0..5 {
-        runs.push(model.profile(x)?);
-    }
-    let mut layers = runs[0].1.clone();
-    for (i, layer) in layers.iter_mut().enumerate() {
-        let mut t: Vec<_> = runs.iter().map(|r| r.1[i].time).collect();
-        t.sort();
-        layer.time = super::bench::percentile(&t, 0.5);
-    }
-    let y = runs.pop().map(|r| r.0).unwrap_or_default();
-    Ok((y, layers))
+    cnnc::runtime::profile::median(model, x, 5)
 }
 
 /// The `k` largest scores of each batch item as `(class, score)`, best first.
@@ -199,47 +186,4 @@ pub fn print_top(y: &Tensor, items: &[String], k: usize, labels: Option<&[String
             println!("  {}. {name:<28} {score:.4}", rank + 1);
         }
     }
-}
-
-/// One row per layer: time, GFLOP/s and share of the total, slowest layers visible at a glance.
-pub fn profile_table(layers: &[cnnc::runtime::LayerTime]) -> String {
-    let total: f64 = layers.iter().map(|l| l.time.as_secs_f64()).sum();
-    let name_w = layers
-        .iter()
-        .map(|l| l.name.len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let op_w = layers.iter().map(|l| l.op.len()).max().unwrap_or(2).max(2);
-    let mut out = format!(
-        "{}  {}  {:>10}  {:>8}  {:>6}\n",
-        super::pad_right("layer", name_w),
-        super::pad_right("op", op_w),
-        "time (ms)",
-        "GFLOP/s",
-        "share"
-    );
-    for l in layers {
-        let secs = l.time.as_secs_f64();
-        let gflops = if l.flops > 0 && secs > 0.0 {
-            format!("{:.2}", l.flops as f64 / secs / 1e9)
-        } else {
-            "-".into()
-        };
-        out += &format!(
-            "{}  {}  {:>10.3}  {:>8}  {:>5.1}%\n",
-            super::pad_right(&l.name, name_w),
-            super::pad_right(&l.op, op_w),
-            secs * 1e3,
-            gflops,
-            100.0 * secs / total.max(f64::MIN_POSITIVE)
-        );
-    }
-    let flops: u64 = layers.iter().map(|l| l.flops).sum();
-    out += &format!(
-        "total: {:.3} ms, {:.2} GFLOP/s\n",
-        total * 1e3,
-        flops as f64 / total.max(f64::MIN_POSITIVE) / 1e9
-    );
-    out
 }

@@ -4,6 +4,7 @@
 //! bound) their parameter tensors; edges carry the input slot, so the order of `add`
 //! and `concat` inputs is kept. The graph is a `StableDiGraph` so passes can delete and
 //! replace nodes without invalidating the indices they hold.
+pub mod info;
 pub mod limits;
 pub mod op;
 pub mod print;

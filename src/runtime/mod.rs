@@ -3,5 +3,6 @@
 pub mod arena;
 mod kernels;
 pub mod model;
+pub mod profile;
 
 pub use model::{compile, listings, LayerTime, Model};

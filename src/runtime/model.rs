@@ -197,14 +197,20 @@ impl Model {
 
     /// Runs the network on `[N, C, H, W]` (or `[C, H, W]`); one tensor per graph output.
     pub fn run(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let mut outs = self.output_tensors(x)?;
-        self.run_into(x, &mut outs)?;
+        self.run_slice(x.shape(), x.data())
+    }
+
+    /// Like [`Model::run`] on borrowed memory: `data` holds the input of shape `shape`
+    /// in row-major order (bindings run callers' arrays without copying them).
+    pub fn run_slice(&self, shape: &[usize], data: &[f32]) -> Result<Vec<Tensor>> {
+        let mut outs = self.output_tensors(shape)?;
+        self.run_timed(shape, data, &mut outs, None)?;
         Ok(outs)
     }
 
     /// Zeroed output tensors for input `x`, refused before allocating if absurdly large.
-    fn output_tensors(&self, x: &Tensor) -> Result<Vec<Tensor>> {
-        let n = self.check_input(x)?;
+    fn output_tensors(&self, shape: &[usize]) -> Result<Vec<Tensor>> {
+        let n = self.check_input(shape)?;
         self.outputs
             .iter()
             .map(|(_, s)| {
@@ -214,9 +220,9 @@ impl Model {
             .collect()
     }
 
-    fn check_input(&self, x: &Tensor) -> Result<usize> {
+    fn check_input(&self, shape: &[usize]) -> Result<usize> {
         let s = self.input_shape;
-        match x.shape() {
+        match shape {
             [c, h, w] if [*c, *h, *w] == [s.c, s.h, s.w] => Ok(1),
             [n, c, h, w] if *n >= 1 && [*c, *h, *w] == [s.c, s.h, s.w] => Ok(*n),
             other => Err(Error::Input(format!(
@@ -229,15 +235,15 @@ impl Model {
     /// Like [`Model::run`], writing into `outputs` (shaped `[N, ...]` for each graph
     /// output): no allocation once the model has run once.
     pub fn run_into(&self, x: &Tensor, outputs: &mut [Tensor]) -> Result<()> {
-        self.run_timed(x, outputs, None)
+        self.run_timed(x.shape(), x.data(), outputs, None)
     }
 
     /// Runs once and returns the time spent in each layer, in execution order.
     pub fn profile(&self, x: &Tensor) -> Result<(Vec<Tensor>, Vec<LayerTime>)> {
-        let n = self.check_input(x)?;
-        let mut outs = self.output_tensors(x)?;
+        let n = self.check_input(x.shape())?;
+        let mut outs = self.output_tensors(x.shape())?;
         let mut times = vec![Duration::ZERO; self.steps.len()];
-        self.run_timed(x, &mut outs, Some(&mut times))?;
+        self.run_timed(x.shape(), x.data(), &mut outs, Some(&mut times))?;
         let layers = self
             .steps
             .iter()
@@ -265,11 +271,19 @@ impl Model {
 
     fn run_timed(
         &self,
-        x: &Tensor,
+        shape: &[usize],
+        data: &[f32],
         outputs: &mut [Tensor],
         mut profile: Option<&mut [Duration]>,
     ) -> Result<()> {
-        let n = self.check_input(x)?;
+        let n = self.check_input(shape)?;
+        if n.checked_mul(self.input_shape.len()) != Some(data.len()) {
+            return Err(Error::Input(format!(
+                "the input of shape {} holds {} values",
+                crate::tensor::fmt_shape(shape),
+                data.len()
+            )));
+        }
         if outputs.len() != self.outputs.len() {
             return Err(Error::Input(format!(
                 "the model has {} output(s), got {} buffers",
@@ -291,7 +305,7 @@ impl Model {
         let result = (|| {
             for chunk_start in (0..n).step_by(self.batch) {
                 let items = self.batch.min(n - chunk_start);
-                let src = &x.data()[chunk_start * item_in..(chunk_start + items) * item_in];
+                let src = &data[chunk_start * item_in..(chunk_start + items) * item_in];
                 let dst = &mut ws.arena.as_mut_slice()
                     [self.input.offset..self.input.offset + self.batch * item_in];
                 dst[..src.len()].copy_from_slice(src);
