@@ -38,7 +38,7 @@ impl Input<'_> {
 
 /// Reads `x` as a float32 array. Other dtypes are refused (converting float64 silently
 /// would hide a 2x copy and a rounding); non-contiguous float32 arrays are copied.
-pub fn input<'py>(x: &Bound<'py, PyAny>) -> PyResult<Input<'py>> {
+pub fn read<'py>(x: &Bound<'py, PyAny>) -> PyResult<Input<'py>> {
     if let Ok(a) = x.cast::<PyArrayDyn<f32>>() {
         let ro = a
             .try_readonly()

@@ -12,12 +12,7 @@ create_exception!(
     Error,
     "The file is not a valid YAML graph or ONNX model."
 );
-create_exception!(
-    cnnc,
-    GraphError,
-    Error,
-    "The graph is not a valid network."
-);
+create_exception!(cnnc, GraphError, Error, "The graph is not a valid network.");
 create_exception!(
     cnnc,
     ShapeError,

@@ -38,7 +38,10 @@ impl Graph {
     /// Each output's item shape (without the batch axis).
     pub fn output_dims(&self) -> Vec<Vec<usize>> {
         let g = &self.graph;
-        g.outputs.iter().map(|&o| item_dims(g.node(o).shape)).collect()
+        g.outputs
+            .iter()
+            .map(|&o| item_dims(g.node(o).shape))
+            .collect()
     }
 }
 
@@ -79,15 +82,18 @@ impl Graph {
     /// ``cnnc info --json``: name, op, output, output_shape, inputs, params, macs,
     /// activation_bytes, arithmetic, warning). ``opt_level`` describes the graph after
     /// that level's passes (default 0: as written, like ``cnnc info``).
-    #[pyo3(signature = (as_dicts = false, opt_level = 0))]
+    #[pyo3(signature = (as_dicts = false, opt_level = None))]
     fn info<'py>(
         &self,
         py: Python<'py>,
         as_dicts: bool,
-        opt_level: &Bound<'py, PyAny>,
+        opt_level: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let mut g = self.graph.clone();
-        let level = crate::model::opt_level(opt_level)?;
+        let level = opt_level
+            .map(crate::model::opt_level)
+            .transpose()?
+            .unwrap_or(cnnc::OptLevel::O0);
         cnnc::passes::optimize(&mut g, &cnnc::Options::level(level)).map_err(to_py)?;
         if !as_dicts {
             let table = cnnc::ir::info::table(&g).map_err(to_py)?;
@@ -126,7 +132,10 @@ fn onnx_names(bytes: &[u8]) -> Option<(String, Vec<String>)> {
         .iter()
         .map(|i| i.name().to_string())
         .find(|n| !g.initializer.iter().any(|t| t.name() == n))?;
-    Some((input, g.output.iter().map(|o| o.name().to_string()).collect()))
+    Some((
+        input,
+        g.output.iter().map(|o| o.name().to_string()).collect(),
+    ))
 }
 
 /// Imports ONNX `bytes` in memory; errors name `origin` as the command line names the file.

@@ -33,7 +33,7 @@ pub struct Model {
 impl Model {
     /// Runs the network on `x`; the outputs in graph order.
     pub fn run_tensors(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<Vec<cnnc::Tensor>> {
-        let x = array::input(x)?;
+        let x = array::read(x)?;
         let (shape, data) = x.view();
         let model = &self.model;
         // The array stays borrowed (numpy's borrow flag is held by `x`) while the GIL
@@ -64,7 +64,7 @@ impl Model {
     /// ``cnnc run --profile``; ``profile.layers`` the rows as dicts).
     #[pyo3(signature = (x, runs = 5))]
     fn profile(&self, py: Python<'_>, x: &Bound<'_, PyAny>, runs: usize) -> PyResult<Profile> {
-        let x = array::input(x)?.tensor()?;
+        let x = array::read(x)?.tensor()?;
         let model = &self.model;
         let (_, layers) = py
             .detach(|| cnnc::runtime::profile::median(model, &x, runs))
@@ -236,7 +236,10 @@ pub fn compile(
     disable_passes: Option<Vec<String>>,
 ) -> PyResult<Model> {
     let args = CompileArgs {
-        opt_level: opt_level.map(self::opt_level).transpose()?.unwrap_or_default(),
+        opt_level: opt_level
+            .map(self::opt_level)
+            .transpose()?
+            .unwrap_or_default(),
         threads,
         winograd,
         batch,
@@ -254,7 +257,7 @@ pub fn interpret<'py>(
     graph: &Graph,
     x: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let x: Input = array::input(x)?;
+    let x: Input = array::read(x)?;
     let t = x.tensor()?;
     let g = &graph.graph;
     let outs = py.detach(|| cnnc::interp::run(g, t)).map_err(to_py)?;

@@ -157,7 +157,11 @@ impl InferenceSession {
         // `pick` refuses an output asked for twice, so each is taken once.
         let chosen = picks
             .iter()
-            .map(|&i| outs[i].take().ok_or_else(|| input("an output asked for twice")))
+            .map(|&i| {
+                outs[i]
+                    .take()
+                    .ok_or_else(|| input("an output asked for twice"))
+            })
             .collect::<PyResult<Vec<_>>>()?;
         array::list(py, chosen)
     }

@@ -22,4 +22,3 @@ pub fn info(a: &InfoArgs) -> Result<()> {
     print!("{text}");
     Ok(())
 }
-
