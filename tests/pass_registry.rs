@@ -58,7 +58,9 @@ fn a_pass_error_keeps_the_verifiers_error_as_its_source() {
     assert_eq!(pass, "breaker");
     let source = std::error::Error::source(&err).expect("a source");
     assert!(
-        source.to_string().starts_with("c: the pass left its shape"),
+        source
+            .to_string()
+            .starts_with("c: its recorded shape is 4x8x8, but inference gives 5x8x8"),
         "{source}"
     );
     assert_eq!(
