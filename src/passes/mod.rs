@@ -4,8 +4,8 @@
 //! [`Pipeline`] is an ordered list of passes built from [`Options`]: the level's list
 //! (`-O0`: none; `-O1`: `dce`, `fold-batchnorm`; `-O2`: `dce`, `fold-batchnorm`,
 //! `fuse-epilogue`, `lower-gemm`), or the user's `--passes`, minus `--disable-pass`.
-//! With [`Options::verify`] every shape is checked against inference after each pass, so a pass that
-//! breaks the graph fails at once with its name.
+//! With [`Options::verify`] every shape is checked against inference after each pass,
+//! so a pass that breaks the graph fails at once with its name.
 //!
 //! Passes that touch weights (`fold-batchnorm`) compute the new tensors when they run,
 //! once at compile time: run the pipeline after the weights are bound
