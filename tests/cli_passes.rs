@@ -114,7 +114,7 @@ fn unknown_pass_is_exit_2_with_one_message() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert_eq!(
             text(&out.stderr),
-            "error: unknown pass `cse`; the passes are: dce, fold-batchnorm, fuse-epilogue, lower-gemm\n"
+            "error: unknown pass `cse`; the passes are: dce, fold-scale-shift, fold-batchnorm, fuse-epilogue, lower-gemm\n"
         );
         assert!(out.stdout.is_empty());
     }

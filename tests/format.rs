@@ -635,6 +635,8 @@ fn param_tensor_names_follow_pytorch() {
         size: Hw::square(1),
         stride: Hw::square(1),
         pad: Hw::square(0),
+        dilation: Hw::square(1),
+        groups: 1,
         bias: true,
         epilogue: Default::default(),
     });

@@ -212,7 +212,7 @@ fn op_with_attributes_written_as_null() {
         &[
             "maxpool",
             "integer `2`",
-            "pool attributes {size, stride, pad}",
+            "pool attributes {size, stride, pad, pad_end, count_include_pad}",
         ],
     );
     rejects(

@@ -599,6 +599,8 @@ fn lower_leaves_a_padded_1x1_conv() {
         size: Hw::square(1),
         stride: Hw::square(1),
         pad: Hw::square(1),
+        dilation: Hw::square(1),
+        groups: 1,
         bias: true,
         epilogue: Epilogue::default(),
     });
@@ -653,11 +655,17 @@ fn levels_name_their_passes() {
     assert!(Pipeline::for_level(OptLevel::O0).names().is_empty());
     assert_eq!(
         Pipeline::for_level(OptLevel::O1).names(),
-        ["dce", "fold-batchnorm"]
+        ["dce", "fold-scale-shift", "fold-batchnorm"]
     );
     assert_eq!(
         Pipeline::for_level(OptLevel::O2).names(),
-        ["dce", "fold-batchnorm", "fuse-epilogue", "lower-gemm"]
+        [
+            "dce",
+            "fold-scale-shift",
+            "fold-batchnorm",
+            "fuse-epilogue",
+            "lower-gemm"
+        ]
     );
     assert_eq!(Options::default().opt_level, OptLevel::O2);
     assert_eq!("-O1".parse::<OptLevel>().unwrap(), OptLevel::O1);
@@ -681,7 +689,7 @@ fn passes_list_and_disable() {
     };
     assert_eq!(
         Pipeline::new(&o).unwrap().names(),
-        ["dce", "fold-batchnorm", "lower-gemm"]
+        ["dce", "fold-scale-shift", "fold-batchnorm", "lower-gemm"]
     );
 }
 
@@ -699,7 +707,7 @@ fn unknown_pass_names_are_option_errors() {
         let msg = err.to_string();
         assert!(msg.contains("unknown pass"), "{msg}");
         assert!(
-            msg.contains("dce, fold-batchnorm, fuse-epilogue, lower-gemm"),
+            msg.contains("dce, fold-scale-shift, fold-batchnorm, fuse-epilogue, lower-gemm"),
             "{msg}"
         );
     }
@@ -766,6 +774,7 @@ fn run_with_reports_every_pass() {
         seen,
         [
             ("dce", Changed::No, 8),
+            ("fold-scale-shift", Changed::No, 8),
             ("fold-batchnorm", Changed::Yes, 6),
             ("fuse-epilogue", Changed::Yes, 3),
             ("lower-gemm", Changed::No, 3),

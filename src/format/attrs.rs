@@ -93,22 +93,56 @@ pub type Padding = HwAttr<0>;
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "conv attributes {filters, size, stride, pad, bias}"
+    expecting = "conv attributes {filters, size, stride, pad, dilation, groups, bias}"
 )]
 pub struct ConvAttrs {
     pub filters: Positive,
     pub size: Size,
     pub stride: Option<Size>,
     pub pad: Option<Padding>,
+    pub dilation: Option<Size>,
+    pub groups: Option<Positive>,
     pub bias: Option<bool>,
 }
 
+/// `pad` pads every side; `pad_end` (default `pad`) overrides the bottom/right pad.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "pool attributes {size, stride, pad}")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "pool attributes {size, stride, pad, pad_end, count_include_pad}"
+)]
 pub struct PoolAttrs {
     pub size: Size,
     pub stride: Option<Size>,
     pub pad: Option<Padding>,
+    pub pad_end: Option<Padding>,
+    pub count_include_pad: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "clip attributes {min, max}")]
+pub struct ClipAttrs {
+    pub min: Option<f32>,
+    pub max: Option<f32>,
+}
+
+/// PyTorch's `LocalResponseNorm(size, alpha=1e-4, beta=0.75, k=1.0)`; `k` is ONNX's `bias`.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "lrn attributes {size, alpha, beta, bias}"
+)]
+pub struct LrnAttrs {
+    pub size: Positive,
+    pub alpha: Option<f32>,
+    pub beta: Option<f32>,
+    pub bias: Option<f32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "channel_shuffle attributes {groups}")]
+pub struct ShuffleAttrs {
+    pub groups: Positive,
 }
 
 #[derive(Deserialize)]

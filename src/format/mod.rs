@@ -7,7 +7,9 @@ mod write;
 pub use write::write_str;
 
 use crate::error::{Error, Result};
-use crate::ir::{Conv, Epilogue, Fc, Graph, InputNorm, NodeId, Op, Pad, Pool, Shape};
+use crate::ir::{
+    Clip, Conv, Epilogue, Fc, Graph, Hw, InputNorm, Lrn, NodeId, Op, Pad, Pool, Shape,
+};
 use attrs::*;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -30,6 +32,11 @@ pub const OPS: &[&str] = &[
     "batchnorm",
     "dropout",
     "pad",
+    "clip",
+    "relu6",
+    "lrn",
+    "channel_shuffle",
+    "scale_shift",
 ];
 
 #[derive(Deserialize)]
@@ -162,6 +169,8 @@ fn bare_op(name: &str) -> Option<Op> {
         "batchnorm" => Op::BatchNorm { eps: 1e-5 },
         "add" => Op::Add,
         "concat" => Op::Concat,
+        "relu6" => Op::Clip(Clip { min: 0.0, max: 6.0 }),
+        "scale_shift" => Op::ScaleShift,
         _ => return None,
     })
 }
@@ -174,10 +183,15 @@ fn unknown_op<E: de::Error>(name: &str) -> E {
 }
 
 fn op_from_map<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Op, A::Error> {
-    let pool = |a: PoolAttrs| Pool {
-        size: a.size.0,
-        stride: a.stride.map_or(a.size.0, |s| s.0),
-        pad: a.pad.map_or(crate::ir::Hw::square(0), |p| p.0),
+    let pool = |a: PoolAttrs| {
+        let pad = a.pad.map_or(Hw::square(0), |p| p.0);
+        Pool {
+            size: a.size.0,
+            stride: a.stride.map_or(a.size.0, |s| s.0),
+            pad,
+            pad_end: a.pad_end.map_or(pad, |p| p.0),
+            count_pad: a.count_include_pad.unwrap_or(true),
+        }
     };
     Ok(match key {
         "conv" => {
@@ -185,8 +199,10 @@ fn op_from_map<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Op, A::
             Op::Conv(Conv {
                 filters: a.filters.0,
                 size: a.size.0,
-                stride: a.stride.map_or(crate::ir::Hw::square(1), |s| s.0),
-                pad: a.pad.map_or(crate::ir::Hw::square(0), |p| p.0),
+                stride: a.stride.map_or(Hw::square(1), |s| s.0),
+                pad: a.pad.map_or(Hw::square(0), |p| p.0),
+                dilation: a.dilation.map_or(Hw::square(1), |d| d.0),
+                groups: a.groups.map_or(1, |g| g.0),
                 bias: a.bias.unwrap_or(true),
                 epilogue: Epilogue::default(),
             })
@@ -239,6 +255,42 @@ fn op_from_map<'de, A: MapAccess<'de>>(key: &str, map: &mut A) -> Result<Op, A::
                 value,
             })
         }
+        "clip" => {
+            let a: ClipAttrs = map.next_value()?;
+            let clip = Clip {
+                min: a.min.unwrap_or(f32::NEG_INFINITY),
+                max: a.max.unwrap_or(f32::INFINITY),
+            };
+            if clip.min.is_nan() || clip.max.is_nan() || clip.min > clip.max {
+                return Err(de::Error::custom(format!(
+                    "clip needs min <= max, got min {} and max {}",
+                    clip.min, clip.max
+                )));
+            }
+            Op::Clip(clip)
+        }
+        "lrn" => {
+            let a: LrnAttrs = map.next_value()?;
+            let lrn = Lrn {
+                size: a.size.0,
+                alpha: a.alpha.unwrap_or(1e-4),
+                beta: a.beta.unwrap_or(0.75),
+                bias: a.bias.unwrap_or(1.0),
+            };
+            if ![lrn.alpha, lrn.beta, lrn.bias]
+                .iter()
+                .all(|v| v.is_finite())
+            {
+                return Err(de::Error::custom(
+                    "lrn alpha, beta and bias must be finite numbers",
+                ));
+            }
+            Op::Lrn(lrn)
+        }
+        "channel_shuffle" => {
+            let a: ShuffleAttrs = map.next_value()?;
+            Op::ChannelShuffle { groups: a.groups.0 }
+        }
         other => match bare_op(other) {
             Some(op) => {
                 let _: Option<NoAttrs> = map.next_value()?;
@@ -270,6 +322,9 @@ impl<'de> Deserialize<'de> for LayerItem {
                             "conv" => "conv: {filters: 16, size: 3}",
                             "fc" => "fc: {units: 10}",
                             "pad" => "pad: {bottom: 1, right: 1}",
+                            "clip" => "clip: {min: 0, max: 6}",
+                            "lrn" => "lrn: {size: 5, alpha: 0.0001, beta: 0.75, bias: 1}",
+                            "channel_shuffle" => "channel_shuffle: {groups: 3}",
                             _ => "maxpool: {size: 2}",
                         }
                     ))),

@@ -37,6 +37,8 @@ fn hw(v: Hw) -> String {
 fn float(v: f32) -> String {
     if v == f32::NEG_INFINITY {
         "-.inf".into()
+    } else if v == f32::INFINITY {
+        ".inf".into()
     } else {
         // `{:?}` keeps a decimal point (`1.0`), so YAML reads a float back.
         format!("{v:?}")
@@ -74,6 +76,12 @@ fn op_text(op: &Op) -> Result<(String, Option<String>)> {
             }
             let mut a = vec![("filters", c.filters.to_string())];
             a.extend(window(c.size, c.stride, c.pad, Hw::square(1)));
+            if !c.dilation.is(1) {
+                a.push(("dilation", hw(c.dilation)));
+            }
+            if c.groups != 1 {
+                a.push(("groups", c.groups.to_string()));
+            }
             if !c.bias {
                 a.push(("bias", "false".into()));
             }
@@ -96,7 +104,24 @@ fn op_text(op: &Op) -> Result<(String, Option<String>)> {
             }
             Some(attrs(a))
         }
-        Op::MaxPool(p) | Op::AvgPool(p) => Some(attrs(window(p.size, p.stride, p.pad, p.size))),
+        Op::MaxPool(p) | Op::AvgPool(p) => {
+            let mut a = window(p.size, p.stride, p.pad, p.size);
+            if !p.symmetric() {
+                a.push(("pad_end", hw(p.pad_end)));
+            }
+            if matches!(op, Op::AvgPool(_)) && !p.count_pad {
+                a.push(("count_include_pad", "false".into()));
+            }
+            Some(attrs(a))
+        }
+        Op::Clip(c) => Some(attrs(vec![("min", float(c.min)), ("max", float(c.max))])),
+        Op::Lrn(l) => Some(attrs(vec![
+            ("size", l.size.to_string()),
+            ("alpha", float(l.alpha)),
+            ("beta", float(l.beta)),
+            ("bias", float(l.bias)),
+        ])),
+        Op::ChannelShuffle { groups } => Some(attrs(vec![("groups", groups.to_string())])),
         Op::BatchNorm { eps } if *eps != 1e-5 => Some(attrs(vec![("eps", float(*eps))])),
         Op::Pad(p) => {
             let mut a = Vec::new();

@@ -53,14 +53,7 @@ pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
         let x = inputs[0];
         let mut y = match &node.op {
             Op::Input => unreachable!("the input node is skipped"),
-            Op::Conv(c) => ops::conv(
-                x,
-                param("weight")?,
-                bias(c.bias)?,
-                c.stride,
-                c.pad,
-                &node.shape,
-            ),
+            Op::Conv(c) => ops::conv(x, param("weight")?, bias(c.bias)?, c, &node.shape),
             Op::Gemm(gm) => {
                 ops::gemm_1x1(x, param("weight")?, bias(gm.bias)?, gm.stride, &node.shape)
             }
@@ -82,6 +75,10 @@ pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
                 param("running_var")?,
                 *eps,
             ),
+            Op::Clip(c) => ops::clip(x.clone(), c),
+            Op::Lrn(l) => ops::lrn(x, l),
+            Op::ChannelShuffle { groups } => ops::channel_shuffle(x, *groups),
+            Op::ScaleShift => ops::scale_shift(x, param("weight")?, param("bias")?),
         };
         if let Some(e) = node.op.epilogue() {
             if e.residual {
@@ -89,6 +86,9 @@ pub fn run(g: &Graph, input: Tensor) -> Result<Vec<Tensor>> {
             }
             if e.relu {
                 y = ops::relu(y);
+            }
+            if let Some(c) = &e.clip {
+                y = ops::clip(y, c);
             }
         }
         values.insert(id, y.reshaped(out_dims)?);

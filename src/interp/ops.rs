@@ -1,40 +1,41 @@
 //! One function per op, on `[N, C, H, W]` / `[N, F]` tensors, written as the
 //! textbook definitions.
 use super::item_shape;
-use crate::ir::{Hw, Pad, Pool, Shape};
+use crate::ir::{Clip, Conv, Hw, Lrn, Pad, Pool, Shape};
 use crate::tensor::Tensor;
 
-/// out[n][k][y][x] = bias[k] + sum over c, i, j of
-///     w[k][c][i][j] * in[n][c][y*S + i - P][x*S + j - P]   (zero outside the input)
-pub fn conv(
-    x: &Tensor,
-    w: &Tensor,
-    b: Option<&Tensor>,
-    stride: Hw,
-    pad: Hw,
-    out: &Shape,
-) -> Tensor {
+/// With `G` groups, `C/G` input channels per group and `K/G` filters per group, filter
+/// `k` belongs to group `g = k / (K/G)` and reads input channels `g*C/G ..`:
+///
+/// out[n][k][y][x] = bias[k] + sum over c < C/G, i, j of
+///     w[k][c][i][j] * in[n][g*C/G + c][y*S + i*D - P][x*S + j*D - P]   (zero outside the input)
+pub fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, c: &Conv, out: &Shape) -> Tensor {
     let (n, s) = (x.shape()[0], item_shape(x));
     let (kh, kw) = (w.shape()[2], w.shape()[3]);
+    let (stride, pad, dil) = (c.stride, c.pad, c.dilation);
+    let cg = s.c / c.groups; // input channels per group
+    let kg = out.c / c.groups; // filters per group
     let (xd, wd) = (x.data(), w.data());
     let mut y = Tensor::zeros(out.dims(n));
     let yd = y.data_mut();
     let mut o = 0;
     for b_ in 0..n {
         for k in 0..out.c {
+            let first_channel = (k / kg) * cg;
             for oy in 0..out.h {
                 for ox in 0..out.w {
                     let mut acc = b.map_or(0.0, |b| b.data()[k]);
-                    for c in 0..s.c {
+                    for c in 0..cg {
                         for i in 0..kh {
                             for j in 0..kw {
-                                let iy = (oy * stride.h + i) as isize - pad.h as isize;
-                                let ix = (ox * stride.w + j) as isize - pad.w as isize;
+                                let iy = (oy * stride.h + i * dil.h) as isize - pad.h as isize;
+                                let ix = (ox * stride.w + j * dil.w) as isize - pad.w as isize;
                                 if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
                                     continue;
                                 }
-                                let xi = ((b_ * s.c + c) * s.h + iy as usize) * s.w + ix as usize;
-                                let wi = ((k * s.c + c) * kh + i) * kw + j;
+                                let ci = first_channel + c;
+                                let xi = ((b_ * s.c + ci) * s.h + iy as usize) * s.w + ix as usize;
+                                let wi = ((k * cg + c) * kh + i) * kw + j;
                                 acc += wd[wi] * xd[xi];
                             }
                         }
@@ -55,7 +56,17 @@ pub fn gemm_1x1(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: Hw, out: &Sh
         .clone()
         .reshaped(vec![out.c, item_shape(x).c, 1, 1])
         .expect("1x1 weights");
-    conv(x, &w, b, stride, Hw::square(0), out)
+    let c = Conv {
+        filters: out.c,
+        size: Hw::square(1),
+        stride,
+        pad: Hw::square(0),
+        dilation: Hw::square(1),
+        groups: 1,
+        bias: b.is_some(),
+        epilogue: Default::default(),
+    };
+    conv(x, &w, b, &c, out)
 }
 
 /// out[n][o] = bias[o] + sum over i of w[o][i] * in[n][i], the input flattened in C,H,W order.
@@ -91,7 +102,8 @@ pub enum PoolKind {
 }
 
 /// Max pool: the largest value in the window (NaN if it holds one), padding never wins.
-/// Average pool: the window's sum divided by its full size, padding counted as zeros.
+/// Average pool: the window's sum divided by its full size, padding counted as zeros
+/// (`count_pad`), or by the number of input pixels the window covers.
 pub fn pool(x: &Tensor, p: &Pool, kind: PoolKind, out: &Shape) -> Tensor {
     let (n, s) = (x.shape()[0], item_shape(x));
     let mut y = Tensor::zeros(out.dims(n));
@@ -102,6 +114,7 @@ pub fn pool(x: &Tensor, p: &Pool, kind: PoolKind, out: &Shape) -> Tensor {
             for ox in 0..out.w {
                 let mut max = f32::NEG_INFINITY;
                 let mut sum = 0.0;
+                let mut count = 0;
                 for i in 0..p.size.h {
                     for j in 0..p.size.w {
                         let iy = (oy * p.stride.h + i) as isize - p.pad.h as isize;
@@ -115,11 +128,17 @@ pub fn pool(x: &Tensor, p: &Pool, kind: PoolKind, out: &Shape) -> Tensor {
                             max = v;
                         }
                         sum += v;
+                        count += 1;
                     }
                 }
+                let divisor = if p.count_pad {
+                    p.size.h * p.size.w
+                } else {
+                    count
+                };
                 y.data_mut()[o] = match kind {
                     PoolKind::Max => max,
-                    PoolKind::Avg => sum / (p.size.h * p.size.w) as f32,
+                    PoolKind::Avg => sum / divisor as f32,
                 };
                 o += 1;
             }
@@ -222,6 +241,63 @@ pub fn pad(x: &Tensor, p: &Pad, out: &Shape) -> Tensor {
             let dst = (plane * out.h + iy + p.top) * out.w + p.left;
             y.data_mut()[dst..dst + s.w].copy_from_slice(&x.data()[src..src + s.w]);
         }
+    }
+    y
+}
+
+pub fn clip(mut x: Tensor, c: &Clip) -> Tensor {
+    for v in x.data_mut() {
+        *v = c.apply(*v);
+    }
+    x
+}
+
+/// y[c] = x[c] / (bias + alpha/size * sum of x[i]^2 for i in the window around c)^beta,
+/// per pixel; the window is [`Lrn::window`].
+pub fn lrn(x: &Tensor, l: &Lrn) -> Tensor {
+    let (n, s) = (x.shape()[0], item_shape(x));
+    let plane = s.h * s.w;
+    let mut y = x.clone();
+    for b in 0..n {
+        for c in 0..s.c {
+            let (lo, hi) = l.window(c, s.c);
+            for p in 0..plane {
+                let at = |c: usize| (b * s.c + c) * plane + p;
+                let sum: f32 = (lo..=hi).map(|i| x.data()[at(i)] * x.data()[at(i)]).sum();
+                let scale = (l.bias + l.alpha / l.size as f32 * sum).powf(l.beta);
+                y.data_mut()[at(c)] = x.data()[at(c)] / scale;
+            }
+        }
+    }
+    y
+}
+
+/// Output channel `j*groups + g` is input channel `g*(C/groups) + j`.
+pub fn channel_shuffle(x: &Tensor, groups: usize) -> Tensor {
+    let (n, s) = (x.shape()[0], item_shape(x));
+    let plane = s.h * s.w;
+    let per_group = s.c / groups;
+    let mut y = x.clone();
+    for b in 0..n {
+        for g in 0..groups {
+            for j in 0..per_group {
+                let from = (b * s.c + g * per_group + j) * plane;
+                let to = (b * s.c + j * groups + g) * plane;
+                y.data_mut()[to..to + plane].copy_from_slice(&x.data()[from..from + plane]);
+            }
+        }
+    }
+    y
+}
+
+/// y = x * scale[c] + shift[c], per channel.
+pub fn scale_shift(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Tensor {
+    let s = item_shape(x);
+    let plane = s.h * s.w;
+    let mut y = x.clone();
+    for (i, v) in y.data_mut().iter_mut().enumerate() {
+        let c = (i / plane) % s.c;
+        *v = *v * scale.data()[c] + shift.data()[c];
     }
     y
 }

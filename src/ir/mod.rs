@@ -13,7 +13,7 @@ pub mod stats;
 
 use crate::error::{Error, Result};
 use crate::tensor::{fmt_shape, Tensor};
-pub use op::{Conv, Epilogue, Fc, Gemm, Hw, Op, Pad, Pool};
+pub use op::{Clip, Conv, Epilogue, Fc, Gemm, Hw, Lrn, Op, Pad, Pool};
 use petgraph::stable_graph::{NodeIndex, StableDiGraph};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;

@@ -28,17 +28,63 @@ impl fmt::Display for Hw {
 }
 
 /// What a producing layer does to its result before storing it: the fused tail of
-/// `conv -> [add(shortcut)] -> [relu]`. With `residual`, the node has a second input
-/// (slot 1): a tensor of the output's shape that is added before the relu.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// `conv -> [add(shortcut)] -> [relu] -> [clip]`. With `residual`, the node has a second
+/// input (slot 1): a tensor of the output's shape that is added before the relu; `clip`
+/// (ReLU6 is `clip 0..6`) bounds the result last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Epilogue {
     pub residual: bool,
     pub relu: bool,
+    pub clip: Option<Clip>,
 }
 
 impl Epilogue {
     pub fn is_empty(&self) -> bool {
-        !self.residual && !self.relu
+        !self.residual && !self.relu && self.clip.is_none()
+    }
+    /// Whether a `relu` or `clip` already bounds the result (a further activation no
+    /// longer fuses).
+    pub fn activated(&self) -> bool {
+        self.relu || self.clip.is_some()
+    }
+}
+
+/// `min(max(x, min), max)`: ONNX Clip, ReLU6 = clip 0..6. Bounds may be infinite.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Clip {
+    pub min: f32,
+    pub max: f32,
+}
+
+impl Clip {
+    /// NaN stays NaN, as in the JIT's epilogue (`f32::max` would give `min`).
+    pub fn apply(&self, x: f32) -> f32 {
+        if x.is_nan() {
+            x
+        } else {
+            x.max(self.min).min(self.max)
+        }
+    }
+}
+
+/// Local response normalisation across channels (AlexNet, GoogLeNet; ONNX and Caffe
+/// semantics): `y = x / (bias + alpha/size * sum of x^2 over the `size` channels
+/// around c)^beta`, the window running from `c - (size-1)/2` to `c + size/2` (clipped
+/// to the channels there are).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Lrn {
+    pub size: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    pub bias: f32,
+}
+
+impl Lrn {
+    /// The channels whose squares enter channel `c`'s sum: `lo..=hi`.
+    pub fn window(&self, c: usize, channels: usize) -> (usize, usize) {
+        let lo = c.saturating_sub(self.size.saturating_sub(1) / 2);
+        let hi = (c + self.size / 2).min(channels - 1);
+        (lo, hi)
     }
 }
 
@@ -48,6 +94,11 @@ pub struct Conv {
     pub size: Hw,
     pub stride: Hw,
     pub pad: Hw,
+    /// Spacing of the filter taps: the filter covers `dilation*(size-1)+1` pixels.
+    pub dilation: Hw,
+    /// Channel groups: filter `k` reads only the `C/groups` input channels of its group
+    /// (`groups = C` is a depthwise conv; `filters/groups` is its channel multiplier).
+    pub groups: usize,
     pub bias: bool,
     pub epilogue: Epilogue,
 }
@@ -70,11 +121,33 @@ pub struct Fc {
     pub epilogue: Epilogue,
 }
 
+/// A pooling window. `pad` is added above and left, `pad_end` below and right (equal
+/// unless an imported model pads asymmetrically). An average pool divides by the
+/// window's full size when `count_pad` (PyTorch's default `count_include_pad=True`), else
+/// by the number of input pixels it covers (ONNX's default).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Pool {
     pub size: Hw,
     pub stride: Hw,
     pub pad: Hw,
+    pub pad_end: Hw,
+    pub count_pad: bool,
+}
+
+impl Pool {
+    /// A window padded `pad` on every side that counts the padding (the plain YAML form).
+    pub fn new(size: Hw, stride: Hw, pad: Hw) -> Self {
+        Pool {
+            size,
+            stride,
+            pad,
+            pad_end: pad,
+            count_pad: true,
+        }
+    }
+    pub fn symmetric(&self) -> bool {
+        self.pad == self.pad_end
+    }
 }
 
 /// Explicit padding of the spatial axes with `value`: `top` rows above, `bottom` below,
@@ -114,6 +187,17 @@ pub enum Op {
     },
     Dropout,
     Pad(Pad),
+    Clip(Clip),
+    Lrn(Lrn),
+    /// ShuffleNet's channel shuffle: the channels, seen as `groups x C/groups`, are
+    /// transposed, so output channel `j*groups + g` is input channel `g*(C/groups) + j`.
+    #[serde(rename = "channel_shuffle")]
+    ChannelShuffle {
+        groups: usize,
+    },
+    /// `y = x * weight[c] + bias[c]` per channel (Caffe's Scale layer; an ONNX Mul and
+    /// Add by per-channel constants that fold into no conv or batchnorm).
+    ScaleShift,
 }
 
 impl Op {
@@ -135,6 +219,10 @@ impl Op {
             Op::BatchNorm { .. } => "batchnorm",
             Op::Dropout => "dropout",
             Op::Pad(_) => "pad",
+            Op::Clip(_) => "clip",
+            Op::Lrn(_) => "lrn",
+            Op::ChannelShuffle { .. } => "channel_shuffle",
+            Op::ScaleShift => "scale_shift",
         }
     }
 
@@ -179,6 +267,7 @@ impl Op {
             | Op::Fc(Fc { bias: true, .. }) => &["weight", "bias"],
             Op::Conv(_) | Op::Gemm(_) | Op::Fc(_) => &["weight"],
             Op::BatchNorm { .. } => &["weight", "bias", "running_mean", "running_var"],
+            Op::ScaleShift => &["weight", "bias"],
             _ => &[],
         }
     }
@@ -197,6 +286,9 @@ impl fmt::Display for Op {
             if e.relu {
                 write!(f, " +relu")?;
             }
+            if let Some(c) = e.clip {
+                write!(f, " +clip({}, {})", c.min, c.max)?;
+            }
             Ok(())
         }
         match self {
@@ -206,6 +298,12 @@ impl fmt::Display for Op {
                     "conv {}x{}/{} pad {} k={}",
                     c.size.h, c.size.w, c.stride, c.pad, c.filters
                 )?;
+                if c.groups != 1 {
+                    write!(f, " groups={}", c.groups)?;
+                }
+                if !c.dilation.is(1) {
+                    write!(f, " dilation {}", c.dilation)?;
+                }
                 tail(f, c.bias, &c.epilogue)
             }
             Op::Gemm(g) => {
@@ -216,15 +314,31 @@ impl fmt::Display for Op {
                 write!(f, "fc {}", c.units)?;
                 tail(f, c.bias, &c.epilogue)
             }
-            Op::MaxPool(p) | Op::AvgPool(p) => write!(
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                write!(
+                    f,
+                    "{} {}x{}/{} pad {}",
+                    self.kind(),
+                    p.size.h,
+                    p.size.w,
+                    p.stride,
+                    p.pad
+                )?;
+                if !p.symmetric() {
+                    write!(f, " pad_end {}", p.pad_end)?;
+                }
+                if matches!(self, Op::AvgPool(_)) && !p.count_pad {
+                    write!(f, " exclude-pad")?;
+                }
+                Ok(())
+            }
+            Op::Clip(c) => write!(f, "clip {}..{}", c.min, c.max),
+            Op::Lrn(l) => write!(
                 f,
-                "{} {}x{}/{} pad {}",
-                self.kind(),
-                p.size.h,
-                p.size.w,
-                p.stride,
-                p.pad
+                "lrn size {} alpha {} beta {} bias {}",
+                l.size, l.alpha, l.beta, l.bias
             ),
+            Op::ChannelShuffle { groups } => write!(f, "channel_shuffle groups={groups}"),
             Op::BatchNorm { eps } => write!(f, "batchnorm eps={eps}"),
             Op::Pad(p) => {
                 write!(f, "pad t{} l{} b{} r{}", p.top, p.left, p.bottom, p.right)?;

@@ -1,5 +1,5 @@
 //! Activation shapes and the arithmetic that infers them.
-use super::op::{Hw, Op, Pool};
+use super::op::{Hw, Op};
 use crate::error::{Error, Result};
 use std::fmt;
 
@@ -69,53 +69,136 @@ impl fmt::Display for Shape {
     }
 }
 
-/// One spatial axis of a sliding window: `(n + 2p - f)/s + 1`, rounded down.
+/// One spatial axis of a sliding window: `(n + p + p_end - f)/s + 1`, rounded down, where
+/// a filter of `taps` taps spaced `d` apart covers `f = d*(taps-1)+1` pixels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WindowAxis {
     pub n: usize,
+    /// The pixels one window covers (the dilated filter's extent).
     pub f: usize,
+    pub taps: usize,
+    pub d: usize,
     pub s: usize,
+    /// Padding before (top/left) and after (bottom/right) the input.
     pub p: usize,
+    pub p_end: usize,
     pub out: usize,
     /// The filter, stride and pad leave input rows/columns that no window reads.
     pub untiled: bool,
 }
 
+/// One axis of a window as the op states it: taps, dilation, stride, pads.
+#[derive(Clone, Copy, Debug)]
+pub struct AxisSpec {
+    pub taps: usize,
+    pub d: usize,
+    pub s: usize,
+    pub p: usize,
+    pub p_end: usize,
+}
+
 impl WindowAxis {
-    fn new(layer: &str, axis: &str, n: usize, f: usize, s: usize, p: usize) -> Result<Self> {
-        let span = n as i64 + 2 * p as i64 - f as i64;
-        let formula = format!("({n} + 2*{p} - {f})/{s} + 1");
-        if span < 0 {
+    fn new(layer: &str, axis: &str, n: usize, a: AxisSpec) -> Result<Self> {
+        let AxisSpec {
+            taps,
+            d,
+            s,
+            p,
+            p_end,
+        } = a;
+        // Attributes are capped at 2^31 (format) or checked by the importer, so these
+        // products and sums fit; saturate anyway rather than wrap.
+        let f = d.saturating_mul(taps.saturating_sub(1)).saturating_add(1);
+        let padded = n.saturating_add(p).saturating_add(p_end);
+        let probe = WindowAxis {
+            n,
+            f,
+            taps,
+            d,
+            s,
+            p,
+            p_end,
+            out: 0,
+            untiled: false,
+        };
+        if padded < f {
             return Err(Error::Shape(format!(
-                "{layer}: {axis}: {formula} < 1: the {f}-wide window is larger than the padded input ({n} + 2*{p} = {})",
-                n + 2 * p
+                "{layer}: {axis}: {} < 1: the {f}-wide window{} is larger than the padded input ({} = {padded})",
+                probe.spaced_lhs(),
+                probe.dilated_note(),
+                probe.padded_sum()
             )));
         }
-        let span = span as usize;
-        if p >= f {
+        let span = padded - f;
+        if p >= f || p_end >= f {
             return Err(Error::Shape(format!(
-                "{layer}: {axis}: pad {p} must be smaller than the window {f}, or some outputs would read only padding"
+                "{layer}: {axis}: pad {} must be smaller than the window {f}, or some outputs would read only padding",
+                p.max(p_end)
             )));
         }
         Ok(WindowAxis {
-            n,
-            f,
-            s,
-            p,
             out: span / s + 1,
             untiled: !span.is_multiple_of(s),
+            ..probe
         })
+    }
+
+    /// `(n+2*p-f)/s+1`, or `(n+p+p_end-f)/s+1` with unequal pads.
+    fn lhs(&self) -> String {
+        format!("({}+{}-{})/{}+1", self.n, self.pad_sum("+"), self.f, self.s)
+    }
+
+    /// `(n + 2*p - f)/s + 1`, spaced, as error messages write it.
+    fn spaced_lhs(&self) -> String {
+        format!(
+            "({} + {} - {})/{} + 1",
+            self.n,
+            self.pad_sum(" + "),
+            self.f,
+            self.s
+        )
+    }
+
+    /// `2*p`, or `p + p_end` with unequal pads.
+    fn pad_sum(&self, plus: &str) -> String {
+        if self.p == self.p_end {
+            format!("2*{}", self.p)
+        } else {
+            format!("{}{plus}{}", self.p, self.p_end)
+        }
+    }
+
+    /// `n + 2*p`, or `n + p + p_end`.
+    fn padded_sum(&self) -> String {
+        format!("{} + {}", self.n, self.pad_sum(" + "))
+    }
+
+    /// ` (dilated filter 2*(3-1)+1 = 5)` for a dilated filter, else nothing.
+    fn dilated_note(&self) -> String {
+        if self.d == 1 {
+            String::new()
+        } else {
+            format!(
+                " (dilated filter {}*({}-1)+1 = {})",
+                self.d, self.taps, self.f
+            )
+        }
     }
 
     /// The worked formula, e.g. `(224+2*3-7)/2+1 = 112.5 -> 112`.
     pub fn arithmetic(&self) -> String {
-        let lhs = format!("({}+2*{}-{})/{}+1", self.n, self.p, self.f, self.s);
-        if self.untiled {
-            let exact = (self.n + 2 * self.p - self.f) as f64 / self.s as f64 + 1.0;
-            format!("{lhs} = {} -> {}", trim_float(exact), self.out)
+        let lhs = self.lhs();
+        let result = if self.untiled {
+            format!("{lhs} = {} -> {}", trim_float(self.exact()), self.out)
         } else {
             format!("{lhs} = {}", self.out)
-        }
+        };
+        result + &self.dilated_note()
+    }
+
+    /// The output size before rounding down.
+    pub fn exact(&self) -> f64 {
+        (self.n + self.p + self.p_end - self.f) as f64 / self.s as f64 + 1.0
     }
 }
 
@@ -131,17 +214,51 @@ pub struct Window {
     pub w: WindowAxis,
 }
 
+/// A 2-D window as an op states it.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowSpec {
+    pub size: Hw,
+    pub stride: Hw,
+    pub dilation: Hw,
+    pub pad: Hw,
+    pub pad_end: Hw,
+}
+
+impl WindowSpec {
+    /// An undilated window padded `pad` on every side.
+    pub fn plain(size: Hw, stride: Hw, pad: Hw) -> Self {
+        WindowSpec {
+            size,
+            stride,
+            dilation: Hw::square(1),
+            pad,
+            pad_end: pad,
+        }
+    }
+}
+
 impl Window {
     pub fn new(layer: &str, input: &Shape, size: Hw, stride: Hw, pad: Hw) -> Result<Self> {
+        Self::of(layer, input, WindowSpec::plain(size, stride, pad))
+    }
+
+    pub fn of(layer: &str, input: &Shape, w: WindowSpec) -> Result<Self> {
         if input.flat {
             return Err(Error::Shape(format!(
                 "{layer}: needs a CxHxW input, but its input is a flat vector of {} features",
                 input.c
             )));
         }
+        let axis = |size: fn(Hw) -> usize| AxisSpec {
+            taps: size(w.size),
+            d: size(w.dilation),
+            s: size(w.stride),
+            p: size(w.pad),
+            p_end: size(w.pad_end),
+        };
         Ok(Window {
-            h: WindowAxis::new(layer, "height", input.h, size.h, stride.h, pad.h)?,
-            w: WindowAxis::new(layer, "width", input.w, size.w, stride.w, pad.w)?,
+            h: WindowAxis::new(layer, "height", input.h, axis(|v| v.h))?,
+            w: WindowAxis::new(layer, "width", input.w, axis(|v| v.w))?,
         })
     }
 
@@ -171,18 +288,14 @@ pub struct ShapeNote {
 pub fn infer(layer: &str, op: &Op, inputs: &[Shape], strict: bool) -> Result<(Shape, ShapeNote)> {
     let mut note = ShapeNote::default();
     let x = inputs.first().copied().unwrap_or_default();
-    let mut windowed = |size: Hw, stride: Hw, pad: Hw, channels: usize| -> Result<Shape> {
-        let win = Window::new(layer, &x, size, stride, pad)?;
+    let mut windowed = |spec: WindowSpec, channels: usize| -> Result<Shape> {
+        let win = Window::of(layer, &x, spec)?;
         if strict && win.untiled() {
             let axis = if win.h.untiled { &win.h } else { &win.w };
-            let exact = (axis.n + 2 * axis.p - axis.f) as f64 / axis.s as f64 + 1.0;
             return Err(Error::Shape(format!(
-                "{layer}: ({} + 2*{} - {})/{} + 1 = {} is not a whole number; this filter, stride and pad do not tile the input",
-                axis.n,
-                axis.p,
-                axis.f,
-                axis.s,
-                trim_float(exact)
+                "{layer}: {} = {} is not a whole number; this filter, stride and pad do not tile the input",
+                axis.spaced_lhs(),
+                trim_float(axis.exact())
             )));
         }
         let shape = Shape::chw(channels, win.h.out, win.w.out);
@@ -191,32 +304,45 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Shape], strict: bool) -> Result<(Sh
     };
     let out = match op {
         Op::Input => x,
-        Op::Conv(c) => windowed(c.size, c.stride, c.pad, c.filters)?,
-        Op::Gemm(g) => windowed(Hw::square(1), g.stride, Hw::square(0), g.filters)?,
-        Op::MaxPool(Pool { size, stride, pad }) | Op::AvgPool(Pool { size, stride, pad }) => {
-            windowed(*size, *stride, *pad, x.c)?
+        Op::Conv(c) => {
+            check_groups(layer, c, &x)?;
+            let spec = WindowSpec {
+                dilation: c.dilation,
+                ..WindowSpec::plain(c.size, c.stride, c.pad)
+            };
+            windowed(spec, c.filters)?
         }
+        Op::Gemm(g) => windowed(
+            WindowSpec::plain(Hw::square(1), g.stride, Hw::square(0)),
+            g.filters,
+        )?,
+        Op::MaxPool(p) | Op::AvgPool(p) => windowed(
+            WindowSpec {
+                pad_end: p.pad_end,
+                ..WindowSpec::plain(p.size, p.stride, p.pad)
+            },
+            x.c,
+        )?,
         Op::GlobalAvgPool => {
-            if x.flat {
-                return Err(Error::Shape(format!(
-                    "{layer}: global_avgpool needs a CxHxW input, but its input is a flat vector of {} features",
-                    x.c
-                )));
-            }
+            needs_chw(layer, "global_avgpool needs", &x)?;
             Shape::chw(x.c, 1, 1)
         }
         Op::Pad(p) => {
-            if x.flat {
-                return Err(Error::Shape(format!(
-                    "{layer}: pad needs a CxHxW input, but its input is a flat vector of {} features",
-                    x.c
-                )));
-            }
+            needs_chw(layer, "pad needs", &x)?;
             Shape::chw(x.c, x.h + p.top + p.bottom, x.w + p.left + p.right)
         }
         Op::Fc(f) => Shape::flat(f.units),
         Op::Flatten => Shape::flat(x.len()),
-        Op::Relu | Op::Softmax | Op::Dropout | Op::BatchNorm { .. } => x,
+        Op::Relu | Op::Softmax | Op::Dropout | Op::BatchNorm { .. } | Op::Clip(_) => x,
+        Op::ScaleShift => x,
+        Op::Lrn(_) => {
+            needs_chw(layer, "lrn normalises across the channels of", &x)?;
+            x
+        }
+        Op::ChannelShuffle { groups } => {
+            check_shuffle(layer, *groups, &x)?;
+            x
+        }
         Op::Add => {
             for (i, s) in inputs.iter().enumerate().skip(1) {
                 if s.len() != x.len() || (s.c, s.h, s.w) != (x.c, x.h, x.w) {
@@ -243,7 +369,7 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Shape], strict: bool) -> Result<(Sh
         }
     };
     let weight: &[usize] = match op {
-        Op::Conv(c) => &[c.filters, x.c, c.size.h, c.size.w],
+        Op::Conv(c) => &[c.filters, x.c / c.groups.max(1), c.size.h, c.size.w],
         Op::Gemm(g) => &[g.filters, x.c],
         Op::Fc(f) => &[f.units, x.len()],
         _ => &[],
@@ -262,6 +388,43 @@ pub fn infer(layer: &str, op: &Op, inputs: &[Shape], strict: bool) -> Result<(Sh
     }
     check_budget(layer, "output", &[out.c, out.h, out.w])?;
     Ok((out, note))
+}
+
+/// `{layer}: {what} a CxHxW input, but its input is a flat vector of F features`.
+fn needs_chw(layer: &str, what: &str, x: &Shape) -> Result<()> {
+    if x.flat {
+        return Err(Error::Shape(format!(
+            "{layer}: {what} a CxHxW input, but its input is a flat vector of {} features",
+            x.c
+        )));
+    }
+    Ok(())
+}
+
+fn check_shuffle(layer: &str, groups: usize, x: &Shape) -> Result<()> {
+    if x.flat || groups == 0 || !x.c.is_multiple_of(groups) {
+        return Err(Error::Shape(format!(
+            "{layer}: channel_shuffle with {groups} groups needs a CxHxW input whose channels divide into the groups, but its input is {x}"
+        )));
+    }
+    Ok(())
+}
+
+/// A grouped conv splits its input and output channels into `groups` equal parts.
+fn check_groups(layer: &str, c: &super::op::Conv, x: &Shape) -> Result<()> {
+    let g = c.groups;
+    if g == 0 || !x.c.is_multiple_of(g) || !c.filters.is_multiple_of(g) {
+        return Err(Error::Shape(format!(
+            "{layer}: a conv with {g} groups needs input channels and filters that divide into the groups, but it has {} input channels and {} filters",
+            x.c, c.filters
+        )));
+    }
+    if c.dilation.h == 0 || c.dilation.w == 0 {
+        return Err(Error::Shape(format!(
+            "{layer}: dilation must be at least 1"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses tensors above [`MAX_ELEMENTS`] without overflowing on the way.

@@ -19,7 +19,8 @@ pub fn layer_stats(g: &Graph, id: NodeId) -> LayerStats {
     let out_len = out.len() as u64;
     let (params, macs) = match &node.op {
         Op::Conv(c) => {
-            let per_filter = (c.size.h * c.size.w) as u64 * cin;
+            // A filter of a grouped conv reads the C/G channels of its group.
+            let per_filter = (c.size.h * c.size.w) as u64 * (cin / c.groups.max(1) as u64);
             let params = c.filters as u64 * (per_filter + c.bias as u64);
             (params, out_len * per_filter)
         }
@@ -28,7 +29,7 @@ pub fn layer_stats(g: &Graph, id: NodeId) -> LayerStats {
             let fin = input.map_or(0, |s| s.len() as u64);
             (f.units as u64 * (fin + f.bias as u64), f.units as u64 * fin)
         }
-        Op::BatchNorm { .. } => (2 * out.c as u64, 0),
+        Op::BatchNorm { .. } | Op::ScaleShift => (2 * out.c as u64, 0),
         _ => (0, 0),
     };
     LayerStats {

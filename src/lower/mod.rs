@@ -18,7 +18,7 @@ mod print;
 pub use memory::{Region, View};
 
 use crate::error::{Error, Result};
-use crate::ir::{Graph, NodeId, Pad, Shape};
+use crate::ir::{Clip, Graph, Hw, Lrn, NodeId, Pad, Pool, Shape};
 use crate::jit::{ConvMethod, ConvSpec, EltSpec, FcSpec, PoolSpec};
 use crate::options::Options;
 use std::collections::HashMap;
@@ -110,6 +110,39 @@ pub enum Kernel {
         pad: Pad,
         input: Shape,
     },
+    /// A grouped or dilated conv on the dense conv kernel: `spec` is one group's (`C/G`
+    /// input and `K/G` output channels, the dilated filter's extent as its size), run
+    /// once per group; each group's weights are packed on their own, a dilated filter
+    /// with zeros between its taps (`size` taps `dilation` apart).
+    GroupedConv {
+        spec: ConvSpec,
+        method: ConvMethod,
+        groups: usize,
+        size: Hw,
+        dilation: Hw,
+    },
+    /// A plain Rust loop per item, where no generated kernel exists yet.
+    Host(HostOp),
+}
+
+/// The layers the runtime computes with plain loops over one item
+/// (`crate::runtime::host`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum HostOp {
+    /// Pooling the pool kernel does not take: unequal pads, pads over half the window,
+    /// or an average that excludes the padding.
+    Pool {
+        pool: Pool,
+        max: bool,
+        input: Shape,
+        output: Shape,
+    },
+    /// LRN, as a sliding sum of squares along the channels.
+    Lrn { lrn: Lrn, input: Shape },
+    /// Channel shuffle: whole planes moved.
+    Shuffle { groups: usize, input: Shape },
+    /// A clip no conv or fc took as its epilogue.
+    Clip(Clip),
 }
 
 impl Kernel {
@@ -122,6 +155,8 @@ impl Kernel {
             Kernel::Elementwise { .. } => "elementwise",
             Kernel::Copy { .. } => "copy",
             Kernel::Pad { .. } => "pad",
+            Kernel::GroupedConv { .. } => "grouped-conv",
+            Kernel::Host(_) => "host-loop",
         }
     }
 
@@ -129,6 +164,7 @@ impl Kernel {
     pub fn algorithm(&self) -> Option<String> {
         match self {
             Kernel::Conv { method, .. } => Some(method.to_string()),
+            Kernel::GroupedConv { method, groups, .. } => Some(format!("{method} x{groups}")),
             _ => None,
         }
     }

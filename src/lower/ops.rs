@@ -1,7 +1,7 @@
 //! One lowering per op: the kernel spec of a node, every shape taken from the IR.
-use super::Kernel;
+use super::{HostOp, Kernel};
 use crate::error::{Error, Result};
-use crate::ir::{Conv, Fc, Gemm, Graph, NodeId, Op, Pool, Shape};
+use crate::ir::{Conv, Epilogue, Fc, Gemm, Graph, NodeId, Op, Pool, Shape};
 use crate::jit::{ConvMethod, ConvSpec, EltSpec, FcSpec, PoolKind, PoolSpec};
 use crate::options::Options;
 
@@ -23,9 +23,18 @@ pub fn kernel(g: &Graph, id: NodeId, opts: &Options) -> Result<Lowered> {
     let kernel = match &node.op {
         Op::Input => return Ok(Lowered::Nothing),
         Op::Flatten | Op::Dropout => return Ok(Lowered::Alias),
+        Op::Conv(c) if c.groups != 1 || !c.dilation.is(1) => grouped_conv(x, c, opts),
         Op::Conv(c) => conv(x, c, opts),
         Op::Gemm(gm) => gemm(x, gm, opts),
         Op::Fc(f) => fc(x, f, opts.batch),
+        Op::MaxPool(p) | Op::AvgPool(p) if !pool_kernel_takes(p, &node.op) => {
+            Kernel::Host(HostOp::Pool {
+                pool: p.clone(),
+                max: matches!(node.op, Op::MaxPool(_)),
+                input: x,
+                output: out,
+            })
+        }
         Op::MaxPool(p) => pool(PoolKind::Max, x, p),
         Op::AvgPool(p) => pool(PoolKind::Avg, x, p),
         Op::GlobalAvgPool => elementwise(EltSpec::GlobalAvgPool {
@@ -48,6 +57,16 @@ pub fn kernel(g: &Graph, id: NodeId, opts: &Options) -> Result<Lowered> {
             pad: p.clone(),
             input: x,
         },
+        Op::Clip(c) => Kernel::Host(HostOp::Clip(*c)),
+        Op::Lrn(lrn) => Kernel::Host(HostOp::Lrn {
+            lrn: *lrn,
+            input: x,
+        }),
+        Op::ChannelShuffle { groups } => Kernel::Host(HostOp::Shuffle {
+            groups: *groups,
+            input: x,
+        }),
+        Op::ScaleShift => scale_shift(g, id, x)?,
     };
     Ok(Lowered::Step(kernel))
 }
@@ -76,10 +95,76 @@ fn conv(x: Shape, c: &Conv, opts: &Options) -> Kernel {
             bias: c.bias,
             relu: c.epilogue.relu,
             residual: c.epilogue.residual,
-            clip: None,
+            clip: clip(&c.epilogue),
         },
         opts,
     )
+}
+
+/// A fused clip as the kernels' epilogue takes it.
+fn clip(e: &Epilogue) -> Option<crate::jit::Clip> {
+    e.clip.map(|c| crate::jit::Clip {
+        min: c.min,
+        max: c.max,
+    })
+}
+
+/// A grouped or dilated conv: the dense kernel of one group (see [`Kernel::GroupedConv`]).
+/// A dilated filter becomes its extent `D*(F-1)+1` with zeros between the taps: exact,
+/// but it multiplies by the zeros too.
+fn grouped_conv(x: Shape, c: &Conv, opts: &Options) -> Kernel {
+    let extent = |f: usize, d: usize| d * (f - 1) + 1;
+    let group = Shape {
+        c: x.c / c.groups,
+        ..x
+    };
+    let one = Conv {
+        filters: c.filters / c.groups,
+        size: crate::ir::Hw {
+            h: extent(c.size.h, c.dilation.h),
+            w: extent(c.size.w, c.dilation.w),
+        },
+        ..c.clone()
+    };
+    let Kernel::Conv { spec, method } = conv(group, &one, opts) else {
+        unreachable!("conv lowers to Kernel::Conv")
+    };
+    Kernel::GroupedConv {
+        spec,
+        method,
+        groups: c.groups,
+        size: c.size,
+        dilation: c.dilation,
+    }
+}
+
+/// Whether the pool kernel takes this pool: symmetric pads of at most half the window,
+/// and an average that counts them (or has none).
+fn pool_kernel_takes(p: &Pool, op: &Op) -> bool {
+    p.symmetric()
+        && 2 * p.pad.h <= p.size.h
+        && 2 * p.pad.w <= p.size.w
+        && (p.count_pad || matches!(op, Op::MaxPool(_)) || p.pad.is(0))
+}
+
+/// A scale_shift the passes did not fold: the elementwise per-channel kernel.
+fn scale_shift(g: &Graph, id: NodeId, x: Shape) -> Result<Kernel> {
+    let node = g.node(id);
+    let param = |suffix: &str| {
+        node.param(suffix)
+            .map(|t| t.data().to_vec())
+            .ok_or_else(|| {
+                Error::Weights(format!("{}: parameter `{suffix}` is not bound", node.name))
+            })
+    };
+    Ok(Kernel::Elementwise {
+        spec: EltSpec::ScaleShift {
+            channels: x.c,
+            hw: x.h * x.w,
+            relu: false,
+        },
+        consts: vec![param("weight")?, param("bias")?],
+    })
 }
 
 /// A gemm node (a 1x1 convolution with stride) runs on the conv kernels.
@@ -99,7 +184,7 @@ fn gemm(x: Shape, gm: &Gemm, opts: &Options) -> Kernel {
             bias: gm.bias,
             relu: gm.epilogue.relu,
             residual: gm.epilogue.residual,
-            clip: None,
+            clip: clip(&gm.epilogue),
         },
         opts,
     )
@@ -110,6 +195,7 @@ fn fc(x: Shape, f: &Fc, batch: usize) -> Kernel {
         bias: f.bias,
         relu: f.epilogue.relu,
         residual: f.epilogue.residual,
+        clip: clip(&f.epilogue),
         ..FcSpec::new(x.len(), f.units, batch)
     })
 }

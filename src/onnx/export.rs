@@ -7,7 +7,7 @@ use super::proto::{
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use crate::error::{Error, Result};
-use crate::ir::{Graph, Op, Shape};
+use crate::ir::{Clip, Epilogue, Graph, Hw, NodeId, Op, Shape};
 use crate::tensor::Tensor;
 use prost::Message;
 use std::path::Path;
@@ -148,6 +148,283 @@ impl Builder {
     }
 }
 
+/// One layer being written: its node, its input value names and where its core op's
+/// result goes (`<name>/core` when an epilogue follows).
+struct LayerOut<'g> {
+    g: &'g Graph,
+    id: NodeId,
+    node: &'g crate::ir::Node,
+    inputs: Vec<String>,
+    core_out: String,
+}
+
+impl<'g> LayerOut<'g> {
+    fn new(g: &'g Graph, id: NodeId) -> Self {
+        let node = g.node(id);
+        let inputs = g
+            .inputs(id)
+            .iter()
+            .map(|&i| g.node(i).name.clone())
+            .collect();
+        // Layers with a fused epilogue compute their core op into `<name>/core`.
+        let core_out = match node.op.epilogue() {
+            Some(e) if !e.is_empty() => format!("{}/core", node.name),
+            _ => node.name.clone(),
+        };
+        LayerOut {
+            g,
+            id,
+            node,
+            inputs,
+            core_out,
+        }
+    }
+    fn name(&self) -> &'g str {
+        &self.node.name
+    }
+    fn x(&self) -> &str {
+        self.inputs.first().map(String::as_str).unwrap_or("input")
+    }
+    fn input_shape(&self) -> Shape {
+        self.g.node(self.g.inputs(self.id)[0]).shape
+    }
+    fn param(&self, suffix: &str) -> Result<&'g Tensor> {
+        self.node.param(suffix).ok_or_else(|| {
+            Error::Weights(format!(
+                "{}: parameter `{suffix}` is not bound; give the weights with --weights",
+                self.node.name
+            ))
+        })
+    }
+    fn bias(&self, has: bool) -> Result<Option<&'g Tensor>> {
+        has.then(|| self.param("bias")).transpose()
+    }
+}
+
+fn hw_ints(v: Hw) -> [i64; 2] {
+    [v.h as i64, v.w as i64]
+}
+
+fn pads(begin: Hw, end: Hw) -> AttributeProto {
+    attr_ints(
+        "pads",
+        &[begin.h as i64, begin.w as i64, end.h as i64, end.w as i64],
+    )
+}
+
+impl Builder {
+    /// The ONNX nodes of one layer.
+    fn layer(&mut self, l: &LayerOut) -> Result<()> {
+        let (name, x) = (l.name(), l.x());
+        match &l.node.op {
+            Op::Input => unreachable!("skipped"),
+            Op::Conv(c) => {
+                let attrs = vec![
+                    attr_ints("kernel_shape", &hw_ints(c.size)),
+                    attr_ints("strides", &hw_ints(c.stride)),
+                    pads(c.pad, c.pad),
+                    attr_ints("dilations", &hw_ints(c.dilation)),
+                    attr_int("group", c.groups as i64),
+                ];
+                let (w, b) = (l.param("weight")?, l.bias(c.bias)?);
+                self.weighted_node("Conv", name, x, w, b, &l.core_out, attrs);
+            }
+            Op::Gemm(gm) => {
+                let cin = l.input_shape().c;
+                let w = l
+                    .param("weight")?
+                    .clone()
+                    .reshaped(vec![gm.filters, cin, 1, 1])?;
+                let attrs = vec![
+                    attr_ints("kernel_shape", &[1, 1]),
+                    attr_ints("strides", &hw_ints(gm.stride)),
+                ];
+                let b = l.bias(gm.bias)?;
+                self.weighted_node("Conv", name, x, &w, b, &l.core_out, attrs);
+            }
+            Op::Fc(f) => self.fc(l, f.bias)?,
+            Op::Relu => self.node("Relu", name, &[x], name, vec![]),
+            Op::MaxPool(p) | Op::AvgPool(p) => {
+                let mut attrs = vec![
+                    attr_ints("kernel_shape", &hw_ints(p.size)),
+                    attr_ints("strides", &hw_ints(p.stride)),
+                    pads(p.pad, p.pad_end),
+                ];
+                let op = if matches!(l.node.op, Op::MaxPool(_)) {
+                    "MaxPool"
+                } else {
+                    attrs.push(attr_int("count_include_pad", p.count_pad as i64));
+                    "AveragePool"
+                };
+                self.node(op, name, &[x], name, attrs);
+            }
+            Op::GlobalAvgPool => self.node("GlobalAveragePool", name, &[x], name, vec![]),
+            Op::Flatten => self.node("Flatten", name, &[x], name, vec![attr_int("axis", 1)]),
+            Op::Softmax => self.node("Softmax", name, &[x], name, vec![attr_int("axis", 1)]),
+            Op::Add => {
+                let ins: Vec<&str> = l.inputs.iter().map(String::as_str).collect();
+                let op = if ins.len() == 2 { "Add" } else { "Sum" };
+                self.node(op, name, &ins, name, vec![]);
+            }
+            Op::Concat => {
+                let ins: Vec<&str> = l.inputs.iter().map(String::as_str).collect();
+                self.node("Concat", name, &ins, name, vec![attr_int("axis", 1)]);
+            }
+            Op::BatchNorm { eps } => {
+                let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+                    .iter()
+                    .map(|s| Ok(self.param(name, s, l.param(s)?)))
+                    .collect::<Result<_>>()?;
+                let mut ins = vec![x];
+                ins.extend(names.iter().map(String::as_str));
+                let attrs = vec![attr_float("epsilon", *eps)];
+                self.node("BatchNormalization", name, &ins, name, attrs);
+            }
+            Op::Dropout => self.node("Dropout", name, &[x], name, vec![]),
+            Op::Pad(p) => {
+                let pads = format!("{name}.pads");
+                let value = format!("{name}.value");
+                let (t, le, bo, r) = (p.top as i64, p.left as i64, p.bottom as i64, p.right as i64);
+                self.inits
+                    .push(tensor_i64(&pads, &[0, 0, t, le, 0, 0, bo, r]));
+                self.inits.push(tensor_f32(&value, &[], &[p.value]));
+                self.node("Pad", name, &[x, &pads, &value], name, vec![]);
+            }
+            Op::Clip(c) => self.clip(name, x, c, name),
+            Op::Lrn(lrn) => {
+                let attrs = vec![
+                    attr_int("size", lrn.size as i64),
+                    attr_float("alpha", lrn.alpha),
+                    attr_float("beta", lrn.beta),
+                    attr_float("bias", lrn.bias),
+                ];
+                self.node("LRN", name, &[x], name, attrs);
+            }
+            Op::ChannelShuffle { groups } => self.shuffle(name, x, *groups, &l.input_shape()),
+            Op::ScaleShift => self.scale_shift(l)?,
+        }
+        Ok(())
+    }
+
+    /// Gemm takes [N, F]: a C x H x W input is flattened first by a helper node
+    /// `<name>/flatten`, which the importer folds back into the fc.
+    fn fc(&mut self, l: &LayerOut, bias: bool) -> Result<()> {
+        let name = l.name();
+        let flat_in = format!("{name}/flatten");
+        let x = if l.input_shape().flat {
+            l.x()
+        } else {
+            self.node(
+                "Flatten",
+                &flat_in,
+                &[l.x()],
+                &flat_in,
+                vec![attr_int("axis", 1)],
+            );
+            flat_in.as_str()
+        };
+        let (w, b) = (l.param("weight")?, l.bias(bias)?);
+        let attrs = vec![attr_int("transB", 1)];
+        self.weighted_node("Gemm", name, x, w, b, &l.core_out, attrs);
+        Ok(())
+    }
+
+    /// Clip with its bounds as scalar initializers (an infinite bound is left out).
+    fn clip(&mut self, name: &str, x: &str, c: &Clip, out: &str) {
+        let mut ins = vec![x.to_string()];
+        for (what, v) in [("min", c.min), ("max", c.max)] {
+            if v.is_finite() {
+                let t = format!("{name}.{what}");
+                self.inits.push(tensor_f32(&t, &[], &[v]));
+                ins.push(t);
+            } else {
+                ins.push(String::new());
+            }
+        }
+        while ins.last().is_some_and(|s| s.is_empty()) {
+            ins.pop();
+        }
+        let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
+        self.node("Clip", name, &ins, out, vec![]);
+    }
+
+    /// ShuffleNet's three nodes: Reshape to [N, G, C/G, H, W], Transpose(0, 2, 1, 3, 4),
+    /// Reshape back (the importer reads the three back as one layer).
+    fn shuffle(&mut self, name: &str, x: &str, groups: usize, s: &Shape) {
+        let (g, c, h, w) = (groups as i64, s.c as i64, s.h as i64, s.w as i64);
+        let (split, back) = (format!("{name}.split"), format!("{name}.shape"));
+        self.inits.push(tensor_i64(&split, &[0, g, c / g, h, w]));
+        self.inits.push(tensor_i64(&back, &[0, c, h, w]));
+        let (grouped, swapped) = (format!("{name}/grouped"), format!("{name}/swapped"));
+        self.node("Reshape", &grouped, &[x, &split], &grouped, vec![]);
+        let perm = vec![attr_ints("perm", &[0, 2, 1, 3, 4])];
+        self.node("Transpose", &swapped, &[&grouped], &swapped, perm);
+        self.node("Reshape", name, &[&swapped, &back], name, vec![]);
+    }
+
+    /// Mul by `weight` and Add of `bias`, both shaped to broadcast per channel.
+    fn scale_shift(&mut self, l: &LayerOut) -> Result<()> {
+        let (name, s) = (l.name(), l.input_shape());
+        let dims = if s.flat { vec![s.c] } else { vec![s.c, 1, 1] };
+        let (scale, shift) = (format!("{name}.weight"), format!("{name}.bias"));
+        self.inits
+            .push(tensor_f32(&scale, &dims, l.param("weight")?.data()));
+        self.inits
+            .push(tensor_f32(&shift, &dims, l.param("bias")?.data()));
+        let scaled = format!("{name}/scaled");
+        self.node(
+            "Mul",
+            &format!("{name}/Mul"),
+            &[l.x(), &scale],
+            &scaled,
+            vec![],
+        );
+        self.node(
+            "Add",
+            &format!("{name}/Add"),
+            &[&scaled, &shift],
+            name,
+            vec![],
+        );
+        Ok(())
+    }
+
+    /// The fused tail of a conv, gemm or fc: Add(residual), Relu, Clip, in that order,
+    /// the last writing the layer's name.
+    fn epilogue(&mut self, l: &LayerOut, e: &Epilogue) {
+        let name = l.name();
+        let steps = [e.residual, e.relu, e.clip.is_some()];
+        let last = steps.iter().rposition(|&s| s).unwrap_or(0);
+        let out = |i: usize, what: &str| {
+            if i == last {
+                name.to_string()
+            } else {
+                format!("{name}/{what}")
+            }
+        };
+        let mut cur = l.core_out.clone();
+        if e.residual {
+            let o = out(0, "residual");
+            self.node(
+                "Add",
+                &format!("{name}/residual"),
+                &[&cur, &l.inputs[1]],
+                &o,
+                vec![],
+            );
+            cur = o;
+        }
+        if e.relu {
+            let o = out(1, "relu");
+            self.node("Relu", &format!("{name}/relu"), &[&cur], &o, vec![]);
+            cur = o;
+        }
+        if let Some(c) = &e.clip {
+            self.clip(&format!("{name}/clip"), &cur, c, name);
+        }
+    }
+}
+
 /// The ONNX model of a graph whose weights are bound.
 pub fn to_model(g: &Graph) -> Result<ModelProto> {
     let mut b = Builder {
@@ -158,161 +435,17 @@ pub fn to_model(g: &Graph) -> Result<ModelProto> {
         if id == g.input {
             continue;
         }
-        let node = g.node(id);
-        let name = node.name.as_str();
-        let inputs: Vec<String> = g
-            .inputs(id)
-            .iter()
-            .map(|&i| g.node(i).name.clone())
-            .collect();
-        let param = |suffix: &str| {
-            node.param(suffix).ok_or_else(|| {
-                Error::Weights(format!(
-                    "{name}: parameter `{suffix}` is not bound; give the weights with --weights"
-                ))
-            })
-        };
-        // Layers with a fused epilogue compute their core op into `<name>/core`.
-        let core_out = match node.op.epilogue() {
-            Some(e) if !e.is_empty() => format!("{name}/core"),
-            _ => name.to_string(),
-        };
-        let x = inputs.first().map(String::as_str).unwrap_or("input");
-        match &node.op {
-            Op::Input => unreachable!("skipped"),
-            Op::Conv(c) => {
-                let bias = c.bias.then(|| param("bias")).transpose()?;
-                let attrs = vec![
-                    attr_ints("kernel_shape", &[c.size.h as i64, c.size.w as i64]),
-                    attr_ints("strides", &[c.stride.h as i64, c.stride.w as i64]),
-                    attr_ints(
-                        "pads",
-                        &[
-                            c.pad.h as i64,
-                            c.pad.w as i64,
-                            c.pad.h as i64,
-                            c.pad.w as i64,
-                        ],
-                    ),
-                ];
-                b.weighted_node("Conv", name, x, param("weight")?, bias, &core_out, attrs);
-            }
-            Op::Gemm(gm) => {
-                let cin = g.node(g.inputs(id)[0]).shape.c;
-                let w = param("weight")?
-                    .clone()
-                    .reshaped(vec![gm.filters, cin, 1, 1])?;
-                let bias = gm.bias.then(|| param("bias")).transpose()?;
-                let attrs = vec![
-                    attr_ints("kernel_shape", &[1, 1]),
-                    attr_ints("strides", &[gm.stride.h as i64, gm.stride.w as i64]),
-                ];
-                b.weighted_node("Conv", name, x, &w, bias, &core_out, attrs);
-            }
-            Op::Fc(f) => {
-                // Gemm takes [N, F]: a C x H x W input is flattened first by a helper
-                // node `<name>/flatten`, which the importer folds back into the fc.
-                let flat_in;
-                let x = if g.node(g.inputs(id)[0]).shape.flat {
-                    x
-                } else {
-                    flat_in = format!("{name}/flatten");
-                    b.node(
-                        "Flatten",
-                        &flat_in,
-                        &[x],
-                        &flat_in,
-                        vec![attr_int("axis", 1)],
-                    );
-                    flat_in.as_str()
-                };
-                let bias = f.bias.then(|| param("bias")).transpose()?;
-                let attrs = vec![attr_int("transB", 1)];
-                b.weighted_node("Gemm", name, x, param("weight")?, bias, &core_out, attrs);
-            }
-            Op::Relu => b.node("Relu", name, &[x], name, vec![]),
-            Op::MaxPool(p) | Op::AvgPool(p) => {
-                let mut attrs = vec![
-                    attr_ints("kernel_shape", &[p.size.h as i64, p.size.w as i64]),
-                    attr_ints("strides", &[p.stride.h as i64, p.stride.w as i64]),
-                    attr_ints(
-                        "pads",
-                        &[
-                            p.pad.h as i64,
-                            p.pad.w as i64,
-                            p.pad.h as i64,
-                            p.pad.w as i64,
-                        ],
-                    ),
-                ];
-                let op = if matches!(node.op, Op::MaxPool(_)) {
-                    "MaxPool"
-                } else {
-                    // cnnc's avgpool divides by the full window, padding included.
-                    attrs.push(attr_int("count_include_pad", 1));
-                    "AveragePool"
-                };
-                b.node(op, name, &[x], name, attrs);
-            }
-            Op::GlobalAvgPool => b.node("GlobalAveragePool", name, &[x], name, vec![]),
-            Op::Flatten => b.node("Flatten", name, &[x], name, vec![attr_int("axis", 1)]),
-            Op::Softmax => b.node("Softmax", name, &[x], name, vec![attr_int("axis", 1)]),
-            Op::Add => {
-                let ins: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                let op = if ins.len() == 2 { "Add" } else { "Sum" };
-                b.node(op, name, &ins, name, vec![]);
-            }
-            Op::Concat => {
-                let ins: Vec<&str> = inputs.iter().map(String::as_str).collect();
-                b.node("Concat", name, &ins, name, vec![attr_int("axis", 1)]);
-            }
-            Op::BatchNorm { eps } => {
-                let names: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
-                    .iter()
-                    .map(|s| Ok(b.param(name, s, param(s)?)))
-                    .collect::<Result<_>>()?;
-                let mut ins = vec![x];
-                ins.extend(names.iter().map(String::as_str));
-                b.node(
-                    "BatchNormalization",
-                    name,
-                    &ins,
-                    name,
-                    vec![attr_float("epsilon", *eps)],
-                );
-            }
-            Op::Dropout => b.node("Dropout", name, &[x], name, vec![]),
-            Op::Pad(p) => {
-                let pads = format!("{name}.pads");
-                let value = format!("{name}.value");
-                let (t, l, bo, r) = (p.top as i64, p.left as i64, p.bottom as i64, p.right as i64);
-                b.inits.push(tensor_i64(&pads, &[0, 0, t, l, 0, 0, bo, r]));
-                b.inits.push(tensor_f32(&value, &[], &[p.value]));
-                b.node("Pad", name, &[x, &pads, &value], name, vec![]);
-            }
-        }
-        if let Some(e) = node.op.epilogue().filter(|e| !e.is_empty()) {
-            let mut cur = core_out;
-            if e.residual {
-                let out = if e.relu {
-                    format!("{name}/residual")
-                } else {
-                    name.to_string()
-                };
-                b.node(
-                    "Add",
-                    &format!("{name}/residual"),
-                    &[&cur, &inputs[1]],
-                    &out,
-                    vec![],
-                );
-                cur = out;
-            }
-            if e.relu {
-                b.node("Relu", &format!("{name}/relu"), &[&cur], name, vec![]);
-            }
+        let l = LayerOut::new(g, id);
+        b.layer(&l)?;
+        if let Some(e) = l.node.op.epilogue().filter(|e| !e.is_empty()) {
+            b.epilogue(&l, e);
         }
     }
+    Ok(model_proto(g, b))
+}
+
+/// The model around the nodes and initializers `b` holds.
+fn model_proto(g: &Graph, b: Builder) -> ModelProto {
     let s = g.input_shape();
     let outputs = g
         .outputs
@@ -336,7 +469,7 @@ pub fn to_model(g: &Graph) -> Result<ModelProto> {
             });
         }
     }
-    Ok(ModelProto {
+    ModelProto {
         ir_version: Some(IR_VERSION),
         opset_import: vec![OperatorSetIdProto {
             domain: Some(String::new()),
@@ -347,7 +480,7 @@ pub fn to_model(g: &Graph) -> Result<ModelProto> {
         graph: Some(graph),
         metadata_props,
         ..Default::default()
-    })
+    }
 }
 
 /// The graph (weights bound) as the bytes of an ONNX model.

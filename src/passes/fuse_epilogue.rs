@@ -4,8 +4,9 @@
 //! - `add(x, shortcut)` with exactly two inputs, where `x` is a conv/gemm/fc with an
 //!   empty epilogue that nothing else reads, becomes `x` with `residual`, reading
 //!   `shortcut` in slot 1. If both inputs qualify, slot 0 is fused.
-//! - `relu(x)`, where `x` is a conv/gemm/fc without relu (possibly with a residual)
-//!   that nothing else reads, becomes `x` with `relu`.
+//! - `relu(x)`, where `x` is a conv/gemm/fc without relu or clip (possibly with a
+//!   residual) that nothing else reads, becomes `x` with `relu`.
+//! - `clip(x)` (ReLU6) likewise becomes `x` with `clip`, after any fused relu.
 //!
 //! So ResNet's `conv -> add(shortcut) -> relu` (after `fold-batchnorm`, also
 //! `conv -> bn -> add -> relu`) is one conv. The fused node keeps the producer's name;
@@ -19,7 +20,8 @@ use crate::options::OptLevel;
 pub const PASS: PassInfo = PassInfo {
     name: "fuse-epilogue",
     level: OptLevel::O2,
-    description: "fuses add(shortcut) and relu into the conv/gemm/fc they read, as its epilogue",
+    description:
+        "fuses add(shortcut), relu and clip into the conv/gemm/fc they read, as its epilogue",
     make: || Box::new(FuseEpilogue),
 };
 
@@ -41,15 +43,22 @@ impl Pass for FuseEpilogue {
                         changed = Changed::Yes;
                     }
                 }
-                Op::Relu => {
+                Op::Relu | Op::Clip(_) => {
                     let &[producer] = g.inputs(id).as_slice() else {
                         continue;
                     };
+                    // Relu before clip is the epilogue's order; nothing fuses after a clip.
                     let fusable = g.use_count(producer) == 1
-                        && g.node(producer).op.epilogue().is_some_and(|e| !e.relu);
+                        && g.node(producer).op.epilogue().is_some_and(|e| {
+                            e.clip.is_none() && !(e.relu && matches!(g.node(id).op, Op::Relu))
+                        });
                     if fusable {
+                        let activation = g.node(id).op.clone();
                         let e = g.node_mut(producer).op.epilogue_mut().expect("a producer");
-                        e.relu = true;
+                        match activation {
+                            Op::Clip(c) => e.clip = Some(c),
+                            _ => e.relu = true,
+                        }
                         bypass(g, id, producer);
                         changed = Changed::Yes;
                     }

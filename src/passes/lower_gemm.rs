@@ -5,7 +5,8 @@
 //! The node keeps its name, inputs (including a residual in slot 1), bias and epilogue.
 //! Its `weight` keeps the conv's PyTorch layout `[K, C, 1, 1]`, so weights files and
 //! `cnnc init` see the same tensors with or without the pass. A 1x1 conv with padding
-//! is left alone (its border outputs are bias only, not a plain product).
+//! is left alone (its border outputs are bias only, not a plain product), and so is a
+//! grouped one (the conv kernel runs it group by group).
 use super::{Changed, Pass, PassInfo};
 use crate::error::Result;
 use crate::ir::{Gemm, Graph, Op};
@@ -28,7 +29,7 @@ impl Pass for LowerGemm {
         for id in ids {
             let node = g.node_mut(id);
             let Op::Conv(c) = &node.op else { continue };
-            if !(c.size.is(1) && c.pad.is(0)) {
+            if !(c.size.is(1) && c.pad.is(0) && c.groups == 1) {
                 continue;
             }
             node.op = Op::Gemm(Gemm {

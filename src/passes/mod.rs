@@ -38,6 +38,7 @@
 //! ```
 pub mod dce;
 pub mod fold_batchnorm;
+pub mod fold_scale_shift;
 pub mod fuse_epilogue;
 pub mod lower_gemm;
 
@@ -103,6 +104,7 @@ pub struct PassInfo {
 /// Every pass, in pipeline order.
 pub const PASSES: &[PassInfo] = &[
     dce::PASS,
+    fold_scale_shift::PASS,
     fold_batchnorm::PASS,
     fuse_epilogue::PASS,
     lower_gemm::PASS,

@@ -1,13 +1,13 @@
 //! Instantiating a [`Plan`]: one generated kernel per distinct spec, and each conv and fc
 //! step's weights packed for its kernel (on the model's thread pool).
 use crate::error::{Error, Result};
-use crate::ir::{Graph, NodeId, Pad, Shape};
+use crate::ir::{Graph, Hw, NodeId, Pad, Shape};
 use crate::jit::{
     pack_fc_weights, Compiled, ConvKernel, ConvMethod, ConvSpec, EltKernel, EltSpec, FcKernel,
     FcSpec, KernelListing, KernelModule, Pending, PendingConv, PendingElt, PendingFc, PendingPool,
     PoolKernel, PoolSpec, ThreadPool,
 };
-use crate::lower::{Kernel, Plan, Step};
+use crate::lower::{HostOp, Kernel, Plan, Step};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,6 +37,15 @@ pub(super) enum Code {
         pad: Pad,
         input: Shape,
     },
+    /// One group's conv kernel; `packed` holds the groups' packed weights one after
+    /// another, equal in length.
+    GroupedConv {
+        k: Arc<ConvKernel>,
+        packed: Vec<f32>,
+        groups: usize,
+    },
+    /// A plain loop per item ([`super::host`]).
+    Host(HostOp),
 }
 
 /// Every step's code, in the plan's order, and what it took to make.
@@ -73,15 +82,17 @@ fn generate(plan: &Plan, module: &mut KernelModule) -> Result<Generated> {
     for s in &plan.steps {
         module.set_label(&s.name);
         match &s.kernel {
-            Kernel::Conv { spec, method } => once(&mut gen.conv, (*spec, *method), || {
-                module.add_conv_with(spec, *method)
-            })?,
+            Kernel::Conv { spec, method } | Kernel::GroupedConv { spec, method, .. } => {
+                once(&mut gen.conv, (*spec, *method), || {
+                    module.add_conv_with(spec, *method)
+                })?
+            }
             Kernel::Fc(spec) => once(&mut gen.fc, *spec, || module.add_fc(spec))?,
             Kernel::Pool(spec) => once(&mut gen.pool, *spec, || module.add_pool(spec))?,
             Kernel::Elementwise { spec, .. } => {
                 once(&mut gen.elt, *spec, || module.add_elementwise(spec))?
             }
-            Kernel::Copy { .. } | Kernel::Pad { .. } => {}
+            Kernel::Copy { .. } | Kernel::Pad { .. } | Kernel::Host(_) => {}
         }
     }
     Ok(gen)
@@ -128,8 +139,51 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
             let spec = *spec;
             Some(Box::new(move || pack_fc_weights(&spec, w, b)))
         }
+        Kernel::GroupedConv {
+            spec,
+            method,
+            groups,
+            size,
+            dilation,
+        } => {
+            let (w, b) = weights(g, s.layer, spec.bias)?;
+            let k = gen
+                .conv
+                .get(&(*spec, *method))
+                .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
+            let (groups, size, dilation, kg) = (*groups, *size, *dilation, spec.out_c);
+            let per_group = w.len() / groups;
+            Some(Box::new(move || {
+                let mut all = Vec::new();
+                for gi in 0..groups {
+                    let wg = dilated(&w[gi * per_group..(gi + 1) * per_group], size, dilation);
+                    let bg = b.map(|b| &b[gi * kg..(gi + 1) * kg]);
+                    all.extend(k.pack_weights(&wg, bg)?);
+                }
+                Ok(all)
+            }))
+        }
         _ => None,
     })
+}
+
+/// Filters of `size` taps, each spread `d` apart with zeros between (the dense kernel
+/// then runs the dilated filter's extent `d*(size-1)+1`).
+fn dilated(w: &[f32], size: Hw, d: Hw) -> Vec<f32> {
+    if d.is(1) {
+        return w.to_vec();
+    }
+    let (eh, ew) = (d.h * (size.h - 1) + 1, d.w * (size.w - 1) + 1);
+    let filters = w.len() / (size.h * size.w);
+    let mut out = vec![0.0; filters * eh * ew];
+    for f in 0..filters {
+        for i in 0..size.h {
+            for j in 0..size.w {
+                out[(f * eh + i * d.h) * ew + j * d.w] = w[(f * size.h + i) * size.w + j];
+            }
+        }
+    }
+    out
 }
 
 /// Runs `jobs` on the pool's threads (or this one), each thread taking the next job not
@@ -219,6 +273,17 @@ pub(super) fn instantiate(
                 pad: pad.clone(),
                 input: *input,
             },
+            Kernel::GroupedConv {
+                spec,
+                method,
+                groups,
+                ..
+            } => Code::GroupedConv {
+                k: conv.get(&(*spec, *method)).ok_or_else(missing)?.clone(),
+                packed: take()?,
+                groups: *groups,
+            },
+            Kernel::Host(op) => Code::Host(op.clone()),
         });
     }
     Ok(Instantiated {

@@ -147,7 +147,7 @@ impl Model {
             .map(|s| match &s.code {
                 // A conv pads its input once, before its threads split the rest; each
                 // thread of a pool has scratch of its own.
-                Code::Conv { k, .. } => k.scratch_len(),
+                Code::Conv { k, .. } | Code::GroupedConv { k, .. } => k.scratch_len(),
                 Code::Pool(k) => k.scratch_len() * opts.threads,
                 _ => 0,
             })
@@ -404,6 +404,23 @@ impl Model {
                     }
                 }
                 Code::Pad { pad, input } => pad_item(step.item(&ins, 0, n)?, input, pad, o),
+                Code::Host(op) => op.run(step.item(&ins, 0, n)?, o),
+                Code::GroupedConv { k, packed, groups } => {
+                    let x = step.item(&ins, 0, n)?;
+                    let residual = (n_in > 1).then(|| step.item(&ins, 1, n)).transpose()?;
+                    // Each group's input and output channels are one contiguous block.
+                    let (xg, og, pg) = (x.len() / groups, o.len() / groups, packed.len() / groups);
+                    for gi in 0..*groups {
+                        let xs = &x[gi * xg..(gi + 1) * xg];
+                        let os = &mut o[gi * og..(gi + 1) * og];
+                        let ps = &packed[gi * pg..(gi + 1) * pg];
+                        let rs = residual.map(|r| &r[gi * og..(gi + 1) * og]);
+                        match pool {
+                            Some(p) => k.run_parallel(p, xs, ps, rs, os, scratch)?,
+                            None => k.run(xs, ps, rs, os, scratch, 0..k.work_units())?,
+                        }
+                    }
+                }
                 Code::Fc { .. } => {
                     return Err(Error::Internal(format!(
                         "{}: fc runs whole chunks",

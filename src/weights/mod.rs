@@ -33,10 +33,13 @@ pub fn expected_params(g: &Graph, id: NodeId) -> Vec<(&'static str, Vec<usize>)>
             .collect()
     };
     match &node.op {
-        Op::Conv(c) => shapes(vec![c.filters, cin, c.size.h, c.size.w], c.filters),
+        Op::Conv(c) => shapes(
+            vec![c.filters, cin / c.groups.max(1), c.size.h, c.size.w],
+            c.filters,
+        ),
         Op::Gemm(gm) => shapes(vec![gm.filters, cin, 1, 1], gm.filters),
         Op::Fc(f) => shapes(vec![f.units, input.map_or(0, |s| s.len())], f.units),
-        Op::BatchNorm { .. } => shapes(vec![node.shape.c], node.shape.c),
+        Op::BatchNorm { .. } | Op::ScaleShift => shapes(vec![node.shape.c], node.shape.c),
         _ => Vec::new(),
     }
 }

@@ -1,5 +1,5 @@
 //! Weights drawn from the graph's seed: He-normal conv and fc weights, zero biases,
-//! identity batchnorm. Each layer draws from its own ChaCha stream chosen by its name,
+//! identity batchnorm and scale_shift. Each layer draws from its own ChaCha stream chosen by its name,
 //! so the same seed gives the same weights on every machine, and adding a layer does
 //! not change the others.
 use super::expected_params;
@@ -38,7 +38,9 @@ pub fn init_from_seed(g: &mut Graph) {
         for (suffix, shape) in params {
             let n: usize = shape.iter().product();
             let value = match (node.op.kind(), suffix) {
-                ("batchnorm", "weight" | "running_var") => vec![1.0; n],
+                ("batchnorm", "weight" | "running_var") | ("scale_shift", "weight") => {
+                    vec![1.0; n]
+                }
                 (_, "weight") => {
                     let fan_in: usize = shape[1..].iter().product();
                     let he = Normal::new(0.0, (2.0 / fan_in as f64).sqrt()).expect("positive std");

@@ -1,0 +1,116 @@
+//! Layers the runtime computes with plain Rust loops over one batch item, where no
+//! generated kernel exists yet: pooling that the JIT's pool kernel does not take
+//! (unequal pads, padding over half the window, an average that excludes the padding),
+//! LRN, channel shuffle and a standalone clip. Each is memory-bound data movement or a
+//! light per-element formula; the interpreter's versions are the specification.
+use crate::ir::{Lrn, Pool, Shape};
+use crate::lower::HostOp;
+
+impl HostOp {
+    /// One item: `x` is the input item, `out` the output item.
+    pub fn run(&self, x: &[f32], out: &mut [f32]) {
+        match self {
+            HostOp::Pool {
+                pool,
+                max,
+                input,
+                output,
+            } => pool_item(x, pool, *max, input, output, out),
+            HostOp::Lrn { lrn, input } => lrn_item(x, lrn, input, out),
+            HostOp::Shuffle { groups, input } => shuffle_item(x, *groups, input, out),
+            HostOp::Clip(c) => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = c.apply(v);
+                }
+            }
+        }
+    }
+}
+
+/// The input rows (or columns) window `o` covers: `lo..hi`, clipped to `0..n`.
+fn span(o: usize, stride: usize, pad: usize, size: usize, n: usize) -> (usize, usize) {
+    let start = (o * stride) as isize - pad as isize;
+    let lo = start.max(0) as usize;
+    let hi = ((start + size as isize).max(0) as usize).min(n);
+    (lo, hi)
+}
+
+fn pool_item(x: &[f32], p: &Pool, max: bool, s: &Shape, o: &Shape, out: &mut [f32]) {
+    let plane = s.h * s.w;
+    let full = (p.size.h * p.size.w) as f32;
+    for c in 0..s.c {
+        let src = &x[c * plane..(c + 1) * plane];
+        for oy in 0..o.h {
+            let (y0, y1) = span(oy, p.stride.h, p.pad.h, p.size.h, s.h);
+            for ox in 0..o.w {
+                let (x0, x1) = span(ox, p.stride.w, p.pad.w, p.size.w, s.w);
+                let rows = (y0..y1).map(|y| &src[y * s.w + x0..y * s.w + x1]);
+                out[(c * o.h + oy) * o.w + ox] = if max {
+                    // NaN wins, as in the interpreter and PyTorch.
+                    let pick = |m: f32, &v: &f32| if v > m || v.is_nan() { v } else { m };
+                    rows.flatten().fold(f32::NEG_INFINITY, pick)
+                } else {
+                    let sum: f32 = rows.flatten().sum();
+                    let count = if p.count_pad {
+                        full
+                    } else {
+                        ((y1 - y0) * (x1 - x0)) as f32
+                    };
+                    sum / count
+                };
+            }
+        }
+    }
+}
+
+/// A sliding sum of squares along the channels: each pixel's window sum is updated by
+/// the channel entering and the one leaving, so the cost is per element, not per
+/// element times `size`.
+fn lrn_item(x: &[f32], l: &Lrn, s: &Shape, out: &mut [f32]) {
+    let plane = s.h * s.w;
+    let scale = l.alpha / l.size as f32;
+    // f64 sums: a large channel leaving the window must not swamp the small ones left.
+    let mut sums = vec![0f64; plane];
+    // The window of channel 0 is 0..=hi0; add channels as they enter.
+    let (_, hi0) = l.window(0, s.c);
+    for ch in 0..=hi0 {
+        add_squares(&mut sums, &x[ch * plane..(ch + 1) * plane], 1.0);
+    }
+    for c in 0..s.c {
+        if c > 0 {
+            let (lo, hi) = l.window(c, s.c);
+            let (plo, phi) = l.window(c - 1, s.c);
+            if hi > phi {
+                add_squares(&mut sums, &x[hi * plane..(hi + 1) * plane], 1.0);
+            }
+            if lo > plo {
+                add_squares(&mut sums, &x[plo * plane..(plo + 1) * plane], -1.0);
+            }
+        }
+        let xs = &x[c * plane..(c + 1) * plane];
+        let ys = &mut out[c * plane..(c + 1) * plane];
+        for ((y, &v), &sum) in ys.iter_mut().zip(xs).zip(&sums) {
+            // A running sum can dip a rounding error below zero; squares never do.
+            *y = v / (l.bias + scale * sum.max(0.0) as f32).powf(l.beta);
+        }
+    }
+}
+
+fn add_squares(sums: &mut [f64], plane: &[f32], sign: f64) {
+    for (s, &v) in sums.iter_mut().zip(plane) {
+        *s += sign * (v as f64) * (v as f64);
+    }
+}
+
+/// Output channel `j*groups + g` is input channel `g*(C/groups) + j`: whole planes moved.
+fn shuffle_item(x: &[f32], groups: usize, s: &Shape, out: &mut [f32]) {
+    let plane = s.h * s.w;
+    let per_group = s.c / groups;
+    for g in 0..groups {
+        for j in 0..per_group {
+            let from = (g * per_group + j) * plane;
+            let to = (j * groups + g) * plane;
+            out[to..to + plane].copy_from_slice(&x[from..from + plane]);
+        }
+    }
+}
