@@ -91,10 +91,10 @@ fn googlenet_has_lrn_and_nine_inception_modules() {
     assert_eq!(count("lrn"), 2);
     assert_eq!(count("concat"), 9);
     for m in ["3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b"] {
-        assert!(g.find(&format!("inception_{m}/output")).is_some(), "{m}");
+        assert!(g.find(&format!("inception_{m}.output")).is_some(), "{m}");
     }
     // Caffe's rounded-up pools: 112 -> 56 -> 28 -> 14 -> 7.
-    let s = g.node(g.find("pool4/3x3_s2").unwrap()).shape;
+    let s = g.node(g.find("pool4.3x3_s2").unwrap()).shape;
     assert_eq!((s.c, s.h, s.w), (832, 7, 7));
 }
 
