@@ -57,7 +57,12 @@ fn check_node(g: &Graph, id: NodeId) -> Result<()> {
     }
     if let Some(win) = &node.note.window {
         for (axis, a) in [("height", &win.h), ("width", &win.w)] {
-            for (what, v) in [("window", a.f), ("stride", a.s), ("pad", a.p)] {
+            for (what, v) in [
+                ("window", a.f),
+                ("stride", a.s),
+                ("pad", a.p),
+                ("end pad", a.p_end),
+            ] {
                 if v > MAX_DIM {
                     return Err(refuse(
                         g,
@@ -69,7 +74,11 @@ fn check_node(g: &Graph, id: NodeId) -> Result<()> {
                 }
             }
         }
-        let padded = [x.c, win.h.n + 2 * win.h.p, win.w.n + 2 * win.w.p];
+        let padded = [
+            x.c,
+            win.h.n + win.h.p + win.h.p_end,
+            win.w.n + win.w.p + win.w.p_end,
+        ];
         if bytes(&padded) > MAX_TENSOR_BYTES as u128 {
             return Err(refuse(g, id, format!(
                 "its padded input {}x{}x{} takes more than {} MiB per image, the most a JIT kernel addresses",
@@ -116,7 +125,7 @@ fn check_node(g: &Graph, id: NodeId) -> Result<()> {
     // channel's plane (softmax, batchnorm's scale-shift, global average pool).
     let loop_len = match node.op {
         Op::Relu | Op::Add => Some(out.len().max(x.len())),
-        Op::Softmax | Op::BatchNorm { .. } | Op::GlobalAvgPool => Some(x.h * x.w),
+        Op::Softmax | Op::BatchNorm { .. } | Op::ScaleShift | Op::GlobalAvgPool => Some(x.h * x.w),
         _ => None,
     };
     if let Some(n) = loop_len.filter(|&n| n > MAX_DIM) {
