@@ -582,3 +582,24 @@ fn malformed_models_from_fuzzing_get_one_clear_error() {
         assert_eq!(msg, want, "{file}");
     }
 }
+
+/// Small networks of the model zoo's ops with random weights (built by
+/// `make_onnx_fixtures.py`), against onnxruntime on both engines: grouped conv, LRN,
+/// batchnorm + Mul + Add of Unsqueezed constants, pools with unequal pads excluding the
+/// padding, a Reshape of a constant weight; a channel shuffle, depthwise convs with
+/// multiplier 1 and 2, Clip as ReLU6, a dilated conv.
+#[test]
+fn zoo_op_models_with_random_weights_match_onnxruntime() {
+    let mut seen = 0;
+    for (stem, case) in onnx_cases() {
+        if !stem.starts_with("zoo_") {
+            continue;
+        }
+        let bytes = std::fs::read(repo().join(case["model"].as_str().unwrap())).unwrap();
+        let g = import(&bytes);
+        let (input, outputs) = read_outputs(&case);
+        check_outputs(&stem, &g, &input, &outputs);
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}

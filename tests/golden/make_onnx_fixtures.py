@@ -145,6 +145,100 @@ def handbuilt():
     return model
 
 
+def zoo_models():
+    """Two small networks of the model zoo's ops with random weights (the zoo files'
+    weights are all 0.02, which cannot tell channels apart): `zoo_alexnet_inception`
+    (grouped conv, LRN, batchnorm followed by Mul and Add of Unsqueezed per-channel
+    constants, max and average pools with unequal pads that do not count the padding,
+    a weight made by Reshape of a constant, Gemm; opset 11) and `zoo_shuffle_mobile`
+    (grouped 1x1 conv, the Reshape/Transpose/Reshape channel shuffle, depthwise convs
+    with channel multiplier 1 and 2, Clip(0, 6) as ReLU6, a dilated conv, an average
+    pool excluding its padding, Sum and Concat, GlobalAveragePool; opset 13)."""
+    rng = np.random.default_rng(16)
+
+    def w(*shape, scale=None):
+        fan_in = np.prod(shape[1:]) if len(shape) > 1 else 1
+        s = scale if scale is not None else np.sqrt(2.0 / fan_in)
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    def pos(*shape):
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+
+    n = helper.make_node
+    models = {}
+
+    inits = []
+
+    def init(name, a):
+        inits.append(numpy_helper.from_array(a, name))
+        return name
+
+    nodes = [
+        n("Conv", ["x", init("c1.w", w(8, 3, 3, 3)), init("c1.b", w(8, scale=0.1))], ["c1"],
+          name="c1", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        n("Relu", ["c1"], ["r1"], name="r1"),
+        n("LRN", ["r1"], ["n1"], name="n1", size=5, alpha=0.0005, beta=0.75, bias=2.0),
+        n("MaxPool", ["n1"], ["p1"], name="p1", kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),
+        # AlexNet's two-GPU conv: group 2.
+        n("Conv", ["p1", init("c2.w", w(12, 4, 3, 3)), init("c2.b", w(12, scale=0.1))], ["c2"],
+          name="c2", kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2),
+        n("BatchNormalization", ["c2", init("bn.s", pos(12)), init("bn.b", w(12, scale=0.1)),
+                                 init("bn.m", w(12, scale=0.3)), init("bn.v", pos(12))], ["bn"], name="bn"),
+        n("Unsqueeze", [init("sc.w", pos(12))], ["sc.w3"], name="sc.w.unsq", axes=[1, 2]),
+        n("Mul", ["bn", "sc.w3"], ["sc.m"], name="sc.mul"),
+        n("Unsqueeze", [init("sc.b", w(12, scale=0.1))], ["sc.b3"], name="sc.b.unsq", axes=[1, 2]),
+        n("Add", ["sc.m", "sc.b3"], ["sc"], name="sc.add"),
+        n("Relu", ["sc"], ["r2"], name="r2"),
+        n("LRN", ["r2"], ["n2"], name="n2", size=3, alpha=0.0001, beta=0.75),
+        n("AveragePool", ["n2"], ["p2"], name="p2", kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),
+        n("Reshape", [init("fc.w5", w(10, 108, 1)),
+                      init("fc.shape", np.array([10, 108], dtype=np.int64))], ["fc.w"], name="fc.w.reshape"),
+        n("Flatten", ["p2"], ["flat"], name="flat", axis=1),
+        n("Gemm", ["flat", "fc.w", init("fc.b", w(10, scale=0.1))], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "zoo_alexnet_inception",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 23, 23])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    m.ir_version = 7
+    models["zoo_alexnet_inception"] = (m, [3, 23, 23])
+
+    inits = []
+    c = 12
+    nodes = [
+        n("Conv", ["x", init("g1.w", w(c, 2, 1, 1))], ["g1"], name="g1", kernel_shape=[1, 1], group=3),
+        n("Relu", ["g1"], ["g1r"], name="g1r"),
+        n("Reshape", ["g1r", init("sh1", np.array([0, 3, 4, 9, 9], dtype=np.int64))], ["s5"], name="shuffle.split"),
+        n("Transpose", ["s5"], ["s5t"], name="shuffle.swap", perm=[0, 2, 1, 3, 4]),
+        n("Reshape", ["s5t", init("sh2", np.array([0, c, 9, 9], dtype=np.int64))], ["s"], name="shuffle"),
+        # Depthwise, channel multiplier 2, stride 2, then ReLU6.
+        n("Conv", ["s", init("dw.w", w(2 * c, 1, 3, 3)), init("dw.b", w(2 * c, scale=0.1))], ["dw"], name="dw",
+          kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], group=c),
+        n("Clip", ["dw", init("lo", np.array(0, dtype=np.float32)), init("hi", np.array(6, dtype=np.float32))],
+          ["dwc"], name="relu6"),
+        # Dilated 3x3 (extent 5), padded to keep the size.
+        n("Conv", ["dwc", init("dl.w", w(2 * c, 2 * c, 3, 3))], ["dl"], name="dilated",
+          kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 2, 2, 2]),
+        n("Conv", ["dwc", init("dw2.w", w(2 * c, 1, 3, 3))], ["dw2"], name="dw2",
+          kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=2 * c),
+        n("Sum", ["dl", "dw2"], ["sum"], name="sum"),
+        n("AveragePool", ["dwc"], ["ap"], name="ap", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+        n("Concat", ["sum", "ap"], ["cat"], name="cat", axis=1),
+        n("GlobalAveragePool", ["cat"], ["gap"], name="gap"),
+    ]
+    graph = helper.make_graph(
+        nodes, "zoo_shuffle_mobile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 9, 9])],
+        [helper.make_tensor_value_info("gap", TensorProto.FLOAT, ["N", 4 * c, 1, 1])], initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 7
+    models["zoo_shuffle_mobile"] = (m, [6, 9, 9])
+    for m, _ in models.values():
+        onnx.checker.check_model(m, full_check=True)
+    return models
+
+
 def main(only):
     manifest_path = os.path.join(OUT, "manifest.json")
     manifest = json.load(open(manifest_path))["cases"] if os.path.exists(manifest_path) else {}
@@ -177,6 +271,18 @@ def main(only):
         manifest["handbuilt"] = {"dir": "tests/golden/onnx/handbuilt", "model": "tests/golden/onnx/handbuilt/model.onnx",
                                  "batch": BATCH, "outputs": files}
         print("handbuilt: ok")
+    for stem, (model, dims) in zoo_models().items():
+        if only and stem not in only:
+            continue
+        d = os.path.join(OUT, stem)
+        os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, "model.onnx")
+        onnx.save(model, path)
+        x = rng_for(stem).standard_normal([BATCH] + dims).astype(np.float32)
+        files = save_case(stem, x, run_ort(path, x))
+        manifest[stem] = {"dir": f"tests/golden/onnx/{stem}", "model": f"tests/golden/onnx/{stem}/model.onnx",
+                          "batch": BATCH, "outputs": files}
+        print(f"{stem}: ok")
     manifest = dict(sorted(manifest.items()))
     with open(manifest_path, "w") as f:
         json.dump({"onnxruntime": ort.__version__, "onnx": onnx.__version__, "cases": manifest}, f, indent=1)
