@@ -16,10 +16,19 @@ fn each_pass_is_declared_once_and_the_levels_follow_the_declarations() {
     }
     let at = |level| Pipeline::for_level(level).names();
     assert!(at(OptLevel::O0).is_empty());
-    assert_eq!(at(OptLevel::O1), ["dce", "fold-batchnorm"]);
+    assert_eq!(
+        at(OptLevel::O1),
+        ["dce", "fold-scale-shift", "fold-batchnorm"]
+    );
     assert_eq!(
         at(OptLevel::O2),
-        ["dce", "fold-batchnorm", "fuse-epilogue", "lower-gemm"]
+        [
+            "dce",
+            "fold-scale-shift",
+            "fold-batchnorm",
+            "fuse-epilogue",
+            "lower-gemm"
+        ]
     );
 }
 
