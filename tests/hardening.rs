@@ -503,3 +503,37 @@ fn nan_or_inf_in_inputs_weights_or_outputs_is_one_warning_line() {
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(o.stderr.is_empty(), "{}", o.stderr);
 }
+
+/// ONNX models whose import used to succeed and then not run: the import now fails
+/// with a message and writes nothing.
+#[test]
+fn imports_that_would_not_load_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases = [
+        ("import_identity.onnx", "the model has no layer cnnc runs"),
+        (
+            "import_bn_eps0.onnx",
+            "batchnorm eps must be positive, got 0",
+        ),
+        (
+            "import_bn_epsneg.onnx",
+            "batchnorm eps must be positive, got -1",
+        ),
+        (
+            "import_conv_0filters.onnx",
+            "expected a positive whole number, got 0",
+        ),
+        (
+            "import_conv_stride.onnx",
+            "4611686018427387904 is too large",
+        ),
+        ("import_dims_2e32.onnx", "more than the limit of 2^31"),
+    ];
+    for (model, needle) in cases {
+        let model = repo().join(FIXTURES).join(model);
+        let o = in_dir(d, &["import", model.to_str().unwrap(), "-o", "m.yaml"]);
+        assert_refused(&o, needle, &model.display().to_string());
+        assert!(listing(d).is_empty(), "{model:?}: {:?}", listing(d));
+    }
+}

@@ -1433,10 +1433,16 @@ pub fn import_file(onnx: &Path, yaml: &Path) -> Result<Graph> {
     g.weights_path = Some(file_name);
     let text = crate::format::write_str(&g)?;
     let bytes = crate::weights::write_safetensors(crate::weights::named_params(&g))?;
+    if g.node_count() < 2 {
+        return Err(Error::Unsupported(format!(
+            "{}: the model has no layer cnnc runs (only Identity-like nodes?), so there is no graph to write; nothing was written",
+            onnx.display()
+        )));
+    }
     // What is written must load again (the same loader and checks as `cnnc run`).
     crate::format::parse_str(&text, None).map_err(|e| {
         Error::Unsupported(format!(
-            "{}: the imported graph does not load: {e}",
+            "{}: the imported graph would not load, so nothing was written: {e}",
             onnx.display()
         ))
     })?;
