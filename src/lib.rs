@@ -45,7 +45,7 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use ir::Graph;
-pub use options::{OptLevel, Options};
+pub use options::{Isa, OptLevel, Options};
 pub use runtime::Model;
 pub use tensor::Tensor;
 

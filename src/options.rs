@@ -67,6 +67,10 @@ pub struct Options {
     /// Winograd F(4x4, 3x3): 2-4x faster there, but their packed weights take 4x the memory
     /// of the filters (`--no-winograd` turns it off). Default: on.
     pub winograd: bool,
+    /// JIT: the widest vector instructions the kernels may use (`--isa`). Default: the
+    /// environment variable `CNNC_ISA` if set (tests force a level with it), else the best
+    /// level the host has. A level the host lacks is refused when compiling.
+    pub isa: Isa,
 }
 
 impl Default for Options {
@@ -79,6 +83,10 @@ impl Default for Options {
             batch: 1,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             winograd: true,
+            isa: Isa::from_env()
+                .ok()
+                .flatten()
+                .unwrap_or_else(Isa::host_best),
         }
     }
 }
@@ -90,5 +98,113 @@ impl Options {
             opt_level: level,
             ..Options::default()
         }
+    }
+}
+
+/// Vector instruction set level of the generated code. `Sse`: only Cranelift's 128-bit
+/// kernels (the portable path). `Avx2` / `Avx512`: GEMM micro-kernels generated with
+/// 256-bit (AVX2 + FMA) / 512-bit (AVX-512F) instructions (`crate::jit::x86`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    Sse,
+    Avx2,
+    Avx512,
+}
+
+/// The environment variable that overrides the default [`Isa`] (`sse`, `avx2`, `avx512`).
+pub const ISA_ENV: &str = "CNNC_ISA";
+
+impl Isa {
+    /// Every level, narrowest first.
+    pub const ALL: [Isa; 3] = [Isa::Sse, Isa::Avx2, Isa::Avx512];
+
+    /// Whether this CPU can run code of this level.
+    pub fn host_has(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match self {
+                Isa::Sse => true,
+                Isa::Avx2 => {
+                    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+                }
+                Isa::Avx512 => std::is_x86_feature_detected!("avx512f") && Isa::Avx2.host_has(),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Isa::Sse
+        }
+    }
+
+    /// The widest level this CPU has.
+    pub fn host_best() -> Isa {
+        *Isa::ALL
+            .iter()
+            .rev()
+            .find(|i| i.host_has())
+            .unwrap_or(&Isa::Sse)
+    }
+
+    /// The levels this CPU has, narrowest first.
+    pub fn host_levels() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.host_has()).collect()
+    }
+
+    /// `CNNC_ISA`, parsed: `Ok(None)` when unset or empty.
+    pub fn from_env() -> Result<Option<Isa>> {
+        match std::env::var(ISA_ENV) {
+            Ok(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| Error::Options(format!("{ISA_ENV}: {e}"))),
+            _ => Ok(None),
+        }
+    }
+
+    /// `Err` with a readable message when the host cannot run this level.
+    pub fn check_host(self) -> Result<()> {
+        if self.host_has() {
+            Ok(())
+        } else {
+            let has: Vec<String> = Isa::host_levels().iter().map(|i| i.to_string()).collect();
+            Err(Error::Options(format!(
+                "this CPU has no {self} (it has: {}); choose one of those with --isa or {ISA_ENV}",
+                has.join(", ")
+            )))
+        }
+    }
+
+    /// Bits of the widest vector register the level uses.
+    pub fn vector_bits(self) -> usize {
+        match self {
+            Isa::Sse => 128,
+            Isa::Avx2 => 256,
+            Isa::Avx512 => 512,
+        }
+    }
+}
+
+impl FromStr for Isa {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "sse" | "sse4" | "f32x4" => Ok(Isa::Sse),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" | "avx512f" | "avx-512" => Ok(Isa::Avx512),
+            _ => Err(Error::Options(format!(
+                "unknown ISA level `{s}`; the levels are sse, avx2 and avx512"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Isa::Sse => "sse",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        })
     }
 }

@@ -12,11 +12,12 @@ pub mod module;
 pub mod pool;
 pub mod threads;
 mod winograd;
+pub mod x86;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvMethod, ConvSpec, PendingConv};
 pub use elementwise::{EltKernel, EltSpec, PendingElt};
 pub use epilogue::Clip;
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
-pub use module::{Compiled, KernelListing, KernelModule, Pending};
+pub use module::{Compiled, KernelListing, KernelModule, MicroId, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
 pub use threads::ThreadPool;

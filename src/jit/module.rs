@@ -375,6 +375,39 @@ impl KernelModule {
         })
     }
 
+    /// Installs machine code made outside Cranelift (an x86 micro-kernel from
+    /// [`super::x86`]) as a function of `n_params` i64 arguments, System V: the module owns
+    /// its memory like every other kernel's, and generated functions can call it.
+    pub fn add_micro(&mut self, n_params: usize, code: &[u8], what: &str) -> Result<MicroId> {
+        let t0 = Instant::now();
+        let module = self.module.as_mut().expect("module present until finalize");
+        let mut sig = Signature::new(module.isa().default_call_conv());
+        sig.params
+            .extend(std::iter::repeat_n(AbiParam::new(types::I64), n_params));
+        let name = format!("k{}", self.funcs.len());
+        let fid = module
+            .declare_function(&name, Linkage::Local, &sig)
+            .map_err(codegen_err)?;
+        module
+            .define_function_bytes(fid, 64, code, &[])
+            .map_err(codegen_err)?;
+        if let Some(listings) = self.listings.as_mut() {
+            listings.push(KernelListing {
+                label: self.label.clone(),
+                symbol: name,
+                clif: format!("; {what}: x86 machine code from iced-x86, no CLIF\n"),
+                asm: super::x86::disassemble(code),
+                code_bytes: code.len(),
+            });
+        }
+        self.funcs.push(fid);
+        self.build_time += t0.elapsed();
+        Ok(MicroId {
+            module: self.id,
+            index: self.funcs.len() - 1,
+        })
+    }
+
     /// Finalizes every kernel at once (one `mprotect`), returning the executable code.
     pub fn finalize(mut self) -> Result<Arc<Compiled>> {
         let mut module = self.module.take().expect("module present until finalize");
@@ -428,6 +461,13 @@ pub(crate) struct PendingId {
     pub(crate) n_bufs: usize,
 }
 
+/// A function installed with [`KernelModule::add_micro`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MicroId {
+    module: u64,
+    index: usize,
+}
+
 /// A kernel that has been defined but not finalized; [`Compiled::get`] turns it into a kernel.
 pub trait Pending {
     type Kernel;
@@ -464,6 +504,18 @@ impl Compiled {
         if id.module != self.id {
             return Err(Error::Codegen(
                 "kernel handle belongs to a different KernelModule".into(),
+            ));
+        }
+        Ok(self.ptrs[id.index] as *const u8)
+    }
+}
+
+impl Compiled {
+    /// The entry point of a function installed with [`KernelModule::add_micro`].
+    pub fn micro_ptr(&self, id: MicroId) -> Result<*const u8> {
+        if id.module != self.id {
+            return Err(Error::Codegen(
+                "micro-kernel handle belongs to a different KernelModule".into(),
             ));
         }
         Ok(self.ptrs[id.index] as *const u8)

@@ -1,0 +1,269 @@
+//! The register-blocked GEMM micro-kernel: `out[i][j] = act((Σ_c w[c][i] x[c][j] + bias[i])
+//! + res[i][j])` for `rows` output rows by `cols` columns, with every size, stride and the
+//! epilogue baked in.
+//!
+//! Calling convention (System V): `fn(x: *const f32, w: *const f32, out: *mut f32,
+//! res: *const f32, bias: *const f32)`.
+//! * `x`: row `c` (of `k`) at `x + c * ldx`, `cols` floats each (the input pixels of one
+//!   channel: NCHW planes, so the kernel reads them where they are, no packing);
+//! * `w`: packed weights, step `c` at `w + c * w_stride`, `rows` floats each (one column of
+//!   the layer's weight block);
+//! * `out` / `res`: row `i` at `out + i * ldo`; `res` is read only with `residual`, `bias`
+//!   (`rows` floats) only with `bias`.
+//!
+//! The `rows x vectors` accumulators stay in registers for the whole reduction. Each step
+//! loads the `vectors` x vectors once and multiplies each by every row's weight: with
+//! AVX-512 the weight comes as an embedded broadcast (`vfmadd231ps zmm, zmm, [w]{1to16}`),
+//! with AVX2 from one `vbroadcastss` per row. The columns beyond the last full vector are
+//! loaded and stored under a mask (AVX-512: `k1`, AVX2: `vmaskmovps`), so the kernel reads and
+//! writes exactly the `rows x cols` elements (and `k x cols` inputs) it is given.
+//! The sum runs over `c` in order with one fused multiply-add per step, starting from zero,
+//! then `+ bias`, `+ residual`, the activation: the same operations in the same order as
+//! the Cranelift kernels, so results are bit-identical across ISA levels.
+use iced_x86::code_asm::{eax, r10, r8, rcx, rdi, rdx, rsi, AsmMemoryOperand};
+
+use super::vasm::{asm_err, Vasm, Width};
+use crate::error::{Error, Result};
+
+/// Reduction steps per loop iteration (the rest are emitted after the loop).
+const UNROLL: usize = 4;
+
+/// What the micro-kernel applies to each result before the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Act {
+    #[default]
+    None,
+    /// `max(x, 0)`, keeping NaN and `-0.0` (as the Cranelift kernels' ReLU).
+    Relu,
+    /// `min(max(x, lo), hi)` (f32 bit patterns), keeping NaN.
+    Clip { lo: u32, hi: u32 },
+}
+
+/// One micro-kernel's shape and epilogue. Sizes in floats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MicroGemm {
+    pub width: Width,
+    pub rows: usize,
+    pub cols: usize,
+    pub k: usize,
+    pub w_stride: usize,
+    pub ldx: usize,
+    pub ldo: usize,
+    pub bias: bool,
+    pub residual: bool,
+    pub act: Act,
+}
+
+fn disp(bytes: usize) -> Result<i32> {
+    i32::try_from(bytes)
+        .map_err(|_| Error::Codegen(format!("x86 micro-kernel offset {bytes} exceeds i32")))
+}
+
+impl MicroGemm {
+    /// Vector registers per row (the last one masked when `cols` is not a multiple).
+    pub fn vectors(&self) -> usize {
+        self.cols.div_ceil(self.width.lanes())
+    }
+    /// Columns in the masked last vector (0: none).
+    pub fn tail(&self) -> usize {
+        self.cols % self.width.lanes()
+    }
+    /// Floating-point operations of one call (two per multiply-add).
+    pub fn flops(&self) -> usize {
+        2 * self.rows * self.cols * self.k
+    }
+
+    /// The register that holds the AVX2 tail mask, if any.
+    fn mask_reg(&self) -> Option<usize> {
+        (self.width != Width::Z512 && self.tail() > 0).then_some(15)
+    }
+
+    /// Registers free after the reduction (the epilogue's temporaries).
+    fn free_regs(&self) -> Vec<usize> {
+        let m = self.mask_reg();
+        (self.rows * self.vectors()..self.width.registers())
+            .filter(|&r| Some(r) != m)
+            .collect()
+    }
+
+    /// Refuses shapes the generator cannot emit (too many accumulators, offsets beyond i32).
+    pub fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Codegen(format!("x86 micro-kernel {self:?}: {m}")));
+        if self.width == Width::X128 {
+            return bad("128-bit kernels are Cranelift's".into());
+        }
+        if self.rows == 0 || self.cols == 0 || self.k == 0 || self.rows > self.w_stride {
+            return bad("empty, or more rows than the weight stride".into());
+        }
+        let nv = self.vectors();
+        // Accumulators + the step's x vectors (+ the AVX2 broadcast register and mask).
+        let extra = if self.width == Width::Z512 { 0 } else { 1 };
+        let used = self.rows * nv + nv + extra + usize::from(self.mask_reg().is_some());
+        if used > self.width.registers() || self.free_regs().len() < 3 {
+            return bad(format!("{used} registers needed"));
+        }
+        disp((UNROLL * self.ldx + self.cols) * 4)?;
+        disp(UNROLL * self.w_stride * 4)?;
+        disp(self.ldo * 4)?;
+        Ok(())
+    }
+
+    /// The machine code (position independent).
+    pub fn emit(&self) -> Result<Vec<u8>> {
+        self.check()?;
+        let mut v = Vasm::new(self.width)?;
+        let mut mask_data = None;
+        if let Some(m) = self.mask_reg() {
+            let label = v.a.create_label();
+            v.load(m, AsmMemoryOperand::from(label))?;
+            mask_data = Some(label);
+        } else if self.tail() > 0 {
+            v.a.mov(eax, ((1u32 << self.tail()) - 1) as i32)
+                .map_err(asm_err)?;
+            v.a.kmovw(iced_x86::code_asm::k1, eax).map_err(asm_err)?;
+        }
+        self.reduction(&mut v)?;
+        self.epilogue(&mut v)?;
+        v.a.vzeroupper().map_err(asm_err)?;
+        v.a.ret().map_err(asm_err)?;
+        if let Some(mut label) = mask_data {
+            let lanes: Vec<u32> = (0..self.width.lanes())
+                .map(|l| if l < self.tail() { u32::MAX } else { 0 })
+                .collect();
+            v.a.set_label(&mut label).map_err(asm_err)?;
+            v.a.dd(&lanes).map_err(asm_err)?;
+        }
+        v.finish()
+    }
+
+    fn acc(&self, i: usize, j: usize) -> usize {
+        i * self.vectors() + j
+    }
+
+    /// One reduction step `u` of an unrolled group: x row at `rdi + u * ldx`, weights at
+    /// `rsi + u * w_stride`.
+    fn step(&self, v: &mut Vasm, u: usize) -> Result<()> {
+        let (nv, lanes) = (self.vectors(), self.width.lanes());
+        let xr = self.rows * nv;
+        for j in 0..nv {
+            let at = rdi + disp((u * self.ldx + j * lanes) * 4)?;
+            if j + 1 == nv && self.tail() > 0 {
+                match self.mask_reg() {
+                    Some(m) => v.maskload(xr + j, m, at)?,
+                    None => v.load_k1(xr + j, at)?,
+                }
+            } else {
+                v.load(xr + j, at)?;
+            }
+        }
+        let bc = xr + nv;
+        for i in 0..self.rows {
+            let w = rsi + disp((u * self.w_stride + i) * 4)?;
+            if self.width == Width::Z512 {
+                for j in 0..nv {
+                    v.fma_bcst(self.acc(i, j), xr + j, w)?;
+                }
+            } else {
+                v.bcst(bc, w)?;
+                for j in 0..nv {
+                    v.fma(self.acc(i, j), xr + j, bc)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Zeroes the accumulators, then runs the `k` steps: `k / UNROLL` iterations of an
+    /// unrolled loop, then the remaining steps straight.
+    fn reduction(&self, v: &mut Vasm) -> Result<()> {
+        for r in 0..self.rows * self.vectors() {
+            v.zero(r)?;
+        }
+        let iters = self.k / UNROLL;
+        if iters > 0 {
+            v.a.mov(r10, iters as u64).map_err(asm_err)?;
+            let mut top = v.a.create_label();
+            v.a.set_label(&mut top).map_err(asm_err)?;
+            for u in 0..UNROLL {
+                self.step(v, u)?;
+            }
+            v.a.add(rdi, disp(UNROLL * self.ldx * 4)?)
+                .map_err(asm_err)?;
+            v.a.add(rsi, disp(UNROLL * self.w_stride * 4)?)
+                .map_err(asm_err)?;
+            v.a.dec(r10).map_err(asm_err)?;
+            v.a.jnz(top).map_err(asm_err)?;
+        }
+        for u in 0..self.k % UNROLL {
+            self.step(v, u)?;
+        }
+        Ok(())
+    }
+
+    /// Bias, residual, activation and the store, row by row (`rdx`, `rcx` walk the rows).
+    fn epilogue(&self, v: &mut Vasm) -> Result<()> {
+        let (nv, bytes) = (self.vectors(), self.width.bytes());
+        let free = self.free_regs();
+        let (t, a0, a1) = (free[0], free[1], free[2]);
+        match self.act {
+            Act::None => {}
+            Act::Relu => v.zero(a0)?,
+            Act::Clip { lo, hi } => {
+                for (r, bits) in [(a0, lo), (a1, hi)] {
+                    v.a.mov(eax, bits as i32).map_err(asm_err)?;
+                    v.splat_eax(r)?;
+                }
+            }
+        }
+        let masked = |j: usize| j + 1 == nv && self.tail() > 0;
+        for i in 0..self.rows {
+            if self.bias {
+                let b = r8 + disp(i * 4)?;
+                if self.width == Width::Z512 {
+                    for j in 0..nv {
+                        v.add_bcst(self.acc(i, j), self.acc(i, j), b)?;
+                    }
+                } else {
+                    v.bcst(t, b)?;
+                    for j in 0..nv {
+                        v.add(self.acc(i, j), self.acc(i, j), t)?;
+                    }
+                }
+            }
+            for j in 0..nv {
+                let a = self.acc(i, j);
+                let at = disp(j * bytes)?;
+                if self.residual {
+                    match (masked(j), self.mask_reg()) {
+                        (false, _) => v.add_mem(a, a, rcx + at)?,
+                        (true, None) => v.add_mem_k1(a, a, rcx + at)?,
+                        (true, Some(m)) => {
+                            v.maskload(t, m, rcx + at)?;
+                            v.add(a, a, t)?;
+                        }
+                    }
+                }
+                match self.act {
+                    Act::None => {}
+                    Act::Relu => v.max(a, a0, a)?,
+                    Act::Clip { .. } => {
+                        v.max(a, a0, a)?;
+                        v.min(a, a1, a)?;
+                    }
+                }
+                match (masked(j), self.mask_reg()) {
+                    (false, _) => v.store(rdx + at, a)?,
+                    (true, None) => v.store_k1(rdx + at, a)?,
+                    (true, Some(m)) => v.maskstore(rdx + at, m, a)?,
+                }
+            }
+            if i + 1 < self.rows {
+                v.a.add(rdx, disp(self.ldo * 4)?).map_err(asm_err)?;
+                if self.residual {
+                    v.a.add(rcx, disp(self.ldo * 4)?).map_err(asm_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

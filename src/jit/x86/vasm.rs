@@ -1,0 +1,226 @@
+//! A thin width-generic layer over iced-x86's `CodeAssembler`: the same call emits the
+//! xmm (VEX), ymm (VEX) or zmm (EVEX) form of an instruction, so one generator serves
+//! AVX2 and AVX-512. Registers are numbered `0..32` (`0..16` below 512 bits).
+use iced_x86::code_asm::{
+    dword_bcst, dword_ptr, get_xmm, get_ymm, get_zmm, xmmword_ptr, ymmword_ptr, zmmword_ptr,
+    AsmMemoryOperand, AsmRegisterXmm, AsmRegisterYmm, AsmRegisterZmm, CodeAssembler,
+};
+use iced_x86::{IcedError, Register};
+
+use crate::error::{Error, Result};
+
+/// Vector width of the emitted instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Width {
+    X128,
+    Y256,
+    Z512,
+}
+
+impl Width {
+    /// f32 lanes per register.
+    pub fn lanes(self) -> usize {
+        match self {
+            Width::X128 => 4,
+            Width::Y256 => 8,
+            Width::Z512 => 16,
+        }
+    }
+    pub fn bytes(self) -> usize {
+        self.lanes() * 4
+    }
+    /// Registers the encoding can name (VEX: 16, EVEX: 32).
+    pub fn registers(self) -> usize {
+        if self == Width::Z512 {
+            32
+        } else {
+            16
+        }
+    }
+}
+
+pub(crate) fn asm_err(e: IcedError) -> Error {
+    Error::Codegen(format!("x86 assembler: {e}"))
+}
+
+fn xr(i: usize) -> AsmRegisterXmm {
+    get_xmm(Register::XMM0 + i as u32).expect("xmm index below 32")
+}
+fn yr(i: usize) -> AsmRegisterYmm {
+    get_ymm(Register::YMM0 + i as u32).expect("ymm index below 32")
+}
+fn zr(i: usize) -> AsmRegisterZmm {
+    get_zmm(Register::ZMM0 + i as u32).expect("zmm index below 32")
+}
+
+/// Emits one instruction in the form of the current width: `$r` registers, `$m` a memory
+/// operand of the vector's size.
+macro_rules! wide {
+    ($s:ident, $op:ident ( $($arg:tt)* )) => {
+        match $s.w {
+            Width::X128 => wide!(@args $s, $op, xr, xmmword_ptr, [] $($arg)*),
+            Width::Y256 => wide!(@args $s, $op, yr, ymmword_ptr, [] $($arg)*),
+            Width::Z512 => wide!(@args $s, $op, zr, zmmword_ptr, [] $($arg)*),
+        }
+    };
+    (@args $s:ident, $op:ident, $r:ident, $m:ident, [$($done:expr,)*] r($e:expr) $(, $($rest:tt)*)?) => {
+        wide!(@args $s, $op, $r, $m, [$($done,)* $r($e),] $($($rest)*)?)
+    };
+    (@args $s:ident, $op:ident, $r:ident, $m:ident, [$($done:expr,)*] m($e:expr) $(, $($rest:tt)*)?) => {
+        wide!(@args $s, $op, $r, $m, [$($done,)* $m($e),] $($($rest)*)?)
+    };
+    (@args $s:ident, $op:ident, $r:ident, $m:ident, [$($done:expr,)*]) => {
+        $s.a.$op($($done),*).map_err(asm_err)
+    };
+}
+
+/// The assembler and the width its vector instructions use.
+pub(crate) struct Vasm {
+    pub a: CodeAssembler,
+    pub w: Width,
+}
+
+impl Vasm {
+    pub fn new(w: Width) -> Result<Self> {
+        Ok(Vasm {
+            a: CodeAssembler::new(64).map_err(asm_err)?,
+            w,
+        })
+    }
+
+    /// `acc += a * b` (registers).
+    pub fn fma(&mut self, acc: usize, a: usize, b: usize) -> Result<()> {
+        wide!(self, vfmadd231ps(r(acc), r(a), r(b)))
+    }
+
+    /// `acc += a * broadcast(*mem)` with an EVEX embedded broadcast (512 bits only).
+    pub fn fma_bcst(&mut self, acc: usize, a: usize, mem: AsmMemoryOperand) -> Result<()> {
+        debug_assert_eq!(self.w, Width::Z512);
+        self.a
+            .vfmadd231ps(zr(acc), zr(a), dword_bcst(mem))
+            .map_err(asm_err)
+    }
+
+    /// `dst = a + broadcast(*mem)` (512 bits only).
+    pub fn add_bcst(&mut self, dst: usize, a: usize, mem: AsmMemoryOperand) -> Result<()> {
+        debug_assert_eq!(self.w, Width::Z512);
+        self.a
+            .vaddps(zr(dst), zr(a), dword_bcst(mem))
+            .map_err(asm_err)
+    }
+
+    /// Broadcasts the f32 bits in `eax` into register `r` (`vmovd` to the xmm of the same
+    /// number, then `vbroadcastss`).
+    pub fn splat_eax(&mut self, r: usize) -> Result<()> {
+        use iced_x86::code_asm::eax;
+        self.a.vmovd(xr(r), eax).map_err(asm_err)?;
+        match self.w {
+            Width::X128 => self.a.vbroadcastss(xr(r), xr(r)),
+            Width::Y256 => self.a.vbroadcastss(yr(r), xr(r)),
+            Width::Z512 => self.a.vbroadcastss(zr(r), xr(r)),
+        }
+        .map_err(asm_err)
+    }
+
+    /// `dst = broadcast(*mem)`.
+    pub fn bcst(&mut self, dst: usize, mem: AsmMemoryOperand) -> Result<()> {
+        match self.w {
+            Width::X128 => self.a.vbroadcastss(xr(dst), dword_ptr(mem)),
+            Width::Y256 => self.a.vbroadcastss(yr(dst), dword_ptr(mem)),
+            Width::Z512 => self.a.vbroadcastss(zr(dst), dword_ptr(mem)),
+        }
+        .map_err(asm_err)
+    }
+
+    pub fn zero(&mut self, dst: usize) -> Result<()> {
+        wide!(self, vxorps(r(dst), r(dst), r(dst)))
+    }
+
+    pub fn load(&mut self, dst: usize, mem: AsmMemoryOperand) -> Result<()> {
+        wide!(self, vmovups(r(dst), m(mem)))
+    }
+
+    pub fn store(&mut self, mem: AsmMemoryOperand, src: usize) -> Result<()> {
+        wide!(self, vmovups(m(mem), r(src)))
+    }
+
+    /// `dst = a + *mem`.
+    pub fn add_mem(&mut self, dst: usize, a: usize, mem: AsmMemoryOperand) -> Result<()> {
+        wide!(self, vaddps(r(dst), r(a), m(mem)))
+    }
+
+    pub fn add(&mut self, dst: usize, a: usize, b: usize) -> Result<()> {
+        wide!(self, vaddps(r(dst), r(a), r(b)))
+    }
+
+    /// `dst = max(a, b)`; where either is NaN the result is `b` (so `max(0, x)` keeps a NaN
+    /// `x`, and `-0.0`, as the Cranelift kernels' ReLU does).
+    pub fn max(&mut self, dst: usize, a: usize, b: usize) -> Result<()> {
+        wide!(self, vmaxps(r(dst), r(a), r(b)))
+    }
+
+    /// `dst = min(a, b)`, `b` where either is NaN.
+    pub fn min(&mut self, dst: usize, a: usize, b: usize) -> Result<()> {
+        wide!(self, vminps(r(dst), r(a), r(b)))
+    }
+
+    /// Zero-masked load of the lanes set in `k1` (masked-off lanes do not fault: AVX-512).
+    pub fn load_k1(&mut self, dst: usize, mem: AsmMemoryOperand) -> Result<()> {
+        self.a
+            .vmovups(zr(dst).k1().z(), zmmword_ptr(mem))
+            .map_err(asm_err)
+    }
+
+    /// Store of the lanes set in `k1` (AVX-512).
+    pub fn store_k1(&mut self, mem: AsmMemoryOperand, src: usize) -> Result<()> {
+        self.a
+            .vmovups(zmmword_ptr(mem).k1(), zr(src))
+            .map_err(asm_err)
+    }
+
+    /// `dst = a + *mem` on the lanes of `k1`, zero elsewhere (AVX-512).
+    pub fn add_mem_k1(&mut self, dst: usize, a: usize, mem: AsmMemoryOperand) -> Result<()> {
+        self.a
+            .vaddps(zr(dst).k1().z(), zr(a), zmmword_ptr(mem))
+            .map_err(asm_err)
+    }
+
+    /// AVX2 masked load: the lanes whose sign bit is set in register `mask`, zero elsewhere
+    /// (masked-off lanes do not fault).
+    pub fn maskload(&mut self, dst: usize, mask: usize, mem: AsmMemoryOperand) -> Result<()> {
+        match self.w {
+            Width::X128 => self.a.vmaskmovps(xr(dst), xr(mask), xmmword_ptr(mem)),
+            _ => self.a.vmaskmovps(yr(dst), yr(mask), ymmword_ptr(mem)),
+        }
+        .map_err(asm_err)
+    }
+
+    /// AVX2 masked store of the lanes whose sign bit is set in `mask`.
+    pub fn maskstore(&mut self, mem: AsmMemoryOperand, mask: usize, src: usize) -> Result<()> {
+        match self.w {
+            Width::X128 => self.a.vmaskmovps(xmmword_ptr(mem), xr(mask), xr(src)),
+            _ => self.a.vmaskmovps(ymmword_ptr(mem), yr(mask), yr(src)),
+        }
+        .map_err(asm_err)
+    }
+
+    /// The position-independent machine code.
+    pub fn finish(mut self) -> Result<Vec<u8>> {
+        self.a.assemble(0).map_err(asm_err)
+    }
+}
+
+/// Intel-syntax disassembly of `code`, one instruction a line with its offset.
+pub fn disassemble(code: &[u8]) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let mut dec = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut fmt = IntelFormatter::new();
+    let mut out = String::new();
+    let mut text = String::new();
+    for ins in &mut dec {
+        text.clear();
+        fmt.format(&ins, &mut text);
+        out.push_str(&format!("  {:5x}:  {text}\n", ins.ip()));
+    }
+    out
+}
