@@ -9,10 +9,10 @@ fn main() -> cnnc::Result<()> {
     let rounds: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(20);
-    println!("FMA peak, one thread, best of {rounds} runs of 50 M iterations:");
+        .unwrap_or(500);
+    println!("FMA peak, one thread, best of {rounds} short runs:");
     for w in [Width::X128, Width::Y256, Width::Z512] {
-        match peak::measure(w, 50_000_000 / w.lanes() as u64 * 4, rounds) {
+        match peak::measure(w, 400_000 / w.lanes() as u64 * 4, rounds) {
             Ok(g) => println!("  {:>3} bits: {g:7.1} GFLOP/s", w.bytes() * 8),
             Err(e) => println!("  {:>3} bits: {e}", w.bytes() * 8),
         }

@@ -28,6 +28,15 @@ use crate::error::{Error, Result};
 /// Reduction steps per loop iteration (the rest are emitted after the loop).
 const UNROLL: usize = 4;
 
+/// Reduction steps ahead whose x rows each step prefetches (0: none). Read from
+/// `CNNC_X86_PREFETCH` while tuning.
+fn prefetch_distance() -> usize {
+    std::env::var("CNNC_X86_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// What the micro-kernel applies to each result before the store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Act {
@@ -157,6 +166,14 @@ impl MicroGemm {
             }
         }
         let bc = xr + nv;
+        let pd = prefetch_distance();
+        if pd > 0 {
+            for line in (0..self.cols * 4).step_by(64) {
+                let at = rdi + disp(((u + pd) * self.ldx) * 4 + line)?;
+                v.a.prefetcht0(iced_x86::code_asm::byte_ptr(at))
+                    .map_err(asm_err)?;
+            }
+        }
         for i in 0..self.rows {
             let w = rsi + disp((u * self.w_stride + i) * 4)?;
             if self.width == Width::Z512 {
@@ -264,6 +281,72 @@ impl MicroGemm {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Floats each operand must hold for one call: `(x, w, out and res, bias)`.
+    pub fn operand_lens(&self) -> (usize, usize, usize, usize) {
+        (
+            (self.k - 1) * self.ldx + self.cols,
+            (self.k - 1) * self.w_stride + self.rows,
+            (self.rows - 1) * self.ldo + self.cols,
+            self.rows,
+        )
+    }
+
+    /// Calls this kernel's code `f` (from [`crate::jit::Compiled::micro_ptr`] of the module
+    /// it was installed in) on slices, after checking that each holds what the kernel reads
+    /// or writes ([`Self::operand_lens`]) and that the host has the instructions. For tests
+    /// and benchmarks; the model's kernels call the micro-kernels from generated code.
+    pub fn call(
+        &self,
+        f: *const u8,
+        x: &[f32],
+        w: &[f32],
+        out: &mut [f32],
+        res: Option<&[f32]>,
+        bias: Option<&[f32]>,
+    ) -> Result<()> {
+        let isa = if self.width == Width::Z512 {
+            crate::Isa::Avx512
+        } else {
+            crate::Isa::Avx2
+        };
+        isa.check_host()?;
+        self.check()?;
+        let (nx, nw, no, nb) = self.operand_lens();
+        let short = |what: &str, len: usize, need: usize| {
+            Err(Error::Input(format!(
+                "micro-kernel {what}: {len} floats, needs {need}"
+            )))
+        };
+        if x.len() < nx {
+            return short("x", x.len(), nx);
+        }
+        if w.len() < nw {
+            return short("w", w.len(), nw);
+        }
+        if out.len() < no {
+            return short("out", out.len(), no);
+        }
+        let res = match (self.residual, res) {
+            (true, Some(r)) if r.len() >= no => r.as_ptr(),
+            (true, r) => return short("residual", r.map_or(0, |r| r.len()), no),
+            (false, _) => std::ptr::null(),
+        };
+        let bias = match (self.bias, bias) {
+            (true, Some(b)) if b.len() >= nb => b.as_ptr(),
+            (true, b) => return short("bias", b.map_or(0, |b| b.len()), nb),
+            (false, _) => std::ptr::null(),
+        };
+        type Micro = extern "C" fn(*const f32, *const f32, *mut f32, *const f32, *const f32);
+        // SAFETY: `f` is this spec's code (the caller's contract, as for any function
+        // pointer it holds). The code reads `x`, `w`, `res`, `bias` and writes `out` only
+        // within `operand_lens()` floats from each pointer (the loads and stores of the
+        // last vector of a row are masked to `cols`), checked above against the slices;
+        // `res` / `bias` are read only when the spec has them; the host has the ISA.
+        let f: Micro = unsafe { std::mem::transmute(f) };
+        f(x.as_ptr(), w.as_ptr(), out.as_mut_ptr(), res, bias);
         Ok(())
     }
 }

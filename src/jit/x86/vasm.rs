@@ -109,15 +109,17 @@ impl Vasm {
             .map_err(asm_err)
     }
 
-    /// Broadcasts the f32 bits in `eax` into register `r` (`vmovd` to the xmm of the same
-    /// number, then `vbroadcastss`).
+    /// Broadcasts the f32 bits in `eax` into register `r` (AVX-512: `vpbroadcastd` from the
+    /// GPR, any of the 32 registers; below: `vmovd` to the xmm, then `vbroadcastss`).
     pub fn splat_eax(&mut self, r: usize) -> Result<()> {
         use iced_x86::code_asm::eax;
+        if self.w == Width::Z512 {
+            return self.a.vpbroadcastd(zr(r), eax).map_err(asm_err);
+        }
         self.a.vmovd(xr(r), eax).map_err(asm_err)?;
         match self.w {
             Width::X128 => self.a.vbroadcastss(xr(r), xr(r)),
-            Width::Y256 => self.a.vbroadcastss(yr(r), xr(r)),
-            Width::Z512 => self.a.vbroadcastss(zr(r), xr(r)),
+            _ => self.a.vbroadcastss(yr(r), xr(r)),
         }
         .map_err(asm_err)
     }

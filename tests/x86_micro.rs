@@ -1,0 +1,228 @@
+//! The x86 GEMM micro-kernels (`cnnc::jit::x86::MicroGemm`) at every wide ISA level the
+//! host has, against a plain Rust reference: every row count, every column remainder
+//! (masked tails), short and unrolled reductions, every epilogue, NaN-poisoned outputs whose
+//! untouched elements must stay NaN. The reference does the same fused multiply-adds in the
+//! same order, so results must be bit-identical.
+use cnnc::jit::x86::{self, Act, MicroGemm, Width};
+use cnnc::jit::KernelModule;
+use cnnc::Isa;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.next()).collect()
+    }
+}
+
+fn reference(m: &MicroGemm, x: &[f32], w: &[f32], res: &[f32], bias: &[f32], out: &mut [f32]) {
+    for i in 0..m.rows {
+        for j in 0..m.cols {
+            let mut acc = 0.0f32;
+            for c in 0..m.k {
+                acc = w[c * m.w_stride + i].mul_add(x[c * m.ldx + j], acc);
+            }
+            if m.bias {
+                acc += bias[i];
+            }
+            if m.residual {
+                acc += res[i * m.ldo + j];
+            }
+            acc = match m.act {
+                Act::None => acc,
+                Act::Relu => {
+                    if acc >= 0.0 || acc.is_nan() {
+                        acc
+                    } else {
+                        0.0
+                    }
+                }
+                Act::Clip { lo, hi } => {
+                    let (lo, hi) = (f32::from_bits(lo), f32::from_bits(hi));
+                    if acc.is_nan() {
+                        acc
+                    } else {
+                        acc.max(lo).min(hi)
+                    }
+                }
+            };
+            out[i * m.ldo + j] = acc;
+        }
+    }
+}
+
+fn widths() -> Vec<Width> {
+    Isa::host_levels()
+        .into_iter()
+        .filter_map(x86::width)
+        .collect()
+}
+
+fn shapes(w: Width) -> Vec<MicroGemm> {
+    let l = w.lanes();
+    let max_rows = if w == Width::Z512 { 14 } else { 6 };
+    let acts = [
+        Act::None,
+        Act::Relu,
+        Act::Clip {
+            lo: (-0.5f32).to_bits(),
+            hi: 0.75f32.to_bits(),
+        },
+    ];
+    let mut v = Vec::new();
+    let mut n = 0usize;
+    // Every column count up to two vectors plus a tail (every remainder of the lanes), with
+    // as many rows as the registers allow for that many vectors.
+    for cols in 1..=(2 * l + l - 1).min(if w == Width::Z512 { 47 } else { 23 }) {
+        let nv = cols.div_ceil(l);
+        let cap = if w == Width::Z512 {
+            (32 - nv) / nv - 1
+        } else {
+            (16 - nv - 2) / nv
+        };
+        for rows in [1, 2, max_rows.min(cap)] {
+            for k in [1, 3, 4, 9] {
+                n += 1;
+                v.push(MicroGemm {
+                    width: w,
+                    rows,
+                    cols,
+                    k,
+                    w_stride: rows + n % 3,
+                    ldx: cols + n % 5,
+                    ldo: cols + 1 + n % 4,
+                    bias: n % 2 == 0,
+                    residual: n % 3 != 0,
+                    act: acts[n % 3],
+                });
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn micro_kernels_match_the_reference_bit_for_bit() {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    for w in widths() {
+        let specs: Vec<MicroGemm> = shapes(w)
+            .into_iter()
+            .filter(|s| s.check().is_ok())
+            .collect();
+        assert!(specs.len() > 100, "{w:?}: {} shapes", specs.len());
+        let mut km = KernelModule::new().unwrap();
+        let ids: Vec<_> = specs
+            .iter()
+            .map(|s| km.add_micro(5, &s.emit().unwrap(), "test").unwrap())
+            .collect();
+        let code = km.finalize().unwrap();
+        for (s, id) in specs.iter().zip(ids) {
+            let (nx, nw, no, nb) = s.operand_lens();
+            let (x, wt, res, bias) = (rng.vec(nx), rng.vec(nw), rng.vec(no), rng.vec(nb));
+            let mut got = vec![f32::NAN; no];
+            let mut want = vec![f32::NAN; no];
+            reference(s, &x, &wt, &res, &bias, &mut want);
+            s.call(
+                code.micro_ptr(id).unwrap(),
+                &x,
+                &wt,
+                &mut got,
+                Some(&res),
+                Some(&bias),
+            )
+            .unwrap();
+            for (e, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == r.to_bits(),
+                    "{s:?}: element {e} (row {}, col {}): got {g}, want {r}",
+                    e / s.ldo,
+                    e % s.ldo
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_inputs_propagate_through_relu_and_clip() {
+    for w in widths() {
+        for act in [
+            Act::Relu,
+            Act::Clip {
+                lo: 0f32.to_bits(),
+                hi: 6f32.to_bits(),
+            },
+        ] {
+            let s = MicroGemm {
+                width: w,
+                rows: 2,
+                cols: w.lanes() + 3,
+                k: 5,
+                w_stride: 2,
+                ldx: w.lanes() + 3,
+                ldo: w.lanes() + 3,
+                bias: false,
+                residual: false,
+                act,
+            };
+            let mut km = KernelModule::new().unwrap();
+            let id = km.add_micro(5, &s.emit().unwrap(), "test").unwrap();
+            let code = km.finalize().unwrap();
+            let (nx, nw, no, _) = s.operand_lens();
+            let mut x = vec![1.0f32; nx];
+            x[s.ldx * 2 + 4] = f32::NAN;
+            let wt = vec![-1.0f32; nw];
+            let mut out = vec![7.0f32; no];
+            s.call(code.micro_ptr(id).unwrap(), &x, &wt, &mut out, None, None)
+                .unwrap();
+            for i in 0..2 {
+                for j in 0..s.cols {
+                    let v = out[i * s.ldo + j];
+                    assert_eq!(v.is_nan(), j == 4, "{w:?} {act:?} row {i} col {j}: {v}");
+                    if j != 4 {
+                        assert_eq!(v.to_bits(), 0f32.to_bits(), "-5 clamps to 0");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn short_operands_are_refused() {
+    for w in widths() {
+        let s = MicroGemm {
+            width: w,
+            rows: 3,
+            cols: 5,
+            k: 4,
+            w_stride: 3,
+            ldx: 5,
+            ldo: 5,
+            bias: true,
+            residual: false,
+            act: Act::None,
+        };
+        let mut km = KernelModule::new().unwrap();
+        let id = km.add_micro(5, &s.emit().unwrap(), "test").unwrap();
+        let code = km.finalize().unwrap();
+        let f = code.micro_ptr(id).unwrap();
+        let (nx, nw, no, nb) = s.operand_lens();
+        let (x, wt, b) = (vec![0.0; nx], vec![0.0; nw], vec![0.0; nb]);
+        assert!(s
+            .call(f, &x[1..], &wt, &mut vec![0.0; no], None, Some(&b))
+            .is_err());
+        assert!(s
+            .call(f, &x, &wt, &mut vec![0.0; no - 1], None, Some(&b))
+            .is_err());
+        assert!(s.call(f, &x, &wt, &mut vec![0.0; no], None, None).is_err());
+        assert!(s
+            .call(f, &x, &wt, &mut vec![0.0; no], None, Some(&b))
+            .is_ok());
+    }
+}
