@@ -28,15 +28,12 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
         act: Act::Relu,
     };
     let full = mk(np);
-    let tail = (p % np > 0).then(|| mk(p % np));
+    let tail = (!p.is_multiple_of(np)).then(|| mk(p % np));
     let mut km = KernelModule::new().unwrap();
-    let fid = km.add_micro(5, &full.emit().unwrap(), "full").unwrap();
-    let tid = tail.map(|t| km.add_micro(5, &t.emit().unwrap(), "tail").unwrap());
+    let fid = km.add_micro_gemm(&full).unwrap();
+    let tid = tail.map(|t| km.add_micro_gemm(&t).unwrap());
     let code = km.finalize().unwrap();
-    let (f, tf) = (
-        code.micro_ptr(fid).unwrap(),
-        tid.map(|t| code.micro_ptr(t).unwrap()),
-    );
+    let (full, tail) = (code.get(fid).unwrap(), tid.map(|t| code.get(t).unwrap()));
     let nt = p / np;
     let pt = panel.max(1);
     let packed_k = mk(np);
@@ -45,11 +42,8 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
         ..packed_k
     };
     let mut km2 = KernelModule::new().unwrap();
-    let pid = km2
-        .add_micro(5, &packed_k.emit().unwrap(), "packed")
-        .unwrap();
-    let code2 = km2.finalize().unwrap();
-    let pf = code2.micro_ptr(pid).unwrap();
+    let pid = km2.add_micro_gemm(&packed_k).unwrap();
+    let packed_k = km2.finalize().unwrap().get(pid).unwrap();
     let mut xp = vec![0.0f32; c * np];
     let mut once = || {
         if panel == 0 {
@@ -61,7 +55,7 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
                 for mb in 0..nmb {
                     let o = &mut out[mb * mr * p + t * np..];
                     packed_k
-                        .call(pf, &xp, &wt[mb * c * mr..], o, None, Some(&bias[mb * mr..]))
+                        .run(&xp, &wt[mb * c * mr..], o, None, Some(&bias[mb * mr..]))
                         .unwrap();
                 }
             }
@@ -73,15 +67,14 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
                 let b = &bias[mb * mr..];
                 for t in p0..(p0 + pt).min(nt) {
                     let o = &mut out[mb * mr * p + t * np..];
-                    full.call(f, &x[t * np..], wb, o, None, Some(b)).unwrap();
+                    full.run(&x[t * np..], wb, o, None, Some(b)).unwrap();
                 }
             }
         }
-        if let (Some(t), Some(tf)) = (tail, tf) {
+        if let Some(t) = &tail {
             for mb in 0..nmb {
                 let o = &mut out[mb * mr * p + nt * np..];
-                t.call(
-                    tf,
+                t.run(
                     &x[nt * np..],
                     &wt[mb * c * mr..],
                     o,
@@ -163,16 +156,15 @@ pub fn l1(w: Width, mr: usize, nv: usize, k: usize) -> f64 {
         act: Act::None,
     };
     let mut km = KernelModule::new().unwrap();
-    let id = km.add_micro(5, &s.emit().unwrap(), "l1").unwrap();
-    let code = km.finalize().unwrap();
-    let f = code.micro_ptr(id).unwrap();
+    let id = km.add_micro_gemm(&s).unwrap();
+    let k = km.finalize().unwrap().get(id).unwrap();
     let (nx, nw, no, _) = s.operand_lens();
     let (x, wt, mut out) = (vec![0.5f32; nx], vec![0.25f32; nw], vec![0.0f32; no]);
     let mut best = f64::MAX;
     for _ in 0..2000 {
         let t = Instant::now();
         for _ in 0..20 {
-            s.call(f, &x, &wt, &mut out, None, None).unwrap();
+            k.run(&x, &wt, &mut out, None, None).unwrap();
         }
         best = best.min(t.elapsed().as_secs_f64());
     }

@@ -136,6 +136,14 @@ impl Isa {
         }
     }
 
+    /// `CNNC_ISA` when set to a valid level, else the widest level this CPU has.
+    pub fn default_level() -> Isa {
+        Isa::from_env()
+            .ok()
+            .flatten()
+            .unwrap_or_else(Isa::host_best)
+    }
+
     /// The widest level this CPU has.
     pub fn host_best() -> Isa {
         *Isa::ALL

@@ -96,8 +96,8 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     w_stride: rows + n % 3,
                     ldx: cols + n % 5,
                     ldo: cols + 1 + n % 4,
-                    bias: n % 2 == 0,
-                    residual: n % 3 != 0,
+                    bias: n.is_multiple_of(2),
+                    residual: !n.is_multiple_of(3),
                     act: acts[n % 3],
                 });
             }
@@ -116,26 +116,20 @@ fn micro_kernels_match_the_reference_bit_for_bit() {
             .collect();
         assert!(specs.len() > 100, "{w:?}: {} shapes", specs.len());
         let mut km = KernelModule::new().unwrap();
-        let ids: Vec<_> = specs
+        let pending: Vec<_> = specs
             .iter()
-            .map(|s| km.add_micro(5, &s.emit().unwrap(), "test").unwrap())
+            .map(|s| km.add_micro_gemm(s).unwrap())
             .collect();
         let code = km.finalize().unwrap();
-        for (s, id) in specs.iter().zip(ids) {
+        for p in pending {
+            let k = code.get(p).unwrap();
+            let s = k.spec();
             let (nx, nw, no, nb) = s.operand_lens();
             let (x, wt, res, bias) = (rng.vec(nx), rng.vec(nw), rng.vec(no), rng.vec(nb));
             let mut got = vec![f32::NAN; no];
             let mut want = vec![f32::NAN; no];
             reference(s, &x, &wt, &res, &bias, &mut want);
-            s.call(
-                code.micro_ptr(id).unwrap(),
-                &x,
-                &wt,
-                &mut got,
-                Some(&res),
-                Some(&bias),
-            )
-            .unwrap();
+            k.run(&x, &wt, &mut got, Some(&res), Some(&bias)).unwrap();
             for (e, (g, r)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     g.to_bits() == r.to_bits(),
@@ -171,15 +165,14 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 act,
             };
             let mut km = KernelModule::new().unwrap();
-            let id = km.add_micro(5, &s.emit().unwrap(), "test").unwrap();
-            let code = km.finalize().unwrap();
+            let p = km.add_micro_gemm(&s).unwrap();
+            let k = km.finalize().unwrap().get(p).unwrap();
             let (nx, nw, no, _) = s.operand_lens();
             let mut x = vec![1.0f32; nx];
             x[s.ldx * 2 + 4] = f32::NAN;
             let wt = vec![-1.0f32; nw];
             let mut out = vec![7.0f32; no];
-            s.call(code.micro_ptr(id).unwrap(), &x, &wt, &mut out, None, None)
-                .unwrap();
+            k.run(&x, &wt, &mut out, None, None).unwrap();
             for i in 0..2 {
                 for j in 0..s.cols {
                     let v = out[i * s.ldo + j];
@@ -209,20 +202,17 @@ fn short_operands_are_refused() {
             act: Act::None,
         };
         let mut km = KernelModule::new().unwrap();
-        let id = km.add_micro(5, &s.emit().unwrap(), "test").unwrap();
-        let code = km.finalize().unwrap();
-        let f = code.micro_ptr(id).unwrap();
+        let p = km.add_micro_gemm(&s).unwrap();
+        let k = km.finalize().unwrap().get(p).unwrap();
         let (nx, nw, no, nb) = s.operand_lens();
         let (x, wt, b) = (vec![0.0; nx], vec![0.0; nw], vec![0.0; nb]);
-        assert!(s
-            .call(f, &x[1..], &wt, &mut vec![0.0; no], None, Some(&b))
+        assert!(k
+            .run(&x[1..], &wt, &mut vec![0.0; no], None, Some(&b))
             .is_err());
-        assert!(s
-            .call(f, &x, &wt, &mut vec![0.0; no - 1], None, Some(&b))
+        assert!(k
+            .run(&x, &wt, &mut vec![0.0; no - 1], None, Some(&b))
             .is_err());
-        assert!(s.call(f, &x, &wt, &mut vec![0.0; no], None, None).is_err());
-        assert!(s
-            .call(f, &x, &wt, &mut vec![0.0; no], None, Some(&b))
-            .is_ok());
+        assert!(k.run(&x, &wt, &mut vec![0.0; no], None, None).is_err());
+        assert!(k.run(&x, &wt, &mut vec![0.0; no], None, Some(&b)).is_ok());
     }
 }

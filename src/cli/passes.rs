@@ -1,5 +1,5 @@
 //! The optimisation flags every compiling subcommand shares (`#[command(flatten)]`).
-use cnnc::{OptLevel, Options};
+use cnnc::{Isa, OptLevel, Options};
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct PassArgs {
@@ -14,6 +14,11 @@ pub struct PassArgs {
     /// Drop a pass from the pipeline (repeatable).
     #[arg(long = "disable-pass", value_name = "PASS")]
     pub disable_pass: Vec<String>,
+    /// Vector instructions of the JIT kernels: sse (Cranelift's 128-bit code only), avx2,
+    /// avx512 [default: $CNNC_ISA, else the best this CPU has]. A level the CPU lacks is an
+    /// error.
+    #[arg(long, value_name = "LEVEL")]
+    pub isa: Option<Isa>,
 }
 
 impl PassArgs {
@@ -28,6 +33,7 @@ impl PassArgs {
             opt_level: self.opt_level.unwrap_or(default),
             passes: self.passes.clone(),
             disabled: self.disable_pass.clone(),
+            isa: self.isa.unwrap_or_else(Isa::default_level),
             ..Options::default()
         }
     }

@@ -30,6 +30,7 @@ use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
 use super::winograd::WinogradPlan;
+use crate::options::Isa;
 use crate::error::{Error, Result};
 use crate::memory::try_vec;
 
@@ -671,9 +672,15 @@ enum Plan {
 }
 
 impl ConvMethod {
+    /// What computes the tiles of `spec` with this method at `isa`, e.g. `avx512 14x32`
+    /// (see [`ConvKernel::micro_kernel`]); empty if the method cannot compute `spec`.
+    pub fn micro_kernel(&self, spec: &ConvSpec, isa: Isa) -> String {
+        Plan::with_method(spec, *self, isa).map_or_else(|_| String::new(), |p| p.micro_kernel())
+    }
+
     /// The fastest method for `spec` (Winograd only if `winograd` allows it).
     pub fn for_spec(spec: &ConvSpec, winograd: bool) -> ConvMethod {
-        if winograd && WinogradPlan::for_spec(spec).is_some() {
+        if winograd && WinogradPlan::for_spec(spec, Isa::Sse).is_some() {
             ConvMethod::Winograd
         } else if spec.is_pointwise() {
             ConvMethod::PointwiseGemm
@@ -684,13 +691,9 @@ impl ConvMethod {
 }
 
 impl Plan {
-    fn new(spec: &ConvSpec, winograd: bool) -> Plan {
-        Self::with_method(spec, ConvMethod::for_spec(spec, winograd))
-            .expect("for_spec picks a method that fits the spec")
-    }
-
-    /// The plan computing `spec` with `method`, or an error if the method cannot.
-    fn with_method(spec: &ConvSpec, method: ConvMethod) -> Result<Plan> {
+    /// The plan computing `spec` with `method`, its GEMMs at `isa`, or an error if the
+    /// method cannot.
+    fn with_method(spec: &ConvSpec, method: ConvMethod, isa: Isa) -> Result<Plan> {
         let unfit = || {
             Error::Codegen(format!(
                 "a {}x{}/{} convolution cannot use the {method} method",
@@ -698,14 +701,19 @@ impl Plan {
             ))
         };
         Ok(match method {
-            ConvMethod::Winograd => Plan::Winograd(WinogradPlan::for_spec(spec).ok_or_else(unfit)?),
+            ConvMethod::Winograd => {
+                Plan::Winograd(WinogradPlan::for_spec(spec, isa).ok_or_else(unfit)?)
+            }
             ConvMethod::PointwiseGemm if spec.is_pointwise() => {
-                Plan::Gemm(PixelGemm::new(gemm::PixelGemmSpec {
-                    in_c: spec.in_c,
-                    out_c: spec.out_c,
-                    pixels: spec.in_h * spec.in_w,
-                    epilogue: spec.epilogue(),
-                }))
+                Plan::Gemm(PixelGemm::new(
+                    gemm::PixelGemmSpec {
+                        in_c: spec.in_c,
+                        out_c: spec.out_c,
+                        pixels: spec.in_h * spec.in_w,
+                        epilogue: spec.epilogue(),
+                    },
+                    isa,
+                ))
             }
             ConvMethod::PointwiseGemm => return Err(unfit()),
             ConvMethod::Direct => Plan::Direct(DirectPlan::new(*spec)),
@@ -723,6 +731,13 @@ impl Plan {
             Plan::Direct(d) => d.scratch_len(),
             Plan::Gemm(_) => 0,
             Plan::Winograd(w) => w.scratch_len(),
+        }
+    }
+    fn micro_kernel(&self) -> String {
+        match self {
+            Plan::Direct(_) => "f32x4 direct".into(),
+            Plan::Gemm(g) => g.micro_kernel(),
+            Plan::Winograd(w) => w.gemm().micro_kernel(),
         }
     }
     fn method(&self) -> ConvMethod {
@@ -773,7 +788,8 @@ pub fn pack_conv_weights(
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
     spec.validate()?;
-    Plan::new(spec, true).pack(spec, weights, bias)
+    let isa = Isa::default_level();
+    Plan::with_method(spec, ConvMethod::for_spec(spec, true), isa)?.pack(spec, weights, bias)
 }
 
 fn check_conv_weights(spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<()> {
@@ -810,6 +826,10 @@ impl PendingConv {
     pub fn method(&self) -> ConvMethod {
         self.plan.method()
     }
+    /// What computes its tiles (see [`ConvKernel::micro_kernel`]).
+    pub fn micro_kernel(&self) -> String {
+        self.plan.micro_kernel()
+    }
 }
 
 /// A convolution defined in a [`KernelModule`], not yet finalized.
@@ -833,10 +853,10 @@ impl KernelModule {
     /// plan); an error if `method` cannot compute `spec`.
     pub fn add_conv_with(&mut self, spec: &ConvSpec, method: ConvMethod) -> Result<PendingConv> {
         spec.validate()?;
-        if let Some(p) = self.convs.get(&(*spec, method)) {
+        if let Some(p) = self.convs.get(&(*spec, method, self.isa)) {
             return Ok(p.clone());
         }
-        let plan = Plan::with_method(spec, method)?;
+        let plan = Plan::with_method(spec, method, self.isa)?;
         let (id, parts) = match &plan {
             Plan::Direct(d) => d.emit(self)?,
             Plan::Gemm(g) => (g.emit(self)?, None),
@@ -852,7 +872,7 @@ impl KernelModule {
             spec: *spec,
             plan,
         };
-        self.convs.insert((*spec, method), pending.clone());
+        self.convs.insert((*spec, method, self.isa), pending.clone());
         Ok(pending)
     }
 }
@@ -980,6 +1000,7 @@ impl Pending for PendingConv {
             packed_len: plan.packed_len(),
             scratch_len,
             method: plan.method(),
+            micro_kernel: plan.micro_kernel(),
         })
     }
 }
@@ -995,9 +1016,15 @@ pub struct ConvKernel {
     packed_len: usize,
     scratch_len: usize,
     method: ConvMethod,
+    micro_kernel: String,
 }
 
 impl ConvKernel {
+    /// What computes its tiles: `f32x4 6x8` (Cranelift), `avx2 6x16` / `avx512 14x32` (x86
+    /// micro-kernels, output channels x pixels), `f32x4 direct` (the direct convolution).
+    pub fn micro_kernel(&self) -> &str {
+        &self.micro_kernel
+    }
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
     }

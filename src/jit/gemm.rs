@@ -5,6 +5,11 @@
 //! stride, no copy).
 //!
 //! The convolution's epilogue ([`super::epilogue`]), then one store.
+//!
+//! At ISA level avx2 / avx512 each tile is a call to an x86 micro-kernel generated for this
+//! GEMM ([`super::x86::MicroGemm`]: 6 channels x 16 pixels in ymm, 14 x 32 in zmm) instead of
+//! the Cranelift f32x4 tile; the loops around it, the work units and the packing (for the
+//! tile's channel block) are the same.
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Type, Value};
 use cranelift_frontend::Variable;
@@ -12,16 +17,31 @@ use cranelift_frontend::Variable;
 use super::cg::{off, F32, F32X4, I64};
 use super::conv::{bcast_flags, ConvBufs};
 use super::epilogue::Epilogue;
-use super::module::{Emit, KernelModule, PendingId};
+use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::x86::{self, MicroGemm, Width};
 use crate::error::Result;
+use crate::options::Isa;
 
-/// Output channels per block of the pointwise GEMM.
-pub(crate) const MR: usize = 6;
+/// Output channels per block of the f32x4 pointwise GEMM.
+const MR: usize = 6;
 /// f32x4 vectors of pixels per tile (8 pixels).
 const NV: usize = 2;
 const NP: usize = NV * 4;
 /// Bytes of input a pixel panel may occupy (kept in L2 while all channel blocks use it).
 const PANEL_BYTES: usize = 192 * 1024;
+/// The same for the wide micro-kernels, which go through the input ~3x faster: a panel of
+/// 2 tile columns at 256 channels (measured, `examples/microperf.rs`: 2-4 columns run
+/// 1.5-2x faster than L2-sized panels with AVX-512).
+const WIDE_PANEL_BYTES: usize = 64 * 1024;
+
+/// Channels x pixels of the x86 micro-kernel tile at a width (registers: zmm 28
+/// accumulators + 2 inputs of 32; ymm 12 + 2 + a broadcast + a mask of 16).
+fn wide_tile(w: Width) -> (usize, usize) {
+    match w {
+        Width::Z512 => (14, 32),
+        _ => (6, 16),
+    }
+}
 
 /// `out[k][p] = sum_c W[k][c] x[c][p]` over planes of `pixels` floats, then `epilogue`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,24 +56,60 @@ pub(crate) struct PixelGemmSpec {
 pub(crate) struct PixelGemm {
     s: PixelGemmSpec,
     nmb: usize,
+    /// Pixels per panel (a multiple of `np`).
     panel: usize,
+    /// Output channels per block.
+    mr: usize,
+    /// Pixels per tile.
+    np: usize,
+    /// Micro-kernel width, or `None` for the Cranelift f32x4 tiles.
+    wide: Option<Width>,
 }
 
 impl PixelGemm {
-    pub(crate) fn new(s: PixelGemmSpec) -> Self {
-        let panel = (PANEL_BYTES / (4 * s.in_c) / NP).max(1) * NP;
-        PixelGemm {
+    pub(crate) fn new(s: PixelGemmSpec, isa: Isa) -> Self {
+        let wide = x86::width(isa);
+        let (mr, np, bytes) = match wide {
+            Some(w) => {
+                let (mr, np) = wide_tile(w);
+                (mr, np, WIDE_PANEL_BYTES)
+            }
+            None => (MR, NP, PANEL_BYTES),
+        };
+        let g = PixelGemm {
             s,
-            nmb: s.out_c.div_ceil(MR),
-            panel,
+            nmb: s.out_c.div_ceil(mr),
+            panel: (bytes / (4 * s.in_c) / np).max(1) * np,
+            mr,
+            np,
+            wide,
+        };
+        // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
+        // the f32x4 path.
+        if g.wide.is_some() && g.micro_variants().iter().any(|m| m.check().is_err()) {
+            return Self::new(s, Isa::Sse);
         }
+        g
     }
-    /// Floats of the packed weight matrix alone (`[nmb][c][MR]`).
+    /// Output channels per block (the packing's row count).
+    pub(crate) fn mr(&self) -> usize {
+        self.mr
+    }
+    /// What computes a tile, for profiles and plans: `f32x4 6x8` / `avx512 14x32`.
+    pub(crate) fn micro_kernel(&self) -> String {
+        let isa = match self.wide {
+            None => "f32x4",
+            Some(Width::Z512) => "avx512",
+            Some(_) => "avx2",
+        };
+        format!("{isa} {}x{}", self.mr, self.np)
+    }
+    /// Floats of the packed weight matrix alone (`[nmb][c][mr]`).
     pub(crate) fn weights_len(&self) -> usize {
-        self.nmb * self.s.in_c * MR
+        self.nmb * self.s.in_c * self.mr
     }
     pub(crate) fn packed_len(&self) -> usize {
-        self.weights_len() + self.nmb * MR
+        self.weights_len() + self.nmb * self.mr
     }
     /// Blocks of `MR` output channels.
     pub(crate) fn channel_blocks(&self) -> usize {
@@ -63,7 +119,7 @@ impl PixelGemm {
     /// major: a contiguous range of units covers a contiguous range of pixels, so threads
     /// read disjoint parts of the input, and ranges split evenly.
     pub(crate) fn work_units(&self) -> usize {
-        self.s.pixels.div_ceil(NP) * self.nmb
+        self.s.pixels.div_ceil(self.np) * self.nmb
     }
     /// `[nmb][c][MR]` then the bias padded to `nmb * MR` into `out` (`packed_len()` zeros).
     pub(crate) fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
@@ -84,13 +140,71 @@ impl PixelGemm {
     }
     /// Where weight `(ki, ci)` goes in the packed matrix.
     pub(crate) fn packed_index(&self, ki: usize, ci: usize) -> usize {
-        ((ki / MR) * self.s.in_c + ci) * MR + ki % MR
+        let mr = self.mr;
+        ((ki / mr) * self.s.in_c + ci) * mr + ki % mr
+    }
+
+    /// The micro-kernels of a wide GEMM, in the order [`Self::add_micros`] installs them:
+    /// (full, channel-tail rows) x (full, pixel-tail columns), those that occur.
+    fn micro_variants(&self) -> Vec<MicroGemm> {
+        let Some(width) = self.wide else {
+            return Vec::new();
+        };
+        let (s, ep) = (self.s, self.s.epilogue);
+        let rows = [self.mr, s.out_c % self.mr];
+        let full = if s.pixels >= self.np { self.np } else { 0 };
+        let cols = [full, s.pixels % self.np];
+        let mut v = Vec::new();
+        for &r in rows.iter().filter(|&&r| r > 0) {
+            for &c in cols.iter().filter(|&&c| c > 0) {
+                v.push(MicroGemm {
+                    width,
+                    rows: r,
+                    cols: c,
+                    k: s.in_c,
+                    w_stride: self.mr,
+                    ldx: s.pixels,
+                    ldo: s.pixels,
+                    bias: ep.bias,
+                    residual: ep.residual,
+                    relu: ep.relu,
+                    clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
+                });
+            }
+        }
+        v
+    }
+
+    /// Installs the micro-kernels (none on the f32x4 path) for
+    /// [`KernelModule::define_with_micros`].
+    pub(crate) fn add_micros(&self, km: &mut KernelModule) -> Result<Vec<MicroId>> {
+        self.micro_variants()
+            .iter()
+            .map(|m| km.add_micro(5, &m.emit()?, "gemm micro-kernel"))
+            .collect()
     }
 
     /// Emits the function over the conv buffers (the scratch unused).
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
         let g = self.clone();
-        km.define(move |e, b: ConvBufs<Value>, begin, end| g.body(e, b, begin, end))
+        let micros = self.add_micros(km)?;
+        km.define_with_micros(&micros, move |e, b: ConvBufs<Value>, begin, end| {
+            g.body(e, b, begin, end)
+        })
+    }
+
+    /// Every tile of channel block `mb` along the pixels (the Winograd GEMMs' loop).
+    pub(crate) fn block_row(&self, e: &mut Emit, ptr: &Ptrs, mb: Value) -> Result<()> {
+        let np = self.np;
+        let full = self.s.pixels / np;
+        e.for_const(0, (full * np * 4) as i64, (np * 4) as i64, |e, pb| {
+            self.tile(e, ptr, mb, pb, np)
+        })?;
+        if !self.s.pixels.is_multiple_of(np) {
+            let pb = e.iconst((full * np * 4) as i64);
+            self.tile(e, ptr, mb, pb, self.s.pixels % np)?;
+        }
+        Ok(())
     }
 
     fn body(&self, e: &mut Emit, b: ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
@@ -102,9 +216,10 @@ impl PixelGemm {
             out: b.out,
         };
         let nmb = self.nmb as i64;
-        let nt_full = (s.pixels / NP) as i64;
-        let r = s.pixels % NP;
-        let pt = (self.panel / NP) as i64;
+        let np = self.np;
+        let nt_full = (s.pixels / np) as i64;
+        let r = s.pixels % np;
+        let pt = (self.panel / np) as i64;
         // Unit u = t * nmb + mb covers tile column t (NP pixels) of channel block mb.
         // Full tile columns [t_lo, t_hi) hold every unit of the range (and a few outside it
         // at the ends, skipped by the test in the loop).
@@ -120,7 +235,10 @@ impl PixelGemm {
             e.b.ins().icmp(IntCC::UnsignedLessThan, d, len)
         };
         // Panels of `pt` tile columns: every channel block runs over a panel while its input
-        // (about PANEL_BYTES) stays in L2.
+        // (about PANEL_BYTES) stays in L2. (No full column: no code for one.)
+        if nt_full == 0 {
+            return self.last_column(e, &ptr, r, nmb, &in_range);
+        }
         e.for_range(t_lo, t_hi, pt, |e, p0| {
             let pend = e.add_imm(p0, pt);
             let pend = e.b.ins().smin(pend, t_hi);
@@ -130,30 +248,87 @@ impl PixelGemm {
                     let u = e.b.ins().iadd(u, mb);
                     let c = in_range(e, u);
                     e.when(c, |e| {
-                        let pb = e.mul_imm(t, (NP * 4) as i64);
-                        self.tile(e, &ptr, mb, pb, NV, 0)
+                        let pb = e.mul_imm(t, (np * 4) as i64);
+                        self.tile(e, &ptr, mb, pb, np)
                     })
                 })
             })
         })?;
-        // The last, partial tile column (`r` pixels).
+        self.last_column(e, &ptr, r, nmb, &in_range)
+    }
+
+    /// The last, partial tile column (`r` pixels, none when 0).
+    fn last_column(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        r: usize,
+        nmb: i64,
+        in_range: &dyn Fn(&mut Emit, Value) -> Value,
+    ) -> Result<()> {
+        let nt_full = (self.s.pixels / self.np) as i64;
         if r > 0 {
             e.for_const(0, nmb, 1, |e, mb| {
                 let u = e.add_imm(mb, nt_full * nmb);
                 let c = in_range(e, u);
                 e.when(c, |e| {
-                    let pb = e.iconst(nt_full * (NP * 4) as i64);
-                    self.tile(e, &ptr, mb, pb, r / 4, r % 4)
+                    let pb = e.iconst(nt_full * (self.np * 4) as i64);
+                    self.tile(e, ptr, mb, pb, r)
                 })
             })?;
         }
         Ok(())
     }
 
-    /// One tile: MR output channels of block `mb` by `nv` vectors + `ns` single pixels starting
-    /// at byte offset `pb` within a channel plane (planes of `pixels` floats). Also the
-    /// micro-kernel of the Winograd convolution's per-position GEMMs.
-    pub(crate) fn tile(
+    /// One tile: the output channels of block `mb` by `cols` pixels (at most `np`) starting
+    /// at byte offset `pb` within a channel plane (planes of `pixels` floats).
+    fn tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, cols: usize) -> Result<()> {
+        if self.wide.is_some() {
+            return self.wide_tile(e, ptr, mb, pb, cols);
+        }
+        self.f32x4_tile(e, ptr, mb, pb, cols / 4, cols % 4)
+    }
+
+    /// The tile as a call to the micro-kernel for its shape: the last block of a channel
+    /// count that is not a multiple of `mr` takes the variant with fewer rows.
+    fn wide_tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, cols: usize) -> Result<()> {
+        let (s, mr) = (self.s, self.mr);
+        let x = e.b.ins().iadd(ptr.inp, pb);
+        let w = e.addr(ptr.w, mb, s.in_c * mr * 4);
+        let out = e.addr(ptr.out, mb, mr * s.pixels * 4);
+        let out = e.b.ins().iadd(out, pb);
+        let res = e.addr(ptr.res, mb, mr * s.pixels * 4);
+        let res = e.b.ins().iadd(res, pb);
+        let bias = e.addr(ptr.w, mb, mr * 4);
+        let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
+        let args = [x, w, out, res, bias];
+        let variants = self.micro_variants();
+        let find = |rows: usize| {
+            let i = variants.iter().position(|m| m.rows == rows && m.cols == cols);
+            i.map(|i| e.micros[i]).ok_or_else(|| {
+                crate::Error::Codegen(format!("no {rows}x{cols} micro-kernel in {variants:?}"))
+            })
+        };
+        let full = find(mr)?;
+        let tail = s.out_c % mr;
+        if tail == 0 {
+            e.b.ins().call(full, &args);
+            return Ok(());
+        }
+        let short = find(tail)?;
+        let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
+        e.when(is_tail, |e| {
+            e.b.ins().call(short, &args);
+            Ok(())
+        })?;
+        e.unless(is_tail, |e| {
+            e.b.ins().call(full, &args);
+            Ok(())
+        })
+    }
+
+    /// The f32x4 tile: `nv` vectors + `ns` single pixels.
+    fn f32x4_tile(
         &self,
         e: &mut Emit,
         ptr: &Ptrs,

@@ -21,6 +21,7 @@ use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
 
 use super::entry::Layout;
 use crate::error::{Error, Result};
+use crate::options::Isa;
 
 static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -82,9 +83,11 @@ pub struct KernelModule {
     /// Convolutions already generated, by spec and method: layers of
     /// the same shape share code (ResNet-18's 20 convolutions have 11 distinct specs).
     pub(crate) convs:
-        std::collections::HashMap<(super::ConvSpec, super::ConvMethod), super::PendingConv>,
+        std::collections::HashMap<(super::ConvSpec, super::ConvMethod, Isa), super::PendingConv>,
     /// Whether 3x3 stride-1 convolutions may use Winograd ([`KernelModule::set_winograd`]).
     pub(crate) winograd: bool,
+    /// The vector ISA the kernels may use ([`KernelModule::set_isa`]).
+    pub(crate) isa: Isa,
 }
 
 /// Everything a code generator needs while emitting one function.
@@ -97,6 +100,9 @@ pub(crate) struct Emit<'a> {
     /// The functions passed as `callees` to `define_calling`, callable with `call` as
     /// `call(callee, &[e.bufs, begin, end])`.
     pub callees: Vec<cranelift_codegen::ir::FuncRef>,
+    /// The x86 micro-kernels passed to [`KernelModule::define_with_micros`], callable with
+    /// their own arguments.
+    pub micros: Vec<cranelift_codegen::ir::FuncRef>,
     /// The function's buffer array parameter, to pass on to `callees`.
     pub bufs: Value,
 }
@@ -163,7 +169,21 @@ impl KernelModule {
             label: String::new(),
             convs: Default::default(),
             winograd: true,
+            isa: Isa::default_level(),
         })
+    }
+
+    /// The widest vector instructions kernels added from now on may use (default:
+    /// [`crate::options::Isa::default_level`]). `Err` if the host lacks them.
+    pub fn set_isa(&mut self, isa: Isa) -> Result<()> {
+        isa.check_host()?;
+        self.isa = isa;
+        Ok(())
+    }
+
+    /// The ISA level of the kernels being added.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// Whether convolutions added from now on may use Winograd F(4x4, 3x3) (default: yes).
@@ -230,7 +250,23 @@ impl KernelModule {
                 L::LEN
             )));
         }
-        self.define_fn(used, &[], |e, p| {
+        self.define_fn(used, &[], &[], |e, p| {
+            body(e, L::from_slice(&p[..L::LEN]), p[L::LEN], p[L::LEN + 1])
+        })
+    }
+
+    /// `define` for a function that calls the x86 micro-kernels `micros` ([`Emit::micros`]).
+    pub(crate) fn define_with_micros<L: Layout<Value>>(
+        &mut self,
+        micros: &[MicroId],
+        body: impl FnOnce(&mut Emit, L, Value, Value) -> Result<()>,
+    ) -> Result<PendingId> {
+        if micros.iter().any(|m| m.module != self.id) {
+            return Err(Error::Codegen(
+                "micro-kernel handle belongs to a different KernelModule".into(),
+            ));
+        }
+        self.define_fn(&vec![true; L::LEN], &[], micros, |e, p| {
             body(e, L::from_slice(&p[..L::LEN]), p[L::LEN], p[L::LEN + 1])
         })
     }
@@ -242,7 +278,7 @@ impl KernelModule {
         n_bufs: usize,
         body: impl FnOnce(&mut Emit, &[Value], Value, Value) -> Result<()>,
     ) -> Result<PendingId> {
-        self.define_fn(&vec![true; n_bufs], &[], |e, p| {
+        self.define_fn(&vec![true; n_bufs], &[], &[], |e, p| {
             body(e, &p[..n_bufs], p[n_bufs], p[n_bufs + 1])
         })
     }
@@ -263,7 +299,7 @@ impl KernelModule {
             )));
         }
         // The buffer pointers are not loaded: the callees load their own.
-        self.define_fn(&vec![false; L::LEN], callees, |e, p| {
+        self.define_fn(&vec![false; L::LEN], callees, &[], |e, p| {
             body(e, p[L::LEN], p[L::LEN + 1])
         })
     }
@@ -274,6 +310,7 @@ impl KernelModule {
         &mut self,
         used: &[bool],
         callees: &[PendingId],
+        micros: &[MicroId],
         body: impl FnOnce(&mut Emit, &[Value]) -> Result<()>,
     ) -> Result<PendingId> {
         let n_bufs = used.len();
@@ -296,6 +333,10 @@ impl KernelModule {
             let callees = callees
                 .iter()
                 .map(|c| module.declare_func_in_func(self.funcs[c.index], b.func))
+                .collect();
+            let micros = micros
+                .iter()
+                .map(|m| module.declare_func_in_func(self.funcs[m.index], b.func))
                 .collect();
             let entry = b.create_block();
             b.append_block_params_for_function_params(entry);
@@ -326,6 +367,7 @@ impl KernelModule {
                 exp_ref,
                 prefetch_ref,
                 callees,
+                micros,
                 bufs,
             };
             if let Err(err) = body(&mut e, &params) {

@@ -35,7 +35,8 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use super::cg::{fits, off, F32, F32X4};
 use super::conv::{ConvBufs, ConvSpec, PROLOGUE_USES};
 use super::epilogue::Epilogue;
-use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs, MR};
+use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs};
+use crate::options::Isa;
 use super::module::{Emit, KernelModule, PendingId};
 use crate::error::Result;
 
@@ -115,27 +116,30 @@ pub(crate) struct WinogradPlan {
 impl WinogradPlan {
     /// Whether `s` is a 3x3 stride-1 convolution large enough for Winograd to pay, with a
     /// scratch space the generated code can address.
-    pub(crate) fn for_spec(s: &ConvSpec) -> Option<Self> {
+    pub(crate) fn for_spec(s: &ConvSpec, isa: Isa) -> Option<Self> {
         let shape = s.kernel_h == 3 && s.kernel_w == 3 && s.stride_h == 1 && s.stride_w == 1;
         let big = s.in_c >= MIN_CHANNELS && s.out_c >= MIN_CHANNELS;
         if !(shape && big && s.out_h() >= TILE && s.out_w() >= TILE) {
             return None;
         }
-        let plan = Self::new(*s);
+        let plan = Self::new(*s, isa);
         (fits(&[plan.scratch_len()]) && fits(&[plan.packed_len()])).then_some(plan)
     }
 
-    fn new(spec: ConvSpec) -> Self {
+    fn new(spec: ConvSpec, isa: Isa) -> Self {
         let (th, tw) = (spec.out_h().div_ceil(TILE), spec.out_w().div_ceil(TILE));
         let dense = tw % 4 != 0 && th * tw <= DENSE_TILES;
         let tw4 = if dense { tw } else { tw.next_multiple_of(4) };
         let tp = (th * tw + tw4 - tw).next_multiple_of(4);
-        let gemm = PixelGemm::new(PixelGemmSpec {
+        let gemm = PixelGemm::new(
+            PixelGemmSpec {
             in_c: spec.in_c,
             out_c: spec.out_c,
             pixels: tp,
-            epilogue: Epilogue::default(),
-        });
+                epilogue: Epilogue::default(),
+            },
+            isa,
+        );
         WinogradPlan {
             spec,
             th,
@@ -147,6 +151,11 @@ impl WinogradPlan {
             wp: TILE * tw4 + 4,
             gemm,
         }
+    }
+
+    /// The GEMM of the 36 positions.
+    pub(crate) fn gemm(&self) -> &PixelGemm {
+        &self.gemm
     }
 
     fn plane_len(&self) -> usize {
@@ -168,7 +177,7 @@ impl WinogradPlan {
     }
     /// `U[ξ]` packed for the GEMM micro-kernel, for each `ξ`, then the bias.
     pub(crate) fn packed_len(&self) -> usize {
-        POS * self.u_stride() + self.gemm.channel_blocks() * MR
+        POS * self.u_stride() + self.gemm.channel_blocks() * self.gemm.mr()
     }
     /// Blocks of 6 output channels.
     pub(crate) fn work_units(&self) -> usize {
@@ -215,7 +224,7 @@ impl WinogradPlan {
                     combine(&mut u, coef, rows, 1.0 / 576.0);
                     let plane = &mut out[(i * ALPHA + j) * wl..][..wl];
                     for (ci, &v) in u.iter().enumerate() {
-                        plane[base + ci * MR] = v;
+                        plane[base + ci * self.gemm.mr()] = v;
                     }
                 }
             }
@@ -235,7 +244,9 @@ impl WinogradPlan {
             move |e, b: ConvBufs<_>, begin, end| plan.prologue(e, b.input, b.scratch, begin, end),
         )?;
         let plan = self.clone();
-        let compute = km.define(move |e, b, begin, end| plan.compute(e, b, begin, end))?;
+        let micros = self.gemm.add_micros(km)?;
+        let compute =
+            km.define_with_micros(&micros, move |e, b, begin, end| plan.compute(e, b, begin, end))?;
         Ok((prologue, compute))
     }
 
@@ -359,7 +370,7 @@ impl WinogradPlan {
         (vbase, mbase): (Value, Value),
         (begin, end): (Value, Value),
     ) -> Result<()> {
-        let (w, res, tp) = (b.packed, b.residual, self.tp);
+        let (w, res) = (b.packed, b.residual);
         let wl = self.u_stride();
         e.for_const(0, POS as i64, 1, |e, xi| {
             let ptr = Ptrs {
@@ -368,17 +379,7 @@ impl WinogradPlan {
                 res,
                 out: e.addr(mbase, xi, self.m_stride() * 4),
             };
-            e.for_range(begin, end, 1, |e, mb| {
-                let full = tp / 8;
-                e.for_const(0, (full * 32) as i64, 32, |e, pb| {
-                    self.gemm.tile(e, &ptr, mb, pb, 2, 0)
-                })?;
-                if tp % 8 != 0 {
-                    let pb = e.iconst((full * 32) as i64);
-                    self.gemm.tile(e, &ptr, mb, pb, 1, 0)?;
-                }
-                Ok(())
-            })
+            e.for_range(begin, end, 1, |e, mb| self.gemm.block_row(e, &ptr, mb))
         })
     }
 
@@ -395,8 +396,8 @@ impl WinogradPlan {
         let (w, res, out, k, tp) = (b.packed, b.residual, b.out, s.out_c, self.tp);
         let wl = self.u_stride();
         let (oh, ow) = (s.out_h(), s.out_w());
-        let k0 = e.mul_imm(begin, MR as i64);
-        let k1 = e.mul_imm(end, MR as i64);
+        let k0 = e.mul_imm(begin, self.gemm.mr() as i64);
+        let k1 = e.mul_imm(end, self.gemm.mr() as i64);
         let kmax = e.iconst(k as i64);
         let below = e.b.ins().icmp(IntCC::SignedLessThan, k1, kmax);
         let k1 = e.b.ins().select(below, k1, kmax);

@@ -20,7 +20,7 @@ pub use memory::{Region, View};
 use crate::error::{Error, Result};
 use crate::ir::{Clip, Graph, Hw, Lrn, NodeId, Pad, Pool, Shape};
 use crate::jit::{ConvMethod, ConvSpec, EltSpec, FcSpec, PoolSpec};
-use crate::options::Options;
+use crate::options::{Isa, Options};
 use std::collections::HashMap;
 
 /// Index of a value in [`Plan::values`].
@@ -87,10 +87,12 @@ pub struct Step {
 /// What a step computes, with every shape baked in: equal kernels share generated code.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
-    /// A convolution (conv, and gemm: 1x1 with stride), with its algorithm.
+    /// A convolution (conv, and gemm: 1x1 with stride), with its algorithm and the vector
+    /// ISA of its micro-kernels.
     Conv {
         spec: ConvSpec,
         method: ConvMethod,
+        isa: Isa,
     },
     /// Fully connected, over the whole chunk at once (weights read once per chunk).
     Fc(FcSpec),
@@ -163,7 +165,9 @@ impl Kernel {
     /// The algorithm, where there is a choice.
     pub fn algorithm(&self) -> Option<String> {
         match self {
-            Kernel::Conv { method, .. } => Some(method.to_string()),
+            Kernel::Conv { spec, method, isa } => {
+                Some(format!("{method}, {}", method.micro_kernel(spec, *isa)))
+            }
             Kernel::GroupedConv { method, groups, .. } => Some(format!("{method} x{groups}")),
             _ => None,
         }
@@ -198,6 +202,9 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan> {
     if opts.batch == 0 {
         return Err(Error::Input("the batch size must be at least 1".into()));
     }
+    // A misspelt CNNC_ISA is an error, not silently the default; a level the CPU lacks too.
+    Isa::from_env()?;
+    opts.isa.check_host()?;
     // A graph built or edited by hand gets the checks the parser gives a file.
     g.check_shapes()?;
     let order = g.topo_order()?;

@@ -76,6 +76,7 @@ fn conv_kernel(spec: ConvSpec, opts: &Options) -> Kernel {
     Kernel::Conv {
         method: ConvMethod::for_spec(&spec, opts.winograd),
         spec,
+        isa: opts.isa,
     }
 }
 

@@ -82,7 +82,11 @@ fn generate(plan: &Plan, module: &mut KernelModule) -> Result<Generated> {
     for s in &plan.steps {
         module.set_label(&s.name);
         match &s.kernel {
-            Kernel::Conv { spec, method } | Kernel::GroupedConv { spec, method, .. } => {
+            Kernel::Conv { spec, method, isa } => once(&mut gen.conv, (*spec, *method), || {
+                module.set_isa(*isa)?;
+                module.add_conv_with(spec, *method)
+            })?,
+            Kernel::GroupedConv { spec, method, .. } => {
                 once(&mut gen.conv, (*spec, *method), || {
                     module.add_conv_with(spec, *method)
                 })?
@@ -126,7 +130,7 @@ type PackJob<'a> = Box<dyn Fn() -> Result<Vec<f32>> + Send + Sync + 'a>;
 /// The packing job of a step, if its kernel reads packed weights.
 fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<PackJob<'a>>> {
     Ok(match &s.kernel {
-        Kernel::Conv { spec, method } => {
+        Kernel::Conv { spec, method, .. } => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
             let k = gen
                 .conv
@@ -255,7 +259,7 @@ pub(super) fn instantiate(
                 .ok_or_else(|| Error::Internal(format!("{}: no packed weights", s.name)))
         };
         steps.push(match &s.kernel {
-            Kernel::Conv { spec, method } => Code::Conv {
+            Kernel::Conv { spec, method, .. } => Code::Conv {
                 k: conv.get(&(*spec, *method)).ok_or_else(missing)?.clone(),
                 packed: take()?,
             },

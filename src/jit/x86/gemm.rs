@@ -1,5 +1,5 @@
-//! The register-blocked GEMM micro-kernel: `out[i][j] = act((Σ_c w[c][i] x[c][j] + bias[i])
-//! + res[i][j])` for `rows` output rows by `cols` columns, with every size, stride and the
+//! The register-blocked GEMM micro-kernel, `out[i][j] = act((Σ_c w[c][i] x[c][j] + bias[i]) +
+//! res[i][j])` for `rows` output rows by `cols` columns, with every size, stride and the
 //! epilogue baked in.
 //!
 //! Calling convention (System V): `fn(x: *const f32, w: *const f32, out: *mut f32,
@@ -22,8 +22,11 @@
 //! the Cranelift kernels, so results are bit-identical across ISA levels.
 use iced_x86::code_asm::{eax, r10, r8, rcx, rdi, rdx, rsi, AsmMemoryOperand};
 
+use std::sync::Arc;
+
 use super::vasm::{asm_err, Vasm, Width};
 use crate::error::{Error, Result};
+use crate::jit::module::{Compiled, KernelModule, MicroId, Pending};
 
 /// Reduction steps per loop iteration (the rest are emitted after the loop).
 const UNROLL: usize = 4;
@@ -35,17 +38,6 @@ fn prefetch_distance() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
-}
-
-/// What the micro-kernel applies to each result before the store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Act {
-    #[default]
-    None,
-    /// `max(x, 0)`, keeping NaN and `-0.0` (as the Cranelift kernels' ReLU).
-    Relu,
-    /// `min(max(x, lo), hi)` (f32 bit patterns), keeping NaN.
-    Clip { lo: u32, hi: u32 },
 }
 
 /// One micro-kernel's shape and epilogue. Sizes in floats.
@@ -60,7 +52,10 @@ pub struct MicroGemm {
     pub ldo: usize,
     pub bias: bool,
     pub residual: bool,
-    pub act: Act,
+    /// `max(x, 0)`, keeping NaN and `-0.0` (as the Cranelift kernels' ReLU).
+    pub relu: bool,
+    /// Then `min(max(x, lo), hi)` (f32 bit patterns), keeping NaN (as their clip).
+    pub clip: Option<(u32, u32)>,
 }
 
 fn disp(bytes: usize) -> Result<i32> {
@@ -108,7 +103,9 @@ impl MicroGemm {
         // Accumulators + the step's x vectors (+ the AVX2 broadcast register and mask).
         let extra = if self.width == Width::Z512 { 0 } else { 1 };
         let used = self.rows * nv + nv + extra + usize::from(self.mask_reg().is_some());
-        if used > self.width.registers() || self.free_regs().len() < 3 {
+        // The epilogue's temporary, zero for ReLU, the clip bounds.
+        let temps = 1 + usize::from(self.relu) + 2 * usize::from(self.clip.is_some());
+        if used > self.width.registers() || self.free_regs().len() < temps {
             return bad(format!("{used} registers needed"));
         }
         disp((UNROLL * self.ldx + self.cols) * 4)?;
@@ -220,16 +217,22 @@ impl MicroGemm {
     /// Bias, residual, activation and the store, row by row (`rdx`, `rcx` walk the rows).
     fn epilogue(&self, v: &mut Vasm) -> Result<()> {
         let (nv, bytes) = (self.vectors(), self.width.bytes());
-        let free = self.free_regs();
-        let (t, a0, a1) = (free[0], free[1], free[2]);
-        match self.act {
-            Act::None => {}
-            Act::Relu => v.zero(a0)?,
-            Act::Clip { lo, hi } => {
-                for (r, bits) in [(a0, lo), (a1, hi)] {
-                    v.a.mov(eax, bits as i32).map_err(asm_err)?;
-                    v.splat_eax(r)?;
-                }
+        // `check` made sure there are enough free registers.
+        let mut free = self.free_regs().into_iter();
+        let mut take = || free.next().unwrap_or(0);
+        let t = take();
+        let zero = if self.relu { take() } else { 0 };
+        let (lo, hi) = match self.clip {
+            Some(_) => (take(), take()),
+            None => (0, 0),
+        };
+        if self.relu {
+            v.zero(zero)?;
+        }
+        if let Some((l, h)) = self.clip {
+            for (r, bits) in [(lo, l), (hi, h)] {
+                v.a.mov(eax, bits as i32).map_err(asm_err)?;
+                v.splat_eax(r)?;
             }
         }
         let masked = |j: usize| j + 1 == nv && self.tail() > 0;
@@ -260,13 +263,12 @@ impl MicroGemm {
                         }
                     }
                 }
-                match self.act {
-                    Act::None => {}
-                    Act::Relu => v.max(a, a0, a)?,
-                    Act::Clip { .. } => {
-                        v.max(a, a0, a)?;
-                        v.min(a, a1, a)?;
-                    }
+                if self.relu {
+                    v.max(a, zero, a)?;
+                }
+                if self.clip.is_some() {
+                    v.max(a, lo, a)?;
+                    v.min(a, hi, a)?;
                 }
                 match (masked(j), self.mask_reg()) {
                     (false, _) => v.store(rdx + at, a)?,
@@ -294,13 +296,12 @@ impl MicroGemm {
         )
     }
 
-    /// Calls this kernel's code `f` (from [`crate::jit::Compiled::micro_ptr`] of the module
-    /// it was installed in) on slices, after checking that each holds what the kernel reads
-    /// or writes ([`Self::operand_lens`]) and that the host has the instructions. For tests
-    /// and benchmarks; the model's kernels call the micro-kernels from generated code.
-    pub fn call(
+    /// Runs the kernel on slices, after checking that each holds what the kernel reads or
+    /// writes ([`Self::operand_lens`]). For tests and benchmarks; the model's kernels call
+    /// the micro-kernels from generated code.
+    fn run_checked(
         &self,
-        f: *const u8,
+        f: usize,
         x: &[f32],
         w: &[f32],
         out: &mut [f32],
@@ -340,13 +341,69 @@ impl MicroGemm {
             (false, _) => std::ptr::null(),
         };
         type Micro = extern "C" fn(*const f32, *const f32, *mut f32, *const f32, *const f32);
-        // SAFETY: `f` is this spec's code (the caller's contract, as for any function
-        // pointer it holds). The code reads `x`, `w`, `res`, `bias` and writes `out` only
-        // within `operand_lens()` floats from each pointer (the loads and stores of the
-        // last vector of a row are masked to `cols`), checked above against the slices;
-        // `res` / `bias` are read only when the spec has them; the host has the ISA.
-        let f: Micro = unsafe { std::mem::transmute(f) };
+        // SAFETY: `f` is this spec's code, installed in a module that the calling
+        // `MicroGemmKernel` keeps alive (it is made only by `bind` below). The code reads
+        // `x`, `w`, `res`, `bias` and writes `out` only within `operand_lens()` floats from
+        // each pointer (the loads and stores of the last vector of a row are masked to
+        // `cols`), checked above against the slices; `res` / `bias` are read only when the
+        // spec has them; `check_host` made sure the CPU has the instructions.
+        #[allow(unsafe_code)]
+        let f: Micro = unsafe { std::mem::transmute(f as *const u8) };
         f(x.as_ptr(), w.as_ptr(), out.as_mut_ptr(), res, bias);
         Ok(())
+    }
+}
+
+/// A [`MicroGemm`] installed with [`KernelModule::add_micro_gemm`], before finalization.
+pub struct PendingMicroGemm {
+    id: MicroId,
+    spec: MicroGemm,
+}
+
+impl KernelModule {
+    /// Generates and installs `m` as a function of its own (for tests and benchmarks; the
+    /// layers' kernels install theirs with [`KernelModule::add_micro`]).
+    pub fn add_micro_gemm(&mut self, m: &MicroGemm) -> Result<PendingMicroGemm> {
+        Ok(PendingMicroGemm {
+            id: self.add_micro(5, &m.emit()?, "micro-kernel")?,
+            spec: *m,
+        })
+    }
+}
+
+/// A callable micro-kernel; keeps its code alive.
+pub struct MicroGemmKernel {
+    _code: Arc<Compiled>,
+    f: usize,
+    spec: MicroGemm,
+}
+
+impl Pending for PendingMicroGemm {
+    type Kernel = MicroGemmKernel;
+    fn bind(self, code: &Arc<Compiled>) -> Result<MicroGemmKernel> {
+        Ok(MicroGemmKernel {
+            _code: code.clone(),
+            f: code.micro_ptr(self.id)? as usize,
+            spec: self.spec,
+        })
+    }
+}
+
+impl MicroGemmKernel {
+    pub fn spec(&self) -> &MicroGemm {
+        &self.spec
+    }
+    /// One call: `out = act(w x + bias + res)` (see the module documentation for the
+    /// layouts). `Err` if a slice is too short, an operand the spec uses is missing, or the
+    /// host lacks the ISA.
+    pub fn run(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        out: &mut [f32],
+        res: Option<&[f32]>,
+        bias: Option<&[f32]>,
+    ) -> Result<()> {
+        self.spec.run_checked(self.f, x, w, out, res, bias)
     }
 }

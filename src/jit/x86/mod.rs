@@ -7,7 +7,7 @@ pub mod gemm;
 pub mod peak;
 mod vasm;
 
-pub use gemm::{Act, MicroGemm};
+pub use gemm::{MicroGemm, MicroGemmKernel, PendingMicroGemm};
 pub use vasm::{disassemble, Width};
 
 use crate::options::Isa;

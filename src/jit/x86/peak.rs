@@ -55,6 +55,7 @@ pub fn measure(width: Width, iters: u64, rounds: usize) -> Result<f64> {
     // SAFETY: the loop reads and writes only vector registers and `rdi` (its argument),
     // runs `iters` iterations (at least one) and returns; `check_host` made sure the CPU
     // has its instructions. `code` keeps the memory alive for the calls.
+    #[allow(unsafe_code)]
     let f: extern "C" fn(u64) = unsafe { std::mem::transmute(ptr) };
     let iters = iters.max(1);
     let mut best = f64::MAX;
