@@ -3,7 +3,7 @@
 //! the FMA peak measured in the same run. Prints GFLOP/s and the fraction of the peak.
 //!
 //! `cargo run --release --example microperf [C K P]`
-use cnnc::jit::x86::{self, peak, Act, MicroGemm, Width};
+use cnnc::jit::x86::{self, peak, MicroGemm, Width};
 use cnnc::jit::KernelModule;
 use cnnc::Isa;
 use std::time::Instant;
@@ -25,7 +25,8 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
         ldo: p,
         bias: true,
         residual: false,
-        act: Act::Relu,
+        relu: true,
+        clip: None,
     };
     let full = mk(np);
     let tail = (!p.is_multiple_of(np)).then(|| mk(p % np));
@@ -153,7 +154,8 @@ pub fn l1(w: Width, mr: usize, nv: usize, k: usize) -> f64 {
         ldo: np,
         bias: false,
         residual: false,
-        act: Act::None,
+        relu: false,
+        clip: None,
     };
     let mut km = KernelModule::new().unwrap();
     let id = km.add_micro_gemm(&s).unwrap();

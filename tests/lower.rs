@@ -260,7 +260,7 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
             .steps
             .iter()
             .filter_map(|s| match s.kernel {
-                Kernel::Conv { spec, method } => Some((spec, method)),
+                Kernel::Conv { spec, method, .. } => Some((spec, method)),
                 _ => None,
             })
             .collect::<Vec<_>>()

@@ -3,7 +3,7 @@
 //! (masked tails), short and unrolled reductions, every epilogue, NaN-poisoned outputs whose
 //! untouched elements must stay NaN. The reference does the same fused multiply-adds in the
 //! same order, so results must be bit-identical.
-use cnnc::jit::x86::{self, Act, MicroGemm, Width};
+use cnnc::jit::x86::{self, MicroGemm, Width};
 use cnnc::jit::KernelModule;
 use cnnc::Isa;
 
@@ -33,24 +33,18 @@ fn reference(m: &MicroGemm, x: &[f32], w: &[f32], res: &[f32], bias: &[f32], out
             if m.residual {
                 acc += res[i * m.ldo + j];
             }
-            acc = match m.act {
-                Act::None => acc,
-                Act::Relu => {
-                    if acc >= 0.0 || acc.is_nan() {
-                        acc
-                    } else {
-                        0.0
-                    }
+            if m.relu && acc < 0.0 {
+                acc = 0.0;
+            }
+            if let Some((lo, hi)) = m.clip {
+                let (lo, hi) = (f32::from_bits(lo), f32::from_bits(hi));
+                if acc < lo {
+                    acc = lo;
                 }
-                Act::Clip { lo, hi } => {
-                    let (lo, hi) = (f32::from_bits(lo), f32::from_bits(hi));
-                    if acc.is_nan() {
-                        acc
-                    } else {
-                        acc.max(lo).min(hi)
-                    }
+                if acc > hi {
+                    acc = hi;
                 }
-            };
+            }
             out[i * m.ldo + j] = acc;
         }
     }
@@ -66,14 +60,9 @@ fn widths() -> Vec<Width> {
 fn shapes(w: Width) -> Vec<MicroGemm> {
     let l = w.lanes();
     let max_rows = if w == Width::Z512 { 14 } else { 6 };
-    let acts = [
-        Act::None,
-        Act::Relu,
-        Act::Clip {
-            lo: (-0.5f32).to_bits(),
-            hi: 0.75f32.to_bits(),
-        },
-    ];
+    // (relu, clip): none, ReLU, clip, ReLU then clip.
+    let clip = Some(((-0.5f32).to_bits(), 0.75f32.to_bits()));
+    let acts = [(false, None), (true, None), (false, clip), (true, clip)];
     let mut v = Vec::new();
     let mut n = 0usize;
     // Every column count up to two vectors plus a tail (every remainder of the lanes), with
@@ -98,7 +87,8 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     ldo: cols + 1 + n % 4,
                     bias: n.is_multiple_of(2),
                     residual: !n.is_multiple_of(3),
-                    act: acts[n % 3],
+                    relu: acts[n % 4].0,
+                    clip: acts[n % 4].1,
                 });
             }
         }
@@ -145,12 +135,9 @@ fn micro_kernels_match_the_reference_bit_for_bit() {
 #[test]
 fn nan_inputs_propagate_through_relu_and_clip() {
     for w in widths() {
-        for act in [
-            Act::Relu,
-            Act::Clip {
-                lo: 0f32.to_bits(),
-                hi: 6f32.to_bits(),
-            },
+        for (relu, clip) in [
+            (true, None),
+            (false, Some((0f32.to_bits(), 6f32.to_bits()))),
         ] {
             let s = MicroGemm {
                 width: w,
@@ -162,7 +149,8 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 ldo: w.lanes() + 3,
                 bias: false,
                 residual: false,
-                act,
+                relu,
+                clip,
             };
             let mut km = KernelModule::new().unwrap();
             let p = km.add_micro_gemm(&s).unwrap();
@@ -176,7 +164,11 @@ fn nan_inputs_propagate_through_relu_and_clip() {
             for i in 0..2 {
                 for j in 0..s.cols {
                     let v = out[i * s.ldo + j];
-                    assert_eq!(v.is_nan(), j == 4, "{w:?} {act:?} row {i} col {j}: {v}");
+                    assert_eq!(
+                        v.is_nan(),
+                        j == 4,
+                        "{w:?} relu {relu} clip {clip:?} row {i} col {j}: {v}"
+                    );
                     if j != 4 {
                         assert_eq!(v.to_bits(), 0f32.to_bits(), "-5 clamps to 0");
                     }
@@ -199,7 +191,8 @@ fn short_operands_are_refused() {
             ldo: 5,
             bias: true,
             residual: false,
-            act: Act::None,
+            relu: false,
+            clip: None,
         };
         let mut km = KernelModule::new().unwrap();
         let p = km.add_micro_gemm(&s).unwrap();

@@ -30,9 +30,9 @@ use super::gemm::{self, PixelGemm};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
 use super::winograd::WinogradPlan;
-use crate::options::Isa;
 use crate::error::{Error, Result};
 use crate::memory::try_vec;
+use crate::options::Isa;
 
 /// Shapes and fused epilogue of one convolution layer (one image, NCHW).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -704,17 +704,15 @@ impl Plan {
             ConvMethod::Winograd => {
                 Plan::Winograd(WinogradPlan::for_spec(spec, isa).ok_or_else(unfit)?)
             }
-            ConvMethod::PointwiseGemm if spec.is_pointwise() => {
-                Plan::Gemm(PixelGemm::new(
-                    gemm::PixelGemmSpec {
-                        in_c: spec.in_c,
-                        out_c: spec.out_c,
-                        pixels: spec.in_h * spec.in_w,
-                        epilogue: spec.epilogue(),
-                    },
-                    isa,
-                ))
-            }
+            ConvMethod::PointwiseGemm if spec.is_pointwise() => Plan::Gemm(PixelGemm::new(
+                gemm::PixelGemmSpec {
+                    in_c: spec.in_c,
+                    out_c: spec.out_c,
+                    pixels: spec.in_h * spec.in_w,
+                    epilogue: spec.epilogue(),
+                },
+                isa,
+            )),
             ConvMethod::PointwiseGemm => return Err(unfit()),
             ConvMethod::Direct => Plan::Direct(DirectPlan::new(*spec)),
         })
@@ -872,7 +870,8 @@ impl KernelModule {
             spec: *spec,
             plan,
         };
-        self.convs.insert((*spec, method, self.isa), pending.clone());
+        self.convs
+            .insert((*spec, method, self.isa), pending.clone());
         Ok(pending)
     }
 }

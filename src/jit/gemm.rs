@@ -304,7 +304,9 @@ impl PixelGemm {
         let args = [x, w, out, res, bias];
         let variants = self.micro_variants();
         let find = |rows: usize| {
-            let i = variants.iter().position(|m| m.rows == rows && m.cols == cols);
+            let i = variants
+                .iter()
+                .position(|m| m.rows == rows && m.cols == cols);
             i.map(|i| e.micros[i]).ok_or_else(|| {
                 crate::Error::Codegen(format!("no {rows}x{cols} micro-kernel in {variants:?}"))
             })
@@ -316,7 +318,9 @@ impl PixelGemm {
             return Ok(());
         }
         let short = find(tail)?;
-        let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
+        let is_tail =
+            e.b.ins()
+                .icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
         e.when(is_tail, |e| {
             e.b.ins().call(short, &args);
             Ok(())

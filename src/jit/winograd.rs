@@ -36,9 +36,9 @@ use super::cg::{fits, off, F32, F32X4};
 use super::conv::{ConvBufs, ConvSpec, PROLOGUE_USES};
 use super::epilogue::Epilogue;
 use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs};
-use crate::options::Isa;
 use super::module::{Emit, KernelModule, PendingId};
 use crate::error::Result;
+use crate::options::Isa;
 
 /// Output tile edge (`m`), transformed tile edge (`m + r - 1`) and positions per tile.
 const TILE: usize = 4;
@@ -133,9 +133,9 @@ impl WinogradPlan {
         let tp = (th * tw + tw4 - tw).next_multiple_of(4);
         let gemm = PixelGemm::new(
             PixelGemmSpec {
-            in_c: spec.in_c,
-            out_c: spec.out_c,
-            pixels: tp,
+                in_c: spec.in_c,
+                out_c: spec.out_c,
+                pixels: tp,
                 epilogue: Epilogue::default(),
             },
             isa,
@@ -245,8 +245,9 @@ impl WinogradPlan {
         )?;
         let plan = self.clone();
         let micros = self.gemm.add_micros(km)?;
-        let compute =
-            km.define_with_micros(&micros, move |e, b, begin, end| plan.compute(e, b, begin, end))?;
+        let compute = km.define_with_micros(&micros, move |e, b, begin, end| {
+            plan.compute(e, b, begin, end)
+        })?;
         Ok((prologue, compute))
     }
 
