@@ -6,8 +6,12 @@ and `cnnc run` compute the same input and the outputs must agree (relative L2 < 
 then `cnnc bench --json` and onnxruntime are timed alternately, round after round, so
 machine drift hits both alike. Prints one markdown table (paste it into BENCHMARKS.md).
 
+ONNX models (`--onnx a.onnx,b.onnx`) are imported with `cnnc import` instead, and
+onnxruntime runs the file itself. `--isa sse|avx2|avx512` is passed to cnnc.
+
 Usage (from the repo root; creates a virtualenv outside the repo on first use):
-    python3 scripts/compare_peers.py [--graphs a,b] [--rounds 3] [--seconds 2]
+    python3 scripts/compare_peers.py [--graphs a,b] [--onnx m.onnx] [--isa avx2]
+                                     [--rounds 3] [--seconds 2]
 """
 import argparse
 import json
@@ -88,6 +92,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=1.5, help="per measurement")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--onnx", default="", help="ONNX models to import and compare too")
+    ap.add_argument("--isa", help="cnnc's --isa (default: the best the host has)")
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=REPO, check=True)
@@ -95,16 +101,24 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for g in args.graphs.split(","):
-            graph = REPO / "graphs" / f"{g}.yaml"
-            model = tmp / f"{g}.onnx"
-            cnnc("export", graph, "-o", model)
+        isa = ["--isa", args.isa] if args.isa else []
+        inputs = [(g, None) for g in args.graphs.split(",") if g]
+        inputs += [(Path(m).stem, Path(m).resolve()) for m in args.onnx.split(",") if m]
+        for g, onnx_file in inputs:
+            if onnx_file is None:
+                graph = REPO / "graphs" / f"{g}.yaml"
+                model = tmp / f"{g}.onnx"
+                cnnc("export", graph, "-o", model)
+            else:
+                graph = tmp / f"{g}.yaml"
+                model = onnx_file
+                cnnc("import", model, "-o", graph)
             info = json.loads(cnnc("info", graph, "--json"))
             gflop = 2 * info["total_macs"] / 1e9
             c, h, w = (int(d) for d in info["input"].split("x"))
             x = np.random.default_rng(0).standard_normal((1, c, h, w)).astype(np.float32)
             np.save(tmp / "x.npy", x)
-            cnnc("run", graph, "--input", tmp / "x.npy", "--output", tmp / "y.npy", "--top", "1")
+            cnnc("run", graph, *isa, "--input", tmp / "x.npy", "--output", tmp / "y.npy", "--top", "1")
             sessions = {t: ort_session(model, t) for t in threads}
             ref = sessions[1].run(None, {sessions[1].get_inputs()[0].name: x})[0]
             err = rel_l2(np.load(tmp / "y.npy"), ref)
@@ -115,7 +129,8 @@ def main():
             for _ in range(args.rounds):
                 for t in threads:
                     theirs[t].append(time_ort(sessions[t], x, args.seconds))
-                    rep = json.loads(cnnc("bench", graph, "--threads", t, "--time", args.seconds, "--json"))
+                    rep = json.loads(cnnc("bench", graph, *isa, "--threads", t, "--time", args.seconds,
+                                          "--json"))
                     ours[t].append(rep["median_ms"])
             med = lambda v: sorted(v)[len(v) // 2]
             row = {"graph": g, "gflop": gflop, "rel_l2": err}
@@ -125,7 +140,8 @@ def main():
             rows.append(row)
             print(f"{g}: done", file=sys.stderr)
 
-    print(f"onnxruntime {ort.__version__}; cnnc {cnnc('--version').split()[-1]}; "
+    print(f"onnxruntime {ort.__version__}; cnnc {cnnc('--version').split()[-1]} "
+          f"(--isa {args.isa or 'default'}); "
           f"median of {args.rounds} alternating rounds of {args.seconds} s each; batch 1\n")
     print("| network | GFLOP | cnnc 1T (ms) | ORT 1T (ms) | cnnc/ORT 1T | cnnc 2T (ms) | ORT 2T (ms) "
           "| cnnc/ORT 2T | cnnc GFLOP/s 1T | max rel L2 |")
