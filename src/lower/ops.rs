@@ -127,7 +127,7 @@ fn grouped_conv(x: Shape, c: &Conv, opts: &Options) -> Kernel {
         },
         ..c.clone()
     };
-    let Kernel::Conv { spec, method } = conv(group, &one, opts) else {
+    let Kernel::Conv { spec, method, .. } = conv(group, &one, opts) else {
         unreachable!("conv lowers to Kernel::Conv")
     };
     Kernel::GroupedConv {
