@@ -1216,3 +1216,93 @@ fn clip_epilogue_on_every_kernel() {
     };
     assert!(KernelModule::new().unwrap().add_fc(&nan).is_err());
 }
+
+/// Compiles `s` at `isa` (direct method unless it is pointwise or Winograd's), runs it on
+/// NaN-poisoned outputs over the whole range and split in 2 and 3 pieces (bit-identical),
+/// checks it against the reference; returns the output and the micro-kernel's name.
+fn conv_at_isa(s: &ConvSpec, seed: u64, isa: cnnc::Isa) -> (Vec<f32>, String) {
+    let x = rand_vec(s.input_len(), seed);
+    let scale = 1.0 / ((s.in_c * s.kernel_h * s.kernel_w) as f32).sqrt();
+    let w: Vec<f32> = rand_vec(s.weight_len(), seed + 1)
+        .iter()
+        .map(|v| v * scale)
+        .collect();
+    let b = s.bias.then(|| rand_vec(s.out_c, seed + 2));
+    let r = s.residual.then(|| rand_vec(s.output_len(), seed + 3));
+    let mut km = KernelModule::new().unwrap();
+    km.set_isa(isa).unwrap();
+    km.set_winograd(false);
+    let p = km.add_conv(s).unwrap();
+    let packed = p.pack_weights(&w, b.as_deref()).unwrap();
+    let code = km.finalize().unwrap();
+    let k = code.get(p).unwrap();
+    let what = format!("{s:?} at {isa}");
+    let mut out = vec![f32::NAN; s.output_len()];
+    k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
+    assert_close(&out, &ref_conv(s, &x, &w, b.as_deref(), r.as_deref()), &what);
+    let units = k.work_units();
+    let mut scratch = vec![0.0f32; k.scratch_len()];
+    for pieces in [2usize, 3, 7] {
+        let mut out2 = vec![f32::NAN; s.output_len()];
+        for i in 0..pieces {
+            let range = units * i / pieces..units * (i + 1) / pieces;
+            k.run(&x, &packed, r.as_deref(), &mut out2, &mut scratch, range)
+                .unwrap();
+        }
+        let same = out.iter().zip(&out2).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{what}: split in {pieces} differs");
+    }
+    (out, k.micro_kernel().to_string())
+}
+
+/// The direct convolutions at every ISA level the host has: at avx2 / avx512 the implicit
+/// GEMM on the wide micro-kernels, at sse the f32x4 direct kernel. Both compute each output
+/// as one FMA chain over the taps in the same order, so all levels agree bit for bit.
+/// Shapes: the stem (7x7/2 pad 3), strided 3x3 and 1x1 projections, stride 3, rectangular
+/// filters and strides, padding 0-3, outputs narrower and wider than a strip (every row
+/// grouping), output channels of every remainder of the 6- and 14-row blocks, input channel
+/// counts that split the reduction into 1, 2 and 3+ blocks, every epilogue.
+#[test]
+fn conv_direct_every_isa_bit_identical() {
+    let mut shapes = vec![
+        spec(3, 35, 37, 16, 7, 7, (2, 2), (3, 3)),
+        spec(8, 29, 29, 20, 3, 3, (2, 2), (1, 1)),
+        spec(16, 15, 15, 33, 1, 1, (2, 2), (0, 0)),
+        spec(5, 17, 13, 7, 3, 3, (3, 3), (1, 1)),
+        spec(4, 9, 70, 9, 3, 5, (1, 2), (1, 2)),
+        spec(6, 12, 11, 5, 2, 4, (2, 1), (0, 3)),
+        spec(7, 8, 8, 3, 3, 3, (1, 1), (1, 1)),
+        spec(2, 1, 1, 4, 1, 1, (1, 1), (1, 1)),
+        spec(3, 40, 3, 6, 3, 3, (1, 1), (0, 1)),
+        // Reduction blocks: 2 and 3+ blocks of input channels at both widths.
+        spec(100, 9, 9, 15, 3, 3, (2, 2), (1, 1)),
+        spec(230, 7, 7, 29, 3, 3, (2, 2), (1, 1)),
+        spec(600, 5, 5, 17, 1, 1, (2, 2), (0, 0)),
+    ];
+    for k in 1..=15 {
+        shapes.push(spec(3, 11, 9, k, 3, 3, (2, 2), (1, 1)));
+    }
+    let levels = cnnc::Isa::host_levels();
+    let mut seed = 2000;
+    for (i, base) in shapes.into_iter().enumerate() {
+        let s = ConvSpec {
+            bias: i % 2 == 0,
+            relu: i % 3 != 1,
+            residual: i % 4 < 2,
+            clip: (i % 5 == 3).then_some(PROP_CLIP),
+            ..base
+        };
+        let mut outs = Vec::new();
+        for &isa in &levels {
+            let (out, micro) = conv_at_isa(&s, seed, isa);
+            let wide = isa != cnnc::Isa::Sse;
+            assert_eq!(micro.ends_with("implicit"), wide, "{s:?} at {isa}: {micro}");
+            outs.push((isa, out));
+        }
+        for (isa, out) in &outs[1..] {
+            let same = out.iter().zip(&outs[0].1).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{s:?}: {isa} differs from {}", outs[0].0);
+        }
+        seed += 5;
+    }
+}

@@ -23,7 +23,11 @@ impl Rng {
 fn reference(m: &MicroGemm, x: &[f32], w: &[f32], res: &[f32], bias: &[f32], out: &mut [f32]) {
     for i in 0..m.rows {
         for j in 0..m.cols {
-            let mut acc = 0.0f32;
+            let mut acc = if m.accumulate {
+                out[i * m.ldo + j]
+            } else {
+                0.0
+            };
             for c in 0..m.k {
                 acc = w[c * m.w_stride + i].mul_add(x[c * m.ldx + j], acc);
             }
@@ -85,6 +89,7 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     w_stride: rows + n % 3,
                     ldx: cols + n % 5,
                     ldo: cols + 1 + n % 4,
+                    accumulate: n % 7 < 2,
                     bias: n.is_multiple_of(2),
                     residual: !n.is_multiple_of(3),
                     relu: acts[n % 4].0,
@@ -116,8 +121,14 @@ fn micro_kernels_match_the_reference_bit_for_bit() {
             let s = k.spec();
             let (nx, nw, no, nb) = s.operand_lens();
             let (x, wt, res, bias) = (rng.vec(nx), rng.vec(nw), rng.vec(no), rng.vec(nb));
-            let mut got = vec![f32::NAN; no];
-            let mut want = vec![f32::NAN; no];
+            // A kernel that accumulates starts from the values in `out`; the others must
+            // overwrite the NaNs.
+            let mut got = if s.accumulate {
+                rng.vec(no)
+            } else {
+                vec![f32::NAN; no]
+            };
+            let mut want = got.clone();
             reference(s, &x, &wt, &res, &bias, &mut want);
             k.run(&x, &wt, &mut got, Some(&res), Some(&bias)).unwrap();
             for (e, (g, r)) in got.iter().zip(&want).enumerate() {
@@ -147,6 +158,7 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 w_stride: 2,
                 ldx: w.lanes() + 3,
                 ldo: w.lanes() + 3,
+                accumulate: false,
                 bias: false,
                 residual: false,
                 relu,
@@ -189,6 +201,7 @@ fn short_operands_are_refused() {
             w_stride: 3,
             ldx: 5,
             ldo: 5,
+            accumulate: false,
             bias: true,
             residual: false,
             relu: false,

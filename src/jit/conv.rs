@@ -27,9 +27,11 @@ use super::cg::{fits, off, window_out, F32, F32X4, I32, I64, MAX_DIM};
 use super::entry::{slot_layout, Buf, Entry, Slot};
 use super::epilogue::{ChannelBlock, Clip, Epilogue};
 use super::gemm::{self, PixelGemm};
+use super::implicit::ImplicitGemm;
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
 use super::winograd::WinogradPlan;
+use super::x86;
 use crate::error::{Error, Result};
 use crate::memory::try_vec;
 use crate::options::Isa;
@@ -299,20 +301,7 @@ impl DirectPlan {
         if !self.padded {
             return Ok((compute, None));
         }
-        let s = self.spec;
-        let (hw, hwp) = ((s.in_h, s.in_w), (self.hp, self.wp));
-        // Reads `input`, writes the padded copy of channels begin..end into `scratch`.
-        let pad = km.define_using(
-            &PROLOGUE_USES.into_array(),
-            move |e, b: ConvBufs<_>, begin, end| {
-                e.for_range(begin, end, 1, |e, c| {
-                    e.pad_channel(b.input, b.scratch, c, hw, hwp, (s.pad_h, s.pad_w), 0.0)
-                        .map(drop)
-                })
-            },
-        )?;
-        let entry = define_entry(km, pad, compute, s.in_c)?;
-        Ok((entry, Some((pad, compute))))
+        with_padded_copy(km, &self.spec, compute)
     }
 
     /// The compute function: output channel blocks `begin..end`, row by row (or by groups of
@@ -562,6 +551,31 @@ impl DirectPlan {
     }
 }
 
+/// The kernel of a convolution whose compute function `compute` reads the zero-padded
+/// copy of the input in `scratch`: an entry function calling a prologue that makes the copy
+/// (split over input channels), then `compute`. Returns the entry and the two parts.
+fn with_padded_copy(
+    km: &mut KernelModule,
+    s: &ConvSpec,
+    compute: PendingId,
+) -> Result<(PendingId, Option<(PendingId, PendingId)>)> {
+    let s = *s;
+    let hw = (s.in_h, s.in_w);
+    let hwp = (s.in_h + 2 * s.pad_h, s.in_w + 2 * s.pad_w);
+    // Reads `input`, writes the padded copy of channels begin..end into `scratch`.
+    let pad = km.define_using(
+        &PROLOGUE_USES.into_array(),
+        move |e, b: ConvBufs<_>, begin, end| {
+            e.for_range(begin, end, 1, |e, c| {
+                e.pad_channel(b.input, b.scratch, c, hw, hwp, (s.pad_h, s.pad_w), 0.0)
+                    .map(drop)
+            })
+        },
+    )?;
+    let entry = define_entry(km, pad, compute, s.in_c)?;
+    Ok((entry, Some((pad, compute))))
+}
+
 /// Splits `n` pixels into tiles of at most `MAX_PX`, widths as equal as possible:
 /// `(count, width)` pairs.
 fn split_even(n: usize) -> [(usize, usize); 2] {
@@ -667,6 +681,8 @@ impl std::fmt::Display for ConvMethod {
 #[derive(Clone, Debug)]
 enum Plan {
     Direct(DirectPlan),
+    /// The direct convolution on the wide micro-kernels (at avx2 / avx512).
+    Implicit(ImplicitGemm),
     Gemm(PixelGemm),
     Winograd(WinogradPlan),
 }
@@ -714,12 +730,16 @@ impl Plan {
                 isa,
             )),
             ConvMethod::PointwiseGemm => return Err(unfit()),
-            ConvMethod::Direct => Plan::Direct(DirectPlan::new(*spec)),
+            ConvMethod::Direct => match x86::width(isa).and_then(|w| ImplicitGemm::new(*spec, w)) {
+                Some(p) => Plan::Implicit(p),
+                None => Plan::Direct(DirectPlan::new(*spec)),
+            },
         })
     }
     fn packed_len(&self) -> usize {
         match self {
             Plan::Direct(d) => d.packed_len(),
+            Plan::Implicit(d) => d.packed_len(),
             Plan::Gemm(g) => g.packed_len(),
             Plan::Winograd(w) => w.packed_len(),
         }
@@ -727,6 +747,7 @@ impl Plan {
     fn scratch_len(&self) -> usize {
         match self {
             Plan::Direct(d) => d.scratch_len(),
+            Plan::Implicit(d) => d.scratch_len(),
             Plan::Gemm(_) => 0,
             Plan::Winograd(w) => w.scratch_len(),
         }
@@ -734,13 +755,14 @@ impl Plan {
     fn micro_kernel(&self) -> String {
         match self {
             Plan::Direct(_) => "f32x4 direct".into(),
+            Plan::Implicit(d) => d.micro_kernel(),
             Plan::Gemm(g) => g.micro_kernel(),
             Plan::Winograd(w) => w.gemm().micro_kernel(),
         }
     }
     fn method(&self) -> ConvMethod {
         match self {
-            Plan::Direct(_) => ConvMethod::Direct,
+            Plan::Direct(_) | Plan::Implicit(_) => ConvMethod::Direct,
             Plan::Gemm(_) => ConvMethod::PointwiseGemm,
             Plan::Winograd(_) => ConvMethod::Winograd,
         }
@@ -749,6 +771,7 @@ impl Plan {
     fn prologue_units(&self) -> usize {
         match self {
             Plan::Direct(d) => d.spec.in_c,
+            Plan::Implicit(d) => d.spec().in_c,
             Plan::Gemm(_) => 0,
             Plan::Winograd(w) => w.prologue_units(),
         }
@@ -756,6 +779,7 @@ impl Plan {
     fn work_units(&self) -> usize {
         match self {
             Plan::Direct(d) => d.nkb,
+            Plan::Implicit(d) => d.work_units(),
             Plan::Gemm(g) => g.work_units(),
             Plan::Winograd(w) => w.work_units(),
         }
@@ -769,6 +793,7 @@ impl Plan {
         let mut out = try_vec(self.packed_len(), 0.0f32, "conv packed weights")?;
         match self {
             Plan::Direct(d) => d.pack_into(weights, bias, &mut out),
+            Plan::Implicit(d) => d.pack_into(weights, bias, &mut out),
             Plan::Gemm(g) => g.pack_into(weights, bias, &mut out),
             Plan::Winograd(w) => w.pack_into(weights, bias, &mut out),
         }
@@ -857,6 +882,14 @@ impl KernelModule {
         let plan = Plan::with_method(spec, method, self.isa)?;
         let (id, parts) = match &plan {
             Plan::Direct(d) => d.emit(self)?,
+            Plan::Implicit(d) => {
+                let compute = d.emit_compute(self)?;
+                if d.padded() {
+                    with_padded_copy(self, spec, compute)?
+                } else {
+                    (compute, None)
+                }
+            }
             Plan::Gemm(g) => (g.emit(self)?, None),
             Plan::Winograd(w) => {
                 let (prologue, compute) = w.emit(self)?;

@@ -165,6 +165,7 @@ impl PixelGemm {
                     w_stride: self.mr,
                     ldx: s.pixels,
                     ldo: s.pixels,
+                    accumulate: false,
                     bias: ep.bias,
                     residual: ep.residual,
                     relu: ep.relu,

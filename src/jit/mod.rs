@@ -8,6 +8,7 @@ mod entry;
 mod epilogue;
 pub mod fc;
 mod gemm;
+mod implicit;
 pub mod module;
 pub mod pool;
 pub mod threads;

@@ -50,6 +50,10 @@ pub struct MicroGemm {
     pub w_stride: usize,
     pub ldx: usize,
     pub ldo: usize,
+    /// Start from the values in `out` instead of zero (a later block of a reduction split
+    /// into blocks: the sum goes on where the previous call stored it, so the result is the
+    /// same as one call over the whole reduction, bit for bit).
+    pub accumulate: bool,
     pub bias: bool,
     pub residual: bool,
     /// `max(x, 0)`, keeping NaN and `-0.0` (as the Cranelift kernels' ReLU).
@@ -75,6 +79,11 @@ impl MicroGemm {
     /// Floating-point operations of one call (two per multiply-add).
     pub fn flops(&self) -> usize {
         2 * self.rows * self.cols * self.k
+    }
+
+    /// A ReLU without clip (with a clip the two make one `max`, see `epilogue`).
+    fn relu_alone(&self) -> bool {
+        self.relu && self.clip.is_none()
     }
 
     /// The register that holds the AVX2 tail mask, if any.
@@ -104,13 +113,13 @@ impl MicroGemm {
         let extra = if self.width == Width::Z512 { 0 } else { 1 };
         let used = self.rows * nv + nv + extra + usize::from(self.mask_reg().is_some());
         // The epilogue's temporary, zero for ReLU, the clip bounds.
-        let temps = 1 + usize::from(self.relu) + 2 * usize::from(self.clip.is_some());
+        let temps = 1 + usize::from(self.relu_alone()) + 2 * usize::from(self.clip.is_some());
         if used > self.width.registers() || self.free_regs().len() < temps {
             return bad(format!("{used} registers needed"));
         }
         disp((UNROLL * self.ldx + self.cols) * 4)?;
         disp(UNROLL * self.w_stride * 4)?;
-        disp(self.ldo * 4)?;
+        disp(self.rows * self.ldo * 4)?;
         Ok(())
     }
 
@@ -187,11 +196,24 @@ impl MicroGemm {
         Ok(())
     }
 
-    /// Zeroes the accumulators, then runs the `k` steps: `k / UNROLL` iterations of an
-    /// unrolled loop, then the remaining steps straight.
+    /// Zeroes the accumulators (or loads them from `out`), then runs the `k` steps:
+    /// `k / UNROLL` iterations of an unrolled loop, then the remaining steps straight.
     fn reduction(&self, v: &mut Vasm) -> Result<()> {
-        for r in 0..self.rows * self.vectors() {
-            v.zero(r)?;
+        let nv = self.vectors();
+        for i in 0..self.rows {
+            for j in 0..nv {
+                let r = self.acc(i, j);
+                if !self.accumulate {
+                    v.zero(r)?;
+                    continue;
+                }
+                let at = rdx + disp(i * self.ldo * 4 + j * self.width.bytes())?;
+                match (j + 1 == nv && self.tail() > 0, self.mask_reg()) {
+                    (false, _) => v.load(r, at)?,
+                    (true, None) => v.load_k1(r, at)?,
+                    (true, Some(m)) => v.maskload(r, m, at)?,
+                }
+            }
         }
         let iters = self.k / UNROLL;
         if iters > 0 {
@@ -221,15 +243,23 @@ impl MicroGemm {
         let mut free = self.free_regs().into_iter();
         let mut take = || free.next().unwrap_or(0);
         let t = take();
-        let zero = if self.relu { take() } else { 0 };
+        let zero = if self.relu_alone() { take() } else { 0 };
         let (lo, hi) = match self.clip {
             Some(_) => (take(), take()),
             None => (0, 0),
         };
-        if self.relu {
+        if self.relu_alone() {
             v.zero(zero)?;
         }
         if let Some((l, h)) = self.clip {
+            // ReLU then clip is `max(x, max(lo, 0))` then `min`: the same values, NaN and
+            // `-0.0` included (`max(lo, max(0, x))`: both keep a NaN or `-0.0` x, and give
+            // `lo` where `lo > 0` exceeds `x`), with one register and one instruction less.
+            let l = if self.relu && !(f32::from_bits(l) > 0.0) {
+                0.0f32.to_bits()
+            } else {
+                l
+            };
             for (r, bits) in [(lo, l), (hi, h)] {
                 v.a.mov(eax, bits as i32).map_err(asm_err)?;
                 v.splat_eax(r)?;
@@ -263,7 +293,7 @@ impl MicroGemm {
                         }
                     }
                 }
-                if self.relu {
+                if self.relu_alone() {
                     v.max(a, zero, a)?;
                 }
                 if self.clip.is_some() {

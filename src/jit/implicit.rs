@@ -1,0 +1,620 @@
+//! The direct convolution (any filter, stride and padding) as an *implicit GEMM* on the wide
+//! x86 micro-kernels (AVX2 / AVX-512): `out[k][p] = Σ_r W[k][r] col[r][p]` with
+//! `r = (c, fy, fx)` running over the taps in the order of the f32x4 direct kernel, and
+//! `col` the im2col matrix of the (padded) input, never built whole.
+//!
+//! The output plane is cut into *strips* of at most two vectors of pixels (32 with zmm, 16
+//! with ymm), consecutive in the plane: pieces of one output row, or groups of whole rows
+//! when the rows are narrower. For each strip and each block of input channels, the compute
+//! function copies the strip's columns of `col` into a *panel* on its stack (`[r][ldp]`, the
+//! block's taps by the strip's pixels, an L1/L2-sized buffer), then calls the micro-kernel
+//! for every block of output channels against the weights packed at compile time
+//! (`[nmb][r][mr]`). A later channel block continues the sums where the previous one stored
+//! them ([`MicroGemm::accumulate`]); only the last applies the epilogue. Every output is
+//! one fused multiply-add chain over the taps in order, from zero, then the epilogue: the
+//! same operations in the same order as the f32x4 direct kernel, so the results are
+//! bit-identical to it (tested).
+//!
+//! Padding is the direct kernel's: a prologue copies the input into a zero-bordered scratch
+//! buffer, so that packing has no bounds tests.
+//!
+//! Work units: (strip, block of output channels) pairs, strip major (as the pointwise GEMM),
+//! so a contiguous range covers contiguous pixels; a thread packs the panels of the strips
+//! its range touches.
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
+
+use super::cg::{off, F32, F32X4, I64};
+use super::conv::{ConvBufs, ConvSpec};
+use super::epilogue::Epilogue;
+use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::x86::{MicroGemm, Width};
+use crate::error::{Error, Result};
+
+/// Bytes of the panel (one block of input channels' taps by one strip): the micro-kernel
+/// streams it once per block of output channels, so it should stay in L1/L2.
+const PANEL_BYTES: usize = 48 * 1024;
+/// Beyond this a single input channel's taps do not fit a panel: such filters (over 500
+/// taps with zmm) stay on the f32x4 direct kernel.
+const MAX_PANEL_BYTES: usize = 256 * 1024;
+
+/// Output channels x pixels of the micro-kernel tile at a width (as the pointwise GEMM's).
+fn tile(w: Width) -> (usize, usize) {
+    match w {
+        Width::Z512 => (14, 32),
+        _ => (6, 16),
+    }
+}
+
+/// A strip of output pixels: `rows` output rows from the group's first, columns
+/// `ox0..ox0 + width` of each (whole rows when `rows > 1`), consecutive in the plane.
+#[derive(Clone, Copy, Debug)]
+struct Strip {
+    ox0: usize,
+    width: usize,
+    rows: usize,
+}
+
+impl Strip {
+    fn cols(&self) -> usize {
+        self.rows * self.width
+    }
+}
+
+/// `count` groups of `rows` output rows from row `row0`, each cut into the same strips.
+#[derive(Clone, Debug)]
+struct GroupKind {
+    row0: usize,
+    count: usize,
+    rows: usize,
+    strips: Vec<Strip>,
+    /// Index of the first strip of the kind's first group (strips are numbered in order).
+    first_strip: usize,
+}
+
+/// Where a call sits in the reduction split into blocks of input channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KPos {
+    /// The only block: from zero, with the epilogue.
+    Only,
+    First,
+    Middle,
+    Last,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ImplicitGemm {
+    spec: ConvSpec,
+    width: Width,
+    /// Output channels per block and blocks.
+    mr: usize,
+    nmb: usize,
+    /// Taps per input channel, and the whole reduction `in_c * f`.
+    f: usize,
+    r: usize,
+    /// Input channels per reduction block, and blocks.
+    nc: usize,
+    nkb: usize,
+    hp: usize,
+    wp: usize,
+    padded: bool,
+    kinds: Vec<GroupKind>,
+    strips: usize,
+    /// Floats per panel row (the widest strip, rounded up to whole vectors).
+    ldp: usize,
+}
+
+impl ImplicitGemm {
+    /// The plan for `spec` at `width`, or `None` if a channel's taps do not fit a panel.
+    pub(crate) fn new(spec: ConvSpec, width: Width) -> Option<Self> {
+        let (mr, np) = tile(width);
+        let f = spec.kernel_h * spec.kernel_w;
+        let (oh, ow) = (spec.out_h(), spec.out_w());
+        let ldp = np.min((oh * ow).div_ceil(width.lanes()) * width.lanes());
+        if f * ldp * 4 > MAX_PANEL_BYTES {
+            return None;
+        }
+        let nc = (PANEL_BYTES / (f * ldp * 4)).clamp(1, spec.in_c);
+        let nkb = spec.in_c.div_ceil(nc);
+        let nc = spec.in_c.div_ceil(nkb);
+        let (kinds, strips) = strips(oh, ow, np);
+        let plan = ImplicitGemm {
+            spec,
+            width,
+            mr,
+            nmb: spec.out_c.div_ceil(mr),
+            f,
+            r: spec.in_c * f,
+            nc,
+            nkb,
+            hp: spec.in_h + 2 * spec.pad_h,
+            wp: spec.in_w + 2 * spec.pad_w,
+            padded: spec.pad_h > 0 || spec.pad_w > 0,
+            kinds,
+            strips,
+            ldp,
+        };
+        // What the generator cannot emit (offsets beyond i32) stays on the f32x4 path.
+        plan.micro_variants()
+            .iter()
+            .all(|m| m.check().is_ok())
+            .then_some(plan)
+    }
+
+    /// What computes a tile, for profiles and plans: `avx512 14x32 implicit`.
+    pub(crate) fn micro_kernel(&self) -> String {
+        let isa = if self.width == Width::Z512 {
+            "avx512"
+        } else {
+            "avx2"
+        };
+        let (mr, np) = tile(self.width);
+        format!("{isa} {mr}x{np} implicit")
+    }
+    pub(crate) fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+    pub(crate) fn padded(&self) -> bool {
+        self.padded
+    }
+    fn weights_len(&self) -> usize {
+        self.nmb * self.r * self.mr
+    }
+    pub(crate) fn packed_len(&self) -> usize {
+        self.weights_len() + self.nmb * self.mr
+    }
+    /// The padded copy of the input (none without padding).
+    pub(crate) fn scratch_len(&self) -> usize {
+        if self.padded {
+            self.spec.in_c * self.hp * self.wp
+        } else {
+            0
+        }
+    }
+    pub(crate) fn work_units(&self) -> usize {
+        self.strips * self.nmb
+    }
+
+    /// `[nmb][r][mr]` (the taps `r = (c, fy, fx)` of PyTorch's `[k][c][fy][fx]` in order),
+    /// then the bias padded to `nmb * mr`, into `out` (`packed_len()` zeros).
+    pub(crate) fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        let (r, mr) = (self.r, self.mr);
+        for k in 0..self.spec.out_c {
+            let blk = &mut out[(k / mr) * r * mr..];
+            for (t, &x) in w[k * r..(k + 1) * r].iter().enumerate() {
+                blk[t * mr + k % mr] = x;
+            }
+        }
+        if let Some(b) = bias {
+            let base = self.weights_len();
+            out[base..base + self.spec.out_c].copy_from_slice(b);
+        }
+    }
+
+    /// Reduction steps of a call at `pos`.
+    fn steps(&self, pos: KPos) -> usize {
+        match pos {
+            KPos::Only => self.r,
+            KPos::First | KPos::Middle => self.nc * self.f,
+            KPos::Last => (self.spec.in_c - (self.nkb - 1) * self.nc) * self.f,
+        }
+    }
+
+    /// The positions that occur.
+    fn kpositions(&self) -> Vec<KPos> {
+        match self.nkb {
+            1 => vec![KPos::Only],
+            2 => vec![KPos::First, KPos::Last],
+            _ => vec![KPos::First, KPos::Middle, KPos::Last],
+        }
+    }
+
+    fn micro(&self, pos: KPos, rows: usize, cols: usize) -> MicroGemm {
+        let s = self.spec;
+        let ep = if matches!(pos, KPos::Only | KPos::Last) {
+            s.epilogue()
+        } else {
+            Epilogue::new(false, false, false, None)
+        };
+        let ohw = s.out_h() * s.out_w();
+        MicroGemm {
+            width: self.width,
+            rows,
+            cols,
+            k: self.steps(pos),
+            w_stride: self.mr,
+            ldx: self.ldp,
+            ldo: ohw,
+            accumulate: matches!(pos, KPos::Middle | KPos::Last),
+            bias: ep.bias,
+            residual: ep.residual,
+            relu: ep.relu,
+            clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
+        }
+    }
+
+    /// Every micro-kernel the compute function calls (deduplicated, in a fixed order).
+    fn micro_variants(&self) -> Vec<MicroGemm> {
+        let rows = [self.mr, self.spec.out_c % self.mr];
+        let mut v: Vec<MicroGemm> = Vec::new();
+        for pos in self.kpositions() {
+            for &r in rows.iter().filter(|&&r| r > 0) {
+                for k in &self.kinds {
+                    for st in &k.strips {
+                        let m = self.micro(pos, r, st.cols());
+                        if !v.contains(&m) {
+                            v.push(m);
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Emits the compute function (over the input, or with padding over the scratch copy
+    /// that the prologue made).
+    pub(crate) fn emit_compute(&self, km: &mut KernelModule) -> Result<PendingId> {
+        let variants = self.micro_variants();
+        let ids: Vec<MicroId> = variants
+            .iter()
+            .map(|m| km.add_micro(5, &m.emit()?, "implicit-gemm micro-kernel"))
+            .collect::<Result<_>>()?;
+        let plan = self.clone();
+        km.define_with_micros(&ids, move |e, b: ConvBufs<Value>, begin, end| {
+            plan.body(e, b, begin, end, &variants)
+        })
+    }
+
+    fn body(
+        &self,
+        e: &mut Emit,
+        b: ConvBufs<Value>,
+        begin: Value,
+        end: Value,
+        variants: &[MicroGemm],
+    ) -> Result<()> {
+        // The panel: `nc * f` rows of `ldp` floats, 64-byte aligned on the stack. Packing
+        // writes rows `< (channels of the block) * f` and columns `< ldp`, the micro-kernels
+        // read `k` rows of `cols <= ldp` from it: all inside.
+        let bytes = self.nc * self.f * self.ldp * 4;
+        let slot = e.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            u32::try_from(bytes + 64)
+                .map_err(|_| Error::Codegen("implicit-gemm panel too large".into()))?,
+            0,
+        ));
+        let raw = e.b.ins().stack_addr(I64, slot, 0);
+        let raw = e.add_imm(raw, 63);
+        let panel = e.b.ins().band_imm_s(raw, -64);
+        let ctx = Ctx {
+            src: if self.padded { b.scratch } else { b.input },
+            b,
+            panel,
+            begin,
+            end,
+        };
+        for kind in &self.kinds {
+            self.group_kind(e, &ctx, kind, variants)?;
+        }
+        Ok(())
+    }
+
+    /// The groups of `kind` whose units meet `begin..end`.
+    fn group_kind(
+        &self,
+        e: &mut Emit,
+        c: &Ctx,
+        kind: &GroupKind,
+        variants: &[MicroGemm],
+    ) -> Result<()> {
+        let s = self.spec;
+        let nmb = self.nmb as i64;
+        let per_group = (kind.strips.len() * self.nmb) as i64;
+        let base = kind.first_strip as i64 * nmb;
+        // Groups [lo, hi) hold every unit of the range that is of this kind.
+        let zero = e.iconst(0);
+        let lo = e.add_imm(c.begin, -base);
+        let lo = e.b.ins().smax(lo, zero);
+        let lo = e.b.ins().udiv_imm_s(lo, per_group);
+        let hi = e.add_imm(c.end, per_group - 1 - base);
+        let hi = e.b.ins().smax(hi, zero);
+        let hi = e.b.ins().udiv_imm_s(hi, per_group);
+        let count = e.iconst(kind.count as i64);
+        let hi = e.b.ins().smin(hi, count);
+        let ow = s.out_w();
+        e.for_range(lo, hi, 1, |e, gi| {
+            let oy0 = e.mul_imm(gi, kind.rows as i64);
+            let oy0 = e.add_imm(oy0, kind.row0 as i64);
+            for (si, strip) in kind.strips.iter().enumerate() {
+                // Units u0 .. u0 + nmb are this strip's channel blocks.
+                let u0 = e.mul_imm(gi, per_group);
+                let u0 = e.add_imm(u0, base + si as i64 * nmb);
+                let mlo = e.b.ins().isub(c.begin, u0);
+                let mlo = e.b.ins().smax(mlo, zero);
+                let mhi = e.b.ins().isub(c.end, u0);
+                let nmbv = e.iconst(nmb);
+                let mhi = e.b.ins().smin(mhi, nmbv);
+                let any = e.b.ins().icmp(IntCC::SignedLessThan, mlo, mhi);
+                e.when(any, |e| {
+                    let at = Placed {
+                        strip: *strip,
+                        src: e.addr(c.src, oy0, s.stride_h * self.wp * 4),
+                        out: {
+                            let o = e.mul_imm(oy0, (ow * 4) as i64);
+                            e.add_imm(o, (strip.ox0 * 4) as i64)
+                        },
+                        mlo,
+                        mhi,
+                    };
+                    self.strip(e, c, &at, variants)
+                })?;
+            }
+            Ok(())
+        })
+    }
+
+    /// One strip: for each block of input channels, pack the panel, then the micro-kernel
+    /// for each block of output channels in `mlo..mhi`.
+    fn strip(&self, e: &mut Emit, c: &Ctx, at: &Placed, variants: &[MicroGemm]) -> Result<()> {
+        e.for_const(0, self.nkb as i64, 1, |e, kb| {
+            self.pack(e, c, at, kb)?;
+            for pos in self.kpositions() {
+                let last = (self.nkb - 1) as i64;
+                let cond = match pos {
+                    KPos::Only => None,
+                    KPos::First => Some(e.b.ins().icmp_imm_s(IntCC::Equal, kb, 0)),
+                    KPos::Last => Some(e.b.ins().icmp_imm_s(IntCC::Equal, kb, last)),
+                    KPos::Middle => {
+                        let a = e.b.ins().icmp_imm_s(IntCC::NotEqual, kb, 0);
+                        let b = e.b.ins().icmp_imm_s(IntCC::NotEqual, kb, last);
+                        Some(e.b.ins().band(a, b))
+                    }
+                };
+                let calls = |e: &mut Emit| self.calls(e, c, at, kb, pos, variants);
+                match cond {
+                    None => calls(e)?,
+                    Some(cond) => e.when(cond, calls)?,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The micro-kernel calls of one reduction block `kb` (at `pos`) of a strip.
+    fn calls(
+        &self,
+        e: &mut Emit,
+        c: &Ctx,
+        at: &Placed,
+        kb: Value,
+        pos: KPos,
+        variants: &[MicroGemm],
+    ) -> Result<()> {
+        let s = self.spec;
+        let ohw = s.out_h() * s.out_w();
+        let mr = self.mr;
+        let cols = at.strip.cols();
+        let find = |e: &Emit, rows: usize| {
+            let m = self.micro(pos, rows, cols);
+            variants
+                .iter()
+                .position(|v| *v == m)
+                .map(|i| e.micros[i])
+                .ok_or_else(|| Error::Codegen(format!("no micro-kernel {m:?}")))
+        };
+        let full = find(e, mr)?;
+        let tail = s.out_c % mr;
+        let short = if tail > 0 { Some(find(e, tail)?) } else { None };
+        // The block's weights: rows kb * nc * f .. of each channel block's `[r][mr]`.
+        let wk = e.addr(c.b.packed, kb, self.nc * self.f * mr * 4);
+        let bias0 = e.add_imm(c.b.packed, (self.weights_len() * 4) as i64);
+        let out0 = e.b.ins().iadd(c.b.out, at.out);
+        let res0 = e.b.ins().iadd(c.b.residual, at.out);
+        e.for_range(at.mlo, at.mhi, 1, |e, mb| {
+            let w = e.addr(wk, mb, self.r * mr * 4);
+            let out = e.addr(out0, mb, mr * ohw * 4);
+            let res = e.addr(res0, mb, mr * ohw * 4);
+            let bias = e.addr(bias0, mb, mr * 4);
+            let args = [c.panel, w, out, res, bias];
+            match short {
+                None => {
+                    e.b.ins().call(full, &args);
+                }
+                Some(short) => {
+                    let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, mb, self.nmb as i64 - 1);
+                    e.when(is_tail, |e| {
+                        e.b.ins().call(short, &args);
+                        Ok(())
+                    })?;
+                    e.unless(is_tail, |e| {
+                        e.b.ins().call(full, &args);
+                        Ok(())
+                    })?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Copies the strip's columns of the im2col matrix for the input channels of block `kb`
+    /// into the panel: row `(c - c0) * f + fy * kw + fx`, column `d * width + j` holds
+    /// `src[c][(oy0 + d) * sh + fy][(ox0 + j) * sw + fx]`. Those source positions are inside
+    /// the (padded) input: `(oh - 1) * sh + kh <= hp` and `(ow - 1) * sw + kw <= wp`.
+    fn pack(&self, e: &mut Emit, c: &Ctx, at: &Placed, kb: Value) -> Result<()> {
+        let s = self.spec;
+        let (kh, kw, wp) = (s.kernel_h, s.kernel_w, self.wp);
+        let c0 = e.mul_imm(kb, self.nc as i64);
+        let c1 = e.add_imm(c0, self.nc as i64);
+        let cin = e.iconst(s.in_c as i64);
+        let c1 = e.b.ins().smin(c1, cin);
+        let plane = self.hp * wp * 4;
+        let row_bytes = self.f * self.ldp * 4;
+        let src0 = e.addr(at.src, c0, plane);
+        let src_end = e.addr(at.src, c1, plane);
+        let ldp = self.ldp;
+        // The channel's source plane and panel rows advance together.
+        let pvar = e.b.declare_var(I64);
+        e.b.def_var(pvar, c.panel);
+        e.for_range(src0, src_end, plane as i64, |e, sc| {
+            let pc = e.b.use_var(pvar);
+            e.for_const(0, kh as i64, 1, |e, fy| {
+                let sy = e.addr(sc, fy, wp * 4);
+                let py = e.addr(pc, fy, kw * ldp * 4);
+                for fx in 0..kw {
+                    for d in 0..at.strip.rows {
+                        let col = at.strip.ox0 * s.stride_w + fx;
+                        let from = (d * s.stride_h * wp + col) * 4;
+                        let to = (fx * ldp + d * at.strip.width) * 4;
+                        self.copy_strided(e, (sy, from), (py, to), col, at.strip.width);
+                    }
+                }
+                Ok(())
+            })?;
+            let pn = e.add_imm(pc, row_bytes as i64);
+            e.b.def_var(pvar, pn);
+            Ok(())
+        })
+    }
+
+    /// Copies `n` floats at stride `stride_w` from `src + from` (starting at column `col` of
+    /// a source row of `wp` floats, all `n` inside the row) to consecutive floats at
+    /// `dst + to`. Vector loads read only inside the source row.
+    fn copy_strided(
+        &self,
+        e: &mut Emit,
+        (src, from): (Value, usize),
+        (dst, to): (Value, usize),
+        col: usize,
+        n: usize,
+    ) {
+        let (sw, wp) = (self.spec.stride_w, self.wp);
+        let groups: Vec<usize> = if n >= 4 && sw <= 2 {
+            // Groups of 4 outputs; the last one overlaps the one before it when n % 4 != 0.
+            (0..n / 4).map(|g| g * 4).chain((n % 4 > 0).then_some(n - 4)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut done = vec![false; n];
+        for j in groups {
+            let first = col + j * sw;
+            let at = from + j * sw * 4;
+            let v = if sw == 1 {
+                Some(e.load(F32X4, src, off(at)))
+            } else if first + 7 < wp {
+                // Two vectors from the group's first column, the even lanes.
+                let a = e.load(F32X4, src, off(at));
+                let b = e.load(F32X4, src, off(at + 16));
+                Some(shuffle(e, a, b, [0, 2, 4, 6]))
+            } else if first >= 1 {
+                // At the row's end: from the column before, the odd lanes.
+                let a = e.load(F32X4, src, off(at - 4));
+                let b = e.load(F32X4, src, off(at + 12));
+                Some(shuffle(e, a, b, [1, 3, 5, 7]))
+            } else {
+                None
+            };
+            if let Some(v) = v {
+                e.store(v, dst, off(to + j * 4));
+                done[j..j + 4].iter_mut().for_each(|d| *d = true);
+            }
+        }
+        for j in (0..n).filter(|&j| !done[j]) {
+            let x = e.load(F32, src, off(from + j * sw * 4));
+            e.store(x, dst, off(to + j * 4));
+        }
+    }
+}
+
+/// Lanes `lanes` (0-3 of `a`, 4-7 of `b`) of two f32x4 vectors.
+fn shuffle(e: &mut Emit, a: Value, b: Value, lanes: [u8; 4]) -> Value {
+    use cranelift_codegen::ir::{types::I8X16, Endianness, MemFlagsData};
+    let le = MemFlagsData::new().with_endianness(Endianness::Little);
+    let a = e.b.ins().bitcast(I8X16, le, a);
+    let b = e.b.ins().bitcast(I8X16, le, b);
+    let mut m = [0u8; 16];
+    for (i, &l) in lanes.iter().enumerate() {
+        for k in 0..4 {
+            m[i * 4 + k] = l * 4 + k as u8;
+        }
+    }
+    let imm = e.b.func.dfg.immediates.push(m.to_vec().into());
+    let x = e.b.ins().shuffle(a, b, imm);
+    e.b.ins().bitcast(F32X4, le, x)
+}
+
+/// Cuts an `oh x ow` output plane into strips of at most `np` pixels: pieces of a row when
+/// rows are wider than `np` (full strips, then the rest), else groups of `np / ow` whole rows
+/// (then the remaining rows). Returns the kinds and the number of strips.
+fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
+    let mut kinds = Vec::new();
+    if ow >= np {
+        let mut v: Vec<Strip> = (0..ow / np)
+            .map(|i| Strip {
+                ox0: i * np,
+                width: np,
+                rows: 1,
+            })
+            .collect();
+        if ow % np > 0 {
+            v.push(Strip {
+                ox0: ow / np * np,
+                width: ow % np,
+                rows: 1,
+            });
+        }
+        kinds.push(GroupKind {
+            row0: 0,
+            count: oh,
+            rows: 1,
+            strips: v,
+            first_strip: 0,
+        });
+    } else {
+        let g = (np / ow).min(oh);
+        let strip = |rows| Strip {
+            ox0: 0,
+            width: ow,
+            rows,
+        };
+        kinds.push(GroupKind {
+            row0: 0,
+            count: oh / g,
+            rows: g,
+            strips: vec![strip(g)],
+            first_strip: 0,
+        });
+        if oh % g > 0 {
+            kinds.push(GroupKind {
+                row0: oh / g * g,
+                count: 1,
+                rows: oh % g,
+                strips: vec![strip(oh % g)],
+                first_strip: oh / g,
+            });
+        }
+    }
+    let n = kinds.iter().map(|k| k.count * k.strips.len()).sum();
+    (kinds, n)
+}
+
+/// What every strip of the compute function shares.
+struct Ctx {
+    b: ConvBufs<Value>,
+    /// The input, or its padded copy.
+    src: Value,
+    /// The panel's address (64-byte aligned).
+    panel: Value,
+    begin: Value,
+    end: Value,
+}
+
+/// One strip where it is: its first source row (of channel 0), the byte offset of its
+/// first output pixel within a channel plane, and its range of output channel blocks.
+struct Placed {
+    strip: Strip,
+    src: Value,
+    out: Value,
+    mlo: Value,
+    mhi: Value,
+}
