@@ -1239,7 +1239,11 @@ fn conv_at_isa(s: &ConvSpec, seed: u64, isa: cnnc::Isa) -> (Vec<f32>, String) {
     let what = format!("{s:?} at {isa}");
     let mut out = vec![f32::NAN; s.output_len()];
     k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
-    assert_close(&out, &ref_conv(s, &x, &w, b.as_deref(), r.as_deref()), &what);
+    assert_close(
+        &out,
+        &ref_conv(s, &x, &w, b.as_deref(), r.as_deref()),
+        &what,
+    );
     let units = k.work_units();
     let mut scratch = vec![0.0f32; k.scratch_len()];
     for pieces in [2usize, 3, 7] {
@@ -1249,7 +1253,10 @@ fn conv_at_isa(s: &ConvSpec, seed: u64, isa: cnnc::Isa) -> (Vec<f32>, String) {
             k.run(&x, &packed, r.as_deref(), &mut out2, &mut scratch, range)
                 .unwrap();
         }
-        let same = out.iter().zip(&out2).all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = out
+            .iter()
+            .zip(&out2)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{what}: split in {pieces} differs");
     }
     (out, k.micro_kernel().to_string())
@@ -1300,7 +1307,10 @@ fn conv_direct_every_isa_bit_identical() {
             outs.push((isa, out));
         }
         for (isa, out) in &outs[1..] {
-            let same = out.iter().zip(&outs[0].1).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = out
+                .iter()
+                .zip(&outs[0].1)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{s:?}: {isa} differs from {}", outs[0].0);
         }
         seed += 5;

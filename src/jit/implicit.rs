@@ -491,7 +491,10 @@ impl ImplicitGemm {
         let (sw, wp) = (self.spec.stride_w, self.wp);
         let groups: Vec<usize> = if n >= 4 && sw <= 2 {
             // Groups of 4 outputs; the last one overlaps the one before it when n % 4 != 0.
-            (0..n / 4).map(|g| g * 4).chain((n % 4 > 0).then_some(n - 4)).collect()
+            (0..n / 4)
+                .map(|g| g * 4)
+                .chain((!n.is_multiple_of(4)).then_some(n - 4))
+                .collect()
         } else {
             Vec::new()
         };
@@ -556,7 +559,7 @@ fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
                 rows: 1,
             })
             .collect();
-        if ow % np > 0 {
+        if !ow.is_multiple_of(np) {
             v.push(Strip {
                 ox0: ow / np * np,
                 width: ow % np,
@@ -584,7 +587,7 @@ fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
             strips: vec![strip(g)],
             first_strip: 0,
         });
-        if oh % g > 0 {
+        if !oh.is_multiple_of(g) {
             kinds.push(GroupKind {
                 row0: oh / g * g,
                 count: 1,

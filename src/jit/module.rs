@@ -125,8 +125,12 @@ impl KernelModule {
         flags.set("is_pic", "false").map_err(codegen_err)?;
         // Functions with a large stack frame (the implicit GEMM's panel) touch it page by
         // page on entry, so that a thread short of stack hits its guard page.
-        flags.set("enable_probestack", "true").map_err(codegen_err)?;
-        flags.set("probestack_strategy", "inline").map_err(codegen_err)?;
+        flags
+            .set("enable_probestack", "true")
+            .map_err(codegen_err)?;
+        flags
+            .set("probestack_strategy", "inline")
+            .map_err(codegen_err)?;
         let isa_builder = cranelift_native::builder().map_err(codegen_err)?;
         let isa: OwnedTargetIsa = isa_builder
             .finish(settings::Flags::new(flags))

@@ -255,7 +255,9 @@ impl MicroGemm {
             // ReLU then clip is `max(x, max(lo, 0))` then `min`: the same values, NaN and
             // `-0.0` included (`max(lo, max(0, x))`: both keep a NaN or `-0.0` x, and give
             // `lo` where `lo > 0` exceeds `x`), with one register and one instruction less.
-            let l = if self.relu && !(f32::from_bits(l) > 0.0) {
+            // (A NaN `lo` is a no-op in `max`: it becomes 0, the ReLU alone.)
+            let positive = f32::from_bits(l) > 0.0;
+            let l = if self.relu && !positive {
                 0.0f32.to_bits()
             } else {
                 l
