@@ -80,9 +80,26 @@ fn vals(n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Every conv method at every ISA level the host has (the wide micro-kernels' masked
+/// tails, the implicit GEMM's panels and reduction blocks, the f32x4 kernels).
 #[test]
 fn conv_stays_in_bounds() {
+    for isa in cnnc::Isa::host_levels() {
+        conv_stays_in_bounds_at(isa);
+    }
+}
+
+fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
     for &(c, h, w, k, f, s, p) in &[
+        // Implicit GEMM (avx2 / avx512): unpadded strided convs reading up to the input's
+        // last column (the stride-2 copies' row ends), the stem, reduction blocks, pixel
+        // and channel tails.
+        (3, 33, 33, 20, 3, 2, 0),
+        (16, 14, 14, 15, 1, 2, 0),
+        (3, 37, 35, 29, 7, 2, 3),
+        (100, 9, 8, 15, 3, 2, 1),
+        (600, 5, 4, 7, 1, 2, 0),
+        (2, 5, 40, 6, 2, 1, 0),
         (3, 7, 9, 5, 3, 1, 1),
         (5, 13, 11, 9, 1, 1, 0),
         (4, 9, 10, 13, 1, 2, 0),
@@ -104,15 +121,13 @@ fn conv_stays_in_bounds() {
             spec.residual = residual;
             spec.relu = relu;
             let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
             let pk = km.add_conv(&spec).unwrap();
+            let packed = pk
+                .pack_weights(&vals(spec.weight_len()), bias.then(|| vals(k)).as_deref())
+                .unwrap();
             let code = km.finalize().unwrap();
             let kern = code.get(pk).unwrap();
-            let packed = pack_conv_weights(
-                &spec,
-                &vals(spec.weight_len()),
-                bias.then(|| vals(k)).as_deref(),
-            )
-            .unwrap();
             for after in [true, false] {
                 let x = Guarded::from(&vals(spec.input_len()), after);
                 let wp = Guarded::from(&packed, after);

@@ -46,13 +46,15 @@ fn tile(w: Width) -> (usize, usize) {
     }
 }
 
-/// A strip of output pixels: `rows` output rows from the group's first, columns
-/// `ox0..ox0 + width` of each (whole rows when `rows > 1`), consecutive in the plane.
+/// `repeat` strips of output pixels side by side (a loop in the generated code): `rows`
+/// output rows from the group's first, columns `ox0 + i * width ..` (`i < repeat`) of each
+/// (whole rows when `rows > 1`), each strip consecutive in the plane.
 #[derive(Clone, Copy, Debug)]
 struct Strip {
     ox0: usize,
     width: usize,
     rows: usize,
+    repeat: usize,
 }
 
 impl Strip {
@@ -68,6 +70,8 @@ struct GroupKind {
     count: usize,
     rows: usize,
     strips: Vec<Strip>,
+    /// Strips per group (the sum of their `repeat`).
+    per_group: usize,
     /// Index of the first strip of the kind's first group (strips are numbered in order).
     first_strip: usize,
 }
@@ -310,7 +314,7 @@ impl ImplicitGemm {
     ) -> Result<()> {
         let s = self.spec;
         let nmb = self.nmb as i64;
-        let per_group = (kind.strips.len() * self.nmb) as i64;
+        let per_group = (kind.per_group * self.nmb) as i64;
         let base = kind.first_strip as i64 * nmb;
         // Groups [lo, hi) hold every unit of the range that is of this kind.
         let zero = e.iconst(0);
@@ -326,29 +330,38 @@ impl ImplicitGemm {
         e.for_range(lo, hi, 1, |e, gi| {
             let oy0 = e.mul_imm(gi, kind.rows as i64);
             let oy0 = e.add_imm(oy0, kind.row0 as i64);
-            for (si, strip) in kind.strips.iter().enumerate() {
-                // Units u0 .. u0 + nmb are this strip's channel blocks.
-                let u0 = e.mul_imm(gi, per_group);
-                let u0 = e.add_imm(u0, base + si as i64 * nmb);
-                let mlo = e.b.ins().isub(c.begin, u0);
-                let mlo = e.b.ins().smax(mlo, zero);
-                let mhi = e.b.ins().isub(c.end, u0);
-                let nmbv = e.iconst(nmb);
-                let mhi = e.b.ins().smin(mhi, nmbv);
-                let any = e.b.ins().icmp(IntCC::SignedLessThan, mlo, mhi);
-                e.when(any, |e| {
-                    let at = Placed {
-                        strip: *strip,
-                        src: e.addr(c.src, oy0, s.stride_h * self.wp * 4),
-                        out: {
-                            let o = e.mul_imm(oy0, (ow * 4) as i64);
-                            e.add_imm(o, (strip.ox0 * 4) as i64)
-                        },
-                        mlo,
-                        mhi,
-                    };
-                    self.strip(e, c, &at, variants)
+            let mut first = 0;
+            for run in &kind.strips {
+                e.for_const(0, run.repeat as i64, 1, |e, i| {
+                    // Units u0 .. u0 + nmb are this strip's channel blocks.
+                    let u0 = e.mul_imm(gi, per_group);
+                    let u0 = e.add_imm(u0, base + first as i64 * nmb);
+                    let ui = e.mul_imm(i, nmb);
+                    let u0 = e.b.ins().iadd(u0, ui);
+                    let mlo = e.b.ins().isub(c.begin, u0);
+                    let mlo = e.b.ins().smax(mlo, zero);
+                    let mhi = e.b.ins().isub(c.end, u0);
+                    let nmbv = e.iconst(nmb);
+                    let mhi = e.b.ins().smin(mhi, nmbv);
+                    let any = e.b.ins().icmp(IntCC::SignedLessThan, mlo, mhi);
+                    e.when(any, |e| {
+                        // The strip's first pixel: column ox0 = run.ox0 + i * width.
+                        let ox0 = e.mul_imm(i, run.width as i64);
+                        let ox0 = e.add_imm(ox0, run.ox0 as i64);
+                        let row = e.addr(c.src, oy0, s.stride_h * self.wp * 4);
+                        let o = e.mul_imm(oy0, ow as i64);
+                        let o = e.b.ins().iadd(o, ox0);
+                        let at = Placed {
+                            strip: *run,
+                            src: e.addr(row, ox0, s.stride_w * 4),
+                            out: e.mul_imm(o, 4),
+                            mlo,
+                            mhi,
+                        };
+                        self.strip(e, c, &at, variants)
+                    })
                 })?;
+                first += run.repeat;
             }
             Ok(())
         })
@@ -461,12 +474,17 @@ impl ImplicitGemm {
             e.for_const(0, kh as i64, 1, |e, fy| {
                 let sy = e.addr(sc, fy, wp * 4);
                 let py = e.addr(pc, fy, kw * ldp * 4);
+                let st = at.strip;
                 for fx in 0..kw {
-                    for d in 0..at.strip.rows {
-                        let col = at.strip.ox0 * s.stride_w + fx;
-                        let from = (d * s.stride_h * wp + col) * 4;
-                        let to = (fx * ldp + d * at.strip.width) * 4;
-                        self.copy_strided(e, (sy, from), (py, to), col, at.strip.width);
+                    // The columns the strips of the run start at: the first and the last.
+                    let cols = (
+                        st.ox0 * s.stride_w + fx,
+                        (st.ox0 + (st.repeat - 1) * st.width) * s.stride_w + fx,
+                    );
+                    for d in 0..st.rows {
+                        let from = (d * s.stride_h * wp + fx) * 4;
+                        let to = (fx * ldp + d * st.width) * 4;
+                        self.copy_strided(e, (sy, from), (py, to), cols, st.width);
                     }
                 }
                 Ok(())
@@ -477,15 +495,16 @@ impl ImplicitGemm {
         })
     }
 
-    /// Copies `n` floats at stride `stride_w` from `src + from` (starting at column `col` of
-    /// a source row of `wp` floats, all `n` inside the row) to consecutive floats at
-    /// `dst + to`. Vector loads read only inside the source row.
+    /// Copies `n` floats at stride `stride_w` from `src + from` (starting at column `col_lo`
+    /// or up to `col_hi` of a source row of `wp` floats, depending on the strip of a run: all
+    /// `n` inside the row) to consecutive floats at `dst + to`. Vector loads read only inside
+    /// the source row, wherever in `col_lo..=col_hi` the copy starts.
     fn copy_strided(
         &self,
         e: &mut Emit,
         (src, from): (Value, usize),
         (dst, to): (Value, usize),
-        col: usize,
+        (col_lo, col_hi): (usize, usize),
         n: usize,
     ) {
         let (sw, wp) = (self.spec.stride_w, self.wp);
@@ -500,16 +519,16 @@ impl ImplicitGemm {
         };
         let mut done = vec![false; n];
         for j in groups {
-            let first = col + j * sw;
+            let (first_lo, first_hi) = (col_lo + j * sw, col_hi + j * sw);
             let at = from + j * sw * 4;
             let v = if sw == 1 {
                 Some(e.load(F32X4, src, off(at)))
-            } else if first + 7 < wp {
+            } else if first_hi + 7 < wp {
                 // Two vectors from the group's first column, the even lanes.
                 let a = e.load(F32X4, src, off(at));
                 let b = e.load(F32X4, src, off(at + 16));
                 Some(shuffle(e, a, b, [0, 2, 4, 6]))
-            } else if first >= 1 {
+            } else if first_lo >= 1 {
                 // At the row's end: from the column before, the odd lanes.
                 let a = e.load(F32X4, src, off(at - 4));
                 let b = e.load(F32X4, src, off(at + 12));
@@ -552,24 +571,25 @@ fn shuffle(e: &mut Emit, a: Value, b: Value, lanes: [u8; 4]) -> Value {
 fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
     let mut kinds = Vec::new();
     if ow >= np {
-        let mut v: Vec<Strip> = (0..ow / np)
-            .map(|i| Strip {
-                ox0: i * np,
-                width: np,
-                rows: 1,
-            })
-            .collect();
+        let mut v = vec![Strip {
+            ox0: 0,
+            width: np,
+            rows: 1,
+            repeat: ow / np,
+        }];
         if !ow.is_multiple_of(np) {
             v.push(Strip {
                 ox0: ow / np * np,
                 width: ow % np,
                 rows: 1,
+                repeat: 1,
             });
         }
         kinds.push(GroupKind {
             row0: 0,
             count: oh,
             rows: 1,
+            per_group: v.len() - 1 + ow / np,
             strips: v,
             first_strip: 0,
         });
@@ -579,12 +599,14 @@ fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
             ox0: 0,
             width: ow,
             rows,
+            repeat: 1,
         };
         kinds.push(GroupKind {
             row0: 0,
             count: oh / g,
             rows: g,
             strips: vec![strip(g)],
+            per_group: 1,
             first_strip: 0,
         });
         if !oh.is_multiple_of(g) {
@@ -593,11 +615,12 @@ fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
                 count: 1,
                 rows: oh % g,
                 strips: vec![strip(oh % g)],
+                per_group: 1,
                 first_strip: oh / g,
             });
         }
     }
-    let n = kinds.iter().map(|k| k.count * k.strips.len()).sum();
+    let n = kinds.iter().map(|k| k.count * k.per_group).sum();
     (kinds, n)
 }
 
@@ -612,7 +635,7 @@ struct Ctx {
     end: Value,
 }
 
-/// One strip where it is: its first source row (of channel 0), the byte offset of its
+/// One strip where it is: its first source pixel (of channel 0), the byte offset of its
 /// first output pixel within a channel plane, and its range of output channel blocks.
 struct Placed {
     strip: Strip,
