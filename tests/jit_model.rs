@@ -376,4 +376,68 @@ fn resnet18_matches_the_interpreter() {
             &want,
         );
     }
+    // Every ISA level (the stem, strided 3x3 and 1x1 projections on the implicit GEMM at
+    // avx2 / avx512): the same bits.
+    let at = |isa| {
+        let opts = Options {
+            batch: 2,
+            threads: 2,
+            isa,
+            ..Default::default()
+        };
+        compile(&g, &opts).unwrap().run(&x).unwrap()
+    };
+    let levels = cnnc::Isa::host_levels();
+    let first = at(levels[0]);
+    assert_agrees(&format!("resnet18 at {}", levels[0]), &first, &want);
+    for &isa in &levels[1..] {
+        assert_eq!(at(isa), first, "resnet18: {isa} against {}", levels[0]);
+    }
+}
+
+/// Whole networks at every ISA level the host has give the same bits: every kernel computes
+/// each output with the same operations in the same order at every level (the wide
+/// micro-kernels are FMA chains in the f32x4 kernels' order), and they agree with the
+/// interpreter. With and without Winograd, at batch 2.
+#[test]
+fn example_graphs_agree_bit_for_bit_at_every_isa_level() {
+    let levels = cnnc::Isa::host_levels();
+    for name in [
+        "cs231n_example",
+        "lenet5",
+        "inception3a",
+        "resnet_bottleneck_block",
+    ] {
+        let mut g = cnnc::format::load(repo().join(format!("graphs/{name}.yaml"))).unwrap();
+        cnnc::weights::bind(&mut g, None).unwrap();
+        let s = g.input_shape();
+        let x = Tensor::new(
+            vec![2, s.c, s.h, s.w],
+            cnnc::weights::standard_normal(11, name, 2 * s.len()),
+        )
+        .unwrap();
+        let want = cnnc::interp::run(&g, x.clone()).unwrap();
+        for winograd in [true, false] {
+            let at = |isa| {
+                let opts = Options {
+                    batch: 2,
+                    threads: 2,
+                    winograd,
+                    isa,
+                    ..Default::default()
+                };
+                compile(&g, &opts).unwrap().run(&x).unwrap()
+            };
+            let first = at(levels[0]);
+            let what = format!("{name} at {} (winograd {winograd})", levels[0]);
+            assert_agrees(&what, &first, &want);
+            for &isa in &levels[1..] {
+                assert_eq!(
+                    at(isa),
+                    first,
+                    "{name} (winograd {winograd}): {isa} differs"
+                );
+            }
+        }
+    }
 }

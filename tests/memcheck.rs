@@ -30,6 +30,35 @@ fn memcheck(graph: &str, batch: &str) {
     assert!(!stderr.contains("Invalid"), "{graph}: {stderr}");
 }
 
+/// The execution plan `cnnc compile --emit plan` prints for `graph` under valgrind.
+fn plan_under_valgrind(graph: &str) -> String {
+    let out = Command::new("valgrind")
+        .args(["--tool=none", "-q"])
+        .arg(env!("CARGO_BIN_EXE_cnnc"))
+        .args(["compile", graph, "--emit", "plan"])
+        .current_dir(common::repo())
+        .output()
+        .expect("valgrind is installed (apt-get install valgrind)");
+    assert!(out.status.success(), "{graph}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Valgrind does not emulate AVX-512 (its CPUID hides it), so under valgrind the JIT must
+/// pick avx2 on a host that has it, and the convolutions must run on the wide
+/// micro-kernels: then memcheck checks the AVX2 micro-kernels and their masked tails.
+fn assert_wide_kernels_under_valgrind(graph: &str) {
+    let forced = std::env::var_os("CNNC_ISA").is_some_and(|v| !v.is_empty());
+    if forced || !cnnc::Isa::host_levels().contains(&cnnc::Isa::Avx2) {
+        return;
+    }
+    let plan = plan_under_valgrind(graph);
+    for line in plan.lines().filter(|l| l.contains(" conv [")) {
+        assert!(line.contains("avx2 6x16"), "{graph}: {line}");
+    }
+    assert!(plan.contains(" conv ["), "{graph}: no conv in\n{plan}");
+    assert!(!plan.contains("avx512"), "{graph}: {plan}");
+}
+
 #[test]
 #[ignore = "slow: runs networks under valgrind"]
 fn jit_networks_make_no_invalid_memory_access() {
@@ -53,6 +82,7 @@ fn jit_networks_make_no_invalid_memory_access() {
             common::repo().join(graph).is_file(),
             "{graph}: no such graph"
         );
+        assert_wide_kernels_under_valgrind(graph);
         memcheck(graph, "2");
     }
 }
