@@ -13,10 +13,12 @@ fn vals(n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// `winograd: false` times the direct kernel where Winograd would be chosen.
-fn conv(c: &mut Criterion, name: &str, spec: ConvSpec, winograd: bool) {
+/// One conv kernel at `isa` on one thread (`winograd: false` times the direct kernel where
+/// Winograd would be chosen); the benchmark is named `name/isa`.
+fn conv(c: &mut Criterion, name: &str, spec: ConvSpec, winograd: bool, isa: cnnc::Isa) {
     let mut km = KernelModule::new().unwrap();
     km.set_winograd(winograd);
+    km.set_isa(isa).unwrap();
     let p = km.add_conv(&spec).unwrap();
     let x = vals(spec.input_len());
     let w = vals(spec.weight_len());
@@ -28,7 +30,7 @@ fn conv(c: &mut Criterion, name: &str, spec: ConvSpec, winograd: bool) {
     let mut scratch = vec![0.0; k.scratch_len()];
     let mut g = c.benchmark_group("conv");
     g.throughput(Throughput::Elements(spec.flops()));
-    g.bench_function(name, |bch| {
+    g.bench_function(format!("{name}/{isa}"), |bch| {
         bch.iter(|| {
             k.run(
                 black_box(&x),
@@ -47,24 +49,29 @@ fn conv(c: &mut Criterion, name: &str, spec: ConvSpec, winograd: bool) {
 fn benches(c: &mut Criterion) {
     let filter = std::env::var("KBENCH").unwrap_or_default();
     let want = |n: &str| filter.is_empty() || n.contains(&filter);
-    if want("3x3") {
-        let mut s = ConvSpec::square(64, 56, 64, 3, 1, 1);
-        s.bias = true;
-        s.relu = true;
-        conv(c, "3x3_64_64_56", s, true);
-        conv(c, "3x3_64_64_56_direct", s, false);
-    }
-    if want("1x1") {
-        let mut s = ConvSpec::square(256, 56, 64, 1, 1, 0);
-        s.bias = true;
-        s.relu = true;
-        conv(c, "1x1_256_64_56", s, true);
-    }
-    if want("7x7") {
-        let mut s = ConvSpec::square(3, 224, 64, 7, 2, 3);
-        s.bias = true;
-        s.relu = true;
-        conv(c, "7x7s2_3_64_224", s, true);
+    // Every conv family at every ISA level the host has (`KBENCH=avx512` picks one level,
+    // `KBENCH=7x7` one layer).
+    let convs = [
+        // (name, C, HW, K, F, S, P, winograd)
+        ("3x3_64_64_56", 64, 56, 64, 3, 1, 1, true),
+        ("3x3_64_64_56_direct", 64, 56, 64, 3, 1, 1, false),
+        ("1x1_256_64_56", 256, 56, 64, 1, 1, 0, true),
+        ("7x7s2_3_64_224", 3, 224, 64, 7, 2, 3, true),
+        ("3x3s2_128_128_56", 128, 56, 128, 3, 2, 1, true),
+        ("3x3s2_256_256_28", 256, 28, 256, 3, 2, 1, true),
+        ("3x3s2_512_512_14", 512, 14, 512, 3, 2, 1, true),
+        ("1x1s2_256_512_56", 256, 56, 512, 1, 2, 0, true),
+    ];
+    for isa in cnnc::Isa::host_levels() {
+        for (name, ci, hw, k, f, st, p, winograd) in convs {
+            if !want(&format!("{name}/{isa}")) {
+                continue;
+            }
+            let mut s = ConvSpec::square(ci, hw, k, f, st, p);
+            s.bias = true;
+            s.relu = true;
+            conv(c, name, s, winograd, isa);
+        }
     }
     if want("pool") {
         for (name, s) in [
