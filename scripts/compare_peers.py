@@ -4,7 +4,9 @@
 For each graph: `cnnc export` writes the ONNX model (same seeded weights), onnxruntime
 and `cnnc run` compute the same input and the outputs must agree (relative L2 < 1e-4);
 then `cnnc bench --json` and onnxruntime are timed alternately, round after round, so
-machine drift hits both alike. Prints one markdown table (paste it into BENCHMARKS.md).
+machine drift hits both alike. Compile time is cnnc's `compile_ms` (passes, code
+generation, weight packing, one thread) against onnxruntime's one-thread session
+creation from the model's bytes. Prints one markdown table (paste it into BENCHMARKS.md).
 
 ONNX models (`--onnx a.onnx,b.onnx`) are imported with `cnnc import` instead, and
 onnxruntime runs the file itself. `--isa sse|avx2|avx512` is passed to cnnc.
@@ -66,7 +68,21 @@ def ort_session(model, threads):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+def ort_creation_ms(model, rounds=3):
+    """Median time onnxruntime takes to create a one-thread session from the model's
+    bytes already in memory (parsing, graph optimisation, weight prepacking): what
+    `compile_ms` is to cnnc, which starts from a loaded graph."""
+    data = Path(model).read_bytes()
+    times = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        ort_session(data, 1)
+        times.append((time.perf_counter() - t) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def time_ort(sess, x, seconds):
@@ -126,14 +142,18 @@ def main():
 
             ours = {t: [] for t in threads}
             theirs = {t: [] for t in threads}
+            compile_ms = []
             for _ in range(args.rounds):
                 for t in threads:
                     theirs[t].append(time_ort(sessions[t], x, args.seconds))
                     rep = json.loads(cnnc("bench", graph, *isa, "--threads", t, "--time", args.seconds,
                                           "--json"))
                     ours[t].append(rep["median_ms"])
+                    if t == 1:
+                        compile_ms.append(rep["compile_ms"])
             med = lambda v: sorted(v)[len(v) // 2]
-            row = {"graph": g, "gflop": gflop, "rel_l2": err}
+            row = {"graph": g, "gflop": gflop, "rel_l2": err,
+                   "cnnc_compile": med(compile_ms), "ort_create": ort_creation_ms(model)}
             for t in threads:
                 row[f"cnnc_{t}"] = med(ours[t])
                 row[f"ort_{t}"] = med(theirs[t])
@@ -144,12 +164,13 @@ def main():
           f"(--isa {args.isa or 'default'}); "
           f"median of {args.rounds} alternating rounds of {args.seconds} s each; batch 1\n")
     print("| network | GFLOP | cnnc 1T (ms) | ORT 1T (ms) | cnnc/ORT 1T | cnnc 2T (ms) | ORT 2T (ms) "
-          "| cnnc/ORT 2T | cnnc GFLOP/s 1T | max rel L2 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| cnnc/ORT 2T | cnnc GFLOP/s 1T | cnnc compile / ORT session (ms) | max rel L2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['graph']} | {r['gflop']:.4f} | {r['cnnc_1']:.3f} | {r['ort_1']:.3f} | "
               f"{r['cnnc_1'] / r['ort_1']:.2f} | {r['cnnc_2']:.3f} | {r['ort_2']:.3f} | "
-              f"{r['cnnc_2'] / r['ort_2']:.2f} | {r['gflop'] / r['cnnc_1'] * 1e3:.1f} | {r['rel_l2']:.1e} |")
+              f"{r['cnnc_2'] / r['ort_2']:.2f} | {r['gflop'] / r['cnnc_1'] * 1e3:.1f} | "
+              f"{r['cnnc_compile']:.0f} / {r['ort_create']:.0f} | {r['rel_l2']:.1e} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
