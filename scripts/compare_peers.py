@@ -9,7 +9,8 @@ generation, weight packing, one thread) against onnxruntime's one-thread session
 creation from the model's bytes. Prints one markdown table (paste it into BENCHMARKS.md).
 
 ONNX models (`--onnx a.onnx,b.onnx`) are imported with `cnnc import` instead, and
-onnxruntime runs the file itself. `--isa sse|avx2|avx512` is passed to cnnc.
+onnxruntime runs the file itself, both cut before a final Softmax so that the check
+compares logits (a saturated softmax would agree whatever came before it). `--isa sse|avx2|avx512` is passed to cnnc.
 
 Usage (from the repo root; creates a virtualenv outside the repo on first use):
     python3 scripts/compare_peers.py [--graphs a,b] [--onnx m.onnx] [--isa avx2]
@@ -73,6 +74,24 @@ def ort_session(model, threads):
     return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
 
+def without_final_softmax(src, dst):
+    """The model cut before a final Softmax, so that the agreement check compares logits:
+    with random weights a deep network's softmax saturates to one-hot, which any two
+    engines reproduce exactly whatever they computed before it."""
+    import onnx
+    m = onnx.load(str(src))
+    g = m.graph
+    last = g.node[-1] if len(g.node) else None
+    if last is None or last.op_type != "Softmax" or last.output[0] != g.output[0].name:
+        return src
+    shape = g.output[0].type
+    g.node.remove(last)
+    g.output[0].name = last.input[0]
+    g.output[0].type.CopyFrom(shape)
+    onnx.save(m, str(dst))
+    return dst
+
+
 def ort_creation_ms(model, rounds=3):
     """Median time onnxruntime takes to create a one-thread session from the model's
     bytes already in memory (parsing, graph optimisation, weight prepacking): what
@@ -128,7 +147,7 @@ def main():
                 cnnc("export", graph, "-o", model)
             else:
                 graph = tmp / f"{g}.yaml"
-                model = onnx_file
+                model = without_final_softmax(onnx_file, tmp / f"{g}.onnx")
                 cnnc("import", model, "-o", graph)
             info = json.loads(cnnc("info", graph, "--json"))
             gflop = 2 * info["total_macs"] / 1e9
