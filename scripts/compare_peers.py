@@ -32,10 +32,11 @@ GRAPHS = ["cs231n_example", "lenet5", "digits", "vgg_cifar", "resnet_basic_block
 
 
 def ensure_venv():
-    """Re-runs this script inside a virtualenv that has onnxruntime and numpy."""
+    """Re-runs this script inside a virtualenv that has onnxruntime, onnx and numpy."""
     try:
         import numpy  # noqa: F401
         import onnxruntime  # noqa: F401
+        import onnx  # noqa: F401
         return
     except ImportError:
         pass
@@ -45,7 +46,7 @@ def ensure_venv():
     if not py.exists():
         print(f"creating {VENV} (onnxruntime, numpy from PyPI)...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "onnxruntime", "numpy"], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "onnxruntime", "onnx", "numpy"], check=True)
     env = dict(os.environ, CNNC_PEERS_BOOTSTRAPPED="1")
     os.execve(str(py), [str(py), *sys.argv], env)
 
