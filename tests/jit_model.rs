@@ -238,6 +238,44 @@ fn compile_emits_the_ir_and_machine_code_of_every_kernel() {
     assert!(asm.contains("ret") && asm.contains("vfmadd"), "{asm}");
 }
 
+/// Kernels are compiled on the model's threads: which thread compiles which function must
+/// not change the code (the listings, machine code included, are identical at 1 and 3
+/// threads), and a model compiled on threads computes what one compiled serially does.
+#[test]
+fn kernels_compiled_on_threads_are_the_serially_compiled_ones() {
+    let mut g = cnnc::format::load(repo().join("graphs/inception3a.yaml")).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let opts = |threads| Options {
+        threads,
+        ..Options::default()
+    };
+    cnnc::passes::optimize(&mut g, &opts(1)).unwrap();
+    let serial = cnnc::runtime::listings(&g, &opts(1)).unwrap();
+    let threaded = cnnc::runtime::listings(&g, &opts(3)).unwrap();
+    assert!(serial.len() > 10, "{} kernels", serial.len());
+    assert_eq!(serial.len(), threaded.len());
+    // Tables (gather offsets) are baked in by address, which differs between two models.
+    fn no_addresses(text: &str) -> Vec<&str> {
+        text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .map(|t| match t.strip_prefix("0x") {
+                Some(hex) if hex.replace('_', "").len() >= 10 => "ADDRESS",
+                _ => t,
+            })
+            .collect()
+    }
+    for (a, b) in serial.iter().zip(&threaded) {
+        assert_eq!((&a.label, &a.symbol), (&b.label, &b.symbol));
+        assert_eq!(a.code_bytes, b.code_bytes, "{}", a.symbol);
+        assert!(a.code_bytes > 0, "{}: no code", a.symbol);
+        assert!(
+            no_addresses(&a.clif) == no_addresses(&b.clif)
+                && no_addresses(&a.asm) == no_addresses(&b.asm),
+            "{}: different code at 1 and 3 threads",
+            a.symbol
+        );
+    }
+}
+
 /// Graphs that stress the memory planner and the passes: a node reading one buffer in two
 /// slots, outputs that are the input or alias each other, shortcuts around one conv or fc.
 #[test]

@@ -6,20 +6,22 @@
 //! owned by [`Compiled`] (shared through `Arc` by every kernel taken from it) and freed when
 //! the last of them is dropped.
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{
-    types, AbiParam, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
+    types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
 };
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::Context;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, FuncId, Linkage, Module};
+use cranelift_module::{default_libcall_names, FuncId, Linkage, Module, ModuleReloc};
 
 use super::entry::Layout;
+use super::threads::{run_jobs, ThreadPool};
 use crate::error::{Error, Result};
 use crate::options::Isa;
 
@@ -66,6 +68,10 @@ pub(crate) fn codegen_err(e: impl std::fmt::Display) -> Error {
 /// A module under construction: declare and define kernels, then [`finalize`](Self::finalize).
 pub struct KernelModule {
     module: Option<JITModule>,
+    /// The module's target, shared with the threads that compile the pending functions.
+    target: OwnedTargetIsa,
+    /// Functions whose IR is built, to be compiled by [`KernelModule::compile_pending`].
+    pending: Vec<PendingFunction>,
     ctx: Context,
     fctx: FunctionBuilderContext,
     id: u64,
@@ -145,6 +151,7 @@ impl KernelModule {
             .iter()
             .any(|v| v.name == "has_fma" && v.as_bool() == Some(true))
             || cfg!(target_arch = "aarch64");
+        let target = isa.clone();
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
         jb.symbol("cnnc_expf", cnnc_expf as *const u8);
         jb.symbol("fmaf", cnnc_fmaf as *const u8);
@@ -164,6 +171,8 @@ impl KernelModule {
         let ctx = module.make_context();
         Ok(KernelModule {
             module: Some(module),
+            target,
+            pending: Vec::new(),
             ctx,
             fctx: FunctionBuilderContext::new(),
             id: NEXT_MODULE_ID.fetch_add(1, Ordering::Relaxed),
@@ -220,7 +229,8 @@ impl KernelModule {
         self.has_fma
     }
 
-    /// Time spent so far building IR and compiling functions (excludes `finalize`).
+    /// Time spent so far building IR and compiling functions (excludes `finalize`'s
+    /// mapping of the code memory).
     pub fn build_time(&self) -> Duration {
         self.build_time
     }
@@ -392,30 +402,24 @@ impl KernelModule {
             let path = std::path::Path::new(&dir).join(format!("{name}.clif"));
             let _ = std::fs::write(path, self.ctx.func.display().to_string());
         }
-        let clif = self
-            .listings
-            .is_some()
-            .then(|| self.ctx.func.display().to_string());
-        self.ctx.set_disasm(self.listings.is_some());
-        let res = module.define_function(fid, &mut self.ctx);
-        if let (Some(listings), Some(clif), Ok(_)) = (self.listings.as_mut(), clif, &res) {
-            let code = self.ctx.compiled_code();
+        let listing = self.listings.as_mut().map(|listings| {
             listings.push(KernelListing {
                 label: self.label.clone(),
                 symbol: name.clone(),
-                clif,
-                asm: code.and_then(|c| c.vcode.clone()).unwrap_or_default(),
-                code_bytes: code.map_or(0, |c| c.code_buffer().len()),
+                clif: self.ctx.func.display().to_string(),
+                asm: String::new(),
+                code_bytes: 0,
             });
-        }
-        if let (Some(dir), Ok(_)) = (std::env::var_os("CNNC_JIT_DUMP"), &res) {
-            if let Some(cc) = self.ctx.compiled_code() {
-                let path = std::path::Path::new(&dir).join(format!("{name}.bin"));
-                let _ = std::fs::write(path, cc.code_buffer());
-            }
-        }
+            listings.len() - 1
+        });
+        let func = std::mem::replace(&mut self.ctx.func, Function::new());
         module.clear_context(&mut self.ctx);
-        res.map_err(|e| Error::Codegen(format!("{e:?}")))?;
+        self.pending.push(PendingFunction {
+            fid,
+            name,
+            func: Mutex::new(func),
+            listing,
+        });
         self.funcs.push(fid);
         self.build_time += t0.elapsed();
         Ok(PendingId {
@@ -423,6 +427,37 @@ impl KernelModule {
             index: self.funcs.len() - 1,
             n_bufs,
         })
+    }
+
+    /// Compiles the functions defined since the last call, on `pool`'s threads (one
+    /// Cranelift context each: code generation dominates the compile time of small
+    /// networks), and installs their code in the module. [`KernelModule::finalize`] calls it;
+    /// call it before to have the machine code in [`KernelModule::take_listings`] or to use
+    /// threads.
+    pub fn compile_pending(&mut self, pool: Option<&ThreadPool>) -> Result<()> {
+        let t0 = Instant::now();
+        let pending = std::mem::take(&mut self.pending);
+        let target = &*self.target;
+        let disasm = self.listings.is_some();
+        let compiled = run_jobs(pending.len(), pool, Context::new, |ctx, i| {
+            pending[i].compile(ctx, target, disasm)
+        })?;
+        let module = self.module.as_mut().expect("module present until finalize");
+        for (p, c) in pending.iter().zip(compiled) {
+            module
+                .define_function_bytes(p.fid, c.alignment, &c.bytes, &c.relocs)
+                .map_err(codegen_err)?;
+            if let (Some(listings), Some(i)) = (self.listings.as_mut(), p.listing) {
+                listings[i].asm = c.asm;
+                listings[i].code_bytes = c.bytes.len();
+            }
+            if let Some(dir) = std::env::var_os("CNNC_JIT_DUMP") {
+                let path = std::path::Path::new(&dir).join(format!("{}.bin", p.name));
+                let _ = std::fs::write(path, &c.bytes);
+            }
+        }
+        self.build_time += t0.elapsed();
+        Ok(())
     }
 
     /// Installs machine code made outside Cranelift (an x86 micro-kernel from
@@ -460,6 +495,7 @@ impl KernelModule {
 
     /// Finalizes every kernel at once (one `mprotect`), returning the executable code.
     pub fn finalize(mut self) -> Result<Arc<Compiled>> {
+        self.compile_pending(None)?;
         let mut module = self.module.take().expect("module present until finalize");
         module.finalize_definitions().map_err(codegen_err)?;
         let ptrs = self
@@ -485,6 +521,60 @@ impl Drop for KernelModule {
                 m.free_memory()
             };
         }
+    }
+}
+
+/// A function whose IR is built, waiting for [`KernelModule::compile_pending`].
+struct PendingFunction {
+    fid: FuncId,
+    name: String,
+    /// Taken by the thread that compiles it.
+    func: Mutex<Function>,
+    /// Its entry in the module's listings, to complete with the machine code.
+    listing: Option<usize>,
+}
+
+/// A compiled function's machine code, ready to install with `define_function_bytes`.
+struct CompiledFunction {
+    bytes: Vec<u8>,
+    alignment: u64,
+    relocs: Vec<ModuleReloc>,
+    /// The disassembly, when listings are kept.
+    asm: String,
+}
+
+impl PendingFunction {
+    /// Compiles the function in `ctx` (what `Module::define_function` does, minus the
+    /// installation, which needs the module and is done in order afterwards).
+    fn compile(
+        &self,
+        ctx: &mut Context,
+        target: &dyn cranelift_codegen::isa::TargetIsa,
+        disasm: bool,
+    ) -> Result<CompiledFunction> {
+        ctx.clear();
+        ctx.func = std::mem::replace(
+            &mut *self.func.lock().unwrap_or_else(|e| e.into_inner()),
+            Function::new(),
+        );
+        ctx.set_disasm(disasm);
+        ctx.compile(target, &mut ControlPlane::default())
+            .map_err(|e| Error::Codegen(format!("kernel {}: {}", self.name, e.inner)))?;
+        let code = ctx
+            .compiled_code()
+            .ok_or_else(|| Error::Internal(format!("kernel {}: no code", self.name)))?;
+        let relocs = code
+            .buffer
+            .relocs()
+            .iter()
+            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, self.fid))
+            .collect();
+        Ok(CompiledFunction {
+            bytes: code.code_buffer().to_vec(),
+            alignment: u64::from(code.buffer.alignment),
+            relocs,
+            asm: code.vcode.clone().unwrap_or_default(),
+        })
     }
 }
 

@@ -191,3 +191,42 @@ impl Drop for ThreadPool {
         }
     }
 }
+
+/// Runs jobs `0..n` on the pool's threads (or on this one without a pool), each thread
+/// taking the next job not yet taken, so that a few long jobs (packing a Winograd layer,
+/// compiling a large kernel) do not leave the other threads idle. Each thread makes its own
+/// `state` (e.g. a compilation context) once and passes it to every job it runs. Returns the
+/// results in the jobs' order, or the first job's error.
+pub fn run_jobs<S, T: Send>(
+    n: usize,
+    pool: Option<&ThreadPool>,
+    state: impl Fn() -> S + Sync,
+    job: impl Fn(&mut S, usize) -> crate::error::Result<T> + Sync,
+) -> crate::error::Result<Vec<T>> {
+    let results: Vec<Mutex<Option<crate::error::Result<T>>>> =
+        (0..n).map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut s = state();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n {
+                break;
+            }
+            let r = job(&mut s, i);
+            *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        }
+    };
+    match pool {
+        Some(p) if n > 1 => p.split(p.threads(), |_, _| work()),
+        _ => work(),
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| Err(crate::error::Error::Internal("a job did not run".into())))
+        })
+        .collect()
+}

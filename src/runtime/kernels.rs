@@ -2,6 +2,7 @@
 //! step's weights packed for its kernel (on the model's thread pool).
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Hw, NodeId, Pad, Shape};
+use crate::jit::threads::run_jobs;
 use crate::jit::{
     pack_fc_weights, Compiled, ConvKernel, ConvMethod, ConvSpec, EltKernel, EltSpec, FcKernel,
     FcSpec, KernelListing, KernelModule, Pending, PendingConv, PendingElt, PendingFc, PendingPool,
@@ -10,8 +11,7 @@ use crate::jit::{
 use crate::lower::{HostOp, Kernel, Plan, Step};
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A step's machine code and the constants it reads.
@@ -190,36 +190,6 @@ fn dilated(w: &[f32], size: Hw, d: Hw) -> Vec<f32> {
     out
 }
 
-/// Runs `jobs` on the pool's threads (or this one), each thread taking the next job not
-/// yet taken (packing a Winograd layer takes far longer than a small one); the results in
-/// the jobs' order, or the first error.
-fn run_jobs(jobs: &[PackJob], pool: Option<&ThreadPool>) -> Result<Vec<Vec<f32>>> {
-    let results: Vec<Mutex<Option<Result<Vec<f32>>>>> =
-        jobs.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let work = || {
-        while let Some(i) = Some(next.fetch_add(1, Ordering::Relaxed)).filter(|&i| i < jobs.len()) {
-            let r = jobs[i]();
-            if let Ok(mut slot) = results[i].lock() {
-                *slot = Some(r);
-            }
-        }
-    };
-    match pool {
-        Some(p) => p.split(p.threads(), |_, _| work()),
-        None => work(),
-    }
-    results
-        .into_iter()
-        .map(|r| {
-            r.into_inner()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| Err(Error::Internal("a packing job did not run".into())))
-        })
-        .collect()
-}
-
 /// Generates the code of every step of `plan` (whose weights are `g`'s) and packs the
 /// weights.
 pub(super) fn instantiate(
@@ -233,6 +203,7 @@ pub(super) fn instantiate(
         module.keep_listings();
     }
     let gen = generate(plan, &mut module)?;
+    module.compile_pending(pool)?;
     let listings = module.take_listings();
     let code = module.finalize()?;
 
@@ -245,7 +216,10 @@ pub(super) fn instantiate(
             jobs.len() - 1
         }));
     }
-    let mut packed: Vec<Option<Vec<f32>>> = run_jobs(&jobs, pool)?.into_iter().map(Some).collect();
+    let mut packed: Vec<Option<Vec<f32>>> = run_jobs(jobs.len(), pool, || (), |_, i| jobs[i]())?
+        .into_iter()
+        .map(Some)
+        .collect();
     drop(jobs);
     let packing_time = packing_start.elapsed();
 
