@@ -3,6 +3,7 @@
 //! See `docs/jit.md` for the design and measured numbers.
 mod cg;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 mod entry;
 mod epilogue;
@@ -16,6 +17,9 @@ mod winograd;
 pub mod x86;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvMethod, ConvSpec, PendingConv};
+pub use depthwise::{
+    pack_depthwise_weights, DepthwiseKernel, DepthwiseSpec, PendingDepthwise,
+};
 pub use elementwise::{EltKernel, EltSpec, PendingElt};
 pub use epilogue::Clip;
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};

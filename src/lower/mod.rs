@@ -19,7 +19,7 @@ pub use memory::{Region, View};
 
 use crate::error::{Error, Result};
 use crate::ir::{Clip, Graph, Hw, Lrn, NodeId, Pad, Pool, Shape};
-use crate::jit::{ConvMethod, ConvSpec, EltSpec, FcSpec, PoolSpec};
+use crate::jit::{ConvMethod, ConvSpec, DepthwiseSpec, EltSpec, FcSpec, PoolSpec};
 use crate::options::{Isa, Options};
 use std::collections::HashMap;
 
@@ -112,6 +112,9 @@ pub enum Kernel {
         pad: Pad,
         input: Shape,
     },
+    /// A depthwise conv (groups = input channels, any channel multiplier): its own
+    /// kernel, vectorised along output pixels, dilation included.
+    Depthwise(DepthwiseSpec),
     /// A grouped or dilated conv on the dense conv kernel: `spec` is one group's (`C/G`
     /// input and `K/G` output channels, the dilated filter's extent as its size), run
     /// once per group; each group's weights are packed on their own, a dilated filter
@@ -157,6 +160,7 @@ impl Kernel {
             Kernel::Elementwise { .. } => "elementwise",
             Kernel::Copy { .. } => "copy",
             Kernel::Pad { .. } => "pad",
+            Kernel::Depthwise(_) => "depthwise",
             Kernel::GroupedConv { .. } => "grouped-conv",
             Kernel::Host(_) => "host-loop",
         }

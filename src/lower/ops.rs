@@ -2,7 +2,7 @@
 use super::{HostOp, Kernel};
 use crate::error::{Error, Result};
 use crate::ir::{Conv, Epilogue, Fc, Gemm, Graph, NodeId, Op, Pool, Shape};
-use crate::jit::{ConvMethod, ConvSpec, EltSpec, FcSpec, PoolKind, PoolSpec};
+use crate::jit::{ConvMethod, ConvSpec, DepthwiseSpec, EltSpec, FcSpec, PoolKind, PoolSpec};
 use crate::options::Options;
 
 /// What a node becomes.
@@ -23,6 +23,7 @@ pub fn kernel(g: &Graph, id: NodeId, opts: &Options) -> Result<Lowered> {
     let kernel = match &node.op {
         Op::Input => return Ok(Lowered::Nothing),
         Op::Flatten | Op::Dropout => return Ok(Lowered::Alias),
+        Op::Conv(c) if c.groups > 1 && c.groups == x.c => depthwise(x, c),
         Op::Conv(c) if c.groups != 1 || !c.dilation.is(1) => grouped_conv(x, c, opts),
         Op::Conv(c) => conv(x, c, opts),
         Op::Gemm(gm) => gemm(x, gm, opts),
@@ -107,6 +108,28 @@ fn clip(e: &Epilogue) -> Option<crate::jit::Clip> {
     e.clip.map(|c| crate::jit::Clip {
         min: c.min,
         max: c.max,
+    })
+}
+
+/// A depthwise conv: one input channel per group, `filters / groups` outputs each.
+fn depthwise(x: Shape, c: &Conv) -> Kernel {
+    Kernel::Depthwise(DepthwiseSpec {
+        channels: x.c,
+        multiplier: c.filters / c.groups,
+        in_h: x.h,
+        in_w: x.w,
+        kernel_h: c.size.h,
+        kernel_w: c.size.w,
+        stride_h: c.stride.h,
+        stride_w: c.stride.w,
+        pad_h: c.pad.h,
+        pad_w: c.pad.w,
+        dilation_h: c.dilation.h,
+        dilation_w: c.dilation.w,
+        bias: c.bias,
+        relu: c.epilogue.relu,
+        residual: c.epilogue.residual,
+        clip: clip(&c.epilogue),
     })
 }
 

@@ -4,8 +4,9 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, Hw, NodeId, Pad, Shape};
 use crate::jit::threads::run_jobs;
 use crate::jit::{
-    pack_fc_weights, Compiled, ConvKernel, ConvMethod, ConvSpec, EltKernel, EltSpec, FcKernel,
-    FcSpec, KernelListing, KernelModule, Pending, PendingConv, PendingElt, PendingFc, PendingPool,
+    pack_depthwise_weights, pack_fc_weights, Compiled, ConvKernel, ConvMethod, ConvSpec,
+    DepthwiseKernel, DepthwiseSpec, EltKernel, EltSpec, FcKernel, FcSpec, KernelListing,
+    KernelModule, Pending, PendingConv, PendingDepthwise, PendingElt, PendingFc, PendingPool,
     PoolKernel, PoolSpec, ThreadPool,
 };
 use crate::lower::{HostOp, Kernel, Plan, Step};
@@ -25,6 +26,10 @@ pub(super) enum Code {
         packed: Vec<f32>,
     },
     Pool(Arc<PoolKernel>),
+    Depthwise {
+        k: Arc<DepthwiseKernel>,
+        packed: Vec<f32>,
+    },
     /// `consts` are extra inputs (batchnorm's scale and shift).
     Elt {
         k: Arc<EltKernel>,
@@ -61,6 +66,7 @@ struct Generated {
     conv: HashMap<(ConvSpec, ConvMethod), PendingConv>,
     fc: HashMap<FcSpec, PendingFc>,
     pool: HashMap<PoolSpec, PendingPool>,
+    depthwise: HashMap<DepthwiseSpec, PendingDepthwise>,
     elt: HashMap<EltSpec, PendingElt>,
 }
 
@@ -93,6 +99,9 @@ fn generate(plan: &Plan, module: &mut KernelModule) -> Result<Generated> {
             }
             Kernel::Fc(spec) => once(&mut gen.fc, *spec, || module.add_fc(spec))?,
             Kernel::Pool(spec) => once(&mut gen.pool, *spec, || module.add_pool(spec))?,
+            Kernel::Depthwise(spec) => {
+                once(&mut gen.depthwise, *spec, || module.add_depthwise(spec))?
+            }
             Kernel::Elementwise { spec, .. } => {
                 once(&mut gen.elt, *spec, || module.add_elementwise(spec))?
             }
@@ -142,6 +151,11 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
             let (w, b) = weights(g, s.layer, spec.bias)?;
             let spec = *spec;
             Some(Box::new(move || pack_fc_weights(&spec, w, b)))
+        }
+        Kernel::Depthwise(spec) => {
+            let (w, b) = weights(g, s.layer, spec.bias)?;
+            let spec = *spec;
+            Some(Box::new(move || pack_depthwise_weights(&spec, w, b)))
         }
         Kernel::GroupedConv {
             spec,
@@ -225,6 +239,7 @@ pub(super) fn instantiate(
 
     let (conv, fc) = (bind(&code, gen.conv)?, bind(&code, gen.fc)?);
     let (pool_k, elt) = (bind(&code, gen.pool)?, bind(&code, gen.elt)?);
+    let depthwise = bind(&code, gen.depthwise)?;
     let missing = || Error::Internal("a step's kernel was not generated".into());
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (s, job) in plan.steps.iter().zip(job_of) {
@@ -242,6 +257,10 @@ pub(super) fn instantiate(
                 packed: take()?,
             },
             Kernel::Pool(spec) => Code::Pool(pool_k.get(spec).ok_or_else(missing)?.clone()),
+            Kernel::Depthwise(spec) => Code::Depthwise {
+                k: depthwise.get(spec).ok_or_else(missing)?.clone(),
+                packed: take()?,
+            },
             Kernel::Elementwise { spec, consts } => Code::Elt {
                 k: elt.get(spec).ok_or_else(missing)?.clone(),
                 consts: consts.clone(),

@@ -149,6 +149,7 @@ impl Model {
                 // thread of a pool has scratch of its own.
                 Code::Conv { k, .. } | Code::GroupedConv { k, .. } => k.scratch_len(),
                 Code::Pool(k) => k.scratch_len() * opts.threads,
+                Code::Depthwise { k, .. } => k.scratch_len() * opts.threads,
                 _ => 0,
             })
             .max()
@@ -372,6 +373,14 @@ impl Model {
                     match pool {
                         Some(p) => k.run_parallel(p, x, o, scratch)?,
                         None => k.run(x, o, scratch, 0..k.work_units())?,
+                    }
+                }
+                Code::Depthwise { k, packed } => {
+                    let x = step.item(&ins, 0, n)?;
+                    let residual = (n_in > 1).then(|| step.item(&ins, 1, n)).transpose()?;
+                    match pool {
+                        Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
+                        None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
                     }
                 }
                 Code::Elt { k, consts } => {
