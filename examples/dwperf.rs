@@ -45,7 +45,13 @@ fn main() {
         (2 * n * 4) as f64 / copy / 1e9
     );
     println!("layer | depthwise kernel | per-channel dense conv | speed-up");
-    for (c, hw, s) in [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (960, 7, 1)] {
+    for (c, hw, s) in [
+        (32, 112, 1),
+        (96, 112, 2),
+        (144, 56, 1),
+        (144, 56, 2),
+        (960, 7, 1),
+    ] {
         let dw = DepthwiseSpec {
             bias: true,
             clip: Some(Clip::RELU6),
@@ -60,11 +66,16 @@ fn main() {
         let pd = km.add_depthwise(&dw).unwrap();
         let pc = km.add_conv(&one).unwrap();
         let code = km.finalize().unwrap();
-        let w: Vec<f32> = (0..dw.weight_len()).map(|i| (i % 13) as f32 * 0.01).collect();
+        let w: Vec<f32> = (0..dw.weight_len())
+            .map(|i| (i % 13) as f32 * 0.01)
+            .collect();
         let b = vec![0.1f32; c];
         let packed_dw = pack_depthwise_weights(&dw, &w, Some(&b)).unwrap();
         let per_group: Vec<Vec<f32>> = (0..c)
-            .map(|g| pc.pack_weights(&w[g * 9..(g + 1) * 9], Some(&b[g..g + 1])).unwrap())
+            .map(|g| {
+                pc.pack_weights(&w[g * 9..(g + 1) * 9], Some(&b[g..g + 1]))
+                    .unwrap()
+            })
             .collect();
         let kd = code.get(pd).unwrap();
         let kc = code.get(pc).unwrap();
@@ -76,7 +87,8 @@ fn main() {
         let (mut td, mut tc) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             td.extend(time(1, || {
-                kd.run(&x, &packed_dw, None, &mut out, &mut sd, 0..c).unwrap()
+                kd.run(&x, &packed_dw, None, &mut out, &mut sd, 0..c)
+                    .unwrap()
             }));
             tc.extend(time(1, || {
                 for g in 0..c {

@@ -118,7 +118,8 @@ fn check_kernel(case: Case, bias: bool, relu: bool, clip: Option<Clip>, residual
         for cut in 0..=units {
             let mut out = vec![f32::NAN; out_len];
             let mut scratch = vec![f32::NAN; k.scratch_len()];
-            k.run(xi, &packed, r, &mut out, &mut scratch, 0..cut).unwrap();
+            k.run(xi, &packed, r, &mut out, &mut scratch, 0..cut)
+                .unwrap();
             k.run(xi, &packed, r, &mut out, &mut scratch, cut..units)
                 .unwrap();
             assert_elementwise(&format!("{what}, split at {cut}"), &out, &want);
@@ -144,7 +145,16 @@ fn fused_bias_relu_clip_and_residual() {
     for &case in &CASES[..6] {
         check_kernel(case, true, true, None, false);
         check_kernel(case, true, false, Some(Clip::RELU6), false);
-        check_kernel(case, false, true, Some(Clip { min: -0.5, max: 0.25 }), true);
+        check_kernel(
+            case,
+            false,
+            true,
+            Some(Clip {
+                min: -0.5,
+                max: 0.25,
+            }),
+            true,
+        );
         check_kernel(case, true, false, None, true);
     }
 }
@@ -198,7 +208,9 @@ fn refuses_bad_specs_and_buffers() {
     let x = vec![1.0; s.input_len()];
     let mut out = vec![0.0; s.output_len()];
     let mut small = vec![0.0; k.scratch_len() - 1];
-    assert!(k.run(&x, &packed, None, &mut out, &mut small, 0..4).is_err());
+    assert!(k
+        .run(&x, &packed, None, &mut out, &mut small, 0..4)
+        .is_err());
     assert!(k.run_all(&x[1..], &packed, None, &mut out).is_err());
     assert!(k.run_all(&x, &packed, Some(&x), &mut out).is_err());
     k.run_all(&x, &packed, None, &mut out).unwrap();

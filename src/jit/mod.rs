@@ -17,9 +17,7 @@ mod winograd;
 pub mod x86;
 
 pub use conv::{pack_conv_weights, ConvKernel, ConvMethod, ConvSpec, PendingConv};
-pub use depthwise::{
-    pack_depthwise_weights, DepthwiseKernel, DepthwiseSpec, PendingDepthwise,
-};
+pub use depthwise::{pack_depthwise_weights, DepthwiseKernel, DepthwiseSpec, PendingDepthwise};
 pub use elementwise::{EltKernel, EltSpec, PendingElt};
 pub use epilogue::Clip;
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
