@@ -265,3 +265,43 @@ fn graphs_take_the_depthwise_kernel() {
         assert_close(&format!("{level} {threads} threads"), &got, &want, 1e-5);
     }
 }
+
+/// A channel shuffle read by depthwise convs only is no step of its own: they read their
+/// input planes in the shuffled order. Elsewhere (here: a graph output, and a shuffle
+/// before a dense conv) it stays a copy. Both match the interpreter.
+#[test]
+fn shuffles_before_depthwise_convs_move_no_data() {
+    let yaml = "input: [12, 9, 7]\nlayers:\n  - {name: g, conv: {filters: 12, size: 1, groups: 3}}\n  - {name: s1, channel_shuffle: {groups: 3}}\n  - {name: dw, conv: {filters: 24, size: 3, pad: 1, groups: 12}}\n  - {name: s2, channel_shuffle: {groups: 4}}\n  - {name: dense, conv: {filters: 6, size: 3, pad: 1}}\n  - {name: s3, channel_shuffle: {groups: 2}}\n  - {name: dw2, conv: {filters: 6, size: 3, stride: 2, groups: 6}, inputs: [s3]}\n  - {name: add, add, inputs: [s3, s3]}\n";
+    let mut g = graph(yaml);
+    g.outputs = vec![g.find("dw2").unwrap(), g.find("add").unwrap()];
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let s = g.input_shape();
+    let x = Tensor::new(
+        vec![2, s.c, s.h, s.w],
+        standard_normal(5, "shuffle", 2 * s.len()),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    let opts = Options {
+        batch: 2,
+        ..Options::default()
+    };
+    let mut og = g.clone();
+    cnnc::passes::optimize(&mut og, &opts).unwrap();
+    let plan = cnnc::lower::lower(&og, &opts).unwrap();
+    assert!(plan.step("s1").is_none(), "s1 is read in place");
+    let Kernel::Depthwise(dw) = plan.step("dw").unwrap().kernel else {
+        panic!("dw is depthwise")
+    };
+    assert_eq!(dw.input_shuffle, 3);
+    assert_eq!(plan.step("s2").unwrap().kernel.family(), "host-loop");
+    assert_eq!(plan.step("s3").unwrap().kernel.family(), "host-loop");
+    let model = cnnc::compile(&g, &opts).unwrap();
+    model
+        .run(&Tensor::filled(x.shape().to_vec(), f32::NAN))
+        .unwrap();
+    let got = model.run(&x).unwrap();
+    for (i, (y, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("output {i}"), y, w, 1e-5);
+    }
+}

@@ -46,6 +46,10 @@ pub struct DepthwiseSpec {
     pub relu: bool,
     pub residual: bool,
     pub clip: Option<Clip>,
+    /// The input is read through a channel shuffle of this many groups (1: as it is):
+    /// channel `c` is input plane `(c % G) * (C / G) + c / G`, so a shuffle before a
+    /// depthwise conv moves no data.
+    pub input_shuffle: usize,
 }
 
 impl DepthwiseSpec {
@@ -68,6 +72,7 @@ impl DepthwiseSpec {
             relu: false,
             residual: false,
             clip: None,
+            input_shuffle: 1,
         }
     }
     fn epilogue(&self) -> Epilogue {
@@ -162,6 +167,11 @@ impl DepthwiseSpec {
         }
         if let Some(c) = s.clip {
             c.validate()?;
+        }
+        if s.input_shuffle == 0 || s.channels % s.input_shuffle != 0 {
+            return Err(Error::Shape(format!(
+                "depthwise input shuffle groups must divide the channels: {s:?}"
+            )));
         }
         let (hp, wp) = s.plane_hw();
         if hp < s.extent_h() || wp < s.extent_w() {
@@ -291,7 +301,8 @@ fn body(
     let out_plane = oh * ow * 4;
     let m = s.multiplier;
     e.for_range(begin, end, 1, |e, c| {
-        let plane = e.addr(b.input, c, s.in_h * s.in_w * 4);
+        let from = input_channel(s, e, c);
+        let plane = e.addr(b.input, from, s.in_h * s.in_w * 4);
         let src = if s.padded() {
             e.pad_plane(
                 plane,
@@ -322,6 +333,19 @@ fn body(
             e.for_range(first, last, 1, each)
         }
     })
+}
+
+/// The input plane channel `c` reads: `c`, or its source through the input shuffle.
+fn input_channel(s: &DepthwiseSpec, e: &mut Emit, c: Value) -> Value {
+    let g = s.input_shuffle;
+    if g == 1 {
+        return c;
+    }
+    let groups = e.iconst(g as i64);
+    let group = e.b.ins().urem(c, groups);
+    let within = e.b.ins().udiv(c, groups);
+    let first = e.mul_imm(group, (s.channels / g) as i64);
+    e.b.ins().iadd(first, within)
 }
 
 /// Output channel `k`'s taps, bias and planes.

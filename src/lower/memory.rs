@@ -1,6 +1,7 @@
-//! Memory planning, as passes over a [`Plan`]: concat inputs written in place
-//! ([`place_concat_inputs`]), then liveness and arena offsets ([`assign_arena`]).
-use super::{Kernel, Plan, Storage, ValueId};
+//! Memory planning, as passes over a [`Plan`]: channel shuffles read in place by the
+//! depthwise convs after them ([`read_shuffles_in_place`]), concat inputs written in
+//! place ([`place_concat_inputs`]), then liveness and arena offsets ([`assign_arena`]).
+use super::{HostOp, Kernel, Plan, Storage, ValueId};
 use crate::error::{Error, Result};
 
 /// The most activation memory a plan may use (floats): 16 GiB.
@@ -125,6 +126,55 @@ pub fn place_concat_inputs(plan: &mut Plan) {
     }
     plan.steps
         .retain(|s| !matches!(&s.kernel, Kernel::Copy { at } if at.is_empty()));
+}
+
+/// A channel shuffle whose every reader is a depthwise conv (ShuffleNet's units: group
+/// conv, shuffle, depthwise conv) moves no data: each reader reads its input planes in
+/// the shuffled order ([`crate::jit::DepthwiseSpec::input_shuffle`]), and the shuffle's
+/// value becomes a view of the unshuffled one. Not when the shuffle is a graph output
+/// (copied out whole), has views, or a reader already reads through a shuffle.
+pub fn read_shuffles_in_place(plan: &mut Plan) {
+    let readers = readers(plan);
+    let producer = plan.producers();
+    let mut fold = Vec::new();
+    for (s, step) in plan.steps.iter().enumerate() {
+        let Kernel::Host(HostOp::Shuffle { groups, .. }) = step.kernel else {
+            continue;
+        };
+        let v = step.output;
+        let depthwise_readers: Option<Vec<usize>> = readers[v]
+            .iter()
+            .map(|&r| {
+                producer[r].filter(|&rs| {
+                    let st = &plan.steps[rs];
+                    matches!(st.kernel, Kernel::Depthwise(d) if d.input_shuffle == 1)
+                        && st.inputs.first() == Some(&v)
+                        && !st.inputs[1..].contains(&v)
+                })
+            })
+            .collect();
+        match depthwise_readers {
+            Some(rs) if !rs.is_empty() && !plan.outputs.contains(&v) => {
+                fold.push((s, groups, rs));
+            }
+            _ => {}
+        }
+    }
+    for &(s, groups, ref rs) in &fold {
+        for &r in rs {
+            if let Kernel::Depthwise(d) = &mut plan.steps[r].kernel {
+                d.input_shuffle = groups;
+            }
+        }
+        let (v, from) = (plan.steps[s].output, plan.steps[s].inputs[0]);
+        plan.values[v].storage = Storage::Alias(from);
+    }
+    let folded: Vec<usize> = fold.iter().map(|f| f.0).collect();
+    let mut i = 0;
+    plan.steps.retain(|_| {
+        i += 1;
+        !folded.contains(&(i - 1))
+    });
 }
 
 /// The values computed from each value: outputs of steps reading it, and its views.

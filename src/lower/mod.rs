@@ -173,6 +173,10 @@ impl Kernel {
                 Some(format!("{method}, {}", method.micro_kernel(spec, *isa)))
             }
             Kernel::GroupedConv { method, groups, .. } => Some(format!("{method} x{groups}")),
+            Kernel::Depthwise(d) if d.input_shuffle > 1 => Some(format!(
+                "input read through a shuffle of {}",
+                d.input_shuffle
+            )),
             _ => None,
         }
     }
@@ -248,6 +252,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan> {
             view: View::default(),
         });
     }
+    memory::read_shuffles_in_place(&mut plan);
     memory::place_concat_inputs(&mut plan);
     memory::assign_arena(&mut plan)?;
     Ok(plan)

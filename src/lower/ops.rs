@@ -130,6 +130,7 @@ fn depthwise(x: Shape, c: &Conv) -> Kernel {
         relu: c.epilogue.relu,
         residual: c.epilogue.residual,
         clip: clip(&c.epilogue),
+        input_shuffle: 1,
     })
 }
 
