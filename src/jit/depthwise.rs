@@ -168,7 +168,7 @@ impl DepthwiseSpec {
         if let Some(c) = s.clip {
             c.validate()?;
         }
-        if s.input_shuffle == 0 || s.channels % s.input_shuffle != 0 {
+        if s.input_shuffle == 0 || !s.channels.is_multiple_of(s.input_shuffle) {
             return Err(Error::Shape(format!(
                 "depthwise input shuffle groups must divide the channels: {s:?}"
             )));
