@@ -49,6 +49,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same error as seen from layer `name`: its message prefixed with `name: ` (a
+    /// kernel's checks know the shapes, not which layer they came from).
+    pub fn in_layer(self, name: &str) -> Self {
+        let at = |m: String| format!("{name}: {m}");
+        match self {
+            Error::Format(m) => Error::Format(at(m)),
+            Error::Graph(m) => Error::Graph(at(m)),
+            Error::Shape(m) => Error::Shape(at(m)),
+            Error::Weights(m) => Error::Weights(at(m)),
+            Error::Input(m) => Error::Input(at(m)),
+            Error::Unsupported(m) => Error::Unsupported(at(m)),
+            Error::Options(m) => Error::Options(at(m)),
+            Error::Codegen(m) => Error::Codegen(at(m)),
+            Error::Internal(m) => Error::Internal(at(m)),
+            other => other,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -1,5 +1,6 @@
 //! Random-graph differential testing: proptest builds random valid graphs (chains and
-//! DAGs of conv, pools, fc, add, concat, batchnorm, relu, softmax, pad, ...) with random
+//! DAGs of conv - plain, grouped, depthwise, dilated -, pools with end pads, fc, add,
+//! concat, batchnorm, relu, clip, lrn, channel shuffle, scale_shift, softmax, pad, ...) with random
 //! shapes and weights, runs the reference interpreter and the JIT (at -O0 and -O2, with
 //! 1 or 2 threads, batch 1-3, on NaN-poisoned outputs), and compares.
 //!
@@ -19,7 +20,7 @@ struct Step {
     op: u8,
     /// Which earlier layers feed it: 0 is the previous one.
     picks: [u8; 3],
-    params: [u8; 4],
+    params: [u8; 6],
 }
 
 #[derive(Clone)]
@@ -84,52 +85,16 @@ fn layer(
     op: u8,
     src: &str,
     x: Shape,
-    p: &[usize; 4],
+    p: &[usize; 6],
     shapes: &[(String, Shape)],
     pick: impl Fn(usize) -> usize,
 ) -> (String, Shape) {
-    let inputs = |names: &[&str]| format!("inputs: [{}]", names.join(", "));
     let relu = (format!("relu: {{}}, {}", inputs(&[src])), x);
     let spatial = !x.flat;
-    match op % 12 {
-        0 | 1 if spatial => {
-            let size = 1 + p[0] % x.h.min(x.w).min(7);
-            let pad = p[1] % size;
-            let stride = 1 + p[2] % 3;
-            let filters = 1 + p[3] % 33;
-            let out = Shape {
-                c: filters,
-                h: (x.h + 2 * pad - size) / stride + 1,
-                w: (x.w + 2 * pad - size) / stride + 1,
-                flat: false,
-            };
-            let bias = if p[3].is_multiple_of(4) {
-                ", bias: false"
-            } else {
-                ""
-            };
-            let line = format!(
-                "conv: {{filters: {filters}, size: {size}, stride: {stride}, pad: {pad}{bias}}}, {}",
-                inputs(&[src])
-            );
-            (line, out)
-        }
-        2 | 3 if spatial => {
-            let size = 1 + p[0] % x.h.min(x.w).min(3);
-            let pad = p[1] % (size / 2 + 1);
-            let stride = 1 + p[2] % 3;
-            let kind = if op % 12 == 2 { "maxpool" } else { "avgpool" };
-            let out = Shape {
-                h: (x.h + 2 * pad - size) / stride + 1,
-                w: (x.w + 2 * pad - size) / stride + 1,
-                ..x
-            };
-            let line = format!(
-                "{kind}: {{size: {size}, stride: {stride}, pad: {pad}}}, {}",
-                inputs(&[src])
-            );
-            (line, out)
-        }
+    match op % 18 {
+        0 | 1 if spatial => conv(src, x, p),
+        12 if spatial => grouped_conv(src, x, p),
+        2 | 3 if spatial => pool(op % 18 == 2, src, x, p),
         4 => {
             let units = 1 + p[0] % 40;
             let line = format!("fc: {{units: {units}}}, {}", inputs(&[src]));
@@ -205,8 +170,151 @@ fn layer(
                 flat: true,
             },
         ),
+        13 if spatial => {
+            // Windows wider than the channels too (clipped to the channels that exist).
+            let size = 1 + p[0] % 7;
+            let alpha = ["0.0001", "0.01", "0.5", "2"][p[1] % 4];
+            let beta = ["0.75", "0.5", "1", "2.5"][p[2] % 4];
+            let bias = ["1", "2", "0.5"][p[3] % 3];
+            let line = format!(
+                "lrn: {{size: {size}, alpha: {alpha}, beta: {beta}, bias: {bias}}}, {}",
+                inputs(&[src])
+            );
+            (line, x)
+        }
+        14 => {
+            let attrs = match p[0] % 5 {
+                0 => "relu6: {}".to_string(),
+                1 => format!("clip: {{min: {}}}", ["-0.5", "0", "0.25"][p[1] % 3]),
+                2 => format!("clip: {{max: {}}}", ["-0.5", "0", "1"][p[1] % 3]),
+                3 => "clip: {min: 0.25, max: 0.25}".to_string(),
+                _ => format!(
+                    "clip: {{min: {}, max: {}}}",
+                    ["-1", "-0.1", "0"][p[1] % 3],
+                    ["0.1", "0.5", "6"][p[2] % 3]
+                ),
+            };
+            (format!("{attrs}, {}", inputs(&[src])), x)
+        }
+        15 if spatial => {
+            let divs = divisors(x.c);
+            let groups = divs[p[0] % divs.len()];
+            let line = format!("channel_shuffle: {{groups: {groups}}}, {}", inputs(&[src]));
+            (line, x)
+        }
+        16 => (format!("scale_shift: {{}}, {}", inputs(&[src])), x),
         _ => relu,
     }
+}
+
+fn inputs(names: &[&str]) -> String {
+    format!("inputs: [{}]", names.join(", "))
+}
+
+/// `3`, or `[3, 2]` when the axes differ.
+fn hw(h: usize, w: usize) -> String {
+    if h == w {
+        h.to_string()
+    } else {
+        format!("[{h}, {w}]")
+    }
+}
+
+fn divisors(n: usize) -> Vec<usize> {
+    (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
+}
+
+/// A plain conv: filter 1-7, stride 1-3, pad, with or without bias.
+fn conv(src: &str, x: Shape, p: &[usize; 6]) -> (String, Shape) {
+    let size = 1 + p[0] % x.h.min(x.w).min(7);
+    let pad = p[1] % size;
+    let stride = 1 + p[2] % 3;
+    let filters = 1 + p[3] % 33;
+    let out = Shape {
+        c: filters,
+        h: (x.h + 2 * pad - size) / stride + 1,
+        w: (x.w + 2 * pad - size) / stride + 1,
+        flat: false,
+    };
+    let bias = if p[3].is_multiple_of(4) {
+        ", bias: false"
+    } else {
+        ""
+    };
+    let line = format!(
+        "conv: {{filters: {filters}, size: {size}, stride: {stride}, pad: {pad}{bias}}}, {}",
+        inputs(&[src])
+    );
+    (line, out)
+}
+
+/// A grouped, depthwise (with a channel multiplier of 1-3) or dilated conv: any divisor
+/// of the channels as groups, dilation 1-3 with the dilated filter fitting the input.
+fn grouped_conv(src: &str, x: Shape, p: &[usize; 6]) -> (String, Shape) {
+    let divs = divisors(x.c);
+    let groups = if p[4] % 3 == 0 {
+        x.c
+    } else {
+        divs[p[4] % divs.len()]
+    };
+    let filters = groups * (1 + p[5] % 3);
+    let stride = 1 + p[2] % 3;
+    let dilation = 1 + p[2] / 3 % 3;
+    let taps = |n: usize| 1 + p[0] % ((n - 1) / dilation + 1).min(5);
+    let (th, tw) = (taps(x.h), taps(x.w));
+    let (fh, fw) = (dilation * (th - 1) + 1, dilation * (tw - 1) + 1);
+    let (ph, pw) = (p[1] % fh, p[1] / 8 % fw);
+    let out = Shape {
+        c: filters,
+        h: (x.h + 2 * ph - fh) / stride + 1,
+        w: (x.w + 2 * pw - fw) / stride + 1,
+        flat: false,
+    };
+    let bias = if p[3].is_multiple_of(3) {
+        ", bias: false"
+    } else {
+        ""
+    };
+    let line = format!(
+        "conv: {{filters: {filters}, size: {}, stride: {stride}, pad: {}, dilation: {dilation}, groups: {groups}{bias}}}, {}",
+        hw(th, tw),
+        hw(ph, pw),
+        inputs(&[src])
+    );
+    (line, out)
+}
+
+/// A max or average pool with a rectangular window of 1-4, any pad below the window
+/// (over half of it too), an end pad of its own now and then, and for the average
+/// both ways of counting the padding.
+fn pool(max: bool, src: &str, x: Shape, p: &[usize; 6]) -> (String, Shape) {
+    let (sh, sw) = (1 + p[0] % x.h.min(4), 1 + p[0] / 4 % x.w.min(4));
+    let (ph, pw) = (p[1] % sh, p[1] / 4 % sw);
+    let (eh, ew) = if p[4].is_multiple_of(2) {
+        (ph, pw)
+    } else {
+        (p[4] / 2 % sh, p[4] / 8 % sw)
+    };
+    let (s_h, s_w) = (1 + p[2] % 3, 1 + p[2] / 3 % 3);
+    let stride = hw(s_h, s_w);
+    let out = Shape {
+        h: (x.h + ph + eh - sh) / s_h + 1,
+        w: (x.w + pw + ew - sw) / s_w + 1,
+        ..x
+    };
+    let mut attrs = format!(
+        "size: {}, stride: {stride}, pad: {}",
+        hw(sh, sw),
+        hw(ph, pw)
+    );
+    if (eh, ew) != (ph, pw) {
+        attrs += &format!(", pad_end: {}", hw(eh, ew));
+    }
+    if !max && p[5].is_multiple_of(2) {
+        attrs += ", count_include_pad: false";
+    }
+    let kind = if max { "maxpool" } else { "avgpool" };
+    (format!("{kind}: {{{attrs}}}, {}", inputs(&[src])), out)
 }
 
 impl fmt::Debug for Recipe {
@@ -223,7 +331,7 @@ impl fmt::Debug for Recipe {
 }
 
 fn recipe() -> impl Strategy<Value = Recipe> {
-    let step = (any::<u8>(), any::<[u8; 3]>(), any::<[u8; 4]>()).prop_map(|(op, picks, params)| {
+    let step = (any::<u8>(), any::<[u8; 3]>(), any::<[u8; 6]>()).prop_map(|(op, picks, params)| {
         // Mostly chains: the previous layer is the first input half of the time.
         let picks = [
             if picks[0] % 2 == 0 { 0 } else { picks[0] / 2 },
@@ -252,21 +360,22 @@ fn recipe() -> impl Strategy<Value = Recipe> {
         )
 }
 
-/// Binds seeded weights, then gives batchnorm non-trivial statistics (the seed's are
-/// the identity) so that folding it is tested.
+/// Binds seeded weights, then gives batchnorm and scale_shift non-trivial statistics
+/// and scales (the seed's are the identity) so that folding them is tested.
 fn bind(g: &mut cnnc::Graph, seed: u64) {
     cnnc::weights::bind(g, None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let ids: Vec<_> = g.dag.node_indices().collect();
     for id in ids {
         let node = g.node_mut(id);
-        if node.op.kind() != "batchnorm" {
+        if !matches!(node.op.kind(), "batchnorm" | "scale_shift") {
             continue;
         }
         for (suffix, t) in node.params.iter_mut() {
             for v in t.data_mut() {
                 *v = match suffix.as_str() {
                     "running_var" => rng.random_range(0.2..2.0),
+                    "weight" => rng.random_range(-2.0..2.0),
                     _ => rng.random_range(-1.0..1.0),
                 };
             }
@@ -357,15 +466,18 @@ fn random_graphs_agree_between_interpreter_and_jit() {
 
 #[test]
 fn the_builder_makes_the_ops_it_claims() {
-    // Every op kind appears among a few hundred random recipes: the builder's fallbacks
-    // do not swallow an op.
+    // Every op kind and variant appears among a few hundred random recipes: the
+    // builder's fallbacks do not swallow an op.
     let mut runner = TestRunner::deterministic();
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..300 {
+    for _ in 0..400 {
         let r = recipe().new_tree(&mut runner).unwrap().current();
         let g = cnnc::format::parse_str(&build(&r), None).unwrap();
         for id in g.dag.node_indices() {
-            seen.insert(g.node(id).op.kind().to_string());
+            let node = g.node(id);
+            seen.insert(node.op.kind().to_string());
+            let c = g.inputs(id).first().map_or(0, |&i| g.node(i).shape.c);
+            seen.extend(variants(&node.op, c).into_iter().map(String::from));
         }
     }
     for op in [
@@ -381,7 +493,59 @@ fn the_builder_makes_the_ops_it_claims() {
         "pad",
         "flatten",
         "relu",
+        "lrn",
+        "clip",
+        "channel_shuffle",
+        "scale_shift",
+        "grouped conv",
+        "depthwise conv",
+        "depthwise conv with a channel multiplier",
+        "dilated conv",
+        "pool with an end pad of its own",
+        "pool padded over half its window",
+        "avgpool not counting the padding",
+        "rectangular pool",
+        "relu6",
     ] {
-        assert!(seen.contains(op), "no {op} in 300 random graphs: {seen:?}");
+        assert!(seen.contains(op), "no {op} in 400 random graphs: {seen:?}");
     }
+}
+
+/// The variants of an op worth covering (`c`: its input channels).
+fn variants(op: &cnnc::ir::Op, c: usize) -> Vec<&'static str> {
+    use cnnc::ir::Op;
+    let mut v = Vec::new();
+    match op {
+        Op::Conv(k) => {
+            if k.groups > 1 && k.groups < c {
+                v.push("grouped conv");
+            }
+            if k.groups == c && c > 1 {
+                v.push("depthwise conv");
+                if k.filters > c {
+                    v.push("depthwise conv with a channel multiplier");
+                }
+            }
+            if k.dilation.h > 1 || k.dilation.w > 1 {
+                v.push("dilated conv");
+            }
+        }
+        Op::MaxPool(p) | Op::AvgPool(p) => {
+            if !p.symmetric() {
+                v.push("pool with an end pad of its own");
+            }
+            if 2 * p.pad.h > p.size.h || 2 * p.pad.w > p.size.w {
+                v.push("pool padded over half its window");
+            }
+            if !p.count_pad && matches!(op, Op::AvgPool(_)) {
+                v.push("avgpool not counting the padding");
+            }
+            if p.size.h != p.size.w {
+                v.push("rectangular pool");
+            }
+        }
+        Op::Clip(k) if k.min == 0.0 && k.max == 6.0 => v.push("relu6"),
+        _ => {}
+    }
+    v
 }

@@ -17,33 +17,109 @@ fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn assert_close(got: &[f32], want: &[f64], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut num = 0.0f64;
-    let mut den = 0.0f64;
-    let mut max_abs = 0.0f64;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{what}: element {i} is {g} (want {w})");
-        let d = g as f64 - w;
-        num += d * d;
-        den += w * w;
-        max_abs = max_abs.max(d.abs());
-    }
-    let rel = (num / den.max(1e-30)).sqrt();
+/// Unit roundoff of f32.
+const U: f64 = f32::EPSILON as f64 / 2.0;
+
+/// `γ(n) = n u / (1 - n u)`: the relative error bound of `n` rounded operations in a row.
+fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * U;
     assert!(
-        rel < 1e-5 || (den == 0.0 && num == 0.0),
-        "{what}: relative L2 {rel}"
+        nu < 0.5,
+        "gamma({n}): too many operations for a meaningful bound"
     );
-    assert!(max_abs < 1e-4, "{what}: max abs {max_abs}");
+    nu / (1.0 - nu)
 }
 
-fn ref_conv(s: &ConvSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f32]>) -> Vec<f64> {
+/// The exact result of a kernel (f64, from f32 inputs) and, per element, how far a correct
+/// f32 computation may be from it. For a sum of `n` terms evaluated in any order, with or
+/// without FMA, `|fl(s) - s| <= γ(n) * Σ|terms|` (Higham, *Accuracy and Stability of
+/// Numerical Algorithms*, 2nd ed., §3.1 and §4.2): the bound follows the sum's condition,
+/// not its value, so an output that cancels to nearly 0 gets the tolerance its terms call
+/// for. ReLU and clip are 1-Lipschitz and keep the bound; storing the f32 result adds
+/// `u * |value|`.
+struct Expected {
+    value: Vec<f64>,
+    bound: Vec<f64>,
+}
+
+/// One output's sum: its exact value, `Σ|terms|` and the longest chain of roundings.
+#[derive(Clone, Copy, Default)]
+struct Acc {
+    sum: f64,
+    abs: f64,
+    depth: usize,
+}
+
+impl Acc {
+    fn add(&mut self, term: f64) {
+        self.sum += term;
+        self.abs += term.abs();
+        self.depth += 1;
+    }
+
+    /// The sum times `k` (a division, or a product with a rounded reciprocal: two
+    /// roundings more).
+    fn scaled(self, k: f64) -> Acc {
+        Acc {
+            sum: self.sum * k,
+            abs: self.abs * k.abs(),
+            depth: self.depth + 2,
+        }
+    }
+}
+
+impl Expected {
+    fn new(len: usize) -> Self {
+        Expected {
+            value: Vec::with_capacity(len),
+            bound: Vec::with_capacity(len),
+        }
+    }
+
+    /// An output computed as the sum `acc` and then `f`, a 1-Lipschitz function (identity,
+    /// ReLU, clip). A term that is a product was rounded once more than the sum counts.
+    fn push(&mut self, acc: Acc, f: impl Fn(f64) -> f64) {
+        let v = f(acc.sum);
+        self.value.push(v);
+        self.bound
+            .push(gamma(acc.depth + 1) * acc.abs + U * v.abs());
+    }
+
+    /// Outputs the kernel computes exactly (max pool, ReLU): only the store rounds.
+    fn exact(values: Vec<f64>) -> Self {
+        let bound = values.iter().map(|v| U * v.abs()).collect();
+        Expected {
+            value: values,
+            bound,
+        }
+    }
+}
+
+/// Asserts every element of `got` is within its bound of the exact value (and finite).
+fn assert_close(got: &[f32], want: &Expected, what: &str) {
+    assert_eq!(got.len(), want.value.len(), "{what}: length");
+    for (i, ((&g, &w), &b)) in got.iter().zip(&want.value).zip(&want.bound).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g} (want {w})");
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= b,
+            "{what}: element {i} is {g}, want {w}: error {err:e} over the bound {b:e}"
+        );
+    }
+}
+
+/// The reference convolution. With `winograd`, each output's bound is that of the
+/// Winograd F(4x4, 3x3) evaluation instead (see [`winograd_bounds`]).
+fn ref_conv(s: &ConvSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f32]>) -> Expected {
     let (oh, ow) = (s.out_h(), s.out_w());
-    let mut out = vec![0.0f64; s.output_len()];
+    let mut out = Expected::new(s.output_len());
     for k in 0..s.out_c {
         for oy in 0..oh {
             for ox in 0..ow {
-                let mut acc = b.map_or(0.0, |b| b[k] as f64);
+                let mut acc = Acc::default();
+                if let Some(b) = b {
+                    acc.add(b[k] as f64);
+                }
                 for c in 0..s.in_c {
                     for fy in 0..s.kernel_h {
                         for fx in 0..s.kernel_w {
@@ -55,25 +131,146 @@ fn ref_conv(s: &ConvSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f
                             let xv = x[(c * s.in_h + iy as usize) * s.in_w + ix as usize] as f64;
                             let wv =
                                 w[((k * s.in_c + c) * s.kernel_h + fy) * s.kernel_w + fx] as f64;
-                            acc += xv * wv;
+                            acc.add(xv * wv);
                         }
                     }
                 }
-                let i = (k * oh + oy) * ow + ox;
                 if let Some(r) = r {
-                    acc += r[i] as f64;
+                    acc.add(r[(k * oh + oy) * ow + ox] as f64);
                 }
-                if s.relu {
-                    acc = acc.max(0.0);
-                }
-                if let Some(c) = s.clip {
-                    acc = acc.clamp(c.min as f64, c.max as f64);
-                }
-                out[i] = acc;
+                out.push(acc, |v| epilogue(v, s.relu, s.clip));
             }
         }
     }
     out
+}
+
+fn epilogue(mut v: f64, relu: bool, clip: Option<Clip>) -> f64 {
+    if relu {
+        v = v.max(0.0);
+    }
+    if let Some(c) = clip {
+        v = v.clamp(c.min as f64, c.max as f64);
+    }
+    v
+}
+
+/// Winograd F(4x4, 3x3) (Lavin & Gray's matrices, as in `src/jit/winograd.rs`).
+const WINO_BT: [[f64; 6]; 6] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+const WINO_G24: [[f64; 3]; 6] = [
+    [6.0, 0.0, 0.0],
+    [-4.0, -4.0, -4.0],
+    [-4.0, 4.0, -4.0],
+    [1.0, 2.0, 4.0],
+    [1.0, -2.0, 4.0],
+    [0.0, 0.0, 24.0],
+];
+const WINO_AT: [[f64; 6]; 4] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
+
+/// `|M| X |M|ᵀ` for a small matrix `M` (rows x cols) and `X` (cols x cols).
+fn abs_sandwich<const R: usize, const C: usize>(
+    m: &[[f64; C]; R],
+    x: &[[f64; C]; C],
+) -> [[f64; R]; R] {
+    let mut t = [[0.0; C]; R];
+    for i in 0..R {
+        for j in 0..C {
+            t[i][j] = (0..C).map(|l| m[i][l].abs() * x[l][j]).sum();
+        }
+    }
+    let mut y = [[0.0; R]; R];
+    for i in 0..R {
+        for j in 0..R {
+            y[i][j] = (0..C).map(|l| t[i][l] * m[j][l].abs()).sum();
+        }
+    }
+    y
+}
+
+/// Error bounds of a Winograd F(4x4, 3x3) conv (3x3, stride 1): the same algorithm
+/// evaluated on absolute values, `Σ_c |Aᵀ| (|G| |g| |Gᵀ| ⊙ |Bᵀ| |d| |B|) |A|` (plus |bias|
+/// and |residual|), times γ of its depth: 6 + 6 roundings in the input transform, 3 + 3 and a
+/// scaling in the filter transform, the product, the sum over the channels, 6 + 6 in the
+/// output transform, bias and residual (Higham §3.1 applied to the algorithm's evaluation
+/// graph). The transforms scale values by up to 8x, so this is wider than the direct sum's.
+fn winograd_bounds(
+    s: &ConvSpec,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    r: Option<&[f32]>,
+    want: &mut Expected,
+) {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let g: [[f64; 3]; 6] = WINO_G24.map(|row| row.map(|v| v / 24.0));
+    let depth = 12 + 7 + 1 + s.in_c + 12 + 2;
+    let pixel = |c: usize, y: isize, xx: isize| -> f64 {
+        if y < 0 || xx < 0 || y >= s.in_h as isize || xx >= s.in_w as isize {
+            0.0
+        } else {
+            x[(c * s.in_h + y as usize) * s.in_w + xx as usize].abs() as f64
+        }
+    };
+    let filters: Vec<[[f64; 6]; 6]> = (0..s.out_c * s.in_c)
+        .map(|kc| {
+            let f: [[f64; 3]; 3] = std::array::from_fn(|i| {
+                std::array::from_fn(|j| w[kc * 9 + i * 3 + j].abs() as f64)
+            });
+            abs_sandwich(&g, &f)
+        })
+        .collect();
+    for ty in 0..oh.div_ceil(4) {
+        for tx in 0..ow.div_ceil(4) {
+            let patches: Vec<[[f64; 6]; 6]> = (0..s.in_c)
+                .map(|c| {
+                    let d: [[f64; 6]; 6] = std::array::from_fn(|i| {
+                        std::array::from_fn(|j| {
+                            let y = (4 * ty + i) as isize - s.pad_h as isize;
+                            let xx = (4 * tx + j) as isize - s.pad_w as isize;
+                            pixel(c, y, xx)
+                        })
+                    });
+                    abs_sandwich(&WINO_BT, &d)
+                })
+                .collect();
+            for k in 0..s.out_c {
+                let mut m = [[0.0f64; 6]; 6];
+                for (c, v) in patches.iter().enumerate() {
+                    let u = &filters[k * s.in_c + c];
+                    for i in 0..6 {
+                        for j in 0..6 {
+                            m[i][j] += u[i][j] * v[i][j];
+                        }
+                    }
+                }
+                let y = abs_sandwich(&WINO_AT, &m);
+                for (i, row) in y.iter().enumerate() {
+                    for (j, &mag) in row.iter().enumerate() {
+                        let (oy, ox) = (4 * ty + i, 4 * tx + j);
+                        if oy >= oh || ox >= ow {
+                            continue;
+                        }
+                        let o = (k * oh + oy) * ow + ox;
+                        let extra = b.map_or(0.0, |b| b[k].abs() as f64)
+                            + r.map_or(0.0, |r| r[o].abs() as f64);
+                        want.bound[o] = gamma(depth) * (mag + extra) + U * want.value[o].abs();
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Compiles `spec`, runs it over the whole range and in 2 and 3 pieces (bit-identical),
@@ -95,7 +292,10 @@ fn check_conv(s: &ConvSpec, seed: u64) -> ConvMethod {
     let k = code.get(p).unwrap();
     let mut out = vec![f32::NAN; s.output_len()];
     k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
-    let want = ref_conv(s, &x, &w, b.as_deref(), r.as_deref());
+    let mut want = ref_conv(s, &x, &w, b.as_deref(), r.as_deref());
+    if k.method() == ConvMethod::Winograd {
+        winograd_bounds(s, &x, &w, b.as_deref(), r.as_deref(), &mut want);
+    }
     assert_close(&out, &want, &format!("{s:?}"));
     let units = k.work_units();
     let mut scratch = vec![0.0f32; k.scratch_len()];
@@ -396,25 +596,22 @@ fn conv_rejects_bad_buffers() {
     assert!(code.get(p2).is_err());
 }
 
-fn ref_fc(s: &FcSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f32]>) -> Vec<f64> {
+fn ref_fc(s: &FcSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f32]>) -> Expected {
     let (c, k) = (s.in_features, s.out_features);
-    let mut out = vec![0.0; s.output_len()];
+    let mut out = Expected::new(s.output_len());
     for n in 0..s.batch {
         for ki in 0..k {
-            let mut acc = b.map_or(0.0, |b| b[ki] as f64);
+            let mut acc = Acc::default();
+            if let Some(b) = b {
+                acc.add(b[ki] as f64);
+            }
             for ci in 0..c {
-                acc += w[ki * c + ci] as f64 * x[n * c + ci] as f64;
+                acc.add(w[ki * c + ci] as f64 * x[n * c + ci] as f64);
             }
             if let Some(r) = r {
-                acc += r[n * k + ki] as f64;
+                acc.add(r[n * k + ki] as f64);
             }
-            if s.relu {
-                acc = acc.max(0.0);
-            }
-            if let Some(c) = s.clip {
-                acc = acc.clamp(c.min as f64, c.max as f64);
-            }
-            out[n * k + ki] = acc;
+            out.push(acc, |v| epilogue(v, s.relu, s.clip));
         }
     }
     out
@@ -497,14 +694,16 @@ fn fc_shapes() {
     }
 }
 
-fn ref_pool(s: &PoolSpec, x: &[f32]) -> Vec<f64> {
+/// Max pool is exact; average pool is a sum of the window divided by its size (one
+/// more rounding).
+fn ref_pool(s: &PoolSpec, x: &[f32]) -> Expected {
     let (oh, ow) = (s.out_h(), s.out_w());
-    let mut out = vec![0.0; s.output_len()];
+    let mut out = Expected::new(s.output_len());
     for c in 0..s.channels {
         for oy in 0..oh {
             for ox in 0..ow {
                 let mut m = f64::NEG_INFINITY;
-                let mut sum = 0.0;
+                let mut acc = Acc::default();
                 for fy in 0..s.kernel_h {
                     for fx in 0..s.kernel_w {
                         let iy = (oy * s.stride_h + fy) as isize - s.pad_h as isize;
@@ -514,13 +713,22 @@ fn ref_pool(s: &PoolSpec, x: &[f32]) -> Vec<f64> {
                         }
                         let v = x[(c * s.in_h + iy as usize) * s.in_w + ix as usize] as f64;
                         m = m.max(v);
-                        sum += v;
+                        acc.add(v);
                     }
                 }
-                out[(c * oh + oy) * ow + ox] = match s.kind {
-                    PoolKind::Max => m,
-                    PoolKind::Avg => sum / (s.kernel_h * s.kernel_w) as f64,
-                };
+                match s.kind {
+                    PoolKind::Max => out.push(
+                        Acc {
+                            sum: m,
+                            abs: 0.0,
+                            depth: 0,
+                        },
+                        |v| v,
+                    ),
+                    PoolKind::Avg => {
+                        out.push(acc.scaled(1.0 / (s.kernel_h * s.kernel_w) as f64), |v| v)
+                    }
+                }
             }
         }
     }
@@ -645,16 +853,12 @@ fn elementwise_ops() {
                     &ins,
                     len,
                 );
-                let want: Vec<f64> = (0..len)
-                    .map(|j| {
-                        let s: f64 = ins.iter().map(|v| v[j] as f64).sum();
-                        if relu {
-                            s.max(0.0)
-                        } else {
-                            s
-                        }
-                    })
-                    .collect();
+                let mut want = Expected::new(len);
+                for j in 0..len {
+                    let mut acc = Acc::default();
+                    ins.iter().for_each(|v| acc.add(v[j] as f64));
+                    want.push(acc, |v| epilogue(v, relu, None));
+                }
                 assert_close(&got, &want, "add");
             }
         }
@@ -662,7 +866,7 @@ fn elementwise_ops() {
         let got = run_elt(&EltSpec::Relu { len }, std::slice::from_ref(&x), len);
         assert_close(
             &got,
-            &x.iter().map(|&v| (v as f64).max(0.0)).collect::<Vec<_>>(),
+            &Expected::exact(x.iter().map(|&v| (v as f64).max(0.0)).collect()),
             "relu",
         );
     }
@@ -680,16 +884,13 @@ fn elementwise_ops() {
                 &[x.clone(), sc.clone(), sh.clone()],
                 c * hw,
             );
-            let want: Vec<f64> = (0..c * hw)
-                .map(|i| {
-                    let v = x[i] as f64 * sc[i / hw] as f64 + sh[i / hw] as f64;
-                    if relu {
-                        v.max(0.0)
-                    } else {
-                        v
-                    }
-                })
-                .collect();
+            let mut want = Expected::new(c * hw);
+            for i in 0..c * hw {
+                let mut acc = Acc::default();
+                acc.add(x[i] as f64 * sc[i / hw] as f64);
+                acc.add(sh[i / hw] as f64);
+                want.push(acc, |v| epilogue(v, relu, None));
+            }
             assert_close(&got, &want, "scale_shift");
         }
         let got = run_elt(
@@ -697,15 +898,12 @@ fn elementwise_ops() {
             std::slice::from_ref(&x),
             c,
         );
-        let want: Vec<f64> = (0..c)
-            .map(|ci| {
-                x[ci * hw..(ci + 1) * hw]
-                    .iter()
-                    .map(|&v| v as f64)
-                    .sum::<f64>()
-                    / hw as f64
-            })
-            .collect();
+        let mut want = Expected::new(c);
+        for plane in x.chunks(hw) {
+            let mut acc = Acc::default();
+            plane.iter().for_each(|&v| acc.add(v as f64));
+            want.push(acc.scaled(1.0 / hw as f64), |v| v);
+        }
         assert_close(&got, &want, "gap");
     }
     for (c, hw) in [(1usize, 1usize), (10, 1), (1000, 1), (5, 7), (21, 16)] {
@@ -716,18 +914,91 @@ fn elementwise_ops() {
             std::slice::from_ref(&x),
             c * hw,
         );
-        let mut want = vec![0.0f64; c * hw];
-        for p in 0..hw {
-            let m = (0..c)
-                .map(|ci| x[ci * hw + p] as f64)
-                .fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = (0..c).map(|ci| (x[ci * hw + p] as f64 - m).exp()).sum();
-            for ci in 0..c {
-                want[ci * hw + p] = (x[ci * hw + p] as f64 - m).exp() / s;
-            }
-        }
+        let want = ref_softmax(&x, c, hw);
         assert_close(&got, &want, "softmax");
     }
+}
+
+fn run_fc(s: &FcSpec, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let packed = pack_fc_weights(s, w, None).unwrap();
+    let mut km = KernelModule::new().unwrap();
+    let p = km.add_fc(s).unwrap();
+    let code = km.finalize().unwrap();
+    let mut out = vec![f32::NAN; s.output_len()];
+    code.get(p)
+        .unwrap()
+        .run_all(x, &packed, None, &mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn the_closeness_bound_follows_the_condition_of_the_sum() {
+    // One output whose terms cancel to almost nothing (prop_fc's flaky case): the f32 sum
+    // is off by far more than 1e-5 of its tiny value, but well within the bound of its
+    // terms' magnitude.
+    let s = FcSpec::new(3, 1, 1);
+    let (x, w) = ([1.0f32, 1.0, 1.0], [0.1f32, 0.2, -0.3]);
+    let got = run_fc(&s, &x, &w);
+    let want = ref_fc(&s, &x, &w, None, None);
+    assert!(
+        want.value[0].abs() < 1e-7
+            && (got[0] as f64 - want.value[0]).abs() > 1e-5 * want.value[0].abs()
+    );
+    assert_close(&got, &want, "cancelling fc");
+
+    // A broken result still fails: one element off by 1e-3 of the output's size, or a
+    // kernel that skips one input feature (one term of 300: the bound, γ(302) ≈ 1.8e-5 of
+    // Σ|terms|, is below a typical term's Σ|terms| / 300 for sums of up to ~4000 terms).
+    let s = FcSpec::new(300, 7, 2);
+    let x = rand_vec(s.input_len(), 1);
+    let w: Vec<f32> = rand_vec(s.weight_len(), 2)
+        .iter()
+        .map(|v| v / 17.0)
+        .collect();
+    let want = ref_fc(&s, &x, &w, None, None);
+    let good = run_fc(&s, &x, &w);
+    assert_close(&good, &want, "fc");
+    let fails =
+        |got: &[f32]| std::panic::catch_unwind(|| assert_close(got, &want, "broken fc")).is_err();
+    let mut off = good.clone();
+    off[9] += 1e-3 * want.value.iter().fold(0.0f64, |m, v| m.max(v.abs())) as f32;
+    assert!(fails(&off), "an element off by 1e-3 passed");
+    for skipped in [0, 150, 299] {
+        let mut x2 = x.clone();
+        x2[skipped] = 0.0;
+        x2[300 + skipped] = 0.0;
+        assert!(
+            fails(&run_fc(&s, &x2, &w)),
+            "skipping feature {skipped} passed"
+        );
+    }
+}
+
+/// Softmax over `c` channels of `hw` pixels. Each `exp(x - max)` is computed from a
+/// rounded difference `d` (relative error `|d| u` after `exp`) by a libm `expf` (within
+/// 1 ulp, 2u); the sum of the `c` exponentials adds `γ(c)`, the division `u`. So each
+/// output's relative error is within `(|d_i| + 2) u + max_j (|d_j| + 2) u + γ(c) + 2u`.
+fn ref_softmax(x: &[f32], c: usize, hw: usize) -> Expected {
+    let mut want = Expected {
+        value: vec![0.0; c * hw],
+        bound: vec![0.0; c * hw],
+    };
+    for p in 0..hw {
+        let at = |ci: usize| x[ci * hw + p] as f64;
+        let m = (0..c).map(at).fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = (0..c).map(|ci| (at(ci) - m).exp()).sum();
+        let worst = (0..c).map(|ci| m - at(ci)).fold(0.0, f64::max);
+        for ci in 0..c {
+            let y = (at(ci) - m).exp() / s;
+            let d = m - at(ci);
+            want.value[ci * hw + p] = y;
+            // Plus 2^-149 for an exponential or quotient that underflows to a subnormal.
+            want.bound[ci * hw + p] =
+                y * ((d + 2.0) * U + (worst + 2.0) * U + gamma(c) + 3.0 * U) + f64::powi(2.0, -149);
+        }
+    }
+    want
 }
 
 /// The clip of the property tests: bounds that outputs of size O(1) cross on both sides.

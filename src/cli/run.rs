@@ -97,10 +97,10 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
     let y = &outputs[0];
     println!(
-        "{}: output `{}` of shape {:?}",
+        "{}: output `{}` of shape {}",
         g.name,
         g.node(g.outputs[0]).name,
-        y.shape()
+        cnnc::tensor::fmt_shape(y.shape())
     );
     print_top(y, &batch.items, a.top, labels.as_deref());
     println!(

@@ -39,6 +39,9 @@ fn float(v: f32) -> String {
         "-.inf".into()
     } else if v == f32::INFINITY {
         ".inf".into()
+    } else if v.is_nan() {
+        // YAML's NaN: the reader then says which attribute may not be NaN.
+        ".nan".into()
     } else {
         // `{:?}` keeps a decimal point (`1.0`), so YAML reads a float back.
         format!("{v:?}")

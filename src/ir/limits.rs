@@ -26,6 +26,30 @@ pub fn check(g: &Graph) -> Result<()> {
     Ok(())
 }
 
+/// Checks the limits that depend on the batch: an fc kernel takes the whole batch at
+/// once, so its input and output of `batch` items must fit what it addresses.
+pub fn check_batch(g: &Graph, batch: usize) -> Result<()> {
+    for id in g.topo_order()? {
+        if !matches!(g.node(id).op, Op::Fc(_)) {
+            continue;
+        }
+        let x = g.inputs(id).first().map_or(0, |&i| g.node(i).shape.len());
+        let features = x.max(g.node(id).shape.len()).max(1);
+        let most = (MAX_TENSOR_BYTES / 4 / features).min(MAX_DIM);
+        if batch > most {
+            return Err(refuse(
+                g,
+                id,
+                format!(
+                    "a batch of {batch} takes {batch}x{features} floats at once, more than the {} MiB an fc kernel addresses; use a batch of at most {most}",
+                    MAX_TENSOR_BYTES >> 20
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn refuse(g: &Graph, id: NodeId, what: String) -> Error {
     Error::Unsupported(format!("{}: {what}", g.node(id).name))
 }
@@ -122,20 +146,27 @@ fn check_node(g: &Graph, id: NodeId) -> Result<()> {
         }
     }
     // Elementwise kernels loop over one image's elements (relu, add) or over each
-    // channel's plane (softmax, batchnorm's scale-shift, global average pool).
+    // channel's plane (softmax, batchnorm's scale-shift, global average pool); fc over
+    // its input features.
+    let kind = node.op.kind();
     let loop_len = match node.op {
-        Op::Relu | Op::Add => Some(out.len().max(x.len())),
-        Op::Softmax | Op::BatchNorm { .. } | Op::ScaleShift | Op::GlobalAvgPool => Some(x.h * x.w),
+        Op::Relu | Op::Add => Some((out.len().max(x.len()), format!("a {kind} over"))),
+        Op::Softmax | Op::BatchNorm { .. } | Op::ScaleShift | Op::GlobalAvgPool => {
+            Some((x.h * x.w, format!("a {kind} over planes of")))
+        }
+        Op::Fc(_) => Some((x.len(), "an fc of".to_string())),
         _ => None,
     };
-    if let Some(n) = loop_len.filter(|&n| n > MAX_DIM) {
+    if let Some((n, what)) = loop_len.filter(|&(n, _)| n > MAX_DIM) {
+        let unit = if matches!(node.op, Op::Fc(_)) {
+            "input features"
+        } else {
+            "elements"
+        };
         return Err(refuse(
             g,
             id,
-            format!(
-                "a {} over {n} elements is more than the limit of {MAX_DIM} (2^24)",
-                node.op.kind()
-            ),
+            format!("{what} {n} {unit} is more than the limit of {MAX_DIM} (2^24)"),
         ));
     }
     if matches!(node.op, Op::Add) && inputs.len() > MAX_ADD_INPUTS {

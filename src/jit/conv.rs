@@ -116,15 +116,17 @@ impl ConvSpec {
         ];
         if dims.iter().any(|&d| d > MAX_DIM) {
             return Err(Error::Unsupported(format!(
-                "conv dimension over {MAX_DIM}: {s:?}"
+                "a conv dimension of {s} is over the limit of {MAX_DIM} (2^24)"
             )));
         }
         if s.in_c == 0 || s.in_h == 0 || s.in_w == 0 || s.out_c == 0 {
-            return Err(Error::Shape(format!("conv with an empty dimension: {s:?}")));
+            return Err(Error::Shape(format!(
+                "a conv of {s} has an empty dimension"
+            )));
         }
         if s.kernel_h == 0 || s.kernel_w == 0 || s.stride_h == 0 || s.stride_w == 0 {
             return Err(Error::Shape(format!(
-                "conv filter and stride must be positive: {s:?}"
+                "a conv of {s}: the filter and stride must be at least 1"
             )));
         }
         if let Some(c) = s.clip {
@@ -146,7 +148,7 @@ impl ConvSpec {
             && fits(&[s.out_c + 8, s.in_c, s.kernel_h, s.kernel_w]);
         if !ok {
             return Err(Error::Unsupported(format!(
-                "conv tensors over 1 GB are not supported: {s:?}"
+                "a conv of {s} has tensors over the 1 GiB a JIT kernel addresses"
             )));
         }
         Ok(())
@@ -666,6 +668,26 @@ pub enum ConvMethod {
     PointwiseGemm,
     /// 3x3 stride 1: Winograd F(4x4, 3x3).
     Winograd,
+}
+
+/// `3x32x32 input, 16 filters 3x3, stride 1x1, pad 1x1`: the shapes, for messages.
+impl std::fmt::Display for ConvSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{} input, {} filters {}x{}, stride {}x{}, pad {}x{}",
+            self.in_c,
+            self.in_h,
+            self.in_w,
+            self.out_c,
+            self.kernel_h,
+            self.kernel_w,
+            self.stride_h,
+            self.stride_w,
+            self.pad_h,
+            self.pad_w
+        )
+    }
 }
 
 impl std::fmt::Display for ConvMethod {

@@ -40,6 +40,30 @@ pub enum EltSpec {
     GlobalAvgPool { channels: usize, hw: usize },
 }
 
+/// `an add of 3 inputs of 1000 elements`: the kernel and its shapes, for messages.
+impl std::fmt::Display for EltSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            EltSpec::Add { inputs, len, .. } => {
+                write!(f, "an add of {inputs} inputs of {len} elements")
+            }
+            EltSpec::Relu { len } => write!(f, "a relu of {len} elements"),
+            EltSpec::ScaleShift { channels, hw, .. } => {
+                write!(f, "a scale-shift of {channels} channels of {hw} elements")
+            }
+            EltSpec::Softmax { channels, hw } => {
+                write!(f, "a softmax of {channels} channels at {hw} pixels")
+            }
+            EltSpec::GlobalAvgPool { channels, hw } => {
+                write!(
+                    f,
+                    "a global average pool of {channels} channels of {hw} elements"
+                )
+            }
+        }
+    }
+}
+
 impl EltSpec {
     fn n_inputs(&self) -> usize {
         match *self {
@@ -81,20 +105,22 @@ impl EltSpec {
         };
         if dims.iter().any(|&d| d > MAX_DIM) || self.n_inputs() > 1024 {
             return Err(Error::Unsupported(format!(
-                "elementwise op too large: {self:?}"
+                "{self} is over the limit of {MAX_DIM} (2^24) elements or 1024 inputs"
             )));
         }
         let ins: Vec<usize> = (0..self.n_inputs()).map(|i| self.lens(i).0).collect();
         let out = self.lens(0).1;
         if ins.contains(&0) || out == 0 || self.n_inputs() == 0 {
-            return Err(Error::Shape(format!("empty elementwise op: {self:?}")));
+            return Err(Error::Shape(format!("{self} has an empty input or output")));
         }
         if ins
             .iter()
             .chain([&out])
             .any(|&n| n.checked_mul(4).is_none_or(|b| b > i32::MAX as usize / 2))
         {
-            return Err(Error::Unsupported(format!("tensor over 1 GB: {self:?}")));
+            return Err(Error::Unsupported(format!(
+                "{self} has tensors over the 1 GiB a JIT kernel addresses"
+            )));
         }
         Ok(())
     }
@@ -358,7 +384,7 @@ impl EltKernel {
         let n = self.spec.n_inputs();
         if inputs.len() != n {
             return Err(Error::Input(format!(
-                "{:?}: expected {n} inputs, got {}",
+                "{} takes {n} inputs, but was given {}",
                 self.spec,
                 inputs.len()
             )));

@@ -38,6 +38,17 @@ pub struct FcSpec {
     pub clip: Option<Clip>,
 }
 
+/// `a batch of 2 x 400 features to 10`: the shapes, for messages.
+impl std::fmt::Display for FcSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a batch of {} x {} features to {}",
+            self.batch, self.in_features, self.out_features
+        )
+    }
+}
+
 impl FcSpec {
     pub fn new(in_features: usize, out_features: usize, batch: usize) -> Self {
         FcSpec {
@@ -92,12 +103,12 @@ impl FcSpec {
         let dims = [self.in_features, self.out_features, self.batch];
         if dims.iter().any(|&d| d > MAX_DIM) {
             return Err(Error::Unsupported(format!(
-                "fc dimension over {MAX_DIM}: {self:?}"
+                "an fc of {self} has a dimension over the limit of {MAX_DIM} (2^24)"
             )));
         }
         if self.in_features == 0 || self.out_features == 0 || self.batch == 0 {
             return Err(Error::Shape(format!(
-                "fc with an empty dimension: {self:?}"
+                "an fc of {self} has an empty dimension"
             )));
         }
         if let Some(c) = self.clip {
@@ -108,7 +119,7 @@ impl FcSpec {
             && fits(&[self.out_features + 8, self.in_features + 1]);
         if !ok {
             return Err(Error::Unsupported(format!(
-                "fc tensors over 1 GB are not supported: {self:?}"
+                "an fc of {self} has tensors over the 1 GiB a JIT kernel addresses; use a smaller batch"
             )));
         }
         Ok(())

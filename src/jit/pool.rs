@@ -38,6 +38,25 @@ pub struct PoolSpec {
     pub pad_w: usize,
 }
 
+/// `16x32x32 input, window 3x3, stride 2x2, pad 1x1`: the shapes, for messages.
+impl std::fmt::Display for PoolSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{}x{} input, window {}x{}, stride {}x{}, pad {}x{}",
+            self.channels,
+            self.in_h,
+            self.in_w,
+            self.kernel_h,
+            self.kernel_w,
+            self.stride_h,
+            self.stride_w,
+            self.pad_h,
+            self.pad_w
+        )
+    }
+}
+
 impl PoolSpec {
     pub fn square(
         kind: PoolKind,
@@ -97,27 +116,33 @@ impl PoolSpec {
         ];
         if dims.iter().any(|&d| d > MAX_DIM) {
             return Err(Error::Unsupported(format!(
-                "pool dimension over {MAX_DIM}: {s:?}"
+                "a pool of {s} has a dimension over the limit of {MAX_DIM} (2^24)"
             )));
         }
         if s.channels == 0 || s.in_h == 0 || s.in_w == 0 || s.kernel_h == 0 || s.kernel_w == 0 {
-            return Err(Error::Shape(format!("pool with an empty dimension: {s:?}")));
+            return Err(Error::Shape(format!(
+                "a pool of {s} has an empty dimension"
+            )));
         }
         if s.stride_h == 0 || s.stride_w == 0 {
-            return Err(Error::Shape(format!("pool stride must be positive: {s:?}")));
+            return Err(Error::Shape(format!(
+                "a pool of {s}: the stride must be at least 1"
+            )));
         }
         if s.in_h + 2 * s.pad_h < s.kernel_h || s.in_w + 2 * s.pad_w < s.kernel_w {
             return Err(Error::Shape(format!(
-                "pool window larger than the padded input: {s:?}"
+                "a pool of {s}: the window is larger than the padded input"
             )));
         }
         if 2 * s.pad_h > s.kernel_h || 2 * s.pad_w > s.kernel_w {
             return Err(Error::Shape(format!(
-                "pool padding must be at most half the window (PyTorch's rule): {s:?}"
+                "a pool of {s}: the JIT pool kernel pads at most half the window (PyTorch's rule)"
             )));
         }
         if !fits(&[s.channels, s.hp(), s.wp()]) {
-            return Err(Error::Unsupported(format!("pool tensors over 1 GB: {s:?}")));
+            return Err(Error::Unsupported(format!(
+                "a pool of {s} has tensors over the 1 GiB a JIT kernel addresses"
+            )));
         }
         Ok(())
     }

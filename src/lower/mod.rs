@@ -215,6 +215,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan> {
     opts.isa.check_host()?;
     // A graph built or edited by hand gets the checks the parser gives a file.
     g.check_shapes()?;
+    crate::ir::limits::check_batch(g, opts.batch)?;
     let order = g.topo_order()?;
     let id_of: HashMap<NodeId, ValueId> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let mut plan = Plan {

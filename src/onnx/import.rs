@@ -1407,6 +1407,39 @@ pub fn import(bytes: &[u8]) -> Result<Graph> {
 
 /// Imports `onnx` and writes the graph to `yaml` and its weights beside it
 /// (`model.yaml` -> `model.safetensors`, named by the YAML's `weights:`).
+/// Why the YAML written for `g` would not load, said of the model: the YAML reader's
+/// `layers[3].conv.filters: ... at line 7 column 21` names a line of a file that was
+/// never written, so it becomes `layer `conv2` (conv): filters: ...` (`layers[i]` is the
+/// `i`-th layer written, in topological order).
+fn reload_error(g: &Graph, e: &Error) -> String {
+    let msg = e.to_string();
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => &msg,
+    };
+    let layer = msg.strip_prefix("layers[").and_then(|rest| {
+        let (index, detail) = rest.split_once(']')?;
+        let order = g.topo_order().ok()?;
+        let id = *order
+            .iter()
+            .filter(|&&id| id != g.input)
+            .nth(index.parse().ok()?)?;
+        let node = g.node(id);
+        let detail = detail.trim_start_matches('.');
+        // `conv.filters: ...` -> `filters: ...`: the op is named already.
+        let detail = detail
+            .strip_prefix(node.op.kind())
+            .map_or(detail, |d| d.trim_start_matches('.'));
+        let detail = detail.trim_start_matches(": ");
+        Some(format!(
+            "layer `{}` ({}): {detail}",
+            node.name,
+            node.op.kind()
+        ))
+    });
+    layer.unwrap_or_else(|| msg.to_string())
+}
+
 pub fn import_file(onnx: &Path, yaml: &Path) -> Result<Graph> {
     let bytes = std::fs::read(onnx).map_err(|e| Error::io(onnx, e))?;
     let mut g = import(&bytes).map_err(|e| {
@@ -1442,8 +1475,9 @@ pub fn import_file(onnx: &Path, yaml: &Path) -> Result<Graph> {
     // What is written must load again (the same loader and checks as `cnnc run`).
     crate::format::parse_str(&text, None).map_err(|e| {
         Error::Unsupported(format!(
-            "{}: the imported graph would not load, so nothing was written: {e}",
-            onnx.display()
+            "{}: {}; cnnc cannot run this model, so nothing was written",
+            onnx.display(),
+            reload_error(&g, &e)
         ))
     })?;
     let model = [("the ONNX model", onnx)];

@@ -81,8 +81,8 @@ fn fold(g: &mut Graph, layer: NodeId, bn: NodeId) -> Result<()> {
             let old_bias = layer_node.param("bias");
             if !w.len().is_multiple_of(channels) || old_bias.is_some_and(|b| b.len() != channels) {
                 return Err(Error::Weights(format!(
-                    "{name}: its weight {:?} does not have {channels} output channels",
-                    w.shape()
+                    "{name}: its weight of shape {} does not have {channels} output channels",
+                    crate::tensor::fmt_shape(w.shape())
                 )));
             }
             let per_channel = w.len() / channels;

@@ -87,28 +87,29 @@ fn generate(plan: &Plan, module: &mut KernelModule) -> Result<Generated> {
     let mut gen = Generated::default();
     for s in &plan.steps {
         module.set_label(&s.name);
-        match &s.kernel {
-            Kernel::Conv { spec, method, isa } => once(&mut gen.conv, (*spec, *method), || {
-                module.set_isa(*isa)?;
-                module.add_conv_with(spec, *method)
-            })?,
-            Kernel::GroupedConv { spec, method, .. } => {
-                once(&mut gen.conv, (*spec, *method), || {
-                    module.add_conv_with(spec, *method)
-                })?
-            }
-            Kernel::Fc(spec) => once(&mut gen.fc, *spec, || module.add_fc(spec))?,
-            Kernel::Pool(spec) => once(&mut gen.pool, *spec, || module.add_pool(spec))?,
-            Kernel::Depthwise(spec) => {
-                once(&mut gen.depthwise, *spec, || module.add_depthwise(spec))?
-            }
-            Kernel::Elementwise { spec, .. } => {
-                once(&mut gen.elt, *spec, || module.add_elementwise(spec))?
-            }
-            Kernel::Copy { .. } | Kernel::Pad { .. } | Kernel::Host(_) => {}
-        }
+        add_kernel(&mut gen, module, s).map_err(|e| e.in_layer(&s.name))?;
     }
     Ok(gen)
+}
+
+/// Adds the kernel of step `s` unless `gen` has it already.
+fn add_kernel(gen: &mut Generated, module: &mut KernelModule, s: &Step) -> Result<()> {
+    match &s.kernel {
+        Kernel::Conv { spec, method, isa } => once(&mut gen.conv, (*spec, *method), || {
+            module.set_isa(*isa)?;
+            module.add_conv_with(spec, *method)
+        }),
+        Kernel::GroupedConv { spec, method, .. } => once(&mut gen.conv, (*spec, *method), || {
+            module.add_conv_with(spec, *method)
+        }),
+        Kernel::Fc(spec) => once(&mut gen.fc, *spec, || module.add_fc(spec)),
+        Kernel::Pool(spec) => once(&mut gen.pool, *spec, || module.add_pool(spec)),
+        Kernel::Depthwise(spec) => once(&mut gen.depthwise, *spec, || module.add_depthwise(spec)),
+        Kernel::Elementwise { spec, .. } => {
+            once(&mut gen.elt, *spec, || module.add_elementwise(spec))
+        }
+        Kernel::Copy { .. } | Kernel::Pad { .. } | Kernel::Host(_) => Ok(()),
+    }
 }
 
 /// Each pending kernel of `map` made callable.
