@@ -92,8 +92,8 @@ fn layer(
     let relu = (format!("relu: {{}}, {}", inputs(&[src])), x);
     let spatial = !x.flat;
     match op % 18 {
-        0 | 1 if spatial => conv(src, x, p),
-        12 if spatial => grouped_conv(src, x, p),
+        0 | 1 if spatial => conv(src, x, p, false),
+        12 if spatial => conv(src, x, p, true),
         2 | 3 if spatial => pool(op % 18 == 2, src, x, p),
         4 => {
             let units = 1 + p[0] % 40;
@@ -224,64 +224,53 @@ fn divisors(n: usize) -> Vec<usize> {
     (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
 }
 
-/// A plain conv: filter 1-7, stride 1-3, pad, with or without bias.
-fn conv(src: &str, x: Shape, p: &[usize; 6]) -> (String, Shape) {
-    let size = 1 + p[0] % x.h.min(x.w).min(7);
-    let pad = p[1] % size;
-    let stride = 1 + p[2] % 3;
-    let filters = 1 + p[3] % 33;
-    let out = Shape {
-        c: filters,
-        h: (x.h + 2 * pad - size) / stride + 1,
-        w: (x.w + 2 * pad - size) / stride + 1,
-        flat: false,
-    };
-    let bias = if p[3].is_multiple_of(4) {
-        ", bias: false"
+/// A conv: plain (square filter 1-7, 1-33 filters), or grouped (any divisor of the
+/// channels as groups, depthwise a third of the time, with a channel multiplier of 1-3,
+/// dilation 1-3, rectangular filters up to 5 taps whose dilated extent fits the input);
+/// stride 1-3, any pad below the filter, with or without bias.
+fn conv(src: &str, x: Shape, p: &[usize; 6], grouped: bool) -> (String, Shape) {
+    let (groups, filters, dilation, most_taps) = if grouped {
+        let divs = divisors(x.c);
+        let groups = if p[4] % 3 == 0 {
+            x.c
+        } else {
+            divs[p[4] % divs.len()]
+        };
+        (groups, groups * (1 + p[5] % 3), 1 + p[2] / 3 % 3, 5)
     } else {
-        ""
+        (1, 1 + p[3] % 33, 1, 7)
     };
-    let line = format!(
-        "conv: {{filters: {filters}, size: {size}, stride: {stride}, pad: {pad}{bias}}}, {}",
-        inputs(&[src])
-    );
-    (line, out)
-}
-
-/// A grouped, depthwise (with a channel multiplier of 1-3) or dilated conv: any divisor
-/// of the channels as groups, dilation 1-3 with the dilated filter fitting the input.
-fn grouped_conv(src: &str, x: Shape, p: &[usize; 6]) -> (String, Shape) {
-    let divs = divisors(x.c);
-    let groups = if p[4] % 3 == 0 {
-        x.c
-    } else {
-        divs[p[4] % divs.len()]
-    };
-    let filters = groups * (1 + p[5] % 3);
     let stride = 1 + p[2] % 3;
-    let dilation = 1 + p[2] / 3 % 3;
-    let taps = |n: usize| 1 + p[0] % ((n - 1) / dilation + 1).min(5);
-    let (th, tw) = (taps(x.h), taps(x.w));
+    let taps = |n: usize| 1 + p[0] % ((n - 1) / dilation + 1).min(most_taps);
+    let (th, tw) = if grouped {
+        (taps(x.h), taps(x.w))
+    } else {
+        (taps(x.h.min(x.w)), taps(x.h.min(x.w)))
+    };
     let (fh, fw) = (dilation * (th - 1) + 1, dilation * (tw - 1) + 1);
-    let (ph, pw) = (p[1] % fh, p[1] / 8 % fw);
+    let (ph, pw) = if grouped {
+        (p[1] % fh, p[1] / 8 % fw)
+    } else {
+        (p[1] % fh, p[1] % fw)
+    };
     let out = Shape {
         c: filters,
         h: (x.h + 2 * ph - fh) / stride + 1,
         w: (x.w + 2 * pw - fw) / stride + 1,
         flat: false,
     };
-    let bias = if p[3].is_multiple_of(3) {
-        ", bias: false"
-    } else {
-        ""
-    };
-    let line = format!(
-        "conv: {{filters: {filters}, size: {}, stride: {stride}, pad: {}, dilation: {dilation}, groups: {groups}{bias}}}, {}",
+    let mut attrs = format!(
+        "filters: {filters}, size: {}, stride: {stride}, pad: {}",
         hw(th, tw),
-        hw(ph, pw),
-        inputs(&[src])
+        hw(ph, pw)
     );
-    (line, out)
+    if grouped {
+        attrs += &format!(", dilation: {dilation}, groups: {groups}");
+    }
+    if p[3].is_multiple_of(if grouped { 3 } else { 4 }) {
+        attrs += ", bias: false";
+    }
+    (format!("conv: {{{attrs}}}, {}", inputs(&[src])), out)
 }
 
 /// A max or average pool with a rectangular window of 1-4, any pad below the window

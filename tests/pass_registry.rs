@@ -1,7 +1,9 @@
 //! The pass registry (one declaration per pass), the verifier's error chain and
 //! run-to-fixpoint.
+mod common;
 use cnnc::passes::{self, Changed, Pass, Pipeline, PASSES};
 use cnnc::{Error, Graph, OptLevel, Options};
+use common::{example_graphs, graph, Breaker, CONV_RELU};
 
 #[test]
 fn each_pass_is_declared_once_and_the_levels_follow_the_declarations() {
@@ -37,30 +39,11 @@ fn the_verifier_is_on_by_default() {
     assert!(Options::default().verify);
 }
 
-struct Breaker;
-impl Pass for Breaker {
-    fn run(&self, g: &mut Graph) -> cnnc::Result<Changed> {
-        let c = g.find("c").unwrap();
-        if let cnnc::ir::Op::Conv(conv) = &mut g.node_mut(c).op {
-            conv.filters += 1;
-        }
-        Ok(Changed::Yes)
-    }
-}
-
-fn small() -> Graph {
-    cnnc::format::parse_str(
-        "input: [3, 8, 8]\nlayers:\n  - {name: c, conv: {filters: 4, size: 3, pad: 1}}\n  - relu\n",
-        None,
-    )
-    .unwrap()
-}
-
 #[test]
 fn a_pass_error_keeps_the_verifiers_error_as_its_source() {
     let mut p = Pipeline::new(&Options::level(OptLevel::O0)).unwrap();
     p.push("breaker", Box::new(Breaker));
-    let err = p.run(&mut small()).unwrap_err();
+    let err = p.run(&mut graph(CONV_RELU)).unwrap_err();
     let Error::Pass { pass, .. } = &err else {
         panic!("{err}")
     };
@@ -91,14 +74,7 @@ impl Pass for Restless {
 
 #[test]
 fn run_to_fixpoint_stops_when_a_round_changes_nothing_and_refuses_a_pass_that_never_settles() {
-    let mut paths: Vec<_> = std::fs::read_dir("graphs")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    assert!(paths.len() >= 7);
-    paths.sort();
-    for path in paths {
+    for path in example_graphs() {
         let g = cnnc::format::load(&path).unwrap();
         let mut once = g.clone();
         Pipeline::for_level(OptLevel::O2).run(&mut once).unwrap();
@@ -118,6 +94,6 @@ fn run_to_fixpoint_stops_when_a_round_changes_nothing_and_refuses_a_pass_that_ne
     let mut p = Pipeline::new(&Options::level(OptLevel::O0)).unwrap();
     p.push("restless", Box::new(Restless));
     p.run_to_fixpoint(3);
-    let err = p.run(&mut small()).unwrap_err();
+    let err = p.run(&mut graph(CONV_RELU)).unwrap_err();
     assert!(err.to_string().contains("after 3 rounds"), "{err}");
 }

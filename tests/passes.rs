@@ -1,13 +1,11 @@
 //! IR-level tests of each pass and the pipeline: a small graph before (YAML), the
 //! expected graph after (the `--emit ir` text: names, ops, attributes, edges, shapes),
 //! including the cases a pass must leave alone.
+mod common;
 use cnnc::ir::print::to_text;
 use cnnc::passes::{self, Changed, Pass, Pipeline};
-use cnnc::{Error, Graph, OptLevel, Options, Tensor};
-
-fn parse(yaml: &str) -> Graph {
-    cnnc::format::parse_str(yaml, None).expect("test graph parses")
-}
+use cnnc::{Error, Graph, OptLevel, Options};
+use common::{assert_values, graph as parse, tensor as t, Breaker};
 
 fn opts(passes: &[&str]) -> Options {
     Options {
@@ -260,10 +258,6 @@ layers:
     );
 }
 
-fn t(shape: &[usize], data: &[f32]) -> Tensor {
-    Tensor::new(shape.to_vec(), data.to_vec()).unwrap()
-}
-
 /// The hand-computed case of the formulas:
 /// `s = gamma / sqrt(var + eps) = [2/sqrt(15+1), 1/sqrt(3+1)] = [0.5, 0.5]`,
 /// `w' = w * s = [0.5, 1.0]`, `b' = (b - mean) * s + beta = [(0.5-0.5)*0.5+0.1, (-1-1)*0.5+0] = [0.1, -1]`.
@@ -351,10 +345,7 @@ layers:
 }
 
 fn assert_close(got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(want) {
-        assert!((g - w).abs() < 1e-5, "got {got:?}, want {want:?}");
-    }
+    assert_values(got, want, 1e-5);
 }
 
 // ---------------------------------------------------------------- fuse-epilogue
@@ -725,18 +716,6 @@ fn o0_leaves_the_graph_as_written() {
     };
     assert_eq!(passes::optimize(&mut g, &o).unwrap(), Changed::No);
     assert_eq!(ir(&g), before);
-}
-
-/// A pass that breaks shapes: it widens the first conv without updating its shape.
-struct Breaker;
-impl Pass for Breaker {
-    fn run(&self, g: &mut Graph) -> cnnc::Result<Changed> {
-        let c = g.find("c").unwrap();
-        if let cnnc::ir::Op::Conv(conv) = &mut g.node_mut(c).op {
-            conv.filters += 1;
-        }
-        Ok(Changed::Yes)
-    }
 }
 
 #[test]

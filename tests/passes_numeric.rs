@@ -3,6 +3,7 @@
 //! 1e-4), on every example graph (seeded weights with non-trivial batchnorm statistics)
 //! and on every golden fixture (its weights, a seeded input; a fixture that does not load
 //! fails the test).
+mod common;
 use cnnc::passes::{optimize, Pipeline};
 use cnnc::runtime::compile;
 use cnnc::tensor::rel_l2;
@@ -96,15 +97,12 @@ const ZOO: &[&str] = &[
 
 #[test]
 fn example_graphs_agree_at_o0_and_o2() {
-    let mut paths: Vec<_> = std::fs::read_dir("graphs")
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+    let paths: Vec<_> = common::example_graphs()
+        .into_iter()
         // The ImageNet classics take minutes in the interpreter; tests/zoo_graphs.rs
         // and tests/light_models.rs check them.
         .filter(|p| !ZOO.iter().any(|z| p.file_stem().is_some_and(|s| s == *z)))
         .collect();
-    paths.sort();
     assert!(paths.len() >= 7);
     for path in paths {
         let mut g = cnnc::format::load(&path).unwrap();

@@ -6,14 +6,8 @@ use cnnc::ir::stats::layer_stats;
 use cnnc::ir::Graph;
 use cnnc::passes::Pipeline;
 use cnnc::{OptLevel, Tensor};
+use common::set_param as set;
 use common::*;
-
-fn set(g: &mut Graph, layer: &str, suffix: &str, dims: Vec<usize>, v: Vec<f32>) {
-    let id = g.find(layer).unwrap_or_else(|| panic!("no layer {layer}"));
-    g.node_mut(id)
-        .params
-        .insert(suffix.into(), Tensor::new(dims, v).unwrap());
-}
 
 fn run(g: &Graph, dims: Vec<usize>, x: Vec<f32>) -> Tensor {
     cnnc::interp::run(g, Tensor::new(dims, x).unwrap())
@@ -22,13 +16,7 @@ fn run(g: &Graph, dims: Vec<usize>, x: Vec<f32>) -> Tensor {
 }
 
 fn close(got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-            "[{i}]: {got:?} vs {want:?}"
-        );
-    }
+    assert_values(got, want, 1e-6);
 }
 
 fn arithmetic(g: &Graph, name: &str) -> String {

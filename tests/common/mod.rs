@@ -1,5 +1,7 @@
-//! Helpers shared by the integration tests: golden fixtures and closeness checks.
+//! Helpers shared by the integration tests: golden fixtures, graphs and parameters
+//! written by hand, closeness checks, the example graphs, and a pass that breaks graphs.
 #![allow(dead_code)]
+use cnnc::passes::{Changed, Pass};
 use cnnc::tensor::rel_l2;
 use cnnc::{Graph, Tensor};
 use std::path::{Path, PathBuf};
@@ -68,6 +70,64 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
 pub fn graph(yaml: &str) -> Graph {
     cnnc::format::parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"))
 }
+
+pub fn tensor(shape: impl Into<Vec<usize>>, data: impl Into<Vec<f32>>) -> Tensor {
+    Tensor::new(shape.into(), data.into()).unwrap()
+}
+
+/// Binds parameter `<layer>.<suffix>` by hand.
+pub fn set_param(
+    g: &mut Graph,
+    layer: &str,
+    suffix: &str,
+    shape: impl Into<Vec<usize>>,
+    data: Vec<f32>,
+) {
+    let id = g.find(layer).unwrap_or_else(|| panic!("no layer {layer}"));
+    g.node_mut(id)
+        .params
+        .insert(suffix.into(), tensor(shape, data));
+}
+
+/// Asserts every value is within `tol` of the wanted one, relative to it when it is
+/// larger than 1 (values worked by hand).
+pub fn assert_values(got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= tol * b.abs().max(1.0),
+            "[{i}]: {got:?} vs {want:?}"
+        );
+    }
+}
+
+/// The example graphs `graphs/*.yaml`, sorted (at least the seven classics).
+pub fn example_graphs() -> Vec<PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(repo().join("graphs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    assert!(paths.len() >= 7, "{paths:?}");
+    paths.sort();
+    paths
+}
+
+/// A pass that breaks shapes: it widens conv `c` without updating its recorded shape.
+pub struct Breaker;
+impl Pass for Breaker {
+    fn run(&self, g: &mut Graph) -> cnnc::Result<Changed> {
+        let c = g.find("c").unwrap();
+        if let cnnc::ir::Op::Conv(conv) = &mut g.node_mut(c).op {
+            conv.filters += 1;
+        }
+        Ok(Changed::Yes)
+    }
+}
+
+/// A conv `c` (4 filters on 3x8x8) and a relu: what [`Breaker`] breaks.
+pub const CONV_RELU: &str =
+    "input: [3, 8, 8]\nlayers:\n  - {name: c, conv: {filters: 4, size: 3, pad: 1}}\n  - relu\n";
 
 pub fn tmp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
