@@ -392,6 +392,10 @@ fn engine_limits_are_checked_at_load_with_the_layer_name() {
             format!("input: [1, 2, 2]\nlayers:\n  - relu\n  - {{name: many, add: {{}}, inputs: [{adds}]}}\n"),
             "many: an add of 100000 inputs is more than the limit of 1024",
         ),
+        (
+            "input: [5000, 64, 64]\nlayers:\n  - {name: head, fc: {units: 1}}\n".into(),
+            "head: an fc of 20480000 input features is more than the limit of 16777216 (2^24)",
+        ),
     ];
     for (i, (yaml, needle)) in cases.iter().enumerate() {
         let file = format!("g{i}.yaml");
@@ -415,7 +419,7 @@ fn unclear_messages_are_now_clear() {
         ),
         (
             b"input: [1, 8, 8]\nweights: 2\nlayers: [relu]\n",
-            "2: cannot read the weights file",
+            "2: cannot read the graph's `weights:` file: ",
         ),
         (
             b"- input: [1, 8, 8]\n- layers: [relu]\n",
@@ -529,11 +533,99 @@ fn imports_that_would_not_load_write_nothing() {
             "4611686018427387904 is too large",
         ),
         ("import_dims_2e32.onnx", "more than the limit of 2^31"),
+        // NaN attributes: written as YAML's `.nan`, refused by the reader.
+        (
+            "import_bn_eps_nan.onnx",
+            "layer `batchnorm1` (batchnorm): batchnorm eps must be positive, got NaN",
+        ),
+        (
+            "import_pad_value_nan.onnx",
+            "layer `pad1` (pad): pad value must be a number or -.inf, got NaN",
+        ),
     ];
     for (model, needle) in cases {
         let model = repo().join(FIXTURES).join(model);
         let o = in_dir(d, &["import", model.to_str().unwrap(), "-o", "m.yaml"]);
         assert_refused(&o, needle, &model.display().to_string());
         assert!(listing(d).is_empty(), "{model:?}: {:?}", listing(d));
+        // Said of the model: no line of a YAML file that was never written.
+        assert!(!o.stderr.contains(" line "), "{}", o.stderr);
+        assert!(!o.stderr.contains("layers["), "{}", o.stderr);
     }
+    let o = in_dir(
+        d,
+        &[
+            "import",
+            &fixture_path("import_conv_0filters.onnx"),
+            "-o",
+            "m.yaml",
+        ],
+    );
+    assert!(
+        o.stderr
+            .contains("layer `conv1` (conv): filters: expected a positive whole number, got 0;"),
+        "{}",
+        o.stderr
+    );
+}
+
+fn fixture_path(name: &str) -> String {
+    repo().join(FIXTURES).join(name).display().to_string()
+}
+
+/// The limits that depend on the batch (an fc kernel takes the whole batch) are
+/// checked before any kernel is generated, naming the layer and the largest batch.
+#[test]
+fn the_fc_batch_limit_names_the_layer_and_the_largest_batch() {
+    let g = common::graph("input: [1000, 10, 10]\nlayers:\n  - {name: big, fc: {units: 10}}\n");
+    let opts = |batch| cnnc::Options {
+        batch,
+        ..cnnc::Options::default()
+    };
+    let err = cnnc::runtime::compile(&g, &opts(2685))
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "big: a batch of 2685 takes 2685x100000 floats at once, more than the 1023 MiB an fc kernel addresses; use a batch of at most 2684"
+    );
+    assert!(matches!(err, cnnc::Error::Unsupported(_)));
+    // The largest batch it names lowers.
+    assert!(cnnc::lower::lower(&g, &opts(2684)).is_ok());
+}
+
+/// A kernel spec the JIT refuses says what is wrong in words (no Rust structs), and
+/// the model names the layer.
+#[test]
+fn jit_kernel_refusals_describe_shapes_in_words() {
+    use cnnc::jit::*;
+    let mut km = KernelModule::new().unwrap();
+    let conv = ConvSpec {
+        stride_h: 0,
+        ..ConvSpec::square(3, 8, 4, 3, 1, 1)
+    };
+    let fc = FcSpec::new(0, 10, 2);
+    let pool = PoolSpec::square(PoolKind::Max, 2, 1, 3, 2, 0);
+    let elt = EltSpec::Relu { len: 0 };
+    let errors = [
+        km.add_conv(&conv).err().expect("conv refused").to_string(),
+        km.add_fc(&fc).err().expect("fc refused").to_string(),
+        km.add_pool(&pool).err().expect("pool refused").to_string(),
+        km.add_elementwise(&elt)
+            .err()
+            .expect("relu refused")
+            .to_string(),
+    ];
+    let want = [
+        "a conv of 3x8x8 input, 4 filters 3x3, stride 0x1, pad 1x1: the filter and stride must be at least 1",
+        "an fc of a batch of 2 x 0 features to 10 has an empty dimension",
+        "a pool of 2x1x1 input, window 3x3, stride 2x2, pad 0x0: the window is larger than the padded input",
+        "a relu of 0 elements has an empty input or output",
+    ];
+    for (got, want) in errors.iter().zip(want) {
+        assert!(!got.contains('{'), "{got}");
+        assert!(got.contains(want), "{got}\nwant {want}");
+    }
+    let e = cnnc::Error::Unsupported("too big".into()).in_layer("conv7");
+    assert_eq!(e.to_string(), "conv7: too big");
 }

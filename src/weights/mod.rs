@@ -49,10 +49,13 @@ pub fn expected_params(g: &Graph, id: NodeId) -> Vec<(&'static str, Vec<usize>)>
 pub fn bind(g: &mut Graph, file: Option<&Path>) -> Result<Vec<String>> {
     match (file, g.weights_path.clone()) {
         (Some(path), _) => load_file(g, path),
-        (None, Some(path)) => load_file(g, &path).map_err(|e| match e {
-            Error::Weights(m) => Error::Weights(format!("{m} (the graph's `weights:` file)")),
-            other => other,
-        }),
+        (None, Some(path)) => safetensors_io::load_file_as(g, &path, "the graph's `weights:` file")
+            .map_err(|e| match e {
+                Error::Weights(m) if !m.contains("`weights:`") => {
+                    Error::Weights(format!("{m} (the graph's `weights:` file)"))
+                }
+                other => other,
+            }),
         (None, None) => {
             init_from_seed(g);
             Ok(Vec::new())

@@ -51,7 +51,19 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<BTreeMap<String, Tensor>> {
 /// errors do not name the tensor): the first, in name order, whose dtype is unknown or
 /// whose data does not fit its shape or the file.
 fn diagnose(bytes: &[u8]) -> Option<String> {
-    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let Some(len) = bytes.get(..8) else {
+        return Some(format!(
+            "the file has {} bytes, fewer than the 8 that give its header's length",
+            bytes.len()
+        ));
+    };
+    let len = u64::from_le_bytes(len.try_into().ok()?);
+    if len > (bytes.len() - 8) as u64 {
+        return Some(format!(
+            "its first 8 bytes give a header of {len} bytes, but only {} bytes follow",
+            bytes.len() - 8
+        ));
+    }
     let end = 8usize.checked_add(usize::try_from(len).ok()?)?;
     let header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(bytes.get(8..end)?).ok()?;
@@ -115,12 +127,13 @@ pub fn write_safetensors<'a>(
 /// Loads the graph's parameters from `path`. Missing tensors and wrong shapes are
 /// errors; tensors no layer uses are returned as warnings.
 pub fn load_file(g: &mut Graph, path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Error::Weights(format!(
-            "{}: cannot read the weights file: {e}",
-            path.display()
-        ))
-    })?;
+    load_file_as(g, path, "the weights file")
+}
+
+/// [`load_file`], where a file that cannot be read is called `what`.
+pub(crate) fn load_file_as(g: &mut Graph, path: &Path, what: &str) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Weights(format!("{}: cannot read {what}: {e}", path.display())))?;
     let mut tensors =
         read_safetensors(&bytes).map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
     let ids: Vec<_> = g.dag.node_indices().collect();
