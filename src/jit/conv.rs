@@ -673,21 +673,31 @@ pub enum ConvMethod {
 /// `3x32x32 input, 16 filters 3x3, stride 1x1, pad 1x1`: the shapes, for messages.
 impl std::fmt::Display for ConvSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
+        let s = self;
+        let filters = format!("{} filters {}x{}", s.out_c, s.kernel_h, s.kernel_w);
+        let input = [s.in_c, s.in_h, s.in_w];
+        describe_window(
             f,
-            "{}x{}x{} input, {} filters {}x{}, stride {}x{}, pad {}x{}",
-            self.in_c,
-            self.in_h,
-            self.in_w,
-            self.out_c,
-            self.kernel_h,
-            self.kernel_w,
-            self.stride_h,
-            self.stride_w,
-            self.pad_h,
-            self.pad_w
+            input,
+            &filters,
+            [s.stride_h, s.stride_w],
+            [s.pad_h, s.pad_w],
         )
     }
+}
+
+/// `<c>x<h>x<w> input, <window>, stride <h>x<w>, pad <h>x<w>` (conv and pool messages).
+pub(super) fn describe_window(
+    f: &mut std::fmt::Formatter<'_>,
+    [c, h, w]: [usize; 3],
+    window: &str,
+    [sh, sw]: [usize; 2],
+    [ph, pw]: [usize; 2],
+) -> std::fmt::Result {
+    write!(
+        f,
+        "{c}x{h}x{w} input, {window}, stride {sh}x{sw}, pad {ph}x{pw}"
+    )
 }
 
 impl std::fmt::Display for ConvMethod {

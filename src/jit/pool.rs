@@ -41,18 +41,13 @@ pub struct PoolSpec {
 /// `16x32x32 input, window 3x3, stride 2x2, pad 1x1`: the shapes, for messages.
 impl std::fmt::Display for PoolSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
+        let s = self;
+        super::conv::describe_window(
             f,
-            "{}x{}x{} input, window {}x{}, stride {}x{}, pad {}x{}",
-            self.channels,
-            self.in_h,
-            self.in_w,
-            self.kernel_h,
-            self.kernel_w,
-            self.stride_h,
-            self.stride_w,
-            self.pad_h,
-            self.pad_w
+            [s.channels, s.in_h, s.in_w],
+            &format!("window {}x{}", s.kernel_h, s.kernel_w),
+            [s.stride_h, s.stride_w],
+            [s.pad_h, s.pad_w],
         )
     }
 }
