@@ -231,7 +231,7 @@ fn divisors(n: usize) -> Vec<usize> {
 fn conv(src: &str, x: Shape, p: &[usize; 6], grouped: bool) -> (String, Shape) {
     let (groups, filters, dilation, most_taps) = if grouped {
         let divs = divisors(x.c);
-        let groups = if p[4] % 3 == 0 {
+        let groups = if p[4].is_multiple_of(3) {
             x.c
         } else {
             divs[p[4] % divs.len()]

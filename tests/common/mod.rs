@@ -71,8 +71,8 @@ pub fn graph(yaml: &str) -> Graph {
     cnnc::format::parse_str(yaml, None).unwrap_or_else(|e| panic!("{e}"))
 }
 
-pub fn tensor(shape: impl Into<Vec<usize>>, data: impl Into<Vec<f32>>) -> Tensor {
-    Tensor::new(shape.into(), data.into()).unwrap()
+pub fn tensor(shape: &[usize], data: &[f32]) -> Tensor {
+    Tensor::new(shape.to_vec(), data.to_vec()).unwrap()
 }
 
 /// Binds parameter `<layer>.<suffix>` by hand.
@@ -86,7 +86,7 @@ pub fn set_param(
     let id = g.find(layer).unwrap_or_else(|| panic!("no layer {layer}"));
     g.node_mut(id)
         .params
-        .insert(suffix.into(), tensor(shape, data));
+        .insert(suffix.into(), Tensor::new(shape.into(), data).unwrap());
 }
 
 /// Asserts every value is within `tol` of the wanted one, relative to it when it is
