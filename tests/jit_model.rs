@@ -479,3 +479,54 @@ fn example_graphs_agree_bit_for_bit_at_every_isa_level() {
         }
     }
 }
+
+/// Grouped and dilated convolutions run the dense kernel of one group at the plan's ISA
+/// level (the plan says which micro-kernel), with the same bits at every level.
+#[test]
+fn grouped_convs_use_the_plans_isa() {
+    let mut g = graph(
+        "name: grouped\ninput: [8, 13, 11]\nseed: 3\nlayers:\n\
+         \x20 - {name: g1, conv: {filters: 12, size: 3, stride: 2, pad: 1, groups: 2}}\n\
+         \x20 - {name: r1, relu}\n\
+         \x20 - {name: g2, conv: {filters: 6, size: 3, pad: 2, groups: 3, dilation: 2}}\n",
+    );
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let s = g.input_shape();
+    let x = Tensor::new(
+        vec![2, s.c, s.h, s.w],
+        cnnc::weights::standard_normal(3, "grouped", 2 * s.len()),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    let mut first: Option<Vec<Tensor>> = None;
+    for isa in cnnc::Isa::host_levels() {
+        let opts = Options {
+            batch: 2,
+            isa,
+            ..Default::default()
+        };
+        let plan = lowered(&g, &opts);
+        let grouped: Vec<String> = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.kernel, Kernel::GroupedConv { .. }))
+            .map(|s| s.kernel.algorithm().unwrap_or_default())
+            .collect();
+        assert_eq!(grouped.len(), 2, "{isa}");
+        let tag = match isa {
+            cnnc::Isa::Sse => "f32x4",
+            cnnc::Isa::Avx2 => "avx2",
+            cnnc::Isa::Avx512 => "avx512",
+        };
+        assert!(
+            grouped.iter().all(|a| a.contains(tag)),
+            "{isa}: {grouped:?}"
+        );
+        let got = compile(&g, &opts).unwrap().run(&x).unwrap();
+        assert_agrees(&format!("grouped at {isa}"), &got, &want);
+        match &first {
+            None => first = Some(got),
+            Some(f) => assert_eq!(&got, f, "grouped: {isa} differs"),
+        }
+    }
+}

@@ -122,6 +122,8 @@ pub enum Kernel {
     GroupedConv {
         spec: ConvSpec,
         method: ConvMethod,
+        /// The vector ISA of its kernel (as a `Conv`'s).
+        isa: Isa,
         groups: usize,
         size: Hw,
         dilation: Hw,
@@ -172,7 +174,16 @@ impl Kernel {
             Kernel::Conv { spec, method, isa } => {
                 Some(format!("{method}, {}", method.micro_kernel(spec, *isa)))
             }
-            Kernel::GroupedConv { method, groups, .. } => Some(format!("{method} x{groups}")),
+            Kernel::GroupedConv {
+                spec,
+                method,
+                isa,
+                groups,
+                ..
+            } => Some(format!(
+                "{method} x{groups}, {}",
+                method.micro_kernel(spec, *isa)
+            )),
             Kernel::Depthwise(d) if d.input_shuffle > 1 => Some(format!(
                 "input read through a shuffle of {}",
                 d.input_shuffle

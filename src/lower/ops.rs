@@ -151,12 +151,13 @@ fn grouped_conv(x: Shape, c: &Conv, opts: &Options) -> Kernel {
         },
         ..c.clone()
     };
-    let Kernel::Conv { spec, method, .. } = conv(group, &one, opts) else {
+    let Kernel::Conv { spec, method, isa } = conv(group, &one, opts) else {
         unreachable!("conv lowers to Kernel::Conv")
     };
     Kernel::GroupedConv {
         spec,
         method,
+        isa,
         groups: c.groups,
         size: c.size,
         dilation: c.dilation,

@@ -99,7 +99,10 @@ fn add_kernel(gen: &mut Generated, module: &mut KernelModule, s: &Step) -> Resul
             module.set_isa(*isa)?;
             module.add_conv_with(spec, *method)
         }),
-        Kernel::GroupedConv { spec, method, .. } => once(&mut gen.conv, (*spec, *method), || {
+        Kernel::GroupedConv {
+            spec, method, isa, ..
+        } => once(&mut gen.conv, (*spec, *method), || {
+            module.set_isa(*isa)?;
             module.add_conv_with(spec, *method)
         }),
         Kernel::Fc(spec) => once(&mut gen.fc, *spec, || module.add_fc(spec)),
@@ -164,6 +167,7 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
             groups,
             size,
             dilation,
+            ..
         } => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
             let k = gen
