@@ -167,3 +167,49 @@ fn clip_and_scale_shift_alone_and_fused() {
         2,
     );
 }
+
+/// Dilated convs with stride 1 run as plain convs on the input's phases (no zero taps),
+/// Winograd where a phase is 3x3 with enough channels; strided or grouped ones on the
+/// zero-expanded filter. Both against the interpreter, batch 2.
+#[test]
+fn dilated_convs_with_stride_1_run_on_phases() {
+    let cases = [
+        (
+            "input: [16, 20, 20]",
+            "{filters: 16, size: 3, dilation: 2, pad: 2}",
+            true,
+        ),
+        (
+            "input: [5, 13, 17]",
+            "{filters: 7, size: [3, 2], dilation: [4, 3], pad: [4, 1]}",
+            true,
+        ),
+        (
+            "input: [3, 9, 9]",
+            "{filters: 4, size: 3, dilation: 4, pad: 4, bias: false}",
+            true,
+        ),
+        (
+            "input: [3, 6, 5]",
+            "{filters: 4, size: 2, dilation: 5, pad: 2}",
+            true,
+        ),
+        (
+            "input: [4, 12, 12]",
+            "{filters: 4, size: 3, dilation: 2, stride: 2, pad: 2}",
+            false,
+        ),
+    ];
+    for (input, conv, phases) in cases {
+        let yaml = format!("{input}\nlayers:\n  - {{name: d, conv: {conv}}}\n  - relu6\n");
+        let mut g = graph(&yaml);
+        cnnc::weights::bind(&mut g, None).unwrap();
+        let opts = Options::default();
+        let mut og = g.clone();
+        cnnc::passes::optimize(&mut og, &opts).unwrap();
+        let plan = cnnc::lower::lower(&og, &opts).unwrap();
+        let family = plan.step("d").unwrap().kernel.family();
+        assert_eq!(family == "polyphase-conv", phases, "{conv}: {family}");
+        check(conv, &yaml, 2);
+    }
+}

@@ -115,6 +115,9 @@ pub enum Kernel {
     /// A depthwise conv (groups = input channels, any channel multiplier): its own
     /// kernel, vectorised along output pixels, dilation included.
     Depthwise(DepthwiseSpec),
+    /// A dilated conv with stride 1 as undilated convs on the input's phases
+    /// ([`Polyphase`]): no multiplications by zero taps.
+    Polyphase(Polyphase),
     /// A grouped or dilated conv on the dense conv kernel: `spec` is one group's (`C/G`
     /// input and `K/G` output channels, the dilated filter's extent as its size), run
     /// once per group; each group's weights are packed on their own, a dilated filter
@@ -130,6 +133,43 @@ pub enum Kernel {
     },
     /// A plain Rust loop per item, where no generated kernel exists yet.
     Host(HostOp),
+}
+
+/// A dilated convolution with stride 1, computed without the zeros between the taps.
+/// Output pixel `(q*Dh + r, u*Dw + t)` reads padded input pixels `((q+i)*Dh + r,
+/// (u+j)*Dw + t)`: the outputs of phase `(r, t)` are a plain convolution of the filter
+/// over the input's phase `(r, t)` (every `Dh`-th row from `r`, every `Dw`-th column from
+/// `t`). So each phase is gathered (zeros where the padding is), convolved by a dense
+/// kernel without dilation or padding, and scattered to its outputs
+/// (`crate::runtime::host`). The phases have at most two sizes per axis: at most four
+/// distinct kernels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Polyphase {
+    pub input: Shape,
+    pub output: Shape,
+    pub pad: Hw,
+    pub dilation: Hw,
+    /// The distinct convolutions of the phases.
+    pub convs: Vec<(ConvSpec, ConvMethod)>,
+    /// One per phase with outputs.
+    pub phases: Vec<Phase>,
+}
+
+/// One phase of a [`Polyphase`] conv: its first output row and column, and its
+/// convolution (an index into [`Polyphase::convs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phase {
+    pub row: usize,
+    pub col: usize,
+    pub conv: usize,
+}
+
+impl Phase {
+    /// Its output rows and columns.
+    pub fn out_hw(&self, p: &Polyphase) -> (usize, usize) {
+        let s = &p.convs[self.conv].0;
+        (s.out_h(), s.out_w())
+    }
 }
 
 /// The layers the runtime computes with plain loops over one item
@@ -163,6 +203,7 @@ impl Kernel {
             Kernel::Copy { .. } => "copy",
             Kernel::Pad { .. } => "pad",
             Kernel::Depthwise(_) => "depthwise",
+            Kernel::Polyphase(_) => "polyphase-conv",
             Kernel::GroupedConv { .. } => "grouped-conv",
             Kernel::Host(_) => "host-loop",
         }

@@ -24,6 +24,13 @@ pub fn kernel(g: &Graph, id: NodeId, opts: &Options) -> Result<Lowered> {
         Op::Input => return Ok(Lowered::Nothing),
         Op::Flatten | Op::Dropout => return Ok(Lowered::Alias),
         Op::Conv(c) if c.groups > 1 && c.groups == x.c => depthwise(x, c),
+        Op::Conv(c) if c.groups == 1 && c.stride.is(1) && !c.epilogue.residual => {
+            if c.dilation.is(1) {
+                conv(x, c, opts)
+            } else {
+                polyphase(x, out, c, opts)
+            }
+        }
         Op::Conv(c) if c.groups != 1 || !c.dilation.is(1) => grouped_conv(x, c, opts),
         Op::Conv(c) => conv(x, c, opts),
         Op::Gemm(gm) => gemm(x, gm, opts),
@@ -132,6 +139,44 @@ fn depthwise(x: Shape, c: &Conv) -> Kernel {
         clip: clip(&c.epilogue),
         input_shuffle: 1,
     })
+}
+
+/// A dilated conv with stride 1 (see [`super::Polyphase`]).
+fn polyphase(x: Shape, out: Shape, c: &Conv, opts: &Options) -> Kernel {
+    let (d, f) = (c.dilation, c.size);
+    let mut p = super::Polyphase {
+        input: x,
+        output: out,
+        pad: c.pad,
+        dilation: d,
+        convs: Vec::new(),
+        phases: Vec::new(),
+    };
+    for row in 0..d.h.min(out.h) {
+        for col in 0..d.w.min(out.w) {
+            // Outputs row, row + D, ...: (OH - row) / D of them, rounded up; each reads
+            // F consecutive rows of the phase.
+            let (rows, cols) = ((out.h - row).div_ceil(d.h), (out.w - col).div_ceil(d.w));
+            let phase_in = Shape::chw(x.c, rows + f.h - 1, cols + f.w - 1);
+            let plain = Conv {
+                dilation: crate::ir::Hw { h: 1, w: 1 },
+                pad: crate::ir::Hw { h: 0, w: 0 },
+                ..c.clone()
+            };
+            let Kernel::Conv { spec, method, .. } = conv(phase_in, &plain, opts) else {
+                unreachable!("conv lowers to Kernel::Conv")
+            };
+            let conv = match p.convs.iter().position(|&k| k == (spec, method)) {
+                Some(i) => i,
+                None => {
+                    p.convs.push((spec, method));
+                    p.convs.len() - 1
+                }
+            };
+            p.phases.push(super::Phase { row, col, conv });
+        }
+    }
+    Kernel::Polyphase(p)
 }
 
 /// A grouped or dilated conv: the dense kernel of one group (see [`Kernel::GroupedConv`]).

@@ -3,8 +3,11 @@
 //! (unequal pads, padding over half the window, an average that excludes the padding),
 //! LRN, channel shuffle and a standalone clip. Each is memory-bound data movement or a
 //! light per-element formula; the interpreter's versions are the specification.
+use crate::error::Result;
 use crate::ir::{Lrn, Pool, Shape};
-use crate::lower::HostOp;
+use crate::jit::{ConvKernel, ThreadPool};
+use crate::lower::{HostOp, Polyphase};
+use std::sync::Arc;
 
 impl HostOp {
     /// One item: `x` is the input item, `out` the output item.
@@ -115,4 +118,78 @@ fn shuffle_item(x: &[f32], groups: usize, s: &Shape, out: &mut [f32]) {
             out[to..to + plane].copy_from_slice(&x[from..from + plane]);
         }
     }
+}
+
+/// Floats of scratch a [`Polyphase`] conv needs: the largest phase's gathered input and
+/// output, and its kernel's scratch after them.
+pub(super) fn polyphase_scratch(p: &Polyphase, convs: &[(Arc<ConvKernel>, Vec<f32>)]) -> usize {
+    (p.phases.iter())
+        .map(|ph| {
+            let spec = &p.convs[ph.conv].0;
+            spec.input_len() + spec.output_len() + convs[ph.conv].0.scratch_len()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// One item of a [`Polyphase`] conv: for each phase, its input pixels gathered (zero in
+/// the padding), its plain convolution, its outputs scattered into place.
+pub(super) fn polyphase(
+    p: &Polyphase,
+    convs: &[(Arc<ConvKernel>, Vec<f32>)],
+    x: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+    pool: Option<&ThreadPool>,
+) -> Result<()> {
+    let (s, o, d) = (p.input, p.output, p.dilation);
+    for ph in &p.phases {
+        let (k, packed) = &convs[ph.conv];
+        let spec = k.spec();
+        let (gathered, rest) = scratch.split_at_mut(spec.input_len());
+        let (result, conv_scratch) = rest.split_at_mut(spec.output_len());
+        // Phase pixel (a, b) is padded pixel (a*Dh + row, b*Dw + col).
+        let source = |i: usize, d: usize, first: usize, pad: usize, n: usize| {
+            (i * d + first).checked_sub(pad).filter(|&v| v < n)
+        };
+        let (ph_h, ph_w) = (spec.in_h, spec.in_w);
+        for c in 0..s.c {
+            let plane = &x[c * s.h * s.w..(c + 1) * s.h * s.w];
+            for a in 0..ph_h {
+                let row = &mut gathered[(c * ph_h + a) * ph_w..(c * ph_h + a + 1) * ph_w];
+                match source(a, d.h, ph.row, p.pad.h, s.h) {
+                    None => row.fill(0.0),
+                    Some(y) => {
+                        for (b, v) in row.iter_mut().enumerate() {
+                            *v = source(b, d.w, ph.col, p.pad.w, s.w)
+                                .map_or(0.0, |xi| plane[y * s.w + xi]);
+                        }
+                    }
+                }
+            }
+        }
+        match pool {
+            Some(pl) => k.run_parallel(pl, gathered, packed, None, result, conv_scratch)?,
+            None => k.run(
+                gathered,
+                packed,
+                None,
+                result,
+                conv_scratch,
+                0..k.work_units(),
+            )?,
+        }
+        let (rows, cols) = ph.out_hw(p);
+        for c in 0..o.c {
+            for q in 0..rows {
+                let src = &result[(c * rows + q) * cols..(c * rows + q + 1) * cols];
+                let y = q * d.h + ph.row;
+                let dst = &mut out[(c * o.h + y) * o.w..(c * o.h + y + 1) * o.w];
+                for (u, &v) in src.iter().enumerate() {
+                    dst[u * d.w + ph.col] = v;
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ use crate::jit::{
     KernelModule, Pending, PendingConv, PendingDepthwise, PendingElt, PendingFc, PendingPool,
     PoolKernel, PoolSpec, ThreadPool,
 };
-use crate::lower::{HostOp, Kernel, Plan, Step};
+use crate::lower::{HostOp, Kernel, Plan, Polyphase, Step};
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -51,6 +51,12 @@ pub(super) enum Code {
     },
     /// A plain loop per item ([`super::host`]).
     Host(HostOp),
+    /// A dilated conv on its input's phases: each distinct phase convolution's kernel and
+    /// packed weights (in the order of [`Polyphase::convs`]).
+    Polyphase {
+        plan: Polyphase,
+        convs: Vec<(Arc<ConvKernel>, Vec<f32>)>,
+    },
 }
 
 /// Every step's code, in the plan's order, and what it took to make.
@@ -108,6 +114,11 @@ fn add_kernel(gen: &mut Generated, module: &mut KernelModule, s: &Step) -> Resul
         Kernel::Fc(spec) => once(&mut gen.fc, *spec, || module.add_fc(spec)),
         Kernel::Pool(spec) => once(&mut gen.pool, *spec, || module.add_pool(spec)),
         Kernel::Depthwise(spec) => once(&mut gen.depthwise, *spec, || module.add_depthwise(spec)),
+        Kernel::Polyphase(p) => p.convs.iter().try_for_each(|(spec, method)| {
+            once(&mut gen.conv, (*spec, *method), || {
+                module.add_conv_with(spec, *method)
+            })
+        }),
         Kernel::Elementwise { spec, .. } => {
             once(&mut gen.elt, *spec, || module.add_elementwise(spec))
         }
@@ -160,6 +171,24 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
             let (w, b) = weights(g, s.layer, spec.bias)?;
             let spec = *spec;
             Some(Box::new(move || pack_depthwise_weights(&spec, w, b)))
+        }
+        Kernel::Polyphase(p) => {
+            // Every phase convolution's packing, one after another.
+            let (w, b) = weights(g, s.layer, p.convs[0].0.bias)?;
+            let kernels = (p.convs.iter())
+                .map(|key| {
+                    gen.conv
+                        .get(key)
+                        .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(Box::new(move || {
+                let mut all = Vec::new();
+                for k in &kernels {
+                    all.extend(k.pack_weights(w, b)?);
+                }
+                Ok(all)
+            }))
         }
         Kernel::GroupedConv {
             spec,
@@ -286,6 +315,19 @@ pub(super) fn instantiate(
                 groups: *groups,
             },
             Kernel::Host(op) => Code::Host(op.clone()),
+            Kernel::Polyphase(p) => {
+                let mut all = take()?;
+                let mut convs = Vec::with_capacity(p.convs.len());
+                for key in &p.convs {
+                    let k = conv.get(key).ok_or_else(missing)?.clone();
+                    let rest = all.split_off(k.packed_len().min(all.len()));
+                    convs.push((k, std::mem::replace(&mut all, rest)));
+                }
+                Code::Polyphase {
+                    plan: p.clone(),
+                    convs,
+                }
+            }
         });
     }
     Ok(Instantiated {

@@ -150,6 +150,7 @@ impl Model {
                 Code::Conv { k, .. } | Code::GroupedConv { k, .. } => k.scratch_len(),
                 Code::Pool(k) => k.scratch_len() * opts.threads,
                 Code::Depthwise { k, .. } => k.scratch_len() * opts.threads,
+                Code::Polyphase { plan, convs } => super::host::polyphase_scratch(plan, convs),
                 _ => 0,
             })
             .max()
@@ -414,6 +415,10 @@ impl Model {
                 }
                 Code::Pad { pad, input } => pad_item(step.item(&ins, 0, n)?, input, pad, o),
                 Code::Host(op) => op.run(step.item(&ins, 0, n)?, o),
+                Code::Polyphase { plan, convs } => {
+                    let x = step.item(&ins, 0, n)?;
+                    super::host::polyphase(plan, convs, x, o, scratch, pool)?
+                }
                 Code::GroupedConv { k, packed, groups } => {
                     let x = step.item(&ins, 0, n)?;
                     let residual = (n_in > 1).then(|| step.item(&ins, 1, n)).transpose()?;
