@@ -997,7 +997,7 @@ impl ConvBufs<Slot> {
 
 impl<'a> ConvBufs<Buf<'a>> {
     /// The caller's buffers.
-    fn new(
+    pub(crate) fn new(
         input: &'a [f32],
         packed: &'a [f32],
         residual: Option<&'a [f32]>,

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{fits, off, F32, F32X4, MAX_DIM};
-use super::entry::{slot_layout, Buf, Entry, Slot};
+use super::conv::{ConvBufs, ConvSpec};
+use super::entry::{Buf, Entry, Slot};
 use super::epilogue::{Clip, Epilogue};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -72,6 +73,29 @@ impl DepthwiseSpec {
             relu: false,
             residual: false,
             clip: None,
+            input_shuffle: 1,
+        }
+    }
+    /// The depthwise conv of a conv's shapes (`in_c` groups of one channel) with this
+    /// dilation, reading its input as it is.
+    pub fn of_conv(c: &ConvSpec, dilation_h: usize, dilation_w: usize) -> Self {
+        DepthwiseSpec {
+            channels: c.in_c,
+            multiplier: c.out_c / c.in_c,
+            in_h: c.in_h,
+            in_w: c.in_w,
+            kernel_h: c.kernel_h,
+            kernel_w: c.kernel_w,
+            stride_h: c.stride_h,
+            stride_w: c.stride_w,
+            pad_h: c.pad_h,
+            pad_w: c.pad_w,
+            dilation_h,
+            dilation_w,
+            bias: c.bias,
+            relu: c.relu,
+            residual: c.residual,
+            clip: c.clip,
             input_shuffle: 1,
         }
     }
@@ -245,40 +269,6 @@ pub fn pack_depthwise_weights(
     Ok(packed)
 }
 
-slot_layout! {
-    /// The buffer array of the depthwise function, in slot order.
-    pub(crate) struct DepthwiseBufs {
-        /// `[channels, in_h, in_w]`.
-        input,
-        /// [`DepthwiseSpec::packed_len`] floats: weights, then bias.
-        packed,
-        /// The output's shape, when fused.
-        residual,
-        /// `[channels * multiplier, out_h, out_w]`.
-        out,
-        /// The padded plane of the channel being convolved.
-        scratch,
-    }
-}
-
-impl<'a> DepthwiseBufs<Buf<'a>> {
-    fn new(
-        input: &'a [f32],
-        packed: &'a [f32],
-        residual: Option<&'a [f32]>,
-        out: &'a mut [f32],
-        scratch: &'a mut [f32],
-    ) -> Self {
-        DepthwiseBufs {
-            input: Buf::In(input),
-            packed: Buf::In(packed),
-            residual: Buf::opt(residual),
-            out: Buf::Out(out),
-            scratch: Buf::Out(scratch),
-        }
-    }
-}
-
 /// The constant parts of one output channel's code: its taps and bias (scalar, and
 /// broadcast for the vector loop), and where its output and residual planes are.
 struct Channel {
@@ -293,7 +283,7 @@ struct Channel {
 fn body(
     s: &DepthwiseSpec,
     e: &mut Emit,
-    b: DepthwiseBufs<Value>,
+    b: ConvBufs<Value>,
     begin: Value,
     end: Value,
 ) -> Result<()> {
@@ -352,7 +342,7 @@ fn input_channel(s: &DepthwiseSpec, e: &mut Emit, c: Value) -> Value {
 fn channel(
     s: &DepthwiseSpec,
     e: &mut Emit,
-    b: &DepthwiseBufs<Value>,
+    b: &ConvBufs<Value>,
     k: Value,
     out_plane: usize,
 ) -> Result<Channel> {
@@ -415,7 +405,6 @@ fn row(s: &DepthwiseSpec, e: &mut Emit, src: Value, ch: &Channel, oy: Value) -> 
     let tap_offset = |fy: usize, fx: usize| (fy * s.dilation_h * wr + fx * s.dilation_w) * 4;
     e.for_const(0, nvec as i64, 4, |e, ox| {
         let base = e.addr(in_row, ox, s.stride_w * 4);
-        let mut acc: Option<Value> = None;
         // Stride 2: the taps at columns 2q and 2q + 1 share their two loads (the even
         // and the odd lanes of columns 2q .. 2q + 8).
         let mut loaded: Vec<(usize, Value)> = Vec::new();
@@ -427,25 +416,17 @@ fn row(s: &DepthwiseSpec, e: &mut Emit, src: Value, ch: &Channel, oy: Value) -> 
                 v
             }
         };
-        for fy in 0..s.kernel_h {
-            for fx in 0..s.kernel_w {
-                let v = if s.stride_w == 1 {
-                    load(e, tap_offset(fy, fx))
-                } else {
-                    let col = fx * s.dilation_w;
-                    let o = tap_offset(fy, 0) + col / 2 * 8;
-                    let lo = load(e, o);
-                    let hi = load(e, o + 16);
-                    e.shuffle_lanes(lo, hi, col % 2)
-                };
-                let w = ch.vtaps[fy * s.kernel_w + fx];
-                acc = Some(match acc {
-                    None => e.b.ins().fmul(v, w),
-                    Some(a) => e.fmadd(v, w, a),
-                });
+        let acc = weighted_sum(s, e, &ch.vtaps, |e, fy, fx| {
+            if s.stride_w == 1 {
+                load(e, tap_offset(fy, fx))
+            } else {
+                let col = fx * s.dilation_w;
+                let o = tap_offset(fy, 0) + col / 2 * 8;
+                let lo = load(e, o);
+                let hi = load(e, o + 16);
+                e.shuffle_lanes(lo, hi, col % 2)
             }
-        }
-        let acc = acc.expect("a filter has taps");
+        });
         let o4 = e.mul_imm(ox, 4);
         let (r, o) = (e.b.ins().iadd(res_row, o4), e.b.ins().iadd(out_row, o4));
         e.epilogue_store(&ep, acc, ch.vbias, (r, o), 0);
@@ -453,23 +434,35 @@ fn row(s: &DepthwiseSpec, e: &mut Emit, src: Value, ch: &Channel, oy: Value) -> 
     })?;
     e.for_const(nvec as i64, ow as i64, 1, |e, ox| {
         let base = e.addr(in_row, ox, s.stride_w * 4);
-        let mut acc: Option<Value> = None;
-        for fy in 0..s.kernel_h {
-            for fx in 0..s.kernel_w {
-                let v = ld(e, F32, base, off(tap_offset(fy, fx)));
-                let w = ch.taps[fy * s.kernel_w + fx];
-                acc = Some(match acc {
-                    None => e.b.ins().fmul(v, w),
-                    Some(a) => e.fmadd(v, w, a),
-                });
-            }
-        }
-        let acc = acc.expect("a filter has taps");
+        let acc = weighted_sum(s, e, &ch.taps, |e, fy, fx| {
+            ld(e, F32, base, off(tap_offset(fy, fx)))
+        });
         let o4 = e.mul_imm(ox, 4);
         let (r, o) = (e.b.ins().iadd(res_row, o4), e.b.ins().iadd(out_row, o4));
         e.epilogue_store(&ep, acc, ch.bias, (r, o), 0);
         Ok(())
     })
+}
+
+/// `sum of taps[fy][fx] * value(fy, fx)` over the filter, in the interpreter's order.
+fn weighted_sum(
+    s: &DepthwiseSpec,
+    e: &mut Emit,
+    taps: &[Value],
+    mut value: impl FnMut(&mut Emit, usize, usize) -> Value,
+) -> Value {
+    let mut acc: Option<Value> = None;
+    for fy in 0..s.kernel_h {
+        for fx in 0..s.kernel_w {
+            let v = value(e, fy, fx);
+            let w = taps[fy * s.kernel_w + fx];
+            acc = Some(match acc {
+                None => e.b.ins().fmul(v, w),
+                Some(a) => e.fmadd(v, w, a),
+            });
+        }
+    }
+    acc.expect("a filter has taps")
 }
 
 /// A depthwise convolution defined in a [`KernelModule`], not yet finalized.
@@ -495,7 +488,9 @@ impl Pending for PendingDepthwise {
         // its `multiplier` output planes (reading the residual's), reads their taps and
         // bias, and (when padded) uses the first scratch_len floats of the scratch; vector
         // loads stay within a row of the plane (`vector_cols`).
-        let slots = DepthwiseBufs {
+        // The conv kernels' buffer array: input, packed weights, residual, output,
+        // scratch.
+        let slots = ConvBufs {
             input: Slot::read("depthwise input", s.input_len()),
             packed: Slot::read("depthwise packed weights", s.packed_len()),
             residual: Slot::read_if(s.residual, "depthwise residual", s.output_len()),
@@ -537,7 +532,7 @@ impl DepthwiseKernel {
         scratch: &mut [f32],
         range: Range<usize>,
     ) -> Result<()> {
-        let bufs = DepthwiseBufs::new(input, packed, residual, out, scratch);
+        let bufs = ConvBufs::<Buf>::new(input, packed, residual, out, scratch);
         self.entry.run(&mut bufs.into_array(), range)
     }
 
@@ -552,7 +547,7 @@ impl DepthwiseKernel {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let bufs = DepthwiseBufs::new(input, packed, residual, out, scratch);
+        let bufs = ConvBufs::<Buf>::new(input, packed, residual, out, scratch);
         self.entry.run_parallel(pool, &mut bufs.into_array())
     }
 

@@ -89,25 +89,27 @@ fn conv_kernel(spec: ConvSpec, opts: &Options) -> Kernel {
 }
 
 fn conv(x: Shape, c: &Conv, opts: &Options) -> Kernel {
-    conv_kernel(
-        ConvSpec {
-            in_c: x.c,
-            in_h: x.h,
-            in_w: x.w,
-            out_c: c.filters,
-            kernel_h: c.size.h,
-            kernel_w: c.size.w,
-            stride_h: c.stride.h,
-            stride_w: c.stride.w,
-            pad_h: c.pad.h,
-            pad_w: c.pad.w,
-            bias: c.bias,
-            relu: c.epilogue.relu,
-            residual: c.epilogue.residual,
-            clip: clip(&c.epilogue),
-        },
-        opts,
-    )
+    conv_kernel(conv_spec(x, c), opts)
+}
+
+/// The dense kernel's spec of `c` on `x` (groups and dilation aside).
+fn conv_spec(x: Shape, c: &Conv) -> ConvSpec {
+    ConvSpec {
+        in_c: x.c,
+        in_h: x.h,
+        in_w: x.w,
+        out_c: c.filters,
+        kernel_h: c.size.h,
+        kernel_w: c.size.w,
+        stride_h: c.stride.h,
+        stride_w: c.stride.w,
+        pad_h: c.pad.h,
+        pad_w: c.pad.w,
+        bias: c.bias,
+        relu: c.epilogue.relu,
+        residual: c.epilogue.residual,
+        clip: clip(&c.epilogue),
+    }
 }
 
 /// A fused clip as the kernels' epilogue takes it.
@@ -120,25 +122,11 @@ fn clip(e: &Epilogue) -> Option<crate::jit::Clip> {
 
 /// A depthwise conv: one input channel per group, `filters / groups` outputs each.
 fn depthwise(x: Shape, c: &Conv) -> Kernel {
-    Kernel::Depthwise(DepthwiseSpec {
-        channels: x.c,
-        multiplier: c.filters / c.groups,
-        in_h: x.h,
-        in_w: x.w,
-        kernel_h: c.size.h,
-        kernel_w: c.size.w,
-        stride_h: c.stride.h,
-        stride_w: c.stride.w,
-        pad_h: c.pad.h,
-        pad_w: c.pad.w,
-        dilation_h: c.dilation.h,
-        dilation_w: c.dilation.w,
-        bias: c.bias,
-        relu: c.epilogue.relu,
-        residual: c.epilogue.residual,
-        clip: clip(&c.epilogue),
-        input_shuffle: 1,
-    })
+    Kernel::Depthwise(DepthwiseSpec::of_conv(
+        &conv_spec(x, c),
+        c.dilation.h,
+        c.dilation.w,
+    ))
 }
 
 /// A dilated conv with stride 1 (see [`super::Polyphase`]).
