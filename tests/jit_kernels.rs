@@ -276,6 +276,18 @@ fn winograd_bounds(
 /// Compiles `spec`, runs it over the whole range and in 2 and 3 pieces (bit-identical),
 /// and compares with the reference. Returns the method the kernel used.
 fn check_conv(s: &ConvSpec, seed: u64) -> ConvMethod {
+    check_conv_with(s, seed, None).1
+}
+
+/// Compiles `s` at `isa` (`None`: the default level, with Winograd where it applies, and the
+/// weights packed by `pack_conv_weights`; `Some`: that level, without Winograd), runs it on
+/// NaN-poisoned outputs over the whole range and split in 2, 3 and 7 pieces (bit-identical),
+/// checks it against the reference; returns the output, the method and the micro-kernel.
+fn check_conv_with(
+    s: &ConvSpec,
+    seed: u64,
+    isa: Option<cnnc::Isa>,
+) -> (Vec<f32>, ConvMethod, String) {
     let x = rand_vec(s.input_len(), seed);
     // Weights scaled by 1/sqrt(fan-in), as in trained networks, so outputs are O(1).
     let scale = 1.0 / ((s.in_c * s.kernel_h * s.kernel_w) as f32).sqrt();
@@ -285,35 +297,42 @@ fn check_conv(s: &ConvSpec, seed: u64) -> ConvMethod {
         .collect();
     let b = s.bias.then(|| rand_vec(s.out_c, seed + 2));
     let r = s.residual.then(|| rand_vec(s.output_len(), seed + 3));
-    let packed = pack_conv_weights(s, &w, b.as_deref()).unwrap();
     let mut km = KernelModule::new().unwrap();
+    if let Some(isa) = isa {
+        km.set_isa(isa).unwrap();
+        km.set_winograd(false);
+    }
     let p = km.add_conv(s).unwrap();
+    let packed = match isa {
+        None => pack_conv_weights(s, &w, b.as_deref()).unwrap(),
+        Some(_) => p.pack_weights(&w, b.as_deref()).unwrap(),
+    };
     let code = km.finalize().unwrap();
     let k = code.get(p).unwrap();
+    let what = format!("{s:?} at {isa:?}");
     let mut out = vec![f32::NAN; s.output_len()];
     k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
     let mut want = ref_conv(s, &x, &w, b.as_deref(), r.as_deref());
     if k.method() == ConvMethod::Winograd {
         winograd_bounds(s, &x, &w, b.as_deref(), r.as_deref(), &mut want);
     }
-    assert_close(&out, &want, &format!("{s:?}"));
+    assert_close(&out, &want, &what);
     let units = k.work_units();
     let mut scratch = vec![0.0f32; k.scratch_len()];
-    for pieces in [2usize, 3] {
+    for pieces in [2usize, 3, 7] {
         let mut out2 = vec![f32::NAN; s.output_len()];
         for i in 0..pieces {
             let range = units * i / pieces..units * (i + 1) / pieces;
             k.run(&x, &packed, r.as_deref(), &mut out2, &mut scratch, range)
                 .unwrap();
         }
-        assert!(
-            out.iter()
-                .zip(&out2)
-                .all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{s:?}: split in {pieces} differs"
-        );
+        let same = out
+            .iter()
+            .zip(&out2)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{what}: split in {pieces} differs");
     }
-    k.method()
+    (out, k.method(), k.micro_kernel().to_string())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1488,51 +1507,6 @@ fn clip_epilogue_on_every_kernel() {
     assert!(KernelModule::new().unwrap().add_fc(&nan).is_err());
 }
 
-/// Compiles `s` at `isa` (direct method unless it is pointwise or Winograd's), runs it on
-/// NaN-poisoned outputs over the whole range and split in 2 and 3 pieces (bit-identical),
-/// checks it against the reference; returns the output and the micro-kernel's name.
-fn conv_at_isa(s: &ConvSpec, seed: u64, isa: cnnc::Isa) -> (Vec<f32>, String) {
-    let x = rand_vec(s.input_len(), seed);
-    let scale = 1.0 / ((s.in_c * s.kernel_h * s.kernel_w) as f32).sqrt();
-    let w: Vec<f32> = rand_vec(s.weight_len(), seed + 1)
-        .iter()
-        .map(|v| v * scale)
-        .collect();
-    let b = s.bias.then(|| rand_vec(s.out_c, seed + 2));
-    let r = s.residual.then(|| rand_vec(s.output_len(), seed + 3));
-    let mut km = KernelModule::new().unwrap();
-    km.set_isa(isa).unwrap();
-    km.set_winograd(false);
-    let p = km.add_conv(s).unwrap();
-    let packed = p.pack_weights(&w, b.as_deref()).unwrap();
-    let code = km.finalize().unwrap();
-    let k = code.get(p).unwrap();
-    let what = format!("{s:?} at {isa}");
-    let mut out = vec![f32::NAN; s.output_len()];
-    k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
-    assert_close(
-        &out,
-        &ref_conv(s, &x, &w, b.as_deref(), r.as_deref()),
-        &what,
-    );
-    let units = k.work_units();
-    let mut scratch = vec![0.0f32; k.scratch_len()];
-    for pieces in [2usize, 3, 7] {
-        let mut out2 = vec![f32::NAN; s.output_len()];
-        for i in 0..pieces {
-            let range = units * i / pieces..units * (i + 1) / pieces;
-            k.run(&x, &packed, r.as_deref(), &mut out2, &mut scratch, range)
-                .unwrap();
-        }
-        let same = out
-            .iter()
-            .zip(&out2)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "{what}: split in {pieces} differs");
-    }
-    (out, k.micro_kernel().to_string())
-}
-
 /// The direct convolutions at every ISA level the host has: at avx2 / avx512 the implicit
 /// GEMM on the wide micro-kernels, at sse the f32x4 direct kernel. Both compute each output
 /// as one FMA chain over the taps in the same order, so all levels agree bit for bit.
@@ -1572,7 +1546,7 @@ fn conv_direct_every_isa_bit_identical() {
         };
         let mut outs = Vec::new();
         for &isa in &levels {
-            let (out, micro) = conv_at_isa(&s, seed, isa);
+            let (out, _, micro) = check_conv_with(&s, seed, Some(isa));
             let wide = isa != cnnc::Isa::Sse;
             assert_eq!(micro.ends_with("implicit"), wide, "{s:?} at {isa}: {micro}");
             outs.push((isa, out));

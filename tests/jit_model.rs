@@ -77,6 +77,20 @@ fn golden_graphs_match_the_interpreter_at_several_batch_sizes() {
     }
 }
 
+/// `graphs/{name}.yaml` with its seeded weights, and a standard normal input of `batch`
+/// images from `seed`.
+fn seeded_example(name: &str, batch: usize, seed: u64) -> (cnnc::Graph, Tensor) {
+    let mut g = cnnc::format::load(repo().join(format!("graphs/{name}.yaml"))).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let s = g.input_shape();
+    let x = Tensor::new(
+        vec![batch, s.c, s.h, s.w],
+        cnnc::weights::standard_normal(seed, name, batch * s.len()),
+    )
+    .unwrap();
+    (g, x)
+}
+
 #[test]
 fn example_graphs_with_seeded_weights_match_the_interpreter() {
     for name in [
@@ -87,14 +101,7 @@ fn example_graphs_with_seeded_weights_match_the_interpreter() {
         "inception3a",
         "digits",
     ] {
-        let mut g = cnnc::format::load(repo().join(format!("graphs/{name}.yaml"))).unwrap();
-        cnnc::weights::bind(&mut g, None).unwrap();
-        let s = g.input_shape();
-        let x = Tensor::new(
-            vec![3, s.c, s.h, s.w],
-            cnnc::weights::standard_normal(5, name, 3 * s.len()),
-        )
-        .unwrap();
+        let (g, x) = seeded_example(name, 3, 5);
         let want = cnnc::interp::run(&g, x.clone()).unwrap();
         let one = compile(
             &g,
@@ -446,14 +453,7 @@ fn example_graphs_agree_bit_for_bit_at_every_isa_level() {
         "inception3a",
         "resnet_bottleneck_block",
     ] {
-        let mut g = cnnc::format::load(repo().join(format!("graphs/{name}.yaml"))).unwrap();
-        cnnc::weights::bind(&mut g, None).unwrap();
-        let s = g.input_shape();
-        let x = Tensor::new(
-            vec![2, s.c, s.h, s.w],
-            cnnc::weights::standard_normal(11, name, 2 * s.len()),
-        )
-        .unwrap();
+        let (g, x) = seeded_example(name, 2, 11);
         let want = cnnc::interp::run(&g, x.clone()).unwrap();
         for winograd in [true, false] {
             let at = |isa| {

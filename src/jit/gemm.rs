@@ -11,7 +11,7 @@
 //! the Cranelift f32x4 tile; the loops around it, the work units and the packing (for the
 //! tile's channel block) are the same.
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use cranelift_codegen::ir::{FuncRef, InstBuilder, Type, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
@@ -36,7 +36,7 @@ const WIDE_PANEL_BYTES: usize = 64 * 1024;
 
 /// Channels x pixels of the x86 micro-kernel tile at a width (registers: zmm 28
 /// accumulators + 2 inputs of 32; ymm 12 + 2 + a broadcast + a mask of 16).
-fn wide_tile(w: Width) -> (usize, usize) {
+pub(crate) fn wide_tile(w: Width) -> (usize, usize) {
     match w {
         Width::Z512 => (14, 32),
         _ => (6, 16),
@@ -97,11 +97,7 @@ impl PixelGemm {
     }
     /// What computes a tile, for profiles and plans: `f32x4 6x8` / `avx512 14x32`.
     pub(crate) fn micro_kernel(&self) -> String {
-        let isa = match self.wide {
-            None => "f32x4",
-            Some(Width::Z512) => "avx512",
-            Some(_) => "avx2",
-        };
+        let isa = self.wide.map_or("f32x4", x86::Width::isa_name);
         format!("{isa} {}x{}", self.mr, self.np)
     }
     /// Floats of the packed weight matrix alone (`[nmb][c][mr]`).
@@ -314,22 +310,8 @@ impl PixelGemm {
         };
         let full = find(mr)?;
         let tail = s.out_c % mr;
-        if tail == 0 {
-            e.b.ins().call(full, &args);
-            return Ok(());
-        }
-        let short = find(tail)?;
-        let is_tail =
-            e.b.ins()
-                .icmp_imm_s(IntCC::Equal, mb, (self.nmb - 1) as i64);
-        e.when(is_tail, |e| {
-            e.b.ins().call(short, &args);
-            Ok(())
-        })?;
-        e.unless(is_tail, |e| {
-            e.b.ins().call(full, &args);
-            Ok(())
-        })
+        let short = if tail > 0 { Some(find(tail)?) } else { None };
+        call_for_block(e, mb, self.nmb, (full, short), &args)
     }
 
     /// The f32x4 tile: `nv` vectors + `ns` single pixels.
@@ -423,6 +405,31 @@ impl PixelGemm {
             }
         })
     }
+}
+
+/// Calls the micro-kernel for channel block `mb` of `nmb`: `full`, or for the last block
+/// `short` (the variant with the fewer rows of a channel count that is not a multiple of
+/// the block) when there is one.
+pub(crate) fn call_for_block(
+    e: &mut Emit,
+    mb: Value,
+    nmb: usize,
+    (full, short): (FuncRef, Option<FuncRef>),
+    args: &[Value],
+) -> Result<()> {
+    let Some(short) = short else {
+        e.b.ins().call(full, args);
+        return Ok(());
+    };
+    let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, mb, nmb as i64 - 1);
+    e.when(is_tail, |e| {
+        e.b.ins().call(short, args);
+        Ok(())
+    })?;
+    e.unless(is_tail, |e| {
+        e.b.ins().call(full, args);
+        Ok(())
+    })
 }
 
 /// Base pointers of one GEMM: the input planes, the packed weights (of this GEMM), the

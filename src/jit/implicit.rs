@@ -27,6 +27,7 @@ use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 use super::cg::{off, F32, F32X4, I64};
 use super::conv::{ConvBufs, ConvSpec};
 use super::epilogue::Epilogue;
+use super::gemm::{call_for_block, wide_tile};
 use super::module::{Emit, KernelModule, MicroId, PendingId};
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
@@ -37,14 +38,6 @@ const PANEL_BYTES: usize = 48 * 1024;
 /// Beyond this a single input channel's taps do not fit a panel: such filters (over 500
 /// taps with zmm) stay on the f32x4 direct kernel.
 const MAX_PANEL_BYTES: usize = 256 * 1024;
-
-/// Output channels x pixels of the micro-kernel tile at a width (as the pointwise GEMM's).
-fn tile(w: Width) -> (usize, usize) {
-    match w {
-        Width::Z512 => (14, 32),
-        _ => (6, 16),
-    }
-}
 
 /// `repeat` strips of output pixels side by side (a loop in the generated code): `rows`
 /// output rows from the group's first, columns `ox0 + i * width ..` (`i < repeat`) of each
@@ -111,7 +104,7 @@ pub(crate) struct ImplicitGemm {
 impl ImplicitGemm {
     /// The plan for `spec` at `width`, or `None` if a channel's taps do not fit a panel.
     pub(crate) fn new(spec: ConvSpec, width: Width) -> Option<Self> {
-        let (mr, np) = tile(width);
+        let (mr, np) = wide_tile(width);
         let f = spec.kernel_h * spec.kernel_w;
         let (oh, ow) = (spec.out_h(), spec.out_w());
         let ldp = np.min((oh * ow).div_ceil(width.lanes()) * width.lanes());
@@ -147,13 +140,8 @@ impl ImplicitGemm {
 
     /// What computes a tile, for profiles and plans: `avx512 14x32 implicit`.
     pub(crate) fn micro_kernel(&self) -> String {
-        let isa = if self.width == Width::Z512 {
-            "avx512"
-        } else {
-            "avx2"
-        };
-        let (mr, np) = tile(self.width);
-        format!("{isa} {mr}x{np} implicit")
+        let (mr, np) = wide_tile(self.width);
+        format!("{} {mr}x{np} implicit", self.width.isa_name())
     }
     pub(crate) fn spec(&self) -> &ConvSpec {
         &self.spec
@@ -430,23 +418,7 @@ impl ImplicitGemm {
             let res = e.addr(res0, mb, mr * ohw * 4);
             let bias = e.addr(bias0, mb, mr * 4);
             let args = [c.panel, w, out, res, bias];
-            match short {
-                None => {
-                    e.b.ins().call(full, &args);
-                }
-                Some(short) => {
-                    let is_tail = e.b.ins().icmp_imm_s(IntCC::Equal, mb, self.nmb as i64 - 1);
-                    e.when(is_tail, |e| {
-                        e.b.ins().call(short, &args);
-                        Ok(())
-                    })?;
-                    e.unless(is_tail, |e| {
-                        e.b.ins().call(full, &args);
-                        Ok(())
-                    })?;
-                }
-            }
-            Ok(())
+            call_for_block(e, mb, self.nmb, (full, short), &args)
         })
     }
 

@@ -29,6 +29,14 @@ impl Width {
     pub fn bytes(self) -> usize {
         self.lanes() * 4
     }
+    /// The ISA level that emits this width, as `--isa` names it.
+    pub fn isa_name(self) -> &'static str {
+        match self {
+            Width::X128 => "sse",
+            Width::Y256 => "avx2",
+            Width::Z512 => "avx512",
+        }
+    }
     /// Registers the encoding can name (VEX: 16, EVEX: 32).
     pub fn registers(self) -> usize {
         if self == Width::Z512 {
