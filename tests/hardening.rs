@@ -607,6 +607,10 @@ fn jit_kernel_refusals_describe_shapes_in_words() {
     let fc = FcSpec::new(0, 10, 2);
     let pool = PoolSpec::square(PoolKind::Max, 2, 1, 3, 2, 0);
     let elt = EltSpec::Relu { len: 0 };
+    let depthwise = DepthwiseSpec {
+        input_shuffle: 3,
+        ..DepthwiseSpec::square(8, 6, 3, 1, 1)
+    };
     let errors = [
         km.add_conv(&conv).err().expect("conv refused").to_string(),
         km.add_fc(&fc).err().expect("fc refused").to_string(),
@@ -621,6 +625,7 @@ fn jit_kernel_refusals_describe_shapes_in_words() {
         "an fc of a batch of 2 x 0 features to 10 has an empty dimension",
         "a pool of 2x1x1 input, window 3x3, stride 2x2, pad 0x0: the window is larger than the padded input",
         "a relu of 0 elements has an empty input or output",
+        "a depthwise conv of 8x6x6 input, 1 filters 3x3 per channel, stride 1x1, pad 1x1, dilation 1x1 reads through a shuffle of 3 groups, which must divide its channels",
     ];
     for (got, want) in errors.iter().zip(want) {
         assert!(!got.contains('{'), "{got}");

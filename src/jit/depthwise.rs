@@ -53,6 +53,27 @@ pub struct DepthwiseSpec {
     pub input_shuffle: usize,
 }
 
+/// `8x32x32 input, 2 filters 3x3 per channel, stride 1x1, pad 1x1, dilation 1x1`: the
+/// shapes, for messages.
+impl std::fmt::Display for DepthwiseSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self;
+        let filters = format!(
+            "{} filters {}x{} per channel",
+            s.multiplier, s.kernel_h, s.kernel_w
+        );
+        let input = [s.channels, s.in_h, s.in_w];
+        super::conv::describe_window(
+            f,
+            input,
+            &filters,
+            [s.stride_h, s.stride_w],
+            [s.pad_h, s.pad_w],
+        )?;
+        write!(f, ", dilation {}x{}", s.dilation_h, s.dilation_w)
+    }
+}
+
 impl DepthwiseSpec {
     /// A square 3x3-style depthwise conv without epilogue or dilation.
     pub fn square(channels: usize, hw: usize, k: usize, stride: usize, pad: usize) -> Self {
@@ -180,13 +201,13 @@ impl DepthwiseSpec {
         ];
         if dims.iter().any(|&d| d > MAX_DIM) {
             return Err(Error::Unsupported(format!(
-                "depthwise conv dimension over {MAX_DIM}: {s:?}"
+                "a depthwise conv of {s} has a dimension over the limit of {MAX_DIM} (2^24)"
             )));
         }
         // Everything but the pads must be positive.
         if dims[..8].contains(&0) || dims[10..].contains(&0) {
             return Err(Error::Shape(format!(
-                "depthwise conv with an empty dimension, stride or dilation: {s:?}"
+                "a depthwise conv of {s} has an empty dimension, stride or dilation"
             )));
         }
         if let Some(c) = s.clip {
@@ -194,7 +215,8 @@ impl DepthwiseSpec {
         }
         if s.input_shuffle == 0 || !s.channels.is_multiple_of(s.input_shuffle) {
             return Err(Error::Shape(format!(
-                "depthwise input shuffle groups must divide the channels: {s:?}"
+                "a depthwise conv of {s} reads through a shuffle of {} groups, which must divide its channels",
+                s.input_shuffle
             )));
         }
         let (hp, wp) = s.plane_hw();
@@ -207,7 +229,7 @@ impl DepthwiseSpec {
         }
         if !fits(&[s.channels, hp, wp]) || !fits(&[s.out_channels(), s.out_h(), s.out_w()]) {
             return Err(Error::Unsupported(format!(
-                "depthwise conv tensors over 1 GB: {s:?}"
+                "a depthwise conv of {s} has tensors over the 1 GiB a JIT kernel addresses"
             )));
         }
         Ok(())
