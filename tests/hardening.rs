@@ -619,6 +619,10 @@ fn jit_kernel_refusals_describe_shapes_in_words() {
             .err()
             .expect("relu refused")
             .to_string(),
+        km.add_depthwise(&depthwise)
+            .err()
+            .expect("depthwise refused")
+            .to_string(),
     ];
     let want = [
         "a conv of 3x8x8 input, 4 filters 3x3, stride 0x1, pad 1x1: the filter and stride must be at least 1",
@@ -627,6 +631,7 @@ fn jit_kernel_refusals_describe_shapes_in_words() {
         "a relu of 0 elements has an empty input or output",
         "a depthwise conv of 8x6x6 input, 1 filters 3x3 per channel, stride 1x1, pad 1x1, dilation 1x1 reads through a shuffle of 3 groups, which must divide its channels",
     ];
+    assert_eq!(errors.len(), want.len());
     for (got, want) in errors.iter().zip(want) {
         assert!(!got.contains('{'), "{got}");
         assert!(got.contains(want), "{got}\nwant {want}");
