@@ -78,6 +78,13 @@ fn check_kernel(case: Case, bias: bool, relu: bool, clip: Option<Clip>, residual
     let what = format!("{case:?} bias {bias} relu {relu} clip {clip:?} residual {residual}");
     let mut g = graph(&yaml(case, bias));
     cnnc::weights::bind(&mut g, None).unwrap();
+    // Seeded biases are zero: give them values.
+    let id = g.find("dw").unwrap();
+    if bias {
+        let k = case.0 * case.1;
+        let b = Tensor::new(vec![k], standard_normal(6, &what, k)).unwrap();
+        g.node_mut(id).params.insert("bias".into(), b);
+    }
     let spec = DepthwiseSpec {
         bias,
         relu,
@@ -94,18 +101,34 @@ fn check_kernel(case: Case, bias: bool, relu: bool, clip: Option<Clip>, residual
     let w = node.param("weight").unwrap().data();
     let b = node.param("bias").map(|t| t.data());
     let packed = pack_depthwise_weights(&spec, w, b).unwrap();
-    let mut module = KernelModule::new().unwrap();
-    let pending = module.add_depthwise(&spec).unwrap();
-    let k = module.finalize().unwrap().get(pending).unwrap();
+    // Every ISA level the host has: the wide row kernels (AVX2, AVX-512) at stride 1.
+    for isa in cnnc::Isa::host_levels() {
+        let mut module = KernelModule::new().unwrap();
+        module.set_isa(isa).unwrap();
+        let pending = module.add_depthwise(&spec).unwrap();
+        let k = module.finalize().unwrap().get(pending).unwrap();
+        check_runs(&format!("{what} {isa:?}"), &g, &spec, &k, &packed);
+    }
+}
+
+/// The kernel `k` of `spec` on two images against the interpreter's run of `g`.
+fn check_runs(
+    what: &str,
+    g: &cnnc::Graph,
+    spec: &DepthwiseSpec,
+    k: &cnnc::jit::DepthwiseKernel,
+    packed: &[f32],
+) {
+    let (relu, clip, residual) = (spec.relu, spec.clip, spec.residual);
     let pool = ThreadPool::new(2, Duration::from_micros(50));
 
     let batch = 2;
-    let x = standard_normal(3, &what, batch * spec.input_len());
-    let xt = Tensor::new(vec![batch, case.0, case.2, case.3], x.clone()).unwrap();
-    let conv = cnnc::interp::run(&g, xt).unwrap().remove(0);
+    let x = standard_normal(3, what, batch * spec.input_len());
+    let xt = Tensor::new(vec![batch, spec.channels, spec.in_h, spec.in_w], x.clone()).unwrap();
+    let conv = cnnc::interp::run(g, xt).unwrap().remove(0);
     let out_len = spec.output_len();
     assert_eq!(conv.data().len(), batch * out_len, "{what}");
-    let res = standard_normal(4, &what, out_len);
+    let res = standard_normal(4, what, out_len);
     for n in 0..batch {
         let xi = &x[n * spec.input_len()..(n + 1) * spec.input_len()];
         let want: Vec<f32> = conv.data()[n * out_len..(n + 1) * out_len]
@@ -118,15 +141,15 @@ fn check_kernel(case: Case, bias: bool, relu: bool, clip: Option<Clip>, residual
         for cut in 0..=units {
             let mut out = vec![f32::NAN; out_len];
             let mut scratch = vec![f32::NAN; k.scratch_len()];
-            k.run(xi, &packed, r, &mut out, &mut scratch, 0..cut)
+            k.run(xi, packed, r, &mut out, &mut scratch, 0..cut)
                 .unwrap();
-            k.run(xi, &packed, r, &mut out, &mut scratch, cut..units)
+            k.run(xi, packed, r, &mut out, &mut scratch, cut..units)
                 .unwrap();
             assert_elementwise(&format!("{what}, split at {cut}"), &out, &want);
         }
         let mut out = vec![f32::NAN; out_len];
         let mut scratch = vec![f32::NAN; k.scratch_len() * pool.threads()];
-        k.run_parallel(&pool, xi, &packed, r, &mut out, &mut scratch)
+        k.run_parallel(&pool, xi, packed, r, &mut out, &mut scratch)
             .unwrap();
         assert_elementwise(&format!("{what}, two threads"), &out, &want);
     }

@@ -11,7 +11,8 @@
 //! then read: no bounds test anywhere. Dilation only spreads the fixed offsets: no zeros
 //! are multiplied. The epilogue ([`super::epilogue`]: bias, residual, ReLU, clip) runs on
 //! each vector before its single store. Work units are input channels (with their
-//! `multiplier` output channels).
+//! `multiplier` output channels). At AVX2/AVX-512 and stride 1, the whole vectors of each
+//! row come from a wide row kernel ([`super::depthwise_x86`]) instead.
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -294,6 +295,9 @@ pub fn pack_depthwise_weights(
 /// The constant parts of one output channel's code: its taps and bias (scalar, and
 /// broadcast for the vector loop), and where its output and residual planes are.
 struct Channel {
+    /// Where its taps and its bias are (for the wide row kernel).
+    taps_at: Value,
+    bias_at: Value,
     taps: Vec<Value>,
     bias: Option<Value>,
     vtaps: Vec<Value>,
@@ -302,8 +306,11 @@ struct Channel {
     residual: Value,
 }
 
+/// The kernel; with `wide` columns > 0, each row's first `wide` outputs come from the
+/// wide row kernel ([`super::depthwise_x86`], `e.micros[0]`).
 fn body(
     s: &DepthwiseSpec,
+    wide: usize,
     e: &mut Emit,
     b: ConvBufs<Value>,
     begin: Value,
@@ -332,7 +339,7 @@ fn body(
         // A multiplier over 4 loops at run time; small ones are unrolled.
         let each = |e: &mut Emit, k: Value| {
             let ch = channel(s, e, &b, k, out_plane)?;
-            e.for_const(0, oh as i64, 1, |e, oy| row(s, e, src, &ch, oy))
+            e.for_const(0, oh as i64, 1, |e, oy| row(s, wide, e, src, &ch, oy))
         };
         if m <= 4 {
             for j in 0..m {
@@ -375,11 +382,9 @@ fn channel(
     let taps: Vec<Value> = (0..s.taps())
         .map(|t| e.load_rw(F32, w, off(t * 4)))
         .collect();
-    let bias = s.bias.then(|| {
-        let bp = e.add_imm(b.packed, (s.weight_len() * 4) as i64);
-        let bp = e.addr(bp, k, 4);
-        e.load_rw(F32, bp, 0)
-    });
+    let bias_at = e.add_imm(b.packed, (s.weight_len() * 4) as i64);
+    let bias_at = e.addr(bias_at, k, 4);
+    let bias = s.bias.then(|| e.load_rw(F32, bias_at, 0));
     // Cranelift does not hoist pure instructions out of loops either, so a splat here
     // would be redone at every use: the vector taps (and bias) are loaded broadcast
     // already ([`DepthwiseSpec::packed_len`]).
@@ -394,6 +399,8 @@ fn channel(
         vbias = s.bias.then(|| e.load_rw(F32X4, wv, off(s.taps() * 16)));
     }
     Ok(Channel {
+        taps_at: w,
+        bias_at,
         taps,
         bias,
         vtaps,
@@ -408,7 +415,14 @@ fn channel(
 }
 
 /// Output row `oy` of one channel: vectors of four pixels, then the scalar tail.
-fn row(s: &DepthwiseSpec, e: &mut Emit, src: Value, ch: &Channel, oy: Value) -> Result<()> {
+fn row(
+    s: &DepthwiseSpec,
+    wide: usize,
+    e: &mut Emit,
+    src: Value,
+    ch: &Channel,
+    oy: Value,
+) -> Result<()> {
     let (ow, wr) = (s.out_w(), s.plane_hw().1);
     let nvec = s.vector_cols();
     let ep = s.epilogue();
@@ -425,7 +439,11 @@ fn row(s: &DepthwiseSpec, e: &mut Emit, src: Value, ch: &Channel, oy: Value) -> 
     let out_row = e.b.ins().iadd(ch.out, out_row_off);
     let res_row = e.b.ins().iadd(ch.residual, out_row_off);
     let tap_offset = |fy: usize, fx: usize| (fy * s.dilation_h * wr + fx * s.dilation_w) * 4;
-    e.for_const(0, nvec as i64, 4, |e, ox| {
+    if wide > 0 {
+        let args = [in_row, out_row, ch.taps_at, ch.bias_at, res_row];
+        e.b.ins().call(e.micros[0], &args);
+    }
+    e.for_const(wide as i64, nvec as i64, 4, |e, ox| {
         let base = e.addr(in_row, ox, s.stride_w * 4);
         // Stride 2: the taps at columns 2q and 2q + 1 share their two loads (the even
         // and the odd lanes of columns 2q .. 2q + 8).
@@ -497,7 +515,16 @@ impl KernelModule {
     pub fn add_depthwise(&mut self, spec: &DepthwiseSpec) -> Result<PendingDepthwise> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(move |e, b, begin, end| body(&s, e, b, begin, end))?;
+        let id = match super::depthwise_x86::DwRow::for_spec(spec, self.isa()) {
+            Some(row) => {
+                let micro = self.add_micro(5, &row.emit()?, "depthwise row")?;
+                let wide = row.cols;
+                self.define_with_micros(&[micro], move |e, b, begin, end| {
+                    body(&s, wide, e, b, begin, end)
+                })?
+            }
+            None => self.define(move |e, b, begin, end| body(&s, 0, e, b, begin, end))?,
+        };
         Ok(PendingDepthwise { id, spec: s })
     }
 }
@@ -509,7 +536,8 @@ impl Pending for PendingDepthwise {
         // For each input channel in the range the code reads that channel's plane, writes
         // its `multiplier` output planes (reading the residual's), reads their taps and
         // bias, and (when padded) uses the first scratch_len floats of the scratch; vector
-        // loads stay within a row of the plane (`vector_cols`).
+        // loads stay within a row of the plane (`vector_cols`), and so do the wide row
+        // kernel's, which covers whole vectors of a row's outputs at stride 1 only.
         // The conv kernels' buffer array: input, packed weights, residual, output,
         // scratch.
         let slots = ConvBufs {

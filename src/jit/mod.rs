@@ -4,6 +4,7 @@
 mod cg;
 pub mod conv;
 pub mod depthwise;
+mod depthwise_x86;
 pub mod elementwise;
 mod entry;
 mod epilogue;

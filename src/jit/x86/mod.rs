@@ -8,6 +8,7 @@ pub mod peak;
 mod vasm;
 
 pub use gemm::{MicroGemm, MicroGemmKernel, PendingMicroGemm};
+pub(crate) use vasm::Vasm;
 pub use vasm::{disassemble, Width};
 
 use crate::options::Isa;
