@@ -213,3 +213,17 @@ fn dilated_convs_with_stride_1_run_on_phases() {
         check(conv, &yaml, 2);
     }
 }
+
+/// A grouped 1x1 conv (ShuffleNet's) runs the pointwise GEMM once per group on the
+/// group's contiguous channel block, not the direct kernel.
+#[test]
+fn grouped_1x1_convs_are_per_group_gemms() {
+    let yaml = "input: [12, 7, 9]\nlayers:\n  - {name: g, conv: {filters: 6, size: 1, groups: 3}}\n  - relu\n";
+    let mut g = graph(yaml);
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let plan = cnnc::lower::lower(&g, &Options::default()).unwrap();
+    let step = plan.step("g").unwrap();
+    let algorithm = step.kernel.algorithm().unwrap_or_default();
+    assert!(algorithm.starts_with("pointwise-gemm x3"), "{algorithm}");
+    check("grouped 1x1", yaml, 2);
+}
