@@ -1,5 +1,6 @@
 //! Quick conv timing: `cargo run --release --example convperf -- C HW K F S P [THREADS] [RESIDUAL]`
-//! (RESIDUAL = 1 fuses a residual add before the relu).
+//! (RESIDUAL = 1 fuses a residual add before the relu). Environment: `CNNC_ISA`, `CNNC_NO_WINOGRAD=1`,
+//! `CNNC_COPIES=n` (rotate through n copies of the weights, so that they come from memory).
 use cnnc::jit::*;
 use std::time::Instant;
 
@@ -15,9 +16,10 @@ fn main() {
     spec.residual = a.get(7).copied().unwrap_or(0) != 0;
     let t0 = Instant::now();
     let mut km = KernelModule::new().unwrap();
+    km.set_winograd(std::env::var_os("CNNC_NO_WINOGRAD").is_none());
     let pk = km.add_conv(&spec).unwrap();
     let code = km.finalize().unwrap();
-    let kern = code.get(pk).unwrap();
+    let kern = code.get(pk.clone()).unwrap();
     let ct = t0.elapsed();
     let x: Vec<f32> = (0..spec.input_len())
         .map(|i| (i % 17) as f32 * 0.1 - 0.8)
@@ -26,7 +28,13 @@ fn main() {
         .map(|i| (i % 13) as f32 * 0.01 - 0.06)
         .collect();
     let b = vec![0.1; k];
-    let packed = pack_conv_weights(&spec, &w, Some(&b)).unwrap();
+    // CNNC_COPIES=n: rotate through n copies of the packed weights, as a network's
+    // layers do, so that they come from memory rather than from L2.
+    let copies: usize = std::env::var("CNNC_COPIES").map_or(1, |v| v.parse().unwrap());
+    let packs: Vec<Vec<f32>> = (0..copies)
+        .map(|_| pk.pack_weights(&w, Some(&b)).unwrap())
+        .collect();
+    let mut round = 0;
     let mut out = vec![0.0; spec.output_len()];
     let res: Vec<f32> = (0..spec.output_len())
         .map(|i| (i % 11) as f32 * 0.05 - 0.3)
@@ -38,14 +46,16 @@ fn main() {
     let mut best = f64::MAX;
     let t1 = Instant::now();
     while t1.elapsed().as_secs_f64() < 1.5 {
+        let packed = &packs[round % copies];
+        round += 1;
         let t = Instant::now();
         if threads > 1 {
-            kern.run_parallel(&pool, &x, &packed, res, &mut out, &mut scratch)
+            kern.run_parallel(&pool, &x, packed, res, &mut out, &mut scratch)
                 .unwrap();
         } else {
             kern.run(
                 &x,
-                &packed,
+                packed,
                 res,
                 &mut out,
                 &mut scratch,
@@ -56,7 +66,8 @@ fn main() {
         best = best.min(t.elapsed().as_secs_f64());
     }
     println!(
-        "{spec:?} threads {}\ncompile {:.2} ms, best {:.3} ms, {:.1} GFLOP/s",
+        "{} {spec:?} threads {}\ncompile {:.2} ms, best {:.3} ms, {:.1} GFLOP/s",
+        kern.method(),
         pool.threads(),
         ct.as_secs_f64() * 1e3,
         best * 1e3,
