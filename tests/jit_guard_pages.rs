@@ -90,6 +90,7 @@ fn conv_stays_in_bounds() {
 }
 
 fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
+    let mut winograd_layers = 0;
     for &(c, h, w, k, f, s, p) in &[
         // Implicit GEMM (avx2 / avx512): unpadded strided convs reading up to the input's
         // last column (the stride-2 copies' row ends), the stem, reduction blocks, pixel
@@ -120,49 +121,67 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
             spec.bias = bias;
             spec.residual = residual;
             spec.relu = relu;
-            let mut km = KernelModule::new().unwrap();
-            km.set_isa(isa).unwrap();
-            let pk = km.add_conv(&spec).unwrap();
-            let packed = pk
-                .pack_weights(&vals(spec.weight_len()), bias.then(|| vals(k)).as_deref())
-                .unwrap();
-            let code = km.finalize().unwrap();
-            let kern = code.get(pk).unwrap();
-            for after in [true, false] {
-                let x = Guarded::from(&vals(spec.input_len()), after);
-                let wp = Guarded::from(&packed, after);
-                let r = Guarded::from(&vals(spec.output_len()), after);
-                let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
-                let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
-                kern.run(
-                    x.s(),
-                    wp.s(),
-                    residual.then(|| r.s()),
-                    out.m(),
-                    scratch.m(),
-                    0..kern.work_units(),
-                )
-                .unwrap();
-                assert!(out.s().iter().all(|v| v.is_finite()));
-                // Split across threads: the prologue's and the compute's parts.
-                let pool = ThreadPool::new(2, std::time::Duration::from_micros(50));
-                let mut out2 = Guarded::new(spec.output_len(), after, f32::NAN);
-                kern.run_parallel(
-                    &pool,
-                    x.s(),
-                    wp.s(),
-                    residual.then(|| r.s()),
-                    out2.m(),
-                    scratch.m(),
-                )
-                .unwrap();
-                assert!(out2
-                    .s()
-                    .iter()
-                    .zip(out.s())
-                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+            // The method picked for the shape, and Winograd wherever it can compute it (the
+            // cost model leaves it to large outputs).
+            let default = ConvMethod::for_spec(&spec, true, isa);
+            for method in [default, ConvMethod::Winograd] {
+                let mut km = KernelModule::new().unwrap();
+                km.set_isa(isa).unwrap();
+                let pk = match km.add_conv_with(&spec, method) {
+                    Ok(pk) => pk,
+                    Err(_) if method != default => continue,
+                    Err(e) => panic!("{spec:?}: {e}"),
+                };
+                winograd_layers += usize::from(method == ConvMethod::Winograd);
+                conv_in_bounds(&spec, km, pk);
             }
         }
+    }
+    // The Winograd rows of the table above.
+    assert!(winograd_layers >= 8, "{winograd_layers} Winograd layers");
+}
+
+/// Runs the kernel `pk` of `km` on guarded buffers, whole and split across threads.
+fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
+    let (k, bias, residual) = (spec.out_c, spec.bias, spec.residual);
+    let packed = pk
+        .pack_weights(&vals(spec.weight_len()), bias.then(|| vals(k)).as_deref())
+        .unwrap();
+    let code = km.finalize().unwrap();
+    let kern = code.get(pk).unwrap();
+    for after in [true, false] {
+        let x = Guarded::from(&vals(spec.input_len()), after);
+        let wp = Guarded::from(&packed, after);
+        let r = Guarded::from(&vals(spec.output_len()), after);
+        let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
+        let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
+        kern.run(
+            x.s(),
+            wp.s(),
+            residual.then(|| r.s()),
+            out.m(),
+            scratch.m(),
+            0..kern.work_units(),
+        )
+        .unwrap();
+        assert!(out.s().iter().all(|v| v.is_finite()));
+        // Split across threads: the prologue's and the compute's parts.
+        let pool = ThreadPool::new(2, std::time::Duration::from_micros(50));
+        let mut out2 = Guarded::new(spec.output_len(), after, f32::NAN);
+        kern.run_parallel(
+            &pool,
+            x.s(),
+            wp.s(),
+            residual.then(|| r.s()),
+            out2.m(),
+            scratch.m(),
+        )
+        .unwrap();
+        assert!(out2
+            .s()
+            .iter()
+            .zip(out.s())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
 

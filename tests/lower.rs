@@ -1,7 +1,7 @@
 //! The execution plan: kernel choices, concat placement and the arena layout, asserted on
 //! the `Plan` value.
 mod common;
-use cnnc::jit::{ConvMethod, EltSpec};
+use cnnc::jit::{ConvMethod, ConvSpec, EltSpec};
 use cnnc::lower::{lower, Kernel, Plan, Storage, ValueId};
 use cnnc::{Graph, OptLevel, Options};
 use common::repo;
@@ -266,7 +266,11 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
             .collect::<Vec<_>>()
     };
     for (spec, method) in methods(true) {
-        let want = if spec.kernel_h == 3 && spec.stride_h == 1 && spec.in_c >= 16 {
+        // Winograd's cost model: with the wide kernels, its 4x weights only pay off on
+        // outputs of 14x14 and more (ResNet-18's last stage, 7x7, runs direct).
+        let wide = opts(OptLevel::O2, 1).isa != cnnc::Isa::Sse;
+        let winograd = spec.out_h() >= 14 || !wide;
+        let want = if spec.kernel_h == 3 && spec.stride_h == 1 && winograd {
             ConvMethod::Winograd
         } else if spec.kernel_h == 1 && spec.stride_h == 1 {
             ConvMethod::PointwiseGemm
@@ -278,6 +282,41 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
     assert!(methods(false)
         .iter()
         .all(|(_, m)| *m != ConvMethod::Winograd));
+}
+
+/// Winograd's cost model at every ISA level: it reads 4x the direct kernel's weights, so it
+/// wins on large outputs and loses where there are few tiles to share them, unless the
+/// direct kernel is the slow f32x4 one (measured in `WinogradPlan::beats_direct`'s
+/// documentation).
+#[test]
+fn winograd_only_where_its_weights_pay_off() {
+    use ConvMethod::{Direct, Winograd};
+    // (in, output size, out, method at avx2 / avx512, method at sse)
+    for (c, hw, k, wide, sse) in [
+        (64, 56, 64, Winograd, Winograd),
+        (128, 28, 128, Winograd, Winograd),
+        (256, 14, 256, Winograd, Winograd),
+        (512, 14, 512, Winograd, Winograd),
+        (16, 56, 16, Winograd, Winograd),
+        (512, 7, 512, Direct, Winograd),
+        (256, 7, 256, Direct, Winograd),
+        (128, 7, 32, Direct, Winograd),
+        (8, 56, 8, Direct, Direct),
+    ] {
+        let spec = ConvSpec::square(c, hw, k, 3, 1, 1);
+        for (isa, want) in [
+            (cnnc::Isa::Sse, sse),
+            (cnnc::Isa::Avx2, wide),
+            (cnnc::Isa::Avx512, wide),
+        ] {
+            assert_eq!(
+                ConvMethod::for_spec(&spec, true, isa),
+                want,
+                "{spec:?} at {isa}"
+            );
+            assert_eq!(ConvMethod::for_spec(&spec, false, isa), Direct);
+        }
+    }
 }
 
 #[test]

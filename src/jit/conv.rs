@@ -726,9 +726,12 @@ impl ConvMethod {
         Plan::with_method(spec, *self, isa).map_or_else(|_| String::new(), |p| p.micro_kernel())
     }
 
-    /// The fastest method for `spec` (Winograd only if `winograd` allows it).
-    pub fn for_spec(spec: &ConvSpec, winograd: bool) -> ConvMethod {
-        if winograd && WinogradPlan::for_spec(spec, Isa::Sse).is_some() {
+    /// The fastest method for `spec` at `isa` (Winograd only if `winograd` allows it and
+    /// its cost model expects it to beat the direct kernel: see `WinogradPlan::beats_direct`).
+    pub fn for_spec(spec: &ConvSpec, winograd: bool, isa: Isa) -> ConvMethod {
+        let winograd_wins =
+            || WinogradPlan::for_spec(spec, isa).is_some_and(|w| w.beats_direct(isa));
+        if winograd && winograd_wins() {
             ConvMethod::Winograd
         } else if spec.is_pointwise() {
             ConvMethod::PointwiseGemm
@@ -844,7 +847,7 @@ pub fn pack_conv_weights(
 ) -> Result<Vec<f32>> {
     spec.validate()?;
     let isa = Isa::default_level();
-    Plan::with_method(spec, ConvMethod::for_spec(spec, true), isa)?.pack(spec, weights, bias)
+    Plan::with_method(spec, ConvMethod::for_spec(spec, true, isa), isa)?.pack(spec, weights, bias)
 }
 
 fn check_conv_weights(spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<()> {
@@ -901,7 +904,7 @@ impl KernelModule {
     /// Generates the kernel for `spec` (once per module: the same spec again shares the
     /// code), with the method [`ConvMethod::for_spec`] picks.
     pub fn add_conv(&mut self, spec: &ConvSpec) -> Result<PendingConv> {
-        self.add_conv_with(spec, ConvMethod::for_spec(spec, self.winograd))
+        self.add_conv_with(spec, ConvMethod::for_spec(spec, self.winograd, self.isa))
     }
 
     /// [`KernelModule::add_conv`] with the method chosen by the caller (an execution

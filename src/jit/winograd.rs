@@ -126,6 +126,46 @@ impl WinogradPlan {
         (fits(&[plan.scratch_len()]) && fits(&[plan.packed_len()])).then_some(plan)
     }
 
+    /// Whether this plan is expected to run faster than the direct convolution (the implicit
+    /// GEMM at avx2 / avx512) inside a network, where a layer's weights come from memory: a
+    /// cost model of `multiply-adds / rate + weight bytes / bandwidth + transforms`.
+    ///
+    /// Winograd does a quarter of the direct convolution's multiply-adds per tile but reads
+    /// 4x its weights (36 values per 3x3 filter), and its GEMMs run on `tp` tile columns
+    /// rounded up to whole vectors. On a large output the multiply-adds dominate and Winograd
+    /// wins 2-3x; on a 7x7 output (2x2 tiles: one vector, mostly masked, per row) it reads
+    /// 37.7 MB for ResNet-50's 512->512 layer where the direct kernel reads 9.4 MB, and
+    /// loses 2x. Measured (`examples/convperf.rs`, `CNNC_COPIES=20` so that the weights come
+    /// from memory, one thread, Intel Xeon, load 3-5; Winograd / direct, ms): avx512 512->512
+    /// at 7x7 5.7 / 3.4, 256->256 at 10x10 1.51 / 1.14, at 12x12 1.52 / 1.67, at 14x14 1.52 /
+    /// 1.95, 64->64 at 8x8 0.039 / 0.030; avx2 256->256 at 10x10 1.76 / 2.35, 512->512 at 7x7
+    /// 10.8 / 5.4; sse (the f32x4 direct kernel is slower, so Winograd keeps the 7x7 layers)
+    /// 512->512 at 7x7 6.6 / 8.6, 128->32 at 7x7 0.045 / 0.094. The model picks the faster of
+    /// each pair but two close ones (avx2 16->16 at 8x8, 3 / 4 us; sse 256->256 at 10x10, 3.6 /
+    /// 3.3 ms).
+    pub(crate) fn beats_direct(&self, isa: Isa) -> bool {
+        // Multiply-adds per second of the wide GEMM and of the implicit-GEMM direct kernel,
+        // measured on whole layers (one thread), and one core's memory bandwidth.
+        let (gemm_rate, direct_rate, lanes) = match isa {
+            Isa::Sse => (17e9, 16e9, 4),
+            Isa::Avx2 => (40e9, 30e9, 8),
+            Isa::Avx512 => (60e9, 55e9, 16),
+        };
+        const BYTES_PER_SECOND: f64 = 10e9;
+        // The input and output transforms, per tile and channel (f32x4 code at every level).
+        const TRANSFORM_SECONDS: f64 = 8e-9;
+        let s = &self.spec;
+        let pairs = (s.in_c * s.out_c) as f64;
+        let pixels = (s.out_h() * s.out_w()) as f64;
+        let taps = (s.kernel_h * s.kernel_w) as f64;
+        let columns = self.tp.next_multiple_of(lanes) as f64;
+        let winograd = POS as f64 * pairs * columns / gemm_rate
+            + 4.0 * POS as f64 * pairs / BYTES_PER_SECOND
+            + self.tp as f64 * (s.in_c + s.out_c) as f64 * TRANSFORM_SECONDS;
+        let direct = taps * pairs * pixels / direct_rate + 4.0 * taps * pairs / BYTES_PER_SECOND;
+        winograd < direct
+    }
+
     fn new(spec: ConvSpec, isa: Isa) -> Self {
         let (th, tw) = (spec.out_h().div_ceil(TILE), spec.out_w().div_ceil(TILE));
         let dense = tw % 4 != 0 && th * tw <= DENSE_TILES;

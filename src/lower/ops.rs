@@ -82,7 +82,7 @@ pub fn kernel(g: &Graph, id: NodeId, opts: &Options) -> Result<Lowered> {
 /// A convolution with the algorithm `opts` allows for its shape.
 fn conv_kernel(spec: ConvSpec, opts: &Options) -> Kernel {
     Kernel::Conv {
-        method: ConvMethod::for_spec(&spec, opts.winograd),
+        method: ConvMethod::for_spec(&spec, opts.winograd, opts.isa),
         spec,
         isa: opts.isa,
     }
