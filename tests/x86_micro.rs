@@ -29,10 +29,10 @@ fn reference(m: &MicroGemm, x: &[f32], w: &[f32], res: &[f32], bias: &[f32], out
                 0.0
             };
             for c in 0..m.k {
-                acc = w[c * m.w_stride + i].mul_add(x[c * m.ldx + j], acc);
+                acc = w[c * m.w_stride + i * m.w_row].mul_add(x[c * m.ldx + j], acc);
             }
             if m.bias {
-                acc += bias[i];
+                acc += bias[if m.bias_per_col { j } else { i }];
             }
             if m.residual {
                 acc += res[i * m.ldo + j];
@@ -81,16 +81,21 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
         for rows in [1, 2, max_rows.min(cap)] {
             for k in [1, 3, 4, 9] {
                 n += 1;
+                // Every fifth the fc's layout: rows of `w` read in place (`w_stride` 1,
+                // `w_row` the row length), the bias per column.
+                let fc = n.is_multiple_of(5);
                 v.push(MicroGemm {
                     width: w,
                     rows,
                     cols,
                     k,
-                    w_stride: rows + n % 3,
+                    w_stride: if fc { 1 } else { rows + n % 3 },
+                    w_row: if fc { k + n % 3 } else { 1 },
                     ldx: cols + n % 5,
                     ldo: cols + 1 + n % 4,
                     accumulate: n % 7 < 2,
-                    bias: n.is_multiple_of(2),
+                    bias: n.is_multiple_of(2) || fc,
+                    bias_per_col: fc,
                     residual: !n.is_multiple_of(3),
                     relu: acts[n % 4].0,
                     clip: acts[n % 4].1,
@@ -156,10 +161,12 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 cols: w.lanes() + 3,
                 k: 5,
                 w_stride: 2,
+                w_row: 1,
                 ldx: w.lanes() + 3,
                 ldo: w.lanes() + 3,
                 accumulate: false,
                 bias: false,
+                bias_per_col: false,
                 residual: false,
                 relu,
                 clip,
@@ -199,10 +206,12 @@ fn short_operands_are_refused() {
             cols: 5,
             k: 4,
             w_stride: 3,
+            w_row: 1,
             ldx: 5,
             ldo: 5,
             accumulate: false,
             bias: true,
+            bias_per_col: false,
             residual: false,
             relu: false,
             clip: None,

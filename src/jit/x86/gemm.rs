@@ -7,7 +7,8 @@
 //! * `x`: row `c` (of `k`) at `x + c * ldx`, `cols` floats each (the input pixels of one
 //!   channel: NCHW planes, so the kernel reads them where they are, no packing);
 //! * `w`: packed weights, step `c` at `w + c * w_stride`, `rows` floats each (one column of
-//!   the layer's weight block);
+//!   the layer's weight block), row `i` at `+ i * w_row` (1 when packed; the fc layer reads
+//!   its input rows in place, `w_stride = 1`, `w_row` the input's row length);
 //! * `out` / `res`: row `i` at `out + i * ldo`; `res` is read only with `residual`, `bias`
 //!   (`rows` floats) only with `bias`.
 //!
@@ -48,6 +49,8 @@ pub struct MicroGemm {
     pub cols: usize,
     pub k: usize,
     pub w_stride: usize,
+    /// Floats between the rows of `w` within a step (1: packed side by side).
+    pub w_row: usize,
     pub ldx: usize,
     pub ldo: usize,
     /// Start from the values in `out` instead of zero (a later block of a reduction split
@@ -55,6 +58,8 @@ pub struct MicroGemm {
     /// same as one call over the whole reduction, bit for bit).
     pub accumulate: bool,
     pub bias: bool,
+    /// The bias is one value per column (`bias + j`) instead of one per row.
+    pub bias_per_col: bool,
     pub residual: bool,
     /// `max(x, 0)`, keeping NaN and `-0.0` (as the Cranelift kernels' ReLU).
     pub relu: bool,
@@ -117,7 +122,9 @@ impl MicroGemm {
         if self.width == Width::X128 {
             return bad("128-bit kernels are Cranelift's".into());
         }
-        if self.rows == 0 || self.cols == 0 || self.k == 0 || self.rows > self.w_stride {
+        let packed_rows_overlap = self.w_row == 1 && self.rows > self.w_stride;
+        if self.rows == 0 || self.cols == 0 || self.k == 0 || self.w_row == 0 || packed_rows_overlap
+        {
             return bad("empty, or more rows than the weight stride".into());
         }
         let nv = self.vectors();
@@ -130,7 +137,7 @@ impl MicroGemm {
             return bad(format!("{used} registers needed"));
         }
         disp((UNROLL * self.ldx + self.cols) * 4)?;
-        disp(UNROLL * self.w_stride * 4)?;
+        disp((UNROLL * self.w_stride + (self.rows - 1) * self.w_row) * 4)?;
         disp(self.rows * self.ldo * 4)?;
         Ok(())
     }
@@ -193,7 +200,7 @@ impl MicroGemm {
             }
         }
         for i in 0..self.rows {
-            let w = rsi + disp((u * self.w_stride + i) * 4)?;
+            let w = rsi + disp((u * self.w_stride + i * self.w_row) * 4)?;
             if !self.bcst_in_reg() {
                 for j in 0..nv {
                     v.fma_bcst(self.acc(i, j), xr + j, w)?;
@@ -281,7 +288,7 @@ impl MicroGemm {
         }
         let masked = |j: usize| j + 1 == nv && self.tail() > 0;
         for i in 0..self.rows {
-            if self.bias {
+            if self.bias && !self.bias_per_col {
                 let b = r8 + disp(i * 4)?;
                 if self.width == Width::Z512 {
                     for j in 0..nv {
@@ -297,15 +304,11 @@ impl MicroGemm {
             for j in 0..nv {
                 let a = self.acc(i, j);
                 let at = disp(j * bytes)?;
+                if self.bias && self.bias_per_col {
+                    self.add_masked(v, (a, t), r8 + at, masked(j))?;
+                }
                 if self.residual {
-                    match (masked(j), self.mask_reg()) {
-                        (false, _) => v.add_mem(a, a, rcx + at)?,
-                        (true, None) => v.add_mem_k1(a, a, rcx + at)?,
-                        (true, Some(m)) => {
-                            v.maskload(t, m, rcx + at)?;
-                            v.add(a, a, t)?;
-                        }
-                    }
+                    self.add_masked(v, (a, t), rcx + at, masked(j))?;
                 }
                 if self.relu_alone() {
                     v.max(a, zero, a)?;
@@ -330,13 +333,36 @@ impl MicroGemm {
         Ok(())
     }
 
+    /// `a += [at]`, a vector from memory, only the tail's lanes when `masked` (AVX2: through
+    /// the temporary `t`).
+    fn add_masked(
+        &self,
+        v: &mut Vasm,
+        (a, t): (usize, usize),
+        at: AsmMemoryOperand,
+        masked: bool,
+    ) -> Result<()> {
+        match (masked, self.mask_reg()) {
+            (false, _) => v.add_mem(a, a, at),
+            (true, None) => v.add_mem_k1(a, a, at),
+            (true, Some(m)) => {
+                v.maskload(t, m, at)?;
+                v.add(a, a, t)
+            }
+        }
+    }
+
     /// Floats each operand must hold for one call: `(x, w, out and res, bias)`.
     pub fn operand_lens(&self) -> (usize, usize, usize, usize) {
         (
             (self.k - 1) * self.ldx + self.cols,
-            (self.k - 1) * self.w_stride + self.rows,
+            (self.k - 1) * self.w_stride + (self.rows - 1) * self.w_row + 1,
             (self.rows - 1) * self.ldo + self.cols,
-            self.rows,
+            if self.bias_per_col {
+                self.cols
+            } else {
+                self.rows
+            },
         )
     }
 
