@@ -657,6 +657,14 @@ fn ref_fc(s: &FcSpec, x: &[f32], w: &[f32], b: Option<&[f32]>, r: Option<&[f32]>
 }
 
 fn check_fc(s: &FcSpec, seed: u64) {
+    check_fc_at(s, seed, None);
+}
+
+/// Compiles `s` at `isa` (`None`: the default level, the weights packed by
+/// `pack_fc_weights`), runs it on NaN-poisoned outputs over the whole range and split in 2, 3
+/// and 7 pieces (bit-identical), checks it against the reference; returns the output and
+/// the micro-kernel.
+fn check_fc_at(s: &FcSpec, seed: u64, isa: Option<cnnc::Isa>) -> (Vec<f32>, String) {
     let x = rand_vec(s.input_len(), seed);
     let scale = 1.0 / (s.in_features as f32).sqrt();
     let w: Vec<f32> = rand_vec(s.weight_len(), seed + 1)
@@ -665,36 +673,94 @@ fn check_fc(s: &FcSpec, seed: u64) {
         .collect();
     let b = s.bias.then(|| rand_vec(s.out_features, seed + 2));
     let r = s.residual.then(|| rand_vec(s.output_len(), seed + 3));
-    let packed = pack_fc_weights(s, &w, b.as_deref()).unwrap();
     let mut km = KernelModule::new().unwrap();
+    if let Some(isa) = isa {
+        km.set_isa(isa).unwrap();
+    }
     let p = km.add_fc(s).unwrap();
+    let packed = match isa {
+        None => pack_fc_weights(s, &w, b.as_deref()).unwrap(),
+        Some(_) => p.pack_weights(&w, b.as_deref()).unwrap(),
+    };
     let code = km.finalize().unwrap();
     let k = code.get(p).unwrap();
+    assert_eq!(packed.len(), k.packed_len());
+    let what = format!("{s:?} at {isa:?} ({})", k.micro_kernel());
     let mut out = vec![f32::NAN; s.output_len()];
     k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
     assert_close(
         &out,
         &ref_fc(s, &x, &w, b.as_deref(), r.as_deref()),
-        &format!("{s:?}"),
+        &what,
     );
     let units = k.work_units();
-    let mut out2 = vec![f32::NAN; s.output_len()];
-    for i in 0..3 {
-        k.run(
-            &x,
-            &packed,
-            r.as_deref(),
-            &mut out2,
-            units * i / 3..units * (i + 1) / 3,
-        )
-        .unwrap();
+    for pieces in [2usize, 3, 7] {
+        let mut out2 = vec![f32::NAN; s.output_len()];
+        for i in 0..pieces {
+            let range = units * i / pieces..units * (i + 1) / pieces;
+            k.run(&x, &packed, r.as_deref(), &mut out2, range).unwrap();
+        }
+        assert!(
+            out.iter()
+                .zip(&out2)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: split in {pieces}"
+        );
     }
-    assert!(
-        out.iter()
-            .zip(&out2)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "{s:?} split"
-    );
+    (out, k.micro_kernel())
+}
+
+/// fc at batch > 1 at every ISA level the host has: the batch-row GEMM on the f32x4 tile
+/// (sse) and the micro-kernels (avx2 6x16, avx512 14x32), batch 2..33 (every batch-tile
+/// remainder of 6 and 14, balanced tiles), input features odd and around multiples of
+/// 16 / 32, output features with every remainder of 8, 16 and 32 (masked tails), every
+/// epilogue; against the reference, and bit-identical across split ranges and levels.
+#[test]
+fn fc_batch_every_isa_bit_identical() {
+    let mut shapes = vec![
+        (1, 1, 2),
+        (31, 33, 15),
+        (33, 65, 29),
+        (64, 47, 33),
+        (129, 100, 14),
+        (17, 96, 28),
+        (300, 19, 3),
+        (4, 4, 4),
+    ];
+    for k in 1..=33 {
+        shapes.push((3 + 2 * (k % 9), k, 2 + k % 32));
+    }
+    let levels = cnnc::Isa::host_levels();
+    let mut seed = 5000;
+    for (i, (c, k, n)) in shapes.into_iter().enumerate() {
+        let s = FcSpec {
+            bias: i % 2 == 0,
+            relu: i % 3 != 1,
+            residual: i % 4 < 2,
+            clip: (i % 5 == 3).then_some(PROP_CLIP),
+            ..FcSpec::new(c, k, n)
+        };
+        let mut outs = Vec::new();
+        for &isa in &levels {
+            let (out, micro) = check_fc_at(&s, seed, Some(isa));
+            let tile = match isa {
+                cnnc::Isa::Sse => "f32x4",
+                cnnc::Isa::Avx2 => "avx2",
+                cnnc::Isa::Avx512 => "avx512",
+            };
+            let want = format!("batch rows, {tile} ");
+            assert!(micro.starts_with(&want), "{s:?} at {isa}: {micro}");
+            outs.push((isa, out));
+        }
+        for (isa, out) in &outs[1..] {
+            let same = out
+                .iter()
+                .zip(&outs[0].1)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{s:?}: {isa} differs from {}", outs[0].0);
+        }
+        seed += 5;
+    }
 }
 
 #[test]

@@ -1,7 +1,11 @@
 //! Fully connected layer `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`,
 //! then optional ReLU and clip ([`super::epilogue`]), for the whole batch in one call.
 //!
-//! Vectorised along the reduction: an accumulator holds four partial sums of one (row `k`,
+//! At batch > 1 the layer is a GEMM with the batch items as rows, on the wide micro-kernels
+//! at avx2 / avx512 ([`super::fc_gemm`]). At batch 1 it is memory-bound (every weight is
+//! used once) and runs on the f32x4 kernel below at every ISA level.
+//!
+//! Batch 1 is vectorised along the reduction: an accumulator holds four partial sums of one (row `k`,
 //! image `n`) pair over `c mod 4`, and is summed horizontally at the end. Per step of four
 //! input features the kernel loads one x vector per image and one weight vector per row; at
 //! batch 1 that is 9 loads for 8 FMAs over 128 bytes of weights (the fc is memory-bound: fc
@@ -19,10 +23,12 @@ use cranelift_frontend::Variable;
 use super::cg::{fits, off, F32, F32X4, I64, MAX_DIM};
 use super::entry::{check_len, slot_layout, Buf, Entry, Slot};
 use super::epilogue::{Clip, Epilogue};
+use super::fc_gemm::FcGemm;
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId, PREFETCH_BYTES};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
 use crate::memory::try_vec;
+use crate::options::Isa;
 
 /// `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`, then optional ReLU
 /// and clip.
@@ -77,25 +83,20 @@ impl FcSpec {
     pub fn flops(&self) -> u64 {
         2 * (self.weight_len() * self.batch) as u64
     }
-    /// Images per register tile (more images share a weight vector between more FMAs, which
-    /// costs register copies; 3-4 images per tile measured slower than 2).
-    fn nb(&self) -> usize {
-        self.batch.min(2)
+    /// What computes the layer's tiles at `isa`, for plans and profiles.
+    pub fn micro_kernel(&self, isa: Isa) -> String {
+        FcPlan::new(self, isa).micro_kernel()
     }
-    /// Weight rows (output features) per block: 8 accumulators in all.
+    /// Weight rows (output features) per block of the batch-1 kernel: 8 accumulators.
     fn rows(&self) -> usize {
-        if self.nb() == 1 {
-            8
-        } else {
-            4
-        }
+        8
     }
     fn nkb(&self) -> usize {
         self.out_features.div_ceil(self.rows())
     }
-    /// Floats of the packed weights: `nkb` blocks of `rows * in` then the bias padded to
-    /// `nkb * rows`.
-    pub fn packed_len(&self) -> usize {
+    /// Floats of the batch-1 kernel's packed weights: `nkb` blocks of `rows * in` then the
+    /// bias padded to `nkb * rows`.
+    fn dot_packed_len(&self) -> usize {
         let r = self.rows();
         self.nkb() * r * self.in_features + self.nkb() * r
     }
@@ -116,7 +117,7 @@ impl FcSpec {
         }
         let ok = fits(&[self.batch, self.in_features])
             && fits(&[self.batch, self.out_features])
-            && fits(&[self.out_features + 8, self.in_features + 1]);
+            && fits(&[self.out_features + 32, self.in_features + 1]);
         if !ok {
             return Err(Error::Unsupported(format!(
                 "an fc of {self} has tensors over the 1 GiB a JIT kernel addresses; use a smaller batch"
@@ -126,14 +127,82 @@ impl FcSpec {
     }
 }
 
-/// Packs PyTorch-layout fc weights `[out, in]` (and bias `[out]`) for the fc kernel.
+/// How an fc layer is computed.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum FcPlan {
+    /// Batch 1: dot products vectorised along the reduction (this module).
+    Dot,
+    /// Batch > 1: a GEMM with the items as rows, at the plan's ISA.
+    Rows(FcGemm),
+}
+
+impl FcPlan {
+    pub(crate) fn new(s: &FcSpec, isa: Isa) -> Self {
+        if s.batch == 1 {
+            FcPlan::Dot
+        } else {
+            FcPlan::Rows(FcGemm::new(*s, isa))
+        }
+    }
+    /// What computes a tile, for profiles and plans.
+    pub(crate) fn micro_kernel(&self) -> String {
+        match self {
+            FcPlan::Dot => "f32x4 dot 8 features".into(),
+            FcPlan::Rows(g) => format!("batch rows, {}", g.micro_kernel()),
+        }
+    }
+    fn packed_len(&self, s: &FcSpec) -> usize {
+        match self {
+            FcPlan::Dot => s.dot_packed_len(),
+            FcPlan::Rows(g) => g.packed_len(),
+        }
+    }
+    fn work_units(&self, s: &FcSpec) -> usize {
+        match self {
+            FcPlan::Dot => s.nkb(),
+            FcPlan::Rows(g) => g.work_units(),
+        }
+    }
+    /// PyTorch-layout weights `[out, in]` (and bias `[out]`) in the order the plan's
+    /// kernel reads them.
+    fn pack(&self, spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        spec.validate()?;
+        check_len("fc weights", weights.len(), spec.weight_len())
+            .map_err(|e| Error::Weights(e.to_string()))?;
+        let bias = match (spec.bias, bias) {
+            (true, Some(b)) => {
+                check_len("fc bias", b.len(), spec.out_features)
+                    .map_err(|e| Error::Weights(e.to_string()))?;
+                Some(b)
+            }
+            (false, None) => None,
+            (true, None) => return Err(Error::Weights("fc bias missing".into())),
+            (false, Some(_)) => {
+                return Err(Error::Weights("fc has no bias but one was given".into()))
+            }
+        };
+        let mut out = try_vec(self.packed_len(spec), 0.0f32, "fc packed weights")?;
+        match self {
+            FcPlan::Dot => pack_dot(spec, weights, bias, &mut out),
+            FcPlan::Rows(g) => g.pack_into(weights, bias, &mut out),
+        }
+        Ok(out)
+    }
+}
+
+/// Packs PyTorch-layout fc weights `[out, in]` (and bias `[out]`) for the fc kernel
+/// [`KernelModule::add_fc`] generates for `spec` at the default ISA level
+/// ([`Isa::default_level`]; for another level use [`PendingFc::pack_weights`]).
 pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
     spec.validate()?;
-    check_len("fc weights", weights.len(), spec.weight_len())
-        .map_err(|e| Error::Weights(e.to_string()))?;
+    FcPlan::new(spec, Isa::default_level()).pack(spec, weights, bias)
+}
+
+/// The batch-1 layout: per block of `R` rows `[C/4][R][4]`, then the `C % 4` tail as
+/// `[C%4][R]`; then the bias.
+fn pack_dot(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let (c, k, r) = (spec.in_features, spec.out_features, spec.rows());
     let c4 = c / 4 * 4;
-    let mut out = try_vec(spec.packed_len(), 0.0f32, "fc packed weights")?;
     for ki in 0..k {
         let (kb, kr) = (ki / r, ki % r);
         let blk = kb * r * c;
@@ -144,17 +213,10 @@ pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> 
             out[blk + r * c4 + (ci - c4) * r + kr] = weights[ki * c + ci];
         }
     }
-    match (spec.bias, bias) {
-        (true, Some(b)) => {
-            check_len("fc bias", b.len(), k).map_err(|e| Error::Weights(e.to_string()))?;
-            let base = spec.nkb() * r * c;
-            out[base..base + k].copy_from_slice(b);
-        }
-        (false, None) => {}
-        (true, None) => return Err(Error::Weights("fc bias missing".into())),
-        (false, Some(_)) => return Err(Error::Weights("fc has no bias but one was given".into())),
+    if let Some(b) = bias {
+        let base = spec.nkb() * r * c;
+        out[base..base + k].copy_from_slice(b);
     }
-    Ok(out)
 }
 
 /// Unroll of the reduction at batch 1.
@@ -190,20 +252,11 @@ slot_layout! {
     }
 }
 
-fn fc_body(s: &FcSpec, e: &mut Emit, a: FcBufs<Value>, begin: Value, end: Value) -> Result<()> {
-    let nb = s.nb();
-    let nfull = s.batch / nb;
-    let rem = s.batch % nb;
+/// The batch-1 kernel: the blocks of output features `begin..end`.
+fn dot_body(s: &FcSpec, e: &mut Emit, a: FcBufs<Value>, begin: Value, end: Value) -> Result<()> {
     e.for_range(begin, end, 1, |e, kb| {
-        e.for_const(0, nfull as i64, 1, |e, chunk| {
-            let n0 = e.mul_imm(chunk, nb as i64);
-            FcTile::new(s, e, &a, kb, n0, nb).emit(e, &a, kb)
-        })?;
-        if rem > 0 {
-            let n0 = e.iconst((nfull * nb) as i64);
-            FcTile::new(s, e, &a, kb, n0, rem).emit(e, &a, kb)?;
-        }
-        Ok(())
+        let n0 = e.iconst(0);
+        FcTile::new(s, e, &a, kb, n0, 1).emit(e, &a, kb)
     })
 }
 
@@ -434,14 +487,35 @@ impl<'a> FcTile<'a> {
 pub struct PendingFc {
     id: PendingId,
     spec: FcSpec,
+    plan: FcPlan,
 }
 
 impl KernelModule {
+    /// The fc kernel for `spec`, at the module's ISA level ([`KernelModule::set_isa`]).
     pub fn add_fc(&mut self, spec: &FcSpec) -> Result<PendingFc> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(move |e, b, begin, end| fc_body(&s, e, b, begin, end))?;
-        Ok(PendingFc { id, spec: *spec })
+        let plan = FcPlan::new(spec, self.isa());
+        let id = match &plan {
+            FcPlan::Dot => self.define(move |e, b, begin, end| dot_body(&s, e, b, begin, end))?,
+            FcPlan::Rows(g) => g.emit(self)?,
+        };
+        Ok(PendingFc {
+            id,
+            spec: *spec,
+            plan,
+        })
+    }
+}
+
+impl PendingFc {
+    /// Packs the layer's weights `[out, in]` (and bias) for this kernel.
+    pub fn pack_weights(&self, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        self.plan.pack(&self.spec, weights, bias)
+    }
+    /// What computes its tiles (see [`FcKernel::micro_kernel`]).
+    pub fn micro_kernel(&self) -> String {
+        self.plan.micro_kernel()
     }
 }
 
@@ -451,13 +525,15 @@ impl Pending for PendingFc {
         let s = &self.spec;
         let slots = FcBufs {
             input: Slot::read("fc input", s.input_len()),
-            packed: Slot::read("fc packed weights", s.packed_len()),
+            packed: Slot::read("fc packed weights", self.plan.packed_len(s)),
             residual: Slot::read_if(s.residual, "fc residual", s.output_len()),
             out: Slot::write("fc output", s.output_len()),
         };
+        let units = self.plan.work_units(s);
         Ok(FcKernel {
-            entry: Entry::new(code, self.id, s.nkb(), slots.into_array())?,
+            entry: Entry::new(code, self.id, units, slots.into_array())?,
             spec: self.spec,
+            plan: self.plan,
         })
     }
 }
@@ -483,13 +559,24 @@ impl<'a> FcBufs<Buf<'a>> {
 pub struct FcKernel {
     entry: Entry,
     spec: FcSpec,
+    plan: FcPlan,
 }
 
 impl FcKernel {
     pub fn spec(&self) -> &FcSpec {
         &self.spec
     }
-    /// Work units: blocks of output features (8 at batch 1, else 4).
+    /// What computes its tiles: `f32x4 dot 8 features` at batch 1, else the batch-row GEMM's
+    /// tile, e.g. `batch rows, avx512 8x32` (items x features).
+    pub fn micro_kernel(&self) -> String {
+        self.plan.micro_kernel()
+    }
+    /// Floats of the packed weights it reads ([`PendingFc::pack_weights`]).
+    pub fn packed_len(&self) -> usize {
+        self.plan.packed_len(&self.spec)
+    }
+    /// Work units: blocks of output features (8 at batch 1, else panels of the GEMM: 8
+    /// features with f32x4, 16 with ymm, 32 with zmm).
     pub fn work_units(&self) -> usize {
         self.entry.units()
     }

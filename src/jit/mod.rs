@@ -9,6 +9,7 @@ pub mod elementwise;
 mod entry;
 mod epilogue;
 pub mod fc;
+mod fc_gemm;
 mod gemm;
 mod implicit;
 pub mod module;

@@ -86,7 +86,7 @@ pub fn place_concat_inputs(plan: &mut Plan) {
     // kernel reads its inputs one item at a time.
     let item_kernel = |v: ValueId, exclude_copy: bool| {
         producer[v].is_some_and(|s| match plan.steps[s].kernel {
-            Kernel::Fc(_) => false,
+            Kernel::Fc { .. } => false,
             Kernel::Copy { .. } => !exclude_copy,
             _ => true,
         })

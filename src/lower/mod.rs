@@ -94,8 +94,9 @@ pub enum Kernel {
         method: ConvMethod,
         isa: Isa,
     },
-    /// Fully connected, over the whole chunk at once (weights read once per chunk).
-    Fc(FcSpec),
+    /// Fully connected, over the whole chunk at once (weights read once per chunk), with the
+    /// vector ISA of its micro-kernels (batch > 1).
+    Fc { spec: FcSpec, isa: Isa },
     Pool(PoolSpec),
     /// Elementwise or reduction; `consts` are extra inputs (batchnorm's scale and shift).
     Elementwise {
@@ -197,7 +198,7 @@ impl Kernel {
     pub fn family(&self) -> &'static str {
         match self {
             Kernel::Conv { .. } => "conv",
-            Kernel::Fc(_) => "fc",
+            Kernel::Fc { .. } => "fc",
             Kernel::Pool(_) => "pool",
             Kernel::Elementwise { .. } => "elementwise",
             Kernel::Copy { .. } => "copy",
@@ -225,6 +226,7 @@ impl Kernel {
                 "{method} x{groups}, {}",
                 method.micro_kernel(spec, *isa)
             )),
+            Kernel::Fc { spec, isa } => Some(spec.micro_kernel(*isa)),
             Kernel::Depthwise(d) if d.input_shuffle > 1 => Some(format!(
                 "input read through a shuffle of {}",
                 d.input_shuffle

@@ -34,7 +34,7 @@ pub fn kernel(g: &Graph, id: NodeId, opts: &Options) -> Result<Lowered> {
         Op::Conv(c) if c.groups != 1 || !c.dilation.is(1) => grouped_conv(x, c, opts),
         Op::Conv(c) => conv(x, c, opts),
         Op::Gemm(gm) => gemm(x, gm, opts),
-        Op::Fc(f) => fc(x, f, opts.batch),
+        Op::Fc(f) => fc(x, f, opts),
         Op::MaxPool(p) | Op::AvgPool(p) if !pool_kernel_takes(p, &node.op) => {
             Kernel::Host(HostOp::Pool {
                 pool: p.clone(),
@@ -249,14 +249,18 @@ fn gemm(x: Shape, gm: &Gemm, opts: &Options) -> Kernel {
     )
 }
 
-fn fc(x: Shape, f: &Fc, batch: usize) -> Kernel {
-    Kernel::Fc(FcSpec {
+fn fc(x: Shape, f: &Fc, opts: &Options) -> Kernel {
+    let spec = FcSpec {
         bias: f.bias,
         relu: f.epilogue.relu,
         residual: f.epilogue.residual,
         clip: clip(&f.epilogue),
-        ..FcSpec::new(x.len(), f.units, batch)
-    })
+        ..FcSpec::new(x.len(), f.units, opts.batch)
+    };
+    Kernel::Fc {
+        spec,
+        isa: opts.isa,
+    }
 }
 
 fn pool(kind: PoolKind, x: Shape, p: &Pool) -> Kernel {

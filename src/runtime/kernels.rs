@@ -4,12 +4,13 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, Hw, NodeId, Pad, Shape};
 use crate::jit::threads::run_jobs;
 use crate::jit::{
-    pack_depthwise_weights, pack_fc_weights, Compiled, ConvKernel, ConvMethod, ConvSpec,
+    pack_depthwise_weights, Compiled, ConvKernel, ConvMethod, ConvSpec,
     DepthwiseKernel, DepthwiseSpec, EltKernel, EltSpec, FcKernel, FcSpec, KernelListing,
     KernelModule, Pending, PendingConv, PendingDepthwise, PendingElt, PendingFc, PendingPool,
     PoolKernel, PoolSpec, ThreadPool,
 };
 use crate::lower::{HostOp, Kernel, Plan, Polyphase, Step};
+use crate::options::Isa;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -70,7 +71,7 @@ pub(super) struct Instantiated {
 #[derive(Default)]
 struct Generated {
     conv: HashMap<(ConvSpec, ConvMethod), PendingConv>,
-    fc: HashMap<FcSpec, PendingFc>,
+    fc: HashMap<(FcSpec, Isa), PendingFc>,
     pool: HashMap<PoolSpec, PendingPool>,
     depthwise: HashMap<DepthwiseSpec, PendingDepthwise>,
     elt: HashMap<EltSpec, PendingElt>,
@@ -111,7 +112,10 @@ fn add_kernel(gen: &mut Generated, module: &mut KernelModule, s: &Step) -> Resul
             module.set_isa(*isa)?;
             module.add_conv_with(spec, *method)
         }),
-        Kernel::Fc(spec) => once(&mut gen.fc, *spec, || module.add_fc(spec)),
+        Kernel::Fc { spec, isa } => once(&mut gen.fc, (*spec, *isa), || {
+            module.set_isa(*isa)?;
+            module.add_fc(spec)
+        }),
         Kernel::Pool(spec) => once(&mut gen.pool, *spec, || module.add_pool(spec)),
         Kernel::Depthwise(spec) => once(&mut gen.depthwise, *spec, || module.add_depthwise(spec)),
         Kernel::Polyphase(p) => p.convs.iter().try_for_each(|(spec, method)| {
@@ -162,10 +166,13 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
                 .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
             Some(Box::new(move || k.pack_weights(w, b)))
         }
-        Kernel::Fc(spec) => {
+        Kernel::Fc { spec, isa } => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
-            let spec = *spec;
-            Some(Box::new(move || pack_fc_weights(&spec, w, b)))
+            let k = gen
+                .fc
+                .get(&(*spec, *isa))
+                .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
+            Some(Box::new(move || k.pack_weights(w, b)))
         }
         Kernel::Depthwise(spec) => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
@@ -286,8 +293,8 @@ pub(super) fn instantiate(
                 k: conv.get(&(*spec, *method)).ok_or_else(missing)?.clone(),
                 packed: take()?,
             },
-            Kernel::Fc(spec) => Code::Fc {
-                k: fc.get(spec).ok_or_else(missing)?.clone(),
+            Kernel::Fc { spec, isa } => Code::Fc {
+                k: fc.get(&(*spec, *isa)).ok_or_else(missing)?.clone(),
                 packed: take()?,
             },
             Kernel::Pool(spec) => Code::Pool(pool_k.get(spec).ok_or_else(missing)?.clone()),
