@@ -713,8 +713,9 @@ fn check_fc_at(s: &FcSpec, seed: u64, isa: Option<cnnc::Isa>) -> (Vec<f32>, Stri
 /// fc at batch > 1 at every ISA level the host has: the batch-row GEMM on the f32x4 tile
 /// (sse) and the micro-kernels (avx2 6x16, avx512 14x32), batch 2..33 (every batch-tile
 /// remainder of 6 and 14, balanced tiles), input features odd and around multiples of
-/// 16 / 32, output features with every remainder of 8, 16 and 32 (masked tails), every
-/// epilogue; against the reference, and bit-identical across split ranges and levels.
+/// 16 / 32, the reduction in 1, 2 and 3+ chunks, output features with every remainder of
+/// 8, 16 and 32 (masked tails), every epilogue; against the reference, and bit-identical
+/// across split ranges and levels.
 #[test]
 fn fc_batch_every_isa_bit_identical() {
     let mut shapes = vec![
@@ -726,6 +727,10 @@ fn fc_batch_every_isa_bit_identical() {
         (17, 96, 28),
         (300, 19, 3),
         (4, 4, 4),
+        // Reductions in 2 and 3+ chunks (128 KB of copied inputs each) at every level.
+        (2001, 9, 33),
+        (1203, 40, 30),
+        (4099, 17, 8),
     ];
     for k in 1..=33 {
         shapes.push((3 + 2 * (k % 9), k, 2 + k % 32));

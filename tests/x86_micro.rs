@@ -29,7 +29,7 @@ fn reference(m: &MicroGemm, x: &[f32], w: &[f32], res: &[f32], bias: &[f32], out
                 0.0
             };
             for c in 0..m.k {
-                acc = w[c * m.w_stride + i * m.w_row].mul_add(x[c * m.ldx + j], acc);
+                acc = w[c * m.w_stride + i].mul_add(x[c * m.ldx + j], acc);
             }
             if m.bias {
                 acc += bias[if m.bias_per_col { j } else { i }];
@@ -81,16 +81,14 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
         for rows in [1, 2, max_rows.min(cap)] {
             for k in [1, 3, 4, 9] {
                 n += 1;
-                // Every fifth the fc's layout: rows of `w` read in place (`w_stride` 1,
-                // `w_row` the row length), the bias per column.
+                // Every fifth with the fc's bias, one per column.
                 let fc = n.is_multiple_of(5);
                 v.push(MicroGemm {
                     width: w,
                     rows,
                     cols,
                     k,
-                    w_stride: if fc { 1 } else { rows + n % 3 },
-                    w_row: if fc { k + n % 3 } else { 1 },
+                    w_stride: rows + n % 3,
                     ldx: cols + n % 5,
                     ldo: cols + 1 + n % 4,
                     accumulate: n % 7 < 2,
@@ -161,7 +159,6 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 cols: w.lanes() + 3,
                 k: 5,
                 w_stride: 2,
-                w_row: 1,
                 ldx: w.lanes() + 3,
                 ldo: w.lanes() + 3,
                 accumulate: false,
@@ -206,7 +203,6 @@ fn short_operands_are_refused() {
             cols: 5,
             k: 4,
             w_stride: 3,
-            w_row: 1,
             ldx: 5,
             ldo: 5,
             accumulate: false,

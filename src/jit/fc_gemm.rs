@@ -1,29 +1,34 @@
 //! The fully connected layer at batch > 1 as a GEMM with the batch items as rows:
 //! `out[n][k] = Σ_c x[n][c] W[k][c]`, vectorised along the output features `k`.
 //!
-//! The weights are packed at compile time into *panels* of `np` features, `[K/np][C][np]`
-//! (the last panel zero-padded), then the bias padded to the panels; a panel is the vector
-//! operand of a tile, read row by row. The input is read in place: a tile of `mr` batch
-//! items broadcasts `x[n][c]` from each item's row (the micro-kernel's `w_row`, the input's
-//! row length), so nothing is transposed at run time. The output lands in `[batch][out]`,
-//! the bias added per column.
+//! * The weights are packed at compile time into *panels* of `np` features, `[K/np][C][np]`
+//!   (the last panel zero-padded), then the bias padded to the panels: a panel is the
+//!   vector operand of a tile, read row by row.
+//! * The reduction is cut into *chunks* of `kc` input features. For each chunk the function
+//!   first copies the chunk's inputs of every item into a buffer on its stack, transposed
+//!   per tile of `mr` items (`[tile][kc][mr]`, the micro-kernel's broadcast operand): read
+//!   in place, the `mr` rows of a tile (16 KB apart at 4096 inputs) would fall into the same
+//!   L1 sets. Then, for every panel of the range and every tile, one micro-kernel call over
+//!   the chunk: the panel's chunk (`kc * np` floats) stays in L1 while the tiles use it.
+//!   A later chunk continues the sums where the previous one stored them in the output
+//!   ([`MicroGemm::accumulate`]); only the last applies the epilogue (bias per column,
+//!   residual, ReLU, clip).
+//! * A tile is `mr` items by `np` features: at avx2 / avx512 a call to the x86 micro-kernel
+//!   (6 x 16 in ymm, 14 x 32 in zmm), else a Cranelift tile of f32x4 vectors (6 x 8). Either
+//!   way every output is one fused multiply-add chain over `c` in order, from zero (a stored
+//!   partial sum is the f32 the register held), then `+ bias`, `+ residual`, ReLU, clip:
+//!   the same operations in the same order at every ISA level, so the results are
+//!   bit-identical across them and across splits.
 //!
-//! A tile is `mr` items by `np` features: at avx2 / avx512 a call to the x86 micro-kernel
-//! ([`MicroGemm`], 6 x 16 in ymm, 14 x 32 in zmm), else a Cranelift tile of f32x4 vectors
-//! (6 x 8). Either way every output is one fused multiply-add chain over `c` in order,
-//! from zero, then `+ bias`, `+ residual`, ReLU, clip: the same operations in the same
-//! order at every ISA level, so results are bit-identical across them.
-//!
-//! Work units: panels. A unit computes its panel for every batch tile, so the panel
-//! (`C * np` floats: 512 KB at 4096 inputs in zmm) is read from memory once and from L2 for
-//! the later tiles; outputs of different units are disjoint and computed by the same code
-//! whatever the split.
+//! Work units: panels. Each thread copies the chunks of all items (`B * C` floats in all,
+//! small next to the `B * C * K` multiply-adds) and computes its panels.
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{InstBuilder, Type, Value};
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Type, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
 use super::conv::bcast_flags;
+use super::epilogue::Epilogue;
 use super::fc::{FcBufs, FcSpec};
 use super::gemm::wide_tile;
 use super::module::{Emit, KernelModule, MicroId, PendingId};
@@ -35,16 +40,31 @@ use crate::options::Isa;
 /// pointwise GEMM's).
 const MR: usize = 6;
 const NP: usize = 8;
+/// Bytes of the stack buffer holding one chunk of every item's inputs.
+const CHUNK_BYTES: usize = 128 * 1024;
+
+/// Where a chunk sits in the reduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KPos {
+    /// The only chunk: from zero, with the epilogue.
+    Only,
+    First,
+    Middle,
+    Last,
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct FcGemm {
     s: FcSpec,
     /// Micro-kernel width, or `None` for the f32x4 tile.
     wide: Option<Width>,
-    /// Batch items per tile (the tiles balanced: 64 items at up to 14 are 5 tiles of 13 and
+    /// Batch items per tile (the tiles balanced: 64 items at up to 14 are 4 tiles of 13 and
     /// one of 12, not 4 of 14 and one of 8), and features per panel.
     mr: usize,
     np: usize,
+    /// Input features per chunk, and chunks.
+    kc: usize,
+    nkc: usize,
 }
 
 impl FcGemm {
@@ -52,11 +72,16 @@ impl FcGemm {
         let wide = x86::width(isa);
         let (max_rows, np) = wide.map_or((MR, NP), wide_tile);
         let tiles = s.batch.div_ceil(max_rows);
+        let mr = s.batch.div_ceil(tiles);
+        let kc = (CHUNK_BYTES / (4 * tiles * mr)).clamp(1, s.in_features);
+        let nkc = s.in_features.div_ceil(kc);
         let g = FcGemm {
             s,
             wide,
-            mr: s.batch.div_ceil(tiles),
+            mr,
             np,
+            kc: s.in_features.div_ceil(nkc),
+            nkc,
         };
         // What the generator cannot emit (offsets beyond i32) stays on the f32x4 tile,
         // which computes the same bits.
@@ -66,7 +91,7 @@ impl FcGemm {
         g
     }
 
-    /// What computes a tile, for profiles and plans: `avx512 8x32`.
+    /// What computes a tile, for profiles and plans: `avx512 8x32` (items x features).
     pub(crate) fn micro_kernel(&self) -> String {
         let isa = self.wide.map_or("f32x4", Width::isa_name);
         format!("{isa} {}x{}", self.mr, self.np)
@@ -105,18 +130,42 @@ impl FcGemm {
         (self.s.batch / self.mr, self.s.batch % self.mr)
     }
 
-    fn micro(&self, width: Width, rows: usize, cols: usize) -> MicroGemm {
-        let (s, ep) = (self.s, self.s.epilogue());
+    /// The chunk positions that occur.
+    fn kpositions(&self) -> Vec<KPos> {
+        match self.nkc {
+            1 => vec![KPos::Only],
+            2 => vec![KPos::First, KPos::Last],
+            _ => vec![KPos::First, KPos::Middle, KPos::Last],
+        }
+    }
+    /// Input features of a chunk at `pos`.
+    fn steps(&self, pos: KPos) -> usize {
+        match pos {
+            KPos::Only => self.s.in_features,
+            KPos::First | KPos::Middle => self.kc,
+            KPos::Last => self.s.in_features - (self.nkc - 1) * self.kc,
+        }
+    }
+    /// What a chunk at `pos` does after its sums, and whether it starts from the output.
+    fn chunk_epilogue(&self, pos: KPos) -> (Epilogue, bool) {
+        let ep = match pos {
+            KPos::Only | KPos::Last => self.s.epilogue(),
+            _ => Epilogue::new(false, false, false, None),
+        };
+        (ep, matches!(pos, KPos::Middle | KPos::Last))
+    }
+
+    fn micro(&self, width: Width, pos: KPos, rows: usize, cols: usize) -> MicroGemm {
+        let (ep, accumulate) = self.chunk_epilogue(pos);
         MicroGemm {
             width,
             rows,
             cols,
-            k: s.in_features,
-            w_stride: 1,
-            w_row: s.in_features,
+            k: self.steps(pos),
+            w_stride: self.mr,
             ldx: self.np,
-            ldo: s.out_features,
-            accumulate: false,
+            ldo: self.s.out_features,
+            accumulate,
             bias: ep.bias,
             bias_per_col: true,
             residual: ep.residual,
@@ -146,9 +195,13 @@ impl FcGemm {
         let Some(width) = self.wide else {
             return Vec::new();
         };
-        (self.shapes().into_iter())
-            .map(|(r, c)| self.micro(width, r, c))
-            .collect()
+        let mut v = Vec::new();
+        for pos in self.kpositions() {
+            for (r, c) in self.shapes() {
+                v.push(self.micro(width, pos, r, c));
+            }
+        }
+        v
     }
 
     /// Emits the fc function (with its micro-kernels at avx2 / avx512).
@@ -162,137 +215,236 @@ impl FcGemm {
         })
     }
 
-    /// The panels `begin..end`, the last one (when `np` does not divide the features) with
-    /// its own tile shapes.
+    /// The chunks in order (the middle ones in a loop), each over the panels `begin..end`.
     fn body(&self, e: &mut Emit, a: &FcBufs<Value>, begin: Value, end: Value) -> Result<()> {
-        let (np, last) = (self.np, self.panels() as i64 - 1);
-        let tail = self.s.out_features % np;
-        e.for_range(begin, end, 1, |e, p| {
-            if tail == 0 {
-                return self.panel(e, a, p, np);
-            }
-            if last == 0 {
-                return self.panel(e, a, p, tail);
-            }
-            let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, p, last);
-            e.when(is_last, |e| self.panel(e, a, p, tail))?;
-            e.unless(is_last, |e| self.panel(e, a, p, np))
-        })
-    }
-
-    /// Every batch tile of panel `p`, whose first `cols` features are real.
-    fn panel(&self, e: &mut Emit, a: &FcBufs<Value>, p: Value, cols: usize) -> Result<()> {
+        // The chunk buffer: `[tile][kc][mr]`, 64-byte aligned. Packing writes the chunk's
+        // `steps <= kc` rows of each tile's `mr` columns; the micro-kernels read as much.
         let (full, rem) = self.tiles();
-        e.for_const(0, full as i64, 1, |e, t| {
-            let n0 = e.mul_imm(t, self.mr as i64);
-            self.tile(e, a, (p, n0), self.mr, cols)
-        })?;
-        if rem > 0 {
-            let n0 = e.iconst((full * self.mr) as i64);
-            self.tile(e, a, (p, n0), rem, cols)?;
+        let bytes = (full + usize::from(rem > 0)) * self.kc * self.mr * 4;
+        let slot = e.b.create_sized_stack_slot(StackSlotData::new(
+            StackSlotKind::ExplicitSlot,
+            u32::try_from(bytes + 64)
+                .map_err(|_| Error::Codegen("fc chunk buffer too large".into()))?,
+            0,
+        ));
+        let raw = e.b.ins().stack_addr(I64, slot, 0);
+        let raw = e.add_imm(raw, 63);
+        let buf = e.b.ins().band_imm_s(raw, -64);
+        let at = Chunk { buf, begin, end };
+        for pos in self.kpositions() {
+            if pos == KPos::Middle {
+                e.for_const(1, self.nkc as i64 - 1, 1, |e, j| {
+                    let c0 = e.mul_imm(j, self.kc as i64);
+                    self.chunk(e, a, &at, c0, pos)
+                })?;
+            } else {
+                let c0 = if pos == KPos::Last {
+                    (self.nkc - 1) * self.kc
+                } else {
+                    0
+                };
+                let c0 = e.iconst(c0 as i64);
+                self.chunk(e, a, &at, c0, pos)?;
+            }
         }
         Ok(())
     }
 
-    /// Batch items `n0 .. n0 + rows` by the first `cols` features of panel `p`.
+    /// One chunk from input feature `c0`: copies it, then every panel of the range (the last
+    /// one, when `np` does not divide the features, with its own tile shapes).
+    fn chunk(&self, e: &mut Emit, a: &FcBufs<Value>, at: &Chunk, c0: Value, pos: KPos) -> Result<()> {
+        self.copy_chunk(e, a, at.buf, c0, self.steps(pos))?;
+        let (np, last) = (self.np, self.panels() as i64 - 1);
+        let tail = self.s.out_features % np;
+        e.for_range(at.begin, at.end, 1, |e, p| {
+            let t = TileAt { p, c0, buf: at.buf, pos };
+            if tail == 0 {
+                return self.panel(e, a, &t, np);
+            }
+            if last == 0 {
+                return self.panel(e, a, &t, tail);
+            }
+            let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, p, last);
+            e.when(is_last, |e| self.panel(e, a, &t, tail))?;
+            e.unless(is_last, |e| self.panel(e, a, &t, np))
+        })
+    }
+
+    /// Input features `c0 .. c0 + steps` of every item into the buffer: item `n` (row `i` of
+    /// tile `t`), feature `c0 + j` at `buf + (t * kc + j) * mr + i` (floats). Reads inside
+    /// the input (`c0 + steps <= C`), writes inside the buffer.
+    fn copy_chunk(
+        &self,
+        e: &mut Emit,
+        a: &FcBufs<Value>,
+        buf: Value,
+        c0: Value,
+        steps: usize,
+    ) -> Result<()> {
+        let (c, mr) = (self.s.in_features, self.mr);
+        let src0 = e.addr(a.input, c0, 4);
+        let dvar = e.b.declare_var(I64);
+        e.for_const(0, self.s.batch as i64, 1, |e, n| {
+            let t = e.b.ins().udiv_imm_s(n, mr as i64);
+            let i = e.b.ins().urem_imm_s(n, mr as i64);
+            let d = e.addr(buf, t, self.kc * mr * 4);
+            let d = e.addr(d, i, 4);
+            e.b.def_var(dvar, d);
+            let src = e.addr(src0, n, c * 4);
+            let quad_end = e.add_imm(src, (steps / 4 * 16) as i64);
+            e.for_range(src, quad_end, 16, |e, sp| {
+                let d = e.b.use_var(dvar);
+                for j in 0..4 {
+                    let x = e.load(F32, sp, off(j * 4));
+                    e.store(x, d, off(j * mr * 4));
+                }
+                let dn = e.add_imm(d, (4 * mr * 4) as i64);
+                e.b.def_var(dvar, dn);
+                Ok(())
+            })?;
+            let d = e.b.use_var(dvar);
+            for j in 0..steps % 4 {
+                let x = e.load(F32, quad_end, off(j * 4));
+                e.store(x, d, off(j * mr * 4));
+            }
+            Ok(())
+        })
+    }
+
+    /// Every batch tile of a panel, whose first `cols` features are real.
+    fn panel(&self, e: &mut Emit, a: &FcBufs<Value>, t: &TileAt, cols: usize) -> Result<()> {
+        let (full, rem) = self.tiles();
+        e.for_const(0, full as i64, 1, |e, ti| self.tile(e, a, t, (ti, self.mr), cols))?;
+        if rem > 0 {
+            let ti = e.iconst(full as i64);
+            self.tile(e, a, t, (ti, rem), cols)?;
+        }
+        Ok(())
+    }
+
+    /// The `rows` items of tile `ti` by the first `cols` features of the panel, over the
+    /// chunk.
     fn tile(
         &self,
         e: &mut Emit,
         a: &FcBufs<Value>,
-        (p, n0): (Value, Value),
-        rows: usize,
+        t: &TileAt,
+        (ti, rows): (Value, usize),
         cols: usize,
     ) -> Result<()> {
-        let (c, k, np) = (self.s.in_features, self.s.out_features, self.np);
-        let at = TileAt {
-            panel: e.addr(a.packed, p, c * np * 4),
-            x: e.addr(a.input, n0, c * 4),
-            out_off: {
-                let o = e.mul_imm(n0, (k * 4) as i64);
-                let q = e.mul_imm(p, (np * 4) as i64);
+        let (c, k, np, mr) = (self.s.in_features, self.s.out_features, self.np, self.mr);
+        let panel = e.addr(a.packed, t.p, c * np * 4);
+        let ops = TileOps {
+            panel: e.addr(panel, t.c0, np * 4),
+            x: e.addr(t.buf, ti, self.kc * mr * 4),
+            out: {
+                let o = e.mul_imm(ti, (mr * k * 4) as i64);
+                let q = e.mul_imm(t.p, (np * 4) as i64);
                 e.b.ins().iadd(o, q)
             },
             bias: {
-                let b = e.addr(a.packed, p, np * 4);
+                let b = e.addr(a.packed, t.p, np * 4);
                 e.add_imm(b, (self.weights_len() * 4) as i64)
             },
         };
-        let out = e.b.ins().iadd(a.out, at.out_off);
-        let res = e.b.ins().iadd(a.residual, at.out_off);
+        let out = e.b.ins().iadd(a.out, ops.out);
+        let res = e.b.ins().iadd(a.residual, ops.out);
         let Some(width) = self.wide else {
-            return self.f32x4_tile(e, &at, (res, out), rows, cols);
+            return self.f32x4_tile(e, &ops, (res, out), (rows, cols), t.pos);
         };
-        let m = self.micro(width, rows, cols);
+        let m = self.micro(width, t.pos, rows, cols);
         let i = (self.micro_variants().iter().position(|v| *v == m))
             .ok_or_else(|| Error::Codegen(format!("no fc micro-kernel {m:?}")))?;
         let f = e.micros[i];
-        e.b.ins().call(f, &[at.panel, at.x, out, res, at.bias]);
+        e.b.ins().call(f, &[ops.panel, ops.x, out, res, ops.bias]);
         Ok(())
     }
 
     /// The Cranelift tile: `rows` accumulators per column group (f32x4 vectors of features,
-    /// then single features), one input feature per iteration.
+    /// then single features), one input feature per iteration; as the micro-kernel, it
+    /// starts from the output in a later chunk and applies the epilogue in the last.
     fn f32x4_tile(
         &self,
         e: &mut Emit,
-        at: &TileAt,
+        ops: &TileOps,
         (res, out): (Value, Value),
-        rows: usize,
-        cols: usize,
+        (rows, cols): (usize, usize),
+        pos: KPos,
     ) -> Result<()> {
-        let (c, k, np) = (self.s.in_features, self.s.out_features, self.np);
+        let (k, np, mr) = (self.s.out_features, self.np, self.mr);
+        let (ep, accumulate) = self.chunk_epilogue(pos);
         let groups: Vec<(Type, usize)> = (0..cols / 4)
             .map(|v| (F32X4, v * 16))
             .chain((cols / 4 * 4..cols).map(|j| (F32, j * 4)))
             .collect();
         let ng = groups.len();
+        let at = |i: usize, g: usize| off(i * k * 4 + groups[g].1);
         let acc: Vec<Variable> = (0..rows * ng)
-            .map(|i| {
-                let ty = groups[i % ng].0;
+            .map(|r| {
+                let (i, g) = (r / ng, r % ng);
+                let ty = groups[g].0;
                 let v = e.b.declare_var(ty);
-                let z = e.fzero(ty);
-                e.b.def_var(v, z);
+                let start = if accumulate {
+                    e.load_rw(ty, out, at(i, g))
+                } else {
+                    e.fzero(ty)
+                };
+                e.b.def_var(v, start);
                 v
             })
             .collect();
         // The panel row and the items' input feature advance together.
         let xvar = e.b.declare_var(I64);
-        e.b.def_var(xvar, at.x);
-        let pend = e.add_imm(at.panel, (c * np * 4) as i64);
-        e.for_range(at.panel, pend, (np * 4) as i64, |e, wp| {
+        e.b.def_var(xvar, ops.x);
+        let pend = e.add_imm(ops.panel, (self.steps(pos) * np * 4) as i64);
+        e.for_range(ops.panel, pend, (np * 4) as i64, |e, wp| {
             let xp = e.b.use_var(xvar);
             let ws: Vec<Value> = (groups.iter()).map(|&(ty, o)| e.load(ty, wp, off(o))).collect();
             for i in 0..rows {
                 for (g, &(ty, _)) in groups.iter().enumerate() {
                     // A fresh broadcast per FMA (see `conv::bcast_flags`).
-                    let xs = e.b.ins().load(F32, bcast_flags(g), xp, off(i * c * 4));
+                    let xs = e.b.ins().load(F32, bcast_flags(g), xp, off(i * 4));
                     let xv = if ty == F32 { xs } else { e.b.ins().splat(F32X4, xs) };
                     let av = e.b.use_var(acc[i * ng + g]);
                     let av = e.fmadd(xv, ws[g], av);
                     e.b.def_var(acc[i * ng + g], av);
                 }
             }
-            let xn = e.add_imm(xp, 4);
+            let xn = e.add_imm(xp, (mr * 4) as i64);
             e.b.def_var(xvar, xn);
             Ok(())
         })?;
-        let ep = self.s.epilogue();
         for i in 0..rows {
             for (g, &(ty, o)) in groups.iter().enumerate() {
-                let b = ep.bias.then(|| e.load(ty, at.bias, off(o)));
+                let b = ep.bias.then(|| e.load(ty, ops.bias, off(o)));
                 let v = e.b.use_var(acc[i * ng + g]);
-                e.epilogue_store(&ep, v, b, (res, out), off(i * k * 4 + o));
+                e.epilogue_store(&ep, v, b, (res, out), at(i, g));
             }
         }
         Ok(())
     }
 }
 
-/// Where a tile's operands are: its panel, its first item's input row, the byte offset of
-/// its first output (and residual) and its bias.
+/// What every chunk shares: the buffer and the range of panels.
+struct Chunk {
+    buf: Value,
+    begin: Value,
+    end: Value,
+}
+
+/// A panel `p` within chunk `c0` (at `pos`), whose inputs are in `buf`.
 struct TileAt {
+    p: Value,
+    c0: Value,
+    buf: Value,
+    pos: KPos,
+}
+
+/// A tile's operands: its panel rows of the chunk, its items' copied inputs, the byte
+/// offset of its first output (and residual) and its bias.
+struct TileOps {
     panel: Value,
     x: Value,
-    out_off: Value,
+    out: Value,
     bias: Value,
 }

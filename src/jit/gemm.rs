@@ -159,7 +159,6 @@ impl PixelGemm {
                     cols: c,
                     k: s.in_c,
                     w_stride: self.mr,
-                    w_row: 1,
                     ldx: s.pixels,
                     ldo: s.pixels,
                     accumulate: false,

@@ -215,7 +215,6 @@ impl ImplicitGemm {
             cols,
             k: self.steps(pos),
             w_stride: self.mr,
-            w_row: 1,
             ldx: self.ldp,
             ldo: ohw,
             accumulate: matches!(pos, KPos::Middle | KPos::Last),

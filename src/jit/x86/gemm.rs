@@ -7,8 +7,7 @@
 //! * `x`: row `c` (of `k`) at `x + c * ldx`, `cols` floats each (the input pixels of one
 //!   channel: NCHW planes, so the kernel reads them where they are, no packing);
 //! * `w`: packed weights, step `c` at `w + c * w_stride`, `rows` floats each (one column of
-//!   the layer's weight block), row `i` at `+ i * w_row` (1 when packed; the fc layer reads
-//!   its input rows in place, `w_stride = 1`, `w_row` the input's row length);
+//!   the layer's weight block);
 //! * `out` / `res`: row `i` at `out + i * ldo`; `res` is read only with `residual`, `bias`
 //!   (`rows` floats) only with `bias`.
 //!
@@ -49,8 +48,6 @@ pub struct MicroGemm {
     pub cols: usize,
     pub k: usize,
     pub w_stride: usize,
-    /// Floats between the rows of `w` within a step (1: packed side by side).
-    pub w_row: usize,
     pub ldx: usize,
     pub ldo: usize,
     /// Start from the values in `out` instead of zero (a later block of a reduction split
@@ -122,8 +119,8 @@ impl MicroGemm {
         if self.width == Width::X128 {
             return bad("128-bit kernels are Cranelift's".into());
         }
-        if self.rows == 0 || self.cols == 0 || self.k == 0 {
-            return bad("empty".into());
+        if self.rows == 0 || self.cols == 0 || self.k == 0 || self.rows > self.w_stride {
+            return bad("empty, or more rows than the weight stride".into());
         }
         let nv = self.vectors();
         // Accumulators + the step's x vectors (+ the AVX2 broadcast register and mask).
@@ -135,7 +132,7 @@ impl MicroGemm {
             return bad(format!("{used} registers needed"));
         }
         disp((UNROLL * self.ldx + self.cols) * 4)?;
-        disp((UNROLL * self.w_stride + (self.rows - 1) * self.w_row) * 4)?;
+        disp(UNROLL * self.w_stride * 4)?;
         disp(self.rows * self.ldo * 4)?;
         Ok(())
     }
@@ -198,7 +195,7 @@ impl MicroGemm {
             }
         }
         for i in 0..self.rows {
-            let w = rsi + disp((u * self.w_stride + i * self.w_row) * 4)?;
+            let w = rsi + disp((u * self.w_stride + i) * 4)?;
             if !self.bcst_in_reg() {
                 for j in 0..nv {
                     v.fma_bcst(self.acc(i, j), xr + j, w)?;
@@ -354,7 +351,7 @@ impl MicroGemm {
     pub fn operand_lens(&self) -> (usize, usize, usize, usize) {
         (
             (self.k - 1) * self.ldx + self.cols,
-            (self.k - 1) * self.w_stride + (self.rows - 1) * self.w_row + 1,
+            (self.k - 1) * self.w_stride + self.rows,
             (self.rows - 1) * self.ldo + self.cols,
             if self.bias_per_col {
                 self.cols
