@@ -185,8 +185,17 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
     }
 }
 
+/// fc at every ISA level the host has: at batch > 1 the batch-row GEMM (the micro-kernels'
+/// masked feature tails, batch-tile remainders, reductions in several chunks) reading the
+/// input's last row and writing the output's last element against the guard page.
 #[test]
-fn fc_pool_elementwise_stay_in_bounds() {
+fn fc_stays_in_bounds() {
+    for isa in cnnc::Isa::host_levels() {
+        fc_stays_in_bounds_at(isa);
+    }
+}
+
+fn fc_stays_in_bounds_at(isa: cnnc::Isa) {
     // Over 1 MB of weights at batch 1: chunks with software prefetches (which reach past the
     // buffers, harmlessly: a prefetch never faults).
     for (ci, co, n) in [
@@ -196,15 +205,21 @@ fn fc_pool_elementwise_stay_in_bounds() {
         (4, 8, 1),
         (100, 2700, 1),
         (1030, 263, 1),
+        (31, 45, 15),
+        (2001, 33, 31),
+        (3, 1, 3),
     ] {
         let mut spec = FcSpec::new(ci, co, n);
         spec.bias = true;
         spec.residual = true;
         let mut km = KernelModule::new().unwrap();
+        km.set_isa(isa).unwrap();
         let pk = km.add_fc(&spec).unwrap();
+        let packed = pk
+            .pack_weights(&vals(spec.weight_len()), Some(&vals(co)))
+            .unwrap();
         let code = km.finalize().unwrap();
         let kern = code.get(pk).unwrap();
-        let packed = pack_fc_weights(&spec, &vals(spec.weight_len()), Some(&vals(co))).unwrap();
         for after in [true, false] {
             let x = Guarded::from(&vals(spec.input_len()), after);
             let wp = Guarded::from(&packed, after);
@@ -214,6 +229,10 @@ fn fc_pool_elementwise_stay_in_bounds() {
             assert!(out.s().iter().all(|v| v.is_finite()));
         }
     }
+}
+
+#[test]
+fn pool_elementwise_stay_in_bounds() {
     for kind in [PoolKind::Max, PoolKind::Avg] {
         for &(c, h, w, k, s, p) in &[
             (2, 9, 9, 2, 2, 0),

@@ -688,11 +688,7 @@ fn check_fc_at(s: &FcSpec, seed: u64, isa: Option<cnnc::Isa>) -> (Vec<f32>, Stri
     let what = format!("{s:?} at {isa:?} ({})", k.micro_kernel());
     let mut out = vec![f32::NAN; s.output_len()];
     k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
-    assert_close(
-        &out,
-        &ref_fc(s, &x, &w, b.as_deref(), r.as_deref()),
-        &what,
-    );
+    assert_close(&out, &ref_fc(s, &x, &w, b.as_deref(), r.as_deref()), &what);
     let units = k.work_units();
     for pieces in [2usize, 3, 7] {
         let mut out2 = vec![f32::NAN; s.output_len()];

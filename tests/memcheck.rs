@@ -35,7 +35,7 @@ fn plan_under_valgrind(graph: &str) -> String {
     let out = Command::new("valgrind")
         .args(["--tool=none", "-q"])
         .arg(env!("CARGO_BIN_EXE_cnnc"))
-        .args(["compile", graph, "--emit", "plan"])
+        .args(["compile", graph, "--emit", "plan", "--batch", "2"])
         .current_dir(common::repo())
         .output()
         .expect("valgrind is installed (apt-get install valgrind)");
@@ -44,8 +44,9 @@ fn plan_under_valgrind(graph: &str) -> String {
 }
 
 /// Valgrind does not emulate AVX-512 (its CPUID hides it), so under valgrind the JIT must
-/// pick avx2 on a host that has it, and the convolutions must run on the wide
-/// micro-kernels: then memcheck checks the AVX2 micro-kernels and their masked tails.
+/// pick avx2 on a host that has it, and the convolutions (and the fc layers at batch 2)
+/// must run on the wide micro-kernels: then memcheck checks the AVX2 micro-kernels and
+/// their masked tails.
 fn assert_wide_kernels_under_valgrind(graph: &str) {
     let forced = std::env::var_os("CNNC_ISA").is_some_and(|v| !v.is_empty());
     if forced || !cnnc::Isa::host_levels().contains(&cnnc::Isa::Avx2) {
@@ -54,6 +55,9 @@ fn assert_wide_kernels_under_valgrind(graph: &str) {
     let plan = plan_under_valgrind(graph);
     for line in plan.lines().filter(|l| l.contains(" conv [")) {
         assert!(line.contains("avx2 6x16"), "{graph}: {line}");
+    }
+    for line in plan.lines().filter(|l| l.contains(" fc [")) {
+        assert!(line.contains("batch rows, avx2 2x16"), "{graph}: {line}");
     }
     assert!(plan.contains(" conv ["), "{graph}: no conv in\n{plan}");
     assert!(!plan.contains("avx512"), "{graph}: {plan}");

@@ -32,6 +32,10 @@ pub struct CompileArgs {
     pub emit: Emit,
     #[command(flatten)]
     pub passes: PassArgs,
+    /// Batch items per kernel call the code is generated for (`--emit plan|clif|asm`; fc
+    /// layers at batch > 1 are a GEMM with the items as rows).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub batch: usize,
     /// Print the IR on stderr after this pass (repeatable).
     #[arg(long = "print-after", value_name = "PASS")]
     pub print_after: Vec<String>,
@@ -66,12 +70,16 @@ pub fn compile(a: &CompileArgs) -> Result<String> {
             eprint!("{}", dump_after(pass, changed, g));
         }
     })?;
+    let codegen_opts = cnnc::Options {
+        batch: a.batch,
+        ..a.passes.options()
+    };
     match a.emit {
         Emit::Ir => print::to_text(&g),
         Emit::Dot => print::to_dot(&g),
-        Emit::Plan => Ok(cnnc::lower::lower(&g, &a.passes.options())?.to_string()),
+        Emit::Plan => Ok(cnnc::lower::lower(&g, &codegen_opts)?.to_string()),
         Emit::Clif | Emit::Asm => {
-            let listings = cnnc::runtime::listings(&g, &a.passes.options())?;
+            let listings = cnnc::runtime::listings(&g, &codegen_opts)?;
             let mut out = String::new();
             for l in listings {
                 let body = if matches!(a.emit, Emit::Clif) {

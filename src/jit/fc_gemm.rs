@@ -180,7 +180,10 @@ impl FcGemm {
         let (full, rem) = self.tiles();
         let k = self.s.out_features;
         let rows = [(full > 0).then_some(self.mr), (rem > 0).then_some(rem)];
-        let cols = [(k >= self.np).then_some(self.np), (k % self.np > 0).then_some(k % self.np)];
+        let cols = [
+            (k >= self.np).then_some(self.np),
+            (!k.is_multiple_of(self.np)).then_some(k % self.np),
+        ];
         let mut v = Vec::new();
         for r in rows.into_iter().flatten() {
             for c in cols.into_iter().flatten() {
@@ -252,12 +255,24 @@ impl FcGemm {
 
     /// One chunk from input feature `c0`: copies it, then every panel of the range (the last
     /// one, when `np` does not divide the features, with its own tile shapes).
-    fn chunk(&self, e: &mut Emit, a: &FcBufs<Value>, at: &Chunk, c0: Value, pos: KPos) -> Result<()> {
+    fn chunk(
+        &self,
+        e: &mut Emit,
+        a: &FcBufs<Value>,
+        at: &Chunk,
+        c0: Value,
+        pos: KPos,
+    ) -> Result<()> {
         self.copy_chunk(e, a, at.buf, c0, self.steps(pos))?;
         let (np, last) = (self.np, self.panels() as i64 - 1);
         let tail = self.s.out_features % np;
         e.for_range(at.begin, at.end, 1, |e, p| {
-            let t = TileAt { p, c0, buf: at.buf, pos };
+            let t = TileAt {
+                p,
+                c0,
+                buf: at.buf,
+                pos,
+            };
             if tail == 0 {
                 return self.panel(e, a, &t, np);
             }
@@ -314,7 +329,9 @@ impl FcGemm {
     /// Every batch tile of a panel, whose first `cols` features are real.
     fn panel(&self, e: &mut Emit, a: &FcBufs<Value>, t: &TileAt, cols: usize) -> Result<()> {
         let (full, rem) = self.tiles();
-        e.for_const(0, full as i64, 1, |e, ti| self.tile(e, a, t, (ti, self.mr), cols))?;
+        e.for_const(0, full as i64, 1, |e, ti| {
+            self.tile(e, a, t, (ti, self.mr), cols)
+        })?;
         if rem > 0 {
             let ti = e.iconst(full as i64);
             self.tile(e, a, t, (ti, rem), cols)?;
@@ -399,12 +416,18 @@ impl FcGemm {
         let pend = e.add_imm(ops.panel, (self.steps(pos) * np * 4) as i64);
         e.for_range(ops.panel, pend, (np * 4) as i64, |e, wp| {
             let xp = e.b.use_var(xvar);
-            let ws: Vec<Value> = (groups.iter()).map(|&(ty, o)| e.load(ty, wp, off(o))).collect();
+            let ws: Vec<Value> = (groups.iter())
+                .map(|&(ty, o)| e.load(ty, wp, off(o)))
+                .collect();
             for i in 0..rows {
                 for (g, &(ty, _)) in groups.iter().enumerate() {
                     // A fresh broadcast per FMA (see `conv::bcast_flags`).
                     let xs = e.b.ins().load(F32, bcast_flags(g), xp, off(i * 4));
-                    let xv = if ty == F32 { xs } else { e.b.ins().splat(F32X4, xs) };
+                    let xv = if ty == F32 {
+                        xs
+                    } else {
+                        e.b.ins().splat(F32X4, xs)
+                    };
                     let av = e.b.use_var(acc[i * ng + g]);
                     let av = e.fmadd(xv, ws[g], av);
                     e.b.def_var(acc[i * ng + g], av);

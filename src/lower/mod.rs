@@ -96,7 +96,10 @@ pub enum Kernel {
     },
     /// Fully connected, over the whole chunk at once (weights read once per chunk), with the
     /// vector ISA of its micro-kernels (batch > 1).
-    Fc { spec: FcSpec, isa: Isa },
+    Fc {
+        spec: FcSpec,
+        isa: Isa,
+    },
     Pool(PoolSpec),
     /// Elementwise or reduction; `consts` are extra inputs (batchnorm's scale and shift).
     Elementwise {

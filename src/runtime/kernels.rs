@@ -4,10 +4,10 @@ use crate::error::{Error, Result};
 use crate::ir::{Graph, Hw, NodeId, Pad, Shape};
 use crate::jit::threads::run_jobs;
 use crate::jit::{
-    pack_depthwise_weights, Compiled, ConvKernel, ConvMethod, ConvSpec,
-    DepthwiseKernel, DepthwiseSpec, EltKernel, EltSpec, FcKernel, FcSpec, KernelListing,
-    KernelModule, Pending, PendingConv, PendingDepthwise, PendingElt, PendingFc, PendingPool,
-    PoolKernel, PoolSpec, ThreadPool,
+    pack_depthwise_weights, Compiled, ConvKernel, ConvMethod, ConvSpec, DepthwiseKernel,
+    DepthwiseSpec, EltKernel, EltSpec, FcKernel, FcSpec, KernelListing, KernelModule, Pending,
+    PendingConv, PendingDepthwise, PendingElt, PendingFc, PendingPool, PoolKernel, PoolSpec,
+    ThreadPool,
 };
 use crate::lower::{HostOp, Kernel, Plan, Polyphase, Step};
 use crate::options::Isa;
