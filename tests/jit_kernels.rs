@@ -1617,6 +1617,11 @@ fn conv_direct_every_isa_bit_identical() {
         spec(100, 9, 9, 15, 3, 3, (2, 2), (1, 1)),
         spec(230, 7, 7, 29, 3, 3, (2, 2), (1, 1)),
         spec(600, 5, 5, 17, 1, 1, (2, 2), (0, 0)),
+        // Few strips, computed all at once (7x7: 2 strips of zmm, 4 of ymm; 9x9: 3 of zmm),
+        // with 1 and 3 reduction blocks.
+        spec(100, 7, 7, 30, 3, 3, (1, 1), (1, 1)),
+        spec(64, 14, 14, 37, 1, 1, (2, 2), (0, 0)),
+        spec(50, 9, 9, 20, 3, 3, (1, 1), (1, 1)),
     ];
     for k in 1..=15 {
         shapes.push(spec(3, 11, 9, k, 3, 3, (2, 2), (1, 1)));

@@ -38,6 +38,11 @@ const PANEL_BYTES: usize = 48 * 1024;
 /// Beyond this a single input channel's taps do not fit a panel: such filters (over 500
 /// taps with zmm) stay on the f32x4 direct kernel.
 const MAX_PANEL_BYTES: usize = 256 * 1024;
+/// Outputs of at most this many strips (a 7x7 plane: 2 strips with zmm, 4 with ymm) are
+/// computed all strips at once: each block of weights streams once for all strips, where
+/// strip by strip the whole weights would stream once per strip (twice on ResNet's last
+/// stage, from memory: its layers hold 4-9 MB of weights for 49 output pixels).
+const MAX_GROUPED_STRIPS: usize = 4;
 
 /// `repeat` strips of output pixels side by side (a loop in the generated code): `rows`
 /// output rows from the group's first, columns `ox0 + i * width ..` (`i < repeat`) of each
@@ -99,6 +104,8 @@ pub(crate) struct ImplicitGemm {
     strips: usize,
     /// Floats per panel row (the widest strip, rounded up to whole vectors).
     ldp: usize,
+    /// Whether all strips are computed at once, one panel each (see [`MAX_GROUPED_STRIPS`]).
+    grouped: bool,
 }
 
 impl ImplicitGemm {
@@ -127,6 +134,7 @@ impl ImplicitGemm {
             hp: spec.in_h + 2 * spec.pad_h,
             wp: spec.in_w + 2 * spec.pad_w,
             padded: spec.pad_h > 0 || spec.pad_w > 0,
+            grouped: (2..=MAX_GROUPED_STRIPS).contains(&strips),
             kinds,
             strips,
             ldp,
@@ -270,7 +278,9 @@ impl ImplicitGemm {
         // The panel: `nc * f` rows of `ldp` floats, 64-byte aligned on the stack. Packing
         // writes rows `< (channels of the block) * f` and columns `< ldp`, the micro-kernels
         // read `k` rows of `cols <= ldp` from it: all inside.
-        let bytes = self.nc * self.f * self.ldp * 4;
+        // Grouped: one panel per strip, side by side.
+        let panels = if self.grouped { self.strips } else { 1 };
+        let bytes = panels * self.panel_bytes();
         let slot = e.b.create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
             u32::try_from(bytes + 64)
@@ -287,10 +297,88 @@ impl ImplicitGemm {
             begin,
             end,
         };
+        if self.grouped {
+            return self.all_strips(e, &ctx, variants);
+        }
         for kind in &self.kinds {
             self.group_kind(e, &ctx, kind, variants)?;
         }
         Ok(())
+    }
+
+    /// Bytes of one strip's panel.
+    fn panel_bytes(&self) -> usize {
+        self.nc * self.f * self.ldp * 4
+    }
+
+    /// Every strip of the plane, in unit order: its shape and first output row and column.
+    fn each_strip(&self) -> Vec<(Strip, usize, usize)> {
+        let mut v = Vec::new();
+        for kind in &self.kinds {
+            for g in 0..kind.count {
+                for run in &kind.strips {
+                    for i in 0..run.repeat {
+                        let oy0 = kind.row0 + g * kind.rows;
+                        v.push((*run, oy0, run.ox0 + i * run.width));
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// The grouped compute: for each block of input channels, the panels of the strips with
+    /// units in the range, then for each block of output channels the micro-kernel of each
+    /// strip. Every output gets the same calls, in the same order of reduction blocks, as
+    /// strip by strip.
+    fn all_strips(&self, e: &mut Emit, c: &Ctx, variants: &[MicroGemm]) -> Result<()> {
+        let s = self.spec;
+        let nmb = self.nmb as i64;
+        let zero = e.iconst(0);
+        let nmbv = e.iconst(nmb);
+        let placed: Vec<Placed> = self
+            .each_strip()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (strip, oy0, ox0))| {
+                // The strip's units are i * nmb .. (i + 1) * nmb.
+                let mlo = e.add_imm(c.begin, -(i as i64) * nmb);
+                let mlo = e.b.ins().smax(mlo, zero);
+                let mhi = e.add_imm(c.end, -(i as i64) * nmb);
+                let mhi = e.b.ins().smin(mhi, nmbv);
+                let src = (oy0 * s.stride_h * self.wp + ox0 * s.stride_w) * 4;
+                Placed {
+                    strip,
+                    src: e.add_imm(c.src, src as i64),
+                    out: e.iconst(((oy0 * s.out_w() + ox0) * 4) as i64),
+                    mlo,
+                    mhi,
+                }
+            })
+            .collect();
+        let panel = |e: &mut Emit, i: usize| Ctx {
+            panel: e.add_imm(c.panel, (i * self.panel_bytes()) as i64),
+            ..*c
+        };
+        e.for_const(0, self.nkb as i64, 1, |e, kb| {
+            for (i, at) in placed.iter().enumerate() {
+                let any = e.b.ins().icmp(IntCC::SignedLessThan, at.mlo, at.mhi);
+                let c = panel(e, i);
+                e.when(any, |e| self.pack(e, &c, at, kb))?;
+            }
+            self.for_positions(e, kb, |e, pos| {
+                e.for_range(zero, nmbv, 1, |e, mb| {
+                    for (i, at) in placed.iter().enumerate() {
+                        let lo = e.b.ins().icmp(IntCC::SignedLessThanOrEqual, at.mlo, mb);
+                        let hi = e.b.ins().icmp(IntCC::SignedLessThan, mb, at.mhi);
+                        let inside = e.b.ins().band(lo, hi);
+                        let c = panel(e, i);
+                        e.when(inside, |e| self.call(e, &c, at, kb, pos, variants, mb))?;
+                    }
+                    Ok(())
+                })
+            })
+        })
     }
 
     /// The groups of `kind` whose units meet `begin..end`.
@@ -361,30 +449,46 @@ impl ImplicitGemm {
     fn strip(&self, e: &mut Emit, c: &Ctx, at: &Placed, variants: &[MicroGemm]) -> Result<()> {
         e.for_const(0, self.nkb as i64, 1, |e, kb| {
             self.pack(e, c, at, kb)?;
-            for pos in self.kpositions() {
-                let last = (self.nkb - 1) as i64;
-                let cond = match pos {
-                    KPos::Only => None,
-                    KPos::First => Some(e.b.ins().icmp_imm_s(IntCC::Equal, kb, 0)),
-                    KPos::Last => Some(e.b.ins().icmp_imm_s(IntCC::Equal, kb, last)),
-                    KPos::Middle => {
-                        let a = e.b.ins().icmp_imm_s(IntCC::NotEqual, kb, 0);
-                        let b = e.b.ins().icmp_imm_s(IntCC::NotEqual, kb, last);
-                        Some(e.b.ins().band(a, b))
-                    }
-                };
-                let calls = |e: &mut Emit| self.calls(e, c, at, kb, pos, variants);
-                match cond {
-                    None => calls(e)?,
-                    Some(cond) => e.when(cond, calls)?,
-                }
-            }
-            Ok(())
+            self.for_positions(e, kb, |e, pos| {
+                e.for_range(at.mlo, at.mhi, 1, |e, mb| {
+                    self.call(e, c, at, kb, pos, variants, mb)
+                })
+            })
         })
     }
 
-    /// The micro-kernel calls of one reduction block `kb` (at `pos`) of a strip.
-    fn calls(
+    /// Emits `body` once for each position a reduction block can have, each behind the test
+    /// that block `kb` has that position.
+    fn for_positions(
+        &self,
+        e: &mut Emit,
+        kb: Value,
+        mut body: impl FnMut(&mut Emit, KPos) -> Result<()>,
+    ) -> Result<()> {
+        for pos in self.kpositions() {
+            let last = (self.nkb - 1) as i64;
+            let cond = match pos {
+                KPos::Only => None,
+                KPos::First => Some(e.b.ins().icmp_imm_s(IntCC::Equal, kb, 0)),
+                KPos::Last => Some(e.b.ins().icmp_imm_s(IntCC::Equal, kb, last)),
+                KPos::Middle => {
+                    let a = e.b.ins().icmp_imm_s(IntCC::NotEqual, kb, 0);
+                    let b = e.b.ins().icmp_imm_s(IntCC::NotEqual, kb, last);
+                    Some(e.b.ins().band(a, b))
+                }
+            };
+            match cond {
+                None => body(e, pos)?,
+                Some(cond) => e.when(cond, |e| body(e, pos))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The micro-kernel call of reduction block `kb` (at `pos`) of a strip for the block of
+    /// output channels `mb`.
+    #[allow(clippy::too_many_arguments)]
+    fn call(
         &self,
         e: &mut Emit,
         c: &Ctx,
@@ -392,6 +496,7 @@ impl ImplicitGemm {
         kb: Value,
         pos: KPos,
         variants: &[MicroGemm],
+        mb: Value,
     ) -> Result<()> {
         let s = self.spec;
         let ohw = s.out_h() * s.out_w();
@@ -413,14 +518,12 @@ impl ImplicitGemm {
         let bias0 = e.add_imm(c.b.packed, (self.weights_len() * 4) as i64);
         let out0 = e.b.ins().iadd(c.b.out, at.out);
         let res0 = e.b.ins().iadd(c.b.residual, at.out);
-        e.for_range(at.mlo, at.mhi, 1, |e, mb| {
-            let w = e.addr(wk, mb, self.r * mr * 4);
-            let out = e.addr(out0, mb, mr * ohw * 4);
-            let res = e.addr(res0, mb, mr * ohw * 4);
-            let bias = e.addr(bias0, mb, mr * 4);
-            let args = [c.panel, w, out, res, bias];
-            call_for_block(e, mb, self.nmb, (full, short), &args)
-        })
+        let w = e.addr(wk, mb, self.r * mr * 4);
+        let out = e.addr(out0, mb, mr * ohw * 4);
+        let res = e.addr(res0, mb, mr * ohw * 4);
+        let bias = e.addr(bias0, mb, mr * 4);
+        let args = [c.panel, w, out, res, bias];
+        call_for_block(e, mb, self.nmb, (full, short), &args)
     }
 
     /// Copies the strip's columns of the im2col matrix for the input channels of block `kb`
@@ -598,6 +701,7 @@ fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
 }
 
 /// What every strip of the compute function shares.
+#[derive(Clone, Copy)]
 struct Ctx {
     b: ConvBufs<Value>,
     /// The input, or its padded copy.
