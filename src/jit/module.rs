@@ -65,11 +65,43 @@ pub(crate) fn codegen_err(e: impl std::fmt::Display) -> Error {
     Error::Codegen(e.to_string())
 }
 
+/// The host's Cranelift target at optimisation level `opt_level` (`speed` or `none`).
+fn host_isa(opt_level: &str) -> Result<OwnedTargetIsa> {
+    let mut flags = settings::builder();
+    flags.set("opt_level", opt_level).map_err(codegen_err)?;
+    let verify = if cfg!(debug_assertions) {
+        "true"
+    } else {
+        "false"
+    };
+    flags.set("enable_verifier", verify).map_err(codegen_err)?;
+    flags.set("is_pic", "false").map_err(codegen_err)?;
+    // Functions with a large stack frame (the implicit GEMM's panel) touch it page by
+    // page on entry, so that a thread short of stack hits its guard page.
+    flags
+        .set("enable_probestack", "true")
+        .map_err(codegen_err)?;
+    flags
+        .set("probestack_strategy", "inline")
+        .map_err(codegen_err)?;
+    let isa_builder = cranelift_native::builder().map_err(codegen_err)?;
+    isa_builder
+        .finish(settings::Flags::new(flags))
+        .map_err(codegen_err)
+}
+
 /// A module under construction: declare and define kernels, then [`finalize`](Self::finalize).
 pub struct KernelModule {
     module: Option<JITModule>,
     /// The module's target, shared with the threads that compile the pending functions.
     target: OwnedTargetIsa,
+    /// The same target without Cranelift's optimiser, for the functions defined in
+    /// [`KernelModule::quickly`].
+    quick_target: OwnedTargetIsa,
+    /// Whether the functions defined now compile with `quick_target`.
+    quick: bool,
+    /// Whether [`KernelModule::quickly`] may skip the optimiser (tests compare both).
+    pub(crate) quick_allowed: bool,
     /// Functions whose IR is built, to be compiled by [`KernelModule::compile_pending`].
     pending: Vec<PendingFunction>,
     ctx: Context,
@@ -116,31 +148,7 @@ pub(crate) struct Emit<'a> {
 impl KernelModule {
     /// A module for the host CPU (`opt_level=speed`; the IR verifier runs only in debug builds).
     pub fn new() -> Result<Self> {
-        let mut flags = settings::builder();
-        flags.set("opt_level", "speed").map_err(codegen_err)?;
-        flags
-            .set(
-                "enable_verifier",
-                if cfg!(debug_assertions) {
-                    "true"
-                } else {
-                    "false"
-                },
-            )
-            .map_err(codegen_err)?;
-        flags.set("is_pic", "false").map_err(codegen_err)?;
-        // Functions with a large stack frame (the implicit GEMM's panel) touch it page by
-        // page on entry, so that a thread short of stack hits its guard page.
-        flags
-            .set("enable_probestack", "true")
-            .map_err(codegen_err)?;
-        flags
-            .set("probestack_strategy", "inline")
-            .map_err(codegen_err)?;
-        let isa_builder = cranelift_native::builder().map_err(codegen_err)?;
-        let isa: OwnedTargetIsa = isa_builder
-            .finish(settings::Flags::new(flags))
-            .map_err(codegen_err)?;
+        let isa = host_isa("speed")?;
         if isa.pointer_type() != types::I64 {
             return Err(Error::Unsupported(
                 "the JIT supports only 64-bit targets".into(),
@@ -152,6 +160,7 @@ impl KernelModule {
             .any(|v| v.name == "has_fma" && v.as_bool() == Some(true))
             || cfg!(target_arch = "aarch64");
         let target = isa.clone();
+        let quick_target = host_isa("none")?;
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
         jb.symbol("cnnc_expf", cnnc_expf as *const u8);
         jb.symbol("fmaf", cnnc_fmaf as *const u8);
@@ -172,6 +181,9 @@ impl KernelModule {
         Ok(KernelModule {
             module: Some(module),
             target,
+            quick_target,
+            quick: false,
+            quick_allowed: true,
             pending: Vec::new(),
             ctx,
             fctx: FunctionBuilderContext::new(),
@@ -217,6 +229,20 @@ impl KernelModule {
     /// Names what the next kernels are for (their layer), in listings.
     pub fn set_label(&mut self, label: &str) {
         label.clone_into(&mut self.label);
+    }
+
+    /// Runs `define` with the functions it defines compiled without Cranelift's
+    /// optimiser (`opt_level=none`), for large straight-line code generated already in
+    /// the form it should run (the Winograd transforms): there the optimiser finds
+    /// nothing to hoist or merge, yet its passes and the register allocation of the
+    /// rewritten code take 3-4x as long (2,000 instructions: 9-10 ms against 2.5 ms).
+    /// Cranelift does not reassociate or contract floating-point arithmetic at any
+    /// level, so the results are the same bits.
+    pub(crate) fn quickly<T>(&mut self, define: impl FnOnce(&mut Self) -> T) -> T {
+        let was = std::mem::replace(&mut self.quick, self.quick_allowed);
+        let out = define(self);
+        self.quick = was;
+        out
     }
 
     /// The listings kept so far.
@@ -417,6 +443,7 @@ impl KernelModule {
         self.pending.push(PendingFunction {
             fid,
             name,
+            quick: self.quick,
             func: Mutex::new(func),
             listing,
         });
@@ -437,10 +464,11 @@ impl KernelModule {
     pub fn compile_pending(&mut self, pool: Option<&ThreadPool>) -> Result<()> {
         let t0 = Instant::now();
         let pending = std::mem::take(&mut self.pending);
-        let target = &*self.target;
+        let (target, quick_target) = (&*self.target, &*self.quick_target);
         let disasm = self.listings.is_some();
         let compiled = run_jobs(pending.len(), pool, Context::new, |ctx, i| {
-            pending[i].compile(ctx, target, disasm)
+            let p = &pending[i];
+            p.compile(ctx, if p.quick { quick_target } else { target }, disasm)
         })?;
         let module = self.module.as_mut().expect("module present until finalize");
         for (p, c) in pending.iter().zip(compiled) {
@@ -528,6 +556,8 @@ impl Drop for KernelModule {
 struct PendingFunction {
     fid: FuncId,
     name: String,
+    /// Compiled without the optimiser ([`KernelModule::quickly`]).
+    quick: bool,
     /// Taken by the thread that compiles it.
     func: Mutex<Function>,
     /// Its entry in the module's listings, to complete with the machine code.
