@@ -64,43 +64,18 @@ fn fold(g: &mut Graph, layer: NodeId, bn: NodeId) -> Result<()> {
         .map(|s| bn_node.param(s))
         .collect();
     let bound = g.node(layer).param("weight").is_some();
-    let new_params = match (bound, stats.as_slice()) {
+    let affine = match (bound, stats.as_slice()) {
         (false, [None, None, None, None]) => None,
-        (true, [Some(gamma), Some(beta), Some(mean), Some(var)]) => {
-            let affine = BatchNormStats {
+        (true, [Some(gamma), Some(beta), Some(mean), Some(var)]) => Some(
+            BatchNormStats {
                 gamma: gamma.data(),
                 beta: beta.data(),
                 mean: mean.data(),
                 var: var.data(),
                 eps,
             }
-            .scale_shift(&bn_node.name, channels)?;
-            let layer_node = g.node(layer);
-            let name = &layer_node.name;
-            let w = layer_node.param("weight").expect("bound");
-            let old_bias = layer_node.param("bias");
-            if !w.len().is_multiple_of(channels) || old_bias.is_some_and(|b| b.len() != channels) {
-                return Err(Error::Weights(format!(
-                    "{name}: its weight of shape {} does not have {channels} output channels",
-                    crate::tensor::fmt_shape(w.shape())
-                )));
-            }
-            let per_channel = w.len() / channels;
-            let mut w2 = w.data().to_vec();
-            let mut b2 = vec![0f32; channels];
-            for k in 0..channels {
-                let s = affine.scale[k];
-                for x in &mut w2[k * per_channel..(k + 1) * per_channel] {
-                    *x = (*x as f64 * s) as f32;
-                }
-                let b = old_bias.map_or(0.0, |b| b.data()[k] as f64);
-                b2[k] = (b * s + affine.shift[k]) as f32;
-            }
-            Some((
-                Tensor::new(w.shape().to_vec(), w2)?,
-                Tensor::new(vec![channels], b2)?,
-            ))
-        }
+            .scale_shift(&bn_node.name, channels)?,
+        ),
         _ => {
             return Err(Error::Weights(format!(
                 "cannot fold {} into {}: the weights of one are bound and the other's are not; bind the weights before running the passes",
@@ -110,16 +85,51 @@ fn fold(g: &mut Graph, layer: NodeId, bn: NodeId) -> Result<()> {
         }
     };
     let node = g.node_mut(layer);
+    if let Some(affine) = affine {
+        scale_params(node, &affine)?;
+    }
     match &mut node.op {
         Op::Conv(c) => c.bias = true,
         Op::Gemm(c) => c.bias = true,
         Op::Fc(c) => c.bias = true,
         _ => unreachable!("checked by foldable_into"),
     }
-    if let Some((w, b)) = new_params {
-        node.params.insert("weight".into(), w);
-        node.params.insert("bias".into(), b);
+    Ok(())
+}
+
+/// `w[k] *= scale[k]` in place (a ResNet-50 has 25 M weights: a copy would cost more
+/// than the arithmetic) and the bias `b[k] * scale[k] + shift[k]` (`b = 0` when the
+/// layer has none).
+pub(super) fn scale_params(node: &mut crate::ir::Node, affine: &ScaleShift) -> Result<()> {
+    let channels = affine.scale.len();
+    let bias_len = node.param("bias").map(Tensor::len);
+    let w = node.params.get_mut("weight").expect("bound");
+    if !w.len().is_multiple_of(channels) || bias_len.is_some_and(|n| n != channels) {
+        return Err(Error::Weights(format!(
+            "{}: its weight of shape {} does not have {channels} output channels",
+            node.name,
+            crate::tensor::fmt_shape(w.shape())
+        )));
     }
+    let per_channel = w.len() / channels;
+    for (filter, &s) in w
+        .data_mut()
+        .chunks_exact_mut(per_channel)
+        .zip(&affine.scale)
+    {
+        for x in filter {
+            *x = (*x as f64 * s) as f32;
+        }
+    }
+    let old_bias = node.params.remove("bias");
+    let b: Vec<f32> = (0..channels)
+        .map(|k| {
+            let b = old_bias.as_ref().map_or(0.0, |b| b.data()[k] as f64);
+            (b * affine.scale[k] + affine.shift[k]) as f32
+        })
+        .collect();
+    node.params
+        .insert("bias".into(), Tensor::new(vec![channels], b)?);
     Ok(())
 }
 

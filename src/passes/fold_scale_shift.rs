@@ -11,11 +11,11 @@
 //! Grouped convs fold like any other: the scale is per output channel. The producer must
 //! have no other reader (nor be a graph output). A `scale_shift` that folds nowhere stays
 //! a layer of its own. The arithmetic is done once, at compile time, in f64.
+use super::fold_batchnorm::{scale_params, ScaleShift};
 use super::{bypass, Changed, Pass, PassInfo};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, NodeId, Op};
 use crate::options::OptLevel;
-use crate::tensor::Tensor;
 
 pub const PASS: PassInfo = PassInfo {
     name: "fold-scale-shift",
@@ -58,9 +58,7 @@ fn fold(g: &mut Graph, layer: NodeId, ss: NodeId) -> Result<()> {
         (n.param("weight").cloned(), n.param("bias").cloned())
     };
     let channels = g.node(layer).shape.c;
-    let is_bn = matches!(g.node(layer).op, Op::BatchNorm { .. });
-    let (wname, bname) = ("weight", "bias");
-    let bound = g.node(layer).param(wname).is_some();
+    let bound = g.node(layer).param("weight").is_some();
     match (bound, scale, shift) {
         (false, None, None) => {}
         (true, Some(s), Some(t)) => {
@@ -74,28 +72,12 @@ fn fold(g: &mut Graph, layer: NodeId, ss: NodeId) -> Result<()> {
                     node.name
                 )));
             }
-            let w = node.param(wname).expect("bound");
-            let per_channel = w.len() / channels;
-            let mut w2 = w.data().to_vec();
-            let mut b2 = vec![0f32; channels];
-            for (k, b2k) in b2.iter_mut().enumerate() {
-                let sk = s.data()[k] as f64;
-                // A batchnorm's weight is gamma, one value per channel.
-                let span = if is_bn {
-                    k..k + 1
-                } else {
-                    k * per_channel..(k + 1) * per_channel
-                };
-                for x in &mut w2[span] {
-                    *x = (*x as f64 * sk) as f32;
-                }
-                let b = node.param(bname).map_or(0.0, |b| b.data()[k] as f64);
-                *b2k = (b * sk + t.data()[k] as f64) as f32;
-            }
-            let shape = w.shape().to_vec();
-            let node = g.node_mut(layer);
-            node.params.insert(wname.into(), Tensor::new(shape, w2)?);
-            node.params.insert(bname.into(), Tensor::new(vec![channels], b2)?);
+            // A batchnorm's weight is gamma, one value per channel: scaled the same way.
+            let affine = ScaleShift {
+                scale: s.data().iter().map(|&v| v as f64).collect(),
+                shift: t.data().iter().map(|&v| v as f64).collect(),
+            };
+            scale_params(g.node_mut(layer), &affine)?;
         }
         _ => {
             return Err(Error::Weights(format!(
