@@ -38,11 +38,16 @@ const PANEL_BYTES: usize = 48 * 1024;
 /// Beyond this a single input channel's taps do not fit a panel: such filters (over 500
 /// taps with zmm) stay on the f32x4 direct kernel.
 const MAX_PANEL_BYTES: usize = 256 * 1024;
-/// Outputs of at most this many strips (a 7x7 plane: 2 strips with zmm, 4 with ymm) are
+/// Outputs of at most this many strips (7x7 and 14x14 planes with zmm, 7x7 with ymm) are
 /// computed all strips at once: each block of weights streams once for all strips, where
-/// strip by strip the whole weights would stream once per strip (twice on ResNet's last
-/// stage, from memory: its layers hold 4-9 MB of weights for 49 output pixels).
-const MAX_GROUPED_STRIPS: usize = 4;
+/// strip by strip the whole weights would stream once per strip (ResNet-50's last two
+/// stages hold 2-9 MB of weights per layer for 49-196 output pixels). Measured with the
+/// weights coming from memory (`examples/convperf.rs`, `CNNC_COPIES=20`, avx512, load 8-9):
+/// 3x3 512->512 at 7x7 3.56 -> 2.55 ms, 1x1/2 1024->2048 to 7x7 3.06 -> 2.29 ms, 3x3/2
+/// 256->256 to 14x14 2.16-2.49 -> 1.84-2.10 ms, 1x1/2 512->1024 to 14x14 1.90-2.19 -> 1.69-1.74 ms.
+const MAX_GROUPED_STRIPS: usize = 8;
+/// The stack bytes of all panels when grouped (each strip's panel gets its share).
+const GROUPED_PANELS_BYTES: usize = 192 * 1024;
 
 /// `repeat` strips of output pixels side by side (a loop in the generated code): `rows`
 /// output rows from the group's first, columns `ox0 + i * width ..` (`i < repeat`) of each
@@ -118,10 +123,19 @@ impl ImplicitGemm {
         if f * ldp * 4 > MAX_PANEL_BYTES {
             return None;
         }
-        let nc = (PANEL_BYTES / (f * ldp * 4)).clamp(1, spec.in_c);
+        let (kinds, strips) = strips(oh, ow, np);
+        // Grouped, the strips' panels share the stack budget of all panels.
+        let channel_bytes = f * ldp * 4;
+        let grouped = (2..=MAX_GROUPED_STRIPS).contains(&strips)
+            && strips * channel_bytes <= GROUPED_PANELS_BYTES;
+        let budget = if grouped {
+            (GROUPED_PANELS_BYTES / strips).min(PANEL_BYTES)
+        } else {
+            PANEL_BYTES
+        };
+        let nc = (budget / channel_bytes).clamp(1, spec.in_c);
         let nkb = spec.in_c.div_ceil(nc);
         let nc = spec.in_c.div_ceil(nkb);
-        let (kinds, strips) = strips(oh, ow, np);
         let plan = ImplicitGemm {
             spec,
             width,
@@ -134,7 +148,7 @@ impl ImplicitGemm {
             hp: spec.in_h + 2 * spec.pad_h,
             wp: spec.in_w + 2 * spec.pad_w,
             padded: spec.pad_h > 0 || spec.pad_w > 0,
-            grouped: (2..=MAX_GROUPED_STRIPS).contains(&strips),
+            grouped,
             kinds,
             strips,
             ldp,
