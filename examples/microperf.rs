@@ -29,6 +29,7 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
         residual: false,
         relu: true,
         clip: None,
+        prefetch_every: 0,
     };
     let full = mk(np);
     let tail = (!p.is_multiple_of(np)).then(|| mk(p % np));
@@ -160,6 +161,7 @@ pub fn l1(w: Width, mr: usize, nv: usize, k: usize) -> f64 {
         residual: false,
         relu: false,
         clip: None,
+        prefetch_every: 0,
     };
     let mut km = KernelModule::new().unwrap();
     let id = km.add_micro_gemm(&s).unwrap();

@@ -110,6 +110,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (6, 5, 5, 17, 3, 3, 0),
         (1, 1, 1, 1, 1, 1, 0),
         (9, 6, 33, 7, 2, 1, 2),
+        // Pointwise GEMM: reduction chunks (130 and 200 channels), the last full tile
+        // column's prefetches, a partial column at the input's end.
+        (130, 7, 11, 29, 1, 1, 0),
+        (200, 3, 23, 6, 1, 1, 0),
         // Winograd: tiles overhanging the bottom and right edges, a partial tile group,
         // dense groups, and rows of 5 tiles whose last group runs over into the next row.
         (17, 11, 13, 19, 3, 1, 1),

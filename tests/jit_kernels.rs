@@ -1594,6 +1594,49 @@ fn clip_epilogue_on_every_kernel() {
     assert!(KernelModule::new().unwrap().add_fc(&nan).is_err());
 }
 
+/// The pointwise GEMM at every ISA level the host has: at avx2 / avx512 its reduction is
+/// computed a chunk of 64 input channels at a time for each tile column (the partial sums
+/// stored and reloaded as f32, only the last chunk applying the epilogue) while the kernels
+/// prefetch the next column; each output is still one FMA chain over the channels in order,
+/// so all levels agree bit for bit. Shapes: 1, 2, 3 and 5 chunks (a short last chunk, and
+/// 97 channels: one chunk), channel tails of the 6- and 14-row blocks and exact multiples,
+/// partial last tile columns and planes narrower than one tile, every epilogue.
+#[test]
+fn conv_pointwise_every_isa_bit_identical() {
+    let shapes = [
+        (97, 9, 7, 15),
+        (128, 6, 11, 14),
+        (130, 8, 8, 29),
+        (200, 5, 13, 6),
+        (300, 7, 9, 64),
+        (256, 2, 3, 13),
+        (131, 16, 16, 12),
+    ];
+    let levels = cnnc::Isa::host_levels();
+    let mut seed = 3000;
+    for (i, &(c, h, w, k)) in shapes.iter().enumerate() {
+        let s = ConvSpec {
+            bias: i % 2 == 0,
+            relu: i % 3 != 1,
+            residual: i % 4 < 2,
+            clip: (i % 5 == 3).then_some(PROP_CLIP),
+            ..spec(c, h, w, k, 1, 1, (1, 1), (0, 0))
+        };
+        let outs: Vec<_> = levels
+            .iter()
+            .map(|&isa| (isa, check_conv_with(&s, seed, Some(isa), None).0))
+            .collect();
+        for (isa, out) in &outs[1..] {
+            let same = out
+                .iter()
+                .zip(&outs[0].1)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{s:?}: {isa} differs from {}", outs[0].0);
+        }
+        seed += 5;
+    }
+}
+
 /// The direct convolutions at every ISA level the host has: at avx2 / avx512 the implicit
 /// GEMM on the wide micro-kernels, at sse the f32x4 direct kernel. Both compute each output
 /// as one FMA chain over the taps in the same order, so all levels agree bit for bit.

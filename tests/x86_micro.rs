@@ -97,6 +97,8 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     residual: !n.is_multiple_of(3),
                     relu: acts[n % 4].0,
                     clip: acts[n % 4].1,
+                    // A prefetching kernel (of rows of its own x here) computes the same.
+                    prefetch_every: [0, 1, 2, 4][(n / 2) % 4],
                 });
             }
         }
@@ -167,6 +169,7 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 residual: false,
                 relu,
                 clip,
+                prefetch_every: 0,
             };
             let mut km = KernelModule::new().unwrap();
             let p = km.add_micro_gemm(&s).unwrap();
@@ -211,6 +214,7 @@ fn short_operands_are_refused() {
             residual: false,
             relu: false,
             clip: None,
+            prefetch_every: 0,
         };
         let mut km = KernelModule::new().unwrap();
         let p = km.add_micro_gemm(&s).unwrap();

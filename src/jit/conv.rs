@@ -755,15 +755,18 @@ impl Plan {
             ConvMethod::Winograd => {
                 Plan::Winograd(WinogradPlan::for_spec(spec, isa).ok_or_else(unfit)?)
             }
-            ConvMethod::PointwiseGemm if spec.is_pointwise() => Plan::Gemm(PixelGemm::new(
-                gemm::PixelGemmSpec {
-                    in_c: spec.in_c,
-                    out_c: spec.out_c,
-                    pixels: spec.in_h * spec.in_w,
-                    epilogue: spec.epilogue(),
-                },
-                isa,
-            )),
+            ConvMethod::PointwiseGemm if spec.is_pointwise() => Plan::Gemm(
+                PixelGemm::new(
+                    gemm::PixelGemmSpec {
+                        in_c: spec.in_c,
+                        out_c: spec.out_c,
+                        pixels: spec.in_h * spec.in_w,
+                        epilogue: spec.epilogue(),
+                    },
+                    isa,
+                )
+                .streamed(),
+            ),
             ConvMethod::PointwiseGemm => return Err(unfit()),
             ConvMethod::Direct => match x86::width(isa).and_then(|w| ImplicitGemm::new(*spec, w)) {
                 Some(p) => Plan::Implicit(p),

@@ -32,6 +32,7 @@ use super::epilogue::Epilogue;
 use super::fc::{FcBufs, FcSpec};
 use super::gemm::wide_tile;
 use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::x86::gemm::KPos;
 use super::x86::{self, MicroGemm, Width};
 use crate::error::{Error, Result};
 use crate::options::Isa;
@@ -42,16 +43,6 @@ const MR: usize = 6;
 const NP: usize = 8;
 /// Bytes of the stack buffer holding one chunk of every item's inputs.
 const CHUNK_BYTES: usize = 128 * 1024;
-
-/// Where a chunk sits in the reduction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KPos {
-    /// The only chunk: from zero, with the epilogue.
-    Only,
-    First,
-    Middle,
-    Last,
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct FcGemm {
@@ -171,6 +162,7 @@ impl FcGemm {
             residual: ep.residual,
             relu: ep.relu,
             clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
+            prefetch_every: 0,
         }
     }
 

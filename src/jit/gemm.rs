@@ -18,6 +18,7 @@ use super::cg::{off, F32, F32X4, I64};
 use super::conv::{bcast_flags, ConvBufs};
 use super::epilogue::Epilogue;
 use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::x86::gemm::KPos;
 use super::x86::{self, MicroGemm, Width};
 use crate::error::Result;
 use crate::options::Isa;
@@ -29,10 +30,13 @@ const NV: usize = 2;
 const NP: usize = NV * 4;
 /// Bytes of input a pixel panel may occupy (kept in L2 while all channel blocks use it).
 const PANEL_BYTES: usize = 192 * 1024;
-/// The same for the wide micro-kernels, which go through the input ~3x faster: a panel of
-/// 2 tile columns at 256 channels (measured, `examples/microperf.rs`: 2-4 columns run
-/// 1.5-2x faster than L2-sized panels with AVX-512).
+/// The same for the wide micro-kernels without [`PixelGemm::streamed`] (which goes column by
+/// column): a panel of 2 tile columns at 256 channels (`examples/microperf.rs`: 2-4 columns
+/// ran 1.5-2x faster than L2-sized panels with AVX-512).
 const WIDE_PANEL_BYTES: usize = 64 * 1024;
+/// Input channels per reduction chunk of the streamed pointwise GEMM (measured at 256 -> 64
+/// on 56 x 56: 64 faster than 32 and 128).
+const WIDE_KC: usize = 64;
 
 /// Channels x pixels of the x86 micro-kernel tile at a width (registers: zmm 28
 /// accumulators + 2 inputs of 32; ymm 12 + 2 + a broadcast + a mask of 16).
@@ -64,6 +68,10 @@ pub(crate) struct PixelGemm {
     np: usize,
     /// Micro-kernel width, or `None` for the Cranelift f32x4 tiles.
     wide: Option<Width>,
+    /// Column by column with prefetches ([`Self::streamed`]).
+    streamed: bool,
+    /// Input channels per reduction chunk of a full tile column (`in_c`: one chunk).
+    kc: usize,
 }
 
 impl PixelGemm {
@@ -83,6 +91,8 @@ impl PixelGemm {
             mr,
             np,
             wide,
+            streamed: false,
+            kc: s.in_c,
         };
         // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
         // the f32x4 path.
@@ -91,6 +101,54 @@ impl PixelGemm {
         }
         g
     }
+    /// The pointwise convolution's GEMM at the wide widths, whose input planes are larger
+    /// than L2 as often as not (256 x 56 x 56 floats: 3.2 MB): tile column by tile column,
+    /// for each chunk of [`WIDE_KC`] input channels every channel block (the chunk's x rows
+    /// and the blocks' partial sums stay in L1 for all the blocks; the later chunks start
+    /// from the stored sums, [`MicroGemm::accumulate`], and only the last applies the
+    /// epilogue), and each kernel of the first blocks prefetches one line of each row of
+    /// the same chunk of the next column. The hardware prefetchers do not follow a tile
+    /// column (a line or two in each of `in_c` rows a plane apart), so without this every
+    /// column's first block waited for its input from L3.
+    pub(crate) fn streamed(mut self) -> Self {
+        if self.wide.is_some() {
+            self.streamed = true;
+            if self.s.in_c > WIDE_KC + WIDE_KC / 2 {
+                self.kc = WIDE_KC;
+            }
+        }
+        self
+    }
+    /// Channel blocks whose kernels prefetch, block `mb` line `mb` of each row (0 unless
+    /// streamed).
+    fn pf_blocks(&self) -> usize {
+        if self.streamed {
+            self.lines_per_row().min(self.nmb)
+        } else {
+            0
+        }
+    }
+    /// Reduction chunks of a full tile column.
+    fn chunks(&self) -> usize {
+        self.s.in_c.div_ceil(self.kc)
+    }
+    /// The parts a full tile column's reduction is computed in.
+    fn column_parts(&self) -> &'static [KPos] {
+        KPos::of(self.chunks())
+    }
+    /// Reduction steps of a part.
+    fn part_k(&self, part: KPos) -> usize {
+        match part {
+            KPos::Only => self.s.in_c,
+            KPos::First | KPos::Middle => self.kc,
+            KPos::Last => self.s.in_c - (self.chunks() - 1) * self.kc,
+        }
+    }
+    /// Cache lines in a full tile's row.
+    fn lines_per_row(&self) -> usize {
+        (self.np * 4).div_ceil(64)
+    }
+
     /// Output channels per block (the packing's row count).
     pub(crate) fn mr(&self) -> usize {
         self.mr
@@ -146,31 +204,63 @@ impl PixelGemm {
         let Some(width) = self.wide else {
             return Vec::new();
         };
-        let (s, ep) = (self.s, self.s.epilogue);
+        let s = self.s;
         let rows = [self.mr, s.out_c % self.mr];
         let full = if s.pixels >= self.np { self.np } else { 0 };
         let cols = [full, s.pixels % self.np];
         let mut v = Vec::new();
         for &r in rows.iter().filter(|&&r| r > 0) {
             for &c in cols.iter().filter(|&&c| c > 0) {
-                v.push(MicroGemm {
-                    width,
-                    rows: r,
-                    cols: c,
-                    k: s.in_c,
-                    w_stride: self.mr,
-                    ldx: s.pixels,
-                    ldo: s.pixels,
-                    accumulate: false,
-                    bias: ep.bias,
-                    bias_per_col: false,
-                    residual: ep.residual,
-                    relu: ep.relu,
-                    clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
-                });
+                let parts = if c == self.np {
+                    self.column_parts()
+                } else {
+                    &[KPos::Only]
+                };
+                let pf: &[bool] = if c == self.np && self.pf_blocks() > 0 {
+                    &[false, true]
+                } else {
+                    &[false]
+                };
+                for &part in parts {
+                    for &prefetch in pf {
+                        v.push(self.micro(width, (r, c), part, prefetch));
+                    }
+                }
             }
         }
         v
+    }
+
+    /// The micro-kernel of a `rows x cols` tile computing `part` of the reduction, with or
+    /// without the prefetch.
+    fn micro(
+        &self,
+        width: Width,
+        (rows, cols): (usize, usize),
+        part: KPos,
+        prefetch: bool,
+    ) -> MicroGemm {
+        let (s, ep) = (self.s, self.s.epilogue);
+        let epilogue = matches!(part, KPos::Only | KPos::Last);
+        MicroGemm {
+            width,
+            rows,
+            cols,
+            k: self.part_k(part),
+            w_stride: self.mr,
+            ldx: s.pixels,
+            ldo: s.pixels,
+            accumulate: matches!(part, KPos::Middle | KPos::Last),
+            bias: epilogue && ep.bias,
+            bias_per_col: false,
+            residual: epilogue && ep.residual,
+            relu: epilogue && ep.relu,
+            clip: ep
+                .clip
+                .filter(|_| epilogue)
+                .map(|c| (c.min.to_bits(), c.max.to_bits())),
+            prefetch_every: usize::from(prefetch),
+        }
     }
 
     /// Installs the micro-kernels (none on the f32x4 path) for
@@ -178,7 +268,7 @@ impl PixelGemm {
     pub(crate) fn add_micros(&self, km: &mut KernelModule) -> Result<Vec<MicroId>> {
         self.micro_variants()
             .iter()
-            .map(|m| km.add_micro(5, &m.emit()?, "gemm micro-kernel"))
+            .map(|m| km.add_micro(6, &m.emit()?, "gemm micro-kernel"))
             .collect()
     }
 
@@ -237,6 +327,12 @@ impl PixelGemm {
         if nt_full == 0 {
             return self.last_column(e, &ptr, r, nmb, &in_range);
         }
+        if self.pf_blocks() > 0 {
+            e.for_range(t_lo, t_hi, 1, |e, t| {
+                self.column(e, &ptr, t, nt_full, &in_range)
+            })?;
+            return self.last_column(e, &ptr, r, nmb, &in_range);
+        }
         e.for_range(t_lo, t_hi, pt, |e, p0| {
             let pend = e.add_imm(p0, pt);
             let pend = e.b.ins().smin(pend, t_hi);
@@ -253,6 +349,47 @@ impl PixelGemm {
             })
         })?;
         self.last_column(e, &ptr, r, nmb, &in_range)
+    }
+
+    /// Full tile column `t` (of `nt_full`) of every channel block in the range, a reduction
+    /// chunk at a time (see [`Self::streamed`]).
+    fn column(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        t: Value,
+        nt_full: i64,
+        in_range: &dyn Fn(&mut Emit, Value) -> Value,
+    ) -> Result<()> {
+        let nmb = self.nmb as i64;
+        let pb = e.mul_imm(t, (self.np * 4) as i64);
+        let blocks = |e: &mut Emit, part: KPos, ci: Value| {
+            e.for_const(0, nmb, 1, |e, mb| {
+                let u = e.mul_imm(t, nmb);
+                let u = e.b.ins().iadd(u, mb);
+                let c = in_range(e, u);
+                e.when(c, |e| {
+                    let pf = self.pf_addr(e, ptr, (mb, t, nt_full), ci);
+                    self.wide_tile(e, ptr, (mb, pb, self.np), (part, ci), pf)
+                })
+            })
+        };
+        for &part in self.column_parts() {
+            match part {
+                KPos::Middle => {
+                    e.for_const(1, self.chunks() as i64 - 1, 1, |e, ci| blocks(e, part, ci))?;
+                }
+                KPos::Last => {
+                    let ci = e.iconst(self.chunks() as i64 - 1);
+                    blocks(e, part, ci)?;
+                }
+                KPos::Only | KPos::First => {
+                    let ci = e.iconst(0);
+                    blocks(e, part, ci)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The last, partial tile column (`r` pixels, none when 0).
@@ -282,37 +419,84 @@ impl PixelGemm {
     /// at byte offset `pb` within a channel plane (planes of `pixels` floats).
     fn tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, cols: usize) -> Result<()> {
         if self.wide.is_some() {
-            return self.wide_tile(e, ptr, mb, pb, cols);
+            let ci = e.iconst(0);
+            return self.wide_tile(e, ptr, (mb, pb, cols), (KPos::Only, ci), None);
         }
         self.f32x4_tile(e, ptr, mb, pb, cols / 4, cols % 4)
     }
 
-    /// The tile as a call to the micro-kernel for its shape: the last block of a channel
-    /// count that is not a multiple of `mr` takes the variant with fewer rows.
-    fn wide_tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, cols: usize) -> Result<()> {
+    /// The tile of block `mb` at byte offset `pb` in the planes, `cols` wide, as a call to
+    /// the micro-kernel for its shape and `part` of the reduction (chunk `ci`): the last
+    /// block of a channel count that is not a multiple of `mr` takes the variant with fewer
+    /// rows; with `pf` (full tiles of a prefetching GEMM), the first [`Self::pf_blocks`]
+    /// blocks take the variant that prefetches from `pf`.
+    fn wide_tile(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        (mb, pb, cols): (Value, Value, usize),
+        (part, ci): (KPos, Value),
+        pf: Option<Value>,
+    ) -> Result<()> {
         let (s, mr) = (self.s, self.mr);
         let x = e.b.ins().iadd(ptr.inp, pb);
+        let x = e.addr(x, ci, self.kc * s.pixels * 4);
         let w = e.addr(ptr.w, mb, s.in_c * mr * 4);
+        let w = e.addr(w, ci, self.kc * mr * 4);
         let out = e.addr(ptr.out, mb, mr * s.pixels * 4);
         let out = e.b.ins().iadd(out, pb);
         let res = e.addr(ptr.res, mb, mr * s.pixels * 4);
         let res = e.b.ins().iadd(res, pb);
         let bias = e.addr(ptr.w, mb, mr * 4);
         let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
-        let args = [x, w, out, res, bias];
+        let args = [x, w, out, res, bias, pf.unwrap_or(x)];
         let variants = self.micro_variants();
-        let find = |rows: usize| {
-            let i = variants
-                .iter()
-                .position(|m| m.rows == rows && m.cols == cols);
-            i.map(|i| e.micros[i]).ok_or_else(|| {
-                crate::Error::Codegen(format!("no {rows}x{cols} micro-kernel in {variants:?}"))
-            })
+        let width = self.wide.unwrap_or(Width::Y256);
+        let pick = |e: &mut Emit, prefetch: bool| {
+            let find = |rows: usize| {
+                let m = self.micro(width, (rows, cols), part, prefetch);
+                let i = variants.iter().position(|v| *v == m);
+                i.map(|i| e.micros[i]).ok_or_else(|| {
+                    crate::Error::Codegen(format!("no micro-kernel {m:?} in {variants:?}"))
+                })
+            };
+            let full = find(mr)?;
+            let tail = s.out_c % mr;
+            let short = if tail > 0 { Some(find(tail)?) } else { None };
+            call_for_block(e, mb, self.nmb, (full, short), &args)
         };
-        let full = find(mr)?;
-        let tail = s.out_c % mr;
-        let short = if tail > 0 { Some(find(tail)?) } else { None };
-        call_for_block(e, mb, self.nmb, (full, short), &args)
+        if pf.is_none() {
+            return pick(e, false);
+        }
+        if self.pf_blocks() >= self.nmb {
+            return pick(e, true);
+        }
+        let on =
+            e.b.ins()
+                .icmp_imm_s(IntCC::UnsignedLessThan, mb, self.pf_blocks() as i64);
+        e.when(on, |e| pick(e, true))?;
+        e.unless(on, |e| pick(e, false))
+    }
+
+    /// What the kernel of block `mb` (below [`Self::pf_blocks`]) in full tile column `t`
+    /// (of `nt_full`) computing chunk `ci` prefetches: line `mb` of every row of the same
+    /// chunk of the next column (the last column: of itself), inside the input.
+    fn pf_addr(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        (mb, t, nt_full): (Value, Value, i64),
+        ci: Value,
+    ) -> Option<Value> {
+        if self.pf_blocks() == 0 {
+            return None;
+        }
+        let next = e.add_imm(t, 1);
+        let lim = e.iconst(nt_full - 1);
+        let next = e.b.ins().smin(next, lim);
+        let a = e.addr(ptr.inp, next, self.np * 4);
+        let a = e.addr(a, ci, self.kc * self.s.pixels * 4);
+        Some(e.addr(a, mb, 64))
     }
 
     /// The f32x4 tile: `nv` vectors + `ns` single pixels.

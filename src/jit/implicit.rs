@@ -29,6 +29,7 @@ use super::conv::{ConvBufs, ConvSpec};
 use super::epilogue::Epilogue;
 use super::gemm::{call_for_block, wide_tile};
 use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::x86::gemm::KPos;
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
 
@@ -77,16 +78,6 @@ struct GroupKind {
     per_group: usize,
     /// Index of the first strip of the kind's first group (strips are numbered in order).
     first_strip: usize,
-}
-
-/// Where a call sits in the reduction split into blocks of input channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum KPos {
-    /// The only block: from zero, with the epilogue.
-    Only,
-    First,
-    Middle,
-    Last,
 }
 
 #[derive(Clone, Debug)]
@@ -245,6 +236,7 @@ impl ImplicitGemm {
             residual: ep.residual,
             relu: ep.relu,
             clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
+            prefetch_every: 0,
         }
     }
 

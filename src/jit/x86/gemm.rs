@@ -3,13 +3,15 @@
 //! epilogue baked in.
 //!
 //! Calling convention (System V): `fn(x: *const f32, w: *const f32, out: *mut f32,
-//! res: *const f32, bias: *const f32)`.
+//! res: *const f32, bias: *const f32, pf: *const f32)`.
 //! * `x`: row `c` (of `k`) at `x + c * ldx`, `cols` floats each (the input pixels of one
 //!   channel: NCHW planes, so the kernel reads them where they are, no packing);
 //! * `w`: packed weights, step `c` at `w + c * w_stride`, `rows` floats each (one column of
 //!   the layer's weight block);
 //! * `out` / `res`: row `i` at `out + i * ldo`; `res` is read only with `residual`, `bias`
-//!   (`rows` floats) only with `bias`.
+//!   (`rows` floats) only with `bias`;
+//! * `pf`: only with `prefetch_every`, rows `pf + j * ldx` to prefetch (a hint: a prefetch
+//!   never faults, but the callers pass rows of their input all the same).
 //!
 //! The `rows x vectors` accumulators stay in registers for the whole reduction. Each step
 //! loads the `vectors` x vectors once and multiplies each by every row's weight, broadcast
@@ -20,7 +22,7 @@
 //! The sum runs over `c` in order with one fused multiply-add per step, starting from zero,
 //! then `+ bias`, `+ residual`, the activation: the same operations in the same order as
 //! the Cranelift kernels, so results are bit-identical across ISA levels.
-use iced_x86::code_asm::{eax, r10, r8, rcx, rdi, rdx, rsi, AsmMemoryOperand};
+use iced_x86::code_asm::{byte_ptr, eax, r10, r8, r9, rcx, rdi, rdx, rsi, AsmMemoryOperand};
 
 use std::sync::Arc;
 
@@ -29,15 +31,30 @@ use crate::error::{Error, Result};
 use crate::jit::module::{Compiled, KernelModule, MicroId, Pending};
 
 /// Reduction steps per loop iteration (the rest are emitted after the loop).
-const UNROLL: usize = 4;
+pub(crate) const UNROLL: usize = 4;
 
-/// Reduction steps ahead whose x rows each step prefetches (0: none). Read from
-/// `CNNC_X86_PREFETCH` while tuning.
-fn prefetch_distance() -> usize {
-    std::env::var("CNNC_X86_PREFETCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// Where a call sits in a reduction split into chunks (of channels, of taps): the only one
+/// (from zero, then the epilogue), the first (from zero; stores the partial sums), a middle
+/// one or the last (both from the stored sums, [`MicroGemm::accumulate`]; the last applies
+/// the epilogue). The partial sums are stored as the f32 the registers held, so each output
+/// is still one FMA chain in order, as with one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KPos {
+    Only,
+    First,
+    Middle,
+    Last,
+}
+
+impl KPos {
+    /// The positions that occur in a reduction of `chunks` chunks.
+    pub(crate) fn of(chunks: usize) -> &'static [KPos] {
+        match chunks {
+            1 => &[KPos::Only],
+            2 => &[KPos::First, KPos::Last],
+            _ => &[KPos::First, KPos::Middle, KPos::Last],
+        }
+    }
 }
 
 /// One micro-kernel's shape and epilogue. Sizes in floats.
@@ -62,6 +79,11 @@ pub struct MicroGemm {
     pub relu: bool,
     /// Then `min(max(x, lo), hi)` (f32 bit patterns), keeping NaN (as their clip).
     pub clip: Option<(u32, u32)>,
+    /// Software prefetch of rows of another tile, spread over the reduction: every
+    /// `prefetch_every` steps (0: never) one cache line, the rows from a sixth argument `pf`
+    /// in turn (step `j * prefetch_every` asks for `pf + j * ldx`). The caller picks which
+    /// line of which rows, so that the calls of one tile column fetch the next one.
+    pub prefetch_every: usize,
 }
 
 fn disp(bytes: usize) -> Result<i32> {
@@ -121,6 +143,9 @@ impl MicroGemm {
         }
         if self.rows == 0 || self.cols == 0 || self.k == 0 || self.rows > self.w_stride {
             return bad("empty, or more rows than the weight stride".into());
+        }
+        if self.prefetch_every > 0 && !UNROLL.is_multiple_of(self.prefetch_every) {
+            return bad(format!("prefetch every {} steps", self.prefetch_every));
         }
         let nv = self.vectors();
         // Accumulators + the step's x vectors (+ the AVX2 broadcast register and mask).
@@ -186,13 +211,11 @@ impl MicroGemm {
             }
         }
         let bc = xr + nv;
-        let pd = prefetch_distance();
-        if pd > 0 {
-            for line in (0..self.cols * 4).step_by(64) {
-                let at = rdi + disp(((u + pd) * self.ldx) * 4 + line)?;
-                v.a.prefetcht0(iced_x86::code_asm::byte_ptr(at))
-                    .map_err(asm_err)?;
-            }
+        let e = self.prefetch_every;
+        if e > 0 && u.is_multiple_of(e) {
+            // Into L1 (measured against `prefetcht2`, into L2: the same or slower).
+            let at = r9 + disp((u / e) * self.ldx * 4)?;
+            v.a.prefetcht0(byte_ptr(at)).map_err(asm_err)?;
         }
         for i in 0..self.rows {
             let w = rsi + disp((u * self.w_stride + i) * 4)?;
@@ -241,6 +264,10 @@ impl MicroGemm {
                 .map_err(asm_err)?;
             v.a.add(rsi, disp(UNROLL * self.w_stride * 4)?)
                 .map_err(asm_err)?;
+            if self.prefetch_every > 0 {
+                let rows = UNROLL.div_ceil(self.prefetch_every);
+                v.a.add(r9, disp(rows * self.ldx * 4)?).map_err(asm_err)?;
+            }
             v.a.dec(r10).map_err(asm_err)?;
             v.a.jnz(top).map_err(asm_err)?;
         }
@@ -405,7 +432,8 @@ impl MicroGemm {
             (true, b) => return short("bias", b.map_or(0, |b| b.len()), nb),
             (false, _) => std::ptr::null(),
         };
-        type Micro = extern "C" fn(*const f32, *const f32, *mut f32, *const f32, *const f32);
+        type Micro =
+            extern "C" fn(*const f32, *const f32, *mut f32, *const f32, *const f32, *const f32);
         // SAFETY: `f` is this spec's code, installed in a module that the calling
         // `MicroGemmKernel` keeps alive (it is made only by `bind` below). The code reads
         // `x`, `w`, `res`, `bias` and writes `out` only within `operand_lens()` floats from
@@ -414,7 +442,15 @@ impl MicroGemm {
         // spec has them; `check_host` made sure the CPU has the instructions.
         #[allow(unsafe_code)]
         let f: Micro = unsafe { std::mem::transmute(f as *const u8) };
-        f(x.as_ptr(), w.as_ptr(), out.as_mut_ptr(), res, bias);
+        // A prefetching kernel asks for the lines of `x` itself (a prefetch never faults).
+        f(
+            x.as_ptr(),
+            w.as_ptr(),
+            out.as_mut_ptr(),
+            res,
+            bias,
+            x.as_ptr(),
+        );
         Ok(())
     }
 }
@@ -430,7 +466,7 @@ impl KernelModule {
     /// layers' kernels install theirs with [`KernelModule::add_micro`]).
     pub fn add_micro_gemm(&mut self, m: &MicroGemm) -> Result<PendingMicroGemm> {
         Ok(PendingMicroGemm {
-            id: self.add_micro(5, &m.emit()?, "micro-kernel")?,
+            id: self.add_micro(6, &m.emit()?, "micro-kernel")?,
             spec: *m,
         })
     }
