@@ -753,13 +753,7 @@ fn fc_batch_every_isa_bit_identical() {
             assert!(micro.starts_with(&want), "{s:?} at {isa}: {micro}");
             outs.push((isa, out));
         }
-        for (isa, out) in &outs[1..] {
-            let same = out
-                .iter()
-                .zip(&outs[0].1)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{s:?}: {isa} differs from {}", outs[0].0);
-        }
+        assert_levels_agree(&s, &outs);
         seed += 5;
     }
 }
@@ -1594,6 +1588,17 @@ fn clip_epilogue_on_every_kernel() {
     assert!(KernelModule::new().unwrap().add_fc(&nan).is_err());
 }
 
+/// Every level's output (first the reference level's) equal bit for bit.
+fn assert_levels_agree(what: &impl std::fmt::Debug, outs: &[(cnnc::Isa, Vec<f32>)]) {
+    for (isa, out) in &outs[1..] {
+        let same = out
+            .iter()
+            .zip(&outs[0].1)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{what:?}: {isa} differs from {}", outs[0].0);
+    }
+}
+
 /// The pointwise GEMM at every ISA level the host has: at avx2 / avx512 its reduction is
 /// computed a chunk of 64 input channels at a time for each tile column (the partial sums
 /// stored and reloaded as f32, only the last chunk applying the epilogue) while the kernels
@@ -1626,13 +1631,7 @@ fn conv_pointwise_every_isa_bit_identical() {
             .iter()
             .map(|&isa| (isa, check_conv_with(&s, seed, Some(isa), None).0))
             .collect();
-        for (isa, out) in &outs[1..] {
-            let same = out
-                .iter()
-                .zip(&outs[0].1)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{s:?}: {isa} differs from {}", outs[0].0);
-        }
+        assert_levels_agree(&s, &outs);
         seed += 5;
     }
 }
@@ -1686,13 +1685,7 @@ fn conv_direct_every_isa_bit_identical() {
             assert_eq!(micro.ends_with("implicit"), wide, "{s:?} at {isa}: {micro}");
             outs.push((isa, out));
         }
-        for (isa, out) in &outs[1..] {
-            let same = out
-                .iter()
-                .zip(&outs[0].1)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{s:?}: {isa} differs from {}", outs[0].0);
-        }
+        assert_levels_agree(&s, &outs);
         seed += 5;
     }
 }
