@@ -225,6 +225,18 @@ pub fn try_vec<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
     Ok(v)
 }
 
+/// `n` zeros, or an error naming `what` if the memory cannot be reserved. Unlike
+/// `try_vec(n, 0.0, ..)` it writes nothing: the allocator hands out zeroed memory (pages
+/// fresh from the system are zero), so a buffer filled afterwards, such as packed weights,
+/// has its pages touched once instead of twice.
+pub fn try_zeros(n: usize, what: &str) -> Result<Vec<f32>> {
+    // Reserving (and releasing) first makes a failure an error, where `vec!` would abort.
+    Vec::<f32>::new()
+        .try_reserve_exact(n)
+        .map_err(|_| out_of_memory(what, n, size_of::<f32>()))?;
+    Ok(vec![0.0; n])
+}
+
 /// The error for a failed reservation of `n` elements of `size` bytes.
 pub fn out_of_memory(what: &str, n: usize, size: usize) -> Error {
     Error::Input(format!(
@@ -236,6 +248,20 @@ pub fn out_of_memory(what: &str, n: usize, size: usize) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeros_are_zero_and_absurd_sizes_an_error() {
+        let v = try_zeros(300_000, "a test").unwrap();
+        assert_eq!(v.len(), 300_000);
+        assert!(v.iter().all(|x| x.to_bits() == 0));
+        assert!(try_zeros(0, "a test").unwrap().is_empty());
+        let err = try_zeros(usize::MAX / 2, "the weights").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not enough memory for the weights"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn sizes_parse_and_print() {

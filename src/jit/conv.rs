@@ -33,7 +33,7 @@ use super::threads::ThreadPool;
 use super::winograd::WinogradPlan;
 use super::x86;
 use crate::error::{Error, Result};
-use crate::memory::try_vec;
+use crate::memory::{try_vec, try_zeros};
 use crate::options::Isa;
 
 /// Shapes and fused epilogue of one convolution layer (one image, NCHW).
@@ -828,7 +828,7 @@ impl Plan {
     fn pack(&self, spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
         check_conv_weights(spec, weights, bias)?;
         let bias = bias.filter(|_| spec.bias);
-        let mut out = try_vec(self.packed_len(), 0.0f32, "conv packed weights")?;
+        let mut out = try_zeros(self.packed_len(), "conv packed weights")?;
         match self {
             Plan::Direct(d) => d.pack_into(weights, bias, &mut out),
             Plan::Implicit(d) => d.pack_into(weights, bias, &mut out),

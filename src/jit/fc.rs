@@ -27,7 +27,7 @@ use super::fc_gemm::FcGemm;
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId, PREFETCH_BYTES};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
-use crate::memory::try_vec;
+use crate::memory::try_zeros;
 use crate::options::Isa;
 
 /// `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`, then optional ReLU
@@ -181,7 +181,7 @@ impl FcPlan {
                 return Err(Error::Weights("fc has no bias but one was given".into()))
             }
         };
-        let mut out = try_vec(self.packed_len(spec), 0.0f32, "fc packed weights")?;
+        let mut out = try_zeros(self.packed_len(spec), "fc packed weights")?;
         match self {
             FcPlan::Dot => pack_dot(spec, weights, bias, &mut out),
             FcPlan::Rows(g) => g.pack_into(weights, bias, &mut out),
