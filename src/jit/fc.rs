@@ -11,8 +11,7 @@
 //! batch 1 that is 9 loads for 8 FMAs over 128 bytes of weights (the fc is memory-bound: fc
 //! 4096->1000 reads 16 MB of weights per call). Weights are packed per block of `R` rows as
 //! `[C/4][R][4]` followed by the `C % 4` tail as `[C%4][R]`, so they are read sequentially,
-//! from memory once per call: a block of `R * C` floats stays in L2 while the tiles of two
-//! images each go over it. At batch 1 the kernel also calls a software prefetch for the
+//! from memory once per call. The kernel also calls a software prefetch for the
 //! weights 8 KB ahead every 1 KB (Cranelift has no prefetch instruction).
 use std::ops::Range;
 use std::sync::Arc;

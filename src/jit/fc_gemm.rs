@@ -31,7 +31,7 @@ use super::conv::bcast_flags;
 use super::epilogue::Epilogue;
 use super::fc::{FcBufs, FcSpec};
 use super::gemm::wide_tile;
-use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::module::{Emit, KernelModule, MicroId, PendingId, PREFETCH_BYTES};
 use super::x86::gemm::KPos;
 use super::x86::{self, MicroGemm, Width};
 use crate::error::{Error, Result};
@@ -43,6 +43,12 @@ const MR: usize = 6;
 const NP: usize = 8;
 /// Bytes of the stack buffer holding one chunk of every item's inputs.
 const CHUNK_BYTES: usize = 128 * 1024;
+
+/// Prefetch the next panel's chunk while the batch tiles compute from cache
+/// ([`FcGemm::prefetch_next`]). fc 2048->1000 at batch 64, avx512, paired runs on a loaded
+/// machine: 98 -> 126, 98 -> 146, 127 -> 145 GFLOP/s; 4096->4096: 30 -> 30, 22 -> 41,
+/// 42 -> 55.
+const PREFETCH_NEXT: bool = true;
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct FcGemm {
@@ -212,19 +218,19 @@ impl FcGemm {
 
     /// The chunks in order (the middle ones in a loop), each over the panels `begin..end`.
     fn body(&self, e: &mut Emit, a: &FcBufs<Value>, begin: Value, end: Value) -> Result<()> {
-        // The chunk buffer: `[tile][kc][mr]`, 64-byte aligned. Packing writes the chunk's
-        // `steps <= kc` rows of each tile's `mr` columns; the micro-kernels read as much.
+        // The chunk buffer: `[tile][kc][mr]` (its alignment only matters for speed). Packing
+        // writes the chunk's `steps <= kc` rows of each tile's `mr` columns; the
+        // micro-kernels read as much.
         let (full, rem) = self.tiles();
         let bytes = (full + usize::from(rem > 0)) * self.kc * self.mr * 4;
-        let slot = e.b.create_sized_stack_slot(StackSlotData::new(
+        let bytes =
+            u32::try_from(bytes).map_err(|_| Error::Codegen("fc chunk buffer too large".into()))?;
+        let slot = (e.b).create_sized_stack_slot(StackSlotData::new(
             StackSlotKind::ExplicitSlot,
-            u32::try_from(bytes + 64)
-                .map_err(|_| Error::Codegen("fc chunk buffer too large".into()))?,
-            0,
+            bytes,
+            6,
         ));
-        let raw = e.b.ins().stack_addr(I64, slot, 0);
-        let raw = e.add_imm(raw, 63);
-        let buf = e.b.ins().band_imm_s(raw, -64);
+        let buf = e.b.ins().stack_addr(I64, slot, 0);
         let at = Chunk { buf, begin, end };
         for pos in self.kpositions() {
             if pos == KPos::Middle {
@@ -322,13 +328,39 @@ impl FcGemm {
     fn panel(&self, e: &mut Emit, a: &FcBufs<Value>, t: &TileAt, cols: usize) -> Result<()> {
         let (full, rem) = self.tiles();
         e.for_const(0, full as i64, 1, |e, ti| {
+            self.prefetch_next(e, a, t, ti)?;
             self.tile(e, a, t, (ti, self.mr), cols)
         })?;
         if rem > 0 {
             let ti = e.iconst(full as i64);
+            self.prefetch_next(e, a, t, ti)?;
             self.tile(e, a, t, (ti, rem), cols)?;
         }
         Ok(())
+    }
+
+    /// With several batch tiles, the first tile of a panel waits for its weights from memory
+    /// and the others compute from cache; so before each tile, the next panel's rows of the
+    /// chunk are prefetched, a share per tile, overlapping the stream with the compute.
+    /// (Past the last panel the prefetches reach beyond the weights: a prefetch never faults.)
+    fn prefetch_next(&self, e: &mut Emit, a: &FcBufs<Value>, t: &TileAt, ti: Value) -> Result<()> {
+        let (full, rem) = self.tiles();
+        let ntiles = full + usize::from(rem > 0);
+        if ntiles < 2 || !PREFETCH_NEXT {
+            return Ok(());
+        }
+        let (c, np) = (self.s.in_features, self.np);
+        let bytes = self.kc * np * 4;
+        let share = bytes.div_ceil(ntiles).div_ceil(PREFETCH_BYTES) * PREFETCH_BYTES;
+        let next = e.add_imm(t.p, 1);
+        let panel = e.addr(a.packed, next, c * np * 4);
+        let rows = e.addr(panel, t.c0, np * 4);
+        let from = e.addr(rows, ti, share);
+        let to = e.add_imm(from, share as i64);
+        e.for_range(from, to, PREFETCH_BYTES as i64, |e, p| {
+            e.b.ins().call(e.prefetch_ref, &[p]);
+            Ok(())
+        })
     }
 
     /// The `rows` items of tile `ti` by the first `cols` features of the panel, over the
@@ -413,13 +445,7 @@ impl FcGemm {
                 .collect();
             for i in 0..rows {
                 for (g, &(ty, _)) in groups.iter().enumerate() {
-                    // A fresh broadcast per FMA (see `conv::bcast_flags`).
-                    let xs = e.b.ins().load(F32, bcast_flags(g), xp, off(i * 4));
-                    let xv = if ty == F32 {
-                        xs
-                    } else {
-                        e.b.ins().splat(F32X4, xs)
-                    };
+                    let xv = broadcast(e, ty, g, xp, off(i * 4));
                     let av = e.b.use_var(acc[i * ng + g]);
                     let av = e.fmadd(xv, ws[g], av);
                     e.b.def_var(acc[i * ng + g], av);
@@ -437,6 +463,17 @@ impl FcGemm {
             }
         }
         Ok(())
+    }
+}
+
+/// The f32 at `p + o` as a `ty` (f32 or f32x4): a fresh load per FMA, the `g`-th kind of
+/// equivalent flags, so that it stays single-use (see `conv::bcast_flags`).
+fn broadcast(e: &mut Emit, ty: Type, g: usize, p: Value, o: i32) -> Value {
+    let x = e.b.ins().load(F32, bcast_flags(g), p, o);
+    if ty == F32 {
+        x
+    } else {
+        e.b.ins().splat(F32X4, x)
     }
 }
 
