@@ -110,10 +110,13 @@ impl FcGemm {
     /// zeros).
     pub(crate) fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
         let (c, np) = (self.s.in_features, self.np);
-        for (k, row) in w.chunks_exact(c).enumerate() {
-            let panel = &mut out[(k / np) * c * np..];
-            for (ci, &v) in row.iter().enumerate() {
-                panel[ci * np + k % np] = v;
+        // Panel by panel, so that the strided writes stay within one panel (in L2).
+        let panels = out[..self.weights_len()].chunks_exact_mut(c * np);
+        for (panel, rows) in panels.zip(w.chunks(c * np)) {
+            for (kk, row) in rows.chunks_exact(c).enumerate() {
+                for (ci, &v) in row.iter().enumerate() {
+                    panel[ci * np + kk] = v;
+                }
             }
         }
         if let Some(b) = bias {
