@@ -20,7 +20,8 @@
 //!
 //! Work units: (strip, block of output channels) pairs, strip major (as the pointwise GEMM),
 //! so a contiguous range covers contiguous pixels; a thread packs the panels of the strips
-//! its range touches.
+//! its range touches. Small planes computed all strips at once number them channel-block
+//! major instead (a thread reads only its blocks' weights).
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
@@ -336,7 +337,8 @@ impl ImplicitGemm {
     /// The grouped compute: for each block of input channels, the panels of the strips with
     /// units in the range, then for each block of output channels the micro-kernel of each
     /// strip. Every output gets the same calls, in the same order of reduction blocks, as
-    /// strip by strip.
+    /// strip by strip. The work units are numbered channel-block major, so that threads
+    /// splitting the layer each read their share of the weights (not all of them).
     fn all_strips(&self, e: &mut Emit, c: &Ctx, variants: &[MicroGemm]) -> Result<()> {
         let s = self.spec;
         let nmb = self.nmb as i64;
@@ -347,10 +349,17 @@ impl ImplicitGemm {
             .into_iter()
             .enumerate()
             .map(|(i, (strip, oy0, ox0))| {
-                // The strip's units are i * nmb .. (i + 1) * nmb.
-                let mlo = e.add_imm(c.begin, -(i as i64) * nmb);
-                let mlo = e.b.ins().smax(mlo, zero);
-                let mhi = e.add_imm(c.end, -(i as i64) * nmb);
+                // Units are channel-block major: the strip's are mb * strips + i, so its
+                // blocks in the range are ceil((begin - i) / strips) ..
+                // ceil((end - i) / strips), clamped to 0..nmb.
+                let n = self.strips as i64;
+                let first_block = |e: &mut Emit, unit: Value| {
+                    let v = e.add_imm(unit, n - 1 - i as i64);
+                    let v = e.b.ins().smax(v, zero);
+                    e.b.ins().udiv_imm_s(v, n)
+                };
+                let mlo = first_block(e, c.begin);
+                let mhi = first_block(e, c.end);
                 let mhi = e.b.ins().smin(mhi, nmbv);
                 let src = (oy0 * s.stride_h * self.wp + ox0 * s.stride_w) * 4;
                 Placed {
