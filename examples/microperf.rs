@@ -30,6 +30,7 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
         relu: true,
         clip: None,
         prefetch_every: 0,
+        prefetch_w: 0,
     };
     let full = mk(np);
     let tail = (!p.is_multiple_of(np)).then(|| mk(p % np));
@@ -162,6 +163,7 @@ pub fn l1(w: Width, mr: usize, nv: usize, k: usize) -> f64 {
         relu: false,
         clip: None,
         prefetch_every: 0,
+        prefetch_w: 0,
     };
     let mut km = KernelModule::new().unwrap();
     let id = km.add_micro_gemm(&s).unwrap();

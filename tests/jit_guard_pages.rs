@@ -101,6 +101,9 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (100, 9, 8, 15, 3, 2, 1),
         // All strips at once (a 7x7 output), 3 reduction blocks.
         (100, 7, 7, 30, 3, 1, 1),
+        // Weights over 1 MB, prefetched ahead (grouped, and strip by strip).
+        (300, 7, 7, 131, 3, 1, 1),
+        (290, 39, 41, 115, 3, 2, 1),
         (600, 5, 4, 7, 1, 2, 0),
         (2, 5, 40, 6, 2, 1, 0),
         (3, 7, 9, 5, 3, 1, 1),

@@ -1664,6 +1664,10 @@ fn conv_direct_every_isa_bit_identical() {
         spec(100, 7, 7, 30, 3, 3, (1, 1), (1, 1)),
         spec(64, 14, 14, 37, 1, 1, (2, 2), (0, 0)),
         spec(50, 9, 9, 20, 3, 3, (1, 1), (1, 1)),
+        // Weights over 1 MB, which the micro-kernels prefetch ahead (into the packed
+        // buffer's padding at its end): grouped, and strip by strip.
+        spec(300, 7, 7, 131, 3, 3, (1, 1), (1, 1)),
+        spec(290, 39, 41, 115, 3, 3, (2, 2), (1, 1)),
     ];
     for k in 1..=15 {
         shapes.push(spec(3, 11, 9, k, 3, 3, (2, 2), (1, 1)));

@@ -99,6 +99,8 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     clip: acts[n % 4].1,
                     // A prefetching kernel (of rows of its own x here) computes the same.
                     prefetch_every: [0, 1, 2, 4][(n / 2) % 4],
+                    // And of the weights ahead (within `operand_lens`).
+                    prefetch_w: [0, 256, 2048][n % 3],
                 });
             }
         }
@@ -170,6 +172,7 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 relu,
                 clip,
                 prefetch_every: 0,
+                prefetch_w: 0,
             };
             let mut km = KernelModule::new().unwrap();
             let p = km.add_micro_gemm(&s).unwrap();
@@ -215,6 +218,7 @@ fn short_operands_are_refused() {
             relu: false,
             clip: None,
             prefetch_every: 0,
+            prefetch_w: 0,
         };
         let mut km = KernelModule::new().unwrap();
         let p = km.add_micro_gemm(&s).unwrap();

@@ -172,6 +172,7 @@ impl FcGemm {
             relu: ep.relu,
             clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
             prefetch_every: 0,
+            prefetch_w: 0,
         }
     }
 

@@ -260,6 +260,7 @@ impl PixelGemm {
                 .filter(|_| epilogue)
                 .map(|c| (c.min.to_bits(), c.max.to_bits())),
             prefetch_every: usize::from(prefetch),
+            prefetch_w: 0,
         }
     }
 

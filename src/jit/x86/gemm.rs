@@ -84,6 +84,10 @@ pub struct MicroGemm {
     /// in turn (step `j * prefetch_every` asks for `pf + j * ldx`). The caller picks which
     /// line of which rows, so that the calls of one tile column fetch the next one.
     pub prefetch_every: usize,
+    /// Software prefetch of the weights' stream: each step asks for the line `prefetch_w`
+    /// bytes past its weights (0: never), so that weights streamed from memory arrive
+    /// before they are needed. The caller makes sure those lines are its own.
+    pub prefetch_w: usize,
 }
 
 fn disp(bytes: usize) -> Result<i32> {
@@ -157,7 +161,7 @@ impl MicroGemm {
             return bad(format!("{used} registers needed"));
         }
         disp((UNROLL * self.ldx + self.cols) * 4)?;
-        disp(UNROLL * self.w_stride * 4)?;
+        disp(UNROLL * self.w_stride * 4 + self.prefetch_w)?;
         disp(self.rows * self.ldo * 4)?;
         Ok(())
     }
@@ -215,6 +219,10 @@ impl MicroGemm {
         if e > 0 && u.is_multiple_of(e) {
             // Into L1 (measured against `prefetcht2`, into L2: the same or slower).
             let at = r9 + disp((u / e) * self.ldx * 4)?;
+            v.a.prefetcht0(byte_ptr(at)).map_err(asm_err)?;
+        }
+        if self.prefetch_w > 0 {
+            let at = rsi + disp(u * self.w_stride * 4 + self.prefetch_w)?;
             v.a.prefetcht0(byte_ptr(at)).map_err(asm_err)?;
         }
         for i in 0..self.rows {
@@ -375,10 +383,19 @@ impl MicroGemm {
     }
 
     /// Floats each operand must hold for one call: `(x, w, out and res, bias)`.
+    /// Floats of `w` up to the end of the last line the weight prefetches ask for (0 without).
+    pub fn w_reach(&self) -> usize {
+        if self.prefetch_w == 0 {
+            return 0;
+        }
+        ((self.k - 1) * self.w_stride * 4 + self.prefetch_w + 64).div_ceil(4)
+    }
+
     pub fn operand_lens(&self) -> (usize, usize, usize, usize) {
         (
             (self.k - 1) * self.ldx + self.cols,
-            (self.k - 1) * self.w_stride + self.rows,
+            // The prefetches ask only for lines of `w` too.
+            ((self.k - 1) * self.w_stride + self.rows).max(self.w_reach()),
             (self.rows - 1) * self.ldo + self.cols,
             if self.bias_per_col {
                 self.cols

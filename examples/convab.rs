@@ -1,0 +1,79 @@
+//! A/B timing of one conv compiled two ways: `convab C HW K F S P VAR A B` compiles the
+//! layer with environment variable VAR=A and VAR=B, then alternates the two runs (weights
+//! from `CNNC_COPIES` copies) and prints both medians and the median ratio of pairs.
+use cnnc::jit::*;
+use std::time::Instant;
+
+fn main() {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let n: Vec<usize> = a[..6].iter().map(|s| s.parse().unwrap()).collect();
+    let (var, va, vb) = (&a[6], &a[7], &a[8]);
+    let mut spec = ConvSpec::square(n[0], n[1], n[2], n[3], n[4], n[5]);
+    spec.bias = true;
+    spec.relu = true;
+    let copies: usize = std::env::var("CNNC_COPIES").map_or(20, |v| v.parse().unwrap());
+    let w: Vec<f32> = (0..spec.weight_len())
+        .map(|i| (i % 13) as f32 * 0.01 - 0.06)
+        .collect();
+    let b = vec![0.1; spec.out_c];
+    let x: Vec<f32> = (0..spec.input_len())
+        .map(|i| (i % 17) as f32 * 0.1 - 0.8)
+        .collect();
+    let mut variants = Vec::new();
+    for v in [va, vb] {
+        std::env::set_var(var, v);
+        let mut km = KernelModule::new().unwrap();
+        km.set_winograd(std::env::var_os("CNNC_NO_WINOGRAD").is_none());
+        let pk = km.add_conv(&spec).unwrap();
+        let code = km.finalize().unwrap();
+        variants.push((code, pk));
+    }
+    // The same packed copies for both (the variants must share the packed layout), so
+    // that neither gets luckier memory; each run takes the least recently used copy.
+    let packs: Vec<Vec<f32>> = (0..copies)
+        .map(|_| variants[0].1.pack_weights(&w, Some(&b)).unwrap())
+        .collect();
+    let mut outs = [vec![0.0; spec.output_len()], vec![0.0; spec.output_len()]];
+    let mut times = [Vec::new(), Vec::new()];
+    let t1 = Instant::now();
+    let mut round = 0;
+    let len = variants
+        .iter()
+        .map(|(c, pk)| c.get(pk.clone()).unwrap().scratch_len())
+        .max()
+        .unwrap();
+    let mut scratch = vec![0.0; len];
+    while t1.elapsed().as_secs_f64() < 4.0 {
+        for (i, (code, pk)) in variants.iter().enumerate() {
+            let kern = code.get(pk.clone()).unwrap();
+            let t = Instant::now();
+            kern.run(
+                &x,
+                &packs[(2 * round + i) % copies],
+                None,
+                &mut outs[i],
+                &mut scratch,
+                0..kern.work_units(),
+            )
+            .unwrap();
+            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        round += 1;
+    }
+    assert!(
+        outs[0]
+            .iter()
+            .zip(&outs[1])
+            .all(|(p, q)| p.to_bits() == q.to_bits()),
+        "outputs differ"
+    );
+    let ratios: Vec<f64> = times[0].iter().zip(&times[1]).map(|(p, q)| q / p).collect();
+    let med = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let min = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
+    println!("{} {var}={va}: median {:.3} ms min {:.3} | {var}={vb}: median {:.3} ms min {:.3} | B/A median {:.3} ({} pairs)",
+        variants[0].0.get(variants[0].1.clone()).unwrap().method(), med(&times[0]), min(&times[0]), med(&times[1]), min(&times[1]), med(&ratios), ratios.len());
+}
