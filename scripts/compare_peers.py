@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 VENV = Path(os.environ.get("CNNC_PEERS_VENV", Path.home() / ".cache" / "cnnc-peers-venv"))
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(os.environ.get("CNNC_REPO", Path(__file__).resolve().parent.parent))
 GRAPHS = ["cs231n_example", "lenet5", "digits", "vgg_cifar", "resnet_basic_block",
           "resnet_bottleneck_block", "inception3a", "resnet18"]
 
