@@ -435,6 +435,8 @@ impl KernelModule {
                 clif: self.ctx.func.display().to_string(),
                 asm: String::new(),
                 code_bytes: 0,
+                optimised: !self.quick,
+                compile_time: Duration::ZERO,
             });
             listings.len() - 1
         });
@@ -478,6 +480,7 @@ impl KernelModule {
             if let (Some(listings), Some(i)) = (self.listings.as_mut(), p.listing) {
                 listings[i].asm = c.asm;
                 listings[i].code_bytes = c.bytes.len();
+                listings[i].compile_time = c.time;
             }
             if let Some(dir) = std::env::var_os("CNNC_JIT_DUMP") {
                 let path = std::path::Path::new(&dir).join(format!("{}.bin", p.name));
@@ -511,6 +514,8 @@ impl KernelModule {
                 clif: format!("; {what}: x86 machine code from iced-x86, no CLIF\n"),
                 asm: super::x86::disassemble(code),
                 code_bytes: code.len(),
+                optimised: false,
+                compile_time: Duration::ZERO,
             });
         }
         self.funcs.push(fid);
@@ -571,6 +576,7 @@ struct CompiledFunction {
     relocs: Vec<ModuleReloc>,
     /// The disassembly, when listings are kept.
     asm: String,
+    time: Duration,
 }
 
 impl PendingFunction {
@@ -588,6 +594,7 @@ impl PendingFunction {
             Function::new(),
         );
         ctx.set_disasm(disasm);
+        let t0 = Instant::now();
         ctx.compile(target, &mut ControlPlane::default())
             .map_err(|e| Error::Codegen(format!("kernel {}: {}", self.name, e.inner)))?;
         let code = ctx
@@ -604,6 +611,7 @@ impl PendingFunction {
             alignment: u64::from(code.buffer.alignment),
             relocs,
             asm: code.vcode.clone().unwrap_or_default(),
+            time: t0.elapsed(),
         })
     }
 }
@@ -620,6 +628,11 @@ pub struct KernelListing {
     /// The machine code, as Cranelift prints it.
     pub asm: String,
     pub code_bytes: usize,
+    /// Whether Cranelift's optimiser ran on it (`opt_level=speed`; see
+    /// [`KernelModule::quickly`]); false for x86 micro-kernels.
+    pub optimised: bool,
+    /// What Cranelift took to compile it (with the disassembly listings ask for).
+    pub compile_time: Duration,
 }
 
 /// Index of a kernel defined in a [`KernelModule`], before finalization.
