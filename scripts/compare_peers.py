@@ -6,7 +6,11 @@ and `cnnc run` compute the same input and the outputs must agree (relative L2 < 
 then `cnnc bench --json` and onnxruntime are timed alternately, round after round, so
 machine drift hits both alike. Compile time is cnnc's `compile_ms` (passes, code
 generation, weight packing, one thread) against onnxruntime's one-thread session
-creation from the model's bytes. Prints one markdown table (paste it into BENCHMARKS.md).
+creation from the model's bytes, both measured two ways: "first", the first model a fresh
+process makes (cnnc: `cnnc bench`; onnxruntime: a new Python process that has imported
+onnxruntime and read the file), which pays for cold code, a fresh heap and its page
+faults; "warm", the median of later ones in one process (cnnc: `examples/compiletime.rs`,
+onnxruntime: sessions after a first). Prints one markdown table (paste it into BENCHMARKS.md).
 
 ONNX models (`--onnx a.onnx,b.onnx`) are imported with `cnnc import` instead, and
 onnxruntime runs the file itself, both cut before a final Softmax so that the check
@@ -95,15 +99,42 @@ def without_final_softmax(src, dst):
 
 def ort_creation_ms(model, rounds=3):
     """Median time onnxruntime takes to create a one-thread session from the model's
-    bytes already in memory (parsing, graph optimisation, weight prepacking): what
-    `compile_ms` is to cnnc, which starts from a loaded graph."""
+    bytes already in memory (parsing, graph optimisation, weight prepacking), after a first
+    one: what `compile_ms` is to cnnc, which starts from a loaded graph."""
     data = Path(model).read_bytes()
     times = []
-    for _ in range(rounds):
+    for _ in range(rounds + 1):
         t = time.perf_counter()
         ort_session(data, 1)
         times.append((time.perf_counter() - t) * 1e3)
-    return sorted(times)[len(times) // 2]
+    return sorted(times[1:])[rounds // 2]
+
+
+FIRST_SESSION = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import compare_peers
+import onnxruntime  # noqa: F401  (loading the library is not part of the session)
+data = open(sys.argv[1], "rb").read()
+t = time.perf_counter()
+compare_peers.ort_session(data, 1)
+print((time.perf_counter() - t) * 1e3)
+"""
+
+
+def ort_first_session_ms(model):
+    """What onnxruntime's first session of a fresh process takes (imported, file read)."""
+    out = subprocess.run([sys.executable, "-c", FIRST_SESSION, str(model), str(Path(__file__).parent)],
+                         check=True, capture_output=True, text=True)
+    return float(out.stdout.split()[-1])
+
+
+def cnnc_warm_compile_ms(graph, reps=5):
+    """Median of cnnc's compiles repeated in one process (`examples/compiletime.rs`)."""
+    exe = REPO / "target" / "release" / "examples" / "compiletime"
+    out = subprocess.run([str(exe), str(graph), "--reps", str(reps)], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.splitlines()[-1].split()[8])  # the total's median
 
 
 def time_ort(sess, x, seconds):
@@ -134,6 +165,8 @@ def main():
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=REPO, check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "--example", "compiletime"], cwd=REPO,
+                   check=True)
     threads = [1, 2]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +196,7 @@ def main():
 
             ours = {t: [] for t in threads}
             theirs = {t: [] for t in threads}
-            compile_ms = []
+            compile_ms, ort_first = [], []
             for _ in range(args.rounds):
                 for t in threads:
                     theirs[t].append(time_ort(sessions[t], x, args.seconds))
@@ -172,9 +205,11 @@ def main():
                     ours[t].append(rep["median_ms"])
                     if t == 1:
                         compile_ms.append(rep["compile_ms"])
+                        ort_first.append(ort_first_session_ms(model))
             med = lambda v: sorted(v)[len(v) // 2]
             row = {"graph": g, "gflop": gflop, "rel_l2": err,
-                   "cnnc_compile": med(compile_ms), "ort_create": ort_creation_ms(model)}
+                   "cnnc_compile": med(compile_ms), "ort_first": med(ort_first),
+                   "cnnc_warm": cnnc_warm_compile_ms(graph), "ort_create": ort_creation_ms(model)}
             for t in threads:
                 row[f"cnnc_{t}"] = med(ours[t])
                 row[f"ort_{t}"] = med(theirs[t])
@@ -185,13 +220,15 @@ def main():
           f"(--isa {args.isa or 'default'}); "
           f"median of {args.rounds} alternating rounds of {args.seconds} s each; batch 1\n")
     print("| network | GFLOP | cnnc 1T (ms) | ORT 1T (ms) | cnnc/ORT 1T | cnnc 2T (ms) | ORT 2T (ms) "
-          "| cnnc/ORT 2T | cnnc GFLOP/s 1T | cnnc compile / ORT session (ms) | max rel L2 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| cnnc/ORT 2T | cnnc GFLOP/s 1T | cnnc compile / ORT session, first (ms) | warm (ms) "
+          "| max rel L2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['graph']} | {r['gflop']:.4f} | {r['cnnc_1']:.3f} | {r['ort_1']:.3f} | "
               f"{r['cnnc_1'] / r['ort_1']:.2f} | {r['cnnc_2']:.3f} | {r['ort_2']:.3f} | "
               f"{r['cnnc_2'] / r['ort_2']:.2f} | {r['gflop'] / r['cnnc_1'] * 1e3:.1f} | "
-              f"{r['cnnc_compile']:.0f} / {r['ort_create']:.0f} | {r['rel_l2']:.1e} |")
+              f"{r['cnnc_compile']:.0f} / {r['ort_first']:.0f} | "
+              f"{r['cnnc_warm']:.0f} / {r['ort_create']:.0f} | {r['rel_l2']:.1e} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
