@@ -267,9 +267,14 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
     };
     for (spec, method) in methods(true) {
         // Winograd's cost model: with the wide kernels, its 4x weights only pay off on
-        // outputs of 14x14 and more (ResNet-18's last stage, 7x7, runs direct).
-        let wide = opts(OptLevel::O2, 1).isa != cnnc::Isa::Sse;
-        let winograd = spec.out_h() >= 14 || !wide;
+        // outputs of 28x28 and more at avx512, 14x14 at avx2 (ResNet-18's last stage, 7x7,
+        // runs direct at both).
+        let min_hw = match opts(OptLevel::O2, 1).isa {
+            cnnc::Isa::Sse => 0,
+            cnnc::Isa::Avx2 => 14,
+            cnnc::Isa::Avx512 => 28,
+        };
+        let winograd = spec.out_h() >= min_hw;
         let want = if spec.kernel_h == 3 && spec.stride_h == 1 && winograd {
             ConvMethod::Winograd
         } else if spec.kernel_h == 1 && spec.stride_h == 1 {
@@ -291,23 +296,23 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
 #[test]
 fn winograd_only_where_its_weights_pay_off() {
     use ConvMethod::{Direct, Winograd};
-    // (in, output size, out, method at avx2 / avx512, method at sse)
-    for (c, hw, k, wide, sse) in [
-        (64, 56, 64, Winograd, Winograd),
-        (128, 28, 128, Winograd, Winograd),
-        (256, 14, 256, Winograd, Winograd),
-        (512, 14, 512, Winograd, Winograd),
-        (16, 56, 16, Winograd, Winograd),
-        (512, 7, 512, Direct, Winograd),
-        (256, 7, 256, Direct, Winograd),
-        (128, 7, 32, Direct, Winograd),
-        (8, 56, 8, Direct, Direct),
+    // (in, output size, out, method at avx512, at avx2, at sse)
+    for (c, hw, k, avx512, avx2, sse) in [
+        (64, 56, 64, Winograd, Winograd, Winograd),
+        (128, 28, 128, Winograd, Winograd, Winograd),
+        (256, 14, 256, Direct, Winograd, Winograd),
+        (512, 14, 512, Direct, Winograd, Winograd),
+        (16, 56, 16, Winograd, Winograd, Winograd),
+        (512, 7, 512, Direct, Direct, Winograd),
+        (256, 7, 256, Direct, Direct, Winograd),
+        (128, 7, 32, Direct, Direct, Winograd),
+        (8, 56, 8, Direct, Direct, Direct),
     ] {
         let spec = ConvSpec::square(c, hw, k, 3, 1, 1);
         for (isa, want) in [
             (cnnc::Isa::Sse, sse),
-            (cnnc::Isa::Avx2, wide),
-            (cnnc::Isa::Avx512, wide),
+            (cnnc::Isa::Avx2, avx2),
+            (cnnc::Isa::Avx512, avx512),
         ] {
             assert_eq!(
                 ConvMethod::for_spec(&spec, true, isa),

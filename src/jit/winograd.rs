@@ -113,6 +113,11 @@ pub(crate) struct WinogradPlan {
     gemm: PixelGemm,
 }
 
+/// How much faster than the direct convolution the cost model must find Winograd. Winograd
+/// reads 4x the weights, so where the estimates are close it is the one that loses most when
+/// other cores contend for memory bandwidth (a second thread, or other processes).
+const WINOGRAD_MARGIN: f64 = 1.25;
+
 impl WinogradPlan {
     /// Whether `s` is a 3x3 stride-1 convolution large enough for Winograd to pay, with a
     /// scratch space the generated code can address.
@@ -143,13 +148,20 @@ impl WinogradPlan {
     /// 512->512 at 7x7 6.6 / 8.6, 128->32 at 7x7 0.045 / 0.094. The model picks the faster of
     /// each pair but two close ones (avx2 16->16 at 8x8, 3 / 4 us; sse 256->256 at 10x10, 3.6 /
     /// 3.3 ms).
+    ///
+    /// Since the implicit GEMM prefetches its weights, its time is the larger of computing and
+    /// reading them, and Winograd must win by [`WINOGRAD_MARGIN`]. Measured 2026-11-30 with
+    /// `examples/convab.rs` (alternating pairs, weights from memory, avx512): 256->256 at 14x14,
+    /// quiet machine, Winograd 1.53-1.67 ms / direct 1.57-1.66 ms; while other processes
+    /// loaded memory (load 7), Winograd took 2.8-3.3x the direct kernel's time on 256->256 and
+    /// 2.3-3.3x on 512->512 at 14x14, and about the same on 128->128 at 28x28.
     pub(crate) fn beats_direct(&self, isa: Isa) -> bool {
         // Multiply-adds per second of the wide GEMM and of the implicit-GEMM direct kernel,
         // measured on whole layers (one thread), and one core's memory bandwidth.
         let (gemm_rate, direct_rate, lanes) = match isa {
             Isa::Sse => (17e9, 16e9, 4),
             Isa::Avx2 => (40e9, 30e9, 8),
-            Isa::Avx512 => (60e9, 55e9, 16),
+            Isa::Avx512 => (60e9, 65e9, 16),
         };
         const BYTES_PER_SECOND: f64 = 10e9;
         // The input and output transforms, per tile and channel (f32x4 code at every level).
@@ -162,8 +174,17 @@ impl WinogradPlan {
         let winograd = POS as f64 * pairs * columns / gemm_rate
             + 4.0 * POS as f64 * pairs / BYTES_PER_SECOND
             + self.tp as f64 * (s.in_c + s.out_c) as f64 * TRANSFORM_SECONDS;
-        let direct = taps * pairs * pixels / direct_rate + 4.0 * taps * pairs / BYTES_PER_SECOND;
-        winograd < direct
+        let (compute, memory) = (
+            taps * pairs * pixels / direct_rate,
+            4.0 * taps * pairs / BYTES_PER_SECOND,
+        );
+        // The implicit GEMM prefetches weights that stream from memory while it computes
+        // (`implicit.rs`, `WEIGHT_PREFETCH_BYTES`); the f32x4 direct kernel does not.
+        let direct = match isa {
+            Isa::Sse => compute + memory,
+            Isa::Avx2 | Isa::Avx512 => compute.max(memory),
+        };
+        winograd * WINOGRAD_MARGIN < direct
     }
 
     fn new(spec: ConvSpec, isa: Isa) -> Self {
