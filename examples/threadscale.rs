@@ -1,6 +1,12 @@
 //! Median time of a conv with 1 and 2 threads, alternating:
 //! `threadscale [3x3|1x1] [rounds]` (conv 3x3 64->64 at 56x56, or pointwise 256->64 at
-//! 56x56 with bias and ReLU).
+//! 56x56 with bias and ReLU), `threadscale conv C HW K F S P [rounds]` (any square conv,
+//! with bias and ReLU).
+//!
+//! `threadscale GRAPH.yaml [rounds]`: a whole network compiled for 1 and for 2 threads,
+//! profiled alternately; per layer the minimum over the rounds at 1 and 2 threads and
+//! their ratio (the minimum is what the code does when it has the cores; on a shared
+//! machine the medians mostly measure the load), then the whole run's minimum and median.
 use cnnc::jit::*;
 use std::time::{Duration, Instant};
 
@@ -8,15 +14,32 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map(String::as_str).unwrap_or("3x3");
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
+    if which.ends_with(".yaml") {
+        return network(which, rounds, args.get(3).map(String::as_str) == Some("ab"));
+    }
     let spec = match which {
         "1x1" => ConvSpec {
             bias: true,
             relu: true,
             ..ConvSpec::square(256, 56, 64, 1, 1, 0)
         },
+        // `conv C HW K F S P [rounds]`, with bias and ReLU.
+        "conv" => {
+            let a: Vec<usize> = args[2..8].iter().map(|s| s.parse().unwrap()).collect();
+            ConvSpec {
+                bias: true,
+                relu: true,
+                ..ConvSpec::square(a[0], a[1], a[2], a[3], a[4], a[5])
+            }
+        }
         _ => ConvSpec::square(64, 56, 64, 3, 1, 1),
     };
+    let rounds = match which {
+        "conv" => args.get(8).and_then(|s| s.parse().ok()).unwrap_or(100),
+        _ => rounds,
+    };
     let mut km = KernelModule::new().unwrap();
+    km.set_winograd(std::env::var_os("CNNC_NO_WINOGRAD").is_none());
     let p = km.add_conv(&spec).unwrap();
     let code = km.finalize().unwrap();
     let k = code.get(p).unwrap();
@@ -51,8 +74,74 @@ fn main() {
         );
     }
     println!(
-        "2 threads / 1: {:.2}x (min), {:.2}x (median)",
+        "{} work units; 2 threads / 1: {:.2}x (min), {:.2}x (median)",
+        k.work_units(),
         times[0][0] / times[1][0],
         times[0][rounds / 2] / times[1][rounds / 2]
     );
+}
+
+fn network(path: &str, rounds: usize, ab: bool) {
+    let mut g = cnnc::format::load(path).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    // With `ab`: 2 threads with CNNC_AB_OLD set (A) against 2 threads without (B).
+    let configs: [(usize, bool); 2] = if ab {
+        [(2, true), (2, false)]
+    } else {
+        [(1, false), (2, false)]
+    };
+    let models: Vec<cnnc::Model> = configs
+        .iter()
+        .map(|&(threads, old)| {
+            if old {
+                std::env::set_var("CNNC_AB_OLD", "1");
+            } else {
+                std::env::remove_var("CNNC_AB_OLD");
+            }
+            let opts = cnnc::Options {
+                threads,
+                ..cnnc::Options::default()
+            };
+            cnnc::compile(&g, &opts).unwrap()
+        })
+        .collect();
+    let s = g.input_shape();
+    let data = (0..s.len()).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
+    let x = cnnc::Tensor::new(vec![1, s.c, s.h, s.w], data).unwrap();
+    let mut layers: Vec<Vec<Vec<f64>>> = vec![Vec::new(), Vec::new()];
+    let mut totals = [Vec::new(), Vec::new()];
+    let mut names = Vec::new();
+    for _ in 0..rounds {
+        for (i, m) in models.iter().enumerate() {
+            let t = Instant::now();
+            let (_, prof) = m.profile(&x).unwrap();
+            totals[i].push(t.elapsed().as_secs_f64() * 1e3);
+            if layers[i].is_empty() {
+                layers[i] = vec![Vec::new(); prof.len()];
+                names = prof.iter().map(|l| (l.name.clone(), l.op.clone())).collect();
+            }
+            for (l, p) in layers[i].iter_mut().zip(&prof) {
+                l.push(p.time.as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let min = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let (mut sum1, mut sum2) = (0.0, 0.0);
+    println!("layer     1T min ms  2T min ms  1T/2T  op");
+    for (j, (name, op)) in names.iter().enumerate() {
+        let (a, b) = (min(&layers[0][j]), min(&layers[1][j]));
+        sum1 += a;
+        sum2 += b;
+        println!("{name:<8} {a:>10.3} {b:>10.3} {:>6.2}  {op}", a / b);
+    }
+    println!("sum of minima: {sum1:.3} / {sum2:.3} ms = {:.2}x", sum1 / sum2);
+    for (i, t) in totals.iter_mut().enumerate() {
+        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{} thread(s), whole run: min {:.3} ms, median {:.3} ms",
+            i + 1,
+            t[0],
+            t[t.len() / 2]
+        );
+    }
 }

@@ -1220,6 +1220,26 @@ fn thread_pool_covers_every_unit_once() {
 }
 
 #[test]
+fn thread_pool_split_slice_hands_out_every_element_once() {
+    for threads in [1, 2, 3, 9] {
+        let pool = ThreadPool::new(threads, std::time::Duration::from_micros(50));
+        for len in [0usize, 1, 15, 16, 17, 100, 1001] {
+            for align in [1, 16] {
+                let mut data = vec![0u32; len];
+                pool.split_slice(&mut data, align, |from, part| {
+                    assert!(from.is_multiple_of(align) || part.is_empty());
+                    for (i, v) in part.iter_mut().enumerate() {
+                        *v += (from + i) as u32 + 1;
+                    }
+                });
+                let want: Vec<u32> = (1..=len as u32).collect();
+                assert_eq!(data, want, "{threads} threads, {len} elements, align {align}");
+            }
+        }
+    }
+}
+
+#[test]
 fn max_pool_propagates_nan() {
     for (hw, k, s) in [(8usize, 2usize, 2usize), (9, 3, 1), (7, 3, 3)] {
         let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, 0);

@@ -551,3 +551,60 @@ fn grouped_convs_use_the_plans_isa() {
         }
     }
 }
+
+/// A DenseNet-like unit whose memory-bound steps (pools, a batchnorm and a relu the passes
+/// leave alone, a concat of a concat that must be copied, an add) are large enough to be
+/// split across threads: every thread count and batch gives the one-thread bits, which
+/// agree with the interpreter.
+#[test]
+fn memory_bound_steps_split_across_threads_change_no_bit() {
+    let yaml = "input: [16, 40, 40]
+seed: 3
+outputs: [out, m]
+layers:
+  - {name: stem, conv: {filters: 32, size: 3, pad: 1}, inputs: [input]}
+  - {name: p, maxpool: {size: 3, stride: 1, pad: 1}, inputs: [stem]}
+  - {name: bn1, batchnorm, inputs: [p]}
+  - {name: r1, relu, inputs: [bn1]}
+  - {name: c1, conv: {filters: 16, size: 3, pad: 1}, inputs: [r1]}
+  - {name: cat1, concat, inputs: [p, c1]}
+  - {name: bn2, batchnorm, inputs: [cat1]}
+  - {name: r2, relu, inputs: [bn2]}
+  - {name: c2, conv: {filters: 16, size: 1}, inputs: [r2]}
+  - {name: cat2, concat, inputs: [cat1, c2]}
+  - {name: s, add, inputs: [cat2, cat2]}
+  - {name: m, maxpool: {size: 3, stride: 2}, inputs: [s]}
+  - {name: out, avgpool: {size: 3, stride: 2, pad: 1}, inputs: [s]}
+";
+    let mut g = cnnc::format::parse_str(yaml, None).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let s = g.input_shape();
+    let x = Tensor::new(
+        vec![3, s.c, s.h, s.w],
+        cnnc::weights::standard_normal(5, "dense", 3 * s.len()),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    let plan = lowered(&g, &Options::default());
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| matches!(s.kernel, Kernel::Copy { .. })),
+        "the graph should copy a concat input"
+    );
+    for batch in [1, 2] {
+        let run = |threads| {
+            let opts = Options {
+                batch,
+                threads,
+                ..Default::default()
+            };
+            compile(&g, &opts).unwrap().run(&x).unwrap()
+        };
+        let one = run(1);
+        assert_agrees(&format!("dense unit, batch {batch}"), &one, &want);
+        for threads in [2, 3] {
+            assert_eq!(run(threads), one, "batch {batch}, {threads} threads");
+        }
+    }
+}

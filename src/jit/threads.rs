@@ -131,6 +131,44 @@ impl ThreadPool {
             panic!("a worker thread panicked while running a job");
         }
     }
+
+    /// Runs `f(offset, part)` for one contiguous part of `data` per thread, part 0 on this
+    /// thread; parts start at multiples of `align` elements (`offset` is where `part`
+    /// starts in `data`). For plain copies and fills, whose elements have no order.
+    pub fn split_slice<T: Send>(
+        &self,
+        data: &mut [T],
+        align: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let parts = self.threads();
+        let (len, align) = (data.len(), align.max(1));
+        let start = |i: usize| (part_range(len.div_ceil(align), parts, i).start * align).min(len);
+        // Each part behind its own (uncontended) lock: the one way to hand disjoint `&mut`
+        // parts to the workers without `unsafe`; on the stack up to STACK_PARTS threads.
+        const STACK_PARTS: usize = 8;
+        let mut stack: [Mutex<&mut [T]>; STACK_PARTS] = Default::default();
+        let mut heap = Vec::new();
+        let slots: &mut [Mutex<&mut [T]>] = if parts <= STACK_PARTS {
+            &mut stack[..parts]
+        } else {
+            heap.resize_with(parts, Default::default);
+            &mut heap
+        };
+        let mut rest = data;
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let (part, tail) = rest.split_at_mut(start(i + 1) - start(i));
+            *slot.get_mut().unwrap_or_else(|e| e.into_inner()) = part;
+            rest = tail;
+        }
+        let slots = &*slots;
+        self.split(parts, |_, range| {
+            for i in range {
+                let mut part = slots[i].lock().unwrap_or_else(|e| e.into_inner());
+                f(start(i), &mut part);
+            }
+        });
+    }
 }
 
 fn worker(s: &Shared, index: usize) {

@@ -4,7 +4,7 @@ use super::arena::{split_io, AlignedBuf, Inputs};
 use super::kernels::{instantiate, Code};
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Shape};
-use crate::jit::{KernelListing, ThreadPool};
+use crate::jit::{EltSpec, KernelListing, ThreadPool};
 use crate::lower::{Plan, Region, View};
 use crate::options::Options;
 use crate::tensor::Tensor;
@@ -15,9 +15,17 @@ use std::time::{Duration, Instant};
 /// costs tens of microseconds here, more than many layers take).
 const POOL_SPIN: Duration = Duration::from_micros(200);
 
-/// Below this much work (FLOPs, or floats written) a layer runs on one thread: waking
-/// another costs more than it saves.
+/// Below this much work (FLOPs, or their equivalent, [`parallel_work`]) a layer runs on one
+/// thread: handing part of it to another costs more than it saves.
 const PARALLEL_MIN_WORK: u64 = 1 << 20;
+
+/// FLOPs a float written by a memory-bound step (elementwise, copy) counts as: one core
+/// moves floats at 8-12 GB/s from memory, 20-40 from L2, while the convolutions run at
+/// 100-200 GFLOP/s; so a step writing 16 K floats (~10 us) is split.
+const FLOPS_PER_FLOAT_MOVED: u64 = 64;
+/// FLOPs an element of a pooling window counts as (a load, a shuffle and a compare or add:
+/// 0.2-0.4 ns each at f32x4, measured on max pool 3x3/2).
+const FLOPS_PER_WINDOW_ELEMENT: u64 = 32;
 
 /// One step ready to run: its code, where in the arena the items it reads are, and
 /// where the items it writes go.
@@ -29,6 +37,8 @@ struct Step {
     inputs: Vec<View>,
     output: View,
     flops_per_item: u64,
+    /// [`parallel_work`] per item.
+    work_per_item: u64,
 }
 
 impl Step {
@@ -131,6 +141,11 @@ impl Model {
             .iter()
             .zip(made.code)
             .map(|(s, code)| Step {
+                work_per_item: if std::env::var_os("CNNC_AB_OLD").is_some() {
+                    s.flops_per_item.max(view(s.output).item as u64)
+                } else {
+                    parallel_work(&code, s.flops_per_item, view(s.output).item)
+                },
                 name: s.name.clone(),
                 op: match s.kernel.algorithm() {
                     Some(a) => format!("{} [{a}]", s.op),
@@ -341,7 +356,7 @@ impl Model {
         let item = step.output.item;
         // Large layers are split across the pool; small ones run here, since handing
         // work to another thread costs more than they take.
-        let work = step.flops_per_item.max(item as u64) * b as u64;
+        let work = step.work_per_item * b as u64;
         let pool = self.pool.as_ref().filter(|_| work >= PARALLEL_MIN_WORK);
         let n_in = step.inputs.len();
         if let Code::Fc { k, packed } = &step.code {
@@ -410,7 +425,15 @@ impl Model {
                 Code::Copy(at) => {
                     for (i, &at) in at.iter().enumerate() {
                         let x = step.item(&ins, i, n)?;
-                        o[at..at + x.len()].copy_from_slice(x);
+                        let o = &mut o[at..at + x.len()];
+                        let moved = x.len() as u64 * FLOPS_PER_FLOAT_MOVED;
+                        let old = step.work_per_item == step.flops_per_item.max(item as u64);
+                        match self.pool.as_ref().filter(|_| moved >= PARALLEL_MIN_WORK && !old) {
+                            Some(p) => p.split_slice(o, 16, |from, part| {
+                                part.copy_from_slice(&x[from..from + part.len()])
+                            }),
+                            None => o.copy_from_slice(x),
+                        }
                     }
                 }
                 Code::Pad { pad, input } => pad_item(step.item(&ins, 0, n)?, input, pad, o),
@@ -444,6 +467,30 @@ impl Model {
             }
         }
         Ok(())
+    }
+}
+
+/// How much work a step does per item, for choosing whether to split it across threads:
+/// the FLOPs of a convolution or fc, and for memory-bound steps what their time would be
+/// in FLOPs of a convolution ([`FLOPS_PER_FLOAT_MOVED`], [`FLOPS_PER_WINDOW_ELEMENT`]).
+fn parallel_work(code: &Code, flops: u64, out_floats: usize) -> u64 {
+    let out = out_floats as u64;
+    match code {
+        Code::Pool(k) => {
+            let s = k.spec();
+            out * (s.kernel_h * s.kernel_w) as u64 * FLOPS_PER_WINDOW_ELEMENT
+        }
+        Code::Elt { k, .. } => {
+            let floats = match *k.spec() {
+                EltSpec::Add { inputs, len, .. } => (inputs + 1) * len,
+                EltSpec::GlobalAvgPool { channels, hw } => channels * hw,
+                _ => 2 * out_floats,
+            };
+            floats as u64 * FLOPS_PER_FLOAT_MOVED / 2
+        }
+        // A copy decides per input (`run_step`).
+        Code::Copy(_) => out * FLOPS_PER_FLOAT_MOVED,
+        _ => flops.max(out),
     }
 }
 
