@@ -15,7 +15,7 @@ fn main() {
     let which = args.get(1).map(String::as_str).unwrap_or("3x3");
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     if which.ends_with(".yaml") {
-        return network(which, rounds, args.get(3).map(String::as_str) == Some("ab"));
+        return network(which, rounds);
     }
     let spec = match which {
         "1x1" => ConvSpec {
@@ -81,23 +81,12 @@ fn main() {
     );
 }
 
-fn network(path: &str, rounds: usize, ab: bool) {
+fn network(path: &str, rounds: usize) {
     let mut g = cnnc::format::load(path).unwrap();
     cnnc::weights::bind(&mut g, None).unwrap();
-    // With `ab`: 2 threads with CNNC_AB_OLD set (A) against 2 threads without (B).
-    let configs: [(usize, bool); 2] = if ab {
-        [(2, true), (2, false)]
-    } else {
-        [(1, false), (2, false)]
-    };
-    let models: Vec<cnnc::Model> = configs
+    let models: Vec<cnnc::Model> = [1, 2]
         .iter()
-        .map(|&(threads, old)| {
-            if old {
-                std::env::set_var("CNNC_AB_OLD", "1");
-            } else {
-                std::env::remove_var("CNNC_AB_OLD");
-            }
+        .map(|&threads| {
             let opts = cnnc::Options {
                 threads,
                 ..cnnc::Options::default()
@@ -106,7 +95,9 @@ fn network(path: &str, rounds: usize, ab: bool) {
         })
         .collect();
     let s = g.input_shape();
-    let data = (0..s.len()).map(|i| ((i % 17) as f32 - 8.0) * 0.1).collect();
+    let data = (0..s.len())
+        .map(|i| ((i % 17) as f32 - 8.0) * 0.1)
+        .collect();
     let x = cnnc::Tensor::new(vec![1, s.c, s.h, s.w], data).unwrap();
     let mut layers: Vec<Vec<Vec<f64>>> = vec![Vec::new(), Vec::new()];
     let mut totals = [Vec::new(), Vec::new()];
@@ -118,7 +109,10 @@ fn network(path: &str, rounds: usize, ab: bool) {
             totals[i].push(t.elapsed().as_secs_f64() * 1e3);
             if layers[i].is_empty() {
                 layers[i] = vec![Vec::new(); prof.len()];
-                names = prof.iter().map(|l| (l.name.clone(), l.op.clone())).collect();
+                names = prof
+                    .iter()
+                    .map(|l| (l.name.clone(), l.op.clone()))
+                    .collect();
             }
             for (l, p) in layers[i].iter_mut().zip(&prof) {
                 l.push(p.time.as_secs_f64() * 1e3);
@@ -134,7 +128,10 @@ fn network(path: &str, rounds: usize, ab: bool) {
         sum2 += b;
         println!("{name:<8} {a:>10.3} {b:>10.3} {:>6.2}  {op}", a / b);
     }
-    println!("sum of minima: {sum1:.3} / {sum2:.3} ms = {:.2}x", sum1 / sum2);
+    println!(
+        "sum of minima: {sum1:.3} / {sum2:.3} ms = {:.2}x",
+        sum1 / sum2
+    );
     for (i, t) in totals.iter_mut().enumerate() {
         t.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(

@@ -1207,16 +1207,58 @@ fn thread_pool_covers_every_unit_once() {
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
         }
     }
-    // A panicking part is reported on the calling thread, and the pool stays usable.
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        pool.split(3, |part, _| {
-            if part == 2 {
-                panic!("boom");
-            }
-        })
-    }));
-    assert!(r.is_err());
-    pool.split(3, |_, _| {});
+    // A panic is reported on the calling thread, whichever thread ran the unit, and the
+    // pool stays usable.
+    for bad in [0, 50, 99] {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.split(100, |_, range| {
+                if range.contains(&bad) {
+                    panic!("boom");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        pool.split(3, |_, _| {});
+    }
+}
+
+/// Chunks are taken dynamically (a thread done with its part takes from the others'): every
+/// unit still runs once, each thread's calls never overlap (its scratch is its own), and a
+/// slow chunk on any thread, or workers parked between jobs, change neither.
+#[test]
+fn thread_pool_chunks_cover_every_unit_once_with_slow_threads() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    for (threads, spin) in [(2, 0), (2, 200), (3, 0), (4, 50)] {
+        let pool = ThreadPool::new(threads, std::time::Duration::from_micros(spin));
+        let busy: Vec<AtomicBool> = (0..threads).map(|_| AtomicBool::new(false)).collect();
+        for (round, units) in [2usize, 5, 8, 13, 64, 257, 1000]
+            .iter()
+            .cycle()
+            .take(40)
+            .enumerate()
+        {
+            let hits: Vec<AtomicUsize> = (0..*units).map(|_| AtomicUsize::new(0)).collect();
+            let slow = (round * 7919) % units;
+            pool.split(*units, |thread, range| {
+                assert!(thread < threads);
+                assert!(
+                    !busy[thread].swap(true, Ordering::AcqRel),
+                    "overlapping calls"
+                );
+                if range.contains(&slow) && round % 3 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                for i in range {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                }
+                busy[thread].store(false, Ordering::Release);
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "{threads} threads, {units} units"
+            );
+        }
+    }
 }
 
 #[test]
@@ -1233,7 +1275,10 @@ fn thread_pool_split_slice_hands_out_every_element_once() {
                     }
                 });
                 let want: Vec<u32> = (1..=len as u32).collect();
-                assert_eq!(data, want, "{threads} threads, {len} elements, align {align}");
+                assert_eq!(
+                    data, want,
+                    "{threads} threads, {len} elements, align {align}"
+                );
             }
         }
     }

@@ -4,13 +4,17 @@
 //! than many layers take, so workers spin (bounded by `spin`) after each job before parking:
 //! back-to-back layers reach a spinning worker in well under a microsecond.
 //!
-//! `split(units, f)` cuts `0..units` into `threads()` contiguous parts (part `i` is
-//! `units*i/n .. units*(i+1)/n`), runs part 0 on the calling thread and the others on the
-//! workers, and returns when all are done. The kernels compute every output element with the
-//! same instructions whatever the split, so results do not depend on the thread count.
+//! `split(units, f)` gives each thread one contiguous part of `0..units` (part `i` is
+//! `units*i/n .. units*(i+1)/n`), which it computes in a few chunks from the front
+//! (`f(thread, chunk)`); a thread done with its own part takes chunks from the back of the
+//! others'. The caller is thread 0 and returns when every chunk is done. So a worker that
+//! is late (descheduled on a busy machine: the caller used to wait for it, a scheduler time
+//! slice, for every layer) costs at most the chunk it has taken: the caller computes the
+//! rest. The kernels compute every output element with the same instructions whatever the
+//! split, so results do not depend on the thread count or on who computed what.
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,23 +23,81 @@ type JobFn<'a> = dyn Fn(usize, Range<usize>) + Sync + 'a;
 
 struct Job<'a> {
     f: &'a JobFn<'a>,
-    units: usize,
-    parts: usize,
 }
 
 fn part_range(units: usize, parts: usize, i: usize) -> Range<usize> {
     units * i / parts..units * (i + 1) / parts
 }
 
+/// Chunks a thread's own part is computed in: enough for the others to take a share of a
+/// late thread's part, few enough that each call's fixed costs (a kernel's prologue,
+/// panels packed at the ends of its range) stay small.
+const CHUNKS_PER_PART: usize = 4;
+
+/// A part's units not yet taken, `lo..hi`, as `hi << 32 | lo`: its owner takes from the
+/// front, the others from the back.
+struct PartRange(AtomicU64);
+
+impl PartRange {
+    fn set(&self, r: Range<usize>) {
+        self.0
+            .store(((r.end as u64) << 32) | r.start as u64, Ordering::Relaxed);
+    }
+    /// Takes up to `n` units from the front (or from the back).
+    fn take(&self, n: usize, back: bool) -> Option<Range<usize>> {
+        let mut v = self.0.load(Ordering::Acquire);
+        loop {
+            let (lo, hi) = ((v & 0xffff_ffff) as usize, (v >> 32) as usize);
+            if lo >= hi {
+                return None;
+            }
+            let n = n.min(hi - lo);
+            let (taken, next) = if back {
+                (hi - n..hi, (((hi - n) as u64) << 32) | lo as u64)
+            } else {
+                (lo..lo + n, ((hi as u64) << 32) | (lo + n) as u64)
+            };
+            match self
+                .0
+                .compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(taken),
+                Err(now) => v = now,
+            }
+        }
+    }
+}
+
 struct Shared {
     epoch: AtomicUsize,
-    done: AtomicUsize,
+    /// The running job, null between jobs.
     job: AtomicPtr<Job<'static>>,
+    /// Workers inside a job (between announcing themselves and their last chunk).
+    active: AtomicUsize,
+    /// What is left of each thread's part of the running job.
+    parts: Box<[PartRange]>,
+    /// Units per chunk of the running job.
+    chunk: AtomicUsize,
     sleepers: Mutex<usize>,
     wake: Condvar,
     shutdown: AtomicBool,
     panicked: AtomicBool,
     spin: Duration,
+}
+
+impl Shared {
+    /// Computes chunks of the running job as thread `me`: its own part from the front, then
+    /// the others' from the back, until none is left.
+    fn work(&self, job: &Job, me: usize) {
+        let n = self.parts.len();
+        let chunk = self.chunk.load(Ordering::Relaxed);
+        for k in 0..n {
+            let victim = (me + k) % n;
+            while let Some(r) = self.parts[victim].take(chunk, k > 0) {
+                (job.f)(me, r);
+            }
+        }
+    }
 }
 
 pub struct ThreadPool {
@@ -48,17 +110,20 @@ impl ThreadPool {
     /// A pool of `threads` threads in total (the caller counts as one, so `threads - 1`
     /// workers are spawned); workers spin for `spin` after each job before parking.
     pub fn new(threads: usize, spin: Duration) -> Self {
+        let threads = threads.max(1);
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
+            active: AtomicUsize::new(0),
+            parts: (0..threads).map(|_| PartRange(AtomicU64::new(0))).collect(),
+            chunk: AtomicUsize::new(1),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             spin,
         });
-        let workers = (1..threads.max(1))
+        let workers = (1..threads)
             .map(|i| {
                 let s = shared.clone();
                 std::thread::Builder::new()
@@ -80,42 +145,50 @@ impl ThreadPool {
         Self::new(n, Duration::from_micros(200))
     }
 
-    /// Total threads, the caller included (the number of parts `split` makes).
+    /// Total threads, the caller included.
     pub fn threads(&self) -> usize {
         self.workers.len() + 1
     }
 
-    /// Runs `f(part, range)` for every part of `0..units`, part 0 on this thread.
-    /// Panics (after all parts finished) if any part panicked.
+    /// Runs `f(thread, range)` over chunks that together cover `0..units` once, on this
+    /// thread (thread 0) and the workers (see the module docs); each thread's calls are
+    /// sequential. Panics (after all chunks taken are done) if any call panicked.
     pub fn split(&self, units: usize, f: impl Fn(usize, Range<usize>) + Sync) {
         let parts = self.threads();
-        if parts == 1 {
+        if parts == 1 || units <= 1 || units > u32::MAX as usize {
             f(0, 0..units);
             return;
         }
         let _guard = self.submit.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
-        let job = Job {
-            f: &f,
-            units,
-            parts,
-        };
-        s.done.store(0, Ordering::Relaxed);
-        // The workers only dereference the pointer between seeing the new epoch and
-        // incrementing `done`, and we wait for `done` below, so `job` outlives every use.
+        for (i, p) in s.parts.iter().enumerate() {
+            p.set(part_range(units, parts, i));
+        }
+        let chunk = units.div_ceil(parts * CHUNKS_PER_PART);
+        s.chunk.store(chunk, Ordering::Relaxed);
+        let job = Job { f: &f };
+        // A worker uses the job only between incrementing `active` and seeing the pointer
+        // non-null, and decrementing `active`; the pointer is cleared and `active` waited
+        // for below before `job` goes out of scope.
         s.job
-            .store(&job as *const Job as *mut Job<'static>, Ordering::Release);
-        s.epoch.fetch_add(1, Ordering::Release);
+            .store(&job as *const Job as *mut Job<'static>, Ordering::SeqCst);
+        s.epoch.fetch_add(1, Ordering::SeqCst);
         {
             let sleepers = s.sleepers.lock().unwrap_or_else(|e| e.into_inner());
             if *sleepers > 0 {
                 s.wake.notify_all();
             }
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| f(0, part_range(units, parts, 0))));
-        let workers = parts - 1;
+        let mine = catch_unwind(AssertUnwindSafe(|| s.work(&job, 0)));
+        if mine.is_err() {
+            // Take what is left, so that the workers stop soon.
+            for p in s.parts.iter() {
+                while p.take(usize::MAX, false).is_some() {}
+            }
+        }
+        s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
         let mut spins = 0u32;
-        while s.done.load(Ordering::Acquire) < workers {
+        while s.active.load(Ordering::SeqCst) > 0 {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1024) {
                 std::thread::yield_now();
@@ -123,15 +196,14 @@ impl ThreadPool {
                 std::hint::spin_loop();
             }
         }
-        s.job.store(std::ptr::null_mut(), Ordering::Relaxed);
         if let Err(p) = mine {
+            s.panicked.store(false, Ordering::Relaxed);
             std::panic::resume_unwind(p);
         }
         if s.panicked.swap(false, Ordering::AcqRel) {
             panic!("a worker thread panicked while running a job");
         }
     }
-
     /// Runs `f(offset, part)` for one contiguous part of `data` per thread, part 0 on this
     /// thread; parts start at multiples of `align` elements (`offset` is where `part`
     /// starts in `data`). For plain copies and fills, whose elements have no order.
@@ -198,18 +270,26 @@ fn worker(s: &Shared, index: usize) {
             }
             *g -= 1;
         }
-        let job = s.job.load(Ordering::Acquire);
-        #[allow(unsafe_code)] // The job's closure, borrowed across threads for its duration.
-        // SAFETY: `split` published `job` before bumping the epoch and keeps it alive until
-        // every worker has incremented `done` (below).
-        let job = unsafe { &*job };
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            (job.f)(index, part_range(job.units, job.parts, index))
-        }));
-        if r.is_err() {
-            s.panicked.store(true, Ordering::Release);
+        // Announce, then look: `split` clears the pointer before it waits for `active`, so
+        // a job seen here is still running (if it has finished, the pointer is null or the
+        // next job's, which is as good: its chunks are claimed atomically).
+        s.active.fetch_add(1, Ordering::SeqCst);
+        let job = s.job.load(Ordering::SeqCst);
+        if !job.is_null() {
+            #[allow(unsafe_code)] // The job's closure, borrowed across threads for its duration.
+            // SAFETY: `split` published `job` before bumping the epoch, and clears it and
+            // waits for `active` to drop to zero before `job` goes out of scope; we
+            // incremented `active` before loading the pointer (both SeqCst), so either the
+            // load saw null or `split` is waiting for our decrement below.
+            let job = unsafe { &*job };
+            if catch_unwind(AssertUnwindSafe(|| s.work(job, index))).is_err() {
+                s.panicked.store(true, Ordering::Release);
+                for p in s.parts.iter() {
+                    while p.take(usize::MAX, false).is_some() {}
+                }
+            }
         }
-        s.done.fetch_add(1, Ordering::AcqRel);
+        s.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -244,14 +324,16 @@ pub fn run_jobs<S, T: Send>(
     let results: Vec<Mutex<Option<crate::error::Result<T>>>> =
         (0..n).map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
+    // A thread may be handed a second part (another's, not started): it makes its state
+    // only once it has a job.
     let work = || {
-        let mut s = state();
+        let mut s = None;
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= n {
                 break;
             }
-            let r = job(&mut s, i);
+            let r = job(s.get_or_insert_with(&state), i);
             *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
         }
     };

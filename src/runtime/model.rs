@@ -141,11 +141,7 @@ impl Model {
             .iter()
             .zip(made.code)
             .map(|(s, code)| Step {
-                work_per_item: if std::env::var_os("CNNC_AB_OLD").is_some() {
-                    s.flops_per_item.max(view(s.output).item as u64)
-                } else {
-                    parallel_work(&code, s.flops_per_item, view(s.output).item)
-                },
+                work_per_item: parallel_work(&code, s.flops_per_item, view(s.output).item),
                 name: s.name.clone(),
                 op: match s.kernel.algorithm() {
                     Some(a) => format!("{} [{a}]", s.op),
@@ -427,8 +423,7 @@ impl Model {
                         let x = step.item(&ins, i, n)?;
                         let o = &mut o[at..at + x.len()];
                         let moved = x.len() as u64 * FLOPS_PER_FLOAT_MOVED;
-                        let old = step.work_per_item == step.flops_per_item.max(item as u64);
-                        match self.pool.as_ref().filter(|_| moved >= PARALLEL_MIN_WORK && !old) {
+                        match self.pool.as_ref().filter(|_| moved >= PARALLEL_MIN_WORK) {
                             Some(p) => p.split_slice(o, 16, |from, part| {
                                 part.copy_from_slice(&x[from..from + part.len()])
                             }),
