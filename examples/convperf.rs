@@ -1,7 +1,10 @@
 //! Quick conv timing: `cargo run --release --example convperf -- C HW K F S P [THREADS] [RESIDUAL]`
 //! (RESIDUAL = 1 fuses a residual add before the relu). Environment: `CNNC_ISA`, `CNNC_NO_WINOGRAD=1`,
-//! `CNNC_COPIES=n` (rotate through n copies of the weights, so that they come from memory).
+//! `CNNC_COPIES=n` (rotate through n copies of the weights, so that they come from memory),
+//! `CNNC_OFFSET=n` (start the input, output and residual n floats after a cache line; default
+//! 0: on a line, as the runtime's arena places every tensor).
 use cnnc::jit::*;
+use cnnc::runtime::arena::AlignedBuf;
 use std::time::Instant;
 
 fn main() {
@@ -21,9 +24,16 @@ fn main() {
     let code = km.finalize().unwrap();
     let kern = code.get(pk.clone()).unwrap();
     let ct = t0.elapsed();
-    let x: Vec<f32> = (0..spec.input_len())
-        .map(|i| (i % 17) as f32 * 0.1 - 0.8)
-        .collect();
+    let offset: usize = std::env::var("CNNC_OFFSET").map_or(0, |v| v.parse().unwrap());
+    let aligned = |len: usize, f: &dyn Fn(usize) -> f32| {
+        let mut b = AlignedBuf::zeroed(len + offset, "convperf").unwrap();
+        for (i, v) in b.as_mut_slice()[offset..].iter_mut().enumerate() {
+            *v = f(i);
+        }
+        b
+    };
+    let mut xb = aligned(spec.input_len(), &|i| (i % 17) as f32 * 0.1 - 0.8);
+    let x = &xb.as_mut_slice()[offset..];
     let w: Vec<f32> = (0..spec.weight_len())
         .map(|i| (i % 13) as f32 * 0.01 - 0.06)
         .collect();
@@ -35,11 +45,10 @@ fn main() {
         .map(|_| pk.pack_weights(&w, Some(&b)).unwrap())
         .collect();
     let mut round = 0;
-    let mut out = vec![0.0; spec.output_len()];
-    let res: Vec<f32> = (0..spec.output_len())
-        .map(|i| (i % 11) as f32 * 0.05 - 0.3)
-        .collect();
-    let res = spec.residual.then_some(&res[..]);
+    let mut ob = aligned(spec.output_len(), &|_| 0.0);
+    let out = &mut ob.as_mut_slice()[offset..];
+    let mut rb = aligned(spec.output_len(), &|i| (i % 11) as f32 * 0.05 - 0.3);
+    let res = spec.residual.then_some(&rb.as_mut_slice()[offset..]);
     let threads = a.get(6).copied().unwrap_or(1);
     let pool = ThreadPool::new(threads, std::time::Duration::from_micros(200));
     let mut scratch = vec![0.0; kern.scratch_len() * threads];
@@ -50,14 +59,14 @@ fn main() {
         round += 1;
         let t = Instant::now();
         if threads > 1 {
-            kern.run_parallel(&pool, &x, packed, res, &mut out, &mut scratch)
+            kern.run_parallel(&pool, x, packed, res, out, &mut scratch)
                 .unwrap();
         } else {
             kern.run(
-                &x,
+                x,
                 packed,
                 res,
-                &mut out,
+                out,
                 &mut scratch,
                 0..kern.work_units(),
             )

@@ -112,6 +112,32 @@ fn main() {
         (256, 64, 3136)
     };
     println!("pointwise GEMM {c} -> {k}, {p} pixels, one thread");
+    if std::env::var_os("GOTO").is_some() {
+        for isa in Isa::host_levels() {
+            let Some(w) = x86::width(isa) else { continue };
+            let pk = peak::measure(w, 200_000, 300).unwrap();
+            let (mr, nv) = if w == Width::Z512 { (14, 2) } else { (6, 2) };
+            let np = nv * w.lanes();
+            println!("{isa}: peak {pk:.1}; L1 k=256 {:.0}%", 100.0 * l1(w, mr, nv, 256) / pk);
+            for kk in [64, 256, 1024] {
+                for sx in [true, false] {
+                    let g = l1x(w, mr, nv, kk, sx);
+                    println!("  k {kk} step_x {sx}: {g:6.1} {:3.0}%", 100.0 * g / pk);
+                }
+            }
+            if std::env::var_os("L1ONLY").is_some() { continue; }
+            let modes: Vec<usize> = std::env::var("MODES").map_or((0..6).collect(), |m| m.split(',').map(|v| v.parse().unwrap()).collect());
+            for nc in [np, 2 * np, 4 * np] {
+                for &mode in &modes {
+                    for tf in [false, true] {
+                        let g = goto(w, mr, nv, c, k, p, nc, mode, tf);
+                        println!("  nc {nc:4} mode {mode} t-first {tf:5}: {g:6.1} GFLOP/s {:3.0}%", 100.0 * g / pk);
+                    }
+                }
+            }
+        }
+        return;
+    }
     for isa in Isa::host_levels() {
         let Some(w) = x86::width(isa) else { continue };
         let pk = peak::measure(w, 200_000, 300).unwrap();
@@ -147,6 +173,11 @@ fn main() {
 /// batches: the ceiling of the tile shape.
 #[allow(dead_code)]
 pub fn l1(w: Width, mr: usize, nv: usize, k: usize) -> f64 {
+    l1x(w, mr, nv, k, true)
+}
+
+/// [`l1`], or with `step_x` false every step reading the same x row (no x traffic at all).
+pub fn l1x(w: Width, mr: usize, nv: usize, k: usize, step_x: bool) -> f64 {
     let np = nv * w.lanes();
     let s = MicroGemm {
         width: w,
@@ -154,7 +185,7 @@ pub fn l1(w: Width, mr: usize, nv: usize, k: usize) -> f64 {
         cols: np,
         k,
         w_stride: mr,
-        ldx: np,
+        ldx: if step_x { np } else { 0 },
         ldo: np,
         accumulate: false,
         bias: false,
@@ -169,14 +200,146 @@ pub fn l1(w: Width, mr: usize, nv: usize, k: usize) -> f64 {
     let id = km.add_micro_gemm(&s).unwrap();
     let k = km.finalize().unwrap().get(id).unwrap();
     let (nx, nw, no, _) = s.operand_lens();
-    let (x, wt, mut out) = (vec![0.5f32; nx], vec![0.25f32; nw], vec![0.0f32; no]);
+    let (mut xb, wt, mut ob) = (aligned(nx, |_| 0.5), vec![0.25f32; nw], aligned(no, |_| 0.0));
+    let (x, out) = (xb.as_mut_slice(), ob.as_mut_slice());
     let mut best = f64::MAX;
     for _ in 0..2000 {
         let t = Instant::now();
         for _ in 0..20 {
-            k.run(&x, &wt, &mut out, None, None).unwrap();
+            k.run(x, &wt, out, None, None).unwrap();
         }
         best = best.min(t.elapsed().as_secs_f64());
     }
     20.0 * s.flops() as f64 / best / 1e9
+}
+
+/// 64-byte aligned floats (as the runtime's arena), filled by `f`.
+fn aligned(len: usize, f: impl Fn(usize) -> f32) -> cnnc::runtime::arena::AlignedBuf {
+    let mut b = cnnc::runtime::arena::AlignedBuf::zeroed(len, "microperf").unwrap();
+    for (i, v) in b.as_mut_slice().iter_mut().enumerate() {
+        *v = f(i);
+    }
+    b
+}
+
+/// Goto-style experiment: per block of `nc` pixels, copy the input's rows into a packed panel
+/// `[column][c][np]`, then every channel block over every column of the panel from the
+/// packed copy. `mode`: 0 = input pre-packed once (compute ceiling), 1 = pack per block,
+/// 2 = pack per block + prefetch (T1) the next block's rows between calls, 3 = same with T0.
+#[allow(clippy::too_many_arguments)]
+pub fn goto(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, nc: usize, mode: usize, order_t_first: bool) -> f64 {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
+    let np = nv * w.lanes();
+    assert!(p % np == 0 && nc % np == 0);
+    let nmb = k.div_ceil(mr);
+    let mut xb = aligned(c * p, |i| (i % 7) as f32 * 0.1);
+    let x = xb.as_mut_slice();
+    let wt: Vec<f32> = (0..nmb * c * mr).map(|i| (i % 5) as f32 * 0.1).collect();
+    let bias = vec![0.5f32; nmb * mr];
+    let mut ob = aligned(nmb * mr * p, |_| 0.0);
+    let out = ob.as_mut_slice();
+    let mk = |rows: usize| MicroGemm {
+        width: w,
+        rows,
+        cols: np,
+        k: c,
+        w_stride: mr,
+        ldx: np,
+        ldo: p,
+        accumulate: false,
+        bias: true,
+        bias_per_col: false,
+        residual: false,
+        relu: true,
+        clip: None,
+        prefetch_every: 0,
+    };
+    let mut km = KernelModule::new().unwrap();
+    let fid = km.add_micro_gemm(&mk(mr)).unwrap();
+    let tid = (k % mr > 0).then(|| km.add_micro_gemm(&mk(k % mr)).unwrap());
+    let code = km.finalize().unwrap();
+    let full = code.get(fid).unwrap();
+    let tail = tid.map(|t| code.get(t).unwrap());
+    let nt = p / np;
+    let per = nc / np;
+    let mut pre = if mode == 0 || mode >= 4 { aligned(c * p, |_| 0.0) } else { aligned(1, |_| 0.0) };
+    let mut pkb = aligned(c * nc, |_| 0.0);
+    let pack = |dst: &mut [f32], x: &[f32], t0: usize, cols: usize| {
+        for ci in 0..c {
+            for t in 0..cols {
+                let s = ci * p + (t0 + t) * np;
+                dst[(t * c + ci) * np..(t * c + ci + 1) * np].copy_from_slice(&x[s..s + np]);
+            }
+        }
+    };
+    if mode == 0 || mode >= 4 {
+        for t0 in (0..nt).step_by(per) {
+            let cols = per.min(nt - t0);
+            pack(&mut pre.as_mut_slice()[t0 * c * np..], x, t0, cols);
+        }
+    }
+    let lines = nc * 4 / 64;
+    let pre_s: &[f32] = pre.as_mut_slice();
+    let mut once = || {
+        for t0 in (0..nt).step_by(per) {
+            let cols = per.min(nt - t0);
+            let panel: &[f32] = if mode == 0 || mode >= 4 {
+                &pre_s[t0 * c * np..]
+            } else {
+                pack(pkb.as_mut_slice(), x, t0, cols);
+                pkb.as_mut_slice()
+            };
+            // Prefetches of the next block: c rows x `lines` lines, spread over the calls.
+            let next = t0 + per;
+            let calls = nmb * cols;
+            let total = if mode >= 2 && next < nt { c * lines } else { 0 };
+            let mut issued = 0;
+            let mut call = 0;
+            let mut body = |mb: usize, t: usize, out: &mut [f32]| {
+                call += 1;
+                let upto = total * call / calls;
+                while issued < upto {
+                    let (row, line) = (issued / lines, issued % lines);
+                    let a = if mode >= 4 {
+                        // Pre-packed: the next panel is contiguous.
+                        pre_s[next * c * np..].as_ptr().wrapping_add(issued * 16) as *const i8
+                    } else {
+                        x[row * p + next * np..].as_ptr().wrapping_add(line * 16) as *const i8
+                    };
+                    // SAFETY: prefetch is a hint.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        if mode == 3 || mode == 5 { _mm_prefetch::<_MM_HINT_T0>(a) } else { _mm_prefetch::<_MM_HINT_T1>(a) }
+                    }
+                    issued += 1;
+                }
+                let o = &mut out[mb * mr * p + (t0 + t) * np..];
+                let kern = if mb + 1 == nmb { tail.as_ref().unwrap_or(&full) } else { &full };
+                kern.run(&panel[t * c * np..], &wt[mb * c * mr..], o, None, Some(&bias[mb * mr..]))
+                    .unwrap();
+            };
+            if order_t_first {
+                for t in 0..cols {
+                    for mb in 0..nmb {
+                        body(mb, t, out);
+                    }
+                }
+            } else {
+                for mb in 0..nmb {
+                    for t in 0..cols {
+                        body(mb, t, out);
+                    }
+                }
+            }
+        }
+    };
+    once();
+    let mut best = f64::MAX;
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < 1.0 {
+        let t = Instant::now();
+        once();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (2 * k * c * p) as f64 / best / 1e9
 }
