@@ -62,15 +62,8 @@ fn main() {
             kern.run_parallel(&pool, x, packed, res, out, &mut scratch)
                 .unwrap();
         } else {
-            kern.run(
-                x,
-                packed,
-                res,
-                out,
-                &mut scratch,
-                0..kern.work_units(),
-            )
-            .unwrap();
+            kern.run(x, packed, res, out, &mut scratch, 0..kern.work_units())
+                .unwrap();
         }
         best = best.min(t.elapsed().as_secs_f64());
     }

@@ -118,20 +118,30 @@ fn main() {
             let pk = peak::measure(w, 200_000, 300).unwrap();
             let (mr, nv) = if w == Width::Z512 { (14, 2) } else { (6, 2) };
             let np = nv * w.lanes();
-            println!("{isa}: peak {pk:.1}; L1 k=256 {:.0}%", 100.0 * l1(w, mr, nv, 256) / pk);
+            println!(
+                "{isa}: peak {pk:.1}; L1 k=256 {:.0}%",
+                100.0 * l1(w, mr, nv, 256) / pk
+            );
             for kk in [64, 256, 1024] {
                 for sx in [true, false] {
                     let g = l1x(w, mr, nv, kk, sx);
                     println!("  k {kk} step_x {sx}: {g:6.1} {:3.0}%", 100.0 * g / pk);
                 }
             }
-            if std::env::var_os("L1ONLY").is_some() { continue; }
-            let modes: Vec<usize> = std::env::var("MODES").map_or((0..6).collect(), |m| m.split(',').map(|v| v.parse().unwrap()).collect());
+            if std::env::var_os("L1ONLY").is_some() {
+                continue;
+            }
+            let modes: Vec<usize> = std::env::var("MODES").map_or((0..6).collect(), |m| {
+                m.split(',').map(|v| v.parse().unwrap()).collect()
+            });
             for nc in [np, 2 * np, 4 * np] {
                 for &mode in &modes {
                     for tf in [false, true] {
                         let g = goto(w, mr, nv, c, k, p, nc, mode, tf);
-                        println!("  nc {nc:4} mode {mode} t-first {tf:5}: {g:6.1} GFLOP/s {:3.0}%", 100.0 * g / pk);
+                        println!(
+                            "  nc {nc:4} mode {mode} t-first {tf:5}: {g:6.1} GFLOP/s {:3.0}%",
+                            100.0 * g / pk
+                        );
                     }
                 }
             }
@@ -200,7 +210,11 @@ pub fn l1x(w: Width, mr: usize, nv: usize, k: usize, step_x: bool) -> f64 {
     let id = km.add_micro_gemm(&s).unwrap();
     let k = km.finalize().unwrap().get(id).unwrap();
     let (nx, nw, no, _) = s.operand_lens();
-    let (mut xb, wt, mut ob) = (aligned(nx, |_| 0.5), vec![0.25f32; nw], aligned(no, |_| 0.0));
+    let (mut xb, wt, mut ob) = (
+        aligned(nx, |_| 0.5),
+        vec![0.25f32; nw],
+        aligned(no, |_| 0.0),
+    );
     let (x, out) = (xb.as_mut_slice(), ob.as_mut_slice());
     let mut best = f64::MAX;
     for _ in 0..2000 {
@@ -227,10 +241,20 @@ fn aligned(len: usize, f: impl Fn(usize) -> f32) -> cnnc::runtime::arena::Aligne
 /// packed copy. `mode`: 0 = input pre-packed once (compute ceiling), 1 = pack per block,
 /// 2 = pack per block + prefetch (T1) the next block's rows between calls, 3 = same with T0.
 #[allow(clippy::too_many_arguments)]
-pub fn goto(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, nc: usize, mode: usize, order_t_first: bool) -> f64 {
+pub fn goto(
+    w: Width,
+    mr: usize,
+    nv: usize,
+    c: usize,
+    k: usize,
+    p: usize,
+    nc: usize,
+    mode: usize,
+    order_t_first: bool,
+) -> f64 {
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
     let np = nv * w.lanes();
-    assert!(p % np == 0 && nc % np == 0);
+    assert!(p.is_multiple_of(np) && nc.is_multiple_of(np));
     let nmb = k.div_ceil(mr);
     let mut xb = aligned(c * p, |i| (i % 7) as f32 * 0.1);
     let x = xb.as_mut_slice();
@@ -256,13 +280,17 @@ pub fn goto(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, nc: us
     };
     let mut km = KernelModule::new().unwrap();
     let fid = km.add_micro_gemm(&mk(mr)).unwrap();
-    let tid = (k % mr > 0).then(|| km.add_micro_gemm(&mk(k % mr)).unwrap());
+    let tid = (!k.is_multiple_of(mr)).then(|| km.add_micro_gemm(&mk(k % mr)).unwrap());
     let code = km.finalize().unwrap();
     let full = code.get(fid).unwrap();
     let tail = tid.map(|t| code.get(t).unwrap());
     let nt = p / np;
     let per = nc / np;
-    let mut pre = if mode == 0 || mode >= 4 { aligned(c * p, |_| 0.0) } else { aligned(1, |_| 0.0) };
+    let mut pre = if mode == 0 || mode >= 4 {
+        aligned(c * p, |_| 0.0)
+    } else {
+        aligned(1, |_| 0.0)
+    };
     let mut pkb = aligned(c * nc, |_| 0.0);
     let pack = |dst: &mut [f32], x: &[f32], t0: usize, cols: usize| {
         for ci in 0..c {
@@ -309,14 +337,28 @@ pub fn goto(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, nc: us
                     // SAFETY: prefetch is a hint.
                     #[allow(unsafe_code)]
                     unsafe {
-                        if mode == 3 || mode == 5 { _mm_prefetch::<_MM_HINT_T0>(a) } else { _mm_prefetch::<_MM_HINT_T1>(a) }
+                        if mode == 3 || mode == 5 {
+                            _mm_prefetch::<_MM_HINT_T0>(a)
+                        } else {
+                            _mm_prefetch::<_MM_HINT_T1>(a)
+                        }
                     }
                     issued += 1;
                 }
                 let o = &mut out[mb * mr * p + (t0 + t) * np..];
-                let kern = if mb + 1 == nmb { tail.as_ref().unwrap_or(&full) } else { &full };
-                kern.run(&panel[t * c * np..], &wt[mb * c * mr..], o, None, Some(&bias[mb * mr..]))
-                    .unwrap();
+                let kern = if mb + 1 == nmb {
+                    tail.as_ref().unwrap_or(&full)
+                } else {
+                    &full
+                };
+                kern.run(
+                    &panel[t * c * np..],
+                    &wt[mb * c * mr..],
+                    o,
+                    None,
+                    Some(&bias[mb * mr..]),
+                )
+                .unwrap();
             };
             if order_t_first {
                 for t in 0..cols {

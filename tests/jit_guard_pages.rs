@@ -117,6 +117,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // column's prefetches, a partial column at the input's end.
         (130, 7, 11, 29, 1, 1, 0),
         (200, 3, 23, 6, 1, 1, 0),
+        // Weight-major order (more output channels than pixels): full and partial columns,
+        // and a plane narrower than a zmm tile.
+        (70, 6, 6, 45, 1, 1, 0),
+        (20, 4, 5, 30, 1, 1, 0),
         // Winograd: tiles overhanging the bottom and right edges, a partial tile group,
         // dense groups, and rows of 5 tiles whose last group runs over into the next row.
         (17, 11, 13, 19, 3, 1, 1),

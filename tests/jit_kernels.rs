@@ -523,6 +523,11 @@ fn conv_pointwise_pixel_ranges() {
         (256, 23, 29, 13, true), // 3+ panels of 192 pixels, partial last column of 3
         (300, 9, 9, 64, false),  // 81 pixels: 10 full columns and one single pixel
         (33, 7, 12, 7, true),    // 84 pixels: last column of 4
+        // More output channels than pixels: at avx2 / avx512 the units go channel block
+        // by channel block (full and partial columns; 20 pixels: no full zmm column).
+        (40, 6, 6, 50, true),
+        (130, 5, 7, 45, false),
+        (20, 4, 5, 30, true),
     ] {
         let mut s = spec(c, h, w, k, 1, 1, (1, 1), (0, 0));
         s.bias = true;
@@ -571,7 +576,14 @@ fn conv_pointwise_pixel_ranges() {
         for u in 0..units {
             kn.run(&x, &packed, r.as_deref(), &mut out, &mut [], u..u + 1)
                 .unwrap();
-            let (t, mb) = (u / k.div_ceil(mr), u % k.div_ceil(mr));
+            // Pixel major, or channel-block major where the wide kernels' weights outweigh
+            // the input (`PixelGemm::streamed`).
+            let (cols, nmb) = ((h * w).div_ceil(np), k.div_ceil(mr));
+            let (t, mb) = if np > 8 && k > h * w {
+                (u % cols, u / cols)
+            } else {
+                (u / nmb, u % nmb)
+            };
             let px = (h * w - t * np).min(np);
             let ch = (k - mb * mr).min(mr);
             let now = out.iter().filter(|v| !v.is_nan()).count();
@@ -1681,6 +1693,10 @@ fn conv_pointwise_every_isa_bit_identical() {
         (300, 7, 9, 64),
         (256, 2, 3, 13),
         (131, 16, 16, 12),
+        // More output channels than pixels (channel-block major at avx2 / avx512).
+        (300, 5, 7, 50),
+        (97, 6, 6, 40),
+        (64, 3, 7, 33),
     ];
     let levels = cnnc::Isa::host_levels();
     let mut seed = 3000;

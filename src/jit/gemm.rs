@@ -70,6 +70,8 @@ pub(crate) struct PixelGemm {
     wide: Option<Width>,
     /// Column by column with prefetches ([`Self::streamed`]).
     streamed: bool,
+    /// Work units channel-block major ([`Self::streamed`]: the weights outweigh the input).
+    weight_major: bool,
     /// Input channels per reduction chunk of a full tile column (`in_c`: one chunk).
     kc: usize,
 }
@@ -92,6 +94,7 @@ impl PixelGemm {
             np,
             wide,
             streamed: false,
+            weight_major: false,
             kc: s.in_c,
         };
         // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
@@ -110,8 +113,14 @@ impl PixelGemm {
     /// the same chunk of the next column. The hardware prefetchers do not follow a tile
     /// column (a line or two in each of `in_c` rows a plane apart), so without this every
     /// column's first block waited for its input from L3.
+    ///
+    /// Where the weights are larger than the input (`out_c > pixels`: ResNet-50's 14 x 14
+    /// and 7 x 7 stages, up to 4 MB of weights against 0.1-0.8 MB of input), the work units
+    /// go channel block by channel block instead ([`Self::weight_major`]).
     pub(crate) fn streamed(mut self) -> Self {
-        if self.wide.is_some() {
+        if self.wide.is_some() && self.s.out_c > self.s.pixels {
+            self.weight_major = true;
+        } else if self.wide.is_some() {
             self.streamed = true;
             if self.s.in_c > WIDE_KC + WIDE_KC / 2 {
                 self.kc = WIDE_KC;
@@ -171,7 +180,8 @@ impl PixelGemm {
     }
     /// Tile columns (NP pixels, the last one possibly partial) times channel blocks, pixel
     /// major: a contiguous range of units covers a contiguous range of pixels, so threads
-    /// read disjoint parts of the input, and ranges split evenly.
+    /// read disjoint parts of the input, and ranges split evenly. With `weight_major`,
+    /// channel-block major: threads read disjoint parts of the weights.
     pub(crate) fn work_units(&self) -> usize {
         self.s.pixels.div_ceil(self.np) * self.nmb
     }
@@ -328,6 +338,9 @@ impl PixelGemm {
         if nt_full == 0 {
             return self.last_column(e, &ptr, r, nmb, &in_range);
         }
+        if self.weight_major {
+            return self.by_weights(e, &ptr, begin, end, &in_range);
+        }
         if self.pf_blocks() > 0 {
             e.for_range(t_lo, t_hi, 1, |e, t| {
                 self.column(e, &ptr, t, nt_full, &in_range)
@@ -350,6 +363,46 @@ impl PixelGemm {
             })
         })?;
         self.last_column(e, &ptr, r, nmb, &in_range)
+    }
+
+    /// The units `[begin, end)` channel block by channel block, unit `u = mb * cols + t`
+    /// covering tile column `t` (of `cols`, the last one possibly partial) of block `mb`:
+    /// each block's weights (`in_c x mr` floats) are read once from memory and reused from
+    /// L1/L2 for every column, and two threads each read half the weights.
+    fn by_weights(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        begin: Value,
+        end: Value,
+        in_range: &dyn Fn(&mut Emit, Value) -> Value,
+    ) -> Result<()> {
+        let np = self.np;
+        let cols = self.s.pixels.div_ceil(np) as i64;
+        let (full, r) = (self.s.pixels / np, self.s.pixels % np);
+        let mb_lo = e.b.ins().udiv_imm_s(begin, cols);
+        let mb_hi = e.add_imm(end, cols - 1);
+        let mb_hi = e.b.ins().udiv_imm_s(mb_hi, cols);
+        e.for_range(mb_lo, mb_hi, 1, |e, mb| {
+            let u0 = e.mul_imm(mb, cols);
+            e.for_const(0, full as i64, 1, |e, t| {
+                let u = e.b.ins().iadd(u0, t);
+                let c = in_range(e, u);
+                e.when(c, |e| {
+                    let pb = e.mul_imm(t, (np * 4) as i64);
+                    self.tile(e, ptr, mb, pb, np)
+                })
+            })?;
+            if r > 0 {
+                let u = e.add_imm(u0, full as i64);
+                let c = in_range(e, u);
+                e.when(c, |e| {
+                    let pb = e.iconst((full * np * 4) as i64);
+                    self.tile(e, ptr, mb, pb, r)
+                })?;
+            }
+            Ok(())
+        })
     }
 
     /// Full tile column `t` (of `nt_full`) of every channel block in the range, a reduction
