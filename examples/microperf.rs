@@ -31,6 +31,8 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
         clip: None,
         prefetch_every: 0,
         prefetch_w: 0,
+        pf_ldx: 0,
+        pack: false,
     };
     let full = mk(np);
     let tail = (!p.is_multiple_of(np)).then(|| mk(p % np));
@@ -205,6 +207,8 @@ pub fn l1x(w: Width, mr: usize, nv: usize, k: usize, step_x: bool) -> f64 {
         clip: None,
         prefetch_every: 0,
         prefetch_w: 0,
+        pf_ldx: 0,
+        pack: false,
     };
     let mut km = KernelModule::new().unwrap();
     let id = km.add_micro_gemm(&s).unwrap();
@@ -277,6 +281,9 @@ pub fn goto(
         relu: true,
         clip: None,
         prefetch_every: 0,
+        prefetch_w: 0,
+        pf_ldx: 0,
+        pack: false,
     };
     let mut km = KernelModule::new().unwrap();
     let fid = km.add_micro_gemm(&mk(mr)).unwrap();

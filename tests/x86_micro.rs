@@ -101,6 +101,8 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     prefetch_every: [0, 1, 2, 4][(n / 2) % 4],
                     // And of the weights ahead (within `operand_lens`).
                     prefetch_w: [0, 256, 2048][n % 3],
+                    pf_ldx: 0,
+                    pack: false,
                 });
             }
         }
@@ -173,6 +175,8 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 clip,
                 prefetch_every: 0,
                 prefetch_w: 0,
+                pf_ldx: 0,
+                pack: false,
             };
             let mut km = KernelModule::new().unwrap();
             let p = km.add_micro_gemm(&s).unwrap();
@@ -219,6 +223,8 @@ fn short_operands_are_refused() {
             clip: None,
             prefetch_every: 0,
             prefetch_w: 0,
+            pf_ldx: 0,
+            pack: false,
         };
         let mut km = KernelModule::new().unwrap();
         let p = km.add_micro_gemm(&s).unwrap();
@@ -233,5 +239,76 @@ fn short_operands_are_refused() {
             .is_err());
         assert!(k.run(&x, &wt, &mut vec![0.0; no], None, None).is_err());
         assert!(k.run(&x, &wt, &mut vec![0.0; no], None, Some(&b)).is_ok());
+    }
+}
+
+/// The packing variant (`MicroGemm::pack`, the first channel block of a pointwise tile
+/// column): computes the same bits as the reference and stores exactly the `k x cols`
+/// inputs it reads, contiguous, into the packed buffer (whose slack stays NaN); prefetching
+/// rows at a stride of their own (`pf_ldx`) changes nothing. Without a buffer it is refused.
+#[test]
+fn packing_kernels_copy_their_input() {
+    let mut rng = Rng(0x5eed_0f_9ac4);
+    for w in widths() {
+        let l = w.lanes();
+        let rows = if w == Width::Z512 { 14 } else { 6 };
+        let mut specs = Vec::new();
+        for (n, (cols, k)) in [(l, 1), (2 * l, 4), (2 * l, 9), (l, 64), (2 * l, 67)]
+            .into_iter()
+            .enumerate()
+        {
+            specs.push(MicroGemm {
+                width: w,
+                rows: rows - n % 2,
+                cols,
+                k,
+                w_stride: rows,
+                ldx: cols + 3 + n,
+                ldo: cols + 2,
+                accumulate: n == 3,
+                bias: n % 2 == 0,
+                bias_per_col: false,
+                residual: n != 1,
+                relu: n % 3 == 0,
+                clip: None,
+                prefetch_every: n % 2,
+                prefetch_w: 0,
+                pf_ldx: 2 * cols + 5,
+                pack: true,
+            });
+        }
+        let mut km = KernelModule::new().unwrap();
+        let pending: Vec<_> = specs
+            .iter()
+            .map(|s| km.add_micro_gemm(s).unwrap())
+            .collect();
+        let code = km.finalize().unwrap();
+        for p in pending {
+            let k = code.get(p).unwrap();
+            let s = *k.spec();
+            let (nx, nw, no, nb) = s.operand_lens();
+            let (x, wt, res, bias) = (rng.vec(nx), rng.vec(nw), rng.vec(no), rng.vec(nb));
+            let mut got = if s.accumulate {
+                rng.vec(no)
+            } else {
+                vec![f32::NAN; no]
+            };
+            let mut want = got.clone();
+            reference(&s, &x, &wt, &res, &bias, &mut want);
+            assert!(k.run(&x, &wt, &mut got, Some(&res), Some(&bias)).is_err());
+            let mut pack = vec![f32::NAN; s.k * s.cols + 7];
+            k.run_packing((&x, &wt, &mut got), (Some(&res), Some(&bias)), &mut pack)
+                .unwrap();
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{s:?}: output");
+            for c in 0..s.k {
+                let row = &x[c * s.ldx..c * s.ldx + s.cols];
+                assert_eq!(&pack[c * s.cols..(c + 1) * s.cols], row, "{s:?}: row {c}");
+            }
+            assert!(pack[s.k * s.cols..].iter().all(|v| v.is_nan()), "{s:?}");
+        }
     }
 }

@@ -173,6 +173,8 @@ impl FcGemm {
             clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
             prefetch_every: 0,
             prefetch_w: 0,
+            pf_ldx: 0,
+            pack: false,
         }
     }
 

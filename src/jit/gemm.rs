@@ -11,7 +11,7 @@
 //! the Cranelift f32x4 tile; the loops around it, the work units and the packing (for the
 //! tile's channel block) are the same.
 use cranelift_codegen::ir::condcodes::IntCC;
-use cranelift_codegen::ir::{FuncRef, InstBuilder, Type, Value};
+use cranelift_codegen::ir::{FuncRef, InstBuilder, StackSlotData, StackSlotKind, Type, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
@@ -37,6 +37,18 @@ const WIDE_PANEL_BYTES: usize = 64 * 1024;
 /// Input channels per reduction chunk of the streamed pointwise GEMM (measured at 256 -> 64
 /// on 56 x 56: 64 faster than 32 and 128).
 const WIDE_KC: usize = 64;
+/// The largest tile column the streamed GEMM packs (`in_c x np` floats, see
+/// [`PixelGemm::streamed`]); longer columns go a chunk of [`WIDE_KC`] channels at a time.
+const PACK_BYTES: usize = 64 * 1024;
+
+/// Where a wide tile's kernel reads its input: the planes, the planes while packing them
+/// into the scratch (the first block of a tile column), or that packed copy (the others).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum XSrc {
+    Planes,
+    Pack,
+    Packed,
+}
 
 /// Channels x pixels of the x86 micro-kernel tile at a width (registers: zmm 28
 /// accumulators + 2 inputs of 32; ymm 12 + 2 + a broadcast + a mask of 16).
@@ -72,6 +84,8 @@ pub(crate) struct PixelGemm {
     streamed: bool,
     /// Work units channel-block major ([`Self::streamed`]: the weights outweigh the input).
     weight_major: bool,
+    /// The first block of each full tile column packs it into the scratch ([`Self::streamed`]).
+    pack: bool,
     /// Input channels per reduction chunk of a full tile column (`in_c`: one chunk).
     kc: usize,
 }
@@ -95,6 +109,7 @@ impl PixelGemm {
             wide,
             streamed: false,
             weight_major: false,
+            pack: false,
             kc: s.in_c,
         };
         // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
@@ -122,11 +137,28 @@ impl PixelGemm {
             self.weight_major = true;
         } else if self.wide.is_some() {
             self.streamed = true;
-            if self.s.in_c > WIDE_KC + WIDE_KC / 2 {
+            if self.s.pixels >= self.np && self.s.in_c * self.np * 4 <= PACK_BYTES {
+                self.pack = true;
+            } else if self.s.in_c > WIDE_KC + WIDE_KC / 2 {
                 self.kc = WIDE_KC;
             }
         }
         self
+    }
+    /// The packed tile column (`in_c x np` floats) on the stack, 64-byte aligned: each
+    /// call (thread) has its own. The packing kernel writes exactly those floats, the
+    /// others read them (`MicroGemm::pack`). `None` without packing.
+    fn pack_buffer(&self, e: &mut Emit) -> Result<Option<Value>> {
+        if !self.pack {
+            return Ok(None);
+        }
+        let bytes = u32::try_from(self.s.in_c * self.np * 4 + 64)
+            .map_err(|_| crate::Error::Codegen("packed column too large".into()))?;
+        let slot =
+            e.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 0));
+        let raw = e.b.ins().stack_addr(I64, slot, 0);
+        let raw = e.add_imm(raw, 63);
+        Ok(Some(e.b.ins().band_imm_s(raw, -64)))
     }
     /// Channel blocks whose kernels prefetch, block `mb` line `mb` of each row (0 unless
     /// streamed).
@@ -231,9 +263,16 @@ impl PixelGemm {
                 } else {
                     &[false]
                 };
+                let srcs: &[XSrc] = if c == self.np && self.pack {
+                    &[XSrc::Pack, XSrc::Packed]
+                } else {
+                    &[XSrc::Planes]
+                };
                 for &part in parts {
                     for &prefetch in pf {
-                        v.push(self.micro(width, (r, c), part, prefetch));
+                        for &src in srcs {
+                            v.push(self.micro(width, (r, c), (part, prefetch), src));
+                        }
                     }
                 }
             }
@@ -242,13 +281,13 @@ impl PixelGemm {
     }
 
     /// The micro-kernel of a `rows x cols` tile computing `part` of the reduction, with or
-    /// without the prefetch.
+    /// without the prefetch, reading its input from `src`.
     fn micro(
         &self,
         width: Width,
         (rows, cols): (usize, usize),
-        part: KPos,
-        prefetch: bool,
+        (part, prefetch): (KPos, bool),
+        src: XSrc,
     ) -> MicroGemm {
         let (s, ep) = (self.s, self.s.epilogue);
         let epilogue = matches!(part, KPos::Only | KPos::Last);
@@ -258,7 +297,7 @@ impl PixelGemm {
             cols,
             k: self.part_k(part),
             w_stride: self.mr,
-            ldx: s.pixels,
+            ldx: if src == XSrc::Packed { cols } else { s.pixels },
             ldo: s.pixels,
             accumulate: matches!(part, KPos::Middle | KPos::Last),
             bias: epilogue && ep.bias,
@@ -271,6 +310,8 @@ impl PixelGemm {
                 .map(|c| (c.min.to_bits(), c.max.to_bits())),
             prefetch_every: usize::from(prefetch),
             prefetch_w: 0,
+            pf_ldx: s.pixels,
+            pack: src == XSrc::Pack,
         }
     }
 
@@ -279,7 +320,7 @@ impl PixelGemm {
     pub(crate) fn add_micros(&self, km: &mut KernelModule) -> Result<Vec<MicroId>> {
         self.micro_variants()
             .iter()
-            .map(|m| km.add_micro(6, &m.emit()?, "gemm micro-kernel"))
+            .map(|m| km.add_micro(7, &m.emit()?, "gemm micro-kernel"))
             .collect()
     }
 
@@ -342,8 +383,10 @@ impl PixelGemm {
             return self.by_weights(e, &ptr, begin, end, &in_range);
         }
         if self.pf_blocks() > 0 {
+            let pk = self.pack_buffer(e)?.unwrap_or(b.input);
+            let first = (begin, pk);
             e.for_range(t_lo, t_hi, 1, |e, t| {
-                self.column(e, &ptr, t, nt_full, &in_range)
+                self.column(e, &ptr, (t, nt_full), first, &in_range)
             })?;
             return self.last_column(e, &ptr, r, nmb, &in_range);
         }
@@ -406,25 +449,40 @@ impl PixelGemm {
     }
 
     /// Full tile column `t` (of `nt_full`) of every channel block in the range, a reduction
-    /// chunk at a time (see [`Self::streamed`]).
+    /// chunk at a time (see [`Self::streamed`]); with `pack`, the first block in the range
+    /// (`begin` the range's first unit) packs the column into `pk` for the others.
     fn column(
         &self,
         e: &mut Emit,
         ptr: &Ptrs,
-        t: Value,
-        nt_full: i64,
+        (t, nt_full): (Value, i64),
+        (begin, pk): (Value, Value),
         in_range: &dyn Fn(&mut Emit, Value) -> Value,
     ) -> Result<()> {
         let nmb = self.nmb as i64;
         let pb = e.mul_imm(t, (self.np * 4) as i64);
+        let u0 = e.mul_imm(t, nmb);
+        let first = e.b.ins().isub(begin, u0);
+        let zero = e.iconst(0);
+        let first = e.b.ins().smax(first, zero);
         let blocks = |e: &mut Emit, part: KPos, ci: Value| {
             e.for_const(0, nmb, 1, |e, mb| {
-                let u = e.mul_imm(t, nmb);
-                let u = e.b.ins().iadd(u, mb);
+                let u = e.b.ins().iadd(u0, mb);
                 let c = in_range(e, u);
                 e.when(c, |e| {
                     let pf = self.pf_addr(e, ptr, (mb, t, nt_full), ci);
-                    self.wide_tile(e, ptr, (mb, pb, self.np), (part, ci), pf)
+                    let tile = (mb, pb, self.np);
+                    if !self.pack {
+                        let src = (XSrc::Planes, pk);
+                        return self.wide_tile(e, ptr, tile, (part, ci), pf, src);
+                    }
+                    let packs = e.b.ins().icmp(IntCC::Equal, mb, first);
+                    e.when(packs, |e| {
+                        self.wide_tile(e, ptr, tile, (part, ci), pf, (XSrc::Pack, pk))
+                    })?;
+                    e.unless(packs, |e| {
+                        self.wide_tile(e, ptr, tile, (part, ci), pf, (XSrc::Packed, pk))
+                    })
                 })
             })
         };
@@ -474,7 +532,8 @@ impl PixelGemm {
     fn tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, cols: usize) -> Result<()> {
         if self.wide.is_some() {
             let ci = e.iconst(0);
-            return self.wide_tile(e, ptr, (mb, pb, cols), (KPos::Only, ci), None);
+            let src = (XSrc::Planes, ptr.inp);
+            return self.wide_tile(e, ptr, (mb, pb, cols), (KPos::Only, ci), None, src);
         }
         self.f32x4_tile(e, ptr, mb, pb, cols / 4, cols % 4)
     }
@@ -483,7 +542,8 @@ impl PixelGemm {
     /// the micro-kernel for its shape and `part` of the reduction (chunk `ci`): the last
     /// block of a channel count that is not a multiple of `mr` takes the variant with fewer
     /// rows; with `pf` (full tiles of a prefetching GEMM), the first [`Self::pf_blocks`]
-    /// blocks take the variant that prefetches from `pf`.
+    /// blocks take the variant that prefetches from `pf`. `src`: where the input is read
+    /// (and `pk`, the packed column).
     fn wide_tile(
         &self,
         e: &mut Emit,
@@ -491,10 +551,16 @@ impl PixelGemm {
         (mb, pb, cols): (Value, Value, usize),
         (part, ci): (KPos, Value),
         pf: Option<Value>,
+        (src, pk): (XSrc, Value),
     ) -> Result<()> {
         let (s, mr) = (self.s, self.mr);
         let x = e.b.ins().iadd(ptr.inp, pb);
         let x = e.addr(x, ci, self.kc * s.pixels * 4);
+        let (x, pk) = match src {
+            XSrc::Planes => (x, x),
+            XSrc::Pack => (x, pk),
+            XSrc::Packed => (pk, pk),
+        };
         let w = e.addr(ptr.w, mb, s.in_c * mr * 4);
         let w = e.addr(w, ci, self.kc * mr * 4);
         let out = e.addr(ptr.out, mb, mr * s.pixels * 4);
@@ -503,12 +569,12 @@ impl PixelGemm {
         let res = e.b.ins().iadd(res, pb);
         let bias = e.addr(ptr.w, mb, mr * 4);
         let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
-        let args = [x, w, out, res, bias, pf.unwrap_or(x)];
+        let args = [x, w, out, res, bias, pf.unwrap_or(x), pk];
         let variants = self.micro_variants();
         let width = self.wide.unwrap_or(Width::Y256);
         let pick = |e: &mut Emit, prefetch: bool| {
             let find = |rows: usize| {
-                let m = self.micro(width, (rows, cols), part, prefetch);
+                let m = self.micro(width, (rows, cols), (part, prefetch), src);
                 let i = variants.iter().position(|v| *v == m);
                 i.map(|i| e.micros[i]).ok_or_else(|| {
                     crate::Error::Codegen(format!("no micro-kernel {m:?} in {variants:?}"))

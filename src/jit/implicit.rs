@@ -271,6 +271,8 @@ impl ImplicitGemm {
             clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
             prefetch_every: 0,
             prefetch_w: self.prefetch_w,
+            pf_ldx: 0,
+            pack: false,
         }
     }
 

@@ -3,15 +3,17 @@
 //! epilogue baked in.
 //!
 //! Calling convention (System V): `fn(x: *const f32, w: *const f32, out: *mut f32,
-//! res: *const f32, bias: *const f32, pf: *const f32)`.
+//! res: *const f32, bias: *const f32, pf: *const f32, pk: *mut f32)`.
 //! * `x`: row `c` (of `k`) at `x + c * ldx`, `cols` floats each (the input pixels of one
 //!   channel: NCHW planes, so the kernel reads them where they are, no packing);
 //! * `w`: packed weights, step `c` at `w + c * w_stride`, `rows` floats each (one column of
 //!   the layer's weight block);
 //! * `out` / `res`: row `i` at `out + i * ldo`; `res` is read only with `residual`, `bias`
 //!   (`rows` floats) only with `bias`;
-//! * `pf`: only with `prefetch_every`, rows `pf + j * ldx` to prefetch (a hint: a prefetch
-//!   never faults, but the callers pass rows of their input all the same).
+//! * `pf`: only with `prefetch_every`, rows `pf + j * pf_ldx` to prefetch (a hint: a
+//!   prefetch never faults, but the callers pass rows of their input all the same);
+//! * `pk`: only with `pack`, where the kernel stores the x rows it reads, `[k][cols]`
+//!   contiguous (the seventh argument, on the stack).
 //!
 //! The `rows x vectors` accumulators stay in registers for the whole reduction. Each step
 //! loads the `vectors` x vectors once and multiplies each by every row's weight, broadcast
@@ -22,7 +24,9 @@
 //! The sum runs over `c` in order with one fused multiply-add per step, starting from zero,
 //! then `+ bias`, `+ residual`, the activation: the same operations in the same order as
 //! the Cranelift kernels, so results are bit-identical across ISA levels.
-use iced_x86::code_asm::{byte_ptr, eax, r10, r8, r9, rcx, rdi, rdx, rsi, AsmMemoryOperand};
+use iced_x86::code_asm::{
+    byte_ptr, eax, qword_ptr, r10, r11, r8, r9, rcx, rdi, rdx, rsi, rsp, AsmMemoryOperand,
+};
 
 use std::sync::Arc;
 
@@ -88,6 +92,11 @@ pub struct MicroGemm {
     /// bytes past its weights (0: never), so that weights streamed from memory arrive
     /// before they are needed. The caller makes sure those lines are its own.
     pub prefetch_w: usize,
+    /// The stride of the prefetched rows in floats (0: `ldx`).
+    pub pf_ldx: usize,
+    /// Also store every x vector read at `pk + step * cols + j * lanes`: the tile's input
+    /// packed contiguous, for the calls after it to read (full vectors only).
+    pub pack: bool,
 }
 
 fn disp(bytes: usize) -> Result<i32> {
@@ -151,6 +160,9 @@ impl MicroGemm {
         if self.prefetch_every > 0 && !UNROLL.is_multiple_of(self.prefetch_every) {
             return bad(format!("prefetch every {} steps", self.prefetch_every));
         }
+        if self.pack && self.tail() > 0 {
+            return bad("packing a partial vector".into());
+        }
         let nv = self.vectors();
         // Accumulators + the step's x vectors (+ the AVX2 broadcast register and mask).
         let extra = usize::from(self.bcst_in_reg());
@@ -162,6 +174,8 @@ impl MicroGemm {
         }
         disp((UNROLL * self.ldx + self.cols) * 4)?;
         disp(UNROLL * self.w_stride * 4 + self.prefetch_w)?;
+        disp(UNROLL * self.pf_stride() * 4)?;
+        disp(UNROLL * self.cols * 4)?;
         disp(self.rows * self.ldo * 4)?;
         Ok(())
     }
@@ -194,6 +208,15 @@ impl MicroGemm {
         v.finish()
     }
 
+    /// The stride of the prefetched rows (floats).
+    fn pf_stride(&self) -> usize {
+        if self.pf_ldx == 0 {
+            self.ldx
+        } else {
+            self.pf_ldx
+        }
+    }
+
     fn acc(&self, i: usize, j: usize) -> usize {
         i * self.vectors() + j
     }
@@ -213,12 +236,15 @@ impl MicroGemm {
             } else {
                 v.load(xr + j, at)?;
             }
+            if self.pack {
+                v.store(r11 + disp((u * self.cols + j * lanes) * 4)?, xr + j)?;
+            }
         }
         let bc = xr + nv;
         let e = self.prefetch_every;
         if e > 0 && u.is_multiple_of(e) {
             // Into L1 (measured against `prefetcht2`, into L2: the same or slower).
-            let at = r9 + disp((u / e) * self.ldx * 4)?;
+            let at = r9 + disp((u / e) * self.pf_stride() * 4)?;
             v.a.prefetcht0(byte_ptr(at)).map_err(asm_err)?;
         }
         if self.prefetch_w > 0 {
@@ -245,6 +271,10 @@ impl MicroGemm {
     /// `k / UNROLL` iterations of an unrolled loop, then the remaining steps straight.
     fn reduction(&self, v: &mut Vasm) -> Result<()> {
         let nv = self.vectors();
+        if self.pack {
+            // The seventh argument, above the return address.
+            v.a.mov(r11, qword_ptr(rsp + 8)).map_err(asm_err)?;
+        }
         for i in 0..self.rows {
             for j in 0..nv {
                 let r = self.acc(i, j);
@@ -274,7 +304,12 @@ impl MicroGemm {
                 .map_err(asm_err)?;
             if self.prefetch_every > 0 {
                 let rows = UNROLL.div_ceil(self.prefetch_every);
-                v.a.add(r9, disp(rows * self.ldx * 4)?).map_err(asm_err)?;
+                v.a.add(r9, disp(rows * self.pf_stride() * 4)?)
+                    .map_err(asm_err)?;
+            }
+            if self.pack {
+                v.a.add(r11, disp(UNROLL * self.cols * 4)?)
+                    .map_err(asm_err)?;
             }
             v.a.dec(r10).map_err(asm_err)?;
             v.a.jnz(top).map_err(asm_err)?;
@@ -411,11 +446,9 @@ impl MicroGemm {
     fn run_checked(
         &self,
         f: usize,
-        x: &[f32],
-        w: &[f32],
-        out: &mut [f32],
-        res: Option<&[f32]>,
-        bias: Option<&[f32]>,
+        (x, w, out): (&[f32], &[f32], &mut [f32]),
+        (res, bias): (Option<&[f32]>, Option<&[f32]>),
+        pack: Option<&mut [f32]>,
     ) -> Result<()> {
         let isa = if self.width == Width::Z512 {
             crate::Isa::Avx512
@@ -449,14 +482,28 @@ impl MicroGemm {
             (true, b) => return short("bias", b.map_or(0, |b| b.len()), nb),
             (false, _) => std::ptr::null(),
         };
-        type Micro =
-            extern "C" fn(*const f32, *const f32, *mut f32, *const f32, *const f32, *const f32);
+        let npk = self.k * self.cols;
+        let pack = match (self.pack, pack) {
+            (true, Some(p)) if p.len() >= npk => p.as_mut_ptr(),
+            (true, p) => return short("pack", p.map_or(0, |p| p.len()), npk),
+            (false, _) => std::ptr::null_mut(),
+        };
+        type Micro = extern "C" fn(
+            *const f32,
+            *const f32,
+            *mut f32,
+            *const f32,
+            *const f32,
+            *const f32,
+            *mut f32,
+        );
         // SAFETY: `f` is this spec's code, installed in a module that the calling
         // `MicroGemmKernel` keeps alive (it is made only by `bind` below). The code reads
         // `x`, `w`, `res`, `bias` and writes `out` only within `operand_lens()` floats from
         // each pointer (the loads and stores of the last vector of a row are masked to
         // `cols`), checked above against the slices; `res` / `bias` are read only when the
-        // spec has them; `check_host` made sure the CPU has the instructions.
+        // spec has them, `pack` (`k x cols` floats) written only when it packs;
+        // `check_host` made sure the CPU has the instructions.
         #[allow(unsafe_code)]
         let f: Micro = unsafe { std::mem::transmute(f as *const u8) };
         // A prefetching kernel asks for the lines of `x` itself (a prefetch never faults).
@@ -467,6 +514,7 @@ impl MicroGemm {
             res,
             bias,
             x.as_ptr(),
+            pack,
         );
         Ok(())
     }
@@ -483,7 +531,7 @@ impl KernelModule {
     /// layers' kernels install theirs with [`KernelModule::add_micro`]).
     pub fn add_micro_gemm(&mut self, m: &MicroGemm) -> Result<PendingMicroGemm> {
         Ok(PendingMicroGemm {
-            id: self.add_micro(6, &m.emit()?, "micro-kernel")?,
+            id: self.add_micro(7, &m.emit()?, "micro-kernel")?,
             spec: *m,
         })
     }
@@ -522,6 +570,18 @@ impl MicroGemmKernel {
         res: Option<&[f32]>,
         bias: Option<&[f32]>,
     ) -> Result<()> {
-        self.spec.run_checked(self.f, x, w, out, res, bias)
+        self.spec
+            .run_checked(self.f, (x, w, out), (res, bias), None)
+    }
+    /// [`Self::run`] of a kernel that packs (`MicroGemm::pack`): also stores the `k x cols`
+    /// inputs it reads into `pack`, contiguous.
+    pub fn run_packing(
+        &self,
+        (x, w, out): (&[f32], &[f32], &mut [f32]),
+        (res, bias): (Option<&[f32]>, Option<&[f32]>),
+        pack: &mut [f32],
+    ) -> Result<()> {
+        self.spec
+            .run_checked(self.f, (x, w, out), (res, bias), Some(pack))
     }
 }
