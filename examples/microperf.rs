@@ -8,6 +8,35 @@ use cnnc::jit::KernelModule;
 use cnnc::Isa;
 use std::time::Instant;
 
+/// A `rows x cols` kernel over `k` steps, weights at stride `w_stride`, x and out rows at
+/// `ldx` / `ldo`, with bias and ReLU (`epilogue`) or none.
+fn spec(
+    w: Width,
+    (rows, cols, k): (usize, usize, usize),
+    (w_stride, ldx, ldo): (usize, usize, usize),
+    epilogue: bool,
+) -> MicroGemm {
+    MicroGemm {
+        width: w,
+        rows,
+        cols,
+        k,
+        w_stride,
+        ldx,
+        ldo,
+        accumulate: false,
+        bias: epilogue,
+        bias_per_col: false,
+        residual: false,
+        relu: epilogue,
+        clip: None,
+        prefetch_every: 0,
+        prefetch_w: 0,
+        pf_ldx: 0,
+        pack: false,
+    }
+}
+
 fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usize) -> f64 {
     let np = nv * w.lanes();
     let nmb = k.div_ceil(mr);
@@ -15,25 +44,7 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
     let wt: Vec<f32> = (0..nmb * c * mr).map(|i| (i % 5) as f32 * 0.1).collect();
     let bias = vec![0.5f32; nmb * mr];
     let mut out = vec![0.0f32; nmb * mr * p];
-    let mk = |cols: usize| MicroGemm {
-        width: w,
-        rows: mr,
-        cols,
-        k: c,
-        w_stride: mr,
-        ldx: p,
-        ldo: p,
-        accumulate: false,
-        bias: true,
-        bias_per_col: false,
-        residual: false,
-        relu: true,
-        clip: None,
-        prefetch_every: 0,
-        prefetch_w: 0,
-        pf_ldx: 0,
-        pack: false,
-    };
+    let mk = |cols: usize| spec(w, (mr, cols, c), (mr, p, p), true);
     let full = mk(np);
     let tail = (!p.is_multiple_of(np)).then(|| mk(p % np));
     let mut km = KernelModule::new().unwrap();
@@ -191,25 +202,8 @@ pub fn l1(w: Width, mr: usize, nv: usize, k: usize) -> f64 {
 /// [`l1`], or with `step_x` false every step reading the same x row (no x traffic at all).
 pub fn l1x(w: Width, mr: usize, nv: usize, k: usize, step_x: bool) -> f64 {
     let np = nv * w.lanes();
-    let s = MicroGemm {
-        width: w,
-        rows: mr,
-        cols: np,
-        k,
-        w_stride: mr,
-        ldx: if step_x { np } else { 0 },
-        ldo: np,
-        accumulate: false,
-        bias: false,
-        bias_per_col: false,
-        residual: false,
-        relu: false,
-        clip: None,
-        prefetch_every: 0,
-        prefetch_w: 0,
-        pf_ldx: 0,
-        pack: false,
-    };
+    let ldx = if step_x { np } else { 0 };
+    let s = spec(w, (mr, np, k), (mr, ldx, np), false);
     let mut km = KernelModule::new().unwrap();
     let id = km.add_micro_gemm(&s).unwrap();
     let k = km.finalize().unwrap().get(id).unwrap();
@@ -266,25 +260,7 @@ pub fn goto(
     let bias = vec![0.5f32; nmb * mr];
     let mut ob = aligned(nmb * mr * p, |_| 0.0);
     let out = ob.as_mut_slice();
-    let mk = |rows: usize| MicroGemm {
-        width: w,
-        rows,
-        cols: np,
-        k: c,
-        w_stride: mr,
-        ldx: np,
-        ldo: p,
-        accumulate: false,
-        bias: true,
-        bias_per_col: false,
-        residual: false,
-        relu: true,
-        clip: None,
-        prefetch_every: 0,
-        prefetch_w: 0,
-        pf_ldx: 0,
-        pack: false,
-    };
+    let mk = |rows: usize| spec(w, (rows, np, c), (mr, np, p), true);
     let mut km = KernelModule::new().unwrap();
     let fid = km.add_micro_gemm(&mk(mr)).unwrap();
     let tid = (!k.is_multiple_of(mr)).then(|| km.add_micro_gemm(&mk(k % mr)).unwrap());

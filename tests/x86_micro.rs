@@ -3,7 +3,7 @@
 //! (masked tails), short and unrolled reductions, every epilogue, NaN-poisoned outputs whose
 //! untouched elements must stay NaN. The reference does the same fused multiply-adds in the
 //! same order, so results must be bit-identical.
-use cnnc::jit::x86::{self, MicroGemm, Width};
+use cnnc::jit::x86::{self, MicroGemm, MicroGemmKernel, Width};
 use cnnc::jit::KernelModule;
 use cnnc::Isa;
 
@@ -110,6 +110,32 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
     v
 }
 
+/// The kernels of `specs`, installed in one module.
+fn compile(specs: &[MicroGemm]) -> Vec<MicroGemmKernel> {
+    let mut km = KernelModule::new().unwrap();
+    let pending: Vec<_> = specs
+        .iter()
+        .map(|s| km.add_micro_gemm(s).unwrap())
+        .collect();
+    let code = km.finalize().unwrap();
+    pending.into_iter().map(|p| code.get(p).unwrap()).collect()
+}
+
+/// Random `(x, w, res, bias)` for `s`, the output it starts from (random where it
+/// accumulates, NaN where it must overwrite everything) and the reference's result.
+fn operands(rng: &mut Rng, s: &MicroGemm) -> ([Vec<f32>; 4], Vec<f32>, Vec<f32>) {
+    let (nx, nw, no, nb) = s.operand_lens();
+    let ops = [rng.vec(nx), rng.vec(nw), rng.vec(no), rng.vec(nb)];
+    let got = if s.accumulate {
+        rng.vec(no)
+    } else {
+        vec![f32::NAN; no]
+    };
+    let mut want = got.clone();
+    reference(s, &ops[0], &ops[1], &ops[2], &ops[3], &mut want);
+    (ops, got, want)
+}
+
 #[test]
 fn micro_kernels_match_the_reference_bit_for_bit() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -119,26 +145,11 @@ fn micro_kernels_match_the_reference_bit_for_bit() {
             .filter(|s| s.check().is_ok())
             .collect();
         assert!(specs.len() > 100, "{w:?}: {} shapes", specs.len());
-        let mut km = KernelModule::new().unwrap();
-        let pending: Vec<_> = specs
-            .iter()
-            .map(|s| km.add_micro_gemm(s).unwrap())
-            .collect();
-        let code = km.finalize().unwrap();
-        for p in pending {
-            let k = code.get(p).unwrap();
+        for k in compile(&specs) {
             let s = k.spec();
-            let (nx, nw, no, nb) = s.operand_lens();
-            let (x, wt, res, bias) = (rng.vec(nx), rng.vec(nw), rng.vec(no), rng.vec(nb));
             // A kernel that accumulates starts from the values in `out`; the others must
             // overwrite the NaNs.
-            let mut got = if s.accumulate {
-                rng.vec(no)
-            } else {
-                vec![f32::NAN; no]
-            };
-            let mut want = got.clone();
-            reference(s, &x, &wt, &res, &bias, &mut want);
+            let ([x, wt, res, bias], mut got, want) = operands(&mut rng, s);
             k.run(&x, &wt, &mut got, Some(&res), Some(&bias)).unwrap();
             for (e, (g, r)) in got.iter().zip(&want).enumerate() {
                 assert!(
@@ -248,7 +259,7 @@ fn short_operands_are_refused() {
 /// rows at a stride of their own (`pf_ldx`) changes nothing. Without a buffer it is refused.
 #[test]
 fn packing_kernels_copy_their_input() {
-    let mut rng = Rng(0x5eed_0f_9ac4);
+    let mut rng = Rng(0x005e_ed0f_9ac4);
     for w in widths() {
         let l = w.lanes();
         let rows = if w == Width::Z512 { 14 } else { 6 };
@@ -277,24 +288,9 @@ fn packing_kernels_copy_their_input() {
                 pack: true,
             });
         }
-        let mut km = KernelModule::new().unwrap();
-        let pending: Vec<_> = specs
-            .iter()
-            .map(|s| km.add_micro_gemm(s).unwrap())
-            .collect();
-        let code = km.finalize().unwrap();
-        for p in pending {
-            let k = code.get(p).unwrap();
+        for k in compile(&specs) {
             let s = *k.spec();
-            let (nx, nw, no, nb) = s.operand_lens();
-            let (x, wt, res, bias) = (rng.vec(nx), rng.vec(nw), rng.vec(no), rng.vec(nb));
-            let mut got = if s.accumulate {
-                rng.vec(no)
-            } else {
-                vec![f32::NAN; no]
-            };
-            let mut want = got.clone();
-            reference(&s, &x, &wt, &res, &bias, &mut want);
+            let ([x, wt, res, bias], mut got, want) = operands(&mut rng, &s);
             assert!(k.run(&x, &wt, &mut got, Some(&res), Some(&bias)).is_err());
             let mut pack = vec![f32::NAN; s.k * s.cols + 7];
             k.run_packing((&x, &wt, &mut got), (Some(&res), Some(&bias)), &mut pack)
