@@ -29,10 +29,11 @@ fn part_range(units: usize, parts: usize, i: usize) -> Range<usize> {
     units * i / parts..units * (i + 1) / parts
 }
 
-/// Chunks a thread's own part is computed in: enough for the others to take a share of a
-/// late thread's part, few enough that each call's fixed costs (a kernel's prologue,
-/// panels packed at the ends of its range) stay small.
-const CHUNKS_PER_PART: usize = 4;
+/// Chunks a thread's own part is computed in: two, so that a thread that starts late
+/// leaves the others half of its part to take, while each call's fixed costs stay small
+/// (the implicit GEMM of a small plane packs the input panels of all its strips in every
+/// call: for 3x3 512->512 at 7x7 that is 0.9 MB of panels, several per cent of the layer).
+const CHUNKS_PER_PART: usize = 2;
 
 /// A part's units not yet taken, `lo..hi`, as `hi << 32 | lo`: its owner takes from the
 /// front, the others from the back.
