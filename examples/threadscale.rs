@@ -3,6 +3,10 @@
 //! 56x56 with bias and ReLU), `threadscale conv C HW K F S P [rounds]` (any square conv,
 //! with bias and ReLU).
 //!
+//! `threadscale pool [UNIT_NS] [GAP_US]`: the thread pool alone, 500 jobs of 190 units of
+//! busy work (200 ns each) with a busy gap between jobs (80 us) as between layers: each
+//! job's time against its work on one thread, and how many units each thread computed.
+//!
 //! `threadscale GRAPH.yaml [rounds]`: a whole network compiled for 1 and for 2 threads,
 //! profiled alternately; per layer the minimum over the rounds at 1 and 2 threads and
 //! their ratio (the minimum is what the code does when it has the cores; on a shared
@@ -16,6 +20,9 @@ fn main() {
     let rounds: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(100);
     if which.ends_with(".yaml") {
         return network(which, rounds);
+    }
+    if which == "pool" {
+        return pool_latency(&args[2..]);
     }
     let spec = match which {
         "1x1" => ConvSpec {
@@ -141,4 +148,36 @@ fn network(path: &str, rounds: usize) {
             t[t.len() / 2]
         );
     }
+}
+
+fn busy(d: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < d {}
+}
+
+fn pool_latency(args: &[String]) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let arg = |i: usize, default: u64| args.get(i).map_or(default, |s| s.parse().unwrap());
+    let (unit_ns, gap_us) = (arg(0, 200), arg(1, 80));
+    let pool = ThreadPool::new(2, Duration::from_micros(200));
+    let by = [AtomicUsize::new(0), AtomicUsize::new(0)];
+    let mut times = Vec::new();
+    for _ in 0..500 {
+        busy(Duration::from_micros(gap_us));
+        let t = Instant::now();
+        pool.split(190, |thread, r| {
+            busy(Duration::from_nanos(unit_ns * r.len() as u64));
+            by[thread].fetch_add(r.len(), Ordering::Relaxed);
+        });
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "job: min {:.1} us, median {:.1} us ({:.1} us of work); units by thread {} / {}",
+        times[0],
+        times[times.len() / 2],
+        190.0 * unit_ns as f64 / 1e3,
+        by[0].load(Ordering::Relaxed),
+        by[1].load(Ordering::Relaxed)
+    );
 }
