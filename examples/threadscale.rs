@@ -71,13 +71,11 @@ fn main() {
         }
     }
     for (i, t) in times.iter_mut().enumerate() {
-        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (min, median) = min_median(t);
         println!(
-            "{which} {} thread(s): min {:.3} ms, median {:.3} ms, {:.1} GFLOP/s (min)",
+            "{which} {} thread(s): min {min:.3} ms, median {median:.3} ms, {:.1} GFLOP/s (min)",
             i + 1,
-            t[0],
-            t[t.len() / 2],
-            spec.flops() as f64 / t[0] / 1e6
+            spec.flops() as f64 / min / 1e6
         );
     }
     println!(
@@ -140,12 +138,10 @@ fn network(path: &str, rounds: usize) {
         sum1 / sum2
     );
     for (i, t) in totals.iter_mut().enumerate() {
-        t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let (min, median) = min_median(t);
         println!(
-            "{} thread(s), whole run: min {:.3} ms, median {:.3} ms",
-            i + 1,
-            t[0],
-            t[t.len() / 2]
+            "{} thread(s), whole run: min {min:.3} ms, median {median:.3} ms",
+            i + 1
         );
     }
 }
@@ -171,13 +167,17 @@ fn pool_latency(args: &[String]) {
         });
         times.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (min, median) = min_median(&mut times);
     println!(
-        "job: min {:.1} us, median {:.1} us ({:.1} us of work); units by thread {} / {}",
-        times[0],
-        times[times.len() / 2],
+        "job: min {min:.1} us, median {median:.1} us ({:.1} us of work); units by thread {} / {}",
         190.0 * unit_ns as f64 / 1e3,
         by[0].load(Ordering::Relaxed),
         by[1].load(Ordering::Relaxed)
     );
+}
+
+/// Sorts `t` and returns its minimum and median.
+fn min_median(t: &mut [f64]) -> (f64, f64) {
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (t[0], t[t.len() / 2])
 }
