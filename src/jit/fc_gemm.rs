@@ -214,7 +214,7 @@ impl FcGemm {
     /// Emits the fc function (with its micro-kernels at avx2 / avx512).
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
         let ids: Vec<MicroId> = (self.micro_variants().iter())
-            .map(|m| km.add_micro(5, &m.emit()?, "fc micro-kernel"))
+            .map(|m| km.add_micro_once(5, "fc micro-kernel", m, MicroGemm::emit))
             .collect::<Result<_>>()?;
         let g = self.clone();
         km.define_with_micros(&ids, move |e, a: FcBufs<Value>, begin, end| {

@@ -320,7 +320,7 @@ impl PixelGemm {
     pub(crate) fn add_micros(&self, km: &mut KernelModule) -> Result<Vec<MicroId>> {
         self.micro_variants()
             .iter()
-            .map(|m| km.add_micro(7, &m.emit()?, "gemm micro-kernel"))
+            .map(|m| km.add_micro_once(7, "gemm micro-kernel", m, MicroGemm::emit))
             .collect()
     }
 
@@ -328,7 +328,7 @@ impl PixelGemm {
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<PendingId> {
         let g = self.clone();
         let micros = self.add_micros(km)?;
-        km.define_with_micros(&micros, move |e, b: ConvBufs<Value>, begin, end| {
+        km.define_driver(&micros, move |e, b: ConvBufs<Value>, begin, end| {
             g.body(e, b, begin, end)
         })
     }

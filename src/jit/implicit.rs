@@ -301,10 +301,10 @@ impl ImplicitGemm {
         let variants = self.micro_variants();
         let ids: Vec<MicroId> = variants
             .iter()
-            .map(|m| km.add_micro(5, &m.emit()?, "implicit-gemm micro-kernel"))
+            .map(|m| km.add_micro_once(5, "implicit-gemm micro-kernel", m, MicroGemm::emit))
             .collect::<Result<_>>()?;
         let plan = self.clone();
-        km.define_with_micros(&ids, move |e, b: ConvBufs<Value>, begin, end| {
+        km.define_driver(&ids, move |e, b: ConvBufs<Value>, begin, end| {
             plan.body(e, b, begin, end, &variants)
         })
     }

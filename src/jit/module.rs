@@ -65,10 +65,14 @@ pub(crate) fn codegen_err(e: impl std::fmt::Display) -> Error {
     Error::Codegen(e.to_string())
 }
 
-/// The host's Cranelift target at optimisation level `opt_level` (`speed` or `none`).
-fn host_isa(opt_level: &str) -> Result<OwnedTargetIsa> {
+/// The host's Cranelift target at optimisation level `opt_level` (`speed` or `none`), with
+/// register allocator `regalloc` (`backtracking` or `single_pass`).
+fn host_isa(opt_level: &str, regalloc: &str) -> Result<OwnedTargetIsa> {
     let mut flags = settings::builder();
     flags.set("opt_level", opt_level).map_err(codegen_err)?;
+    flags
+        .set("regalloc_algorithm", regalloc)
+        .map_err(codegen_err)?;
     let verify = if cfg!(debug_assertions) {
         "true"
     } else {
@@ -98,9 +102,14 @@ pub struct KernelModule {
     /// The same target without Cranelift's optimiser, for the functions defined in
     /// [`KernelModule::quickly`].
     quick_target: OwnedTargetIsa,
-    /// Whether the functions defined now compile with `quick_target`.
-    quick: bool,
-    /// Whether [`KernelModule::quickly`] may skip the optimiser (tests compare both).
+    /// The same without the optimiser and with the single-pass register allocator, for
+    /// the functions that only drive x86 micro-kernels
+    /// ([`KernelModule::define_with_micros`]).
+    driver_target: OwnedTargetIsa,
+    /// How the functions defined now compile.
+    mode: Mode,
+    /// Whether [`KernelModule::quickly`] and [`KernelModule::define_driver`] may skip the
+    /// optimiser (tests compare both).
     pub(crate) quick_allowed: bool,
     /// Functions whose IR is built, to be compiled by [`KernelModule::compile_pending`].
     pending: Vec<PendingFunction>,
@@ -122,6 +131,8 @@ pub struct KernelModule {
     /// the same shape share code (ResNet-18's 20 convolutions have 11 distinct specs).
     pub(crate) convs:
         std::collections::HashMap<(super::ConvSpec, super::ConvMethod, Isa), super::PendingConv>,
+    /// Micro-kernels installed by [`KernelModule::add_micro_once`], by key.
+    micros: std::collections::HashMap<String, MicroId>,
     /// Whether 3x3 stride-1 convolutions may use Winograd ([`KernelModule::set_winograd`]).
     pub(crate) winograd: bool,
     /// The vector ISA the kernels may use ([`KernelModule::set_isa`]).
@@ -148,7 +159,7 @@ pub(crate) struct Emit<'a> {
 impl KernelModule {
     /// A module for the host CPU (`opt_level=speed`; the IR verifier runs only in debug builds).
     pub fn new() -> Result<Self> {
-        let isa = host_isa("speed")?;
+        let isa = host_isa("speed", "backtracking")?;
         if isa.pointer_type() != types::I64 {
             return Err(Error::Unsupported(
                 "the JIT supports only 64-bit targets".into(),
@@ -160,7 +171,8 @@ impl KernelModule {
             .any(|v| v.name == "has_fma" && v.as_bool() == Some(true))
             || cfg!(target_arch = "aarch64");
         let target = isa.clone();
-        let quick_target = host_isa("none")?;
+        let quick_target = host_isa("none", "backtracking")?;
+        let driver_target = host_isa("none", "single_pass")?;
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
         jb.symbol("cnnc_expf", cnnc_expf as *const u8);
         jb.symbol("fmaf", cnnc_fmaf as *const u8);
@@ -182,7 +194,8 @@ impl KernelModule {
             module: Some(module),
             target,
             quick_target,
-            quick: false,
+            driver_target,
+            mode: Mode::Speed,
             quick_allowed: true,
             pending: Vec::new(),
             ctx,
@@ -197,6 +210,7 @@ impl KernelModule {
             listings: None,
             label: String::new(),
             convs: Default::default(),
+            micros: Default::default(),
             winograd: true,
             isa: Isa::default_level(),
         })
@@ -239,9 +253,14 @@ impl KernelModule {
     /// Cranelift does not reassociate or contract floating-point arithmetic at any
     /// level, so the results are the same bits.
     pub(crate) fn quickly<T>(&mut self, define: impl FnOnce(&mut Self) -> T) -> T {
-        let was = std::mem::replace(&mut self.quick, self.quick_allowed);
+        let quick = if self.quick_allowed {
+            Mode::Quick
+        } else {
+            Mode::Speed
+        };
+        let was = std::mem::replace(&mut self.mode, quick);
         let out = define(self);
-        self.quick = was;
+        self.mode = was;
         out
     }
 
@@ -313,6 +332,25 @@ impl KernelModule {
         self.define_fn(&vec![true; L::LEN], &[], micros, |e, p| {
             body(e, L::from_slice(&p[..L::LEN]), p[L::LEN], p[L::LEN + 1])
         })
+    }
+
+    /// `define_with_micros` for a function that only drives the micro-kernels (loops,
+    /// addresses and calls; the arithmetic is theirs): compiled without Cranelift's
+    /// optimiser and with its single-pass register allocator, which take a fifth of the
+    /// time and made no difference to the run time measured (docs/jit.md, "Compile time
+    /// of a network"). Inside [`KernelModule::quickly`], as there.
+    pub(crate) fn define_driver<L: Layout<Value>>(
+        &mut self,
+        micros: &[MicroId],
+        body: impl FnOnce(&mut Emit, L, Value, Value) -> Result<()>,
+    ) -> Result<PendingId> {
+        let was = self.mode;
+        if was == Mode::Speed && self.quick_allowed {
+            self.mode = Mode::Driver;
+        }
+        let out = self.define_with_micros(micros, body);
+        self.mode = was;
+        out
     }
 
     /// `define` for a function over `n_bufs` buffers whose number depends on the spec
@@ -435,7 +473,7 @@ impl KernelModule {
                 clif: self.ctx.func.display().to_string(),
                 asm: String::new(),
                 code_bytes: 0,
-                optimised: !self.quick,
+                optimised: self.mode == Mode::Speed,
                 compile_time: Duration::ZERO,
             });
             listings.len() - 1
@@ -445,7 +483,7 @@ impl KernelModule {
         self.pending.push(PendingFunction {
             fid,
             name,
-            quick: self.quick,
+            mode: self.mode,
             func: Mutex::new(func),
             listing,
         });
@@ -466,11 +504,11 @@ impl KernelModule {
     pub fn compile_pending(&mut self, pool: Option<&ThreadPool>) -> Result<()> {
         let t0 = Instant::now();
         let pending = std::mem::take(&mut self.pending);
-        let (target, quick_target) = (&*self.target, &*self.quick_target);
+        let targets = [&*self.target, &*self.quick_target, &*self.driver_target];
         let disasm = self.listings.is_some();
         let compiled = run_jobs(pending.len(), pool, Context::new, |ctx, i| {
             let p = &pending[i];
-            p.compile(ctx, if p.quick { quick_target } else { target }, disasm)
+            p.compile(ctx, targets[p.mode as usize], disasm)
         })?;
         let module = self.module.as_mut().expect("module present until finalize");
         for (p, c) in pending.iter().zip(compiled) {
@@ -489,6 +527,27 @@ impl KernelModule {
         }
         self.build_time += t0.elapsed();
         Ok(())
+    }
+
+    /// [`KernelModule::add_micro`] for the code `emit(spec)` makes, installed once per
+    /// module: layers of different specs often call the same micro-kernels (DenseNet-121:
+    /// 840 calls for 212 distinct ones), and emitting one costs about as much as compiling
+    /// a small Cranelift function. The key is `what`, `n_params` and the spec's `Debug` form,
+    /// which, derived, shows every field: `emit` must depend on nothing else.
+    pub(crate) fn add_micro_once<S: std::fmt::Debug>(
+        &mut self,
+        n_params: usize,
+        what: &str,
+        spec: &S,
+        emit: impl FnOnce(&S) -> Result<Vec<u8>>,
+    ) -> Result<MicroId> {
+        let key = format!("{what}/{n_params}: {spec:?}");
+        if let Some(&id) = self.micros.get(&key) {
+            return Ok(id);
+        }
+        let id = self.add_micro(n_params, &emit(spec)?, what)?;
+        self.micros.insert(key, id);
+        Ok(id)
     }
 
     /// Installs machine code made outside Cranelift (an x86 micro-kernel from
@@ -557,12 +616,25 @@ impl Drop for KernelModule {
     }
 }
 
+/// How Cranelift compiles a function (the index of its target in `compile_pending`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// `opt_level=speed`, the backtracking register allocator: loops Cranelift vectorises.
+    Speed = 0,
+    /// `opt_level=none` ([`KernelModule::quickly`]): straight-line code generated already
+    /// in the form it should run.
+    Quick = 1,
+    /// `opt_level=none`, single-pass register allocation: loop nests whose work is done by
+    /// the x86 micro-kernels they call.
+    Driver = 2,
+}
+
 /// A function whose IR is built, waiting for [`KernelModule::compile_pending`].
 struct PendingFunction {
     fid: FuncId,
     name: String,
-    /// Compiled without the optimiser ([`KernelModule::quickly`]).
-    quick: bool,
+    /// Which of the module's targets compiles it.
+    mode: Mode,
     /// Taken by the thread that compiles it.
     func: Mutex<Function>,
     /// Its entry in the module's listings, to complete with the machine code.
@@ -714,6 +786,113 @@ impl Drop for Compiled {
             unsafe {
                 m.free_memory()
             };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jit::{ConvMethod, ConvSpec};
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    /// The outputs of `specs` (each by `method`, NaN-poisoned first) from one module at
+    /// `isa`, its drivers compiled `quick`ly or not, and how many micro-kernels it holds.
+    fn run(specs: &[(ConvSpec, ConvMethod)], isa: Isa, quick: bool) -> (Vec<Vec<f32>>, usize) {
+        let mut km = KernelModule::new().unwrap();
+        km.set_isa(isa).unwrap();
+        km.keep_listings();
+        km.quick_allowed = quick;
+        let pending: Vec<_> = (specs.iter())
+            .map(|(s, m)| km.add_conv_with(s, *m).unwrap())
+            .collect();
+        km.compile_pending(None).unwrap();
+        let micros = km
+            .take_listings()
+            .iter()
+            .filter(|l| l.clif.starts_with(';'))
+            .count();
+        let code = km.finalize().unwrap();
+        let outs = specs.iter().zip(pending).map(|((s, _), p)| {
+            let (w, b) = (values(s.weight_len(), 1), values(s.out_c, 2));
+            let packed = p.pack_weights(&w, Some(&b)).unwrap();
+            let k = code.get(p).unwrap();
+            let mut out = vec![f32::NAN; s.output_len()];
+            k.run_all(
+                &values(s.input_len(), 4),
+                &packed,
+                Some(&values(s.output_len(), 3)),
+                &mut out,
+            )
+            .unwrap();
+            out
+        });
+        (outs.collect(), micros)
+    }
+
+    fn specs() -> Vec<(ConvSpec, ConvMethod)> {
+        let mut v = Vec::new();
+        // Pointwise GEMMs (channel tails, odd pixels), then direct convs on the implicit
+        // GEMM (stride 2, 7x7, padding), twice each with another output count or input
+        // size: the module shares the micro-kernels that come out the same.
+        for (c, h, k, f, stride, pad, method) in [
+            (37, 9, 45, 1, 1, 0, ConvMethod::PointwiseGemm),
+            (37, 9, 19, 1, 1, 0, ConvMethod::PointwiseGemm),
+            (64, 14, 70, 1, 1, 0, ConvMethod::PointwiseGemm),
+            (24, 15, 33, 3, 2, 1, ConvMethod::Direct),
+            (24, 15, 17, 3, 2, 1, ConvMethod::Direct),
+            (3, 23, 16, 7, 2, 3, ConvMethod::Direct),
+        ] {
+            let mut s = ConvSpec::square(c, h, k, f, stride, pad);
+            (s.bias, s.relu, s.residual) = (true, true, true);
+            v.push((s, method));
+        }
+        v
+    }
+
+    /// Drivers compiled without the optimiser and with the single-pass register allocator
+    /// give the same bits as optimised ones, at every ISA level; every output written.
+    #[test]
+    fn drivers_compiled_quickly_give_the_same_bits() {
+        for isa in Isa::host_levels() {
+            let ((quick, _), (optimised, _)) =
+                (run(&specs(), isa, true), run(&specs(), isa, false));
+            for ((q, o), (s, m)) in quick.iter().zip(&optimised).zip(specs()) {
+                assert!(q.iter().all(|v| v.is_finite()), "{s:?} {m:?} at {isa}");
+                let same = q.iter().zip(o).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{s:?} {m:?} at {isa}: the quick driver gives other bits"
+                );
+            }
+        }
+    }
+
+    /// Layers that call the same micro-kernels share them, and each layer's output is the
+    /// same bits as from a module of its own.
+    #[test]
+    fn layers_share_identical_micro_kernels() {
+        for isa in Isa::host_levels().into_iter().filter(|&i| i != Isa::Sse) {
+            let (together, shared) = run(&specs(), isa, true);
+            let mut alone_micros = 0;
+            for (i, spec) in specs().into_iter().enumerate() {
+                let (alone, micros) = run(&[spec], isa, true);
+                alone_micros += micros;
+                let same = alone[0].iter().zip(&together[i]);
+                assert!(
+                    same.into_iter().all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{spec:?}"
+                );
+            }
+            assert!(
+                shared < alone_micros,
+                "{isa}: {shared} micro-kernels, {alone_micros} apart"
+            );
         }
     }
 }
