@@ -1298,13 +1298,27 @@ fn thread_pool_split_slice_hands_out_every_element_once() {
 
 #[test]
 fn max_pool_propagates_nan() {
-    for (hw, k, s) in [(8usize, 2usize, 2usize), (9, 3, 1), (7, 3, 3)] {
+    // Stride 2 reduces each column over the rows before the lanes are picked
+    // (`max_stride2`): 3x3/2 and 5x5/2 over two vector groups and a scalar tail, with a NaN
+    // at every position.
+    for (hw, k, s) in [
+        (8usize, 2usize, 2usize),
+        (9, 3, 1),
+        (7, 3, 3),
+        (19, 3, 2),
+        (21, 5, 2),
+    ] {
         let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, 0);
         let mut km = KernelModule::new().unwrap();
         let p = km.add_pool(&spec).unwrap();
         let code = km.finalize().unwrap();
         let kern = code.get(p).unwrap();
-        for pos in [0, hw + 1, hw * hw - 1] {
+        let positions: Vec<usize> = if s == 2 && k > 2 {
+            (0..hw * hw).collect()
+        } else {
+            vec![0, hw + 1, hw * hw - 1]
+        };
+        for pos in positions {
             let mut x = rand_vec(hw * hw, pos as u64);
             x[pos] = f32::NAN;
             let mut out = vec![0.0; spec.output_len()];
