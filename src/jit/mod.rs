@@ -26,3 +26,12 @@ pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{Compiled, KernelListing, KernelModule, MicroId, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
 pub use threads::ThreadPool;
+
+/// Deterministic inputs in [-1, 1) for the unit tests of the kernels: `n` values, a different
+/// sequence per `seed`.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
+}

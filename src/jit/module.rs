@@ -793,13 +793,8 @@ impl Drop for Compiled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jit::test_values as values;
     use crate::jit::{ConvMethod, ConvSpec};
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
 
     /// The outputs of `specs` (each by `method`, NaN-poisoned first) from one module at
     /// `isa`, its drivers compiled `quick`ly or not, and how many micro-kernels it holds.

@@ -636,13 +636,8 @@ struct Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jit::test_values as values;
     use crate::jit::ConvMethod;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0)
-            .collect()
-    }
 
     /// The output of `s` by Winograd at `isa`, with the transforms compiled without the
     /// optimiser (`quick`) or with it, and the bytes of machine code.
