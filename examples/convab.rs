@@ -1,7 +1,7 @@
 //! A/B timing of one conv compiled two ways: `convab C HW K F S P VAR A B` compiles the
 //! layer with environment variable VAR=A and VAR=B (`-`: unset), then alternates the two runs
 //! (weights from `CNNC_COPIES` copies, default 20) and prints both medians and the median
-//! ratio of pairs. E.g. Winograd against the direct kernel: `convab 256 14 256 3 1 1
+//! ratio of pairs; `CNNC_THREADS=n` runs both split on a pool of n threads. E.g. Winograd against the direct kernel: `convab 256 14 256 3 1 1
 //! CNNC_NO_WINOGRAD - 1`. Pairs of runs alternating in one process are the only figures that
 //! stayed comparable on a shared host whose memory bandwidth swings several-fold.
 use cnnc::jit::*;
@@ -32,7 +32,9 @@ fn main() {
         km.set_winograd(std::env::var_os("CNNC_NO_WINOGRAD").is_none());
         let pk = km.add_conv(&spec).unwrap();
         let code = km.finalize().unwrap();
-        variants.push((code, pk));
+        // Bound now, while VAR has this variant's value.
+        let kern = code.get(pk.clone()).unwrap();
+        variants.push((kern, pk));
     }
     // Copies allocated alternately for the two variants, so that neither gets luckier
     // memory (all of one variant's first measured up to 2x apart on this host); each run
@@ -47,24 +49,19 @@ fn main() {
     let mut times = [Vec::new(), Vec::new()];
     let t1 = Instant::now();
     let mut round = 0;
-    let len = variants
-        .iter()
-        .map(|(c, pk)| c.get(pk.clone()).unwrap().scratch_len())
-        .max()
-        .unwrap();
-    let mut scratch = vec![0.0; len];
+    let len = variants.iter().map(|(k, _)| k.scratch_len()).max().unwrap();
+    let threads: usize = std::env::var("CNNC_THREADS").map_or(1, |v| v.parse().unwrap());
+    let pool =
+        (threads > 1).then(|| ThreadPool::new(threads, std::time::Duration::from_micros(200)));
+    let mut scratch = vec![0.0; len * threads];
     while t1.elapsed().as_secs_f64() < 4.0 {
-        for (i, (code, pk)) in variants.iter().enumerate() {
-            let kern = code.get(pk.clone()).unwrap();
+        for (i, (kern, _)) in variants.iter().enumerate() {
+            let (packed, out) = (&packs[i][round % copies], &mut outs[i]);
             let t = Instant::now();
-            kern.run(
-                &x,
-                &packs[i][round % copies],
-                None,
-                &mut outs[i],
-                &mut scratch,
-                0..kern.work_units(),
-            )
+            match &pool {
+                Some(p) => kern.run_parallel(p, &x, packed, None, out, &mut scratch),
+                None => kern.run(&x, packed, None, out, &mut scratch, 0..kern.work_units()),
+            }
             .unwrap();
             times[i].push(t.elapsed().as_secs_f64() * 1e3);
         }
@@ -95,5 +92,5 @@ fn main() {
     };
     let min = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
     println!("{} {var}={va}: median {:.3} ms min {:.3} | {var}={vb}: median {:.3} ms min {:.3} | B/A median {:.3} ({} pairs)",
-        variants[0].0.get(variants[0].1.clone()).unwrap().method(), med(&times[0]), min(&times[0]), med(&times[1]), min(&times[1]), med(&ratios), ratios.len());
+        variants[0].0.method(), med(&times[0]), min(&times[0]), med(&times[1]), min(&times[1]), med(&ratios), ratios.len());
 }

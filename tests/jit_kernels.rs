@@ -349,7 +349,50 @@ fn check_conv_with(
             .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{what}: split in {pieces} differs");
     }
+    // On a thread pool, as the runtime runs it: the prologue, then each phase split
+    // (Winograd: the products by position and block, the output transform by channel).
+    for pool in split_pools() {
+        let mut scratch = vec![0.0f32; k.scratch_len()];
+        let mut out2 = vec![f32::NAN; s.output_len()];
+        k.run_parallel(pool, &x, &packed, r.as_deref(), &mut out2, &mut scratch)
+            .unwrap();
+        let same = out
+            .iter()
+            .zip(&out2)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{what}: on {} threads differs", pool.threads());
+    }
     (out, k.method(), k.micro_kernel().to_string())
+}
+
+/// Pools of 2 and 3 threads shared by the tests (workers spin briefly, then park).
+fn split_pools() -> &'static [ThreadPool; 2] {
+    static POOLS: std::sync::OnceLock<[ThreadPool; 2]> = std::sync::OnceLock::new();
+    POOLS.get_or_init(|| [2, 3].map(|n| ThreadPool::new(n, std::time::Duration::from_micros(20))))
+}
+
+/// Winograd at every ISA level, whole range, split ranges and on 2 and 3 threads (whose
+/// products are split by position and channel block and whose output transform by
+/// channel): bit-identical, and against the reference. Shapes: 1..3 blocks of 14 and of 6
+/// channels with tails (16 channels at least: below, Winograd does not apply), dense tile
+/// groups (7x7, 9x11) and row groups with partial last tiles, bias, residual and ReLU.
+#[test]
+fn conv_winograd_every_isa_on_a_pool() {
+    let mut seed = 2000;
+    for (c, h, w, k) in [
+        (16, 7, 7, 16),
+        (17, 9, 11, 29),
+        (20, 14, 14, 43),
+        (33, 17, 6, 17),
+        (24, 22, 19, 64),
+    ] {
+        for isa in cnnc::Isa::host_levels() {
+            let mut s = spec(c, h, w, k, 3, 3, (1, 1), (1, 1));
+            (s.bias, s.residual, s.relu) = (seed % 2 == 0, seed % 3 != 0, true);
+            check_conv_with(&s, seed, Some(isa), Some(ConvMethod::Winograd));
+            seed += 1;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -893,12 +893,22 @@ impl PendingConv {
     }
 }
 
+/// A conv with a prologue (padded copy, Winograd input transform) as a thread pool runs
+/// it: the prologue split over input channels, then each phase split over its units, one
+/// phase after the other.
+#[derive(Clone)]
+struct Parts {
+    prologue: PendingId,
+    /// Functions and their unit counts.
+    phases: Vec<(PendingId, usize)>,
+}
+
 /// A convolution defined in a [`KernelModule`], not yet finalized.
 #[derive(Clone)]
 pub struct PendingConv {
     id: PendingId,
-    /// With padding: the padded-copy and compute functions the entry `id` calls.
-    parts: Option<(PendingId, PendingId)>,
+    /// With a prologue (padding, Winograd): how a thread pool runs the kernel.
+    parts: Option<Parts>,
     spec: ConvSpec,
     plan: Plan,
 }
@@ -918,21 +928,35 @@ impl KernelModule {
             return Ok(p.clone());
         }
         let plan = Plan::with_method(spec, method, self.isa)?;
+        // The prologue, then the compute function over the entry's units.
+        let units = plan.work_units();
+        let one_phase = |(id, parts): (PendingId, Option<(PendingId, PendingId)>)| {
+            let parts = parts.map(|(prologue, compute)| Parts {
+                prologue,
+                phases: vec![(compute, units)],
+            });
+            (id, parts)
+        };
         let (id, parts) = match &plan {
-            Plan::Direct(d) => d.emit(self)?,
+            Plan::Direct(d) => one_phase(d.emit(self)?),
             Plan::Implicit(d) => {
                 let compute = d.emit_compute(self)?;
                 if d.padded() {
-                    with_padded_copy(self, spec, compute)?
+                    one_phase(with_padded_copy(self, spec, compute)?)
                 } else {
                     (compute, None)
                 }
             }
             Plan::Gemm(g) => (g.emit(self)?, None),
             Plan::Winograd(w) => {
-                let (prologue, compute) = w.emit(self)?;
-                let entry = define_entry(self, prologue, compute, spec.in_c)?;
-                (entry, Some((prologue, compute)))
+                let f = w.emit(self)?;
+                let entry = define_entry(self, f.prologue, f.compute, spec.in_c)?;
+                let phases = vec![(f.products, w.product_units()), (f.output, spec.out_c)];
+                let parts = Parts {
+                    prologue: f.prologue,
+                    phases,
+                };
+                (entry, Some(parts))
             }
         };
         let pending = PendingConv {
@@ -1034,10 +1058,10 @@ impl Pending for PendingConv {
             plan.work_units(),
             ConvBufs::<Slot>::new(spec, plan, temp).into_array(),
         )?;
-        let split = match self.parts {
-            Some((prologue, compute)) => {
-                // The prologue writes the scratch parts of its input channels; the compute
-                // function writes (Winograd) or reads only the parts of its output blocks.
+        let split = match &self.parts {
+            Some(parts) => {
+                // The prologue writes the scratch parts of its input channels; each phase
+                // writes (Winograd) or reads only the parts of its units.
                 let shared = Slot::write("conv scratch", scratch_len).or_longer();
                 let prologue_slots = ConvBufs {
                     input: Slot::read("conv input", spec.input_len()),
@@ -1046,20 +1070,19 @@ impl Pending for PendingConv {
                     out: Slot::absent("conv output"),
                     scratch: shared,
                 };
-                Some((
-                    Entry::new(
-                        code,
-                        prologue,
-                        plan.prologue_units(),
-                        prologue_slots.into_array(),
-                    )?,
-                    Entry::new(
-                        code,
-                        compute,
-                        plan.work_units(),
-                        ConvBufs::<Slot>::new(spec, plan, shared).into_array(),
-                    )?,
-                ))
+                let prologue = Entry::new(
+                    code,
+                    parts.prologue,
+                    plan.prologue_units(),
+                    prologue_slots.into_array(),
+                )?;
+                let phases = (parts.phases.iter())
+                    .map(|&(id, units)| {
+                        let slots = ConvBufs::<Slot>::new(spec, plan, shared);
+                        Entry::new(code, id, units, slots.into_array())
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Some((prologue, phases))
             }
             None => None,
         };
@@ -1080,8 +1103,9 @@ pub struct ConvKernel {
     /// The whole convolution over a range of output blocks (the prologue included).
     entry: Entry,
     /// With a prologue (padded copy, Winograd input transform): the prologue over input
-    /// channels and the compute function that `entry` calls in turn.
-    split: Option<(Entry, Entry)>,
+    /// channels and the phases that together do what `entry`'s compute function does
+    /// (Winograd: the products, then the output transform), each split on a pool.
+    split: Option<(Entry, Vec<Entry>)>,
     spec: ConvSpec,
     packed_len: usize,
     scratch_len: usize,
@@ -1132,8 +1156,8 @@ impl ConvKernel {
     }
 
     /// All work units, split across `pool`'s threads. `scratch` must hold `scratch_len()`
-    /// floats: the prologue (the padded copy) is split over input channels first, then every
-    /// thread reads it.
+    /// floats: the prologue (the padded copy, the input transform) is split over input
+    /// channels first, then every thread reads it; then each phase is split in turn.
     pub fn run_parallel(
         &self,
         pool: &ThreadPool,
@@ -1143,23 +1167,24 @@ impl ConvKernel {
         out: &mut [f32],
         scratch: &mut [f32],
     ) -> Result<()> {
-        let compute = match &self.split {
-            Some((prologue, compute)) => {
-                let bufs = ConvBufs {
-                    input: Buf::In(input),
-                    packed: Buf::None,
-                    residual: Buf::None,
-                    out: Buf::None,
-                    scratch: Buf::Out(scratch),
-                };
-                prologue.run_parallel(pool, &mut bufs.into_array())?;
-                compute
-            }
+        let Some((prologue, phases)) = &self.split else {
             // No prologue: the scratch is unused (`scratch_len` is 0).
-            None => &self.entry,
+            let bufs = ConvBufs::<Buf>::new(input, packed, residual, out, scratch);
+            return self.entry.run_parallel(pool, &mut bufs.into_array());
         };
-        let bufs = ConvBufs::<Buf>::new(input, packed, residual, out, scratch);
-        compute.run_parallel(pool, &mut bufs.into_array())
+        let bufs = ConvBufs {
+            input: Buf::In(input),
+            packed: Buf::None,
+            residual: Buf::None,
+            out: Buf::None,
+            scratch: Buf::Out(&mut *scratch),
+        };
+        prologue.run_parallel(pool, &mut bufs.into_array())?;
+        for phase in phases {
+            let bufs = ConvBufs::<Buf>::new(input, packed, residual, &mut *out, &mut *scratch);
+            phase.run_parallel(pool, &mut bufs.into_array())?;
+        }
+        Ok(())
     }
 
     /// `run` over all work units, allocating the scratch buffer.

@@ -13,10 +13,16 @@
 //! 1. a *prologue* per input channel (threads split the channels): copy the plane into a
 //!    zero-bordered scratch plane, then transform every tile, `V[ξ][c][t] = (Bᵀ d B)[ξ]`, four
 //!    neighbouring tiles of a tile row at a time (one f32x4 lane each);
-//! 2. a *compute* function per block of 6 output channels (threads split the blocks): the 36
-//!    products on the pointwise GEMM's micro-kernel ([`super::gemm`]), then the output
-//!    transform `Aᵀ m A`, four tiles at a time, with the epilogue ([`super::epilogue`]) and
-//!    the stores; tiles that overhang the output's right or bottom edge store only their inside.
+//! 2. the *products*, per position `ξ` and block of output channels: the pointwise GEMM's
+//!    micro-kernel ([`super::gemm`]) over all tiles;
+//! 3. the *output transform* per output channel: `Aᵀ m A`, four tiles at a time, with the
+//!    epilogue ([`super::epilogue`]) and the stores; tiles that overhang the output's right
+//!    or bottom edge store only their inside.
+//!
+//! A *compute* function per range of channel blocks calls 2 then 3 for its blocks (the
+//! kernel's own work units, after the whole prologue); a thread pool instead runs 1, 2 and 3
+//! one after another, each split over its own units, so that both threads get equal parts
+//! (a 64-channel layer is 5 blocks of 14 at avx512: split by blocks, 3 against 2).
 //!
 //! `U = G g Gᵀ` is computed once, when the weights are packed. Rounding differs from the
 //! direct convolution (the transforms scale values by up to 8 and 1/24); tests compare both
@@ -29,7 +35,6 @@
 //! transform read the same `M` indices, all below `tp` (`T + tw4 - tw` rounded up to 4; dense:
 //! `T` rounded up). The GEMM writes `M` rows of real output channels only, and the output
 //! transform stores only the inside part of each tile, into the `K x oh x ow` output.
-use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{fits, off, F32, F32X4};
@@ -111,6 +116,18 @@ pub(crate) struct WinogradPlan {
     hp: usize,
     wp: usize,
     gemm: PixelGemm,
+}
+
+/// The functions of a Winograd layer ([`WinogradPlan::emit`]).
+pub(crate) struct WinogradFns {
+    /// Input channels: padded copy and input transform.
+    pub prologue: PendingId,
+    /// Channel blocks: their products, then their output transform.
+    pub compute: PendingId,
+    /// [`WinogradPlan::product_units`].
+    pub products: PendingId,
+    /// Output channels: output transform, epilogue, stores.
+    pub output: PendingId,
 }
 
 /// How much faster than the direct convolution the cost model must find Winograd. Winograd
@@ -318,11 +335,14 @@ impl WinogradPlan {
     }
 
     /// Emits the prologue over input channels `begin..end` (reading `input`, writing their
-    /// part of `scratch`) and the compute function over output channel blocks `begin..end`,
-    /// both over the conv buffers (`conv::define_entry` chains them). The transforms are
-    /// unrolled straight-line code (2,000 instructions): without the Cranelift optimiser
+    /// part of `scratch`), the products over [`Self::product_units`], the output transform
+    /// over output channels, and the compute function over output channel blocks
+    /// `begin..end` that calls those two, all over the conv buffers (`conv::define_entry`
+    /// chains the prologue and the compute function; a thread pool runs the prologue, the
+    /// products and the output transform one after another, each split). The transforms
+    /// are unrolled straight-line code (2,000 instructions): without the Cranelift optimiser
     /// ([`KernelModule::quickly`]) they compile 3-4x faster and run as fast.
-    pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<(PendingId, PendingId)> {
+    pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<WinogradFns> {
         let plan = self.clone();
         let prologue = km.quickly(|km| {
             km.define_using(
@@ -334,12 +354,42 @@ impl WinogradPlan {
         })?;
         let plan = self.clone();
         let micros = self.gemm.add_micros(km)?;
-        let compute = km.quickly(|km| {
+        let products = km.quickly(|km| {
             km.define_with_micros(&micros, move |e, b, begin, end| {
-                plan.compute(e, b, begin, end)
+                plan.products(e, &b, begin, end)
             })
         })?;
-        Ok((prologue, compute))
+        let plan = self.clone();
+        let output = km.quickly(|km| {
+            km.define(move |e, b: ConvBufs<_>, begin, end| {
+                let mbase = plan.m_base(e, b.scratch);
+                plan.output_transform(e, &b, mbase, (begin, end))
+            })
+        })?;
+        let (nmb, mr, k) = (self.gemm.channel_blocks(), self.gemm.mr(), self.spec.out_c);
+        // Blocks `begin..end`: their units of each position, then their channels.
+        let compute =
+            km.define_calling::<ConvBufs<Value>>(&[products, output], move |e, begin, end| {
+                let (products, output, bufs) = (e.callees[0], e.callees[1], e.bufs);
+                e.for_const(0, POS as i64, 1, |e, xi| {
+                    let first = e.mul_imm(xi, nmb as i64);
+                    let (u0, u1) = (e.b.ins().iadd(first, begin), e.b.ins().iadd(first, end));
+                    e.b.ins().call(products, &[bufs, u0, u1]);
+                    Ok(())
+                })?;
+                let k0 = e.mul_imm(begin, mr as i64);
+                let k1 = e.mul_imm(end, mr as i64);
+                let kmax = e.iconst(k as i64);
+                let k1 = e.b.ins().smin(k1, kmax);
+                e.b.ins().call(output, &[bufs, k0, k1]);
+                Ok(())
+            })?;
+        Ok(WinogradFns {
+            prologue,
+            compute,
+            products,
+            output,
+        })
     }
 
     fn prologue(
@@ -444,55 +494,54 @@ impl WinogradPlan {
         }
     }
 
-    /// The compute function: the products of the channel blocks `begin..end`, then the
-    /// output transform of their channels.
-    fn compute(&self, e: &mut Emit, b: ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
-        let vbase = e.add_imm(b.scratch, (self.spec.in_c * self.plane_len() * 4) as i64);
-        let mbase = e.add_imm(vbase, (POS * self.v_stride() * 4) as i64);
-        self.products(e, &b, (vbase, mbase), (begin, end))?;
-        self.output_transform(e, &b, mbase, (begin, end))
+    /// Where `M` starts in the scratch.
+    fn m_base(&self, e: &mut Emit, scratch: Value) -> Value {
+        let at = self.spec.in_c * self.plane_len() + POS * self.v_stride();
+        e.add_imm(scratch, (at * 4) as i64)
     }
 
-    /// `M[ξ] = U[ξ] V[ξ]` for the 36 positions, for channel blocks `begin..end`,
-    /// position-major so that one `V[ξ]` stays in cache for every block.
-    fn products(
-        &self,
-        e: &mut Emit,
-        b: &ConvBufs<Value>,
-        (vbase, mbase): (Value, Value),
-        (begin, end): (Value, Value),
-    ) -> Result<()> {
-        let (w, res) = (b.packed, b.residual);
+    /// Units of the products: one per position and channel block, position major, so
+    /// that a range keeps one `V[ξ]` in cache for all its blocks, and two threads read
+    /// half of `V` and of `U` each, in parts equal to a unit (a 64-channel layer has 5
+    /// blocks of 14 at avx512: split by blocks, one thread did 3 and the other 2).
+    pub(crate) fn product_units(&self) -> usize {
+        POS * self.gemm.channel_blocks()
+    }
+
+    /// `M[ξ] = U[ξ] V[ξ]` for channel block `mb` for the units `ξ nmb + mb` in
+    /// `begin..end`.
+    fn products(&self, e: &mut Emit, b: &ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
+        let vbase = e.add_imm(b.scratch, (self.spec.in_c * self.plane_len() * 4) as i64);
+        let mbase = self.m_base(e, b.scratch);
+        let nmb = self.gemm.channel_blocks() as i64;
         let wl = self.u_stride();
-        e.for_const(0, POS as i64, 1, |e, xi| {
+        e.for_range(begin, end, 1, |e, u| {
+            let xi = e.b.ins().udiv_imm_s(u, nmb);
+            let first = e.mul_imm(xi, nmb);
+            let mb = e.b.ins().isub(u, first);
             let ptr = Ptrs {
                 inp: e.addr(vbase, xi, self.v_stride() * 4),
-                w: e.addr(w, xi, wl * 4),
-                res,
+                w: e.addr(b.packed, xi, wl * 4),
+                res: b.residual,
                 out: e.addr(mbase, xi, self.m_stride() * 4),
             };
-            e.for_range(begin, end, 1, |e, mb| self.gemm.block_row(e, &ptr, mb))
+            self.gemm.block_row(e, &ptr, mb)
         })
     }
 
-    /// `Aᵀ M A`, the epilogue and the stores for the output channels of blocks `begin..end`,
-    /// a group of 4 tiles at a time.
+    /// `Aᵀ M A`, the epilogue and the stores for the output channels `k0..k1`, a group of 4
+    /// tiles at a time.
     fn output_transform(
         &self,
         e: &mut Emit,
         b: &ConvBufs<Value>,
         mbase: Value,
-        (begin, end): (Value, Value),
+        (k0, k1): (Value, Value),
     ) -> Result<()> {
         let s = self.spec;
-        let (w, res, out, k, tp) = (b.packed, b.residual, b.out, s.out_c, self.tp);
+        let (w, res, out, tp) = (b.packed, b.residual, b.out, self.tp);
         let wl = self.u_stride();
         let (oh, ow) = (s.out_h(), s.out_w());
-        let k0 = e.mul_imm(begin, self.gemm.mr() as i64);
-        let k1 = e.mul_imm(end, self.gemm.mr() as i64);
-        let kmax = e.iconst(k as i64);
-        let below = e.b.ins().icmp(IntCC::SignedLessThan, k1, kmax);
-        let k1 = e.b.ins().select(below, k1, kmax);
         e.for_range(k0, k1, 1, |e, kk| {
             let mk = e.addr(mbase, kk, tp * 4);
             let ok = e.addr(out, kk, oh * ow * 4);
