@@ -890,28 +890,35 @@ fn ref_pool(s: &PoolSpec, x: &[f32]) -> Expected {
     out
 }
 
+/// At every ISA level (max pools with horizontal stride 1 or 2 take the wide kernel at
+/// avx2 and avx512): against the reference, with the same bits at every level and for
+/// any split of the channels.
 fn check_pool(s: &PoolSpec, seed: u64) {
     let x = rand_vec(s.input_len(), seed);
-    let mut km = KernelModule::new().unwrap();
-    let p = km.add_pool(s).unwrap();
-    let code = km.finalize().unwrap();
-    let k = code.get(p).unwrap();
-    let mut out = vec![f32::NAN; s.output_len()];
-    k.run_all(&x, &mut out).unwrap();
-    assert_close(&out, &ref_pool(s, &x), &format!("{s:?}"));
-    let mut out2 = vec![f32::NAN; s.output_len()];
-    let mut scratch = vec![0.0; k.scratch_len()];
-    let c = s.channels;
-    for i in 0..2 {
-        k.run(&x, &mut out2, &mut scratch, c * i / 2..c * (i + 1) / 2)
-            .unwrap();
+    let mut first: Option<Vec<f32>> = None;
+    for isa in cnnc::Isa::host_levels() {
+        let mut km = KernelModule::new().unwrap();
+        km.set_isa(isa).unwrap();
+        let p = km.add_pool(s).unwrap();
+        let code = km.finalize().unwrap();
+        let k = code.get(p).unwrap();
+        let mut out = vec![f32::NAN; s.output_len()];
+        k.run_all(&x, &mut out).unwrap();
+        assert_close(&out, &ref_pool(s, &x), &format!("{s:?} at {isa}"));
+        let mut out2 = vec![f32::NAN; s.output_len()];
+        let mut scratch = vec![0.0; k.scratch_len()];
+        let c = s.channels;
+        for i in 0..2 {
+            k.run(&x, &mut out2, &mut scratch, c * i / 2..c * (i + 1) / 2)
+                .unwrap();
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+        assert_eq!(bits(&out), bits(&out2), "{s:?} at {isa}: split");
+        match &first {
+            Some(f) => assert_eq!(bits(f), bits(&out), "{s:?} at {isa}: not the first level's bits"),
+            None => first = Some(out),
+        }
     }
-    assert!(
-        out.iter()
-            .zip(&out2)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "{s:?} split"
-    );
 }
 
 #[test]
@@ -931,6 +938,16 @@ fn pool_shapes() {
             (2, 6, 33, 1, 1, 3, 3, 0, 0),
             (64, 112, 112, 2, 2, 2, 2, 0, 0),
             (8, 112, 112, 3, 3, 2, 2, 1, 1),
+            // SqueezeNet's (full groups, a masked tail); stride 1 with tails at both
+            // widths; the widest window the wide kernel takes, and one it leaves to
+            // Cranelift; one output column; rows of less than one vector.
+            (4, 111, 111, 3, 3, 2, 2, 0, 0),
+            (3, 13, 40, 3, 3, 1, 1, 1, 1),
+            (2, 9, 40, 2, 8, 1, 2, 0, 3),
+            (1, 12, 30, 3, 9, 2, 2, 1, 4),
+            (2, 5, 3, 3, 3, 2, 2, 0, 0),
+            (3, 6, 5, 2, 2, 1, 2, 0, 0),
+            (2, 7, 70, 7, 7, 2, 2, 3, 3),
         ] {
             let s = PoolSpec {
                 kind,
@@ -1344,19 +1361,26 @@ fn max_pool_propagates_nan() {
     // Stride 2 reduces each column over the rows before the lanes are picked
     // (`max_stride2`): 3x3/2 and 5x5/2 over two vector groups and a scalar tail, with a NaN
     // at every position.
+    // At avx2 and avx512 the wide kernel (`x86::pool`): 41 columns are two zmm groups and
+    // a masked tail (five ymm groups and a tail); 3x3/1 at 37 puts NaNs in the loop and
+    // in the tail.
     for (hw, k, s) in [
         (8usize, 2usize, 2usize),
         (9, 3, 1),
         (7, 3, 3),
         (19, 3, 2),
         (21, 5, 2),
+        (41, 3, 2),
+        (37, 3, 1),
     ] {
+        for isa in cnnc::Isa::host_levels() {
         let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, 0);
         let mut km = KernelModule::new().unwrap();
+        km.set_isa(isa).unwrap();
         let p = km.add_pool(&spec).unwrap();
         let code = km.finalize().unwrap();
         let kern = code.get(p).unwrap();
-        let positions: Vec<usize> = if s == 2 && k > 2 {
+        let positions: Vec<usize> = if (s == 2 && k > 2) || hw > 30 {
             (0..hw * hw).collect()
         } else {
             vec![0, hw + 1, hw * hw - 1]
@@ -1372,8 +1396,9 @@ fn max_pool_propagates_nan() {
                 let (oy, ox) = (i / ow, i % ow);
                 let covers =
                     (oy * s..oy * s + k).contains(&py) && (ox * s..ox * s + k).contains(&px);
-                assert_eq!(v.is_nan(), covers, "hw {hw} k {k} s {s} pos {pos} out {i}");
+                assert_eq!(v.is_nan(), covers, "{isa}: hw {hw} k {k} s {s} pos {pos} out {i}");
             }
+        }
         }
     }
 }

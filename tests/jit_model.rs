@@ -608,3 +608,64 @@ layers:
         }
     }
 }
+
+/// A ReLU after an unfolded batchnorm, scale_shift or add is that step's epilogue
+/// (`lower::fuse`), unless the value before the ReLU has another reader or is a graph
+/// output; the plan and the results (against the interpreter, at every ISA level, batch
+/// 2, 1 and 2 threads) both say so.
+#[test]
+fn a_relu_after_an_elementwise_step_is_fused_into_it() {
+    let mut g = graph(
+        "name: bnrelu\ninput: [5, 9, 7]\nseed: 4\nlayers:\n\
+         \x20 - {name: c0, conv: {filters: 6, size: 3, pad: 1}}\n\
+         \x20 - {name: bn1, batchnorm, inputs: [c0]}\n\
+         \x20 - {name: r1, relu, inputs: [bn1]}\n\
+         \x20 - {name: c1, conv: {filters: 4, size: 1}, inputs: [r1]}\n\
+         \x20 - {name: bn2, batchnorm, inputs: [c0]}\n\
+         \x20 - {name: r2, relu, inputs: [bn2]}\n\
+         \x20 - {name: s, add, inputs: [bn2, c0]}\n\
+         \x20 - {name: r3, relu, inputs: [s]}\n\
+         \x20 - {name: ss, scale_shift, inputs: [c0]}\n\
+         \x20 - {name: r4, relu, inputs: [ss]}\n\
+         \x20 - {name: cat, concat, inputs: [c1, r2, r3, r4, c0]}\n\
+         outputs: [cat, ss]\n",
+    );
+    cnnc::weights::bind(&mut g, None).unwrap();
+    // Statistics that are not the identity, so that the ReLU has negatives to clear.
+    let ids: Vec<_> = g.dag.node_indices().collect();
+    for (i, id) in ids.into_iter().enumerate() {
+        let node = g.node_mut(id);
+        if !matches!(node.op.kind(), "batchnorm" | "scale_shift") {
+            continue;
+        }
+        for (suffix, t) in node.params.iter_mut() {
+            let r = cnnc::weights::standard_normal(i as u64, suffix, t.len());
+            for (v, r) in t.data_mut().iter_mut().zip(r) {
+                *v = if suffix == "running_var" { 0.5 + r.abs() } else { r };
+            }
+        }
+    }
+    let plan = lowered(&g, &Options::default());
+    let op = |name: &str| plan.step(name).map(|s| s.op.clone());
+    assert!(op("bn1").unwrap().ends_with("+relu"), "{plan}");
+    assert!(op("s").unwrap().ends_with("+relu"), "{plan}");
+    assert_eq!(op("r1").or(op("r3")), None, "{plan}");
+    // bn2 has three readers, ss is a graph output: their ReLUs stay.
+    assert!(!op("bn2").unwrap().contains("relu"), "{plan}");
+    assert!(!op("ss").unwrap().contains("relu"), "{plan}");
+    assert!(op("r2").is_some() && op("r4").is_some(), "{plan}");
+    let x = Tensor::new(
+        vec![2, 5, 9, 7],
+        cnnc::weights::standard_normal(5, "bnrelu", 2 * 5 * 9 * 7),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    for threads in [1, 2] {
+        let opts = Options {
+            batch: 2,
+            threads,
+            ..Default::default()
+        };
+        agree_at_every_level("bnrelu", &g, &x, &want, &opts);
+    }
+}

@@ -17,8 +17,10 @@ use super::cg::{fits, off, window_out, F32, F32X4, MAX_DIM};
 use super::entry::{slot_layout, Buf, Entry, Slot};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
+use super::x86::pool::MaxPoolPlane;
 use crate::error::{Error, Result};
 use crate::memory::try_vec;
+use crate::options::Isa;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PoolKind {
@@ -142,6 +144,28 @@ impl PoolSpec {
             )));
         }
         Ok(())
+    }
+
+    /// The kernel's name for plans and profiles when it is the wide one (`avx512 wide`).
+    pub fn kernel_name(&self, isa: Isa) -> Option<String> {
+        self.wide_max(isa)
+            .map(|k| format!("{} wide", k.width.isa_name()))
+    }
+
+    /// The wide kernel of this pool at `isa`, if it has one (a max pool with horizontal
+    /// stride 1 or 2 at avx2 or avx512).
+    pub(crate) fn wide_max(&self, isa: Isa) -> Option<MaxPoolPlane> {
+        let k = MaxPoolPlane {
+            width: super::x86::width(isa)?,
+            kernel_h: self.kernel_h,
+            kernel_w: self.kernel_w,
+            stride_h: self.stride_h,
+            stride_w: self.stride_w,
+            row: self.wp(),
+            out_h: self.out_h(),
+            out_w: self.out_w(),
+        };
+        (self.kind == PoolKind::Max && k.takes()).then_some(k)
     }
 
     /// Output columns computed four at a time (a multiple of 4); the rest are scalar.
@@ -345,12 +369,54 @@ pub struct PendingPool {
 }
 
 impl KernelModule {
+    /// A pool at the module's ISA level: a max pool with horizontal stride 1 or 2 calls the
+    /// wide kernel of [`super::x86::pool`] once per channel (after the padded copy, if
+    /// any); every other pool is Cranelift's f32x4 code.
     pub fn add_pool(&mut self, spec: &PoolSpec) -> Result<PendingPool> {
         spec.validate()?;
         let s = *spec;
-        let id = self.define(move |e, b, begin, end| body(&s, e, b, begin, end))?;
+        let id = match s.wide_max(self.isa) {
+            Some(k) => {
+                let micro = self.add_micro_once(2, "max pool plane", &k, MaxPoolPlane::emit)?;
+                let body = move |e: &mut Emit, b, begin, end| wide_body(&s, e, b, begin, end);
+                // Without padding the function only loops and calls: compiled quickly.
+                if s.padded() {
+                    self.define_with_micros(&[micro], body)?
+                } else {
+                    self.define_driver(&[micro], body)?
+                }
+            }
+            None => self.define(move |e, b, begin, end| body(&s, e, b, begin, end))?,
+        };
         Ok(PendingPool { id, spec: s })
     }
+}
+
+/// Channels `begin..end`, each by one call of the wide max pool kernel (`e.micros[0]`)
+/// on the channel's plane, or on its padded copy in the scratch plane.
+fn wide_body(
+    s: &PoolSpec,
+    e: &mut Emit,
+    b: PoolBufs<Value>,
+    begin: Value,
+    end: Value,
+) -> Result<()> {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    e.for_range(begin, end, 1, |e, c| {
+        let plane = e.addr(b.input, c, s.in_h * s.in_w * 4);
+        let src = if s.padded() {
+            let plane_hw = (s.hp(), s.wp());
+            let pads = (s.pad_h, s.pad_w);
+            let (h, w) = (s.in_h, s.in_w);
+            e.pad_plane(plane, b.scratch, (h, w), plane_hw, pads, f32::NEG_INFINITY)?;
+            b.scratch
+        } else {
+            plane
+        };
+        let oplane = e.addr(b.out, c, oh * ow * 4);
+        e.b.ins().call(e.micros[0], &[src, oplane]);
+        Ok(())
+    })
 }
 
 impl Pending for PendingPool {

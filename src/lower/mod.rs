@@ -2,15 +2,17 @@
 //! kernel runs at each step, on which buffers, and where every buffer lives in the
 //! activation arena.
 //!
-//! [`lower`] maps each IR node to at most one step ([`ops`], one function per op), then
-//! runs the memory passes over the plan ([`memory`]): concat inputs written in place,
-//! liveness, arena offsets. The runtime ([`crate::runtime`]) only generates one kernel per
-//! distinct spec, packs the weights and executes the steps in order.
+//! [`lower`] maps each IR node to at most one step ([`ops`], one function per op), fuses
+//! a ReLU into the elementwise step before it ([`fuse`]), then runs the memory passes
+//! over the plan ([`memory`]): concat inputs written in place, liveness, arena offsets. The
+//! runtime ([`crate::runtime`]) only generates one kernel per distinct spec, packs the
+//! weights and executes the steps in order.
 //!
 //! Adding an op: a function in [`ops`] returning its [`Kernel`], one arm in
 //! [`ops::kernel`]. Adding a kernel choice (an algorithm for an existing spec): a field or
 //! variant in the [`Kernel`] it refines, chosen in that op's function, and its arm in the
 //! runtime's `generate` (see `docs/runtime.md`).
+pub mod fuse;
 pub mod memory;
 pub mod ops;
 mod print;
@@ -100,7 +102,9 @@ pub enum Kernel {
         spec: FcSpec,
         isa: Isa,
     },
-    Pool(PoolSpec),
+    /// A pool, with the vector ISA of its kernel (max pools with a horizontal stride of 1
+    /// or 2 have a wide one).
+    Pool { spec: PoolSpec, isa: Isa },
     /// Elementwise or reduction; `consts` are extra inputs (batchnorm's scale and shift).
     Elementwise {
         spec: EltSpec,
@@ -202,7 +206,7 @@ impl Kernel {
         match self {
             Kernel::Conv { .. } => "conv",
             Kernel::Fc { .. } => "fc",
-            Kernel::Pool(_) => "pool",
+            Kernel::Pool { .. } => "pool",
             Kernel::Elementwise { .. } => "elementwise",
             Kernel::Copy { .. } => "copy",
             Kernel::Pad { .. } => "pad",
@@ -230,6 +234,7 @@ impl Kernel {
                 method.micro_kernel(spec, *isa)
             )),
             Kernel::Fc { spec, isa } => Some(spec.micro_kernel(*isa)),
+            Kernel::Pool { spec, isa } => spec.kernel_name(*isa),
             Kernel::Depthwise(d) if d.input_shuffle > 1 => Some(format!(
                 "input read through a shuffle of {}",
                 d.input_shuffle
@@ -310,6 +315,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan> {
             view: View::default(),
         });
     }
+    fuse::fuse_relu_into_elementwise(&mut plan);
     memory::read_shuffles_in_place(&mut plan);
     memory::place_concat_inputs(&mut plan);
     memory::assign_arena(&mut plan)?;

@@ -43,8 +43,8 @@ pub fn kernel(g: &Graph, id: NodeId, opts: &Options) -> Result<Lowered> {
                 output: out,
             })
         }
-        Op::MaxPool(p) => pool(PoolKind::Max, x, p),
-        Op::AvgPool(p) => pool(PoolKind::Avg, x, p),
+        Op::MaxPool(p) => pool(PoolKind::Max, x, p, opts),
+        Op::AvgPool(p) => pool(PoolKind::Avg, x, p, opts),
         Op::GlobalAvgPool => elementwise(EltSpec::GlobalAvgPool {
             channels: x.c,
             hw: x.h * x.w,
@@ -263,8 +263,8 @@ fn fc(x: Shape, f: &Fc, opts: &Options) -> Kernel {
     }
 }
 
-fn pool(kind: PoolKind, x: Shape, p: &Pool) -> Kernel {
-    Kernel::Pool(PoolSpec {
+fn pool(kind: PoolKind, x: Shape, p: &Pool, opts: &Options) -> Kernel {
+    let spec = PoolSpec {
         kind,
         channels: x.c,
         in_h: x.h,
@@ -275,7 +275,11 @@ fn pool(kind: PoolKind, x: Shape, p: &Pool) -> Kernel {
         stride_w: p.stride.w,
         pad_h: p.pad.h,
         pad_w: p.pad.w,
-    })
+    };
+    Kernel::Pool {
+        spec,
+        isa: opts.isa,
+    }
 }
 
 fn elementwise(spec: EltSpec) -> Kernel {

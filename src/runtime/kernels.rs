@@ -72,7 +72,7 @@ pub(super) struct Instantiated {
 struct Generated {
     conv: HashMap<(ConvSpec, ConvMethod), PendingConv>,
     fc: HashMap<(FcSpec, Isa), PendingFc>,
-    pool: HashMap<PoolSpec, PendingPool>,
+    pool: HashMap<(PoolSpec, Isa), PendingPool>,
     depthwise: HashMap<DepthwiseSpec, PendingDepthwise>,
     elt: HashMap<EltSpec, PendingElt>,
 }
@@ -116,7 +116,10 @@ fn add_kernel(gen: &mut Generated, module: &mut KernelModule, s: &Step) -> Resul
             module.set_isa(*isa)?;
             module.add_fc(spec)
         }),
-        Kernel::Pool(spec) => once(&mut gen.pool, *spec, || module.add_pool(spec)),
+        Kernel::Pool { spec, isa } => once(&mut gen.pool, (*spec, *isa), || {
+            module.set_isa(*isa)?;
+            module.add_pool(spec)
+        }),
         Kernel::Depthwise(spec) => once(&mut gen.depthwise, *spec, || module.add_depthwise(spec)),
         Kernel::Polyphase(p) => p.convs.iter().try_for_each(|(spec, method)| {
             once(&mut gen.conv, (*spec, *method), || {
@@ -297,7 +300,9 @@ pub(super) fn instantiate(
                 k: fc.get(&(*spec, *isa)).ok_or_else(missing)?.clone(),
                 packed: take()?,
             },
-            Kernel::Pool(spec) => Code::Pool(pool_k.get(spec).ok_or_else(missing)?.clone()),
+            Kernel::Pool { spec, isa } => {
+                Code::Pool(pool_k.get(&(*spec, *isa)).ok_or_else(missing)?.clone())
+            }
             Kernel::Depthwise(spec) => Code::Depthwise {
                 k: depthwise.get(spec).ok_or_else(missing)?.clone(),
                 packed: take()?,

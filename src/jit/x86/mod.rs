@@ -5,6 +5,7 @@
 //! whole vector unit (see `docs/jit.md`).
 pub mod gemm;
 pub mod peak;
+pub mod pool;
 mod vasm;
 
 pub use gemm::{MicroGemm, MicroGemmKernel, PendingMicroGemm};
