@@ -79,7 +79,9 @@ fn main() {
     println!("{s}, {kind:?}, {rounds} rounds, {copies} input copies");
     for (v, t) in times.iter_mut().enumerate() {
         t.sort_by(f64::total_cmp);
-        let name = kernels.get(v).map_or("memory".to_string(), |k| k.0.to_string());
+        let name = kernels
+            .get(v)
+            .map_or("memory".to_string(), |k| k.0.to_string());
         let gbs = (s.input_len() * 4) as f64 / t[0] / 1e9;
         println!(
             "{name:>8}: min {:8.1} us  median {:8.1} us  ({gbs:.1} GB/s of input)",

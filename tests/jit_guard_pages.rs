@@ -246,16 +246,26 @@ fn fc_stays_in_bounds_at(isa: cnnc::Isa) {
 
 #[test]
 fn pool_elementwise_stay_in_bounds() {
-    for kind in [PoolKind::Max, PoolKind::Avg] {
+    // At every level: max pools of horizontal stride 1 and 2 take the wide kernel at avx2
+    // and avx512 (x86::pool), whose last group of a row loads under masks; rows of 33
+    // and 40 floats end mid-vector at both widths.
+    for (kind, isa) in [PoolKind::Max, PoolKind::Avg]
+        .into_iter()
+        .flat_map(|k| cnnc::Isa::host_levels().into_iter().map(move |i| (k, i)))
+    {
         for &(c, h, w, k, s, p) in &[
             (2, 9, 9, 2, 2, 0),
             (3, 11, 13, 3, 2, 1),
             (1, 8, 17, 3, 1, 1),
             (2, 10, 10, 5, 3, 2),
+            (2, 7, 33, 3, 2, 0),
+            (2, 7, 40, 3, 1, 0),
+            (1, 5, 37, 5, 2, 0),
         ] {
             let mut spec = PoolSpec::square(kind, c, h, k, s, p);
             spec.in_w = w;
             let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
             let pk = km.add_pool(&spec).unwrap();
             let code = km.finalize().unwrap();
             let kern = code.get(pk).unwrap();

@@ -915,7 +915,11 @@ fn check_pool(s: &PoolSpec, seed: u64) {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
         assert_eq!(bits(&out), bits(&out2), "{s:?} at {isa}: split");
         match &first {
-            Some(f) => assert_eq!(bits(f), bits(&out), "{s:?} at {isa}: not the first level's bits"),
+            Some(f) => assert_eq!(
+                bits(f),
+                bits(&out),
+                "{s:?} at {isa}: not the first level's bits"
+            ),
             None => first = Some(out),
         }
     }
@@ -1374,31 +1378,35 @@ fn max_pool_propagates_nan() {
         (37, 3, 1),
     ] {
         for isa in cnnc::Isa::host_levels() {
-        let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, 0);
-        let mut km = KernelModule::new().unwrap();
-        km.set_isa(isa).unwrap();
-        let p = km.add_pool(&spec).unwrap();
-        let code = km.finalize().unwrap();
-        let kern = code.get(p).unwrap();
-        let positions: Vec<usize> = if (s == 2 && k > 2) || hw > 30 {
-            (0..hw * hw).collect()
-        } else {
-            vec![0, hw + 1, hw * hw - 1]
-        };
-        for pos in positions {
-            let mut x = rand_vec(hw * hw, pos as u64);
-            x[pos] = f32::NAN;
-            let mut out = vec![0.0; spec.output_len()];
-            kern.run_all(&x, &mut out).unwrap();
-            let (py, px) = (pos / hw, pos % hw);
-            let ow = spec.out_w();
-            for (i, v) in out.iter().enumerate() {
-                let (oy, ox) = (i / ow, i % ow);
-                let covers =
-                    (oy * s..oy * s + k).contains(&py) && (ox * s..ox * s + k).contains(&px);
-                assert_eq!(v.is_nan(), covers, "{isa}: hw {hw} k {k} s {s} pos {pos} out {i}");
+            let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, 0);
+            let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
+            let p = km.add_pool(&spec).unwrap();
+            let code = km.finalize().unwrap();
+            let kern = code.get(p).unwrap();
+            let positions: Vec<usize> = if (s == 2 && k > 2) || hw > 30 {
+                (0..hw * hw).collect()
+            } else {
+                vec![0, hw + 1, hw * hw - 1]
+            };
+            for pos in positions {
+                let mut x = rand_vec(hw * hw, pos as u64);
+                x[pos] = f32::NAN;
+                let mut out = vec![0.0; spec.output_len()];
+                kern.run_all(&x, &mut out).unwrap();
+                let (py, px) = (pos / hw, pos % hw);
+                let ow = spec.out_w();
+                for (i, v) in out.iter().enumerate() {
+                    let (oy, ox) = (i / ow, i % ow);
+                    let covers =
+                        (oy * s..oy * s + k).contains(&py) && (ox * s..ox * s + k).contains(&px);
+                    assert_eq!(
+                        v.is_nan(),
+                        covers,
+                        "{isa}: hw {hw} k {k} s {s} pos {pos} out {i}"
+                    );
+                }
             }
-        }
         }
     }
 }

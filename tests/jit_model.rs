@@ -641,7 +641,11 @@ fn a_relu_after_an_elementwise_step_is_fused_into_it() {
         for (suffix, t) in node.params.iter_mut() {
             let r = cnnc::weights::standard_normal(i as u64, suffix, t.len());
             for (v, r) in t.data_mut().iter_mut().zip(r) {
-                *v = if suffix == "running_var" { 0.5 + r.abs() } else { r };
+                *v = if suffix == "running_var" {
+                    0.5 + r.abs()
+                } else {
+                    r
+                };
             }
         }
     }

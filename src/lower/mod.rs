@@ -98,10 +98,7 @@ pub enum Kernel {
     },
     /// Fully connected, over the whole chunk at once (weights read once per chunk), with the
     /// vector ISA of its micro-kernels (batch > 1).
-    Fc {
-        spec: FcSpec,
-        isa: Isa,
-    },
+    Fc { spec: FcSpec, isa: Isa },
     /// A pool, with the vector ISA of its kernel (max pools with a horizontal stride of 1
     /// or 2 have a wide one).
     Pool { spec: PoolSpec, isa: Isa },
@@ -112,14 +109,9 @@ pub enum Kernel {
     },
     /// Concat: copies input `i` to float offset `at[i]` of each output item (only the
     /// inputs not written in place).
-    Copy {
-        at: Vec<usize>,
-    },
+    Copy { at: Vec<usize> },
     /// Each plane copied into a larger one filled with the pad value.
-    Pad {
-        pad: Pad,
-        input: Shape,
-    },
+    Pad { pad: Pad, input: Shape },
     /// A depthwise conv (groups = input channels, any channel multiplier): its own
     /// kernel, vectorised along output pixels, dilation included.
     Depthwise(DepthwiseSpec),

@@ -306,11 +306,6 @@ fn unord(v: &mut Vasm, dst: usize, a: usize, b: usize) -> Result<()> {
 }
 
 /// AVX-512: mask `k` = the lanes where `a` or `b` is NaN.
-fn unord_k(
-    v: &mut Vasm,
-    k: iced_x86::code_asm::AsmRegisterK,
-    a: usize,
-    b: usize,
-) -> Result<()> {
+fn unord_k(v: &mut Vasm, k: iced_x86::code_asm::AsmRegisterK, a: usize, b: usize) -> Result<()> {
     v.a.vcmpunordps(k, zr(a), zr(b)).map_err(asm_err)
 }
