@@ -23,25 +23,33 @@ pub fn fuse_relu_into_elementwise(plan: &mut Plan) {
             readers[of] += 1;
         }
     }
-    let mut fused = vec![false; plan.steps.len()];
-    for r in 0..plan.steps.len() {
-        let relu = &plan.steps[r];
-        let Kernel::Elementwise {
-            spec: EltSpec::Relu { .. },
-            ..
-        } = relu.kernel
-        else {
-            continue;
-        };
-        let &[x] = relu.inputs.as_slice() else {
-            continue;
-        };
-        let Some(p) = producer[x] else { continue };
-        let alone = readers[x] == 1 && !plan.outputs.contains(&x);
-        if !alone || plan.values[x].storage != Storage::Buffer || !takes_relu(&plan.steps[p]) {
-            continue;
-        }
-        let out: ValueId = relu.output;
+    // (ReLU step, producer step) pairs.
+    let pairs: Vec<(usize, usize)> = plan
+        .steps
+        .iter()
+        .enumerate()
+        .filter_map(|(r, relu)| {
+            let is_relu = matches!(
+                relu.kernel,
+                Kernel::Elementwise {
+                    spec: EltSpec::Relu { .. },
+                    ..
+                }
+            );
+            let &[x] = relu.inputs.as_slice() else {
+                return None;
+            };
+            let p = producer[x]?;
+            let alone = readers[x] == 1 && !plan.outputs.contains(&x);
+            let fusable = is_relu
+                && alone
+                && plan.values[x].storage == Storage::Buffer
+                && takes_relu(&plan.steps[p]);
+            fusable.then_some((r, p))
+        })
+        .collect();
+    for &(r, p) in &pairs {
+        let (x, out): (ValueId, ValueId) = (plan.steps[r].inputs[0], plan.steps[r].output);
         if let Kernel::Elementwise {
             spec: EltSpec::ScaleShift { relu, .. } | EltSpec::Add { relu, .. },
             ..
@@ -51,12 +59,11 @@ pub fn fuse_relu_into_elementwise(plan: &mut Plan) {
         }
         plan.steps[p].op.push_str(" +relu");
         plan.values[out].storage = Storage::Alias(x);
-        fused[r] = true;
     }
     let mut i = 0;
     plan.steps.retain(|_| {
         i += 1;
-        !fused[i - 1]
+        !pairs.iter().any(|&(r, _)| r == i - 1)
     });
 }
 
