@@ -121,6 +121,17 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // and a plane narrower than a zmm tile.
         (70, 6, 6, 45, 1, 1, 0),
         (20, 4, 5, 30, 1, 1, 0),
+        // Weight major with over 1 MB of weights (prefetched ahead, into the packed
+        // buffer's padding at its end).
+        (520, 6, 6, 500, 1, 1, 0),
+        // Strided 1x1 (avx2 / avx512: the pointwise GEMM on the sampled pixels): the
+        // copy's last vector group reading the input's last column, odd and even widths,
+        // rows narrower than a group; weight major with prefetched weights.
+        (8, 15, 17, 20, 1, 2, 0),
+        (6, 16, 16, 9, 1, 2, 0),
+        (5, 7, 3, 7, 1, 2, 0),
+        (9, 12, 19, 11, 1, 3, 0),
+        (600, 13, 13, 480, 1, 2, 0),
         // Winograd: tiles overhanging the bottom and right edges, a partial tile group,
         // dense groups, and rows of 5 tiles whose last group runs over into the next row.
         (17, 11, 13, 19, 3, 1, 1),

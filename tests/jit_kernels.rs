@@ -1855,10 +1855,76 @@ fn conv_direct_every_isa_bit_identical() {
         };
         let mut outs = Vec::new();
         for &isa in &levels {
-            let (out, _, micro) = check_conv_with(&s, seed, Some(isa), None);
+            let (out, method, micro) = check_conv_with(&s, seed, Some(isa), None);
             let wide = isa != cnnc::Isa::Sse;
-            assert_eq!(micro.ends_with("implicit"), wide, "{s:?} at {isa}: {micro}");
+            // At avx2 / avx512 the strided 1x1 shapes take the pointwise GEMM on their
+            // sampled pixels (`conv_strided_pointwise_every_isa_bit_identical`).
+            let strided_1x1 = wide && s.kernel_h * s.kernel_w == 1 && s.pad_h + s.pad_w == 0;
+            if strided_1x1 {
+                assert_eq!(method, ConvMethod::PointwiseGemm, "{s:?} at {isa}: {micro}");
+            } else {
+                assert_eq!(micro.ends_with("implicit"), wide, "{s:?} at {isa}: {micro}");
+            }
             outs.push((isa, out));
+        }
+        assert_levels_agree(&s, &outs);
+        seed += 5;
+    }
+}
+
+/// The strided 1x1 convolution (ResNet's projection shortcut): at avx2 / avx512 the
+/// pointwise GEMM over its output pixels, on a copy of the sampled input pixels made by a
+/// prologue (split over input channels); at sse the f32x4 direct kernel. Every output is one
+/// FMA chain over the input channels in order, then the epilogue, so every level, the
+/// implicit GEMM (the direct method at a wide level) and every split agree bit for bit.
+/// Shapes: stride 2 on even and odd widths (the copy's vector groups, its last group from
+/// the column before, rows narrower than a group), strides 3 and (1, 2) / (2, 1), pixel and
+/// channel tails, reduction chunks, the packed tile column, weight-major units with and
+/// without the weight prefetch (weights over 1 MB), every epilogue.
+#[test]
+fn conv_strided_pointwise_every_isa_bit_identical() {
+    let shapes = [
+        spec(16, 15, 15, 33, 1, 1, (2, 2), (0, 0)),
+        spec(40, 16, 16, 20, 1, 1, (2, 2), (0, 0)),
+        spec(9, 17, 19, 15, 1, 1, (2, 2), (0, 0)),
+        spec(5, 9, 7, 6, 1, 1, (2, 2), (0, 0)),
+        spec(7, 4, 3, 5, 1, 1, (2, 2), (0, 0)),
+        spec(3, 1, 9, 2, 1, 1, (2, 2), (0, 0)),
+        spec(11, 22, 31, 13, 1, 1, (3, 3), (0, 0)),
+        spec(12, 13, 14, 9, 1, 1, (1, 2), (0, 0)),
+        spec(12, 14, 13, 9, 1, 1, (2, 1), (0, 0)),
+        // 28 x 28 outputs: 24 full zmm tile columns and a half one; the column packed
+        // (256 channels) and in chunks (600).
+        spec(256, 56, 56, 29, 1, 1, (2, 2), (0, 0)),
+        spec(600, 55, 55, 15, 1, 1, (2, 2), (0, 0)),
+        // More output channels than pixels: weight major; over 1 MB of weights, prefetched.
+        spec(70, 14, 14, 100, 1, 1, (2, 2), (0, 0)),
+        spec(600, 13, 13, 480, 1, 1, (2, 2), (0, 0)),
+    ];
+    let levels = cnnc::Isa::host_levels();
+    let mut seed = 5000;
+    for (i, base) in shapes.into_iter().enumerate() {
+        let s = ConvSpec {
+            bias: i % 2 == 0,
+            relu: i % 3 != 1,
+            residual: i % 4 < 2,
+            clip: (i % 5 == 3).then_some(PROP_CLIP),
+            ..base
+        };
+        let mut outs = Vec::new();
+        for &isa in &levels {
+            let (out, method, micro) = check_conv_with(&s, seed, Some(isa), None);
+            let want = if isa == cnnc::Isa::Sse {
+                ConvMethod::Direct
+            } else {
+                ConvMethod::PointwiseGemm
+            };
+            assert_eq!(method, want, "{s:?} at {isa}: {micro}");
+            outs.push((isa, out));
+            if isa != cnnc::Isa::Sse {
+                let direct = check_conv_with(&s, seed, Some(isa), Some(ConvMethod::Direct));
+                outs.push((isa, direct.0));
+            }
         }
         assert_levels_agree(&s, &outs);
         seed += 5;

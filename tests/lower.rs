@@ -275,9 +275,12 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
             cnnc::Isa::Avx512 => 28,
         };
         let winograd = spec.out_h() >= min_hw;
+        // Strided 1x1 (the projection shortcuts): the pointwise GEMM on the sampled pixels
+        // with the wide kernels, the f32x4 direct kernel at sse.
+        let wide = opts(OptLevel::O2, 1).isa != cnnc::Isa::Sse;
         let want = if spec.kernel_h == 3 && spec.stride_h == 1 && winograd {
             ConvMethod::Winograd
-        } else if spec.kernel_h == 1 && spec.stride_h == 1 {
+        } else if spec.kernel_h == 1 && (spec.stride_h == 1 || wide) {
             ConvMethod::PointwiseGemm
         } else {
             ConvMethod::Direct

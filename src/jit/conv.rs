@@ -5,7 +5,8 @@
 //! Three code generators, chosen from the spec ([`ConvMethod`]):
 //! * 3x3, stride 1, at least 16 input and output channels and a 4x4 output: Winograd
 //!   F(4x4, 3x3) ([`super::winograd`]), unless the module disallows it.
-//! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]).
+//! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]); at avx2 /
+//!   avx512 also 1x1 with a stride (on a copy of the sampled pixels).
 //! * everything else: a *direct* convolution vectorised along output channels. The micro-kernel
 //!   keeps a tile of `w` output pixels (up to 4, consecutive in one output row) by 8 output
 //!   channels in `w * 2` f32x4 accumulators. The reduction runs over the taps
@@ -161,6 +162,15 @@ impl ConvSpec {
             && self.stride_w == 1
             && self.pad_h == 0
             && self.pad_w == 0
+    }
+
+    /// 1x1 without padding but with a stride: the pointwise GEMM on the sampled pixels.
+    fn is_strided_pointwise(&self) -> bool {
+        self.kernel_h == 1
+            && self.kernel_w == 1
+            && self.pad_h == 0
+            && self.pad_w == 0
+            && (self.stride_h > 1 || self.stride_w > 1)
     }
 }
 
@@ -664,7 +674,8 @@ impl Emit<'_> {
 pub enum ConvMethod {
     /// Direct convolution on register tiles of pixels x 8 output channels.
     Direct,
-    /// 1x1 stride 1: a GEMM vectorised along pixels.
+    /// 1x1 without padding: a GEMM vectorised along pixels (with a stride, on a copy of the
+    /// sampled pixels).
     PointwiseGemm,
     /// 3x3 stride 1: Winograd F(4x4, 3x3).
     Winograd,
@@ -733,7 +744,10 @@ impl ConvMethod {
             || WinogradPlan::for_spec(spec, isa).is_some_and(|w| w.beats_direct(isa));
         if winograd && winograd_wins() {
             ConvMethod::Winograd
-        } else if spec.is_pointwise() {
+        } else if spec.is_pointwise() || (spec.is_strided_pointwise() && x86::width(isa).is_some())
+        {
+            // Strided, the GEMM pays a copy of the sampled pixels, which the f32x4 direct
+            // kernel (it samples in place) does not; the wide implicit GEMM packs them too.
             ConvMethod::PointwiseGemm
         } else {
             ConvMethod::Direct
@@ -755,18 +769,27 @@ impl Plan {
             ConvMethod::Winograd => {
                 Plan::Winograd(WinogradPlan::for_spec(spec, isa).ok_or_else(unfit)?)
             }
-            ConvMethod::PointwiseGemm if spec.is_pointwise() => Plan::Gemm(
-                PixelGemm::new(
+            ConvMethod::PointwiseGemm if spec.is_pointwise() || spec.is_strided_pointwise() => {
+                let g = PixelGemm::new(
                     gemm::PixelGemmSpec {
                         in_c: spec.in_c,
                         out_c: spec.out_c,
-                        pixels: spec.in_h * spec.in_w,
+                        pixels: spec.out_h() * spec.out_w(),
                         epilogue: spec.epilogue(),
                     },
                     isa,
                 )
-                .streamed(),
-            ),
+                .streamed();
+                Plan::Gemm(if spec.is_strided_pointwise() {
+                    g.subsampled(gemm::Subsample {
+                        in_hw: (spec.in_h, spec.in_w),
+                        out_hw: (spec.out_h(), spec.out_w()),
+                        stride: (spec.stride_h, spec.stride_w),
+                    })
+                } else {
+                    g
+                })
+            }
             ConvMethod::PointwiseGemm => return Err(unfit()),
             ConvMethod::Direct => match x86::width(isa).and_then(|w| ImplicitGemm::new(*spec, w)) {
                 Some(p) => Plan::Implicit(p),
@@ -786,7 +809,7 @@ impl Plan {
         match self {
             Plan::Direct(d) => d.scratch_len(),
             Plan::Implicit(d) => d.scratch_len(),
-            Plan::Gemm(_) => 0,
+            Plan::Gemm(g) => g.scratch_len(),
             Plan::Winograd(w) => w.scratch_len(),
         }
     }
@@ -810,7 +833,7 @@ impl Plan {
         match self {
             Plan::Direct(d) => d.spec.in_c,
             Plan::Implicit(d) => d.spec().in_c,
-            Plan::Gemm(_) => 0,
+            Plan::Gemm(g) => g.prologue_units(),
             Plan::Winograd(w) => w.prologue_units(),
         }
     }
@@ -946,6 +969,11 @@ impl KernelModule {
                 } else {
                     (compute, None)
                 }
+            }
+            Plan::Gemm(g) if g.is_subsampled() => {
+                let (prologue, compute) = (g.emit_subsample(self)?, g.emit(self)?);
+                let entry = define_entry(self, prologue, compute, spec.in_c)?;
+                (entry, Some((prologue, compute)))
             }
             Plan::Gemm(g) => (g.emit(self)?, None),
             Plan::Winograd(w) => {

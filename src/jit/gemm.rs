@@ -1,8 +1,9 @@
 //! The pointwise (1x1, stride 1) convolution `out[k][p] = sum_c W[k][c] x[c][p]` as a GEMM
-//! vectorised along pixels (the fully connected layer is in [`super::fc`]). Strided 1x1
-//! convolutions (ResNet's projection shortcut) go through the direct convolution of
-//! [`super::conv`], which samples the pixels `(y*s, x*s)` in place (broadcast loads at any
-//! stride, no copy).
+//! vectorised along pixels (the fully connected layer is in [`super::fc`]). At avx2 /
+//! avx512 the strided 1x1 convolution (ResNet's projection shortcut) is the same GEMM over
+//! its output pixels, on a copy of the input positions `(y * sh, x * sw)` that a prologue
+//! makes ([`Subsample`]); at sse it stays on the direct convolution of [`super::conv`],
+//! which samples those pixels in place.
 //!
 //! The convolution's epilogue ([`super::epilogue`]), then one store.
 //!
@@ -15,8 +16,9 @@ use cranelift_codegen::ir::{FuncRef, InstBuilder, StackSlotData, StackSlotKind, 
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64};
-use super::conv::{bcast_flags, ConvBufs};
+use super::conv::{bcast_flags, ConvBufs, PROLOGUE_USES};
 use super::epilogue::Epilogue;
+use super::implicit::{shuffle, STREAMED_WEIGHTS_BYTES, WEIGHT_PREFETCH_BYTES};
 use super::module::{Emit, KernelModule, MicroId, PendingId};
 use super::x86::gemm::KPos;
 use super::x86::{self, MicroGemm, Width};
@@ -84,10 +86,81 @@ pub(crate) struct PixelGemm {
     streamed: bool,
     /// Work units channel-block major ([`Self::streamed`]: the weights outweigh the input).
     weight_major: bool,
+    /// Bytes ahead that the first call of each channel block prefetches the weights
+    /// (weight major, weights from memory; 0: not at all).
+    prefetch_w: usize,
     /// The first block of each full tile column packs it into the scratch ([`Self::streamed`]).
     pack: bool,
     /// Input channels per reduction chunk of a full tile column (`in_c`: one chunk).
     kc: usize,
+    /// A strided 1x1 convolution: the GEMM runs over the scratch, where the prologue
+    /// ([`Self::emit_subsample`]) copies the sampled input pixels.
+    subsample: Option<Subsample>,
+}
+
+/// The input pixels a strided 1x1 convolution reads, `(y * sh, x * sw)` for every output
+/// pixel `(y, x)`, copied into dense planes of the output's size: the pointwise GEMM then
+/// runs on them as on any input, with whole vectors of output pixels (the implicit GEMM's
+/// strips are output rows, 28 of 32 lanes at 28 x 28) and its streamed order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Subsample {
+    pub in_hw: (usize, usize),
+    pub out_hw: (usize, usize),
+    pub stride: (usize, usize),
+}
+
+impl Subsample {
+    /// Copies the sampled pixels of channel `c` of `src` into plane `c` of `dst`.
+    fn channel(&self, e: &mut Emit, (src, dst): (Value, Value), c: Value) -> Result<()> {
+        let ((h, w), (oh, ow), sh) = (self.in_hw, self.out_hw, self.stride.0);
+        let src = e.addr(src, c, h * w * 4);
+        let dst = e.addr(dst, c, oh * ow * 4);
+        e.for_const(0, oh as i64, 1, |e, y| {
+            let s = e.addr(src, y, sh * w * 4);
+            let d = e.addr(dst, y, ow * 4);
+            self.row(e, s, d)
+        })
+    }
+
+    /// One output row: `d[x] = s[x * sw]`. At stride 2, groups of 4 outputs are the even
+    /// lanes of two vectors from the group's first column while those 8 floats are inside
+    /// the row; then one group ending at the row's last output, from the column before (odd
+    /// lanes: `2 (ow - 4) - 1 .. 2 ow - 2`, inside since `2 ow - 2 <= w - 1`), overlapping
+    /// outputs already written with the same values; what is left, one float at a time.
+    fn row(&self, e: &mut Emit, s: Value, d: Value) -> Result<()> {
+        let ((_, w), (_, ow), sw) = (self.in_hw, self.out_hw, self.stride.1);
+        if sw == 1 {
+            return e.copy(s, d, ow);
+        }
+        let even = if sw == 2 && w >= 8 {
+            ((w - 8) / 8 + 1).min(ow / 4)
+        } else {
+            0
+        };
+        e.for_const(0, even as i64, 1, |e, g| {
+            let sp = e.addr(s, g, 32);
+            let dp = e.addr(d, g, 16);
+            let a = e.load(F32X4, sp, 0);
+            let b = e.load(F32X4, sp, 16);
+            let v = shuffle(e, a, b, [0, 2, 4, 6]);
+            e.store(v, dp, 0);
+            Ok(())
+        })?;
+        let done = even * 4;
+        if sw == 2 && done < ow && ow - done <= 4 && ow >= 5 {
+            let j = ow - 4;
+            let a = e.load(F32X4, s, off((2 * j - 1) * 4));
+            let b = e.load(F32X4, s, off((2 * j + 3) * 4));
+            let v = shuffle(e, a, b, [1, 3, 5, 7]);
+            e.store(v, d, off(j * 4));
+            return Ok(());
+        }
+        for j in done..ow {
+            let x = e.load(F32, s, off(j * sw * 4));
+            e.store(x, d, off(j * 4));
+        }
+        Ok(())
+    }
 }
 
 impl PixelGemm {
@@ -109,8 +182,10 @@ impl PixelGemm {
             wide,
             streamed: false,
             weight_major: false,
+            prefetch_w: 0,
             pack: false,
             kc: s.in_c,
+            subsample: None,
         };
         // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
         // the f32x4 path.
@@ -135,6 +210,9 @@ impl PixelGemm {
     pub(crate) fn streamed(mut self) -> Self {
         if self.wide.is_some() && self.s.out_c > self.s.pixels {
             self.weight_major = true;
+            if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
+                self.prefetch_w = WEIGHT_PREFETCH_BYTES;
+            }
         } else if self.wide.is_some() {
             self.streamed = true;
             if self.s.pixels >= self.np && self.s.in_c * self.np * 4 <= PACK_BYTES {
@@ -144,6 +222,38 @@ impl PixelGemm {
             }
         }
         self
+    }
+    /// The GEMM of a strided 1x1 convolution (`s.pixels` its output pixels): over the
+    /// sampled copy of its input in the scratch.
+    pub(crate) fn subsampled(mut self, sub: Subsample) -> Self {
+        self.subsample = Some(sub);
+        self
+    }
+    pub(crate) fn is_subsampled(&self) -> bool {
+        self.subsample.is_some()
+    }
+    /// Work units of the prologue: the input channels it samples (none unless subsampled).
+    pub(crate) fn prologue_units(&self) -> usize {
+        self.subsample.map_or(0, |_| self.s.in_c)
+    }
+    /// The sampled copy of the input (none unless subsampled).
+    pub(crate) fn scratch_len(&self) -> usize {
+        self.subsample.map_or(0, |_| self.s.in_c * self.s.pixels)
+    }
+    /// The prologue of a subsampled GEMM: the sampled pixels of input channels
+    /// `begin..end` into the scratch.
+    pub(crate) fn emit_subsample(&self, km: &mut KernelModule) -> Result<PendingId> {
+        let sub = self
+            .subsample
+            .ok_or_else(|| crate::Error::Codegen("a GEMM without subsampling".into()))?;
+        km.define_using(
+            &PROLOGUE_USES.into_array(),
+            move |e, b: ConvBufs<Value>, begin, end| {
+                e.for_range(begin, end, 1, |e, c| {
+                    sub.channel(e, (b.input, b.scratch), c)
+                })
+            },
+        )
     }
     /// The packed tile column (`in_c x np` floats) on the stack, 64-byte aligned: each
     /// call (thread) has its own. The packing kernel writes exactly those floats, the
@@ -204,7 +314,9 @@ impl PixelGemm {
         self.nmb * self.s.in_c * self.mr
     }
     pub(crate) fn packed_len(&self) -> usize {
-        self.weights_len() + self.nmb * self.mr
+        // The weight prefetches of the last block reach past the weights, into the bias and
+        // this padding.
+        self.weights_len() + self.nmb * self.mr + self.prefetch_w.div_ceil(4)
     }
     /// Blocks of `MR` output channels.
     pub(crate) fn channel_blocks(&self) -> usize {
@@ -258,7 +370,7 @@ impl PixelGemm {
                 } else {
                     &[KPos::Only]
                 };
-                let pf: &[bool] = if c == self.np && self.pf_blocks() > 0 {
+                let pf: &[bool] = if c == self.np && (self.pf_blocks() > 0 || self.prefetch_w > 0) {
                     &[false, true]
                 } else {
                     &[false]
@@ -308,8 +420,8 @@ impl PixelGemm {
                 .clip
                 .filter(|_| epilogue)
                 .map(|c| (c.min.to_bits(), c.max.to_bits())),
-            prefetch_every: usize::from(prefetch),
-            prefetch_w: 0,
+            prefetch_every: usize::from(prefetch && self.streamed),
+            prefetch_w: if prefetch { self.prefetch_w } else { 0 },
             pf_ldx: s.pixels,
             pack: src == XSrc::Pack,
         }
@@ -350,7 +462,11 @@ impl PixelGemm {
     fn body(&self, e: &mut Emit, b: ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
         let s = self.s;
         let ptr = Ptrs {
-            inp: b.input,
+            inp: if self.is_subsampled() {
+                b.scratch
+            } else {
+                b.input
+            },
             w: b.packed,
             res: b.residual,
             out: b.out,
@@ -426,14 +542,31 @@ impl PixelGemm {
         let mb_lo = e.b.ins().udiv_imm_s(begin, cols);
         let mb_hi = e.add_imm(end, cols - 1);
         let mb_hi = e.b.ins().udiv_imm_s(mb_hi, cols);
+        let zero = e.iconst(0);
         e.for_range(mb_lo, mb_hi, 1, |e, mb| {
             let u0 = e.mul_imm(mb, cols);
+            // The block's first column in the range reads its weights from memory: with
+            // `prefetch_w`, that call prefetches them ahead.
+            let first = e.b.ins().isub(begin, u0);
+            let first = e.b.ins().smax(first, zero);
             e.for_const(0, full as i64, 1, |e, t| {
                 let u = e.b.ins().iadd(u0, t);
                 let c = in_range(e, u);
                 e.when(c, |e| {
                     let pb = e.mul_imm(t, (np * 4) as i64);
-                    self.tile(e, ptr, mb, pb, np)
+                    if self.prefetch_w == 0 {
+                        return self.tile(e, ptr, mb, pb, np);
+                    }
+                    let ci = e.iconst(0);
+                    let src = (XSrc::Planes, ptr.inp);
+                    let tile = (mb, pb, np);
+                    let pf = e.b.ins().icmp(IntCC::Equal, t, first);
+                    e.when(pf, |e| {
+                        self.wide_tile(e, ptr, tile, (KPos::Only, ci), Some(ptr.inp), src)
+                    })?;
+                    e.unless(pf, |e| {
+                        self.wide_tile(e, ptr, tile, (KPos::Only, ci), None, src)
+                    })
                 })
             })?;
             if r > 0 {
@@ -542,7 +675,8 @@ impl PixelGemm {
     /// the micro-kernel for its shape and `part` of the reduction (chunk `ci`): the last
     /// block of a channel count that is not a multiple of `mr` takes the variant with fewer
     /// rows; with `pf` (full tiles of a prefetching GEMM), the first [`Self::pf_blocks`]
-    /// blocks take the variant that prefetches from `pf`. `src`: where the input is read
+    /// blocks take the variant that prefetches from `pf` (weight major: the variant that
+    /// prefetches its weights, [`Self::prefetch_w`]). `src`: where the input is read
     /// (and `pk`, the packed column).
     fn wide_tile(
         &self,
@@ -588,7 +722,7 @@ impl PixelGemm {
         if pf.is_none() {
             return pick(e, false);
         }
-        if self.pf_blocks() >= self.nmb {
+        if self.pf_blocks() >= self.nmb || self.weight_major {
             return pick(e, true);
         }
         let on =

@@ -52,11 +52,11 @@ const MAX_GROUPED_STRIPS: usize = 8;
 const GROUPED_PANELS_BYTES: usize = 192 * 1024;
 /// Weights larger than this come from L3 or memory on every pass over them: their
 /// micro-kernels then prefetch the weights' stream [`WEIGHT_PREFETCH_BYTES`] ahead.
-const STREAMED_WEIGHTS_BYTES: usize = 1 << 20;
+pub(crate) const STREAMED_WEIGHTS_BYTES: usize = 1 << 20;
 /// How far ahead. Measured on 3x3 512->512 at 7x7 with the weights from memory
 /// (`examples/convab.rs`, 250-570 alternating pairs, load 4-5): 512 bytes 0.95x the time,
 /// 1024 0.90x, 2048 0.85-0.86x, 4096 0.90x.
-const WEIGHT_PREFETCH_BYTES: usize = 2048;
+pub(crate) const WEIGHT_PREFETCH_BYTES: usize = 2048;
 
 /// `repeat` strips of output pixels side by side (a loop in the generated code): `rows`
 /// output rows from the group's first, columns `ox0 + i * width ..` (`i < repeat`) of each
@@ -675,7 +675,7 @@ impl ImplicitGemm {
 }
 
 /// Lanes `lanes` (0-3 of `a`, 4-7 of `b`) of two f32x4 vectors.
-fn shuffle(e: &mut Emit, a: Value, b: Value, lanes: [u8; 4]) -> Value {
+pub(crate) fn shuffle(e: &mut Emit, a: Value, b: Value, lanes: [u8; 4]) -> Value {
     use cranelift_codegen::ir::{types::I8X16, Endianness, MemFlagsData};
     let le = MemFlagsData::new().with_endianness(Endianness::Little);
     let a = e.b.ins().bitcast(I8X16, le, a);
