@@ -973,7 +973,7 @@ impl KernelModule {
             Plan::Gemm(g) if g.is_subsampled() => {
                 let (prologue, compute) = (g.emit_subsample(self)?, g.emit(self)?);
                 let entry = define_entry(self, prologue, compute, spec.in_c)?;
-                (entry, Some((prologue, compute)))
+                one_phase((entry, Some((prologue, compute))))
             }
             Plan::Gemm(g) => (g.emit(self)?, None),
             Plan::Winograd(w) => {
