@@ -1315,7 +1315,10 @@ fn thread_pool_chunks_cover_every_unit_once_with_slow_threads() {
         {
             let hits: Vec<AtomicUsize> = (0..*units).map(|_| AtomicUsize::new(0)).collect();
             let slow = (round * 7919) % units;
-            pool.split(*units, |thread, range| {
+            // The default two chunks per thread, and one (a whole part: what a thread done
+            // early takes then) and three.
+            let chunks = [2, 1, 3][(round / 3) % 3];
+            pool.split_in_chunks(*units, chunks, |thread, range| {
                 assert!(thread < threads);
                 assert!(
                     !busy[thread].swap(true, Ordering::AcqRel),
@@ -1331,7 +1334,7 @@ fn thread_pool_chunks_cover_every_unit_once_with_slow_threads() {
             });
             assert!(
                 hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
-                "{threads} threads, {units} units"
+                "{threads} threads, {units} units, {chunks} chunks per thread"
             );
         }
     }

@@ -837,6 +837,13 @@ impl Plan {
             Plan::Winograd(w) => w.prologue_units(),
         }
     }
+    /// Chunks per thread on a pool ([`Entry::with_chunks_per_part`]).
+    fn chunks_per_part(&self) -> usize {
+        match self {
+            Plan::Implicit(d) => d.chunks_per_part(),
+            _ => super::threads::CHUNKS_PER_PART,
+        }
+    }
     fn work_units(&self) -> usize {
         match self {
             Plan::Direct(d) => d.nkb,
@@ -1085,7 +1092,8 @@ impl Pending for PendingConv {
             self.id,
             plan.work_units(),
             ConvBufs::<Slot>::new(spec, plan, temp).into_array(),
-        )?;
+        )?
+        .with_chunks_per_part(plan.chunks_per_part());
         let split = match &self.parts {
             Some(parts) => {
                 // The prologue writes the scratch parts of its input channels; each phase
@@ -1108,6 +1116,7 @@ impl Pending for PendingConv {
                     .map(|&(id, units)| {
                         let slots = ConvBufs::<Slot>::new(spec, plan, shared);
                         Entry::new(code, id, units, slots.into_array())
+                            .map(|e| e.with_chunks_per_part(plan.chunks_per_part()))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Some((prologue, phases))

@@ -159,6 +159,8 @@ pub(crate) struct Entry {
     f: KernelFn,
     units: usize,
     slots: Box<[Slot]>,
+    /// Chunks per thread on a pool ([`ThreadPool::split_in_chunks`]).
+    chunks_per_part: usize,
 }
 
 /// Buffer arrays up to this length live on the stack (an elementwise kernel's inputs on the
@@ -195,7 +197,15 @@ impl Entry {
             f,
             units,
             slots: slots.into(),
+            chunks_per_part: super::threads::CHUNKS_PER_PART,
         })
+    }
+
+    /// On a pool, each thread's part in `n` chunks (each call of the code costs something
+    /// whatever its range: fewer, larger chunks for code whose fixed cost is large).
+    pub(crate) fn with_chunks_per_part(mut self, n: usize) -> Self {
+        self.chunks_per_part = n.max(1);
+        self
     }
 
     /// Work units: `run` computes those in a range of `0..units()`.
@@ -215,7 +225,9 @@ impl Entry {
     /// per thread).
     pub(crate) fn run_parallel(&self, pool: &ThreadPool, bufs: &mut [Buf]) -> Result<()> {
         let addrs = self.addresses(bufs, pool.threads())?;
-        pool.split(self.units, |part, range| self.call(&addrs, part, range));
+        pool.split_in_chunks(self.units, self.chunks_per_part, |part, range| {
+            self.call(&addrs, part, range)
+        });
         Ok(())
     }
 

@@ -33,7 +33,7 @@ fn part_range(units: usize, parts: usize, i: usize) -> Range<usize> {
 /// leaves the others half of its part to take, while each call's fixed costs stay small
 /// (the implicit GEMM of a small plane packs the input panels of all its strips in every
 /// call: for 3x3 512->512 at 7x7 that is 0.9 MB of panels, several per cent of the layer).
-const CHUNKS_PER_PART: usize = 2;
+pub(crate) const CHUNKS_PER_PART: usize = 2;
 
 /// A part's units not yet taken, `lo..hi`, as `hi << 32 | lo`: its owner takes from the
 /// front, the others from the back.
@@ -155,6 +155,18 @@ impl ThreadPool {
     /// thread (thread 0) and the workers (see the module docs); each thread's calls are
     /// sequential. Panics (after all chunks taken are done) if any call panicked.
     pub fn split(&self, units: usize, f: impl Fn(usize, Range<usize>) + Sync) {
+        self.split_in_chunks(units, CHUNKS_PER_PART, f)
+    }
+
+    /// [`ThreadPool::split`] with each thread's part computed in `chunks_per_part` chunks
+    /// (at least 1): 1 for kernels whose every call repeats a large fixed cost (a chunk taken
+    /// by a thread done early is then a whole part).
+    pub fn split_in_chunks(
+        &self,
+        units: usize,
+        chunks_per_part: usize,
+        f: impl Fn(usize, Range<usize>) + Sync,
+    ) {
         let parts = self.threads();
         if parts == 1 || units <= 1 || units > u32::MAX as usize {
             f(0, 0..units);
@@ -165,7 +177,7 @@ impl ThreadPool {
         for (i, p) in s.parts.iter().enumerate() {
             p.set(part_range(units, parts, i));
         }
-        let chunk = units.div_ceil(parts * CHUNKS_PER_PART);
+        let chunk = units.div_ceil(parts * chunks_per_part.max(1));
         s.chunk.store(chunk, Ordering::Relaxed);
         let job = Job { f: &f };
         // A worker uses the job only between incrementing `active` and seeing the pointer
