@@ -1758,6 +1758,18 @@ fn clip_epilogue_on_every_kernel() {
     assert!(KernelModule::new().unwrap().add_fc(&nan).is_err());
 }
 
+/// Shape `i` of a table with the epilogue cycled over the shapes: bias, ReLU, residual and
+/// clip each on some and off on others, in every combination over 60 shapes.
+fn cycled_epilogue(i: usize, base: ConvSpec) -> ConvSpec {
+    ConvSpec {
+        bias: i % 2 == 0,
+        relu: i % 3 != 1,
+        residual: i % 4 < 2,
+        clip: (i % 5 == 3).then_some(PROP_CLIP),
+        ..base
+    }
+}
+
 /// Every level's output (first the reference level's) equal bit for bit.
 fn assert_levels_agree(what: &impl std::fmt::Debug, outs: &[(cnnc::Isa, Vec<f32>)]) {
     for (isa, out) in &outs[1..] {
@@ -1794,13 +1806,7 @@ fn conv_pointwise_every_isa_bit_identical() {
     let levels = cnnc::Isa::host_levels();
     let mut seed = 3000;
     for (i, &(c, h, w, k)) in shapes.iter().enumerate() {
-        let s = ConvSpec {
-            bias: i % 2 == 0,
-            relu: i % 3 != 1,
-            residual: i % 4 < 2,
-            clip: (i % 5 == 3).then_some(PROP_CLIP),
-            ..spec(c, h, w, k, 1, 1, (1, 1), (0, 0))
-        };
+        let s = cycled_epilogue(i, spec(c, h, w, k, 1, 1, (1, 1), (0, 0)));
         let outs: Vec<_> = levels
             .iter()
             .map(|&isa| (isa, check_conv_with(&s, seed, Some(isa), None).0))
@@ -1849,13 +1855,7 @@ fn conv_direct_every_isa_bit_identical() {
     let levels = cnnc::Isa::host_levels();
     let mut seed = 2000;
     for (i, base) in shapes.into_iter().enumerate() {
-        let s = ConvSpec {
-            bias: i % 2 == 0,
-            relu: i % 3 != 1,
-            residual: i % 4 < 2,
-            clip: (i % 5 == 3).then_some(PROP_CLIP),
-            ..base
-        };
+        let s = cycled_epilogue(i, base);
         let mut outs = Vec::new();
         for &isa in &levels {
             let (out, method, micro) = check_conv_with(&s, seed, Some(isa), None);
@@ -1907,13 +1907,7 @@ fn conv_strided_pointwise_every_isa_bit_identical() {
     let levels = cnnc::Isa::host_levels();
     let mut seed = 5000;
     for (i, base) in shapes.into_iter().enumerate() {
-        let s = ConvSpec {
-            bias: i % 2 == 0,
-            relu: i % 3 != 1,
-            residual: i % 4 < 2,
-            clip: (i % 5 == 3).then_some(PROP_CLIP),
-            ..base
-        };
+        let s = cycled_epilogue(i, base);
         let mut outs = Vec::new();
         for &isa in &levels {
             let (out, method, micro) = check_conv_with(&s, seed, Some(isa), None);
