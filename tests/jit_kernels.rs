@@ -1762,7 +1762,7 @@ fn clip_epilogue_on_every_kernel() {
 /// clip each on some and off on others, in every combination over 60 shapes.
 fn cycled_epilogue(i: usize, base: ConvSpec) -> ConvSpec {
     ConvSpec {
-        bias: i % 2 == 0,
+        bias: i.is_multiple_of(2),
         relu: i % 3 != 1,
         residual: i % 4 < 2,
         clip: (i % 5 == 3).then_some(PROP_CLIP),
