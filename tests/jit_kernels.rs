@@ -1370,23 +1370,26 @@ fn max_pool_propagates_nan() {
     // at every position.
     // At avx2 and avx512 the wide kernel (`x86::pool`): 41 columns are two zmm groups and
     // a masked tail (five ymm groups and a tail); 3x3/1 at 37 puts NaNs in the loop and
-    // in the tail.
-    for (hw, k, s) in [
-        (8usize, 2usize, 2usize),
-        (9, 3, 1),
-        (7, 3, 3),
-        (19, 3, 2),
-        (21, 5, 2),
-        (41, 3, 2),
-        (37, 3, 1),
+    // in the tail; with padding (which the wide kernel does by itself) at both ends.
+    for (hw, k, s, p) in [
+        (8usize, 2usize, 2usize, 0usize),
+        (9, 3, 1, 0),
+        (7, 3, 3, 0),
+        (19, 3, 2, 0),
+        (21, 5, 2, 0),
+        (41, 3, 2, 0),
+        (37, 3, 1, 0),
+        (41, 3, 2, 1),
+        (37, 3, 1, 1),
+        (23, 5, 2, 2),
     ] {
         for isa in cnnc::Isa::host_levels() {
-            let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, 0);
+            let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, p);
             let mut km = KernelModule::new().unwrap();
             km.set_isa(isa).unwrap();
-            let p = km.add_pool(&spec).unwrap();
+            let pk = km.add_pool(&spec).unwrap();
             let code = km.finalize().unwrap();
-            let kern = code.get(p).unwrap();
+            let kern = code.get(pk).unwrap();
             let positions: Vec<usize> = if (s == 2 && k > 2) || hw > 30 {
                 (0..hw * hw).collect()
             } else {
@@ -1401,12 +1404,13 @@ fn max_pool_propagates_nan() {
                 let ow = spec.out_w();
                 for (i, v) in out.iter().enumerate() {
                     let (oy, ox) = (i / ow, i % ow);
-                    let covers =
-                        (oy * s..oy * s + k).contains(&py) && (ox * s..ox * s + k).contains(&px);
+                    // The window in padded coordinates.
+                    let covers = (oy * s..oy * s + k).contains(&(py + p))
+                        && (ox * s..ox * s + k).contains(&(px + p));
                     assert_eq!(
                         v.is_nan(),
                         covers,
-                        "{isa}: hw {hw} k {k} s {s} pos {pos} out {i}"
+                        "{isa}: hw {hw} k {k} s {s} pad {p} pos {pos} out {i}"
                     );
                 }
             }

@@ -161,7 +161,10 @@ impl PoolSpec {
             kernel_w: self.kernel_w,
             stride_h: self.stride_h,
             stride_w: self.stride_w,
-            row: self.wp(),
+            in_h: self.in_h,
+            in_w: self.in_w,
+            pad_h: self.pad_h,
+            pad_w: self.pad_w,
             out_h: self.out_h(),
             out_w: self.out_w(),
         };
@@ -370,21 +373,18 @@ pub struct PendingPool {
 
 impl KernelModule {
     /// A pool at the module's ISA level: a max pool with horizontal stride 1 or 2 calls the
-    /// wide kernel of [`super::x86::pool`] once per channel (after the padded copy, if
-    /// any); every other pool is Cranelift's f32x4 code.
+    /// wide kernel of [`super::x86::pool`] once per channel (which pads by itself); every
+    /// other pool is Cranelift's f32x4 code.
     pub fn add_pool(&mut self, spec: &PoolSpec) -> Result<PendingPool> {
         spec.validate()?;
         let s = *spec;
         let id = match s.wide_max(self.isa) {
             Some(k) => {
                 let micro = self.add_micro_once(2, "max pool plane", &k, MaxPoolPlane::emit)?;
-                let body = move |e: &mut Emit, b, begin, end| wide_body(&s, e, b, begin, end);
-                // Without padding the function only loops and calls: compiled quickly.
-                if s.padded() {
-                    self.define_with_micros(&[micro], body)?
-                } else {
-                    self.define_driver(&[micro], body)?
-                }
+                // The function only loops over the channels and calls: compiled quickly.
+                self.define_driver(&[micro], move |e, b, begin, end| {
+                    wide_body(&s, e, b, begin, end)
+                })?
             }
             None => self.define(move |e, b, begin, end| body(&s, e, b, begin, end))?,
         };
@@ -393,7 +393,7 @@ impl KernelModule {
 }
 
 /// Channels `begin..end`, each by one call of the wide max pool kernel (`e.micros[0]`)
-/// on the channel's plane, or on its padded copy in the scratch plane.
+/// on the channel's plane (the kernel handles the padding itself: no scratch).
 fn wide_body(
     s: &PoolSpec,
     e: &mut Emit,
@@ -404,17 +404,8 @@ fn wide_body(
     let (oh, ow) = (s.out_h(), s.out_w());
     e.for_range(begin, end, 1, |e, c| {
         let plane = e.addr(b.input, c, s.in_h * s.in_w * 4);
-        let src = if s.padded() {
-            let plane_hw = (s.hp(), s.wp());
-            let pads = (s.pad_h, s.pad_w);
-            let (h, w) = (s.in_h, s.in_w);
-            e.pad_plane(plane, b.scratch, (h, w), plane_hw, pads, f32::NEG_INFINITY)?;
-            b.scratch
-        } else {
-            plane
-        };
         let oplane = e.addr(b.out, c, oh * ow * 4);
-        e.b.ins().call(e.micros[0], &[src, oplane]);
+        e.b.ins().call(e.micros[0], &[plane, oplane]);
         Ok(())
     })
 }
