@@ -2,7 +2,9 @@
 //! (RESIDUAL = 1 fuses a residual add before the relu). Environment: `CNNC_ISA`, `CNNC_NO_WINOGRAD=1`,
 //! `CNNC_COPIES=n` (rotate through n copies of the weights, so that they come from memory),
 //! `CNNC_OFFSET=n` (start the input, output and residual n floats after a cache line; default
-//! 0: on a line, as the runtime's arena places every tensor).
+//! 0: on a line, as the runtime's arena places every tensor), `CNNC_FLUSH_MB=n` (write n MB of
+//! other memory before each run, untimed, as a network's other layers do: the layer then
+//! starts with its input, output and weights out of the caches, and dirty lines to evict).
 use cnnc::jit::*;
 use cnnc::runtime::arena::AlignedBuf;
 use std::time::Instant;
@@ -53,10 +55,15 @@ fn main() {
     let pool = ThreadPool::new(threads, std::time::Duration::from_micros(200));
     let mut scratch = vec![0.0; kern.scratch_len() * threads];
     let mut best = f64::MAX;
+    let flush_mb: usize = std::env::var("CNNC_FLUSH_MB").map_or(0, |v| v.parse().unwrap());
+    let mut junk = vec![0u8; flush_mb << 20];
     let t1 = Instant::now();
     while t1.elapsed().as_secs_f64() < 1.5 {
         let packed = &packs[round % copies];
         round += 1;
+        for line in junk.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
         let t = Instant::now();
         if threads > 1 {
             kern.run_parallel(&pool, x, packed, res, out, &mut scratch)
