@@ -84,6 +84,8 @@ struct Shared {
     shutdown: AtomicBool,
     panicked: AtomicBool,
     spin: Duration,
+    /// Workers that have started running [`worker`].
+    started: AtomicUsize,
 }
 
 impl Shared {
@@ -123,6 +125,7 @@ impl ThreadPool {
             shutdown: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
             spin,
+            started: AtomicUsize::new(0),
         });
         let workers = (1..threads)
             .map(|i| {
@@ -133,6 +136,12 @@ impl ThreadPool {
                     .expect("spawning a worker thread")
             })
             .collect();
+        // A new thread allocates as it starts (std keeps its name): wait until every worker
+        // runs, so that a worker the scheduler starts late does not allocate during a run
+        // (`run_into` allocates nothing, `tests/jit_run_no_alloc.rs`).
+        while shared.started.load(Ordering::Acquire) < threads - 1 {
+            std::thread::yield_now();
+        }
         ThreadPool {
             shared,
             workers,
@@ -257,6 +266,7 @@ impl ThreadPool {
 }
 
 fn worker(s: &Shared, index: usize) {
+    s.started.fetch_add(1, Ordering::Release);
     let mut seen = 0usize;
     loop {
         // Wait for a new epoch: spin first, then park.
