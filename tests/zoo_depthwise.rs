@@ -328,3 +328,28 @@ fn shuffles_before_depthwise_convs_move_no_data() {
         assert_close(&format!("output {i}"), y, w, 1e-5);
     }
 }
+
+/// A depthwise conv takes the ISA level of the options even when it is the graph's first
+/// kernel (its step does not name a level; the module used to keep its default, the widest
+/// level, until another kernel set one): no x86 micro-kernel at `sse`, one at the wider
+/// levels the host has.
+#[test]
+fn a_depthwise_first_kernel_follows_the_options_isa() {
+    let yaml = "input: [8, 20, 40]\nlayers:\n  - {name: dw, conv: {filters: 8, size: 3, pad: 1, groups: 8}}\n";
+    let mut g = graph(yaml);
+    cnnc::weights::bind(&mut g, None).unwrap();
+    for isa in cnnc::Isa::host_levels() {
+        let opts = Options {
+            isa,
+            ..Options::default()
+        };
+        let listings = cnnc::runtime::listings(&g, &opts).unwrap();
+        // x86 micro-kernels are listed with `;`-comment "IR" (they have no Cranelift IR).
+        let micros = listings.iter().filter(|l| l.clif.starts_with(';')).count();
+        if isa == cnnc::Isa::Sse {
+            assert_eq!(micros, 0, "{isa}: no x86 code at sse");
+        } else {
+            assert!(micros > 0, "{isa}: the depthwise row kernel");
+        }
+    }
+}

@@ -44,6 +44,9 @@ pub struct Plan {
     /// Floats of activation memory, set by [`memory::assign_arena`]; a multiple of
     /// [`memory::ALIGN_FLOATS`].
     pub arena_len: usize,
+    /// The vector instructions every kernel is generated for ([`Options::isa`]), including
+    /// the kernels whose step does not name it (depthwise, polyphase parts).
+    pub isa: Isa,
 }
 
 /// One IR value (a node's output): its shape and where its floats are.
@@ -280,6 +283,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan> {
         input: id_of[&g.input],
         outputs: g.outputs.iter().map(|o| id_of[o]).collect(),
         arena_len: 0,
+        isa: opts.isa,
     };
     for (v, &id) in order.iter().enumerate() {
         let node = g.node(id);

@@ -92,6 +92,8 @@ fn once<K: Hash + Eq, P>(
 /// Generates the kernels of `plan` in `module` (each labelled with its first layer).
 fn generate(plan: &Plan, module: &mut KernelModule) -> Result<Generated> {
     let mut gen = Generated::default();
+    // Kernels that do not carry their ISA take the module's: the plan's, not a default.
+    module.set_isa(plan.isa)?;
     for s in &plan.steps {
         module.set_label(&s.name);
         add_kernel(&mut gen, module, s).map_err(|e| e.in_layer(&s.name))?;
