@@ -63,7 +63,7 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
     let pid = km2.add_micro_gemm(&packed_k).unwrap();
     let packed_k = km2.finalize().unwrap().get(pid).unwrap();
     let mut xp = vec![0.0f32; c * np];
-    let mut once = || {
+    let once = || {
         if panel == 0 {
             for t in 0..nt {
                 for ci in 0..c {
@@ -103,15 +103,7 @@ fn run(w: Width, mr: usize, nv: usize, c: usize, k: usize, p: usize, panel: usiz
             }
         }
     };
-    once();
-    let mut best = f64::MAX;
-    let t0 = Instant::now();
-    while t0.elapsed().as_secs_f64() < 1.0 {
-        let t = Instant::now();
-        once();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    (2 * k * c * p) as f64 / best / 1e9
+    (2 * k * c * p) as f64 / best_seconds(once) / 1e9
 }
 
 fn main() {
@@ -226,6 +218,19 @@ pub fn l1x(w: Width, mr: usize, nv: usize, k: usize, step_x: bool) -> f64 {
 }
 
 /// 64-byte aligned floats (as the runtime's arena), filled by `f`.
+/// The best time of `once` over about a second, after one warm-up call.
+fn best_seconds(mut once: impl FnMut()) -> f64 {
+    once();
+    let mut best = f64::MAX;
+    let t0 = Instant::now();
+    while t0.elapsed().as_secs_f64() < 1.0 {
+        let t = Instant::now();
+        once();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    best
+}
+
 fn aligned(len: usize, f: impl Fn(usize) -> f32) -> cnnc::runtime::arena::AlignedBuf {
     let mut b = cnnc::runtime::arena::AlignedBuf::zeroed(len, "microperf").unwrap();
     for (i, v) in b.as_mut_slice().iter_mut().enumerate() {
@@ -291,7 +296,7 @@ pub fn goto(
     }
     let lines = nc * 4 / 64;
     let pre_s: &[f32] = pre.as_mut_slice();
-    let mut once = || {
+    let once = || {
         for t0 in (0..nt).step_by(per) {
             let cols = per.min(nt - t0);
             let panel: &[f32] = if mode == 0 || mode >= 4 {
@@ -358,13 +363,5 @@ pub fn goto(
             }
         }
     };
-    once();
-    let mut best = f64::MAX;
-    let t0 = Instant::now();
-    while t0.elapsed().as_secs_f64() < 1.0 {
-        let t = Instant::now();
-        once();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    (2 * k * c * p) as f64 / best / 1e9
+    (2 * k * c * p) as f64 / best_seconds(once) / 1e9
 }
