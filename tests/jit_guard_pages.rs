@@ -110,6 +110,12 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (5, 13, 11, 9, 1, 1, 0),
         (4, 9, 10, 13, 1, 2, 0),
         (2, 12, 12, 3, 7, 2, 3),
+        // Strips across rows: 14x14 (zmm: all at once), 28x28 from stride 2 unpadded (the
+        // copies at the input's last column, groups of rows), 13x13, rows of 56.
+        (9, 14, 14, 11, 3, 1, 1),
+        (4, 57, 57, 9, 3, 2, 0),
+        (3, 13, 13, 17, 3, 1, 1),
+        (2, 7, 56, 5, 3, 1, 1),
         (6, 5, 5, 17, 3, 3, 0),
         (1, 1, 1, 1, 1, 1, 0),
         (9, 6, 33, 7, 2, 1, 2),

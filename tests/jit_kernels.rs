@@ -1852,6 +1852,18 @@ fn conv_direct_every_isa_bit_identical() {
         // buffer's padding at its end): grouped, and strip by strip.
         spec(300, 7, 7, 131, 3, 3, (1, 1), (1, 1)),
         spec(290, 39, 41, 115, 3, 3, (2, 2), (1, 1)),
+        // Strips across rows (zmm 48 pixels, ymm 16): a 14x14 output (zmm: 4 strips and
+        // one of 4 pixels, all at once; ymm: a group of 8 rows in 7 strips, then 6 rows),
+        // 13x13, 28x28 from stride 2 (zmm: 2 groups of 12 rows, then 4 rows), rows of 56
+        // (zmm: 6 rows in 7 strips), a 14x14 stem-like 7x7/2 (the stride-2 copies' odd
+        // lanes from the column before a strip's first on its row), 12x14 from stride 2
+        // with odd input sizes; reduction blocks on 2 of them.
+        spec(20, 14, 14, 13, 3, 3, (1, 1), (1, 1)),
+        spec(70, 13, 13, 15, 3, 3, (1, 1), (1, 1)),
+        spec(10, 56, 56, 9, 3, 3, (2, 2), (1, 1)),
+        spec(5, 20, 56, 12, 3, 3, (1, 1), (1, 1)),
+        spec(3, 27, 27, 10, 7, 7, (2, 2), (3, 3)),
+        spec(130, 23, 27, 11, 3, 3, (2, 2), (1, 1)),
     ];
     for k in 1..=15 {
         shapes.push(spec(3, 11, 9, k, 3, 3, (2, 2), (1, 1)));

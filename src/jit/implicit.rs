@@ -25,7 +25,7 @@
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
-use super::cg::{off, F32, F32X4, I64};
+use super::cg::{off as cg_off, F32, F32X4, I64};
 use super::conv::{ConvBufs, ConvSpec};
 use super::epilogue::Epilogue;
 use super::gemm::{call_for_block, wide_tile};
@@ -58,20 +58,66 @@ pub(crate) const STREAMED_WEIGHTS_BYTES: usize = 1 << 20;
 /// 1024 0.90x, 2048 0.85-0.86x, 4096 0.90x.
 pub(crate) const WEIGHT_PREFETCH_BYTES: usize = 2048;
 
-/// `repeat` strips of output pixels side by side (a loop in the generated code): `rows`
-/// output rows from the group's first, columns `ox0 + i * width ..` (`i < repeat`) of each
-/// (whole rows when `rows > 1`), each strip consecutive in the plane.
+/// The micro-kernel's tile, output channels by pixels: with zmm 8 x 48 (24 accumulators;
+/// per step 3 x vectors and 8 broadcasts for 24 FMAs), where the pointwise GEMM's 14 x 32
+/// left a short last block on the usual channel counts (256 = 18 x 14 + 4, 128 = 9 x 14 +
+/// 2). Measured with `examples/convab.rs` (weights from 20 copies, avx512, one thread, both
+/// on strips across rows, 06:15, load 5-6), 8 x 48 against 14 x 32, median of pairs: 3x3
+/// 256 -> 256 at 14x14 0.957, 64 -> 256 at 13x13 0.962, 48 -> 192 at 13x13 0.967, 3x3/2
+/// 128 -> 128 from 56 0.993, 256 -> 256 from 28 0.959, 7x7/2 3 -> 64 0.969, 512 -> 512 at
+/// 7x7 0.998; 6 x 64, 9 x 48, 12 x 32 and 16 x 16 were 1.00-1.23x the time of 8 x 48.
+fn tile(width: Width) -> (usize, usize) {
+    match width {
+        Width::Z512 => (8, 48),
+        _ => wide_tile(width),
+    }
+}
+
+/// `repeat` strips of `cols` output pixels side by side (a loop in the generated code), each
+/// consecutive in the plane: the first starts at row `row` of its group, column `ox0`, and
+/// may run on into the next rows (a strip across rows); the `i`-th starts `i * cols`
+/// columns further (`repeat > 1` only within one row).
 #[derive(Clone, Copy, Debug)]
 struct Strip {
+    row: usize,
     ox0: usize,
-    width: usize,
-    rows: usize,
+    cols: usize,
     repeat: usize,
+}
+
+/// A strip's pixels within one output row: `len` pixels from `dy` rows and `dx` columns
+/// past the strip's first pixel (`dx < 0` on the rows after the first), at column `to` of
+/// the strip.
+#[derive(Clone, Copy, Debug)]
+struct Piece {
+    dy: usize,
+    dx: isize,
+    len: usize,
+    to: usize,
 }
 
 impl Strip {
     fn cols(&self) -> usize {
-        self.rows * self.width
+        self.cols
+    }
+
+    /// The strip's first instance cut at the ends of the rows of a plane `ow` wide.
+    fn pieces(&self, ow: usize) -> Vec<Piece> {
+        let mut v = Vec::new();
+        let (mut to, mut x, mut dy) = (0, self.ox0, 0);
+        while to < self.cols {
+            let len = (ow - x).min(self.cols - to);
+            v.push(Piece {
+                dy,
+                dx: x as isize - self.ox0 as isize,
+                len,
+                to,
+            });
+            to += len;
+            x = 0;
+            dy += 1;
+        }
+        v
     }
 }
 
@@ -92,9 +138,10 @@ struct GroupKind {
 pub(crate) struct ImplicitGemm {
     spec: ConvSpec,
     width: Width,
-    /// Output channels per block and blocks.
+    /// Output channels per block and blocks, pixels per strip.
     mr: usize,
     nmb: usize,
+    np: usize,
     /// Taps per input channel, and the whole reduction `in_c * f`.
     f: usize,
     r: usize,
@@ -117,14 +164,14 @@ pub(crate) struct ImplicitGemm {
 impl ImplicitGemm {
     /// The plan for `spec` at `width`, or `None` if a channel's taps do not fit a panel.
     pub(crate) fn new(spec: ConvSpec, width: Width) -> Option<Self> {
-        let (mr, np) = wide_tile(width);
+        let (mr, np) = tile(width);
         let f = spec.kernel_h * spec.kernel_w;
         let (oh, ow) = (spec.out_h(), spec.out_w());
         let ldp = np.min((oh * ow).div_ceil(width.lanes()) * width.lanes());
         if f * ldp * 4 > MAX_PANEL_BYTES {
             return None;
         }
-        let (kinds, strips) = strips(oh, ow, np);
+        let (kinds, strips) = strips(oh, ow, np, width.lanes());
         // Grouped, the strips' panels share the stack budget of all panels.
         let channel_bytes = f * ldp * 4;
         let grouped = (2..=MAX_GROUPED_STRIPS).contains(&strips)
@@ -142,6 +189,7 @@ impl ImplicitGemm {
             width,
             mr,
             nmb: spec.out_c.div_ceil(mr),
+            np,
             f,
             r: spec.in_c * f,
             nc,
@@ -168,8 +216,7 @@ impl ImplicitGemm {
 
     /// What computes a tile, for profiles and plans: `avx512 14x32 implicit`.
     pub(crate) fn micro_kernel(&self) -> String {
-        let (mr, np) = wide_tile(self.width);
-        format!("{} {mr}x{np} implicit", self.width.isa_name())
+        format!("{} {}x{} implicit", self.width.isa_name(), self.mr, self.np)
     }
     pub(crate) fn spec(&self) -> &ConvSpec {
         &self.spec
@@ -371,8 +418,8 @@ impl ImplicitGemm {
             for g in 0..kind.count {
                 for run in &kind.strips {
                     for i in 0..run.repeat {
-                        let oy0 = kind.row0 + g * kind.rows;
-                        v.push((*run, oy0, run.ox0 + i * run.width));
+                        let oy0 = kind.row0 + g * kind.rows + run.row;
+                        v.push((*run, oy0, run.ox0 + i * run.cols));
                     }
                 }
             }
@@ -483,9 +530,11 @@ impl ImplicitGemm {
                     let mhi = e.b.ins().smin(mhi, nmbv);
                     let any = e.b.ins().icmp(IntCC::SignedLessThan, mlo, mhi);
                     e.when(any, |e| {
-                        // The strip's first pixel: column ox0 = run.ox0 + i * width.
-                        let ox0 = e.mul_imm(i, run.width as i64);
+                        // The strip's first pixel: column ox0 = run.ox0 + i * cols of
+                        // row oy0 + run.row.
+                        let ox0 = e.mul_imm(i, run.cols as i64);
                         let ox0 = e.add_imm(ox0, run.ox0 as i64);
+                        let oy0 = e.add_imm(oy0, run.row as i64);
                         let row = e.addr(c.src, oy0, s.stride_h * self.wp * 4);
                         let o = e.mul_imm(oy0, ow as i64);
                         let o = e.b.ins().iadd(o, ox0);
@@ -613,15 +662,21 @@ impl ImplicitGemm {
                 let py = e.addr(pc, fy, kw * ldp * 4);
                 let st = at.strip;
                 for fx in 0..kw {
-                    // The columns the strips of the run start at: the first and the last.
-                    let cols = (
-                        st.ox0 * s.stride_w + fx,
-                        (st.ox0 + (st.repeat - 1) * st.width) * s.stride_w + fx,
-                    );
-                    for d in 0..st.rows {
-                        let from = (d * s.stride_h * wp + fx) * 4;
-                        let to = (fx * ldp + d * st.width) * 4;
-                        self.copy_strided(e, (sy, from), (py, to), cols, st.width);
+                    for p in st.pieces(s.out_w()) {
+                        // The piece's first source column, in the first and the last strip
+                        // of the run.
+                        let col = st.ox0 as isize + p.dx;
+                        let last = (st.repeat - 1) * st.cols;
+                        let cols = (
+                            col as usize * s.stride_w + fx,
+                            (col as usize + last) * s.stride_w + fx,
+                        );
+                        // Inside the source: dy rows down, then dx columns (dx < 0 only
+                        // when dy > 0, and |dx| * sw < wp).
+                        let from = (p.dy * s.stride_h * wp) as isize + p.dx * s.stride_w as isize;
+                        let from = (from + fx as isize) * 4;
+                        let to = fx * ldp + p.to;
+                        self.copy_strided(e, (sy, from), (py, to * 4), cols, p.len);
                     }
                 }
                 Ok(())
@@ -632,19 +687,22 @@ impl ImplicitGemm {
         })
     }
 
-    /// Copies `n` floats at stride `stride_w` from `src + from` (starting at column `col_lo`
+    /// Copies `n` floats at stride `stride_w` from `src + from` bytes (starting at column `col_lo`
     /// or up to `col_hi` of a source row of `wp` floats, depending on the strip of a run: all
     /// `n` inside the row) to consecutive floats at `dst + to`. Vector loads read only inside
     /// the source row, wherever in `col_lo..=col_hi` the copy starts.
     fn copy_strided(
         &self,
         e: &mut Emit,
-        (src, from): (Value, usize),
+        (src, from): (Value, isize),
         (dst, to): (Value, usize),
         (col_lo, col_hi): (usize, usize),
         n: usize,
     ) {
         let (sw, wp) = (self.spec.stride_w, self.wp);
+        // Source offsets may be negative (the column before a strip's first, on its row);
+        // every address is inside the source row all the same.
+        let off = |x: isize| i32::try_from(x).expect("offsets are checked against i32");
         let groups: Vec<usize> = if n >= 4 && sw <= 2 {
             // Groups of 4 outputs; the last one overlaps the one before it when n % 4 != 0.
             (0..n / 4)
@@ -657,7 +715,7 @@ impl ImplicitGemm {
         let mut done = vec![false; n];
         for j in groups {
             let (first_lo, first_hi) = (col_lo + j * sw, col_hi + j * sw);
-            let at = from + j * sw * 4;
+            let at = from + (j * sw * 4) as isize;
             let v = if sw == 1 {
                 Some(e.load(F32X4, src, off(at)))
             } else if first_hi + 7 < wp {
@@ -674,13 +732,13 @@ impl ImplicitGemm {
                 None
             };
             if let Some(v) = v {
-                e.store(v, dst, off(to + j * 4));
+                e.store(v, dst, cg_off(to + j * 4));
                 done[j..j + 4].iter_mut().for_each(|d| *d = true);
             }
         }
         for j in (0..n).filter(|&j| !done[j]) {
-            let x = e.load(F32, src, off(from + j * sw * 4));
-            e.store(x, dst, off(to + j * 4));
+            let x = e.load(F32, src, off(from + (j * sw * 4) as isize));
+            e.store(x, dst, cg_off(to + j * 4));
         }
     }
 }
@@ -702,23 +760,47 @@ pub(crate) fn shuffle(e: &mut Emit, a: Value, b: Value, lanes: [u8; 4]) -> Value
     e.b.ins().bitcast(F32X4, le, x)
 }
 
-/// Cuts an `oh x ow` output plane into strips of at most `np` pixels: pieces of a row when
-/// rows are wider than `np` (full strips, then the rest), else groups of `np / ow` whole rows
-/// (then the remaining rows). Returns the kinds and the number of strips.
-fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
+/// Cuts an `oh x ow` output plane into strips of at most `np` pixels (`lanes` per vector):
+/// by rows ([`row_strips`]) or across rows ([`flat_strips`]), whichever computes fewer
+/// vectors. Returns the kinds and the number of strips.
+fn strips(oh: usize, ow: usize, np: usize, lanes: usize) -> (Vec<GroupKind>, usize) {
+    let count = |kinds: &[GroupKind]| kinds.iter().map(|k| k.count * k.per_group).sum();
+    let vectors = |kinds: &[GroupKind]| -> usize {
+        let strip = |s: &Strip| s.repeat * s.cols.div_ceil(lanes);
+        kinds
+            .iter()
+            .map(|k| k.count * k.strips.iter().map(strip).sum::<usize>())
+            .sum()
+    };
+    let rows = row_strips(oh, ow, np);
+    match flat_strips(oh, ow, np) {
+        Some(f) if vectors(&f) < vectors(&rows) => {
+            let n = count(&f);
+            (f, n)
+        }
+        _ => {
+            let n = count(&rows);
+            (rows, n)
+        }
+    }
+}
+
+/// Strips of whole rows' pieces: pieces of a row when rows are wider than `np` (full
+/// strips, then the rest), else groups of `np / ow` whole rows (then the remaining rows).
+fn row_strips(oh: usize, ow: usize, np: usize) -> Vec<GroupKind> {
     let mut kinds = Vec::new();
     if ow >= np {
         let mut v = vec![Strip {
+            row: 0,
             ox0: 0,
-            width: np,
-            rows: 1,
+            cols: np,
             repeat: ow / np,
         }];
         if !ow.is_multiple_of(np) {
             v.push(Strip {
+                row: 0,
                 ox0: ow / np * np,
-                width: ow % np,
-                rows: 1,
+                cols: ow % np,
                 repeat: 1,
             });
         }
@@ -733,9 +815,9 @@ fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
     } else {
         let g = (np / ow).min(oh);
         let strip = |rows| Strip {
+            row: 0,
             ox0: 0,
-            width: ow,
-            rows,
+            cols: rows * ow,
             repeat: 1,
         };
         kinds.push(GroupKind {
@@ -757,8 +839,54 @@ fn strips(oh: usize, ow: usize, np: usize) -> (Vec<GroupKind>, usize) {
             });
         }
     }
-    let n = kinds.iter().map(|k| k.count * k.per_group).sum();
-    (kinds, n)
+    kinds
+}
+
+/// Most strips in one group of rows cut across rows (each strip's packing is straight-line
+/// code).
+const MAX_FLAT_STRIPS: usize = 8;
+
+/// Strips of `np` consecutive pixels of the plane, across rows: groups of the fewest rows
+/// that are a whole number of strips (`lcm(ow, np)` pixels), then the remaining rows cut
+/// the same way (the last strip shorter). `None` where a group would need more than
+/// [`MAX_FLAT_STRIPS`] strips.
+fn flat_strips(oh: usize, ow: usize, np: usize) -> Option<Vec<GroupKind>> {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b > 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    let period = np / gcd(ow, np);
+    let group = |row0: usize, count: usize, rows: usize, first_strip: usize| {
+        let pixels = rows * ow;
+        let strips: Vec<Strip> = (0..pixels.div_ceil(np))
+            .map(|i| Strip {
+                row: i * np / ow,
+                ox0: i * np % ow,
+                cols: np.min(pixels - i * np),
+                repeat: 1,
+            })
+            .collect();
+        (strips.len() <= MAX_FLAT_STRIPS).then(|| GroupKind {
+            row0,
+            count,
+            rows,
+            per_group: strips.len(),
+            strips,
+            first_strip,
+        })
+    };
+    let mut kinds = Vec::new();
+    let full = oh / period;
+    if full > 0 {
+        kinds.push(group(0, full, period, 0)?);
+    }
+    if !oh.is_multiple_of(period) {
+        let first = full * period * ow / np;
+        kinds.push(group(full * period, 1, oh % period, first)?);
+    }
+    Some(kinds)
 }
 
 /// What every strip of the compute function shares.
