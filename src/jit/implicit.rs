@@ -868,7 +868,7 @@ fn flat_strips(oh: usize, ow: usize, np: usize) -> Option<Vec<GroupKind>> {
                 repeat: 1,
             })
             .collect();
-        (strips.len() <= MAX_FLAT_STRIPS).then(|| GroupKind {
+        (strips.len() <= MAX_FLAT_STRIPS).then_some(GroupKind {
             row0,
             count,
             rows,
