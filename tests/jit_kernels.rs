@@ -566,6 +566,7 @@ fn conv_pointwise_pixel_ranges() {
         (256, 23, 29, 13, true), // 3+ panels of 192 pixels, partial last column of 3
         (300, 9, 9, 64, false),  // 81 pixels: 10 full columns and one single pixel
         (33, 7, 12, 7, true),    // 84 pixels: last column of 4
+        (400, 10, 10, 20, true), // avx512: a column of 48 too long to pack, so 14x32
         // More output channels than pixels: at avx2 / avx512 the units go channel block
         // by channel block (full and partial columns; 20 pixels: no full zmm column).
         (40, 6, 6, 50, true),
@@ -587,10 +588,13 @@ fn conv_pointwise_pixel_ranges() {
         let code = km.finalize().unwrap();
         let kn = code.get(p).unwrap();
         let units = kn.work_units();
-        // Tile (channels, pixels) per ISA level: f32x4 6x8, avx2 6x16, avx512 14x32.
+        // Tile (channels, pixels) per ISA level: f32x4 6x8, avx2 6x16, avx512 8x48 where
+        // the tile column packs (at most 64 KB, pixel major) else 14x32.
+        let packs48 = c * 48 * 4 <= 64 * 1024 && h * w >= 48 && k <= h * w;
         let (mr, np) = match cnnc::Isa::default_level() {
             cnnc::Isa::Sse => (6, 8),
             cnnc::Isa::Avx2 => (6, 16),
+            cnnc::Isa::Avx512 if packs48 => (8, 48),
             cnnc::Isa::Avx512 => (14, 32),
         };
         assert_eq!(units, (h * w).div_ceil(np) * k.div_ceil(mr));

@@ -8,7 +8,8 @@
 //! The convolution's epilogue ([`super::epilogue`]), then one store.
 //!
 //! At ISA level avx2 / avx512 each tile is a call to an x86 micro-kernel generated for this
-//! GEMM ([`super::x86::MicroGemm`]: 6 channels x 16 pixels in ymm, 14 x 32 in zmm) instead of
+//! GEMM ([`super::x86::MicroGemm`]: 6 channels x 16 pixels in ymm, 14 x 32 in zmm, 8 x 48
+//! where the streamed order packs its columns, see [`STREAMED_ZMM_TILE`]) instead of
 //! the Cranelift f32x4 tile; the loops around it, the work units and the packing (for the
 //! tile's channel block) are the same.
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -42,6 +43,17 @@ const WIDE_KC: usize = 64;
 /// The largest tile column the streamed GEMM packs (`in_c x np` floats, see
 /// [`PixelGemm::streamed`]); longer columns go a chunk of [`WIDE_KC`] channels at a time.
 const PACK_BYTES: usize = 64 * 1024;
+
+/// The zmm tile of the streamed pointwise GEMM where its tile column packs (at most
+/// [`PACK_BYTES`]: `in_c <= 341`): 8 channels x 48 pixels, as the implicit GEMM's, instead
+/// of 14 x 32, whose last channel block is short on the usual channel counts (64 = 4 x 14 +
+/// 8, 128 = 9 x 14 + 2, 256 = 18 x 14 + 4). Measured with `examples/convab.rs` (weights
+/// from 20 copies, avx512, one thread, 800-5800 pairs, 06:33, load 6.6-7.1), 8 x 48 against
+/// 14 x 32, median of pairs: 256 -> 64 at 56x56 0.941, 64 -> 256 at 56x56 0.888, 64 -> 64
+/// at 56x56 0.928, 256 -> 128 at 56x56 0.979, 128 -> 512 at 28x28 0.958. Not where the
+/// column does not pack at 48 pixels (512 -> 128 at 28x28: 1.103) nor in weight-major
+/// order (1024 -> 256 and 256 -> 1024 at 14x14: 1.088, 1.064), which keep 14 x 32.
+const STREAMED_ZMM_TILE: (usize, usize) = (8, 48);
 
 /// Where a wide tile's kernel reads its input: the planes, the planes while packing them
 /// into the scratch (the first block of a tile column), or that packed copy (the others).
@@ -213,7 +225,15 @@ impl PixelGemm {
             if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
                 self.prefetch_w = WEIGHT_PREFETCH_BYTES;
             }
-        } else if self.wide.is_some() {
+        } else if let Some(w) = self.wide {
+            let (mr, np) = STREAMED_ZMM_TILE;
+            let packs = self.s.in_c * np * 4 <= PACK_BYTES && self.s.pixels >= np;
+            if w == Width::Z512 && packs {
+                self.mr = mr;
+                self.np = np;
+                self.nmb = self.s.out_c.div_ceil(mr);
+                self.panel = (WIDE_PANEL_BYTES / (4 * self.s.in_c) / np).max(1) * np;
+            }
             self.streamed = true;
             if self.s.pixels >= self.np && self.s.in_c * self.np * 4 <= PACK_BYTES {
                 self.pack = true;
