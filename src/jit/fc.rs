@@ -202,14 +202,23 @@ pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> 
 fn pack_dot(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let (c, k, r) = (spec.in_features, spec.out_features, spec.rows());
     let c4 = c / 4 * 4;
-    for ki in 0..k {
-        let (kb, kr) = (ki / r, ki % r);
-        let blk = kb * r * c;
-        for ci in 0..c4 {
-            out[blk + ((ci / 4) * r + kr) * 4 + ci % 4] = weights[ki * c + ci];
+    // Walks the output in order (its writes are the ones that miss: the block's `r` rows
+    // being read stay in cache), copying 4 floats of one row at a time. Rows past `k` in
+    // the last block stay zero.
+    for (kb, blk) in out.chunks_exact_mut(r * c).take(spec.nkb()).enumerate() {
+        let rows: Vec<&[f32]> = (kb * r..k.min(kb * r + r))
+            .map(|ki| &weights[ki * c..ki * c + c])
+            .collect();
+        let (quads, tail) = blk.split_at_mut(r * c4);
+        for (ci4, quad_rows) in quads.chunks_exact_mut(4 * r).enumerate() {
+            for (dst, row) in quad_rows.chunks_exact_mut(4).zip(&rows) {
+                dst.copy_from_slice(&row[ci4 * 4..ci4 * 4 + 4]);
+            }
         }
-        for ci in c4..c {
-            out[blk + r * c4 + (ci - c4) * r + kr] = weights[ki * c + ci];
+        for (ci, tail_rows) in tail.chunks_exact_mut(r).enumerate() {
+            for (dst, row) in tail_rows.iter_mut().zip(&rows) {
+                *dst = row[c4 + ci];
+            }
         }
     }
     if let Some(b) = bias {
