@@ -352,7 +352,7 @@ fn check_conv_with(
     // On a thread pool, as the runtime runs it: the prologue, then each phase split
     // (Winograd: the products by position and block, the output transform by channel).
     for pool in split_pools() {
-        let mut scratch = vec![0.0f32; k.scratch_len()];
+        let mut scratch = vec![0.0f32; k.scratch_len_on(pool.threads())];
         let mut out2 = vec![f32::NAN; s.output_len()];
         k.run_parallel(pool, &x, &packed, r.as_deref(), &mut out2, &mut scratch)
             .unwrap();
@@ -376,20 +376,31 @@ fn split_pools() -> &'static [ThreadPool; 2] {
 /// channel): bit-identical, and against the reference. Shapes: 1..3 blocks of 14 and of 6
 /// channels with tails (16 channels at least: below, Winograd does not apply), dense tile
 /// groups (7x7, 9x11) and row groups with partial last tiles, bias, residual and ReLU.
+/// At avx512, grids whose rows are 13-16 or 30 tiles run tile group by tile group (the
+/// AVX-512 input transform, one or two vectors of 16 tiles per row; groups of 1 and 2
+/// tile rows, the last one reaching past the grid; partial last tile rows and columns;
+/// pads 0 and 1).
 #[test]
 fn conv_winograd_every_isa_on_a_pool() {
     let mut seed = 2000;
-    for (c, h, w, k) in [
-        (16, 7, 7, 16),
-        (17, 9, 11, 29),
-        (20, 14, 14, 43),
-        (33, 17, 6, 17),
-        (24, 22, 19, 64),
+    for (c, h, w, k, p, grouped) in [
+        (16, 7, 7, 16, 1, false),
+        (17, 9, 11, 29, 1, false),
+        (20, 14, 14, 43, 1, false),
+        (33, 17, 6, 17, 1, false),
+        (24, 22, 19, 64, 1, false),
+        (16, 13, 50, 20, 1, true),
+        (17, 23, 61, 29, 1, true),
+        (20, 30, 58, 33, 0, true),
+        (16, 9, 118, 16, 1, true),
+        (16, 36, 50, 17, 1, true),
     ] {
         for isa in cnnc::Isa::host_levels() {
-            let mut s = spec(c, h, w, k, 3, 3, (1, 1), (1, 1));
+            let mut s = spec(c, h, w, k, 3, 3, (1, 1), (p, p));
             (s.bias, s.residual, s.relu) = (seed % 2 == 0, seed % 3 != 0, true);
-            check_conv_with(&s, seed, Some(isa), Some(ConvMethod::Winograd));
+            let (_, _, micro) = check_conv_with(&s, seed, Some(isa), Some(ConvMethod::Winograd));
+            let want = grouped && isa == cnnc::Isa::Avx512;
+            assert_eq!(micro.contains("groups"), want, "{s:?} at {isa}: {micro}");
             seed += 1;
         }
     }
@@ -1245,7 +1256,7 @@ fn thread_pool_conv_matches_single_thread() {
         // Zero spin: the workers park between jobs, exercising the wake-up path.
         for spin in [Duration::ZERO, Duration::from_millis(1)] {
             let pool = ThreadPool::new(threads, spin);
-            let mut scratch = vec![0.0; k.scratch_len()];
+            let mut scratch = vec![0.0; k.scratch_len_on(threads)];
             for _ in 0..20 {
                 let mut out = vec![f32::NAN; s.output_len()];
                 k.run_parallel(&pool, &x, &packed, Some(&r), &mut out, &mut scratch)

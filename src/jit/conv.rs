@@ -805,6 +805,11 @@ impl Plan {
             Plan::Winograd(w) => w.packed_len(),
         }
     }
+    /// Whether each thread of a pool needs a scratch of its own (`Temp` parts of
+    /// `scratch_len` floats each, with no prologue).
+    fn scratch_per_thread(&self) -> bool {
+        matches!(self, Plan::Winograd(w) if w.scratch_per_thread())
+    }
     fn scratch_len(&self) -> usize {
         match self {
             Plan::Direct(d) => d.scratch_len(),
@@ -818,7 +823,7 @@ impl Plan {
             Plan::Direct(_) => "f32x4 direct".into(),
             Plan::Implicit(d) => d.micro_kernel(),
             Plan::Gemm(g) => g.micro_kernel(),
-            Plan::Winograd(w) => w.gemm().micro_kernel(),
+            Plan::Winograd(w) => w.micro_kernel(),
         }
     }
     fn method(&self) -> ConvMethod {
@@ -983,6 +988,7 @@ impl KernelModule {
                 one_phase((entry, Some((prologue, compute))))
             }
             Plan::Gemm(g) => (g.emit(self)?, None),
+            Plan::Winograd(w) if w.grouped() => (w.emit_grouped(self)?, None),
             Plan::Winograd(w) => {
                 let f = w.emit(self)?;
                 let entry = define_entry(self, f.prologue, f.compute, spec.in_c)?;
@@ -1129,6 +1135,7 @@ impl Pending for PendingConv {
             spec: self.spec,
             packed_len: plan.packed_len(),
             scratch_len,
+            scratch_per_thread: plan.scratch_per_thread(),
             method: plan.method(),
             micro_kernel: plan.micro_kernel(),
         })
@@ -1146,6 +1153,8 @@ pub struct ConvKernel {
     spec: ConvSpec,
     packed_len: usize,
     scratch_len: usize,
+    /// Whether `run_parallel` needs `scratch_len` floats per thread.
+    scratch_per_thread: bool,
     method: ConvMethod,
     micro_kernel: String,
 }
@@ -1167,12 +1176,23 @@ impl ConvKernel {
     pub fn packed_len(&self) -> usize {
         self.packed_len
     }
-    /// Floats of scratch memory each call needs (the zero-padded input copy; 0 when unpadded).
-    /// Concurrent calls need separate scratch buffers.
+    /// Floats of scratch memory each call of `run` needs (the zero-padded input copy; 0
+    /// when unpadded). Concurrent calls need separate scratch buffers.
     pub fn scratch_len(&self) -> usize {
         self.scratch_len
     }
-    /// Number of work units (blocks of output channels); `run` computes the units in `range`.
+    /// Floats of scratch memory `run_parallel` needs on a pool of `threads` threads: the
+    /// same as `run`, or (a Winograd layer run tile group by tile group, where each
+    /// thread transforms its own groups) `scratch_len()` per thread.
+    pub fn scratch_len_on(&self, threads: usize) -> usize {
+        if self.scratch_per_thread {
+            self.scratch_len * threads.max(1)
+        } else {
+            self.scratch_len
+        }
+    }
+    /// Number of work units (blocks of output channels; a grouped Winograd layer: groups of
+    /// tile rows); `run` computes the units in `range`.
     /// Every output element is computed by the same instructions whatever the split.
     pub fn work_units(&self) -> usize {
         self.entry.units()
@@ -1192,8 +1212,8 @@ impl ConvKernel {
         self.entry.run(&mut bufs.into_array(), range)
     }
 
-    /// All work units, split across `pool`'s threads. `scratch` must hold `scratch_len()`
-    /// floats: the prologue (the padded copy, the input transform) is split over input
+    /// All work units, split across `pool`'s threads. `scratch` must hold
+    /// `scratch_len_on(pool.threads())` floats: the prologue (the padded copy, the input transform) is split over input
     /// channels first, then every thread reads it; then each phase is split in turn.
     pub fn run_parallel(
         &self,

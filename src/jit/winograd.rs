@@ -42,6 +42,7 @@ use super::conv::{ConvBufs, ConvSpec, PROLOGUE_USES};
 use super::epilogue::Epilogue;
 use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs};
 use super::module::{Emit, KernelModule, PendingId};
+use super::x86::winograd::{WinogradInput, WinogradOutput, LANES};
 use crate::error::Result;
 use crate::options::Isa;
 
@@ -116,6 +117,68 @@ pub(crate) struct WinogradPlan {
     hp: usize,
     wp: usize,
     gemm: PixelGemm,
+    /// The tile-group-major schedule, where it pays ([`Groups`]).
+    groups: Option<Groups>,
+}
+
+/// The tile-group-major schedule (session 8): per group of `rows` tile rows, the padded
+/// rows of every input channel, their input transform, the 36 products on the group's
+/// tiles and the output transform, one after the other, all in the calling thread's part
+/// of the scratch. The group's `V` and `M` (and its padded rows) are rewritten by every
+/// group, so they stay in L2 (with `U`, read once per group) instead of making a round trip
+/// to memory: `V` and `M` of the whole 64 -> 64 layer at 56x56 are 1.8 MB each. The groups
+/// are the kernel's work units, so two threads each take whole groups and share only `U`.
+#[derive(Clone, Debug)]
+struct Groups {
+    /// Tile rows per group; the last group may reach past the grid's last tile row (those
+    /// rows are transformed from zeros, computed, never stored).
+    rows: usize,
+    /// Groups (the work units).
+    n: usize,
+    /// Floats per `(ξ, channel)` row of the group's `V` and `M`: `rows` tile rows of
+    /// whole vectors of 16 tiles (`tw` rounded up: every vector starts on a cache line).
+    cols: usize,
+    /// Tiles per tile row in `V` and `M` (`tw` rounded up to 16).
+    row_tiles: usize,
+    /// The GEMM of the 36 positions over `cols` tiles (packing as the plan's `gemm`).
+    gemm: PixelGemm,
+    /// Floats per padded row (the input transform's vectors of 16 tiles read 80 columns).
+    wp: usize,
+    /// The input transform of one tile row of one channel.
+    input: WinogradInput,
+    /// The output transforms of a tile row of 4 output rows, and of the last tile row
+    /// when it has fewer.
+    output: WinogradOutput,
+    last_output: Option<WinogradOutput>,
+}
+
+/// The GEMM of the 36 positions of a layer `s` over `pixels` tiles (the epilogue comes
+/// after the output transform).
+fn gemm_spec(s: &ConvSpec, pixels: usize) -> PixelGemmSpec {
+    PixelGemmSpec {
+        in_c: s.in_c,
+        out_c: s.out_c,
+        pixels,
+        epilogue: Epilogue::default(),
+    }
+}
+
+/// Where the transforms read and write `V` and `M`: floats per `(ξ, channel)` row, and
+/// from one position `ξ` to the next in `V` and in `M`.
+#[derive(Clone, Copy)]
+struct Layout {
+    row: usize,
+    v_stride: usize,
+    m_stride: usize,
+}
+
+/// What the output transform of one output channel shares: its `M` row, output and
+/// residual planes, and bias (scalar and splat).
+struct Channel {
+    m: Value,
+    out: Value,
+    res: Value,
+    bias: Option<(Value, Value)>,
 }
 
 /// The functions of a Winograd layer ([`WinogradPlan::emit`]).
@@ -209,16 +272,8 @@ impl WinogradPlan {
         let dense = tw % 4 != 0 && th * tw <= DENSE_TILES;
         let tw4 = if dense { tw } else { tw.next_multiple_of(4) };
         let tp = (th * tw + tw4 - tw).next_multiple_of(4);
-        let gemm = PixelGemm::new(
-            PixelGemmSpec {
-                in_c: spec.in_c,
-                out_c: spec.out_c,
-                pixels: tp,
-                epilogue: Epilogue::default(),
-            },
-            isa,
-        );
-        WinogradPlan {
+        let gemm = PixelGemm::new(gemm_spec(&spec, tp), isa);
+        let mut plan = WinogradPlan {
             spec,
             th,
             tw,
@@ -228,38 +283,139 @@ impl WinogradPlan {
             hp: TILE * th + 2,
             wp: TILE * tw4 + 4,
             gemm,
-        }
+            groups: None,
+        };
+        // The input transform on 16 tiles per vector is AVX-512 code.
+        let rows = plan.group_rows().filter(|_| isa == Isa::Avx512);
+        plan.groups = rows.and_then(|rows| {
+            let vectors = tw.div_ceil(LANES);
+            let row_tiles = vectors * LANES;
+            let cols = rows * row_tiles;
+            let gemm = PixelGemm::new(gemm_spec(&spec, cols), isa);
+            let wp = vectors * LANES * TILE + 16;
+            let input = WinogradInput {
+                vectors,
+                wp,
+                v_stride: skewed(spec.in_c * cols),
+            };
+            let ep = spec.epilogue();
+            let output = |rows| WinogradOutput {
+                vectors,
+                rows,
+                ow: spec.out_w(),
+                m_stride: skewed(spec.out_c * cols),
+                bias: ep.bias,
+                residual: ep.residual,
+                relu: ep.relu,
+                clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
+            };
+            let last = spec.out_h() % TILE;
+            // The same packing of `U` as the whole layout's GEMM (the f32x4 fallback of a
+            // wide GEMM would pack otherwise).
+            (gemm.mr() == plan.gemm.mr()).then_some(Groups {
+                rows,
+                n: th.div_ceil(rows),
+                cols,
+                row_tiles,
+                gemm,
+                wp,
+                input,
+                output: output(TILE),
+                last_output: (last != 0).then(|| output(last)),
+            })
+        });
+        plan
     }
 
-    /// The GEMM of the 36 positions.
-    pub(crate) fn gemm(&self) -> &PixelGemm {
-        &self.gemm
+    /// Tile rows per group of the tile-group-major schedule, or `None` where the whole
+    /// layout is better. One tile row: 64 -> 64 at 56x56 ran as fast or faster than with 2
+    /// or 3 (`examples/convab.rs`, 0.96x the time of 2 rows, 0.92x on 16 -> 64 at 55x55
+    /// against 3), and two threads then share 14 groups, not 7. Only where the round trip
+    /// of a group's `V` and `M` (written and read once each) costs more than reading `U`
+    /// once more per group (`2 tiles (C + K) > C K`: not on 128 -> 128 at 28x28), and where
+    /// the transforms' vectors of 16 tiles are at least 4/5 full (a row of 8 tiles, 32x32
+    /// outputs, ran 1.5x slower grouped: half of every vector and a GEMM tile of 24
+    /// columns). Small grids (dense) keep the whole layout. `CNNC_WINOGRAD_ROWS=n` sets the
+    /// rows per group (`0`: the whole layout), to measure.
+    fn group_rows(&self) -> Option<usize> {
+        let (c, k) = (self.spec.in_c, self.spec.out_c);
+        let spare = self.tw.next_multiple_of(LANES) - self.tw;
+        if self.dense || self.th < 2 || 4 * spare > self.tw {
+            return None;
+        }
+        #[cfg(test)]
+        if let Some(r) = tests::ROWS.with(|r| r.get()) {
+            return (r > 0 && r < self.th).then_some(r);
+        }
+        if let Some(r) = std::env::var("CNNC_WINOGRAD_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            return (r > 0 && r < self.th).then_some(r);
+        }
+        (2 * self.tw * (c + k) >= c * k).then_some(1)
+    }
+
+    /// Whether the layer runs tile group by tile group ([`Groups`]).
+    pub(crate) fn grouped(&self) -> bool {
+        self.groups.is_some()
     }
 
     fn plane_len(&self) -> usize {
         self.hp * self.wp
     }
-    /// Floats from one position `ξ` of `V`, `M` and `U` to the next.
-    fn v_stride(&self) -> usize {
-        skewed(self.spec.in_c * self.tp)
-    }
-    fn m_stride(&self) -> usize {
-        skewed(self.spec.out_c * self.tp)
-    }
+    /// Floats from one position `ξ` of `U` to the next.
     fn u_stride(&self) -> usize {
         skewed(self.gemm.weights_len())
     }
-    /// Padded planes, then `V` (`[ξ][c][tp]`), then `M` (`[ξ][k][tp]`).
+    /// The whole layout: padded planes, then `V` (`[ξ][c][tp]`), then `M` (`[ξ][k][tp]`).
+    /// Grouped, per thread ([`Self::scratch_per_thread`]): the group's padded rows
+    /// (`[c][4 rows + 2][wp]`), then its `V` (`[ξ][c][cols]`) and `M` (`[ξ][k][cols]`).
     pub(crate) fn scratch_len(&self) -> usize {
-        self.spec.in_c * self.plane_len() + POS * (self.v_stride() + self.m_stride())
+        let lay = self.layout();
+        self.window_len() * self.spec.in_c + POS * (lay.v_stride + lay.m_stride)
+    }
+    /// Whether each thread of a pool needs a scratch of its own (`scratch_len` each).
+    pub(crate) fn scratch_per_thread(&self) -> bool {
+        self.grouped()
+    }
+    /// Floats of one channel's padded plane (grouped: of its group's rows).
+    fn window_len(&self) -> usize {
+        match &self.groups {
+            Some(g) => (TILE * g.rows + 2) * g.wp,
+            None => self.plane_len(),
+        }
+    }
+    /// Where the transforms keep `V` and `M`.
+    fn layout(&self) -> Layout {
+        let row = self.groups.as_ref().map_or(self.tp, |g| g.cols);
+        Layout {
+            row,
+            v_stride: skewed(self.spec.in_c * row),
+            m_stride: skewed(self.spec.out_c * row),
+        }
     }
     /// `U[ξ]` packed for the GEMM micro-kernel, for each `ξ`, then the bias.
     pub(crate) fn packed_len(&self) -> usize {
         POS * self.u_stride() + self.gemm.channel_blocks() * self.gemm.mr()
     }
-    /// Blocks of 6 output channels.
+    /// Blocks of output channels (grouped: the groups).
     pub(crate) fn work_units(&self) -> usize {
-        self.gemm.channel_blocks()
+        self.groups
+            .as_ref()
+            .map_or(self.gemm.channel_blocks(), |g| g.n)
+    }
+    /// For profiles: the GEMM's micro-kernel, and the groups.
+    pub(crate) fn micro_kernel(&self) -> String {
+        match &self.groups {
+            Some(g) => format!(
+                "{}, {} groups of {} tile rows",
+                self.gemm.micro_kernel(),
+                g.n,
+                g.rows
+            ),
+            None => self.gemm.micro_kernel(),
+        }
     }
     /// Input channels (the prologue's work units).
     pub(crate) fn prologue_units(&self) -> usize {
@@ -341,7 +497,8 @@ impl WinogradPlan {
     /// chains the prologue and the compute function; a thread pool runs the prologue, the
     /// products and the output transform one after another, each split). The transforms
     /// are unrolled straight-line code (2,000 instructions): without the Cranelift optimiser
-    /// ([`KernelModule::quickly`]) they compile 3-4x faster and run as fast.
+    /// ([`KernelModule::quickly`]) they compile 3-4x faster and run as fast. Grouped, see
+    /// [`Self::emit_grouped`] instead.
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<WinogradFns> {
         let plan = self.clone();
         let prologue = km.quickly(|km| {
@@ -392,6 +549,62 @@ impl WinogradPlan {
         })
     }
 
+    /// The kernel of the tile-group-major schedule ([`Groups`]): a function over groups
+    /// `begin..end` clearing the padded rows of the thread's scratch (their columns left
+    /// and right of the input stay zero), then calling, for each group, the input side (padded rows and input transform
+    /// of every input channel), the 36 products and the output transform of every output
+    /// channel, each a function of its own (the transforms compiled [`KernelModule::quickly`]).
+    /// All three use only the calling thread's scratch (a `Temp` slot).
+    pub(crate) fn emit_grouped(&self, km: &mut KernelModule) -> Result<PendingId> {
+        let Some(groups) = self.groups.clone() else {
+            return Err(crate::Error::Internal(
+                "a Winograd plan without groups".into(),
+            ));
+        };
+        let plan = self.clone();
+        let transform = km.add_micro_once(2, "winograd input", &groups.input, |i| i.emit())?;
+        let input = km.quickly(|km| {
+            km.define_with_micros(&[transform], move |e, b: ConvBufs<_>, begin, end| {
+                e.for_range(begin, end, 1, |e, g| {
+                    plan.group_input(e, b.input, b.scratch, g)
+                })
+            })
+        })?;
+        let plan = self.clone();
+        let micros = groups.gemm.add_micros(km)?;
+        let products = km.quickly(|km| {
+            km.define_with_micros(&micros, move |e, b, begin, end| {
+                e.for_range(begin, end, 1, |e, _| plan.group_products(e, &b))
+            })
+        })?;
+        let plan = self.clone();
+        let mut transforms =
+            vec![km.add_micro_once(4, "winograd output", &groups.output, |o| o.emit())?];
+        if let Some(last) = &groups.last_output {
+            transforms.push(km.add_micro_once(4, "winograd output", last, |o| o.emit())?);
+        }
+        let output = km.quickly(|km| {
+            km.define_with_micros(&transforms, move |e, b: ConvBufs<_>, begin, end| {
+                e.for_range(begin, end, 1, |e, g| plan.group_output(e, &b, g))
+            })
+        })?;
+        let window = self.spec.in_c * self.window_len();
+        let clear = km.define(move |e, b: ConvBufs<_>, _, _| e.fill(b.scratch, window, 0.0))?;
+        let fns = [clear, input, products, output];
+        km.define_calling::<ConvBufs<Value>>(&fns, move |e, begin, end| {
+            let bufs = e.bufs;
+            e.b.ins().call(e.callees[0], &[bufs, begin, end]);
+            let fns = [e.callees[1], e.callees[2], e.callees[3]];
+            e.for_range(begin, end, 1, |e, g| {
+                let next = e.add_imm(g, 1);
+                for f in fns {
+                    e.b.ins().call(f, &[bufs, g, next]);
+                }
+                Ok(())
+            })
+        })
+    }
+
     fn prologue(
         &self,
         e: &mut Emit,
@@ -401,8 +614,8 @@ impl WinogradPlan {
         end: Value,
     ) -> Result<()> {
         let s = self.spec;
-        let plane = self.plane_len();
-        let vbase = e.add_imm(scratch, (s.in_c * plane * 4) as i64);
+        let vbase = self.v_base(e, scratch);
+        let lay = self.layout();
         e.for_range(begin, end, 1, |e, c| {
             let pc = e.pad_channel(
                 inp,
@@ -413,31 +626,88 @@ impl WinogradPlan {
                 (s.pad_h, s.pad_w),
                 0.0,
             )?;
-            let vc = e.addr(vbase, c, self.tp * 4);
+            let vc = e.addr(vbase, c, lay.row * 4);
             if self.dense {
                 for (g, tiles) in self.dense_groups().iter().enumerate() {
                     let origins = tiles.map(|(ty, tx)| (ty * TILE * self.wp + tx * TILE) * 4);
                     let vp = e.add_imm(vc, (g * 4 * 4) as i64);
                     self.input_group(
                         e,
-                        pc,
-                        vp,
+                        (pc, vp, lay.v_stride),
                         &origins.map(|o| o as i64),
                         &origins.map(|o| o as i64 + 16),
                     );
                 }
                 return Ok(());
             }
-            e.for_const(0, self.th as i64, 1, |e, ty| {
-                let prow = e.addr(pc, ty, TILE * self.wp * 4);
-                let vrow = e.addr(vc, ty, self.tw * 4);
-                e.for_const(0, self.tw4 as i64, 4, |e, tx0| {
-                    let pp = e.addr(prow, tx0, TILE * 4);
-                    let vp = e.addr(vrow, tx0, 4);
-                    // Tile l's columns 0-3 start 4l floats in, columns 4-5 at 4(l+1).
-                    self.input_group(e, pp, vp, &[0, 16, 32, 48], &[16, 32, 48, 64]);
-                    Ok(())
-                })
+            self.input_rows(e, pc, vc, self.th)
+        })
+    }
+
+    /// The input side of group `g`: for every input channel, the padded rows its tile rows
+    /// read (`4 rows + 2` rows from padded row `4 rows g`: input rows from `r0 = 4 rows g -
+    /// pad_h`, zeros outside the input), then their input transform into the group's `V`,
+    /// a call of the AVX-512 transform (`e.micros[0]`) per tile row.
+    fn group_input(&self, e: &mut Emit, inp: Value, scratch: Value, g: Value) -> Result<()> {
+        let Some(gr) = &self.groups else {
+            return Ok(());
+        };
+        let (s, rows, wp) = (self.spec, gr.rows, gr.wp);
+        let wh = TILE * rows + 2;
+        let vbase = self.v_base(e, scratch);
+        let r0 = e.mul_imm(g, (TILE * rows) as i64);
+        let r0 = e.add_imm(r0, -(s.pad_h as i64));
+        let zero = e.iconst(0);
+        let y0 = e.b.ins().smax(r0, zero);
+        let y1 = e.add_imm(r0, wh as i64);
+        let h = e.iconst(s.in_h as i64);
+        let y1 = e.b.ins().smin(y1, h);
+        e.for_const(0, s.in_c as i64, 1, |e, c| {
+            // Bounds: window rows `y - r0` lie in `0..wh` for `y` in `max(r0, 0)..min(r0 +
+            // wh, in_h)`; columns `pad_w + in_w <= 4 tw + 2 <= wp`.
+            let wc = e.addr(scratch, c, wh * wp * 4);
+            // The columns left and right of the input are zero from `clear_windows`; the
+            // rows above and below it are cleared here.
+            let (w0, w1) = (e.b.ins().isub(y0, r0), e.b.ins().isub(y1, r0));
+            let (first, end) = (e.iconst(0), e.iconst(wh as i64));
+            for (lo, hi) in [(first, w0), (w1, end)] {
+                e.for_range(lo, hi, 1, |e, wy| {
+                    let dp = e.addr(wc, wy, wp * 4);
+                    e.fill(dp, wp, 0.0)
+                })?;
+            }
+            let src = e.addr(inp, c, s.in_h * s.in_w * 4);
+            e.for_range(y0, y1, 1, |e, y| {
+                let sp = e.addr(src, y, s.in_w * 4);
+                let wy = e.b.ins().isub(y, r0);
+                let dp = e.addr(wc, wy, wp * 4);
+                let dp = e.add_imm(dp, (s.pad_w * 4) as i64);
+                e.copy(sp, dp, s.in_w)
+            })?;
+            let vc = e.addr(vbase, c, gr.cols * 4);
+            e.for_const(0, rows as i64, 1, |e, j| {
+                let prow = e.addr(wc, j, TILE * wp * 4);
+                let vrow = e.addr(vc, j, gr.row_tiles * 4);
+                e.b.ins().call(e.micros[0], &[prow, vrow]);
+                Ok(())
+            })
+        })
+    }
+
+    /// The input transform of `rows` tile rows of the padded rows at `pc` into the `V` rows
+    /// at `vc`, a group of 4 tiles along a row at a time.
+    fn input_rows(&self, e: &mut Emit, pc: Value, vc: Value, rows: usize) -> Result<()> {
+        let v_stride = self.layout().v_stride;
+        e.for_const(0, rows as i64, 1, |e, ty| {
+            let prow = e.addr(pc, ty, TILE * self.wp * 4);
+            let vrow = e.addr(vc, ty, self.tw * 4);
+            e.for_const(0, self.tw4 as i64, 4, |e, tx0| {
+                let pp = e.addr(prow, tx0, TILE * 4);
+                let vp = e.addr(vrow, tx0, 4);
+                // Tile l's columns 0-3 start 4l floats in, columns 4-5 at 4(l+1).
+                let (lo, hi) = ([0, 16, 32, 48], [16, 32, 48, 64]);
+                self.input_group(e, (pp, vp, v_stride), &lo, &hi);
+                Ok(())
             })
         })
     }
@@ -459,7 +729,13 @@ impl WinogradPlan {
     /// Transforms 4 tiles of the padded plane at `pp` (which this function wrote: ordinary
     /// loads), whose columns 0-3 start at byte offset `lo[l]` and 4-5 at `hi[l]` for tile
     /// `l`, and stores lane `l` of `V[ξ]` for tile `l` at `vp`.
-    fn input_group(&self, e: &mut Emit, pp: Value, vp: Value, lo: &[i64; 4], hi: &[i64; 4]) {
+    fn input_group(
+        &self,
+        e: &mut Emit,
+        (pp, vp, v_stride): (Value, Value, usize),
+        lo: &[i64; 4],
+        hi: &[i64; 4],
+    ) {
         let wp = self.wp;
         for (i, bt) in BT.iter().enumerate() {
             // Row i of Bᵀ d on 4 columns starting at byte offset `o` (each once: with tiles
@@ -489,14 +765,17 @@ impl WinogradPlan {
                     .map(|s| (bj[s], d[s]))
                     .collect();
                 let v = e.lincomb(&terms);
-                e.store(v, vp, off((i * ALPHA + j) * self.v_stride() * 4));
+                e.store(v, vp, off((i * ALPHA + j) * v_stride * 4));
             }
         }
     }
 
-    /// Where `M` starts in the scratch.
+    /// Where `V` and `M` start in the scratch (after the padded planes or rows).
+    fn v_base(&self, e: &mut Emit, scratch: Value) -> Value {
+        e.add_imm(scratch, (self.spec.in_c * self.window_len() * 4) as i64)
+    }
     fn m_base(&self, e: &mut Emit, scratch: Value) -> Value {
-        let at = self.spec.in_c * self.plane_len() + POS * self.v_stride();
+        let at = self.spec.in_c * self.window_len() + POS * self.layout().v_stride;
         e.add_imm(scratch, (at * 4) as i64)
     }
 
@@ -508,24 +787,42 @@ impl WinogradPlan {
         POS * self.gemm.channel_blocks()
     }
 
+    /// The GEMM of position `ξ` over `V`, `U` and `M`.
+    fn position(&self, e: &mut Emit, b: &ConvBufs<Value>, xi: Value) -> Ptrs {
+        let lay = self.layout();
+        let vbase = self.v_base(e, b.scratch);
+        let mbase = self.m_base(e, b.scratch);
+        Ptrs {
+            inp: e.addr(vbase, xi, lay.v_stride * 4),
+            w: e.addr(b.packed, xi, self.u_stride() * 4),
+            res: b.residual,
+            out: e.addr(mbase, xi, lay.m_stride * 4),
+        }
+    }
+
     /// `M[ξ] = U[ξ] V[ξ]` for channel block `mb` for the units `ξ nmb + mb` in
     /// `begin..end`.
     fn products(&self, e: &mut Emit, b: &ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
-        let vbase = e.add_imm(b.scratch, (self.spec.in_c * self.plane_len() * 4) as i64);
-        let mbase = self.m_base(e, b.scratch);
         let nmb = self.gemm.channel_blocks() as i64;
-        let wl = self.u_stride();
         e.for_range(begin, end, 1, |e, u| {
             let xi = e.b.ins().udiv_imm_s(u, nmb);
             let first = e.mul_imm(xi, nmb);
             let mb = e.b.ins().isub(u, first);
-            let ptr = Ptrs {
-                inp: e.addr(vbase, xi, self.v_stride() * 4),
-                w: e.addr(b.packed, xi, wl * 4),
-                res: b.residual,
-                out: e.addr(mbase, xi, self.m_stride() * 4),
-            };
+            let ptr = self.position(e, b, xi);
             self.gemm.block_row(e, &ptr, mb)
+        })
+    }
+
+    /// The 36 products of one group ([`Groups`]), every channel block of a position in turn
+    /// (the position's `V` rows of the group, `in_c x cols` floats, stay in L1 for all).
+    fn group_products(&self, e: &mut Emit, b: &ConvBufs<Value>) -> Result<()> {
+        let Some(g) = &self.groups else {
+            return Ok(());
+        };
+        e.for_const(0, POS as i64, 1, |e, xi| {
+            let ptr = self.position(e, b, xi);
+            let nmb = g.gemm.channel_blocks() as i64;
+            e.for_const(0, nmb, 1, |e, mb| g.gemm.block_row(e, &ptr, mb))
         })
     }
 
@@ -539,13 +836,10 @@ impl WinogradPlan {
         (k0, k1): (Value, Value),
     ) -> Result<()> {
         let s = self.spec;
-        let (w, res, out, tp) = (b.packed, b.residual, b.out, self.tp);
+        let (w, res, out, row) = (b.packed, b.residual, b.out, self.layout().row);
         let wl = self.u_stride();
         let (oh, ow) = (s.out_h(), s.out_w());
         e.for_range(k0, k1, 1, |e, kk| {
-            let mk = e.addr(mbase, kk, tp * 4);
-            let ok = e.addr(out, kk, oh * ow * 4);
-            let rk = e.addr(res, kk, oh * ow * 4);
             let bias = if s.bias {
                 let bp = e.addr(w, kk, 4);
                 let b = e.load(F32, bp, off(POS * wl * 4));
@@ -553,65 +847,128 @@ impl WinogradPlan {
             } else {
                 None
             };
+            let ch = Channel {
+                m: e.addr(mbase, kk, row * 4),
+                out: e.addr(out, kk, oh * ow * 4),
+                res: e.addr(res, kk, oh * ow * 4),
+                bias,
+            };
             if self.dense {
-                let n = self.th * self.tw;
-                for (g, tiles) in self.dense_groups().iter().enumerate() {
-                    let lanes = std::array::from_fn(|l| {
-                        let (ty, tx) = tiles[l];
-                        Lane {
-                            at: (TILE * ty * ow + TILE * tx) * 4,
-                            rows: if 4 * g + l < n {
-                                (oh - TILE * ty).min(TILE)
-                            } else {
-                                0
-                            },
-                            cols: (ow - TILE * tx).min(TILE),
-                        }
-                    });
-                    let m = e.add_imm(mk, (g * 4 * 4) as i64);
-                    self.output_group(e, m, ok, rk, bias, lanes);
-                }
+                self.output_dense(e, &ch);
                 return Ok(());
             }
-            let band = |e: &mut Emit, ty: Value, rows: usize| -> Result<()> {
-                let mrow = e.addr(mk, ty, self.tw * 4);
-                let orow = e.addr(ok, ty, TILE * ow * 4);
-                let rrow = e.addr(rk, ty, TILE * ow * 4);
-                let at = |e: &mut Emit, tx0: Value| {
-                    let m = e.addr(mrow, tx0, 4);
-                    let o = e.addr(orow, tx0, TILE * 4);
-                    let r = e.addr(rrow, tx0, TILE * 4);
-                    (m, o, r)
-                };
-                // Groups of 4 tiles inside the output, then the group at the right edge.
-                let full = ow / (4 * TILE);
-                let lanes = |cols: &dyn Fn(usize) -> usize| {
-                    std::array::from_fn(|l| Lane {
-                        at: TILE * l * 4,
-                        rows,
-                        cols: cols(l),
-                    })
-                };
-                e.for_const(0, (4 * full) as i64, 4, |e, tx0| {
-                    let (m, o, r) = at(e, tx0);
-                    self.output_group(e, m, o, r, bias, lanes(&|_| TILE));
-                    Ok(())
-                })?;
-                if 4 * full < self.tw {
-                    let tx0 = e.iconst((4 * full) as i64);
-                    let (m, o, r) = at(e, tx0);
-                    let cols = |l| ow.saturating_sub(TILE * (4 * full + l)).min(TILE);
-                    self.output_group(e, m, o, r, bias, lanes(&cols));
-                }
-                Ok(())
-            };
-            e.for_const(0, (oh / TILE) as i64, 1, |e, ty| band(e, ty, TILE))?;
-            if oh % TILE != 0 {
+            let partial = oh % TILE;
+            e.for_const(0, (oh / TILE) as i64, 1, |e, ty| {
+                self.output_band(e, &ch, ty, TILE)
+            })?;
+            if partial != 0 {
                 let ty = e.iconst((oh / TILE) as i64);
-                band(e, ty, oh % TILE)?;
+                self.output_band(e, &ch, ty, partial)?;
             }
             Ok(())
         })
+    }
+
+    /// The output side of group `g`: for every output channel, each of the group's tile rows
+    /// inside the output by a call of the AVX-512 output transform (`e.micros[0]`; the last
+    /// tile row, when it has fewer than 4 output rows, `e.micros[1]`).
+    fn group_output(&self, e: &mut Emit, b: &ConvBufs<Value>, g: Value) -> Result<()> {
+        use cranelift_codegen::ir::condcodes::IntCC;
+        let Some(gr) = &self.groups else {
+            return Ok(());
+        };
+        let (s, wl) = (self.spec, self.u_stride());
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let mbase = self.m_base(e, b.scratch);
+        let first = e.mul_imm(g, gr.rows as i64);
+        let bias0 = e.add_imm(b.packed, (POS * wl * 4) as i64);
+        e.for_const(0, s.out_c as i64, 1, |e, k| {
+            let mk = e.addr(mbase, k, gr.cols * 4);
+            let ok = e.addr(b.out, k, oh * ow * 4);
+            let rk = e.addr(b.residual, k, oh * ow * 4);
+            let bias = e.addr(bias0, k, 4);
+            e.for_const(0, gr.rows as i64, 1, |e, j| {
+                // Bounds: tile rows past the output's last are the group's overrun.
+                let ty = e.b.ins().iadd(first, j);
+                let args = [
+                    e.addr(mk, j, gr.row_tiles * 4),
+                    e.addr(ok, ty, TILE * ow * 4),
+                    e.addr(rk, ty, TILE * ow * 4),
+                    bias,
+                ];
+                let full = (oh / TILE) as i64;
+                let inside = e.b.ins().icmp_imm_s(IntCC::SignedLessThan, ty, full);
+                e.when(inside, |e| {
+                    e.b.ins().call(e.micros[0], &args);
+                    Ok(())
+                })?;
+                if gr.last_output.is_some() {
+                    let last = e.b.ins().icmp_imm_s(IntCC::Equal, ty, full);
+                    e.when(last, |e| {
+                        e.b.ins().call(e.micros[1], &args);
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// The output transform of a dense grid (every tile's place laid out at compile time).
+    fn output_dense(&self, e: &mut Emit, ch: &Channel) {
+        let (oh, ow) = (self.spec.out_h(), self.spec.out_w());
+        let n = self.th * self.tw;
+        for (g, tiles) in self.dense_groups().iter().enumerate() {
+            let lanes = std::array::from_fn(|l| {
+                let (ty, tx) = tiles[l];
+                Lane {
+                    at: (TILE * ty * ow + TILE * tx) * 4,
+                    rows: if 4 * g + l < n {
+                        (oh - TILE * ty).min(TILE)
+                    } else {
+                        0
+                    },
+                    cols: (ow - TILE * tx).min(TILE),
+                }
+            });
+            let m = e.add_imm(ch.m, (g * 4 * 4) as i64);
+            self.output_group(e, m, (ch.out, ch.res), ch.bias, lanes);
+        }
+    }
+
+    /// The `rows` output rows of tile row `ty`, groups of 4 tiles inside the output, then
+    /// the group at the right edge.
+    fn output_band(&self, e: &mut Emit, ch: &Channel, ty: Value, rows: usize) -> Result<()> {
+        let ow = self.spec.out_w();
+        let mrow = e.addr(ch.m, ty, self.tw * 4);
+        let orow = e.addr(ch.out, ty, TILE * ow * 4);
+        let rrow = e.addr(ch.res, ty, TILE * ow * 4);
+        let at = |e: &mut Emit, tx0: Value| {
+            let m = e.addr(mrow, tx0, 4);
+            let o = e.addr(orow, tx0, TILE * 4);
+            let r = e.addr(rrow, tx0, TILE * 4);
+            (m, o, r)
+        };
+        let full = ow / (4 * TILE);
+        let lanes = |cols: &dyn Fn(usize) -> usize| {
+            std::array::from_fn(|l| Lane {
+                at: TILE * l * 4,
+                rows,
+                cols: cols(l),
+            })
+        };
+        e.for_const(0, (4 * full) as i64, 4, |e, tx0| {
+            let (m, o, r) = at(e, tx0);
+            self.output_group(e, m, (o, r), ch.bias, lanes(&|_| TILE));
+            Ok(())
+        })?;
+        if 4 * full < self.tw {
+            let tx0 = e.iconst((4 * full) as i64);
+            let (m, o, r) = at(e, tx0);
+            let cols = |l| ow.saturating_sub(TILE * (4 * full + l)).min(TILE);
+            self.output_group(e, m, (o, r), ch.bias, lanes(&cols));
+        }
+        Ok(())
     }
 
     /// `Aᵀ m A` for the 4 tiles whose `M` values start at `mp`, then the epilogue and
@@ -620,14 +977,13 @@ impl WinogradPlan {
         &self,
         e: &mut Emit,
         mp: Value,
-        op: Value,
-        rp: Value,
+        (op, rp): (Value, Value),
         bias: Option<(Value, Value)>,
         lanes: [Lane; 4],
     ) {
         let s = self.spec;
         let ep = s.epilogue();
-        let plane = self.m_stride() * 4;
+        let plane = self.layout().m_stride * 4;
         let ow = s.out_w();
         let rows = lanes.iter().map(|l| l.rows).max().unwrap_or(0);
         for (a, at) in AT.iter().enumerate().take(rows) {
@@ -687,6 +1043,48 @@ mod tests {
     use super::*;
     use crate::jit::test_values as values;
     use crate::jit::ConvMethod;
+
+    thread_local! {
+        /// Tile rows per group for the plans this thread makes (`None`: the default).
+        pub(super) static ROWS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Groups of several tile rows (the last one reaching past the grid, whose extra rows
+    /// are computed and never stored) give the bits of groups of one row: each tile's
+    /// values go through the same operations whatever its group. At avx512, the only
+    /// level that groups; every epilogue; tile rows of 1 and 2 vectors.
+    #[test]
+    fn groups_of_several_tile_rows_give_the_bits_of_one() {
+        if !Isa::host_levels().contains(&Isa::Avx512) {
+            return;
+        }
+        for (c, h, w, k, pad) in [
+            (16, 21, 50, 20, 1),
+            (17, 34, 59, 16, 0),
+            (16, 17, 118, 18, 1),
+        ] {
+            let mut s = ConvSpec::square(c, h, k, 3, 1, pad);
+            s.in_w = w;
+            (s.bias, s.relu, s.residual) = (true, true, k % 2 == 0);
+            let by_rows = |rows| {
+                ROWS.with(|r| r.set(Some(rows)));
+                let out = run(&s, Isa::Avx512, true).0;
+                ROWS.with(|r| r.set(None));
+                out
+            };
+            let one = by_rows(1);
+            assert!(one.iter().all(|v| v.is_finite()), "{s:?}");
+            for rows in [2, 3] {
+                let other = by_rows(rows);
+                assert!(
+                    one.iter()
+                        .zip(&other)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{s:?}: groups of {rows} tile rows give other bits"
+                );
+            }
+        }
+    }
 
     /// The output of `s` by Winograd at `isa`, with the transforms compiled without the
     /// optimiser (`quick`) or with it, and the bytes of machine code.

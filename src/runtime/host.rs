@@ -121,12 +121,16 @@ fn shuffle_item(x: &[f32], groups: usize, s: &Shape, out: &mut [f32]) {
 }
 
 /// Floats of scratch a [`Polyphase`] conv needs: the largest phase's gathered input and
-/// output, and its kernel's scratch after them.
-pub(super) fn polyphase_scratch(p: &Polyphase, convs: &[(Arc<ConvKernel>, Vec<f32>)]) -> usize {
+/// output, and its kernel's scratch after them (on `threads` threads).
+pub(super) fn polyphase_scratch(
+    p: &Polyphase,
+    convs: &[(Arc<ConvKernel>, Vec<f32>)],
+    threads: usize,
+) -> usize {
     (p.phases.iter())
         .map(|ph| {
             let spec = &p.convs[ph.conv].0;
-            spec.input_len() + spec.output_len() + convs[ph.conv].0.scratch_len()
+            spec.input_len() + spec.output_len() + convs[ph.conv].0.scratch_len_on(threads)
         })
         .max()
         .unwrap_or(0)

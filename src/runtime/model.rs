@@ -158,10 +158,14 @@ impl Model {
             .map(|s| match &s.code {
                 // A conv pads its input once, before its threads split the rest; each
                 // thread of a pool has scratch of its own.
-                Code::Conv { k, .. } | Code::GroupedConv { k, .. } => k.scratch_len(),
+                Code::Conv { k, .. } | Code::GroupedConv { k, .. } => {
+                    k.scratch_len_on(opts.threads)
+                }
                 Code::Pool(k) => k.scratch_len() * opts.threads,
                 Code::Depthwise { k, .. } => k.scratch_len() * opts.threads,
-                Code::Polyphase { plan, convs } => super::host::polyphase_scratch(plan, convs),
+                Code::Polyphase { plan, convs } => {
+                    super::host::polyphase_scratch(plan, convs, opts.threads)
+                }
                 _ => 0,
             })
             .max()

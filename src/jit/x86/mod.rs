@@ -7,6 +7,7 @@ pub mod gemm;
 pub mod peak;
 pub mod pool;
 mod vasm;
+pub mod winograd;
 
 pub use gemm::{MicroGemm, MicroGemmKernel, PendingMicroGemm};
 pub(crate) use vasm::Vasm;

@@ -1,0 +1,423 @@
+//! The input transform of Winograd F(4x4, 3x3) on 16 tiles per zmm register (AVX-512),
+//! assembled with iced-x86 and called by the Cranelift code of a grouped Winograd layer
+//! ([`crate::jit::winograd`]) once per channel and tile row.
+//!
+//! The f32x4 Cranelift transform puts 4 tiles in a vector and needs two 4x4 transposes per
+//! row of each group of 4 (its input is the padded plane, where a tile's 6 columns are
+//! consecutive): 35% of a 64 -> 64 layer at 56x56. Here lane `l` is tile `tx0 + l`, and
+//! column `s` of the 16 tiles (padded columns `4 (tx0 + l) + s`) is gathered from the row
+//! by two `vpermt2ps` (lanes 0-7 from the row's first 32 floats, lanes 8-15 from the next
+//! 32: the index `4 l + s` wraps modulo 32) and a masked blend for `s < 4`, and by
+//! `valignd` (one lane on) from columns 0 and 1 for `s = 4, 5`.
+//!
+//! `V = Bᵀ d B` in two passes of the same 6-point transform ([`Bt`]): each of the 6 padded
+//! rows `r` of the tile row to `t[r][·] = (d B)[r]`, kept on the stack, then each column
+//! `j` to `V[ξ = 6 i + j] = (Bᵀ t)[i][j]`, stored as one vector of 16 tiles.
+//!
+//! Arguments (System V): `rdi` the tile row's first padded row (column 0), `rsi` the tile
+//! row's first tile in `V[0]` of the channel. Reads `6` rows of `wp` floats from `rdi`
+//! (each vector of 16 tiles reads columns `4 tx0 .. 4 tx0 + 80`: the caller's rows hold
+//! `4 vectors * 16 + 16` columns), writes 36 vectors of 16 floats `v_stride` floats apart.
+use iced_x86::code_asm::{
+    eax, k1, k2, r11, rcx, rdi, rdx, rsi, rsp, zmmword_ptr, AsmMemoryOperand, AsmRegisterZmm,
+    CodeLabel,
+};
+
+use super::vasm::{asm_err, Vasm, Width};
+use crate::error::{Error, Result};
+
+/// The input transform of one tile row of one channel, shapes baked in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WinogradInput {
+    /// Vectors of 16 tiles along the row.
+    pub vectors: usize,
+    /// Floats per padded row (at least `64 vectors + 16`).
+    pub wp: usize,
+    /// Floats from one position `ξ` of `V` to the next.
+    pub v_stride: usize,
+}
+
+/// Lanes (tiles) per vector.
+pub const LANES: usize = 16;
+
+// Registers: the 6 inputs of a 6-point transform, its temporaries and outputs, then
+// constants and the gather's scratch.
+const D: usize = 0;
+const T: usize = 6;
+const Z: usize = 12;
+const IDX: usize = 18;
+const C4: usize = 22;
+const C2: usize = 23;
+const C5: usize = 24;
+const HI: usize = 25;
+const A4: usize = 26;
+const A5: usize = 27;
+
+/// Bytes of the stack area holding `t` (36 vectors).
+const STACK: usize = 36 * 64;
+
+fn zr(i: usize) -> AsmRegisterZmm {
+    iced_x86::code_asm::get_zmm(iced_x86::Register::ZMM0 + i as u32).expect("zmm index below 32")
+}
+
+fn disp(bytes: usize) -> Result<i32> {
+    i32::try_from(bytes)
+        .map_err(|_| Error::Codegen(format!("Winograd transform offset {bytes} exceeds i32")))
+}
+
+fn splat(v: &mut Vasm, r: usize, bits: u32) -> Result<()> {
+    v.a.mov(eax, bits as i32).map_err(asm_err)?;
+    v.splat_eax(r)
+}
+
+/// The start of a transform: 4 index vectors, from tables after the code, into registers
+/// `first .. first + 4` (one label each: a label plus a displacement is not RIP-relative
+/// in iced's assembler), and the constants `(register, value)`.
+fn start(v: &mut Vasm, first: usize, consts: &[(usize, f32)]) -> Result<[CodeLabel; 4]> {
+    let tables = [(); 4].map(|_| v.a.create_label());
+    for (i, t) in tables.iter().enumerate() {
+        v.load(first + i, AsmMemoryOperand::from(*t))?;
+    }
+    for &(r, c) in consts {
+        splat(v, r, c.to_bits())?;
+    }
+    Ok(tables)
+}
+
+/// `body` with `bytes` of stack from `rsp`, on whole cache lines (a vector across two
+/// lines costs two accesses; `rsp` kept in `r11`), then the return.
+fn on_stack(v: &mut Vasm, bytes: usize, body: impl FnOnce(&mut Vasm) -> Result<()>) -> Result<()> {
+    v.a.mov(r11, rsp).map_err(asm_err)?;
+    v.a.sub(rsp, bytes as i32).map_err(asm_err)?;
+    v.a.and(rsp, -64).map_err(asm_err)?;
+    body(v)?;
+    v.a.mov(rsp, r11).map_err(asm_err)?;
+    // The Cranelift code around is SSE: leave the upper halves clean.
+    v.a.vzeroupper().map_err(asm_err)?;
+    v.a.ret().map_err(asm_err)
+}
+
+/// The index tables after the code, and the machine code.
+fn finish(mut v: Vasm, mut tables: [CodeLabel; 4], data: [Vec<u32>; 4]) -> Result<Vec<u8>> {
+    for (t, d) in tables.iter_mut().zip(data) {
+        v.a.set_label(t).map_err(asm_err)?;
+        v.a.dd(&d).map_err(asm_err)?;
+    }
+    v.finish()
+}
+
+impl WinogradInput {
+    pub fn emit(&self) -> Result<Vec<u8>> {
+        if self.wp < LANES * 4 * self.vectors + 16 {
+            return Err(Error::Codegen(format!(
+                "Winograd input rows of {} floats for {} vectors",
+                self.wp, self.vectors
+            )));
+        }
+        disp(35 * self.v_stride * 4 + self.vectors * LANES * 4)?;
+        disp(5 * self.wp * 4 + self.vectors * LANES * 16 + 256)?;
+        let mut v = Vasm::new(Width::Z512)?;
+        let tables = start(&mut v, IDX, &[(C4, 4.0), (C2, 2.0), (C5, 5.0)])?;
+        v.a.mov(eax, 0xFF00).map_err(asm_err)?;
+        v.a.kmovw(k1, eax).map_err(asm_err)?;
+        on_stack(&mut v, STACK, |v| {
+            (0..self.vectors).try_for_each(|q| self.vector(v, q))
+        })?;
+        let idx = |s: u32| (0..LANES as u32).map(|l| 4 * l + s).collect();
+        finish(v, tables, [idx(0), idx(1), idx(2), idx(3)])
+    }
+
+    /// Tiles `16 q .. 16 q + 16` of the row.
+    fn vector(&self, v: &mut Vasm, q: usize) -> Result<()> {
+        let col = q * LANES * 4;
+        for r in 0..6 {
+            self.gather(v, (r * self.wp + col) * 4)?;
+            Bt::apply(v, D, Z)?;
+            for j in 0..6 {
+                let at = rsp + disp((r * 6 + j) * 64)?;
+                v.a.vmovups(zmmword_ptr(at), zr(Z + j)).map_err(asm_err)?;
+            }
+        }
+        for j in 0..6 {
+            for r in 0..6 {
+                let at = rsp + disp((r * 6 + j) * 64)?;
+                v.a.vmovups(zr(D + r), zmmword_ptr(at)).map_err(asm_err)?;
+            }
+            Bt::apply(v, D, Z)?;
+            for i in 0..6 {
+                let at = rsi + disp(((i * 6 + j) * self.v_stride + q * LANES) * 4)?;
+                v.a.vmovups(zmmword_ptr(at), zr(Z + i)).map_err(asm_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Columns `s = 0..6` of the 16 tiles whose padded row starts at byte `at` from `rdi`
+    /// (floats `4 l + s`) into registers `D + s`.
+    fn gather(&self, v: &mut Vasm, at: usize) -> Result<()> {
+        let m = |o: usize| -> Result<AsmMemoryOperand> { Ok(zmmword_ptr(rdi + disp(at + o)?)) };
+        for s in 0..4 {
+            let d = zr(D + s);
+            v.a.vmovups(d, m(0)?).map_err(asm_err)?;
+            v.a.vpermt2ps(d, zr(IDX + s), m(64)?).map_err(asm_err)?;
+            v.a.vmovups(zr(HI), m(128)?).map_err(asm_err)?;
+            v.a.vpermt2ps(zr(HI), zr(IDX + s), m(192)?)
+                .map_err(asm_err)?;
+            v.a.vmovaps(d.k1(), zr(HI)).map_err(asm_err)?;
+        }
+        // Columns 4 and 5 are columns 0 and 1 one tile on: lane 15 from floats 64, 65.
+        v.a.vmovups(zr(A4), m(256)?).map_err(asm_err)?;
+        v.a.valignd(zr(D + 4), zr(A4), zr(D), 1).map_err(asm_err)?;
+        v.a.valignd(zr(A5), zr(A4), zr(A4), 1).map_err(asm_err)?;
+        v.a.valignd(zr(D + 5), zr(A5), zr(D + 1), 1)
+            .map_err(asm_err)?;
+        Ok(())
+    }
+}
+
+/// The 6-point transform `z = Bᵀ d` of F(4x4, 3x3):
+/// `z0 = 4 d0 - 5 d2 + d4`, `z1 = (d3 + d4) - 4 (d1 + d2)`, `z2 = (d4 - d3) + 4 (d1 - d2)`,
+/// `z3 = (d4 - d2) + 2 (d3 - d1)`, `z4 = (d4 - d2) - 2 (d3 - d1)`, `z5 = 4 d1 - 5 d3 + d5`.
+struct Bt;
+
+impl Bt {
+    /// Registers `d .. d + 6` to `z .. z + 6` (temporaries `T ..`; `d` is kept).
+    fn apply(v: &mut Vasm, d: usize, z: usize) -> Result<()> {
+        let (dr, zr_, tr) = (|i| zr(d + i), |i| zr(z + i), |i| zr(T + i));
+        let a = &mut v.a;
+        a.vaddps(tr(0), dr(1), dr(2)).map_err(asm_err)?;
+        a.vaddps(zr_(1), dr(3), dr(4)).map_err(asm_err)?;
+        a.vfnmadd231ps(zr_(1), tr(0), zr(C4)).map_err(asm_err)?;
+        a.vsubps(tr(1), dr(1), dr(2)).map_err(asm_err)?;
+        a.vsubps(zr_(2), dr(4), dr(3)).map_err(asm_err)?;
+        a.vfmadd231ps(zr_(2), tr(1), zr(C4)).map_err(asm_err)?;
+        a.vsubps(tr(2), dr(3), dr(1)).map_err(asm_err)?;
+        a.vsubps(zr_(3), dr(4), dr(2)).map_err(asm_err)?;
+        a.vmovaps(zr_(4), zr_(3)).map_err(asm_err)?;
+        a.vfmadd231ps(zr_(3), tr(2), zr(C2)).map_err(asm_err)?;
+        a.vfnmadd231ps(zr_(4), tr(2), zr(C2)).map_err(asm_err)?;
+        a.vmovaps(zr_(0), dr(4)).map_err(asm_err)?;
+        a.vfmadd231ps(zr_(0), dr(0), zr(C4)).map_err(asm_err)?;
+        a.vfnmadd231ps(zr_(0), dr(2), zr(C5)).map_err(asm_err)?;
+        a.vmovaps(zr_(5), dr(5)).map_err(asm_err)?;
+        a.vfmadd231ps(zr_(5), dr(1), zr(C4)).map_err(asm_err)?;
+        a.vfnmadd231ps(zr_(5), dr(3), zr(C5)).map_err(asm_err)?;
+        Ok(())
+    }
+}
+
+/// The output transform of one tile row of one output channel, with the convolution's
+/// epilogue and the stores, shapes baked in: `Y = Aᵀ m A` on 16 tiles per vector in two
+/// passes of the 6-to-4-point transform ([`At`]; `u = m A` on the stack, then `Aᵀ u`), then
+/// each output row `a` of the 16 tiles, four vectors `Y[a][b]` (lane `l`: pixel `4 l + b`),
+/// interleaved into 64 consecutive pixels by two rounds of `vpermt2ps`, the epilogue (bias,
+/// residual, ReLU, clip, in the order of the other kernels) and the stores, masked at the
+/// output's right edge.
+///
+/// Arguments (System V): `rdi` the tile row's first tile in `M[0]` of the channel, `rsi`
+/// the tile row's first output pixel (row `4 ty`), `rdx` the same in the residual, `rcx`
+/// the channel's bias. Reads 36 vectors `m_stride` floats apart from `rdi` for each vector
+/// of 16 tiles, the `rows x ow` pixels at `rdx` (with a residual), writes those at `rsi`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WinogradOutput {
+    /// Vectors of 16 tiles along the row.
+    pub vectors: usize,
+    /// Output rows of the tile row (4, or fewer for the output's last tile row).
+    pub rows: usize,
+    /// Output width (pixels from `ow` on are not stored).
+    pub ow: usize,
+    /// Floats from one position `ξ` of `M` to the next.
+    pub m_stride: usize,
+    pub bias: bool,
+    pub residual: bool,
+    pub relu: bool,
+    /// `min(max(x, lo), hi)` (f32 bit patterns), NaN kept.
+    pub clip: Option<(u32, u32)>,
+}
+
+// Registers of the output transform besides `D`, `T`, `Z` (`T .. T + 4`, `Z .. Z + 4`):
+// constants, the interleave's indices, and the 4 x 2 vectors it goes through.
+const C8: usize = 25;
+const ZERO: usize = 26;
+const LO: usize = 27;
+const HI_: usize = 28;
+const IL: usize = 18;
+const QU: usize = 20;
+const PAIRS: usize = 6;
+const CHUNKS: usize = 10;
+const RES: usize = 30;
+/// Bytes of the stack area holding `u` (24 vectors) and `Y` (16).
+const OUT_STACK: usize = 40 * 64;
+
+impl WinogradOutput {
+    pub fn emit(&self) -> Result<Vec<u8>> {
+        if !(1..=4).contains(&self.rows) || self.ow > LANES * 4 * self.vectors {
+            return Err(Error::Codegen(format!(
+                "no Winograd output transform for {self:?}"
+            )));
+        }
+        disp(35 * self.m_stride * 4 + self.vectors * LANES * 4)?;
+        disp((3 * self.ow + LANES * 4 * self.vectors) * 4)?;
+        let mut v = Vasm::new(Width::Z512)?;
+        let tables = start(&mut v, IL, &[(C4, 4.0), (C2, 2.0), (C8, 8.0)])?;
+        if let Some((lo, hi)) = self.clip {
+            // ReLU then clip is `max(x, max(lo, 0))` then `min` (see the GEMM kernels).
+            let lo = if self.relu && f32::from_bits(lo) <= 0.0 {
+                0
+            } else {
+                lo
+            };
+            splat(&mut v, LO, lo)?;
+            splat(&mut v, HI_, hi)?;
+        } else if self.relu {
+            v.zero(ZERO)?;
+        }
+        on_stack(&mut v, OUT_STACK, |v| {
+            (0..self.vectors).try_for_each(|q| self.vector(v, q))
+        })?;
+        // Interleave indices: pairs `(Y0[i], Y1[i])` of lanes 0-7, of lanes 8-15; then
+        // `(A[2l], A[2l + 1], C[2l], C[2l + 1])` for tiles 0-3 of 8, for tiles 4-7.
+        let il = |half: u32| -> Vec<u32> {
+            (0..16).map(|p| (p / 2) + 8 * half + 16 * (p % 2)).collect()
+        };
+        let qu = |half: u32| -> Vec<u32> {
+            (0..16)
+                .map(|p| {
+                    let (l, b) = (p / 4 + 4 * half, p % 4);
+                    if b < 2 {
+                        2 * l + b
+                    } else {
+                        16 + 2 * l + b - 2
+                    }
+                })
+                .collect()
+        };
+        finish(v, tables, [il(0), il(1), qu(0), qu(1)])
+    }
+
+    /// Tiles `16 q .. 16 q + 16` of the row.
+    fn vector(&self, v: &mut Vasm, q: usize) -> Result<()> {
+        let slot = |i: usize| -> Result<AsmMemoryOperand> { Ok(zmmword_ptr(rsp + disp(i * 64)?)) };
+        for r in 0..6 {
+            for j in 0..6 {
+                let at = rdi + disp(((r * 6 + j) * self.m_stride + q * LANES) * 4)?;
+                v.a.vmovups(zr(D + j), zmmword_ptr(at)).map_err(asm_err)?;
+            }
+            At::apply(v)?;
+            for b in 0..4 {
+                v.a.vmovups(slot(r * 4 + b)?, zr(Z + b)).map_err(asm_err)?;
+            }
+        }
+        for b in 0..4 {
+            for r in 0..6 {
+                v.a.vmovups(zr(D + r), slot(r * 4 + b)?).map_err(asm_err)?;
+            }
+            At::apply(v)?;
+            for a in 0..4 {
+                v.a.vmovups(slot(24 + a * 4 + b)?, zr(Z + a))
+                    .map_err(asm_err)?;
+            }
+        }
+        for a in 0..self.rows {
+            self.output_row(v, q, a, &slot)?;
+        }
+        Ok(())
+    }
+
+    /// Output row `a` of the 16 tiles: `Y[a][0..4]` from the stack, interleaved, the
+    /// epilogue and the stores of the pixels inside the output.
+    fn output_row(
+        &self,
+        v: &mut Vasm,
+        q: usize,
+        a: usize,
+        slot: &dyn Fn(usize) -> Result<AsmMemoryOperand>,
+    ) -> Result<()> {
+        // Pairs: (Y0, Y1) lanes 0-7, lanes 8-15, then (Y2, Y3) the same.
+        for (p, (y, half)) in [(0, 0), (0, 1), (2, 0), (2, 1)].into_iter().enumerate() {
+            v.a.vmovups(zr(PAIRS + p), slot(24 + a * 4 + y)?)
+                .map_err(asm_err)?;
+            let other = slot(24 + a * 4 + y + 1)?;
+            v.a.vpermt2ps(zr(PAIRS + p), zr(IL + half), other)
+                .map_err(asm_err)?;
+        }
+        // Chunk m: tiles 4 m .. 4 m + 4, from pairs (A, C) = (0, 2) for m < 2, (1, 3) after.
+        for m in 0..4 {
+            let (first, second) = if m < 2 { (0, 2) } else { (1, 3) };
+            let c = zr(CHUNKS + m);
+            v.a.vmovaps(c, zr(PAIRS + first)).map_err(asm_err)?;
+            v.a.vpermt2ps(c, zr(QU + m % 2), zr(PAIRS + second))
+                .map_err(asm_err)?;
+            let col = q * LANES * 4 + m * LANES;
+            let n = self.ow.saturating_sub(col).min(LANES);
+            if n == 0 {
+                continue;
+            }
+            if n < LANES {
+                v.a.mov(eax, ((1u32 << n) - 1) as i32).map_err(asm_err)?;
+                v.a.kmovw(k2, eax).map_err(asm_err)?;
+            }
+            let at = disp((a * self.ow + col) * 4)?;
+            self.epilogue(v, CHUNKS + m, at, n < LANES)?;
+        }
+        Ok(())
+    }
+
+    /// The epilogue of register `x` and its store at byte `at` from `rsi` (residual: from
+    /// `rdx`), on the lanes of `k2` when `masked`.
+    fn epilogue(&self, v: &mut Vasm, x: usize, at: i32, masked: bool) -> Result<()> {
+        let a = &mut v.a;
+        if self.bias {
+            a.vaddps(zr(x), zr(x), iced_x86::code_asm::dword_bcst(rcx + 0))
+                .map_err(asm_err)?;
+        }
+        if self.residual {
+            let r = zmmword_ptr(rdx + at);
+            if masked {
+                a.vmovups(zr(RES).k2().z(), r).map_err(asm_err)?;
+                a.vaddps(zr(x), zr(x), zr(RES)).map_err(asm_err)?;
+            } else {
+                a.vaddps(zr(x), zr(x), r).map_err(asm_err)?;
+            }
+        }
+        match (self.relu, self.clip) {
+            (_, Some(_)) => {
+                a.vmaxps(zr(x), zr(LO), zr(x)).map_err(asm_err)?;
+                a.vminps(zr(x), zr(HI_), zr(x)).map_err(asm_err)?;
+            }
+            (true, None) => a.vmaxps(zr(x), zr(ZERO), zr(x)).map_err(asm_err)?,
+            (false, None) => {}
+        }
+        let o = zmmword_ptr(rsi + at);
+        if masked {
+            a.vmovups(o.k2(), zr(x)).map_err(asm_err)
+        } else {
+            a.vmovups(o, zr(x)).map_err(asm_err)
+        }
+    }
+}
+
+/// The 6-to-4-point transform `z = Aᵀ d` of F(4x4, 3x3), registers `D ..` to `Z .. Z + 4`:
+/// `z0 = d0 + (d1 + d2) + (d3 + d4)`, `z1 = (d1 - d2) + 2 (d3 - d4)`,
+/// `z2 = (d1 + d2) + 4 (d3 + d4)`, `z3 = (d1 - d2) + d5 + 8 (d3 - d4)`.
+struct At;
+
+impl At {
+    fn apply(v: &mut Vasm) -> Result<()> {
+        let (d, t, z) = (|i| zr(D + i), |i| zr(T + i), |i| zr(Z + i));
+        let a = &mut v.a;
+        a.vaddps(t(0), d(1), d(2)).map_err(asm_err)?;
+        a.vsubps(t(1), d(1), d(2)).map_err(asm_err)?;
+        a.vaddps(t(2), d(3), d(4)).map_err(asm_err)?;
+        a.vsubps(t(3), d(3), d(4)).map_err(asm_err)?;
+        a.vaddps(z(0), d(0), t(0)).map_err(asm_err)?;
+        a.vaddps(z(0), z(0), t(2)).map_err(asm_err)?;
+        a.vmovaps(z(1), t(1)).map_err(asm_err)?;
+        a.vfmadd231ps(z(1), t(3), zr(C2)).map_err(asm_err)?;
+        a.vmovaps(z(2), t(0)).map_err(asm_err)?;
+        a.vfmadd231ps(z(2), t(2), zr(C4)).map_err(asm_err)?;
+        a.vaddps(z(3), t(1), d(5)).map_err(asm_err)?;
+        a.vfmadd231ps(z(3), t(3), zr(C8)).map_err(asm_err)?;
+        Ok(())
+    }
+}
