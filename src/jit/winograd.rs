@@ -117,8 +117,8 @@ pub(crate) struct WinogradPlan {
     hp: usize,
     wp: usize,
     gemm: PixelGemm,
-    /// The tile-group-major schedule, where it pays ([`Groups`]).
-    groups: Option<Groups>,
+    /// The tile-group-major schedule, where it pays ([`Groups`]; boxed: a second GEMM).
+    groups: Option<Box<Groups>>,
 }
 
 /// The tile-group-major schedule (session 8): per group of `rows` tile rows, the padded
@@ -312,7 +312,7 @@ impl WinogradPlan {
             let last = spec.out_h() % TILE;
             // The same packing of `U` as the whole layout's GEMM (the f32x4 fallback of a
             // wide GEMM would pack otherwise).
-            (gemm.mr() == plan.gemm.mr()).then_some(Groups {
+            (gemm.mr() == plan.gemm.mr()).then_some(Box::new(Groups {
                 rows,
                 n: th.div_ceil(rows),
                 cols,
@@ -322,7 +322,7 @@ impl WinogradPlan {
                 input,
                 output: output(TILE),
                 last_output: (last != 0).then(|| output(last)),
-            })
+            }))
         });
         plan
     }
