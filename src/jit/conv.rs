@@ -28,6 +28,7 @@ use super::cg::{fits, off, window_out, F32, F32X4, I32, I64, MAX_DIM};
 use super::entry::{slot_layout, Buf, Entry, Slot};
 use super::epilogue::{ChannelBlock, Clip, Epilogue};
 use super::gemm::{self, PixelGemm};
+use super::im2col::Im2colGemm;
 use super::implicit::ImplicitGemm;
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
@@ -726,6 +727,8 @@ enum Plan {
     Direct(DirectPlan),
     /// The direct convolution on the wide micro-kernels (at avx2 / avx512).
     Implicit(ImplicitGemm),
+    /// The same with few input channels: im2col bands (at avx2 / avx512).
+    Im2col(Im2colGemm),
     Gemm(PixelGemm),
     Winograd(WinogradPlan),
 }
@@ -791,16 +794,22 @@ impl Plan {
                 })
             }
             ConvMethod::PointwiseGemm => return Err(unfit()),
-            ConvMethod::Direct => match x86::width(isa).and_then(|w| ImplicitGemm::new(*spec, w)) {
-                Some(p) => Plan::Implicit(p),
-                None => Plan::Direct(DirectPlan::new(*spec)),
-            },
+            ConvMethod::Direct => {
+                let wide = |w| match Im2colGemm::new(*spec, w) {
+                    Some(p) => Some(Plan::Im2col(p)),
+                    None => ImplicitGemm::new(*spec, w).map(Plan::Implicit),
+                };
+                x86::width(isa)
+                    .and_then(wide)
+                    .unwrap_or_else(|| Plan::Direct(DirectPlan::new(*spec)))
+            }
         })
     }
     fn packed_len(&self) -> usize {
         match self {
             Plan::Direct(d) => d.packed_len(),
             Plan::Implicit(d) => d.packed_len(),
+            Plan::Im2col(d) => d.packed_len(),
             Plan::Gemm(g) => g.packed_len(),
             Plan::Winograd(w) => w.packed_len(),
         }
@@ -814,6 +823,7 @@ impl Plan {
         match self {
             Plan::Direct(d) => d.scratch_len(),
             Plan::Implicit(d) => d.scratch_len(),
+            Plan::Im2col(d) => d.scratch_len(),
             Plan::Gemm(g) => g.scratch_len(),
             Plan::Winograd(w) => w.scratch_len(),
         }
@@ -822,13 +832,14 @@ impl Plan {
         match self {
             Plan::Direct(_) => "f32x4 direct".into(),
             Plan::Implicit(d) => d.micro_kernel(),
+            Plan::Im2col(d) => d.micro_kernel(),
             Plan::Gemm(g) => g.micro_kernel(),
             Plan::Winograd(w) => w.micro_kernel(),
         }
     }
     fn method(&self) -> ConvMethod {
         match self {
-            Plan::Direct(_) | Plan::Implicit(_) => ConvMethod::Direct,
+            Plan::Direct(_) | Plan::Implicit(_) | Plan::Im2col(_) => ConvMethod::Direct,
             Plan::Gemm(_) => ConvMethod::PointwiseGemm,
             Plan::Winograd(_) => ConvMethod::Winograd,
         }
@@ -838,6 +849,7 @@ impl Plan {
         match self {
             Plan::Direct(d) => d.spec.in_c,
             Plan::Implicit(d) => d.spec().in_c,
+            Plan::Im2col(d) => d.spec().in_c,
             Plan::Gemm(g) => g.prologue_units(),
             Plan::Winograd(w) => w.prologue_units(),
         }
@@ -853,6 +865,7 @@ impl Plan {
         match self {
             Plan::Direct(d) => d.nkb,
             Plan::Implicit(d) => d.work_units(),
+            Plan::Im2col(d) => d.work_units(),
             Plan::Gemm(g) => g.work_units(),
             Plan::Winograd(w) => w.work_units(),
         }
@@ -867,6 +880,7 @@ impl Plan {
         match self {
             Plan::Direct(d) => d.pack_into(weights, bias, &mut out),
             Plan::Implicit(d) => d.pack_into(weights, bias, &mut out),
+            Plan::Im2col(d) => d.pack_into(weights, bias, &mut out),
             Plan::Gemm(g) => g.pack_into(weights, bias, &mut out),
             Plan::Winograd(w) => w.pack_into(weights, bias, &mut out),
         }
@@ -975,6 +989,14 @@ impl KernelModule {
         let (id, parts) = match &plan {
             Plan::Direct(d) => one_phase(d.emit(self)?),
             Plan::Implicit(d) => {
+                let compute = d.emit_compute(self)?;
+                if d.padded() {
+                    one_phase(with_padded_copy(self, spec, compute)?)
+                } else {
+                    (compute, None)
+                }
+            }
+            Plan::Im2col(d) => {
                 let compute = d.emit_compute(self)?;
                 if d.padded() {
                     one_phase(with_padded_copy(self, spec, compute)?)

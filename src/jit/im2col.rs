@@ -1,0 +1,408 @@
+//! Convolutions with few input channels (the first layer of most CNNs: 3x3/2 3 -> 64 in
+//! SqueezeNet, 3x3 3 -> 64 in VGG, 7x7/2 3 -> 64 in ResNet) on the wide x86 micro-kernels, as
+//! a GEMM over an im2col matrix built a *band* of output rows at a time.
+//!
+//! Such a layer has a short reduction (`in_c * kh * kw` taps: 27 for a 3x3 on RGB) and a
+//! large output (64 planes of 111 x 111 = 3.2 MB), so its time goes to writing the output.
+//! The implicit GEMM ([`super::implicit`]) computes a strip of 32 pixels for all 64 output
+//! channels before the next strip: 64 output streams of two lines each, which the hardware
+//! prefetchers do not follow, so with the output out of the caches (as in a network) every
+//! line waits for its read for ownership. Measured with a C model of the stores alone (3.2
+//! MB, 64 MB written before each run): 0.32 ms in that order, 0.13 ms channel block by
+//! channel block over a panel of 576 pixels (14 streams of 2.3 KB).
+//!
+//! So for each band of output rows the compute function copies the band's columns of the
+//! im2col matrix (`[taps][band pixels]`, taps `(c, fy, fx)` in the order of the direct
+//! kernel) into a panel on its stack, then runs the micro-kernel channel block by channel
+//! block, each along the band's pixels: whole vectors across row ends (111-wide rows in
+//! strips of 32 fill 87% of the lanes; a band of 5 rows, 555 pixels, 96%). Each output is
+//! one fused multiply-add chain over the taps in order from zero, then the epilogue: the
+//! same bits as the direct kernel and the implicit GEMM at every ISA level. Padding is the
+//! direct kernel's prologue (a zero-bordered copy of the input in the scratch).
+//!
+//! Work units: bands. Each is independent (its own panel), so a thread computes exactly its
+//! bands whatever the split.
+use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
+
+use super::cg::I64;
+use super::conv::{ConvBufs, ConvSpec};
+use super::cg::{off, F32, F32X4};
+use super::gemm::{call_for_block, wide_tile};
+use super::implicit::shuffle;
+use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::x86::{MicroGemm, Width};
+use crate::error::{Error, Result};
+
+/// Input channels up to which a convolution takes this method (first layers: RGB, gray,
+/// RGBA).
+const MAX_IN_C: usize = 4;
+/// Bytes of a band's panel (`taps x band pixels`): the micro-kernels read it once per
+/// channel block, so it should stay in L1/L2; a band is at least one output row.
+const PANEL_BYTES: usize = 64 * 1024;
+/// Beyond this one output row's panel is too large for the stack.
+const MAX_PANEL_BYTES: usize = 256 * 1024;
+
+#[derive(Clone, Debug)]
+pub(crate) struct Im2colGemm {
+    spec: ConvSpec,
+    width: Width,
+    /// Output channels per block, pixels per full tile.
+    mr: usize,
+    np: usize,
+    nmb: usize,
+    /// `in_c * kh * kw`.
+    taps: usize,
+    /// Output rows per band.
+    band: usize,
+    /// Floats per panel row (a band's pixels, rounded up to whole vectors).
+    ldp: usize,
+    hp: usize,
+    wp: usize,
+    padded: bool,
+}
+
+impl Im2colGemm {
+    /// The plan for `spec` at `width`, or `None` if `spec` has too many input channels or
+    /// one output row's panel does not fit the stack.
+    pub(crate) fn new(spec: ConvSpec, width: Width) -> Option<Self> {
+        if spec.in_c > MAX_IN_C || std::env::var_os("CNNC_NO_IM2COL").is_some() {
+            return None;
+        }
+        let (mr, np) = wide_tile(width);
+        let taps = spec.in_c * spec.kernel_h * spec.kernel_w;
+        let (oh, ow) = (spec.out_h(), spec.out_w());
+        let row_bytes = taps * ow * 4;
+        if row_bytes > MAX_PANEL_BYTES {
+            return None;
+        }
+        let pb = std::env::var("CNNC_IM2COL_PANEL").map_or(PANEL_BYTES, |v| v.parse::<usize>().unwrap() * 1024);
+        let band = (pb / row_bytes).clamp(1, oh);
+        let lanes = width.lanes();
+        let plan = Im2colGemm {
+            spec,
+            width,
+            mr,
+            np,
+            nmb: spec.out_c.div_ceil(mr),
+            taps,
+            band,
+            ldp: (band * ow).div_ceil(lanes) * lanes,
+            hp: spec.in_h + 2 * spec.pad_h,
+            wp: spec.in_w + 2 * spec.pad_w,
+            padded: spec.pad_h > 0 || spec.pad_w > 0,
+        };
+        // What the generator cannot emit (offsets beyond i32) stays on the other methods.
+        plan.micro_variants()
+            .iter()
+            .all(|m| m.check().is_ok())
+            .then_some(plan)
+    }
+
+    /// What computes a tile, for profiles and plans: `avx512 14x32 im2col`.
+    pub(crate) fn micro_kernel(&self) -> String {
+        format!("{} {}x{} im2col", self.width.isa_name(), self.mr, self.np)
+    }
+    pub(crate) fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+    pub(crate) fn padded(&self) -> bool {
+        self.padded
+    }
+    fn weights_len(&self) -> usize {
+        self.nmb * self.taps * self.mr
+    }
+    pub(crate) fn packed_len(&self) -> usize {
+        self.weights_len() + self.nmb * self.mr
+    }
+    /// The padded copy of the input (none without padding).
+    pub(crate) fn scratch_len(&self) -> usize {
+        if self.padded {
+            self.spec.in_c * self.hp * self.wp
+        } else {
+            0
+        }
+    }
+    /// Bands of output rows.
+    pub(crate) fn work_units(&self) -> usize {
+        self.spec.out_h().div_ceil(self.band)
+    }
+
+    /// `[nmb][taps][mr]` (PyTorch's `[k][c][fy][fx]`, the taps in order), then the bias
+    /// padded to `nmb * mr`, into `out` (`packed_len()` zeros).
+    pub(crate) fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        let (r, mr) = (self.taps, self.mr);
+        for (k, filter) in w.chunks_exact(r).enumerate() {
+            let blk = &mut out[(k / mr) * r * mr..];
+            for (t, &x) in filter.iter().enumerate() {
+                blk[t * mr + k % mr] = x;
+            }
+        }
+        if let Some(b) = bias {
+            let base = self.weights_len();
+            out[base..base + self.spec.out_c].copy_from_slice(b);
+        }
+    }
+
+    /// The kernel of a `rows x cols` tile: the whole reduction from the panel, then the
+    /// epilogue into the output planes.
+    fn micro(&self, rows: usize, cols: usize) -> MicroGemm {
+        let s = self.spec;
+        let ep = s.epilogue();
+        MicroGemm {
+            width: self.width,
+            rows,
+            cols,
+            k: self.taps,
+            w_stride: self.mr,
+            ldx: self.ldp,
+            ldo: s.out_h() * s.out_w(),
+            accumulate: false,
+            bias: ep.bias,
+            bias_per_col: false,
+            residual: ep.residual,
+            relu: ep.relu,
+            clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
+            prefetch_every: 0,
+            prefetch_w: 0,
+            pf_ldx: 0,
+            pack: false,
+        }
+    }
+
+    /// The tile widths of a band of `rows` output rows: full tiles, then the rest (0: none).
+    fn tiles(&self, rows: usize) -> (usize, usize) {
+        let px = rows * self.spec.out_w();
+        (px / self.np, px % self.np)
+    }
+
+    /// Bands: `(first, count, rows)` for the full bands and the last, shorter one.
+    fn bands(&self) -> [(usize, usize, usize); 2] {
+        let oh = self.spec.out_h();
+        let full = oh / self.band;
+        [(0, full, self.band), (full, 1, oh % self.band)]
+    }
+
+    /// Every micro-kernel the compute function calls (deduplicated, in a fixed order).
+    fn micro_variants(&self) -> Vec<MicroGemm> {
+        let rows = [self.mr, self.spec.out_c % self.mr];
+        let mut v: Vec<MicroGemm> = Vec::new();
+        for (_, count, band_rows) in self.bands() {
+            let (full, rest) = self.tiles(band_rows);
+            let cols = [(full > 0).then_some(self.np), (rest > 0).then_some(rest)];
+            for &r in rows.iter().filter(|&&r| r > 0 && count > 0) {
+                for &c in cols.iter().flatten() {
+                    let m = self.micro(r, c);
+                    if !v.contains(&m) {
+                        v.push(m);
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Emits the compute function (over the input, or with padding over the scratch copy
+    /// that the prologue made).
+    pub(crate) fn emit_compute(&self, km: &mut KernelModule) -> Result<PendingId> {
+        let variants = self.micro_variants();
+        let ids: Vec<MicroId> = variants
+            .iter()
+            .map(|m| km.add_micro_once(5, "im2col-gemm micro-kernel", m, MicroGemm::emit))
+            .collect::<Result<_>>()?;
+        let plan = self.clone();
+        km.define_with_micros(&ids, move |e, b: ConvBufs<Value>, begin, end| {
+            plan.body(e, b, begin, end, &variants)
+        })
+    }
+
+    /// The bands `begin..end`: full bands in a loop, then the last, shorter one.
+    fn body(
+        &self,
+        e: &mut Emit,
+        b: ConvBufs<Value>,
+        begin: Value,
+        end: Value,
+        variants: &[MicroGemm],
+    ) -> Result<()> {
+        // The panel: `taps` rows of `ldp` floats, 64-byte aligned on the stack. Packing
+        // writes rows `< taps`, columns `< rows * ow <= ldp`; the micro-kernels read `taps`
+        // rows of their columns, all `< rows * ow`.
+        let bytes = u32::try_from(self.taps * self.ldp * 4 + 64)
+            .map_err(|_| Error::Codegen("im2col panel too large".into()))?;
+        let slot =
+            e.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 0));
+        let raw = e.b.ins().stack_addr(I64, slot, 0);
+        let raw = e.add_imm(raw, 63);
+        let panel = e.b.ins().band_imm_s(raw, -64);
+        let src = if self.padded { b.scratch } else { b.input };
+        for (first, count, rows) in self.bands() {
+            if count == 0 || rows == 0 {
+                continue;
+            }
+            // The bands of this kind in the range: max(begin, first) .. min(end, first + count).
+            let lo = e.iconst(first as i64);
+            let lo = e.b.ins().smax(begin, lo);
+            let hi = e.iconst((first + count) as i64);
+            let hi = e.b.ins().smin(end, hi);
+            e.for_range(lo, hi, 1, |e, band| {
+                let oy0 = e.mul_imm(band, self.band as i64);
+                let skip = std::env::var("CNNC_IM2COL_SKIP").unwrap_or_default();
+                if skip != "pack" {
+                    self.pack(e, (src, panel), oy0, rows)?;
+                }
+                if skip != "gemm" {
+                    self.gemm(e, &b, (panel, oy0), rows, variants)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Copies the im2col columns of output rows `oy0 .. oy0 + rows` into the panel: row
+    /// `(c * kh + fy) * kw + fx`, column `d * ow + x` holds `src[c][(oy0 + d) * sh + fy][x *
+    /// sw + fx]`, inside the (padded) input since `(oh - 1) * sh + kh <= hp` and `(ow - 1) *
+    /// sw + kw <= wp`.
+    fn pack(&self, e: &mut Emit, (src, panel): (Value, Value), oy0: Value, rows: usize) -> Result<()> {
+        let s = self.spec;
+        let (kh, kw, wp, ow) = (s.kernel_h, s.kernel_w, self.wp, s.out_w());
+        let first_row = e.addr(src, oy0, s.stride_h * wp * 4);
+        e.for_const(0, s.in_c as i64, 1, |e, c| {
+            let sc = e.addr(first_row, c, self.hp * wp * 4);
+            let pc = e.addr(panel, c, kh * kw * self.ldp * 4);
+            e.for_const(0, kh as i64, 1, |e, fy| {
+                let sy = e.addr(sc, fy, wp * 4);
+                let py = e.addr(pc, fy, kw * self.ldp * 4);
+                e.for_const(0, rows as i64, 1, |e, d| {
+                    let sd = e.addr(sy, d, s.stride_h * wp * 4);
+                    let pd = e.addr(py, d, ow * 4);
+                    for fx in 0..kw {
+                        self.copy_row(e, (sd, fx * 4), (pd, fx * self.ldp * 4), wp - fx);
+                    }
+                    Ok(())
+                })
+            })
+        })
+    }
+
+    /// `dst[to + 4 x] = src[from + 4 x sw]` for the `ow` outputs of a row, straight-line
+    /// (immediate offsets from the row's base), reading only the row's `n` floats from
+    /// `from`: `(ow - 1) * sw < n`. Stride 1: vectors; stride 2: groups of 4 outputs as the
+    /// even lanes of two vectors while those 8 floats are inside the row, then one group
+    /// ending at the last output from the column before (odd lanes, overlapping outputs
+    /// already written with the same values); the rest one float at a time.
+    fn copy_row(&self, e: &mut Emit, (src, from): (Value, usize), (dst, to): (Value, usize), n: usize) {
+        let (ow, sw) = (self.spec.out_w(), self.spec.stride_w);
+        let mut done = 0;
+        if sw == 1 {
+            done = ow / 4 * 4;
+            for j in (0..done).step_by(4) {
+                let v = e.load(F32X4, src, off(from + j * 4));
+                e.store(v, dst, off(to + j * 4));
+            }
+        } else if sw == 2 {
+            // Groups `g` read floats `8 g .. 8 g + 8`.
+            done = (n / 8).min(ow / 4) * 4;
+            for j in (0..done).step_by(4) {
+                let a = e.load(F32X4, src, off(from + j * 8));
+                let b = e.load(F32X4, src, off(from + j * 8 + 16));
+                let v = shuffle(e, a, b, [0, 2, 4, 6]);
+                e.store(v, dst, off(to + j * 4));
+            }
+            if done < ow && ow - done <= 4 && ow >= 5 {
+                // Floats `2 (ow - 4) - 1 .. 2 ow - 1`, inside since `2 ow - 2 < n`.
+                let j = ow - 4;
+                let a = e.load(F32X4, src, off(from + (2 * j - 1) * 4));
+                let b = e.load(F32X4, src, off(from + (2 * j + 3) * 4));
+                let v = shuffle(e, a, b, [1, 3, 5, 7]);
+                e.store(v, dst, off(to + j * 4));
+                done = ow;
+            }
+        }
+        for j in done..ow {
+            let x = e.load(F32, src, off(from + j * sw * 4));
+            e.store(x, dst, off(to + j * 4));
+        }
+    }
+
+    /// The GEMM of a band of `rows` output rows from `oy0` on its panel: channel block by
+    /// channel block, each along the band's pixels, so that the output goes out as `mr`
+    /// sequential streams at a time.
+    fn gemm(
+        &self,
+        e: &mut Emit,
+        b: &ConvBufs<Value>,
+        (panel, oy0): (Value, Value),
+        rows: usize,
+        variants: &[MicroGemm],
+    ) -> Result<()> {
+        let s = self.spec;
+        let (mr, np) = (self.mr, self.np);
+        let ohw = s.out_h() * s.out_w();
+        let find = |e: &Emit, rows: usize, cols: usize| {
+            let m = self.micro(rows, cols);
+            variants
+                .iter()
+                .position(|v| *v == m)
+                .map(|i| e.micros[i])
+                .ok_or_else(|| Error::Codegen(format!("no micro-kernel {m:?}")))
+        };
+        let (full, rest) = self.tiles(rows);
+        let tail = s.out_c % mr;
+        let p0 = e.mul_imm(oy0, (s.out_w() * 4) as i64);
+        let out0 = e.b.ins().iadd(b.out, p0);
+        let res0 = e.b.ins().iadd(b.residual, p0);
+        let bias0 = e.add_imm(b.packed, (self.weights_len() * 4) as i64);
+        let col_major = std::env::var_os("CNNC_IM2COL_COLMAJOR").is_some();
+        if col_major {
+            let nmb = self.nmb as i64;
+            let cols = full as i64 + i64::from(rest > 0);
+            return e.for_const(0, cols, 1, |e, t| {
+                let last = e.b.ins().icmp_imm_s(cranelift_codegen::ir::condcodes::IntCC::Equal, t, full as i64);
+                let body = |e: &mut Emit, cols: usize| {
+                    e.for_const(0, nmb, 1, |e, mb| {
+                        let w = e.addr(b.packed, mb, self.taps * mr * 4);
+                        let out = e.addr(out0, mb, mr * ohw * 4);
+                        let res = e.addr(res0, mb, mr * ohw * 4);
+                        let bias = e.addr(bias0, mb, mr * 4);
+                        let at = e.mul_imm(t, (np * 4) as i64);
+                        let x = e.b.ins().iadd(panel, at);
+                        let o = e.b.ins().iadd(out, at);
+                        let r = e.b.ins().iadd(res, at);
+                        let kernels = (find(e, mr, cols)?, (tail > 0).then(|| find(e, tail, cols)));
+                        let kernels = (kernels.0, kernels.1.transpose()?);
+                        call_for_block(e, mb, self.nmb, kernels, &[x, w, o, r, bias])
+                    })
+                };
+                if rest > 0 {
+                    e.when(last, |e| body(e, rest))?;
+                }
+                if full > 0 {
+                    e.unless(last, |e| body(e, np))?;
+                }
+                Ok(())
+            });
+        }
+        e.for_const(0, self.nmb as i64, 1, |e, mb| {
+            let w = e.addr(b.packed, mb, self.taps * mr * 4);
+            let out = e.addr(out0, mb, mr * ohw * 4);
+            let res = e.addr(res0, mb, mr * ohw * 4);
+            let bias = e.addr(bias0, mb, mr * 4);
+            let call = |e: &mut Emit, t: Value, cols: usize| {
+                let at = e.mul_imm(t, (np * 4) as i64);
+                let x = e.b.ins().iadd(panel, at);
+                let o = e.b.ins().iadd(out, at);
+                let r = e.b.ins().iadd(res, at);
+                let kernels = (find(e, mr, cols)?, (tail > 0).then(|| find(e, tail, cols)));
+                let kernels = (kernels.0, kernels.1.transpose()?);
+                call_for_block(e, mb, self.nmb, kernels, &[x, w, o, r, bias])
+            };
+            e.for_const(0, full as i64, 1, |e, t| call(e, t, np))?;
+            if rest > 0 {
+                let t = e.iconst(full as i64);
+                call(e, t, rest)?;
+            }
+            Ok(())
+        })
+    }
+}
