@@ -95,7 +95,7 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // Implicit GEMM (avx2 / avx512): unpadded strided convs reading up to the input's
         // last column (the stride-2 copies' row ends), the stem, reduction blocks, pixel
         // and channel tails.
-        (3, 33, 33, 20, 3, 2, 0),
+        (5, 33, 33, 20, 3, 2, 0),
         (16, 14, 14, 15, 1, 2, 0),
         (3, 37, 35, 29, 7, 2, 3),
         (100, 9, 8, 15, 3, 2, 1),
@@ -138,6 +138,12 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (5, 7, 3, 7, 1, 2, 0),
         (9, 12, 19, 11, 1, 3, 0),
         (600, 13, 13, 480, 1, 2, 0),
+        // Few taps (avx2 / avx512: the im2col bands): the stride-2 copy's last group reading
+        // the input's last column, stride 1 with padding, a short last band, several bands.
+        (3, 37, 35, 29, 3, 2, 0),
+        (1, 20, 9, 15, 5, 1, 2),
+        (3, 205, 30, 17, 3, 1, 1),
+        (3, 111, 99, 7, 3, 2, 0),
         // Winograd: tiles overhanging the bottom and right edges, a partial tile group,
         // dense groups, and rows of 5 tiles whose last group runs over into the next row.
         (17, 11, 13, 19, 3, 1, 1),

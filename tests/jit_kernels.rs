@@ -1853,7 +1853,7 @@ fn conv_direct_every_isa_bit_identical() {
         spec(6, 12, 11, 5, 2, 4, (2, 1), (0, 3)),
         spec(7, 8, 8, 3, 3, 3, (1, 1), (1, 1)),
         spec(2, 1, 1, 4, 1, 1, (1, 1), (1, 1)),
-        spec(3, 40, 3, 6, 3, 3, (1, 1), (0, 1)),
+        spec(5, 40, 3, 6, 3, 3, (1, 1), (0, 1)),
         // Reduction blocks: 2 and 3+ blocks of input channels at both widths.
         spec(100, 9, 9, 15, 3, 3, (2, 2), (1, 1)),
         spec(230, 7, 7, 29, 3, 3, (2, 2), (1, 1)),
@@ -1880,8 +1880,9 @@ fn conv_direct_every_isa_bit_identical() {
         spec(3, 27, 27, 10, 7, 7, (2, 2), (3, 3)),
         spec(130, 23, 27, 11, 3, 3, (2, 2), (1, 1)),
     ];
+    // (5 input channels: with 4 or fewer, 3x3 filters take the im2col bands.)
     for k in 1..=15 {
-        shapes.push(spec(3, 11, 9, k, 3, 3, (2, 2), (1, 1)));
+        shapes.push(spec(5, 11, 9, k, 3, 3, (2, 2), (1, 1)));
     }
     let levels = cnnc::Isa::host_levels();
     let mut seed = 2000;
@@ -1894,11 +1895,64 @@ fn conv_direct_every_isa_bit_identical() {
             // At avx2 / avx512 the strided 1x1 shapes take the pointwise GEMM on their
             // sampled pixels (`conv_strided_pointwise_every_isa_bit_identical`).
             let strided_1x1 = wide && s.kernel_h * s.kernel_w == 1 && s.pad_h + s.pad_w == 0;
+            // Few taps (3x3 on up to 4 channels) take the im2col bands instead
+            // (`conv_few_taps_im2col_every_isa_bit_identical`).
+            let gemm = ["implicit", "im2col"];
             if strided_1x1 {
                 assert_eq!(method, ConvMethod::PointwiseGemm, "{s:?} at {isa}: {micro}");
             } else {
-                assert_eq!(micro.ends_with("implicit"), wide, "{s:?} at {isa}: {micro}");
+                let on_gemm = gemm.iter().any(|g| micro.ends_with(g));
+                assert_eq!(on_gemm, wide, "{s:?} at {isa}: {micro}");
             }
+            outs.push((isa, out));
+        }
+        assert_levels_agree(&s, &outs);
+        seed += 5;
+    }
+}
+
+/// Convolutions with few taps (`in_c * kh * kw <= 36`: the first layer of most CNNs) at
+/// every ISA level: at avx2 / avx512 the im2col bands (`src/jit/im2col.rs`: a band of output
+/// rows copied into a stack panel as `[taps][pixels]`, then the micro-kernel channel block
+/// by channel block along the band's pixels, vectors across row ends), at sse the f32x4
+/// direct kernel; both one FMA chain over the taps in order, so every level and every split
+/// agree bit for bit. Shapes: 1 to 4 input channels; 1x1 with padding, 3x3, 5x5, 1x7 and
+/// 3x2 filters; strides 1, 2, 3 and (1, 2) / (2, 1) on even and odd widths (the copy's
+/// vector groups, its last group from the column before, rows narrower than a group);
+/// padding 0 to 2; one band and many, a short last band; bands whose pixels are fewer than,
+/// a multiple of and not a multiple of a vector tile; output channels of every remainder
+/// of the 6- and 14-row blocks; every epilogue.
+#[test]
+fn conv_few_taps_im2col_every_isa_bit_identical() {
+    let mut shapes = vec![
+        spec(3, 224, 224, 64, 3, 3, (2, 2), (0, 0)),
+        spec(3, 57, 59, 29, 3, 3, (2, 2), (0, 0)),
+        spec(3, 64, 48, 16, 3, 3, (1, 1), (1, 1)),
+        spec(1, 28, 28, 6, 5, 5, (1, 1), (0, 0)),
+        spec(1, 33, 31, 20, 5, 5, (2, 2), (2, 2)),
+        spec(2, 9, 70, 9, 3, 3, (1, 2), (1, 1)),
+        spec(4, 70, 9, 15, 3, 3, (2, 1), (1, 0)),
+        spec(4, 17, 23, 7, 3, 3, (3, 3), (2, 1)),
+        spec(2, 5, 5, 13, 1, 1, (1, 1), (1, 1)),
+        spec(3, 12, 40, 33, 1, 7, (1, 1), (0, 3)),
+        spec(4, 10, 11, 5, 3, 2, (1, 1), (0, 1)),
+        spec(3, 3, 200, 14, 3, 3, (1, 1), (0, 1)),
+        spec(1, 1, 9, 2, 1, 3, (1, 1), (0, 0)),
+        spec(3, 9, 4, 28, 3, 3, (2, 2), (1, 1)),
+    ];
+    for k in 1..=15 {
+        shapes.push(spec(3, 31, 19, k, 3, 3, (2, 2), (1, 1)));
+    }
+    let levels = cnnc::Isa::host_levels();
+    let mut seed = 7000;
+    for (i, base) in shapes.into_iter().enumerate() {
+        let s = cycled_epilogue(i, base);
+        let mut outs = Vec::new();
+        for &isa in &levels {
+            let (out, method, micro) = check_conv_with(&s, seed, Some(isa), None);
+            assert_eq!(method, ConvMethod::Direct, "{s:?} at {isa}: {micro}");
+            let wide = isa != cnnc::Isa::Sse;
+            assert_eq!(micro.ends_with("im2col"), wide, "{s:?} at {isa}: {micro}");
             outs.push((isa, out));
         }
         assert_levels_agree(&s, &outs);

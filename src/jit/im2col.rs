@@ -25,17 +25,19 @@
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
 use super::cg::I64;
-use super::conv::{ConvBufs, ConvSpec};
 use super::cg::{off, F32, F32X4};
+use super::conv::{ConvBufs, ConvSpec};
 use super::gemm::{call_for_block, wide_tile};
 use super::implicit::shuffle;
 use super::module::{Emit, KernelModule, MicroId, PendingId};
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
 
-/// Input channels up to which a convolution takes this method (first layers: RGB, gray,
-/// RGBA).
-const MAX_IN_C: usize = 4;
+/// Taps (`in_c * kh * kw`) up to which a convolution takes this method: 3x3 filters on up
+/// to 4 channels (RGB, gray, RGBA). ResNet's 7x7/2 stem (147 taps) measured 1.13x the
+/// implicit GEMM's time (`examples/convab.rs`, 600 pairs): its long reduction is bound by
+/// the arithmetic, not by the output.
+const MAX_TAPS: usize = 36;
 /// Bytes of a band's panel (`taps x band pixels`): the micro-kernels read it once per
 /// channel block, so it should stay in L1/L2; a band is at least one output row.
 const PANEL_BYTES: usize = 64 * 1024;
@@ -62,21 +64,20 @@ pub(crate) struct Im2colGemm {
 }
 
 impl Im2colGemm {
-    /// The plan for `spec` at `width`, or `None` if `spec` has too many input channels or
-    /// one output row's panel does not fit the stack.
+    /// The plan for `spec` at `width`, or `None` if `spec` has too many taps or one output
+    /// row's panel does not fit the stack.
     pub(crate) fn new(spec: ConvSpec, width: Width) -> Option<Self> {
-        if spec.in_c > MAX_IN_C || std::env::var_os("CNNC_NO_IM2COL").is_some() {
+        let taps = spec.in_c * spec.kernel_h * spec.kernel_w;
+        if taps > MAX_TAPS || std::env::var_os("CNNC_NO_IM2COL").is_some() {
             return None;
         }
         let (mr, np) = wide_tile(width);
-        let taps = spec.in_c * spec.kernel_h * spec.kernel_w;
         let (oh, ow) = (spec.out_h(), spec.out_w());
         let row_bytes = taps * ow * 4;
         if row_bytes > MAX_PANEL_BYTES {
             return None;
         }
-        let pb = std::env::var("CNNC_IM2COL_PANEL").map_or(PANEL_BYTES, |v| v.parse::<usize>().unwrap() * 1024);
-        let band = (pb / row_bytes).clamp(1, oh);
+        let band = (PANEL_BYTES / row_bytes).clamp(1, oh);
         let lanes = width.lanes();
         let plan = Im2colGemm {
             spec,
@@ -210,7 +211,7 @@ impl Im2colGemm {
             .map(|m| km.add_micro_once(5, "im2col-gemm micro-kernel", m, MicroGemm::emit))
             .collect::<Result<_>>()?;
         let plan = self.clone();
-        km.define_with_micros(&ids, move |e, b: ConvBufs<Value>, begin, end| {
+        km.define_driver(&ids, move |e, b: ConvBufs<Value>, begin, end| {
             plan.body(e, b, begin, end, &variants)
         })
     }
@@ -246,14 +247,8 @@ impl Im2colGemm {
             let hi = e.b.ins().smin(end, hi);
             e.for_range(lo, hi, 1, |e, band| {
                 let oy0 = e.mul_imm(band, self.band as i64);
-                let skip = std::env::var("CNNC_IM2COL_SKIP").unwrap_or_default();
-                if skip != "pack" {
-                    self.pack(e, (src, panel), oy0, rows)?;
-                }
-                if skip != "gemm" {
-                    self.gemm(e, &b, (panel, oy0), rows, variants)?;
-                }
-                Ok(())
+                self.pack(e, (src, panel), oy0, rows)?;
+                self.gemm(e, &b, (panel, oy0), rows, variants)
             })?;
         }
         Ok(())
@@ -263,7 +258,13 @@ impl Im2colGemm {
     /// `(c * kh + fy) * kw + fx`, column `d * ow + x` holds `src[c][(oy0 + d) * sh + fy][x *
     /// sw + fx]`, inside the (padded) input since `(oh - 1) * sh + kh <= hp` and `(ow - 1) *
     /// sw + kw <= wp`.
-    fn pack(&self, e: &mut Emit, (src, panel): (Value, Value), oy0: Value, rows: usize) -> Result<()> {
+    fn pack(
+        &self,
+        e: &mut Emit,
+        (src, panel): (Value, Value),
+        oy0: Value,
+        rows: usize,
+    ) -> Result<()> {
         let s = self.spec;
         let (kh, kw, wp, ow) = (s.kernel_h, s.kernel_w, self.wp, s.out_w());
         let first_row = e.addr(src, oy0, s.stride_h * wp * 4);
@@ -291,7 +292,13 @@ impl Im2colGemm {
     /// even lanes of two vectors while those 8 floats are inside the row, then one group
     /// ending at the last output from the column before (odd lanes, overlapping outputs
     /// already written with the same values); the rest one float at a time.
-    fn copy_row(&self, e: &mut Emit, (src, from): (Value, usize), (dst, to): (Value, usize), n: usize) {
+    fn copy_row(
+        &self,
+        e: &mut Emit,
+        (src, from): (Value, usize),
+        (dst, to): (Value, usize),
+        n: usize,
+    ) {
         let (ow, sw) = (self.spec.out_w(), self.spec.stride_w);
         let mut done = 0;
         if sw == 1 {
@@ -353,36 +360,6 @@ impl Im2colGemm {
         let out0 = e.b.ins().iadd(b.out, p0);
         let res0 = e.b.ins().iadd(b.residual, p0);
         let bias0 = e.add_imm(b.packed, (self.weights_len() * 4) as i64);
-        let col_major = std::env::var_os("CNNC_IM2COL_COLMAJOR").is_some();
-        if col_major {
-            let nmb = self.nmb as i64;
-            let cols = full as i64 + i64::from(rest > 0);
-            return e.for_const(0, cols, 1, |e, t| {
-                let last = e.b.ins().icmp_imm_s(cranelift_codegen::ir::condcodes::IntCC::Equal, t, full as i64);
-                let body = |e: &mut Emit, cols: usize| {
-                    e.for_const(0, nmb, 1, |e, mb| {
-                        let w = e.addr(b.packed, mb, self.taps * mr * 4);
-                        let out = e.addr(out0, mb, mr * ohw * 4);
-                        let res = e.addr(res0, mb, mr * ohw * 4);
-                        let bias = e.addr(bias0, mb, mr * 4);
-                        let at = e.mul_imm(t, (np * 4) as i64);
-                        let x = e.b.ins().iadd(panel, at);
-                        let o = e.b.ins().iadd(out, at);
-                        let r = e.b.ins().iadd(res, at);
-                        let kernels = (find(e, mr, cols)?, (tail > 0).then(|| find(e, tail, cols)));
-                        let kernels = (kernels.0, kernels.1.transpose()?);
-                        call_for_block(e, mb, self.nmb, kernels, &[x, w, o, r, bias])
-                    })
-                };
-                if rest > 0 {
-                    e.when(last, |e| body(e, rest))?;
-                }
-                if full > 0 {
-                    e.unless(last, |e| body(e, np))?;
-                }
-                Ok(())
-            });
-        }
         e.for_const(0, self.nmb as i64, 1, |e, mb| {
             let w = e.addr(b.packed, mb, self.taps * mr * 4);
             let out = e.addr(out0, mb, mr * ohw * 4);
