@@ -68,7 +68,7 @@ impl Im2colGemm {
     /// row's panel does not fit the stack.
     pub(crate) fn new(spec: ConvSpec, width: Width) -> Option<Self> {
         let taps = spec.in_c * spec.kernel_h * spec.kernel_w;
-        if taps > MAX_TAPS || std::env::var_os("CNNC_NO_IM2COL").is_some() {
+        if taps > MAX_TAPS {
             return None;
         }
         let (mr, np) = wide_tile(width);
