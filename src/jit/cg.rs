@@ -59,6 +59,20 @@ impl Emit<'_> {
         self.b.ins().imul_imm_s(x, c)
     }
 
+    /// The address of `bytes` of this function's stack frame, 64-byte aligned (per-call
+    /// temporary memory: each thread's call has its own); `what` names it in the error if
+    /// it is too large for a frame.
+    pub(crate) fn stack_buffer(&mut self, bytes: usize, what: &str) -> Result<Value> {
+        use cranelift_codegen::ir::{StackSlotData, StackSlotKind};
+        let size = u32::try_from(bytes + 64)
+            .map_err(|_| crate::Error::Codegen(format!("{what} too large for the stack")))?;
+        let data = StackSlotData::new(StackSlotKind::ExplicitSlot, size, 0);
+        let slot = self.b.create_sized_stack_slot(data);
+        let raw = self.b.ins().stack_addr(I64, slot, 0);
+        let raw = self.add_imm(raw, 63);
+        Ok(self.b.ins().band_imm_s(raw, -64))
+    }
+
     pub(crate) fn fzero(&mut self, ty: Type) -> Value {
         let z = self.b.ins().f32const(0.0f32);
         if ty == F32 {

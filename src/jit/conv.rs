@@ -1051,6 +1051,23 @@ pub(crate) fn define_entry(
     })
 }
 
+/// The compute function of a convolution on the wide micro-kernels `variants` (installed
+/// once per module, `what` naming them): a driver ([`KernelModule::define_driver`]) whose
+/// `body` gets the conv buffers, its range and the variants (`Emit::micros` in their order).
+pub(crate) fn define_gemm_driver(
+    km: &mut KernelModule,
+    what: &str,
+    variants: Vec<x86::MicroGemm>,
+    body: impl FnOnce(&mut Emit, ConvBufs<Value>, Value, Value, &[x86::MicroGemm]) -> Result<()>,
+) -> Result<PendingId> {
+    let ids: Vec<super::module::MicroId> = (variants.iter())
+        .map(|m| km.add_micro_once(5, what, m, x86::MicroGemm::emit))
+        .collect::<Result<_>>()?;
+    km.define_driver(&ids, move |e, b: ConvBufs<Value>, begin, end| {
+        body(e, b, begin, end, &variants)
+    })
+}
+
 slot_layout! {
     /// The buffer array of every conv function (entry, prologue, compute), in slot order.
     pub(crate) struct ConvBufs {

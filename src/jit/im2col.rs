@@ -22,14 +22,13 @@
 //!
 //! Work units: bands. Each is independent (its own panel), so a thread computes exactly its
 //! bands whatever the split.
-use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
+use cranelift_codegen::ir::{InstBuilder, Value};
 
-use super::cg::I64;
 use super::cg::{off, F32, F32X4};
-use super::conv::{ConvBufs, ConvSpec};
+use super::conv::{define_gemm_driver, ConvBufs, ConvSpec};
 use super::gemm::{call_for_block, wide_tile};
 use super::implicit::shuffle;
-use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::module::{Emit, KernelModule, PendingId};
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
 
@@ -183,37 +182,36 @@ impl Im2colGemm {
         [(0, full, self.band), (full, 1, oh % self.band)]
     }
 
-    /// Every micro-kernel the compute function calls (deduplicated, in a fixed order).
+    /// Every micro-kernel the compute function calls: (rows, columns) of the full and the
+    /// tail channel block by the full and the last tile of each kind of band, once each.
     fn micro_variants(&self) -> Vec<MicroGemm> {
         let rows = [self.mr, self.spec.out_c % self.mr];
-        let mut v: Vec<MicroGemm> = Vec::new();
-        for (_, count, band_rows) in self.bands() {
-            let (full, rest) = self.tiles(band_rows);
-            let cols = [(full > 0).then_some(self.np), (rest > 0).then_some(rest)];
-            for &r in rows.iter().filter(|&&r| r > 0 && count > 0) {
-                for &c in cols.iter().flatten() {
-                    let m = self.micro(r, c);
-                    if !v.contains(&m) {
-                        v.push(m);
-                    }
-                }
-            }
-        }
-        v
+        let cols = (self.bands().into_iter())
+            .filter(|&(_, count, band_rows)| count > 0 && band_rows > 0)
+            .flat_map(|(_, _, band_rows)| {
+                let (full, rest) = self.tiles(band_rows);
+                [(full > 0).then_some(self.np), (rest > 0).then_some(rest)]
+            })
+            .flatten();
+        let mut shapes: Vec<(usize, usize)> = cols
+            .flat_map(|c| rows.into_iter().filter(|&r| r > 0).map(move |r| (r, c)))
+            .collect();
+        shapes.sort_unstable();
+        shapes.dedup();
+        shapes.into_iter().map(|(r, c)| self.micro(r, c)).collect()
     }
 
     /// Emits the compute function (over the input, or with padding over the scratch copy
     /// that the prologue made).
     pub(crate) fn emit_compute(&self, km: &mut KernelModule) -> Result<PendingId> {
-        let variants = self.micro_variants();
-        let ids: Vec<MicroId> = variants
-            .iter()
-            .map(|m| km.add_micro_once(5, "im2col-gemm micro-kernel", m, MicroGemm::emit))
-            .collect::<Result<_>>()?;
         let plan = self.clone();
-        km.define_driver(&ids, move |e, b: ConvBufs<Value>, begin, end| {
-            plan.body(e, b, begin, end, &variants)
-        })
+        let what = "im2col-gemm micro-kernel";
+        define_gemm_driver(
+            km,
+            what,
+            self.micro_variants(),
+            move |e, b, begin, end, v| plan.body(e, b, begin, end, v),
+        )
     }
 
     /// The bands `begin..end`: full bands in a loop, then the last, shorter one.
@@ -228,13 +226,7 @@ impl Im2colGemm {
         // The panel: `taps` rows of `ldp` floats, 64-byte aligned on the stack. Packing
         // writes rows `< taps`, columns `< rows * ow <= ldp`; the micro-kernels read `taps`
         // rows of their columns, all `< rows * ow`.
-        let bytes = u32::try_from(self.taps * self.ldp * 4 + 64)
-            .map_err(|_| Error::Codegen("im2col panel too large".into()))?;
-        let slot =
-            e.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, bytes, 0));
-        let raw = e.b.ins().stack_addr(I64, slot, 0);
-        let raw = e.add_imm(raw, 63);
-        let panel = e.b.ins().band_imm_s(raw, -64);
+        let panel = e.stack_buffer(self.taps * self.ldp * 4, "im2col panel")?;
         let src = if self.padded { b.scratch } else { b.input };
         for (first, count, rows) in self.bands() {
             if count == 0 || rows == 0 {

@@ -26,10 +26,10 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
 use super::cg::{off as cg_off, F32, F32X4, I64};
-use super::conv::{ConvBufs, ConvSpec};
+use super::conv::{define_gemm_driver, ConvBufs, ConvSpec};
 use super::epilogue::Epilogue;
 use super::gemm::{call_for_block, wide_tile};
-use super::module::{Emit, KernelModule, MicroId, PendingId};
+use super::module::{Emit, KernelModule, PendingId};
 use super::x86::gemm::KPos;
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
@@ -356,15 +356,14 @@ impl ImplicitGemm {
     /// Emits the compute function (over the input, or with padding over the scratch copy
     /// that the prologue made).
     pub(crate) fn emit_compute(&self, km: &mut KernelModule) -> Result<PendingId> {
-        let variants = self.micro_variants();
-        let ids: Vec<MicroId> = variants
-            .iter()
-            .map(|m| km.add_micro_once(5, "implicit-gemm micro-kernel", m, MicroGemm::emit))
-            .collect::<Result<_>>()?;
         let plan = self.clone();
-        km.define_driver(&ids, move |e, b: ConvBufs<Value>, begin, end| {
-            plan.body(e, b, begin, end, &variants)
-        })
+        let what = "implicit-gemm micro-kernel";
+        define_gemm_driver(
+            km,
+            what,
+            self.micro_variants(),
+            move |e, b, begin, end, v| plan.body(e, b, begin, end, v),
+        )
     }
 
     fn body(
