@@ -26,8 +26,8 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{off, F32, F32X4};
 use super::conv::{define_gemm_driver, ConvBufs, ConvSpec};
-use super::gemm::{call_for_block, wide_tile};
-use super::implicit::shuffle;
+use super::gemm::call_for_block;
+use super::implicit::{shuffle, tile};
 use super::module::{Emit, KernelModule, PendingId};
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
@@ -70,7 +70,7 @@ impl Im2colGemm {
         if taps > MAX_TAPS {
             return None;
         }
-        let (mr, np) = wide_tile(width);
+        let (mr, np) = tile(width);
         let (oh, ow) = (spec.out_h(), spec.out_w());
         let row_bytes = taps * ow * 4;
         if row_bytes > MAX_PANEL_BYTES {

@@ -66,7 +66,7 @@ pub(crate) const WEIGHT_PREFETCH_BYTES: usize = 2048;
 /// 256 -> 256 at 14x14 0.957, 64 -> 256 at 13x13 0.962, 48 -> 192 at 13x13 0.967, 3x3/2
 /// 128 -> 128 from 56 0.993, 256 -> 256 from 28 0.959, 7x7/2 3 -> 64 0.969, 512 -> 512 at
 /// 7x7 0.998; 6 x 64, 9 x 48, 12 x 32 and 16 x 16 were 1.00-1.23x the time of 8 x 48.
-fn tile(width: Width) -> (usize, usize) {
+pub(crate) fn tile(width: Width) -> (usize, usize) {
     match width {
         Width::Z512 => (8, 48),
         _ => wide_tile(width),
