@@ -163,6 +163,9 @@ fn gemm_spec(s: &ConvSpec, pixels: usize) -> PixelGemmSpec {
     }
 }
 
+/// The largest transformed weights `U` (read by every group) of a grouped layer.
+const GROUPED_U_BYTES: usize = 1 << 20;
+
 /// Where the transforms read and write `V` and `M`: floats per `(ξ, channel)` row, and
 /// from one position `ξ` to the next in `V` and in `M`.
 #[derive(Clone, Copy)]
@@ -330,9 +333,9 @@ impl WinogradPlan {
     /// Tile rows per group of the tile-group-major schedule, or `None` where the whole
     /// layout is better. One tile row: 64 -> 64 at 56x56 ran as fast or faster than with 2
     /// or 3 (`examples/convab.rs`, 0.96x the time of 2 rows, 0.92x on 16 -> 64 at 55x55
-    /// against 3), and two threads then share 14 groups, not 7. Only where the round trip
-    /// of a group's `V` and `M` (written and read once each) costs more than reading `U`
-    /// once more per group (`2 tiles (C + K) > C K`: not on 128 -> 128 at 28x28), and where
+    /// against 3), and two threads then share 14 groups, not 7. Only where `U`, which every
+    /// group reads, stays in L2 ([`GROUPED_U_BYTES`]: 64 -> 64 at 56x56, 0.6 MB, took 0.79x
+    /// the time grouped; 128 -> 128 and 256 -> 256 at 56x56, 2.4 and 9.4 MB, 1.2x), and where
     /// the transforms' vectors of 16 tiles are at least 4/5 full (a row of 8 tiles, 32x32
     /// outputs, ran 1.5x slower grouped: half of every vector and a GEMM tile of 24
     /// columns). Small grids (dense) keep the whole layout. `CNNC_WINOGRAD_ROWS=n` sets the
@@ -353,7 +356,7 @@ impl WinogradPlan {
         {
             return (r > 0 && r < self.th).then_some(r);
         }
-        (2 * self.tw * (c + k) >= c * k).then_some(1)
+        (POS * c * k * 4 <= GROUPED_U_BYTES).then_some(1)
     }
 
     /// Whether the layer runs tile group by tile group ([`Groups`]).
