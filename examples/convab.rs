@@ -1,7 +1,8 @@
 //! A/B timing of one conv compiled two ways: `convab C HW K F S P VAR A B` compiles the
 //! layer with environment variable VAR=A and VAR=B (`-`: unset), then alternates the two runs
 //! (weights from `CNNC_COPIES` copies, default 20) and prints both medians and the median
-//! ratio of pairs; `CNNC_THREADS=n` runs both split on a pool of n threads. E.g. Winograd against the direct kernel: `convab 256 14 256 3 1 1
+//! ratio of pairs; `CNNC_THREADS=n` runs both split on a pool of n threads, `CNNC_FLUSH_MB=n`
+//! writes n MB of other memory before each run (each starts cold). E.g. Winograd against the direct kernel: `convab 256 14 256 3 1 1
 //! CNNC_NO_WINOGRAD - 1`. Pairs of runs alternating in one process are the only figures that
 //! stayed comparable on a shared host whose memory bandwidth swings several-fold.
 use cnnc::jit::*;
@@ -14,6 +15,8 @@ fn main() {
     let mut spec = ConvSpec::square(n[0], n[1], n[2], n[3], n[4], n[5]);
     spec.bias = true;
     spec.relu = true;
+    // CNNC_RESIDUAL=1: with a fused residual add (ResNet's last conv of a block).
+    spec.residual = std::env::var_os("CNNC_RESIDUAL").is_some();
     let copies: usize = std::env::var("CNNC_COPIES").map_or(20, |v| v.parse().unwrap());
     let w: Vec<f32> = (0..spec.weight_len())
         .map(|i| (i % 13) as f32 * 0.01 - 0.06)
@@ -46,6 +49,10 @@ fn main() {
         }
     }
     let mut outs = [vec![0.0; spec.output_len()], vec![0.0; spec.output_len()]];
+    let res: Vec<f32> = (0..spec.output_len())
+        .map(|i| (i % 11) as f32 * 0.05 - 0.3)
+        .collect();
+    let res = spec.residual.then_some(&res[..]);
     let mut times = [Vec::new(), Vec::new()];
     let t1 = Instant::now();
     let mut round = 0;
@@ -57,14 +64,21 @@ fn main() {
         .collect();
     let pool =
         (threads > 1).then(|| ThreadPool::new(threads, std::time::Duration::from_micros(200)));
+    // CNNC_FLUSH_MB=n: write n MB of other memory before each run (untimed), so that each
+    // starts cold, as in a network (see `examples/convperf.rs`).
+    let flush_mb: usize = std::env::var("CNNC_FLUSH_MB").map_or(0, |v| v.parse().unwrap());
+    let mut junk = vec![0u8; flush_mb << 20];
     while t1.elapsed().as_secs_f64() < 4.0 {
         for (i, (kern, _)) in variants.iter().enumerate() {
             let (packed, out) = (&packs[i][round % copies], &mut outs[i]);
             let scratch = &mut scratches[i];
+            for line in junk.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(1);
+            }
             let t = Instant::now();
             match &pool {
-                Some(p) => kern.run_parallel(p, &x, packed, None, out, scratch),
-                None => kern.run(&x, packed, None, out, scratch, 0..kern.work_units()),
+                Some(p) => kern.run_parallel(p, &x, packed, res, out, scratch),
+                None => kern.run(&x, packed, res, out, scratch, 0..kern.work_units()),
             }
             .unwrap();
             times[i].push(t.elapsed().as_secs_f64() * 1e3);

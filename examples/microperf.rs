@@ -158,7 +158,7 @@ fn main() {
         let pk = peak::measure(w, 200_000, 300).unwrap();
         println!("{isa}: peak {pk:.1} GFLOP/s");
         let tiles: &[(usize, usize)] = if w == Width::Z512 {
-            &[(14, 2), (8, 3), (6, 4), (8, 2), (12, 2), (4, 6)]
+            &[(14, 2), (8, 3), (7, 4), (6, 4), (8, 2), (12, 2), (4, 6)]
         } else {
             &[(6, 2), (4, 3), (5, 2)]
         };

@@ -130,6 +130,8 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // Weight major with over 1 MB of weights (prefetched ahead, into the packed
         // buffer's padding at its end).
         (520, 6, 6, 500, 1, 1, 0),
+        // A bottleneck's 4x expansion from a small input: weight major too.
+        (32, 12, 12, 130, 1, 1, 0),
         // Strided 1x1 (avx2 / avx512: the pointwise GEMM on the sampled pixels): the
         // copy's last vector group reading the input's last column, odd and even widths,
         // rows narrower than a group; weight major with prefetched weights.

@@ -578,6 +578,7 @@ fn conv_pointwise_pixel_ranges() {
         (300, 9, 9, 64, false),  // 81 pixels: 10 full columns and one single pixel
         (33, 7, 12, 7, true),    // 84 pixels: last column of 4
         (400, 10, 10, 20, true), // avx512: a column of 48 too long to pack, so 14x32
+        (32, 12, 12, 130, true), // a 4x expansion: channel block major (and a channel tail)
         // More output channels than pixels: at avx2 / avx512 the units go channel block
         // by channel block (full and partial columns; 20 pixels: no full zmm column).
         (40, 6, 6, 50, true),
@@ -601,7 +602,10 @@ fn conv_pointwise_pixel_ranges() {
         let units = kn.work_units();
         // Tile (channels, pixels) per ISA level: f32x4 6x8, avx2 6x16, avx512 8x48 where
         // the tile column packs (at most 64 KB, pixel major) else 14x32.
-        let packs48 = c * 48 * 4 <= 64 * 1024 && h * w >= 48 && k <= h * w;
+        // Channel block major where the weights outweigh the input or a bottleneck expands
+        // 4x from an input in L2 (`PixelGemm::streamed`, at avx2 / avx512).
+        let weight_major = k > h * w || (k >= 4 * c && c >= 32 && c * h * w * 4 <= 1 << 20);
+        let packs48 = c * 48 * 4 <= 64 * 1024 && h * w >= 48 && !weight_major;
         let (mr, np) = match cnnc::Isa::default_level() {
             cnnc::Isa::Sse => (6, 8),
             cnnc::Isa::Avx2 => (6, 16),
@@ -637,7 +641,7 @@ fn conv_pointwise_pixel_ranges() {
             // Pixel major, or channel-block major where the wide kernels' weights outweigh
             // the input (`PixelGemm::streamed`).
             let (cols, nmb) = ((h * w).div_ceil(np), k.div_ceil(mr));
-            let (t, mb) = if np > 8 && k > h * w {
+            let (t, mb) = if np > 8 && weight_major {
                 (u % cols, u / cols)
             } else {
                 (u / nmb, u % nmb)

@@ -55,6 +55,10 @@ const PACK_BYTES: usize = 64 * 1024;
 /// order (1024 -> 256 and 256 -> 1024 at 14x14: 1.088, 1.064), which keep 14 x 32.
 const STREAMED_ZMM_TILE: (usize, usize) = (8, 48);
 
+/// The largest input of an expanding pointwise layer computed weight major
+/// ([`PixelGemm::expands`]): each channel block reads all of it, from L2.
+const EXPANSION_INPUT_BYTES: usize = 1 << 20;
+
 /// Where a wide tile's kernel reads its input: the planes, the planes while packing them
 /// into the scratch (the first block of a tile column), or that packed copy (the others).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,7 +224,7 @@ impl PixelGemm {
     /// and 7 x 7 stages, up to 4 MB of weights against 0.1-0.8 MB of input), the work units
     /// go channel block by channel block instead ([`Self::weight_major`]).
     pub(crate) fn streamed(mut self) -> Self {
-        if self.wide.is_some() && self.s.out_c > self.s.pixels {
+        if self.wide.is_some() && (self.s.out_c > self.s.pixels || self.expands()) {
             self.weight_major = true;
             if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
                 self.prefetch_w = WEIGHT_PREFETCH_BYTES;
@@ -242,6 +246,24 @@ impl PixelGemm {
             }
         }
         self
+    }
+    /// A bottleneck's expansion (`out_c >= 4 * in_c`, at least 32 input channels) whose
+    /// input stays in L2 ([`EXPANSION_INPUT_BYTES`]): weight major too. Its output, 4x the
+    /// input or more (3.2 MB for ResNet-50's 64 -> 256 at 56x56), then goes out channel
+    /// block by channel block, a few planes at a time that the hardware prefetchers
+    /// follow, where pixel major every tile column wrote a line or three in each of
+    /// `out_c` planes (and read as many of the residual). Measured with
+    /// `examples/convab.rs` (avx512, weights from 4 copies, 06:52-06:55, load 5-7; median of
+    /// 200-1400 pairs; `CNNC_FLUSH_MB=32`: each run starts cold, as in a network), weight
+    /// major / pixel major: 64 -> 256 at 56x56 with residual 0.745 cold, 0.948 warm, 0.921
+    /// / 0.873 cold / warm on 2 threads; without residual 0.818 cold; 128 -> 512 at 28x28
+    /// with residual 0.627 cold, 0.936 warm, 0.922 warm on 2 threads; 32 -> 128 at 56x56
+    /// 0.473 cold, 0.888 warm. Not for smaller ratios (64 -> 128 at 56x56: 0.734 cold but
+    /// 1.159 warm; 256 -> 64, 192 -> 64, 256 -> 128 at 28x28: 1.03-1.12) nor 16 channels in
+    /// (16 -> 64 at 55x55: 0.52 cold, 1.08 warm).
+    fn expands(&self) -> bool {
+        let s = &self.s;
+        s.out_c >= 4 * s.in_c && s.in_c >= 32 && s.in_c * s.pixels * 4 <= EXPANSION_INPUT_BYTES
     }
     /// The GEMM of a strided 1x1 convolution (`s.pixels` its output pixels): over the
     /// sampled copy of its input in the scratch.
