@@ -154,9 +154,13 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (16, 20, 20, 17, 3, 1, 1),
         // Winograd tile group by tile group (avx512): the input transform's vectors of 16
         // tiles reading the padded rows' last columns, groups reaching past the last tile
-        // row, and the input's first and last rows copied into a group's padded rows.
+        // row, the input's first and last rows copied into a group's padded rows, and
+        // groups inside the input read in place (masked lanes left of column 0 and right of
+        // the last: the first channel's row before the buffer's start, the last channel's
+        // last row at its end).
         (16, 13, 50, 20, 3, 1, 1),
         (18, 36, 59, 16, 3, 1, 0),
+        (16, 45, 61, 17, 3, 1, 1),
     ] {
         for (bias, residual, relu) in [(true, true, true), (false, false, false)] {
             let mut spec = ConvSpec::square(c, h, k, f, s, p);

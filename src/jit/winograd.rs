@@ -144,8 +144,10 @@ struct Groups {
     gemm: PixelGemm,
     /// Floats per padded row (the input transform's vectors of 16 tiles read 80 columns).
     wp: usize,
-    /// The input transform of one tile row of one channel.
+    /// The input transform of one tile row of one channel, from the padded rows, and
+    /// from the input rows themselves (groups whose rows all lie inside the input: no copy).
     input: WinogradInput,
+    direct: WinogradInput,
     /// The output transforms of a tile row of 4 output rows, and of the last tile row
     /// when it has fewer.
     output: WinogradOutput,
@@ -300,6 +302,7 @@ impl WinogradPlan {
                 vectors,
                 wp,
                 v_stride: skewed(spec.in_c * cols),
+                direct: None,
             };
             let ep = spec.epilogue();
             let output = |rows| WinogradOutput {
@@ -323,6 +326,10 @@ impl WinogradPlan {
                 gemm,
                 wp,
                 input,
+                direct: WinogradInput {
+                    direct: Some((spec.in_w, spec.pad_w)),
+                    ..input
+                },
                 output: output(TILE),
                 last_output: (last != 0).then(|| output(last)),
             }))
@@ -331,9 +338,10 @@ impl WinogradPlan {
     }
 
     /// Tile rows per group of the tile-group-major schedule, or `None` where the whole
-    /// layout is better. One tile row: 64 -> 64 at 56x56 ran as fast or faster than with 2
-    /// or 3 (`examples/convab.rs`, 0.96x the time of 2 rows, 0.92x on 16 -> 64 at 55x55
-    /// against 3), and two threads then share 14 groups, not 7. Only where `U`, which every
+    /// layout is better: 2 rows where a row is one vector of 16 tiles (the GEMM's 32-column
+    /// zmm tile; 64 -> 64 at 56x56: 0.95x the time of 1 row, at 1 and 2 threads, once the
+    /// input transform read the input rows in place; with the padded copy of every group,
+    /// 1 row had been faster), else 1. Only where `U`, which every
     /// group reads, stays in L2 ([`GROUPED_U_BYTES`]: 64 -> 64 at 56x56, 0.6 MB, took 0.79x
     /// the time grouped; 128 -> 128 and 256 -> 256 at 56x56, 2.4 and 9.4 MB, 1.2x), and where
     /// the transforms' vectors of 16 tiles are at least 4/5 full (a row of 8 tiles, 32x32
@@ -356,7 +364,9 @@ impl WinogradPlan {
         {
             return (r > 0 && r < self.th).then_some(r);
         }
-        (POS * c * k * 4 <= GROUPED_U_BYTES).then_some(1)
+        // Two rows of one vector each make the GEMM's 32-column zmm tile.
+        let rows = (2 * LANES / self.tw.next_multiple_of(LANES)).clamp(1, self.th - 1);
+        (POS * c * k * 4 <= GROUPED_U_BYTES).then_some(rows)
     }
 
     /// Whether the layer runs tile group by tile group ([`Groups`]).
@@ -565,9 +575,12 @@ impl WinogradPlan {
             ));
         };
         let plan = self.clone();
-        let transform = km.add_micro_once(2, "winograd input", &groups.input, |i| i.emit())?;
+        let transforms = [
+            km.add_micro_once(2, "winograd input", &groups.input, |i| i.emit())?,
+            km.add_micro_once(2, "winograd input", &groups.direct, |i| i.emit())?,
+        ];
         let input = km.quickly(|km| {
-            km.define_with_micros(&[transform], move |e, b: ConvBufs<_>, begin, end| {
+            km.define_with_micros(&transforms, move |e, b: ConvBufs<_>, begin, end| {
                 e.for_range(begin, end, 1, |e, g| {
                     plan.group_input(e, b.input, b.scratch, g)
                 })
@@ -652,14 +665,69 @@ impl WinogradPlan {
     /// pad_h`, zeros outside the input), then their input transform into the group's `V`,
     /// a call of the AVX-512 transform (`e.micros[0]`) per tile row.
     fn group_input(&self, e: &mut Emit, inp: Value, scratch: Value, g: Value) -> Result<()> {
+        use cranelift_codegen::ir::condcodes::IntCC;
+        let (s, rows) = (self.spec, self.groups.as_ref().map_or(1, |g| g.rows));
+        let wh = TILE * rows + 2;
+        let r0 = e.mul_imm(g, (TILE * rows) as i64);
+        let r0 = e.add_imm(r0, -(s.pad_h as i64));
+        // Rows `r0 .. r0 + wh` all inside the input: the transform reads them in place.
+        let below = e.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, r0, 0);
+        let r1 = e.add_imm(r0, wh as i64);
+        let above =
+            e.b.ins()
+                .icmp_imm_s(IntCC::SignedLessThanOrEqual, r1, s.in_h as i64);
+        let inside = e.b.ins().band(below, above);
+        e.when(inside, |e| self.group_input_direct(e, inp, scratch, r0))?;
+        e.unless(inside, |e| self.group_input_padded(e, inp, scratch, r0))
+    }
+
+    /// [`Self::group_input`] of a group whose rows `r0 .. r0 + 4 rows + 2` lie inside the
+    /// input: the AVX-512 transform (`e.micros[1]`) of each tile row from the input rows
+    /// (from column `-pad_w`: the lanes left and right of the row are masked).
+    fn group_input_direct(
+        &self,
+        e: &mut Emit,
+        inp: Value,
+        scratch: Value,
+        r0: Value,
+    ) -> Result<()> {
+        let Some(gr) = &self.groups else {
+            return Ok(());
+        };
+        let s = self.spec;
+        let vbase = self.v_base(e, scratch);
+        let first = e.mul_imm(r0, (s.in_w * 4) as i64);
+        let first = e.add_imm(first, -((s.pad_w * 4) as i64));
+        let first = e.b.ins().iadd(inp, first);
+        e.for_const(0, s.in_c as i64, 1, |e, c| {
+            let src = e.addr(first, c, s.in_h * s.in_w * 4);
+            let vc = e.addr(vbase, c, gr.cols * 4);
+            e.for_const(0, gr.rows as i64, 1, |e, j| {
+                let row = e.addr(src, j, TILE * s.in_w * 4);
+                let vrow = e.addr(vc, j, gr.row_tiles * 4);
+                e.b.ins().call(e.micros[1], &[row, vrow]);
+                Ok(())
+            })
+        })
+    }
+
+    /// [`Self::group_input`] of a group at the input's top or bottom: for every input
+    /// channel, the padded rows its tile rows read (input rows `r0 .. r0 + 4 rows + 2`,
+    /// zeros outside the input), then their input transform into the group's `V`, a call of
+    /// the AVX-512 transform (`e.micros[0]`) per tile row.
+    fn group_input_padded(
+        &self,
+        e: &mut Emit,
+        inp: Value,
+        scratch: Value,
+        r0: Value,
+    ) -> Result<()> {
         let Some(gr) = &self.groups else {
             return Ok(());
         };
         let (s, rows, wp) = (self.spec, gr.rows, gr.wp);
         let wh = TILE * rows + 2;
         let vbase = self.v_base(e, scratch);
-        let r0 = e.mul_imm(g, (TILE * rows) as i64);
-        let r0 = e.add_imm(r0, -(s.pad_h as i64));
         let zero = e.iconst(0);
         let y0 = e.b.ins().smax(r0, zero);
         let y1 = e.add_imm(r0, wh as i64);

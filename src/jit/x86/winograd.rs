@@ -35,6 +35,11 @@ pub struct WinogradInput {
     pub wp: usize,
     /// Floats from one position `ξ` of `V` to the next.
     pub v_stride: usize,
+    /// `Some((in_w, pad_w))`: read the input rows themselves, `in_w` floats apart, `rdi` at
+    /// column `-pad_w` of the first (the padded row's column 0), the lanes of a load that
+    /// fall left or right of the row masked to zero (masked-off lanes do not fault); `None`:
+    /// padded rows `wp` floats apart.
+    pub direct: Option<(usize, usize)>,
 }
 
 /// Lanes (tiles) per vector.
@@ -52,6 +57,8 @@ const C5: usize = 24;
 const HI: usize = 25;
 const A4: usize = 26;
 const A5: usize = 27;
+/// The first of 4 registers holding masked loads (`direct`).
+const MASKED: usize = 28;
 
 /// Bytes of the stack area holding `t` (36 vectors).
 const STACK: usize = 36 * 64;
@@ -108,14 +115,14 @@ fn finish(mut v: Vasm, mut tables: [CodeLabel; 4], data: [Vec<u32>; 4]) -> Resul
 
 impl WinogradInput {
     pub fn emit(&self) -> Result<Vec<u8>> {
-        if self.wp < LANES * 4 * self.vectors + 16 {
+        if self.direct.is_none() && self.wp < LANES * 4 * self.vectors + 16 {
             return Err(Error::Codegen(format!(
                 "Winograd input rows of {} floats for {} vectors",
                 self.wp, self.vectors
             )));
         }
         disp(35 * self.v_stride * 4 + self.vectors * LANES * 4)?;
-        disp(5 * self.wp * 4 + self.vectors * LANES * 16 + 256)?;
+        disp(5 * self.row_stride() * 4 + self.vectors * LANES * 16 + 256)?;
         let mut v = Vasm::new(Width::Z512)?;
         let tables = start(&mut v, IDX, &[(C4, 4.0), (C2, 2.0), (C5, 5.0)])?;
         v.a.mov(eax, 0xFF00).map_err(asm_err)?;
@@ -131,7 +138,7 @@ impl WinogradInput {
     fn vector(&self, v: &mut Vasm, q: usize) -> Result<()> {
         let col = q * LANES * 4;
         for r in 0..6 {
-            self.gather(v, (r * self.wp + col) * 4)?;
+            self.gather(v, r * self.row_stride() * 4, col)?;
             Bt::apply(v, D, Z)?;
             for j in 0..6 {
                 let at = rsp + disp((r * 6 + j) * 64)?;
@@ -152,27 +159,83 @@ impl WinogradInput {
         Ok(())
     }
 
-    /// Columns `s = 0..6` of the 16 tiles whose padded row starts at byte `at` from `rdi`
-    /// (floats `4 l + s`) into registers `D + s`.
-    fn gather(&self, v: &mut Vasm, at: usize) -> Result<()> {
-        let m = |o: usize| -> Result<AsmMemoryOperand> { Ok(zmmword_ptr(rdi + disp(at + o)?)) };
+    fn row_stride(&self) -> usize {
+        self.direct.map_or(self.wp, |(w, _)| w)
+    }
+
+    /// The lanes of the 16 floats from column `o` of a padded row that hold input columns
+    /// (`direct`), or `None` when all do (or with padded rows).
+    fn lanes(&self, o: usize) -> Option<u32> {
+        let (w, p) = self.direct?;
+        let inside = |l: usize| o + l >= p && o + l - p < w;
+        let bits = (0..LANES)
+            .filter(|&l| inside(l))
+            .fold(0u32, |m, l| m | 1 << l);
+        (bits != 0xFFFF).then_some(bits)
+    }
+
+    /// Columns `s = 0..6` of the 16 tiles from padded column `col` of the row at byte `at`
+    /// from `rdi` (floats `4 l + s`) into registers `D + s`.
+    fn gather(&self, v: &mut Vasm, at: usize, col: usize) -> Result<()> {
+        let m = |o: usize| -> Result<AsmMemoryOperand> {
+            Ok(zmmword_ptr(rdi + disp(at + (col + o) * 4)?))
+        };
+        // The 5 vectors of the row: in memory, or (partly outside the row) loaded masked.
+        let mut src = [Src::Mem(0); 5];
+        for (i, sr) in src.iter_mut().enumerate() {
+            *sr = Src::Mem(16 * i);
+            let Some(bits) = self.lanes(col + 16 * i) else {
+                continue;
+            };
+            let r = if i == 4 { A4 } else { MASKED + i };
+            if bits == 0 {
+                v.zero(r)?;
+            } else {
+                v.a.mov(eax, bits as i32).map_err(asm_err)?;
+                v.a.kmovw(k2, eax).map_err(asm_err)?;
+                v.a.vmovups(zr(r).k2().z(), m(16 * i)?).map_err(asm_err)?;
+            }
+            *sr = Src::Reg(r);
+        }
+        let copy = |v: &mut Vasm, dst: usize, s: Src| -> Result<()> {
+            match s {
+                Src::Mem(o) => v.a.vmovups(zr(dst), m(o)?),
+                Src::Reg(r) => v.a.vmovaps(zr(dst), zr(r)),
+            }
+            .map_err(asm_err)
+        };
+        let permute = |v: &mut Vasm, dst: usize, idx: usize, s: Src| -> Result<()> {
+            match s {
+                Src::Mem(o) => v.a.vpermt2ps(zr(dst), zr(idx), m(o)?),
+                Src::Reg(r) => v.a.vpermt2ps(zr(dst), zr(idx), zr(r)),
+            }
+            .map_err(asm_err)
+        };
         for s in 0..4 {
-            let d = zr(D + s);
-            v.a.vmovups(d, m(0)?).map_err(asm_err)?;
-            v.a.vpermt2ps(d, zr(IDX + s), m(64)?).map_err(asm_err)?;
-            v.a.vmovups(zr(HI), m(128)?).map_err(asm_err)?;
-            v.a.vpermt2ps(zr(HI), zr(IDX + s), m(192)?)
-                .map_err(asm_err)?;
-            v.a.vmovaps(d.k1(), zr(HI)).map_err(asm_err)?;
+            copy(v, D + s, src[0])?;
+            permute(v, D + s, IDX + s, src[1])?;
+            copy(v, HI, src[2])?;
+            permute(v, HI, IDX + s, src[3])?;
+            v.a.vmovaps(zr(D + s).k1(), zr(HI)).map_err(asm_err)?;
         }
         // Columns 4 and 5 are columns 0 and 1 one tile on: lane 15 from floats 64, 65.
-        v.a.vmovups(zr(A4), m(256)?).map_err(asm_err)?;
+        if let Src::Mem(o) = src[4] {
+            v.a.vmovups(zr(A4), m(o)?).map_err(asm_err)?;
+        }
         v.a.valignd(zr(D + 4), zr(A4), zr(D), 1).map_err(asm_err)?;
         v.a.valignd(zr(A5), zr(A4), zr(A4), 1).map_err(asm_err)?;
         v.a.valignd(zr(D + 5), zr(A5), zr(D + 1), 1)
             .map_err(asm_err)?;
         Ok(())
     }
+}
+
+/// Where a vector of a row comes from: memory (float offset from the vector's column), or a
+/// register it was loaded into (masked).
+#[derive(Clone, Copy)]
+enum Src {
+    Mem(usize),
+    Reg(usize),
 }
 
 /// The 6-point transform `z = Bᵀ d` of F(4x4, 3x3):
