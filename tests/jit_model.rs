@@ -695,3 +695,60 @@ fn a_relu_after_an_elementwise_step_is_fused_into_it() {
         agree_at_every_level("bnrelu", &g, &x, &want, &opts);
     }
 }
+
+/// A graph whose convolutions' windows cover their whole unpadded inputs (the classifiers
+/// of DenseNet and MobileNet as 1x1 convs on a 1x1 map, VGG's fc6 as a 7x7 conv on a 7x7
+/// map), beside ones that do not (padded, or smaller than the map).
+fn classifier_convs() -> cnnc::Graph {
+    graph(
+        "name: convfc\ninput: [6, 7, 7]\nseed: 9\nlayers:\n\
+         \x20 - {name: fc6, conv: {filters: 37, size: 7}, inputs: [input]}\n\
+         \x20 - {name: r6, relu}\n\
+         \x20 - {name: fc7, conv: {filters: 19, size: 1}}\n\
+         \x20 - {name: padded, conv: {filters: 5, size: 3, pad: 1}, inputs: [fc7]}\n\
+         \x20 - {name: pool, global_avgpool, inputs: [input]}\n\
+         \x20 - {name: cls, conv: {filters: 11, size: 1, bias: false}}\n\
+         \x20 - {name: part, conv: {filters: 3, size: 5}, inputs: [input]}\n\
+         outputs: [padded, cls, part]\n",
+    )
+}
+
+#[test]
+fn a_conv_whose_window_covers_its_input_runs_as_an_fc() {
+    let g = classifier_convs();
+    for level in [OptLevel::O0, OptLevel::O2] {
+        let plan = lowered(
+            &g,
+            &Options {
+                opt_level: level,
+                ..Default::default()
+            },
+        );
+        let kind = |name: &str| plan.step(name).map(|s| s.kernel.family());
+        // At -O2 fc6 carries the ReLU and fc7 is a `gemm` (the 1x1 lowering): both fc.
+        for fc in ["fc6", "fc7", "cls"] {
+            assert_eq!(kind(fc), Some("fc"), "{fc} at {level:?}:\n{plan}");
+        }
+        for conv in ["padded", "part"] {
+            assert_ne!(kind(conv), Some("fc"), "{conv} at {level:?}:\n{plan}");
+        }
+    }
+    for batch in [1, 3] {
+        let x = Tensor::new(
+            vec![batch, 6, 7, 7],
+            cnnc::weights::standard_normal(batch as u64, "convfc", batch * 6 * 49),
+        )
+        .unwrap();
+        let mut g = g.clone();
+        cnnc::weights::bind(&mut g, None).unwrap();
+        let want = cnnc::interp::run(&g, x.clone()).unwrap();
+        for threads in [1, 2] {
+            let opts = Options {
+                batch,
+                threads,
+                ..Default::default()
+            };
+            agree_at_every_level("convfc", &g, &x, &want, &opts);
+        }
+    }
+}
