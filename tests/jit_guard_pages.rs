@@ -313,7 +313,7 @@ fn pool_elementwise_stay_in_bounds() {
             }
         }
     }
-    for spec in [
+    for (spec, isa) in [
         EltSpec::Add {
             inputs: 3,
             len: 13,
@@ -325,10 +325,26 @@ fn pool_elementwise_stay_in_bounds() {
             hw: 7,
             relu: false,
         },
+        // The wide scale-shift (avx2 / avx512): masked tails after whole vectors and after
+        // a loop of 4 vectors.
+        EltSpec::ScaleShift {
+            channels: 2,
+            hw: 37,
+            relu: true,
+        },
+        EltSpec::ScaleShift {
+            channels: 3,
+            hw: 75,
+            relu: false,
+        },
         EltSpec::Softmax { channels: 5, hw: 3 },
         EltSpec::GlobalAvgPool { channels: 3, hw: 9 },
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|s| cnnc::Isa::host_levels().into_iter().map(move |i| (s, i)))
+    {
         let mut km = KernelModule::new().unwrap();
+        km.set_isa(isa).unwrap();
         let pk = km.add_elementwise(&spec).unwrap();
         let code = km.finalize().unwrap();
         let kern = code.get(pk).unwrap();

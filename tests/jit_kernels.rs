@@ -1008,7 +1008,13 @@ fn max_pool_negative_inputs_ignore_padding() {
 }
 
 fn run_elt(s: &EltSpec, inputs: &[Vec<f32>], out_len: usize) -> Vec<f32> {
+    run_elt_at(s, inputs, out_len, cnnc::Isa::default_level())
+}
+
+/// [`run_elt`] at ISA level `isa`.
+fn run_elt_at(s: &EltSpec, inputs: &[Vec<f32>], out_len: usize, isa: cnnc::Isa) -> Vec<f32> {
     let mut km = KernelModule::new().unwrap();
+    km.set_isa(isa).unwrap();
     let p = km.add_elementwise(s).unwrap();
     let code = km.finalize().unwrap();
     let k = code.get(p).unwrap();
@@ -1584,6 +1590,71 @@ fn huge_specs_are_refused_not_panicking() {
         too_big(km.add_elementwise(&t).map(drop), &t);
     }
     assert!(km.add_elementwise(&EltSpec::Relu { len: 0 }).is_err());
+}
+
+/// The scale-shift (inference batchnorm, + ReLU) at every ISA level: at avx2 / avx512 one
+/// call of the wide kernel per channel plane (`src/jit/x86/eltwise.rs`: a multiply then an
+/// add, `vmaxps` with zero for the ReLU), at sse the f32x4 loop: the same bits at every
+/// level, split or not, and within the reference's bound. Planes of 1 float to several
+/// loop iterations, with masked tails of every kind (shorter than a vector, after whole
+/// vectors, after whole groups of 4 vectors); NaN, infinities, -0.0 and negative values in
+/// the input and the scale (the ReLU keeps NaN and -0.0, as the f32x4 kernel does).
+#[test]
+fn scale_shift_every_isa_bit_identical() {
+    for (c, hw) in [
+        (1usize, 1usize),
+        (3, 5),
+        (2, 16),
+        (4, 17),
+        (3, 47),
+        (2, 64),
+        (5, 65),
+        (7, 196),
+        (3, 3139),
+    ] {
+        let mut x = rand_vec(c * hw, 11);
+        let special = [f32::NAN, -0.0, 0.0, f32::INFINITY, f32::NEG_INFINITY, -3.5];
+        for (i, v) in special.iter().enumerate() {
+            if i * 7 < x.len() {
+                x[i * 7] = *v;
+            }
+        }
+        let mut sc = rand_vec(c, 12);
+        sc[0] = if c > 1 { -0.0 } else { sc[0] };
+        let sh = rand_vec(c, 13);
+        for relu in [false, true] {
+            let spec = EltSpec::ScaleShift {
+                channels: c,
+                hw,
+                relu,
+            };
+            let ins = [x.clone(), sc.clone(), sh.clone()];
+            let outs: Vec<_> = cnnc::Isa::host_levels()
+                .into_iter()
+                .map(|isa| (isa, run_elt_at(&spec, &ins, c * hw, isa)))
+                .collect();
+            assert_levels_agree(&spec, &outs);
+            let want: Vec<f32> = (0..c * hw)
+                .map(|i| {
+                    let v = x[i] * sc[i / hw] + sh[i / hw];
+                    if relu && v < 0.0 {
+                        0.0
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let same = outs[0]
+                .1
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{spec:?} against x * scale + shift (then ReLU) in f32"
+            );
+        }
+    }
 }
 
 #[test]

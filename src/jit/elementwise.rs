@@ -12,9 +12,10 @@ use cranelift_codegen::ir::{InstBuilder, Value};
 use cranelift_frontend::Variable;
 
 use super::cg::{off, F32, F32X4, I64, MAX_DIM};
-use super::entry::{Buf, Entry, Slot};
+use super::entry::{Buf, Entry, Layout, Slot};
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
 use super::threads::ThreadPool;
+use super::x86::eltwise::ScaleShiftPlane;
 use crate::error::{Error, Result};
 
 /// What an [`EltKernel`] computes.
@@ -184,6 +185,45 @@ fn scale_shift(
     })
 }
 
+/// The buffers of a scale-shift kernel, in the order [`EltKernel::run`] passes them.
+#[derive(Clone, Copy)]
+struct ScaleShiftBufs {
+    x: Value,
+    scale: Value,
+    shift: Value,
+    out: Value,
+}
+
+impl Layout<Value> for ScaleShiftBufs {
+    const LEN: usize = 4;
+    fn from_slice(s: &[Value]) -> Self {
+        ScaleShiftBufs {
+            x: s[0],
+            scale: s[1],
+            shift: s[2],
+            out: s[3],
+        }
+    }
+}
+
+/// Channels `begin..end` of the scale-shift, each by one call of the wide kernel
+/// (`e.micros[0]`, [`ScaleShiftPlane`]) on the channel's planes and its scale and shift.
+fn wide_scale_shift(
+    e: &mut Emit,
+    b: ScaleShiftBufs,
+    (begin, end): (Value, Value),
+    hw: usize,
+) -> Result<()> {
+    e.for_range(begin, end, 1, |e, c| {
+        let x = e.addr(b.x, c, hw * 4);
+        let y = e.addr(b.out, c, hw * 4);
+        let sc = e.addr(b.scale, c, 4);
+        let sh = e.addr(b.shift, c, 4);
+        e.b.ins().call(e.micros[0], &[x, y, sc, sh]);
+        Ok(())
+    })
+}
+
 /// Pixels `begin..end` of the softmax over the channels (max, `exp` of the differences, sum, division).
 fn softmax(
     e: &mut Emit,
@@ -334,6 +374,17 @@ impl KernelModule {
     pub fn add_elementwise(&mut self, spec: &EltSpec) -> Result<PendingElt> {
         spec.validate()?;
         let s = *spec;
+        if let (EltSpec::ScaleShift { hw, relu, .. }, Some(width)) =
+            (s, super::x86::width(self.isa))
+        {
+            let k = ScaleShiftPlane { width, hw, relu };
+            let micro = self.add_micro_once(4, "scale shift plane", &k, ScaleShiftPlane::emit)?;
+            // The function only loops over the channels and calls: compiled quickly.
+            let id = self.define_driver(&[micro], move |e, p: ScaleShiftBufs, begin, end| {
+                wide_scale_shift(e, p, (begin, end), hw)
+            })?;
+            return Ok(PendingElt { id, spec: s });
+        }
         let id = self.define_n(s.n_inputs() + 1, move |e, p, begin, end| {
             body(&s, e, p, begin, end)
         })?;

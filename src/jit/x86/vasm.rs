@@ -164,6 +164,10 @@ impl Vasm {
         wide!(self, vaddps(r(dst), r(a), r(b)))
     }
 
+    pub fn mul(&mut self, dst: usize, a: usize, b: usize) -> Result<()> {
+        wide!(self, vmulps(r(dst), r(a), r(b)))
+    }
+
     /// `dst = max(a, b)`; where either is NaN the result is `b` (so `max(0, x)` keeps a NaN
     /// `x`, and `-0.0`, as the Cranelift kernels' ReLU does).
     pub fn max(&mut self, dst: usize, a: usize, b: usize) -> Result<()> {
