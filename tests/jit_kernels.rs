@@ -574,11 +574,12 @@ fn conv_pointwise_pixel_ranges() {
     // give the same bits, and every unit on its own must write exactly its outputs.
     let mut seed = 950;
     for (c, h, w, k, residual) in [
-        (256, 23, 29, 13, true), // 3+ panels of 192 pixels, partial last column of 3
-        (300, 9, 9, 64, false),  // 81 pixels: 10 full columns and one single pixel
-        (33, 7, 12, 7, true),    // 84 pixels: last column of 4
-        (400, 10, 10, 20, true), // avx512: a column of 48 too long to pack, so 14x32
-        (32, 12, 12, 130, true), // a 4x expansion: channel block major (and a channel tail)
+        (256, 23, 29, 13, true),  // 3+ panels of 192 pixels, partial last column of 3
+        (300, 9, 9, 64, false),   // 81 pixels: 10 full columns and one single pixel
+        (33, 7, 12, 7, true),     // 84 pixels: last column of 4
+        (400, 10, 10, 20, true),  // avx512: a column of 48 too long to pack: 12x32 (24 rows)
+        (400, 10, 10, 29, false), // the same, 14x32 (30 rows, against 36 at 12)
+        (32, 12, 12, 130, true),  // a 4x expansion: channel block major (and a channel tail)
         // More output channels than pixels: at avx2 / avx512 the units go channel block
         // by channel block (full and partial columns; 20 pixels: no full zmm column).
         (40, 6, 6, 50, true),
@@ -606,10 +607,13 @@ fn conv_pointwise_pixel_ranges() {
         // 4x from an input in L2 (`PixelGemm::streamed`, at avx2 / avx512).
         let weight_major = k > h * w || (k >= 4 * c && c >= 32 && c * h * w * 4 <= 1 << 20);
         let packs48 = c * 48 * 4 <= 64 * 1024 && h * w >= 48 && !weight_major;
+        // Otherwise 12x32 where that pads the channels to at least 4% fewer rows than 14.
+        let rows12 = !weight_major && k.div_ceil(14) * 14 * 100 >= k.div_ceil(12) * 12 * 104;
         let (mr, np) = match cnnc::Isa::default_level() {
             cnnc::Isa::Sse => (6, 8),
             cnnc::Isa::Avx2 => (6, 16),
             cnnc::Isa::Avx512 if packs48 => (8, 48),
+            cnnc::Isa::Avx512 if rows12 => (12, 32),
             cnnc::Isa::Avx512 => (14, 32),
         };
         assert_eq!(units, (h * w).div_ceil(np) * k.div_ceil(mr));
@@ -1881,7 +1885,8 @@ fn assert_levels_agree(what: &impl std::fmt::Debug, outs: &[(cnnc::Isa, Vec<f32>
 /// prefetch the next column; each output is still one FMA chain over the channels in order,
 /// so all levels agree bit for bit. Shapes: 1, 2, 3 and 5 chunks (a short last chunk, and
 /// 97 channels: one chunk), channel tails of the 6- and 14-row blocks and exact multiples,
-/// partial last tile columns and planes narrower than one tile, every epilogue.
+/// partial last tile columns and planes narrower than one tile, every epilogue; the avx512
+/// tile shapes (8x48, 12x32, 14x32) and the weight-major expansion.
 #[test]
 fn conv_pointwise_every_isa_bit_identical() {
     let shapes = [
@@ -1896,6 +1901,12 @@ fn conv_pointwise_every_isa_bit_identical() {
         (300, 5, 7, 50),
         (97, 6, 6, 40),
         (64, 3, 7, 33),
+        // avx512: 8x48 tiles (packed 48-pixel columns, channel tails of 8), 12x32 ones
+        // (over 341 channels; packed and in chunks), a 4x expansion (weight major).
+        (64, 10, 10, 61),
+        (400, 8, 8, 20),
+        (600, 9, 9, 44),
+        (40, 13, 13, 161),
     ];
     let levels = cnnc::Isa::host_levels();
     let mut seed = 3000;

@@ -55,6 +55,18 @@ const PACK_BYTES: usize = 64 * 1024;
 /// order (1024 -> 256 and 256 -> 1024 at 14x14: 1.088, 1.064), which keep 14 x 32.
 const STREAMED_ZMM_TILE: (usize, usize) = (8, 48);
 
+/// Whether 12-row zmm tiles pad `out_c` to at least 4% fewer rows than 14-row ones (128
+/// channels: 11 blocks of 12 = 132 rows against 10 of 14 = 140, the last block 2 rows,
+/// too few accumulators to hide the FMA latency). For the streamed pointwise layers whose
+/// 48-pixel column does not pack (over 341 input channels: DenseNet's later 1x1 layers,
+/// ResNet-50's 512 -> 128 at 28x28). `examples/convab.rs` (avx512, weights from 20
+/// copies, one thread, 07:17, load 3.7-4.7), 12 x 32 / 14 x 32, median of 2700-4400
+/// pairs: 512 -> 128 at 28x28 0.951, 1024 -> 128 at 14x14 0.985 (10 x 32: 0.970 / 1.011;
+/// 8 x 32: 1.007 / 1.056).
+fn fewer_rows_at_12(out_c: usize) -> bool {
+    out_c.div_ceil(14) * 14 * 100 >= out_c.div_ceil(12) * 12 * 104
+}
+
 /// The largest input of an expanding pointwise layer computed weight major
 /// ([`PixelGemm::expands`]): each channel block reads all of it, from L2.
 const EXPANSION_INPUT_BYTES: usize = 1 << 20;
@@ -233,10 +245,9 @@ impl PixelGemm {
             let (mr, np) = STREAMED_ZMM_TILE;
             let packs = self.s.in_c * np * 4 <= PACK_BYTES && self.s.pixels >= np;
             if w == Width::Z512 && packs {
-                self.mr = mr;
-                self.np = np;
-                self.nmb = self.s.out_c.div_ceil(mr);
-                self.panel = (WIDE_PANEL_BYTES / (4 * self.s.in_c) / np).max(1) * np;
+                self.set_tile(mr, np);
+            } else if w == Width::Z512 && fewer_rows_at_12(self.s.out_c) {
+                self.set_tile(12, self.np);
             }
             self.streamed = true;
             if self.s.pixels >= self.np && self.s.in_c * self.np * 4 <= PACK_BYTES {
@@ -246,6 +257,13 @@ impl PixelGemm {
             }
         }
         self
+    }
+    /// Channels x pixels of the wide tile (the panel a whole number of tile columns).
+    fn set_tile(&mut self, mr: usize, np: usize) {
+        self.mr = mr;
+        self.np = np;
+        self.nmb = self.s.out_c.div_ceil(mr);
+        self.panel = (WIDE_PANEL_BYTES / (4 * self.s.in_c) / np).max(1) * np;
     }
     /// A bottleneck's expansion (`out_c >= 4 * in_c`, at least 32 input channels) whose
     /// input stays in L2 ([`EXPANSION_INPUT_BYTES`]): weight major too. Its output, 4x the
