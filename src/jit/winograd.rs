@@ -24,6 +24,11 @@
 //! one after another, each split over its own units, so that both threads get equal parts
 //! (a 64-channel layer is 5 blocks of 14 at avx512: split by blocks, 3 against 2).
 //!
+//! At avx512, where `U` fits L2 and tile rows fill vectors of 16, the layer instead runs
+//! tile group by tile group ([`Groups`]): per group of 1-2 tile rows, the input transform,
+//! the products and the output transform, in the thread's own scratch, with the transforms
+//! on 16 tiles per zmm register ([`super::x86::winograd`]).
+//!
 //! `U = G g Gᵀ` is computed once, when the weights are packed. Rounding differs from the
 //! direct convolution (the transforms scale values by up to 8 and 1/24); tests compare both
 //! with the f64 reference at the same tolerance.
