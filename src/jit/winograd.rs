@@ -568,11 +568,11 @@ impl WinogradPlan {
     }
 
     /// The kernel of the tile-group-major schedule ([`Groups`]): a function over groups
-    /// `begin..end` clearing the padded rows of the thread's scratch (their columns left
-    /// and right of the input stay zero), then calling, for each group, the input side (padded rows and input transform
-    /// of every input channel), the 36 products and the output transform of every output
-    /// channel, each a function of its own (the transforms compiled [`KernelModule::quickly`]).
-    /// All three use only the calling thread's scratch (a `Temp` slot).
+    /// `begin..end` calling, for each group, the input side (input transform of every
+    /// input channel, from the input rows or, at the top and bottom, from a padded copy of
+    /// them), the 36 products and the output transform of every output channel, each a
+    /// function of its own (compiled [`KernelModule::quickly`]). All three use only the
+    /// calling thread's scratch (a `Temp` slot).
     pub(crate) fn emit_grouped(&self, km: &mut KernelModule) -> Result<PendingId> {
         let Some(groups) = self.groups.clone() else {
             return Err(crate::Error::Internal(
@@ -609,13 +609,10 @@ impl WinogradPlan {
                 e.for_range(begin, end, 1, |e, g| plan.group_output(e, &b, g))
             })
         })?;
-        let window = self.spec.in_c * self.window_len();
-        let clear = km.define(move |e, b: ConvBufs<_>, _, _| e.fill(b.scratch, window, 0.0))?;
-        let fns = [clear, input, products, output];
+        let fns = [input, products, output];
         km.define_calling::<ConvBufs<Value>>(&fns, move |e, begin, end| {
             let bufs = e.bufs;
-            e.b.ins().call(e.callees[0], &[bufs, begin, end]);
-            let fns = [e.callees[1], e.callees[2], e.callees[3]];
+            let fns = [e.callees[0], e.callees[1], e.callees[2]];
             e.for_range(begin, end, 1, |e, g| {
                 let next = e.add_imm(g, 1);
                 for f in fns {
@@ -742,16 +739,7 @@ impl WinogradPlan {
             // Bounds: window rows `y - r0` lie in `0..wh` for `y` in `max(r0, 0)..min(r0 +
             // wh, in_h)`; columns `pad_w + in_w <= 4 tw + 2 <= wp`.
             let wc = e.addr(scratch, c, wh * wp * 4);
-            // The columns left and right of the input are zero from `clear_windows`; the
-            // rows above and below it are cleared here.
-            let (w0, w1) = (e.b.ins().isub(y0, r0), e.b.ins().isub(y1, r0));
-            let (first, end) = (e.iconst(0), e.iconst(wh as i64));
-            for (lo, hi) in [(first, w0), (w1, end)] {
-                e.for_range(lo, hi, 1, |e, wy| {
-                    let dp = e.addr(wc, wy, wp * 4);
-                    e.fill(dp, wp, 0.0)
-                })?;
-            }
+            e.fill(wc, wh * wp, 0.0)?;
             let src = e.addr(inp, c, s.in_h * s.in_w * 4);
             e.for_range(y0, y1, 1, |e, y| {
                 let sp = e.addr(src, y, s.in_w * 4);
