@@ -92,7 +92,10 @@ pub fn place_concat_inputs(plan: &mut Plan) {
         })
     };
     let n = plan.values.len();
-    let writes_items: Vec<bool> = (0..n).map(|v| item_kernel(v, true)).collect();
+    // At batch 1 a concat may itself be placed in a later concat (DenseNet: each dense
+    // layer's concat is the next one's first input), so a block's concats share one buffer
+    // and none copies; with more items their strided views would interleave.
+    let writes_items: Vec<bool> = (0..n).map(|v| item_kernel(v, plan.batch > 1)).collect();
     let reads_items: Vec<bool> = (0..n).map(|v| item_kernel(v, false)).collect();
     let mut slots = Vec::new();
     for s in 0..plan.steps.len() {
@@ -219,15 +222,9 @@ fn operands(plan: &Plan) -> Vec<Vec<ValueId>> {
 pub fn assign_arena(plan: &mut Plan) -> Result<()> {
     let b = plan.batch;
     let n = plan.values.len();
-    // The buffer each value lives in (views and placed inputs: another value's).
-    let mut root: Vec<ValueId> = (0..n).collect();
-    for v in 0..n {
-        root[v] = match plan.values[v].storage {
-            Storage::Buffer => v,
-            Storage::Alias(of) => root[of],
-            Storage::Slot { concat, .. } => concat,
-        };
-    }
+    // The buffer each value lives in (views and placed inputs: another value's) and where
+    // in its items.
+    let (root, at_in_root): (Vec<ValueId>, Vec<usize>) = (0..n).map(|v| root_of(plan, v)).unzip();
     let operands = operands(plan);
     // The position of the last value that reads each buffer.
     let mut last_use: Vec<Option<usize>> = vec![None; n];
@@ -265,8 +262,8 @@ pub fn assign_arena(plan: &mut Plan) -> Result<()> {
         plan.values[v].view = match plan.values[v].storage {
             Storage::Buffer => View::whole(r, item),
             Storage::Alias(of) => plan.values[of].view,
-            Storage::Slot { concat, at } => {
-                View::placed(r, at, plan.values[concat].shape.len(), item, b)
+            Storage::Slot { .. } => {
+                View::placed(r, at_in_root[v], plan.values[buf].shape.len(), item, b)
             }
         };
         // Free what this value read last (after allocating its buffer, so the two never
@@ -295,6 +292,20 @@ pub fn assign_arena(plan: &mut Plan) -> Result<()> {
     }
     plan.arena_len = arena_len;
     Ok(())
+}
+
+/// The buffer value `v` lives in and its float offset within each of that buffer's items:
+/// a view lives in its value's buffer, a placed concat input at its slot of its concat's,
+/// which may itself be placed in another concat.
+fn root_of(plan: &Plan, v: ValueId) -> (ValueId, usize) {
+    match plan.values[v].storage {
+        Storage::Buffer => (v, 0),
+        Storage::Alias(of) => root_of(plan, of),
+        Storage::Slot { concat, at } => {
+            let (root, base) = root_of(plan, concat);
+            (root, base + at)
+        }
+    }
 }
 
 /// First-fit allocation over a free list, coalescing on release.
