@@ -133,6 +133,8 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // Weight major with over 1 MB of weights (prefetched ahead, into the packed
         // buffer's padding at its end).
         (520, 6, 6, 500, 1, 1, 0),
+        // The same on avx512 12-row tiles (130 channels), weights prefetched ahead.
+        (2100, 5, 5, 130, 1, 1, 0),
         // A bottleneck's 4x expansion from a small input: weight major too.
         (32, 12, 12, 130, 1, 1, 0),
         // Strided 1x1 (avx2 / avx512: the pointwise GEMM on the sampled pixels): the

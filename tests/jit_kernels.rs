@@ -608,7 +608,7 @@ fn conv_pointwise_pixel_ranges() {
         let weight_major = k > h * w || (k >= 4 * c && c >= 32 && c * h * w * 4 <= 1 << 20);
         let packs48 = c * 48 * 4 <= 64 * 1024 && h * w >= 48 && !weight_major;
         // Otherwise 12x32 where that pads the channels to at least 4% fewer rows than 14.
-        let rows12 = !weight_major && k.div_ceil(14) * 14 * 100 >= k.div_ceil(12) * 12 * 104;
+        let rows12 = k.div_ceil(14) * 14 * 100 >= k.div_ceil(12) * 12 * 104;
         let (mr, np) = match cnnc::Isa::default_level() {
             cnnc::Isa::Sse => (6, 8),
             cnnc::Isa::Avx2 => (6, 16),
@@ -1907,6 +1907,8 @@ fn conv_pointwise_every_isa_bit_identical() {
         (400, 8, 8, 20),
         (600, 9, 9, 44),
         (40, 13, 13, 161),
+        // Weight major on 12-row tiles, over 1 MB of weights (prefetched).
+        (2100, 5, 5, 130),
     ];
     let levels = cnnc::Isa::host_levels();
     let mut seed = 3000;

@@ -59,10 +59,11 @@ const STREAMED_ZMM_TILE: (usize, usize) = (8, 48);
 /// channels: 11 blocks of 12 = 132 rows against 10 of 14 = 140, the last block 2 rows,
 /// too few accumulators to hide the FMA latency). For the streamed pointwise layers whose
 /// 48-pixel column does not pack (over 341 input channels: DenseNet's later 1x1 layers,
-/// ResNet-50's 512 -> 128 at 28x28). `examples/convab.rs` (avx512, weights from 20
-/// copies, one thread, 07:17, load 3.7-4.7), 12 x 32 / 14 x 32, median of 2700-4400
-/// pairs: 512 -> 128 at 28x28 0.951, 1024 -> 128 at 14x14 0.985 (10 x 32: 0.970 / 1.011;
-/// 8 x 32: 1.007 / 1.056).
+/// ResNet-50's 512 -> 128 at 28x28), and the weight-major ones. `examples/convab.rs`
+/// (avx512, weights from 20 copies, one thread, 07:17-07:25, load 3.7-5.2), 12 x 32 /
+/// 14 x 32, median of 2700-64000 pairs: 512 -> 128 at 28x28 0.951, 1024 -> 128 at 14x14
+/// 0.985 (10 x 32: 0.970 / 1.011; 8 x 32: 1.007 / 1.056); weight major, 512 -> 128 at 7x7
+/// 0.971, 1024 -> 128 at 7x7 0.974, 256 -> 128 at 7x7 0.974, 128 -> 128 at 10x10 0.986.
 fn fewer_rows_at_12(out_c: usize) -> bool {
     out_c.div_ceil(14) * 14 * 100 >= out_c.div_ceil(12) * 12 * 104
 }
@@ -238,6 +239,9 @@ impl PixelGemm {
     pub(crate) fn streamed(mut self) -> Self {
         if self.wide.is_some() && (self.s.out_c > self.s.pixels || self.expands()) {
             self.weight_major = true;
+            if self.wide == Some(Width::Z512) && fewer_rows_at_12(self.s.out_c) {
+                self.set_tile(12, self.np);
+            }
             if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
                 self.prefetch_w = WEIGHT_PREFETCH_BYTES;
             }
