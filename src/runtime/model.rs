@@ -325,7 +325,7 @@ impl Model {
                 let src = &data[chunk_start * item_in..(chunk_start + items) * item_in];
                 let dst = &mut ws.arena.as_mut_slice()
                     [self.input.offset..self.input.offset + self.batch * item_in];
-                dst[..src.len()].copy_from_slice(src);
+                self.copy(src, &mut dst[..src.len()]);
                 dst[src.len()..].fill(0.0);
                 for (i, step) in self.steps.iter().enumerate() {
                     let t = profile.is_some().then(Instant::now);
@@ -336,8 +336,9 @@ impl Model {
                 }
                 for (t, (r, s)) in outputs.iter_mut().zip(&self.outputs) {
                     let len = s.len();
-                    t.data_mut()[chunk_start * len..(chunk_start + items) * len].copy_from_slice(
+                    self.copy(
                         &ws.arena.as_mut_slice()[r.offset..r.offset + items * len],
+                        &mut t.data_mut()[chunk_start * len..(chunk_start + items) * len],
                     );
                 }
             }
@@ -347,6 +348,19 @@ impl Model {
             pool.push(ws);
         }
         result
+    }
+
+    /// Copies `src` into `dst` (the same length), on the pool when it is large enough to
+    /// pay for the hand-off: a concat's inputs, and the model's input and outputs going into
+    /// and out of the arena (3.2 MB each way in a ResNet bottleneck block).
+    fn copy(&self, src: &[f32], dst: &mut [f32]) {
+        let moved = src.len() as u64 * FLOPS_PER_FLOAT_MOVED;
+        match self.pool.as_ref().filter(|_| moved >= PARALLEL_MIN_WORK) {
+            Some(p) => p.split_slice(dst, 16, |from, part| {
+                part.copy_from_slice(&src[from..from + part.len()])
+            }),
+            None => dst.copy_from_slice(src),
+        }
     }
 
     fn run_step(&self, step: &Step, ws: &mut Workspace) -> Result<()> {
@@ -425,14 +439,7 @@ impl Model {
                 Code::Copy(at) => {
                     for (i, &at) in at.iter().enumerate() {
                         let x = step.item(&ins, i, n)?;
-                        let o = &mut o[at..at + x.len()];
-                        let moved = x.len() as u64 * FLOPS_PER_FLOAT_MOVED;
-                        match self.pool.as_ref().filter(|_| moved >= PARALLEL_MIN_WORK) {
-                            Some(p) => p.split_slice(o, 16, |from, part| {
-                                part.copy_from_slice(&x[from..from + part.len()])
-                            }),
-                            None => o.copy_from_slice(x),
-                        }
+                        self.copy(x, &mut o[at..at + x.len()]);
                     }
                 }
                 Code::Pad { pad, input } => pad_item(step.item(&ins, 0, n)?, input, pad, o),
