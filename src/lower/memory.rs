@@ -76,7 +76,9 @@ impl View {
 ///   flatten or dropout view);
 /// * with more than one item per chunk, it neither reads nor is read by a value placed in
 ///   the same concat: their items interleave, and a step's output span may not overlap its
-///   inputs.
+///   inputs;
+/// * it is not a concat holding another input of the same concat (DAGs that feed one value
+///   to two nested concats).
 ///
 /// The concat steps keep only the inputs left to copy; a concat with none left goes.
 pub fn place_concat_inputs(plan: &mut Plan) {
@@ -112,7 +114,8 @@ pub fn place_concat_inputs(plan: &mut Plan) {
                 && plan.values[p].storage == Storage::Buffer
                 && inputs.iter().filter(|&&q| q == p).count() == 1
                 && readers[p].iter().all(|&r| r == cat || reads_items[r])
-                && (plan.batch == 1 || !operands.iter().chain(&readers[p]).any(|&v| in_cat(v)));
+                && (plan.batch == 1 || !operands.iter().chain(&readers[p]).any(|&v| in_cat(v)))
+                && !inputs.iter().any(|&q| q != p && placed_within(plan, q, p));
             if eligible {
                 plan.values[p].storage = Storage::Slot { concat: cat, at };
             } else {
@@ -129,6 +132,17 @@ pub fn place_concat_inputs(plan: &mut Plan) {
     }
     plan.steps
         .retain(|s| !matches!(&s.kernel, Kernel::Copy { at } if at.is_empty()));
+}
+
+/// Whether `v` lives (through one or more concat slots) inside concat `c`'s buffer. A
+/// concat `c` placed in `cat` may not hold another input of `cat`: that one is copied into
+/// `cat`, and a copy's input may not lie inside its output.
+fn placed_within(plan: &Plan, v: ValueId, c: ValueId) -> bool {
+    match plan.values[v].storage {
+        Storage::Slot { concat, .. } => concat == c || placed_within(plan, concat, c),
+        Storage::Alias(of) => placed_within(plan, of, c),
+        Storage::Buffer => false,
+    }
 }
 
 /// A channel shuffle whose every reader is a depthwise conv (ShuffleNet's units: group
