@@ -306,6 +306,9 @@ fn kernels_compiled_on_threads_are_the_serially_compiled_ones() {
 
 /// Graphs that stress the memory planner and the passes: a node reading one buffer in two
 /// slots, outputs that are the input or alias each other, shortcuts around one conv or fc.
+/// Three items: at batch 2 a full chunk (read from the caller's memory, outputs written
+/// in place) and a partial one (through the arena); the input starts off a cache line and
+/// off a 16-byte boundary, the outputs are filled with NaN.
 #[test]
 fn edge_graphs_match_the_interpreter_at_every_level() {
     let dir = repo().join("tests/edge");
@@ -319,11 +322,13 @@ fn edge_graphs_match_the_interpreter_at_every_level() {
         cnnc::weights::bind(&mut g, None).unwrap();
         let s = g.input_shape();
         let x = Tensor::new(
-            vec![2, s.c, s.h, s.w],
-            cnnc::weights::standard_normal(9, "e", 2 * s.len()),
+            vec![3, s.c, s.h, s.w],
+            cnnc::weights::standard_normal(9, "e", 3 * s.len()),
         )
         .unwrap();
         let want = cnnc::interp::run(&g, x.clone()).unwrap();
+        let mut shifted = vec![0.0f32];
+        shifted.extend_from_slice(x.data());
         for level in [OptLevel::O0, OptLevel::O1, OptLevel::O2] {
             for (batch, threads) in [(1, 1), (2, 2)] {
                 let opts = Options {
@@ -336,6 +341,13 @@ fn edge_graphs_match_the_interpreter_at_every_level() {
                 let what = format!("{} {level} batch {batch} threads {threads}", path.display());
                 let model = compile(&g, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert_agrees(&what, &model.run(&x).unwrap(), &want);
+                let mut got: Vec<Tensor> = (want.iter())
+                    .map(|t| Tensor::filled(t.shape().to_vec(), f32::NAN))
+                    .collect();
+                model.run_into(&x, &mut got).unwrap();
+                assert_agrees(&format!("{what}, NaN outputs"), &got, &want);
+                let off = model.run_slice(x.shape(), &shifted[1..]).unwrap();
+                assert_agrees(&format!("{what}, input off a line"), &off, &want);
             }
         }
         n += 1;

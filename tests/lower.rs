@@ -403,3 +403,27 @@ fn emit_plan_prints_every_example_graph() {
         );
     }
 }
+
+#[test]
+fn outputs_are_written_in_place_unless_read_or_shared() {
+    use cnnc::lower::memory::outputs_written_in_place;
+    let cases: [(&str, &[bool]); 2] = [
+        // cat (its convs write their slots of the caller's tensor) and the fc are; `mid`,
+        // which a later layer reads, is copied out of the arena.
+        ("tests/edge/outputs_in_place.yaml", &[true, true, false]),
+        // The input, two views of one buffer, a view of the input: copied; only the add
+        // has a buffer of its own.
+        ("tests/edge/mo.yaml", &[false, false, false, false, true]),
+    ];
+    for (path, want) in cases {
+        let g = load(&repo().join(path));
+        for batch in [1, 3] {
+            let plan = plan_of(&g, &opts(OptLevel::O2, batch));
+            assert_eq!(
+                outputs_written_in_place(&plan),
+                want,
+                "{path}, batch {batch}"
+            );
+        }
+    }
+}

@@ -311,7 +311,7 @@ pub fn assign_arena(plan: &mut Plan) -> Result<()> {
 /// The buffer value `v` lives in and its float offset within each of that buffer's items:
 /// a view lives in its value's buffer, a placed concat input at its slot of its concat's,
 /// which may itself be placed in another concat.
-fn root_of(plan: &Plan, v: ValueId) -> (ValueId, usize) {
+pub fn root_of(plan: &Plan, v: ValueId) -> (ValueId, usize) {
     match plan.values[v].storage {
         Storage::Buffer => (v, 0),
         Storage::Alias(of) => root_of(plan, of),
@@ -320,6 +320,30 @@ fn root_of(plan: &Plan, v: ValueId) -> (ValueId, usize) {
             (root, base + at)
         }
     }
+}
+
+/// Which graph outputs the steps can write straight into the caller's output tensors
+/// (for a full batch chunk), so that nothing is copied out of the arena: an output whose
+/// buffer is its own (not the graph input, a view, or placed in a concat; it may be a
+/// concat holding placed inputs, whose producers then write the caller's tensor too),
+/// named by no other output, and read by no step, so that every step reads the arena or
+/// the caller's input only.
+pub fn outputs_written_in_place(plan: &Plan) -> Vec<bool> {
+    let root = |v| root_of(plan, v).0;
+    let read: Vec<ValueId> = plan
+        .steps
+        .iter()
+        .flat_map(|s| s.inputs.iter().map(|&i| root(i)))
+        .collect();
+    plan.outputs
+        .iter()
+        .map(|&o| {
+            plan.values[o].storage == Storage::Buffer
+                && o != plan.input
+                && plan.outputs.iter().filter(|&&p| root(p) == o).count() == 1
+                && !read.contains(&o)
+        })
+        .collect()
 }
 
 /// First-fit allocation over a free list, coalescing on release.

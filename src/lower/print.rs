@@ -92,6 +92,24 @@ impl fmt::Display for Plan {
             }
             writeln!(f)?;
         }
-        Ok(())
+        // Graph outputs the steps write into the caller's tensors (full batch chunks):
+        // their buffers above are used only by a last, partial chunk.
+        let in_place = super::memory::outputs_written_in_place(self);
+        let names: Vec<&str> = (self.outputs.iter().zip(in_place))
+            .filter(|&(_, p)| p)
+            .map(|(&o, _)| self.values[o].name.as_str())
+            .collect();
+        if !names.is_empty() {
+            writeln!(
+                f,
+                "written in place into the caller's outputs: {}",
+                names.join(", ")
+            )?;
+        }
+        writeln!(
+            f,
+            "{} is read where the caller holds it (full batch chunks)",
+            self.values[self.input].name
+        )
     }
 }

@@ -3,7 +3,7 @@
 //! it: its output region writable, the rest readable.
 use crate::error::{Error, Result};
 use crate::lower::memory::ALIGN_FLOATS;
-use crate::lower::Region;
+use crate::lower::{Region, View};
 
 /// `len` zeroed floats starting on a 64-byte boundary. Safe code: a `Vec<f32>` with
 /// up to 15 floats of slack, the start chosen by the allocation's address (which never
@@ -28,18 +28,48 @@ impl AlignedBuf {
     }
 }
 
-/// The arena on either side of a step's output region, from which its inputs are read.
+/// What a step reads: the arena on either side of its output region, and the caller's
+/// input when the run reads it in place (a full batch chunk: no copy into the arena).
 pub struct Inputs<'a> {
     left: &'a [f32],
     right: &'a [f32],
     /// The output region's offset and end in the arena.
     start: usize,
     end: usize,
+    model_input: Option<&'a [f32]>,
 }
 
 impl<'a> Inputs<'a> {
+    /// The whole arena, for a step that writes a caller's output tensor instead.
+    pub fn all(arena: &'a [f32]) -> Self {
+        Inputs {
+            left: arena,
+            right: &[],
+            start: arena.len(),
+            end: arena.len(),
+            model_input: None,
+        }
+    }
+
+    /// Reads the graph input's values from `x` (the batch chunk in the caller's memory)
+    /// rather than from the arena.
+    pub fn with_model_input(self, x: Option<&'a [f32]>) -> Self {
+        Inputs {
+            model_input: x,
+            ..self
+        }
+    }
+
+    /// The items of `view` (`from_model_input`: a view of the graph input).
+    pub fn span(&self, view: &View, from_model_input: bool) -> Result<&'a [f32]> {
+        match self.model_input {
+            Some(x) if from_model_input => Ok(x),
+            _ => self.get(view.region),
+        }
+    }
+
     /// The input region `r` (the plan never lets it overlap the step's output).
-    pub fn get(&self, r: Region) -> Result<&'a [f32]> {
+    fn get(&self, r: Region) -> Result<&'a [f32]> {
         if r.end() <= self.start {
             Ok(&self.left[r.range()])
         } else if r.offset >= self.end {
@@ -62,6 +92,7 @@ pub fn split_io(arena: &mut [f32], output: Region) -> (Inputs<'_>, &mut [f32]) {
         right,
         start: output.offset,
         end: output.end(),
+        model_input: None,
     };
     (ins, out)
 }

@@ -35,7 +35,14 @@ struct Step {
     op: String,
     code: Code,
     inputs: Vec<View>,
+    /// Per input: a view of the graph input (read from the caller's memory when the run
+    /// reads it in place).
+    from_model_input: Vec<bool>,
     output: View,
+    /// The graph output whose buffer this step writes (placed concat inputs included), and
+    /// where in its items, when that output is written in place
+    /// ([`crate::lower::memory::outputs_written_in_place`]).
+    writes_output: Option<(usize, usize)>,
     flops_per_item: u64,
     /// [`parallel_work`] per item.
     work_per_item: u64,
@@ -45,7 +52,11 @@ impl Step {
     /// Batch item `n` of input `i`.
     fn item<'a>(&self, ins: &Inputs<'a>, i: usize, n: usize) -> Result<&'a [f32]> {
         let v = &self.inputs[i];
-        Ok(v.item_of(ins.get(v.region)?, n))
+        Ok(v.item_of(ins.span(v, self.from_model_input[i])?, n))
+    }
+    /// The first `len` floats of input `i` (fc: the whole chunk).
+    fn chunk<'a>(&self, ins: &Inputs<'a>, i: usize, len: usize) -> Result<&'a [f32]> {
+        Ok(&ins.span(&self.inputs[i], self.from_model_input[i])?[..len])
     }
 }
 
@@ -65,6 +76,16 @@ pub struct LayerTime {
 /// kernel's own buffer list stays on the stack up to the same count).
 const STACK_ARGS: usize = crate::jit::elementwise::STACK_INPUTS;
 
+/// Where a graph output comes from at the end of a batch chunk.
+struct Output {
+    region: Region,
+    shape: Shape,
+    /// A view of the graph input: copied from the caller's input.
+    is_model_input: bool,
+    /// Written by its steps straight into the caller's tensor (full chunks).
+    in_place: bool,
+}
+
 /// Per-run memory: the activation arena and kernel scratch space.
 struct Workspace {
     arena: AlignedBuf,
@@ -77,7 +98,7 @@ pub struct Model {
     batch: usize,
     input: Region,
     input_shape: Shape,
-    outputs: Vec<(Region, Shape)>,
+    outputs: Vec<Output>,
     arena_len: usize,
     scratch_len: usize,
     /// Idle workspaces; concurrent `run` calls each take one (a new one is made only
@@ -136,6 +157,16 @@ impl Model {
         let pool = (opts.threads > 1).then(|| ThreadPool::new(opts.threads, POOL_SPIN));
         let made = instantiate(plan, g, keep_listings, pool.as_ref())?;
         let view = |v: usize| plan.values[v].view;
+        let root = |v: usize| crate::lower::memory::root_of(plan, v).0;
+        let in_place = crate::lower::memory::outputs_written_in_place(plan);
+        // The graph output (in place) whose buffer holds value `v`, and where in its items.
+        let writes_output = |v: usize| {
+            let j = (0..plan.outputs.len()).find(|&j| in_place[j] && plan.outputs[j] == root(v))?;
+            Some((
+                j,
+                view(v).region.offset - view(plan.outputs[j]).region.offset,
+            ))
+        };
         let steps: Vec<Step> = plan
             .steps
             .iter()
@@ -149,7 +180,9 @@ impl Model {
                 },
                 code,
                 inputs: s.inputs.iter().map(|&i| view(i)).collect(),
+                from_model_input: s.inputs.iter().map(|&i| root(i) == plan.input).collect(),
                 output: view(s.output),
+                writes_output: writes_output(s.output),
                 flops_per_item: s.flops_per_item,
             })
             .collect();
@@ -176,10 +209,13 @@ impl Model {
             batch: plan.batch,
             input: view(plan.input).region,
             input_shape: plan.values[plan.input].shape,
-            outputs: plan
-                .outputs
-                .iter()
-                .map(|&o| (view(o).region, plan.values[o].shape))
+            outputs: (plan.outputs.iter().zip(in_place))
+                .map(|(&o, in_place)| Output {
+                    region: view(o).region,
+                    shape: plan.values[o].shape,
+                    is_model_input: root(o) == plan.input,
+                    in_place,
+                })
                 .collect(),
             arena_len: plan.arena_len,
             scratch_len,
@@ -230,7 +266,8 @@ impl Model {
         let n = self.check_input(shape)?;
         self.outputs
             .iter()
-            .map(|(_, s)| {
+            .map(|o| {
+                let s = o.shape;
                 crate::ir::shape::check_budget(&self.name, "output batch", &[n, s.len()])?;
                 Tensor::try_filled(s.dims(n), 0.0)
             })
@@ -308,7 +345,8 @@ impl Model {
                 outputs.len()
             )));
         }
-        for (t, (_, s)) in outputs.iter().zip(&self.outputs) {
+        for (t, o) in outputs.iter().zip(&self.outputs) {
+            let s = o.shape;
             if !s.is_dims(n, t.shape()) {
                 return Err(Error::Input(format!(
                     "output buffer has shape {}, expected {}",
@@ -318,29 +356,10 @@ impl Model {
             }
         }
         let mut ws = self.take_workspace()?;
-        let item_in = self.input_shape.len();
         let result = (|| {
             for chunk_start in (0..n).step_by(self.batch) {
                 let items = self.batch.min(n - chunk_start);
-                let src = &data[chunk_start * item_in..(chunk_start + items) * item_in];
-                let dst = &mut ws.arena.as_mut_slice()
-                    [self.input.offset..self.input.offset + self.batch * item_in];
-                self.copy(src, &mut dst[..src.len()]);
-                dst[src.len()..].fill(0.0);
-                for (i, step) in self.steps.iter().enumerate() {
-                    let t = profile.is_some().then(Instant::now);
-                    self.run_step(step, &mut ws)?;
-                    if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
-                        p[i] += t.elapsed();
-                    }
-                }
-                for (t, (r, s)) in outputs.iter_mut().zip(&self.outputs) {
-                    let len = s.len();
-                    self.copy(
-                        &ws.arena.as_mut_slice()[r.offset..r.offset + items * len],
-                        &mut t.data_mut()[chunk_start * len..(chunk_start + items) * len],
-                    );
-                }
+                self.run_chunk(data, outputs, chunk_start, items, &mut ws, &mut profile)?;
             }
             Ok(())
         })();
@@ -348,6 +367,57 @@ impl Model {
             pool.push(ws);
         }
         result
+    }
+
+    /// Runs items `start..start + items` of the caller's input (`data`) into `outputs`.
+    /// A full chunk is read where the caller has it, and the outputs written in place go
+    /// straight into the caller's tensors; a last, partial chunk goes through the arena,
+    /// its missing items zero.
+    fn run_chunk(
+        &self,
+        data: &[f32],
+        outputs: &mut [Tensor],
+        start: usize,
+        items: usize,
+        ws: &mut Workspace,
+        profile: &mut Option<&mut [Duration]>,
+    ) -> Result<()> {
+        let item_in = self.input_shape.len();
+        let src = &data[start * item_in..(start + items) * item_in];
+        let full = items == self.batch;
+        if !full {
+            let dst = &mut ws.arena.as_mut_slice()[self.input.range()][..self.batch * item_in];
+            self.copy(src, &mut dst[..src.len()]);
+            dst[src.len()..].fill(0.0);
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let t = profile.is_some().then(Instant::now);
+            let direct = match step.writes_output {
+                Some((j, at)) if full => {
+                    let len = self.outputs[j].shape.len();
+                    let span = (self.batch - 1) * step.output.stride + step.output.item;
+                    Some(&mut outputs[j].data_mut()[start * len + at..][..span])
+                }
+                _ => None,
+            };
+            self.run_step(step, ws, full.then_some(src), direct)?;
+            if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
+                p[i] += t.elapsed();
+            }
+        }
+        for (t, o) in outputs.iter_mut().zip(&self.outputs) {
+            let len = o.shape.len();
+            let dst = &mut t.data_mut()[start * len..(start + items) * len];
+            if o.is_model_input {
+                self.copy(src, dst);
+            } else if !(full && o.in_place) {
+                self.copy(
+                    &ws.arena.as_mut_slice()[o.region.range()][..items * len],
+                    dst,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Copies `src` into `dst` (the same length), on the pool when it is large enough to
@@ -363,9 +433,22 @@ impl Model {
         }
     }
 
-    fn run_step(&self, step: &Step, ws: &mut Workspace) -> Result<()> {
+    /// Runs one step on the arena; `model_input`: the caller's input chunk, when the
+    /// run reads it in place; `direct_output`: where in a caller's output tensor the step
+    /// writes, when it does.
+    fn run_step(
+        &self,
+        step: &Step,
+        ws: &mut Workspace,
+        model_input: Option<&[f32]>,
+        direct_output: Option<&mut [f32]>,
+    ) -> Result<()> {
         let b = self.batch;
-        let (ins, out) = split_io(ws.arena.as_mut_slice(), step.output.region);
+        let (ins, out) = match direct_output {
+            Some(out) => (Inputs::all(ws.arena.as_mut_slice()), out),
+            None => split_io(ws.arena.as_mut_slice(), step.output.region),
+        };
+        let ins = ins.with_model_input(model_input);
         let scratch = ws.scratch.as_mut_slice();
         let item = step.output.item;
         // Large layers are split across the pool; small ones run here, since handing
@@ -376,9 +459,9 @@ impl Model {
         if let Code::Fc { k, packed } = &step.code {
             // One call for the whole chunk: the weights are read once for every item. Its
             // values are never placed in a concat, so their items are back to back.
-            let x = &ins.get(step.inputs[0].region)?[..b * step.inputs[0].item];
+            let x = step.chunk(&ins, 0, b * step.inputs[0].item)?;
             let residual = (n_in > 1)
-                .then(|| ins.get(step.inputs[1].region).map(|r| &r[..b * item]))
+                .then(|| step.chunk(&ins, 1, b * item))
                 .transpose()?;
             let out = &mut out[..b * item];
             return match pool {
