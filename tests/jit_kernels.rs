@@ -394,6 +394,8 @@ fn conv_winograd_every_isa_on_a_pool() {
         (20, 30, 58, 33, 0, true),
         (16, 9, 118, 16, 1, true),
         (16, 36, 50, 17, 1, true),
+        // `U` above 1 MB: the GEMM's first tile of each block row prefetches its weights.
+        (96, 26, 30, 80, 1, false),
     ] {
         for isa in cnnc::Isa::host_levels() {
             let mut s = spec(c, h, w, k, 3, 3, (1, 1), (p, p));

@@ -509,11 +509,33 @@ impl PixelGemm {
         })
     }
 
-    /// Every tile of channel block `mb` along the pixels (the Winograd GEMMs' loop).
+    /// The Winograd GEMMs whose weights (`U`) come from memory: the first tile of each
+    /// [`Self::block_row`] prefetches the weights' stream [`WEIGHT_PREFETCH_BYTES`] ahead
+    /// (the packed weights need that many bytes after them, [`Self::weight_prefetch`]).
+    pub(crate) fn prefetching_weights(mut self) -> Self {
+        if self.wide.is_some() && self.s.pixels >= self.np {
+            self.prefetch_w = WEIGHT_PREFETCH_BYTES;
+        }
+        self
+    }
+    /// Bytes past its weights that a call prefetches (0: none).
+    pub(crate) fn weight_prefetch(&self) -> usize {
+        self.prefetch_w
+    }
+
+    /// Every tile of channel block `mb` along the pixels (the Winograd GEMMs' loop); with
+    /// [`Self::prefetching_weights`], the first one prefetches the weights.
     pub(crate) fn block_row(&self, e: &mut Emit, ptr: &Ptrs, mb: Value) -> Result<()> {
         let np = self.np;
         let full = self.s.pixels / np;
-        e.for_const(0, (full * np * 4) as i64, (np * 4) as i64, |e, pb| {
+        let mut first = 0;
+        if self.prefetch_w > 0 && full > 0 {
+            let (pb, ci) = (e.iconst(0), e.iconst(0));
+            let (tile, src) = ((mb, pb, np), (XSrc::Planes, ptr.inp));
+            self.wide_tile(e, ptr, tile, (KPos::Only, ci), Some(ptr.inp), src)?;
+            first = 1;
+        }
+        e.for_const((first * np * 4) as i64, (full * np * 4) as i64, (np * 4) as i64, |e, pb| {
             self.tile(e, ptr, mb, pb, np)
         })?;
         if !self.s.pixels.is_multiple_of(np) {
@@ -786,7 +808,7 @@ impl PixelGemm {
         if pf.is_none() {
             return pick(e, false);
         }
-        if self.pf_blocks() >= self.nmb || self.weight_major {
+        if self.pf_blocks() >= self.nmb || self.weight_major || self.pf_blocks() == 0 {
             return pick(e, true);
         }
         let on =

@@ -46,6 +46,7 @@ use super::cg::{fits, off, F32, F32X4};
 use super::conv::{ConvBufs, ConvSpec, PROLOGUE_USES};
 use super::epilogue::Epilogue;
 use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs};
+use super::implicit::STREAMED_WEIGHTS_BYTES;
 use super::module::{Emit, KernelModule, PendingId};
 use super::x86::winograd::{WinogradInput, WinogradOutput, LANES};
 use crate::error::Result;
@@ -282,7 +283,12 @@ impl WinogradPlan {
         let dense = tw % 4 != 0 && th * tw <= DENSE_TILES;
         let tw4 = if dense { tw } else { tw.next_multiple_of(4) };
         let tp = (th * tw + tw4 - tw).next_multiple_of(4);
-        let gemm = PixelGemm::new(gemm_spec(&spec, tp), isa);
+        let mut gemm = PixelGemm::new(gemm_spec(&spec, tp), isa);
+        // `U` beyond L2 streams from memory (the whole layout reads it once).
+        let streams = POS * spec.in_c * spec.out_c * 4 > STREAMED_WEIGHTS_BYTES;
+        if streams && std::env::var("CNNC_WINOGRAD_PF").map_or(true, |v| v != "0") {
+            gemm = gemm.prefetching_weights();
+        }
         let mut plan = WinogradPlan {
             spec,
             th,
@@ -415,7 +421,10 @@ impl WinogradPlan {
     }
     /// `U[ξ]` packed for the GEMM micro-kernel, for each `ξ`, then the bias.
     pub(crate) fn packed_len(&self) -> usize {
-        POS * self.u_stride() + self.gemm.channel_blocks() * self.gemm.mr()
+        // The weight prefetches of the last blocks reach past `U`, into the bias and the
+        // padding after it.
+        let prefetched = self.gemm.weight_prefetch().div_ceil(4) + 16;
+        POS * self.u_stride() + self.gemm.channel_blocks() * self.gemm.mr() + prefetched
     }
     /// Blocks of output channels (grouped: the groups).
     pub(crate) fn work_units(&self) -> usize {
