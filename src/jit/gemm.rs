@@ -535,9 +535,12 @@ impl PixelGemm {
             self.wide_tile(e, ptr, tile, (KPos::Only, ci), Some(ptr.inp), src)?;
             first = 1;
         }
-        e.for_const((first * np * 4) as i64, (full * np * 4) as i64, (np * 4) as i64, |e, pb| {
-            self.tile(e, ptr, mb, pb, np)
-        })?;
+        e.for_const(
+            (first * np * 4) as i64,
+            (full * np * 4) as i64,
+            (np * 4) as i64,
+            |e, pb| self.tile(e, ptr, mb, pb, np),
+        )?;
         if !self.s.pixels.is_multiple_of(np) {
             let pb = e.iconst((full * np * 4) as i64);
             self.tile(e, ptr, mb, pb, self.s.pixels % np)?;
