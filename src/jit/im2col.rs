@@ -269,10 +269,16 @@ impl Im2colGemm {
                 e.for_const(0, rows as i64, 1, |e, d| {
                     let sd = e.addr(sy, d, s.stride_h * wp * 4);
                     let pd = e.addr(py, d, ow * 4);
-                    for fx in 0..kw {
-                        self.copy_row(e, (sd, fx * 4), (pd, fx * self.ldp * 4), wp - fx);
-                    }
-                    Ok(())
+                    // One copy for every `fx`: the same code at other addresses, reading
+                    // at most the `wp - (kw - 1)` floats the last tap's row has (a copy
+                    // per `fx` made SqueezeNet's first layer 1,400 CLIF instructions, 0.7
+                    // ms of Cranelift's time; the loop, 650 and the same run time).
+                    e.for_const(0, kw as i64, 1, |e, fx| {
+                        let sf = e.addr(sd, fx, 4);
+                        let pf = e.addr(pd, fx, self.ldp * 4);
+                        self.copy_row(e, (sf, 0), (pf, 0), wp - (kw - 1));
+                        Ok(())
+                    })
                 })
             })
         })
