@@ -401,12 +401,19 @@ impl PixelGemm {
             out[base..base + self.s.out_c].copy_from_slice(b);
         }
     }
-    /// Packs the `[k][c]` matrix `w` into `out` (`weights_len()` floats, zero-initialised).
+    /// Packs the `[k][c]` matrix `w` into `out` (`weights_len()` floats, zero-initialised):
+    /// block by block, each written in order, row `ci` from column `ci` of the block's
+    /// rows of `w` (an index computed per weight, with two divisions by `mr`, took 1.7 ns
+    /// a weight: a tenth of SqueezeNet's compile).
     pub(crate) fn pack_weights_into(&self, w: &[f32], out: &mut [f32]) {
-        let (c, k) = (self.s.in_c, self.s.out_c);
-        for ki in 0..k {
-            for ci in 0..c {
-                out[self.packed_index(ki, ci)] = w[ki * c + ci];
+        let (c, k, mr) = (self.s.in_c, self.s.out_c, self.mr);
+        for (blk, dst) in out.chunks_exact_mut(c * mr).enumerate() {
+            let k0 = blk * mr;
+            let rows = &w[k0 * c..k.min(k0 + mr) * c];
+            for (ci, d) in dst.chunks_exact_mut(mr).enumerate() {
+                for (x, row) in d.iter_mut().zip(rows.chunks_exact(c)) {
+                    *x = row[ci];
+                }
             }
         }
     }
