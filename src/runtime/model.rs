@@ -19,6 +19,15 @@ const POOL_SPIN: Duration = Duration::from_micros(200);
 /// thread: handing part of it to another costs more than it saves.
 const PARALLEL_MIN_WORK: u64 = 1 << 20;
 
+/// [`PARALLEL_MIN_WORK`], or `CNNC_PARALLEL_MIN_WORK` from the environment (a measuring
+/// knob, like `CNNC_WINOGRAD_ROWS`).
+fn parallel_min_work() -> u64 {
+    std::env::var("CNNC_PARALLEL_MIN_WORK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PARALLEL_MIN_WORK)
+}
+
 /// FLOPs a float written by a memory-bound step (elementwise, copy) counts as: one core
 /// moves floats at 8-12 GB/s from memory, 20-40 from L2, while the convolutions run at
 /// 100-200 GFLOP/s; so a step writing 16 K floats (~10 us) is split.
@@ -101,6 +110,8 @@ pub struct Model {
     outputs: Vec<Output>,
     arena_len: usize,
     scratch_len: usize,
+    /// [`parallel_min_work`] when the model was built.
+    parallel_min_work: u64,
     /// Idle workspaces; concurrent `run` calls each take one (a new one is made only
     /// when more calls overlap than ever before), so steady-state runs allocate nothing.
     workspaces: Mutex<Vec<Workspace>>,
@@ -219,6 +230,7 @@ impl Model {
                 .collect(),
             arena_len: plan.arena_len,
             scratch_len,
+            parallel_min_work: parallel_min_work(),
             workspaces: Mutex::new(Vec::new()),
             pool,
             compile_time: start.elapsed(),
@@ -425,7 +437,7 @@ impl Model {
     /// and out of the arena (3.2 MB each way in a ResNet bottleneck block).
     fn copy(&self, src: &[f32], dst: &mut [f32]) {
         let moved = src.len() as u64 * FLOPS_PER_FLOAT_MOVED;
-        match self.pool.as_ref().filter(|_| moved >= PARALLEL_MIN_WORK) {
+        match self.pool.as_ref().filter(|_| moved >= self.parallel_min_work) {
             Some(p) => p.split_slice(dst, 16, |from, part| {
                 part.copy_from_slice(&src[from..from + part.len()])
             }),
@@ -454,7 +466,7 @@ impl Model {
         // Large layers are split across the pool; small ones run here, since handing
         // work to another thread costs more than they take.
         let work = step.work_per_item * b as u64;
-        let pool = self.pool.as_ref().filter(|_| work >= PARALLEL_MIN_WORK);
+        let pool = self.pool.as_ref().filter(|_| work >= self.parallel_min_work);
         let n_in = step.inputs.len();
         if let Code::Fc { k, packed } = &step.code {
             // One call for the whole chunk: the weights are read once for every item. Its
