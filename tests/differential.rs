@@ -4,14 +4,16 @@
 //! shapes and weights, runs the reference interpreter and the JIT (at -O0 and -O2, with
 //! 1 or 2 threads, batch 1-3, on NaN-poisoned outputs), and compares.
 //!
-//! `DIFFERENTIAL_CASES=5000 DIFFERENTIAL_SEED=random cargo test --release --test
+//! `PROPTEST_CASES=5000 PROPTEST_RNG_SEED=$RANDOM cargo test --release --test
 //! differential` runs a long campaign (default: 400 cases from seed 0, a few seconds). A failure is shrunk and printed as the YAML graph.
 use cnnc::{Options, Tensor};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rand::{Rng, SeedableRng};
 use std::fmt;
+
+mod common;
 
 /// One layer as raw random choices; [`build`] turns them into a valid layer for the
 /// shapes at hand, so every recipe is a valid graph and shrinking keeps it valid.
@@ -453,35 +455,14 @@ fn compare(got: &Tensor, want: &Tensor) -> Result<(), String> {
     Ok(())
 }
 
-/// The campaign's seed: `DIFFERENTIAL_SEED` (a number, or `random` for one drawn from
-/// the clock), 0 by default so that the suite's verdict does not change between runs of
-/// the same code. Long random campaigns find what the fixed seed does not (docs/testing.md).
-fn campaign_seed() -> u64 {
-    match std::env::var("DIFFERENTIAL_SEED").as_deref() {
-        Ok("random") => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64),
-        Ok(v) => v.parse().expect("DIFFERENTIAL_SEED: a number or `random`"),
-        Err(_) => 0,
-    }
-}
-
 #[test]
 fn random_graphs_agree_between_interpreter_and_jit() {
-    let cases = std::env::var("DIFFERENTIAL_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
-    let seed = campaign_seed();
-    let config = Config {
-        cases,
+    let mut runner = TestRunner::new(Config {
         failure_persistence: None,
-        ..Config::default()
-    };
-    let rng = TestRng::from_seed(RngAlgorithm::ChaCha, &[seed.to_le_bytes(); 4].concat());
-    let mut runner = TestRunner::new_with_rng(config, rng);
+        ..common::proptest_config(400)
+    });
     if let Err(e) = runner.run(&recipe(), |r| check(&r)) {
-        panic!("DIFFERENTIAL_SEED={seed}: {e}");
+        panic!("PROPTEST_RNG_SEED={}: {e}", common::proptest_seed());
     }
 }
 

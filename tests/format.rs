@@ -5,6 +5,8 @@ use cnnc::ir::stats::layer_stats;
 use cnnc::ir::{Hw, Op, Shape};
 use cnnc::Graph;
 
+mod common;
+
 fn parse(text: &str) -> Graph {
     match parse_str(text, None) {
         Ok(g) => g,
@@ -798,7 +800,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(crate::common::proptest_config(256))]
 
         #[test]
         fn size_formula_counts_window_positions(

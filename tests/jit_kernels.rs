@@ -2,6 +2,8 @@
 use cnnc::jit::*;
 use proptest::prelude::*;
 
+mod common;
+
 /// Deterministic values in [-1, 1).
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
@@ -1215,7 +1217,7 @@ const PROP_CLIP: Clip = Clip {
 };
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(common::proptest_config(200))]
     #[test]
     fn prop_conv(c in 1usize..70, k in 1usize..70, h in 1usize..40, w in 1usize..40,
                  fh in 1usize..8, fw in 1usize..8, sh in 1usize..4, sw in 1usize..4,

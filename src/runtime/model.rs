@@ -437,7 +437,11 @@ impl Model {
     /// and out of the arena (3.2 MB each way in a ResNet bottleneck block).
     fn copy(&self, src: &[f32], dst: &mut [f32]) {
         let moved = src.len() as u64 * FLOPS_PER_FLOAT_MOVED;
-        match self.pool.as_ref().filter(|_| moved >= self.parallel_min_work) {
+        match self
+            .pool
+            .as_ref()
+            .filter(|_| moved >= self.parallel_min_work)
+        {
             Some(p) => p.split_slice(dst, 16, |from, part| {
                 part.copy_from_slice(&src[from..from + part.len()])
             }),
@@ -466,7 +470,10 @@ impl Model {
         // Large layers are split across the pool; small ones run here, since handing
         // work to another thread costs more than they take.
         let work = step.work_per_item * b as u64;
-        let pool = self.pool.as_ref().filter(|_| work >= self.parallel_min_work);
+        let pool = self
+            .pool
+            .as_ref()
+            .filter(|_| work >= self.parallel_min_work);
         let n_in = step.inputs.len();
         if let Code::Fc { k, packed } = &step.code {
             // One call for the whole chunk: the weights are read once for every item. Its

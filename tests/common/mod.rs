@@ -132,3 +132,29 @@ pub const CONV_RELU: &str =
 pub fn tmp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// The property tests' RNG seed: `PROPTEST_RNG_SEED` (proptest's own variable) when set,
+/// else 0, so that the suite's verdict does not change from one run of the same code to
+/// the next; random campaigns set it (docs/testing.md).
+pub fn proptest_seed() -> u64 {
+    std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A property test's config: `cases` cases (or `PROPTEST_CASES`), from [`proptest_seed`].
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    Config {
+        cases,
+        // Long campaigns reject proportionally more drawn shapes (`prop_assume!`).
+        max_global_rejects: 1024.max(4 * cases),
+        rng_seed: RngSeed::Fixed(proptest_seed()),
+        ..Config::default()
+    }
+}
