@@ -168,6 +168,15 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (16, 41, 61, 17, 3, 1, 1),
         // The whole layout with `U` above 1 MB: the GEMM prefetches its weights' stream.
         (96, 26, 30, 80, 3, 1, 1),
+        // The whole layout on the AVX-512 transforms (avx512): 2 tile rows of 7 and 8 tiles
+        // a vector (the last vector's second row past the grid; a last row of 3 output
+        // rows), 4 rows of 4 and 2 tiles (padded rows read to the plane's last column and
+        // row), and one row of 16 tiles (f32x4 transforms).
+        (16, 28, 28, 20, 3, 1, 1),
+        (20, 15, 30, 17, 3, 1, 1),
+        (17, 22, 13, 18, 3, 1, 1),
+        (19, 38, 10, 16, 3, 1, 0),
+        (16, 4, 62, 16, 3, 1, 1),
     ] {
         for (bias, residual, relu) in [(true, true, true), (false, false, false)] {
             let mut spec = ConvSpec::square(c, h, k, f, s, p);

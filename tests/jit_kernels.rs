@@ -378,33 +378,55 @@ fn split_pools() -> &'static [ThreadPool; 2] {
 /// channel): bit-identical, and against the reference. Shapes: 1..3 blocks of 14 and of 6
 /// channels with tails (16 channels at least: below, Winograd does not apply), dense tile
 /// groups (7x7, 9x11) and row groups with partial last tiles, bias, residual and ReLU.
-/// At avx512, grids whose rows are 13-16 or 30 tiles run tile group by tile group (the
-/// AVX-512 input transform, one or two vectors of 16 tiles per row; groups of 1 and 2
-/// tile rows, the last one reaching past the grid; partial last tile rows and columns;
-/// pads 0 and 1).
+/// At avx512 the transforms are AVX-512 code on 16 tiles per vector: grids whose rows are
+/// 13-16 or 30 tiles run tile group by tile group (`G`: one or two vectors of 16 tiles per
+/// row; groups of 1 and 2 tile rows, the last one reaching past the grid; partial last tile
+/// rows and columns; pads 0 and 1), and the grids of rows of up to 8 tiles that are not
+/// dense run the whole layout on them (`W`), rows of up to 8 (4) tiles stacked 2 (4) to a
+/// vector.
 #[test]
 fn conv_winograd_every_isa_on_a_pool() {
     let mut seed = 2000;
-    for (c, h, w, k, p, grouped) in [
-        (16, 7, 7, 16, 1, false),
-        (17, 9, 11, 29, 1, false),
-        (20, 14, 14, 43, 1, false),
-        (33, 17, 6, 17, 1, false),
-        (24, 22, 19, 64, 1, false),
-        (16, 13, 50, 20, 1, true),
-        (17, 23, 61, 29, 1, true),
-        (20, 30, 58, 33, 0, true),
-        (16, 9, 118, 16, 1, true),
-        (16, 36, 50, 17, 1, true),
+    // Where the transforms run at avx512: f32x4 code (`F`), grouped, or the whole layout.
+    const F: &str = "";
+    const G: &str = "groups of";
+    const W: &str = "a vector";
+    for (c, h, w, k, p, at_avx512) in [
+        (16, 7, 7, 16, 1, F),
+        (17, 9, 11, 29, 1, F),
+        (20, 14, 14, 43, 1, W),
+        (33, 17, 6, 17, 1, F),
+        (24, 22, 19, 64, 1, W),
+        (16, 13, 50, 20, 1, G),
+        (17, 23, 61, 29, 1, G),
+        (20, 30, 58, 33, 0, G),
+        (16, 9, 118, 16, 1, G),
+        (16, 36, 50, 17, 1, G),
+        // The whole layout: rows of 7 and 8 tiles two to a vector (the last vector's second
+        // tile row past the grid, or of 3 output rows), rows of 4 and 2 tiles four to a
+        // vector (the last vector half past the grid); f32x4 transforms for one row of 16
+        // tiles (too few rows to group) and rows of 10 tiles.
+        (16, 28, 28, 20, 1, W),
+        (20, 15, 30, 33, 1, W),
+        (24, 22, 13, 20, 1, W),
+        (19, 38, 10, 17, 0, W),
+        (17, 4, 62, 16, 1, F),
+        (16, 19, 40, 18, 1, F),
         // `U` above 1 MB: the GEMM's first tile of each block row prefetches its weights.
-        (96, 26, 30, 80, 1, false),
+        (96, 26, 30, 80, 1, W),
+        (96, 10, 62, 80, 1, F),
     ] {
         for isa in cnnc::Isa::host_levels() {
             let mut s = spec(c, h, w, k, 3, 3, (1, 1), (p, p));
             (s.bias, s.residual, s.relu) = (seed % 2 == 0, seed % 3 != 0, true);
             let (_, _, micro) = check_conv_with(&s, seed, Some(isa), Some(ConvMethod::Winograd));
-            let want = grouped && isa == cnnc::Isa::Avx512;
-            assert_eq!(micro.contains("groups"), want, "{s:?} at {isa}: {micro}");
+            let zmm = isa == cnnc::Isa::Avx512 && at_avx512 != F;
+            assert_eq!(
+                micro.contains("zmm transforms"),
+                zmm,
+                "{s:?} at {isa}: {micro}"
+            );
+            assert!(!zmm || micro.contains(at_avx512), "{s:?} at {isa}: {micro}");
             seed += 1;
         }
     }

@@ -17,8 +17,8 @@ fn lowered(g: &cnnc::Graph, opts: &Options) -> Plan {
 /// The convolutions' methods, those that compute the same bits counted as one: a 1x1
 /// convolution without padding is one FMA chain over the input channels in order whether
 /// the direct kernel (strided 1x1 at sse) or the pointwise GEMM (at avx2 / avx512) computes
-/// it. Winograd run tile group by tile group (AVX-512 transforms, which round otherwise than
-/// the f32x4 ones) counts as a method of its own.
+/// it. Winograd on the AVX-512 transforms (tile group by tile group, or the whole layout),
+/// which round otherwise than the f32x4 ones, counts as a method of its own.
 fn conv_methods(plan: &Plan) -> Vec<(ConvMethod, bool)> {
     plan.steps
         .iter()
@@ -26,7 +26,7 @@ fn conv_methods(plan: &Plan) -> Vec<(ConvMethod, bool)> {
             Kernel::Conv { spec, method, isa } => {
                 let pointwise = spec.kernel_h * spec.kernel_w == 1 && spec.pad_h + spec.pad_w == 0;
                 let grouped = method == ConvMethod::Winograd
-                    && method.micro_kernel(&spec, isa).contains("groups");
+                    && method.micro_kernel(&spec, isa).contains("zmm transforms");
                 Some(if pointwise {
                     (ConvMethod::PointwiseGemm, false)
                 } else {

@@ -306,6 +306,17 @@ impl KernelModule {
         used: &[bool],
         body: impl FnOnce(&mut Emit, L, Value, Value) -> Result<()>,
     ) -> Result<PendingId> {
+        self.define_using_micros(used, &[], body)
+    }
+
+    /// `define_using` for a function that calls the x86 micro-kernels `micros`
+    /// ([`Emit::micros`]).
+    pub(crate) fn define_using_micros<L: Layout<Value>>(
+        &mut self,
+        used: &[bool],
+        micros: &[MicroId],
+        body: impl FnOnce(&mut Emit, L, Value, Value) -> Result<()>,
+    ) -> Result<PendingId> {
         if used.len() != L::LEN {
             return Err(Error::Codegen(format!(
                 "{} slots marked for a layout of {}",
@@ -313,7 +324,12 @@ impl KernelModule {
                 L::LEN
             )));
         }
-        self.define_fn(used, &[], &[], |e, p| {
+        if micros.iter().any(|m| m.module != self.id) {
+            return Err(Error::Codegen(
+                "micro-kernel handle belongs to a different KernelModule".into(),
+            ));
+        }
+        self.define_fn(used, &[], micros, |e, p| {
             body(e, L::from_slice(&p[..L::LEN]), p[L::LEN], p[L::LEN + 1])
         })
     }
@@ -324,14 +340,7 @@ impl KernelModule {
         micros: &[MicroId],
         body: impl FnOnce(&mut Emit, L, Value, Value) -> Result<()>,
     ) -> Result<PendingId> {
-        if micros.iter().any(|m| m.module != self.id) {
-            return Err(Error::Codegen(
-                "micro-kernel handle belongs to a different KernelModule".into(),
-            ));
-        }
-        self.define_fn(&vec![true; L::LEN], &[], micros, |e, p| {
-            body(e, L::from_slice(&p[..L::LEN]), p[L::LEN], p[L::LEN + 1])
-        })
+        self.define_using_micros(&vec![true; L::LEN], micros, body)
     }
 
     /// `define_with_micros` for a function that only drives the micro-kernels (loops,

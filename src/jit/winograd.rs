@@ -47,7 +47,7 @@ use super::conv::{ConvBufs, ConvSpec, PROLOGUE_USES};
 use super::epilogue::Epilogue;
 use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs};
 use super::implicit::STREAMED_WEIGHTS_BYTES;
-use super::module::{Emit, KernelModule, PendingId};
+use super::module::{Emit, KernelModule, MicroId, PendingId};
 use super::x86::winograd::{WinogradInput, WinogradOutput, LANES};
 use crate::error::Result;
 use crate::options::Isa;
@@ -125,6 +125,8 @@ pub(crate) struct WinogradPlan {
     gemm: PixelGemm,
     /// The tile-group-major schedule, where it pays ([`Groups`]; boxed: a second GEMM).
     groups: Option<Box<Groups>>,
+    /// The whole layout on the AVX-512 transforms ([`Wide`]).
+    wide: Option<Box<Wide>>,
 }
 
 /// The tile-group-major schedule (session 8): per group of `rows` tile rows, the padded
@@ -158,6 +160,56 @@ struct Groups {
     /// when it has fewer.
     output: WinogradOutput,
     last_output: Option<WinogradOutput>,
+}
+
+/// The whole layout's transforms on zmm (avx512, layers not grouped, rows of up to 8
+/// tiles: 28x28, 27x27, 14x14 outputs): the AVX-512 input transform of each input
+/// channel's padded plane and the output transform of each output channel, the grouped
+/// schedule's code with 2 or 4 tile rows stacked in each vector of 16 tiles
+/// ([`WinogradInput::stack`]).
+#[derive(Clone, Debug)]
+struct Wide {
+    /// Tile rows per vector ([`WinogradInput::stack`]).
+    stack: usize,
+    /// Floats of a tile row in a `V` or `M` row (`16 / stack`, or whole vectors).
+    row_tiles: usize,
+    input: WinogradInput,
+    /// The output transforms of `stack` tile rows of 4 output rows, and of the last ones.
+    output: WinogradOutput,
+    last_output: Option<WinogradOutput>,
+}
+
+/// The AVX-512 output transform of a layer `s` whose `M` rows hold `cols` tiles, for
+/// calls of `vectors` vectors of `stack` tile rows, of `rows` output rows each.
+fn output_spec(
+    s: &ConvSpec,
+    (vectors, stack): (usize, usize),
+    rows: [usize; 4],
+    cols: usize,
+) -> WinogradOutput {
+    let ep = s.epilogue();
+    WinogradOutput {
+        vectors,
+        stack,
+        rows,
+        ow: s.out_w(),
+        m_stride: skewed(s.out_c * cols),
+        bias: ep.bias,
+        residual: ep.residual,
+        relu: ep.relu,
+        clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
+    }
+}
+
+/// The whole layout's GEMM over `tp` tiles: [`gemm_spec`], prefetching the weights where
+/// `U` exceeds L2 (read once, from memory; `CNNC_WINOGRAD_PF=0` turns it off, to measure).
+fn whole_gemm(s: &ConvSpec, tp: usize, isa: Isa) -> PixelGemm {
+    let gemm = PixelGemm::new(gemm_spec(s, tp), isa);
+    let streams = POS * s.in_c * s.out_c * 4 > STREAMED_WEIGHTS_BYTES;
+    if streams && std::env::var("CNNC_WINOGRAD_PF").map_or(true, |v| v != "0") {
+        return gemm.prefetching_weights();
+    }
+    gemm
 }
 
 /// The GEMM of the 36 positions of a layer `s` over `pixels` tiles (the epilogue comes
@@ -279,17 +331,77 @@ impl WinogradPlan {
     }
 
     fn new(spec: ConvSpec, isa: Isa) -> Self {
+        let mut plan = Self::f32x4_layout(spec, isa);
+        plan.groups = plan.grouped_schedule(isa);
+        if plan.groups.is_none() && isa == Isa::Avx512 {
+            plan.wide = plan.wide_layout(isa).map(Box::new);
+        }
+        plan
+    }
+
+    /// The whole layout on the AVX-512 transforms (not grouped, at avx512) where its tile
+    /// rows stack in vectors of 16: 2 (4) tile rows of up to 8 (4) tiles in each, and the
+    /// plan's `tp`, `hp`, `wp` and GEMM for that layout. The GEMMs then run on as many
+    /// vectors of columns as the f32x4 layout's (28x28: 64 columns for 49 tiles), and the
+    /// transforms cost less to compile (no 2,000-instruction Cranelift functions). `None`
+    /// where the f32x4 transforms stay: dense grids, and rows of 9 tiles or more (rows of
+    /// whole vectors made the GEMMs longer than the f32x4 layout, whose tile rows follow each
+    /// other: 256 -> 256 at 56x56 took 1.11x the time); `CNNC_WINOGRAD_WIDE=0` (to measure).
+    fn wide_layout(&mut self, isa: Isa) -> Option<Wide> {
+        let (th, tw, spec) = (self.th, self.tw, self.spec);
+        let stack = match tw {
+            _ if self.dense => return None,
+            1..=4 => 4,
+            5..=8 => 2,
+            _ => return None,
+        };
+        if std::env::var("CNNC_WINOGRAD_WIDE").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        let (vectors, row_tiles) = (1, LANES / stack);
+        let rows = th.next_multiple_of(stack);
+        let tp = rows * row_tiles;
+        // The gather reads 4 floats past a row's last tile.
+        let wp = row_tiles * TILE + 4;
+        let gemm = whole_gemm(&spec, tp, isa);
+        if gemm.mr() != self.gemm.mr() {
+            return None;
+        }
+        (self.tp, self.hp, self.wp, self.gemm) = (tp, TILE * rows + 2, wp, gemm);
+        let input = WinogradInput {
+            vectors,
+            wp,
+            v_stride: self.layout().v_stride,
+            direct: None,
+            stack,
+        };
+        let rows_of = |j: usize| if j < stack { TILE } else { 0 };
+        let full = output_spec(&spec, (vectors, stack), std::array::from_fn(rows_of), tp);
+        // The last call's tile rows: 4 output rows, fewer, or none (past the grid).
+        let (oh, per_call) = (spec.out_h(), TILE * stack);
+        let last = (oh % per_call != 0).then(|| {
+            let first = oh / per_call * per_call;
+            let rows = std::array::from_fn(|j| {
+                (oh.saturating_sub(first + TILE * j)).min(TILE) * usize::from(j < stack)
+            });
+            output_spec(&spec, (vectors, stack), rows, tp)
+        });
+        Some(Wide {
+            stack,
+            row_tiles,
+            input,
+            output: full,
+            last_output: last,
+        })
+    }
+
+    fn f32x4_layout(spec: ConvSpec, isa: Isa) -> Self {
         let (th, tw) = (spec.out_h().div_ceil(TILE), spec.out_w().div_ceil(TILE));
         let dense = tw % 4 != 0 && th * tw <= DENSE_TILES;
         let tw4 = if dense { tw } else { tw.next_multiple_of(4) };
         let tp = (th * tw + tw4 - tw).next_multiple_of(4);
-        let mut gemm = PixelGemm::new(gemm_spec(&spec, tp), isa);
-        // `U` beyond L2 streams from memory (the whole layout reads it once).
-        let streams = POS * spec.in_c * spec.out_c * 4 > STREAMED_WEIGHTS_BYTES;
-        if streams && std::env::var("CNNC_WINOGRAD_PF").map_or(true, |v| v != "0") {
-            gemm = gemm.prefetching_weights();
-        }
-        let mut plan = WinogradPlan {
+        let gemm = whole_gemm(&spec, tp, isa);
+        WinogradPlan {
             spec,
             th,
             tw,
@@ -300,10 +412,16 @@ impl WinogradPlan {
             wp: TILE * tw4 + 4,
             gemm,
             groups: None,
-        };
+            wide: None,
+        }
+    }
+
+    /// The tile-group-major schedule ([`Groups`]) where it pays ([`Self::group_rows`]).
+    fn grouped_schedule(&self, isa: Isa) -> Option<Box<Groups>> {
+        let (spec, th, tw) = (self.spec, self.th, self.tw);
         // The input transform on 16 tiles per vector is AVX-512 code.
-        let rows = plan.group_rows().filter(|_| isa == Isa::Avx512);
-        plan.groups = rows.and_then(|rows| {
+        let rows = self.group_rows().filter(|_| isa == Isa::Avx512);
+        rows.and_then(|rows| {
             let vectors = tw.div_ceil(LANES);
             let row_tiles = vectors * LANES;
             let cols = rows * row_tiles;
@@ -314,22 +432,13 @@ impl WinogradPlan {
                 wp,
                 v_stride: skewed(spec.in_c * cols),
                 direct: None,
+                stack: 1,
             };
-            let ep = spec.epilogue();
-            let output = |rows| WinogradOutput {
-                vectors,
-                rows,
-                ow: spec.out_w(),
-                m_stride: skewed(spec.out_c * cols),
-                bias: ep.bias,
-                residual: ep.residual,
-                relu: ep.relu,
-                clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
-            };
+            let output = |rows| output_spec(&spec, (vectors, 1), [rows, 0, 0, 0], cols);
             let last = spec.out_h() % TILE;
             // The same packing of `U` as the whole layout's GEMM (the f32x4 fallback of a
             // wide GEMM would pack otherwise).
-            (gemm.mr() == plan.gemm.mr()).then_some(Box::new(Groups {
+            (gemm.mr() == self.gemm.mr()).then_some(Box::new(Groups {
                 rows,
                 n: th.div_ceil(rows),
                 cols,
@@ -344,8 +453,7 @@ impl WinogradPlan {
                 output: output(TILE),
                 last_output: (last != 0).then(|| output(last)),
             }))
-        });
-        plan
+        })
     }
 
     /// Tile rows per group of the tile-group-major schedule, or `None` where the whole
@@ -434,14 +542,19 @@ impl WinogradPlan {
     }
     /// For profiles: the GEMM's micro-kernel, and the groups.
     pub(crate) fn micro_kernel(&self) -> String {
-        match &self.groups {
-            Some(g) => format!(
-                "{}, {} groups of {} tile rows",
+        match (&self.groups, &self.wide) {
+            (Some(g), _) => format!(
+                "{}, zmm transforms, {} groups of {} tile rows",
                 self.gemm.micro_kernel(),
                 g.n,
                 g.rows
             ),
-            None => self.gemm.micro_kernel(),
+            (None, Some(w)) => format!(
+                "{}, zmm transforms of {} tile rows a vector",
+                self.gemm.micro_kernel(),
+                w.stack
+            ),
+            (None, None) => self.gemm.micro_kernel(),
         }
     }
     /// Input channels (the prologue's work units).
@@ -528,9 +641,11 @@ impl WinogradPlan {
     /// [`Self::emit_grouped`] instead.
     pub(crate) fn emit(&self, km: &mut KernelModule) -> Result<WinogradFns> {
         let plan = self.clone();
+        let (inputs, outputs) = self.wide_micros(km)?;
         let prologue = km.quickly(|km| {
-            km.define_using(
+            km.define_using_micros(
                 &PROLOGUE_USES.into_array(),
+                &inputs,
                 move |e, b: ConvBufs<_>, begin, end| {
                     plan.prologue(e, b.input, b.scratch, begin, end)
                 },
@@ -545,7 +660,7 @@ impl WinogradPlan {
         })?;
         let plan = self.clone();
         let output = km.quickly(|km| {
-            km.define(move |e, b: ConvBufs<_>, begin, end| {
+            km.define_with_micros(&outputs, move |e, b: ConvBufs<_>, begin, end| {
                 let mbase = plan.m_base(e, b.scratch);
                 plan.output_transform(e, &b, mbase, (begin, end))
             })
@@ -632,6 +747,20 @@ impl WinogradPlan {
         })
     }
 
+    /// The AVX-512 transforms of the whole layout ([`Wide`]; none without): the input
+    /// transform, and the output transforms (full calls, then the last one's).
+    fn wide_micros(&self, km: &mut KernelModule) -> Result<(Vec<MicroId>, Vec<MicroId>)> {
+        let Some(w) = &self.wide else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let input = km.add_micro_once(2, "winograd input", &w.input, |i| i.emit())?;
+        let mut outputs = vec![km.add_micro_once(4, "winograd output", &w.output, |o| o.emit())?];
+        if let Some(last) = &w.last_output {
+            outputs.push(km.add_micro_once(4, "winograd output", last, |o| o.emit())?);
+        }
+        Ok((vec![input], outputs))
+    }
+
     fn prologue(
         &self,
         e: &mut Emit,
@@ -654,6 +783,17 @@ impl WinogradPlan {
                 0.0,
             )?;
             let vc = e.addr(vbase, c, lay.row * 4);
+            if let Some(w) = &self.wide {
+                // Bounds: call i reads padded rows `4 stack i .. 4 stack i + 4 stack + 2 <=
+                // hp` and writes `V` floats `stack i row_tiles ..` of its `stack` tile rows.
+                let calls = (self.hp - 2) / (TILE * w.stack);
+                return e.for_const(0, calls as i64, 1, |e, i| {
+                    let prow = e.addr(pc, i, TILE * w.stack * self.wp * 4);
+                    let vrow = e.addr(vc, i, w.stack * w.row_tiles * 4);
+                    e.b.ins().call(e.micros[0], &[prow, vrow]);
+                    Ok(())
+                });
+            }
             if self.dense {
                 for (g, tiles) in self.dense_groups().iter().enumerate() {
                     let origins = tiles.map(|(ty, tx)| (ty * TILE * self.wp + tx * TILE) * 4);
@@ -913,12 +1053,14 @@ impl WinogradPlan {
         let wl = self.u_stride();
         let (oh, ow) = (s.out_h(), s.out_w());
         e.for_range(k0, k1, 1, |e, kk| {
-            let bias = if s.bias {
-                let bp = e.addr(w, kk, 4);
-                let b = e.load(F32, bp, off(POS * wl * 4));
-                Some((b, e.b.ins().splat(F32X4, b)))
-            } else {
-                None
+            let bp = e.addr(w, kk, 4);
+            let bp = e.add_imm(bp, (POS * wl * 4) as i64);
+            let bias = match (s.bias, &self.wide) {
+                (true, None) => {
+                    let b = e.load(F32, bp, off(0));
+                    Some((b, e.b.ins().splat(F32X4, b)))
+                }
+                _ => None,
             };
             let ch = Channel {
                 m: e.addr(mbase, kk, row * 4),
@@ -926,6 +1068,9 @@ impl WinogradPlan {
                 res: e.addr(res, kk, oh * ow * 4),
                 bias,
             };
+            if let Some(w) = &self.wide {
+                return self.output_wide(e, w, &ch, bp);
+            }
             if self.dense {
                 self.output_dense(e, &ch);
                 return Ok(());
@@ -940,6 +1085,35 @@ impl WinogradPlan {
             }
             Ok(())
         })
+    }
+
+    /// The output transform of one output channel ([`Wide`]): a call of the AVX-512
+    /// transform per `stack` tile rows (`e.micros[0]`; the last call, when its tile rows
+    /// have fewer than 4 output rows or lie past the grid, `e.micros[1]`), `bp` its bias.
+    fn output_wide(&self, e: &mut Emit, w: &Wide, ch: &Channel, bp: Value) -> Result<()> {
+        let (oh, ow) = (self.spec.out_h(), self.spec.out_w());
+        // Bounds: call i stores output rows `4 stack i + 4 j + a` for `a < rows[j]`, all
+        // below `oh` (the full calls: `4 stack (i + 1) <= oh`).
+        let per_call = TILE * w.stack;
+        let at = |e: &mut Emit, i: Value| {
+            [
+                e.addr(ch.m, i, w.stack * w.row_tiles * 4),
+                e.addr(ch.out, i, per_call * ow * 4),
+                e.addr(ch.res, i, per_call * ow * 4),
+                bp,
+            ]
+        };
+        e.for_const(0, (oh / per_call) as i64, 1, |e, i| {
+            let args = at(e, i);
+            e.b.ins().call(e.micros[0], &args);
+            Ok(())
+        })?;
+        if w.last_output.is_some() {
+            let i = e.iconst((oh / per_call) as i64);
+            let args = at(e, i);
+            e.b.ins().call(e.micros[1], &args);
+        }
+        Ok(())
     }
 
     /// The output side of group `g`: for every output channel, each of the group's tile rows

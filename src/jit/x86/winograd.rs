@@ -40,6 +40,10 @@ pub struct WinogradInput {
     /// fall left or right of the row masked to zero (masked-off lanes do not fault); `None`:
     /// padded rows `wp` floats apart.
     pub direct: Option<(usize, usize)>,
+    /// Tile rows per vector: 1, or for rows of at most 8 (4) tiles 2 (4) tile rows of
+    /// `16 / stack` lanes each, whose padded rows start `4 wp` floats apart (padded rows
+    /// only, one vector per call; [`Self::gather_stacked`]).
+    pub stack: usize,
 }
 
 /// Lanes (tiles) per vector.
@@ -115,14 +119,20 @@ fn finish(mut v: Vasm, mut tables: [CodeLabel; 4], data: [Vec<u32>; 4]) -> Resul
 
 impl WinogradInput {
     pub fn emit(&self) -> Result<Vec<u8>> {
-        if self.direct.is_none() && self.wp < LANES * 4 * self.vectors + 16 {
+        let stacked_ok = match self.stack {
+            1 => true,
+            2 | 4 => self.vectors == 1 && self.direct.is_none() && self.wp >= 64 / self.stack + 4,
+            _ => false,
+        };
+        let short = self.stack == 1 && self.direct.is_none() && self.wp < 64 * self.vectors + 16;
+        if !stacked_ok || short {
             return Err(Error::Codegen(format!(
-                "Winograd input rows of {} floats for {} vectors",
-                self.wp, self.vectors
+                "no Winograd input transform for {self:?}"
             )));
         }
         disp(35 * self.v_stride * 4 + self.vectors * LANES * 4)?;
         disp(5 * self.row_stride() * 4 + self.vectors * LANES * 16 + 256)?;
+        disp(((5 + 4 * (self.stack - 1)) * self.row_stride() + 64 + 4) * 4)?;
         let mut v = Vasm::new(Width::Z512)?;
         let tables = start(&mut v, IDX, &[(C4, 4.0), (C2, 2.0), (C5, 5.0)])?;
         v.a.mov(eax, 0xFF00).map_err(asm_err)?;
@@ -138,7 +148,11 @@ impl WinogradInput {
     fn vector(&self, v: &mut Vasm, q: usize) -> Result<()> {
         let col = q * LANES * 4;
         for r in 0..6 {
-            self.gather(v, r * self.row_stride() * 4, col)?;
+            if self.stack > 1 {
+                self.gather_stacked(v, r * self.row_stride() * 4)?;
+            } else {
+                self.gather(v, r * self.row_stride() * 4, col)?;
+            }
             Bt::apply(v, D, Z)?;
             for j in 0..6 {
                 let at = rsp + disp((r * 6 + j) * 64)?;
@@ -230,6 +244,40 @@ impl WinogradInput {
     }
 }
 
+impl WinogradInput {
+    /// [`Self::gather`] of `stack` tile rows of `16 / stack` tiles each (padded rows `at`
+    /// bytes from `rdi`, the next tile row's `4 wp` floats on): the index `4 l + s` of
+    /// `vpermt2ps` picks lanes 0-7 from two vectors of 16 floats and lanes 8-15 from two
+    /// more, so those four vectors are the rows' first 32 floats (2 tile rows of 8 lanes:
+    /// floats 0-15 and 16-31 of each) or first 16 (4 tile rows of 4). Columns 4 and 5 are
+    /// gathered the same way from 4 floats on: the next lane may be another tile row's.
+    fn gather_stacked(&self, v: &mut Vasm, at: usize) -> Result<()> {
+        let per_row = 4 / self.stack;
+        let m = |i: usize, shift: usize| -> Result<AsmMemoryOperand> {
+            let (j, o) = (i / per_row, (i % per_row) * LANES);
+            Ok(zmmword_ptr(
+                rdi + disp(at + (4 * j * self.wp + o + shift) * 4)?,
+            ))
+        };
+        for s in 0..6 {
+            let (idx, shift) = if s < 4 {
+                (IDX + s, 0)
+            } else {
+                (IDX + s - 4, 4)
+            };
+            let a = &mut v.a;
+            a.vmovups(zr(D + s), m(0, shift)?).map_err(asm_err)?;
+            a.vpermt2ps(zr(D + s), zr(idx), m(1, shift)?)
+                .map_err(asm_err)?;
+            a.vmovups(zr(HI), m(2, shift)?).map_err(asm_err)?;
+            a.vpermt2ps(zr(HI), zr(idx), m(3, shift)?)
+                .map_err(asm_err)?;
+            a.vmovaps(zr(D + s).k1(), zr(HI)).map_err(asm_err)?;
+        }
+        Ok(())
+    }
+}
+
 /// Where a vector of a row comes from: memory (float offset from the vector's column), or a
 /// register it was loaded into (masked).
 #[derive(Clone, Copy)]
@@ -285,8 +333,12 @@ impl Bt {
 pub struct WinogradOutput {
     /// Vectors of 16 tiles along the row.
     pub vectors: usize,
-    /// Output rows of the tile row (4, or fewer for the output's last tile row).
-    pub rows: usize,
+    /// Tile rows per vector, as [`WinogradInput::stack`]: tile row `j` of a call is stored
+    /// `4 j` output rows below the first.
+    pub stack: usize,
+    /// Output rows of each of the call's `stack` tile rows (4, fewer for the output's last
+    /// tile row, 0 for the rows of a last vector past it).
+    pub rows: [usize; 4],
     /// Output width (pixels from `ow` on are not stored).
     pub ow: usize,
     /// Floats from one position `ξ` of `M` to the next.
@@ -314,13 +366,19 @@ const OUT_STACK: usize = 40 * 64;
 
 impl WinogradOutput {
     pub fn emit(&self) -> Result<Vec<u8>> {
-        if !(1..=4).contains(&self.rows) || self.ow > LANES * 4 * self.vectors {
+        let stacked_ok = match self.stack {
+            1 => self.rows[1..].iter().all(|&r| r == 0),
+            2 | 4 => self.vectors == 1 && self.rows[self.stack..].iter().all(|&r| r == 0),
+            _ => false,
+        };
+        let rows_ok = (1..=4).contains(&self.rows[0]) && self.rows.iter().all(|&r| r <= 4);
+        if !stacked_ok || !rows_ok || self.ow > LANES * 4 * self.vectors / self.stack {
             return Err(Error::Codegen(format!(
                 "no Winograd output transform for {self:?}"
             )));
         }
         disp(35 * self.m_stride * 4 + self.vectors * LANES * 4)?;
-        disp((3 * self.ow + LANES * 4 * self.vectors) * 4)?;
+        disp(((4 * self.stack - 1) * self.ow + LANES * 4 * self.vectors) * 4)?;
         let mut v = Vasm::new(Width::Z512)?;
         let tables = start(&mut v, IL, &[(C4, 4.0), (C2, 2.0), (C8, 8.0)])?;
         if let Some((lo, hi)) = self.clip {
@@ -381,7 +439,7 @@ impl WinogradOutput {
                     .map_err(asm_err)?;
             }
         }
-        for a in 0..self.rows {
+        for a in 0..self.rows.iter().copied().max().unwrap_or(0) {
             self.output_row(v, q, a, &slot)?;
         }
         Ok(())
@@ -404,23 +462,26 @@ impl WinogradOutput {
             v.a.vpermt2ps(zr(PAIRS + p), zr(IL + half), other)
                 .map_err(asm_err)?;
         }
-        // Chunk m: tiles 4 m .. 4 m + 4, from pairs (A, C) = (0, 2) for m < 2, (1, 3) after.
+        // Chunk m: tiles 4 m .. 4 m + 4, from pairs (A, C) = (0, 2) for m < 2, (1, 3) after;
+        // of tile row `j` of the call, from its column `col`.
+        let per_row = 4 / self.stack;
         for m in 0..4 {
+            let j = m / per_row;
+            let col = q * LANES * 4 + (m % per_row) * LANES;
+            let n = self.ow.saturating_sub(col).min(LANES);
+            if n == 0 || a >= self.rows[j] {
+                continue;
+            }
             let (first, second) = if m < 2 { (0, 2) } else { (1, 3) };
             let c = zr(CHUNKS + m);
             v.a.vmovaps(c, zr(PAIRS + first)).map_err(asm_err)?;
             v.a.vpermt2ps(c, zr(QU + m % 2), zr(PAIRS + second))
                 .map_err(asm_err)?;
-            let col = q * LANES * 4 + m * LANES;
-            let n = self.ow.saturating_sub(col).min(LANES);
-            if n == 0 {
-                continue;
-            }
             if n < LANES {
                 v.a.mov(eax, ((1u32 << n) - 1) as i32).map_err(asm_err)?;
                 v.a.kmovw(k2, eax).map_err(asm_err)?;
             }
-            let at = disp((a * self.ow + col) * 4)?;
+            let at = disp(((4 * j + a) * self.ow + col) * 4)?;
             self.epilogue(v, CHUNKS + m, at, n < LANES)?;
         }
         Ok(())
