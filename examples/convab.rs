@@ -3,7 +3,8 @@
 //! (weights from `CNNC_COPIES` copies, default 20) and prints both medians and the median
 //! ratio of pairs; `CNNC_THREADS=n` runs both split on a pool of n threads, `CNNC_FLUSH_MB=n`
 //! writes n MB of other memory before each run (each starts cold). E.g. Winograd against the direct kernel: `convab 256 14 256 3 1 1
-//! CNNC_NO_WINOGRAD - 1`. Pairs of runs alternating in one process are the only figures that
+//! CNNC_METHOD winograd direct` (`CNNC_NO_WINOGRAD - 1` compares the cost model's pick with
+//! the direct kernel). Pairs of runs alternating in one process are the only figures that
 //! stayed comparable on a shared host whose memory bandwidth swings several-fold.
 use cnnc::jit::*;
 use std::time::Instant;
@@ -33,7 +34,13 @@ fn main() {
         }
         let mut km = KernelModule::new().unwrap();
         km.set_winograd(std::env::var_os("CNNC_NO_WINOGRAD").is_none());
-        let pk = km.add_conv(&spec).unwrap();
+        // CNNC_METHOD=winograd|direct: that method whatever the cost model picks.
+        let pk = match std::env::var("CNNC_METHOD").as_deref() {
+            Ok("winograd") => km.add_conv_with(&spec, ConvMethod::Winograd),
+            Ok("direct") => km.add_conv_with(&spec, ConvMethod::Direct),
+            _ => km.add_conv(&spec),
+        }
+        .unwrap();
         let code = km.finalize().unwrap();
         // Bound now, while VAR has this variant's value.
         let kern = code.get(pk.clone()).unwrap();
