@@ -90,7 +90,7 @@ fn conv_stays_in_bounds() {
 }
 
 fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
-    let mut winograd_layers = 0;
+    let (mut winograd_layers, mut in_place_layers) = (0, 0);
     for &(c, h, w, k, f, s, p) in &[
         // Implicit GEMM (avx2 / avx512): unpadded strided convs reading up to the input's
         // last column (the stride-2 copies' row ends), the stem, reduction blocks, pixel
@@ -178,7 +178,13 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (19, 38, 10, 16, 3, 1, 0),
         (16, 4, 62, 16, 3, 1, 1),
     ] {
-        for (bias, residual, relu) in [(true, true, true), (false, false, false)] {
+        // The last: the residual read from the output buffer, where the method can.
+        let epilogues = [
+            (true, true, true, false),
+            (false, false, false, false),
+            (true, true, true, true),
+        ];
+        for (bias, residual, relu, in_place) in epilogues {
             let mut spec = ConvSpec::square(c, h, k, f, s, p);
             spec.in_w = w;
             spec.bias = bias;
@@ -187,7 +193,17 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
             // The method picked for the shape, and Winograd wherever it can compute it (the
             // cost model leaves it to large outputs).
             let default = ConvMethod::for_spec(&spec, true, isa);
-            for method in [default, ConvMethod::Winograd] {
+            if in_place && !default.reads_residual_in_place(&spec, isa) {
+                continue;
+            }
+            spec.residual_in_place = in_place;
+            in_place_layers += usize::from(in_place);
+            let methods = if in_place {
+                &[default][..]
+            } else {
+                &[default, ConvMethod::Winograd]
+            };
+            for &method in methods {
                 let mut km = KernelModule::new().unwrap();
                 km.set_isa(isa).unwrap();
                 let pk = match km.add_conv_with(&spec, method) {
@@ -200,13 +216,19 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
             }
         }
     }
-    // The Winograd rows of the table above.
+    // The Winograd rows of the table above, and the pointwise ones in place.
     assert!(winograd_layers >= 8, "{winograd_layers} Winograd layers");
+    assert!(in_place_layers >= 10, "{in_place_layers} in place");
 }
 
 /// Runs the kernel `pk` of `km` on guarded buffers, whole and split across threads.
 fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
-    let (k, bias, residual) = (spec.out_c, spec.bias, spec.residual);
+    let (k, bias) = (spec.out_c, spec.bias);
+    // In place, the output holds the residual and no residual buffer is passed.
+    let (residual, in_place) = (
+        spec.residual && !spec.residual_in_place,
+        spec.residual_in_place,
+    );
     let packed = pk
         .pack_weights(&vals(spec.weight_len()), bias.then(|| vals(k)).as_deref())
         .unwrap();
@@ -216,7 +238,11 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
         let x = Guarded::from(&vals(spec.input_len()), after);
         let wp = Guarded::from(&packed, after);
         let r = Guarded::from(&vals(spec.output_len()), after);
-        let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
+        let out_for = || match in_place {
+            true => Guarded::from(&vals(spec.output_len()), after),
+            false => Guarded::new(spec.output_len(), after, f32::NAN),
+        };
+        let mut out = out_for();
         let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
         kern.run(
             x.s(),
@@ -230,7 +256,7 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
         assert!(out.s().iter().all(|v| v.is_finite()));
         // Split across threads: the prologue's and the compute's parts.
         let pool = ThreadPool::new(2, std::time::Duration::from_micros(50));
-        let mut out2 = Guarded::new(spec.output_len(), after, f32::NAN);
+        let mut out2 = out_for();
         let mut scratch = Guarded::new(kern.scratch_len_on(2), after, 0.0);
         kern.run_parallel(
             &pool,

@@ -457,6 +457,7 @@ fn spec(
         bias: false,
         relu: false,
         residual: false,
+        residual_in_place: false,
         clip: None,
     }
 }
@@ -1947,6 +1948,111 @@ fn conv_pointwise_every_isa_bit_identical() {
         assert_levels_agree(&s, &outs);
         seed += 5;
     }
+}
+
+/// A pointwise conv reading its residual from its output buffer
+/// (`ConvSpec::residual_in_place`, the output filled with the residual first) gives the
+/// bits of the same conv with a residual buffer, at every ISA level, on whole, split and
+/// pooled ranges: pixel-major columns (packed or not, with pixel tails), weight-major
+/// blocks (expansions, more channels than pixels, prefetched weights), strided 1x1 with
+/// its sampled copy, channel tails of every block height, every epilogue. Where the method
+/// stores partial sums in the output first (columns in chunks of input channels), in
+/// place is refused, and an in-place kernel refuses a residual buffer.
+#[test]
+fn conv_residual_read_in_place_every_isa() {
+    let shapes = [
+        spec(97, 9, 7, 15, 1, 1, (1, 1), (0, 0)),
+        spec(64, 10, 10, 61, 1, 1, (1, 1), (0, 0)),
+        spec(40, 13, 13, 161, 1, 1, (1, 1), (0, 0)),
+        spec(300, 5, 7, 50, 1, 1, (1, 1), (0, 0)),
+        spec(130, 8, 8, 29, 1, 1, (1, 1), (0, 0)),
+        spec(600, 9, 9, 44, 1, 1, (1, 1), (0, 0)),
+        spec(1100, 9, 9, 20, 1, 1, (1, 1), (0, 0)),
+        spec(2100, 5, 5, 130, 1, 1, (1, 1), (0, 0)),
+        spec(33, 15, 13, 70, 1, 1, (2, 2), (0, 0)),
+        spec(16, 9, 9, 7, 1, 1, (3, 2), (0, 0)),
+    ];
+    let (mut in_place, mut refused) = (0, 0);
+    for (i, base) in shapes.iter().enumerate() {
+        let s = ConvSpec {
+            residual: true,
+            ..cycled_epilogue(i, *base)
+        };
+        let seed = 7000 + 10 * i as u64;
+        let x = rand_vec(s.input_len(), seed);
+        let scale = 1.0 / (s.in_c as f32).sqrt();
+        let w: Vec<f32> = rand_vec(s.weight_len(), seed + 1)
+            .iter()
+            .map(|v| v * scale)
+            .collect();
+        let b = s.bias.then(|| rand_vec(s.out_c, seed + 2));
+        let r = rand_vec(s.output_len(), seed + 3);
+        let ip = ConvSpec {
+            residual_in_place: true,
+            ..s
+        };
+        for isa in cnnc::Isa::host_levels() {
+            let m = ConvMethod::PointwiseGemm;
+            let what = format!("{s:?} at {isa:?}");
+            let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
+            if !m.reads_residual_in_place(&s, isa) {
+                assert!(km.add_conv_with(&ip, m).is_err(), "{what}");
+                refused += 1;
+                continue;
+            }
+            in_place += 1;
+            let (pa, pb) = (
+                km.add_conv_with(&s, m).unwrap(),
+                km.add_conv_with(&ip, m).unwrap(),
+            );
+            let packed = pa.pack_weights(&w, b.as_deref()).unwrap();
+            assert_eq!(packed, pb.pack_weights(&w, b.as_deref()).unwrap(), "{what}");
+            let code = km.finalize().unwrap();
+            let (ka, kb) = (code.get(pa).unwrap(), code.get(pb).unwrap());
+            let mut want = vec![f32::NAN; s.output_len()];
+            ka.run_all(&x, &packed, Some(&r), &mut want).unwrap();
+            let mut out = r.clone();
+            assert!(
+                kb.run_all(&x, &packed, Some(&r), &mut out).is_err(),
+                "{what}"
+            );
+            kb.run_all(&x, &packed, None, &mut out).unwrap();
+            assert_bits(&out, &want, &what);
+            let units = kb.work_units();
+            let mut scratch = vec![0.0f32; kb.scratch_len()];
+            for pieces in [2usize, 3, 7] {
+                let mut out = r.clone();
+                for i in 0..pieces {
+                    let range = units * i / pieces..units * (i + 1) / pieces;
+                    kb.run(&x, &packed, None, &mut out, &mut scratch, range)
+                        .unwrap();
+                }
+                assert_bits(&out, &want, &format!("{what}, split in {pieces}"));
+            }
+            for pool in split_pools() {
+                let mut scratch = vec![0.0f32; kb.scratch_len_on(pool.threads())];
+                let mut out = r.clone();
+                kb.run_parallel(pool, &x, &packed, None, &mut out, &mut scratch)
+                    .unwrap();
+                assert_bits(&out, &want, &format!("{what}, {} threads", pool.threads()));
+            }
+        }
+    }
+    assert!(in_place >= shapes.len(), "{in_place} in place");
+    // The 1100-channel columns go in chunks at avx2 and avx512 (the 600-channel ones at
+    // avx512), the f32x4 tiles never.
+    if cnnc::Isa::host_levels().len() > 1 {
+        assert!(refused >= 1, "{refused} refused");
+    }
+}
+
+fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+    let same = got
+        .iter()
+        .zip(want)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same && got.len() == want.len(), "{what}: differs");
 }
 
 /// The direct convolutions at every ISA level the host has: at avx2 / avx512 the implicit

@@ -82,7 +82,13 @@ fn assert_no_live_value_overwritten(what: &str, plan: &Plan) {
             "{what}: {} is not on a cache line",
             s.name
         );
-        for &v in &s.inputs {
+        // A conv reading its residual in place writes over it (its input 1), nothing else.
+        let in_place = matches!(s.kernel, Kernel::Conv { spec, .. } if spec.residual_in_place);
+        for (j, &v) in s.inputs.iter().enumerate() {
+            if in_place && j == 1 {
+                assert_eq!(plan.values[v].view, plan.values[s.output].view, "{what}");
+                continue;
+            }
             assert!(
                 !plan.values[v].view.region.overlaps(&out),
                 "{what}: {} reads what it writes",
@@ -104,6 +110,39 @@ fn assert_no_live_value_overwritten(what: &str, plan: &Plan) {
                 s.name,
                 plan.values[v].name
             );
+        }
+    }
+}
+
+/// A 1x1 conv whose residual no later step reads writes its output over it
+/// (`tests/edge/res_in_place.yaml`): `c` over the projection `proj`, then `e` over `c`'s
+/// output (a chain through in-place outputs); not `f` (its residual is its input, and
+/// read again), `g` (a graph output) nor `h` (its own input). At sse the strided
+/// projection runs on the direct kernel, which does not read in place; `c` and `e` are
+/// pointwise at every level.
+#[test]
+fn pointwise_convs_read_dead_residuals_in_place() {
+    let g = load(&repo().join("tests/edge/res_in_place.yaml"));
+    for isa in cnnc::Isa::host_levels() {
+        for batch in [1, 3] {
+            let o = Options {
+                isa,
+                ..opts(OptLevel::O2, batch)
+            };
+            let plan = plan_of(&g, &o);
+            let in_place: Vec<&str> = (plan.steps.iter())
+                .filter(|s| matches!(s.kernel, Kernel::Conv { spec, .. } if spec.residual_in_place))
+                .map(|s| s.name.as_str())
+                .collect();
+            assert_eq!(in_place, ["c", "e"], "{isa} batch {batch}");
+            let v = |n: &str| plan.value(n).unwrap();
+            assert_eq!(root(&plan, v("e")), v("proj"), "{isa}");
+            assert_eq!(
+                plan.values[v("e")].view,
+                plan.values[v("proj")].view,
+                "{isa}"
+            );
+            assert_no_live_value_overwritten(&format!("{isa} batch {batch}"), &plan);
         }
     }
 }

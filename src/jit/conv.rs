@@ -54,6 +54,12 @@ pub struct ConvSpec {
     pub bias: bool,
     pub relu: bool,
     pub residual: bool,
+    /// The residual is read from the output buffer itself, which the caller fills with it
+    /// (no residual buffer is passed): each output element's residual is read before that
+    /// element is written, by the same work unit. Saves a network the output's own buffer
+    /// (its lines are the residual's, already read). Only where the method writes every
+    /// output once ([`ConvMethod::reads_residual_in_place`]); needs `residual`.
+    pub residual_in_place: bool,
     /// Clip after the ReLU (ReLU6: [`Clip::RELU6`]).
     pub clip: Option<Clip>,
 }
@@ -82,6 +88,7 @@ impl ConvSpec {
             bias: false,
             relu: false,
             residual: false,
+            residual_in_place: false,
             clip: None,
         }
     }
@@ -129,6 +136,11 @@ impl ConvSpec {
         if s.kernel_h == 0 || s.kernel_w == 0 || s.stride_h == 0 || s.stride_w == 0 {
             return Err(Error::Shape(format!(
                 "a conv of {s}: the filter and stride must be at least 1"
+            )));
+        }
+        if s.residual_in_place && !s.residual {
+            return Err(Error::Shape(format!(
+                "a conv of {s} reads a residual in place but has none"
             )));
         }
         if let Some(c) = s.clip {
@@ -758,10 +770,35 @@ impl ConvMethod {
     }
 }
 
+impl ConvMethod {
+    /// Whether this method at `isa` can read `spec`'s residual from its output buffer
+    /// ([`ConvSpec::residual_in_place`]): it writes every output element once, after
+    /// reading its residual, in the same unit. So far the pointwise GEMM whose reduction
+    /// is one pass (no partial sums stored in the output first).
+    pub fn reads_residual_in_place(&self, spec: &ConvSpec, isa: Isa) -> bool {
+        let spec = ConvSpec {
+            residual_in_place: false,
+            ..*spec
+        };
+        spec.residual
+            && Plan::with_method(&spec, *self, isa)
+                .is_ok_and(|p| matches!(p, Plan::Gemm(g) if g.writes_each_output_once()))
+    }
+}
+
 impl Plan {
     /// The plan computing `spec` with `method`, its GEMMs at `isa`, or an error if the
     /// method cannot.
     fn with_method(spec: &ConvSpec, method: ConvMethod, isa: Isa) -> Result<Plan> {
+        if spec.residual_in_place && !method.reads_residual_in_place(spec, isa) {
+            return Err(Error::Codegen(format!(
+                "a {}x{}/{} convolution with the {method} method at {isa} cannot read its residual in place",
+                spec.kernel_h, spec.kernel_w, spec.stride_h
+            )));
+        }
+        Self::for_method(spec, method, isa)
+    }
+    fn for_method(spec: &ConvSpec, method: ConvMethod, isa: Isa) -> Result<Plan> {
         let unfit = || {
             Error::Codegen(format!(
                 "a {}x{}/{} convolution cannot use the {method} method",
@@ -782,7 +819,8 @@ impl Plan {
                     },
                     isa,
                 )
-                .streamed();
+                .streamed()
+                .residual_in_out(spec.residual_in_place);
                 Plan::Gemm(if spec.is_strided_pointwise() {
                     g.subsampled(gemm::Subsample {
                         in_hw: (spec.in_h, spec.in_w),
@@ -1098,7 +1136,11 @@ impl ConvBufs<Slot> {
         ConvBufs {
             input: Slot::read("conv input", spec.input_len()),
             packed: Slot::read("conv packed weights", plan.packed_len()),
-            residual: Slot::read_if(spec.residual, "conv residual", spec.output_len()),
+            residual: Slot::read_if(
+                spec.residual && !spec.residual_in_place,
+                "conv residual",
+                spec.output_len(),
+            ),
             out: Slot::write("conv output", spec.output_len()),
             scratch,
         }

@@ -125,6 +125,8 @@ pub(crate) struct PixelGemm {
     /// A strided 1x1 convolution: the GEMM runs over the scratch, where the prologue
     /// ([`Self::emit_subsample`]) copies the sampled input pixels.
     subsample: Option<Subsample>,
+    /// The residual is read from the output buffer ([`crate::jit::ConvSpec::residual_in_place`]).
+    residual_in_out: bool,
 }
 
 /// The input pixels a strided 1x1 convolution reads, `(y * sh, x * sw)` for every output
@@ -215,6 +217,7 @@ impl PixelGemm {
             pack: false,
             kc: s.in_c,
             subsample: None,
+            residual_in_out: false,
         };
         // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
         // the f32x4 path.
@@ -286,6 +289,18 @@ impl PixelGemm {
     fn expands(&self) -> bool {
         let s = &self.s;
         s.out_c >= 4 * s.in_c && s.in_c >= 32 && s.in_c * s.pixels * 4 <= EXPANSION_INPUT_BYTES
+    }
+    /// Reads the residual from the output buffer (only where
+    /// [`Self::writes_each_output_once`]).
+    pub(crate) fn residual_in_out(mut self, on: bool) -> Self {
+        self.residual_in_out = on;
+        self
+    }
+    /// Whether every output element is stored once, by the unit that reads its residual,
+    /// after reading it: a reduction in one pass (chunked columns store partial sums in the
+    /// output first).
+    pub(crate) fn writes_each_output_once(&self) -> bool {
+        self.chunks() == 1
     }
     /// The GEMM of a strided 1x1 convolution (`s.pixels` its output pixels): over the
     /// sampled copy of its input in the scratch.
@@ -564,7 +579,12 @@ impl PixelGemm {
                 b.input
             },
             w: b.packed,
-            res: b.residual,
+            // In place, each tile reads its residual from its output before storing it.
+            res: if self.residual_in_out {
+                b.out
+            } else {
+                b.residual
+            },
             out: b.out,
         };
         let nmb = self.nmb as i64;

@@ -1,6 +1,7 @@
 //! Memory planning, as passes over a [`Plan`]: channel shuffles read in place by the
 //! depthwise convs after them ([`read_shuffles_in_place`]), concat inputs written in
-//! place ([`place_concat_inputs`]), then liveness and arena offsets ([`assign_arena`]).
+//! place ([`place_concat_inputs`]), convs writing their output over a dead residual
+//! ([`read_residuals_in_place`]), then liveness and arena offsets ([`assign_arena`]).
 use super::{HostOp, Kernel, Plan, Storage, ValueId};
 use crate::error::{Error, Result};
 
@@ -192,6 +193,67 @@ pub fn read_shuffles_in_place(plan: &mut Plan) {
         i += 1;
         !folded.contains(&(i - 1))
     });
+}
+
+/// A conv whose fused residual is read by no later step writes its output over the
+/// residual ([`crate::jit::ConvSpec::residual_in_place`]), where its method reads each
+/// residual element before storing that output element
+/// ([`crate::jit::ConvMethod::reads_residual_in_place`]: the pointwise GEMM). The output's
+/// cache lines are then the residual's, which the kernel reads anyway, instead of a second
+/// buffer of that size to fetch for ownership and write back (ResNet-50's 1x1 expansions
+/// with their shortcut: 3.2 MB each in its first stage). The output becomes a view of the
+/// residual's buffer. Not when that buffer is the graph's input or an output, holds
+/// concat inputs, or is also the conv's input.
+pub fn read_residuals_in_place(plan: &mut Plan) {
+    let n = plan.values.len();
+    let mut root: Vec<ValueId> = (0..n).map(|v| root_of(plan, v).0).collect();
+    let mut pinned = vec![false; n];
+    pinned[root[plan.input]] = true;
+    for &o in &plan.outputs {
+        pinned[root[o]] = true;
+    }
+    for (v, value) in plan.values.iter().enumerate() {
+        if let Storage::Slot { .. } = value.storage {
+            pinned[root[v]] = true;
+        }
+    }
+    // The last step reading each buffer.
+    let mut last_read = vec![None; n];
+    for (s, step) in plan.steps.iter().enumerate() {
+        for &i in &step.inputs {
+            last_read[root[i]] = Some(s);
+        }
+    }
+    for s in 0..plan.steps.len() {
+        let step = &plan.steps[s];
+        let Kernel::Conv { spec, method, isa } = step.kernel else {
+            continue;
+        };
+        let (&[x, r], out) = (step.inputs.as_slice(), step.output) else {
+            continue;
+        };
+        let rr = root[r];
+        let fits = method.reads_residual_in_place(&spec, isa)
+            && !pinned[rr]
+            && root[x] != rr
+            && last_read[rr] == Some(s)
+            && plan.values[out].storage == Storage::Buffer;
+        if !fits {
+            continue;
+        }
+        if let Kernel::Conv { spec, .. } = &mut plan.steps[s].kernel {
+            spec.residual_in_place = true;
+        }
+        plan.values[out].storage = Storage::Alias(r);
+        // The buffer now lives as long as the output (and its views) and is pinned if it is.
+        for v in &mut root {
+            if *v == out {
+                *v = rr;
+            }
+        }
+        last_read[rr] = last_read[out];
+        pinned[rr] = pinned[out];
+    }
 }
 
 /// The values computed from each value: outputs of steps reading it, and its views.

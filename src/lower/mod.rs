@@ -314,6 +314,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan> {
     fuse::fuse_relu_into_elementwise(&mut plan);
     memory::read_shuffles_in_place(&mut plan);
     memory::place_concat_inputs(&mut plan);
+    memory::read_residuals_in_place(&mut plan);
     memory::assign_arena(&mut plan)?;
     Ok(plan)
 }

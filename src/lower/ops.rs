@@ -114,6 +114,7 @@ fn conv_spec(x: Shape, c: &Conv) -> ConvSpec {
         bias: c.bias,
         relu: c.epilogue.relu,
         residual: c.epilogue.residual,
+        residual_in_place: false,
         clip: clip(&c.epilogue),
     }
 }
@@ -249,6 +250,7 @@ fn gemm(x: Shape, gm: &Gemm, opts: &Options) -> Kernel {
             bias: gm.bias,
             relu: gm.epilogue.relu,
             residual: gm.epilogue.residual,
+            residual_in_place: false,
             clip: clip(&gm.epilogue),
         },
         opts,

@@ -68,7 +68,8 @@ impl<'a> Inputs<'a> {
         }
     }
 
-    /// The input region `r` (the plan never lets it overlap the step's output).
+    /// The input region `r` (the plan never lets it overlap the step's output, but for a
+    /// residual read in place, which is not fetched).
     fn get(&self, r: Region) -> Result<&'a [f32]> {
         if r.end() <= self.start {
             Ok(&self.left[r.range()])

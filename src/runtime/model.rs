@@ -494,7 +494,10 @@ impl Model {
             match &step.code {
                 Code::Conv { k, packed } => {
                     let x = step.item(&ins, 0, n)?;
-                    let residual = (n_in > 1).then(|| step.item(&ins, 1, n)).transpose()?;
+                    // In place, the residual is in the output's buffer (`o` holds it).
+                    let residual = (n_in > 1 && !k.spec().residual_in_place)
+                        .then(|| step.item(&ins, 1, n))
+                        .transpose()?;
                     match pool {
                         Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
                         None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
