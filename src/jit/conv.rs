@@ -914,15 +914,19 @@ impl Plan {
     fn pack(&self, spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
         check_conv_weights(spec, weights, bias)?;
         let bias = bias.filter(|_| spec.bias);
-        let mut out = try_zeros(self.packed_len(), "conv packed weights")?;
+        // Packers that write into zeros (their padding left as it is).
+        let zeroed = |pack: &dyn Fn(&mut [f32])| {
+            let mut out = try_zeros(self.packed_len(), "conv packed weights")?;
+            pack(&mut out);
+            Ok(out)
+        };
         match self {
-            Plan::Direct(d) => d.pack_into(weights, bias, &mut out),
-            Plan::Implicit(d) => d.pack_into(weights, bias, &mut out),
-            Plan::Im2col(d) => d.pack_into(weights, bias, &mut out),
-            Plan::Gemm(g) => g.pack_into(weights, bias, &mut out),
-            Plan::Winograd(w) => w.pack_into(weights, bias, &mut out),
+            Plan::Direct(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
+            Plan::Implicit(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
+            Plan::Im2col(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
+            Plan::Gemm(g) => g.packed(weights, bias),
+            Plan::Winograd(w) => zeroed(&|out| w.pack_into(weights, bias, out)),
         }
-        Ok(out)
     }
 }
 

@@ -180,12 +180,14 @@ impl FcPlan {
                 return Err(Error::Weights("fc has no bias but one was given".into()))
             }
         };
-        let mut out = try_zeros(self.packed_len(spec), "fc packed weights")?;
         match self {
-            FcPlan::Dot => pack_dot(spec, weights, bias, &mut out),
-            FcPlan::Rows(g) => g.pack_into(weights, bias, &mut out),
+            FcPlan::Dot => pack_dot(spec, weights, bias),
+            FcPlan::Rows(g) => {
+                let mut out = try_zeros(self.packed_len(spec), "fc packed weights")?;
+                g.pack_into(weights, bias, &mut out);
+                Ok(out)
+            }
         }
-        Ok(out)
     }
 }
 
@@ -198,33 +200,43 @@ pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> 
 }
 
 /// The batch-1 layout: per block of `R` rows `[C/4][R][4]`, then the `C % 4` tail as
-/// `[C%4][R]`; then the bias.
-fn pack_dot(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+/// `[C%4][R]`; then the bias padded to `nkb * R`.
+fn pack_dot(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
     let (c, k, r) = (spec.in_features, spec.out_features, spec.rows());
     let c4 = c / 4 * 4;
-    // Walks the output in order (its writes are the ones that miss: the block's `r` rows
-    // being read stay in cache), copying 4 floats of one row at a time. Rows past `k` in
-    // the last block stay zero.
-    for (kb, blk) in out.chunks_exact_mut(r * c).take(spec.nkb()).enumerate() {
+    let n = spec.dot_packed_len();
+    // Written once, in order, the zeros of the rows past `k` in the last block included
+    // (no zeroed buffer first: see `memory::try_with_capacity`), 4 floats of one row at a
+    // time; the block's `r` rows being read stay in cache.
+    let mut out = crate::memory::try_with_capacity(n, "fc packed weights")?;
+    for kb in 0..spec.nkb() {
         let rows: Vec<&[f32]> = (kb * r..k.min(kb * r + r))
             .map(|ki| &weights[ki * c..ki * c + c])
             .collect();
-        let (quads, tail) = blk.split_at_mut(r * c4);
-        for (ci4, quad_rows) in quads.chunks_exact_mut(4 * r).enumerate() {
-            for (dst, row) in quad_rows.chunks_exact_mut(4).zip(&rows) {
-                dst.copy_from_slice(&row[ci4 * 4..ci4 * 4 + 4]);
+        let pad = r - rows.len();
+        for ci4 in (0..c4).step_by(4) {
+            for row in &rows {
+                out.extend_from_slice(&row[ci4..ci4 + 4]);
             }
+            out.extend(std::iter::repeat_n(0.0, 4 * pad));
         }
-        for (ci, tail_rows) in tail.chunks_exact_mut(r).enumerate() {
-            for (dst, row) in tail_rows.iter_mut().zip(&rows) {
-                *dst = row[c4 + ci];
-            }
+        for ci in c4..c {
+            out.extend(rows.iter().map(|row| row[ci]));
+            out.extend(std::iter::repeat_n(0.0, pad));
         }
     }
-    if let Some(b) = bias {
-        let base = spec.nkb() * r * c;
-        out[base..base + k].copy_from_slice(b);
+    match bias {
+        Some(b) => out.extend_from_slice(&b[..k]),
+        None => out.extend(std::iter::repeat_n(0.0, k)),
     }
+    if out.len() > n {
+        return Err(Error::Internal(format!(
+            "{} fc weights packed for {n}",
+            out.len()
+        )));
+    }
+    out.resize(n, 0.0);
+    Ok(out)
 }
 
 /// Unroll of the reduction at batch 1.

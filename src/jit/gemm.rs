@@ -408,29 +408,34 @@ impl PixelGemm {
     pub(crate) fn work_units(&self) -> usize {
         self.s.pixels.div_ceil(self.np) * self.nmb
     }
-    /// `[nmb][c][MR]` then the bias padded to `nmb * MR` into `out` (`packed_len()` zeros).
-    pub(crate) fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
-        self.pack_weights_into(w, &mut out[..self.weights_len()]);
-        if let Some(b) = bias {
-            let base = self.weights_len();
-            out[base..base + self.s.out_c].copy_from_slice(b);
-        }
-    }
-    /// Packs the `[k][c]` matrix `w` into `out` (`weights_len()` floats, zero-initialised):
-    /// block by block, each written in order, row `ci` from column `ci` of the block's
-    /// rows of `w` (an index computed per weight, with two divisions by `mr`, took 1.7 ns
-    /// a weight: a tenth of SqueezeNet's compile).
-    pub(crate) fn pack_weights_into(&self, w: &[f32], out: &mut [f32]) {
+    /// `[nmb][c][MR]` then the bias padded to `nmb * MR`, then zeros to `packed_len()`:
+    /// every float written once, in order (no zeroed buffer first, see
+    /// [`crate::memory::try_with_capacity`]), row `ci` of a block from column `ci` of its
+    /// rows of the `[k][c]` matrix `w` (an index computed per weight, with two divisions by
+    /// `mr`, took 1.7 ns a weight: a tenth of SqueezeNet's compile).
+    pub(crate) fn packed(&self, w: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
         let (c, k, mr) = (self.s.in_c, self.s.out_c, self.mr);
-        for (blk, dst) in out.chunks_exact_mut(c * mr).enumerate() {
+        let n = self.packed_len();
+        let mut out = crate::memory::try_with_capacity(n, "conv packed weights")?;
+        for blk in 0..self.nmb {
             let k0 = blk * mr;
             let rows = &w[k0 * c..k.min(k0 + mr) * c];
-            for (ci, d) in dst.chunks_exact_mut(mr).enumerate() {
-                for (x, row) in d.iter_mut().zip(rows.chunks_exact(c)) {
-                    *x = row[ci];
-                }
+            let pad = mr - rows.len() / c;
+            for ci in 0..c {
+                out.extend(rows.chunks_exact(c).map(|row| row[ci]));
+                out.extend(std::iter::repeat_n(0.0, pad));
             }
         }
+        match bias {
+            Some(b) => out.extend_from_slice(&b[..k]),
+            None => out.extend(std::iter::repeat_n(0.0, k)),
+        }
+        if out.len() > n {
+            let msg = format!("{} pointwise weights packed for {n}", out.len());
+            return Err(crate::Error::Internal(msg));
+        }
+        out.resize(n, 0.0);
+        Ok(out)
     }
     /// Where weight `(ki, ci)` goes in the packed matrix.
     pub(crate) fn packed_index(&self, ki: usize, ci: usize) -> usize {
@@ -994,4 +999,44 @@ pub(crate) struct Ptrs {
     pub w: Value,
     pub res: Value,
     pub out: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `packed` writes every float of `packed_len()`: each weight where `packed_index`
+    /// puts it, the bias after the blocks, zeros everywhere else (padding rows of the last
+    /// block, the bias's padding, the prefetch padding), at every tile shape.
+    #[test]
+    fn packed_weights_are_the_indexed_layout_with_zero_padding() {
+        for isa in Isa::host_levels() {
+            for (in_c, out_c, bias) in [(5, 19, true), (16, 28, false), (33, 1, true)] {
+                let s = PixelGemmSpec {
+                    in_c,
+                    out_c,
+                    pixels: 200,
+                    epilogue: Epilogue::default(),
+                };
+                for g in [
+                    PixelGemm::new(s, isa),
+                    PixelGemm::new(s, isa).prefetching_weights(),
+                ] {
+                    let w: Vec<f32> = (0..in_c * out_c).map(|i| i as f32 + 1.0).collect();
+                    let b: Vec<f32> = (0..out_c).map(|i| -(i as f32) - 1.0).collect();
+                    let got = g.packed(&w, bias.then_some(&b[..])).unwrap();
+                    let mut want = vec![0.0; g.packed_len()];
+                    for ki in 0..out_c {
+                        for ci in 0..in_c {
+                            want[g.packed_index(ki, ci)] = w[ki * in_c + ci];
+                        }
+                        if bias {
+                            want[g.weights_len() + ki] = b[ki];
+                        }
+                    }
+                    assert_eq!(got, want, "{in_c} -> {out_c} at {isa}, {:?}", g.mr);
+                }
+            }
+        }
+    }
 }
