@@ -48,7 +48,8 @@ impl Model {
     ///
     /// Returns a numpy array, or a list of arrays if the network has several outputs,
     /// each ``(N, ...)``. A C-contiguous float32 array is read in place; other strides
-    /// are copied first; other dtypes raise ``cnnc.InputError``.
+    /// are copied first; other dtypes raise ``cnnc.InputError``. The array is read while
+    /// the network runs: do not write to it from another thread meanwhile.
     fn run<'py>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let outs = self.run_tensors(py, x)?;
         array::outputs(py, outs)

@@ -178,6 +178,15 @@ impl Model {
                 view(v).region.offset - view(plan.outputs[j]).region.offset,
             ))
         };
+        // A step reading the graph input reads the caller's chunk as the input's view.
+        if let Some(v) =
+            (0..plan.values.len()).find(|&v| root(v) == plan.input && view(v) != view(plan.input))
+        {
+            return Err(Error::Internal(format!(
+                "{} is a view of the graph input with a layout of its own",
+                plan.values[v].name
+            )));
+        }
         let steps: Vec<Step> = plan
             .steps
             .iter()
