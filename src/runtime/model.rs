@@ -63,6 +63,18 @@ impl Step {
         let v = &self.inputs[i];
         Ok(v.item_of(ins.span(v, self.from_model_input[i])?, n))
     }
+    /// Item `n` of the residual (input 1), if the step has one it does not read in place
+    /// (`in_place`: the output buffer holds it, and overlaps it).
+    fn residual<'a>(
+        &self,
+        ins: &Inputs<'a>,
+        n: usize,
+        in_place: bool,
+    ) -> Result<Option<&'a [f32]>> {
+        (self.inputs.len() > 1 && !in_place)
+            .then(|| self.item(ins, 1, n))
+            .transpose()
+    }
     /// The first `len` floats of input `i` (fc: the whole chunk).
     fn chunk<'a>(&self, ins: &Inputs<'a>, i: usize, len: usize) -> Result<&'a [f32]> {
         Ok(&ins.span(&self.inputs[i], self.from_model_input[i])?[..len])
@@ -503,10 +515,7 @@ impl Model {
             match &step.code {
                 Code::Conv { k, packed } => {
                     let x = step.item(&ins, 0, n)?;
-                    // In place, the residual is in the output's buffer (`o` holds it).
-                    let residual = (n_in > 1 && !k.spec().residual_in_place)
-                        .then(|| step.item(&ins, 1, n))
-                        .transpose()?;
+                    let residual = step.residual(&ins, n, k.spec().residual_in_place)?;
                     match pool {
                         Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
                         None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
@@ -521,7 +530,7 @@ impl Model {
                 }
                 Code::Depthwise { k, packed } => {
                     let x = step.item(&ins, 0, n)?;
-                    let residual = (n_in > 1).then(|| step.item(&ins, 1, n)).transpose()?;
+                    let residual = step.residual(&ins, n, false)?;
                     match pool {
                         Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
                         None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
@@ -564,7 +573,7 @@ impl Model {
                 }
                 Code::GroupedConv { k, packed, groups } => {
                     let x = step.item(&ins, 0, n)?;
-                    let residual = (n_in > 1).then(|| step.item(&ins, 1, n)).transpose()?;
+                    let residual = step.residual(&ins, n, false)?;
                     // Each group's input and output channels are one contiguous block.
                     let (xg, og, pg) = (x.len() / groups, o.len() / groups, packed.len() / groups);
                     for gi in 0..*groups {
