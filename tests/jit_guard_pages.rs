@@ -168,6 +168,7 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (16, 41, 61, 17, 3, 1, 1),
         // The whole layout with `U` above 1 MB: the GEMM prefetches its weights' stream.
         (96, 26, 30, 80, 3, 1, 1),
+        (96, 14, 14, 80, 3, 1, 1),
         // The whole layout on the AVX-512 transforms (avx512): 2 tile rows of 7 and 8 tiles
         // a vector (the last vector's second row past the grid; a last row of 3 output
         // rows), 4 rows of 4 and 2 tiles (padded rows read to the plane's last column and

@@ -412,9 +412,11 @@ fn conv_winograd_every_isa_on_a_pool() {
         (19, 38, 10, 17, 0, W),
         (17, 4, 62, 16, 1, F),
         (16, 19, 40, 18, 1, F),
-        // `U` above 1 MB: the GEMM's first tile of each block row prefetches its weights.
+        // `U` above 1 MB: the GEMM's first tile of each block row prefetches its weights
+        // (at 14x14, 16 tiles, the row's only, partial tile at avx512).
         (96, 26, 30, 80, 1, W),
         (96, 10, 62, 80, 1, F),
+        (96, 14, 14, 80, 1, W),
     ] {
         for isa in cnnc::Isa::host_levels() {
             let mut s = spec(c, h, w, k, 3, 3, (1, 1), (p, p));

@@ -461,7 +461,9 @@ impl PixelGemm {
                 } else {
                     &[KPos::Only]
                 };
-                let pf: &[bool] = if c == self.np && (self.pf_blocks() > 0 || self.prefetch_w > 0) {
+                // Full columns prefetch, and with `prefetch_w` a lone partial one.
+                let pf_col = c == self.np || (self.prefetch_w > 0 && full == 0);
+                let pf: &[bool] = if pf_col && (self.pf_blocks() > 0 || self.prefetch_w > 0) {
                     &[false, true]
                 } else {
                     &[false]
@@ -540,7 +542,7 @@ impl PixelGemm {
     /// [`Self::block_row`] prefetches the weights' stream [`WEIGHT_PREFETCH_BYTES`] ahead
     /// (the packed weights need that many bytes after them, [`Self::weight_prefetch`]).
     pub(crate) fn prefetching_weights(mut self) -> Self {
-        if self.wide.is_some() && self.s.pixels >= self.np {
+        if self.wide.is_some() {
             self.prefetch_w = WEIGHT_PREFETCH_BYTES;
         }
         self
@@ -551,7 +553,8 @@ impl PixelGemm {
     }
 
     /// Every tile of channel block `mb` along the pixels (the Winograd GEMMs' loop); with
-    /// [`Self::prefetching_weights`], the first one prefetches the weights.
+    /// [`Self::prefetching_weights`], the first one prefetches the weights (a partial one
+    /// too, where it is the only one: 16 tiles of a 14x14 or 16x16 output).
     pub(crate) fn block_row(&self, e: &mut Emit, ptr: &Ptrs, mb: Value) -> Result<()> {
         let np = self.np;
         let full = self.s.pixels / np;
@@ -570,7 +573,14 @@ impl PixelGemm {
         )?;
         if !self.s.pixels.is_multiple_of(np) {
             let pb = e.iconst((full * np * 4) as i64);
-            self.tile(e, ptr, mb, pb, self.s.pixels % np)?;
+            let cols = self.s.pixels % np;
+            if self.prefetch_w > 0 && full == 0 {
+                // The row's only tile prefetches (`micro_variants` has that variant).
+                let (ci, src) = (e.iconst(0), (XSrc::Planes, ptr.inp));
+                let tile = (mb, pb, cols);
+                return self.wide_tile(e, ptr, tile, (KPos::Only, ci), Some(ptr.inp), src);
+            }
+            self.tile(e, ptr, mb, pb, cols)?;
         }
         Ok(())
     }
