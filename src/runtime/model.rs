@@ -512,87 +512,102 @@ impl Model {
         let stride = step.output.stride;
         for n in 0..b {
             let o = &mut out[n * stride..n * stride + item];
-            match &step.code {
-                Code::Conv { k, packed } => {
-                    let x = step.item(&ins, 0, n)?;
-                    let residual = step.residual(&ins, n, k.spec().residual_in_place)?;
+            self.run_item(step, &ins, n, o, scratch, pool)?;
+        }
+        Ok(())
+    }
+
+    /// Batch item `n` of a step that runs item by item (not fc), into `o`.
+    fn run_item(
+        &self,
+        step: &Step,
+        ins: &Inputs,
+        n: usize,
+        o: &mut [f32],
+        scratch: &mut [f32],
+        pool: Option<&ThreadPool>,
+    ) -> Result<()> {
+        match &step.code {
+            Code::Conv { k, packed } => {
+                let x = step.item(ins, 0, n)?;
+                let residual = step.residual(ins, n, k.spec().residual_in_place)?;
+                match pool {
+                    Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
+                    None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
+                }
+            }
+            Code::Pool(k) => {
+                let x = step.item(ins, 0, n)?;
+                match pool {
+                    Some(p) => k.run_parallel(p, x, o, scratch)?,
+                    None => k.run(x, o, scratch, 0..k.work_units())?,
+                }
+            }
+            Code::Depthwise { k, packed } => {
+                let x = step.item(ins, 0, n)?;
+                let residual = step.residual(ins, n, false)?;
+                match pool {
+                    Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
+                    None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
+                }
+            }
+            Code::Elt { k, consts } => {
+                // The operands (batch item `n` of every input, then the constants) as
+                // a list on the stack; a heap list only beyond STACK_ARGS operands.
+                let n_in = step.inputs.len();
+                let total = n_in + consts.len();
+                let mut stack: [&[f32]; STACK_ARGS] = [&[]; STACK_ARGS];
+                let mut heap = Vec::new();
+                let args: &mut [&[f32]] = if total <= STACK_ARGS {
+                    &mut stack[..total]
+                } else {
+                    heap.resize(total, &[][..]);
+                    &mut heap
+                };
+                for (i, a) in args[..n_in].iter_mut().enumerate() {
+                    *a = step.item(ins, i, n)?;
+                }
+                for (a, c) in args[n_in..].iter_mut().zip(consts) {
+                    *a = c;
+                }
+                match pool {
+                    Some(p) => k.run_parallel(p, args, o)?,
+                    None => k.run_all(args, o)?,
+                }
+            }
+            Code::Copy(at) => {
+                for (i, &at) in at.iter().enumerate() {
+                    let x = step.item(ins, i, n)?;
+                    self.copy(x, &mut o[at..at + x.len()]);
+                }
+            }
+            Code::Pad { pad, input } => pad_item(step.item(ins, 0, n)?, input, pad, o),
+            Code::Host(op) => op.run(step.item(ins, 0, n)?, o),
+            Code::Polyphase { plan, convs } => {
+                let x = step.item(ins, 0, n)?;
+                super::host::polyphase(plan, convs, x, o, scratch, pool)?
+            }
+            Code::GroupedConv { k, packed, groups } => {
+                let x = step.item(ins, 0, n)?;
+                let residual = step.residual(ins, n, false)?;
+                // Each group's input and output channels are one contiguous block.
+                let (xg, og, pg) = (x.len() / groups, o.len() / groups, packed.len() / groups);
+                for gi in 0..*groups {
+                    let xs = &x[gi * xg..(gi + 1) * xg];
+                    let os = &mut o[gi * og..(gi + 1) * og];
+                    let ps = &packed[gi * pg..(gi + 1) * pg];
+                    let rs = residual.map(|r| &r[gi * og..(gi + 1) * og]);
                     match pool {
-                        Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
-                        None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
+                        Some(p) => k.run_parallel(p, xs, ps, rs, os, scratch)?,
+                        None => k.run(xs, ps, rs, os, scratch, 0..k.work_units())?,
                     }
                 }
-                Code::Pool(k) => {
-                    let x = step.item(&ins, 0, n)?;
-                    match pool {
-                        Some(p) => k.run_parallel(p, x, o, scratch)?,
-                        None => k.run(x, o, scratch, 0..k.work_units())?,
-                    }
-                }
-                Code::Depthwise { k, packed } => {
-                    let x = step.item(&ins, 0, n)?;
-                    let residual = step.residual(&ins, n, false)?;
-                    match pool {
-                        Some(p) => k.run_parallel(p, x, packed, residual, o, scratch)?,
-                        None => k.run(x, packed, residual, o, scratch, 0..k.work_units())?,
-                    }
-                }
-                Code::Elt { k, consts } => {
-                    // The operands (batch item `n` of every input, then the constants) as
-                    // a list on the stack; a heap list only beyond STACK_ARGS operands.
-                    let total = n_in + consts.len();
-                    let mut stack: [&[f32]; STACK_ARGS] = [&[]; STACK_ARGS];
-                    let mut heap = Vec::new();
-                    let args: &mut [&[f32]] = if total <= STACK_ARGS {
-                        &mut stack[..total]
-                    } else {
-                        heap.resize(total, &[][..]);
-                        &mut heap
-                    };
-                    for (i, a) in args[..n_in].iter_mut().enumerate() {
-                        *a = step.item(&ins, i, n)?;
-                    }
-                    for (a, c) in args[n_in..].iter_mut().zip(consts) {
-                        *a = c;
-                    }
-                    match pool {
-                        Some(p) => k.run_parallel(p, args, o)?,
-                        None => k.run_all(args, o)?,
-                    }
-                }
-                Code::Copy(at) => {
-                    for (i, &at) in at.iter().enumerate() {
-                        let x = step.item(&ins, i, n)?;
-                        self.copy(x, &mut o[at..at + x.len()]);
-                    }
-                }
-                Code::Pad { pad, input } => pad_item(step.item(&ins, 0, n)?, input, pad, o),
-                Code::Host(op) => op.run(step.item(&ins, 0, n)?, o),
-                Code::Polyphase { plan, convs } => {
-                    let x = step.item(&ins, 0, n)?;
-                    super::host::polyphase(plan, convs, x, o, scratch, pool)?
-                }
-                Code::GroupedConv { k, packed, groups } => {
-                    let x = step.item(&ins, 0, n)?;
-                    let residual = step.residual(&ins, n, false)?;
-                    // Each group's input and output channels are one contiguous block.
-                    let (xg, og, pg) = (x.len() / groups, o.len() / groups, packed.len() / groups);
-                    for gi in 0..*groups {
-                        let xs = &x[gi * xg..(gi + 1) * xg];
-                        let os = &mut o[gi * og..(gi + 1) * og];
-                        let ps = &packed[gi * pg..(gi + 1) * pg];
-                        let rs = residual.map(|r| &r[gi * og..(gi + 1) * og]);
-                        match pool {
-                            Some(p) => k.run_parallel(p, xs, ps, rs, os, scratch)?,
-                            None => k.run(xs, ps, rs, os, scratch, 0..k.work_units())?,
-                        }
-                    }
-                }
-                Code::Fc { .. } => {
-                    return Err(Error::Internal(format!(
-                        "{}: fc runs whole chunks",
-                        step.name
-                    )))
-                }
+            }
+            Code::Fc { .. } => {
+                return Err(Error::Internal(format!(
+                    "{}: fc runs whole chunks",
+                    step.name
+                )))
             }
         }
         Ok(())
