@@ -33,6 +33,7 @@ fn spec(
         prefetch_every: 0,
         prefetch_w: 0,
         pf_ldx: 0,
+        prefetch_out: false,
         pack: false,
     }
 }

@@ -105,6 +105,11 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (300, 7, 7, 131, 3, 1, 1),
         (290, 39, 41, 115, 3, 2, 1),
         (600, 5, 4, 7, 1, 2, 0),
+        // Outputs over 1 MB: the first call of a strip prefetches the next strip's outputs
+        // for writing (the plane's last strip its own): a stem, a channel tail with 2
+        // reduction blocks.
+        (3, 131, 129, 64, 7, 2, 3),
+        (50, 62, 61, 70, 3, 1, 1),
         (2, 5, 40, 6, 2, 1, 0),
         (3, 7, 9, 5, 3, 1, 1),
         (5, 13, 11, 9, 1, 1, 0),

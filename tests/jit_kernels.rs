@@ -2101,6 +2101,12 @@ fn conv_direct_every_isa_bit_identical() {
         spec(5, 20, 56, 12, 3, 3, (1, 1), (1, 1)),
         spec(3, 27, 27, 10, 7, 7, (2, 2), (3, 3)),
         spec(130, 23, 27, 11, 3, 3, (2, 2), (1, 1)),
+        // Outputs over 1 MB, whose next strip's outputs the first call of each strip
+        // prefetches for writing (the plane's last strip its own): a stem strip by strip,
+        // a channel tail with 2 reduction blocks, and all strips at once.
+        spec(3, 131, 129, 64, 7, 7, (2, 2), (3, 3)),
+        spec(50, 61, 62, 70, 3, 3, (1, 1), (1, 1)),
+        spec(20, 14, 14, 1400, 3, 3, (1, 1), (1, 1)),
     ];
     // (5 input channels: with 4 or fewer, 3x3 filters take the im2col bands.)
     for k in 1..=15 {

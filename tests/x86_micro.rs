@@ -102,6 +102,8 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     // And of the weights ahead (within `operand_lens`).
                     prefetch_w: [0, 256, 2048][n % 3],
                     pf_ldx: 0,
+                    // Or of its own outputs for writing (one row per loop iteration).
+                    prefetch_out: [0, 1, 2, 4][(n / 2) % 4] == 0 && n % 3 != 1,
                     pack: false,
                 });
             }
@@ -187,6 +189,7 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 prefetch_every: 0,
                 prefetch_w: 0,
                 pf_ldx: 0,
+                prefetch_out: false,
                 pack: false,
             };
             let mut km = KernelModule::new().unwrap();
@@ -235,6 +238,7 @@ fn short_operands_are_refused() {
             prefetch_every: 0,
             prefetch_w: 0,
             pf_ldx: 0,
+            prefetch_out: false,
             pack: false,
         };
         let mut km = KernelModule::new().unwrap();
@@ -285,6 +289,7 @@ fn packing_kernels_copy_their_input() {
                 prefetch_every: n % 2,
                 prefetch_w: 0,
                 pf_ldx: 2 * cols + 5,
+                prefetch_out: false,
                 pack: true,
             });
         }

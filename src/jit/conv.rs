@@ -1102,8 +1102,14 @@ pub(crate) fn define_gemm_driver(
     variants: Vec<x86::MicroGemm>,
     body: impl FnOnce(&mut Emit, ConvBufs<Value>, Value, Value, &[x86::MicroGemm]) -> Result<()>,
 ) -> Result<PendingId> {
+    // The sixth argument, `pf`, only where a kernel prefetches the next tile's outputs.
+    let n_params = if variants.iter().any(|m| m.prefetch_out) {
+        6
+    } else {
+        5
+    };
     let ids: Vec<super::module::MicroId> = (variants.iter())
-        .map(|m| km.add_micro_once(5, what, m, x86::MicroGemm::emit))
+        .map(|m| km.add_micro_once(n_params, what, m, x86::MicroGemm::emit))
         .collect::<Result<_>>()?;
     km.define_driver(&ids, move |e, b: ConvBufs<Value>, begin, end| {
         body(e, b, begin, end, &variants)

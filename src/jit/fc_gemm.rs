@@ -174,6 +174,7 @@ impl FcGemm {
             prefetch_every: 0,
             prefetch_w: 0,
             pf_ldx: 0,
+            prefetch_out: false,
             pack: false,
         }
     }

@@ -516,6 +516,7 @@ impl PixelGemm {
             prefetch_every: usize::from(prefetch && self.streamed),
             prefetch_w: if prefetch { self.prefetch_w } else { 0 },
             pf_ldx: s.pixels,
+            prefetch_out: false,
             pack: src == XSrc::Pack,
         }
     }

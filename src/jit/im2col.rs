@@ -165,6 +165,7 @@ impl Im2colGemm {
             prefetch_every: 0,
             prefetch_w: 0,
             pf_ldx: 0,
+            prefetch_out: false,
             pack: false,
         }
     }

@@ -94,6 +94,13 @@ pub struct MicroGemm {
     pub prefetch_w: usize,
     /// The stride of the prefetched rows in floats (0: `ldx`).
     pub pf_ldx: usize,
+    /// Prefetch for writing (`prefetchw`) the `rows x cols` outputs of the tile at `pf` (row
+    /// `i` at `pf + i * ldo`; the next tile a caller will store), one row per iteration of
+    /// the unrolled reduction loop (the first `rows` iterations), so that the next tile's
+    /// stores find their lines owned instead of waiting for memory. Each row's lines are
+    /// asked for at its first float, every 16 floats after it, and its last float: only
+    /// lines of that row. Not with `prefetch_every` (both read `pf`).
+    pub prefetch_out: bool,
     /// Also store every x vector read at `pk + step * cols + j * lanes`: the tile's input
     /// packed contiguous, for the calls after it to read (full vectors only).
     pub pack: bool,
@@ -160,6 +167,9 @@ impl MicroGemm {
         if self.prefetch_every > 0 && !UNROLL.is_multiple_of(self.prefetch_every) {
             return bad(format!("prefetch every {} steps", self.prefetch_every));
         }
+        if self.prefetch_out && self.prefetch_every > 0 {
+            return bad("two prefetch patterns of `pf`".into());
+        }
         if self.pack && self.tail() > 0 {
             return bad("packing a partial vector".into());
         }
@@ -175,6 +185,7 @@ impl MicroGemm {
         disp((UNROLL * self.ldx + self.cols) * 4)?;
         disp(UNROLL * self.w_stride * 4 + self.prefetch_w)?;
         disp(UNROLL * self.pf_stride() * 4)?;
+        disp(self.ldo * 4 + self.cols * 4)?;
         disp(UNROLL * self.cols * 4)?;
         disp(self.rows * self.ldo * 4)?;
         Ok(())
@@ -222,8 +233,9 @@ impl MicroGemm {
     }
 
     /// One reduction step `u` of an unrolled group: x row at `rdi + u * ldx`, weights at
-    /// `rsi + u * w_stride`.
-    fn step(&self, v: &mut Vasm, u: usize) -> Result<()> {
+    /// `rsi + u * w_stride`; with `out_row`, also its share of the prefetches of the output
+    /// row at `r9` ([`Self::prefetch_out`]).
+    fn step(&self, v: &mut Vasm, u: usize, out_row: bool) -> Result<()> {
         let (nv, lanes) = (self.vectors(), self.width.lanes());
         let xr = self.rows * nv;
         for j in 0..nv {
@@ -250,6 +262,13 @@ impl MicroGemm {
         if self.prefetch_w > 0 {
             let at = rsi + disp(u * self.w_stride * 4 + self.prefetch_w)?;
             v.a.prefetcht0(byte_ptr(at)).map_err(asm_err)?;
+        }
+        if out_row {
+            for (_, off) in
+                (self.out_line_offsets().into_iter().enumerate()).filter(|(j, _)| j % UNROLL == u)
+            {
+                v.a.prefetchw(byte_ptr(r9 + disp(off)?)).map_err(asm_err)?;
+            }
         }
         for i in 0..self.rows {
             let w = rsi + disp((u * self.w_stride + i) * 4)?;
@@ -291,33 +310,60 @@ impl MicroGemm {
             }
         }
         let iters = self.k / UNROLL;
-        if iters > 0 {
-            v.a.mov(r10, iters as u64).map_err(asm_err)?;
-            let mut top = v.a.create_label();
-            v.a.set_label(&mut top).map_err(asm_err)?;
-            for u in 0..UNROLL {
-                self.step(v, u)?;
-            }
-            v.a.add(rdi, disp(UNROLL * self.ldx * 4)?)
-                .map_err(asm_err)?;
-            v.a.add(rsi, disp(UNROLL * self.w_stride * 4)?)
-                .map_err(asm_err)?;
-            if self.prefetch_every > 0 {
-                let rows = UNROLL.div_ceil(self.prefetch_every);
-                v.a.add(r9, disp(rows * self.pf_stride() * 4)?)
-                    .map_err(asm_err)?;
-            }
-            if self.pack {
-                v.a.add(r11, disp(UNROLL * self.cols * 4)?)
-                    .map_err(asm_err)?;
-            }
-            v.a.dec(r10).map_err(asm_err)?;
-            v.a.jnz(top).map_err(asm_err)?;
-        }
+        // The output prefetches go one row per iteration in the first iterations.
+        let out_rows = if self.prefetch_out {
+            iters.min(self.rows)
+        } else {
+            0
+        };
+        self.reduction_loop(v, out_rows, true)?;
+        self.reduction_loop(v, iters - out_rows, false)?;
         for u in 0..self.k % UNROLL {
-            self.step(v, u)?;
+            self.step(v, u, false)?;
         }
         Ok(())
+    }
+
+    /// Byte offsets in an output row of `cols` floats at which [`Self::prefetch_out`] asks
+    /// for a line: the row's first float, every 16 floats after it, and its last float.
+    fn out_line_offsets(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..self.cols).step_by(16).map(|c| c * 4).collect();
+        if (self.cols - 1) % 16 != 0 {
+            v.push((self.cols - 1) * 4);
+        }
+        v
+    }
+
+    /// `count` iterations of the unrolled reduction loop (`UNROLL` steps each); with
+    /// `out_rows`, each also prefetches the output row at `r9` and moves `r9` a row on.
+    fn reduction_loop(&self, v: &mut Vasm, count: usize, out_rows: bool) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        v.a.mov(r10, count as u64).map_err(asm_err)?;
+        let mut top = v.a.create_label();
+        v.a.set_label(&mut top).map_err(asm_err)?;
+        for u in 0..UNROLL {
+            self.step(v, u, out_rows)?;
+        }
+        v.a.add(rdi, disp(UNROLL * self.ldx * 4)?)
+            .map_err(asm_err)?;
+        v.a.add(rsi, disp(UNROLL * self.w_stride * 4)?)
+            .map_err(asm_err)?;
+        if self.prefetch_every > 0 {
+            let rows = UNROLL.div_ceil(self.prefetch_every);
+            v.a.add(r9, disp(rows * self.pf_stride() * 4)?)
+                .map_err(asm_err)?;
+        }
+        if out_rows {
+            v.a.add(r9, disp(self.ldo * 4)?).map_err(asm_err)?;
+        }
+        if self.pack {
+            v.a.add(r11, disp(UNROLL * self.cols * 4)?)
+                .map_err(asm_err)?;
+        }
+        v.a.dec(r10).map_err(asm_err)?;
+        v.a.jnz(top).map_err(asm_err)
     }
 
     /// Bias, residual, activation and the store, row by row (`rdx`, `rcx` walk the rows).
@@ -506,14 +552,20 @@ impl MicroGemm {
         // `check_host` made sure the CPU has the instructions.
         #[allow(unsafe_code)]
         let f: Micro = unsafe { std::mem::transmute(f as *const u8) };
-        // A prefetching kernel asks for the lines of `x` itself (a prefetch never faults).
+        // A prefetching kernel asks for the lines of `x` itself, or for writing those of
+        // its own `out` (a prefetch never faults).
+        let pf = if self.prefetch_out {
+            out.as_ptr()
+        } else {
+            x.as_ptr()
+        };
         f(
             x.as_ptr(),
             w.as_ptr(),
             out.as_mut_ptr(),
             res,
             bias,
-            x.as_ptr(),
+            pf,
             pack,
         );
         Ok(())
