@@ -328,7 +328,7 @@ impl MicroGemm {
     /// for a line: the row's first float, every 16 floats after it, and its last float.
     fn out_line_offsets(&self) -> Vec<usize> {
         let mut v: Vec<usize> = (0..self.cols).step_by(16).map(|c| c * 4).collect();
-        if (self.cols - 1) % 16 != 0 {
+        if !(self.cols - 1).is_multiple_of(16) {
             v.push((self.cols - 1) * 4);
         }
         v
