@@ -1625,6 +1625,64 @@ fn huge_specs_are_refused_not_panicking() {
     assert!(km.add_elementwise(&EltSpec::Relu { len: 0 }).is_err());
 }
 
+/// The global average pool sums each plane in one fixed order whether the kernel pools the
+/// channel alone or beside three others (groups of 4 from the start of the range): four
+/// lanes of partial sums over the whole vectors, `(l0 + l1) + (l2 + l3)`, then the rest in
+/// order, divided by the plane's size. Bit for bit against that order, NaN in some planes,
+/// for every range of channels (so groups start at every channel).
+#[test]
+fn global_avgpool_sums_every_plane_in_one_order() {
+    for (c, hw) in [
+        (1usize, 1usize),
+        (3, 7),
+        (4, 4),
+        (5, 169),
+        (9, 3),
+        (13, 49),
+        (6, 18),
+    ] {
+        let mut x = rand_vec(c * hw, 31);
+        x[(c / 2) * hw] = f32::NAN;
+        let want: Vec<f32> = x
+            .chunks(hw)
+            .map(|p| {
+                let n4 = hw / 4 * 4;
+                let mut l = [0.0f32; 4];
+                for q in p[..n4].chunks(4) {
+                    (0..4).for_each(|j| l[j] += q[j]);
+                }
+                let t = p[n4..]
+                    .iter()
+                    .fold((l[0] + l[1]) + (l[2] + l[3]), |t, v| t + v);
+                t / hw as f32
+            })
+            .collect();
+        let s = EltSpec::GlobalAvgPool { channels: c, hw };
+        for &isa in &cnnc::Isa::host_levels() {
+            let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
+            let p = km.add_elementwise(&s).unwrap();
+            let code = km.finalize().unwrap();
+            let k = code.get(p).unwrap();
+            for lo in 0..c {
+                for hi in lo + 1..=c {
+                    let mut out = vec![f32::NAN; c];
+                    k.run(&[&x], &mut out, lo..hi).unwrap();
+                    for ch in 0..c {
+                        let got = out[ch].to_bits();
+                        let w = if (lo..hi).contains(&ch) {
+                            want[ch].to_bits()
+                        } else {
+                            f32::NAN.to_bits()
+                        };
+                        assert_eq!(got, w, "{s:?} at {isa}, channels {lo}..{hi}, channel {ch}");
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The scale-shift (inference batchnorm, + ReLU) at every ISA level: at avx2 / avx512 one
 /// call of the wide kernel per channel plane (`src/jit/x86/eltwise.rs`: a multiply then an
 /// add, `vmaxps` with zero for the ReLU), at sse the f32x4 loop: the same bits at every

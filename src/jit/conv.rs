@@ -1094,12 +1094,13 @@ pub(crate) fn define_entry(
 }
 
 /// The compute function of a convolution on the wide micro-kernels `variants` (installed
-/// once per module, `what` naming them): a driver ([`KernelModule::define_driver`]) whose
-/// `body` gets the conv buffers, its range and the variants (`Emit::micros` in their order).
+/// once per module, `what` naming them) and the panel copies `copies`: a driver
+/// ([`KernelModule::define_driver`]) whose `body` gets the conv buffers, its range and the
+/// variants (`Emit::micros` in their order, then the copies').
 pub(crate) fn define_gemm_driver(
     km: &mut KernelModule,
     what: &str,
-    variants: Vec<x86::MicroGemm>,
+    (variants, copies): (Vec<x86::MicroGemm>, &[x86::copy::PanelCopy]),
     body: impl FnOnce(&mut Emit, ConvBufs<Value>, Value, Value, &[x86::MicroGemm]) -> Result<()>,
 ) -> Result<PendingId> {
     // The sixth argument, `pf`, only where a kernel prefetches the next tile's outputs.
@@ -1108,12 +1109,31 @@ pub(crate) fn define_gemm_driver(
     } else {
         5
     };
-    let ids: Vec<super::module::MicroId> = (variants.iter())
+    let mut ids: Vec<super::module::MicroId> = (variants.iter())
         .map(|m| km.add_micro_once(n_params, what, m, x86::MicroGemm::emit))
         .collect::<Result<_>>()?;
+    for c in copies {
+        ids.push(km.add_micro_once(3, "panel copy", c, x86::copy::PanelCopy::emit)?);
+    }
     km.define_driver(&ids, move |e, b: ConvBufs<Value>, begin, end| {
         body(e, b, begin, end, &variants)
     })
+}
+
+/// Calls `copy`, one of the panel copies `copies` of a compute function defined by
+/// [`define_gemm_driver`] (the last of its micro-kernels), with `(source, panel, channels)`.
+pub(crate) fn call_panel_copy(
+    e: &mut Emit,
+    copies: &[x86::copy::PanelCopy],
+    copy: &x86::copy::PanelCopy,
+    args: &[Value],
+) {
+    let i = copies
+        .iter()
+        .position(|c| c == copy)
+        .expect("a listed copy");
+    let f = e.micros[e.micros.len() - copies.len() + i];
+    e.b.ins().call(f, args);
 }
 
 slot_layout! {

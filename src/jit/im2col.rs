@@ -25,10 +25,11 @@
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{off, F32, F32X4};
-use super::conv::{define_gemm_driver, ConvBufs, ConvSpec};
+use super::conv::{call_panel_copy, define_gemm_driver, ConvBufs, ConvSpec};
 use super::gemm::call_for_block;
 use super::implicit::{shuffle, tile};
 use super::module::{Emit, KernelModule, PendingId};
+use super::x86::copy::{CopyPiece, PanelCopy};
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
 
@@ -210,9 +211,47 @@ impl Im2colGemm {
         define_gemm_driver(
             km,
             what,
-            self.micro_variants(),
+            (self.micro_variants(), &self.copy_variants()),
             move |e, b, begin, end, v| plan.body(e, b, begin, end, v),
         )
+    }
+
+    /// The x86 copy that packs a band of `rows` output rows (`None`: stride over 2, copied
+    /// by [`Self::copy_row`]): each tap copies one piece per output row.
+    fn panel_copy(&self, rows: usize) -> Option<PanelCopy> {
+        let s = self.spec;
+        let (ow, wp) = (s.out_w(), self.wp);
+        let copy = PanelCopy {
+            width: self.width,
+            stride: s.stride_w,
+            kh: s.kernel_h,
+            kw: s.kernel_w,
+            src_row: wp * 4,
+            src_plane: self.hp * wp * 4,
+            dst_row: self.ldp * 4,
+            pieces: (0..rows)
+                .map(|d| CopyPiece {
+                    from: (d * s.stride_h * wp * 4) as isize,
+                    to: d * ow * 4,
+                    len: ow,
+                })
+                .collect(),
+        };
+        copy.takes().then_some(copy)
+    }
+
+    /// The panel copies of the bands (full, last), once each.
+    fn copy_variants(&self) -> Vec<PanelCopy> {
+        let mut v: Vec<PanelCopy> = Vec::new();
+        for (_, count, rows) in self.bands() {
+            let copy = (count > 0 && rows > 0)
+                .then(|| self.panel_copy(rows))
+                .flatten();
+            if let Some(c) = copy.filter(|c| !v.contains(c)) {
+                v.push(c);
+            }
+        }
+        v
     }
 
     /// The bands `begin..end`: full bands in a loop, then the last, shorter one.
@@ -261,6 +300,11 @@ impl Im2colGemm {
         let s = self.spec;
         let (kh, kw, wp, ow) = (s.kernel_h, s.kernel_w, self.wp, s.out_w());
         let first_row = e.addr(src, oy0, s.stride_h * wp * 4);
+        if let Some(copy) = self.panel_copy(rows) {
+            let n = e.iconst(s.in_c as i64);
+            call_panel_copy(e, &self.copy_variants(), &copy, &[first_row, panel, n]);
+            return Ok(());
+        }
         e.for_const(0, s.in_c as i64, 1, |e, c| {
             let sc = e.addr(first_row, c, self.hp * wp * 4);
             let pc = e.addr(panel, c, kh * kw * self.ldp * 4);

@@ -26,10 +26,11 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, StackSlotData, StackSlotKind, Value};
 
 use super::cg::{off as cg_off, F32, F32X4, I64};
-use super::conv::{define_gemm_driver, ConvBufs, ConvSpec};
+use super::conv::{call_panel_copy, define_gemm_driver, ConvBufs, ConvSpec};
 use super::epilogue::Epilogue;
 use super::gemm::{call_for_block, wide_tile};
 use super::module::{Emit, KernelModule, PendingId};
+use super::x86::copy::{CopyPiece, PanelCopy};
 use super::x86::gemm::KPos;
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
@@ -376,9 +377,45 @@ impl ImplicitGemm {
         define_gemm_driver(
             km,
             what,
-            self.micro_variants(),
+            (self.micro_variants(), &self.copy_variants()),
             move |e, b, begin, end, v| plan.body(e, b, begin, end, v),
         )
+    }
+
+    /// The x86 copy that packs a panel of strips shaped like `st` (`None`: stride over 2,
+    /// copied by [`Self::copy_strided`]).
+    fn panel_copy(&self, st: &Strip) -> Option<PanelCopy> {
+        let s = self.spec;
+        let (sh, sw, wp) = (s.stride_h, s.stride_w, self.wp);
+        let pieces = (st.pieces(s.out_w()).into_iter())
+            .map(|p| CopyPiece {
+                from: ((p.dy * sh * wp) as isize + p.dx * sw as isize) * 4,
+                to: p.to * 4,
+                len: p.len,
+            })
+            .collect();
+        let copy = PanelCopy {
+            width: self.width,
+            stride: sw,
+            kh: s.kernel_h,
+            kw: s.kernel_w,
+            src_row: wp * 4,
+            src_plane: self.hp * wp * 4,
+            dst_row: self.ldp * 4,
+            pieces,
+        };
+        copy.takes().then_some(copy)
+    }
+
+    /// Every panel copy the compute function calls, once each, in a fixed order.
+    fn copy_variants(&self) -> Vec<PanelCopy> {
+        let mut v: Vec<PanelCopy> = Vec::new();
+        for st in self.kinds.iter().flat_map(|k| &k.strips) {
+            if let Some(c) = self.panel_copy(st).filter(|c| !v.contains(c)) {
+                v.push(c);
+            }
+        }
+        v
     }
 
     fn body(
@@ -686,6 +723,11 @@ impl ImplicitGemm {
         let plane = self.hp * wp * 4;
         let row_bytes = self.f * self.ldp * 4;
         let src0 = e.addr(at.src, c0, plane);
+        if let Some(copy) = self.panel_copy(&at.strip) {
+            let n = e.b.ins().isub(c1, c0);
+            call_panel_copy(e, &self.copy_variants(), &copy, &[src0, c.panel, n]);
+            return Ok(());
+        }
         let src_end = e.addr(at.src, c1, plane);
         let ldp = self.ldp;
         // The channel's source plane and panel rows advance together.

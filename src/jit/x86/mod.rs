@@ -3,6 +3,7 @@
 //! ([`crate::jit::KernelModule::add_micro`]), where Cranelift-generated loop nests call them
 //! like any function. Cranelift emits only 128-bit vectors on x86-64; these kernels use the
 //! whole vector unit (see `docs/jit.md`).
+pub mod copy;
 pub mod eltwise;
 pub mod gemm;
 pub mod peak;

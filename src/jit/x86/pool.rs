@@ -63,7 +63,8 @@ const TAP_B: usize = 10;
 const NAN: usize = 11;
 const NAN_T: usize = 12;
 const PERM: usize = 13;
-const MASK: usize = 14;
+/// The AVX2 mask register of [`Masks::set`] (also the panel copy's).
+pub(super) const MASK: usize = 14;
 const NEG_INF: usize = 15;
 
 fn disp(bytes: isize) -> Result<i32> {
@@ -73,11 +74,12 @@ fn disp(bytes: isize) -> Result<i32> {
 
 /// The lanes `[lo, hi)` of a masked load or store, and the AVX2 masks' labels (emitted
 /// after the code: a label plus a displacement is not RIP-relative in iced's assembler).
-struct Masks(Vec<((usize, usize), CodeLabel)>);
+#[derive(Default)]
+pub(super) struct Masks(Vec<((usize, usize), CodeLabel)>);
 
 impl Masks {
     /// AVX-512: the lanes in `k1`; AVX2: in register `MASK`.
-    fn set(&mut self, v: &mut Vasm, lo: usize, hi: usize) -> Result<()> {
+    pub(super) fn set(&mut self, v: &mut Vasm, lo: usize, hi: usize) -> Result<()> {
         if v.w == Width::Z512 {
             let bits = ((1u32 << hi) - 1) & !((1u32 << lo) - 1);
             v.a.mov(eax, bits as i32).map_err(asm_err)?;
@@ -94,7 +96,7 @@ impl Masks {
         v.load(MASK, AsmMemoryOperand::from(label))
     }
 
-    fn emit_data(self, v: &mut Vasm) -> Result<()> {
+    pub(super) fn emit_data(self, v: &mut Vasm) -> Result<()> {
         for ((lo, hi), mut label) in self.0 {
             v.a.set_label(&mut label).map_err(asm_err)?;
             let lanes: Vec<u32> = (0..v.w.lanes())
