@@ -5,19 +5,19 @@ use crate::error::{Error, Result};
 use crate::lower::memory::ALIGN_FLOATS;
 use crate::lower::{Region, View};
 
-/// `len` zeroed floats starting on a 64-byte boundary. Safe code: a `Vec<f32>` with
-/// up to 15 floats of slack, the start chosen by the allocation's address (which never
-/// changes: the vector is never resized). Allocated fallibly: too little memory is an
-/// error naming `what`, not an abort.
+/// `len` zeroed floats starting on a 64-byte boundary (on huge pages when large: see
+/// [`crate::memory::HugeBuf`]). Safe code: a buffer with up to 15 floats of slack, the
+/// start chosen by the buffer's address (which never changes: it is never resized).
+/// Allocated fallibly: too little memory is an error naming `what`, not an abort.
 pub struct AlignedBuf {
-    buf: Vec<f32>,
+    buf: crate::memory::HugeBuf,
     start: usize,
     len: usize,
 }
 
 impl AlignedBuf {
     pub fn zeroed(len: usize, what: &str) -> Result<Self> {
-        let buf = crate::memory::try_vec(len + ALIGN_FLOATS - 1, 0.0f32, what)?;
+        let buf = crate::memory::HugeBuf::zeroed(len + ALIGN_FLOATS - 1, what)?;
         let line = 4 * ALIGN_FLOATS;
         // An f32 is 4-byte aligned, so the distance to the next line is whole floats.
         let start = (line - buf.as_ptr() as usize % line) % line / 4;

@@ -124,7 +124,7 @@ fn shuffle_item(x: &[f32], groups: usize, s: &Shape, out: &mut [f32]) {
 /// output, and its kernel's scratch after them (on `threads` threads).
 pub(super) fn polyphase_scratch(
     p: &Polyphase,
-    convs: &[(Arc<ConvKernel>, Vec<f32>)],
+    convs: &[(Arc<ConvKernel>, crate::memory::HugeBuf)],
     threads: usize,
 ) -> usize {
     (p.phases.iter())
@@ -140,7 +140,7 @@ pub(super) fn polyphase_scratch(
 /// the padding), its plain convolution, its outputs scattered into place.
 pub(super) fn polyphase(
     p: &Polyphase,
-    convs: &[(Arc<ConvKernel>, Vec<f32>)],
+    convs: &[(Arc<ConvKernel>, crate::memory::HugeBuf)],
     x: &[f32],
     out: &mut [f32],
     scratch: &mut [f32],

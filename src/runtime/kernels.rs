@@ -10,6 +10,7 @@ use crate::jit::{
     ThreadPool,
 };
 use crate::lower::{HostOp, Kernel, Plan, Polyphase, Step};
+use crate::memory::HugeBuf;
 use crate::options::Isa;
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -20,16 +21,16 @@ use std::time::{Duration, Instant};
 pub(super) enum Code {
     Conv {
         k: Arc<ConvKernel>,
-        packed: Vec<f32>,
+        packed: HugeBuf,
     },
     Fc {
         k: Arc<FcKernel>,
-        packed: Vec<f32>,
+        packed: HugeBuf,
     },
     Pool(Arc<PoolKernel>),
     Depthwise {
         k: Arc<DepthwiseKernel>,
-        packed: Vec<f32>,
+        packed: HugeBuf,
     },
     /// `consts` are extra inputs (batchnorm's scale and shift).
     Elt {
@@ -47,7 +48,7 @@ pub(super) enum Code {
     /// another, equal in length.
     GroupedConv {
         k: Arc<ConvKernel>,
-        packed: Vec<f32>,
+        packed: HugeBuf,
         groups: usize,
     },
     /// A plain loop per item ([`super::host`]).
@@ -56,7 +57,7 @@ pub(super) enum Code {
     /// packed weights (in the order of [`Polyphase::convs`]).
     Polyphase {
         plan: Polyphase,
-        convs: Vec<(Arc<ConvKernel>, Vec<f32>)>,
+        convs: Vec<(Arc<ConvKernel>, HugeBuf)>,
     },
 }
 
@@ -276,10 +277,14 @@ pub(super) fn instantiate(
             jobs.len() - 1
         }));
     }
-    let mut packed: Vec<Option<Vec<f32>>> = run_jobs(jobs.len(), pool, || (), |_, i| jobs[i]())?
-        .into_iter()
-        .map(Some)
-        .collect();
+    // Each job's result moves to huge pages on the job's own thread (the copy is the
+    // cost of a mapping per buffer: see `HugeBuf`).
+    let to_huge = |v| HugeBuf::from_vec(v, "packed weights");
+    let mut packed: Vec<Option<HugeBuf>> =
+        run_jobs(jobs.len(), pool, || (), |_, i| jobs[i]().and_then(to_huge))?
+            .into_iter()
+            .map(Some)
+            .collect();
     drop(jobs);
     let packing_time = packing_start.elapsed();
 
@@ -330,12 +335,14 @@ pub(super) fn instantiate(
             },
             Kernel::Host(op) => Code::Host(op.clone()),
             Kernel::Polyphase(p) => {
-                let mut all = take()?;
+                let all = take()?;
+                let mut rest: &[f32] = &all;
                 let mut convs = Vec::with_capacity(p.convs.len());
                 for key in &p.convs {
                     let k = conv.get(key).ok_or_else(missing)?.clone();
-                    let rest = all.split_off(k.packed_len().min(all.len()));
-                    convs.push((k, std::mem::replace(&mut all, rest)));
+                    let (mine, others) = rest.split_at(k.packed_len().min(rest.len()));
+                    convs.push((k, HugeBuf::from_vec(mine.to_vec(), "packed weights")?));
+                    rest = others;
                 }
                 Code::Polyphase {
                     plan: p.clone(),
