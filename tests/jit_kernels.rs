@@ -402,6 +402,9 @@ fn conv_winograd_every_isa_on_a_pool() {
         (20, 30, 58, 33, 0, G),
         (16, 9, 118, 16, 1, G),
         (16, 36, 50, 17, 1, G),
+        // More input than output channels: the group's `V` and `M` share planes of `in_c`
+        // rows (`M[ξ]` over `V[ξ - 1]`).
+        (37, 11, 55, 16, 1, G),
         // The whole layout: rows of 7 and 8 tiles two to a vector (the last vector's second
         // tile row past the grid, or of 3 output rows), rows of 4 and 2 tiles four to a
         // vector (the last vector half past the grid); f32x4 transforms for one row of 16

@@ -223,8 +223,23 @@ fn gemm_spec(s: &ConvSpec, pixels: usize) -> PixelGemmSpec {
     }
 }
 
+/// Floats from one plane of a group's `V` and `M` to the next: the two share `POS + 1`
+/// planes of `max(in_c, out_c)` rows of `cols` floats ([`WinogradPlan::v_base`]), which
+/// halves what a group keeps in L2 besides `U`.
+fn rotated_stride(s: &ConvSpec, cols: usize) -> usize {
+    skewed(s.in_c.max(s.out_c) * cols)
+}
+
 /// The largest transformed weights `U` (read by every group) of a grouped layer.
 const GROUPED_U_BYTES: usize = 1 << 20;
+/// ... and of a grouped layer of at least [`MANY_GROUPS`] groups, whose whole layout would
+/// send `V` and `M` through memory (VGG-19's 128 -> 128 at 112x112: 14 MB each), while the
+/// groups read `U` from L2 and L3 (session 10, `examples/convab.rs`, whole layout against
+/// grouped, weights from 4 copies, load 6: 128 -> 128 at 112x112 0.61-0.65 at one thread,
+/// 0.62 at two; 64 -> 128 at 112x112 0.71; 256 -> 256 at 56x56, 9.4 MB of `U`, 0.99-1.07;
+/// 128 -> 128 at 56x56, 7 groups, 0.95 at one thread but 1.16 at two).
+const GROUPED_U_BYTES_MANY: usize = 5 << 19;
+const MANY_GROUPS: usize = 16;
 
 /// Where the transforms read and write `V` and `M`: floats per `(ξ, channel)` row, and
 /// from one position `ξ` to the next in `V` and in `M`.
@@ -327,6 +342,11 @@ impl WinogradPlan {
             Isa::Sse => compute + memory,
             Isa::Avx2 | Isa::Avx512 => compute.max(memory),
         };
+        if let Ok(v) = std::env::var("CNNC_WINOGRAD_FORCE") {
+            if v.split(',').any(|c| c.parse() == Ok(s.out_h())) {
+                return true;
+            }
+        }
         winograd * WINOGRAD_MARGIN < direct
     }
 
@@ -427,14 +447,18 @@ impl WinogradPlan {
             let cols = rows * row_tiles;
             let gemm = PixelGemm::new(gemm_spec(&spec, cols), isa);
             let wp = vectors * LANES * TILE + 16;
+            let stride = rotated_stride(&spec, cols);
             let input = WinogradInput {
                 vectors,
                 wp,
-                v_stride: skewed(spec.in_c * cols),
+                v_stride: stride,
                 direct: None,
                 stack: 1,
             };
-            let output = |rows| output_spec(&spec, (vectors, 1), [rows, 0, 0, 0], cols);
+            let output = |rows| WinogradOutput {
+                m_stride: stride,
+                ..output_spec(&spec, (vectors, 1), [rows, 0, 0, 0], cols)
+            };
             let last = spec.out_h() % TILE;
             // The same packing of `U` as the whole layout's GEMM (the f32x4 fallback of a
             // wide GEMM would pack otherwise).
@@ -485,7 +509,9 @@ impl WinogradPlan {
         }
         // Two rows of one vector each make the GEMM's 32-column zmm tile.
         let rows = (2 * LANES / self.tw.next_multiple_of(LANES)).clamp(1, self.th - 1);
-        (POS * c * k * 4 <= GROUPED_U_BYTES).then_some(rows)
+        let u = POS * c * k * 4;
+        let many = self.th.div_ceil(rows) >= MANY_GROUPS;
+        (u <= GROUPED_U_BYTES || (u <= GROUPED_U_BYTES_MANY && many)).then_some(rows)
     }
 
     /// Whether the layer runs tile group by tile group ([`Groups`]).
@@ -505,7 +531,11 @@ impl WinogradPlan {
     /// (`[c][4 rows + 2][wp]`), then its `V` (`[ξ][c][cols]`) and `M` (`[ξ][k][cols]`).
     pub(crate) fn scratch_len(&self) -> usize {
         let lay = self.layout();
-        self.window_len() * self.spec.in_c + POS * (lay.v_stride + lay.m_stride)
+        let planes = match self.groups {
+            Some(_) => (POS + 1) * lay.v_stride,
+            None => POS * (lay.v_stride + lay.m_stride),
+        };
+        self.window_len() * self.spec.in_c + planes
     }
     /// Whether each thread of a pool needs a scratch of its own (`scratch_len` each).
     pub(crate) fn scratch_per_thread(&self) -> bool {
@@ -520,11 +550,17 @@ impl WinogradPlan {
     }
     /// Where the transforms keep `V` and `M`.
     fn layout(&self) -> Layout {
-        let row = self.groups.as_ref().map_or(self.tp, |g| g.cols);
-        Layout {
-            row,
-            v_stride: skewed(self.spec.in_c * row),
-            m_stride: skewed(self.spec.out_c * row),
+        match &self.groups {
+            Some(g) => Layout {
+                row: g.cols,
+                v_stride: rotated_stride(&self.spec, g.cols),
+                m_stride: rotated_stride(&self.spec, g.cols),
+            },
+            None => Layout {
+                row: self.tp,
+                v_stride: skewed(self.spec.in_c * self.tp),
+                m_stride: skewed(self.spec.out_c * self.tp),
+            },
         }
     }
     /// `U[ξ]` packed for the GEMM micro-kernel, for each `ξ`, then the bias.
@@ -983,13 +1019,25 @@ impl WinogradPlan {
         }
     }
 
-    /// Where `V` and `M` start in the scratch (after the padded planes or rows).
+    /// Where `V` and `M` start in the scratch (after the padded planes or rows). Grouped,
+    /// they share `POS + 1` planes ([`rotated_stride`]): `M[ξ]` is plane `ξ` and `V[ξ]`
+    /// plane `ξ + 1`, so the product of position `ξ` writes over `V[ξ - 1]`, which no later
+    /// product reads (a group's products run in position order on one thread).
     fn v_base(&self, e: &mut Emit, scratch: Value) -> Value {
-        e.add_imm(scratch, (self.spec.in_c * self.window_len() * 4) as i64)
+        let (v, _) = self.v_m_planes();
+        e.add_imm(scratch, (v * 4) as i64)
     }
     fn m_base(&self, e: &mut Emit, scratch: Value) -> Value {
-        let at = self.spec.in_c * self.window_len() + POS * self.layout().v_stride;
-        e.add_imm(scratch, (at * 4) as i64)
+        let (_, m) = self.v_m_planes();
+        e.add_imm(scratch, (m * 4) as i64)
+    }
+    /// Floats from the scratch's start to `V[0]` and to `M[0]`.
+    fn v_m_planes(&self) -> (usize, usize) {
+        let (planes, stride) = (self.spec.in_c * self.window_len(), self.layout().v_stride);
+        match self.groups {
+            Some(_) => (planes + stride, planes),
+            None => (planes, planes + POS * stride),
+        }
     }
 
     /// Units of the products: one per position and channel block, position major, so
@@ -1294,6 +1342,26 @@ mod tests {
     thread_local! {
         /// Tile rows per group for the plans this thread makes (`None`: the default).
         pub(super) static ROWS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// Which layers run tile group by tile group ([`WinogradPlan::group_rows`]): where `U`
+    /// fits L2, or is at most 2.5 MB and the layer has many groups.
+    #[test]
+    fn layers_group_where_u_stays_near_or_the_groups_are_many() {
+        let grouped =
+            |c, hw, k, isa| WinogradPlan::new(ConvSpec::square(c, hw, k, 3, 1, 1), isa).grouped();
+        for (c, hw, k, yes) in [
+            (64, 56, 64, true),
+            (64, 224, 64, true),
+            (128, 112, 128, true),
+            (64, 112, 128, true),
+            (128, 56, 128, false),
+            (256, 56, 256, false),
+            (128, 28, 128, false),
+        ] {
+            assert_eq!(grouped(c, hw, k, Isa::Avx512), yes, "{c} -> {k} at {hw}");
+            assert!(!grouped(c, hw, k, Isa::Avx2), "{c} -> {k} at {hw}");
+        }
     }
 
     /// Groups of several tile rows (the last one reaching past the grid, whose extra rows
