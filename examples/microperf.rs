@@ -34,6 +34,7 @@ fn spec(
         prefetch_w: 0,
         pf_ldx: 0,
         prefetch_out: false,
+        extra_x: 0,
         pack: false,
     }
 }

@@ -99,8 +99,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (16, 14, 14, 15, 1, 2, 0),
         (3, 37, 35, 29, 7, 2, 3),
         (100, 9, 8, 15, 3, 2, 1),
-        // All strips at once (a 7x7 output), 3 reduction blocks.
+        // All strips at once (a 7x7 output: the lone pixel computed by the strip before it),
+        // 3 reduction blocks; a 7x7 output from stride 2.
         (100, 7, 7, 30, 3, 1, 1),
+        (20, 14, 13, 9, 3, 2, 1),
         // Weights over 1 MB, prefetched ahead (grouped, and strip by strip).
         (300, 7, 7, 131, 3, 1, 1),
         (290, 39, 41, 115, 3, 2, 1),

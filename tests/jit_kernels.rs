@@ -2168,6 +2168,11 @@ fn conv_direct_every_isa_bit_identical() {
         spec(3, 131, 129, 64, 7, 7, (2, 2), (3, 3)),
         spec(50, 61, 62, 70, 3, 3, (1, 1), (1, 1)),
         spec(20, 14, 14, 1400, 3, 3, (1, 1), (1, 1)),
+        // 7x7 outputs from stride 1 and 2 (zmm: strips of 48 and 1 pixels, all at once; the
+        // full strip's kernel computes the lone pixel where a range holds both), 1 and 2
+        // reduction blocks, channel tails.
+        spec(40, 13, 14, 19, 3, 3, (2, 2), (1, 1)),
+        spec(70, 7, 7, 16, 3, 3, (1, 1), (1, 1)),
     ];
     // (5 input channels: with 4 or fewer, 3x3 filters take the im2col bands.)
     for k in 1..=15 {

@@ -21,15 +21,18 @@ impl Rng {
 }
 
 fn reference(m: &MicroGemm, x: &[f32], w: &[f32], res: &[f32], bias: &[f32], out: &mut [f32]) {
+    // The extra column (`extra_x`) reads its x rows from their own place.
+    let extra = usize::from(m.extra_x > 0);
     for i in 0..m.rows {
-        for j in 0..m.cols {
+        for j in 0..m.cols + extra {
             let mut acc = if m.accumulate {
                 out[i * m.ldo + j]
             } else {
                 0.0
             };
+            let x0 = if j == m.cols { m.extra_x / 4 } else { j };
             for c in 0..m.k {
-                acc = w[c * m.w_stride + i].mul_add(x[c * m.ldx + j], acc);
+                acc = w[c * m.w_stride + i].mul_add(x[c * m.ldx + x0], acc);
             }
             if m.bias {
                 acc += bias[if m.bias_per_col { j } else { i }];
@@ -104,6 +107,7 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     pf_ldx: 0,
                     // Or of its own outputs for writing (one row per loop iteration).
                     prefetch_out: [0, 1, 2, 4][(n / 2) % 4] == 0 && n % 3 != 1,
+                    extra_x: 0,
                     pack: false,
                 });
             }
@@ -190,6 +194,7 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 prefetch_w: 0,
                 pf_ldx: 0,
                 prefetch_out: false,
+                extra_x: 0,
                 pack: false,
             };
             let mut km = KernelModule::new().unwrap();
@@ -239,6 +244,7 @@ fn short_operands_are_refused() {
             prefetch_w: 0,
             pf_ldx: 0,
             prefetch_out: false,
+            extra_x: 0,
             pack: false,
         };
         let mut km = KernelModule::new().unwrap();
@@ -254,6 +260,70 @@ fn short_operands_are_refused() {
             .is_err());
         assert!(k.run(&x, &wt, &mut vec![0.0; no], None, None).is_err());
         assert!(k.run(&x, &wt, &mut vec![0.0; no], None, Some(&b)).is_ok());
+    }
+}
+
+/// The extra column (`MicroGemm::extra_x`, AVX-512: the pixel after a full strip, computed
+/// with the channels in the lanes of a ymm accumulator): bit for bit the reference, at 1 to
+/// 8 rows, strips of 48, 32, 17 (masked) and 1 pixels, short and long reductions, starting
+/// from zero or from the stored sums, every epilogue (bias per row or per column), with the
+/// weight and output prefetches; untouched outputs stay NaN.
+#[test]
+fn extra_column_kernels_match_the_reference() {
+    if !widths().contains(&Width::Z512) {
+        return;
+    }
+    let mut rng = Rng(0x0e17_4a9c_01d5);
+    let clip = Some(((-0.5f32).to_bits(), 0.75f32.to_bits()));
+    let mut specs = Vec::new();
+    for (n, (rows, cols, k)) in [
+        (8, 48, 147),
+        (8, 48, 9),
+        (6, 48, 4),
+        (8, 32, 67),
+        (5, 17, 3),
+        (1, 1, 1),
+        (3, 16, 250),
+        (8, 48, 2),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ldx = cols + 5 + n;
+        specs.push(MicroGemm {
+            width: Width::Z512,
+            rows,
+            cols,
+            k,
+            w_stride: 8,
+            ldx,
+            ldo: cols + 1 + n % 3,
+            accumulate: n % 3 == 1,
+            bias: n != 2,
+            bias_per_col: n == 4,
+            residual: n % 2 == 0,
+            relu: n % 3 != 2,
+            clip: if n % 4 == 3 { clip } else { None },
+            prefetch_every: 0,
+            prefetch_w: if n % 2 == 1 { 256 } else { 0 },
+            pf_ldx: 0,
+            prefetch_out: n % 4 == 0,
+            extra_x: (k * ldx + 3 + n) * 4,
+            pack: false,
+        });
+    }
+    for k in compile(&specs) {
+        let s = k.spec();
+        let ([x, wt, res, bias], mut got, want) = operands(&mut rng, s);
+        k.run(&x, &wt, &mut got, Some(&res), Some(&bias)).unwrap();
+        for (e, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == r.to_bits(),
+                "{s:?}: element {e} (row {}, col {}): got {g}, want {r}",
+                e / s.ldo,
+                e % s.ldo
+            );
+        }
     }
 }
 
@@ -290,6 +360,7 @@ fn packing_kernels_copy_their_input() {
                 prefetch_w: 0,
                 pf_ldx: 2 * cols + 5,
                 prefetch_out: false,
+                extra_x: 0,
                 pack: true,
             });
         }

@@ -175,6 +175,7 @@ impl FcGemm {
             prefetch_w: 0,
             pf_ldx: 0,
             prefetch_out: false,
+            extra_x: 0,
             pack: false,
         }
     }

@@ -517,6 +517,7 @@ impl PixelGemm {
             prefetch_w: if prefetch { self.prefetch_w } else { 0 },
             pf_ldx: s.pixels,
             prefetch_out: false,
+            extra_x: 0,
             pack: src == XSrc::Pack,
         }
     }

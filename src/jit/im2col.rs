@@ -167,6 +167,7 @@ impl Im2colGemm {
             prefetch_w: 0,
             pf_ldx: 0,
             prefetch_out: false,
+            extra_x: 0,
             pack: false,
         }
     }

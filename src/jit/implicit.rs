@@ -168,6 +168,10 @@ pub(crate) struct ImplicitGemm {
     /// Whether the call that first writes a strip's outputs (reduction block `Only` or
     /// `First`) prefetches the next strip's for writing ([`MicroGemm::prefetch_out`]).
     prefetch_out: bool,
+    /// Grouped, with a last strip of one pixel after a full one (a 7x7 output at zmm: 48 +
+    /// 1 pixels): the full strip's kernel also computes that pixel, with the channels in the
+    /// lanes ([`MicroGemm::extra_x`]), wherever a thread's range holds both strips' units.
+    lone_pixel: bool,
 }
 
 impl ImplicitGemm {
@@ -180,7 +184,9 @@ impl ImplicitGemm {
         if f * ldp * 4 > MAX_PANEL_BYTES {
             return None;
         }
-        let (kinds, strips) = strips(oh, ow, np, width.lanes());
+        // At zmm a lone last pixel costs next to nothing ([`Self::lone_pixel`]).
+        let lone_ok = width == Width::Z512 && mr == 8 && !lone_pixel_off();
+        let (kinds, strips) = strips(oh, ow, np, width.lanes(), lone_ok);
         // Grouped, the strips' panels share the stack budget of all panels.
         let channel_bytes = f * ldp * 4;
         let grouped = (2..=MAX_GROUPED_STRIPS).contains(&strips)
@@ -218,15 +224,27 @@ impl ImplicitGemm {
                 Ok("0") => false,
                 _ => spec.output_len() * 4 > PREFETCH_OUT_BYTES,
             },
+            lone_pixel: false,
             kinds,
             strips,
             ldp,
         };
+        let mut plan = plan;
+        plan.lone_pixel = plan.has_lone_pixel();
         // What the generator cannot emit (offsets beyond i32) stays on the f32x4 path.
         plan.micro_variants()
             .iter()
             .all(|m| m.check().is_ok())
             .then_some(plan)
+    }
+
+    /// Whether the plan's strips end with one pixel after a full strip that the full strip's
+    /// kernel can take ([`Self::lone_pixel`]; `CNNC_LONE_PIXEL=0`, a measuring knob, never).
+    fn has_lone_pixel(&self) -> bool {
+        let strips = self.each_strip();
+        let n = strips.len();
+        let ends = n >= 2 && strips[n - 1].0.cols == 1 && strips[n - 2].0.cols == self.np;
+        ends && self.grouped && self.width == Width::Z512 && self.mr == 8 && !lone_pixel_off()
     }
 
     /// What computes a tile, for profiles and plans: `avx512 14x32 implicit`.
@@ -320,6 +338,15 @@ impl ImplicitGemm {
         }
     }
 
+    /// The kernel of the strip before a lone pixel that computes that pixel too: its panel
+    /// is the next one ([`Self::all_strips`]), at the same rows.
+    fn micro_lone(&self, pos: KPos, rows: usize) -> MicroGemm {
+        MicroGemm {
+            extra_x: self.panel_bytes(),
+            ..self.micro(pos, rows, self.np)
+        }
+    }
+
     fn micro(&self, pos: KPos, rows: usize, cols: usize) -> MicroGemm {
         let s = self.spec;
         let ep = if matches!(pos, KPos::Only | KPos::Last) {
@@ -346,6 +373,7 @@ impl ImplicitGemm {
             prefetch_w: self.prefetch_w,
             pf_ldx: 0,
             prefetch_out: self.prefetch_out && matches!(pos, KPos::Only | KPos::First),
+            extra_x: 0,
             pack: false,
         }
     }
@@ -356,11 +384,14 @@ impl ImplicitGemm {
         let mut v: Vec<MicroGemm> = Vec::new();
         for pos in self.kpositions() {
             for &r in rows.iter().filter(|&&r| r > 0) {
+                let lone = self.lone_pixel.then(|| self.micro_lone(pos, r));
                 for k in &self.kinds {
                     for st in &k.strips {
                         let m = self.micro(pos, r, st.cols());
-                        if !v.contains(&m) {
-                            v.push(m);
+                        for m in std::iter::once(m).chain(lone) {
+                            if !v.contains(&m) {
+                                v.push(m);
+                            }
                         }
                     }
                 }
@@ -512,6 +543,7 @@ impl ImplicitGemm {
                     out: e.iconst(((oy0 * s.out_w() + ox0) * 4) as i64),
                     mlo,
                     mhi,
+                    lone: false,
                 }
             })
             .collect();
@@ -527,12 +559,33 @@ impl ImplicitGemm {
             }
             self.for_positions(e, kb, |e, pos| {
                 e.for_range(zero, nmbv, 1, |e, mb| {
-                    for (i, at) in placed.iter().enumerate() {
+                    let inside = |e: &mut Emit, at: &Placed| {
                         let lo = e.b.ins().icmp(IntCC::SignedLessThanOrEqual, at.mlo, mb);
                         let hi = e.b.ins().icmp(IntCC::SignedLessThan, mb, at.mhi);
-                        let inside = e.b.ins().band(lo, hi);
+                        e.b.ins().band(lo, hi)
+                    };
+                    let n = placed.len();
+                    // With a lone pixel, the strip before it computes it where the range
+                    // holds both units, each alone otherwise (`icmp` gives 0 or 1: `xor 1` negates).
+                    let both = match self.lone_pixel {
+                        true => {
+                            let (a, b) = (inside(e, &placed[n - 2]), inside(e, &placed[n - 1]));
+                            Some(e.b.ins().band(a, b))
+                        }
+                        false => None,
+                    };
+                    for (i, at) in placed.iter().enumerate() {
+                        let mut when = inside(e, at);
                         let c = panel(e, i);
-                        e.when(inside, |e| self.call(e, &c, at, kb, pos, variants, mb))?;
+                        if let Some(both) = both.filter(|_| i + 2 >= n) {
+                            let apart = e.b.ins().bxor_imm_u(both, 1);
+                            when = e.b.ins().band(when, apart);
+                            if i + 2 == n {
+                                let lone = Placed { lone: true, ..*at };
+                                e.when(both, |e| self.call(e, &c, &lone, kb, pos, variants, mb))?;
+                            }
+                        }
+                        e.when(when, |e| self.call(e, &c, at, kb, pos, variants, mb))?;
                     }
                     Ok(())
                 })
@@ -595,6 +648,7 @@ impl ImplicitGemm {
                             out: e.mul_imm(o, 4),
                             mlo,
                             mhi,
+                            lone: false,
                         };
                         self.strip(e, c, &at, variants)
                     })
@@ -664,7 +718,10 @@ impl ImplicitGemm {
         let mr = self.mr;
         let cols = at.strip.cols();
         let find = |e: &Emit, rows: usize| {
-            let m = self.micro(pos, rows, cols);
+            let m = match at.lone {
+                true => self.micro_lone(pos, rows),
+                false => self.micro(pos, rows, cols),
+            };
             variants
                 .iter()
                 .position(|v| *v == m)
@@ -841,14 +898,16 @@ pub(crate) fn shuffle(e: &mut Emit, a: Value, b: Value, lanes: [u8; 4]) -> Value
 /// Cuts an `oh x ow` output plane into strips of at most `np` pixels (`lanes` per vector):
 /// by rows ([`row_strips`]) or across rows ([`flat_strips`]), whichever computes fewer
 /// vectors. Returns the kinds and the number of strips.
-fn strips(oh: usize, ow: usize, np: usize, lanes: usize) -> (Vec<GroupKind>, usize) {
+fn strips(oh: usize, ow: usize, np: usize, lanes: usize, lone_ok: bool) -> (Vec<GroupKind>, usize) {
     let count = |kinds: &[GroupKind]| kinds.iter().map(|k| k.count * k.per_group).sum();
     let vectors = |kinds: &[GroupKind]| -> usize {
         let strip = |s: &Strip| s.repeat * s.cols.div_ceil(lanes);
-        kinds
-            .iter()
+        let n: usize = (kinds.iter())
             .map(|k| k.count * k.strips.iter().map(strip).sum::<usize>())
-            .sum()
+            .sum();
+        // A lone last pixel after a full strip, computed by that strip's kernel.
+        let last = kinds.last().and_then(|k| k.strips.last());
+        n - usize::from(lone_ok && (oh * ow) % np == 1 && last.is_some_and(|s| s.cols == 1))
     };
     let rows = row_strips(oh, ow, np);
     match flat_strips(oh, ow, np) {
@@ -967,6 +1026,11 @@ fn flat_strips(oh: usize, ow: usize, np: usize) -> Option<Vec<GroupKind>> {
     Some(kinds)
 }
 
+/// `CNNC_LONE_PIXEL=0`, a measuring knob: strips and kernels as before the lone pixel.
+fn lone_pixel_off() -> bool {
+    std::env::var("CNNC_LONE_PIXEL").is_ok_and(|v| v == "0")
+}
+
 /// What every strip of the compute function shares.
 #[derive(Clone, Copy)]
 struct Ctx {
@@ -981,10 +1045,13 @@ struct Ctx {
 
 /// One strip where it is: its first source pixel (of channel 0), the byte offset of its
 /// first output pixel within a channel plane, and its range of output channel blocks.
+#[derive(Clone, Copy)]
 struct Placed {
     strip: Strip,
     src: Value,
     out: Value,
     mlo: Value,
     mhi: Value,
+    /// Its kernel also computes the lone pixel after it ([`ImplicitGemm::lone_pixel`]).
+    lone: bool,
 }

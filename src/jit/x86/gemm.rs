@@ -25,8 +25,10 @@
 //! then `+ bias`, `+ residual`, the activation: the same operations in the same order as
 //! the Cranelift kernels, so results are bit-identical across ISA levels.
 use iced_x86::code_asm::{
-    byte_ptr, eax, qword_ptr, r10, r11, r8, r9, rcx, rdi, rdx, rsi, rsp, AsmMemoryOperand,
+    byte_ptr, dword_ptr, eax, get_xmm, get_ymm, qword_ptr, r10, r11, r8, r9, rcx, rdi, rdx, rsi,
+    rsp, ymmword_ptr, AsmMemoryOperand, AsmRegisterXmm, AsmRegisterYmm,
 };
+use iced_x86::Register;
 
 use std::sync::Arc;
 
@@ -101,9 +103,24 @@ pub struct MicroGemm {
     /// asked for at its first float, every 16 floats after it, and its last float: only
     /// lines of that row. Not with `prefetch_every` (both read `pf`).
     pub prefetch_out: bool,
+    /// One more output column, `cols` (the pixel after the tile's last), computed with the
+    /// channels in the lanes of one ymm accumulator (AVX-512 only, `w_stride == 8`, `rows <=
+    /// 8`): step `c` multiplies the 8 packed weights of the step by the broadcast
+    /// `x[extra_x / 4 + c * ldx]`; 0: none. A lone pixel after a full strip (a 7x7 output is
+    /// 48 + 1 pixels) would otherwise cost a third of a strip's FMAs for one lane in 16.
+    /// Each output is still one FMA chain over `c` in order, then the same epilogue
+    /// (scalar), so the bits are those of a call for that pixel alone.
+    pub extra_x: usize,
     /// Also store every x vector read at `pk + step * cols + j * lanes`: the tile's input
     /// packed contiguous, for the calls after it to read (full vectors only).
     pub pack: bool,
+}
+
+fn xmm(i: usize) -> AsmRegisterXmm {
+    get_xmm(Register::XMM0 + i as u32).expect("xmm index below 32")
+}
+fn ymm(i: usize) -> AsmRegisterYmm {
+    get_ymm(Register::YMM0 + i as u32).expect("ymm index below 32")
 }
 
 fn disp(bytes: usize) -> Result<i32> {
@@ -150,9 +167,15 @@ impl MicroGemm {
     /// Registers free after the reduction (the epilogue's temporaries).
     fn free_regs(&self) -> Vec<usize> {
         let m = self.mask_reg();
+        let e = self.extra_regs().map(|(acc, _)| acc);
         (self.rows * self.vectors()..self.width.registers())
-            .filter(|&r| Some(r) != m)
+            .filter(|&r| Some(r) != m && Some(r) != e)
             .collect()
+    }
+
+    /// The extra column's accumulator and broadcast registers (the last two).
+    fn extra_regs(&self) -> Option<(usize, usize)> {
+        (self.extra_x > 0).then_some((31, 30))
     }
 
     /// Refuses shapes the generator cannot emit (too many accumulators, offsets beyond i32).
@@ -173,10 +196,18 @@ impl MicroGemm {
         if self.pack && self.tail() > 0 {
             return bad("packing a partial vector".into());
         }
+        let extra_ok = self.width == Width::Z512 && self.w_stride == 8 && self.rows <= 8;
+        if self.extra_x > 0 && (!extra_ok || self.pack || !self.extra_x.is_multiple_of(4)) {
+            return bad("an extra column needs 8-float zmm steps".into());
+        }
         let nv = self.vectors();
         // Accumulators + the step's x vectors (+ the AVX2 broadcast register and mask).
         let extra = usize::from(self.bcst_in_reg());
-        let used = self.rows * nv + nv + extra + usize::from(self.mask_reg().is_some());
+        let used = self.rows * nv
+            + nv
+            + extra
+            + usize::from(self.mask_reg().is_some())
+            + 2 * usize::from(self.extra_x > 0);
         // The epilogue's temporary, zero for ReLU, the clip bounds.
         let temps = 1 + usize::from(self.relu_alone()) + 2 * usize::from(self.clip.is_some());
         if used > self.width.registers() || self.free_regs().len() < temps {
@@ -186,6 +217,8 @@ impl MicroGemm {
         disp(UNROLL * self.w_stride * 4 + self.prefetch_w)?;
         disp(UNROLL * self.pf_stride() * 4)?;
         disp(self.ldo * 4 + self.cols * 4)?;
+        disp(self.extra_x + UNROLL * self.ldx * 4)?;
+        disp(self.rows * self.ldo * 4 + self.cols * 4)?;
         disp(UNROLL * self.cols * 4)?;
         disp(self.rows * self.ldo * 4)?;
         Ok(())
@@ -195,6 +228,8 @@ impl MicroGemm {
     pub fn emit(&self) -> Result<Vec<u8>> {
         self.check()?;
         let mut v = Vasm::new(self.width)?;
+        // The extra column's ymm / xmm instructions name registers 16-31: EVEX only.
+        v.a.set_prefer_vex(self.extra_x == 0);
         let mut mask_data = None;
         if let Some(m) = self.mask_reg() {
             let label = v.a.create_label();
@@ -270,6 +305,14 @@ impl MicroGemm {
                 v.a.prefetchw(byte_ptr(r9 + disp(off)?)).map_err(asm_err)?;
             }
         }
+        if let Some((acc, xb)) = self.extra_regs() {
+            let at = rdi + disp(self.extra_x + u * self.ldx * 4)?;
+            v.a.vbroadcastss(ymm(xb), dword_ptr(at)).map_err(asm_err)?;
+            let w = rsi + disp(u * self.w_stride * 4)?;
+            // `acc += x * w` per lane: the same FMA as a pixel lane's `acc += x * w`.
+            v.a.vfmadd231ps(ymm(acc), ymm(xb), ymmword_ptr(w))
+                .map_err(asm_err)?;
+        }
         for i in 0..self.rows {
             let w = rsi + disp((u * self.w_stride + i) * 4)?;
             if !self.bcst_in_reg() {
@@ -307,6 +350,22 @@ impl MicroGemm {
                     (true, None) => v.load_k1(r, at)?,
                     (true, Some(m)) => v.maskload(r, m, at)?,
                 }
+            }
+        }
+        if let Some((acc, t)) = self.extra_regs() {
+            if self.accumulate {
+                // The stored partial sums of the column, one per row, gathered through the
+                // red zone below the stack pointer (a leaf function's own).
+                for i in 0..self.rows {
+                    let at = rdx + disp(i * self.ldo * 4 + self.cols * 4)?;
+                    v.a.vmovss(xmm(t), dword_ptr(at)).map_err(asm_err)?;
+                    v.a.vmovss(dword_ptr(rsp - 32 + (i * 4) as i32), xmm(t))
+                        .map_err(asm_err)?;
+                }
+                v.a.vmovups(ymm(acc), ymmword_ptr(rsp - 32))
+                    .map_err(asm_err)?;
+            } else {
+                v.a.vxorps(ymm(acc), ymm(acc), ymm(acc)).map_err(asm_err)?;
             }
         }
         let iters = self.k / UNROLL;
@@ -397,6 +456,7 @@ impl MicroGemm {
                 v.splat_eax(r)?;
             }
         }
+        self.extra_epilogue(v, (t, zero, lo, hi))?;
         let masked = |j: usize| j + 1 == nv && self.tail() > 0;
         for i in 0..self.rows {
             if self.bias && !self.bias_per_col {
@@ -444,6 +504,48 @@ impl MicroGemm {
         Ok(())
     }
 
+    /// The extra column's epilogue (before the rows', while `rdx` and `rcx` point at row 0):
+    /// the bias as a vector (one per lane, `a + b` as the rows' `+ bias`), then through the
+    /// red zone row by row the residual, ReLU and clip as scalars (the same operations and
+    /// operand order as the rows' vectors) and the store.
+    fn extra_epilogue(
+        &self,
+        v: &mut Vasm,
+        (t, zero, lo, hi): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let Some((acc, _)) = self.extra_regs() else {
+            return Ok(());
+        };
+        if self.bias && !self.bias_per_col {
+            v.a.vaddps(ymm(acc), ymm(acc), ymmword_ptr(r8))
+                .map_err(asm_err)?;
+        }
+        v.a.vmovups(ymmword_ptr(rsp - 32), ymm(acc))
+            .map_err(asm_err)?;
+        for i in 0..self.rows {
+            v.a.vmovss(xmm(t), dword_ptr(rsp - 32 + (i * 4) as i32))
+                .map_err(asm_err)?;
+            let at = disp(i * self.ldo * 4 + self.cols * 4)?;
+            if self.bias && self.bias_per_col {
+                v.a.vaddss(xmm(t), xmm(t), dword_ptr(r8 + disp(self.cols * 4)?))
+                    .map_err(asm_err)?;
+            }
+            if self.residual {
+                v.a.vaddss(xmm(t), xmm(t), dword_ptr(rcx + at))
+                    .map_err(asm_err)?;
+            }
+            if self.relu_alone() {
+                v.a.vmaxss(xmm(t), xmm(zero), xmm(t)).map_err(asm_err)?;
+            }
+            if self.clip.is_some() {
+                v.a.vmaxss(xmm(t), xmm(lo), xmm(t)).map_err(asm_err)?;
+                v.a.vminss(xmm(t), xmm(hi), xmm(t)).map_err(asm_err)?;
+            }
+            v.a.vmovss(dword_ptr(rdx + at), xmm(t)).map_err(asm_err)?;
+        }
+        Ok(())
+    }
+
     /// `a += [at]`, a vector from memory, only the tail's lanes when `masked` (AVX2: through
     /// the temporary `t`).
     fn add_masked(
@@ -473,15 +575,20 @@ impl MicroGemm {
     }
 
     pub fn operand_lens(&self) -> (usize, usize, usize, usize) {
+        // The extra column: its x rows, 8 weights a step and 8 biases (`rows <= 8` of them
+        // used), one more output per row (and bias per column).
+        let extra = usize::from(self.extra_x > 0);
+        let x_extra = extra * (self.extra_x / 4 + (self.k - 1) * self.ldx + 1);
+        let rows_read = if extra > 0 { 8 } else { self.rows };
         (
-            (self.k - 1) * self.ldx + self.cols,
+            ((self.k - 1) * self.ldx + self.cols).max(x_extra),
             // The prefetches ask only for lines of `w` too.
-            ((self.k - 1) * self.w_stride + self.rows).max(self.w_reach()),
-            (self.rows - 1) * self.ldo + self.cols,
+            ((self.k - 1) * self.w_stride + rows_read).max(self.w_reach()),
+            (self.rows - 1) * self.ldo + self.cols + extra,
             if self.bias_per_col {
-                self.cols
+                self.cols + extra
             } else {
-                self.rows
+                rows_read
             },
         )
     }
