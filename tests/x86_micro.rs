@@ -151,21 +151,7 @@ fn micro_kernels_match_the_reference_bit_for_bit() {
             .filter(|s| s.check().is_ok())
             .collect();
         assert!(specs.len() > 100, "{w:?}: {} shapes", specs.len());
-        for k in compile(&specs) {
-            let s = k.spec();
-            // A kernel that accumulates starts from the values in `out`; the others must
-            // overwrite the NaNs.
-            let ([x, wt, res, bias], mut got, want) = operands(&mut rng, s);
-            k.run(&x, &wt, &mut got, Some(&res), Some(&bias)).unwrap();
-            for (e, (g, r)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    g.to_bits() == r.to_bits(),
-                    "{s:?}: element {e} (row {}, col {}): got {g}, want {r}",
-                    e / s.ldo,
-                    e % s.ldo
-                );
-            }
-        }
+        run_against_the_reference(&mut rng, &specs);
     }
 }
 
@@ -312,9 +298,16 @@ fn extra_column_kernels_match_the_reference() {
             pack: false,
         });
     }
-    for k in compile(&specs) {
+    run_against_the_reference(&mut rng, &specs);
+}
+
+/// Runs each of `specs` on random operands and compares every output with the reference's
+/// bit for bit. A kernel that accumulates starts from the values in `out`; the others must
+/// overwrite the NaNs.
+fn run_against_the_reference(rng: &mut Rng, specs: &[MicroGemm]) {
+    for k in compile(specs) {
         let s = k.spec();
-        let ([x, wt, res, bias], mut got, want) = operands(&mut rng, s);
+        let ([x, wt, res, bias], mut got, want) = operands(rng, s);
         k.run(&x, &wt, &mut got, Some(&res), Some(&bias)).unwrap();
         for (e, (g, r)) in got.iter().zip(&want).enumerate() {
             assert!(
