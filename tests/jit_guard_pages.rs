@@ -144,6 +144,8 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (2100, 5, 5, 130, 1, 1, 0),
         // A bottleneck's 4x expansion from a small input: weight major too.
         (32, 12, 12, 130, 1, 1, 0),
+        // The same over 1024 pixels: 8x48 tiles at avx512.
+        (32, 33, 35, 130, 1, 1, 0),
         // Strided 1x1 (avx2 / avx512: the pointwise GEMM on the sampled pixels): the
         // copy's last vector group reading the input's last column, odd and even widths,
         // rows narrower than a group; weight major with prefetched weights.

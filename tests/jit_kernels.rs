@@ -612,6 +612,7 @@ fn conv_pointwise_pixel_ranges() {
         (400, 10, 10, 20, true),  // avx512: a column of 48 too long to pack: 12x32 (24 rows)
         (400, 10, 10, 29, false), // the same, 14x32 (30 rows, against 36 at 12)
         (32, 12, 12, 130, true),  // a 4x expansion: channel block major (and a channel tail)
+        (32, 33, 32, 130, true),  // the same over 1024 pixels: avx512 8x48 tiles
         // More output channels than pixels: at avx2 / avx512 the units go channel block
         // by channel block (full and partial columns; 20 pixels: no full zmm column).
         (40, 6, 6, 50, true),
@@ -637,8 +638,11 @@ fn conv_pointwise_pixel_ranges() {
         // the tile column packs (at most 64 KB, pixel major) else 14x32.
         // Channel block major where the weights outweigh the input or a bottleneck expands
         // 4x from an input in L2 (`PixelGemm::streamed`, at avx2 / avx512).
-        let weight_major = k > h * w || (k >= 4 * c && c >= 32 && c * h * w * 4 <= 1 << 20);
-        let packs48 = c * 48 * 4 <= 64 * 1024 && h * w >= 48 && !weight_major;
+        let expands = k >= 4 * c && c >= 32 && c * h * w * 4 <= 1 << 20;
+        let weight_major = k > h * w || expands;
+        // 8x48 also for an expansion of at least 1024 pixels.
+        let packs48 =
+            (c * 48 * 4 <= 64 * 1024 && h * w >= 48 && !weight_major) || (expands && h * w >= 1024);
         // Otherwise 12x32 where that pads the channels to at least 4% fewer rows than 14.
         let rows12 = k.div_ceil(14) * 14 * 100 >= k.div_ceil(12) * 12 * 104;
         let (mr, np) = match cnnc::Isa::default_level() {
@@ -1997,6 +2001,8 @@ fn conv_pointwise_every_isa_bit_identical() {
         (400, 8, 8, 20),
         (600, 9, 9, 44),
         (40, 13, 13, 161),
+        // A 4x expansion of over 1024 pixels: weight major on 8x48 tiles (a pixel tail).
+        (32, 33, 33, 130),
         // Weight major on 12-row tiles, over 1 MB of weights (prefetched).
         (2100, 5, 5, 130),
     ];

@@ -72,6 +72,17 @@ fn fewer_rows_at_12(out_c: usize) -> bool {
 /// ([`PixelGemm::expands`]): each channel block reads all of it, from L2.
 const EXPANSION_INPUT_BYTES: usize = 1 << 20;
 
+/// The fewest pixels of an expansion ([`PixelGemm::expands`]) that takes the 8 x 48 zmm
+/// tile ([`STREAMED_ZMM_TILE`]) instead of 14 x 32: ResNet-50's 64 -> 256 at 56x56 (256 =
+/// 32 x 8 rows against 18 x 14 + 4; 11 loads per 24 FMAs against 16 per 28; the 48-pixel
+/// x column of 64 channels, 12 KB, stays in L1). `examples/convab.rs` with a residual,
+/// avx512, weights from 20 copies, 8 x 48 / 14 x 32, median of 77-909 pairs, 11:47-11:51,
+/// load 6.6-7.2: one thread warm 0.913, 0.944, 0.966, cold (`CNNC_FLUSH_MB=32`) 0.943,
+/// 0.958, 0.920; two threads warm 0.909, 0.938, 0.950, cold 1.017, 0.966, 0.845. Not below:
+/// 128 -> 512 at 28x28 0.998 (2 threads 0.978), 256 -> 1024 at 14x14 1.042, 512 -> 2048 at
+/// 7x7 1.018.
+const WIDE_EXPANSION: usize = 1024;
+
 /// Where a wide tile's kernel reads its input: the planes, the planes while packing them
 /// into the scratch (the first block of a tile column), or that packed copy (the others).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,7 +253,10 @@ impl PixelGemm {
     pub(crate) fn streamed(mut self) -> Self {
         if self.wide.is_some() && (self.s.out_c > self.s.pixels || self.expands()) {
             self.weight_major = true;
-            if self.wide == Some(Width::Z512) && fewer_rows_at_12(self.s.out_c) {
+            if self.wide == Some(Width::Z512) && self.expands() && self.s.pixels >= WIDE_EXPANSION {
+                let (mr, np) = STREAMED_ZMM_TILE;
+                self.set_tile(mr, np);
+            } else if self.wide == Some(Width::Z512) && fewer_rows_at_12(self.s.out_c) {
                 self.set_tile(12, self.np);
             }
             if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
