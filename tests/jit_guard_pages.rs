@@ -112,6 +112,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // reduction blocks.
         (3, 131, 129, 64, 7, 2, 3),
         (50, 62, 61, 70, 3, 1, 1),
+        // The same on the im2col bands (few taps): a channel tail, a plane shorter than two
+        // tiles.
+        (3, 150, 149, 29, 3, 1, 1),
+        (4, 7, 9, 4100, 3, 1, 1),
         (2, 5, 40, 6, 2, 1, 0),
         (3, 7, 9, 5, 3, 1, 1),
         (5, 13, 11, 9, 1, 1, 0),

@@ -2239,6 +2239,11 @@ fn conv_few_taps_im2col_every_isa_bit_identical() {
         spec(3, 3, 200, 14, 3, 3, (1, 1), (0, 1)),
         spec(1, 1, 9, 2, 1, 3, (1, 1), (0, 0)),
         spec(3, 9, 4, 28, 3, 3, (2, 2), (1, 1)),
+        // Outputs over 1 MB, whose full tiles prefetch the next tile's outputs for writing
+        // (the plane's last full tiles their own): a channel tail, and a plane shorter
+        // than two tiles.
+        spec(3, 150, 149, 29, 3, 3, (1, 1), (1, 1)),
+        spec(4, 7, 9, 4100, 3, 3, (1, 1), (1, 1)),
     ];
     for k in 1..=15 {
         shapes.push(spec(3, 31, 19, k, 3, 3, (2, 2), (1, 1)));

@@ -22,12 +22,13 @@
 //!
 //! Work units: bands. Each is independent (its own panel), so a thread computes exactly its
 //! bands whatever the split.
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{off, F32, F32X4};
 use super::conv::{call_panel_copy, define_gemm_driver, ConvBufs, ConvSpec};
 use super::gemm::call_for_block;
-use super::implicit::{shuffle, tile};
+use super::implicit::{prefetches_out, shuffle, tile};
 use super::module::{Emit, KernelModule, PendingId};
 use super::x86::copy::{CopyPiece, PanelCopy};
 use super::x86::{MicroGemm, Width};
@@ -61,6 +62,9 @@ pub(crate) struct Im2colGemm {
     hp: usize,
     wp: usize,
     padded: bool,
+    /// Whether the full tiles prefetch the next tile's outputs for writing
+    /// ([`MicroGemm::prefetch_out`]).
+    prefetch_out: bool,
 }
 
 impl Im2colGemm {
@@ -91,6 +95,7 @@ impl Im2colGemm {
             hp: spec.in_h + 2 * spec.pad_h,
             wp: spec.in_w + 2 * spec.pad_w,
             padded: spec.pad_h > 0 || spec.pad_w > 0,
+            prefetch_out: prefetches_out(&spec),
         };
         // What the generator cannot emit (offsets beyond i32) stays on the other methods.
         plan.micro_variants()
@@ -166,7 +171,7 @@ impl Im2colGemm {
             prefetch_every: 0,
             prefetch_w: 0,
             pf_ldx: 0,
-            prefetch_out: false,
+            prefetch_out: self.prefetch_out && cols == self.np,
             extra_x: 0,
             pack: false,
         }
@@ -416,7 +421,27 @@ impl Im2colGemm {
                 let r = e.b.ins().iadd(res, at);
                 let kernels = (find(e, mr, cols)?, (tail > 0).then(|| find(e, tail, cols)));
                 let kernels = (kernels.0, kernels.1.transpose()?);
-                call_for_block(e, mb, self.nmb, kernels, &[x, w, o, r, bias])
+                // `pf`, the sixth argument, where a kernel takes it (`define_gemm_driver`).
+                if !variants.iter().any(|m| m.prefetch_out) {
+                    return call_for_block(e, mb, self.nmb, kernels, &[x, w, o, r, bias]);
+                }
+                // The next tile of the band (of the next band after the last): its `np`
+                // columns of each output row when they are inside the plane, else this
+                // tile's own (the shorter tiles ignore `pf`).
+                let pf = match ohw.checked_sub(2 * np) {
+                    Some(last) => {
+                        let px = e.b.ins().iadd(p0, at);
+                        let inside = (e.b.ins()).icmp_imm_s(
+                            IntCC::UnsignedLessThanOrEqual,
+                            px,
+                            (last * 4) as i64,
+                        );
+                        let next = e.add_imm(o, (np * 4) as i64);
+                        e.b.ins().select(inside, next, o)
+                    }
+                    None => o,
+                };
+                call_for_block(e, mb, self.nmb, kernels, &[x, w, o, r, bias, pf])
             };
             e.for_const(0, full as i64, 1, |e, t| call(e, t, np))?;
             if rest > 0 {

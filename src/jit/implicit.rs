@@ -64,6 +64,17 @@ pub(crate) const WEIGHT_PREFETCH_BYTES: usize = 2048;
 /// so not below).
 const PREFETCH_OUT_BYTES: usize = 1 << 20;
 
+/// Whether the micro-kernels of `spec` prefetch the next tile's outputs for writing (see
+/// [`PREFETCH_OUT_BYTES`]). `CNNC_PREFETCH_OUT`, a measuring knob (`examples/modelab.rs`,
+/// `convab.rs`): 1 always, 0 never.
+pub(crate) fn prefetches_out(spec: &ConvSpec) -> bool {
+    match std::env::var("CNNC_PREFETCH_OUT").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => spec.output_len() * 4 > PREFETCH_OUT_BYTES,
+    }
+}
+
 /// The micro-kernel's tile, output channels by pixels: with zmm 8 x 48 (24 accumulators;
 /// per step 3 x vectors and 8 broadcasts for 24 FMAs), where the pointwise GEMM's 14 x 32
 /// left a short last block on the usual channel counts (256 = 18 x 14 + 4, 128 = 9 x 14 +
@@ -218,12 +229,7 @@ impl ImplicitGemm {
             } else {
                 0
             },
-            // A measuring knob (`examples/modelab.rs`, `convab.rs`): 1 always, 0 never.
-            prefetch_out: match std::env::var("CNNC_PREFETCH_OUT").as_deref() {
-                Ok("1") => true,
-                Ok("0") => false,
-                _ => spec.output_len() * 4 > PREFETCH_OUT_BYTES,
-            },
+            prefetch_out: prefetches_out(&spec),
             lone_pixel: false,
             kinds,
             strips,
