@@ -27,6 +27,48 @@ use crate::options::Isa;
 
 static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The machine code of the x86 micro-kernels emitted in this process, by the key of
+/// [`KernelModule::add_micro_once`] (which shows every field of the spec, and the code
+/// depends on nothing else): a model compiled again, or another with layers of the same
+/// shapes, installs the same bytes without emitting them (SqueezeNet's warm compile spent
+/// ~10% of its time in `MicroGemm::emit`). The code is position-independent (relative
+/// jumps, RIP-relative constants), so the same bytes serve every module. Bounded by
+/// [`MICRO_CACHE_BYTES`]; once full, new kernels are emitted and not kept.
+struct MicroCache {
+    code: std::collections::HashMap<String, Arc<[u8]>>,
+    bytes: usize,
+}
+
+/// Code bytes the micro-kernel cache keeps at most (DenseNet-121's 418 kernels: ~1 MB).
+const MICRO_CACHE_BYTES: usize = 16 << 20;
+
+static MICRO_CACHE: std::sync::OnceLock<Mutex<MicroCache>> = std::sync::OnceLock::new();
+
+impl MicroCache {
+    /// The code of `key`, emitted by `emit` unless this process already has it.
+    fn get_or_emit(key: &str, emit: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<[u8]>> {
+        let cache = MICRO_CACHE.get_or_init(|| {
+            Mutex::new(MicroCache {
+                code: Default::default(),
+                bytes: 0,
+            })
+        });
+        // A thread that panicked while holding the lock left the map consistent (every
+        // insert is one call), so a poisoned lock is still usable.
+        let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(code) = lock().code.get(key) {
+            return Ok(code.clone());
+        }
+        let code: Arc<[u8]> = emit()?.into();
+        let mut c = lock();
+        if c.bytes + code.len() <= MICRO_CACHE_BYTES {
+            c.bytes += code.len();
+            c.code.insert(key.to_string(), code.clone());
+        }
+        Ok(code)
+    }
+}
+
 /// `exp` for the generated code (softmax). Rust's `f32::exp` is correctly rounded to within
 /// 1 ulp, which is what the tests compare against.
 extern "C" fn cnnc_expf(x: f32) -> f32 {
@@ -566,7 +608,8 @@ impl KernelModule {
         if let Some(&id) = self.micros.get(&key) {
             return Ok(id);
         }
-        let id = self.add_micro(n_params, &emit(spec)?, what)?;
+        let code = MicroCache::get_or_emit(&key, || emit(spec))?;
+        let id = self.add_micro(n_params, &code, what)?;
         self.micros.insert(key, id);
         Ok(id)
     }
@@ -887,6 +930,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A micro-kernel is emitted once per process: a second module installs the bytes the
+    /// first emitted, a spec never seen is emitted.
+    #[test]
+    fn micro_kernels_are_emitted_once_per_process() {
+        let calls = std::cell::Cell::new(0);
+        // `ret`, then a key unique to this test.
+        let emit = |_: &String| {
+            calls.set(calls.get() + 1);
+            Ok(vec![0xC3])
+        };
+        let key = format!("micro cache test {:?}", std::thread::current().id());
+        for _ in 0..2 {
+            let mut km = KernelModule::new().unwrap();
+            km.add_micro_once(0, "test", &key, emit).unwrap();
+            km.add_micro_once(0, "test", &format!("{key} other"), emit)
+                .unwrap();
+            km.finalize().unwrap();
+        }
+        assert_eq!(calls.get(), 2);
     }
 
     /// Layers that call the same micro-kernels share them, and each layer's output is the
