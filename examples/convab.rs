@@ -49,7 +49,7 @@ fn main() {
     // Copies allocated alternately for the two variants, so that neither gets luckier
     // memory (all of one variant's first measured up to 2x apart on this host); each run
     // takes the least recently used copy.
-    let mut packs: [Vec<Vec<f32>>; 2] = [Vec::new(), Vec::new()];
+    let mut packs: [Vec<cnnc::memory::HugeBuf>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..copies {
         for (v, p) in variants.iter().zip(packs.iter_mut()) {
             p.push(v.1.pack_weights(&w, Some(&b)).unwrap());

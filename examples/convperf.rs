@@ -43,7 +43,7 @@ fn main() {
     // CNNC_COPIES=n: rotate through n copies of the packed weights, as a network's
     // layers do, so that they come from memory rather than from L2.
     let copies: usize = std::env::var("CNNC_COPIES").map_or(1, |v| v.parse().unwrap());
-    let packs: Vec<Vec<f32>> = (0..copies)
+    let packs: Vec<cnnc::memory::HugeBuf> = (0..copies)
         .map(|_| pk.pack_weights(&w, Some(&b)).unwrap())
         .collect();
     let mut round = 0;

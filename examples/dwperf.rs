@@ -71,7 +71,7 @@ fn main() {
             .collect();
         let b = vec![0.1f32; c];
         let packed_dw = pack_depthwise_weights(&dw, &w, Some(&b)).unwrap();
-        let per_group: Vec<Vec<f32>> = (0..c)
+        let per_group: Vec<cnnc::memory::HugeBuf> = (0..c)
             .map(|g| {
                 pc.pack_weights(&w[g * 9..(g + 1) * 9], Some(&b[g..g + 1]))
                     .unwrap()

@@ -279,7 +279,7 @@ impl HugeBuf {
     pub fn zeroed(len: usize, what: &str) -> Result<Self> {
         match Self::mapping(len, what)? {
             Some(buf) => Ok(buf),
-            None => Ok(HugeBuf::Small(try_vec(len, 0.0, what)?)),
+            None => Ok(HugeBuf::Small(try_zeros(len, what)?)),
         }
     }
 
@@ -314,6 +314,20 @@ impl HugeBuf {
         }
         let offset = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
         Ok(Some(HugeBuf::Mapped { map, offset, len }))
+    }
+}
+
+/// As the floats' slice, like a vector's.
+impl std::fmt::Debug for HugeBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// Equal floats, wherever they are kept.
+impl PartialEq for HugeBuf {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
     }
 }
 

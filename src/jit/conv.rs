@@ -35,7 +35,7 @@ use super::threads::ThreadPool;
 use super::winograd::WinogradPlan;
 use super::x86;
 use crate::error::{Error, Result};
-use crate::memory::{try_vec, try_zeros};
+use crate::memory::{try_vec, HugeBuf};
 use crate::options::Isa;
 
 /// Shapes and fused epilogue of one convolution layer (one image, NCHW).
@@ -911,12 +911,12 @@ impl Plan {
 
     /// Packs PyTorch-layout weights `[out_c, in_c, kernel_h, kernel_w]` (and the bias
     /// `[out_c]` when `spec.bias`) into the order this plan's kernel reads them.
-    fn pack(&self, spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+    fn pack(&self, spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<HugeBuf> {
         check_conv_weights(spec, weights, bias)?;
         let bias = bias.filter(|_| spec.bias);
         // Packers that write into zeros (their padding left as it is).
         let zeroed = |pack: &dyn Fn(&mut [f32])| {
-            let mut out = try_zeros(self.packed_len(), "conv packed weights")?;
+            let mut out = HugeBuf::zeroed(self.packed_len(), "conv packed weights")?;
             pack(&mut out);
             Ok(out)
         };
@@ -924,7 +924,7 @@ impl Plan {
             Plan::Direct(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
             Plan::Implicit(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
             Plan::Im2col(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
-            Plan::Gemm(g) => g.packed(weights, bias),
+            Plan::Gemm(g) => HugeBuf::from_vec(g.packed(weights, bias)?, "conv packed weights"),
             Plan::Winograd(w) => zeroed(&|out| w.pack_into(weights, bias, out)),
         }
     }
@@ -938,7 +938,7 @@ pub fn pack_conv_weights(
     spec: &ConvSpec,
     weights: &[f32],
     bias: Option<&[f32]>,
-) -> Result<Vec<f32>> {
+) -> Result<HugeBuf> {
     spec.validate()?;
     let isa = Isa::default_level();
     Plan::with_method(spec, ConvMethod::for_spec(spec, true, isa), isa)?.pack(spec, weights, bias)
@@ -971,7 +971,7 @@ fn check_conv_weights(spec: &ConvSpec, weights: &[f32], bias: Option<&[f32]>) ->
 
 impl PendingConv {
     /// Packs the layer's weights for this kernel (see [`pack_conv_weights`]).
-    pub fn pack_weights(&self, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+    pub fn pack_weights(&self, weights: &[f32], bias: Option<&[f32]>) -> Result<HugeBuf> {
         self.plan.pack(&self.spec, weights, bias)
     }
     /// The algorithm the kernel uses.

@@ -26,7 +26,7 @@ use super::fc_gemm::FcGemm;
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId, PREFETCH_BYTES};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
-use crate::memory::try_zeros;
+use crate::memory::HugeBuf;
 use crate::options::Isa;
 
 /// `out[n][k] = sum_c W[k][c] x[n][c] (+ bias[k]) (+ residual[n][k])`, then optional ReLU
@@ -164,7 +164,7 @@ impl FcPlan {
     }
     /// PyTorch-layout weights `[out, in]` (and bias `[out]`) in the order the plan's
     /// kernel reads them.
-    fn pack(&self, spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+    fn pack(&self, spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<HugeBuf> {
         spec.validate()?;
         check_len("fc weights", weights.len(), spec.weight_len())
             .map_err(|e| Error::Weights(e.to_string()))?;
@@ -183,7 +183,7 @@ impl FcPlan {
         match self {
             FcPlan::Dot => pack_dot(spec, weights, bias),
             FcPlan::Rows(g) => {
-                let mut out = try_zeros(self.packed_len(spec), "fc packed weights")?;
+                let mut out = HugeBuf::zeroed(self.packed_len(spec), "fc packed weights")?;
                 g.pack_into(weights, bias, &mut out);
                 Ok(out)
             }
@@ -194,48 +194,40 @@ impl FcPlan {
 /// Packs PyTorch-layout fc weights `[out, in]` (and bias `[out]`) for the fc kernel
 /// [`KernelModule::add_fc`] generates for `spec` at the default ISA level
 /// ([`Isa::default_level`]; for another level use [`PendingFc::pack_weights`]).
-pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<HugeBuf> {
     spec.validate()?;
     FcPlan::new(spec, Isa::default_level()).pack(spec, weights, bias)
 }
 
 /// The batch-1 layout: per block of `R` rows `[C/4][R][4]`, then the `C % 4` tail as
 /// `[C%4][R]`; then the bias padded to `nkb * R`.
-fn pack_dot(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+fn pack_dot(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<HugeBuf> {
     let (c, k, r) = (spec.in_features, spec.out_features, spec.rows());
     let c4 = c / 4 * 4;
-    let n = spec.dot_packed_len();
-    // Written once, in order, the zeros of the rows past `k` in the last block included
-    // (no zeroed buffer first: see `memory::try_with_capacity`), 4 floats of one row at a
-    // time; the block's `r` rows being read stay in cache.
-    let mut out = crate::memory::try_with_capacity(n, "fc packed weights")?;
+    // Written in order into zeros, 4 floats of one row at a time (the block's `r` rows being
+    // read stay in cache); the rows past `k` in the last block stay zero.
+    let mut out = HugeBuf::zeroed(spec.dot_packed_len(), "fc packed weights")?;
+    let mut at = 0;
     for kb in 0..spec.nkb() {
         let rows: Vec<&[f32]> = (kb * r..k.min(kb * r + r))
             .map(|ki| &weights[ki * c..ki * c + c])
             .collect();
-        let pad = r - rows.len();
         for ci4 in (0..c4).step_by(4) {
-            for row in &rows {
-                out.extend_from_slice(&row[ci4..ci4 + 4]);
+            for (j, row) in rows.iter().enumerate() {
+                out[at + 4 * j..at + 4 * j + 4].copy_from_slice(&row[ci4..ci4 + 4]);
             }
-            out.extend(std::iter::repeat_n(0.0, 4 * pad));
+            at += 4 * r;
         }
         for ci in c4..c {
-            out.extend(rows.iter().map(|row| row[ci]));
-            out.extend(std::iter::repeat_n(0.0, pad));
+            for (j, row) in rows.iter().enumerate() {
+                out[at + j] = row[ci];
+            }
+            at += r;
         }
     }
-    match bias {
-        Some(b) => out.extend_from_slice(&b[..k]),
-        None => out.extend(std::iter::repeat_n(0.0, k)),
+    if let Some(b) = bias {
+        out[at..at + k].copy_from_slice(&b[..k]);
     }
-    if out.len() > n {
-        return Err(Error::Internal(format!(
-            "{} fc weights packed for {n}",
-            out.len()
-        )));
-    }
-    out.resize(n, 0.0);
     Ok(out)
 }
 
@@ -530,7 +522,7 @@ impl KernelModule {
 
 impl PendingFc {
     /// Packs the layer's weights `[out, in]` (and bias) for this kernel.
-    pub fn pack_weights(&self, weights: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+    pub fn pack_weights(&self, weights: &[f32], bias: Option<&[f32]>) -> Result<HugeBuf> {
         self.plan.pack(&self.spec, weights, bias)
     }
     /// What computes its tiles (see [`FcKernel::micro_kernel`]).

@@ -159,7 +159,9 @@ fn weights(g: &Graph, id: NodeId, bias: bool) -> Result<(&[f32], Option<&[f32]>)
     Ok((param(g, id, "weight")?, b))
 }
 
-type PackJob<'a> = Box<dyn Fn() -> Result<Vec<f32>> + Send + Sync + 'a>;
+type PackJob<'a> = Box<dyn Fn() -> Result<HugeBuf> + Send + Sync + 'a>;
+
+const PACKED: &str = "packed weights";
 
 /// The packing job of a step, if its kernel reads packed weights.
 fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<PackJob<'a>>> {
@@ -183,7 +185,9 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
         Kernel::Depthwise(spec) => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
             let spec = *spec;
-            Some(Box::new(move || pack_depthwise_weights(&spec, w, b)))
+            Some(Box::new(move || {
+                HugeBuf::from_vec(pack_depthwise_weights(&spec, w, b)?, PACKED)
+            }))
         }
         Kernel::Polyphase(p) => {
             // Every phase convolution's packing, one after another.
@@ -198,9 +202,9 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
             Some(Box::new(move || {
                 let mut all = Vec::new();
                 for k in &kernels {
-                    all.extend(k.pack_weights(w, b)?);
+                    all.extend_from_slice(&k.pack_weights(w, b)?);
                 }
-                Ok(all)
+                HugeBuf::from_vec(all, PACKED)
             }))
         }
         Kernel::GroupedConv {
@@ -223,9 +227,9 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
                 for gi in 0..groups {
                     let wg = dilated(&w[gi * per_group..(gi + 1) * per_group], size, dilation);
                     let bg = b.map(|b| &b[gi * kg..(gi + 1) * kg]);
-                    all.extend(k.pack_weights(&wg, bg)?);
+                    all.extend_from_slice(&k.pack_weights(&wg, bg)?);
                 }
-                Ok(all)
+                HugeBuf::from_vec(all, PACKED)
             }))
         }
         _ => None,
@@ -277,14 +281,10 @@ pub(super) fn instantiate(
             jobs.len() - 1
         }));
     }
-    // Each job's result moves to huge pages on the job's own thread (the copy is the
-    // cost of a mapping per buffer: see `HugeBuf`).
-    let to_huge = |v| HugeBuf::from_vec(v, "packed weights");
-    let mut packed: Vec<Option<HugeBuf>> =
-        run_jobs(jobs.len(), pool, || (), |_, i| jobs[i]().and_then(to_huge))?
-            .into_iter()
-            .map(Some)
-            .collect();
+    let mut packed: Vec<Option<HugeBuf>> = run_jobs(jobs.len(), pool, || (), |_, i| jobs[i]())?
+        .into_iter()
+        .map(Some)
+        .collect();
     drop(jobs);
     let packing_time = packing_start.elapsed();
 
@@ -341,7 +341,7 @@ pub(super) fn instantiate(
                 for key in &p.convs {
                     let k = conv.get(key).ok_or_else(missing)?.clone();
                     let (mine, others) = rest.split_at(k.packed_len().min(rest.len()));
-                    convs.push((k, HugeBuf::from_vec(mine.to_vec(), "packed weights")?));
+                    convs.push((k, HugeBuf::from_vec(mine.to_vec(), PACKED)?));
                     rest = others;
                 }
                 Code::Polyphase {
