@@ -230,6 +230,16 @@ fn rotated_stride(s: &ConvSpec, cols: usize) -> usize {
     skewed(s.in_c.max(s.out_c) * cols)
 }
 
+/// Planes of a group's `V` and `M` beyond `POS`: 1 where they share planes; `POS` with
+/// `CNNC_WINOGRAD_SHARE=0` (`V[ξ]` at plane `POS + ξ`: apart, as before session 10, to
+/// measure).
+fn extra_planes() -> usize {
+    match std::env::var("CNNC_WINOGRAD_SHARE") {
+        Ok(v) if v == "0" => POS,
+        _ => 1,
+    }
+}
+
 /// The largest transformed weights `U` (read by every group) of a grouped layer.
 const GROUPED_U_BYTES: usize = 1 << 20;
 /// ... and of a grouped layer of at least [`MANY_GROUPS`] groups, whose whole layout would
@@ -342,6 +352,8 @@ impl WinogradPlan {
             Isa::Sse => compute + memory,
             Isa::Avx2 | Isa::Avx512 => compute.max(memory),
         };
+        // `CNNC_WINOGRAD_FORCE=14,7`: Winograd wherever it can run at those output heights
+        // (to measure a network both ways, `examples/modelab.rs`).
         if let Ok(v) = std::env::var("CNNC_WINOGRAD_FORCE") {
             if v.split(',').any(|c| c.parse() == Ok(s.out_h())) {
                 return true;
@@ -486,7 +498,8 @@ impl WinogradPlan {
     /// input transform read the input rows in place; with the padded copy of every group,
     /// 1 row had been faster), else 1. Only where `U`, which every
     /// group reads, stays in L2 ([`GROUPED_U_BYTES`]: 64 -> 64 at 56x56, 0.6 MB, took 0.79x
-    /// the time grouped; 128 -> 128 and 256 -> 256 at 56x56, 2.4 and 9.4 MB, 1.2x), and where
+    /// the time grouped; 128 -> 128 and 256 -> 256 at 56x56, 2.4 and 9.4 MB, 1.2x), or is at
+    /// most [`GROUPED_U_BYTES_MANY`] in a layer of at least [`MANY_GROUPS`] groups, and where
     /// the transforms' vectors of 16 tiles are at least 4/5 full (a row of 8 tiles, 32x32
     /// outputs, ran 1.5x slower grouped: half of every vector and a GEMM tile of 24
     /// columns). Small grids (dense) keep the whole layout. `CNNC_WINOGRAD_ROWS=n` sets the
@@ -510,7 +523,9 @@ impl WinogradPlan {
         // Two rows of one vector each make the GEMM's 32-column zmm tile.
         let rows = (2 * LANES / self.tw.next_multiple_of(LANES)).clamp(1, self.th - 1);
         let u = POS * c * k * 4;
-        let many = self.th.div_ceil(rows) >= MANY_GROUPS;
+        // `CNNC_WINOGRAD_MANY=0`: not for many groups either (to measure).
+        let many = self.th.div_ceil(rows) >= MANY_GROUPS
+            && std::env::var("CNNC_WINOGRAD_MANY").map_or(true, |v| v != "0");
         (u <= GROUPED_U_BYTES || (u <= GROUPED_U_BYTES_MANY && many)).then_some(rows)
     }
 
@@ -532,7 +547,7 @@ impl WinogradPlan {
     pub(crate) fn scratch_len(&self) -> usize {
         let lay = self.layout();
         let planes = match self.groups {
-            Some(_) => (POS + 1) * lay.v_stride,
+            Some(_) => (POS + extra_planes()) * lay.v_stride,
             None => POS * (lay.v_stride + lay.m_stride),
         };
         self.window_len() * self.spec.in_c + planes
@@ -1035,7 +1050,7 @@ impl WinogradPlan {
     fn v_m_planes(&self) -> (usize, usize) {
         let (planes, stride) = (self.spec.in_c * self.window_len(), self.layout().v_stride);
         match self.groups {
-            Some(_) => (planes + stride, planes),
+            Some(_) => (planes + extra_planes() * stride, planes),
             None => (planes, planes + POS * stride),
         }
     }
