@@ -106,6 +106,8 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // Weights over 1 MB, prefetched ahead (grouped, and strip by strip).
         (300, 7, 7, 131, 3, 1, 1),
         (290, 39, 41, 115, 3, 2, 1),
+        // Over 256 KB of weights (prefetched too), strip by strip.
+        (70, 11, 12, 110, 3, 2, 1),
         (600, 5, 4, 7, 1, 2, 0),
         // Outputs over 1 MB: the first call of a strip prefetches the next strip's outputs
         // for writing (the plane's last strip its own): a stem, a channel tail with 2

@@ -2179,6 +2179,10 @@ fn conv_direct_every_isa_bit_identical() {
         // reduction blocks, channel tails.
         spec(40, 13, 14, 19, 3, 3, (2, 2), (1, 1)),
         spec(70, 7, 7, 16, 3, 3, (1, 1), (1, 1)),
+        // Weights over 256 KB, prefetched ahead: one strip, and 12 strips of 3 reduction
+        // blocks.
+        spec(70, 11, 12, 110, 3, 3, (2, 2), (1, 1)),
+        spec(64, 23, 25, 130, 3, 3, (1, 1), (1, 1)),
     ];
     // (5 input channels: with 4 or fewer, 3x3 filters take the im2col bands.)
     for k in 1..=15 {

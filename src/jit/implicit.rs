@@ -51,13 +51,23 @@ const MAX_PANEL_BYTES: usize = 256 * 1024;
 const MAX_GROUPED_STRIPS: usize = 8;
 /// The stack bytes of all panels when grouped (each strip's panel gets its share).
 const GROUPED_PANELS_BYTES: usize = 192 * 1024;
-/// Weights larger than this come from L3 or memory on every pass over them: their
-/// micro-kernels then prefetch the weights' stream [`WEIGHT_PREFETCH_BYTES`] ahead.
+/// Weights larger than this come from L3 or memory on every pass over them: the pointwise
+/// GEMM's weight-major units and Winograd's GEMMs then prefetch the weights' stream
+/// [`WEIGHT_PREFETCH_BYTES`] ahead (the implicit GEMM from [`PREFETCH_WEIGHTS_BYTES`]).
 pub(crate) const STREAMED_WEIGHTS_BYTES: usize = 1 << 20;
 /// How far ahead. Measured on 3x3 512->512 at 7x7 with the weights from memory
 /// (`examples/convab.rs`, 250-570 alternating pairs, load 4-5): 512 bytes 0.95x the time,
 /// 1024 0.90x, 2048 0.85-0.86x, 4096 0.90x.
 pub(crate) const WEIGHT_PREFETCH_BYTES: usize = 2048;
+/// Weights larger than this are prefetched ahead by the implicit GEMM's micro-kernels
+/// ([`WEIGHT_PREFETCH_BYTES`]). In a network a layer's weights come from memory, and strip
+/// by strip the first strip streams all of them. `examples/convab.rs` (avx512, weights from
+/// 20 copies, 12:03, load 3-3.9), prefetching / not at this threshold (was 1 MB,
+/// [`STREAMED_WEIGHTS_BYTES`]): 3x3/2 128 -> 128 from 56 (590 KB) 0.950, 0.942 (cold 0.989,
+/// 2 threads 0.944), 3x3 64 -> 256 at 13x13 (590 KB) 0.931 (2 threads 0.928), 3x3/2 64 ->
+/// 128 from 56 (295 KB) 0.956, 48 -> 192 at 13x13 (332 KB) 0.991; with the weights in L2
+/// (one copy) 0.984 and 1.006.
+const PREFETCH_WEIGHTS_BYTES: usize = 256 * 1024;
 /// Outputs larger than this (half of L2) come to a layer from memory in a network: the
 /// micro-kernels then prefetch the next strip's outputs for writing (the 7x7/2 stem's 3.2
 /// MB: 0.83x the time cold, 0.93x warm; the 3x3/2 128 -> 128 into 28x28, 400 KB: 1.04x,
@@ -224,7 +234,7 @@ impl ImplicitGemm {
             wp: spec.in_w + 2 * spec.pad_w,
             padded: spec.pad_h > 0 || spec.pad_w > 0,
             grouped,
-            prefetch_w: if spec.weight_len() * 4 > STREAMED_WEIGHTS_BYTES {
+            prefetch_w: if spec.weight_len() * 4 > PREFETCH_WEIGHTS_BYTES {
                 WEIGHT_PREFETCH_BYTES
             } else {
                 0
