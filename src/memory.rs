@@ -106,7 +106,15 @@ pub fn estimate(g: &Graph, batch: usize, engine: Engine) -> Need {
             Op::Conv(_) | Op::Fc(_) | Op::Gemm(_) => 1,
             _ => 0,
         };
-        packed = packed.saturating_add(params.saturating_mul(packing));
+        let layer_packed = params.saturating_mul(packing);
+        // A packed buffer from 2 MiB up is a mapping of its own with a huge page of slack
+        // (see `HugeBuf`): address space, counted against `ulimit -v`.
+        let slack = if layer_packed >= HUGE_PAGE as u64 {
+            HUGE_PAGE as u64
+        } else {
+            0
+        };
+        packed = packed.saturating_add(layer_packed).saturating_add(slack);
         if id != g.input {
             activations = activations.saturating_add((node.shape.len() as u64).saturating_mul(F32));
         }
