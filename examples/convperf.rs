@@ -4,7 +4,8 @@
 //! `CNNC_OFFSET=n` (start the input, output and residual n floats after a cache line; default
 //! 0: on a line, as the runtime's arena places every tensor), `CNNC_FLUSH_MB=n` (write n MB of
 //! other memory before each run, untimed, as a network's other layers do: the layer then
-//! starts with its input, output and weights out of the caches, and dirty lines to evict).
+//! starts with its input, output and weights out of the caches, and dirty lines to evict),
+//! `CNNC_HUGE=1` (the input on transparent huge pages, as in a network's arena).
 use cnnc::jit::*;
 use cnnc::runtime::arena::AlignedBuf;
 use std::time::Instant;
@@ -35,7 +36,16 @@ fn main() {
         b
     };
     let mut xb = aligned(spec.input_len(), &|i| (i % 17) as f32 * 0.1 - 0.8);
-    let x = &xb.as_mut_slice()[offset..];
+    // CNNC_HUGE=1: the input on transparent huge pages, as the network's arena has it
+    // (`cnnc::memory::HugeBuf`; 3.2 MB of 4 KiB pages is 800 TLB entries).
+    let hx = std::env::var_os("CNNC_HUGE").map(|_| {
+        let v = (0..spec.input_len()).map(|i| (i % 17) as f32 * 0.1 - 0.8);
+        cnnc::memory::HugeBuf::from_vec(v.collect(), "convperf input").unwrap()
+    });
+    let x: &[f32] = match &hx {
+        Some(h) => h,
+        None => &xb.as_mut_slice()[offset..],
+    };
     let w: Vec<f32> = (0..spec.weight_len())
         .map(|i| (i % 13) as f32 * 0.01 - 0.06)
         .collect();
