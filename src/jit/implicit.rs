@@ -74,6 +74,13 @@ const PREFETCH_WEIGHTS_BYTES: usize = 256 * 1024;
 /// so not below).
 const PREFETCH_OUT_BYTES: usize = 1 << 20;
 
+/// The last output offset (in floats, within a plane of `ohw`) where a strip of `cols`
+/// columns may start and still lie wholly inside the plane: a strip whose successor starts
+/// beyond it prefetches its own outputs instead ([`MicroGemm::prefetch_out`]).
+fn next_strip_limit(ohw: usize, cols: usize) -> usize {
+    ohw.saturating_sub(cols)
+}
+
 /// Whether the micro-kernels of `spec` prefetch the next tile's outputs for writing (see
 /// [`PREFETCH_OUT_BYTES`]). `CNNC_PREFETCH_OUT`, a measuring knob (`examples/modelab.rs`,
 /// `convab.rs`): 1 always, 0 never.
@@ -766,11 +773,15 @@ impl ImplicitGemm {
             );
         }
         // The next strip's outputs start where this strip's end (strips are consecutive in
-        // the plane); the plane's last strip prefetches its own.
+        // the plane). The micro-kernel prefetches `cols` floats from there in each of its
+        // rows, so only a next strip of `cols` floats wholly inside the plane is asked for
+        // (a narrower last strip would reach into the next plane, or past the buffer for
+        // the last channel); otherwise the strip prefetches its own.
         let next = e.add_imm(at.out, (cols * 4) as i64);
+        let last_start = (next_strip_limit(ohw, cols) * 4) as i64;
         let inside =
             e.b.ins()
-                .icmp_imm_s(IntCC::UnsignedLessThan, next, (ohw * 4) as i64);
+                .icmp_imm_s(IntCC::UnsignedLessThanOrEqual, next, last_start);
         let out_next = e.add_imm(out, (cols * 4) as i64);
         let pf = e.b.ins().select(inside, out_next, out);
         call_for_block(
@@ -1070,4 +1081,58 @@ struct Placed {
     mhi: Value,
     /// Its kernel also computes the lone pixel after it ([`ImplicitGemm::lone_pixel`]).
     lone: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outputs a strip prefetches for writing ([`MicroGemm::prefetch_out`]: `cols`
+    /// floats of each row of its channel block, from its successor's first output, or its
+    /// own where the successor is narrower or the last) lie in the output plane: the
+    /// codegen's rule in [`ImplicitGemm::call`], on every strip of layers whose last strips
+    /// are narrower than the others (the ResNet stem's rows cut 48 + 48 + 16, a guard-page
+    /// shape's 48 + 17, a 7x7 output's lone pixel).
+    #[test]
+    fn next_strip_prefetches_stay_in_the_output_plane() {
+        let specs = [
+            ConvSpec::square(3, 224, 64, 7, 2, 3),
+            ConvSpec {
+                in_w: 129,
+                ..ConvSpec::square(3, 131, 64, 7, 2, 3)
+            },
+            ConvSpec::square(512, 7, 512, 3, 1, 1),
+            ConvSpec::square(16, 28, 32, 5, 1, 2),
+        ];
+        for spec in specs {
+            let (mut narrower_successor, mut ahead) = (false, 0);
+            for width in [Width::Z512, Width::Y256] {
+                let Some(g) = ImplicitGemm::new(spec, width) else {
+                    continue;
+                };
+                let (ow, ohw) = (spec.out_w(), spec.out_h() * spec.out_w());
+                for (strip, oy0, ox0) in g.each_strip() {
+                    let (start, cols) = (oy0 * ow + ox0, strip.cols());
+                    assert!(start + cols <= ohw, "{spec:?}: a strip past the plane");
+                    let next = start + cols;
+                    let from = if next <= next_strip_limit(ohw, cols) {
+                        next
+                    } else {
+                        start
+                    };
+                    assert!(
+                        from + cols <= ohw,
+                        "{spec:?} {width:?}: the strip at {start} prefetches {from}..{}",
+                        from + cols
+                    );
+                    narrower_successor |= next < ohw && next + cols > ohw;
+                    ahead += usize::from(from == next);
+                }
+            }
+            // The shapes are chosen so that the old rule (`next < ohw`) reached out, and the
+            // rule still prefetches ahead.
+            assert!(narrower_successor, "{spec:?}: no narrower last strip");
+            assert!(ahead > 0, "{spec:?}: no strip prefetches its successor");
+        }
+    }
 }
