@@ -306,8 +306,8 @@ impl HugeBuf {
     /// turned off) to be worth one.
     fn mapping(len: usize, what: &str) -> Result<Option<Self>> {
         let bytes = len.saturating_mul(size_of::<f32>());
-        let wanted = std::env::var("CNNC_HUGE_PAGES").map_or(true, |v| v.trim() != "0");
-        if bytes < HUGE_PAGE || !wanted {
+        // The knob is read only for a buffer large enough to be mapped.
+        if bytes < HUGE_PAGE || std::env::var("CNNC_HUGE_PAGES").is_ok_and(|v| v.trim() == "0") {
             return Ok(None);
         }
         // One huge page more than needed, to start the floats on a 2 MiB boundary.
