@@ -106,12 +106,18 @@ fn network(path: &str, rounds: usize) {
     let x = cnnc::Tensor::new(vec![1, s.c, s.h, s.w], data).unwrap();
     let mut layers: Vec<Vec<Vec<f64>>> = vec![Vec::new(), Vec::new()];
     let mut totals = [Vec::new(), Vec::new()];
+    // Per round, the run's time outside its profiled steps (between layers, the pool's
+    // hand-offs, the profile's own bookkeeping).
+    let mut outside = [Vec::new(), Vec::new()];
     let mut names = Vec::new();
     for _ in 0..rounds {
         for (i, m) in models.iter().enumerate() {
             let t = Instant::now();
             let (_, prof) = m.profile(&x).unwrap();
-            totals[i].push(t.elapsed().as_secs_f64() * 1e3);
+            let total = t.elapsed().as_secs_f64() * 1e3;
+            totals[i].push(total);
+            let steps: f64 = prof.iter().map(|l| l.time.as_secs_f64() * 1e3).sum();
+            outside[i].push(total - steps);
             if layers[i].is_empty() {
                 layers[i] = vec![Vec::new(); prof.len()];
                 names = prof
@@ -139,8 +145,9 @@ fn network(path: &str, rounds: usize) {
     );
     for (i, t) in totals.iter_mut().enumerate() {
         let (min, median) = min_median(t);
+        let (_, outside) = min_median(&mut outside[i]);
         println!(
-            "{} thread(s), whole run: min {min:.3} ms, median {median:.3} ms",
+            "{} thread(s), whole run: min {min:.3} ms, median {median:.3} ms; outside the steps: median {outside:.3} ms",
             i + 1
         );
     }

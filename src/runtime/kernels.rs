@@ -44,12 +44,10 @@ pub(super) enum Code {
         pad: Pad,
         input: Shape,
     },
-    /// One group's conv kernel; `packed` holds the groups' packed weights one after
-    /// another, equal in length.
+    /// One group's conv kernel and each group's packed weights.
     GroupedConv {
         k: Arc<ConvKernel>,
-        packed: HugeBuf,
-        groups: usize,
+        packed: Vec<HugeBuf>,
     },
     /// A plain loop per item ([`super::host`]).
     Host(HostOp),
@@ -159,9 +157,9 @@ fn weights(g: &Graph, id: NodeId, bias: bool) -> Result<(&[f32], Option<&[f32]>)
     Ok((param(g, id, "weight")?, b))
 }
 
-type PackJob<'a> = Box<dyn Fn() -> Result<HugeBuf> + Send + Sync + 'a>;
-
-const PACKED: &str = "packed weights";
+/// A step's weight packing: one buffer, or one per piece of a step that runs several
+/// kernel calls (a grouped conv's groups, a dilated conv's phase convolutions).
+type PackJob<'a> = Box<dyn Fn() -> Result<Vec<HugeBuf>> + Send + Sync + 'a>;
 
 /// The packing job of a step, if its kernel reads packed weights.
 fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<PackJob<'a>>> {
@@ -172,7 +170,7 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
                 .conv
                 .get(&(*spec, *method))
                 .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
-            Some(Box::new(move || k.pack_weights(w, b)))
+            Some(Box::new(move || Ok(vec![k.pack_weights(w, b)?])))
         }
         Kernel::Fc { spec, isa } => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
@@ -180,17 +178,17 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
                 .fc
                 .get(&(*spec, *isa))
                 .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
-            Some(Box::new(move || k.pack_weights(w, b)))
+            Some(Box::new(move || Ok(vec![k.pack_weights(w, b)?])))
         }
         Kernel::Depthwise(spec) => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
             let spec = *spec;
             Some(Box::new(move || {
-                HugeBuf::from_vec(pack_depthwise_weights(&spec, w, b)?, PACKED)
+                let packed = pack_depthwise_weights(&spec, w, b)?;
+                Ok(vec![HugeBuf::from_vec(packed, "packed weights")?])
             }))
         }
         Kernel::Polyphase(p) => {
-            // Every phase convolution's packing, one after another.
             let (w, b) = weights(g, s.layer, p.convs[0].0.bias)?;
             let kernels = (p.convs.iter())
                 .map(|key| {
@@ -200,11 +198,7 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
                 })
                 .collect::<Result<Vec<_>>>()?;
             Some(Box::new(move || {
-                let mut all = Vec::new();
-                for k in &kernels {
-                    all.extend_from_slice(&k.pack_weights(w, b)?);
-                }
-                HugeBuf::from_vec(all, PACKED)
+                kernels.iter().map(|k| k.pack_weights(w, b)).collect()
             }))
         }
         Kernel::GroupedConv {
@@ -223,13 +217,12 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
             let (groups, size, dilation, kg) = (*groups, *size, *dilation, spec.out_c);
             let per_group = w.len() / groups;
             Some(Box::new(move || {
-                let mut all = Vec::new();
-                for gi in 0..groups {
-                    let wg = dilated(&w[gi * per_group..(gi + 1) * per_group], size, dilation);
-                    let bg = b.map(|b| &b[gi * kg..(gi + 1) * kg]);
-                    all.extend_from_slice(&k.pack_weights(&wg, bg)?);
-                }
-                HugeBuf::from_vec(all, PACKED)
+                (0..groups)
+                    .map(|gi| {
+                        let wg = dilated(&w[gi * per_group..(gi + 1) * per_group], size, dilation);
+                        k.pack_weights(&wg, b.map(|b| &b[gi * kg..(gi + 1) * kg]))
+                    })
+                    .collect()
             }))
         }
         _ => None,
@@ -281,10 +274,11 @@ pub(super) fn instantiate(
             jobs.len() - 1
         }));
     }
-    let mut packed: Vec<Option<HugeBuf>> = run_jobs(jobs.len(), pool, || (), |_, i| jobs[i]())?
-        .into_iter()
-        .map(Some)
-        .collect();
+    let mut packed: Vec<Option<Vec<HugeBuf>>> =
+        run_jobs(jobs.len(), pool, || (), |_, i| jobs[i]())?
+            .into_iter()
+            .map(Some)
+            .collect();
     drop(jobs);
     let packing_time = packing_start.elapsed();
 
@@ -294,25 +288,25 @@ pub(super) fn instantiate(
     let missing = || Error::Internal("a step's kernel was not generated".into());
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (s, job) in plan.steps.iter().zip(job_of) {
-        let mut take = || {
-            job.and_then(|j| packed[j].take())
-                .ok_or_else(|| Error::Internal(format!("{}: no packed weights", s.name)))
-        };
+        let no_weights = || Error::Internal(format!("{}: no packed weights", s.name));
+        let mut take = || job.and_then(|j| packed[j].take()).ok_or_else(no_weights);
+        // A step that runs one kernel call has one packed buffer.
+        let mut take_one = || take()?.pop().ok_or_else(no_weights);
         steps.push(match &s.kernel {
             Kernel::Conv { spec, method, .. } => Code::Conv {
                 k: conv.get(&(*spec, *method)).ok_or_else(missing)?.clone(),
-                packed: take()?,
+                packed: take_one()?,
             },
             Kernel::Fc { spec, isa } => Code::Fc {
                 k: fc.get(&(*spec, *isa)).ok_or_else(missing)?.clone(),
-                packed: take()?,
+                packed: take_one()?,
             },
             Kernel::Pool { spec, isa } => {
                 Code::Pool(pool_k.get(&(*spec, *isa)).ok_or_else(missing)?.clone())
             }
             Kernel::Depthwise(spec) => Code::Depthwise {
                 k: depthwise.get(spec).ok_or_else(missing)?.clone(),
-                packed: take()?,
+                packed: take_one()?,
             },
             Kernel::Elementwise { spec, consts } => Code::Elt {
                 k: elt.get(spec).ok_or_else(missing)?.clone(),
@@ -323,30 +317,18 @@ pub(super) fn instantiate(
                 pad: pad.clone(),
                 input: *input,
             },
-            Kernel::GroupedConv {
-                spec,
-                method,
-                groups,
-                ..
-            } => Code::GroupedConv {
+            Kernel::GroupedConv { spec, method, .. } => Code::GroupedConv {
                 k: conv.get(&(*spec, *method)).ok_or_else(missing)?.clone(),
                 packed: take()?,
-                groups: *groups,
             },
             Kernel::Host(op) => Code::Host(op.clone()),
             Kernel::Polyphase(p) => {
-                let all = take()?;
-                let mut rest: &[f32] = &all;
-                let mut convs = Vec::with_capacity(p.convs.len());
-                for key in &p.convs {
-                    let k = conv.get(key).ok_or_else(missing)?.clone();
-                    let (mine, others) = rest.split_at(k.packed_len().min(rest.len()));
-                    convs.push((k, HugeBuf::from_vec(mine.to_vec(), PACKED)?));
-                    rest = others;
-                }
+                let kernels = (p.convs.iter())
+                    .map(|key| conv.get(key).cloned().ok_or_else(missing))
+                    .collect::<Result<Vec<_>>>()?;
                 Code::Polyphase {
                     plan: p.clone(),
-                    convs,
+                    convs: kernels.into_iter().zip(take()?).collect(),
                 }
             }
         });

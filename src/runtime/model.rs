@@ -587,15 +587,15 @@ impl Model {
                 let x = step.item(ins, 0, n)?;
                 super::host::polyphase(plan, convs, x, o, scratch, pool)?
             }
-            Code::GroupedConv { k, packed, groups } => {
+            Code::GroupedConv { k, packed } => {
                 let x = step.item(ins, 0, n)?;
                 let residual = step.residual(ins, n, false)?;
                 // Each group's input and output channels are one contiguous block.
-                let (xg, og, pg) = (x.len() / groups, o.len() / groups, packed.len() / groups);
-                for gi in 0..*groups {
+                let groups = packed.len();
+                let (xg, og) = (x.len() / groups, o.len() / groups);
+                for (gi, ps) in packed.iter().enumerate() {
                     let xs = &x[gi * xg..(gi + 1) * xg];
                     let os = &mut o[gi * og..(gi + 1) * og];
-                    let ps = &packed[gi * pg..(gi + 1) * pg];
                     let rs = residual.map(|r| &r[gi * og..(gi + 1) * og]);
                     match pool {
                         Some(p) => k.run_parallel(p, xs, ps, rs, os, scratch)?,
