@@ -160,6 +160,11 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (5, 7, 3, 7, 1, 2, 0),
         (9, 12, 19, 11, 1, 3, 0),
         (600, 13, 13, 480, 1, 2, 0),
+        // Weight major over a 7x7 plane (avx512: one 48-pixel column whose kernel computes
+        // the 49th pixel too; the extra column's reads and stores at the planes' ends), a
+        // channel tail; and over 1 MB of weights (prefetched).
+        (37, 7, 7, 130, 1, 1, 0),
+        (700, 7, 7, 400, 1, 1, 0),
         // Few taps (avx2 / avx512: the im2col bands): the stride-2 copy's last group reading
         // the input's last column, stride 1 with padding, a short last band, several bands.
         (3, 37, 35, 29, 3, 2, 0),

@@ -618,6 +618,10 @@ fn conv_pointwise_pixel_ranges() {
         (40, 6, 6, 50, true),
         (130, 5, 7, 45, false),
         (20, 4, 5, 30, true),
+        // A 7x7 plane, weight major: at avx512 one 48-pixel column per channel block whose
+        // kernel computes the 49th pixel too (8 x 48 + 1), with a channel tail.
+        (37, 7, 7, 130, true),
+        (70, 7, 7, 64, false),
     ] {
         let mut s = spec(c, h, w, k, 1, 1, (1, 1), (0, 0));
         s.bias = true;
@@ -645,14 +649,17 @@ fn conv_pointwise_pixel_ranges() {
             (c * 48 * 4 <= 64 * 1024 && h * w >= 48 && !weight_major) || (expands && h * w >= 1024);
         // Otherwise 12x32 where that pads the channels to at least 4% fewer rows than 14.
         let rows12 = k.div_ceil(14) * 14 * 100 >= k.div_ceil(12) * 12 * 104;
+        // A weight-major 7x7 plane at avx512: one column of 48 + 1 pixels.
+        let lone = weight_major && h * w == 49 && cnnc::Isa::default_level() == cnnc::Isa::Avx512;
         let (mr, np) = match cnnc::Isa::default_level() {
             cnnc::Isa::Sse => (6, 8),
             cnnc::Isa::Avx2 => (6, 16),
-            cnnc::Isa::Avx512 if packs48 => (8, 48),
+            cnnc::Isa::Avx512 if packs48 || lone => (8, 48),
             cnnc::Isa::Avx512 if rows12 => (12, 32),
             cnnc::Isa::Avx512 => (14, 32),
         };
-        assert_eq!(units, (h * w).div_ceil(np) * k.div_ceil(mr));
+        let cols = if lone { 1 } else { (h * w).div_ceil(np) };
+        assert_eq!(units, cols * k.div_ceil(mr), "{s:?}");
         let mut all = vec![f32::NAN; s.output_len()];
         kn.run_all(&x, &packed, r.as_deref(), &mut all).unwrap();
         let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
@@ -680,13 +687,17 @@ fn conv_pointwise_pixel_ranges() {
                 .unwrap();
             // Pixel major, or channel-block major where the wide kernels' weights outweigh
             // the input (`PixelGemm::streamed`).
-            let (cols, nmb) = ((h * w).div_ceil(np), k.div_ceil(mr));
+            let nmb = k.div_ceil(mr);
             let (t, mb) = if np > 8 && weight_major {
                 (u % cols, u / cols)
             } else {
                 (u / nmb, u % nmb)
             };
-            let px = (h * w - t * np).min(np);
+            let px = if lone {
+                h * w
+            } else {
+                (h * w - t * np).min(np)
+            };
             let ch = (k - mb * mr).min(mr);
             let now = out.iter().filter(|v| !v.is_nan()).count();
             assert_eq!(now - written, px * ch, "{s:?} unit {u}");
@@ -2005,6 +2016,10 @@ fn conv_pointwise_every_isa_bit_identical() {
         (32, 33, 33, 130),
         // Weight major on 12-row tiles, over 1 MB of weights (prefetched).
         (2100, 5, 5, 130),
+        // Weight major over a 7x7 plane (avx512: 8 x 48 + 1), a channel tail of 5; over
+        // 1 MB of weights (prefetched).
+        (130, 7, 7, 61),
+        (600, 7, 7, 520),
     ];
     let levels = cnnc::Isa::host_levels();
     let mut seed = 3000;
@@ -2038,6 +2053,7 @@ fn conv_residual_read_in_place_every_isa() {
         spec(600, 9, 9, 44, 1, 1, (1, 1), (0, 0)),
         spec(1100, 9, 9, 20, 1, 1, (1, 1), (0, 0)),
         spec(2100, 5, 5, 130, 1, 1, (1, 1), (0, 0)),
+        spec(300, 7, 7, 70, 1, 1, (1, 1), (0, 0)),
         spec(33, 15, 13, 70, 1, 1, (2, 2), (0, 0)),
         spec(16, 9, 9, 7, 1, 1, (3, 2), (0, 0)),
     ];
@@ -2297,6 +2313,8 @@ fn conv_strided_pointwise_every_isa_bit_identical() {
         // More output channels than pixels: weight major; over 1 MB of weights, prefetched.
         spec(70, 14, 14, 100, 1, 1, (2, 2), (0, 0)),
         spec(600, 13, 13, 480, 1, 1, (2, 2), (0, 0)),
+        // Into 7x7, weight major (avx512: 8 x 48 + 1), a channel tail.
+        spec(90, 14, 14, 101, 1, 1, (2, 2), (0, 0)),
     ];
     let levels = cnnc::Isa::host_levels();
     let mut seed = 5000;

@@ -1054,7 +1054,7 @@ fn flat_strips(oh: usize, ow: usize, np: usize) -> Option<Vec<GroupKind>> {
 }
 
 /// `CNNC_LONE_PIXEL=0`, a measuring knob: strips and kernels as before the lone pixel.
-fn lone_pixel_off() -> bool {
+pub(crate) fn lone_pixel_off() -> bool {
     std::env::var("CNNC_LONE_PIXEL").is_ok_and(|v| v == "0")
 }
 
