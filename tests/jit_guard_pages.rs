@@ -261,7 +261,7 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
         let r = Guarded::from(&vals(spec.output_len()), after);
         let out_for = || match in_place {
             true => Guarded::from(&vals(spec.output_len()), after),
-            false => Guarded::new(spec.output_len(), after, f32::NAN),
+            false => Guarded::new(kern.output_len(), after, f32::NAN),
         };
         let mut out = out_for();
         let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
@@ -293,6 +293,52 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
             .iter()
             .zip(out.s())
             .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+}
+
+/// A conv and max pool fused (`KernelModule::add_conv_max_pool`) at the wide levels: the
+/// conv's last input row and column, the pool's last output row (a shorter last unit) and
+/// its masked row ends, against the guard page; the per-thread scratch split on 2 threads.
+#[test]
+fn conv_max_pool_stays_in_bounds() {
+    for isa in cnnc::Isa::host_levels() {
+        for (c, h, w, k, s, pool_k, pool_s, pool_pad) in [
+            (3, 224, 224, 64, 2, 3, 2, 0),
+            (3, 41, 37, 29, 1, 3, 2, 1),
+            (1, 30, 33, 9, 1, 2, 2, 0),
+            (4, 60, 21, 70, 1, 3, 1, 1),
+        ] {
+            let spec = ConvSpec {
+                bias: true,
+                relu: true,
+                ..ConvSpec::square(c, 0, k, 3, s, 0)
+            };
+            let spec = ConvSpec {
+                in_h: h,
+                in_w: w,
+                ..spec
+            };
+            let pool = PoolSpec {
+                kind: PoolKind::Max,
+                channels: k,
+                in_h: spec.out_h(),
+                in_w: spec.out_w(),
+                kernel_h: pool_k,
+                kernel_w: pool_k,
+                stride_h: pool_s,
+                stride_w: pool_s,
+                pad_h: 0,
+                pad_w: pool_pad,
+            };
+            if !cnnc::jit::conv_max_pool_fuses(&spec, &pool, isa) {
+                assert_eq!(isa, cnnc::Isa::Sse, "{spec:?} then {pool:?}");
+                continue;
+            }
+            let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
+            let pk = km.add_conv_max_pool(&spec, &pool).unwrap();
+            conv_in_bounds(&spec, km, pk);
+        }
     }
 }
 

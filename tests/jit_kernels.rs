@@ -2339,3 +2339,156 @@ fn conv_strided_pointwise_every_isa_bit_identical() {
         seed += 5;
     }
 }
+
+/// A conv followed by a max pool as one kernel (`KernelModule::add_conv_max_pool`, im2col
+/// bands computing a band of the pool's rows at a time into a per-thread scratch): the
+/// same bits as the conv kernel then the pool kernel at the same level, over the whole
+/// range, split ranges and on 2 and 3 threads, into NaN-poisoned outputs. Shapes:
+/// SqueezeNet's first layer (7 units, a shorter last one), a channel tail, 5x5 on one
+/// channel with a 2x2/2 pool, stride (2, 1) with a 3x3/1 pool padded left and right, many
+/// units with recomputed rows between them, a single unit of one pool row, a 2-row
+/// pool window with stride 3 (rows no window reads); every epilogue but the residual;
+/// a NaN in the input. Padded convs, residuals, vertical pool padding and sse are not
+/// taken.
+#[test]
+fn conv_max_pool_fused_is_the_conv_then_the_pool() {
+    let pool = |c: &ConvSpec, k: (usize, usize), s: (usize, usize), pad_w: usize| PoolSpec {
+        kind: PoolKind::Max,
+        channels: c.out_c,
+        in_h: c.out_h(),
+        in_w: c.out_w(),
+        kernel_h: k.0,
+        kernel_w: k.1,
+        stride_h: s.0,
+        stride_w: s.1,
+        pad_h: 0,
+        pad_w,
+    };
+    let shapes = [
+        (
+            spec(3, 224, 224, 64, 3, 3, (2, 2), (0, 0)),
+            (3, 3),
+            (2, 2),
+            0,
+        ),
+        (spec(3, 57, 59, 29, 3, 3, (2, 2), (0, 0)), (3, 3), (2, 2), 0),
+        (spec(1, 33, 31, 20, 5, 5, (1, 1), (0, 0)), (2, 2), (2, 2), 0),
+        (spec(4, 70, 9, 15, 3, 3, (2, 1), (0, 0)), (3, 3), (1, 1), 1),
+        (
+            spec(3, 301, 37, 70, 3, 3, (1, 1), (0, 0)),
+            (3, 3),
+            (2, 2),
+            1,
+        ),
+        (spec(2, 5, 40, 9, 3, 3, (1, 1), (0, 0)), (3, 3), (2, 2), 0),
+        (spec(3, 60, 45, 33, 3, 3, (1, 1), (0, 0)), (2, 3), (3, 2), 0),
+    ];
+    let mut seed = 9100;
+    for (i, (base, k, s, pad_w)) in shapes.into_iter().enumerate() {
+        let c = ConvSpec {
+            residual: false,
+            ..cycled_epilogue(i, base)
+        };
+        let p = pool(&c, k, s, pad_w);
+        let mut x = rand_vec(c.input_len(), seed);
+        if i == 1 {
+            x[c.in_w * 7 + 11] = f32::NAN;
+        }
+        let w = rand_vec(c.weight_len(), seed + 1);
+        let b = c.bias.then(|| rand_vec(c.out_c, seed + 2));
+        for isa in cnnc::Isa::host_levels() {
+            let what = format!("{c:?} then {p:?} at {isa}");
+            assert_eq!(
+                conv_max_pool_fuses(&c, &p, isa),
+                isa != cnnc::Isa::Sse,
+                "{what}"
+            );
+            if isa == cnnc::Isa::Sse {
+                continue;
+            }
+            let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
+            let (pc, pp) = (
+                km.add_conv_with(&c, ConvMethod::Direct).unwrap(),
+                km.add_pool(&p).unwrap(),
+            );
+            let pf = km.add_conv_max_pool(&c, &p).unwrap();
+            let (packed, packed_f) = (
+                pc.pack_weights(&w, b.as_deref()).unwrap(),
+                pf.pack_weights(&w, b.as_deref()).unwrap(),
+            );
+            let code = km.finalize().unwrap();
+            let (kc, kp, kf) = (
+                code.get(pc).unwrap(),
+                code.get(pp).unwrap(),
+                code.get(pf).unwrap(),
+            );
+            assert!(
+                kf.micro_kernel().ends_with("im2col + max pool"),
+                "{what}: {}",
+                kf.micro_kernel()
+            );
+            let mut conv_out = vec![f32::NAN; c.output_len()];
+            kc.run_all(&x, &packed, None, &mut conv_out).unwrap();
+            let mut want = vec![f32::NAN; p.output_len()];
+            kp.run_all(&conv_out, &mut want).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
+            let mut got = vec![f32::NAN; p.output_len()];
+            kf.run_all(&x, &packed_f, None, &mut got).unwrap();
+            assert_eq!(bits(&got), bits(&want), "{what}");
+            assert_eq!(i == 1, got.iter().any(|v| v.is_nan()), "{what}: NaN");
+            let units = kf.work_units();
+            let mut scratch = vec![0.0f32; kf.scratch_len()];
+            for pieces in [2usize, 3, 7] {
+                let mut out = vec![f32::NAN; p.output_len()];
+                for j in 0..pieces {
+                    let range = units * j / pieces..units * (j + 1) / pieces;
+                    kf.run(&x, &packed_f, None, &mut out, &mut scratch, range)
+                        .unwrap();
+                }
+                assert_eq!(bits(&out), bits(&want), "{what}: split in {pieces}");
+            }
+            for tp in split_pools() {
+                let mut scratch = vec![0.0f32; kf.scratch_len_on(tp.threads())];
+                let mut out = vec![f32::NAN; p.output_len()];
+                kf.run_parallel(tp, &x, &packed_f, None, &mut out, &mut scratch)
+                    .unwrap();
+                assert_eq!(
+                    bits(&out),
+                    bits(&want),
+                    "{what}: on {} threads",
+                    tp.threads()
+                );
+            }
+        }
+        seed += 7;
+    }
+    // Not taken: a padded conv, a residual, a pool padded vertically, an average pool.
+    let c = spec(3, 30, 30, 8, 3, 3, (2, 2), (0, 0));
+    let isa = cnnc::Isa::default_level();
+    let padded = spec(3, 30, 30, 8, 3, 3, (2, 2), (1, 1));
+    assert!(!conv_max_pool_fuses(
+        &padded,
+        &pool(&padded, (3, 3), (2, 2), 0),
+        isa
+    ));
+    let residual = ConvSpec {
+        residual: true,
+        ..c
+    };
+    assert!(!conv_max_pool_fuses(
+        &residual,
+        &pool(&c, (3, 3), (2, 2), 0),
+        isa
+    ));
+    let tall = PoolSpec {
+        pad_h: 1,
+        ..pool(&c, (3, 3), (2, 2), 0)
+    };
+    assert!(!conv_max_pool_fuses(&c, &tall, isa));
+    let avg = PoolSpec {
+        kind: PoolKind::Avg,
+        ..pool(&c, (3, 3), (2, 2), 0)
+    };
+    assert!(!conv_max_pool_fuses(&c, &avg, isa));
+}

@@ -782,3 +782,62 @@ fn a_conv_whose_window_covers_its_input_runs_as_an_fc() {
         }
     }
 }
+
+/// A first conv (few taps, unpadded) whose output only a max pool reads becomes one step
+/// with it (`lower::fuse::fuse_max_pool_into_conv`, at avx2 / avx512): the plan says so,
+/// a conv whose output has a second reader and a pool padded vertically keep their
+/// steps, and the results agree with the interpreter at every level, batch 2, 1 and 2
+/// threads (the same bits as unfused: `jit_kernels::conv_max_pool_fused_is_the_conv_then_the_pool`).
+#[test]
+fn a_max_pool_after_a_first_conv_is_fused_into_it() {
+    let mut g = graph(
+        "name: convpool\ninput: [3, 61, 47]\nseed: 5\nlayers:\n\
+         \x20 - {name: c0, conv: {filters: 20, size: 3, stride: 2}}\n\
+         \x20 - {name: r0, relu}\n\
+         \x20 - {name: p0, maxpool: {size: 3, stride: 2}}\n\
+         \x20 - {name: c1, conv: {filters: 6, size: 3}, inputs: [input]}\n\
+         \x20 - {name: p1, maxpool: {size: 2, stride: 2}}\n\
+         \x20 - {name: c2, conv: {filters: 5, size: 1}, inputs: [c1]}\n\
+         \x20 - {name: c3, conv: {filters: 7, size: 3, stride: 2}, inputs: [input]}\n\
+         \x20 - {name: p3, maxpool: {size: 3, stride: 2, pad: 1}}\n\
+         outputs: [p0, p1, c2, p3]\n",
+    );
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let levels = cnnc::Isa::host_levels();
+    for &isa in &levels {
+        let plan = lowered(
+            &g,
+            &Options {
+                isa,
+                ..Options::default()
+            },
+        );
+        let fused = |name: &str| {
+            plan.step(name)
+                .is_some_and(|s| matches!(s.kernel, Kernel::ConvMaxPool { .. }))
+        };
+        let wide = isa != cnnc::Isa::Sse;
+        assert_eq!(fused("c0"), wide, "{isa}: {plan}");
+        assert_eq!(plan.step("p0").is_none(), wide, "{isa}: {plan}");
+        // c1 has two readers, p3 pads vertically.
+        assert!(!fused("c1") && !fused("c3"), "{isa}: {plan}");
+        assert!(
+            plan.step("p1").is_some() && plan.step("p3").is_some(),
+            "{isa}: {plan}"
+        );
+    }
+    let x = Tensor::new(
+        vec![2, 3, 61, 47],
+        cnnc::weights::standard_normal(6, "convpool", 2 * 3 * 61 * 47),
+    )
+    .unwrap();
+    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    for threads in [1, 2] {
+        let opts = Options {
+            batch: 2,
+            threads,
+            ..Default::default()
+        };
+        agree_at_every_level("convpool", &g, &x, &want, &opts);
+    }
+}

@@ -31,6 +31,7 @@ use super::gemm::{self, PixelGemm};
 use super::im2col::Im2colGemm;
 use super::implicit::ImplicitGemm;
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
+use super::pool::PoolSpec;
 use super::threads::ThreadPool;
 use super::winograd::WinogradPlan;
 use super::x86;
@@ -855,7 +856,18 @@ impl Plan {
     /// Whether each thread of a pool needs a scratch of its own (`Temp` parts of
     /// `scratch_len` floats each, with no prologue).
     fn scratch_per_thread(&self) -> bool {
-        matches!(self, Plan::Winograd(w) if w.scratch_per_thread())
+        match self {
+            Plan::Winograd(w) => w.scratch_per_thread(),
+            Plan::Im2col(d) => d.scratch_per_thread(),
+            _ => false,
+        }
+    }
+    /// Floats of the output: `spec`'s, or a fused max pool's.
+    fn output_len(&self, spec: &ConvSpec) -> usize {
+        match self {
+            Plan::Im2col(d) => d.output_len(),
+            _ => spec.output_len(),
+        }
     }
     fn scratch_len(&self) -> usize {
         match self {
@@ -1076,6 +1088,37 @@ impl KernelModule {
     }
 }
 
+impl KernelModule {
+    /// The kernel of `spec` followed by the max pool `pool` on its output, as one kernel
+    /// whose output is the pool's (an unpadded conv of few taps on im2col bands, see
+    /// [`conv_max_pool_fuses`]; the same bits as the two layers); it packs its weights as
+    /// `spec`'s direct kernel does.
+    pub fn add_conv_max_pool(&mut self, spec: &ConvSpec, pool: &PoolSpec) -> Result<PendingConv> {
+        spec.validate()?;
+        let plan = x86::width(self.isa)
+            .and_then(|w| Im2colGemm::with_max_pool(*spec, w, pool))
+            .ok_or_else(|| {
+                Error::Codegen(format!(
+                    "no fused kernel for a conv of {spec} and a max pool of {pool} at {}",
+                    self.isa
+                ))
+            })?;
+        let id = plan.emit_compute(self)?;
+        Ok(PendingConv {
+            id,
+            parts: None,
+            spec: *spec,
+            plan: Plan::Im2col(plan),
+        })
+    }
+}
+
+/// Whether [`KernelModule::add_conv_max_pool`] takes `spec` followed by `pool` at `isa`.
+pub fn conv_max_pool_fuses(spec: &ConvSpec, pool: &PoolSpec, isa: Isa) -> bool {
+    spec.validate().is_ok()
+        && x86::width(isa).is_some_and(|w| Im2colGemm::with_max_pool(*spec, w, pool).is_some())
+}
+
 /// The entry function of a conv with a prologue: the prologue over all `channels` input
 /// channels, then the compute function over the given range (the same buffer array).
 pub(crate) fn define_entry(
@@ -1103,6 +1146,21 @@ pub(crate) fn define_gemm_driver(
     (variants, copies): (Vec<x86::MicroGemm>, &[x86::copy::PanelCopy]),
     body: impl FnOnce(&mut Emit, ConvBufs<Value>, Value, Value, &[x86::MicroGemm]) -> Result<()>,
 ) -> Result<PendingId> {
+    define_gemm_driver_with_pools(km, what, (variants, &[], copies), body)
+}
+
+/// [`define_gemm_driver`] with wide max pool plane kernels `pools` too (a fused pool's):
+/// `Emit::micros` holds the variants, then the pools, then the copies.
+pub(crate) fn define_gemm_driver_with_pools(
+    km: &mut KernelModule,
+    what: &str,
+    (variants, pools, copies): (
+        Vec<x86::MicroGemm>,
+        &[x86::pool::MaxPoolPlane],
+        &[x86::copy::PanelCopy],
+    ),
+    body: impl FnOnce(&mut Emit, ConvBufs<Value>, Value, Value, &[x86::MicroGemm]) -> Result<()>,
+) -> Result<PendingId> {
     // The sixth argument, `pf`, only where a kernel prefetches the next tile's outputs.
     let n_params = if variants.iter().any(|m| m.prefetch_out) {
         6
@@ -1112,6 +1170,9 @@ pub(crate) fn define_gemm_driver(
     let mut ids: Vec<super::module::MicroId> = (variants.iter())
         .map(|m| km.add_micro_once(n_params, what, m, x86::MicroGemm::emit))
         .collect::<Result<_>>()?;
+    for p in pools {
+        ids.push(km.add_micro_once(2, "max pool plane", p, x86::pool::MaxPoolPlane::emit)?);
+    }
     for c in copies {
         ids.push(km.add_micro_once(3, "panel copy", c, x86::copy::PanelCopy::emit)?);
     }
@@ -1171,7 +1232,7 @@ impl ConvBufs<Slot> {
                 "conv residual",
                 spec.output_len(),
             ),
-            out: Slot::write("conv output", spec.output_len()),
+            out: Slot::write("conv output", plan.output_len(spec)),
             scratch,
         }
     }
@@ -1247,6 +1308,7 @@ impl Pending for PendingConv {
             packed_len: plan.packed_len(),
             scratch_len,
             scratch_per_thread: plan.scratch_per_thread(),
+            output_len: plan.output_len(spec),
             method: plan.method(),
             micro_kernel: plan.micro_kernel(),
         })
@@ -1266,6 +1328,7 @@ pub struct ConvKernel {
     scratch_len: usize,
     /// Whether `run_parallel` needs `scratch_len` floats per thread.
     scratch_per_thread: bool,
+    output_len: usize,
     method: ConvMethod,
     micro_kernel: String,
 }
@@ -1282,6 +1345,10 @@ impl ConvKernel {
     /// The algorithm the generated code uses.
     pub fn method(&self) -> ConvMethod {
         self.method
+    }
+    /// Floats of the output: the spec's, or (a max pool fused in) the pool's.
+    pub fn output_len(&self) -> usize {
+        self.output_len
     }
     /// Length of the packed weights ([`pack_conv_weights`]).
     pub fn packed_len(&self) -> usize {

@@ -22,15 +22,25 @@
 //!
 //! Work units: bands. Each is independent (its own panel), so a thread computes exactly its
 //! bands whatever the split.
+//!
+//! **A max pool fused in** ([`Im2colGemm::with_max_pool`], session 11): SqueezeNet's first
+//! conv writes 3.2 MB that its 3x3/2 max pool reads back from memory. Fused, a work unit is
+//! a band of the *pool's* output rows: it computes the conv rows those windows cover (one
+//! row more than the next unit's start: recomputed, 1 in 16 at SqueezeNet's 8 pool rows a
+//! unit) into its thread's scratch (~0.5 MB, in L2), then pools them with the wide max pool
+//! kernel ([`MaxPoolPlane`]) into the output. The conv rows and the pool's windows are
+//! computed by the same instructions as unfused: the same bits.
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{off, F32, F32X4};
-use super::conv::{call_panel_copy, define_gemm_driver, ConvBufs, ConvSpec};
+use super::conv::{call_panel_copy, define_gemm_driver_with_pools, ConvBufs, ConvSpec};
 use super::gemm::call_for_block;
 use super::implicit::{prefetches_out, shuffle, tile};
 use super::module::{Emit, KernelModule, PendingId};
+use super::pool::{PoolKind, PoolSpec};
 use super::x86::copy::{CopyPiece, PanelCopy};
+use super::x86::pool::MaxPoolPlane;
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
 
@@ -48,6 +58,60 @@ const MAX_TAPS: usize = 36;
 const PANEL_BYTES: usize = 32 * 1024;
 /// Beyond this one output row's panel is too large for the stack.
 const MAX_PANEL_BYTES: usize = 256 * 1024;
+/// Bytes of conv rows a fused max pool's work unit computes at most (its thread's
+/// scratch, which should stay in L2 between the conv's stores and the pool's loads).
+const FUSED_ROWS_BYTES: usize = 512 * 1024;
+
+/// A max pool computed from the conv's rows in each work unit ([`Im2colGemm::with_max_pool`]).
+#[derive(Clone, Copy, Debug)]
+struct FusedPool {
+    spec: PoolSpec,
+    /// Pool output rows per work unit (the last unit: the rest).
+    rows: usize,
+    /// Conv rows per unit's scratch plane: those a full unit's windows cover.
+    conv_rows: usize,
+}
+
+impl FusedPool {
+    /// Conv rows the windows of `pool_rows` output rows cover.
+    fn conv_rows_of(spec: &PoolSpec, pool_rows: usize) -> usize {
+        (pool_rows - 1) * spec.stride_h + spec.kernel_h
+    }
+    fn units(&self) -> usize {
+        self.spec.out_h().div_ceil(self.rows)
+    }
+    /// `(first unit, count, pool rows, conv rows)` of the full units and the last one.
+    fn unit_kinds(&self) -> [(usize, usize, usize, usize); 2] {
+        let (oh, n) = (self.spec.out_h(), self.units());
+        let last = oh - (n - 1) * self.rows;
+        let rows_of = |r| Self::conv_rows_of(&self.spec, r);
+        if last == self.rows {
+            [(0, n, self.rows, self.conv_rows), (n, 0, 0, 0)]
+        } else {
+            [
+                (0, n - 1, self.rows, self.conv_rows),
+                (n - 1, 1, last, rows_of(last)),
+            ]
+        }
+    }
+    /// The wide kernel pooling `pool_rows` output rows from `conv_rows` rows of a plane.
+    fn plane_kernel(&self, width: Width, pool_rows: usize, conv_rows: usize) -> MaxPoolPlane {
+        let s = self.spec;
+        MaxPoolPlane {
+            width,
+            kernel_h: s.kernel_h,
+            kernel_w: s.kernel_w,
+            stride_h: s.stride_h,
+            stride_w: s.stride_w,
+            in_h: conv_rows,
+            in_w: s.in_w,
+            pad_h: 0,
+            pad_w: s.pad_w,
+            out_h: pool_rows,
+            out_w: s.out_w(),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub(crate) struct Im2colGemm {
@@ -69,6 +133,8 @@ pub(crate) struct Im2colGemm {
     /// Whether the full tiles prefetch the next tile's outputs for writing
     /// ([`MicroGemm::prefetch_out`]).
     prefetch_out: bool,
+    /// A max pool fused in: the output is the pool's.
+    pool: Option<FusedPool>,
 }
 
 impl Im2colGemm {
@@ -100,6 +166,7 @@ impl Im2colGemm {
             wp: spec.in_w + 2 * spec.pad_w,
             padded: spec.pad_h > 0 || spec.pad_w > 0,
             prefetch_out: prefetches_out(&spec),
+            pool: None,
         };
         // What the generator cannot emit (offsets beyond i32) stays on the other methods.
         plan.micro_variants()
@@ -108,9 +175,77 @@ impl Im2colGemm {
             .then_some(plan)
     }
 
-    /// What computes a tile, for profiles and plans: `avx512 14x32 im2col`.
+    /// The plan for `spec` followed by the max pool `pool` (on `spec`'s output), computed
+    /// as one kernel whose output is the pool's, or `None` where that is not built: a
+    /// padded conv or one with a residual, a pool other than max, with vertical padding or
+    /// without a wide kernel.
+    pub(crate) fn with_max_pool(spec: ConvSpec, width: Width, pool: &PoolSpec) -> Option<Self> {
+        let fits = pool.kind == PoolKind::Max
+            && (pool.channels, pool.in_h, pool.in_w) == (spec.out_c, spec.out_h(), spec.out_w())
+            && pool.pad_h == 0
+            && pool.validate().is_ok()
+            && spec.pad_h == 0
+            && spec.pad_w == 0
+            && !spec.residual;
+        if !fits {
+            return None;
+        }
+        let row_bytes = spec.out_c * spec.out_w() * 4;
+        let oh = pool.out_h();
+        let most = (1..=oh)
+            .take_while(|&r| FusedPool::conv_rows_of(pool, r) * row_bytes <= FUSED_ROWS_BYTES)
+            .last()
+            .unwrap_or(1);
+        let rows = oh.div_ceil(oh.div_ceil(most));
+        let fused = FusedPool {
+            spec: *pool,
+            rows,
+            conv_rows: FusedPool::conv_rows_of(pool, rows),
+        };
+        let plan = Im2colGemm {
+            prefetch_out: false,
+            pool: Some(fused),
+            ..Self::new(spec, width)?
+        };
+        let kernels_take = (fused.unit_kinds().iter())
+            .filter(|k| k.1 > 0)
+            .all(|&(_, _, p, c)| fused.plane_kernel(width, p, c).takes());
+        let emittable = plan.micro_variants().iter().all(|m| m.check().is_ok());
+        (kernels_take && emittable).then_some(plan)
+    }
+
+    /// What computes a tile, for profiles and plans: `avx512 14x32 im2col` (`+ max pool`
+    /// with one fused in).
     pub(crate) fn micro_kernel(&self) -> String {
-        format!("{} {}x{} im2col", self.width.isa_name(), self.mr, self.np)
+        let pool = if self.pool.is_some() {
+            " + max pool"
+        } else {
+            ""
+        };
+        format!(
+            "{} {}x{} im2col{pool}",
+            self.width.isa_name(),
+            self.mr,
+            self.np
+        )
+    }
+    /// Floats of the output: the conv's, or the fused pool's.
+    pub(crate) fn output_len(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.spec.output_len(),
+            None => self.spec.output_len(),
+        }
+    }
+    /// Whether each thread needs a scratch of its own (a fused pool's conv rows).
+    pub(crate) fn scratch_per_thread(&self) -> bool {
+        self.pool.is_some()
+    }
+    /// Floats between output channel planes of the conv rows the micro-kernels write.
+    fn ldo(&self) -> usize {
+        match &self.pool {
+            Some(p) => p.conv_rows * self.spec.out_w(),
+            None => self.spec.out_h() * self.spec.out_w(),
+        }
     }
     pub(crate) fn spec(&self) -> &ConvSpec {
         &self.spec
@@ -124,17 +259,23 @@ impl Im2colGemm {
     pub(crate) fn packed_len(&self) -> usize {
         self.weights_len() + self.nmb * self.mr
     }
-    /// The padded copy of the input (none without padding).
+    /// The padded copy of the input (none without padding); with a fused pool, a unit's
+    /// conv rows (per thread).
     pub(crate) fn scratch_len(&self) -> usize {
-        if self.padded {
+        if let Some(p) = &self.pool {
+            p.conv_rows * self.spec.out_w() * self.spec.out_c
+        } else if self.padded {
             self.spec.in_c * self.hp * self.wp
         } else {
             0
         }
     }
-    /// Bands of output rows.
+    /// Bands of output rows (with a fused pool: of the pool's output rows).
     pub(crate) fn work_units(&self) -> usize {
-        self.spec.out_h().div_ceil(self.band)
+        match &self.pool {
+            Some(p) => p.units(),
+            None => self.spec.out_h().div_ceil(self.band),
+        }
     }
 
     /// `[nmb][taps][mr]` (PyTorch's `[k][c][fy][fx]`, the taps in order), then the bias
@@ -165,7 +306,7 @@ impl Im2colGemm {
             k: self.taps,
             w_stride: self.mr,
             ldx: self.ldp,
-            ldo: s.out_h() * s.out_w(),
+            ldo: self.ldo(),
             accumulate: false,
             bias: ep.bias,
             bias_per_col: false,
@@ -189,18 +330,39 @@ impl Im2colGemm {
 
     /// Bands: `(first, count, rows)` for the full bands and the last, shorter one.
     fn bands(&self) -> [(usize, usize, usize); 2] {
-        let oh = self.spec.out_h();
-        let full = oh / self.band;
-        [(0, full, self.band), (full, 1, oh % self.band)]
+        Self::bands_of(self.spec.out_h(), self.band)
+    }
+    /// `oh` rows in bands of `band`: `(first, count, rows)`, full bands then the rest.
+    fn bands_of(oh: usize, band: usize) -> [(usize, usize, usize); 2] {
+        let full = oh / band;
+        [(0, full, band), (full, 1, oh % band)]
+    }
+
+    /// The row counts of the bands the compute function packs and multiplies (with a
+    /// fused pool: each unit's conv rows in bands), once each.
+    fn band_rows(&self) -> Vec<usize> {
+        let all: Vec<(usize, usize, usize)> = match &self.pool {
+            Some(p) => (p.unit_kinds().into_iter())
+                .filter(|k| k.1 > 0)
+                .flat_map(|(_, _, _, conv_rows)| Self::bands_of(conv_rows, self.band))
+                .collect(),
+            None => self.bands().to_vec(),
+        };
+        let mut rows: Vec<usize> = (all.into_iter())
+            .filter(|&(_, count, rows)| count > 0 && rows > 0)
+            .map(|b| b.2)
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        rows
     }
 
     /// Every micro-kernel the compute function calls: (rows, columns) of the full and the
     /// tail channel block by the full and the last tile of each kind of band, once each.
     fn micro_variants(&self) -> Vec<MicroGemm> {
         let rows = [self.mr, self.spec.out_c % self.mr];
-        let cols = (self.bands().into_iter())
-            .filter(|&(_, count, band_rows)| count > 0 && band_rows > 0)
-            .flat_map(|(_, _, band_rows)| {
+        let cols = (self.band_rows().into_iter())
+            .flat_map(|band_rows| {
                 let (full, rest) = self.tiles(band_rows);
                 [(full > 0).then_some(self.np), (rest > 0).then_some(rest)]
             })
@@ -218,10 +380,14 @@ impl Im2colGemm {
     pub(crate) fn emit_compute(&self, km: &mut KernelModule) -> Result<PendingId> {
         let plan = self.clone();
         let what = "im2col-gemm micro-kernel";
-        define_gemm_driver(
+        define_gemm_driver_with_pools(
             km,
             what,
-            (self.micro_variants(), &self.copy_variants()),
+            (
+                self.micro_variants(),
+                &self.pool_variants(),
+                &self.copy_variants(),
+            ),
             move |e, b, begin, end, v| plan.body(e, b, begin, end, v),
         )
     }
@@ -250,18 +416,26 @@ impl Im2colGemm {
         copy.takes().then_some(copy)
     }
 
-    /// The panel copies of the bands (full, last), once each.
+    /// The panel copies of the bands, once each.
     fn copy_variants(&self) -> Vec<PanelCopy> {
         let mut v: Vec<PanelCopy> = Vec::new();
-        for (_, count, rows) in self.bands() {
-            let copy = (count > 0 && rows > 0)
-                .then(|| self.panel_copy(rows))
-                .flatten();
-            if let Some(c) = copy.filter(|c| !v.contains(c)) {
+        for rows in self.band_rows() {
+            if let Some(c) = self.panel_copy(rows).filter(|c| !v.contains(c)) {
                 v.push(c);
             }
         }
         v
+    }
+
+    /// A fused pool's plane kernels: of the full units, then of the last (if shorter).
+    fn pool_variants(&self) -> Vec<MaxPoolPlane> {
+        let Some(p) = &self.pool else {
+            return Vec::new();
+        };
+        (p.unit_kinds().into_iter())
+            .filter(|k| k.1 > 0)
+            .map(|(_, _, pool_rows, conv_rows)| p.plane_kernel(self.width, pool_rows, conv_rows))
+            .collect()
     }
 
     /// The bands `begin..end`: full bands in a loop, then the last, shorter one.
@@ -278,19 +452,73 @@ impl Im2colGemm {
         // rows of their columns, all `< rows * ow`.
         let panel = e.stack_buffer(self.taps * self.ldp * 4, "im2col panel")?;
         let src = if self.padded { b.scratch } else { b.input };
+        if let Some(p) = self.pool {
+            return self.fused_body(e, &b, (src, panel), (begin, end), variants, &p);
+        }
+        let ow4 = (self.spec.out_w() * 4) as i64;
         for (first, count, rows) in self.bands() {
             if count == 0 || rows == 0 {
                 continue;
             }
-            // The bands of this kind in the range: max(begin, first) .. min(end, first + count).
-            let lo = e.iconst(first as i64);
-            let lo = e.b.ins().smax(begin, lo);
-            let hi = e.iconst((first + count) as i64);
-            let hi = e.b.ins().smin(end, hi);
+            let (lo, hi) = clamp_range(e, (begin, end), first, count);
             e.for_range(lo, hi, 1, |e, band| {
                 let oy0 = e.mul_imm(band, self.band as i64);
                 self.pack(e, (src, panel), oy0, rows)?;
-                self.gemm(e, &b, (panel, oy0), rows, variants)
+                let p0 = e.mul_imm(oy0, ow4);
+                self.gemm(e, &b, (panel, p0, b.out), rows, variants)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The units `begin..end` of a fused max pool `p`: each computes its conv rows in
+    /// bands into the scratch (`conv_rows` rows a channel), then pools them into its
+    /// output rows. Writes the scratch's `out_c * conv_rows * ow` floats and `out_c` runs
+    /// of the unit's pool rows; the last unit's conv rows end at `(poh - 1) * sh + kh <=
+    /// oh`, so every packed input row is inside the input.
+    fn fused_body(
+        &self,
+        e: &mut Emit,
+        b: &ConvBufs<Value>,
+        (src, panel): (Value, Value),
+        range: (Value, Value),
+        variants: &[MicroGemm],
+        p: &FusedPool,
+    ) -> Result<()> {
+        let (ow, out_c) = (self.spec.out_w(), self.spec.out_c);
+        let (poh, pow) = (p.spec.out_h(), p.spec.out_w());
+        let pools = self.pool_variants();
+        for (first, count, pool_rows, conv_rows) in p.unit_kinds() {
+            if count == 0 {
+                continue;
+            }
+            let kernel = p.plane_kernel(self.width, pool_rows, conv_rows);
+            let i = (pools.iter().position(|k| *k == kernel))
+                .ok_or_else(|| Error::Codegen(format!("no max pool kernel {kernel:?}")))?;
+            let pool_fn = e.micros[variants.len() + i];
+            let (lo, hi) = clamp_range(e, range, first, count);
+            e.for_range(lo, hi, 1, |e, u| {
+                let oy0 = e.mul_imm(u, (p.rows * p.spec.stride_h) as i64);
+                for (bfirst, bcount, rows) in Self::bands_of(conv_rows, self.band) {
+                    if bcount == 0 || rows == 0 {
+                        continue;
+                    }
+                    let (k0, k1) = (bfirst as i64, (bfirst + bcount) as i64);
+                    e.for_const(k0, k1, 1, |e, k| {
+                        let d = e.mul_imm(k, self.band as i64);
+                        let oy = e.b.ins().iadd(oy0, d);
+                        self.pack(e, (src, panel), oy, rows)?;
+                        let p0 = e.mul_imm(k, (self.band * ow * 4) as i64);
+                        self.gemm(e, b, (panel, p0, b.scratch), rows, variants)
+                    })?;
+                }
+                let out = e.addr(b.out, u, p.rows * pow * 4);
+                e.for_const(0, out_c as i64, 1, |e, c| {
+                    let plane = e.addr(b.scratch, c, p.conv_rows * ow * 4);
+                    let o = e.addr(out, c, poh * pow * 4);
+                    e.b.ins().call(pool_fn, &[plane, o]);
+                    Ok(())
+                })
             })?;
         }
         Ok(())
@@ -385,20 +613,21 @@ impl Im2colGemm {
         }
     }
 
-    /// The GEMM of a band of `rows` output rows from `oy0` on its panel: channel block by
+    /// The GEMM of a band of `rows` output rows on its panel into the planes at `out_base`
+    /// (the output, or a fused pool's scratch), from byte `p0` of each: channel block by
     /// channel block, each along the band's pixels, so that the output goes out as `mr`
     /// sequential streams at a time.
     fn gemm(
         &self,
         e: &mut Emit,
         b: &ConvBufs<Value>,
-        (panel, oy0): (Value, Value),
+        (panel, p0, out_base): (Value, Value, Value),
         rows: usize,
         variants: &[MicroGemm],
     ) -> Result<()> {
         let s = self.spec;
         let (mr, np) = (self.mr, self.np);
-        let ohw = s.out_h() * s.out_w();
+        let ohw = self.ldo();
         let find = |e: &Emit, rows: usize, cols: usize| {
             let m = self.micro(rows, cols);
             variants
@@ -409,8 +638,7 @@ impl Im2colGemm {
         };
         let (full, rest) = self.tiles(rows);
         let tail = s.out_c % mr;
-        let p0 = e.mul_imm(oy0, (s.out_w() * 4) as i64);
-        let out0 = e.b.ins().iadd(b.out, p0);
+        let out0 = e.b.ins().iadd(out_base, p0);
         let res0 = e.b.ins().iadd(b.residual, p0);
         let bias0 = e.add_imm(b.packed, (self.weights_len() * 4) as i64);
         e.for_const(0, self.nmb as i64, 1, |e, mb| {
@@ -455,4 +683,18 @@ impl Im2colGemm {
             Ok(())
         })
     }
+}
+
+/// The units `first..first + count` that lie in `begin..end`: `max(begin, first) ..
+/// min(end, first + count)`.
+fn clamp_range(
+    e: &mut Emit,
+    (begin, end): (Value, Value),
+    first: usize,
+    count: usize,
+) -> (Value, Value) {
+    let lo = e.iconst(first as i64);
+    let lo = e.b.ins().smax(begin, lo);
+    let hi = e.iconst((first + count) as i64);
+    (lo, e.b.ins().smin(end, hi))
 }

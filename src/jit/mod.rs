@@ -19,7 +19,9 @@ pub mod threads;
 mod winograd;
 pub mod x86;
 
-pub use conv::{pack_conv_weights, ConvKernel, ConvMethod, ConvSpec, PendingConv};
+pub use conv::{
+    conv_max_pool_fuses, pack_conv_weights, ConvKernel, ConvMethod, ConvSpec, PendingConv,
+};
 pub use depthwise::{pack_depthwise_weights, DepthwiseKernel, DepthwiseSpec, PendingDepthwise};
 pub use elementwise::{EltKernel, EltSpec, PendingElt};
 pub use epilogue::Clip;

@@ -136,6 +136,13 @@ pub enum Kernel {
     },
     /// A plain Rust loop per item, where no generated kernel exists yet.
     Host(HostOp),
+    /// A conv and the max pool that alone reads its output, as one kernel whose output is
+    /// the pool's ([`fuse::fuse_max_pool_into_conv`]); the conv's weights.
+    ConvMaxPool {
+        conv: ConvSpec,
+        pool: PoolSpec,
+        isa: Isa,
+    },
 }
 
 /// A dilated convolution with stride 1, computed without the zeros between the taps.
@@ -209,6 +216,7 @@ impl Kernel {
             Kernel::Polyphase(_) => "polyphase-conv",
             Kernel::GroupedConv { .. } => "grouped-conv",
             Kernel::Host(_) => "host-loop",
+            Kernel::ConvMaxPool { .. } => "conv+maxpool",
         }
     }
 
@@ -227,6 +235,11 @@ impl Kernel {
             } => Some(format!(
                 "{method} x{groups}, {}",
                 method.micro_kernel(spec, *isa)
+            )),
+            Kernel::ConvMaxPool { conv, isa, .. } => Some(format!(
+                "{}, {} + max pool",
+                ConvMethod::Direct,
+                ConvMethod::Direct.micro_kernel(conv, *isa)
             )),
             Kernel::Fc { spec, isa } => Some(spec.micro_kernel(*isa)),
             Kernel::Pool { spec, isa } => spec.kernel_name(*isa),
@@ -312,6 +325,7 @@ pub fn lower(g: &Graph, opts: &Options) -> Result<Plan> {
         });
     }
     fuse::fuse_relu_into_elementwise(&mut plan);
+    fuse::fuse_max_pool_into_conv(&mut plan);
     memory::read_shuffles_in_place(&mut plan);
     memory::place_concat_inputs(&mut plan);
     memory::read_residuals_in_place(&mut plan);

@@ -74,6 +74,7 @@ struct Generated {
     pool: HashMap<(PoolSpec, Isa), PendingPool>,
     depthwise: HashMap<DepthwiseSpec, PendingDepthwise>,
     elt: HashMap<EltSpec, PendingElt>,
+    conv_pool: HashMap<(ConvSpec, PoolSpec, Isa), PendingConv>,
 }
 
 /// Adds the kernel for `key` unless the module has it already.
@@ -130,6 +131,12 @@ fn add_kernel(gen: &mut Generated, module: &mut KernelModule, s: &Step) -> Resul
         Kernel::Elementwise { spec, .. } => {
             once(&mut gen.elt, *spec, || module.add_elementwise(spec))
         }
+        Kernel::ConvMaxPool { conv, pool, isa } => {
+            once(&mut gen.conv_pool, (*conv, *pool, *isa), || {
+                module.set_isa(*isa)?;
+                module.add_conv_max_pool(conv, pool)
+            })
+        }
         Kernel::Copy { .. } | Kernel::Pad { .. } | Kernel::Host(_) => Ok(()),
     }
 }
@@ -171,6 +178,12 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
                 .get(&(*spec, *method))
                 .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
             Some(Box::new(move || Ok(vec![k.pack_weights(w, b)?])))
+        }
+        Kernel::ConvMaxPool { conv, pool, isa } => {
+            let (w, b) = weights(g, s.layer, conv.bias)?;
+            let k = (gen.conv_pool.get(&(*conv, *pool, *isa)))
+                .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
+            Some(Box::new(move || k.pack_weights(w, b)))
         }
         Kernel::Fc { spec, isa } => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
@@ -285,6 +298,7 @@ pub(super) fn instantiate(
     let (conv, fc) = (bind(&code, gen.conv)?, bind(&code, gen.fc)?);
     let (pool_k, elt) = (bind(&code, gen.pool)?, bind(&code, gen.elt)?);
     let depthwise = bind(&code, gen.depthwise)?;
+    let conv_pool = bind(&code, gen.conv_pool)?;
     let missing = || Error::Internal("a step's kernel was not generated".into());
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (s, job) in plan.steps.iter().zip(job_of) {
@@ -296,6 +310,12 @@ pub(super) fn instantiate(
             Kernel::Conv { spec, method, .. } => Code::Conv {
                 k: conv.get(&(*spec, *method)).ok_or_else(missing)?.clone(),
                 packed: take_one()?,
+            },
+            Kernel::ConvMaxPool { conv, pool, isa } => Code::Conv {
+                k: (conv_pool.get(&(*conv, *pool, *isa)))
+                    .ok_or_else(missing)?
+                    .clone(),
+                packed: take()?,
             },
             Kernel::Fc { spec, isa } => Code::Fc {
                 k: fc.get(&(*spec, *isa)).ok_or_else(missing)?.clone(),
