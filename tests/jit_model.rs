@@ -18,11 +18,13 @@ fn lowered(g: &cnnc::Graph, opts: &Options) -> Plan {
 /// convolution without padding is one FMA chain over the input channels in order whether
 /// the direct kernel (strided 1x1 at sse) or the pointwise GEMM (at avx2 / avx512) computes
 /// it. Winograd on the AVX-512 transforms (tile group by tile group, or the whole layout),
-/// which round otherwise than the f32x4 ones, counts as a method of its own.
+/// which round otherwise than the f32x4 ones, counts as a method of its own. A conv with
+/// a max pool fused in computes the direct kernel's bits (then the pool's).
 fn conv_methods(plan: &Plan) -> Vec<(ConvMethod, bool)> {
     plan.steps
         .iter()
         .filter_map(|s| match s.kernel {
+            Kernel::ConvMaxPool { .. } => Some((ConvMethod::Direct, false)),
             Kernel::Conv { spec, method, isa } => {
                 let pointwise = spec.kernel_h * spec.kernel_w == 1 && spec.pad_h + spec.pad_w == 0;
                 let grouped = method == ConvMethod::Winograd
