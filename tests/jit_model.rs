@@ -712,19 +712,25 @@ fn a_relu_after_an_elementwise_step_is_fused_into_it() {
     assert!(!op("bn2").unwrap().contains("relu"), "{plan}");
     assert!(!op("ss").unwrap().contains("relu"), "{plan}");
     assert!(op("r2").is_some() && op("r4").is_some(), "{plan}");
+    agree_at_batch_2("bnrelu", &g, 5);
+}
+
+/// [`agree_at_every_level`] on 2 random items (`seed`), at batch 2, on 1 and 2 threads.
+fn agree_at_batch_2(name: &str, g: &cnnc::Graph, seed: u64) {
+    let s = g.input_shape();
     let x = Tensor::new(
-        vec![2, 5, 9, 7],
-        cnnc::weights::standard_normal(5, "bnrelu", 2 * 5 * 9 * 7),
+        vec![2, s.c, s.h, s.w],
+        cnnc::weights::standard_normal(seed, name, 2 * s.len()),
     )
     .unwrap();
-    let want = cnnc::interp::run(&g, x.clone()).unwrap();
+    let want = cnnc::interp::run(g, x.clone()).unwrap();
     for threads in [1, 2] {
         let opts = Options {
             batch: 2,
             threads,
             ..Default::default()
         };
-        agree_at_every_level("bnrelu", &g, &x, &want, &opts);
+        agree_at_every_level(name, g, &x, &want, &opts);
     }
 }
 
@@ -828,18 +834,5 @@ fn a_max_pool_after_a_first_conv_is_fused_into_it() {
             "{isa}: {plan}"
         );
     }
-    let x = Tensor::new(
-        vec![2, 3, 61, 47],
-        cnnc::weights::standard_normal(6, "convpool", 2 * 3 * 61 * 47),
-    )
-    .unwrap();
-    let want = cnnc::interp::run(&g, x.clone()).unwrap();
-    for threads in [1, 2] {
-        let opts = Options {
-            batch: 2,
-            threads,
-            ..Default::default()
-        };
-        agree_at_every_level("convpool", &g, &x, &want, &opts);
-    }
+    agree_at_batch_2("convpool", &g, 6);
 }
