@@ -183,7 +183,7 @@ fn pack_job<'a>(g: &'a Graph, gen: &'a Generated, s: &Step) -> Result<Option<Pac
             let (w, b) = weights(g, s.layer, conv.bias)?;
             let k = (gen.conv_pool.get(&(*conv, *pool, *isa)))
                 .ok_or_else(|| Error::Internal(format!("{}: no kernel generated", s.name)))?;
-            Some(Box::new(move || k.pack_weights(w, b)))
+            Some(Box::new(move || Ok(vec![k.pack_weights(w, b)?])))
         }
         Kernel::Fc { spec, isa } => {
             let (w, b) = weights(g, s.layer, spec.bias)?;
@@ -315,7 +315,7 @@ pub(super) fn instantiate(
                 k: (conv_pool.get(&(*conv, *pool, *isa)))
                     .ok_or_else(missing)?
                     .clone(),
-                packed: take()?,
+                packed: take_one()?,
             },
             Kernel::Fc { spec, isa } => Code::Fc {
                 k: fc.get(&(*spec, *isa)).ok_or_else(missing)?.clone(),
