@@ -37,6 +37,7 @@ fn main() {
         // CNNC_METHOD=winograd|direct: that method whatever the cost model picks.
         let pk = match std::env::var("CNNC_METHOD").as_deref() {
             Ok("winograd") => km.add_conv_with(&spec, ConvMethod::Winograd),
+            Ok("winograd2") => km.add_conv_with(&spec, ConvMethod::Winograd2),
             Ok("direct") => km.add_conv_with(&spec, ConvMethod::Direct),
             _ => km.add_conv(&spec),
         }

@@ -201,23 +201,51 @@ fn abs_sandwich<const R: usize, const C: usize>(
     y
 }
 
-/// Error bounds of a Winograd F(4x4, 3x3) conv (3x3, stride 1): the same algorithm
-/// evaluated on absolute values, `Σ_c |Aᵀ| (|G| |g| |Gᵀ| ⊙ |Bᵀ| |d| |B|) |A|` (plus |bias|
-/// and |residual|), times γ of its depth: 6 + 6 roundings in the input transform, 3 + 3 and a
-/// scaling in the filter transform, the product, the sum over the channels, 6 + 6 in the
-/// output transform, bias and residual (Higham §3.1 applied to the algorithm's evaluation
-/// graph). The transforms scale values by up to 8x, so this is wider than the direct sum's.
+/// Winograd F(2x2, 3x3).
+const WINO2_BT: [[f64; 4]; 4] = [
+    [1.0, 0.0, -1.0, 0.0],
+    [0.0, 1.0, 1.0, 0.0],
+    [0.0, -1.0, 1.0, 0.0],
+    [0.0, 1.0, 0.0, -1.0],
+];
+const WINO2_G: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+const WINO2_AT: [[f64; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
+
+/// Error bounds of a Winograd conv (3x3, stride 1) by `method` (F(4x4, 3x3) or F(2x2,
+/// 3x3)): the same algorithm evaluated on absolute values, `Σ_c |Aᵀ| (|G| |g| |Gᵀ| ⊙ |Bᵀ|
+/// |d| |B|) |A|` (plus |bias| and |residual|), times γ of its depth: `α + α` roundings in
+/// the input transform, 3 + 3 and a scaling in the filter transform, the product, the sum
+/// over the channels, `α + α` in the output transform, bias and residual (Higham §3.1
+/// applied to the algorithm's evaluation graph). The transforms scale values by up to 8x
+/// (F(4x4)), so this is wider than the direct sum's.
 fn winograd_bounds(
+    method: ConvMethod,
     s: &ConvSpec,
-    x: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    r: Option<&[f32]>,
+    io: (&[f32], &[f32], Option<&[f32]>, Option<&[f32]>),
     want: &mut Expected,
 ) {
+    if method == ConvMethod::Winograd2 {
+        winograd_bounds_of(s, io, want, (&WINO2_BT, &WINO2_G, &WINO2_AT));
+    } else {
+        let g: [[f64; 3]; 6] = WINO_G24.map(|row| row.map(|v| v / 24.0));
+        winograd_bounds_of(s, io, want, (&WINO_BT, &g, &WINO_AT));
+    }
+}
+
+/// [`winograd_bounds`] of F(`T`x`T`, 3x3) with `α = A = T + 2`.
+fn winograd_bounds_of<const A: usize, const T: usize>(
+    s: &ConvSpec,
+    (x, w, b, r): (&[f32], &[f32], Option<&[f32]>, Option<&[f32]>),
+    want: &mut Expected,
+    (bt, g, at): (&[[f64; A]; A], &[[f64; 3]; A], &[[f64; A]; T]),
+) {
     let (oh, ow) = (s.out_h(), s.out_w());
-    let g: [[f64; 3]; 6] = WINO_G24.map(|row| row.map(|v| v / 24.0));
-    let depth = 12 + 7 + 1 + s.in_c + 12 + 2;
+    let depth = 2 * A + 7 + 1 + s.in_c + 2 * A + 2;
     let pixel = |c: usize, y: isize, xx: isize| -> f64 {
         if y < 0 || xx < 0 || y >= s.in_h as isize || xx >= s.in_w as isize {
             0.0
@@ -225,42 +253,42 @@ fn winograd_bounds(
             x[(c * s.in_h + y as usize) * s.in_w + xx as usize].abs() as f64
         }
     };
-    let filters: Vec<[[f64; 6]; 6]> = (0..s.out_c * s.in_c)
+    let filters: Vec<[[f64; A]; A]> = (0..s.out_c * s.in_c)
         .map(|kc| {
             let f: [[f64; 3]; 3] = std::array::from_fn(|i| {
                 std::array::from_fn(|j| w[kc * 9 + i * 3 + j].abs() as f64)
             });
-            abs_sandwich(&g, &f)
+            abs_sandwich(g, &f)
         })
         .collect();
-    for ty in 0..oh.div_ceil(4) {
-        for tx in 0..ow.div_ceil(4) {
-            let patches: Vec<[[f64; 6]; 6]> = (0..s.in_c)
+    for ty in 0..oh.div_ceil(T) {
+        for tx in 0..ow.div_ceil(T) {
+            let patches: Vec<[[f64; A]; A]> = (0..s.in_c)
                 .map(|c| {
-                    let d: [[f64; 6]; 6] = std::array::from_fn(|i| {
+                    let d: [[f64; A]; A] = std::array::from_fn(|i| {
                         std::array::from_fn(|j| {
-                            let y = (4 * ty + i) as isize - s.pad_h as isize;
-                            let xx = (4 * tx + j) as isize - s.pad_w as isize;
+                            let y = (T * ty + i) as isize - s.pad_h as isize;
+                            let xx = (T * tx + j) as isize - s.pad_w as isize;
                             pixel(c, y, xx)
                         })
                     });
-                    abs_sandwich(&WINO_BT, &d)
+                    abs_sandwich(bt, &d)
                 })
                 .collect();
             for k in 0..s.out_c {
-                let mut m = [[0.0f64; 6]; 6];
+                let mut m = [[0.0f64; A]; A];
                 for (c, v) in patches.iter().enumerate() {
                     let u = &filters[k * s.in_c + c];
-                    for i in 0..6 {
-                        for j in 0..6 {
+                    for i in 0..A {
+                        for j in 0..A {
                             m[i][j] += u[i][j] * v[i][j];
                         }
                     }
                 }
-                let y = abs_sandwich(&WINO_AT, &m);
+                let y = abs_sandwich(at, &m);
                 for (i, row) in y.iter().enumerate() {
                     for (j, &mag) in row.iter().enumerate() {
-                        let (oy, ox) = (4 * ty + i, 4 * tx + j);
+                        let (oy, ox) = (T * ty + i, T * tx + j);
                         if oy >= oh || ox >= ow {
                             continue;
                         }
@@ -332,8 +360,9 @@ fn check_conv_with(
     let mut out = vec![f32::NAN; s.output_len()];
     k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
     let mut want = ref_conv(s, &x, &w, b.as_deref(), r.as_deref());
-    if k.method() == ConvMethod::Winograd {
-        winograd_bounds(s, &x, &w, b.as_deref(), r.as_deref(), &mut want);
+    if matches!(k.method(), ConvMethod::Winograd | ConvMethod::Winograd2) {
+        let io = (&x[..], &w[..], b.as_deref(), r.as_deref());
+        winograd_bounds(k.method(), s, io, &mut want);
     }
     assert_close(&out, &want, &what);
     let units = k.work_units();
@@ -432,6 +461,36 @@ fn conv_winograd_every_isa_on_a_pool() {
                 "{s:?} at {isa}: {micro}"
             );
             assert!(!zmm || micro.contains(at_avx512), "{s:?} at {isa}: {micro}");
+            seed += 1;
+        }
+    }
+}
+
+/// Winograd F(2x2, 3x3) at every ISA level, whole range, split ranges and on 2 and 3
+/// threads: bit-identical, and against the reference (its own error bound). Shapes: output
+/// sizes of both parities (a last tile column or row of one pixel), dense grids of at most
+/// 16 tiles whose rows are not whole groups of 4 (3x3 and 5x5 outputs; one tile at 2x2),
+/// rows of groups of 4 with a partial last group, pads 0-2, channel counts off the GEMM's
+/// blocks and the vector width, every epilogue.
+#[test]
+fn conv_winograd_small_tiles_every_isa_on_a_pool() {
+    let mut seed = 3000;
+    for (c, h, w, k, p) in [
+        (16, 8, 8, 16, 1),
+        (17, 7, 9, 23, 1),
+        (16, 2, 2, 16, 1),
+        (20, 5, 5, 18, 1),
+        (33, 7, 7, 17, 0),
+        (24, 13, 10, 40, 1),
+        (16, 9, 30, 16, 2),
+        (19, 14, 14, 29, 1),
+        (16, 4, 19, 33, 0),
+    ] {
+        for isa in cnnc::Isa::host_levels() {
+            let mut s = spec(c, h, w, k, 3, 3, (1, 1), (p, p));
+            (s.bias, s.residual, s.relu) = (seed % 2 == 0, seed % 3 != 0, seed % 5 != 0);
+            let (_, method, _) = check_conv_with(&s, seed, Some(isa), Some(ConvMethod::Winograd2));
+            assert_eq!(method, ConvMethod::Winograd2, "{s:?} at {isa}");
             seed += 1;
         }
     }

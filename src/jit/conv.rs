@@ -658,17 +658,7 @@ impl Emit<'_> {
             .iter()
             .map(|&x| self.b.ins().bitcast(I8X16, le, x))
             .collect();
-        // Byte masks from f32 lane indices (0-3 first operand, 4-7 second).
-        let shuf = |e: &mut Self, x: Value, y: Value, lanes: [u8; 4]| {
-            let mut m = [0u8; 16];
-            for (i, &l) in lanes.iter().enumerate() {
-                for k in 0..4 {
-                    m[i * 4 + k] = l * 4 + k as u8;
-                }
-            }
-            let imm = e.b.func.dfg.immediates.push(m.to_vec().into());
-            e.b.ins().shuffle(x, y, imm)
-        };
+        let shuf = |e: &mut Self, x, y, lanes| e.pick_lanes(x, y, lanes);
         let lo01 = shuf(self, b[0], b[1], [0, 4, 1, 5]);
         let lo23 = shuf(self, b[2], b[3], [0, 4, 1, 5]);
         let hi01 = shuf(self, b[0], b[1], [2, 6, 3, 7]);
@@ -680,6 +670,32 @@ impl Emit<'_> {
             shuf(self, hi01, hi23, [2, 3, 6, 7]),
         ];
         r.map(|x| self.b.ins().bitcast(F32X4, le, x))
+    }
+
+    /// The f32 lanes `lanes` of `x` (0-3) and `y` (4-7), both bitcast to i8x16.
+    fn pick_lanes(&mut self, x: Value, y: Value, lanes: [u8; 4]) -> Value {
+        let mut m = [0u8; 16];
+        for (i, &l) in lanes.iter().enumerate() {
+            for k in 0..4 {
+                m[i * 4 + k] = l * 4 + k as u8;
+            }
+        }
+        let imm = self.b.func.dfg.immediates.push(m.to_vec().into());
+        self.b.ins().shuffle(x, y, imm)
+    }
+
+    /// Two f32x4 vectors' lanes interleaved: `[x0 y0 x1 y1]` and `[x2 y2 x3 y3]`.
+    pub(crate) fn zip2(&mut self, x: Value, y: Value) -> [Value; 2] {
+        use cranelift_codegen::ir::{types::I8X16, Endianness, MemFlagsData};
+        let le = MemFlagsData::new().with_endianness(Endianness::Little);
+        let (bx, by) = (
+            self.b.ins().bitcast(I8X16, le, x),
+            self.b.ins().bitcast(I8X16, le, y),
+        );
+        [[0, 4, 1, 5], [2, 6, 3, 7]].map(|lanes| {
+            let z = self.pick_lanes(bx, by, lanes);
+            self.b.ins().bitcast(F32X4, le, z)
+        })
     }
 }
 
@@ -693,6 +709,8 @@ pub enum ConvMethod {
     PointwiseGemm,
     /// 3x3 stride 1: Winograd F(4x4, 3x3).
     Winograd,
+    /// 3x3 stride 1: Winograd F(2x2, 3x3), for small outputs (few 4x4 tiles).
+    Winograd2,
 }
 
 /// `3x32x32 input, 16 filters 3x3, stride 1x1, pad 1x1`: the shapes, for messages.
@@ -731,6 +749,7 @@ impl std::fmt::Display for ConvMethod {
             ConvMethod::Direct => "direct",
             ConvMethod::PointwiseGemm => "pointwise-gemm",
             ConvMethod::Winograd => "winograd-f4x4",
+            ConvMethod::Winograd2 => "winograd-f2x2",
         })
     }
 }
@@ -756,10 +775,12 @@ impl ConvMethod {
     /// The fastest method for `spec` at `isa` (Winograd only if `winograd` allows it and
     /// its cost model expects it to beat the direct kernel: see `WinogradPlan::beats_direct`).
     pub fn for_spec(spec: &ConvSpec, winograd: bool, isa: Isa) -> ConvMethod {
-        let winograd_wins =
-            || WinogradPlan::for_spec(spec, isa).is_some_and(|w| w.beats_direct(isa));
-        if winograd && winograd_wins() {
-            ConvMethod::Winograd
+        let winograd_wins = || WinogradPlan::fastest(spec, isa).filter(|w| w.beats_direct(isa));
+        if let Some(w) = winograd.then(winograd_wins).flatten() {
+            match w.has_small_tiles() {
+                true => ConvMethod::Winograd2,
+                false => ConvMethod::Winograd,
+            }
         } else if spec.is_pointwise() || (spec.is_strided_pointwise() && x86::width(isa).is_some())
         {
             // Strided, the GEMM pays a copy of the sampled pixels, which the f32x4 direct
@@ -809,6 +830,9 @@ impl Plan {
         Ok(match method {
             ConvMethod::Winograd => {
                 Plan::Winograd(WinogradPlan::for_spec(spec, isa).ok_or_else(unfit)?)
+            }
+            ConvMethod::Winograd2 => {
+                Plan::Winograd(WinogradPlan::small_tiles(spec, isa).ok_or_else(unfit)?)
             }
             ConvMethod::PointwiseGemm if spec.is_pointwise() || spec.is_strided_pointwise() => {
                 let g = PixelGemm::new(
@@ -891,6 +915,7 @@ impl Plan {
         match self {
             Plan::Direct(_) | Plan::Implicit(_) | Plan::Im2col(_) => ConvMethod::Direct,
             Plan::Gemm(_) => ConvMethod::PointwiseGemm,
+            Plan::Winograd(w) if w.has_small_tiles() => ConvMethod::Winograd2,
             Plan::Winograd(_) => ConvMethod::Winograd,
         }
     }

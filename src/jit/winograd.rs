@@ -84,6 +84,67 @@ const G24: [[f32; 3]; ALPHA] = [
     [0.0, 0.0, 24.0],
 ];
 
+/// The matrices of one Winograd algorithm F(m x m, 3x3), padded to F(4x4, 3x3)'s sizes
+/// (entries past `alpha` and `tile` are zero and never read).
+#[derive(Clone, Copy, Debug)]
+struct Algo {
+    /// Output tile edge `m` and transformed tile edge `m + 2`.
+    tile: usize,
+    alpha: usize,
+    bt: [[f32; ALPHA]; ALPHA],
+    at: [[f32; ALPHA]; TILE],
+    /// `s G` with small integer coefficients, and `s`.
+    g: [[f32; 3]; ALPHA],
+    g_scale: f32,
+}
+
+impl Algo {
+    fn pos(&self) -> usize {
+        self.alpha * self.alpha
+    }
+}
+
+const F4: Algo = Algo {
+    tile: TILE,
+    alpha: ALPHA,
+    bt: BT,
+    at: AT,
+    g: G24,
+    g_scale: 24.0,
+};
+
+/// F(2x2, 3x3) (interpolation points 0, ±1, ∞): 16 positions per tile of 2x2 outputs, 4
+/// multiply-adds per output against F(4x4)'s 2.25, but 4x as many tiles. It serves small
+/// outputs, where F(4x4)'s tiles are few (an 8x8 output is 2x2 tiles of 4x4: GEMMs of 4
+/// columns, against 16 of 2x2), and reads 16 values per 3x3 filter instead of 36.
+const F2: Algo = Algo {
+    tile: 2,
+    alpha: 4,
+    bt: [
+        [1.0, 0.0, -1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+        [0.0, -1.0, 1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0, -1.0, 0.0, 0.0],
+        [0.0; ALPHA],
+        [0.0; ALPHA],
+    ],
+    at: [
+        [1.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+        [0.0, 1.0, -1.0, -1.0, 0.0, 0.0],
+        [0.0; ALPHA],
+        [0.0; ALPHA],
+    ],
+    g: [
+        [2.0, 0.0, 0.0],
+        [1.0, 1.0, 1.0],
+        [1.0, -1.0, 1.0],
+        [0.0, 0.0, 2.0],
+        [0.0; 3],
+        [0.0; 3],
+    ],
+    g_scale: 2.0,
+};
+
 /// The distance between two planes of `n` floats that are read or written together (the 36
 /// positions of a tile): `n` rounded up to a whole, odd number of cache lines, so that
 /// consecutive planes start in different cache sets. Planes a multiple of 4 KB apart (512
@@ -105,6 +166,8 @@ const MIN_CHANNELS: usize = 16;
 #[derive(Clone, Debug)]
 pub(crate) struct WinogradPlan {
     spec: ConvSpec,
+    /// F(4x4, 3x3) or F(2x2, 3x3).
+    algo: Algo,
     /// Tile rows and columns.
     th: usize,
     tw: usize,
@@ -203,9 +266,9 @@ fn output_spec(
 
 /// The whole layout's GEMM over `tp` tiles: [`gemm_spec`], prefetching the weights where
 /// `U` exceeds L2 (read once, from memory; `CNNC_WINOGRAD_PF=0` turns it off, to measure).
-fn whole_gemm(s: &ConvSpec, tp: usize, isa: Isa) -> PixelGemm {
+fn whole_gemm(s: &ConvSpec, tp: usize, isa: Isa, pos: usize) -> PixelGemm {
     let gemm = PixelGemm::new(gemm_spec(s, tp), isa);
-    let streams = POS * s.in_c * s.out_c * 4 > STREAMED_WEIGHTS_BYTES;
+    let streams = pos * s.in_c * s.out_c * 4 > STREAMED_WEIGHTS_BYTES;
     if streams && std::env::var("CNNC_WINOGRAD_PF").map_or(true, |v| v != "0") {
         return gemm.prefetching_weights();
     }
@@ -286,16 +349,40 @@ pub(crate) struct WinogradFns {
 /// other cores contend for memory bandwidth (a second thread, or other processes).
 const WINOGRAD_MARGIN: f64 = 1.25;
 
+/// Multiply-adds per second of the wide GEMM and of the implicit-GEMM direct kernel at
+/// `isa`, measured on whole layers (one thread), and the lanes of a vector.
+fn rates(isa: Isa) -> (f64, f64, usize) {
+    match isa {
+        Isa::Sse => (17e9, 16e9, 4),
+        Isa::Avx2 => (40e9, 30e9, 8),
+        Isa::Avx512 => (60e9, 65e9, 16),
+    }
+}
+/// One core's memory bandwidth (bytes per second), for the weights.
+const BYTES_PER_SECOND: f64 = 10e9;
+/// The input and output transforms of F(4x4, 3x3), per tile and channel (f32x4 code at
+/// every level).
+const TRANSFORM_SECONDS: f64 = 8e-9;
+
 impl WinogradPlan {
     /// Whether `s` is a 3x3 stride-1 convolution large enough for Winograd to pay, with a
     /// scratch space the generated code can address.
     pub(crate) fn for_spec(s: &ConvSpec, isa: Isa) -> Option<Self> {
+        Self::with_algo(s, isa, F4)
+    }
+
+    /// [`Self::for_spec`] with F(2x2, 3x3) ([`F2`]).
+    pub(crate) fn small_tiles(s: &ConvSpec, isa: Isa) -> Option<Self> {
+        Self::with_algo(s, isa, F2)
+    }
+
+    fn with_algo(s: &ConvSpec, isa: Isa, algo: Algo) -> Option<Self> {
         let shape = s.kernel_h == 3 && s.kernel_w == 3 && s.stride_h == 1 && s.stride_w == 1;
         let big = s.in_c >= MIN_CHANNELS && s.out_c >= MIN_CHANNELS;
-        if !(shape && big && s.out_h() >= TILE && s.out_w() >= TILE) {
+        if !(shape && big && s.out_h() >= algo.tile && s.out_w() >= algo.tile) {
             return None;
         }
-        let plan = Self::new(*s, isa);
+        let plan = Self::new(*s, isa, algo);
         (fits(&[plan.scratch_len()]) && fits(&[plan.packed_len()])).then_some(plan)
     }
 
@@ -324,24 +411,11 @@ impl WinogradPlan {
     /// loaded memory (load 7), Winograd took 2.8-3.3x the direct kernel's time on 256->256 and
     /// 2.3-3.3x on 512->512 at 14x14, and about the same on 128->128 at 28x28.
     pub(crate) fn beats_direct(&self, isa: Isa) -> bool {
-        // Multiply-adds per second of the wide GEMM and of the implicit-GEMM direct kernel,
-        // measured on whole layers (one thread), and one core's memory bandwidth.
-        let (gemm_rate, direct_rate, lanes) = match isa {
-            Isa::Sse => (17e9, 16e9, 4),
-            Isa::Avx2 => (40e9, 30e9, 8),
-            Isa::Avx512 => (60e9, 65e9, 16),
-        };
-        const BYTES_PER_SECOND: f64 = 10e9;
-        // The input and output transforms, per tile and channel (f32x4 code at every level).
-        const TRANSFORM_SECONDS: f64 = 8e-9;
+        let (_, direct_rate, _) = rates(isa);
         let s = &self.spec;
         let pairs = (s.in_c * s.out_c) as f64;
         let pixels = (s.out_h() * s.out_w()) as f64;
         let taps = (s.kernel_h * s.kernel_w) as f64;
-        let columns = self.tp.next_multiple_of(lanes) as f64;
-        let winograd = POS as f64 * pairs * columns / gemm_rate
-            + 4.0 * POS as f64 * pairs / BYTES_PER_SECOND
-            + self.tp as f64 * (s.in_c + s.out_c) as f64 * TRANSFORM_SECONDS;
         let (compute, memory) = (
             taps * pairs * pixels / direct_rate,
             4.0 * taps * pairs / BYTES_PER_SECOND,
@@ -359,11 +433,67 @@ impl WinogradPlan {
                 return true;
             }
         }
-        winograd * WINOGRAD_MARGIN < direct
+        self.estimate(isa, self.has_small_tiles()) * WINOGRAD_MARGIN < direct
     }
 
-    fn new(spec: ConvSpec, isa: Isa) -> Self {
-        let mut plan = Self::f32x4_layout(spec, isa);
+    /// Seconds the cost model of [`Self::beats_direct`] expects this plan to take at `isa`:
+    /// its GEMMs' multiply-adds, reading `U` and the transforms. With `overlapped`, reading
+    /// `U` takes no time beyond the multiply-adds' (the GEMMs prefetch it, as the implicit
+    /// GEMM its weights), else it is added: what F(4x4, 3x3)'s measurements inside networks
+    /// support (256 -> 256 at 14x14 even with the direct kernel in ResNet-18, session 10;
+    /// 1.4-3x its time while other processes loaded memory, session 9). F(2x2, 3x3) is
+    /// chosen on small outputs, measured against the direct kernel with
+    /// `examples/convab.rs` (weights from 4-8 copies, avx512, load 5-7): 256 -> 256 at 8x8
+    /// 0.273 / 0.476 ms, 128 -> 256 at 8x8 0.139 / 0.252 (avx2 0.397 / 0.700 and 0.179 /
+    /// 0.348), 512 -> 512 at 7x7 1.65 / 1.53 (the model keeps it direct).
+    fn estimate(&self, isa: Isa, overlapped: bool) -> f64 {
+        let (gemm_rate, _, lanes) = rates(isa);
+        let s = &self.spec;
+        let pairs = (s.in_c * s.out_c) as f64;
+        let pos = self.algo.pos() as f64;
+        let columns = self.tp.next_multiple_of(lanes) as f64;
+        // The transforms' work per tile goes with its positions.
+        let per_tile = TRANSFORM_SECONDS * pos / POS as f64;
+        let transforms = self.tp as f64 * (s.in_c + s.out_c) as f64 * per_tile;
+        let (gemm, weights) = (
+            pos * pairs * columns / gemm_rate,
+            4.0 * pos * pairs / BYTES_PER_SECOND,
+        );
+        match overlapped {
+            true => gemm.max(weights) + transforms,
+            false => gemm + weights + transforms,
+        }
+    }
+
+    /// F(4x4, 3x3) or F(2x2, 3x3), whichever the cost model expects to be faster (both
+    /// GEMMs prefetching `U`: so F(4x4) on 16x16 and 32x32 outputs, which
+    /// `examples/convab.rs` measured in 0.63-0.68x F(2x2)'s time, and F(2x2) on 8x8), if
+    /// either can run `s`.
+    /// F(2x2, 3x3) only with the wide kernels (where it was measured), and not with
+    /// `CNNC_WINOGRAD_SMALL=0` (to measure).
+    pub(crate) fn fastest(s: &ConvSpec, isa: Isa) -> Option<Self> {
+        let small = isa != Isa::Sse
+            && std::env::var("CNNC_WINOGRAD_SMALL").map_or(true, |v| v != "0");
+        let plans = [
+            Self::for_spec(s, isa),
+            Self::small_tiles(s, isa).filter(|_| small),
+        ];
+        plans
+            .into_iter()
+            .flatten()
+            .min_by(|a, b| a.estimate(isa, true).total_cmp(&b.estimate(isa, true)))
+    }
+
+    /// Whether this plan is F(2x2, 3x3) ([`Self::small_tiles`]).
+    pub(crate) fn has_small_tiles(&self) -> bool {
+        self.algo.tile == F2.tile
+    }
+
+    fn new(spec: ConvSpec, isa: Isa, algo: Algo) -> Self {
+        let mut plan = Self::f32x4_layout(spec, isa, algo);
+        if algo.tile != TILE {
+            return plan;
+        }
         plan.groups = plan.grouped_schedule(isa);
         if plan.groups.is_none() && isa == Isa::Avx512 {
             plan.wide = plan.wide_layout(isa).map(Box::new);
@@ -395,7 +525,7 @@ impl WinogradPlan {
         let tp = rows * row_tiles;
         // The gather reads 4 floats past a row's last tile.
         let wp = row_tiles * TILE + 4;
-        let gemm = whole_gemm(&spec, tp, isa);
+        let gemm = whole_gemm(&spec, tp, isa, POS);
         if gemm.mr() != self.gemm.mr() {
             return None;
         }
@@ -427,21 +557,23 @@ impl WinogradPlan {
         })
     }
 
-    fn f32x4_layout(spec: ConvSpec, isa: Isa) -> Self {
-        let (th, tw) = (spec.out_h().div_ceil(TILE), spec.out_w().div_ceil(TILE));
+    fn f32x4_layout(spec: ConvSpec, isa: Isa, algo: Algo) -> Self {
+        let t = algo.tile;
+        let (th, tw) = (spec.out_h().div_ceil(t), spec.out_w().div_ceil(t));
         let dense = tw % 4 != 0 && th * tw <= DENSE_TILES;
         let tw4 = if dense { tw } else { tw.next_multiple_of(4) };
         let tp = (th * tw + tw4 - tw).next_multiple_of(4);
-        let gemm = whole_gemm(&spec, tp, isa);
+        let gemm = whole_gemm(&spec, tp, isa, algo.pos());
         WinogradPlan {
             spec,
+            algo,
             th,
             tw,
             dense,
             tw4,
             tp,
-            hp: TILE * th + 2,
-            wp: TILE * tw4 + 4,
+            hp: t * th + 2,
+            wp: t * tw4 + 4,
             gemm,
             groups: None,
             wide: None,
@@ -548,7 +680,7 @@ impl WinogradPlan {
         let lay = self.layout();
         let planes = match self.groups {
             Some(_) => (POS + extra_planes()) * lay.v_stride,
-            None => POS * (lay.v_stride + lay.m_stride),
+            None => self.algo.pos() * (lay.v_stride + lay.m_stride),
         };
         self.window_len() * self.spec.in_c + planes
     }
@@ -583,7 +715,8 @@ impl WinogradPlan {
         // The weight prefetches of the last blocks reach past `U`, into the bias and the
         // padding after it.
         let prefetched = self.gemm.weight_prefetch().div_ceil(4) + 16;
-        POS * self.u_stride() + self.gemm.channel_blocks() * self.gemm.mr() + prefetched
+        let pos = self.algo.pos();
+        pos * self.u_stride() + self.gemm.channel_blocks() * self.gemm.mr() + prefetched
     }
     /// Blocks of output channels (grouped: the groups).
     pub(crate) fn work_units(&self) -> usize {
@@ -630,7 +763,11 @@ impl WinogradPlan {
         const CHUNK: usize = 16;
         let len = CHUNK * mr;
         let mut g = vec![0.0f32; 9 * len]; // [tap][ci][r]
-        let mut gg = vec![0.0f32; ALPHA * 3 * len]; // [i][b][ci][r]: (24 G g)[i][b]
+        let Algo {
+            alpha, g: gs, g_scale, ..
+        } = self.algo;
+        let gs = &gs[..alpha];
+        let mut gg = vec![0.0f32; alpha * 3 * len]; // [i][b][ci][r]: (s G g)[i][b]
         let mut u = vec![0.0f32; len]; // [ci][r]
                                        // Zipped slices, so that the compiler vectorises it.
         let combine = |dst: &mut [f32], coef: [f32; 3], rows: [&[f32]; 3], scale: f32| {
@@ -654,16 +791,16 @@ impl WinogradPlan {
                 }
                 for b in 0..3 {
                     let rows = [0, 1, 2].map(|a| &g[(3 * a + b) * len..][..len]);
-                    for (i, &coef) in G24.iter().enumerate() {
+                    for (i, &coef) in gs.iter().enumerate() {
                         combine(&mut gg[(i * 3 + b) * len..][..len], coef, rows, 1.0);
                     }
                 }
                 let base = self.gemm.packed_index(block, c0);
-                for i in 0..ALPHA {
+                for i in 0..alpha {
                     let rows = [0, 1, 2].map(|b| &gg[(i * 3 + b) * len..][..len]);
-                    for (j, &coef) in G24.iter().enumerate() {
-                        combine(&mut u[..len], coef, rows, 1.0 / 576.0);
-                        let dst = &mut out[(i * ALPHA + j) * wl + base..][..len];
+                    for (j, &coef) in gs.iter().enumerate() {
+                        combine(&mut u[..len], coef, rows, 1.0 / (g_scale * g_scale));
+                        let dst = &mut out[(i * alpha + j) * wl + base..][..len];
                         if rows_in_block == mr {
                             dst.copy_from_slice(&u[..len]);
                         } else {
@@ -677,7 +814,8 @@ impl WinogradPlan {
             }
         }
         if let Some(b) = bias {
-            out[POS * wl..POS * wl + k].copy_from_slice(b);
+            let pos = self.algo.pos();
+            out[pos * wl..pos * wl + k].copy_from_slice(b);
         }
     }
 
@@ -717,11 +855,12 @@ impl WinogradPlan {
             })
         })?;
         let (nmb, mr, k) = (self.gemm.channel_blocks(), self.gemm.mr(), self.spec.out_c);
+        let pos = self.algo.pos();
         // Blocks `begin..end`: their units of each position, then their channels.
         let compute =
             km.define_calling::<ConvBufs<Value>>(&[products, output], move |e, begin, end| {
                 let (products, output, bufs) = (e.callees[0], e.callees[1], e.bufs);
-                e.for_const(0, POS as i64, 1, |e, xi| {
+                e.for_const(0, pos as i64, 1, |e, xi| {
                     let first = e.mul_imm(xi, nmb as i64);
                     let (u0, u1) = (e.b.ins().iadd(first, begin), e.b.ins().iadd(first, end));
                     e.b.ins().call(products, &[bufs, u0, u1]);
@@ -847,7 +986,8 @@ impl WinogradPlan {
             }
             if self.dense {
                 for (g, tiles) in self.dense_groups().iter().enumerate() {
-                    let origins = tiles.map(|(ty, tx)| (ty * TILE * self.wp + tx * TILE) * 4);
+                    let t = self.algo.tile;
+                    let origins = tiles.map(|(ty, tx)| (ty * t * self.wp + tx * t) * 4);
                     let vp = e.add_imm(vc, (g * 4 * 4) as i64);
                     self.input_group(
                         e,
@@ -961,15 +1101,16 @@ impl WinogradPlan {
     /// The input transform of `rows` tile rows of the padded rows at `pc` into the `V` rows
     /// at `vc`, a group of 4 tiles along a row at a time.
     fn input_rows(&self, e: &mut Emit, pc: Value, vc: Value, rows: usize) -> Result<()> {
-        let v_stride = self.layout().v_stride;
+        let (v_stride, t) = (self.layout().v_stride, self.algo.tile);
         e.for_const(0, rows as i64, 1, |e, ty| {
-            let prow = e.addr(pc, ty, TILE * self.wp * 4);
+            let prow = e.addr(pc, ty, t * self.wp * 4);
             let vrow = e.addr(vc, ty, self.tw * 4);
             e.for_const(0, self.tw4 as i64, 4, |e, tx0| {
-                let pp = e.addr(prow, tx0, TILE * 4);
+                let pp = e.addr(prow, tx0, t * 4);
                 let vp = e.addr(vrow, tx0, 4);
-                // Tile l's columns 0-3 start 4l floats in, columns 4-5 at 4(l+1).
-                let (lo, hi) = ([0, 16, 32, 48], [16, 32, 48, 64]);
+                // Tile l's columns 0-3 start `t l` floats in, columns 4-5 (F(4x4)) 4 on.
+                let lo: [i64; 4] = std::array::from_fn(|l| (t * l * 4) as i64);
+                let hi = lo.map(|o| o + 16);
                 self.input_group(e, (pp, vp, v_stride), &lo, &hi);
                 Ok(())
             })
@@ -1000,8 +1141,9 @@ impl WinogradPlan {
         lo: &[i64; 4],
         hi: &[i64; 4],
     ) {
-        let wp = self.wp;
-        for (i, bt) in BT.iter().enumerate() {
+        let (wp, alpha) = (self.wp, self.algo.alpha);
+        let bts = &self.algo.bt[..alpha];
+        for (i, bt) in bts.iter().enumerate() {
             // Row i of Bᵀ d on 4 columns starting at byte offset `o` (each once: with tiles
             // along a row, one tile's columns 4-5 are the next one's 0-1).
             let mut memo: Vec<(i64, Value)> = Vec::with_capacity(8);
@@ -1009,7 +1151,7 @@ impl WinogradPlan {
                 if let Some(&(_, v)) = memo.iter().find(|m| m.0 == o) {
                     return v;
                 }
-                let terms: Vec<(f32, Value)> = (0..ALPHA)
+                let terms: Vec<(f32, Value)> = (0..alpha)
                     .filter(|&r| bt[r] != 0.0)
                     .map(|r| (bt[r], e.load_rw(F32X4, pp, off(r * wp * 4) + o as i32)))
                     .collect();
@@ -1018,18 +1160,19 @@ impl WinogradPlan {
                 v
             };
             let zl: Vec<Value> = lo.iter().map(|&o| row(e, o)).collect();
-            let zh: Vec<Value> = hi.iter().map(|&o| row(e, o)).collect();
-            // Transposed: d[s] holds column s of the 4 tiles.
-            let lo = e.transpose4(&zl);
-            let hi = e.transpose4(&zh);
-            let d = [lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]];
-            for (j, bj) in BT.iter().enumerate() {
-                let terms: Vec<(f32, Value)> = (0..ALPHA)
+            // Transposed: d[s] holds column s of the 4 tiles (F(2x2): 4 columns).
+            let mut d = e.transpose4(&zl).to_vec();
+            if alpha > 4 {
+                let zh: Vec<Value> = hi.iter().map(|&o| row(e, o)).collect();
+                d.extend_from_slice(&e.transpose4(&zh)[..alpha - 4]);
+            }
+            for (j, bj) in bts.iter().enumerate() {
+                let terms: Vec<(f32, Value)> = (0..alpha)
                     .filter(|&s| bj[s] != 0.0)
                     .map(|s| (bj[s], d[s]))
                     .collect();
                 let v = e.lincomb(&terms);
-                e.store(v, vp, off((i * ALPHA + j) * v_stride * 4));
+                e.store(v, vp, off((i * alpha + j) * v_stride * 4));
             }
         }
     }
@@ -1051,7 +1194,7 @@ impl WinogradPlan {
         let (planes, stride) = (self.spec.in_c * self.window_len(), self.layout().v_stride);
         match self.groups {
             Some(_) => (planes + extra_planes() * stride, planes),
-            None => (planes, planes + POS * stride),
+            None => (planes, planes + self.algo.pos() * stride),
         }
     }
 
@@ -1060,7 +1203,7 @@ impl WinogradPlan {
     /// half of `V` and of `U` each, in parts equal to a unit (a 64-channel layer has 5
     /// blocks of 14 at avx512: split by blocks, one thread did 3 and the other 2).
     pub(crate) fn product_units(&self) -> usize {
-        POS * self.gemm.channel_blocks()
+        self.algo.pos() * self.gemm.channel_blocks()
     }
 
     /// The GEMM of position `ξ` over `V`, `U` and `M`.
@@ -1117,7 +1260,7 @@ impl WinogradPlan {
         let (oh, ow) = (s.out_h(), s.out_w());
         e.for_range(k0, k1, 1, |e, kk| {
             let bp = e.addr(w, kk, 4);
-            let bp = e.add_imm(bp, (POS * wl * 4) as i64);
+            let bp = e.add_imm(bp, (self.algo.pos() * wl * 4) as i64);
             let bias = match (s.bias, &self.wide) {
                 (true, None) => {
                     let b = e.load(F32, bp, off(0));
@@ -1138,12 +1281,11 @@ impl WinogradPlan {
                 self.output_dense(e, &ch);
                 return Ok(());
             }
-            let partial = oh % TILE;
-            e.for_const(0, (oh / TILE) as i64, 1, |e, ty| {
-                self.output_band(e, &ch, ty, TILE)
-            })?;
+            let t = self.algo.tile;
+            let partial = oh % t;
+            e.for_const(0, (oh / t) as i64, 1, |e, ty| self.output_band(e, &ch, ty, t))?;
             if partial != 0 {
-                let ty = e.iconst((oh / TILE) as i64);
+                let ty = e.iconst((oh / t) as i64);
                 self.output_band(e, &ch, ty, partial)?;
             }
             Ok(())
@@ -1227,18 +1369,18 @@ impl WinogradPlan {
     /// The output transform of a dense grid (every tile's place laid out at compile time).
     fn output_dense(&self, e: &mut Emit, ch: &Channel) {
         let (oh, ow) = (self.spec.out_h(), self.spec.out_w());
-        let n = self.th * self.tw;
+        let (n, t) = (self.th * self.tw, self.algo.tile);
         for (g, tiles) in self.dense_groups().iter().enumerate() {
             let lanes = std::array::from_fn(|l| {
                 let (ty, tx) = tiles[l];
                 Lane {
-                    at: (TILE * ty * ow + TILE * tx) * 4,
+                    at: (t * ty * ow + t * tx) * 4,
                     rows: if 4 * g + l < n {
-                        (oh - TILE * ty).min(TILE)
+                        (oh - t * ty).min(t)
                     } else {
                         0
                     },
-                    cols: (ow - TILE * tx).min(TILE),
+                    cols: (ow - t * tx).min(t),
                 }
             });
             let m = e.add_imm(ch.m, (g * 4 * 4) as i64);
@@ -1249,33 +1391,33 @@ impl WinogradPlan {
     /// The `rows` output rows of tile row `ty`, groups of 4 tiles inside the output, then
     /// the group at the right edge.
     fn output_band(&self, e: &mut Emit, ch: &Channel, ty: Value, rows: usize) -> Result<()> {
-        let ow = self.spec.out_w();
+        let (ow, t) = (self.spec.out_w(), self.algo.tile);
         let mrow = e.addr(ch.m, ty, self.tw * 4);
-        let orow = e.addr(ch.out, ty, TILE * ow * 4);
-        let rrow = e.addr(ch.res, ty, TILE * ow * 4);
+        let orow = e.addr(ch.out, ty, t * ow * 4);
+        let rrow = e.addr(ch.res, ty, t * ow * 4);
         let at = |e: &mut Emit, tx0: Value| {
             let m = e.addr(mrow, tx0, 4);
-            let o = e.addr(orow, tx0, TILE * 4);
-            let r = e.addr(rrow, tx0, TILE * 4);
+            let o = e.addr(orow, tx0, t * 4);
+            let r = e.addr(rrow, tx0, t * 4);
             (m, o, r)
         };
-        let full = ow / (4 * TILE);
+        let full = ow / (4 * t);
         let lanes = |cols: &dyn Fn(usize) -> usize| {
             std::array::from_fn(|l| Lane {
-                at: TILE * l * 4,
+                at: t * l * 4,
                 rows,
                 cols: cols(l),
             })
         };
         e.for_const(0, (4 * full) as i64, 4, |e, tx0| {
             let (m, o, r) = at(e, tx0);
-            self.output_group(e, m, (o, r), ch.bias, lanes(&|_| TILE));
+            self.output_group(e, m, (o, r), ch.bias, lanes(&|_| t));
             Ok(())
         })?;
         if 4 * full < self.tw {
             let tx0 = e.iconst((4 * full) as i64);
             let (m, o, r) = at(e, tx0);
-            let cols = |l| ow.saturating_sub(TILE * (4 * full + l)).min(TILE);
+            let cols = |l| ow.saturating_sub(t * (4 * full + l)).min(t);
             self.output_group(e, m, (o, r), ch.bias, lanes(&cols));
         }
         Ok(())
@@ -1291,48 +1433,101 @@ impl WinogradPlan {
         bias: Option<(Value, Value)>,
         lanes: [Lane; 4],
     ) {
-        let s = self.spec;
-        let ep = s.epilogue();
         let plane = self.layout().m_stride * 4;
-        let ow = s.out_w();
+        let Algo {
+            alpha, tile, at, ..
+        } = self.algo;
+        let ats = &at[..tile];
         let rows = lanes.iter().map(|l| l.rows).max().unwrap_or(0);
-        for (a, at) in AT.iter().enumerate().take(rows) {
+        for (a, at) in ats.iter().enumerate().take(rows) {
             // Row a of Aᵀ m, then of (Aᵀ m) A: y[b] holds output (a, b) of the 4 tiles.
-            let t: Vec<Value> = (0..ALPHA)
+            let t: Vec<Value> = (0..alpha)
                 .map(|j| {
-                    let terms: Vec<(f32, Value)> = (0..ALPHA)
+                    let terms: Vec<(f32, Value)> = (0..alpha)
                         .filter(|&i| at[i] != 0.0)
-                        .map(|i| (at[i], e.load_rw(F32X4, mp, off((i * ALPHA + j) * plane))))
+                        .map(|i| (at[i], e.load_rw(F32X4, mp, off((i * alpha + j) * plane))))
                         .collect();
                     e.lincomb(&terms)
                 })
                 .collect();
-            let y: Vec<Value> = AT
+            let y: Vec<Value> = ats
                 .iter()
                 .map(|ab| {
-                    let terms: Vec<(f32, Value)> = (0..ALPHA)
+                    let terms: Vec<(f32, Value)> = (0..alpha)
                         .filter(|&j| ab[j] != 0.0)
                         .map(|j| (ab[j], t[j]))
                         .collect();
                     e.lincomb(&terms)
                 })
                 .collect();
-            // Tile l's row a, 4 consecutive output pixels, as one vector.
-            let px = e.transpose4(&y);
-            for (l, lane) in lanes.iter().enumerate() {
-                if a >= lane.rows {
-                    continue;
-                }
-                let (o, n) = (lane.at + a * ow * 4, lane.cols);
-                if n == TILE {
-                    let bv = bias.map(|(_, bv)| bv);
-                    e.epilogue_store(&ep, px[l], bv, (rp, op), off(o));
-                    continue;
-                }
-                for b in 0..n {
-                    let x = e.b.ins().extractlane(px[l], b as u8);
+            if tile == TILE {
+                self.store_tiles(e, &y, a, (op, rp), bias, &lanes);
+            } else {
+                self.store_pairs(e, &y, a, (op, rp), bias, &lanes);
+            }
+        }
+    }
+
+    /// F(4x4): row `a` of the 4 tiles (`y[b]`: output `(a, b)` of each, a lane per tile),
+    /// transposed so that each tile's row is one vector of 4 consecutive pixels, with the
+    /// epilogue, stored whole or (at the right edge) pixel by pixel.
+    fn store_tiles(
+        &self,
+        e: &mut Emit,
+        y: &[Value],
+        a: usize,
+        (op, rp): (Value, Value),
+        bias: Option<(Value, Value)>,
+        lanes: &[Lane; 4],
+    ) {
+        let (ep, ow) = (self.spec.epilogue(), self.spec.out_w());
+        let px = e.transpose4(y);
+        for (l, lane) in lanes.iter().enumerate() {
+            if a >= lane.rows {
+                continue;
+            }
+            let (o, n) = (lane.at + a * ow * 4, lane.cols);
+            if n == TILE {
+                let bv = bias.map(|(_, bv)| bv);
+                e.epilogue_store(&ep, px[l], bv, (rp, op), off(o));
+                continue;
+            }
+            for b in 0..n {
+                let x = e.b.ins().extractlane(px[l], b as u8);
+                let bs = bias.map(|(bs, _)| bs);
+                e.epilogue_store(&ep, x, bs, (rp, op), off(o + 4 * b));
+            }
+        }
+    }
+
+    /// F(2x2): row `a` of the 4 tiles (`y[0]`, `y[1]`: its two outputs, a lane per tile),
+    /// interleaved into two vectors of 4 consecutive pixels (tiles 0-1 and 2-3), with the
+    /// epilogue, each stored whole where its two tiles lie side by side inside the output,
+    /// else pixel by pixel (the inside ones).
+    fn store_pairs(
+        &self,
+        e: &mut Emit,
+        y: &[Value],
+        a: usize,
+        (op, rp): (Value, Value),
+        bias: Option<(Value, Value)>,
+        lanes: &[Lane; 4],
+    ) {
+        let (ep, ow) = (self.spec.epilogue(), self.spec.out_w());
+        let px = e.zip2(y[0], y[1]);
+        for (q, pair) in lanes.chunks_exact(2).enumerate() {
+            let (l0, l1) = (pair[0], pair[1]);
+            let inside = |l: Lane| l.cols == 2 && a < l.rows;
+            if inside(l0) && inside(l1) && l1.at == l0.at + 8 {
+                let bv = bias.map(|(_, bv)| bv);
+                e.epilogue_store(&ep, px[q], bv, (rp, op), off(l0.at + a * ow * 4));
+                continue;
+            }
+            for (h, lane) in pair.iter().enumerate().filter(|(_, l)| a < l.rows) {
+                for b in 0..lane.cols {
+                    let x = e.b.ins().extractlane(px[q], (2 * h + b) as u8);
                     let bs = bias.map(|(bs, _)| bs);
-                    e.epilogue_store(&ep, x, bs, (rp, op), off(o + 4 * b));
+                    e.epilogue_store(&ep, x, bs, (rp, op), off(lane.at + a * ow * 4 + 4 * b));
                 }
             }
         }
@@ -1364,7 +1559,7 @@ mod tests {
     #[test]
     fn layers_group_where_u_stays_near_or_the_groups_are_many() {
         let grouped =
-            |c, hw, k, isa| WinogradPlan::new(ConvSpec::square(c, hw, k, 3, 1, 1), isa).grouped();
+            |c, hw, k, isa| WinogradPlan::new(ConvSpec::square(c, hw, k, 3, 1, 1), isa, F4).grouped();
         for (c, hw, k, yes) in [
             (64, 56, 64, true),
             (64, 224, 64, true),
