@@ -90,7 +90,7 @@ fn conv_stays_in_bounds() {
 }
 
 fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
-    let (mut winograd_layers, mut in_place_layers) = (0, 0);
+    let (mut winograd_layers, mut in_place_layers, mut small_tiles) = (0, 0, 0);
     for &(c, h, w, k, f, s, p) in &[
         // Implicit GEMM (avx2 / avx512): unpadded strided convs reading up to the input's
         // last column (the stride-2 copies' row ends), the stem, reduction blocks, pixel
@@ -198,6 +198,12 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (17, 22, 13, 18, 3, 1, 1),
         (19, 38, 10, 16, 3, 1, 0),
         (16, 4, 62, 16, 3, 1, 1),
+        // Winograd F(2x2, 3x3) (every shape above too): 8x8 (VGG-CIFAR's), a dense grid of
+        // 3x3 tiles with a last column and row of one pixel, rows of 9 tiles (a partial
+        // last group of 4 running over into the next row).
+        (24, 8, 8, 40, 3, 1, 1),
+        (16, 5, 5, 17, 3, 1, 1),
+        (18, 19, 17, 20, 3, 1, 0),
     ] {
         // The last: the residual read from the output buffer, where the method can.
         let epilogues = [
@@ -222,7 +228,7 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
             let methods = if in_place {
                 &[default][..]
             } else {
-                &[default, ConvMethod::Winograd]
+                &[default, ConvMethod::Winograd, ConvMethod::Winograd2]
             };
             for &method in methods {
                 let mut km = KernelModule::new().unwrap();
@@ -233,12 +239,14 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
                     Err(e) => panic!("{spec:?}: {e}"),
                 };
                 winograd_layers += usize::from(method == ConvMethod::Winograd);
+                small_tiles += usize::from(method == ConvMethod::Winograd2);
                 conv_in_bounds(&spec, km, pk);
             }
         }
     }
     // The Winograd rows of the table above, and the pointwise ones in place.
     assert!(winograd_layers >= 8, "{winograd_layers} Winograd layers");
+    assert!(small_tiles >= 8, "{small_tiles} Winograd F(2x2) layers");
     assert!(in_place_layers >= 10, "{in_place_layers} in place");
 }
 
