@@ -201,6 +201,12 @@ fn abs_sandwich<const R: usize, const C: usize>(
     y
 }
 
+/// A conv's input, weights, bias and residual.
+type ConvData<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>, Option<&'a [f32]>);
+/// A Winograd algorithm's `Bᵀ`, `G` and `Aᵀ` (`α = A`, tile `T`).
+type WinoMatrices<'a, const A: usize, const T: usize> =
+    (&'a [[f64; A]; A], &'a [[f64; 3]; A], &'a [[f64; A]; T]);
+
 /// Winograd F(2x2, 3x3).
 const WINO2_BT: [[f64; 4]; 4] = [
     [1.0, 0.0, -1.0, 0.0],
@@ -223,12 +229,7 @@ const WINO2_AT: [[f64; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
 /// over the channels, `α + α` in the output transform, bias and residual (Higham §3.1
 /// applied to the algorithm's evaluation graph). The transforms scale values by up to 8x
 /// (F(4x4)), so this is wider than the direct sum's.
-fn winograd_bounds(
-    method: ConvMethod,
-    s: &ConvSpec,
-    io: (&[f32], &[f32], Option<&[f32]>, Option<&[f32]>),
-    want: &mut Expected,
-) {
+fn winograd_bounds(method: ConvMethod, s: &ConvSpec, io: ConvData, want: &mut Expected) {
     if method == ConvMethod::Winograd2 {
         winograd_bounds_of(s, io, want, (&WINO2_BT, &WINO2_G, &WINO2_AT));
     } else {
@@ -240,9 +241,9 @@ fn winograd_bounds(
 /// [`winograd_bounds`] of F(`T`x`T`, 3x3) with `α = A = T + 2`.
 fn winograd_bounds_of<const A: usize, const T: usize>(
     s: &ConvSpec,
-    (x, w, b, r): (&[f32], &[f32], Option<&[f32]>, Option<&[f32]>),
+    (x, w, b, r): ConvData,
     want: &mut Expected,
-    (bt, g, at): (&[[f64; A]; A], &[[f64; 3]; A], &[[f64; A]; T]),
+    (bt, g, at): WinoMatrices<A, T>,
 ) {
     let (oh, ow) = (s.out_h(), s.out_w());
     let depth = 2 * A + 7 + 1 + s.in_c + 2 * A + 2;
@@ -305,18 +306,21 @@ fn winograd_bounds_of<const A: usize, const T: usize>(
 
 /// Compiles `spec`, runs it over the whole range and in 2 and 3 pieces (bit-identical),
 /// and compares with the reference. Returns the method the kernel used.
-/// Checks `s` with the method the kernel module picks and, when Winograd can compute `s` but
-/// was not picked, with Winograd too: its cost model keeps it to large outputs, and its code
-/// must be right on every shape. Returns the methods checked, the picked one first.
+/// Checks `s` with the method the kernel module picks and, when Winograd (F(4x4) or F(2x2))
+/// can compute `s` but was not picked, with Winograd too: its cost model keeps it to large
+/// (F(2x2): small) outputs, and its code must be right on every shape. Returns the methods
+/// checked, the picked one first.
 fn check_conv(s: &ConvSpec, seed: u64) -> Vec<ConvMethod> {
     let mut checked = vec![check_conv_with(s, seed, None, None).1];
-    let winograd = KernelModule::new()
-        .unwrap()
-        .add_conv_with(s, ConvMethod::Winograd)
-        .is_ok();
-    if winograd && checked[0] != ConvMethod::Winograd {
-        check_conv_with(s, seed, None, Some(ConvMethod::Winograd));
-        checked.push(ConvMethod::Winograd);
+    for method in [ConvMethod::Winograd, ConvMethod::Winograd2] {
+        let fits = KernelModule::new()
+            .unwrap()
+            .add_conv_with(s, method)
+            .is_ok();
+        if fits && checked[0] != method {
+            check_conv_with(s, seed, None, Some(method));
+            checked.push(method);
+        }
     }
     checked
 }

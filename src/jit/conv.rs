@@ -3,8 +3,9 @@
 //! clip, before the single store).
 //!
 //! Three code generators, chosen from the spec ([`ConvMethod`]):
-//! * 3x3, stride 1, at least 16 input and output channels and a 4x4 output: Winograd
-//!   F(4x4, 3x3) ([`super::winograd`]), unless the module disallows it.
+//! * 3x3, stride 1, at least 16 input and output channels and a 4x4 (2x2) output: Winograd
+//!   F(4x4, 3x3), or F(2x2, 3x3) on small outputs ([`super::winograd`]), unless the module
+//!   disallows it.
 //! * 1x1, stride 1, no padding: a GEMM vectorised along pixels ([`super::gemm`]); at avx2 /
 //!   avx512 also 1x1 with a stride (on a copy of the sampled pixels).
 //! * everything else: a *direct* convolution vectorised along output channels. The micro-kernel

@@ -29,6 +29,11 @@
 //! the products and the output transform, in the thread's own scratch, with the transforms
 //! on 16 tiles per zmm register ([`super::x86::winograd`]).
 //!
+//! Small outputs, where F(4x4)'s tiles are few (an 8x8 output is 2x2 tiles: GEMMs over 4
+//! columns), run F(2x2, 3x3) instead ([`WinogradPlan::small_tiles`], [`F2`]): 16 positions
+//! per tile of 2x2 outputs, the same whole layout and f32x4 transforms (a tile's 4x4 patch
+//! is one f32x4 load per row), 4x as many tiles, and `U` of 16 values per filter.
+//!
 //! `U = G g Gᵀ` is computed once, when the weights are packed. Rounding differs from the
 //! direct convolution (the transforms scale values by up to 8 and 1/24); tests compare both
 //! with the f64 reference at the same tolerance.
@@ -167,7 +172,7 @@ const MIN_CHANNELS: usize = 16;
 pub(crate) struct WinogradPlan {
     spec: ConvSpec,
     /// F(4x4, 3x3) or F(2x2, 3x3).
-    algo: Algo,
+    algo: &'static Algo,
     /// Tile rows and columns.
     th: usize,
     tw: usize,
@@ -368,15 +373,15 @@ impl WinogradPlan {
     /// Whether `s` is a 3x3 stride-1 convolution large enough for Winograd to pay, with a
     /// scratch space the generated code can address.
     pub(crate) fn for_spec(s: &ConvSpec, isa: Isa) -> Option<Self> {
-        Self::with_algo(s, isa, F4)
+        Self::with_algo(s, isa, &F4)
     }
 
     /// [`Self::for_spec`] with F(2x2, 3x3) ([`F2`]).
     pub(crate) fn small_tiles(s: &ConvSpec, isa: Isa) -> Option<Self> {
-        Self::with_algo(s, isa, F2)
+        Self::with_algo(s, isa, &F2)
     }
 
-    fn with_algo(s: &ConvSpec, isa: Isa, algo: Algo) -> Option<Self> {
+    fn with_algo(s: &ConvSpec, isa: Isa, algo: &'static Algo) -> Option<Self> {
         let shape = s.kernel_h == 3 && s.kernel_w == 3 && s.stride_h == 1 && s.stride_w == 1;
         let big = s.in_c >= MIN_CHANNELS && s.out_c >= MIN_CHANNELS;
         if !(shape && big && s.out_h() >= algo.tile && s.out_w() >= algo.tile) {
@@ -472,8 +477,8 @@ impl WinogradPlan {
     /// F(2x2, 3x3) only with the wide kernels (where it was measured), and not with
     /// `CNNC_WINOGRAD_SMALL=0` (to measure).
     pub(crate) fn fastest(s: &ConvSpec, isa: Isa) -> Option<Self> {
-        let small = isa != Isa::Sse
-            && std::env::var("CNNC_WINOGRAD_SMALL").map_or(true, |v| v != "0");
+        let small =
+            isa != Isa::Sse && std::env::var("CNNC_WINOGRAD_SMALL").map_or(true, |v| v != "0");
         let plans = [
             Self::for_spec(s, isa),
             Self::small_tiles(s, isa).filter(|_| small),
@@ -489,7 +494,7 @@ impl WinogradPlan {
         self.algo.tile == F2.tile
     }
 
-    fn new(spec: ConvSpec, isa: Isa, algo: Algo) -> Self {
+    fn new(spec: ConvSpec, isa: Isa, algo: &'static Algo) -> Self {
         let mut plan = Self::f32x4_layout(spec, isa, algo);
         if algo.tile != TILE {
             return plan;
@@ -557,7 +562,7 @@ impl WinogradPlan {
         })
     }
 
-    fn f32x4_layout(spec: ConvSpec, isa: Isa, algo: Algo) -> Self {
+    fn f32x4_layout(spec: ConvSpec, isa: Isa, algo: &'static Algo) -> Self {
         let t = algo.tile;
         let (th, tw) = (spec.out_h().div_ceil(t), spec.out_w().div_ceil(t));
         let dense = tw % 4 != 0 && th * tw <= DENSE_TILES;
@@ -764,8 +769,11 @@ impl WinogradPlan {
         let len = CHUNK * mr;
         let mut g = vec![0.0f32; 9 * len]; // [tap][ci][r]
         let Algo {
-            alpha, g: gs, g_scale, ..
-        } = self.algo;
+            alpha,
+            g: gs,
+            g_scale,
+            ..
+        } = *self.algo;
         let gs = &gs[..alpha];
         let mut gg = vec![0.0f32; alpha * 3 * len]; // [i][b][ci][r]: (s G g)[i][b]
         let mut u = vec![0.0f32; len]; // [ci][r]
@@ -1283,7 +1291,9 @@ impl WinogradPlan {
             }
             let t = self.algo.tile;
             let partial = oh % t;
-            e.for_const(0, (oh / t) as i64, 1, |e, ty| self.output_band(e, &ch, ty, t))?;
+            e.for_const(0, (oh / t) as i64, 1, |e, ty| {
+                self.output_band(e, &ch, ty, t)
+            })?;
             if partial != 0 {
                 let ty = e.iconst((oh / t) as i64);
                 self.output_band(e, &ch, ty, partial)?;
@@ -1436,7 +1446,7 @@ impl WinogradPlan {
         let plane = self.layout().m_stride * 4;
         let Algo {
             alpha, tile, at, ..
-        } = self.algo;
+        } = *self.algo;
         let ats = &at[..tile];
         let rows = lanes.iter().map(|l| l.rows).max().unwrap_or(0);
         for (a, at) in ats.iter().enumerate().take(rows) {
@@ -1460,18 +1470,16 @@ impl WinogradPlan {
                     e.lincomb(&terms)
                 })
                 .collect();
-            if tile == TILE {
-                self.store_tiles(e, &y, a, (op, rp), bias, &lanes);
-            } else {
-                self.store_pairs(e, &y, a, (op, rp), bias, &lanes);
-            }
+            self.store_row(e, &y, a, (op, rp), bias, &lanes);
         }
     }
 
-    /// F(4x4): row `a` of the 4 tiles (`y[b]`: output `(a, b)` of each, a lane per tile),
-    /// transposed so that each tile's row is one vector of 4 consecutive pixels, with the
-    /// epilogue, stored whole or (at the right edge) pixel by pixel.
-    fn store_tiles(
+    /// Row `a` of the 4 tiles (`y[b]`: output `(a, b)` of each, a lane per tile) with the
+    /// epilogue: F(4x4) transposed so that each tile's row is one vector of 4 consecutive
+    /// pixels, F(2x2) interleaved into two such vectors (tiles 0-1 and 2-3). A vector is
+    /// stored whole where its tiles lie side by side inside the output, else pixel by pixel
+    /// (the inside ones).
+    fn store_row(
         &self,
         e: &mut Emit,
         y: &[Value],
@@ -1480,52 +1488,21 @@ impl WinogradPlan {
         bias: Option<(Value, Value)>,
         lanes: &[Lane; 4],
     ) {
-        let (ep, ow) = (self.spec.epilogue(), self.spec.out_w());
-        let px = e.transpose4(y);
-        for (l, lane) in lanes.iter().enumerate() {
-            if a >= lane.rows {
-                continue;
-            }
-            let (o, n) = (lane.at + a * ow * 4, lane.cols);
-            if n == TILE {
+        let (ep, ow, t) = (self.spec.epilogue(), self.spec.out_w(), self.algo.tile);
+        let px = match t {
+            TILE => e.transpose4(y).to_vec(),
+            _ => e.zip2(y[0], y[1]).to_vec(),
+        };
+        for (q, tiles) in lanes.chunks_exact(TILE / t).enumerate() {
+            let inside = tiles.iter().all(|l| l.cols == t && a < l.rows);
+            if inside && tiles.windows(2).all(|w| w[1].at == w[0].at + 4 * t) {
                 let bv = bias.map(|(_, bv)| bv);
-                e.epilogue_store(&ep, px[l], bv, (rp, op), off(o));
+                e.epilogue_store(&ep, px[q], bv, (rp, op), off(tiles[0].at + a * ow * 4));
                 continue;
             }
-            for b in 0..n {
-                let x = e.b.ins().extractlane(px[l], b as u8);
-                let bs = bias.map(|(bs, _)| bs);
-                e.epilogue_store(&ep, x, bs, (rp, op), off(o + 4 * b));
-            }
-        }
-    }
-
-    /// F(2x2): row `a` of the 4 tiles (`y[0]`, `y[1]`: its two outputs, a lane per tile),
-    /// interleaved into two vectors of 4 consecutive pixels (tiles 0-1 and 2-3), with the
-    /// epilogue, each stored whole where its two tiles lie side by side inside the output,
-    /// else pixel by pixel (the inside ones).
-    fn store_pairs(
-        &self,
-        e: &mut Emit,
-        y: &[Value],
-        a: usize,
-        (op, rp): (Value, Value),
-        bias: Option<(Value, Value)>,
-        lanes: &[Lane; 4],
-    ) {
-        let (ep, ow) = (self.spec.epilogue(), self.spec.out_w());
-        let px = e.zip2(y[0], y[1]);
-        for (q, pair) in lanes.chunks_exact(2).enumerate() {
-            let (l0, l1) = (pair[0], pair[1]);
-            let inside = |l: Lane| l.cols == 2 && a < l.rows;
-            if inside(l0) && inside(l1) && l1.at == l0.at + 8 {
-                let bv = bias.map(|(_, bv)| bv);
-                e.epilogue_store(&ep, px[q], bv, (rp, op), off(l0.at + a * ow * 4));
-                continue;
-            }
-            for (h, lane) in pair.iter().enumerate().filter(|(_, l)| a < l.rows) {
+            for (h, lane) in tiles.iter().enumerate().filter(|(_, l)| a < l.rows) {
                 for b in 0..lane.cols {
-                    let x = e.b.ins().extractlane(px[q], (2 * h + b) as u8);
+                    let x = e.b.ins().extractlane(px[q], (h * t + b) as u8);
                     let bs = bias.map(|(bs, _)| bs);
                     e.epilogue_store(&ep, x, bs, (rp, op), off(lane.at + a * ow * 4 + 4 * b));
                 }
@@ -1558,8 +1535,9 @@ mod tests {
     /// fits L2, or is at most 2.5 MB and the layer has many groups.
     #[test]
     fn layers_group_where_u_stays_near_or_the_groups_are_many() {
-        let grouped =
-            |c, hw, k, isa| WinogradPlan::new(ConvSpec::square(c, hw, k, 3, 1, 1), isa, F4).grouped();
+        let grouped = |c, hw, k, isa| {
+            WinogradPlan::new(ConvSpec::square(c, hw, k, 3, 1, 1), isa, &F4).grouped()
+        };
         for (c, hw, k, yes) in [
             (64, 56, 64, true),
             (64, 224, 64, true),
