@@ -346,9 +346,18 @@ pub(super) fn instantiate(
                 let kernels = (p.convs.iter())
                     .map(|key| conv.get(key).cloned().ok_or_else(missing))
                     .collect::<Result<Vec<_>>>()?;
+                let packed = take()?;
+                if packed.len() != kernels.len() {
+                    return Err(Error::Internal(format!(
+                        "{}: {} phase convolutions, {} packed",
+                        s.name,
+                        kernels.len(),
+                        packed.len()
+                    )));
+                }
                 Code::Polyphase {
                     plan: p.clone(),
-                    convs: kernels.into_iter().zip(take()?).collect(),
+                    convs: kernels.into_iter().zip(packed).collect(),
                 }
             }
         });
