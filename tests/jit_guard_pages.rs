@@ -165,6 +165,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // channel tail; and over 1 MB of weights (prefetched).
         (37, 7, 7, 130, 1, 1, 0),
         (700, 7, 7, 400, 1, 1, 0),
+        // Over 256 KB of output from packed columns (avx512: output prefetches of the next
+        // full column), pixel tails.
+        (64, 33, 33, 70, 1, 1, 0),
+        (200, 23, 29, 120, 1, 1, 0),
         // Few taps (avx2 / avx512: the im2col bands): the stride-2 copy's last group reading
         // the input's last column, stride 1 with padding, a short last band, several bands.
         (3, 37, 35, 29, 3, 2, 0),

@@ -685,6 +685,10 @@ fn conv_pointwise_pixel_ranges() {
         // kernel computes the 49th pixel too (8 x 48 + 1), with a channel tail.
         (37, 7, 7, 130, true),
         (70, 7, 7, 64, false),
+        // Over 256 KB of output, packed 48-pixel columns (avx512): the blocks reading the
+        // packed column prefetch the next full column's outputs (the last full one its own).
+        (64, 33, 33, 70, true),
+        (200, 23, 29, 120, false),
     ] {
         let mut s = spec(c, h, w, k, 1, 1, (1, 1), (0, 0));
         s.bias = true;
@@ -2083,6 +2087,9 @@ fn conv_pointwise_every_isa_bit_identical() {
         // 1 MB of weights (prefetched).
         (130, 7, 7, 61),
         (600, 7, 7, 520),
+        // Over 256 KB of output from packed columns (output prefetches), pixel tails.
+        (64, 33, 33, 70),
+        (200, 23, 29, 120),
     ];
     let levels = cnnc::Isa::host_levels();
     let mut seed = 3000;
@@ -2117,6 +2124,7 @@ fn conv_residual_read_in_place_every_isa() {
         spec(1100, 9, 9, 20, 1, 1, (1, 1), (0, 0)),
         spec(2100, 5, 5, 130, 1, 1, (1, 1), (0, 0)),
         spec(300, 7, 7, 70, 1, 1, (1, 1), (0, 0)),
+        spec(64, 33, 33, 70, 1, 1, (1, 1), (0, 0)),
         spec(33, 15, 13, 70, 1, 1, (2, 2), (0, 0)),
         spec(16, 9, 9, 7, 1, 1, (3, 2), (0, 0)),
     ];

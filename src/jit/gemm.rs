@@ -19,7 +19,9 @@ use cranelift_frontend::Variable;
 use super::cg::{off, F32, F32X4, I64};
 use super::conv::{bcast_flags, ConvBufs, PROLOGUE_USES};
 use super::epilogue::Epilogue;
-use super::implicit::{shuffle, STREAMED_WEIGHTS_BYTES, WEIGHT_PREFETCH_BYTES};
+use super::implicit::{
+    prefetches_out_over, shuffle, STREAMED_WEIGHTS_BYTES, WEIGHT_PREFETCH_BYTES,
+};
 use super::module::{Emit, KernelModule, MicroId, PendingId};
 use super::x86::gemm::KPos;
 use super::x86::{self, MicroGemm, Width};
@@ -83,6 +85,24 @@ const EXPANSION_INPUT_BYTES: usize = 1 << 20;
 /// 7x7 1.018.
 const WIDE_EXPANSION: usize = 1024;
 
+/// Outputs larger than this are prefetched for writing by the streamed GEMM's blocks that
+/// read the packed column ([`PixelGemm::prefetch_out`]): in a network the output lines come
+/// from memory or L3. `examples/convab.rs` (avx512, weights from 20 copies, `CNNC_PREFETCH_OUT`
+/// 1 against 0, median of the pairs' ratios, bit-identical; 14:25, load 7): cold
+/// (`CNNC_FLUSH_MB=32`) / warm / 2 threads: 256 -> 64 at 56x56 0.917, 0.952 / 0.940, 0.955 /
+/// 0.940; 256 -> 128 at 56x56 0.952 / 0.911; 64 -> 64 at 56x56 0.777 / 0.932; 512 -> 128 at
+/// 28x28 0.972 / 0.985 / 0.972; 512 -> 256 at 28x28 0.970 / 0.999 / 0.974; 1x1/2 256 -> 512
+/// from 56 0.969 / 0.949 / 0.840. Smaller outputs gain cold but not warm: 192 -> 64 at 28x28
+/// (200 KB) 0.957 / 0.999, 96 -> 16 at 55x55 0.985 / 1.007, 128 -> 32 at 28x28 0.973 / 1.018.
+const PREFETCH_OUT_BYTES: usize = 256 * 1024;
+
+/// The byte offset, in a plane of `pixels`, of the last full tile column of `np` pixels:
+/// the columns before it prefetch the next one's outputs, it prefetches its own (the
+/// partial column after it is narrower: `np` floats from its start would leave the plane).
+fn last_full_column(pixels: usize, np: usize) -> usize {
+    (pixels / np).saturating_sub(1) * np * 4
+}
+
 /// Where a wide tile's kernel reads its input: the planes, the planes while packing them
 /// into the scratch (the first block of a tile column), or that packed copy (the others).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,6 +151,9 @@ pub(crate) struct PixelGemm {
     prefetch_w: usize,
     /// The first block of each full tile column packs it into the scratch ([`Self::streamed`]).
     pack: bool,
+    /// The blocks that read the packed column and prefetch no input prefetch the outputs
+    /// of their rows in the next column for writing ([`MicroGemm::prefetch_out`]).
+    prefetch_out: bool,
     /// Input channels per reduction chunk of a full tile column (`in_c`: one chunk).
     kc: usize,
     /// A strided 1x1 convolution: the GEMM runs over the scratch, where the prologue
@@ -237,6 +260,7 @@ impl PixelGemm {
             weight_major: false,
             prefetch_w: 0,
             pack: false,
+            prefetch_out: false,
             kc: s.in_c,
             subsample: None,
             residual_in_out: false,
@@ -290,6 +314,8 @@ impl PixelGemm {
             self.streamed = true;
             if self.s.pixels >= self.np && self.s.in_c * self.np * 4 <= PACK_BYTES {
                 self.pack = true;
+                let out_bytes = self.s.out_c * self.s.pixels * 4;
+                self.prefetch_out = prefetches_out_over(out_bytes, PREFETCH_OUT_BYTES);
             } else if self.s.in_c > WIDE_KC + WIDE_KC / 2 {
                 self.kc = WIDE_KC;
             }
@@ -559,7 +585,7 @@ impl PixelGemm {
             prefetch_every: usize::from(prefetch && self.streamed),
             prefetch_w: if prefetch { self.prefetch_w } else { 0 },
             pf_ldx: s.pixels,
-            prefetch_out: false,
+            prefetch_out: self.prefetch_out && !prefetch && src == XSrc::Packed,
             // The pixel after the column, at `x + 4 np` in its plane row.
             extra_x: if self.lone && cols == self.np {
                 cols * 4
@@ -887,7 +913,19 @@ impl PixelGemm {
         let res = e.b.ins().iadd(res, pb);
         let bias = e.addr(ptr.w, mb, mr * 4);
         let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
-        let args = [x, w, out, res, bias, pf.unwrap_or(x), pk];
+        let pf_out = (self.prefetch_out && src == XSrc::Packed).then(|| {
+            // The next full column's outputs of these rows; the last full column's own (the
+            // partial column after it is narrower).
+            let last = last_full_column(s.pixels, self.np) as i64;
+            let before = e.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, pb, last);
+            let next = e.add_imm(out, (self.np * 4) as i64);
+            e.b.ins().select(before, next, out)
+        });
+        // The input prefetch's rows (`prefetch`), or the outputs to prefetch for writing.
+        let pf_arg = |prefetch: bool| match prefetch {
+            true => pf.unwrap_or(x),
+            false => pf_out.unwrap_or(x),
+        };
         let variants = self.micro_variants();
         let width = self.wide.unwrap_or(Width::Y256);
         let pick = |e: &mut Emit, prefetch: bool| {
@@ -901,6 +939,7 @@ impl PixelGemm {
             let full = find(mr)?;
             let tail = s.out_c % mr;
             let short = if tail > 0 { Some(find(tail)?) } else { None };
+            let args = [x, w, out, res, bias, pf_arg(prefetch), pk];
             call_for_block(e, mb, self.nmb, (full, short), &args)
         };
         if pf.is_none() {
@@ -1067,6 +1106,29 @@ pub(crate) struct Ptrs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_prefetches_stay_in_the_plane() {
+        // Full column t of np pixels prefetches the np floats of the next full column of
+        // its rows, or of itself where the next one is partial or absent (each row of the
+        // plane: every prefetched float at an offset below pixels).
+        for (pixels, np) in [
+            (3136, 48),
+            (784, 32),
+            (96, 48),
+            (97, 48),
+            (48, 48),
+            (3136, 32),
+        ] {
+            let last = last_full_column(pixels, np);
+            for t in 0..pixels / np {
+                let pb = t * np * 4;
+                let at = if pb < last { pb + np * 4 } else { pb };
+                assert!(at + np * 4 <= pixels * 4, "{pixels} {np}: column {t}");
+                assert!(at == pb || at == pb + np * 4);
+            }
+        }
+    }
 
     /// `packed` writes every float of `packed_len()`: each weight where `packed_index`
     /// puts it, the bias after the blocks, zeros everywhere else (padding rows of the last

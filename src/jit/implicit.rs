@@ -85,10 +85,16 @@ fn next_strip_limit(ohw: usize, cols: usize) -> usize {
 /// [`PREFETCH_OUT_BYTES`]). `CNNC_PREFETCH_OUT`, a measuring knob (`examples/modelab.rs`,
 /// `convab.rs`): 1 always, 0 never.
 pub(crate) fn prefetches_out(spec: &ConvSpec) -> bool {
+    prefetches_out_over(spec.output_len() * 4, PREFETCH_OUT_BYTES)
+}
+
+/// Whether an output of `bytes` is prefetched for writing where the default threshold is
+/// `limit` bytes (the knob of [`prefetches_out`] applies).
+pub(crate) fn prefetches_out_over(bytes: usize, limit: usize) -> bool {
     match std::env::var("CNNC_PREFETCH_OUT").as_deref() {
         Ok("1") => true,
         Ok("0") => false,
-        _ => spec.output_len() * 4 > PREFETCH_OUT_BYTES,
+        _ => bytes > limit,
     }
 }
 
