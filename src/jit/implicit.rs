@@ -1059,7 +1059,11 @@ fn flat_strips(oh: usize, ow: usize, np: usize) -> Option<Vec<GroupKind>> {
     Some(kinds)
 }
 
-/// `CNNC_LONE_PIXEL=0`, a measuring knob: strips and kernels as before the lone pixel.
+/// `CNNC_LONE_PIXEL=0`, a measuring knob: strips and kernels as before the lone pixel (and
+/// the pointwise GEMM's 7x7 planes on 14 x 32 tiles, `gemm::PixelGemm::lone`). Read when a
+/// plan is made: it changes the packed layout (the tile's rows), so a process that flips it
+/// must pack with each kernel's own `pack_weights` (its stored plan, as the runtime and
+/// `examples/convab.rs` do), not a fresh `pack_conv_weights`.
 pub(crate) fn lone_pixel_off() -> bool {
     std::env::var("CNNC_LONE_PIXEL").is_ok_and(|v| v == "0")
 }
