@@ -15,9 +15,12 @@
 //!   the Cranelift kernel.
 //! * Every maximum is `vmaxps m, v, m` (`v` if `v > m`, else `m`: the first of equal
 //!   values, as `select(m < v, v, m)`), and a NaN anywhere in a list of values is found by
-//!   one `vcmpunordps` per two of them and ORed into the result as all ones, as
+//!   one compare per two of them and set in the result as all ones, as
 //!   [`crate::jit::Emit::max_nan_of`] does: an output is NaN exactly where its window holds
-//!   one.
+//!   one. AVX2 ORs `vcmpunordps` results into a register; AVX-512 keeps the lanes where
+//!   everything so far is ordered in `k2`, each `vcmpordps` masked by `k2` itself (so the
+//!   AND costs nothing), and blends all ones into the other lanes at the end (session 11:
+//!   one `korw` per pair less).
 //! * The groups of a row whose loads stay inside the row run in a loop; those at its ends
 //!   are emitted apart with masked loads (AVX-512: `k1` merged into -inf; AVX2:
 //!   `vmaskmovps`, then `vblendvps` with -inf) and a masked store, so the kernel reads only
@@ -30,7 +33,7 @@
 //!
 //! Arguments (System V): `rdi` the channel's input plane, `rsi` its output plane.
 use iced_x86::code_asm::{
-    eax, k1, k2, k3, qword_ptr, r10, r11, r8, r9, rcx, rdi, rsi, zmmword_ptr, AsmMemoryOperand,
+    eax, k1, k2, qword_ptr, r10, r11, r8, r9, rcx, rdi, rsi, zmmword_ptr, AsmMemoryOperand,
     CodeLabel,
 };
 
@@ -61,6 +64,8 @@ const MAX: usize = 8;
 const TAP_A: usize = 9;
 const TAP_B: usize = 10;
 const NAN: usize = 11;
+/// AVX-512 (which finds NaNs in `k2`, not in `NAN`): all ones.
+const ONES: usize = 11;
 const NAN_T: usize = 12;
 const PERM: usize = 13;
 /// The AVX2 mask register of [`Masks::set`] (also the panel copy's).
@@ -193,6 +198,10 @@ impl MaxPoolPlane {
         v.a.mov(eax, f32::NEG_INFINITY.to_bits() as i32)
             .map_err(asm_err)?;
         v.splat_eax(NEG_INF)?;
+        if self.width == Width::Z512 {
+            v.a.vpternlogd(zr(ONES), zr(ONES), zr(ONES), 0xFF)
+                .map_err(asm_err)?;
+        }
         let full = self.full_groups();
         for (oy, rows, fy) in self.row_classes() {
             // rcx: the window's first row (above the plane in the top padding).
@@ -340,13 +349,12 @@ impl MaxPoolPlane {
             } else {
                 a
             };
-            // Unordered: either is NaN. AVX-512 into k2 (k3, ORed in), AVX2 into NAN.
+            // AVX-512: k2 = the lanes where all so far are ordered (neither is NaN), the
+            // later compares masked by k2 itself (one instruction per pair: no `korw`);
+            // AVX2: NAN = the lanes where one is NaN.
             match (z, i) {
-                (true, 0) => unord_k(v, k2, a, b)?,
-                (true, _) => {
-                    unord_k(v, k3, a, b)?;
-                    v.a.korw(k2, k2, k3).map_err(asm_err)?;
-                }
+                (true, 0) => v.a.vcmpordps(k2, zr(a), zr(b)).map_err(asm_err)?,
+                (true, _) => v.a.vcmpordps(k2.k2(), zr(a), zr(b)).map_err(asm_err)?,
                 (false, 0) => unord(v, NAN, a, b)?,
                 (false, _) => {
                     unord(v, NAN_T, a, b)?;
@@ -361,8 +369,8 @@ impl MaxPoolPlane {
             }
         }
         if z {
-            // All ones where k2 is set.
-            v.a.vpternlogd(zr(dst).k2(), zr(dst), zr(dst), 0xFF)
+            // All ones (register ONES) where k2 is clear.
+            v.a.vblendmps(zr(dst).k2(), zr(ONES), zr(dst))
                 .map_err(asm_err)
         } else {
             v.a.vorps(yr(dst), yr(dst), yr(NAN)).map_err(asm_err)
@@ -405,9 +413,4 @@ fn shufps(v: &mut Vasm, dst: usize, a: usize, b: usize, imm: u32) -> Result<()> 
 /// AVX2: `dst` = all ones in the lanes where `a` or `b` is NaN.
 fn unord(v: &mut Vasm, dst: usize, a: usize, b: usize) -> Result<()> {
     v.a.vcmpunordps(yr(dst), yr(a), yr(b)).map_err(asm_err)
-}
-
-/// AVX-512: mask `k` = the lanes where `a` or `b` is NaN.
-fn unord_k(v: &mut Vasm, k: iced_x86::code_asm::AsmRegisterK, a: usize, b: usize) -> Result<()> {
-    v.a.vcmpunordps(k, zr(a), zr(b)).map_err(asm_err)
 }
