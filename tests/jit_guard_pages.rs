@@ -204,10 +204,13 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (16, 4, 62, 16, 3, 1, 1),
         // Winograd F(2x2, 3x3) (every shape above too): 8x8 (VGG-CIFAR's), a dense grid of
         // 3x3 tiles with a last column and row of one pixel, rows of 9 tiles (a partial
-        // last group of 4 running over into the next row).
+        // last group of 4 running over into the next row), one tile row, and `U` above 1 MB
+        // (the GEMM prefetches its stream, past `U` into the bias and padding).
         (24, 8, 8, 40, 3, 1, 1),
         (16, 5, 5, 17, 3, 1, 1),
-        (18, 19, 17, 20, 3, 1, 0),
+        (18, 17, 19, 20, 3, 1, 0),
+        (17, 3, 40, 20, 3, 1, 1),
+        (96, 8, 8, 200, 3, 1, 1),
     ] {
         // The last: the residual read from the output buffer, where the method can.
         let epilogues = [

@@ -306,9 +306,10 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
     };
     for (spec, method) in methods(true) {
         // Winograd's cost model: with the wide kernels, its 4x weights only pay off on
-        // outputs of 28x28 and more at avx512, 14x14 at avx2 (ResNet-18's last stage, 7x7,
-        // runs direct at both).
-        let min_hw = match opts(OptLevel::O2, 1).isa {
+        // outputs of 28x28 and more at avx512, 14x14 at avx2; ResNet-18's last stage, 7x7,
+        // runs direct at avx512 and F(2x2, 3x3) at avx2.
+        let isa = opts(OptLevel::O2, 1).isa;
+        let min_hw = match isa {
             cnnc::Isa::Sse => 0,
             cnnc::Isa::Avx2 => 14,
             cnnc::Isa::Avx512 => 28,
@@ -317,8 +318,11 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
         // Strided 1x1 (the projection shortcuts): the pointwise GEMM on the sampled pixels
         // with the wide kernels, the f32x4 direct kernel at sse.
         let wide = opts(OptLevel::O2, 1).isa != cnnc::Isa::Sse;
-        let want = if spec.kernel_h == 3 && spec.stride_h == 1 && winograd {
+        let stride_1_3x3 = spec.kernel_h == 3 && spec.stride_h == 1;
+        let want = if stride_1_3x3 && winograd {
             ConvMethod::Winograd
+        } else if stride_1_3x3 && isa == cnnc::Isa::Avx2 {
+            ConvMethod::Winograd2
         } else if spec.kernel_h == 1 && (spec.stride_h == 1 || wide) {
             ConvMethod::PointwiseGemm
         } else {
@@ -328,7 +332,7 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
     }
     assert!(methods(false)
         .iter()
-        .all(|(_, m)| *m != ConvMethod::Winograd));
+        .all(|(_, m)| !matches!(m, ConvMethod::Winograd | ConvMethod::Winograd2)));
 }
 
 /// Winograd's cost model at every ISA level: it reads 4x the direct kernel's weights, so it
@@ -352,6 +356,7 @@ fn winograd_only_where_its_weights_pay_off() {
         (512, 7, 512, Direct, Winograd2, Winograd),
         (256, 7, 256, Direct, Winograd2, Winograd),
         (256, 8, 256, Winograd2, Winograd2, Winograd),
+        (128, 8, 256, Winograd2, Winograd2, Winograd),
         (128, 7, 32, Direct, Winograd2, Winograd),
         (8, 56, 8, Direct, Direct, Direct),
     ] {

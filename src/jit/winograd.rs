@@ -475,7 +475,11 @@ impl WinogradPlan {
     /// `examples/convab.rs` measured in 0.63-0.68x F(2x2)'s time, and F(2x2) on 8x8), if
     /// either can run `s`.
     /// F(2x2, 3x3) only with the wide kernels (where it was measured), and not with
-    /// `CNNC_WINOGRAD_SMALL=0` (to measure).
+    /// `CNNC_WINOGRAD_SMALL=0` (to measure). Only the plan picked here is compared with the
+    /// direct kernel ([`Self::beats_direct`]): where F(4x4) is the faster of the two but
+    /// loses to the direct kernel (14x14 outputs at avx512), F(2x2) is not tried either,
+    /// since F(4x4)'s in-network measurements are what keep those layers direct (docs/jit.md,
+    /// "Not done / next": Winograd at 14x14).
     pub(crate) fn fastest(s: &ConvSpec, isa: Isa) -> Option<Self> {
         let small =
             isa != Isa::Sse && std::env::var("CNNC_WINOGRAD_SMALL").map_or(true, |v| v != "0");
