@@ -160,8 +160,15 @@ fn every_example_and_edge_graph_lowers_to_a_sound_memory_plan() {
                 let what = format!("{} {level} batch {batch}", path.display());
                 let (g, plan) = optimized_and_plan(&g, &opts(level, batch));
                 assert_no_live_value_overwritten(&what, &plan);
-                // Every value the graph computes is in the plan, views and all.
+                // Every value the graph computes is in the plan, views and all; a view
+                // shows the memory of the value it aliases, earlier or later (a conv with
+                // its max pool fused in is an alias of the pool's output).
                 assert_eq!(plan.values.len(), g.node_count(), "{what}");
+                for v in &plan.values {
+                    if let Storage::Alias(of) = v.storage {
+                        assert_eq!(v.view, plan.values[of].view, "{what}: {}", v.name);
+                    }
+                }
                 n += 1;
             }
         }
@@ -200,6 +207,40 @@ fn inception_branches_are_written_into_the_concat() {
             unreachable!()
         };
         assert_eq!(at, (64 + 128 + 32) * 28 * 28);
+    }
+}
+
+#[test]
+fn a_fused_max_pool_writes_into_its_concat() {
+    // p0 and p1 pool convs of the input; at avx2 and avx512 each conv has its pool fused
+    // in (lower::fuse::fuse_max_pool_into_conv), and the fused step writes the pool's
+    // output straight into the concat, as the pool step does at sse.
+    let g = load(&repo().join("tests/edge/conv_maxpool.yaml"));
+    for isa in cnnc::Isa::host_levels() {
+        let o = Options {
+            isa,
+            ..opts(OptLevel::O2, 1)
+        };
+        let plan = plan_of(&g, &o);
+        let fused = |name: &str| {
+            plan.step(name)
+                .is_some_and(|s| matches!(s.kernel, Kernel::ConvMaxPool { .. }))
+        };
+        assert_eq!(fused("c1"), isa != cnnc::Isa::Sse, "{isa}: {plan}");
+        for pool in ["p0", "p1"] {
+            assert_eq!(
+                placed_in(&plan, pool).as_deref(),
+                Some("cat"),
+                "{isa}: {plan}"
+            );
+        }
+        assert!(
+            !plan
+                .steps
+                .iter()
+                .any(|s| matches!(s.kernel, Kernel::Copy { .. })),
+            "{isa}: {plan}"
+        );
     }
 }
 

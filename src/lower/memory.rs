@@ -256,7 +256,9 @@ pub fn read_residuals_in_place(plan: &mut Plan) {
     }
 }
 
-/// The values computed from each value: outputs of steps reading it, and its views.
+/// The values computed from each value: outputs of steps reading it, and its views that
+/// something reads. A view nothing reads (a fused conv's output, now a name for the pool's
+/// input inside the fused step: [`super::fuse::fuse_max_pool_into_conv`]) reads nothing.
 fn readers(plan: &Plan) -> Vec<Vec<ValueId>> {
     let mut r = vec![Vec::new(); plan.values.len()];
     for s in &plan.steps {
@@ -266,9 +268,12 @@ fn readers(plan: &Plan) -> Vec<Vec<ValueId>> {
             }
         }
     }
-    for (v, value) in plan.values.iter().enumerate() {
+    // Latest first, so that a view of a view counts once the later one is known to be read.
+    for (v, value) in plan.values.iter().enumerate().rev() {
         if let Storage::Alias(of) = value.storage {
-            r[of].push(v);
+            if !r[v].is_empty() || plan.outputs.contains(&v) {
+                r[of].push(v);
+            }
         }
     }
     r
@@ -337,6 +342,7 @@ pub fn assign_arena(plan: &mut Plan) -> Result<()> {
         let item = plan.values[v].shape.len();
         plan.values[v].view = match plan.values[v].storage {
             Storage::Buffer => View::whole(r, item),
+            // Set again below when `of` comes later (a fused conv's output).
             Storage::Alias(of) => plan.values[of].view,
             Storage::Slot { .. } => {
                 View::placed(r, at_in_root[v], plan.values[buf].shape.len(), item, b)
@@ -358,6 +364,17 @@ pub fn assign_arena(plan: &mut Plan) -> Result<()> {
         if last_use[buf].is_none() && buf == v {
             planner.release(r); // Dead value: nobody reads it.
         }
+    }
+    // A view shows the value it aliases, whose view the loop may have set after its own.
+    for v in 0..n {
+        let mut of = v;
+        for _ in 0..n {
+            match plan.values[of].storage {
+                Storage::Alias(next) => of = next,
+                _ => break,
+            }
+        }
+        plan.values[v].view = plan.values[of].view;
     }
     if arena_len as u64 > ARENA_LIMIT {
         return Err(Error::Shape(format!(
