@@ -2138,6 +2138,8 @@ fn conv_residual_read_in_place_every_isa() {
         spec(2100, 5, 5, 130, 1, 1, (1, 1), (0, 0)),
         spec(300, 7, 7, 70, 1, 1, (1, 1), (0, 0)),
         spec(64, 33, 33, 70, 1, 1, (1, 1), (0, 0)),
+        // A 4x expansion over 1024 pixels (weight major, 8 x 48): outputs prefetched.
+        spec(32, 33, 33, 130, 1, 1, (1, 1), (0, 0)),
         spec(33, 15, 13, 70, 1, 1, (2, 2), (0, 0)),
         spec(16, 9, 9, 7, 1, 1, (3, 2), (0, 0)),
     ];

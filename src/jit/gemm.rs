@@ -303,6 +303,10 @@ impl PixelGemm {
             if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
                 self.prefetch_w = WEIGHT_PREFETCH_BYTES;
             }
+            if self.expands() && self.s.pixels >= self.np {
+                let out_bytes = self.s.out_c * self.s.pixels * 4;
+                self.prefetch_out = prefetches_out_over(out_bytes, PREFETCH_OUT_BYTES);
+            }
         } else if let Some(w) = self.wide {
             let (mr, np) = STREAMED_ZMM_TILE;
             let packs = self.s.in_c * np * 4 <= PACK_BYTES && self.s.pixels >= np;
@@ -434,6 +438,13 @@ impl PixelGemm {
     /// Cache lines in a full tile's row.
     fn lines_per_row(&self) -> usize {
         (self.np * 4).div_ceil(64)
+    }
+
+    /// Whether a full tile's kernel reading `src` prefetches the next column's outputs (with
+    /// [`Self::prefetch_out`]): pixel major the blocks reading the packed column, weight
+    /// major (an expansion) every full column.
+    fn outputs_prefetched(&self, src: XSrc, cols: usize) -> bool {
+        cols == self.np && (src == XSrc::Packed || self.weight_major)
     }
 
     /// Output channels per block (the packing's row count).
@@ -585,7 +596,7 @@ impl PixelGemm {
             prefetch_every: usize::from(prefetch && self.streamed),
             prefetch_w: if prefetch { self.prefetch_w } else { 0 },
             pf_ldx: s.pixels,
-            prefetch_out: self.prefetch_out && !prefetch && src == XSrc::Packed,
+            prefetch_out: self.prefetch_out && !prefetch && self.outputs_prefetched(src, cols),
             // The pixel after the column, at `x + 4 np` in its plane row.
             extra_x: if self.lone && cols == self.np {
                 cols * 4
@@ -913,7 +924,7 @@ impl PixelGemm {
         let res = e.b.ins().iadd(res, pb);
         let bias = e.addr(ptr.w, mb, mr * 4);
         let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
-        let pf_out = (self.prefetch_out && src == XSrc::Packed).then(|| {
+        let pf_out = (self.prefetch_out && self.outputs_prefetched(src, cols)).then(|| {
             // The next full column's outputs of these rows; the last full column's own (the
             // partial column after it is narrower).
             let last = last_full_column(s.pixels, self.np) as i64;
