@@ -289,7 +289,7 @@ impl ImplicitGemm {
     /// Chunks per thread on a pool: grouped, every call packs the panels of all strips (the
     /// whole input: a range of units is a range of channel blocks for every strip), so one
     /// chunk per thread; two packed the input four times on two threads (3x3 64->256 at
-    /// 13x13: 0.93x the time with one, see `docs/jit.md`, "Thread notes (session 7)").
+    /// 13x13: 0.93x the time with one, see `docs/jit-history.md`, "Thread notes (session 7)").
     pub(crate) fn chunks_per_part(&self) -> usize {
         if self.grouped {
             1
