@@ -3,17 +3,17 @@
 //! `r = (c, fy, fx)` running over the taps in the order of the f32x4 direct kernel, and
 //! `col` the im2col matrix of the (padded) input, never built whole.
 //!
-//! The output plane is cut into *strips* of at most two vectors of pixels (32 with zmm, 16
-//! with ymm), consecutive in the plane: pieces of one output row, or groups of whole rows
-//! when the rows are narrower. For each strip and each block of input channels, the compute
+//! The output plane is cut into *strips* of at most the micro-kernel tile's pixels ([`tile`]: 48
+//! with zmm, three vectors; 16 with ymm), consecutive in the plane: pieces of one output row, or
+//! groups of whole rows when the rows are narrower (a 7x7 plane is one strip of 48 and a lone 49th
+//! pixel, [`MicroGemm::extra_x`]). For each strip and each block of input channels, the compute
 //! function copies the strip's columns of `col` into a *panel* on its stack (`[r][ldp]`, the
-//! block's taps by the strip's pixels, an L1/L2-sized buffer), then calls the micro-kernel
-//! for every block of output channels against the weights packed at compile time
-//! (`[nmb][r][mr]`). A later channel block continues the sums where the previous one stored
-//! them ([`MicroGemm::accumulate`]); only the last applies the epilogue. Every output is
-//! one fused multiply-add chain over the taps in order, from zero, then the epilogue: the
-//! same operations in the same order as the f32x4 direct kernel, so the results are
-//! bit-identical to it (tested).
+//! block's taps by the strip's pixels, an L1/L2-sized buffer), then calls the micro-kernel for
+//! every block of output channels against the weights packed at compile time (`[nmb][r][mr]`). A
+//! later channel block continues the sums where the previous one stored them
+//! ([`MicroGemm::accumulate`]); only the last applies the epilogue. Every output is one fused
+//! multiply-add chain over the taps in order, from zero, then the epilogue: the same operations in
+//! the same order as the f32x4 direct kernel, so the results are bit-identical to it (tested).
 //!
 //! Padding is the direct kernel's: a prologue copies the input into a zero-bordered scratch
 //! buffer, so that packing has no bounds tests.
