@@ -474,9 +474,9 @@ fn conv_winograd_every_isa_on_a_pool() {
 /// threads: bit-identical, and against the reference (its own error bound). Shapes: output
 /// sizes of both parities (a last tile column or row of one pixel), dense grids of at most
 /// 16 tiles whose rows are not whole groups of 4 (3x3 and 5x5 outputs; one tile at 2x2),
-/// rows of groups of 4 with a partial last group, grids of one tile row, pads 0-2, channel
-/// counts off the GEMM's blocks and the vector width, `U` above 1 MB (the GEMM prefetches
-/// its stream), every epilogue. The f32x4 transforms and the GEMM's FMA chains in channel
+/// rows of groups of 4 with a partial last group, grids of one tile row, pads 0-3 and
+/// unequal pads on the two axes, channel counts off the GEMM's blocks and the vector width,
+/// `U` above 1 MB (the GEMM prefetches its stream), every epilogue. The f32x4 transforms and the GEMM's FMA chains in channel
 /// order give the same bits at every level.
 #[test]
 fn conv_winograd_small_tiles_every_isa_on_a_pool() {
@@ -494,9 +494,16 @@ fn conv_winograd_small_tiles_every_isa_on_a_pool() {
         (17, 3, 40, 20, 1),
         (96, 8, 8, 200, 1),
         (130, 7, 9, 140, 1),
+    ]
+    .map(|(c, h, w, k, p)| (c, h, w, k, (p, p)));
+    // Pads of 3 (a whole tile of padding) and unequal pads.
+    let padded = [
+        (16, 9, 7, 16, (3, 3)),
+        (18, 8, 11, 20, (0, 2)),
+        (16, 6, 6, 17, (2, 1)),
     ];
-    for (seed, (c, h, w, k, p)) in (3000..).zip(shapes) {
-        let mut s = spec(c, h, w, k, 3, 3, (1, 1), (p, p));
+    for (seed, (c, h, w, k, pads)) in (3000..).zip(shapes.into_iter().chain(padded)) {
+        let mut s = spec(c, h, w, k, 3, 3, (1, 1), pads);
         (s.bias, s.residual, s.relu) = (seed % 2 == 0, seed % 3 != 0, seed % 5 != 0);
         let mut first: Option<Vec<f32>> = None;
         for isa in cnnc::Isa::host_levels() {
@@ -707,6 +714,10 @@ fn conv_pointwise_pixel_ranges() {
         s.bias = true;
         s.relu = true;
         s.residual = residual;
+        // The lone 49th pixel's epilogue in its own (ymm) accumulator: clip too.
+        if h * w == 49 {
+            s.clip = Some(PROP_CLIP);
+        }
         check_conv(&s, seed);
         let x = rand_vec(s.input_len(), seed);
         let wt = rand_vec(s.weight_len(), seed + 1);
@@ -2433,9 +2444,9 @@ fn conv_strided_pointwise_every_isa_bit_identical() {
 /// SqueezeNet's first layer (7 units, a shorter last one), a channel tail, 5x5 on one
 /// channel with a 2x2/2 pool, stride (2, 1) with a 3x3/1 pool padded left and right, many
 /// units with recomputed rows between them, a single unit of one pool row, a 2-row
-/// pool window with stride 3 (rows no window reads); every epilogue but the residual;
-/// a NaN in the input. Padded convs, residuals, vertical pool padding and sse are not
-/// taken.
+/// pool window with stride 3 (rows no window reads), a 3x3/1 pool cut into many units;
+/// every epilogue but the residual; a NaN in the input. Padded convs, residuals, vertical
+/// pool padding and sse are not taken.
 #[test]
 fn conv_max_pool_fused_is_the_conv_then_the_pool() {
     let pool = |c: &ConvSpec, k: (usize, usize), s: (usize, usize), pad_w: usize| PoolSpec {
@@ -2468,8 +2479,17 @@ fn conv_max_pool_fused_is_the_conv_then_the_pool() {
         ),
         (spec(2, 5, 40, 9, 3, 3, (1, 1), (0, 0)), (3, 3), (2, 2), 0),
         (spec(3, 60, 45, 33, 3, 3, (1, 1), (0, 0)), (2, 3), (3, 2), 0),
+        (
+            spec(3, 100, 120, 64, 3, 3, (1, 1), (0, 0)),
+            (3, 3),
+            (1, 1),
+            0,
+        ),
     ];
     let mut seed = 9100;
+    // A pool of stride 1 whose rows are cut into several units: each unit recomputes the
+    // conv rows its first windows share with the previous unit's last ones.
+    let mut most_units_at_pool_stride_1 = 0;
     for (i, (base, k, s, pad_w)) in shapes.into_iter().enumerate() {
         let c = ConvSpec {
             residual: false,
@@ -2524,6 +2544,9 @@ fn conv_max_pool_fused_is_the_conv_then_the_pool() {
             assert_eq!(bits(&got), bits(&want), "{what}");
             assert_eq!(i == 1, got.iter().any(|v| v.is_nan()), "{what}: NaN");
             let units = kf.work_units();
+            if s.0 == 1 {
+                most_units_at_pool_stride_1 = most_units_at_pool_stride_1.max(units);
+            }
             let mut scratch = vec![0.0f32; kf.scratch_len()];
             for pieces in [2usize, 3, 7] {
                 let mut out = vec![f32::NAN; p.output_len()];
@@ -2549,6 +2572,10 @@ fn conv_max_pool_fused_is_the_conv_then_the_pool() {
         }
         seed += 7;
     }
+    assert!(
+        most_units_at_pool_stride_1 >= 3,
+        "{most_units_at_pool_stride_1} units"
+    );
     // Not taken: a padded conv, a residual, a pool padded vertically, an average pool.
     let c = spec(3, 30, 30, 8, 3, 3, (2, 2), (0, 0));
     let isa = cnnc::Isa::default_level();
