@@ -382,12 +382,17 @@ fn winograd_only_where_its_weights_pay_off() {
     // tiles are few, at avx2 and avx512 (measured with `examples/convab.rs`, weights from 8
     // copies, load 6: avx2 512 -> 512 at 7x7 1.74 against the direct kernel's 3.1 ms
     // (median of pairs 1.78x), 256 -> 256 at 7x7 1.74x, 128 -> 32 at 7x7 1.67x; avx512 256 ->
-    // 256 at 8x8 1.5-1.8x).
+    // 256 at 8x8 1.5-1.8x). F(4x4) at avx512 on 13x13 and 14x14 outputs since its GEMMs are
+    // estimated overlapping their reading of `U` (session 12, weights from 20 copies: 256 ->
+    // 256 at 14x14 in 0.54x the direct kernel's time, 512 -> 512 0.70x, 64 -> 256 at 13x13
+    // 0.67x, 128 -> 32 at 14x14 0.76x), but not on 7x7 (there 1.6-1.9x the direct kernel's).
     for (c, hw, k, avx512, avx2, sse) in [
         (64, 56, 64, Winograd, Winograd, Winograd),
         (128, 28, 128, Winograd, Winograd, Winograd),
-        (256, 14, 256, Direct, Winograd, Winograd),
-        (512, 14, 512, Direct, Winograd, Winograd),
+        (256, 14, 256, Winograd, Winograd, Winograd),
+        (512, 14, 512, Winograd, Winograd, Winograd),
+        (128, 14, 32, Winograd, Winograd, Winograd),
+        (64, 13, 256, Winograd, Winograd, Winograd),
         (16, 56, 16, Winograd, Winograd, Winograd),
         (512, 7, 512, Direct, Winograd2, Winograd),
         (256, 7, 256, Direct, Winograd2, Winograd),

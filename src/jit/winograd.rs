@@ -415,6 +415,17 @@ impl WinogradPlan {
     /// quiet machine, Winograd 1.53-1.67 ms / direct 1.57-1.66 ms; while other processes
     /// loaded memory (load 7), Winograd took 2.8-3.3x the direct kernel's time on 256->256 and
     /// 2.3-3.3x on 512->512 at 14x14, and about the same on 128->128 at 28x28.
+    ///
+    /// The wide GEMMs prefetch `U` as the implicit GEMM its weights, so both Winograd
+    /// algorithms are estimated with reading `U` overlapped by their multiply-adds
+    /// ([`Self::estimate`]). Until session 12 F(4x4)'s was added to them, which kept every
+    /// 13x13 and 14x14 layer direct at avx512. On the Zen 5 host (session 12, `convab`, weights
+    /// from 20 copies, load 7.5-10) F(4x4) took 0.51-0.77x the direct kernel's time on the
+    /// nine such layer shapes of our networks (ResNet's 256 -> 256 0.54x, VGG's 512 -> 512
+    /// 0.70x, SqueezeNet's 64 -> 256 at 13x13 0.67x, DenseNet's 128 -> 32 0.76x): 0.94-1.16x
+    /// the speedup the overlapped estimate gives (512 -> 512 at 14x14, memory contended:
+    /// 0.78x), where the summed one gave 0.86-1.11x, never Winograd's margin.
+    /// `CNNC_WINOGRAD_OVERLAP=0` adds it again (to measure).
     pub(crate) fn beats_direct(&self, isa: Isa) -> bool {
         let (_, direct_rate, _) = rates(isa);
         let s = &self.spec;
@@ -438,19 +449,21 @@ impl WinogradPlan {
                 return true;
             }
         }
-        self.estimate(isa, self.has_small_tiles()) * WINOGRAD_MARGIN < direct
+        // Only the wide GEMMs prefetch `U` (`PixelGemm::prefetching_weights`).
+        let overlapped = isa != Isa::Sse
+            && (self.has_small_tiles()
+                || std::env::var("CNNC_WINOGRAD_OVERLAP").map_or(true, |v| v != "0"));
+        self.estimate(isa, overlapped) * WINOGRAD_MARGIN < direct
     }
 
     /// Seconds the cost model of [`Self::beats_direct`] expects this plan to take at `isa`:
     /// its GEMMs' multiply-adds, reading `U` and the transforms. With `overlapped`, reading
-    /// `U` takes no time beyond the multiply-adds' (the GEMMs prefetch it, as the implicit
-    /// GEMM its weights), else it is added: what F(4x4, 3x3)'s measurements inside networks
-    /// support (256 -> 256 at 14x14 even with the direct kernel in ResNet-18, session 10;
-    /// 1.4-3x its time while other processes loaded memory, session 9). F(2x2, 3x3) is
-    /// chosen on small outputs, measured against the direct kernel with
-    /// `examples/convab.rs` (weights from 4-8 copies, avx512, load 5-7): 256 -> 256 at 8x8
-    /// 0.273 / 0.476 ms, 128 -> 256 at 8x8 0.139 / 0.252 (avx2 0.397 / 0.700 and 0.179 /
-    /// 0.348), 512 -> 512 at 7x7 1.65 / 1.53 (the model keeps it direct).
+    /// `U` takes no time beyond the multiply-adds' (the wide GEMMs prefetch it, as the
+    /// implicit GEMM its weights), else it is added. F(2x2, 3x3) is chosen on small outputs,
+    /// measured against the direct kernel with `examples/convab.rs` (weights from 4-8 copies,
+    /// avx512, load 5-7): 256 -> 256 at 8x8 0.273 / 0.476 ms, 128 -> 256 at 8x8 0.139 / 0.252
+    /// (avx2 0.397 / 0.700 and 0.179 / 0.348), 512 -> 512 at 7x7 1.65 / 1.53 (the model keeps
+    /// it direct).
     fn estimate(&self, isa: Isa, overlapped: bool) -> f64 {
         let (gemm_rate, _, lanes) = rates(isa);
         let s = &self.spec;
@@ -476,10 +489,7 @@ impl WinogradPlan {
     /// either can run `s`.
     /// F(2x2, 3x3) only with the wide kernels (where it was measured), and not with
     /// `CNNC_WINOGRAD_SMALL=0` (to measure). Only the plan picked here is compared with the
-    /// direct kernel ([`Self::beats_direct`]): where F(4x4) is the faster of the two but
-    /// loses to the direct kernel (14x14 outputs at avx512), F(2x2) is not tried either,
-    /// since F(4x4)'s in-network measurements are what keep those layers direct (docs/jit.md,
-    /// "Not done / next": Winograd at 14x14).
+    /// direct kernel ([`Self::beats_direct`]).
     pub(crate) fn fastest(s: &ConvSpec, isa: Isa) -> Option<Self> {
         let small =
             isa != Isa::Sse && std::env::var("CNNC_WINOGRAD_SMALL").map_or(true, |v| v != "0");
