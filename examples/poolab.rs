@@ -3,7 +3,8 @@
 //! and write of its output (`memory`: what the pool would take at memory speed).
 //!
 //! `cargo run --release --example poolab -- C H W K S P [max|avg] [ROUNDS]`, e.g.
-//! SqueezeNet's first pool: `poolab 64 111 111 3 2 0`. `CNNC_COPIES=n` rotates n copies of
+//! SqueezeNet's first pool: `poolab 64 111 111 3 2 0`. `poolab C H W K S P max ROUNDS VAR A B`
+//! compares the best level compiled with environment variable VAR=A and VAR=B instead. `CNNC_COPIES=n` rotates n copies of
 //! the input (n x its size larger than L2: the input comes from memory, as after a conv
 //! whose output did not stay in cache). Prints per variant the minimum and median of the
 //! rounds' times (each round: the best of 5 runs) and the input bandwidth at the minimum.
@@ -36,16 +37,34 @@ fn main() {
         .map(|i| cnnc::weights::standard_normal(i as u64, "x", s.input_len()))
         .collect();
     let mut out = vec![0.0f32; s.output_len()];
-    let levels = Isa::host_levels();
-    let kernels: Vec<_> = levels
+    // `VAR A B` after the rounds: the best level compiled with VAR=A and with VAR=B
+    // (`-`: unset) instead of every level.
+    let variants: Vec<(Isa, Option<(String, String)>)> = match args.get(8..11) {
+        Some([var, a, b]) => [a, b]
+            .iter()
+            .map(|v| (Isa::default_level(), Some((var.clone(), v.to_string()))))
+            .collect(),
+        _ => Isa::host_levels().iter().map(|&i| (i, None)).collect(),
+    };
+    let kernels: Vec<_> = variants
         .iter()
-        .map(|&isa| {
+        .map(|(isa, var)| {
+            let name = match var {
+                Some((var, v)) => {
+                    match v.as_str() {
+                        "-" => std::env::remove_var(var),
+                        v => std::env::set_var(var, v),
+                    }
+                    format!("{var}={v}")
+                }
+                None => isa.to_string(),
+            };
             let mut km = KernelModule::new().unwrap();
-            km.set_isa(isa).unwrap();
+            km.set_isa(*isa).unwrap();
             let p = km.add_pool(&s).unwrap();
             let code = km.finalize().unwrap();
             let k = code.get(p).unwrap();
-            (isa, k, code)
+            (name, k, code)
         })
         .collect();
     let mut scratch = vec![0.0f32; kernels[0].1.scratch_len()];
@@ -79,9 +98,7 @@ fn main() {
     println!("{s}, {kind:?}, {rounds} rounds, {copies} input copies");
     for (v, t) in times.iter_mut().enumerate() {
         t.sort_by(f64::total_cmp);
-        let name = kernels
-            .get(v)
-            .map_or("memory".to_string(), |k| k.0.to_string());
+        let name = kernels.get(v).map_or("memory".to_string(), |k| k.0.clone());
         let gbs = (s.input_len() * 4) as f64 / t[0] / 1e9;
         println!(
             "{name:>8}: min {:8.1} us  median {:8.1} us  ({gbs:.1} GB/s of input)",

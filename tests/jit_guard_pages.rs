@@ -420,6 +420,10 @@ fn pool_elementwise_stay_in_bounds() {
             (2, 7, 33, 3, 2, 0),
             (2, 7, 40, 3, 1, 0),
             (1, 5, 37, 5, 2, 0),
+            // avx512's even / odd lanes (2- and 3-column windows at stride 2): the 33rd
+            // column of a group at the row's (and the plane's) last float above; padded.
+            (2, 7, 34, 2, 2, 1),
+            (2, 6, 65, 3, 2, 1),
         ] {
             let mut spec = PoolSpec::square(kind, c, h, k, s, p);
             spec.in_w = w;

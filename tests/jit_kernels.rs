@@ -1113,6 +1113,17 @@ fn pool_shapes() {
             (2, 5, 3, 3, 3, 2, 2, 0, 0),
             (3, 6, 5, 2, 2, 1, 2, 0, 0),
             (2, 7, 70, 7, 7, 2, 2, 3, 3),
+            // avx512 splits 2- and 3-column stride-2 windows into even and odd lanes
+            // (`x86::pool`, `deinterleaves`), reading 32 columns and a 33rd: rows that end
+            // exactly there, one column short of it or past it, in the loop and at the ends.
+            (2, 7, 33, 3, 3, 2, 2, 0, 0),
+            (2, 7, 32, 3, 3, 2, 2, 0, 0),
+            (2, 9, 66, 3, 3, 2, 2, 0, 0),
+            (2, 9, 67, 3, 3, 2, 2, 1, 1),
+            (2, 8, 97, 3, 3, 2, 2, 1, 1),
+            (2, 6, 64, 2, 2, 2, 2, 0, 0),
+            (2, 6, 65, 2, 2, 2, 2, 1, 1),
+            (2, 5, 31, 2, 3, 3, 2, 1, 1),
         ] {
             let s = PoolSpec {
                 kind,
@@ -1531,6 +1542,41 @@ fn thread_pool_split_slice_hands_out_every_element_once() {
 }
 
 #[test]
+fn max_pool_ties_of_signed_zeros_same_bits_every_level() {
+    // Where a window's largest values are +0.0 and -0.0 the first in the f32x4 kernel's
+    // order wins (vertical first at stride 2); the wide kernels (the even / odd lanes of
+    // avx512's 2- and 3-column windows among them) keep that order, so the same bits.
+    for (hw, k, s, p) in [
+        (41usize, 3usize, 2usize, 0usize),
+        (40, 2, 2, 0),
+        (35, 3, 2, 1),
+    ] {
+        let spec = PoolSpec::square(PoolKind::Max, 3, hw, k, s, p);
+        let x: Vec<f32> = (0..spec.input_len())
+            .map(|i| [0.0, -0.0, -1.0][(i * 7 + i / 5) % 3])
+            .collect();
+        let mut first: Option<Vec<u32>> = None;
+        for isa in cnnc::Isa::host_levels() {
+            let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
+            let pk = km.add_pool(&spec).unwrap();
+            let code = km.finalize().unwrap();
+            let mut out = vec![f32::NAN; spec.output_len()];
+            code.get(pk).unwrap().run_all(&x, &mut out).unwrap();
+            let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            assert!(
+                bits.contains(&0) && bits.contains(&(-0.0f32).to_bits()),
+                "{isa}"
+            );
+            match &first {
+                Some(f) => assert_eq!(f, &bits, "{isa}: hw {hw} k {k} s {s} pad {p}"),
+                None => first = Some(bits),
+            }
+        }
+    }
+}
+
+#[test]
 fn max_pool_propagates_nan() {
     // Stride 2 reduces each column over the rows before the lanes are picked
     // (`max_stride2`): 3x3/2 and 5x5/2 over two vector groups and a scalar tail, with a NaN
@@ -1549,6 +1595,8 @@ fn max_pool_propagates_nan() {
         (41, 3, 2, 1),
         (37, 3, 1, 1),
         (23, 5, 2, 2),
+        (33, 3, 2, 0),
+        (34, 2, 2, 1),
     ] {
         for isa in cnnc::Isa::host_levels() {
             let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, p);

@@ -109,6 +109,7 @@ impl FusedPool {
             pad_w: s.pad_w,
             out_h: pool_rows,
             out_w: s.out_w(),
+            deinterleave: super::x86::pool::deinterleave_default(),
         }
     }
 }
@@ -151,7 +152,11 @@ impl Im2colGemm {
         if row_bytes > MAX_PANEL_BYTES {
             return None;
         }
-        let band = (PANEL_BYTES / row_bytes).clamp(1, oh);
+        let panel_bytes = std::env::var("CNNC_PANEL_KB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(PANEL_BYTES, |k| k * 1024);
+        let band = (panel_bytes / row_bytes).clamp(1, oh);
         let lanes = width.lanes();
         let plan = Im2colGemm {
             spec,
@@ -196,7 +201,13 @@ impl Im2colGemm {
             .take_while(|&r| FusedPool::conv_rows_of(pool, r) * row_bytes <= FUSED_ROWS_BYTES)
             .last()
             .unwrap_or(1);
-        let rows = oh.div_ceil(oh.div_ceil(most));
+        let rows = match std::env::var("CNNC_FUSED_POOL_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Some(r) if (1..=most).contains(&r) => r,
+            _ => fused_unit_rows(oh, most),
+        };
         let fused = FusedPool {
             spec: *pool,
             rows,
@@ -683,6 +694,15 @@ impl Im2colGemm {
             Ok(())
         })
     }
+}
+
+/// Pool rows per unit of a fused max pool of `oh` output rows, units of at most `most`:
+/// as equal as possible, and an even number of units where there are more than one (on
+/// two threads, SqueezeNet's 55 rows in 7 units of 8 left one thread 4 units against 3).
+fn fused_unit_rows(oh: usize, most: usize) -> usize {
+    let n = oh.div_ceil(most);
+    let n = if n > 1 { n.next_multiple_of(2) } else { n };
+    oh.div_ceil(n)
 }
 
 /// The units `first..first + count` that lie in `begin..end`: `max(begin, first) ..

@@ -167,6 +167,7 @@ impl PoolSpec {
             pad_w: self.pad_w,
             out_h: self.out_h(),
             out_w: self.out_w(),
+            deinterleave: super::x86::pool::deinterleave_default(),
         };
         (self.kind == PoolKind::Max && k.takes()).then_some(k)
     }

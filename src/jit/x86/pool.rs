@@ -57,6 +57,16 @@ pub struct MaxPoolPlane {
     pub pad_w: usize,
     pub out_h: usize,
     pub out_w: usize,
+    /// Where the shape allows, split the columns into even and odd lanes
+    /// ([`MaxPoolPlane::deinterleaves`]); `false` only to measure (`CNNC_POOL_DEINTERLEAVE=0`,
+    /// [`deinterleave_default`]). The same bits either way.
+    pub deinterleave: bool,
+}
+
+/// [`MaxPoolPlane::deinterleave`] as the plans set it: on, unless `CNNC_POOL_DEINTERLEAVE=0`
+/// (a measuring knob).
+pub fn deinterleave_default() -> bool {
+    std::env::var("CNNC_POOL_DEINTERLEAVE").map_or(true, |v| v != "0")
 }
 
 /// Registers: the column vectors reduced over the rows (stride 2) start at 0; then these.
@@ -71,6 +81,17 @@ const PERM: usize = 13;
 /// The AVX2 mask register of [`Masks::set`] (also the panel copy's).
 pub(super) const MASK: usize = 14;
 const NEG_INF: usize = 15;
+/// [`MaxPoolPlane::deinterleaves`]: the column vectors reduced over the rows (`A` at the
+/// group's first column, `B` 16 columns on, `C` the column after `B`, broadcast), the
+/// even columns `E` (the odd ones end in `A`'s register), the third tap `T`, and the
+/// indices of the even and odd lanes of `A:B`.
+const COL_A: usize = 0;
+const COL_B: usize = 1;
+const COL_C: usize = 2;
+const EVEN: usize = 3;
+const TAP_T: usize = 4;
+const IDX_EVEN: usize = 16;
+const IDX_ODD: usize = 17;
 
 fn disp(bytes: isize) -> Result<i32> {
     i32::try_from(bytes)
@@ -133,6 +154,27 @@ impl MaxPoolPlane {
         self.width.lanes()
     }
 
+    /// Whether a group of a stride-2 window of 2 or 3 columns splits its columns into even
+    /// and odd lanes (AVX-512 `vpermt2ps`; the third tap is the even lanes moved by one,
+    /// `valignd`, with column 32 broadcast): the rows of 32 + 1 columns reduced once, where
+    /// the column pairs of [`Self::loads`] reduce 2 x 32 (overlapping by all but 2 columns)
+    /// and put them in order with `vshufps` and `vpermpd`.
+    fn deinterleaves(&self) -> bool {
+        self.deinterleave
+            && self.width == Width::Z512
+            && self.stride_w == 2
+            && matches!(self.kernel_w, 2 | 3)
+    }
+
+    /// Floats from a group's first window column that its loads reach.
+    fn reach(&self) -> usize {
+        let l = self.lanes();
+        if self.deinterleaves() {
+            return 2 * l + usize::from(self.kernel_w == 3);
+        }
+        self.loads().iter().max().expect("a tap") + l
+    }
+
     /// The float offsets (from the group's first window column) of the vectors a group
     /// loads in each row: per column pair `(q, half)` at stride 2, per tap at stride 1.
     fn loads(&self) -> Vec<usize> {
@@ -154,7 +196,7 @@ impl MaxPoolPlane {
     /// The groups of `lanes` outputs whose loads all stay inside the row: `first..end`.
     fn full_groups(&self) -> std::ops::Range<usize> {
         let l = self.lanes();
-        let reach = (self.loads().iter().max().expect("a tap") + l) as isize;
+        let reach = self.reach() as isize;
         let first = self.pad_w.div_ceil(self.stride_w * l);
         let mut end = self.out_w / l;
         while end > first && self.group_col(end - 1) + reach > self.in_w as isize {
@@ -192,7 +234,11 @@ impl MaxPoolPlane {
         let mut v = Vasm::new(self.width)?;
         let mut masks = Masks(Vec::new());
         let mut order = v.a.create_label();
-        if s == 2 && self.width == Width::Z512 {
+        let (mut even, mut odd) = (v.a.create_label(), v.a.create_label());
+        if self.deinterleaves() {
+            v.load(IDX_EVEN, AsmMemoryOperand::from(even))?;
+            v.load(IDX_ODD, AsmMemoryOperand::from(odd))?;
+        } else if s == 2 && self.width == Width::Z512 {
             v.load(PERM, AsmMemoryOperand::from(order))?;
         }
         v.a.mov(eax, f32::NEG_INFINITY.to_bits() as i32)
@@ -246,6 +292,13 @@ impl MaxPoolPlane {
         masks.emit_data(&mut v)?;
         v.a.set_label(&mut order).map_err(asm_err)?;
         v.a.dq(&[0u64, 2, 4, 6, 1, 3, 5, 7]).map_err(asm_err)?;
+        if self.deinterleaves() {
+            let lanes = |first: u32| -> Vec<u32> { (0..16).map(|i| first + 2 * i).collect() };
+            v.a.set_label(&mut even).map_err(asm_err)?;
+            v.a.dd(&lanes(0)).map_err(asm_err)?;
+            v.a.set_label(&mut odd).map_err(asm_err)?;
+            v.a.dd(&lanes(1)).map_err(asm_err)?;
+        }
         v.finish()
     }
 
@@ -293,7 +346,39 @@ impl MaxPoolPlane {
             }
         };
         let rows = fy.len();
-        if self.stride_w == 2 {
+        if self.deinterleaves() {
+            // Column `2 l` (one float), broadcast: inside the row in the loop (`reach`); at
+            // the ends -inf where it is outside.
+            let c = col + 2 * l as isize;
+            let inside = !edge || (0..row).contains(&c);
+            let bcst = |v: &mut Vasm, dst: usize, y: usize| -> Result<()> {
+                if !inside {
+                    return mov(v, dst, NEG_INF);
+                }
+                v.bcst(dst, base + disp((y as isize * row + c) * 4)?)
+            };
+            self.max_of(v, COL_A, rows, &mut |v, dst, y| {
+                load(v, dst, fy.start + y, 0)
+            })?;
+            self.max_of(v, COL_B, rows, &mut |v, dst, y| {
+                load(v, dst, fy.start + y, l)
+            })?;
+            if self.kernel_w == 3 {
+                self.max_of(v, COL_C, rows, &mut |v, dst, y| bcst(v, dst, fy.start + y))?;
+            }
+            // E = the even columns of A:B (tap 0), A = the odd ones (tap 1), T = E's lanes
+            // 1.. then C (tap 2: columns 2, 4, .., 32).
+            mov(v, EVEN, COL_A)?;
+            (v.a.vpermt2ps(zr(EVEN), zr(IDX_EVEN), zr(COL_B))).map_err(asm_err)?;
+            (v.a.vpermt2ps(zr(COL_A), zr(IDX_ODD), zr(COL_B))).map_err(asm_err)?;
+            if self.kernel_w == 3 {
+                (v.a.valignd(zr(TAP_T), zr(COL_C), zr(EVEN), 1)).map_err(asm_err)?;
+            }
+            let taps = [EVEN, COL_A, TAP_T];
+            self.max_of(v, MAX, self.kernel_w, &mut |v, dst, fx| {
+                mov(v, dst, taps[fx])
+            })?;
+        } else if self.stride_w == 2 {
             for (i, &o) in self.loads().iter().enumerate() {
                 self.max_of(v, i, rows, &mut |v, dst, y| load(v, dst, fy.start + y, o))?;
             }
