@@ -152,11 +152,7 @@ impl Im2colGemm {
         if row_bytes > MAX_PANEL_BYTES {
             return None;
         }
-        let panel_bytes = std::env::var("CNNC_PANEL_KB")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(PANEL_BYTES, |k| k * 1024);
-        let band = (panel_bytes / row_bytes).clamp(1, oh);
+        let band = (PANEL_BYTES / row_bytes).clamp(1, oh);
         let lanes = width.lanes();
         let plan = Im2colGemm {
             spec,
@@ -201,12 +197,13 @@ impl Im2colGemm {
             .take_while(|&r| FusedPool::conv_rows_of(pool, r) * row_bytes <= FUSED_ROWS_BYTES)
             .last()
             .unwrap_or(1);
+        // `CNNC_FUSED_POOL_ROWS=r`: units of `r` pool rows (up to `most`), to measure.
         let rows = match std::env::var("CNNC_FUSED_POOL_ROWS")
             .ok()
             .and_then(|v| v.parse().ok())
         {
             Some(r) if (1..=most).contains(&r) => r,
-            _ => fused_unit_rows(oh, most),
+            _ => oh.div_ceil(oh.div_ceil(most)),
         };
         let fused = FusedPool {
             spec: *pool,
@@ -694,15 +691,6 @@ impl Im2colGemm {
             Ok(())
         })
     }
-}
-
-/// Pool rows per unit of a fused max pool of `oh` output rows, units of at most `most`:
-/// as equal as possible, and an even number of units where there are more than one (on
-/// two threads, SqueezeNet's 55 rows in 7 units of 8 left one thread 4 units against 3).
-fn fused_unit_rows(oh: usize, most: usize) -> usize {
-    let n = oh.div_ceil(most);
-    let n = if n > 1 { n.next_multiple_of(2) } else { n };
-    oh.div_ceil(n)
 }
 
 /// The units `first..first + count` that lie in `begin..end`: `max(begin, first) ..
