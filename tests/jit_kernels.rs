@@ -1051,6 +1051,14 @@ fn ref_pool(s: &PoolSpec, x: &[f32]) -> Expected {
     out
 }
 
+/// The pool `s` compiled at level `isa`.
+fn pool_at(s: &PoolSpec, isa: cnnc::Isa) -> PoolKernel {
+    let mut km = KernelModule::new().unwrap();
+    km.set_isa(isa).unwrap();
+    let p = km.add_pool(s).unwrap();
+    km.finalize().unwrap().get(p).unwrap()
+}
+
 /// At every ISA level (max pools with horizontal stride 1 or 2 take the wide kernel at
 /// avx2 and avx512): against the reference, with the same bits at every level and for
 /// any split of the channels.
@@ -1058,11 +1066,7 @@ fn check_pool(s: &PoolSpec, seed: u64) {
     let x = rand_vec(s.input_len(), seed);
     let mut first: Option<Vec<f32>> = None;
     for isa in cnnc::Isa::host_levels() {
-        let mut km = KernelModule::new().unwrap();
-        km.set_isa(isa).unwrap();
-        let p = km.add_pool(s).unwrap();
-        let code = km.finalize().unwrap();
-        let k = code.get(p).unwrap();
+        let k = pool_at(s, isa);
         let mut out = vec![f32::NAN; s.output_len()];
         k.run_all(&x, &mut out).unwrap();
         assert_close(&out, &ref_pool(s, &x), &format!("{s:?} at {isa}"));
@@ -1557,12 +1561,8 @@ fn max_pool_ties_of_signed_zeros_same_bits_every_level() {
             .collect();
         let mut first: Option<Vec<u32>> = None;
         for isa in cnnc::Isa::host_levels() {
-            let mut km = KernelModule::new().unwrap();
-            km.set_isa(isa).unwrap();
-            let pk = km.add_pool(&spec).unwrap();
-            let code = km.finalize().unwrap();
             let mut out = vec![f32::NAN; spec.output_len()];
-            code.get(pk).unwrap().run_all(&x, &mut out).unwrap();
+            pool_at(&spec, isa).run_all(&x, &mut out).unwrap();
             let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
             assert!(
                 bits.contains(&0) && bits.contains(&(-0.0f32).to_bits()),
@@ -1600,11 +1600,7 @@ fn max_pool_propagates_nan() {
     ] {
         for isa in cnnc::Isa::host_levels() {
             let spec = PoolSpec::square(PoolKind::Max, 1, hw, k, s, p);
-            let mut km = KernelModule::new().unwrap();
-            km.set_isa(isa).unwrap();
-            let pk = km.add_pool(&spec).unwrap();
-            let code = km.finalize().unwrap();
-            let kern = code.get(pk).unwrap();
+            let kern = pool_at(&spec, isa);
             let positions: Vec<usize> = if (s == 2 && k > 2) || hw > 30 {
                 (0..hw * hw).collect()
             } else {
