@@ -20,7 +20,8 @@ use super::cg::{off, F32, F32X4, I64};
 use super::conv::{bcast_flags, ConvBufs, PROLOGUE_USES};
 use super::epilogue::Epilogue;
 use super::implicit::{
-    prefetches_out_over, shuffle, STREAMED_WEIGHTS_BYTES, WEIGHT_PREFETCH_BYTES,
+    prefetches_out_over, shuffle, weight_prefetch_bytes, STREAMED_WEIGHTS_BYTES,
+    WEIGHT_PREFETCH_BYTES,
 };
 use super::module::{Emit, KernelModule, MicroId, PendingId};
 use super::x86::gemm::KPos;
@@ -301,7 +302,7 @@ impl PixelGemm {
                 self.set_tile(12, self.np);
             }
             if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
-                self.prefetch_w = WEIGHT_PREFETCH_BYTES;
+                self.prefetch_w = weight_prefetch_bytes();
             }
             if self.expands() && self.s.pixels >= self.np {
                 let out_bytes = self.s.out_c * self.s.pixels * 4;

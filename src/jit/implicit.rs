@@ -53,14 +53,33 @@ const MAX_GROUPED_STRIPS: usize = 8;
 const GROUPED_PANELS_BYTES: usize = 192 * 1024;
 /// Weights larger than this come from L3 or memory on every pass over them: the pointwise
 /// GEMM's weight-major units and Winograd's GEMMs then prefetch the weights' stream
-/// [`WEIGHT_PREFETCH_BYTES`] ahead (the implicit GEMM from [`PREFETCH_WEIGHTS_BYTES`]).
+/// ([`STREAM_PREFETCH_BYTES`], [`WEIGHT_PREFETCH_BYTES`]) ahead (the implicit GEMM from
+/// [`PREFETCH_WEIGHTS_BYTES`]).
 pub(crate) const STREAMED_WEIGHTS_BYTES: usize = 1 << 20;
-/// How far ahead. Measured on 3x3 512->512 at 7x7 with the weights from memory
-/// (`examples/convab.rs`, 250-570 alternating pairs, load 4-5): 512 bytes 0.95x the time,
-/// 1024 0.90x, 2048 0.85-0.86x, 4096 0.90x.
+/// How far ahead Winograd's GEMMs prefetch. Measured on the Intel host on 3x3 512->512 at
+/// 7x7 (then the implicit GEMM) with the weights from memory (`examples/convab.rs`, 250-570
+/// alternating pairs, load 4-5): 512 bytes 0.95x the time, 1024 0.90x, 2048 0.85-0.86x,
+/// 4096 0.90x.
 pub(crate) const WEIGHT_PREFETCH_BYTES: usize = 2048;
+/// How far ahead the implicit GEMM and the pointwise GEMM's weight-major units prefetch
+/// their weights. On the Zen 5 host (session 12) 4096 against 2048 bytes,
+/// `examples/convab.rs` (avx512, weights from 20 copies, cold `CNNC_FLUSH_MB=64`, one
+/// thread, 350-700 pairs, 17:23-17:33, load 6-7): 1024 -> 256 at 14x14 0.980 (8192: 0.983,
+/// 1024: 1.033), 256 -> 1024 at 14x14 0.975, 1024 -> 512 at 14x14 0.969, 2048 -> 512 at
+/// 7x7 0.968, 3x3 512 -> 512 at 7x7 0.981, 3x3/2 512 -> 512 from 14 0.981, 3x3/2 256 ->
+/// 256 from 28 1.000, 3x3/2 128 -> 128 from 56 0.992; ResNet-50 (`examples/modelab.rs`,
+/// one thread) 0.985 and 0.993, 8192 against 4096 1.008.
+pub(crate) const STREAM_PREFETCH_BYTES: usize = 4096;
+
+/// [`STREAM_PREFETCH_BYTES`], or `CNNC_WPF=n` bytes (to measure).
+pub(crate) fn weight_prefetch_bytes() -> usize {
+    std::env::var("CNNC_WPF")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(STREAM_PREFETCH_BYTES)
+}
 /// Weights larger than this are prefetched ahead by the implicit GEMM's micro-kernels
-/// ([`WEIGHT_PREFETCH_BYTES`]). In a network a layer's weights come from memory, and strip
+/// ([`STREAM_PREFETCH_BYTES`]). In a network a layer's weights come from memory, and strip
 /// by strip the first strip streams all of them. `examples/convab.rs` (avx512, weights from
 /// 20 copies, 12:03, load 3-3.9), prefetching / not at this threshold (was 1 MB,
 /// [`STREAMED_WEIGHTS_BYTES`]): 3x3/2 128 -> 128 from 56 (590 KB) 0.950, 0.942 (cold 0.989,
@@ -248,7 +267,7 @@ impl ImplicitGemm {
             padded: spec.pad_h > 0 || spec.pad_w > 0,
             grouped,
             prefetch_w: if spec.weight_len() * 4 > PREFETCH_WEIGHTS_BYTES {
-                WEIGHT_PREFETCH_BYTES
+                weight_prefetch_bytes()
             } else {
                 0
             },
