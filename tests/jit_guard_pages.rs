@@ -165,6 +165,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // channel tail; and over 1 MB of weights (prefetched).
         (37, 7, 7, 130, 1, 1, 0),
         (700, 7, 7, 400, 1, 1, 0),
+        // The same in 4 columns of 48 + 1 (14x14, 512+ channels), the last column's lone
+        // pixel the planes' last float; and strided (1x1/2 from 28x28).
+        (512, 14, 14, 515, 1, 1, 0),
+        (512, 28, 28, 520, 1, 2, 0),
         // Over 256 KB of output from packed columns (avx512: output prefetches of the next
         // full column), pixel tails.
         (64, 33, 33, 70, 1, 1, 0),

@@ -705,6 +705,10 @@ fn conv_pointwise_pixel_ranges() {
         // kernel computes the 49th pixel too (8 x 48 + 1), with a channel tail.
         (37, 7, 7, 130, true),
         (70, 7, 7, 64, false),
+        // 14x14 and 7x14 planes, weight major with 512+ channels in and out: at avx512
+        // columns of 48 + 1 pixels (4 and 2), a channel tail of 5; over 1 MB of weights.
+        (520, 14, 14, 517, true),
+        (512, 7, 14, 600, false),
         // Over 256 KB of output, packed 48-pixel columns (avx512): the blocks reading the
         // packed column prefetch the next full column's outputs (the last full one its own).
         (64, 33, 33, 70, true),
@@ -740,8 +744,11 @@ fn conv_pointwise_pixel_ranges() {
             (c * 48 * 4 <= 64 * 1024 && h * w >= 48 && !weight_major) || (expands && h * w >= 1024);
         // Otherwise 12x32 where that pads the channels to at least 4% fewer rows than 14.
         let rows12 = k.div_ceil(14) * 14 * 100 >= k.div_ceil(12) * 12 * 104;
-        // A weight-major 7x7 plane at avx512: one column of 48 + 1 pixels.
-        let lone = weight_major && h * w == 49 && cnnc::Isa::default_level() == cnnc::Isa::Avx512;
+        // A weight-major 7x7 plane at avx512: one column of 48 + 1 pixels; 2-4 such columns
+        // with 512+ channels in and out.
+        let lone_plane =
+            h * w == 49 || ((h * w).is_multiple_of(49) && h * w / 49 <= 4 && c >= 512 && k >= 512);
+        let lone = weight_major && lone_plane && cnnc::Isa::default_level() == cnnc::Isa::Avx512;
         let (mr, np) = match cnnc::Isa::default_level() {
             cnnc::Isa::Sse => (6, 8),
             cnnc::Isa::Avx2 => (6, 16),
@@ -749,7 +756,13 @@ fn conv_pointwise_pixel_ranges() {
             cnnc::Isa::Avx512 if rows12 => (12, 32),
             cnnc::Isa::Avx512 => (14, 32),
         };
-        let cols = if lone { 1 } else { (h * w).div_ceil(np) };
+        let cols = if lone {
+            h * w / 49
+        } else {
+            (h * w).div_ceil(np)
+        };
+        // Pixels from one column's start to the next.
+        let col_px = if lone { 49 } else { np };
         assert_eq!(units, cols * k.div_ceil(mr), "{s:?}");
         let mut all = vec![f32::NAN; s.output_len()];
         kn.run_all(&x, &packed, r.as_deref(), &mut all).unwrap();
@@ -784,16 +797,12 @@ fn conv_pointwise_pixel_ranges() {
             } else {
                 (u / nmb, u % nmb)
             };
-            let px = if lone {
-                h * w
-            } else {
-                (h * w - t * np).min(np)
-            };
+            let px = (h * w - t * col_px).min(col_px);
             let ch = (k - mb * mr).min(mr);
             let now = out.iter().filter(|v| !v.is_nan()).count();
             assert_eq!(now - written, px * ch, "{s:?} unit {u}");
             for ki in mb * mr..mb * mr + ch {
-                let row = &out[ki * h * w + t * np..ki * h * w + t * np + px];
+                let row = &out[ki * h * w + t * col_px..ki * h * w + t * col_px + px];
                 assert!(row.iter().all(|v| !v.is_nan()), "{s:?} unit {u}");
             }
             written = now;
@@ -2155,6 +2164,8 @@ fn conv_pointwise_every_isa_bit_identical() {
         // 1 MB of weights (prefetched).
         (130, 7, 7, 61),
         (600, 7, 7, 520),
+        // Weight major over 14x14 with 512+ channels (avx512: 4 columns of 48 + 1).
+        (512, 14, 14, 523),
         // Over 256 KB of output from packed columns (output prefetches), pixel tails.
         (64, 33, 33, 70),
         (200, 23, 29, 120),

@@ -162,9 +162,9 @@ pub(crate) struct PixelGemm {
     subsample: Option<Subsample>,
     /// The residual is read from the output buffer ([`crate::jit::ConvSpec::residual_in_place`]).
     residual_in_out: bool,
-    /// Weight major over a 7x7 plane at zmm (49 pixels: [`LONE_PIXEL_PLANE`]): one column of
-    /// 48 pixels on the 8 x 48 tile, whose kernel also computes the 49th pixel with the
-    /// channels in the lanes ([`MicroGemm::extra_x`]).
+    /// Weight major over a 7x7 plane at zmm (49 pixels: [`LONE_PIXEL_PLANE`]), or 2-4 such
+    /// columns ([`lone_columns`]): columns of 48 pixels on the 8 x 48 tile, whose kernel also
+    /// computes the 49th pixel with the channels in the lanes ([`MicroGemm::extra_x`]).
     lone: bool,
 }
 
@@ -174,6 +174,26 @@ pub(crate) struct PixelGemm {
 /// step for 14 channels); 48 + 1 takes 3 zmm vectors and one ymm FMA for 8 channels, a
 /// fifth fewer FMAs per channel.
 const LONE_PIXEL_PLANE: usize = 49;
+
+/// Whether a weight-major plane is computed in columns of 48 + 1 pixels
+/// ([`PixelGemm::lone`]): 7x7 planes, and 14x14 ones (4 columns; 2-4 in general) where
+/// both channel counts are 512 or more. On 14x14 the 8-row tile reads the input from L2
+/// once per 8 output channels where 14 x 32 reads it once per 14, and its columns start
+/// off the cache lines: `examples/convab.rs` (Zen 5, avx512, weights from 20 copies, cold
+/// `CNNC_FLUSH_MB=64`, one thread, 390-640 pairs, 17:41, load 5), 48 + 1 / 14 x 32: 1024 ->
+/// 512 at 14x14 0.962, 1x1/2 512 -> 1024 from 28 0.938, but 1024 -> 256 1.147 and 256 ->
+/// 1024 1.123 (as on the Intel host in session 11: 0.95-0.97 against 1.04-1.08); ResNet-50
+/// (`examples/modelab.rs`, one thread) 0.995, 0.996, two threads 1.000 (load 5).
+fn lone_columns(s: &PixelGemmSpec) -> bool {
+    let n = s.pixels / LONE_PIXEL_PLANE;
+    s.pixels.is_multiple_of(LONE_PIXEL_PLANE)
+        && (n == 1
+            || (n <= 4 && s.in_c >= LONE_COLUMNS_CHANNELS && s.out_c >= LONE_COLUMNS_CHANNELS))
+}
+
+/// The fewest input and output channels of a plane of several 48 + 1 pixel columns
+/// ([`lone_columns`]).
+const LONE_COLUMNS_CHANNELS: usize = 512;
 
 /// The input pixels a strided 1x1 convolution reads, `(y * sh, x * sw)` for every output
 /// pixel `(y, x)`, copied into dense planes of the output's size: the pointwise GEMM then
@@ -291,7 +311,7 @@ impl PixelGemm {
         if self.wide.is_some() && (self.s.out_c > self.s.pixels || self.expands()) {
             self.weight_major = true;
             let zmm = self.wide == Some(Width::Z512);
-            if zmm && self.s.pixels == LONE_PIXEL_PLANE && !super::implicit::lone_pixel_off() {
+            if zmm && lone_columns(&self.s) && !super::implicit::lone_pixel_off() {
                 let (mr, np) = STREAMED_ZMM_TILE;
                 self.set_tile(mr, np);
                 self.lone = np + 1 == LONE_PIXEL_PLANE;
@@ -304,7 +324,9 @@ impl PixelGemm {
             if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
                 self.prefetch_w = weight_prefetch_bytes();
             }
-            if self.expands() && self.s.pixels >= self.np {
+            // (Not over several columns of 48 + 1: the next column's address would be
+            // `np + 1` floats on.)
+            if self.expands() && self.s.pixels >= self.np && !(self.lone && self.columns() > 1) {
                 let out_bytes = self.s.out_c * self.s.pixels * 4;
                 self.prefetch_out = prefetches_out_over(out_bytes, PREFETCH_OUT_BYTES);
             }
@@ -478,11 +500,11 @@ impl PixelGemm {
     pub(crate) fn work_units(&self) -> usize {
         self.columns() * self.nmb
     }
-    /// Tile columns (the last one possibly partial; with [`Self::lone`], the one column and
-    /// its lone pixel).
+    /// Tile columns (the last one possibly partial; with [`Self::lone`], columns of 48
+    /// pixels and their lone pixel).
     fn columns(&self) -> usize {
         if self.lone {
-            1
+            self.s.pixels / LONE_PIXEL_PLANE
         } else {
             self.s.pixels.div_ceil(self.np)
         }
@@ -758,9 +780,11 @@ impl PixelGemm {
         let np = self.np;
         let cols = self.columns() as i64;
         let (full, r) = match self.lone {
-            true => (1, 0),
+            true => (self.columns(), 0),
             false => (self.s.pixels / np, self.s.pixels % np),
         };
+        // With a lone pixel, columns of `np + 1` pixels.
+        let col_bytes = (np + usize::from(self.lone)) * 4;
         let mb_lo = e.b.ins().udiv_imm_s(begin, cols);
         let mb_hi = e.add_imm(end, cols - 1);
         let mb_hi = e.b.ins().udiv_imm_s(mb_hi, cols);
@@ -775,7 +799,7 @@ impl PixelGemm {
                 let u = e.b.ins().iadd(u0, t);
                 let c = in_range(e, u);
                 e.when(c, |e| {
-                    let pb = e.mul_imm(t, (np * 4) as i64);
+                    let pb = e.mul_imm(t, col_bytes as i64);
                     if self.prefetch_w == 0 {
                         return self.tile(e, ptr, mb, pb, np);
                     }
