@@ -136,9 +136,11 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // column's prefetches, a partial column at the input's end.
         (130, 7, 11, 29, 1, 1, 0),
         (200, 3, 23, 6, 1, 1, 0),
-        // avx512 12x32 tiles (over 341 channels, 20 outputs): packed column, and chunks.
+        // avx512 12x32 tiles (over 682 channels, 20 outputs): packed column, and chunks;
+        // and a 48-pixel column packed at over 64 KB (8x48, 400 channels).
+        (700, 7, 11, 20, 1, 1, 0),
+        (1100, 5, 9, 20, 1, 1, 0),
         (400, 7, 11, 20, 1, 1, 0),
-        (600, 5, 9, 20, 1, 1, 0),
         // Weight-major order (more output channels than pixels): full and partial columns,
         // and a plane narrower than a zmm tile.
         (70, 6, 6, 45, 1, 1, 0),

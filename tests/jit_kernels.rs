@@ -692,8 +692,8 @@ fn conv_pointwise_pixel_ranges() {
         (256, 23, 29, 13, true),  // 3+ panels of 192 pixels, partial last column of 3
         (300, 9, 9, 64, false),   // 81 pixels: 10 full columns and one single pixel
         (33, 7, 12, 7, true),     // 84 pixels: last column of 4
-        (400, 10, 10, 20, true),  // avx512: a column of 48 too long to pack: 12x32 (24 rows)
-        (400, 10, 10, 29, false), // the same, 14x32 (30 rows, against 36 at 12)
+        (700, 10, 10, 20, true),  // avx512: a column of 48 too long to pack: 12x32 (24 rows)
+        (700, 10, 10, 29, false), // the same, 14x32 (30 rows, against 36 at 12)
         (32, 12, 12, 130, true),  // a 4x expansion: channel block major (and a channel tail)
         (32, 33, 32, 130, true),  // the same over 1024 pixels: avx512 8x48 tiles
         // More output channels than pixels: at avx2 / avx512 the units go channel block
@@ -734,14 +734,14 @@ fn conv_pointwise_pixel_ranges() {
         let kn = code.get(p).unwrap();
         let units = kn.work_units();
         // Tile (channels, pixels) per ISA level: f32x4 6x8, avx2 6x16, avx512 8x48 where
-        // the tile column packs (at most 64 KB, pixel major) else 14x32.
+        // the tile column packs (at most 128 KB, pixel major) else 14x32.
         // Channel block major where the weights outweigh the input or a bottleneck expands
         // 4x from an input in L2 (`PixelGemm::streamed`, at avx2 / avx512).
         let expands = k >= 4 * c && c >= 32 && c * h * w * 4 <= 1 << 20;
         let weight_major = k > h * w || expands;
         // 8x48 also for an expansion of at least 1024 pixels.
-        let packs48 =
-            (c * 48 * 4 <= 64 * 1024 && h * w >= 48 && !weight_major) || (expands && h * w >= 1024);
+        let packs48 = (c * 48 * 4 <= 128 * 1024 && h * w >= 48 && !weight_major)
+            || (expands && h * w >= 1024);
         // Otherwise 12x32 where that pads the channels to at least 4% fewer rows than 14.
         let rows12 = k.div_ceil(14) * 14 * 100 >= k.div_ceil(12) * 12 * 104;
         // A weight-major 7x7 plane at avx512: one column of 48 + 1 pixels; 2-4 such columns
@@ -2151,10 +2151,10 @@ fn conv_pointwise_every_isa_bit_identical() {
         (97, 6, 6, 40),
         (64, 3, 7, 33),
         // avx512: 8x48 tiles (packed 48-pixel columns, channel tails of 8), 12x32 ones
-        // (over 341 channels; packed and in chunks), a 4x expansion (weight major).
+        // (over 682 channels; packed and in chunks), a 4x expansion (weight major).
         (64, 10, 10, 61),
-        (400, 8, 8, 20),
-        (600, 9, 9, 44),
+        (700, 8, 8, 20),
+        (1100, 9, 9, 44),
         (40, 13, 13, 161),
         // A 4x expansion of over 1024 pixels: weight major on 8x48 tiles (a pixel tail).
         (32, 33, 33, 130),

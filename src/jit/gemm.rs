@@ -45,10 +45,17 @@ const WIDE_PANEL_BYTES: usize = 64 * 1024;
 const WIDE_KC: usize = 64;
 /// The largest tile column the streamed GEMM packs (`in_c x np` floats, see
 /// [`PixelGemm::streamed`]); longer columns go a chunk of [`WIDE_KC`] channels at a time.
-const PACK_BYTES: usize = 64 * 1024;
+/// 128 KB (Zen 5, session 12; 64 KB before): SqueezeNet's 384 / 512 -> 48 / 64 at 13x13
+/// then pack on the 8 x 48 tile (72-96 KB, from L2) instead of 14 x 32 / 12 x 32 unpacked:
+/// `examples/convab.rs` (`CNNC_PACK_KB - 128`, weights from 4 copies, one thread, load
+/// 5-6, 28,000-52,000 pairs) 384 -> 64 0.976, 512 -> 64 0.970, 384 -> 48 0.977, ResNet-50's
+/// 512 -> 128 at 28x28 0.995; `examples/modelab.rs` SqueezeNet 0.982, ResNet-50 1.005,
+/// DenseNet-121 0.995 (one thread; two threads not measurable at that load).
+/// `CNNC_PACK_KB=n` sets it (to measure).
+const PACK_BYTES: usize = 128 * 1024;
 
 /// The zmm tile of the streamed pointwise GEMM where its tile column packs (at most
-/// [`PACK_BYTES`]: `in_c <= 341`): 8 channels x 48 pixels, as the implicit GEMM's, instead
+/// [`PACK_BYTES`]: `in_c <= 682`): 8 channels x 48 pixels, as the implicit GEMM's, instead
 /// of 14 x 32, whose last channel block is short on the usual channel counts (64 = 4 x 14 +
 /// 8, 128 = 9 x 14 + 2, 256 = 18 x 14 + 4). Measured with `examples/convab.rs` (weights
 /// from 20 copies, avx512, one thread, 800-5800 pairs, 06:33, load 6.6-7.1), 8 x 48 against
@@ -61,8 +68,8 @@ const STREAMED_ZMM_TILE: (usize, usize) = (8, 48);
 /// Whether 12-row zmm tiles pad `out_c` to at least 4% fewer rows than 14-row ones (128
 /// channels: 11 blocks of 12 = 132 rows against 10 of 14 = 140, the last block 2 rows,
 /// too few accumulators to hide the FMA latency). For the streamed pointwise layers whose
-/// 48-pixel column does not pack (over 341 input channels: DenseNet's later 1x1 layers,
-/// ResNet-50's 512 -> 128 at 28x28), and the weight-major ones. `examples/convab.rs`
+/// 48-pixel column does not pack (over 682 input channels: DenseNet's later 1x1 layers;
+/// ResNet-50's 512 -> 128 at 28x28 before session 12), and the weight-major ones. `examples/convab.rs`
 /// (avx512, weights from 20 copies, one thread, 07:17-07:25, load 3.7-5.2), 12 x 32 /
 /// 14 x 32, median of 2700-64000 pairs: 512 -> 128 at 28x28 0.951, 1024 -> 128 at 14x14
 /// 0.985 (10 x 32: 0.970 / 1.011; 8 x 32: 1.007 / 1.056); weight major, 512 -> 128 at 7x7
@@ -332,14 +339,18 @@ impl PixelGemm {
             }
         } else if let Some(w) = self.wide {
             let (mr, np) = STREAMED_ZMM_TILE;
-            let packs = self.s.in_c * np * 4 <= PACK_BYTES && self.s.pixels >= np;
+            let pack_bytes = std::env::var("CNNC_PACK_KB")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(PACK_BYTES, |k| k * 1024);
+            let packs = self.s.in_c * np * 4 <= pack_bytes && self.s.pixels >= np;
             if w == Width::Z512 && packs {
                 self.set_tile(mr, np);
             } else if w == Width::Z512 && fewer_rows_at_12(self.s.out_c) {
                 self.set_tile(12, self.np);
             }
             self.streamed = true;
-            if self.s.pixels >= self.np && self.s.in_c * self.np * 4 <= PACK_BYTES {
+            if self.s.pixels >= self.np && self.s.in_c * self.np * 4 <= pack_bytes {
                 self.pack = true;
                 let out_bytes = self.s.out_c * self.s.pixels * 4;
                 self.prefetch_out = prefetches_out_over(out_bytes, PREFETCH_OUT_BYTES);
