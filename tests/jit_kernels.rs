@@ -1559,8 +1559,8 @@ fn max_pool_ties_of_signed_zeros_same_bits_every_level() {
     // Where a window's largest values are +0.0 and -0.0 the first in the f32x4 kernel's
     // order wins (vertical first at stride 2); the wide kernels (the even / odd lanes of
     // avx512's 2- and 3-column windows among them) keep that order, so the same bits on
-    // these shapes, whose rows the f32x4 kernel covers without its scalar tail (which
-    // goes in row order, as the interpreter: docs/jit.md, "Ties of +0.0 and -0.0").
+    // these shapes; not on every shape: the f32x4 kernel's scalar tail goes in row order,
+    // as the interpreter (docs/jit.md, "Ties of +0.0 and -0.0").
     for (hw, k, s, p) in [
         (41usize, 3usize, 2usize, 0usize),
         (40, 2, 2, 0),
