@@ -103,7 +103,7 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     // A prefetching kernel (of rows of its own x here) computes the same.
                     prefetch_every: [0, 1, 2, 4][(n / 2) % 4],
                     // And of the weights ahead (within `operand_lens`).
-                    prefetch_w: [0, 256, 2048, 4096][n % 4],
+                    prefetch_w: [0, 256, 4096, 8192][n % 4],
                     pf_ldx: 0,
                     // Or of its own outputs for writing (one row per loop iteration).
                     prefetch_out: [0, 1, 2, 4][(n / 2) % 4] == 0 && n % 3 != 1,

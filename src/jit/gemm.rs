@@ -664,7 +664,11 @@ impl PixelGemm {
     /// (the packed weights need that many bytes after them, [`Self::weight_prefetch`]).
     pub(crate) fn prefetching_weights(mut self) -> Self {
         if self.wide.is_some() {
-            self.prefetch_w = WEIGHT_PREFETCH_BYTES;
+            // `CNNC_WINOGRAD_WPF=n` (to measure): `n` bytes ahead.
+            self.prefetch_w = std::env::var("CNNC_WINOGRAD_WPF")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(WEIGHT_PREFETCH_BYTES);
         }
         self
     }

@@ -56,11 +56,16 @@ const GROUPED_PANELS_BYTES: usize = 192 * 1024;
 /// ([`STREAM_PREFETCH_BYTES`], [`WEIGHT_PREFETCH_BYTES`]) ahead (the implicit GEMM from
 /// [`PREFETCH_WEIGHTS_BYTES`]).
 pub(crate) const STREAMED_WEIGHTS_BYTES: usize = 1 << 20;
-/// How far ahead Winograd's GEMMs prefetch. Measured on the Intel host on 3x3 512->512 at
-/// 7x7 (then the implicit GEMM) with the weights from memory (`examples/convab.rs`, 250-570
-/// alternating pairs, load 4-5): 512 bytes 0.95x the time, 1024 0.90x, 2048 0.85-0.86x,
-/// 4096 0.90x.
-pub(crate) const WEIGHT_PREFETCH_BYTES: usize = 2048;
+/// How far ahead Winograd's GEMMs prefetch their weights (`U`). On the Intel host the
+/// implicit GEMM on 3x3 512->512 at 7x7 with the weights from memory (`examples/convab.rs`,
+/// 250-570 alternating pairs, load 4-5) took 0.95x the time at 512 bytes, 0.90x 1024,
+/// 0.85-0.86x 2048, 0.90x 4096, and 2048 served both. On the Zen 5 host (session 12,
+/// `CNNC_WINOGRAD_WPF`, weights from 20 copies, cold `CNNC_FLUSH_MB=64`, 18:09-18:10, load
+/// 6.5) F(4x4) on 256 -> 256 at 14x14 (9.4 MB of `U`): 4096 / 2048 0.928, 0.929 (warm
+/// 0.904, two threads 0.960), 8192 / 4096 0.921, 8192 / 2048 0.858, 16384 / 8192 1.014; 128
+/// -> 128 at 28x28: 4096 / 2048 0.960, 8192 / 4096 0.992. ResNet-50 (`examples/modelab.rs`,
+/// one thread) 8192 / 2048 0.979, VGG-19 0.953 (load 6.5-7).
+pub(crate) const WEIGHT_PREFETCH_BYTES: usize = 8192;
 /// How far ahead the implicit GEMM and the pointwise GEMM's weight-major units prefetch
 /// their weights. On the Zen 5 host (session 12) 4096 against 2048 bytes,
 /// `examples/convab.rs` (avx512, weights from 20 copies, cold `CNNC_FLUSH_MB=64`, one

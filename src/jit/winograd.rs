@@ -439,7 +439,7 @@ impl WinogradPlan {
             4.0 * taps * pairs / BYTES_PER_SECOND,
         );
         // The implicit GEMM prefetches weights that stream from memory while it computes
-        // (`implicit.rs`, `WEIGHT_PREFETCH_BYTES`); the f32x4 direct kernel does not.
+        // (`implicit.rs`, `STREAM_PREFETCH_BYTES`); the f32x4 direct kernel does not.
         let direct = match isa {
             Isa::Sse => compute + memory,
             Isa::Avx2 | Isa::Avx512 => compute.max(memory),
