@@ -33,6 +33,7 @@ pub mod interp;
 pub mod io;
 pub mod ir;
 pub mod jit;
+mod knobs;
 pub mod lower;
 pub mod memory;
 pub mod onnx;

@@ -307,7 +307,7 @@ impl HugeBuf {
     fn mapping(len: usize, what: &str) -> Result<Option<Self>> {
         let bytes = len.saturating_mul(size_of::<f32>());
         // The knob is read only for a buffer large enough to be mapped.
-        if bytes < HUGE_PAGE || std::env::var("CNNC_HUGE_PAGES").is_ok_and(|v| v.trim() == "0") {
+        if bytes < HUGE_PAGE || crate::knobs::off("CNNC_HUGE_PAGES") {
             return Ok(None);
         }
         // One huge page more than needed, to start the floats on a 2 MiB boundary.
@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn large_buffers_start_on_a_huge_page_and_keep_their_values() {
-        let mapped = std::env::var("CNNC_HUGE_PAGES").map_or(true, |v| v.trim() != "0");
+        let mapped = !crate::knobs::off("CNNC_HUGE_PAGES");
         let n = (3 << 20) + 5; // 12 MiB and a bit: several huge pages and a ragged end
         let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let mut b = HugeBuf::from_vec(v.clone(), "a test").unwrap();

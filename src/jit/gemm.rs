@@ -339,10 +339,8 @@ impl PixelGemm {
             }
         } else if let Some(w) = self.wide {
             let (mr, np) = STREAMED_ZMM_TILE;
-            let pack_bytes = std::env::var("CNNC_PACK_KB")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .map_or(PACK_BYTES, |k| k * 1024);
+            let pack_bytes =
+                crate::knobs::number("CNNC_PACK_KB").map_or(PACK_BYTES, |k: usize| k * 1024);
             let packs = self.s.in_c * np * 4 <= pack_bytes && self.s.pixels >= np;
             if w == Width::Z512 && packs {
                 self.set_tile(mr, np);
@@ -665,10 +663,8 @@ impl PixelGemm {
     pub(crate) fn prefetching_weights(mut self) -> Self {
         if self.wide.is_some() {
             // `CNNC_WINOGRAD_WPF=n` (to measure): `n` bytes ahead.
-            self.prefetch_w = std::env::var("CNNC_WINOGRAD_WPF")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(WEIGHT_PREFETCH_BYTES);
+            self.prefetch_w =
+                crate::knobs::number("CNNC_WINOGRAD_WPF").unwrap_or(WEIGHT_PREFETCH_BYTES);
         }
         self
     }

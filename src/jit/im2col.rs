@@ -198,10 +198,7 @@ impl Im2colGemm {
             .last()
             .unwrap_or(1);
         // `CNNC_FUSED_POOL_ROWS=r`: units of `r` pool rows (up to `most`), to measure.
-        let rows = match std::env::var("CNNC_FUSED_POOL_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
+        let rows = match crate::knobs::number("CNNC_FUSED_POOL_ROWS") {
             Some(r) if (1..=most).contains(&r) => r,
             _ => oh.div_ceil(oh.div_ceil(most)),
         };

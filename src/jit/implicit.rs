@@ -78,10 +78,7 @@ pub(crate) const STREAM_PREFETCH_BYTES: usize = 4096;
 
 /// [`STREAM_PREFETCH_BYTES`], or `CNNC_WPF=n` bytes (to measure).
 pub(crate) fn weight_prefetch_bytes() -> usize {
-    std::env::var("CNNC_WPF")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(STREAM_PREFETCH_BYTES)
+    crate::knobs::number("CNNC_WPF").unwrap_or(STREAM_PREFETCH_BYTES)
 }
 /// Weights larger than this are prefetched ahead by the implicit GEMM's micro-kernels
 /// ([`STREAM_PREFETCH_BYTES`]). In a network a layer's weights come from memory, and strip
@@ -115,10 +112,9 @@ pub(crate) fn prefetches_out(spec: &ConvSpec) -> bool {
 /// Whether an output of `bytes` is prefetched for writing where the default threshold is
 /// `limit` bytes (the knob of [`prefetches_out`] applies).
 pub(crate) fn prefetches_out_over(bytes: usize, limit: usize) -> bool {
-    match std::env::var("CNNC_PREFETCH_OUT").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => bytes > limit,
+    match crate::knobs::forced("CNNC_PREFETCH_OUT") {
+        Some(forced) => forced,
+        None => bytes > limit,
     }
 }
 
@@ -1089,7 +1085,7 @@ fn flat_strips(oh: usize, ow: usize, np: usize) -> Option<Vec<GroupKind>> {
 /// must pack with each kernel's own `pack_weights` (its stored plan, as the runtime and
 /// `examples/convab.rs` do), not a fresh `pack_conv_weights`.
 pub(crate) fn lone_pixel_off() -> bool {
-    std::env::var("CNNC_LONE_PIXEL").is_ok_and(|v| v == "0")
+    crate::knobs::off("CNNC_LONE_PIXEL")
 }
 
 /// What every strip of the compute function shares.

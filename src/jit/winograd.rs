@@ -274,7 +274,7 @@ fn output_spec(
 fn whole_gemm(s: &ConvSpec, tp: usize, isa: Isa, pos: usize) -> PixelGemm {
     let gemm = PixelGemm::new(gemm_spec(s, tp), isa);
     let streams = pos * s.in_c * s.out_c * 4 > STREAMED_WEIGHTS_BYTES;
-    if streams && std::env::var("CNNC_WINOGRAD_PF").map_or(true, |v| v != "0") {
+    if streams && !crate::knobs::off("CNNC_WINOGRAD_PF") {
         return gemm.prefetching_weights();
     }
     gemm
@@ -302,9 +302,10 @@ fn rotated_stride(s: &ConvSpec, cols: usize) -> usize {
 /// `CNNC_WINOGRAD_SHARE=0` (`V[ξ]` at plane `POS + ξ`: apart, as before session 10, to
 /// measure).
 fn extra_planes() -> usize {
-    match std::env::var("CNNC_WINOGRAD_SHARE") {
-        Ok(v) if v == "0" => POS,
-        _ => 1,
+    if crate::knobs::off("CNNC_WINOGRAD_SHARE") {
+        POS
+    } else {
+        1
     }
 }
 
@@ -446,15 +447,12 @@ impl WinogradPlan {
         };
         // `CNNC_WINOGRAD_FORCE=14,7`: Winograd wherever it can run at those output heights
         // (to measure a network both ways, `examples/modelab.rs`).
-        if let Ok(v) = std::env::var("CNNC_WINOGRAD_FORCE") {
-            if v.split(',').any(|c| c.parse() == Ok(s.out_h())) {
-                return true;
-            }
+        if crate::knobs::numbers("CNNC_WINOGRAD_FORCE").contains(&s.out_h()) {
+            return true;
         }
         // The f32x4 GEMM's reading of `U` does not overlap its multiply-adds (measured).
         let overlapped = isa != Isa::Sse
-            && (self.has_small_tiles()
-                || std::env::var("CNNC_WINOGRAD_OVERLAP").map_or(true, |v| v != "0"));
+            && (self.has_small_tiles() || !crate::knobs::off("CNNC_WINOGRAD_OVERLAP"));
         self.estimate(isa, overlapped) * WINOGRAD_MARGIN < direct
     }
 
@@ -493,8 +491,7 @@ impl WinogradPlan {
     /// `CNNC_WINOGRAD_SMALL=0` (to measure). Only the plan picked here is compared with the
     /// direct kernel ([`Self::beats_direct`]).
     pub(crate) fn fastest(s: &ConvSpec, isa: Isa) -> Option<Self> {
-        let small =
-            isa != Isa::Sse && std::env::var("CNNC_WINOGRAD_SMALL").map_or(true, |v| v != "0");
+        let small = isa != Isa::Sse && !crate::knobs::off("CNNC_WINOGRAD_SMALL");
         let plans = [
             Self::for_spec(s, isa),
             Self::small_tiles(s, isa).filter(|_| small),
@@ -538,7 +535,7 @@ impl WinogradPlan {
             5..=8 => 2,
             _ => return None,
         };
-        if std::env::var("CNNC_WINOGRAD_WIDE").is_ok_and(|v| v == "0") {
+        if crate::knobs::off("CNNC_WINOGRAD_WIDE") {
             return None;
         }
         let (vectors, row_tiles) = (1, LANES / stack);
@@ -667,18 +664,15 @@ impl WinogradPlan {
         if let Some(r) = tests::ROWS.with(|r| r.get()) {
             return (r > 0 && r < self.th).then_some(r);
         }
-        if let Some(r) = std::env::var("CNNC_WINOGRAD_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
+        if let Some(r) = crate::knobs::number::<usize>("CNNC_WINOGRAD_ROWS") {
             return (r > 0 && r < self.th).then_some(r);
         }
         // Two rows of one vector each make the GEMM's 32-column zmm tile.
         let rows = (2 * LANES / self.tw.next_multiple_of(LANES)).clamp(1, self.th - 1);
         let u = POS * c * k * 4;
         // `CNNC_WINOGRAD_MANY=0`: not for many groups either (to measure).
-        let many = self.th.div_ceil(rows) >= MANY_GROUPS
-            && std::env::var("CNNC_WINOGRAD_MANY").map_or(true, |v| v != "0");
+        let many =
+            self.th.div_ceil(rows) >= MANY_GROUPS && !crate::knobs::off("CNNC_WINOGRAD_MANY");
         (u <= GROUPED_U_BYTES || (u <= GROUPED_U_BYTES_MANY && many)).then_some(rows)
     }
 

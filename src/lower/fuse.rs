@@ -87,7 +87,7 @@ fn remove_steps(plan: &mut Plan, gone: impl Iterator<Item = usize>) {
 /// not when it is a graph output or has views. The same bits as the two steps.
 pub fn fuse_max_pool_into_conv(plan: &mut Plan) {
     // `CNNC_FUSE_MAX_POOL=0` keeps the two steps (a measuring knob).
-    if std::env::var("CNNC_FUSE_MAX_POOL").is_ok_and(|v| v == "0") {
+    if crate::knobs::off("CNNC_FUSE_MAX_POOL") {
         return;
     }
     let producer = plan.producers();

@@ -22,10 +22,7 @@ const PARALLEL_MIN_WORK: u64 = 1 << 20;
 /// [`PARALLEL_MIN_WORK`], or `CNNC_PARALLEL_MIN_WORK` from the environment (a measuring
 /// knob, like `CNNC_WINOGRAD_ROWS`).
 fn parallel_min_work() -> u64 {
-    std::env::var("CNNC_PARALLEL_MIN_WORK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(PARALLEL_MIN_WORK)
+    crate::knobs::number("CNNC_PARALLEL_MIN_WORK").unwrap_or(PARALLEL_MIN_WORK)
 }
 
 /// FLOPs a float written by a memory-bound step (elementwise, copy) counts as: one core

@@ -68,7 +68,7 @@ pub struct MaxPoolPlane {
 /// [`MaxPoolPlane::deinterleave`] as the plans set it: on, unless `CNNC_POOL_DEINTERLEAVE=0`
 /// (a measuring knob).
 pub fn deinterleave_default() -> bool {
-    std::env::var("CNNC_POOL_DEINTERLEAVE").map_or(true, |v| v != "0")
+    !crate::knobs::off("CNNC_POOL_DEINTERLEAVE")
 }
 
 /// Registers: the column vectors reduced over the rows (stride 2) start at 0; then these.
