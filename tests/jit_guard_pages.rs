@@ -430,18 +430,7 @@ fn pool_elementwise_stay_in_bounds() {
         ] {
             let mut spec = PoolSpec::square(kind, c, h, k, s, p);
             spec.in_w = w;
-            let mut km = KernelModule::new().unwrap();
-            km.set_isa(isa).unwrap();
-            let pk = km.add_pool(&spec).unwrap();
-            let code = km.finalize().unwrap();
-            let kern = code.get(pk).unwrap();
-            for after in [true, false] {
-                let x = Guarded::from(&vals(spec.input_len()), after);
-                let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
-                let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
-                kern.run(x.s(), out.m(), scratch.m(), 0..c).unwrap();
-                assert!(out.s().iter().all(|v| v.is_finite()));
-            }
+            pool_in_bounds(&spec, isa);
         }
     }
     for (spec, isa) in [
@@ -516,18 +505,26 @@ fn max_pool_even_odd_lanes_stay_in_bounds() {
         for (h, k, p) in [(1, 2, 0), (3, 3, 0), (7, 3, 1), (4, 2, 1), (2, 3, 1)] {
             let mut spec = PoolSpec::square(PoolKind::Max, 2, h.max(k), k, 2, p);
             spec.in_w = w.max(k);
-            let mut km = KernelModule::new().unwrap();
-            km.set_isa(isa).unwrap();
-            let pk = km.add_pool(&spec).unwrap();
-            let code = km.finalize().unwrap();
-            let kern = code.get(pk).unwrap();
-            for after in [true, false] {
-                let x = Guarded::from(&vals(spec.input_len()), after);
-                let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
-                let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
-                kern.run(x.s(), out.m(), scratch.m(), 0..2).unwrap();
-                assert!(out.s().iter().all(|v| v.is_finite()), "{spec:?} at {isa}");
-            }
+            pool_in_bounds(&spec, isa);
         }
+    }
+}
+
+/// Runs the pool `spec` compiled at `isa` on every channel, its input, output and scratch
+/// each against a guard page after and then before it: every output is written (no NaN
+/// left) and no access faults.
+fn pool_in_bounds(spec: &PoolSpec, isa: cnnc::Isa) {
+    let mut km = KernelModule::new().unwrap();
+    km.set_isa(isa).unwrap();
+    let pk = km.add_pool(spec).unwrap();
+    let code = km.finalize().unwrap();
+    let kern = code.get(pk).unwrap();
+    for after in [true, false] {
+        let x = Guarded::from(&vals(spec.input_len()), after);
+        let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
+        let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
+        kern.run(x.s(), out.m(), scratch.m(), 0..spec.channels)
+            .unwrap();
+        assert!(out.s().iter().all(|v| v.is_finite()), "{spec:?} at {isa}");
     }
 }
