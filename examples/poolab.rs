@@ -3,10 +3,10 @@
 //! and write of its output (`memory`: what the pool would take at memory speed).
 //!
 //! `cargo run --release --example poolab -- C H W K S P [max|avg] [ROUNDS]`, e.g.
-//! SqueezeNet's first pool: `poolab 64 111 111 3 2 0`. `poolab C H W K S P max ROUNDS VAR A B`
-//! compares the best level compiled with environment variable VAR=A and VAR=B instead. `CNNC_COPIES=n` rotates n copies of
-//! the input (n x its size larger than L2: the input comes from memory, as after a conv
-//! whose output did not stay in cache). Prints per variant the minimum and median of the
+//! SqueezeNet's first pool: `poolab 64 111 111 3 2 0`. `poolab C H W K S P max ROUNDS VAR A
+//! B` compares the best level compiled with environment variable VAR=A and VAR=B instead.
+//! `CNNC_COPIES=n` rotates n copies of the input (n x its size larger than L2: the input
+//! comes from memory, as after a conv whose output did not stay in cache). Prints per variant the minimum and median of the
 //! rounds' times (each round: the best of 5 runs) and the input bandwidth at the minimum.
 use cnnc::jit::{KernelModule, PoolKind, PoolSpec};
 use cnnc::Isa;

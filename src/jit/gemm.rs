@@ -69,8 +69,8 @@ const STREAMED_ZMM_TILE: (usize, usize) = (8, 48);
 /// channels: 11 blocks of 12 = 132 rows against 10 of 14 = 140, the last block 2 rows,
 /// too few accumulators to hide the FMA latency). For the streamed pointwise layers whose
 /// 48-pixel column does not pack (over 682 input channels: DenseNet's later 1x1 layers;
-/// ResNet-50's 512 -> 128 at 28x28 before session 12), and the weight-major ones. `examples/convab.rs`
-/// (avx512, weights from 20 copies, one thread, 07:17-07:25, load 3.7-5.2), 12 x 32 /
+/// ResNet-50's 512 -> 128 at 28x28 before session 12), and the weight-major ones.
+/// `examples/convab.rs` (avx512, weights from 20 copies, one thread, 07:17-07:25, load 3.7-5.2), 12 x 32 /
 /// 14 x 32, median of 2700-64000 pairs: 512 -> 128 at 28x28 0.951, 1024 -> 128 at 14x14
 /// 0.985 (10 x 32: 0.970 / 1.011; 8 x 32: 1.007 / 1.056); weight major, 512 -> 128 at 7x7
 /// 0.971, 1024 -> 128 at 7x7 0.974, 256 -> 128 at 7x7 0.974, 128 -> 128 at 10x10 0.986.

@@ -422,8 +422,8 @@ impl WinogradPlan {
     /// in software where it is over `STREAMED_WEIGHTS_BYTES` (`whole_gemm`) and by the
     /// hardware prefetchers below that and in the grouped schedule, and measured to overlap.
     /// Until session 12 F(4x4)'s was added to them, which kept every 13x13 and 14x14 layer
-    /// direct at avx512. On the Zen 5 host (session 12, `convab`, weights
-    /// from 20 copies, load 7.5-10) F(4x4) took 0.51-0.76x the direct kernel's time on the
+    /// direct at avx512. On the Zen 5 host (session 12, `convab`, weights from 20 copies,
+    /// load 7.5-10) F(4x4) took 0.51-0.76x the direct kernel's time on the
     /// nine such layer shapes of our networks (ResNet's 256 -> 256 0.54x, VGG's 512 -> 512
     /// 0.70x, SqueezeNet's 64 -> 256 at 13x13 0.67x, DenseNet's 128 -> 32 0.76x): 0.94-1.16x
     /// the speedup the overlapped estimate gives (512 -> 512 at 14x14, memory contended:
@@ -459,11 +459,11 @@ impl WinogradPlan {
     /// Seconds the cost model of [`Self::beats_direct`] expects this plan to take at `isa`:
     /// its GEMMs' multiply-adds, reading `U` and the transforms. With `overlapped`, reading
     /// `U` takes no time beyond the multiply-adds' (the wide GEMMs read it in order, with
-    /// software prefetches above 1 MB), else it is added. F(2x2, 3x3) is chosen on small outputs,
-    /// measured against the direct kernel with `examples/convab.rs` (weights from 4-8 copies,
-    /// avx512, load 5-7): 256 -> 256 at 8x8 0.273 / 0.476 ms, 128 -> 256 at 8x8 0.139 / 0.252
-    /// (avx2 0.397 / 0.700 and 0.179 / 0.348), 512 -> 512 at 7x7 1.65 / 1.53 (the model keeps
-    /// it direct).
+    /// software prefetches above 1 MB), else it is added. F(2x2, 3x3) is chosen on small
+    /// outputs, measured against the direct kernel with `examples/convab.rs` (weights from
+    /// 4-8 copies, avx512, load 5-7): 256 -> 256 at 8x8 0.273 / 0.476 ms, 128 -> 256 at 8x8
+    /// 0.139 / 0.252 (avx2 0.397 / 0.700 and 0.179 / 0.348), 512 -> 512 at 7x7 1.65 / 1.53
+    /// (the model keeps it direct).
     fn estimate(&self, isa: Isa, overlapped: bool) -> f64 {
         let (gemm_rate, _, lanes) = rates(isa);
         let s = &self.spec;
