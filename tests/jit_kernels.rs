@@ -1116,6 +1116,10 @@ fn pool_shapes() {
             (2, 6, 33, 1, 1, 3, 3, 0, 0),
             (64, 112, 112, 2, 2, 2, 2, 0, 0),
             (8, 112, 112, 3, 3, 2, 2, 1, 1),
+            // Inputs over 2 MB prefetch rows ahead (`x86::pool::prefetch_rows_for`):
+            // ResNet's first pool, and a stride-1 window.
+            (64, 112, 112, 3, 3, 2, 2, 1, 1),
+            (48, 120, 117, 3, 3, 1, 1, 1, 1),
             // SqueezeNet's (full groups, a masked tail); stride 1 with tails at both
             // widths; the widest window the wide kernel takes, and one it leaves to
             // Cranelift; one output column; rows of less than one vector.

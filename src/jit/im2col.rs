@@ -110,6 +110,8 @@ impl FusedPool {
             out_h: pool_rows,
             out_w: s.out_w(),
             deinterleave: super::x86::pool::deinterleave_default(),
+            // The conv rows are in L2, just written.
+            prefetch: 0,
         }
     }
 }

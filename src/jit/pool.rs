@@ -168,6 +168,7 @@ impl PoolSpec {
             out_h: self.out_h(),
             out_w: self.out_w(),
             deinterleave: super::x86::pool::deinterleave_default(),
+            prefetch: super::x86::pool::prefetch_rows_for(self.input_len() * 4),
         };
         (self.kind == PoolKind::Max && k.takes()).then_some(k)
     }

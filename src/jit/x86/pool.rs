@@ -63,6 +63,11 @@ pub struct MaxPoolPlane {
     /// ([`MaxPoolPlane::deinterleaves`]); `false` only to measure (`CNNC_POOL_DEINTERLEAVE=0`,
     /// [`deinterleave_default`]). The same bits either way.
     pub deinterleave: bool,
+    /// Software prefetch (`prefetcht0`) of the input `prefetch` output rows ahead: each
+    /// output row asks for the `stride_h` input rows that the output row `prefetch` rows
+    /// further down reads first, while they are inside the plane (0: none). For inputs
+    /// beyond L2 ([`prefetch_rows_for`]).
+    pub prefetch: usize,
 }
 
 /// [`MaxPoolPlane::deinterleave`] as the plans set it: on, unless `CNNC_POOL_DEINTERLEAVE=0`
@@ -70,6 +75,23 @@ pub struct MaxPoolPlane {
 pub fn deinterleave_default() -> bool {
     !crate::knobs::off("CNNC_POOL_DEINTERLEAVE")
 }
+
+/// Output rows ahead that a max pool of an input of `bytes` prefetches
+/// ([`MaxPoolPlane::prefetch`]): inputs larger than half of L2 (1 MB) come from L3 or memory
+/// (ResNet-50's first pool reads the stem's 3.2 MB), where the hardware prefetchers, with
+/// three interleaved rows of 7 lines each, do not keep enough reads in flight.
+/// `CNNC_POOL_PF=n` (a measuring knob): `n` rows ahead whatever the size (0: none).
+pub fn prefetch_rows_for(bytes: usize) -> usize {
+    match crate::knobs::number("CNNC_POOL_PF") {
+        Some(n) => n,
+        None if bytes > POOL_PREFETCH_BYTES => POOL_PREFETCH_ROWS,
+        None => 0,
+    }
+}
+
+/// See [`prefetch_rows_for`].
+const POOL_PREFETCH_BYTES: usize = 2 << 20;
+const POOL_PREFETCH_ROWS: usize = 6;
 
 /// Registers: the column vectors reduced over the rows (stride 2) start at 0; then these.
 const MAX: usize = 8;
@@ -207,20 +229,51 @@ impl MaxPoolPlane {
         first..end.max(first)
     }
 
-    /// Output rows with the same window rows inside the input, in order:
-    /// `(first row, rows, fy range)`.
-    fn row_classes(&self) -> Vec<(usize, usize, std::ops::Range<usize>)> {
-        let mut classes: Vec<(usize, usize, std::ops::Range<usize>)> = Vec::new();
+    /// Output rows with the same window rows inside the input and the same prefetching
+    /// ([`Self::prefetches`]), in order: `(first row, rows, fy range, prefetch)`.
+    fn row_classes(&self) -> Vec<RowClass> {
+        let mut classes: Vec<RowClass> = Vec::new();
         for oy in 0..self.out_h {
             let top = (oy * self.stride_h) as isize - self.pad_h as isize;
             let lo = (-top).max(0) as usize;
             let hi = (self.in_h as isize - top).min(self.kernel_h as isize) as usize;
+            let pf = self.prefetches(top);
             match classes.last_mut() {
-                Some(c) if c.2 == (lo..hi) => c.1 += 1,
-                _ => classes.push((oy, 1, lo..hi)),
+                Some(c) if c.2 == (lo..hi) && c.3 == pf => c.1 += 1,
+                _ => classes.push((oy, 1, lo..hi, pf)),
             }
         }
         classes
+    }
+
+    /// The input rows `[a, a + stride_h)` that the output row `prefetch` rows below the one
+    /// whose window starts at row `top` reads last: `a = top + kernel_h + (prefetch - 1) *
+    /// stride_h` (the rows before it are read by the rows in between, or asked for by
+    /// them). Asked for only where they lie inside the plane (`a >= 0` as `2 pad_h <=
+    /// kernel_h`).
+    fn prefetches(&self, top: isize) -> bool {
+        let (p, sh) = (self.prefetch as isize, self.stride_h as isize);
+        p > 0 && top + self.kernel_h as isize + p * sh <= self.in_h as isize
+    }
+
+    /// The byte offsets, from the window's first row, that an output row prefetches: each
+    /// line of the rows [`Self::prefetches`] names, at 64-byte steps from their first byte,
+    /// and their last byte (the plane need not be aligned), all inside those rows.
+    fn prefetch_offsets(&self) -> Vec<isize> {
+        let row = (self.in_w * 4) as isize;
+        let first = (self.kernel_h + (self.prefetch - 1) * self.stride_h) as isize * row;
+        let len = self.stride_h as isize * row;
+        let at = (0..len).step_by(64).chain(std::iter::once(len - 1));
+        at.map(|o| first + o).collect()
+    }
+
+    /// `prefetcht0` of [`Self::prefetch_offsets`] from the window's first row at `rcx`.
+    fn prefetch_rows(&self, v: &mut Vasm) -> Result<()> {
+        for o in self.prefetch_offsets() {
+            v.a.prefetcht0(iced_x86::code_asm::byte_ptr(rcx + disp(o)?))
+                .map_err(asm_err)?;
+        }
+        Ok(())
     }
 
     /// The machine code.
@@ -251,7 +304,7 @@ impl MaxPoolPlane {
                 .map_err(asm_err)?;
         }
         let full = self.full_groups();
-        for (oy, rows, fy) in self.row_classes() {
+        for (oy, rows, fy, pf) in self.row_classes() {
             // rcx: the window's first row (above the plane in the top padding).
             let top = (oy * self.stride_h) as isize - self.pad_h as isize;
             v.a.lea(rcx, qword_ptr(rdi + disp(top * row * 4)?))
@@ -259,6 +312,9 @@ impl MaxPoolPlane {
             v.a.mov(r8, rows as u64).map_err(asm_err)?;
             let mut next = v.a.create_label();
             v.a.set_label(&mut next).map_err(asm_err)?;
+            if pf {
+                self.prefetch_rows(&mut v)?;
+            }
             // In column order, left edge, loop, right edge: the hardware prefetchers
             // follow the rows (the right edge first measured 7-20% slower).
             for g in 0..full.start {
@@ -465,6 +521,10 @@ impl MaxPoolPlane {
     }
 }
 
+/// Output rows of a plane that one loop computes: `(first row, rows, the window rows
+/// inside the plane, whether they prefetch)`.
+type RowClass = (usize, usize, std::ops::Range<usize>, bool);
+
 /// Where a group is: in the loop over the row's middle, or group `g` at its ends.
 #[derive(Clone, Copy)]
 enum Place {
@@ -506,6 +566,54 @@ fn unord(v: &mut Vasm, dst: usize, a: usize, b: usize) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Every prefetched byte lies in the input plane (a prefetch does not fault, so the
+    /// guard-page tests cannot see one outside), on shapes with and without padding, odd
+    /// widths, strides 1 and 2, and prefetch distances up to past the plane's end; and
+    /// some rows prefetch wherever the plane is tall enough.
+    #[test]
+    fn prefetches_stay_in_the_plane() {
+        for (k, stride, pad, in_h, in_w, prefetch) in [
+            (3, 2, 1, 112, 112, 6),
+            (3, 2, 0, 111, 111, 4),
+            (3, 1, 1, 28, 28, 2),
+            (2, 2, 0, 33, 35, 1),
+            (3, 2, 1, 9, 7, 3),
+            (3, 2, 1, 20, 17, 12),
+        ] {
+            let out = |n: usize| (n + 2 * pad - k) / stride + 1;
+            let plane = MaxPoolPlane {
+                width: Width::Z512,
+                kernel_h: k,
+                kernel_w: k,
+                stride_h: stride,
+                stride_w: stride,
+                in_h,
+                in_w,
+                pad_h: pad,
+                pad_w: pad,
+                out_h: out(in_h),
+                out_w: out(in_w),
+                deinterleave: true,
+                prefetch,
+            };
+            let size = (in_h * in_w * 4) as isize;
+            let mut rows = 0;
+            for (oy, n, _, pf) in plane.row_classes() {
+                for oy in (oy..oy + n).filter(|_| pf) {
+                    let top = (oy * stride) as isize - pad as isize;
+                    for o in plane.prefetch_offsets() {
+                        let at = top * (in_w * 4) as isize + o;
+                        assert!((0..size).contains(&at), "{plane:?}: row {oy} asks for {at}");
+                    }
+                    rows += 1;
+                }
+            }
+            let tall = in_h + pad >= k + prefetch * stride;
+            assert_eq!(rows > 0, tall, "{plane:?}: {rows} rows prefetch");
+            plane.emit().unwrap();
+        }
+    }
+
     /// The even / odd lanes are emitted exactly where [`MaxPoolPlane::deinterleaves`] says
     /// (2- and 3-column windows of stride 2 at AVX-512, unless turned off): the tests that
     /// compare the pools with the reference cannot tell the two paths apart by their
@@ -535,6 +643,7 @@ mod tests {
                 out_h: out(in_h),
                 out_w: out(in_w),
                 deinterleave,
+                prefetch: 0,
             };
             let asm = super::super::vasm::disassemble(&plane.emit().unwrap());
             assert_eq!(asm.contains("vpermt2ps"), want, "{plane:?}");
