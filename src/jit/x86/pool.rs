@@ -566,6 +566,27 @@ fn unord(v: &mut Vasm, dst: usize, a: usize, b: usize) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The kernel of a square window on an `in_h x in_w` plane (even / odd lanes where
+    /// they apply, no prefetch).
+    fn square(w: Width, k: usize, stride: usize, pad: usize, hw: (usize, usize)) -> MaxPoolPlane {
+        let out = |n: usize| (n + 2 * pad - k) / stride + 1;
+        MaxPoolPlane {
+            width: w,
+            kernel_h: k,
+            kernel_w: k,
+            stride_h: stride,
+            stride_w: stride,
+            in_h: hw.0,
+            in_w: hw.1,
+            pad_h: pad,
+            pad_w: pad,
+            out_h: out(hw.0),
+            out_w: out(hw.1),
+            deinterleave: true,
+            prefetch: 0,
+        }
+    }
+
     /// Every prefetched byte lies in the input plane (a prefetch does not fault, so the
     /// guard-page tests cannot see one outside), on shapes with and without padding, odd
     /// widths, strides 1 and 2, and prefetch distances up to past the plane's end; and
@@ -580,21 +601,9 @@ mod tests {
             (3, 2, 1, 9, 7, 3),
             (3, 2, 1, 20, 17, 12),
         ] {
-            let out = |n: usize| (n + 2 * pad - k) / stride + 1;
             let plane = MaxPoolPlane {
-                width: Width::Z512,
-                kernel_h: k,
-                kernel_w: k,
-                stride_h: stride,
-                stride_w: stride,
-                in_h,
-                in_w,
-                pad_h: pad,
-                pad_w: pad,
-                out_h: out(in_h),
-                out_w: out(in_w),
-                deinterleave: true,
                 prefetch,
+                ..square(Width::Z512, k, stride, pad, (in_h, in_w))
             };
             let size = (in_h * in_w * 4) as isize;
             let mut rows = 0;
@@ -628,22 +637,9 @@ mod tests {
             (Width::Z512, 3, 1, true, false),
             (Width::Y256, 3, 2, true, false),
         ] {
-            let (in_w, in_h) = (111, 9);
-            let out = |n: usize| (n - k) / stride + 1;
             let plane = MaxPoolPlane {
-                width,
-                kernel_h: k,
-                kernel_w: k,
-                stride_h: stride,
-                stride_w: stride,
-                in_h,
-                in_w,
-                pad_h: 0,
-                pad_w: 0,
-                out_h: out(in_h),
-                out_w: out(in_w),
                 deinterleave,
-                prefetch: 0,
+                ..square(width, k, stride, 0, (9, 111))
             };
             let asm = super::super::vasm::disassemble(&plane.emit().unwrap());
             assert_eq!(asm.contains("vpermt2ps"), want, "{plane:?}");
