@@ -7,12 +7,21 @@
 //! busy work (200 ns each) with a busy gap between jobs (80 us) as between layers: each
 //! job's time against its work on one thread, and how many units each thread computed.
 //!
+//! `threadscale xcore [KB] [rounds]`: what touching data the other core wrote costs. Each
+//! round, two threads each write one half of a buffer of `KB` kilobytes (as a layer's two
+//! parts), then each reads (one load per line) or overwrites one half: the one it wrote
+//! (same) or the other thread's (cross), in turn; minima and medians of that phase.
+//!
 //! `threadscale GRAPH.yaml [rounds]`: a whole network compiled for 1 and for 2 threads,
-//! profiled alternately; per layer the minimum over the rounds at 1 and 2 threads and
-//! their ratio (the minimum is what the code does when it has the cores; on a shared
+//! profiled alternately; per layer the minimum over the rounds at 1 and 2 threads (at 2,
+//! over the rounds of each of the host's phases, `examples/common/phase.rs`) and their
+//! ratio (the minimum is what the code does when it has the cores; on a shared
 //! machine the medians mostly measure the load), then the whole run's minimum and median.
 use cnnc::jit::*;
 use std::time::{Duration, Instant};
+
+#[path = "common/phase.rs"]
+mod phase;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -23,6 +32,9 @@ fn main() {
     }
     if which == "pool" {
         return pool_latency(&args[2..]);
+    }
+    if which == "xcore" {
+        return cross_core(&args[2..]);
     }
     let spec = match which {
         "1x1" => ConvSpec {
@@ -110,7 +122,12 @@ fn network(path: &str, rounds: usize) {
     // hand-offs, the profile's own bookkeeping).
     let mut outside = [Vec::new(), Vec::new()];
     let mut names = Vec::new();
+    // Each round's phase (`phase::cross_core_us`), probed before the one-thread run so that
+    // the probe's worker has parked by the two-thread run.
+    let probe_pool = ThreadPool::new(2, Duration::from_micros(200));
+    let mut fast = Vec::new();
     for _ in 0..rounds {
+        fast.push(phase::cross_core_us(&probe_pool) < phase::FAST_BELOW_US);
         for (i, m) in models.iter().enumerate() {
             let t = Instant::now();
             let (_, prof) = m.profile(&x).unwrap();
@@ -131,17 +148,43 @@ fn network(path: &str, rounds: usize) {
         }
     }
     let min = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
-    let (mut sum1, mut sum2) = (0.0, 0.0);
-    println!("layer     1T min ms  2T min ms  1T/2T  op");
+    // The two-thread minima over the rounds of each phase.
+    let in_phase = |v: &[f64], f: bool| -> Vec<f64> {
+        v.iter()
+            .zip(&fast)
+            .filter(|(_, &p)| p == f)
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    let n_fast = fast.iter().filter(|&&f| f).count();
+    println!(
+        "rounds: {n_fast} in the fast phase, {} in the slow one (2T columns: minimum over each)",
+        rounds - n_fast
+    );
+    let mut sums = [0.0; 3];
+    println!("layer     1T min ms  2T fast ms  2T slow ms  1T/fast 1T/slow  op");
     for (j, (name, op)) in names.iter().enumerate() {
-        let (a, b) = (min(&layers[0][j]), min(&layers[1][j]));
-        sum1 += a;
-        sum2 += b;
-        println!("{name:<8} {a:>10.3} {b:>10.3} {:>6.2}  {op}", a / b);
+        let a = min(&layers[0][j]);
+        let (f, sl) = (
+            min(&in_phase(&layers[1][j], true)),
+            min(&in_phase(&layers[1][j], false)),
+        );
+        for (sum, v) in sums.iter_mut().zip([a, f, sl]) {
+            *sum += v;
+        }
+        println!(
+            "{name:<8} {a:>10.3} {f:>11.3} {sl:>11.3} {:>7.2} {:>7.2}  {op}",
+            a / f,
+            a / sl
+        );
     }
     println!(
-        "sum of minima: {sum1:.3} / {sum2:.3} ms = {:.2}x",
-        sum1 / sum2
+        "sum of minima: {:.3} / {:.3} (fast) / {:.3} (slow) ms = {:.2}x / {:.2}x",
+        sums[0],
+        sums[1],
+        sums[2],
+        sums[0] / sums[1],
+        sums[0] / sums[2]
     );
     for (i, t) in totals.iter_mut().enumerate() {
         let (min, median) = min_median(t);
@@ -150,6 +193,14 @@ fn network(path: &str, rounds: usize) {
             "{} thread(s), whole run: min {min:.3} ms, median {median:.3} ms; outside the steps: median {outside:.3} ms",
             i + 1
         );
+    }
+    for f in [true, false] {
+        let mut t = in_phase(&totals[1], f);
+        if !t.is_empty() {
+            let (min, median) = min_median(&mut t);
+            let name = if f { "fast" } else { "slow" };
+            println!("2 threads, {name} phase: min {min:.3} ms, median {median:.3} ms");
+        }
     }
 }
 
@@ -181,6 +232,65 @@ fn pool_latency(args: &[String]) {
         by[0].load(Ordering::Relaxed),
         by[1].load(Ordering::Relaxed)
     );
+}
+
+fn cross_core(args: &[String]) {
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let arg = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().unwrap());
+    let (kb, rounds) = (arg(0, 1024), arg(1, 400));
+    let half = kb * 256 / 2;
+    // Two threads of our own (not the pool: a late worker would leave both halves to the
+    // other thread), meeting at a spinning barrier between the phases.
+    let arrived = AtomicUsize::new(0);
+    let barrier = |step: usize| {
+        arrived.fetch_add(1, Ordering::AcqRel);
+        while arrived.load(Ordering::Acquire) < 2 * (step + 1) {
+            std::hint::spin_loop();
+        }
+    };
+    let sink = AtomicU32::new(0);
+    let bufs: Vec<Mutex<Vec<u32>>> = (0..2).map(|_| Mutex::new(vec![0u32; half])).collect();
+    let times: Vec<Mutex<[Vec<f64>; 4]>> = (0..2).map(|_| Mutex::new(Default::default())).collect();
+    std::thread::scope(|sc| {
+        for me in 0..2 {
+            let (bufs, times, barrier, sink) = (&bufs, &times, &barrier, &sink);
+            sc.spawn(move || {
+                for round in 0..rounds {
+                    for (i, x) in bufs[me].lock().unwrap().iter_mut().enumerate() {
+                        *x = (i + round) as u32;
+                    }
+                    barrier(2 * round);
+                    // Read same, read cross, write same, write cross.
+                    let mode = round % 4;
+                    let t = Instant::now();
+                    let mut v = bufs[me ^ (mode & 1)].lock().unwrap();
+                    if mode < 2 {
+                        // One load per cache line (an xor: no latency chain to speak of).
+                        let s = v.chunks(16).fold(0u32, |a, c| a ^ c[0]);
+                        sink.fetch_xor(s, Ordering::Relaxed);
+                    } else {
+                        v.fill(round as u32);
+                    }
+                    drop(v);
+                    let el = t.elapsed().as_secs_f64() * 1e6;
+                    times[me].lock().unwrap()[mode].push(el);
+                    barrier(2 * round + 1);
+                }
+            });
+        }
+    });
+    let names = ["reads same", "reads cross", "writes same", "writes cross"];
+    for (me, t) in times.iter().enumerate() {
+        let mut t = t.lock().unwrap();
+        for (name, t) in names.iter().zip(t.iter_mut()) {
+            let (min, median) = min_median(t);
+            println!(
+                "{kb} KB, thread {me} {name:>12}: min {min:.1} us, median {median:.1} us ({:.1} GB/s at the median)",
+                kb as f64 * 512.0 / median / 1e3
+            );
+        }
+    }
 }
 
 /// Sorts `t` and returns its minimum and median.
