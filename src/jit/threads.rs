@@ -79,6 +79,12 @@ struct Shared {
     parts: Box<[PartRange]>,
     /// Units per chunk of the running job.
     chunk: AtomicUsize,
+    /// Thread `t` starts on part `(t + shift) % n` of the running job (0 but to measure:
+    /// `rotate`).
+    shift: AtomicUsize,
+    /// `CNNC_SPLIT_ROTATE=1`: each job starts every thread on the next thread's part of the
+    /// job before (a measurement of what reading the other core's data costs).
+    rotate: bool,
     sleepers: Mutex<usize>,
     wake: Condvar,
     shutdown: AtomicBool,
@@ -94,8 +100,9 @@ impl Shared {
     fn work(&self, job: &Job, me: usize) {
         let n = self.parts.len();
         let chunk = self.chunk.load(Ordering::Relaxed);
+        let shift = self.shift.load(Ordering::Relaxed);
         for k in 0..n {
-            let victim = (me + k) % n;
+            let victim = (me + shift + k) % n;
             while let Some(r) = self.parts[victim].take(chunk, k > 0) {
                 (job.f)(me, r);
             }
@@ -120,6 +127,8 @@ impl ThreadPool {
             active: AtomicUsize::new(0),
             parts: (0..threads).map(|_| PartRange(AtomicU64::new(0))).collect(),
             chunk: AtomicUsize::new(1),
+            shift: AtomicUsize::new(0),
+            rotate: crate::knobs::forced("CNNC_SPLIT_ROTATE") == Some(true),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -188,6 +197,10 @@ impl ThreadPool {
         }
         let chunk = units.div_ceil(parts * chunks_per_part.max(1));
         s.chunk.store(chunk, Ordering::Relaxed);
+        if s.rotate {
+            let next = (s.shift.load(Ordering::Relaxed) + 1) % parts;
+            s.shift.store(next, Ordering::Relaxed);
+        }
         let job = Job { f: &f };
         // A worker uses the job only between incrementing `active` and seeing the pointer
         // non-null, and decrementing `active`; the pointer is cleared and `active` waited
