@@ -9,7 +9,8 @@
 //!
 //! `threadscale xcore [KB] [rounds]`: what touching data the other core wrote costs. Each
 //! round, two threads each write one half of a buffer of `KB` kilobytes (as a layer's two
-//! parts), then each reads (one load per line) or overwrites one half: the one it wrote
+//! parts), then each reads (one load per line), overwrites, or reads in tile columns (3
+//! lines of each of 128 planes at a time, as the pointwise GEMM) one half: the one it wrote
 //! (same) or the other thread's (cross), in turn; minima and medians of that phase.
 //!
 //! `threadscale GRAPH.yaml [rounds]`: a whole network compiled for 1 and for 2 threads,
@@ -251,7 +252,7 @@ fn cross_core(args: &[String]) {
     };
     let sink = AtomicU32::new(0);
     let bufs: Vec<Mutex<Vec<u32>>> = (0..2).map(|_| Mutex::new(vec![0u32; half])).collect();
-    let times: Vec<Mutex<[Vec<f64>; 4]>> = (0..2).map(|_| Mutex::new(Default::default())).collect();
+    let times: Vec<Mutex<[Vec<f64>; 6]>> = (0..2).map(|_| Mutex::new(Default::default())).collect();
     std::thread::scope(|sc| {
         for me in 0..2 {
             let (bufs, times, barrier, sink) = (&bufs, &times, &barrier, &sink);
@@ -261,16 +262,29 @@ fn cross_core(args: &[String]) {
                         *x = (i + round) as u32;
                     }
                     barrier(2 * round);
-                    // Read same, read cross, write same, write cross.
-                    let mode = round % 4;
+                    // Read same, read cross, write same, write cross, then reads in tile
+                    // columns (same, cross).
+                    let mode = round % 6;
                     let t = Instant::now();
                     let mut v = bufs[me ^ (mode & 1)].lock().unwrap();
                     if mode < 2 {
                         // One load per cache line (an xor: no latency chain to speak of).
                         let s = v.chunks(16).fold(0u32, |a, c| a ^ c[0]);
                         sink.fetch_xor(s, Ordering::Relaxed);
-                    } else {
+                    } else if mode < 4 {
                         v.fill(round as u32);
+                    } else {
+                        // As a pointwise GEMM reads its input: 3 lines (48 floats) of each of
+                        // 128 planes, then the next 3 lines of each.
+                        let plane = half / 128;
+                        let mut s = 0u32;
+                        for col in (0..plane).step_by(48) {
+                            for c in 0..128 {
+                                let row = &v[c * plane + col..c * plane + (col + 48).min(plane)];
+                                s ^= row.iter().step_by(16).fold(0, |a, x| a ^ x);
+                            }
+                        }
+                        sink.fetch_xor(s, Ordering::Relaxed);
                     }
                     drop(v);
                     let el = t.elapsed().as_secs_f64() * 1e6;
@@ -280,7 +294,14 @@ fn cross_core(args: &[String]) {
             });
         }
     });
-    let names = ["reads same", "reads cross", "writes same", "writes cross"];
+    let names = [
+        "reads same",
+        "reads cross",
+        "writes same",
+        "writes cross",
+        "columns same",
+        "columns cross",
+    ];
     for (me, t) in times.iter().enumerate() {
         let mut t = t.lock().unwrap();
         for (name, t) in names.iter().zip(t.iter_mut()) {
