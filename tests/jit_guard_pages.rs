@@ -99,6 +99,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (16, 14, 14, 15, 1, 2, 0),
         (3, 37, 35, 29, 7, 2, 3),
         (100, 9, 8, 15, 3, 2, 1),
+        // Reduction blocks of the 192 KB panels: 3 at zmm (one strip), 7 at zmm and 3 at
+        // ymm (strip by strip).
+        (400, 9, 8, 15, 3, 2, 1),
+        (700, 21, 21, 9, 3, 1, 1),
         // All strips at once (a 7x7 output: the lone pixel computed by the strip before it),
         // 3 reduction blocks; a 7x7 output from stride 2.
         (100, 7, 7, 30, 3, 1, 1),

@@ -2357,6 +2357,10 @@ fn conv_direct_every_isa_bit_identical() {
         // blocks.
         spec(70, 11, 12, 110, 3, 3, (2, 2), (1, 1)),
         spec(64, 23, 25, 130, 3, 3, (1, 1), (1, 1)),
+        // Reduction blocks of the 192 KB panels strip by strip: 3 at zmm on one strip of
+        // 25 pixels, 7 at zmm and 3 at ymm on 21x21 (10 strips of 48), a channel tail.
+        spec(400, 9, 9, 15, 3, 3, (2, 2), (1, 1)),
+        spec(700, 21, 21, 9, 3, 3, (1, 1), (1, 1)),
     ];
     // (5 input channels: with 4 or fewer, 3x3 filters take the im2col bands.)
     for k in 1..=15 {

@@ -357,14 +357,33 @@ impl Emit<'_> {
         (top, left): (usize, usize),
         value: f32,
     ) -> Result<()> {
-        debug_assert!(top + h <= hp && left + w <= wp);
-        self.fill(dst, hp * wp, value)?;
+        debug_assert!(top + h <= hp && left + w <= wp && h > 0);
+        if crate::knobs::off("CNNC_PAD_BORDERS") {
+            self.fill(dst, hp * wp, value)?;
+            let d0 = self.add_imm(dst, ((top * wp + left) * 4) as i64);
+            return self.for_const(0, h as i64, 1, |e, y| {
+                let sp = e.addr(src, y, w * 4);
+                let dp = e.addr(d0, y, wp * 4);
+                e.copy(sp, dp, w)
+            });
+        }
+        // Each float written once: the rows above and the first row's left border, then
+        // each row followed by the border up to the next row's data (its right border and
+        // the next row's left one), the last row by everything after it.
+        self.fill(dst, top * wp + left, value)?;
         let d0 = self.add_imm(dst, ((top * wp + left) * 4) as i64);
-        self.for_const(0, h as i64, 1, |e, y| {
+        self.for_const(0, h as i64 - 1, 1, |e, y| {
             let sp = e.addr(src, y, w * 4);
             let dp = e.addr(d0, y, wp * 4);
-            e.copy(sp, dp, w)
-        })
+            e.copy(sp, dp, w)?;
+            let gap = e.add_imm(dp, (w * 4) as i64);
+            e.fill(gap, wp - w, value)
+        })?;
+        let sp = self.add_imm(src, ((h - 1) * w * 4) as i64);
+        let dp = self.add_imm(d0, ((h - 1) * wp * 4) as i64);
+        self.copy(sp, dp, w)?;
+        let rest = self.add_imm(dp, (w * 4) as i64);
+        self.fill(rest, wp - left - w + (hp - top - h) * wp, value)
     }
 }
 

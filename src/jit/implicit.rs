@@ -36,8 +36,19 @@ use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
 
 /// Bytes of the panel (one block of input channels' taps by one strip): the micro-kernel
-/// streams it once per block of output channels, so it should stay in L1/L2.
-const PANEL_BYTES: usize = 48 * 1024;
+/// streams it once per block of output channels, so it should stay in L2. Fewer, longer
+/// reduction blocks mean fewer calls, each loading and storing its 8 x 48 accumulators:
+/// on the Zen 5 host (session 13, `examples/convab.rs`, both orders of the pair, load
+/// 4.6-5) 3x3/2 128 -> 128 from 56 (5 blocks of 26 channels at 48 KB, 2 of 64 here)
+/// 0.939 and 1 / 1.021 of the time at 48 KB (two threads 0.918, cold 0.976), 3x3/2 64 ->
+/// 128 from 56 0.942, 3x3/2 256 -> 256 from 56 0.993; 128 and 256 KB 0.955 and 0.951.
+/// (`CNNC_PANEL_KB=n`, a measuring knob.)
+const PANEL_BYTES: usize = 192 * 1024;
+
+/// [`PANEL_BYTES`], or `CNNC_PANEL_KB=n` KB (to measure).
+fn panel_bytes() -> usize {
+    crate::knobs::number::<usize>("CNNC_PANEL_KB").map_or(PANEL_BYTES, |k| k * 1024)
+}
 /// Beyond this a single input channel's taps do not fit a panel: such filters (over 500
 /// taps with zmm) stay on the f32x4 direct kernel.
 const MAX_PANEL_BYTES: usize = 256 * 1024;
@@ -49,6 +60,9 @@ const MAX_PANEL_BYTES: usize = 256 * 1024;
 /// 3x3 512->512 at 7x7 3.56 -> 2.55 ms, 1x1/2 1024->2048 to 7x7 3.06 -> 2.29 ms, 3x3/2
 /// 256->256 to 14x14 2.16-2.49 -> 1.84-2.10 ms, 1x1/2 512->1024 to 14x14 1.90-2.19 -> 1.69-1.74 ms.
 const MAX_GROUPED_STRIPS: usize = 8;
+/// The most bytes of one strip's panel when grouped (as [`PANEL_BYTES`] was before session
+/// 13: the grouped layers, ResNet-50's 7x7 and 14x14 outputs, were not measured with more).
+const GROUPED_PANEL_BYTES: usize = 48 * 1024;
 /// The stack bytes of all panels when grouped (each strip's panel gets its share).
 const GROUPED_PANELS_BYTES: usize = 192 * 1024;
 /// Weights larger than this come from L3 or memory on every pass over them: the pointwise
@@ -246,9 +260,9 @@ impl ImplicitGemm {
         let grouped = (2..=MAX_GROUPED_STRIPS).contains(&strips)
             && strips * channel_bytes <= GROUPED_PANELS_BYTES;
         let budget = if grouped {
-            (GROUPED_PANELS_BYTES / strips).min(PANEL_BYTES)
+            (GROUPED_PANELS_BYTES / strips).min(GROUPED_PANEL_BYTES)
         } else {
-            PANEL_BYTES
+            panel_bytes()
         };
         let nc = (budget / channel_bytes).clamp(1, spec.in_c);
         let nkb = spec.in_c.div_ceil(nc);
@@ -950,7 +964,10 @@ pub(crate) fn shuffle(e: &mut Emit, a: Value, b: Value, lanes: [u8; 4]) -> Value
 
 /// Cuts an `oh x ow` output plane into strips of at most `np` pixels (`lanes` per vector):
 /// by rows ([`row_strips`]) or across rows ([`flat_strips`]), whichever computes fewer
-/// vectors. Returns the kinds and the number of strips.
+/// vectors, and on a tie whichever has fewer strips (fuller tiles: ResNet's 7x7/2 stem,
+/// rows of 112 = 48 + 48 + 16 or strips of 48 across rows, 0.974 of the time,
+/// `examples/convab.rs` both orders, session 13; `CNNC_FLAT_TIES=0`: rows, to measure).
+/// Returns the kinds and the number of strips.
 fn strips(oh: usize, ow: usize, np: usize, lanes: usize, lone_ok: bool) -> (Vec<GroupKind>, usize) {
     let count = |kinds: &[GroupKind]| kinds.iter().map(|k| k.count * k.per_group).sum();
     let vectors = |kinds: &[GroupKind]| -> usize {
@@ -964,7 +981,12 @@ fn strips(oh: usize, ow: usize, np: usize, lanes: usize, lone_ok: bool) -> (Vec<
     };
     let rows = row_strips(oh, ow, np);
     match flat_strips(oh, ow, np) {
-        Some(f) if vectors(&f) < vectors(&rows) => {
+        Some(f)
+            if vectors(&f) < vectors(&rows)
+                || (vectors(&f) == vectors(&rows)
+                    && count(&f) < count(&rows)
+                    && !crate::knobs::off("CNNC_FLAT_TIES")) =>
+        {
             let n = count(&f);
             (f, n)
         }
@@ -1121,7 +1143,7 @@ mod tests {
     /// floats of each row of its channel block, from its successor's first output, or its
     /// own where the successor is narrower or the last) lie in the output plane: the
     /// codegen's rule in [`ImplicitGemm::call`], on every strip of layers whose last strips
-    /// are narrower than the others (the ResNet stem's rows cut 48 + 48 + 16, a guard-page
+    /// are narrower than the others (the ResNet stem's 112 x 112 = 261 x 48 + 16, a guard-page
     /// shape's 48 + 17, a 7x7 output's lone pixel).
     #[test]
     fn next_strip_prefetches_stay_in_the_output_plane() {
