@@ -1116,7 +1116,8 @@ fn pool_shapes() {
             (2, 6, 33, 1, 1, 3, 3, 0, 0),
             (64, 112, 112, 2, 2, 2, 2, 0, 0),
             (8, 112, 112, 3, 3, 2, 2, 1, 1),
-            // Inputs over 2 MB prefetch rows ahead (`x86::pool::prefetch_rows_for`):
+            // Inputs over 2 MB prefetch rows ahead (`x86::pool::prefetch_rows_for`;
+            // `jit::pool::tests::pools_over_2_mb_prefetch` checks that these do):
             // ResNet's first pool, and a stride-1 window.
             (64, 112, 112, 3, 3, 2, 2, 1, 1),
             (48, 120, 117, 3, 3, 1, 1, 1, 1),

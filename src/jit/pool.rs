@@ -168,7 +168,7 @@ impl PoolSpec {
             out_h: self.out_h(),
             out_w: self.out_w(),
             deinterleave: super::x86::pool::deinterleave_default(),
-            prefetch: super::x86::pool::prefetch_rows_for(self.input_len() * 4),
+            prefetch: super::x86::pool::prefetch_rows_for(self.input_len() * 4, self.out_h()),
         };
         (self.kind == PoolKind::Max && k.takes()).then_some(k)
     }
@@ -475,5 +475,36 @@ impl PoolKernel {
     pub fn run_all(&self, input: &[f32], out: &mut [f32]) -> Result<()> {
         let mut scratch = try_vec(self.scratch_len(), 0.0f32, "pool scratch")?;
         self.run(input, out, &mut scratch, 0..self.work_units())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inputs over `POOL_PREFETCH_BYTES` in `tests/jit_kernels.rs`'s `pool_shapes`
+    /// prefetch (those tests compare results, which a prefetch cannot change, so they
+    /// cover the prefetching kernels only if they get them), smaller ones do not.
+    #[test]
+    fn pools_over_2_mb_prefetch() {
+        if std::env::var_os("CNNC_POOL_PF").is_some() {
+            return; // the measuring knob decides, whatever the size
+        }
+        let window = |c, h, w, k, s, p| PoolSpec {
+            in_h: h,
+            in_w: w,
+            ..PoolSpec::square(PoolKind::Max, c, h, k, s, p)
+        };
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            for (spec, ahead) in [
+                (window(64, 112, 112, 3, 2, 1), true),
+                (window(48, 120, 117, 3, 1, 1), true),
+                (window(8, 112, 112, 3, 2, 1), false),
+                (window(128, 55, 55, 3, 2, 0), false),
+            ] {
+                let plane = spec.wide_max(isa).unwrap();
+                assert_eq!(plane.prefetch > 0, ahead, "{spec:?} at {isa}");
+            }
+        }
     }
 }

@@ -64,9 +64,9 @@ pub struct MaxPoolPlane {
     /// [`deinterleave_default`]). The same bits either way.
     pub deinterleave: bool,
     /// Software prefetch (`prefetcht0`) of the input `prefetch` output rows ahead: each
-    /// output row asks for the `stride_h` input rows that the output row `prefetch` rows
-    /// further down reads first, while they are inside the plane (0: none). For inputs
-    /// beyond L2 ([`prefetch_rows_for`]).
+    /// output row asks for the input rows that the output row `prefetch` rows further down
+    /// reads last (its window's last `min(stride_h, kernel_h)` rows), while they are inside
+    /// the plane (0: none). For inputs beyond L2 ([`prefetch_rows_for`]).
     pub prefetch: usize,
 }
 
@@ -76,21 +76,29 @@ pub fn deinterleave_default() -> bool {
     !crate::knobs::off("CNNC_POOL_DEINTERLEAVE")
 }
 
-/// Output rows ahead that a max pool of an input of `bytes` prefetches
-/// ([`MaxPoolPlane::prefetch`]): inputs larger than half of L2 (1 MB) come from L3 or memory
-/// (ResNet-50's first pool reads the stem's 3.2 MB), where the hardware prefetchers, with
-/// three interleaved rows of 7 lines each, do not keep enough reads in flight.
-/// `CNNC_POOL_PF=n` (a measuring knob): `n` rows ahead whatever the size (0: none).
-pub fn prefetch_rows_for(bytes: usize) -> usize {
-    match crate::knobs::number("CNNC_POOL_PF") {
-        Some(n) => n,
+/// Output rows ahead that a max pool with `out_h` output rows and an input image of
+/// `bytes` prefetches ([`MaxPoolPlane::prefetch`]): inputs larger than
+/// [`POOL_PREFETCH_BYTES`] come from L3 or memory (ResNet-50's first pool reads the stem's
+/// 3.2 MB), where the hardware prefetchers, with three interleaved rows of 7 lines each, do
+/// not keep enough reads in flight. `bytes` is one image's: at batch > 1 images just under
+/// the threshold may still come from L3 unprefetched (not measured). `CNNC_POOL_PF=n` (a measuring knob): `n` rows ahead
+/// whatever the size (0: none), at most `out_h` (further is outside the plane anyway).
+pub fn prefetch_rows_for(bytes: usize, out_h: usize) -> usize {
+    match crate::knobs::number::<usize>("CNNC_POOL_PF") {
+        Some(n) => n.min(out_h),
         None if bytes > POOL_PREFETCH_BYTES => POOL_PREFETCH_ROWS,
         None => 0,
     }
 }
 
-/// See [`prefetch_rows_for`].
-const POOL_PREFETCH_BYTES: usize = 2 << 20;
+/// Input bytes (one image) over which a max pool prefetches: inputs that fit in L2 gained
+/// nothing (SqueezeNet's 128x55x55 and 256x27x27 pools, 1.4 and 0.7 MB: 26.0 / 24.7 and
+/// 13.2 / 13.5 us with and without), the stem's 3.2 MB output in ResNet-50 and DenseNet-121
+/// 0.16-0.22 -> 0.06-0.09 ms (session 13, Zen 5 with 1 MB of L2 per core).
+pub const POOL_PREFETCH_BYTES: usize = 2 << 20;
+/// How far ahead, in output rows: on ResNet-50's first pool from L3, 2 / 4 / 6 / 8 / 12
+/// rows took 136 / 116 / 77-90 / 77-88 / 101-104 us against 184 us without (poolab, 8
+/// copies of the input); 6 is in the flat part (docs/jit-history.md, session 13, "lean").
 const POOL_PREFETCH_ROWS: usize = 6;
 
 /// Registers: the column vectors reduced over the rows (stride 2) start at 0; then these.
@@ -246,11 +254,12 @@ impl MaxPoolPlane {
         classes
     }
 
-    /// The input rows `[a, a + stride_h)` that the output row `prefetch` rows below the one
-    /// whose window starts at row `top` reads last: `a = top + kernel_h + (prefetch - 1) *
-    /// stride_h` (the rows before it are read by the rows in between, or asked for by
-    /// them). Asked for only where they lie inside the plane (`a >= 0` as `2 pad_h <=
-    /// kernel_h`).
+    /// Whether the output row whose window starts at row `top` asks for the input rows
+    /// `[b - n, b)` that the output row `prefetch` rows below it reads last: `b = top +
+    /// prefetch * stride_h + kernel_h`, `n = min(stride_h, kernel_h)` (the rows before them
+    /// are read by the rows in between, or asked for by them; with `stride_h > kernel_h` the
+    /// rows between two windows are read by none). Only where they lie inside the plane:
+    /// `b <= in_h`, and `b - n >= top + kernel_h >= 0` as `2 pad_h <= kernel_h`.
     fn prefetches(&self, top: isize) -> bool {
         let (p, sh) = (self.prefetch as isize, self.stride_h as isize);
         p > 0 && top + self.kernel_h as isize + p * sh <= self.in_h as isize
@@ -261,8 +270,9 @@ impl MaxPoolPlane {
     /// and their last byte (the plane need not be aligned), all inside those rows.
     fn prefetch_offsets(&self) -> Vec<isize> {
         let row = (self.in_w * 4) as isize;
-        let first = (self.kernel_h + (self.prefetch - 1) * self.stride_h) as isize * row;
-        let len = self.stride_h as isize * row;
+        let n = self.stride_h.min(self.kernel_h);
+        let first = (self.prefetch * self.stride_h + self.kernel_h - n) as isize * row;
+        let len = n as isize * row;
         let at = (0..len).step_by(64).chain(std::iter::once(len - 1));
         at.map(|o| first + o).collect()
     }
@@ -566,60 +576,137 @@ fn unord(v: &mut Vasm, dst: usize, a: usize, b: usize) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The kernel of a square window on an `in_h x in_w` plane (even / odd lanes where
-    /// they apply, no prefetch).
-    fn square(w: Width, k: usize, stride: usize, pad: usize, hw: (usize, usize)) -> MaxPoolPlane {
-        let out = |n: usize| (n + 2 * pad - k) / stride + 1;
+    /// The kernel of a `kh x kw` window of strides `(sh, sw)` and pads `(ph, pw)` on an
+    /// `in_h x in_w` plane at `isa`, as a pool layer gets it but with even / odd lanes
+    /// where they apply and no prefetch, whatever the measuring knobs say.
+    fn plane(
+        isa: crate::Isa,
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (ph, pw): (usize, usize),
+        (in_h, in_w): (usize, usize),
+    ) -> MaxPoolPlane {
+        let spec = crate::jit::PoolSpec {
+            kind: crate::jit::PoolKind::Max,
+            channels: 1,
+            in_h,
+            in_w,
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            pad_h: ph,
+            pad_w: pw,
+        };
         MaxPoolPlane {
-            width: w,
-            kernel_h: k,
-            kernel_w: k,
-            stride_h: stride,
-            stride_w: stride,
-            in_h: hw.0,
-            in_w: hw.1,
-            pad_h: pad,
-            pad_w: pad,
-            out_h: out(hw.0),
-            out_w: out(hw.1),
             deinterleave: true,
             prefetch: 0,
+            ..spec.wide_max(isa).unwrap()
         }
     }
 
-    /// Every prefetched byte lies in the input plane (a prefetch does not fault, so the
-    /// guard-page tests cannot see one outside), on shapes with and without padding, odd
-    /// widths, strides 1 and 2, and prefetch distances up to past the plane's end; and
-    /// some rows prefetch wherever the plane is tall enough.
+    /// The input bytes, from the plane's first, that the emitted code prefetches: follows
+    /// `rcx` through each row class (`lea rcx, [rdi + d]`, its row count in `r8`, `add rcx,
+    /// step` per row) and collects `prefetcht0 [rcx + o]` for every row the class runs.
+    fn prefetched_bytes(code: &[u8]) -> Vec<i64> {
+        use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+        let ins: Vec<_> = Decoder::new(64, code, DecoderOptions::NONE)
+            .into_iter()
+            .collect();
+        let mut at = Vec::new();
+        let mut i = 0;
+        while i < ins.len() {
+            let lea = &ins[i];
+            i += 1;
+            if !(lea.mnemonic() == Mnemonic::Lea && lea.op0_register() == Register::RCX) {
+                assert!(
+                    lea.mnemonic() != Mnemonic::Prefetcht0,
+                    "a prefetch outside a row class"
+                );
+                continue;
+            }
+            assert_eq!(lea.memory_base(), Register::RDI);
+            let first = lea.memory_displacement64() as i64;
+            let rows = ins[i..]
+                .iter()
+                .find(|x| x.mnemonic() == Mnemonic::Mov && x.op0_register() == Register::R8)
+                .map(|x| x.immediate(1) as i64)
+                .unwrap();
+            let end = ins[i..]
+                .iter()
+                .position(|x| x.mnemonic() == Mnemonic::Lea && x.op0_register() == Register::RCX)
+                .map_or(ins.len(), |n| i + n);
+            let class = &ins[i..end];
+            let step = class
+                .iter()
+                .find(|x| {
+                    x.mnemonic() == Mnemonic::Add
+                        && x.op0_register() == Register::RCX
+                        && x.op1_kind() != OpKind::Register
+                })
+                .map(|x| x.immediate(1) as i64)
+                .unwrap();
+            for x in class
+                .iter()
+                .filter(|x| x.mnemonic() == Mnemonic::Prefetcht0)
+            {
+                assert_eq!(x.memory_base(), Register::RCX, "{x}");
+                assert_eq!(x.memory_index(), Register::None, "{x}");
+                let o = x.memory_displacement64() as i64;
+                at.extend((0..rows).map(|r| first + r * step + o));
+            }
+            i = end;
+        }
+        at
+    }
+
+    /// Every byte the emitted code prefetches lies in the input plane (a prefetch does not
+    /// fault, so the guard-page tests cannot see one outside), on windows with and without
+    /// padding, odd widths, vertical strides 1, 2 and 3 (taller and shorter than the window)
+    /// and prefetch distances up to past the plane's end; the rows asked for are the ones
+    /// [`MaxPoolPlane::prefetch_offsets`] names; and some rows prefetch wherever the plane is
+    /// tall enough.
     #[test]
     fn prefetches_stay_in_the_plane() {
-        for (k, stride, pad, in_h, in_w, prefetch) in [
-            (3, 2, 1, 112, 112, 6),
-            (3, 2, 0, 111, 111, 4),
-            (3, 1, 1, 28, 28, 2),
-            (2, 2, 0, 33, 35, 1),
-            (3, 2, 1, 9, 7, 3),
-            (3, 2, 1, 20, 17, 12),
+        for (window, in_h, in_w, prefetch) in [
+            ((3, 2, 1), 112, 112, 6),
+            ((3, 2, 0), 111, 111, 4),
+            ((3, 1, 1), 28, 28, 2),
+            ((2, 2, 0), 33, 35, 1),
+            ((3, 2, 1), 9, 7, 3),
+            ((3, 2, 1), 20, 17, 12),
+            ((5, 3, 2), 40, 21, 2),
+            ((1, 3, 0), 30, 19, 3),
+            ((2, 3, 1), 31, 40, 1),
         ] {
-            let plane = MaxPoolPlane {
-                prefetch,
-                ..square(Width::Z512, k, stride, pad, (in_h, in_w))
-            };
-            let size = (in_h * in_w * 4) as isize;
-            let mut rows = 0;
-            for (oy, n, _, pf) in plane.row_classes() {
-                for oy in (oy..oy + n).filter(|_| pf) {
-                    let top = (oy * stride) as isize - pad as isize;
-                    for o in plane.prefetch_offsets() {
-                        let at = top * (in_w * 4) as isize + o;
-                        assert!((0..size).contains(&at), "{plane:?}: row {oy} asks for {at}");
-                    }
-                    rows += 1;
+            let (kh, sh, ph) = window;
+            for isa in [crate::Isa::Avx2, crate::Isa::Avx512] {
+                let plane = MaxPoolPlane {
+                    prefetch,
+                    ..plane(isa, (kh, 3), (sh, 2), (ph, 1), (in_h, in_w))
+                };
+                let size = (in_h * in_w * 4) as i64;
+                let at = prefetched_bytes(&plane.emit().unwrap());
+                for &a in &at {
+                    assert!((0..size).contains(&a), "{plane:?}: asks for byte {a}");
                 }
+                let row = (in_w * 4) as i64;
+                let mut rows = 0;
+                for oy in 0..plane.out_h {
+                    let top = (oy * sh) as i64 - ph as i64;
+                    let last = top + (prefetch * sh + kh) as i64;
+                    if last <= in_h as i64 {
+                        let n = sh.min(kh) as i64;
+                        assert!(at.contains(&((last - n) * row)), "{plane:?}: row {oy}");
+                        assert!(at.contains(&(last * row - 1)), "{plane:?}: row {oy}");
+                        rows += 1;
+                    }
+                }
+                let lines = plane.prefetch_offsets().len();
+                assert_eq!(at.len(), rows * lines, "{plane:?}");
+                let tall = in_h + ph >= kh + prefetch * sh;
+                assert_eq!(rows > 0, tall, "{plane:?}: {rows} rows prefetch");
             }
-            let tall = in_h + pad >= k + prefetch * stride;
-            assert_eq!(rows > 0, tall, "{plane:?}: {rows} rows prefetch");
-            plane.emit().unwrap();
         }
     }
 
@@ -629,17 +716,18 @@ mod tests {
     /// results, and they need an AVX-512 host to run it, this does not.
     #[test]
     fn even_odd_lanes_only_for_short_stride_2_windows_at_avx512() {
-        for (width, k, stride, deinterleave, want) in [
-            (Width::Z512, 3, 2, true, true),
-            (Width::Z512, 2, 2, true, true),
-            (Width::Z512, 3, 2, false, false),
-            (Width::Z512, 4, 2, true, false),
-            (Width::Z512, 3, 1, true, false),
-            (Width::Y256, 3, 2, true, false),
+        use crate::Isa;
+        for (isa, k, stride, deinterleave, want) in [
+            (Isa::Avx512, 3, 2, true, true),
+            (Isa::Avx512, 2, 2, true, true),
+            (Isa::Avx512, 3, 2, false, false),
+            (Isa::Avx512, 4, 2, true, false),
+            (Isa::Avx512, 3, 1, true, false),
+            (Isa::Avx2, 3, 2, true, false),
         ] {
             let plane = MaxPoolPlane {
                 deinterleave,
-                ..square(width, k, stride, 0, (9, 111))
+                ..plane(isa, (k, k), (stride, stride), (0, 0), (9, 111))
             };
             let asm = super::super::vasm::disassemble(&plane.emit().unwrap());
             assert_eq!(asm.contains("vpermt2ps"), want, "{plane:?}");
