@@ -50,15 +50,15 @@ fn main() {
     // run, which on a loaded 2-vCPU host starved one model's worker (B/A 0.6 and 1.9 in turn,
     // session 13). The first run of each block (the other pool still spinning) is dropped.
     // Each pair of blocks is also filed under the host's phase, probed before it
-    // (`cross_core_us`: a line the other core wrote costs 2-2.5x in the slow phase).
+    // (`cross_core_us`: a line the other core wrote costs 2-2.5x in the slow phase). On a
+    // loaded host, both figures mean something only with the cores to itself (see
+    // examples/common/phase.rs).
     let block = if threads > 1 { 5 } else { 1 };
-    let probe_pool =
-        (threads > 1).then(|| cnnc::jit::ThreadPool::new(2, std::time::Duration::from_micros(200)));
     let mut times = [Vec::new(), Vec::new()];
     let mut phase = Vec::new();
     let t0 = Instant::now();
     while t0.elapsed().as_secs_f64() < seconds {
-        let probe = probe_pool.as_ref().map_or(0.0, cross_core_us);
+        let probe = if threads > 1 { cross_core_us() } else { 0.0 };
         for (i, m) in models.iter().enumerate() {
             for r in 0..block {
                 let t = Instant::now();

@@ -9,8 +9,9 @@
 //!
 //! `threadscale xcore [KB] [rounds]`: what touching data the other core wrote costs. Each
 //! round, two threads each write one half of a buffer of `KB` kilobytes (as a layer's two
-//! parts), then each reads (one load per line), overwrites, or reads in tile columns (3
-//! lines of each of 128 planes at a time, as the pointwise GEMM) one half: the one it wrote
+//! parts), then each reads (one load per line), overwrites, reads in tile columns (3 lines
+//! of each of 128 planes at a time, as the pointwise GEMM) or overwrites in tile columns (3
+//! lines of each of 16 planes, as a GEMM tile's stores) one half: the one it wrote
 //! (same) or the other thread's (cross), in turn; minima and medians of that phase.
 //!
 //! `threadscale GRAPH.yaml [rounds]`: a whole network compiled for 1 and for 2 threads,
@@ -36,6 +37,9 @@ fn main() {
     }
     if which == "xcore" {
         return cross_core(&args[2..]);
+    }
+    if which == "l3" {
+        return l3_reads(&args[2..]);
     }
     let spec = match which {
         "1x1" => ConvSpec {
@@ -123,12 +127,10 @@ fn network(path: &str, rounds: usize) {
     // hand-offs, the profile's own bookkeeping).
     let mut outside = [Vec::new(), Vec::new()];
     let mut names = Vec::new();
-    // Each round's phase (`phase::cross_core_us`), probed before the one-thread run so that
-    // the probe's worker has parked by the two-thread run.
-    let probe_pool = ThreadPool::new(2, Duration::from_micros(200));
+    // Each round's phase (`phase::cross_core_us`).
     let mut fast = Vec::new();
     for _ in 0..rounds {
-        fast.push(phase::cross_core_us(&probe_pool) < phase::FAST_BELOW_US);
+        fast.push(phase::cross_core_us() < phase::FAST_BELOW_US);
         for (i, m) in models.iter().enumerate() {
             let t = Instant::now();
             let (_, prof) = m.profile(&x).unwrap();
@@ -252,7 +254,7 @@ fn cross_core(args: &[String]) {
     };
     let sink = AtomicU32::new(0);
     let bufs: Vec<Mutex<Vec<u32>>> = (0..2).map(|_| Mutex::new(vec![0u32; half])).collect();
-    let times: Vec<Mutex<[Vec<f64>; 6]>> = (0..2).map(|_| Mutex::new(Default::default())).collect();
+    let times: Vec<Mutex<[Vec<f64>; 8]>> = (0..2).map(|_| Mutex::new(Default::default())).collect();
     std::thread::scope(|sc| {
         for me in 0..2 {
             let (bufs, times, barrier, sink) = (&bufs, &times, &barrier, &sink);
@@ -264,7 +266,7 @@ fn cross_core(args: &[String]) {
                     barrier(2 * round);
                     // Read same, read cross, write same, write cross, then reads in tile
                     // columns (same, cross).
-                    let mode = round % 6;
+                    let mode = round % 8;
                     let t = Instant::now();
                     let mut v = bufs[me ^ (mode & 1)].lock().unwrap();
                     if mode < 2 {
@@ -273,6 +275,15 @@ fn cross_core(args: &[String]) {
                         sink.fetch_xor(s, Ordering::Relaxed);
                     } else if mode < 4 {
                         v.fill(round as u32);
+                    } else if mode >= 6 {
+                        // As a GEMM tile stores: 3 lines of each of 16 planes, then the next.
+                        let plane = half / 16;
+                        for col in (0..plane).step_by(48) {
+                            for c in 0..16 {
+                                let end = (col + 48).min(plane);
+                                v[c * plane + col..c * plane + end].fill(round as u32);
+                            }
+                        }
                     } else {
                         // As a pointwise GEMM reads its input: 3 lines (48 floats) of each of
                         // 128 planes, then the next 3 lines of each.
@@ -301,6 +312,8 @@ fn cross_core(args: &[String]) {
         "writes cross",
         "columns same",
         "columns cross",
+        "col-writes same",
+        "col-writes cross",
     ];
     for (me, t) in times.iter().enumerate() {
         let mut t = t.lock().unwrap();
@@ -311,6 +324,42 @@ fn cross_core(args: &[String]) {
                 kb as f64 * 512.0 / median / 1e3
             );
         }
+    }
+}
+
+/// `threadscale l3 [MB] [rounds]`: two threads each read a buffer of their own of `MB`
+/// megabytes (larger than L2, as a network's weights), over and over, at the same time;
+/// each thread's time per pass (as each core's L3, or memory, delivers it).
+fn l3_reads(args: &[String]) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+    let arg = |i: usize, default: usize| args.get(i).map_or(default, |s| s.parse().unwrap());
+    let (mb, rounds) = (arg(0, 8), arg(1, 50));
+    let sink = AtomicU32::new(0);
+    let times: Vec<Mutex<Vec<f64>>> = (0..2).map(|_| Mutex::new(Vec::new())).collect();
+    std::thread::scope(|sc| {
+        for me in 0..2 {
+            let (times, sink) = (&times, &sink);
+            sc.spawn(move || {
+                let v: Vec<u32> = (0..mb << 18).map(|i| i as u32).collect();
+                for _ in 0..rounds {
+                    let t = Instant::now();
+                    let s = v.chunks(16).fold(0u32, |a, c| a ^ c[0]);
+                    sink.fetch_xor(s, Ordering::Relaxed);
+                    times[me]
+                        .lock()
+                        .unwrap()
+                        .push(t.elapsed().as_secs_f64() * 1e6);
+                }
+            });
+        }
+    });
+    for (me, t) in times.iter().enumerate() {
+        let (min, median) = min_median(&mut t.lock().unwrap());
+        println!(
+            "{mb} MB, thread {me}: min {min:.0} us, median {median:.0} us ({:.1} GB/s at the median)",
+            mb as f64 * 1.048576e6 / median / 1e3
+        );
     }
 }
 

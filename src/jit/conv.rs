@@ -934,8 +934,6 @@ impl Plan {
     fn chunks_per_part(&self) -> usize {
         match self {
             Plan::Implicit(d) => d.chunks_per_part(),
-            // Every call transforms all input channels.
-            Plan::Winograd(w) if w.one_job() => 1,
             _ => super::threads::CHUNKS_PER_PART,
         }
     }
@@ -1030,8 +1028,8 @@ impl PendingConv {
 #[derive(Clone)]
 struct Parts {
     prologue: PendingId,
-    /// Functions, their unit counts and chunks per thread (0: the plan's).
-    phases: Vec<(PendingId, usize, usize)>,
+    /// Functions and their unit counts.
+    phases: Vec<(PendingId, usize)>,
 }
 
 /// A convolution defined in a [`KernelModule`], not yet finalized.
@@ -1064,7 +1062,7 @@ impl KernelModule {
         let one_phase = |(id, parts): (PendingId, Option<(PendingId, PendingId)>)| {
             let parts = parts.map(|(prologue, compute)| Parts {
                 prologue,
-                phases: vec![(compute, units, 0)],
+                phases: vec![(compute, units)],
             });
             (id, parts)
         };
@@ -1096,15 +1094,12 @@ impl KernelModule {
             Plan::Winograd(w) => {
                 let f = w.emit(self)?;
                 let entry = define_entry(self, f.prologue, f.compute, spec.in_c)?;
-                let phases = vec![
-                    (f.products, w.product_units(), w.product_chunks_per_part()),
-                    (f.output, spec.out_c, 0),
-                ];
+                let phases = vec![(f.products, w.product_units()), (f.output, spec.out_c)];
                 let parts = Parts {
                     prologue: f.prologue,
                     phases,
                 };
-                (entry, (!w.one_job()).then_some(parts))
+                (entry, Some(parts))
             }
         };
         let pending = PendingConv {
@@ -1322,15 +1317,10 @@ impl Pending for PendingConv {
                     prologue_slots.into_array(),
                 )?;
                 let phases = (parts.phases.iter())
-                    .map(|&(id, units, chunks)| {
+                    .map(|&(id, units)| {
                         let slots = ConvBufs::<Slot>::new(spec, plan, shared);
-                        let chunks = if chunks == 0 {
-                            plan.chunks_per_part()
-                        } else {
-                            chunks
-                        };
                         Entry::new(code, id, units, slots.into_array())
-                            .map(|e| e.with_chunks_per_part(chunks))
+                            .map(|e| e.with_chunks_per_part(plan.chunks_per_part()))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 Some((prologue, phases))

@@ -45,7 +45,7 @@
 //! transform read the same `M` indices, all below `tp` (`T + tw4 - tw` rounded up to 4; dense:
 //! `T` rounded up). The GEMM writes `M` rows of real output channels only, and the output
 //! transform stores only the inside part of each tile, into the `K x oh x ow` output.
-use cranelift_codegen::ir::{condcodes::IntCC, InstBuilder, Value};
+use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{fits, off, F32, F32X4};
 use super::conv::{ConvBufs, ConvSpec, PROLOGUE_USES};
@@ -195,10 +195,6 @@ pub(crate) struct WinogradPlan {
     groups: Option<Box<Groups>>,
     /// The whole layout on the AVX-512 transforms ([`Wide`]).
     wide: Option<Box<Wide>>,
-    /// The products' units channel block major ([`Self::products_block_major`]).
-    block_major: bool,
-    /// On a pool, one job per layer ([`Self::one_job`]).
-    one_job: bool,
 }
 
 /// The tile-group-major schedule (session 8): per group of `rows` tile rows, the padded
@@ -312,10 +308,6 @@ fn extra_planes() -> usize {
         1
     }
 }
-
-/// The largest `V` (all positions) of a whole layout whose products go channel block major
-/// ([`WinogradPlan::products_block_major`]): L2's size.
-const BLOCK_MAJOR_V_BYTES: usize = 1 << 20;
 
 /// The largest transformed weights `U` (read by every group) of a grouped layer.
 const GROUPED_U_BYTES: usize = 1 << 20;
@@ -517,41 +509,14 @@ impl WinogradPlan {
 
     fn new(spec: ConvSpec, isa: Isa, algo: &'static Algo) -> Self {
         let mut plan = Self::f32x4_layout(spec, isa, algo);
-        if algo.tile == TILE {
-            plan.groups = plan.grouped_schedule(isa);
-            if plan.groups.is_none() && isa == Isa::Avx512 {
-                plan.wide = plan.wide_layout(isa).map(Box::new);
-            }
+        if algo.tile != TILE {
+            return plan;
         }
-        plan.block_major = plan.products_block_major();
-        plan.one_job =
-            plan.groups.is_none() && crate::knobs::forced("CNNC_WINOGRAD_ONE_JOB") == Some(true);
+        plan.groups = plan.grouped_schedule(isa);
+        if plan.groups.is_none() && isa == Isa::Avx512 {
+            plan.wide = plan.wide_layout(isa).map(Box::new);
+        }
         plan
-    }
-
-    /// Whether a pool runs the whole layout as one job over channel blocks, each thread
-    /// transforming every input channel into a scratch of its own and computing its blocks'
-    /// products and output channels, instead of three splits (prologue, products, output
-    /// transform) with a barrier between them: no `V` or `M` line crosses between the cores
-    /// and no barrier, for twice the input transform's work in all (`CNNC_WINOGRAD_ONE_JOB=1`,
-    /// to measure).
-    pub(crate) fn one_job(&self) -> bool {
-        self.one_job
-    }
-
-    /// Whether the whole layout's products take their units channel block major (`mb pos +
-    /// ξ`; each range still computed position by position): then the thread that computes a
-    /// block's `M` rows is the one that transforms them (the output transform splits the
-    /// output channels alike), and `M` stays in its core's cache; each thread reads all of
-    /// `V` instead of half, so only where `V` fits L2 ([`BLOCK_MAJOR_V_BYTES`]). Off unless
-    /// `CNNC_WINOGRAD_BLOCK_MAJOR=1` (to measure: a line the other core wrote costs 2-2.5x
-    /// one of its own when the two vCPUs sit on different dies, `examples/threadscale.rs
-    /// xcore`; SqueezeNet was 1.07-1.08x slower in the fast phase, session 13).
-    fn products_block_major(&self) -> bool {
-        let v_bytes = self.algo.pos() * self.layout().v_stride * 4;
-        self.groups.is_none()
-            && v_bytes <= BLOCK_MAJOR_V_BYTES
-            && crate::knobs::forced("CNNC_WINOGRAD_BLOCK_MAJOR") == Some(true)
     }
 
     /// The whole layout on the AVX-512 transforms (not grouped, at avx512) where its tile
@@ -630,8 +595,6 @@ impl WinogradPlan {
             gemm,
             groups: None,
             wide: None,
-            block_major: false,
-            one_job: false,
         }
     }
 
@@ -738,7 +701,7 @@ impl WinogradPlan {
     }
     /// Whether each thread of a pool needs a scratch of its own (`scratch_len` each).
     pub(crate) fn scratch_per_thread(&self) -> bool {
-        self.grouped() || self.one_job
+        self.grouped()
     }
     /// Floats of one channel's padded plane (grouped: of its group's rows).
     fn window_len(&self) -> usize {
@@ -911,22 +874,16 @@ impl WinogradPlan {
         })?;
         let (nmb, mr, k) = (self.gemm.channel_blocks(), self.gemm.mr(), self.spec.out_c);
         let pos = self.algo.pos();
-        let block_major = self.block_major;
         // Blocks `begin..end`: their units of each position, then their channels.
         let compute =
             km.define_calling::<ConvBufs<Value>>(&[products, output], move |e, begin, end| {
                 let (products, output, bufs) = (e.callees[0], e.callees[1], e.bufs);
-                if block_major {
-                    let (u0, u1) = (e.mul_imm(begin, pos as i64), e.mul_imm(end, pos as i64));
+                e.for_const(0, pos as i64, 1, |e, xi| {
+                    let first = e.mul_imm(xi, nmb as i64);
+                    let (u0, u1) = (e.b.ins().iadd(first, begin), e.b.ins().iadd(first, end));
                     e.b.ins().call(products, &[bufs, u0, u1]);
-                } else {
-                    e.for_const(0, pos as i64, 1, |e, xi| {
-                        let first = e.mul_imm(xi, nmb as i64);
-                        let (u0, u1) = (e.b.ins().iadd(first, begin), e.b.ins().iadd(first, end));
-                        e.b.ins().call(products, &[bufs, u0, u1]);
-                        Ok(())
-                    })?;
-                }
+                    Ok(())
+                })?;
                 let k0 = e.mul_imm(begin, mr as i64);
                 let k1 = e.mul_imm(end, mr as i64);
                 let kmax = e.iconst(k as i64);
@@ -1262,16 +1219,9 @@ impl WinogradPlan {
     /// Units of the products: one per position and channel block, position major, so
     /// that a range keeps one `V[ξ]` in cache for all its blocks, and two threads read
     /// half of `V` and of `U` each, in parts equal to a unit (a 64-channel layer has 5
-    /// blocks of 14 at avx512: split by blocks, one thread did 3 and the other 2); or
-    /// channel block major ([`Self::products_block_major`]), the same count.
+    /// blocks of 14 at avx512: split by blocks, one thread did 3 and the other 2).
     pub(crate) fn product_units(&self) -> usize {
         self.algo.pos() * self.gemm.channel_blocks()
-    }
-
-    /// Chunks per thread of the products on a pool (0: the default): block major, one, since
-    /// every chunk reads all of `V`.
-    pub(crate) fn product_chunks_per_part(&self) -> usize {
-        usize::from(self.block_major)
     }
 
     /// The GEMM of position `ξ` over `V`, `U` and `M`.
@@ -1288,28 +1238,9 @@ impl WinogradPlan {
     }
 
     /// `M[ξ] = U[ξ] V[ξ]` for channel block `mb` for the units `ξ nmb + mb` in
-    /// `begin..end` (block major: `mb pos + ξ`, position by position, so that each `V[ξ]`
-    /// is read once per range).
+    /// `begin..end`.
     fn products(&self, e: &mut Emit, b: &ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
         let nmb = self.gemm.channel_blocks() as i64;
-        if self.block_major {
-            let pos = self.algo.pos() as i64;
-            let mb_lo = e.b.ins().udiv_imm_s(begin, pos);
-            let mb_hi = e.add_imm(end, pos - 1);
-            let mb_hi = e.b.ins().udiv_imm_s(mb_hi, pos);
-            let len = e.b.ins().isub(end, begin);
-            return e.for_const(0, pos, 1, |e, xi| {
-                let ptr = self.position(e, b, xi);
-                e.for_range(mb_lo, mb_hi, 1, |e, mb| {
-                    let u = e.mul_imm(mb, pos);
-                    let u = e.b.ins().iadd(u, xi);
-                    // `u` in `begin..end`: `u - begin < end - begin` unsigned.
-                    let d = e.b.ins().isub(u, begin);
-                    let inside = e.b.ins().icmp(IntCC::UnsignedLessThan, d, len);
-                    e.when(inside, |e| self.gemm.block_row(e, &ptr, mb))
-                })
-            });
-        }
         e.for_range(begin, end, 1, |e, u| {
             let xi = e.b.ins().udiv_imm_s(u, nmb);
             let first = e.mul_imm(xi, nmb);
