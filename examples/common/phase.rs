@@ -18,6 +18,9 @@ pub const FAST_BELOW_US: f64 = 10.0;
 /// meeting at a spinning barrier (a pool's late worker would leave both halves to one
 /// thread); the mean of the two reads, NaN if the other thread did not run within 5 ms.
 pub fn cross_core_us() -> f64 {
+    // Past any pool worker's spin after its last job (200 us): a spinning worker could hold
+    // a core, leaving the two probe threads on one core (which reads as the fast phase).
+    std::thread::sleep(std::time::Duration::from_millis(1));
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::Mutex;
     let halves = [
