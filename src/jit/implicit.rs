@@ -45,9 +45,12 @@ use crate::error::{Error, Result};
 /// (`CNNC_PANEL_KB=n`, a measuring knob.)
 const PANEL_BYTES: usize = 192 * 1024;
 
-/// [`PANEL_BYTES`], or `CNNC_PANEL_KB=n` KB (to measure).
+/// [`PANEL_BYTES`], or `CNNC_PANEL_KB=n` KB (to measure), at most [`MAX_PANEL_BYTES`]: the
+/// panel is on the stack of a pool worker (Rust's default 2 MB), whose size was checked
+/// against that worst case.
 fn panel_bytes() -> usize {
-    crate::knobs::number::<usize>("CNNC_PANEL_KB").map_or(PANEL_BYTES, |k| k * 1024)
+    crate::knobs::number::<usize>("CNNC_PANEL_KB")
+        .map_or(PANEL_BYTES, |k| k.min(MAX_PANEL_BYTES / 1024) * 1024)
 }
 /// Beyond this a single input channel's taps do not fit a panel: such filters (over 500
 /// taps with zmm) stay on the f32x4 direct kernel.
@@ -1185,6 +1188,32 @@ mod tests {
             // rule still prefetches ahead.
             assert!(narrower_successor, "{spec:?}: no narrower last strip");
             assert!(ahead > 0, "{spec:?}: no strip prefetches its successor");
+        }
+    }
+
+    /// The shapes `tests/jit_kernels.rs` and `tests/jit_guard_pages.rs` give for reduction
+    /// blocks of the large panels strip by strip still make them (a change of
+    /// [`PANEL_BYTES`] would otherwise turn those tests into repeats of one-block cases).
+    #[test]
+    fn large_panel_test_shapes_have_reduction_blocks() {
+        for (spec, width, blocks) in [
+            (ConvSpec::square(400, 9, 15, 3, 2, 1), Width::Z512, 3),
+            (
+                ConvSpec {
+                    in_w: 8,
+                    ..ConvSpec::square(400, 9, 15, 3, 2, 1)
+                },
+                Width::Z512,
+                3,
+            ),
+            (ConvSpec::square(700, 21, 9, 3, 1, 1), Width::Z512, 7),
+            (ConvSpec::square(700, 21, 9, 3, 1, 1), Width::Y256, 3),
+        ] {
+            if crate::knobs::number::<usize>("CNNC_PANEL_KB").is_some() {
+                return; // the measuring knob sets the panels
+            }
+            let g = ImplicitGemm::new(spec, width).unwrap();
+            assert_eq!((g.nkb, g.grouped), (blocks, false), "{spec:?} at {width:?}");
         }
     }
 }
