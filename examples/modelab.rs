@@ -1,9 +1,10 @@
 //! A/B timing of a whole network compiled two ways: `modelab GRAPH.yaml VAR A B [SECONDS]`
 //! compiles the graph with environment variable VAR=A and VAR=B (`-`: unset), checks that
 //! both give the same bits, then alternates single runs of the two models (`CNNC_THREADS=n`
-//! threads each, default 1; at two or more, blocks of 5 runs, the first of each dropped) and prints both medians and minima and the median ratio of the
-//! pairs (B/A). As `examples/convab.rs` for one layer: on a shared host only figures
-//! measured alternately in one process compare.
+//! threads each, default 1; at two or more, blocks of 5 runs, the first of each dropped)
+//! and prints both medians and minima and the median ratio of the pairs (B/A). As
+//! `examples/convab.rs` for one layer: on a shared host only figures measured alternately
+//! in one process compare.
 use std::time::Instant;
 
 #[path = "common/phase.rs"]

@@ -176,18 +176,20 @@ fn network(path: &str, rounds: usize) {
             *sum += v;
         }
         println!(
-            "{name:<8} {a:>10.3} {f:>11.3} {sl:>11.3} {:>7.2} {:>7.2}  {op}",
-            a / f,
-            a / sl
+            "{name:<8} {a:>10.3} {:>11} {:>11} {:>7} {:>7}  {op}",
+            cell(f, 3),
+            cell(sl, 3),
+            cell(a / f, 2),
+            cell(a / sl, 2)
         );
     }
     println!(
-        "sum of minima: {:.3} / {:.3} (fast) / {:.3} (slow) ms = {:.2}x / {:.2}x",
+        "sum of minima: {:.3} / {} (fast) / {} (slow) ms = {}x / {}x",
         sums[0],
-        sums[1],
-        sums[2],
-        sums[0] / sums[1],
-        sums[0] / sums[2]
+        cell(sums[1], 3),
+        cell(sums[2], 3),
+        cell(sums[0] / sums[1], 2),
+        cell(sums[0] / sums[2], 2)
     );
     for (i, t) in totals.iter_mut().enumerate() {
         let (min, median) = min_median(t);
@@ -204,6 +206,16 @@ fn network(path: &str, rounds: usize) {
             let name = if f { "fast" } else { "slow" };
             println!("2 threads, {name} phase: min {min:.3} ms, median {median:.3} ms");
         }
+    }
+}
+
+/// `v` with `decimals` decimals, or "-" where a phase had no round (its minimum infinite,
+/// a ratio to it zero).
+fn cell(v: f64, decimals: usize) -> String {
+    if v.is_finite() && v != 0.0 {
+        format!("{v:.decimals$}")
+    } else {
+        "-".to_string()
     }
 }
 
