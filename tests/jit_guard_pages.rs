@@ -212,6 +212,16 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (17, 22, 13, 18, 3, 1, 1),
         (19, 38, 10, 16, 3, 1, 0),
         (16, 4, 62, 16, 3, 1, 1),
+        // The AVX2 transforms (avx2; every Winograd row above too): rows of 3 vectors of 8
+        // tiles whose last has 2 (the output's last row's last vector masked to 6 lanes at
+        // the buffer's end), rows of 32 pixels (unmasked stores up to the end), one tile
+        // row of 2 output rows of 41 pixels (one lane).
+        (17, 11, 70, 19, 3, 1, 1),
+        (16, 9, 32, 16, 3, 1, 1),
+        (18, 2, 39, 17, 3, 1, 2),
+        // ... rows of 4 tiles two to a vector: 5 tile rows (the last call's second past the
+        // grid: the padded plane's last rows), 15 pixels (the edge's vector of 7 lanes).
+        (16, 18, 15, 18, 3, 1, 1),
         // Winograd F(2x2, 3x3) (every shape above too): 8x8 (VGG-CIFAR's), a dense grid of
         // 3x3 tiles with a last column and row of one pixel, rows of 9 tiles (a partial
         // last group of 4 running over into the next row), one tile row, and `U` above 1 MB

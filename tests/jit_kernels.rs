@@ -416,7 +416,11 @@ fn split_pools() -> &'static [ThreadPool; 2] {
 /// row; groups of 1 and 2 tile rows, the last one reaching past the grid; partial last tile
 /// rows and columns; pads 0 and 1), and the grids of rows of up to 8 tiles that are not
 /// dense run the whole layout on them (`W`), rows of up to 8 (4) tiles stacked 2 (4) to a
-/// vector.
+/// vector. At avx2 every grid that is not dense runs the AVX2 transforms on 8 tiles per
+/// vector ("ymm transforms"): rows of 1-3 vectors, the last vector with 1-8 real tiles,
+/// output widths at every remainder of 8 (the masked right edge), last tile rows of 1-4
+/// output rows, rows of 4 tiles two to a vector; at avx512 too, where neither zmm layout
+/// applies and the rows have 9 tiles or more.
 #[test]
 fn conv_winograd_every_isa_on_a_pool() {
     let mut seed = 2000;
@@ -453,12 +457,41 @@ fn conv_winograd_every_isa_on_a_pool() {
         (96, 26, 30, 80, 1, W),
         (96, 10, 62, 80, 1, F),
         (96, 14, 14, 80, 1, W),
+        // The AVX2 transforms: rows of 18 tiles (3 vectors, the last with 2 tiles; 70
+        // pixels: 6 lanes of the right edge's vector), of 8 tiles (one vector, 32 pixels:
+        // no masked edge), 11 tiles (41 pixels: one lane), 9 tiles (33 pixels, a vector
+        // of one tile), a last tile row of 1 output row.
+        (17, 11, 70, 19, 1, F),
+        (16, 9, 32, 16, 1, W),
+        (18, 13, 39, 17, 2, F),
+        (16, 17, 35, 20, 0, F),
+        (20, 5, 94, 16, 1, F),
+        // Rows of 4 tiles, two to a vector: 13x13 (4 tile rows, the last of one output
+        // row), 5 tile rows (the last call's second past the grid) of 15 and 14 pixels.
+        (20, 13, 13, 24, 1, W),
+        (16, 18, 15, 18, 1, W),
+        (17, 22, 16, 16, 0, W),
     ] {
         for isa in cnnc::Isa::host_levels() {
             let mut s = spec(c, h, w, k, 3, 3, (1, 1), (p, p));
             (s.bias, s.residual, s.relu) = (seed % 2 == 0, seed % 3 != 0, true);
             let (_, _, micro) = check_conv_with(&s, seed, Some(isa), Some(ConvMethod::Winograd));
             let zmm = isa == cnnc::Isa::Avx512 && at_avx512 != F;
+            let (oh, ow) = (s.out_h(), s.out_w());
+            let dense = ow.div_ceil(4) % 4 != 0 && oh.div_ceil(4) * ow.div_ceil(4) <= 16;
+            // At avx512 where neither zmm layout applies: rows of 9 tiles or more.
+            let ymm = !dense
+                && ow > 12
+                && match isa {
+                    cnnc::Isa::Avx2 => true,
+                    cnnc::Isa::Avx512 => at_avx512 == F && ow > 32,
+                    cnnc::Isa::Sse => false,
+                };
+            assert_eq!(
+                micro.contains("ymm transforms"),
+                ymm,
+                "{s:?} at {isa}: {micro}"
+            );
             assert_eq!(
                 micro.contains("zmm transforms"),
                 zmm,

@@ -53,7 +53,8 @@ use super::epilogue::Epilogue;
 use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs};
 use super::implicit::STREAMED_WEIGHTS_BYTES;
 use super::module::{Emit, KernelModule, MicroId, PendingId};
-use super::x86::winograd::{WinogradInput, WinogradOutput, LANES};
+use super::x86::winograd::{OutputStore, WinogradInput, WinogradOutput, LANES};
+use super::x86::winograd_ymm::{YmmInput, YmmOutput, YMM_LANES};
 use crate::error::Result;
 use crate::options::Isa;
 
@@ -63,7 +64,7 @@ const ALPHA: usize = 6;
 const POS: usize = ALPHA * ALPHA;
 
 /// Input transform `Bᵀ` of F(4x4, 3x3) (interpolation points 0, ±1, ±2, ∞).
-const BT: [[f32; ALPHA]; ALPHA] = [
+pub(crate) const BT: [[f32; ALPHA]; ALPHA] = [
     [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
     [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
     [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
@@ -72,7 +73,7 @@ const BT: [[f32; ALPHA]; ALPHA] = [
     [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
 ];
 /// Output transform `Aᵀ`.
-const AT: [[f32; ALPHA]; TILE] = [
+pub(crate) const AT: [[f32; ALPHA]; TILE] = [
     [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
     [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
     [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
@@ -195,6 +196,8 @@ pub(crate) struct WinogradPlan {
     groups: Option<Box<Groups>>,
     /// The whole layout on the AVX-512 transforms ([`Wide`]).
     wide: Option<Box<Wide>>,
+    /// The whole layout on the AVX2 transforms ([`Ymm`]).
+    ymm: Option<Box<Ymm>>,
 }
 
 /// The tile-group-major schedule (session 8): per group of `rows` tile rows, the padded
@@ -247,6 +250,24 @@ struct Wide {
     last_output: Option<WinogradOutput>,
 }
 
+/// The whole layout's transforms on ymm (avx2, F(4x4), grids not dense; session 13): per
+/// tile row, the input transform of an input channel's padded rows and the output transform
+/// of an output channel's `M` rows, 8 tiles per vector ([`super::x86::winograd_ymm`]), with
+/// the operations of the f32x4 transforms in their order, so the same bits. The tile rows
+/// follow each other in `V` and `M` `tw` tiles apart as in the f32x4 layout: a row's last
+/// vector runs over into the next row's first slots (which the next call, for the same
+/// channel, writes after it) or, on the last row, past the grid (`tp` covers it).
+#[derive(Clone, Debug)]
+struct Ymm {
+    /// Tile rows per call ([`YmmInput::stack`]).
+    stack: usize,
+    input: YmmInput,
+    /// The output transforms of the calls whose tile rows have 4 output rows, and of the
+    /// last call when its have fewer (or its second lies past the grid).
+    output: YmmOutput,
+    last_output: Option<YmmOutput>,
+}
+
 /// The AVX-512 output transform of a layer `s` whose `M` rows hold `cols` tiles, for
 /// calls of `vectors` vectors of `stack` tile rows, of `rows` output rows each.
 fn output_spec(
@@ -255,18 +276,41 @@ fn output_spec(
     rows: [usize; 4],
     cols: usize,
 ) -> WinogradOutput {
-    let ep = s.epilogue();
     WinogradOutput {
         vectors,
         stack,
         rows,
+        store: output_store(s, skewed(s.out_c * cols)),
+    }
+}
+
+/// What the x86 output transforms of a layer `s` read and store besides `M`'s tile rows,
+/// `M`'s positions `m_stride` floats apart.
+fn output_store(s: &ConvSpec, m_stride: usize) -> OutputStore {
+    let ep = s.epilogue();
+    OutputStore {
         ow: s.out_w(),
-        m_stride: skewed(s.out_c * cols),
+        m_stride,
         bias: ep.bias,
         residual: ep.residual,
         relu: ep.relu,
         clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
     }
+}
+
+/// Output rows of each of the `N` tile rows of a call of the x86 output transforms that
+/// covers `stack` tile rows (4, 0 past `stack`), and of the last call's where they differ
+/// (fewer than 4, or 0 past the grid) on an output of `oh` rows.
+fn call_rows<const N: usize>(oh: usize, stack: usize) -> ([usize; N], Option<[usize; N]>) {
+    let full = std::array::from_fn(|j| if j < stack { TILE } else { 0 });
+    let per_call = TILE * stack;
+    let last = (!oh.is_multiple_of(per_call)).then(|| {
+        let first = oh / per_call * per_call;
+        std::array::from_fn(|j| {
+            (oh.saturating_sub(first + TILE * j)).min(TILE) * usize::from(j < stack)
+        })
+    });
+    (full, last)
 }
 
 /// The whole layout's GEMM over `tp` tiles: [`gemm_spec`], prefetching the weights where
@@ -516,7 +560,63 @@ impl WinogradPlan {
         if plan.groups.is_none() && isa == Isa::Avx512 {
             plan.wide = plan.wide_layout(isa).map(Box::new);
         }
+        if plan.groups.is_none() && plan.wide.is_none() && isa != Isa::Sse {
+            plan.ymm = plan.ymm_layout(isa).map(Box::new);
+        }
         plan
+    }
+
+    /// The whole layout on the AVX2 transforms ([`Ymm`]) at avx2, and the plan's `tp`, `hp`,
+    /// `wp` and GEMM for it: rows of `V` and `M` as the f32x4 layout's, but vectors of 8
+    /// tiles (the last row's runs `8 vectors - tw` tiles past the grid), and padded rows of
+    /// `32 vectors + 8` floats (each vector reads 5 ymm from its first tile's column). Rows
+    /// of 4 tiles two to a vector (an even number of tile rows, the last past the grid
+    /// where `th` is odd). `None` for dense grids, rows of fewer than 4 tiles, and with
+    /// `CNNC_WINOGRAD_YMM=0` (the f32x4 transforms, to measure).
+    fn ymm_layout(&mut self, isa: Isa) -> Option<Ymm> {
+        let (th, tw, spec) = (self.th, self.tw, self.spec);
+        #[cfg(test)]
+        let off = tests::NO_YMM.with(|f| f.get());
+        #[cfg(not(test))]
+        let off = false;
+        if self.dense || tw < TILE || off || crate::knobs::off("CNNC_WINOGRAD_YMM") {
+            return None;
+        }
+        let stack = if tw == TILE { 2 } else { 1 };
+        let vectors = tw.div_ceil(YMM_LANES);
+        let rows = th.next_multiple_of(stack);
+        let (tp, wp) = match stack {
+            1 => (
+                th * tw + YMM_LANES * vectors - tw,
+                TILE * YMM_LANES * vectors + 8,
+            ),
+            _ => (rows * tw, 24),
+        };
+        let tp = tp.next_multiple_of(4);
+        let gemm = whole_gemm(&spec, tp, isa, POS);
+        if gemm.mr() != self.gemm.mr() {
+            return None;
+        }
+        (self.tp, self.hp, self.wp, self.gemm) = (tp, TILE * rows + 2, wp, gemm);
+        let lay = self.layout();
+        let output = |rows| YmmOutput {
+            vectors,
+            stack,
+            rows,
+            store: output_store(&spec, lay.m_stride),
+        };
+        let (full, last) = call_rows(spec.out_h(), stack);
+        Some(Ymm {
+            stack,
+            input: YmmInput {
+                vectors,
+                stack,
+                wp,
+                v_stride: lay.v_stride,
+            },
+            output: output(full),
+            last_output: last.map(output),
+        })
     }
 
     /// The whole layout on the AVX-512 transforms (not grouped, at avx512) where its tile
@@ -555,23 +655,14 @@ impl WinogradPlan {
             direct: None,
             stack,
         };
-        let rows_of = |j: usize| if j < stack { TILE } else { 0 };
-        let full = output_spec(&spec, (vectors, stack), std::array::from_fn(rows_of), tp);
-        // The last call's tile rows: 4 output rows, fewer, or none (past the grid).
-        let (oh, per_call) = (spec.out_h(), TILE * stack);
-        let last = (oh % per_call != 0).then(|| {
-            let first = oh / per_call * per_call;
-            let rows = std::array::from_fn(|j| {
-                (oh.saturating_sub(first + TILE * j)).min(TILE) * usize::from(j < stack)
-            });
-            output_spec(&spec, (vectors, stack), rows, tp)
-        });
+        let (full, last) = call_rows(spec.out_h(), stack);
+        let output = |rows| output_spec(&spec, (vectors, stack), rows, tp);
         Some(Wide {
             stack,
             row_tiles,
             input,
-            output: full,
-            last_output: last,
+            output: output(full),
+            last_output: last.map(output),
         })
     }
 
@@ -595,6 +686,7 @@ impl WinogradPlan {
             gemm,
             groups: None,
             wide: None,
+            ymm: None,
         }
     }
 
@@ -618,8 +710,10 @@ impl WinogradPlan {
                 stack: 1,
             };
             let output = |rows| WinogradOutput {
-                m_stride: stride,
-                ..output_spec(&spec, (vectors, 1), [rows, 0, 0, 0], cols)
+                vectors,
+                stack: 1,
+                rows: [rows, 0, 0, 0],
+                store: output_store(&spec, stride),
             };
             let last = spec.out_h() % TILE;
             // The same packing of `U` as the whole layout's GEMM (the f32x4 fallback of a
@@ -753,6 +847,9 @@ impl WinogradPlan {
                 self.gemm.micro_kernel(),
                 w.stack
             ),
+            (None, None) if self.ymm.is_some() => {
+                format!("{}, ymm transforms", self.gemm.micro_kernel())
+            }
             (None, None) => self.gemm.micro_kernel(),
         }
     }
@@ -958,6 +1055,15 @@ impl WinogradPlan {
     /// The AVX-512 transforms of the whole layout ([`Wide`]; none without): the input
     /// transform, and the output transforms (full calls, then the last one's).
     fn wide_micros(&self, km: &mut KernelModule) -> Result<(Vec<MicroId>, Vec<MicroId>)> {
+        if let Some(y) = &self.ymm {
+            let input = km.add_micro_once(2, "winograd ymm input", &y.input, |i| i.emit())?;
+            let mut outputs =
+                vec![km.add_micro_once(4, "winograd ymm output", &y.output, |o| o.emit())?];
+            if let Some(last) = &y.last_output {
+                outputs.push(km.add_micro_once(4, "winograd ymm output", last, |o| o.emit())?);
+            }
+            return Ok((vec![input], outputs));
+        }
         let Some(w) = &self.wide else {
             return Ok((Vec::new(), Vec::new()));
         };
@@ -991,13 +1097,21 @@ impl WinogradPlan {
                 0.0,
             )?;
             let vc = e.addr(vbase, c, lay.row * 4);
-            if let Some(w) = &self.wide {
+            // The x86 transforms: a call per `stack` tile rows, `row_tiles` apart in `V`.
+            let calls = match (&self.wide, &self.ymm) {
+                (Some(w), _) => Some((w.stack, w.row_tiles)),
+                (None, Some(y)) => Some((y.stack, self.tw)),
+                (None, None) => None,
+            };
+            if let Some((stack, row_tiles)) = calls {
                 // Bounds: call i reads padded rows `4 stack i .. 4 stack i + 4 stack + 2 <=
-                // hp` and writes `V` floats `stack i row_tiles ..` of its `stack` tile rows.
-                let calls = (self.hp - 2) / (TILE * w.stack);
-                return e.for_const(0, calls as i64, 1, |e, i| {
-                    let prow = e.addr(pc, i, TILE * w.stack * self.wp * 4);
-                    let vrow = e.addr(vc, i, w.stack * w.row_tiles * 4);
+                // hp`, floats below `wp` of each, and writes `V` floats `stack i row_tiles
+                // ..` of its `stack` tile rows (its vectors within `tp`) of each position's
+                // row of channel c.
+                let n = (self.hp - 2) / (TILE * stack);
+                return e.for_const(0, n as i64, 1, |e, i| {
+                    let prow = e.addr(pc, i, TILE * stack * self.wp * 4);
+                    let vrow = e.addr(vc, i, stack * row_tiles * 4);
                     e.b.ins().call(e.micros[0], &[prow, vrow]);
                     Ok(())
                 });
@@ -1280,7 +1394,7 @@ impl WinogradPlan {
             let bp = e.addr(w, kk, 4);
             let bp = e.add_imm(bp, (self.algo.pos() * wl * 4) as i64);
             let bias = match (s.bias, &self.wide) {
-                (true, None) => {
+                (true, None) if self.ymm.is_none() => {
                     let b = e.load(F32, bp, off(0));
                     Some((b, e.b.ins().splat(F32X4, b)))
                 }
@@ -1293,7 +1407,12 @@ impl WinogradPlan {
                 bias,
             };
             if let Some(w) = &self.wide {
-                return self.output_wide(e, w, &ch, bp);
+                let calls = (w.stack, w.row_tiles, w.last_output.is_some());
+                return self.output_calls(e, &ch, bp, calls);
+            }
+            if let Some(y) = &self.ymm {
+                let calls = (y.stack, self.tw, y.last_output.is_some());
+                return self.output_calls(e, &ch, bp, calls);
             }
             if self.dense {
                 self.output_dense(e, &ch);
@@ -1312,17 +1431,26 @@ impl WinogradPlan {
         })
     }
 
-    /// The output transform of one output channel ([`Wide`]): a call of the AVX-512
-    /// transform per `stack` tile rows (`e.micros[0]`; the last call, when its tile rows
-    /// have fewer than 4 output rows or lie past the grid, `e.micros[1]`), `bp` its bias.
-    fn output_wide(&self, e: &mut Emit, w: &Wide, ch: &Channel, bp: Value) -> Result<()> {
+    /// The output transform of one output channel on the x86 transforms ([`Wide`],
+    /// [`Ymm`]): a call per `stack` tile rows (`e.micros[0]`; the last, when its tile rows
+    /// have fewer than 4 output rows or lie past the grid (`last`), `e.micros[1]`), the tile
+    /// rows `row_tiles` apart in `M`, `bp` the channel's bias.
+    fn output_calls(
+        &self,
+        e: &mut Emit,
+        ch: &Channel,
+        bp: Value,
+        (stack, row_tiles, last): (usize, usize, bool),
+    ) -> Result<()> {
         let (oh, ow) = (self.spec.out_h(), self.spec.out_w());
-        // Bounds: call i stores output rows `4 stack i + 4 j + a` for `a < rows[j]`, all
-        // below `oh` (the full calls: `4 stack (i + 1) <= oh`).
-        let per_call = TILE * w.stack;
+        // Bounds: call i reads the `M` floats of its tile rows (`stack i row_tiles ..`, its
+        // vectors within `tp`), and stores output rows `4 stack i + 4 j + a` for `a <
+        // rows[j]`, all below `oh` (the full calls: `4 stack (i + 1) <= oh`), columns below
+        // `ow`.
+        let per_call = TILE * stack;
         let at = |e: &mut Emit, i: Value| {
             [
-                e.addr(ch.m, i, w.stack * w.row_tiles * 4),
+                e.addr(ch.m, i, stack * row_tiles * 4),
                 e.addr(ch.out, i, per_call * ow * 4),
                 e.addr(ch.res, i, per_call * ow * 4),
                 bp,
@@ -1333,7 +1461,7 @@ impl WinogradPlan {
             e.b.ins().call(e.micros[0], &args);
             Ok(())
         })?;
-        if w.last_output.is_some() {
+        if last {
             let i = e.iconst((oh / per_call) as i64);
             let args = at(e, i);
             e.b.ins().call(e.micros[1], &args);
@@ -1539,6 +1667,8 @@ mod tests {
     thread_local! {
         /// Tile rows per group for the plans this thread makes (`None`: the default).
         pub(super) static ROWS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+        /// Whether the plans this thread makes keep the f32x4 transforms (no [`Ymm`]).
+        pub(super) static NO_YMM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     /// Which layers run tile group by tile group ([`WinogradPlan::group_rows`]): where `U`
@@ -1599,6 +1729,69 @@ mod tests {
         }
     }
 
+    /// The AVX2 transforms ([`Ymm`]) give the bits of the f32x4 ones they replace: the same
+    /// operations on every value. Grids of 1-3 vectors of 8 tiles a row, rows of 4 tiles
+    /// two to a vector, every remainder of tiles in the last vector, output widths at every
+    /// remainder of 8 (the masked right edge) and of 4 (overhanging tiles), last tile rows
+    /// of 1-4 output rows, padding 0-2, channel counts off the GEMM's blocks, every
+    /// epilogue (ReLU6's clip too). NaN-poisoned outputs: every output written, and finite.
+    /// At avx2, and at avx512 (not grouped here) where the rows have 9 tiles or more.
+    #[test]
+    fn ymm_transforms_give_the_bits_of_the_f32x4_ones() {
+        let mut shapes = 0;
+        for (c, h, w, k, pad) in [
+            (16, 18, 18, 16, 1),
+            (17, 23, 33, 19, 0),
+            (16, 21, 50, 20, 1),
+            (20, 10, 66, 17, 2),
+            (16, 13, 70, 16, 1),
+            (18, 9, 35, 22, 1),
+            (16, 17, 95, 18, 0),
+            (24, 31, 14, 24, 1),
+            (16, 14, 20, 16, 1),
+            // Rows of 4 tiles, two to a vector: an even number of tile rows (the last of 1
+            // output row), an odd one (the last call's second row past the grid), output
+            // widths 13-16.
+            (20, 13, 13, 17, 1),
+            (16, 18, 15, 18, 1),
+            (17, 22, 16, 16, 0),
+            (16, 30, 14, 16, 1),
+        ] {
+            for (ep, isa) in (0..4).flat_map(|ep| [(ep, Isa::Avx2), (ep, Isa::Avx512)]) {
+                if !Isa::host_levels().contains(&isa) {
+                    continue;
+                }
+                let mut s = ConvSpec::square(c, h, k, 3, 1, pad);
+                s.in_w = w;
+                (s.bias, s.relu, s.residual) = (ep != 1, ep >= 2, ep % 2 == 1);
+                if ep == 3 {
+                    s.clip = Some(crate::jit::Clip::RELU6);
+                }
+                ROWS.with(|r| r.set(Some(0)));
+                let ymm = WinogradPlan::new(s, isa, &F4).ymm.is_some();
+                assert_eq!(ymm, isa == Isa::Avx2 || s.out_w() > 32, "{s:?} at {isa}");
+                if !ymm {
+                    ROWS.with(|r| r.set(None));
+                    continue;
+                }
+                NO_YMM.with(|f| f.set(true));
+                assert!(WinogradPlan::new(s, isa, &F4).ymm.is_none());
+                let f32x4 = run(&s, isa, true).0;
+                NO_YMM.with(|f| f.set(false));
+                let ymm = run(&s, isa, true).0;
+                ROWS.with(|r| r.set(None));
+                assert!(ymm.iter().all(|v| v.is_finite()), "{s:?} at {isa}");
+                let same = ymm.iter().zip(&f32x4);
+                assert!(
+                    same.into_iter().all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{s:?} at {isa}: the ymm transforms give other bits"
+                );
+                shapes += 1;
+            }
+        }
+        assert!(shapes >= 52, "{shapes}");
+    }
+
     /// The output of `s` by Winograd at `isa`, with the transforms compiled without the
     /// optimiser (`quick`) or with it, and the bytes of machine code.
     fn run(s: &ConvSpec, isa: Isa, quick: bool) -> (Vec<f32>, usize) {
@@ -1610,11 +1803,12 @@ mod tests {
         km.compile_pending(None).unwrap();
         let code_bytes = km.take_listings().iter().map(|l| l.code_bytes).sum();
         let (w, b) = (values(s.weight_len(), 1), values(s.out_c, 2));
-        let packed = p.pack_weights(&w, Some(&b)).unwrap();
+        let packed = p.pack_weights(&w, s.bias.then_some(b.as_slice())).unwrap();
         let r = values(s.output_len(), 3);
         let k = km.finalize().unwrap().get(p).unwrap();
         let mut out = vec![f32::NAN; s.output_len()];
-        k.run_all(&values(s.input_len(), 4), &packed, Some(&r), &mut out)
+        let res = s.residual.then_some(r.as_slice());
+        k.run_all(&values(s.input_len(), 4), &packed, res, &mut out)
             .unwrap();
         (out, code_bytes)
     }

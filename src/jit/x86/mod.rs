@@ -10,6 +10,7 @@ pub mod peak;
 pub mod pool;
 mod vasm;
 pub mod winograd;
+pub mod winograd_ymm;
 
 pub use gemm::{MicroGemm, MicroGemmKernel, PendingMicroGemm};
 pub(crate) use vasm::Vasm;

@@ -71,12 +71,12 @@ fn zr(i: usize) -> AsmRegisterZmm {
     iced_x86::code_asm::get_zmm(iced_x86::Register::ZMM0 + i as u32).expect("zmm index below 32")
 }
 
-fn disp(bytes: usize) -> Result<i32> {
+pub(super) fn disp(bytes: usize) -> Result<i32> {
     i32::try_from(bytes)
         .map_err(|_| Error::Codegen(format!("Winograd transform offset {bytes} exceeds i32")))
 }
 
-fn splat(v: &mut Vasm, r: usize, bits: u32) -> Result<()> {
+pub(super) fn splat(v: &mut Vasm, r: usize, bits: u32) -> Result<()> {
     v.a.mov(eax, bits as i32).map_err(asm_err)?;
     v.splat_eax(r)
 }
@@ -339,6 +339,12 @@ pub struct WinogradOutput {
     /// Output rows of each of the call's `stack` tile rows (4, fewer for the output's last
     /// tile row, 0 for the rows of a last vector past it).
     pub rows: [usize; 4],
+    pub store: OutputStore,
+}
+
+/// What the output transforms read and store besides their tile rows, shapes baked in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OutputStore {
     /// Output width (pixels from `ow` on are not stored).
     pub ow: usize,
     /// Floats from one position `ξ` of `M` to the next.
@@ -353,9 +359,8 @@ pub struct WinogradOutput {
 // Registers of the output transform besides `D`, `T`, `Z` (`T .. T + 4`, `Z .. Z + 4`):
 // constants, the interleave's indices, and the 4 x 2 vectors it goes through.
 const C8: usize = 25;
-const ZERO: usize = 26;
-const LO: usize = 27;
-const HI_: usize = 28;
+/// The activation's registers ([`Activation`]): zero, or the clip's bounds.
+const ACT: Activation = Activation { lo: 27, hi: 28 };
 const IL: usize = 18;
 const QU: usize = 20;
 const PAIRS: usize = 6;
@@ -372,27 +377,16 @@ impl WinogradOutput {
             _ => false,
         };
         let rows_ok = (1..=4).contains(&self.rows[0]) && self.rows.iter().all(|&r| r <= 4);
-        if !stacked_ok || !rows_ok || self.ow > LANES * 4 * self.vectors / self.stack {
+        if !stacked_ok || !rows_ok || self.store.ow > LANES * 4 * self.vectors / self.stack {
             return Err(Error::Codegen(format!(
                 "no Winograd output transform for {self:?}"
             )));
         }
-        disp(35 * self.m_stride * 4 + self.vectors * LANES * 4)?;
-        disp(((4 * self.stack - 1) * self.ow + LANES * 4 * self.vectors) * 4)?;
+        disp(35 * self.store.m_stride * 4 + self.vectors * LANES * 4)?;
+        disp(((4 * self.stack - 1) * self.store.ow + LANES * 4 * self.vectors) * 4)?;
         let mut v = Vasm::new(Width::Z512)?;
         let tables = start(&mut v, IL, &[(C4, 4.0), (C2, 2.0), (C8, 8.0)])?;
-        if let Some((lo, hi)) = self.clip {
-            // ReLU then clip is `max(x, max(lo, 0))` then `min` (see the GEMM kernels).
-            let lo = if self.relu && f32::from_bits(lo) <= 0.0 {
-                0
-            } else {
-                lo
-            };
-            splat(&mut v, LO, lo)?;
-            splat(&mut v, HI_, hi)?;
-        } else if self.relu {
-            v.zero(ZERO)?;
-        }
+        ACT.load(&mut v, self.store.relu, self.store.clip)?;
         on_stack(&mut v, OUT_STACK, |v| {
             (0..self.vectors).try_for_each(|q| self.vector(v, q))
         })?;
@@ -421,7 +415,7 @@ impl WinogradOutput {
         let slot = |i: usize| -> Result<AsmMemoryOperand> { Ok(zmmword_ptr(rsp + disp(i * 64)?)) };
         for r in 0..6 {
             for j in 0..6 {
-                let at = rdi + disp(((r * 6 + j) * self.m_stride + q * LANES) * 4)?;
+                let at = rdi + disp(((r * 6 + j) * self.store.m_stride + q * LANES) * 4)?;
                 v.a.vmovups(zr(D + j), zmmword_ptr(at)).map_err(asm_err)?;
             }
             At::apply(v)?;
@@ -468,7 +462,7 @@ impl WinogradOutput {
         for m in 0..4 {
             let j = m / per_row;
             let col = q * LANES * 4 + (m % per_row) * LANES;
-            let n = self.ow.saturating_sub(col).min(LANES);
+            let n = self.store.ow.saturating_sub(col).min(LANES);
             if n == 0 || a >= self.rows[j] {
                 continue;
             }
@@ -481,7 +475,7 @@ impl WinogradOutput {
                 v.a.mov(eax, ((1u32 << n) - 1) as i32).map_err(asm_err)?;
                 v.a.kmovw(k2, eax).map_err(asm_err)?;
             }
-            let at = disp(((4 * j + a) * self.ow + col) * 4)?;
+            let at = disp(((4 * j + a) * self.store.ow + col) * 4)?;
             self.epilogue(v, CHUNKS + m, at, n < LANES)?;
         }
         Ok(())
@@ -491,11 +485,11 @@ impl WinogradOutput {
     /// `rdx`), on the lanes of `k2` when `masked`.
     fn epilogue(&self, v: &mut Vasm, x: usize, at: i32, masked: bool) -> Result<()> {
         let a = &mut v.a;
-        if self.bias {
+        if self.store.bias {
             a.vaddps(zr(x), zr(x), iced_x86::code_asm::dword_bcst(rcx + 0))
                 .map_err(asm_err)?;
         }
-        if self.residual {
+        if self.store.residual {
             let r = zmmword_ptr(rdx + at);
             if masked {
                 a.vmovups(zr(RES).k2().z(), r).map_err(asm_err)?;
@@ -504,19 +498,53 @@ impl WinogradOutput {
                 a.vaddps(zr(x), zr(x), r).map_err(asm_err)?;
             }
         }
-        match (self.relu, self.clip) {
-            (_, Some(_)) => {
-                a.vmaxps(zr(x), zr(LO), zr(x)).map_err(asm_err)?;
-                a.vminps(zr(x), zr(HI_), zr(x)).map_err(asm_err)?;
-            }
-            (true, None) => a.vmaxps(zr(x), zr(ZERO), zr(x)).map_err(asm_err)?,
-            (false, None) => {}
-        }
+        ACT.apply(v, x, self.store.relu, self.store.clip.is_some())?;
         let o = zmmword_ptr(rsi + at);
         if masked {
-            a.vmovups(o.k2(), zr(x)).map_err(asm_err)
+            v.a.vmovups(o.k2(), zr(x)).map_err(asm_err)
         } else {
-            a.vmovups(o, zr(x)).map_err(asm_err)
+            v.a.vmovups(o, zr(x)).map_err(asm_err)
+        }
+    }
+}
+
+/// The activation of the output transforms (ReLU, clip), in the registers `lo` (zero for a
+/// ReLU alone, else the clip's lower bound) and `hi`, at the [`Vasm`]'s width.
+#[derive(Clone, Copy)]
+pub(super) struct Activation {
+    pub lo: usize,
+    pub hi: usize,
+}
+
+impl Activation {
+    /// Loads the registers (`clip`: f32 bit patterns).
+    pub fn load(self, v: &mut Vasm, relu: bool, clip: Option<(u32, u32)>) -> Result<()> {
+        if let Some((lo, hi)) = clip {
+            // ReLU then clip is `max(x, max(lo, 0))` then `min` (see the GEMM kernels).
+            let lo = if relu && f32::from_bits(lo) <= 0.0 {
+                0
+            } else {
+                lo
+            };
+            splat(v, self.lo, lo)?;
+            splat(v, self.hi, hi)
+        } else if relu {
+            v.zero(self.lo)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Register `x` activated: `max` then `min` keep a NaN `x` (and `-0.0`), as the other
+    /// kernels' ReLU and clip do.
+    pub fn apply(self, v: &mut Vasm, x: usize, relu: bool, clip: bool) -> Result<()> {
+        if clip {
+            v.max(x, self.lo, x)?;
+            v.min(x, self.hi, x)
+        } else if relu {
+            v.max(x, self.lo, x)
+        } else {
+            Ok(())
         }
     }
 }
