@@ -579,7 +579,8 @@ impl WinogradPlan {
         let off = tests::NO_YMM.with(|f| f.get());
         #[cfg(not(test))]
         let off = false;
-        if self.dense || tw < TILE || off || crate::knobs::off("CNNC_WINOGRAD_YMM") {
+        let f4 = self.algo.tile == TILE;
+        if !f4 || self.dense || tw < TILE || off || crate::knobs::off("CNNC_WINOGRAD_YMM") {
             return None;
         }
         let stack = if tw == TILE { 2 } else { 1 };
