@@ -206,7 +206,7 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // The whole layout on the AVX-512 transforms (avx512): 2 tile rows of 7 and 8 tiles
         // a vector (the last vector's second row past the grid; a last row of 3 output
         // rows), 4 rows of 4 and 2 tiles (padded rows read to the plane's last column and
-        // row), and one row of 16 tiles (f32x4 transforms).
+        // row), and one row of 16 tiles (the ymm transforms).
         (16, 28, 28, 20, 3, 1, 1),
         (20, 15, 30, 17, 3, 1, 1),
         (17, 22, 13, 18, 3, 1, 1),
@@ -215,7 +215,7 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // The AVX2 transforms (avx2; every Winograd row above too): rows of 3 vectors of 8
         // tiles whose last has 2 (the output's last row's last vector masked to 6 lanes at
         // the buffer's end), rows of 32 pixels (unmasked stores up to the end), one tile
-        // row of 2 output rows of 41 pixels (one lane).
+        // row of 4 output rows (2 input rows padded by 2) of 41 pixels (one lane).
         (17, 11, 70, 19, 3, 1, 1),
         (16, 9, 32, 16, 3, 1, 1),
         (18, 2, 39, 17, 3, 1, 2),

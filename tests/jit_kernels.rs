@@ -444,8 +444,8 @@ fn conv_winograd_every_isa_on_a_pool() {
         (37, 11, 55, 16, 1, G),
         // The whole layout: rows of 7 and 8 tiles two to a vector (the last vector's second
         // tile row past the grid, or of 3 output rows), rows of 4 and 2 tiles four to a
-        // vector (the last vector half past the grid); f32x4 transforms for one row of 16
-        // tiles (too few rows to group) and rows of 10 tiles.
+        // vector (the last vector half past the grid); one row of 16 tiles (too few rows to
+        // group) and rows of 10 tiles: the ymm transforms (f32x4 with CNNC_WINOGRAD_YMM=0).
         (16, 28, 28, 20, 1, W),
         (20, 15, 30, 33, 1, W),
         (24, 22, 13, 20, 1, W),

@@ -44,7 +44,9 @@
 //! `4 tx + 8 <= wp`). Groups store lanes `t .. t + 3` of a `V` row and the GEMM and output
 //! transform read the same `M` indices, all below `tp` (`T + tw4 - tw` rounded up to 4; dense:
 //! `T` rounded up). The GEMM writes `M` rows of real output channels only, and the output
-//! transform stores only the inside part of each tile, into the `K x oh x ow` output.
+//! transform stores only the inside part of each tile, into the `K x oh x ow` output. The x86
+//! layouts set their own `tp`, `hp` and `wp` for their vectors of 8 or 16 tiles (`ymm_layout`,
+//! `wide_layout`, `Groups`), each bound stated where it is set.
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{fits, off, F32, F32X4};
@@ -250,7 +252,8 @@ struct Wide {
     last_output: Option<WinogradOutput>,
 }
 
-/// The whole layout's transforms on ymm (avx2, F(4x4), grids not dense; session 13): per
+/// The whole layout's transforms on ymm (AVX2 code: at avx2, and at avx512 where neither zmm
+/// layout applies; F(4x4), grids not dense; session 13): per
 /// tile row, the input transform of an input channel's padded rows and the output transform
 /// of an output channel's `M` rows, 8 tiles per vector ([`super::x86::winograd_ymm`]), with
 /// the operations of the f32x4 transforms in their order, so the same bits. The tile rows
@@ -410,8 +413,9 @@ fn rates(isa: Isa) -> (f64, f64, usize) {
 }
 /// One core's memory bandwidth (bytes per second), for the weights.
 const BYTES_PER_SECOND: f64 = 10e9;
-/// The input and output transforms of F(4x4, 3x3), per tile and channel (f32x4 code at
-/// every level).
+/// The input and output transforms of F(4x4, 3x3), per tile and channel, as measured on
+/// the f32x4 code (the ymm and zmm transforms cost less: the model errs towards the direct
+/// kernel at the boundary; session 13).
 const TRANSFORM_SECONDS: f64 = 8e-9;
 
 impl WinogradPlan {
@@ -566,13 +570,14 @@ impl WinogradPlan {
         plan
     }
 
-    /// The whole layout on the AVX2 transforms ([`Ymm`]) at avx2, and the plan's `tp`, `hp`,
+    /// The whole layout on the AVX2 transforms ([`Ymm`]) at avx2 and avx512 (where
+    /// [`Self::wide_layout`] and the groups did not take the layer), and the plan's `tp`, `hp`,
     /// `wp` and GEMM for it: rows of `V` and `M` as the f32x4 layout's, but vectors of 8
     /// tiles (the last row's runs `8 vectors - tw` tiles past the grid), and padded rows of
     /// `32 vectors + 8` floats (each vector reads 5 ymm from its first tile's column). Rows
     /// of 4 tiles two to a vector (an even number of tile rows, the last past the grid
-    /// where `th` is odd). `None` for dense grids, rows of fewer than 4 tiles, and with
-    /// `CNNC_WINOGRAD_YMM=0` (the f32x4 transforms, to measure).
+    /// where `th` is odd). `None` for F(2x2), dense grids, rows of fewer than 4 tiles, and
+    /// with `CNNC_WINOGRAD_YMM=0` (the f32x4 transforms, to measure).
     fn ymm_layout(&mut self, isa: Isa) -> Option<Ymm> {
         let (th, tw, spec) = (self.th, self.tw, self.spec);
         #[cfg(test)]
@@ -625,9 +630,10 @@ impl WinogradPlan {
     /// plan's `tp`, `hp`, `wp` and GEMM for that layout. The GEMMs then run on as many
     /// vectors of columns as the f32x4 layout's (28x28: 64 columns for 49 tiles), and the
     /// transforms cost less to compile (no 2,000-instruction Cranelift functions). `None`
-    /// where the f32x4 transforms stay: dense grids, and rows of 9 tiles or more (rows of
-    /// whole vectors made the GEMMs longer than the f32x4 layout, whose tile rows follow each
-    /// other: 256 -> 256 at 56x56 took 1.11x the time); `CNNC_WINOGRAD_WIDE=0` (to measure).
+    /// for dense grids (f32x4 transforms) and rows of 9 tiles or more (rows of whole vectors
+    /// made the GEMMs longer than the f32x4 layout, whose tile rows follow each other: 256 ->
+    /// 256 at 56x56 took 1.11x the time; those now take [`Self::ymm_layout`]);
+    /// `CNNC_WINOGRAD_WIDE=0` (to measure: then the ymm layout where it applies).
     fn wide_layout(&mut self, isa: Isa) -> Option<Wide> {
         let (th, tw, spec) = (self.th, self.tw, self.spec);
         let stack = match tw {
@@ -1053,8 +1059,9 @@ impl WinogradPlan {
         })
     }
 
-    /// The AVX-512 transforms of the whole layout ([`Wide`]; none without): the input
-    /// transform, and the output transforms (full calls, then the last one's).
+    /// The x86 transforms of the whole layout ([`Ymm`] or [`Wide`]; none with the f32x4
+    /// ones): the input transform, and the output transforms (full calls, then the last
+    /// one's).
     fn wide_micros(&self, km: &mut KernelModule) -> Result<(Vec<MicroId>, Vec<MicroId>)> {
         if let Some(y) = &self.ymm {
             let input = km.add_micro_once(2, "winograd ymm input", &y.input, |i| i.emit())?;
@@ -1735,8 +1742,9 @@ mod tests {
     /// two to a vector, every remainder of tiles in the last vector, output widths at every
     /// remainder of 8 (the masked right edge) and of 4 (overhanging tiles), last tile rows
     /// of 1-4 output rows, padding 0-2, channel counts off the GEMM's blocks, every
-    /// epilogue (ReLU6's clip too). NaN-poisoned outputs: every output written, and finite.
-    /// At avx2, and at avx512 (not grouped here) where the rows have 9 tiles or more.
+    /// epilogue (ReLU6, and a clip without ReLU below zero). NaN-poisoned outputs: every
+    /// output written, and finite. At avx2, and at avx512 (not grouped here) where the rows
+    /// have 9 tiles or more.
     #[test]
     fn ymm_transforms_give_the_bits_of_the_f32x4_ones() {
         let mut shapes = 0;
@@ -1758,16 +1766,22 @@ mod tests {
             (17, 22, 16, 16, 0),
             (16, 30, 14, 16, 1),
         ] {
-            for (ep, isa) in (0..4).flat_map(|ep| [(ep, Isa::Avx2), (ep, Isa::Avx512)]) {
+            for (ep, isa) in (0..5).flat_map(|ep| [(ep, Isa::Avx2), (ep, Isa::Avx512)]) {
                 if !Isa::host_levels().contains(&isa) {
                     continue;
                 }
                 let mut s = ConvSpec::square(c, h, k, 3, 1, pad);
                 s.in_w = w;
-                (s.bias, s.relu, s.residual) = (ep != 1, ep >= 2, ep % 2 == 1);
-                if ep == 3 {
-                    s.clip = Some(crate::jit::Clip::RELU6);
-                }
+                (s.bias, s.relu, s.residual) = (ep != 1, (2..4).contains(&ep), ep % 2 == 1);
+                s.clip = match ep {
+                    3 => Some(crate::jit::Clip::RELU6),
+                    // A clip alone, with a negative lower bound.
+                    4 => Some(crate::jit::Clip {
+                        min: -0.25,
+                        max: 0.3,
+                    }),
+                    _ => None,
+                };
                 ROWS.with(|r| r.set(Some(0)));
                 let ymm = WinogradPlan::new(s, isa, &F4).ymm.is_some();
                 assert_eq!(ymm, isa == Isa::Avx2 || s.out_w() > 32, "{s:?} at {isa}");
@@ -1790,7 +1804,7 @@ mod tests {
                 shapes += 1;
             }
         }
-        assert!(shapes >= 52, "{shapes}");
+        assert!(shapes >= 65, "{shapes}");
     }
 
     /// The output of `s` by Winograd at `isa`, with the transforms compiled without the

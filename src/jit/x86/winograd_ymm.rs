@@ -1,4 +1,5 @@
-//! The input and output transforms of Winograd F(4x4, 3x3)'s whole layout at avx2, on 8
+//! The input and output transforms of Winograd F(4x4, 3x3)'s whole layout at avx2 (and at
+//! avx512 where no zmm layout applies), on 8
 //! tiles per ymm register, assembled with iced-x86 and called by the Cranelift code of the
 //! layer ([`crate::jit::winograd`]) once per channel and tile row.
 //!
