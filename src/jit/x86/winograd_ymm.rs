@@ -496,3 +496,139 @@ impl YmmOutput {
         .map_err(asm_err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+
+    /// Every memory operand of `code` (straight-line code up to its `ret`, then data) on a
+    /// base register: (register, byte offset, bytes, whether a `vmaskmovps`).
+    fn accesses(code: &[u8]) -> Vec<(Register, usize, usize, bool)> {
+        let mut out = Vec::new();
+        for ins in Decoder::new(64, code, DecoderOptions::NONE) {
+            let ins: Instruction = ins;
+            if ins.mnemonic() == Mnemonic::Ret {
+                break;
+            }
+            // No branch: every offset below is from the argument registers as passed.
+            assert_eq!(ins.flow_control(), FlowControl::Next, "{ins}");
+            let memory = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory);
+            if !memory || ins.memory_base() == Register::RIP {
+                continue; // constants and masks of the kernel's own data
+            }
+            assert_eq!(ins.memory_index(), Register::None, "{ins}");
+            let size = ins.memory_size().size();
+            let at = usize::try_from(ins.memory_displacement64() as i64).expect("no negative");
+            out.push((
+                ins.memory_base(),
+                at,
+                size,
+                ins.mnemonic() == Mnemonic::Vmaskmovps,
+            ));
+        }
+        out
+    }
+
+    /// The input transform reads only the 6 padded rows of its tile row (10 when stacked)
+    /// and each row's first `32 vectors + 8` floats (stacked: 24), and writes only the first
+    /// `8 vectors` floats of each of the 36 planes of `V`: what `WinogradPlan` sizes the
+    /// padded plane and `V` for (a read or write past them stays inside the scratch, where
+    /// the guard pages cannot see it).
+    #[test]
+    fn input_transform_stays_in_its_rows_and_planes() {
+        for (vectors, stack, wp, v_stride) in [
+            (1, 1, 40, 64),
+            (2, 1, 72, 130),
+            (3, 1, 107, 200),
+            (1, 2, 24, 40),
+            (1, 2, 31, 33),
+        ] {
+            let k = YmmInput {
+                vectors,
+                stack,
+                wp,
+                v_stride,
+            };
+            let (rows, cols, lanes) = match stack {
+                1 => (6, 32 * vectors + 8, 8 * vectors),
+                _ => (10, 24, 8),
+            };
+            let (mut reads, mut writes) = (0, 0);
+            for (base, at, size, _) in accesses(&k.emit().unwrap()) {
+                let (f, n) = (at / 4, size / 4);
+                match base {
+                    Register::RDI => {
+                        assert!(f / wp < rows && f % wp + n <= cols, "{k:?}: reads {f}");
+                        reads += 1;
+                    }
+                    Register::RSI => {
+                        assert!(f / v_stride < 36, "{k:?}: writes {f}");
+                        assert!(f % v_stride + n <= lanes, "{k:?}: writes {f}");
+                        writes += 1;
+                    }
+                    other => panic!("{k:?}: an access through {other:?}"),
+                }
+            }
+            assert_eq!(writes, 36 * vectors, "{k:?}");
+            assert!(reads >= 6 * vectors, "{k:?}");
+        }
+    }
+
+    /// The output transform reads only the first `8 vectors` floats of each of `M`'s 36
+    /// planes, the bias at `rcx`, and reads (residual) and writes only pixels of its output
+    /// rows (`rows[0]`, and stacked `rows[1]` 4 rows below), each vector inside its row: a
+    /// full vector ends at or before `ow`, the masked one at the right edge covers exactly
+    /// the `ow % 8` lanes up to it.
+    #[test]
+    fn output_transform_stays_in_its_planes_and_pixels() {
+        for (ow, stack, rows) in [
+            (32usize, 1, [4, 0]),
+            (33, 1, [3, 0]),
+            (70, 1, [1, 0]),
+            (96, 1, [2, 0]),
+            (13, 2, [4, 1]),
+            (16, 2, [4, 0]),
+            (15, 2, [4, 4]),
+        ] {
+            let vectors: usize = if stack == 2 { 1 } else { ow.div_ceil(32) };
+            let m_stride = 8 * vectors + 3;
+            let k = YmmOutput {
+                vectors,
+                stack,
+                rows,
+                store: OutputStore {
+                    ow,
+                    m_stride,
+                    bias: true,
+                    residual: true,
+                    relu: true,
+                    clip: None,
+                },
+            };
+            let edge = ow % 8;
+            let mut stores = 0;
+            for (base, at, size, masked) in accesses(&k.emit().unwrap()) {
+                let (f, n) = (at / 4, size / 4);
+                match base {
+                    Register::RDI => {
+                        assert!(f / m_stride < 36, "{k:?}: reads M at {f}");
+                        assert!(f % m_stride + n <= 8 * vectors, "{k:?}: reads M at {f}");
+                    }
+                    Register::RCX => assert_eq!((f, n), (0, 1), "{k:?}: the bias"),
+                    Register::RSI | Register::RDX => {
+                        let (row, col) = (f / ow, f % ow);
+                        let in_rows = row < rows[0] || (4..4 + rows[1]).contains(&row);
+                        let end = if masked { col + edge } else { col + n };
+                        assert!(in_rows && end <= ow, "{k:?}: pixel {f} ({n} lanes)");
+                        assert!(!masked || end == ow, "{k:?}: a masked vector inside");
+                        stores += usize::from(base == Register::RSI);
+                    }
+                    other => panic!("{k:?}: an access through {other:?}"),
+                }
+            }
+            // Every output row stored, a vector of 8 pixels at a time.
+            assert_eq!(stores, (rows[0] + rows[1]) * ow.div_ceil(8), "{k:?}");
+        }
+    }
+}
