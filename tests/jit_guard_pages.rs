@@ -113,6 +113,11 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // Over 256 KB of weights (prefetched too), strip by strip.
         (70, 11, 12, 110, 3, 2, 1),
         (600, 5, 4, 7, 1, 2, 0),
+        // Padding done by the panel copies, reading the unpadded input: masked loads at
+        // its first and last columns and rows (a 5x5 with padding 2 on 3x4, stride 2 from
+        // 57x57 with the last output's filter column 2 past the input).
+        (40, 3, 4, 9, 5, 1, 2),
+        (12, 57, 57, 9, 3, 2, 1),
         // Outputs over 1 MB: the first call of a strip prefetches the next strip's outputs
         // for writing (the plane's last strip its own): a stem, a channel tail with 2
         // reduction blocks.

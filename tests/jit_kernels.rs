@@ -2395,6 +2395,15 @@ fn conv_direct_every_isa_bit_identical() {
         // 25 pixels, 7 at zmm and 3 at ymm on 21x21 (10 strips of 48), a channel tail.
         spec(400, 9, 9, 15, 3, 3, (2, 2), (1, 1)),
         spec(700, 21, 21, 9, 3, 3, (1, 1), (1, 1)),
+        // Padding done by the panel copies (`x86::copy::SelfPad`; most shapes above pad
+        // too): a 5x5 with padding 2 on a 3x4 input (filter rows above and below it, pieces
+        // wholly and partly left and right of it); stride 2 from 57x57 (the last output's
+        // filter column 2 right of the input, the stride-2 lanes' spans starting and ending
+        // inside a vector); rows of 200 (48 x 4 + 8: strips repeated along a row, so the
+        // prologue's padded copy instead).
+        spec(40, 3, 4, 9, 5, 5, (1, 1), (2, 2)),
+        spec(12, 57, 57, 9, 3, 3, (2, 2), (1, 1)),
+        spec(8, 6, 200, 9, 3, 3, (1, 1), (1, 1)),
     ];
     // (5 input channels: with 4 or fewer, 3x3 filters take the im2col bands.)
     for k in 1..=15 {

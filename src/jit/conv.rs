@@ -1200,7 +1200,9 @@ pub(crate) fn define_gemm_driver_with_pools(
         ids.push(km.add_micro_once(2, "max pool plane", p, x86::pool::MaxPoolPlane::emit)?);
     }
     for c in copies {
-        ids.push(km.add_micro_once(3, "panel copy", c, x86::copy::PanelCopy::emit)?);
+        // A self-padding copy's fourth argument: the strip's first source row.
+        let n_params = if c.pad.is_some() { 4 } else { 3 };
+        ids.push(km.add_micro_once(n_params, "panel copy", c, x86::copy::PanelCopy::emit)?);
     }
     km.define_driver(&ids, move |e, b: ConvBufs<Value>, begin, end| {
         body(e, b, begin, end, &variants)

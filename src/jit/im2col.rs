@@ -419,6 +419,7 @@ impl Im2colGemm {
                     len: ow,
                 })
                 .collect(),
+            pad: None,
         };
         copy.takes().then_some(copy)
     }

@@ -30,7 +30,7 @@ use super::conv::{call_panel_copy, define_gemm_driver, ConvBufs, ConvSpec};
 use super::epilogue::Epilogue;
 use super::gemm::{call_for_block, wide_tile};
 use super::module::{Emit, KernelModule, PendingId};
-use super::x86::copy::{CopyPiece, PanelCopy};
+use super::x86::copy::{CopyPiece, PanelCopy, SelfPad};
 use super::x86::gemm::KPos;
 use super::x86::{MicroGemm, Width};
 use crate::error::{Error, Result};
@@ -225,9 +225,15 @@ pub(crate) struct ImplicitGemm {
     /// Input channels per reduction block, and blocks.
     nc: usize,
     nkb: usize,
+    /// The source plane the panel copies read: the padded copy's, or the input's where
+    /// the copies pad by themselves (`self_pad`).
     hp: usize,
     wp: usize,
+    /// Whether a prologue makes a padded copy of the input.
     padded: bool,
+    /// Padding done by the panel copies, reading the input where it is
+    /// ([`Self::pads_itself`]): no padded copy.
+    self_pad: bool,
     kinds: Vec<GroupKind>,
     strips: usize,
     /// Floats per panel row (the widest strip, rounded up to whole vectors).
@@ -270,6 +276,8 @@ impl ImplicitGemm {
         let nc = (budget / channel_bytes).clamp(1, spec.in_c);
         let nkb = spec.in_c.div_ceil(nc);
         let nc = spec.in_c.div_ceil(nkb);
+        let pad = spec.pad_h > 0 || spec.pad_w > 0;
+        let self_pad = pad && Self::pads_itself(&spec, width, &kinds);
         let plan = ImplicitGemm {
             spec,
             width,
@@ -280,9 +288,18 @@ impl ImplicitGemm {
             r: spec.in_c * f,
             nc,
             nkb,
-            hp: spec.in_h + 2 * spec.pad_h,
-            wp: spec.in_w + 2 * spec.pad_w,
-            padded: spec.pad_h > 0 || spec.pad_w > 0,
+            hp: if self_pad {
+                spec.in_h
+            } else {
+                spec.in_h + 2 * spec.pad_h
+            },
+            wp: if self_pad {
+                spec.in_w
+            } else {
+                spec.in_w + 2 * spec.pad_w
+            },
+            padded: pad && !self_pad,
+            self_pad,
             grouped,
             prefetch_w: if spec.weight_len() * 4 > PREFETCH_WEIGHTS_BYTES {
                 weight_prefetch_bytes()
@@ -302,6 +319,22 @@ impl ImplicitGemm {
             .iter()
             .all(|m| m.check().is_ok())
             .then_some(plan)
+    }
+
+    /// Whether the panel copies of a padded layer pad by themselves, reading the input
+    /// where it is ([`SelfPad`]), instead of a prologue's padded copy of the whole input
+    /// (1.6 MB written and read back for ResNet-50's 3x3/2 from 56x56): where the x86
+    /// copy takes every strip (strides 1 and 2) and every strip's columns are known when
+    /// the copy is emitted (no strip repeated along a row). `CNNC_SELF_PAD=0`, a measuring
+    /// knob: never.
+    fn pads_itself(spec: &ConvSpec, width: Width, kinds: &[GroupKind]) -> bool {
+        width != Width::X128
+            && matches!(spec.stride_w, 1 | 2)
+            && kinds
+                .iter()
+                .flat_map(|k| &k.strips)
+                .all(|st| st.repeat == 1)
+            && !crate::knobs::off("CNNC_SELF_PAD")
     }
 
     /// Whether the plan's strips end with one pixel after a full strip that the full strip's
@@ -491,6 +524,19 @@ impl ImplicitGemm {
                 len: p.len,
             })
             .collect();
+        // Padding by the copy: piece `p` starts at column `st.ox0 + p.dx` of its output
+        // row, `dy` rows below the strip's first (the strip's columns are fixed: not
+        // repeated along a row, `pads_itself`).
+        let pad = self.self_pad.then(|| SelfPad {
+            rows: s.in_h,
+            cols: s.in_w,
+            at: (st.pieces(s.out_w()).into_iter())
+                .map(|p| {
+                    let ox = st.ox0 as isize + p.dx;
+                    (p.dy * sh, ox * sw as isize - s.pad_w as isize)
+                })
+                .collect(),
+        });
         let copy = PanelCopy {
             width: self.width,
             stride: sw,
@@ -500,6 +546,7 @@ impl ImplicitGemm {
             src_plane: self.hp * wp * 4,
             dst_row: self.ldp * 4,
             pieces,
+            pad,
         };
         copy.takes().then_some(copy)
     }
@@ -539,7 +586,18 @@ impl ImplicitGemm {
         let raw = e.add_imm(raw, 63);
         let panel = e.b.ins().band_imm_s(raw, -64);
         let ctx = Ctx {
-            src: if self.padded { b.scratch } else { b.input },
+            src: match (self.padded, self.self_pad) {
+                (true, _) => b.scratch,
+                // Where the padded copy's (0, 0) would be: a position (pad_h, pad_w)
+                // before the input's first float. Only an address: the copies read
+                // nothing outside the input.
+                (false, true) => {
+                    let s = self.spec;
+                    let back = (s.pad_h * self.wp + s.pad_w) * 4;
+                    e.add_imm(b.input, -(back as i64))
+                }
+                (false, false) => b.input,
+            },
             b,
             panel,
             begin,
@@ -606,6 +664,7 @@ impl ImplicitGemm {
                 Placed {
                     strip,
                     src: e.add_imm(c.src, src as i64),
+                    row: e.iconst((oy0 * s.stride_h) as i64 - s.pad_h as i64),
                     out: e.iconst(((oy0 * s.out_w() + ox0) * 4) as i64),
                     mlo,
                     mhi,
@@ -708,9 +767,11 @@ impl ImplicitGemm {
                         let row = e.addr(c.src, oy0, s.stride_h * self.wp * 4);
                         let o = e.mul_imm(oy0, ow as i64);
                         let o = e.b.ins().iadd(o, ox0);
+                        let first_row = e.mul_imm(oy0, s.stride_h as i64);
                         let at = Placed {
                             strip: *run,
                             src: e.addr(row, ox0, s.stride_w * 4),
+                            row: e.add_imm(first_row, -(s.pad_h as i64)),
                             out: e.mul_imm(o, 4),
                             mlo,
                             mhi,
@@ -852,8 +913,21 @@ impl ImplicitGemm {
         let src0 = e.addr(at.src, c0, plane);
         if let Some(copy) = self.panel_copy(&at.strip) {
             let n = e.b.ins().isub(c1, c0);
-            call_panel_copy(e, &self.copy_variants(), &copy, &[src0, c.panel, n]);
+            let args = [src0, c.panel, n, at.row];
+            let args = if copy.pad.is_some() {
+                &args[..]
+            } else {
+                &args[..3]
+            };
+            call_panel_copy(e, &self.copy_variants(), &copy, args);
             return Ok(());
+        }
+        if self.self_pad {
+            // `pads_itself` took only strips the x86 copy takes.
+            return Err(Error::Codegen(format!(
+                "no self-padding copy for {:?}",
+                at.strip
+            )));
         }
         let src_end = e.addr(at.src, c1, plane);
         let ldp = self.ldp;
@@ -1131,6 +1205,9 @@ struct Ctx {
 struct Placed {
     strip: Strip,
     src: Value,
+    /// The source row of filter row 0 for the strip's first output row, in the unpadded
+    /// input (negative above it): the self-padding copies' fourth argument.
+    row: Value,
     out: Value,
     mlo: Value,
     mhi: Value,
@@ -1214,6 +1291,47 @@ mod tests {
             }
             let g = ImplicitGemm::new(spec, width).unwrap();
             assert_eq!((g.nkb, g.grouped), (blocks, false), "{spec:?} at {width:?}");
+        }
+    }
+
+    /// Which padded layers the panel copies pad by themselves (the shapes the tests give
+    /// for it, `tests/jit_kernels.rs` and `tests/jit_guard_pages.rs`): ResNet-50's 3x3/2
+    /// from 56 and stem (strips across rows), a 7x7 output (all strips at once), rows of
+    /// one strip; not rows of 200 (48 strips repeated along the row, ox unknown when a copy
+    /// is emitted), stride 3, nor unpadded layers (nothing to pad).
+    #[test]
+    fn padded_layers_whose_copies_pad_themselves() {
+        if crate::knobs::off("CNNC_SELF_PAD") {
+            return; // the measuring knob turns it off
+        }
+        let rect = |c, h, w, k, f, s, p| ConvSpec {
+            in_h: h,
+            in_w: w,
+            ..ConvSpec::square(c, h, k, f, s, p)
+        };
+        for (spec, width, pads) in [
+            (ConvSpec::square(128, 56, 128, 3, 2, 1), Width::Z512, true),
+            (ConvSpec::square(3, 224, 64, 7, 2, 3), Width::Z512, true),
+            (ConvSpec::square(512, 7, 512, 3, 1, 1), Width::Z512, true),
+            (rect(40, 3, 4, 9, 5, 1, 2), Width::Z512, true),
+            (rect(40, 3, 4, 9, 5, 1, 2), Width::Y256, true),
+            (ConvSpec::square(12, 57, 9, 3, 2, 1), Width::Z512, true),
+            (ConvSpec::square(12, 57, 9, 3, 2, 1), Width::Y256, true),
+            (rect(8, 6, 200, 9, 3, 1, 1), Width::Z512, false),
+            (ConvSpec::square(5, 17, 7, 3, 3, 1), Width::Z512, false),
+            (ConvSpec::square(128, 57, 128, 3, 2, 0), Width::Z512, false),
+        ] {
+            let g = ImplicitGemm::new(spec, width).unwrap();
+            assert_eq!(
+                (g.self_pad, g.padded),
+                (pads, !pads && spec.pad_h > 0),
+                "{spec:?} at {width:?}"
+            );
+            assert_eq!(
+                g.scratch_len() == 0,
+                g.self_pad || spec.pad_h == 0,
+                "{spec:?}"
+            );
         }
     }
 }

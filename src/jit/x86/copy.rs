@@ -20,10 +20,17 @@
 //!   floats between the first and the last it copies: inside the source row. Writes: the
 //!   piece's `len` floats, the last group under a mask.
 //! * A copy moves bits, so the panel holds exactly what the f32x4 copies wrote.
+//! * Padding done by the copy ([`SelfPad`]; the implicit GEMM's padded layers): the source
+//!   is the unpadded input, and the panel gets the zeros a padded copy would hold. A
+//!   filter row outside the input stores zeros (one test of the row per piece and filter
+//!   row, against a fourth argument); columns outside it are lanes that no load reads:
+//!   a group with such lanes loads under a mask of exactly the floats its valid outputs
+//!   take, and zero-masking leaves the others +0.0, the padded copy's value.
 //!
 //! Arguments (System V): `rdi` the first channel's source (filter tap (0, 0)), `rsi` the
-//! panel, `rdx` the number of channels (at least 1).
-use iced_x86::code_asm::{r9, rcx, rdi, rdx, rsi, AsmMemoryOperand};
+//! panel, `rdx` the number of channels (at least 1); with [`SelfPad`], `rcx` the source row
+//! (of the unpadded input, may be negative) of filter row 0 for the strip's first row.
+use iced_x86::code_asm::{r10, r11, r8, r9, rcx, rdi, rdx, rsi, AsmMemoryOperand};
 
 use super::pool::{Masks, MASK};
 use super::vasm::{asm_err, Vasm, Width};
@@ -36,6 +43,18 @@ pub struct CopyPiece {
     pub from: isize,
     pub to: usize,
     pub len: usize,
+}
+
+/// A copy that pads by itself: where each piece lies in the unpadded source, whose rows
+/// and columns outside `0..rows` and `0..cols` read as zeros.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SelfPad {
+    /// The source plane's rows and columns.
+    pub rows: usize,
+    pub cols: usize,
+    /// For each piece: its source row below the strip's first (rows, `dy * stride_h`), and
+    /// the source column of its first output at filter column 0 (may be negative).
+    pub at: Vec<(usize, isize)>,
 }
 
 /// The copy of one panel shape: everything but the channel count baked in.
@@ -54,6 +73,8 @@ pub struct PanelCopy {
     pub dst_row: usize,
     /// What each tap copies; filter column `fx` reads `4 fx` bytes further.
     pub pieces: Vec<CopyPiece>,
+    /// `None`: every source position is inside the (padded) source.
+    pub pad: Option<SelfPad>,
 }
 
 /// Registers: the two source vectors, the even-lane index (AVX-512), the AVX2 mask is
@@ -61,6 +82,8 @@ pub struct PanelCopy {
 const A: usize = 0;
 const B: usize = 1;
 const EVEN: usize = 2;
+/// Zeros, for the filter rows outside the source ([`SelfPad`]).
+const ZERO: usize = 3;
 
 fn disp(bytes: isize) -> Result<i32> {
     i32::try_from(bytes)
@@ -75,6 +98,22 @@ impl PanelCopy {
             && self.kh >= 1
             && self.kw >= 1
             && self.pieces.iter().all(|p| p.len > 0)
+            && (self.pad.as_ref()).is_none_or(|p| p.at.len() == self.pieces.len())
+    }
+
+    /// Outputs `lo..hi` of piece `i` at filter column `fx` read inside the source's row
+    /// (all of them without [`SelfPad`]).
+    fn valid(&self, i: usize, fx: usize) -> (usize, usize) {
+        let len = self.pieces[i].len;
+        let Some(pad) = &self.pad else {
+            return (0, len);
+        };
+        let (s, col0) = (self.stride as isize, pad.at[i].1 + fx as isize);
+        // Output j reads column col0 + j * s: inside for 0 <= col0 + j s < cols.
+        let lo = if col0 >= 0 { 0 } else { (-col0 + s - 1) / s };
+        let hi = (pad.cols as isize - col0 + s - 1).div_euclid(s);
+        let lo = (lo as usize).min(len);
+        (lo, (hi.max(0) as usize).clamp(lo, len))
     }
 
     /// The machine code.
@@ -91,21 +130,54 @@ impl PanelCopy {
         let step = |v: &mut Vasm, r, bytes: usize| -> Result<()> {
             v.a.add(r, disp(bytes as isize)?).map_err(asm_err)
         };
+        if self.pad.is_some() {
+            // r10: the source row of filter row 0 (the fourth argument), r11 of the row
+            // being copied.
+            v.a.mov(r10, rcx).map_err(asm_err)?;
+            v.zero(ZERO)?;
+        }
         let mut channel = v.a.create_label();
         v.a.set_label(&mut channel).map_err(asm_err)?;
         v.a.mov(rcx, rdi).map_err(asm_err)?;
         v.a.mov(r9, self.kh as u64).map_err(asm_err)?;
+        if self.pad.is_some() {
+            v.a.mov(r11, r10).map_err(asm_err)?;
+        }
         let mut row = v.a.create_label();
         v.a.set_label(&mut row).map_err(asm_err)?;
-        for fx in 0..self.kw {
-            for p in &self.pieces {
+        for (i, p) in self.pieces.iter().enumerate() {
+            // With padding: the piece's source row, tested (unsigned: a negative row is
+            // above 2^63) against the source's rows; outside it, zeros.
+            let mut outside = None;
+            if let Some(pad) = &self.pad {
+                let label = v.a.create_label();
+                v.a.lea(r8, r11 + disp(pad.at[i].0 as isize)?)
+                    .map_err(asm_err)?;
+                v.a.cmp(r8, disp(pad.rows as isize)?).map_err(asm_err)?;
+                v.a.jae(label).map_err(asm_err)?;
+                outside = Some(label);
+            }
+            for fx in 0..self.kw {
                 let from = p.from + 4 * fx as isize;
                 let to = (fx * self.dst_row + p.to) as isize;
-                self.piece(&mut v, &mut masks, from, to, p.len)?;
+                self.piece(&mut v, &mut masks, (from, to, p.len), self.valid(i, fx))?;
+            }
+            if let Some(mut label) = outside {
+                let mut done = v.a.create_label();
+                v.a.jmp(done).map_err(asm_err)?;
+                v.a.set_label(&mut label).map_err(asm_err)?;
+                for fx in 0..self.kw {
+                    let to = (fx * self.dst_row + p.to) as isize;
+                    self.zeros(&mut v, &mut masks, to, p.len)?;
+                }
+                v.a.set_label(&mut done).map_err(asm_err)?;
             }
         }
         step(&mut v, rcx, self.src_row)?;
         step(&mut v, rsi, self.kw * self.dst_row)?;
+        if self.pad.is_some() {
+            v.a.inc(r11).map_err(asm_err)?;
+        }
         v.a.dec(r9).map_err(asm_err)?;
         v.a.jnz(row).map_err(asm_err)?;
         step(&mut v, rdi, self.src_plane)?;
@@ -121,14 +193,13 @@ impl PanelCopy {
     }
 
     /// `len` floats from `rcx + from` (at the stride) to `rsi + to`, a group of `lanes`
-    /// outputs at a time.
+    /// outputs at a time; outputs outside `valid` are zeros, read from nowhere.
     fn piece(
         &self,
         v: &mut Vasm,
         masks: &mut Masks,
-        from: isize,
-        to: isize,
-        len: usize,
+        (from, to, len): (isize, isize, usize),
+        (lo, hi): (usize, usize),
     ) -> Result<()> {
         let (l, s) = (self.width.lanes(), self.stride);
         for g in (0..len).step_by(l) {
@@ -138,42 +209,102 @@ impl PanelCopy {
                 Ok(rcx + disp(from + ((g * s + o) * 4) as isize)?)
             };
             let dst = rsi + disp(to + (g * 4) as isize)?;
-            // Floats the group reads: all `s * lanes` but in the last group, which reads
-            // exactly up to its last output.
-            let reach = if last { (n - 1) * s + 1 } else { s * l };
-            self.load(v, masks, A, src(0)?, reach.min(l))?;
-            if s == 2 {
-                if reach > l {
-                    self.load(v, masks, B, src(l)?, reach - l)?;
+            if lo == 0 && hi == len {
+                // Floats the group reads: all `s * lanes` but in the last group, which
+                // reads exactly up to its last output.
+                let reach = if last { (n - 1) * s + 1 } else { s * l };
+                self.load(v, masks, A, src(0)?, (0, reach.min(l)))?;
+                if s == 2 {
+                    if reach > l {
+                        self.load(v, masks, B, src(l)?, (0, reach - l))?;
+                    }
+                    self.even_lanes(v)?;
                 }
-                self.even_lanes(v)?;
-            }
-            if n == l {
-                v.store(dst, A)?;
             } else {
-                masks.set(v, 0, n)?;
-                match self.width {
-                    Width::Z512 => v.store_k1(dst, A)?,
-                    _ => v.maskstore(dst, MASK, A)?,
+                // Only the floats of the valid outputs `a..b` of the group, from the first
+                // one's to the last one's: inside the source row.
+                let (a, b) = (lo.clamp(g, g + n) - g, hi.clamp(g, g + n) - g);
+                if a == b {
+                    v.zero(A)?;
+                } else {
+                    let span = (a * s, (b - 1) * s + 1);
+                    self.load_span(v, masks, A, src(0)?, span, 0)?;
+                    if s == 2 {
+                        self.load_span(v, masks, B, src(l)?, span, l)?;
+                        self.even_lanes(v)?;
+                    }
                 }
             }
+            self.store(v, masks, dst, A, n)?;
         }
         Ok(())
     }
 
-    /// Register `r` = the first `n` floats at `mem` (the others zero when `n < lanes`).
+    /// Register `r` = the floats of `span` among the `lanes` at `mem` (lane `i` the float
+    /// `first + i`), zeros elsewhere.
+    fn load_span(
+        &self,
+        v: &mut Vasm,
+        masks: &mut Masks,
+        r: usize,
+        mem: AsmMemoryOperand,
+        (a, b): (usize, usize),
+        first: usize,
+    ) -> Result<()> {
+        let l = self.width.lanes();
+        let (a, b) = (
+            a.clamp(first, first + l) - first,
+            b.clamp(first, first + l) - first,
+        );
+        if a == b {
+            return v.zero(r);
+        }
+        self.load(v, masks, r, mem, (a, b))
+    }
+
+    /// Zeros to `len` floats at `rsi + to`.
+    fn zeros(&self, v: &mut Vasm, masks: &mut Masks, to: isize, len: usize) -> Result<()> {
+        let l = self.width.lanes();
+        for g in (0..len).step_by(l) {
+            let dst = rsi + disp(to + (g * 4) as isize)?;
+            self.store(v, masks, dst, ZERO, (len - g).min(l))?;
+        }
+        Ok(())
+    }
+
+    /// The first `n` lanes of register `r` to `dst` (a masked store for fewer than all).
+    fn store(
+        &self,
+        v: &mut Vasm,
+        masks: &mut Masks,
+        dst: AsmMemoryOperand,
+        r: usize,
+        n: usize,
+    ) -> Result<()> {
+        if n == self.width.lanes() {
+            return v.store(dst, r);
+        }
+        masks.set(v, 0, n)?;
+        match self.width {
+            Width::Z512 => v.store_k1(dst, r),
+            _ => v.maskstore(dst, MASK, r),
+        }
+    }
+
+    /// Register `r` = lanes `lo..hi` of the floats at `mem` (the others zero; masked-off
+    /// lanes are not read).
     fn load(
         &self,
         v: &mut Vasm,
         masks: &mut Masks,
         r: usize,
         mem: AsmMemoryOperand,
-        n: usize,
+        (lo, hi): (usize, usize),
     ) -> Result<()> {
-        if n == self.width.lanes() {
+        if (lo, hi) == (0, self.width.lanes()) {
             return v.load(r, mem);
         }
-        masks.set(v, 0, n)?;
+        masks.set(v, lo, hi)?;
         match self.width {
             Width::Z512 => v.load_k1(r, mem),
             _ => v.maskload(r, MASK, mem),
