@@ -103,7 +103,7 @@ impl Options {
 
 /// Vector instruction set level of the generated code. `Sse`: only Cranelift's 128-bit
 /// kernels (the portable path). `Avx2` / `Avx512`: GEMM micro-kernels generated with
-/// 256-bit (AVX2 + FMA) / 512-bit (AVX-512F) instructions (`crate::jit::x86`).
+/// 256-bit (AVX2 + FMA) / 512-bit (AVX-512F, DQ, VL, BW) instructions (`crate::jit::x86`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Isa {
     Sse,
@@ -127,7 +127,17 @@ impl Isa {
                 Isa::Avx2 => {
                     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
                 }
-                Isa::Avx512 => std::is_x86_feature_detected!("avx512f") && Isa::Avx2.host_has(),
+                // The generated code is AVX-512F plus what every AVX-512 core since
+                // Skylake-SP and Zen 4 has: DQ (`vxorps`/`vorps` on zmm), VL (EVEX-encoded
+                // ymm operations and ymm16-31) and BW. Knights Landing/Mill (F without DQ,
+                // VL and BW) run the avx2 level.
+                Isa::Avx512 => {
+                    std::is_x86_feature_detected!("avx512f")
+                        && std::is_x86_feature_detected!("avx512dq")
+                        && std::is_x86_feature_detected!("avx512vl")
+                        && std::is_x86_feature_detected!("avx512bw")
+                        && Isa::Avx2.host_has()
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
