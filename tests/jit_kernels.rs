@@ -2418,8 +2418,13 @@ fn conv_direct_every_isa_bit_identical() {
             let (out, method, micro) = check_conv_with(&s, seed, Some(isa), None);
             let wide = isa != cnnc::Isa::Sse;
             // At avx2 / avx512 the strided 1x1 shapes take the pointwise GEMM on their
-            // sampled pixels (`conv_strided_pointwise_every_isa_bit_identical`).
-            let strided_1x1 = wide && s.kernel_h * s.kernel_w == 1 && s.pad_h + s.pad_w == 0;
+            // sampled pixels where it goes weight major or the input has at most 36
+            // channels, else the implicit GEMM
+            // (`conv_strided_pointwise_every_isa_bit_identical`).
+            let strided_1x1 = wide
+                && s.kernel_h * s.kernel_w == 1
+                && s.pad_h + s.pad_w == 0
+                && (s.out_c > s.out_h() * s.out_w() || s.in_c <= 36);
             // Few taps (3x3 on up to 4 channels) take the im2col bands instead
             // (`conv_few_taps_im2col_every_isa_bit_identical`).
             let gemm = ["implicit", "im2col"];
@@ -2492,9 +2497,11 @@ fn conv_few_taps_im2col_every_isa_bit_identical() {
 
 /// The strided 1x1 convolution (ResNet's projection shortcut): at avx2 / avx512 the
 /// pointwise GEMM over its output pixels, on a copy of the sampled input pixels made by a
-/// prologue (split over input channels); at sse the f32x4 direct kernel. Every output is one
-/// FMA chain over the input channels in order, then the epilogue, so every level, the
-/// implicit GEMM (the direct method at a wide level) and every split agree bit for bit.
+/// prologue (split over input channels), where it goes weight major or the layer has at
+/// most 36 input channels, else the implicit GEMM (the direct method,
+/// `ConvMethod::strided_on_implicit`); at sse the f32x4 direct kernel. Both wide methods
+/// run on every shape. Every output is one FMA chain over the input channels in order, then
+/// the epilogue, so every level, both methods and every split agree bit for bit.
 /// Shapes: stride 2 on even and odd widths (the copy's vector groups, its last group from
 /// the column before, rows narrower than a group), strides 3 and (1, 2) / (2, 1), pixel and
 /// channel tails, reduction chunks, the packed tile column, weight-major units with and
@@ -2528,16 +2535,24 @@ fn conv_strided_pointwise_every_isa_bit_identical() {
         let mut outs = Vec::new();
         for &isa in &levels {
             let (out, method, micro) = check_conv_with(&s, seed, Some(isa), None);
-            let want = if isa == cnnc::Isa::Sse {
-                ConvMethod::Direct
-            } else {
+            // Weight major where the output channels outnumber the pixels (no shape here
+            // is a bottleneck's expansion).
+            let weight_major = s.out_c > s.out_h() * s.out_w();
+            let want = if isa != cnnc::Isa::Sse && (weight_major || s.in_c <= 36) {
                 ConvMethod::PointwiseGemm
+            } else {
+                ConvMethod::Direct
             };
             assert_eq!(method, want, "{s:?} at {isa}: {micro}");
             outs.push((isa, out));
             if isa != cnnc::Isa::Sse {
-                let direct = check_conv_with(&s, seed, Some(isa), Some(ConvMethod::Direct));
-                outs.push((isa, direct.0));
+                for m in [ConvMethod::Direct, ConvMethod::PointwiseGemm] {
+                    let (out, _, micro) = check_conv_with(&s, seed, Some(isa), Some(m));
+                    // (The im2col bands where the input has at most 36 channels.)
+                    let on = ["implicit", "im2col"].iter().any(|g| micro.ends_with(g));
+                    assert!(on || m != ConvMethod::Direct, "{s:?} at {isa}: {micro}");
+                    outs.push((isa, out));
+                }
             }
         }
         assert_levels_agree(&s, &outs);

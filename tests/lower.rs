@@ -351,9 +351,12 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
             cnnc::Isa::Avx2 | cnnc::Isa::Avx512 => 14,
         };
         let winograd = spec.out_h() >= min_hw;
-        // Strided 1x1 (the projection shortcuts): the pointwise GEMM on the sampled pixels
-        // with the wide kernels, the f32x4 direct kernel at sse.
-        let wide = opts(OptLevel::O2, 1).isa != cnnc::Isa::Sse;
+        // Strided 1x1 (the projection shortcuts): with the wide kernels the pointwise GEMM
+        // on the sampled pixels where it goes weight major (more output channels than
+        // pixels: into 14x14 and 7x7), the implicit GEMM otherwise (64 -> 128 into 28x28);
+        // the f32x4 direct kernel at sse.
+        let wide = opts(OptLevel::O2, 1).isa != cnnc::Isa::Sse
+            && (spec.stride_h == 1 || spec.out_c > spec.out_h() * spec.out_w());
         let stride_1_3x3 = spec.kernel_h == 3 && spec.stride_h == 1;
         let want = if stride_1_3x3 && winograd {
             ConvMethod::Winograd

@@ -782,7 +782,10 @@ impl ConvMethod {
                 true => ConvMethod::Winograd2,
                 false => ConvMethod::Winograd,
             }
-        } else if spec.is_pointwise() || (spec.is_strided_pointwise() && x86::width(isa).is_some())
+        } else if spec.is_pointwise()
+            || (spec.is_strided_pointwise()
+                && x86::width(isa).is_some()
+                && !Self::strided_on_implicit(spec, isa))
         {
             // Strided, the GEMM pays a copy of the sampled pixels, which the f32x4 direct
             // kernel (it samples in place) does not; the wide implicit GEMM packs them too.
@@ -794,6 +797,35 @@ impl ConvMethod {
 }
 
 impl ConvMethod {
+    /// Whether a strided 1x1 runs on the implicit GEMM (method `Direct`) rather than the
+    /// pointwise GEMM over a sampled copy: where that GEMM would go pixel major (the
+    /// weight-major order reads a small sampled input once per channel block, and there the
+    /// pointwise GEMM measured faster), and the implicit GEMM takes the layer (more than
+    /// the im2col bands' 36 taps). Its strips across rows gather the sampled pixels into
+    /// panels in L2, where the pointwise GEMM's prologue wrote a sampled copy of the whole
+    /// input first (10-14% of those layers): 256 -> 512 from 56 (ResNet-50) 0.93x the time,
+    /// 0.90x cold, 0.88x on two threads, 0.99x at avx2; 64 -> 128 from 56 (ResNet-18) 0.91x,
+    /// 0.94x at avx2; weight major (512 -> 1024 from 28, 1024 -> 2048 from 14) 1.04x, so
+    /// not there (`docs/jit-history.md`, session 14). `CNNC_STRIDED_IMPLICIT=0`, a measuring
+    /// knob: never.
+    fn strided_on_implicit(spec: &ConvSpec, isa: Isa) -> bool {
+        let Some(w) = x86::width(isa) else {
+            return false;
+        };
+        let spec = ConvSpec {
+            residual_in_place: false,
+            ..*spec
+        };
+        let pixel_major = matches!(
+            Plan::for_method(&spec, ConvMethod::PointwiseGemm, isa),
+            Ok(Plan::Gemm(g)) if !g.is_weight_major()
+        );
+        pixel_major
+            && Im2colGemm::new(spec, w).is_none()
+            && ImplicitGemm::new(spec, w).is_some()
+            && !crate::knobs::off("CNNC_STRIDED_IMPLICIT")
+    }
+
     /// Whether this method at `isa` can read `spec`'s residual from its output buffer
     /// ([`ConvSpec::residual_in_place`]): it writes every output element once, after
     /// reading its residual, in the same unit. So far the pointwise GEMM whose reduction

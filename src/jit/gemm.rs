@@ -404,6 +404,10 @@ impl PixelGemm {
     pub(crate) fn is_subsampled(&self) -> bool {
         self.subsample.is_some()
     }
+    /// Whether the units go channel block by channel block ([`Self::streamed`]).
+    pub(crate) fn is_weight_major(&self) -> bool {
+        self.weight_major
+    }
     /// Work units of the prologue: the input channels it samples (none unless subsampled).
     pub(crate) fn prologue_units(&self) -> usize {
         self.subsample.map_or(0, |_| self.s.in_c)
