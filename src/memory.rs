@@ -6,6 +6,8 @@
 use crate::error::{Error, Result};
 use crate::ir::{stats::layer_stats, Graph, Op};
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// The engine a run uses: the interpreter keeps every activation of the whole batch;
 /// the JIT keeps the activations of `chunk` images in its arena, plus packed weights.
@@ -261,17 +263,31 @@ const HUGE_PAGE: usize = 2 << 20;
 
 /// Floats that a run streams through again and again (packed weights, the activation
 /// arena): from 2 MiB up, in an anonymous mapping of their own that starts on a 2 MiB
-/// boundary and asks for transparent huge pages (`madvise(MADV_HUGEPAGE)`, honoured where
-/// the system's THP mode is `madvise` or `always`); below that, a plain vector.
+/// boundary and is faulted in 2 MiB at a time, each chunk as a transparent huge page
+/// (`madvise(MADV_HUGEPAGE)`, honoured where the system's THP mode is `madvise` or
+/// `always`) unless huge pages have lately been the slower way ([`FaultCosts`]); below
+/// 2 MiB, a plain vector.
 ///
-/// Why: a large network's packed weights are read once per run from memory, as long
-/// sequential streams, and on a virtual machine of the kind we measure on, one core
-/// streams 4 KiB pages at 7-8 GB/s against 10-15 GB/s for 2 MiB pages (a plain AVX-512
-/// sweep of 400 MB): the hardware prefetchers stop at every 4 KiB boundary and each TLB
-/// miss walks both the guest's and the host's page tables. Memory that the allocator
-/// hands out cannot be relied on to be huge (it reuses pages it has touched before),
-/// hence a mapping per buffer. `CNNC_HUGE_PAGES=0` in the environment keeps every buffer
-/// a plain vector (a measuring knob, read at each buffer).
+/// Why huge pages: a large network's packed weights are read once per run from memory,
+/// as long sequential streams, and on a virtual machine of the kind we measure on, one
+/// core streams 4 KiB pages at 7-8 GB/s against 10-15 GB/s for 2 MiB pages (a plain
+/// AVX-512 sweep of 400 MB): the hardware prefetchers stop at every 4 KiB boundary and
+/// each TLB miss walks both the guest's and the host's page tables. Memory that the
+/// allocator hands out cannot be relied on to be huge (it reuses pages it has touched
+/// before), hence a mapping per buffer.
+///
+/// Why not always: on a guest whose free memory the host takes back (free page reporting:
+/// the guest reports free blocks of 2 MiB and more, the host discards them), a huge page
+/// is such a block, and its first touch makes the host fault in 512 pages of its own: 7-30
+/// ms per 2 MiB on the Zen 5 host against 0.1-0.5 ms for a block freed moments before and
+/// about 1 ms for 512 small pages, which the guest takes from its smaller free blocks (never
+/// reported). VGG-19's first compile after the host idled took 7.9-12.4 s (session 14).
+///
+/// `CNNC_HUGE_PAGES=0` in the environment keeps every buffer a plain vector,
+/// `CNNC_HUGE_PAGES=1` advises whole mappings huge and leaves the faults to the first
+/// writer (as before session 14), and `CNNC_HUGE_FAULT_US=n` is the cost of a huge 2 MiB
+/// fault above which small pages are tried (default [`HUGE_FAULT_LIMIT_US`]); measuring
+/// knobs, read at each buffer.
 pub enum HugeBuf {
     Small(Vec<f32>),
     Mapped {
@@ -306,10 +322,26 @@ impl HugeBuf {
     /// turned off) to be worth one.
     fn mapping(len: usize, what: &str) -> Result<Option<Self>> {
         let bytes = len.saturating_mul(size_of::<f32>());
-        // The knob is read only for a buffer large enough to be mapped.
-        if bytes < HUGE_PAGE || crate::knobs::off("CNNC_HUGE_PAGES") {
+        if bytes < HUGE_PAGE {
             return Ok(None);
         }
+        // The knobs are read only for a buffer large enough to be mapped.
+        let faults = match crate::knobs::forced("CNNC_HUGE_PAGES") {
+            Some(false) => return Ok(None),
+            Some(true) => None,
+            None => Some(crate::knobs::number("CNNC_HUGE_FAULT_US").unwrap_or(HUGE_FAULT_LIMIT_US)),
+        };
+        let mut buf = Self::mapped(len, what)?;
+        if let (Some(limit_us), HugeBuf::Mapped { map, offset, .. }) = (faults, &mut buf) {
+            fault_in(map, *offset, bytes, &FAULT_COSTS, limit_us);
+        }
+        Ok(Some(buf))
+    }
+
+    /// A zeroed mapping for `len` floats advised huge as a whole, its pages not yet
+    /// faulted in.
+    fn mapped(len: usize, what: &str) -> Result<Self> {
+        let bytes = len.saturating_mul(size_of::<f32>());
         // One huge page more than needed, to start the floats on a 2 MiB boundary.
         let map = bytes
             .checked_add(HUGE_PAGE)
@@ -321,7 +353,126 @@ impl HugeBuf {
             let _ = map.advise(memmap2::Advice::HugePage);
         }
         let offset = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
-        Ok(Some(HugeBuf::Mapped { map, offset, len }))
+        Ok(HugeBuf::Mapped { map, offset, len })
+    }
+}
+
+/// The size of a small page on x86-64 Linux (a write per `SMALL_PAGE` faults in every
+/// page of a range; on a system with larger pages it faults each one several times over).
+const SMALL_PAGE: usize = 4096;
+
+/// The cost of faulting in a huge page, in microseconds, above which [`HugeBuf`] tries
+/// small pages. On the Zen 5 VM (session 14, load 4-6, docs/jit-history.md): a huge page
+/// the host still backs 0.08-0.5 ms, 512 small pages 0.7-1 ms (one chunk in six or so
+/// 8-9 ms), a huge page the host must fault in again 7-30 ms.
+pub const HUGE_FAULT_LIMIT_US: u32 = 2000;
+
+/// What faulting in the last 2 MiB chunk took, as one huge page and as 512 small ones,
+/// in microseconds (0: not measured since the last [`FaultCosts::forget`]). The choice
+/// is made chunk by chunk ([`choose_huge`]), so a compile pays for at most a huge page or
+/// two before it turns to the cheaper kind, whatever the host's memory is doing.
+#[derive(Debug, Default)]
+pub struct FaultCosts {
+    huge: AtomicU32,
+    small: AtomicU32,
+}
+
+/// The process's fault costs, forgotten at the start of each compile
+/// ([`forget_fault_costs`]): what the host's memory costs changes within seconds (a
+/// block freed by a previous model is cheap until the guest reports it, about 2 s later).
+static FAULT_COSTS: FaultCosts = FaultCosts::new();
+
+/// Starts the process's choice of page size afresh (at the start of a compile).
+pub fn forget_fault_costs() {
+    FAULT_COSTS.forget();
+}
+
+impl FaultCosts {
+    pub const fn new() -> Self {
+        FaultCosts {
+            huge: AtomicU32::new(0),
+            small: AtomicU32::new(0),
+        }
+    }
+
+    /// Costs as if measured (for tests and tools).
+    pub fn with(huge_us: u32, small_us: u32) -> Self {
+        FaultCosts {
+            huge: AtomicU32::new(huge_us),
+            small: AtomicU32::new(small_us),
+        }
+    }
+
+    pub fn forget(&self) {
+        self.huge.store(0, Ordering::Relaxed);
+        self.small.store(0, Ordering::Relaxed);
+    }
+
+    /// Adds a chunk's time to the running average of its kind (weight 1/4: one small chunk
+    /// in six or so lands on memory the host must fault in again and takes 8-9 ms against
+    /// 0.7; one such chunk should not turn the choice, two or three in a row should).
+    /// Threads packing at once may lose each other's updates: an estimate either way.
+    fn record(&self, huge: bool, took: Duration) {
+        let us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+        let cost = if huge { &self.huge } else { &self.small };
+        let old = cost.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            us
+        } else {
+            ((3 * u64::from(old) + u64::from(us)) / 4) as u32
+        };
+        // At least 1: 0 means "not measured".
+        cost.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Whether the next 2 MiB chunk is faulted in as a huge page, given the last costs of
+/// each kind (0: unknown): yes while huge pages cost at most `limit_us`, or while small
+/// ones cost at least half as much (then the small pages would only lose the run its
+/// huge-page speed); otherwise small pages, until they prove as slow.
+pub fn choose_huge(huge_us: u32, small_us: u32, limit_us: u32) -> bool {
+    huge_us <= limit_us || (small_us != 0 && small_us.saturating_mul(2) >= huge_us)
+}
+
+/// Faults in `bytes` of `map` from `start` (a 2 MiB boundary; the mapping advised huge as
+/// a whole), 2 MiB at a time: a chunk that [`choose_huge`] gives to small pages is advised
+/// `MADV_NOHUGEPAGE` and written once per small page, a huge one once (where the kernel
+/// has no huge page to give, the writer faults in the rest). Each full chunk's time goes
+/// into `costs`. Only bytes of the floats are written, and with the zero they
+/// hold.
+fn fault_in(
+    map: &mut memmap2::MmapMut,
+    start: usize,
+    bytes: usize,
+    costs: &FaultCosts,
+    limit_us: u32,
+) {
+    let end = start + bytes;
+    let mut at = start;
+
+    while at < end {
+        let next = (at + HUGE_PAGE).min(end);
+        let huge = choose_huge(
+            costs.huge.load(Ordering::Relaxed),
+            costs.small.load(Ordering::Relaxed),
+            limit_us,
+        );
+        #[cfg(target_os = "linux")]
+        if !huge {
+            // Advice only: a kernel without it gives what the mapping's advice gives.
+            let _ = map.advise_range(memmap2::Advice::NoHugePage, at, next - at);
+        }
+        let t = Instant::now();
+        // A partial last chunk may not hold a huge page (the mapping's end): every page.
+        let full = next - at == HUGE_PAGE;
+        let step = if huge && full { HUGE_PAGE } else { SMALL_PAGE };
+        for p in (at..next).step_by(step) {
+            map[p] = 0;
+        }
+        if full {
+            costs.record(huge, t.elapsed());
+        }
+        at = next;
     }
 }
 
@@ -409,6 +560,127 @@ mod tests {
         assert!(matches!(small, HugeBuf::Small(_)));
         assert_eq!(&small[..], &[1.5; 10]);
         assert!(HugeBuf::zeroed(usize::MAX / 8, "the test").is_err());
+    }
+
+    #[test]
+    fn huge_pages_while_they_are_cheap_or_small_ones_no_cheaper() {
+        let limit = HUGE_FAULT_LIMIT_US;
+        assert!(choose_huge(0, 0, limit), "nothing measured: huge");
+        assert!(choose_huge(limit, 0, limit));
+        assert!(choose_huge(85, 700, limit));
+        assert!(
+            !choose_huge(limit + 1, 0, limit),
+            "slow, small unknown: small"
+        );
+        assert!(!choose_huge(12_000, 700, limit));
+        assert!(!choose_huge(12_000, 5_999, limit));
+        assert!(
+            choose_huge(12_000, 6_000, limit),
+            "small as slow: huge again"
+        );
+        assert!(choose_huge(u32::MAX, u32::MAX, limit), "no overflow");
+        assert!(!choose_huge(u32::MAX, u32::MAX / 2 - 1, limit));
+    }
+
+    #[test]
+    fn fault_costs_are_running_averages() {
+        let c = FaultCosts::default();
+        c.record(true, Duration::from_micros(8000));
+        assert_eq!(c.huge.load(Ordering::Relaxed), 8000, "the first sample");
+        c.record(true, Duration::from_micros(0));
+        assert_eq!(c.huge.load(Ordering::Relaxed), 6000);
+        c.record(false, Duration::ZERO);
+        assert_eq!(c.small.load(Ordering::Relaxed), 1, "measured, however fast");
+        c.record(false, Duration::from_secs(1 << 40));
+        // (3 * 1 + u32::MAX) / 4, the sample clamped to u32::MAX.
+        assert_eq!(c.small.load(Ordering::Relaxed), 1 << 30);
+        c.forget();
+        assert_eq!(c.huge.load(Ordering::Relaxed), 0);
+        assert_eq!(c.small.load(Ordering::Relaxed), 0);
+    }
+
+    /// The `/proc/self/smaps` entries of the mappings that overlap `[from, to)`: their
+    /// `VmFlags` and their resident and `AnonHugePages` KiB.
+    #[cfg(target_os = "linux")]
+    fn vmas(from: usize, to: usize) -> Vec<(String, u64, u64)> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = first.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    inside = a < to && b > from;
+                    if inside {
+                        out.push((String::new(), 0, 0));
+                    }
+                    continue;
+                }
+            }
+            let Some(last) = out.last_mut().filter(|_| inside) else {
+                continue;
+            };
+            let kib = |key: &str| {
+                line.strip_prefix(key)
+                    .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            };
+            if let Some(f) = line.strip_prefix("VmFlags:") {
+                last.0 = f.trim().to_string();
+            } else if let Some(k) = kib("Rss:") {
+                last.1 = k;
+            } else if let Some(k) = kib("AnonHugePages:") {
+                last.2 = k;
+            }
+        }
+        out
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn buffers_are_faulted_in_as_the_costs_say() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            return; // no THP in this kernel: `MADV_(NO)HUGEPAGE` fail, nothing to see
+        }
+        let n = (5 << 20) / 4 + 7; // 5 MiB and a bit: two full chunks and a partial one
+        let bytes = n * 4;
+        for (costs, limit, small) in [
+            // Huge pages never too slow: every chunk huge.
+            (FaultCosts::default(), u32::MAX, false),
+            // Huge pages far slower than small ones (whatever the chunks measure): small.
+            (FaultCosts::with(u32::MAX, 1), HUGE_FAULT_LIMIT_US, true),
+        ] {
+            let Ok(HugeBuf::Mapped {
+                mut map,
+                offset,
+                len,
+            }) = HugeBuf::mapped(n, "a test")
+            else {
+                panic!("not mapped");
+            };
+            fault_in(&mut map, offset, bytes, &costs, limit);
+            let start = map.as_ptr() as usize + offset;
+            let found = vmas(start, start + bytes);
+            assert!(!found.is_empty());
+            // Small chunks: every page of the floats resident (faulted in). Huge ones hold a
+            // huge page only where the kernel has one to give (THP mode, fragmentation).
+            let rss: u64 = found.iter().map(|v| v.1).sum();
+            assert!(!small || rss * 1024 >= bytes as u64, "{found:?}");
+            let flag = if small { "nh" } else { "hg" };
+            let other = if small { "hg" } else { "nh" };
+            // The mapping starts advised huge as a whole (its head before the floats stays
+            // so); each small chunk is advised otherwise, and the kernel merges neighbours.
+            for (flags, _, huge_kib) in &found {
+                let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+                assert!(has(flag) && !has(other), "{found:?}");
+                if small {
+                    assert_eq!(*huge_kib, 0, "{found:?}");
+                }
+            }
+            let buf = HugeBuf::Mapped { map, offset, len };
+            assert_eq!(buf.len(), n);
+            assert!(buf.iter().all(|x| x.to_bits() == 0));
+        }
     }
 
     #[test]

@@ -279,6 +279,9 @@ pub(super) fn instantiate(
     let code = module.finalize()?;
 
     let packing_start = Instant::now();
+    // Each compile measures afresh which page size its packed weights are faulted in
+    // cheaper (the host's memory changes within seconds; `memory::HugeBuf`).
+    crate::memory::forget_fault_costs();
     let mut jobs = Vec::new();
     let mut job_of = Vec::with_capacity(plan.steps.len());
     for s in &plan.steps {
