@@ -11,6 +11,13 @@ use std::time::Instant;
 mod phase;
 use phase::cross_core_us;
 
+/// The process's transparent huge pages (`AnonHugePages` of `/proc/self/smaps_rollup`), in MB.
+fn anon_huge_mb() -> Option<i64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<i64>().ok()? / 1024)
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let (path, var, va, vb) = (&a[0], &a[1], &a[2], &a[3]);
@@ -29,7 +36,14 @@ fn main() {
                 threads,
                 ..cnnc::Options::default()
             };
-            cnnc::compile(&g, &opts).unwrap()
+            let before = anon_huge_mb();
+            let m = cnnc::compile(&g, &opts).unwrap();
+            // Which pages the model's buffers got (`memory::HugeBuf` chooses by what faults
+            // cost at compile time): the process's growth in transparent huge pages.
+            if let (Some(b), Some(a)) = (before, anon_huge_mb()) {
+                println!("{var}={v}: compiled, AnonHugePages +{} MB", a - b);
+            }
+            m
         })
         .collect();
     let s = g.input_shape();

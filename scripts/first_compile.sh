@@ -44,7 +44,8 @@ for _ in $(seq "$reps"); do
 import json, sys
 d = json.load(sys.stdin)
 load = open("/proc/loadavg").read().split()[0]
-print(f"CNNC_HUGE_PAGES={sys.argv[1]:4} compile {d["compile_ms"]:7.1f} ms  packing {d["packing_ms"]:7.1f} ms  run median {d["median_ms"]:7.2f} ms  load {load}")
+print("CNNC_HUGE_PAGES=%-4s compile %7.1f ms  packing %7.1f ms  run median %7.2f ms  load %s"
+      % (sys.argv[1], d["compile_ms"], d["packing_ms"], d["median_ms"], load))
 ' "$p"
     done
 done
