@@ -639,3 +639,24 @@ fn jit_kernel_refusals_describe_shapes_in_words() {
     let e = cnnc::Error::Unsupported("too big".into()).in_layer("conv7");
     assert_eq!(e.to_string(), "conv7: too big");
 }
+
+/// A strided 1x1 spec with a zero stride or no channels is refused with an error at every
+/// ISA level the host has, not a division by zero while its method is chosen (the wide
+/// levels weigh the pointwise GEMM's and the implicit GEMM's plans for strided 1x1s).
+#[test]
+fn invalid_strided_pointwise_specs_are_refused_at_every_isa() {
+    use cnnc::jit::*;
+    let zero_stride = ConvSpec {
+        stride_h: 0,
+        ..ConvSpec::square(40, 8, 16, 1, 2, 0)
+    };
+    let no_channels = ConvSpec::square(0, 8, 16, 1, 2, 0);
+    for isa in cnnc::Isa::host_levels() {
+        let mut km = KernelModule::new().unwrap();
+        km.set_isa(isa).unwrap();
+        for spec in [zero_stride, no_channels] {
+            let err = km.add_conv(&spec).err().expect("refused");
+            assert!(matches!(err, cnnc::Error::Shape(_)), "{isa}: {err}");
+        }
+    }
+}

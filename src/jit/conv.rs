@@ -809,7 +809,9 @@ impl ConvMethod {
     /// not there (`docs/jit-history.md`, session 14). `CNNC_STRIDED_IMPLICIT=0`, a measuring
     /// knob: never.
     fn strided_on_implicit(spec: &ConvSpec, isa: Isa) -> bool {
-        let Some(w) = x86::width(isa) else {
+        // The plans below divide by strides and channel counts: only a valid spec
+        // (`add_conv` refuses the others with a message) may build them.
+        let Some(w) = x86::width(isa).filter(|_| spec.validate().is_ok()) else {
             return false;
         };
         let spec = ConvSpec {
@@ -1078,6 +1080,7 @@ impl KernelModule {
     /// Generates the kernel for `spec` (once per module: the same spec again shares the
     /// code), with the method [`ConvMethod::for_spec`] picks.
     pub fn add_conv(&mut self, spec: &ConvSpec) -> Result<PendingConv> {
+        spec.validate()?;
         self.add_conv_with(spec, ConvMethod::for_spec(spec, self.winograd, self.isa))
     }
 
