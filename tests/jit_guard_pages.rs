@@ -315,24 +315,31 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
         )
         .unwrap();
         assert!(out.s().iter().all(|v| v.is_finite()));
-        // Split across threads: the prologue's and the compute's parts.
+        // Split across threads: the prologue's and the compute's parts. Also with a longer
+        // scratch, as a model passes one buffer to every step: each thread's own part (a
+        // grouped Winograd layer's) then starts at the thread's share of the whole buffer.
         let pool = ThreadPool::new(2, std::time::Duration::from_micros(50));
-        let mut out2 = out_for();
-        let mut scratch = Guarded::new(kern.scratch_len_on(2), after, 0.0);
-        kern.run_parallel(
-            &pool,
-            x.s(),
-            wp.s(),
-            residual.then(|| r.s()),
-            out2.m(),
-            scratch.m(),
-        )
-        .unwrap();
-        assert!(out2
-            .s()
-            .iter()
-            .zip(out.s())
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        let need = kern.scratch_len_on(2);
+        for len in [need, 2 * need + 37] {
+            let mut out2 = out_for();
+            let mut scratch = Guarded::new(len, after, 0.0);
+            kern.run_parallel(
+                &pool,
+                x.s(),
+                wp.s(),
+                residual.then(|| r.s()),
+                out2.m(),
+                scratch.m(),
+            )
+            .unwrap();
+            assert!(
+                out2.s()
+                    .iter()
+                    .zip(out.s())
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{spec:?}, scratch of {len} floats"
+            );
+        }
     }
 }
 

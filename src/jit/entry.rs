@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::module::{Compiled, PendingId};
 use super::threads::ThreadPool;
 use crate::error::{Error, Result};
+use crate::lower::memory::ALIGN_FLOATS as ALIGN;
 
 /// The uniform signature of generated functions.
 type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
@@ -161,6 +162,12 @@ pub(crate) struct Entry {
     slots: Box<[Slot]>,
     /// Chunks per thread on a pool ([`ThreadPool::split_in_chunks`]).
     chunks_per_part: usize,
+    /// On a pool, thread `t`'s part of a `Temp` buffer starts at `t` times the buffer's
+    /// length over the threads (whole cache lines): the same place for every kernel given
+    /// the same buffer, so that no thread overwrites lines another thread's part held in
+    /// another kernel (`CNNC_SCRATCH_FIXED=0`: at `t` times the slot's length, as before
+    /// session 14).
+    temp_fixed: bool,
 }
 
 /// Buffer arrays up to this length live on the stack (an elementwise kernel's inputs on the
@@ -198,6 +205,7 @@ impl Entry {
             units,
             slots: slots.into(),
             chunks_per_part: super::threads::CHUNKS_PER_PART,
+            temp_fixed: !crate::knobs::off("CNNC_SCRATCH_FIXED"),
         })
     }
 
@@ -216,24 +224,25 @@ impl Entry {
     /// Computes the units in `range` on the calling thread.
     pub(crate) fn run(&self, bufs: &mut [Buf], range: Range<usize>) -> Result<()> {
         check_range(&range, self.units)?;
-        let addrs = self.addresses(bufs, 1)?;
-        self.call(&addrs, 0, range);
+        let (addrs, strides) = self.addresses(bufs, 1)?;
+        self.call(&addrs, &strides, 0, range);
         Ok(())
     }
 
     /// Computes all units, split across `pool`'s threads (a `temp` slot needs `len` floats
     /// per thread).
     pub(crate) fn run_parallel(&self, pool: &ThreadPool, bufs: &mut [Buf]) -> Result<()> {
-        let addrs = self.addresses(bufs, pool.threads())?;
+        let (addrs, strides) = self.addresses(bufs, pool.threads())?;
         pool.split_in_chunks(self.units, self.chunks_per_part, |part, range| {
-            self.call(&addrs, part, range)
+            self.call(&addrs, &strides, part, range)
         });
         Ok(())
     }
 
     /// Checks `bufs` against the slots for a split into `parts`; returns their addresses
-    /// (as integers, so that the pool's threads may share them).
-    fn addresses(&self, bufs: &mut [Buf], parts: usize) -> Result<Addrs> {
+    /// (as integers, so that the pool's threads may share them) and for each `Temp` slot the
+    /// bytes between consecutive parts' scratch (0 for the others).
+    fn addresses(&self, bufs: &mut [Buf], parts: usize) -> Result<(Addrs, Addrs)> {
         if bufs.len() != self.slots.len() {
             return Err(Error::Internal(format!(
                 "kernel takes {} buffers, got {}",
@@ -242,7 +251,11 @@ impl Entry {
             )));
         }
         let mut addrs = Addrs::new(bufs.len());
-        for ((buf, slot), a) in bufs.iter_mut().zip(&self.slots).zip(addrs.slice_mut()) {
+        let mut strides = Addrs::new(bufs.len());
+        for (((buf, slot), a), stride) in (bufs.iter_mut().zip(&self.slots))
+            .zip(addrs.slice_mut())
+            .zip(strides.slice_mut())
+        {
             let (ptr, len) = match (slot.access, buf) {
                 (Access::Absent, Buf::None) => {
                     *a = 0;
@@ -284,24 +297,23 @@ impl Entry {
                 )));
             }
             *a = ptr;
+            if slot.access == Access::Temp {
+                *stride = temp_stride(len, parts, slot.len, self.temp_fixed) * 4;
+            }
         }
-        Ok(addrs)
+        Ok((addrs, strides))
     }
 
     /// The one call into generated code: part `part` of a split, units `range`.
-    fn call(&self, addrs: &Addrs, part: usize, range: Range<usize>) {
+    fn call(&self, addrs: &Addrs, strides: &Addrs, part: usize, range: Range<usize>) {
         let mut ptrs = Addrs::new(self.slots.len());
-        for ((p, &a), slot) in ptrs
+        for ((p, &a), &stride) in ptrs
             .slice_mut()
             .iter_mut()
             .zip(addrs.slice())
-            .zip(&self.slots)
+            .zip(strides.slice())
         {
-            *p = if slot.access == Access::Temp {
-                a + part * slot.len * 4
-            } else {
-                a
-            };
+            *p = a + part * stride;
         }
         let bufs = ptrs.slice().as_ptr() as *const *mut f32;
         #[allow(unsafe_code)] // The one call into generated code.
@@ -313,10 +325,25 @@ impl Entry {
         // (`Write`, `Temp`) came from `&mut` slices, so nothing else aliases them while the
         // call runs. With a pool, concurrent calls get disjoint ranges, whose units write
         // disjoint elements of `Write` buffers, and disjoint `len`-float parts of `Temp`
-        // buffers (part `part` starts at `part * len`, within the `len * threads` checked).
+        // buffers (part `part` starts at `part` strides of at least `len` floats, the last
+        // part ending within the buffer: `addresses`).
         unsafe {
             (self.f)(bufs, range.start as i64, range.end as i64)
         };
+    }
+}
+
+/// Floats from one thread's part of a `Temp` buffer of `len` floats to the next, for parts
+/// of `part` floats on `parts` threads (`len >= part * parts`, checked before): the buffer's
+/// share per thread in whole cache lines (`fixed`), else `part`. Part `p` is floats
+/// `p * stride..p * stride + part`: disjoint from the others since `stride >= part`, and
+/// within `len` since `parts * stride <= len`.
+fn temp_stride(len: usize, parts: usize, part: usize, fixed: bool) -> usize {
+    let share = len / parts.max(1) / ALIGN * ALIGN;
+    if fixed && share >= part {
+        share
+    } else {
+        part
     }
 }
 
@@ -365,4 +392,36 @@ fn check_range(range: &Range<usize>, units: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_parts_are_disjoint_in_bounds_and_fixed_per_thread() {
+        for parts in 1..=5 {
+            for part in [0, 1, 15, 16, 17, 1000, 120_768] {
+                for extra in [0, 1, 37, 5000, 400_000] {
+                    let len = part * parts + extra;
+                    for fixed in [false, true] {
+                        let stride = temp_stride(len, parts, part, fixed);
+                        assert!(stride >= part, "{len} {parts} {part}");
+                        assert!((parts - 1) * stride + part <= len, "{len} {parts} {part}");
+                    }
+                }
+            }
+        }
+        // Two kernels of different parts sharing one buffer: each thread's part starts at
+        // the same place for both (on whole cache lines), so neither thread writes where the
+        // other's part was.
+        let len = 408_960 + 7;
+        let (a, b) = (
+            temp_stride(len, 2, 120_768, true),
+            temp_stride(len, 2, 89_168, true),
+        );
+        assert_eq!(a, b);
+        assert_eq!(a % ALIGN, 0);
+        assert_eq!(temp_stride(len, 2, 89_168, false), 89_168);
+    }
 }

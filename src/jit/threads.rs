@@ -92,6 +92,51 @@ struct Shared {
     spin: Duration,
     /// Workers that have started running [`worker`].
     started: AtomicUsize,
+    /// `CNNC_POOL_TRACE=1`: each job's timeline (a measuring knob).
+    trace: Option<Trace>,
+}
+
+/// One thread's part in a traced job: nanoseconds since the pool's `origin`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadSpan {
+    /// When it took its first chunk (0: it took none).
+    pub start: u64,
+    /// When its last chunk ended.
+    pub end: u64,
+    /// Time inside chunks.
+    pub busy: u64,
+    pub chunks: u32,
+}
+
+/// A traced job ([`ThreadPool::take_trace`]): nanoseconds since the pool's `origin`.
+#[derive(Clone, Debug, Default)]
+pub struct JobTrace {
+    /// The caller's tag when the job ran ([`ThreadPool::set_tag`]: the model's step).
+    pub tag: usize,
+    pub units: usize,
+    /// When `split` published the job, and when it saw every worker out of it.
+    pub submit: u64,
+    pub done: u64,
+    /// Per thread (0: the caller).
+    pub threads: Vec<ThreadSpan>,
+}
+
+/// One thread's span of the running job, on a cache line pair of its own.
+#[repr(align(128))]
+#[derive(Default)]
+struct SpanSlot(Mutex<ThreadSpan>);
+
+struct Trace {
+    tag: AtomicUsize,
+    origin: Instant,
+    spans: Box<[SpanSlot]>,
+    jobs: Mutex<Vec<JobTrace>>,
+}
+
+impl Trace {
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
 }
 
 impl Shared {
@@ -101,11 +146,28 @@ impl Shared {
         let n = self.parts.len();
         let chunk = self.chunk.load(Ordering::Relaxed);
         let shift = self.shift.load(Ordering::Relaxed);
+        let mut span = ThreadSpan::default();
         for k in 0..n {
             let victim = (me + shift + k) % n;
             while let Some(r) = self.parts[victim].take(chunk, k > 0) {
-                (job.f)(me, r);
+                match &self.trace {
+                    Some(t) => {
+                        let t0 = t.now();
+                        (job.f)(me, r);
+                        let t1 = t.now();
+                        if span.chunks == 0 {
+                            span.start = t0;
+                        }
+                        span.end = t1;
+                        span.busy += t1 - t0;
+                        span.chunks += 1;
+                    }
+                    None => (job.f)(me, r),
+                }
             }
+        }
+        if let Some(t) = &self.trace {
+            *t.spans[me].0.lock().unwrap_or_else(|e| e.into_inner()) = span;
         }
     }
 }
@@ -135,6 +197,12 @@ impl ThreadPool {
             panicked: AtomicBool::new(false),
             spin,
             started: AtomicUsize::new(0),
+            trace: (crate::knobs::forced("CNNC_POOL_TRACE") == Some(true)).then(|| Trace {
+                tag: AtomicUsize::new(0),
+                origin: Instant::now(),
+                spans: (0..threads).map(|_| SpanSlot::default()).collect(),
+                jobs: Mutex::new(Vec::with_capacity(1 << 16)),
+            }),
         });
         let workers = (1..threads)
             .map(|i| {
@@ -162,6 +230,23 @@ impl ThreadPool {
     pub fn with_available_parallelism() -> Self {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self::new(n, Duration::from_micros(200))
+    }
+
+    /// The jobs traced since the last call (`CNNC_POOL_TRACE=1` when the pool was made;
+    /// otherwise none), in order.
+    pub fn take_trace(&self) -> Vec<JobTrace> {
+        self.shared.trace.as_ref().map_or(Vec::new(), |t| {
+            let mut jobs = t.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            let cap = jobs.capacity();
+            std::mem::replace(&mut *jobs, Vec::with_capacity(cap))
+        })
+    }
+
+    /// Labels the jobs traced from now on (with `CNNC_POOL_TRACE=1`; else nothing).
+    pub fn set_tag(&self, tag: usize) {
+        if let Some(t) = &self.shared.trace {
+            t.tag.store(tag, Ordering::Relaxed);
+        }
     }
 
     /// Total threads, the caller included.
@@ -202,6 +287,7 @@ impl ThreadPool {
             s.shift.store(next, Ordering::Relaxed);
         }
         let job = Job { f: &f };
+        let submit = s.trace.as_ref().map_or(0, |t| t.now());
         // A worker uses the job only between incrementing `active` and seeing the pointer
         // non-null, and decrementing `active`; the pointer is cleared and `active` waited
         // for below before `job` goes out of scope.
@@ -229,6 +315,23 @@ impl ThreadPool {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
+            }
+        }
+        if let Some(t) = &s.trace {
+            let done = t.now();
+            let threads = (t.spans.iter())
+                .map(|sp| std::mem::take(&mut *sp.0.lock().unwrap_or_else(|e| e.into_inner())))
+                .collect();
+            let mut jobs = t.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            // A bounded record: past its capacity (set at creation) jobs go untraced.
+            if jobs.len() < jobs.capacity() {
+                jobs.push(JobTrace {
+                    tag: t.tag.load(Ordering::Relaxed),
+                    units,
+                    submit,
+                    done,
+                    threads,
+                });
             }
         }
         if let Err(p) = mine {

@@ -319,6 +319,9 @@ pub fn assign_arena(plan: &mut Plan) -> Result<()> {
     }
 
     let mut planner = ArenaPlanner::default();
+    // `CNNC_ARENA_NO_REUSE=1` (a measuring knob): every buffer a region of its own, none
+    // reused by a later buffer (which another split of threads may write).
+    let reuse = crate::knobs::forced("CNNC_ARENA_NO_REUSE") != Some(true);
     let mut arena_len = 0;
     let mut region: Vec<Option<Region>> = vec![None; n];
     for v in 0..n {
@@ -356,12 +359,12 @@ pub fn assign_arena(plan: &mut Plan) -> Result<()> {
         read.dedup();
         for r in read {
             if let (Some(pos), Some(reg)) = (last_use[r], region[r]) {
-                if pos == v {
+                if pos == v && reuse {
                     planner.release(reg);
                 }
             }
         }
-        if last_use[buf].is_none() && buf == v {
+        if last_use[buf].is_none() && buf == v && reuse {
             planner.release(r); // Dead value: nobody reads it.
         }
     }

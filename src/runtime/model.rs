@@ -277,6 +277,18 @@ impl Model {
     pub fn arena_len(&self) -> usize {
         self.arena_len
     }
+    /// The pool's jobs since the last call, with `CNNC_POOL_TRACE=1` (a measuring knob:
+    /// `examples/pooltrace.rs`); none without it or on one thread.
+    pub fn take_pool_trace(&self) -> Vec<crate::jit::threads::JobTrace> {
+        self.pool.as_ref().map_or(Vec::new(), |p| p.take_trace())
+    }
+    /// The steps' names, in order.
+    pub fn step_names(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| format!("{} {}", s.name, s.op))
+            .collect()
+    }
 
     /// Runs the network on `[N, C, H, W]` (or `[C, H, W]`); one tensor per graph output.
     pub fn run(&self, x: &Tensor) -> Result<Vec<Tensor>> {
@@ -430,6 +442,9 @@ impl Model {
                 }
                 _ => None,
             };
+            if let Some(p) = &self.pool {
+                p.set_tag(i);
+            }
             self.run_step(step, ws, full.then_some(src), direct)?;
             if let (Some(p), Some(t)) = (profile.as_deref_mut(), t) {
                 p[i] += t.elapsed();
