@@ -47,8 +47,11 @@ fn main() {
     std::env::set_var("CNNC_POOL_TRACE", "1");
     let mut g = cnnc::format::load(path).unwrap();
     cnnc::weights::bind(&mut g, None).unwrap();
+    // `POOLTRACE_NO_WINOGRAD=1`: both models without Winograd (`--no-winograd`).
+    let winograd = !std::env::var("POOLTRACE_NO_WINOGRAD").is_ok_and(|v| v == "1");
     let opts = cnnc::Options {
         threads,
+        winograd,
         ..cnnc::Options::default()
     };
     let m = cnnc::compile(&g, &opts).unwrap();
@@ -57,6 +60,7 @@ fn main() {
         &g,
         &cnnc::Options {
             threads: 1,
+            winograd,
             ..cnnc::Options::default()
         },
     )

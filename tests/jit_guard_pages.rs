@@ -483,6 +483,13 @@ fn pool_elementwise_stay_in_bounds() {
             hw: 75,
             relu: false,
         },
+        // Planes in two halves (the last plane's second half, 256 + 275 floats, ends at
+        // the guard page with a masked tail).
+        EltSpec::ScaleShift {
+            channels: 3,
+            hw: 531,
+            relu: true,
+        },
         EltSpec::Softmax { channels: 5, hw: 3 },
         EltSpec::GlobalAvgPool { channels: 3, hw: 9 },
     ]

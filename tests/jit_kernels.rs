@@ -1904,6 +1904,14 @@ fn scale_shift_every_isa_bit_identical() {
         (5, 65),
         (7, 196),
         (3, 3139),
+        // From 512 floats a plane the wide kernel runs each plane in two halves (units:
+        // every first half, then every second half), cut at a multiple of 16: 511 whole,
+        // 256 + 256, 256 + 257 (a masked tail in the second), 384 + 400 (28x28), and above
+        // 1568 + 1571.
+        (2, 511),
+        (3, 512),
+        (2, 513),
+        (5, 784),
     ] {
         let mut x = rand_vec(c * hw, 11);
         let special = [f32::NAN, -0.0, 0.0, f32::INFINITY, f32::NEG_INFINITY, -3.5];

@@ -86,7 +86,7 @@ impl EltSpec {
         }
     }
     /// Work units: elements for Add/Relu, channels for ScaleShift/GlobalAvgPool, pixels for
-    /// Softmax.
+    /// Softmax (a kernel's own may differ: [`EltKernel::work_units`]).
     pub fn work_units(&self) -> usize {
         match *self {
             EltSpec::Add { len, .. } | EltSpec::Relu { len } => len,
@@ -206,20 +206,66 @@ impl Layout<Value> for ScaleShiftBufs {
     }
 }
 
-/// Channels `begin..end` of the scale-shift, each by one call of the wide kernel
-/// (`e.micros[0]`, [`ScaleShiftPlane`]) on the channel's planes and its scale and shift.
+/// Planes of at least this many floats are scale-shifted in two halves
+/// ([`scale_shift_split`]).
+const SCALE_SHIFT_HALVES_MIN: usize = 512;
+
+/// Where the wide scale-shift cuts each plane (a multiple of 16 floats, so that both halves
+/// start a cache line from the plane's start), or `None`: whole planes. The work units are
+/// then the first halves of every channel, then the second halves, so that two threads
+/// split it as the pixel-split layers around it split their planes (the first half of
+/// every plane on thread 0): a batchnorm between a dense block's concat and its 1x1 conv
+/// reads and writes the lines its thread's parts of those layers wrote and read, rather than
+/// half of them on the other core (2.3-4x as dear when the two vCPUs are on two dies:
+/// docs/jit-history.md, session 14). `CNNC_SCALE_SHIFT_HALVES=0`: whole planes.
+fn scale_shift_split(hw: usize) -> Option<usize> {
+    (hw >= SCALE_SHIFT_HALVES_MIN && !crate::knobs::off("CNNC_SCALE_SHIFT_HALVES"))
+        .then_some(hw / 2 / 16 * 16)
+}
+
+/// Units `begin..end` of the scale-shift, each by one call of the wide kernel
+/// ([`ScaleShiftPlane`]) on its part of a channel's plane with the channel's scale and
+/// shift: whole planes (`e.micros[0]`, units are channels), or with `cut`, unit `u <
+/// channels` the first `cut` floats of plane `u` (`e.micros[0]`) and unit `channels + c` the
+/// rest of plane `c` (`e.micros[1]`).
 fn wide_scale_shift(
     e: &mut Emit,
     b: ScaleShiftBufs,
     (begin, end): (Value, Value),
-    hw: usize,
+    (channels, hw, cut): (usize, usize, Option<usize>),
 ) -> Result<()> {
-    e.for_range(begin, end, 1, |e, c| {
+    let call = |e: &mut Emit, c: Value, offset: usize, micro: usize| {
         let x = e.addr(b.x, c, hw * 4);
         let y = e.addr(b.out, c, hw * 4);
+        let (x, y) = (
+            e.add_imm(x, offset as i64 * 4),
+            e.add_imm(y, offset as i64 * 4),
+        );
         let sc = e.addr(b.scale, c, 4);
         let sh = e.addr(b.shift, c, 4);
-        e.b.ins().call(e.micros[0], &[x, y, sc, sh]);
+        e.b.ins().call(e.micros[micro], &[x, y, sc, sh]);
+    };
+    let Some(cut) = cut else {
+        return e.for_range(begin, end, 1, |e, c| {
+            call(e, c, 0, 0);
+            Ok(())
+        });
+    };
+    // First halves: units begin..min(end, channels); second halves: max(begin, channels)..end,
+    // as channels from 0.
+    let n = e.iconst(channels as i64);
+    let first_end = e.b.ins().smin(end, n);
+    e.for_range(begin, first_end, 1, |e, c| {
+        call(e, c, 0, 0);
+        Ok(())
+    })?;
+    let second_begin = e.b.ins().smax(begin, n);
+    let (c0, c1) = (
+        e.add_imm(second_begin, -(channels as i64)),
+        e.add_imm(end, -(channels as i64)),
+    );
+    e.for_range(c0, c1, 1, |e, c| {
+        call(e, c, cut, 1);
         Ok(())
     })
 }
@@ -405,27 +451,47 @@ fn add_body(
 pub struct PendingElt {
     id: PendingId,
     spec: EltSpec,
+    /// The function's work units: [`EltSpec::work_units`], or for the wide scale-shift of
+    /// large planes twice the channels (two halves of each plane).
+    units: usize,
 }
 
 impl KernelModule {
     pub fn add_elementwise(&mut self, spec: &EltSpec) -> Result<PendingElt> {
         spec.validate()?;
         let s = *spec;
-        if let (EltSpec::ScaleShift { hw, relu, .. }, Some(width)) =
+        if let (EltSpec::ScaleShift { channels, hw, relu }, Some(width)) =
             (s, super::x86::width(self.isa))
         {
-            let k = ScaleShiftPlane { width, hw, relu };
-            let micro = self.add_micro_once(4, "scale shift plane", &k, ScaleShiftPlane::emit)?;
-            // The function only loops over the channels and calls: compiled quickly.
-            let id = self.define_driver(&[micro], move |e, p: ScaleShiftBufs, begin, end| {
-                wide_scale_shift(e, p, (begin, end), hw)
+            let cut = scale_shift_split(hw);
+            let parts = match cut {
+                Some(cut) => vec![cut, hw - cut],
+                None => vec![hw],
+            };
+            let micros = (parts.iter())
+                .map(|&hw| {
+                    let k = ScaleShiftPlane { width, hw, relu };
+                    self.add_micro_once(4, "scale shift plane", &k, ScaleShiftPlane::emit)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // The function only loops over the units and calls: compiled quickly.
+            let id = self.define_driver(&micros, move |e, p: ScaleShiftBufs, begin, end| {
+                wide_scale_shift(e, p, (begin, end), (channels, hw, cut))
             })?;
-            return Ok(PendingElt { id, spec: s });
+            return Ok(PendingElt {
+                id,
+                spec: s,
+                units: channels * parts.len(),
+            });
         }
         let id = self.define_n(s.n_inputs() + 1, move |e, p, begin, end| {
             body(&s, e, p, begin, end)
         })?;
-        Ok(PendingElt { id, spec: s })
+        Ok(PendingElt {
+            id,
+            spec: s,
+            units: s.work_units(),
+        })
     }
 }
 
@@ -438,7 +504,7 @@ impl Pending for PendingElt {
             .collect();
         slots.push(Slot::write("elementwise output", self.spec.lens(0).1));
         Ok(EltKernel {
-            entry: Entry::new(code, self.id, self.spec.work_units(), slots)?,
+            entry: Entry::new(code, self.id, self.units, slots)?,
             spec: self.spec,
         })
     }
@@ -457,6 +523,8 @@ impl EltKernel {
     pub fn spec(&self) -> &EltSpec {
         &self.spec
     }
+    /// Its work units: [`EltSpec::work_units`], but for the wide scale-shift of planes of
+    /// 512 floats or more, whose units are every plane's first half, then every second half.
     pub fn work_units(&self) -> usize {
         self.entry.units()
     }
