@@ -118,6 +118,8 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // 57x57 with the last output's filter column 2 past the input).
         (40, 3, 4, 9, 5, 1, 2),
         (12, 57, 57, 9, 3, 2, 1),
+        // Filter columns two by two at stride 2 (a 2x2/2 with padding 1, a pair only).
+        (20, 15, 17, 9, 2, 2, 1),
         // Outputs over 1 MB: the first call of a strip prefetches the next strip's outputs
         // for writing (the plane's last strip its own): a stem, a channel tail with 2
         // reduction blocks.

@@ -2412,6 +2412,11 @@ fn conv_direct_every_isa_bit_identical() {
         spec(40, 3, 4, 9, 5, 5, (1, 1), (2, 2)),
         spec(12, 57, 57, 9, 3, 3, (2, 2), (1, 1)),
         spec(8, 6, 200, 9, 3, 3, (1, 1), (1, 1)),
+        // Stride-2 copies taking filter columns two by two (`PanelCopy::pair`): 2x2/2 (one
+        // pair) with padding on one side, 1x5 at stride (1, 2) with padding 2 (two pairs and
+        // a lone column, spans of either tap of a pair at the row's ends).
+        spec(20, 15, 17, 9, 2, 2, (2, 2), (0, 1)),
+        spec(20, 9, 31, 11, 1, 5, (1, 2), (0, 2)),
     ];
     // (5 input channels: with 4 or fewer, 3x3 filters take the im2col bands.)
     for k in 1..=15 {

@@ -420,6 +420,7 @@ impl Im2colGemm {
                 })
                 .collect(),
             pad: None,
+            pairs: super::x86::copy::pairs(),
         };
         copy.takes().then_some(copy)
     }

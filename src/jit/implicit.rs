@@ -547,6 +547,7 @@ impl ImplicitGemm {
             dst_row: self.ldp * 4,
             pieces,
             pad,
+            pairs: super::x86::copy::pairs(),
         };
         copy.takes().then_some(copy)
     }

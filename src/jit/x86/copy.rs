@@ -13,7 +13,9 @@
 //!
 //! * Stride 1: whole vectors, then the last `len % lanes` floats under a mask.
 //! * Stride 2: each group of `lanes` outputs takes the even floats of two vectors: one
-//!   `vpermt2ps` (AVX-512) or `vshufps` + `vpermpd` (AVX2).
+//!   `vpermt2ps` (AVX-512) or `vshufps` + `vpermpd` (AVX2). Filter columns `fx` and
+//!   `fx + 1` share those two loads, the second tap taking the odd floats
+//!   ([`PanelCopy::pair`]; the 7x7/2 stem 0.975x the time).
 //! * Reads: a piece's last group loads only the floats it copies (AVX-512 `k1`, AVX2
 //!   `vmaskmovps`: masked-off lanes do not fault); the groups before it read up to the
 //!   float after their last output, which the next group copies. So a copy reads only
@@ -75,6 +77,9 @@ pub struct PanelCopy {
     pub pieces: Vec<CopyPiece>,
     /// `None`: every source position is inside the (padded) source.
     pub pad: Option<SelfPad>,
+    /// Stride 2: filter columns two by two from the same loads ([`Self::pair`];
+    /// [`pairs`]).
+    pub pairs: bool,
 }
 
 /// Registers: the two source vectors, the even-lane index (AVX-512), the AVX2 mask is
@@ -84,6 +89,16 @@ const B: usize = 1;
 const EVEN: usize = 2;
 /// Zeros, for the filter rows outside the source ([`SelfPad`]).
 const ZERO: usize = 3;
+/// The odd-lane index (AVX-512), and the two taps of a pair ([`PanelCopy::pair`]).
+const ODD: usize = 4;
+const C: usize = 5;
+const D: usize = 6;
+
+/// Whether stride-2 copies take filter columns two by two from the same loads
+/// ([`PanelCopy::pair`]); `CNNC_COPY_PAIRS=0`, a measuring knob: each from loads of its own.
+pub fn pairs() -> bool {
+    !crate::knobs::off("CNNC_COPY_PAIRS")
+}
 
 fn disp(bytes: isize) -> Result<i32> {
     i32::try_from(bytes)
@@ -124,8 +139,10 @@ impl PanelCopy {
         let mut v = Vasm::new(self.width)?;
         let mut masks = Masks::default();
         let mut even = v.a.create_label();
+        let mut odd = v.a.create_label();
         if self.stride == 2 && self.width == Width::Z512 {
             v.load(EVEN, AsmMemoryOperand::from(even))?;
+            v.load(ODD, AsmMemoryOperand::from(odd))?;
         }
         let step = |v: &mut Vasm, r, bytes: usize| -> Result<()> {
             v.a.add(r, disp(bytes as isize)?).map_err(asm_err)
@@ -157,10 +174,19 @@ impl PanelCopy {
                 v.a.jae(label).map_err(asm_err)?;
                 outside = Some(label);
             }
-            for fx in 0..self.kw {
+            let mut fx = 0;
+            while fx < self.kw {
                 let from = p.from + 4 * fx as isize;
                 let to = (fx * self.dst_row + p.to) as isize;
-                self.piece(&mut v, &mut masks, (from, to, p.len), self.valid(i, fx))?;
+                if self.stride == 2 && fx + 1 < self.kw && self.pairs {
+                    let to2 = to + self.dst_row as isize;
+                    let valid = (self.valid(i, fx), self.valid(i, fx + 1));
+                    self.pair(&mut v, &mut masks, (from, to, to2, p.len), valid)?;
+                    fx += 2;
+                } else {
+                    self.piece(&mut v, &mut masks, (from, to, p.len), self.valid(i, fx))?;
+                    fx += 1;
+                }
             }
             if let Some(mut label) = outside {
                 let mut done = v.a.create_label();
@@ -189,7 +215,87 @@ impl PanelCopy {
         v.a.set_label(&mut even).map_err(asm_err)?;
         v.a.dd(&(0..16).map(|i| 2 * i).collect::<Vec<u32>>())
             .map_err(asm_err)?;
+        v.a.set_label(&mut odd).map_err(asm_err)?;
+        v.a.dd(&(0..16).map(|i| 2 * i + 1).collect::<Vec<u32>>())
+            .map_err(asm_err)?;
         v.finish()
+    }
+
+    /// Stride 2: filter columns `fx` and `fx + 1` of a piece from the same loads, the
+    /// first the even lanes, the second the odd ones (outputs `j` read floats `2 j` and
+    /// `2 j + 1` from `from`), to `rsi + to` and `rsi + to2`. Fully valid, a group reads
+    /// as [`Self::piece`] does for `fx`, plus the float after its last output in the last
+    /// group (the second tap's last output: inside the row). Else it loads only the span
+    /// from the first to the last float that a valid output of either tap takes (inside
+    /// the row: columns between two of the row's are the row's), so every invalid output's
+    /// float, outside the row, is outside the span: +0.0.
+    fn pair(
+        &self,
+        v: &mut Vasm,
+        masks: &mut Masks,
+        (from, to, to2, len): (isize, isize, isize, usize),
+        valid: ((usize, usize), (usize, usize)),
+    ) -> Result<()> {
+        let l = self.width.lanes();
+        let ((lo0, hi0), (lo1, hi1)) = valid;
+        let whole = (lo0, hi0, lo1, hi1) == (0, len, 0, len);
+        for g in (0..len).step_by(l) {
+            let n = (len - g).min(l);
+            let last = g + l >= len;
+            let src = |o: usize| -> Result<AsmMemoryOperand> {
+                Ok(rcx + disp(from + ((g * 2 + o) * 4) as isize)?)
+            };
+            if whole {
+                let reach = if last { (n - 1) * 2 + 2 } else { 2 * l };
+                self.load(v, masks, A, src(0)?, (0, reach.min(l)))?;
+                if reach > l {
+                    self.load(v, masks, B, src(l)?, (0, reach - l))?;
+                }
+            } else {
+                // Valid outputs of the group, per tap, and the floats they take.
+                let part = |lo: usize, hi: usize, odd: usize| {
+                    let (a, b) = (lo.clamp(g, g + n) - g, hi.clamp(g, g + n) - g);
+                    (a < b).then(|| (a * 2 + odd, (b - 1) * 2 + odd))
+                };
+                let spans = [part(lo0, hi0, 0), part(lo1, hi1, 1)];
+                let first = spans.iter().flatten().map(|s| s.0).min();
+                let end = spans.iter().flatten().map(|s| s.1).max();
+                match (first, end) {
+                    (Some(a), Some(b)) => {
+                        self.load_span(v, masks, A, src(0)?, (a, b + 1), 0)?;
+                        self.load_span(v, masks, B, src(l)?, (a, b + 1), l)?;
+                    }
+                    _ => {
+                        v.zero(A)?;
+                        v.zero(B)?;
+                    }
+                }
+            }
+            self.lanes_of(v, C, EVEN, 0x88)?;
+            self.store(v, masks, rsi + disp(to + (g * 4) as isize)?, C, n)?;
+            self.lanes_of(v, D, ODD, 0xDD)?;
+            self.store(v, masks, rsi + disp(to2 + (g * 4) as isize)?, D, n)?;
+        }
+        Ok(())
+    }
+
+    /// `dst` = the even (`index` EVEN, `imm` 0x88) or odd (ODD, 0xDD) lanes of `A` then of
+    /// `B`, in order; `A` and `B` kept.
+    fn lanes_of(&self, v: &mut Vasm, dst: usize, index: usize, imm: u32) -> Result<()> {
+        use iced_x86::code_asm::{get_ymm, get_zmm};
+        use iced_x86::Register::{YMM0, ZMM0};
+        let z = |i: usize| get_zmm(ZMM0 + i as u32).expect("zmm below 32");
+        let y = |i: usize| get_ymm(YMM0 + i as u32).expect("ymm below 16");
+        match self.width {
+            Width::Z512 => {
+                v.a.vmovaps(z(dst), z(index)).map_err(asm_err)?;
+                v.a.vpermi2ps(z(dst), z(A), z(B)).map_err(asm_err)
+            }
+            _ => {
+                v.a.vshufps(y(dst), y(A), y(B), imm).map_err(asm_err)?;
+                v.a.vpermpd(y(dst), y(dst), 0xD8).map_err(asm_err)
+            }
+        }
     }
 
     /// `len` floats from `rcx + from` (at the stride) to `rsi + to`, a group of `lanes`
