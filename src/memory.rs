@@ -391,8 +391,7 @@ impl HugeBuf {
     /// own is faulted in, the chunk's bytes copied into it, and it is moved over the chunk
     /// (`mremap`); other threads may read the floats meanwhile, and see the same values
     /// throughout (a read of the chunk while it is moved waits in the kernel). Whether it
-    /// moved (not for a `k` out of range, nor where the system refuses a mapping); a
-    /// chunk moved twice is copied twice, to the same effect.
+    /// moved (not where huge pages are unsupported, nor a second time).
     pub fn move_to_huge_page(&self, k: usize) -> bool {
         let HugeBuf::Mapped { map, small, .. } = self else {
             return false;
@@ -486,8 +485,8 @@ pub fn choose_huge(huge_us: u32, small_us: u32, limit_us: u32) -> bool {
 /// a whole), 2 MiB at a time: a chunk that [`choose_huge`] gives to small pages is advised
 /// `MADV_NOHUGEPAGE` and written once per small page, a huge one once (where the kernel
 /// has no huge page to give, the writer faults in the rest). Each full chunk's time goes
-/// into `costs`. Only bytes of the floats are written, and with the zero they hold.
-/// Returns the offsets of the whole chunks faulted in as small pages.
+/// into `costs`. Returns the offsets of the full chunks faulted in as small pages. Only bytes of the floats are written, and with the zero they
+/// hold.
 fn fault_in(
     map: &mut memmap2::MmapMut,
     start: usize,
