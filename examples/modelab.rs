@@ -85,9 +85,6 @@ fn main() {
         }
         phase.extend(std::iter::repeat_n(probe, block.max(2) - 1));
     }
-    if let Some(mb) = anon_huge_mb() {
-        println!("after the runs: AnonHugePages {mb} MB in all");
-    }
     let ratios: Vec<f64> = times[0].iter().zip(&times[1]).map(|(p, q)| q / p).collect();
     let med = |v: &[f64]| {
         let mut v = v.to_vec();

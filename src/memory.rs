@@ -283,14 +283,11 @@ const HUGE_PAGE: usize = 2 << 20;
 /// about 1 ms for 512 small pages, which the guest takes from its smaller free blocks (never
 /// reported). VGG-19's first compile after the host idled took 7.9-12.4 s (session 14).
 ///
-/// Chunks left on small pages can be moved onto huge pages later, off the critical path
-/// ([`HugeBuf::move_to_huge_page`], [`move_to_huge_pages_later`]).
-///
 /// `CNNC_HUGE_PAGES=0` in the environment keeps every buffer a plain vector,
 /// `CNNC_HUGE_PAGES=1` advises whole mappings huge and leaves the faults to the first
-/// writer (as before session 14), `CNNC_HUGE_PAGES=small` faults every chunk in as small
-/// pages, and `CNNC_HUGE_FAULT_US=n` is the cost of a huge 2 MiB fault above which small
-/// pages are tried (default [`HUGE_FAULT_LIMIT_US`]); measuring knobs, read at each buffer.
+/// writer (as before session 14), and `CNNC_HUGE_FAULT_US=n` is the cost of a huge 2 MiB
+/// fault above which small pages are tried (default [`HUGE_FAULT_LIMIT_US`]); measuring
+/// knobs, read at each buffer.
 pub enum HugeBuf {
     Small(Vec<f32>),
     Mapped {
@@ -298,9 +295,6 @@ pub enum HugeBuf {
         /// Bytes from the mapping's start to the first float (a 2 MiB boundary).
         offset: usize,
         len: usize,
-        /// Offsets in `map` of the whole 2 MiB chunks of the floats faulted in as small
-        /// pages, for [`HugeBuf::move_to_huge_page`].
-        small: Vec<usize>,
     },
 }
 
@@ -332,26 +326,14 @@ impl HugeBuf {
             return Ok(None);
         }
         // The knobs are read only for a buffer large enough to be mapped.
-        let all_small = FaultCosts::with(u32::MAX, 1);
-        let faults = match std::env::var("CNNC_HUGE_PAGES").as_deref().map(str::trim) {
-            Ok("0") => return Ok(None),
-            Ok("1") => None,
-            // Whatever chunks measure, huge pages stay the slower way.
-            Ok("small") => Some((&all_small, HUGE_FAULT_LIMIT_US)),
-            _ => Some((
-                &FAULT_COSTS,
-                crate::knobs::number("CNNC_HUGE_FAULT_US").unwrap_or(HUGE_FAULT_LIMIT_US),
-            )),
+        let faults = match crate::knobs::forced("CNNC_HUGE_PAGES") {
+            Some(false) => return Ok(None),
+            Some(true) => None,
+            None => Some(crate::knobs::number("CNNC_HUGE_FAULT_US").unwrap_or(HUGE_FAULT_LIMIT_US)),
         };
         let mut buf = Self::mapped(len, what)?;
-        if let (
-            Some((costs, limit_us)),
-            HugeBuf::Mapped {
-                map, offset, small, ..
-            },
-        ) = (faults, &mut buf)
-        {
-            *small = fault_in(map, *offset, bytes, costs, limit_us);
+        if let (Some(limit_us), HugeBuf::Mapped { map, offset, .. }) = (faults, &mut buf) {
+            fault_in(map, *offset, bytes, &FAULT_COSTS, limit_us);
         }
         Ok(Some(buf))
     }
@@ -371,36 +353,7 @@ impl HugeBuf {
             let _ = map.advise(memmap2::Advice::HugePage);
         }
         let offset = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
-        Ok(HugeBuf::Mapped {
-            map,
-            offset,
-            len,
-            small: Vec::new(),
-        })
-    }
-
-    /// How many whole 2 MiB chunks of the floats were faulted in as small pages.
-    pub fn small_chunks(&self) -> usize {
-        match self {
-            HugeBuf::Mapped { small, .. } => small.len(),
-            HugeBuf::Small(_) => 0,
-        }
-    }
-
-    /// Moves the `k`-th chunk of [`HugeBuf::small_chunks`] onto a huge page: one of its
-    /// own is faulted in, the chunk's bytes copied into it, and it is moved over the chunk
-    /// (`mremap`); other threads may read the floats meanwhile, and see the same values
-    /// throughout (a read of the chunk while it is moved waits in the kernel). Whether it
-    /// moved (not where huge pages are unsupported, nor a second time).
-    pub fn move_to_huge_page(&self, k: usize) -> bool {
-        let HugeBuf::Mapped { map, small, .. } = self else {
-            return false;
-        };
-        // Within the floats: `fault_in` lists whole chunks only.
-        match small.get(k) {
-            Some(&at) => huge_copy_over(&map[at..at + HUGE_PAGE]),
-            None => false,
-        }
+        Ok(HugeBuf::Mapped { map, offset, len })
     }
 }
 
@@ -485,7 +438,7 @@ pub fn choose_huge(huge_us: u32, small_us: u32, limit_us: u32) -> bool {
 /// a whole), 2 MiB at a time: a chunk that [`choose_huge`] gives to small pages is advised
 /// `MADV_NOHUGEPAGE` and written once per small page, a huge one once (where the kernel
 /// has no huge page to give, the writer faults in the rest). Each full chunk's time goes
-/// into `costs`. Returns the offsets of the full chunks faulted in as small pages. Only bytes of the floats are written, and with the zero they
+/// into `costs`. Only bytes of the floats are written, and with the zero they
 /// hold.
 fn fault_in(
     map: &mut memmap2::MmapMut,
@@ -493,10 +446,9 @@ fn fault_in(
     bytes: usize,
     costs: &FaultCosts,
     limit_us: u32,
-) -> Vec<usize> {
+) {
     let end = start + bytes;
     let mut at = start;
-    let mut small = Vec::new();
 
     while at < end {
         let next = (at + HUGE_PAGE).min(end);
@@ -519,141 +471,10 @@ fn fault_in(
         }
         if full {
             costs.record(huge, t.elapsed());
-            if !huge {
-                small.push(at);
-            }
         }
         at = next;
     }
-    small
 }
-
-/// Replaces `chunk` (2 MiB on a 2 MiB boundary, inside a private anonymous mapping) with
-/// a huge page holding the same bytes: a mapping of its own is made, advised huge, filled
-/// with a copy of the chunk, and moved over it with `mremap(MREMAP_FIXED)`. Whether it
-/// moved; on any failure the chunk stays as it was.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn huge_copy_over(chunk: &[u8]) -> bool {
-    let dst = chunk.as_ptr() as usize;
-    if chunk.len() != HUGE_PAGE || !dst.is_multiple_of(HUGE_PAGE) {
-        return false;
-    }
-    let span = 2 * HUGE_PAGE;
-    // SAFETY: the calls below touch two ranges. The new mapping: made here, trimmed to
-    // its 2 MiB-aligned middle, written only here, and moved or unmapped before return;
-    // nothing else knows it. The chunk: `chunk` borrows it, so it stays mapped throughout
-    // and nothing writes it through a Rust reference meanwhile; it is read for the copy,
-    // then its pages are replaced by the copy's in one `mremap` (the kernel unmaps the old
-    // pages and moves the new ones under its mmap lock; another thread reading the chunk
-    // then faults and waits for the lock, and reads the same bytes after). The range stays
-    // part of the caller's mapping: its `munmap` at drop covers the moved page too.
-    unsafe {
-        let raw = libc::mmap(
-            std::ptr::null_mut(),
-            span,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        );
-        if raw == libc::MAP_FAILED {
-            return false;
-        }
-        let start = raw as usize;
-        let src = start.next_multiple_of(HUGE_PAGE);
-        if src > start {
-            libc::munmap(raw, src - start);
-        }
-        if src + HUGE_PAGE < start + span {
-            libc::munmap(
-                (src + HUGE_PAGE) as *mut libc::c_void,
-                start + span - src - HUGE_PAGE,
-            );
-        }
-        let src = src as *mut libc::c_void;
-        libc::madvise(src, HUGE_PAGE, libc::MADV_HUGEPAGE);
-        std::ptr::copy_nonoverlapping(chunk.as_ptr(), src.cast::<u8>(), HUGE_PAGE);
-        let moved = libc::mremap(
-            src,
-            HUGE_PAGE,
-            HUGE_PAGE,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            dst as *mut libc::c_void,
-        );
-        if moved == libc::MAP_FAILED {
-            libc::munmap(src, HUGE_PAGE);
-            return false;
-        }
-        true
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn huge_copy_over(_: &[u8]) -> bool {
-    false
-}
-
-/// Calls its closure with each buffer of a `T` (in the same order every time).
-pub type EachBuf<T> = fn(&T, &mut dyn FnMut(&HugeBuf));
-
-/// Moves the small-page chunks of the buffers that `each` visits in `owner` (in the same
-/// order every time) onto huge pages ([`HugeBuf::move_to_huge_page`]), one chunk at a
-/// time, on a thread of the lowest priority (`SCHED_IDLE`: it runs where a core would
-/// otherwise idle, and waits while runs keep both busy). The thread holds `owner` for one
-/// chunk at a time: once `owner` is dropped, it stops. Its loop allocates nothing (a run
-/// meanwhile still allocates nothing). `CNNC_HUGE_MOVE=0` turns it off.
-///
-/// Why later: a huge page faulted in at compile time costs 7-30 ms where the host must
-/// back it afresh ([`HugeBuf`]); here that cost falls on an idle core, and the runs then
-/// read the chunks from huge pages (all small against all huge: 1-2% of ResNet-50's and
-/// VGG-19's run, docs/runtime.md).
-pub fn move_to_huge_pages_later<T: Send + Sync + 'static>(
-    owner: &std::sync::Arc<T>,
-    each: EachBuf<T>,
-) {
-    let mut chunks = 0;
-    each(owner, &mut |b| chunks += b.small_chunks());
-    if chunks == 0 || crate::knobs::off("CNNC_HUGE_MOVE") {
-        return;
-    }
-    let owner = std::sync::Arc::downgrade(owner);
-    // Detached: a thread that cannot be made leaves the pages small.
-    let _ = std::thread::Builder::new()
-        .name("cnnc-huge-pages".into())
-        .spawn(move || {
-            lowest_priority();
-            for n in 0..chunks {
-                let Some(owner) = owner.upgrade() else {
-                    return;
-                };
-                // The `n`-th small chunk over all buffers, in `each`'s order.
-                let mut skip = n;
-                each(&owner, &mut |b| {
-                    let k = b.small_chunks();
-                    if skip < k {
-                        b.move_to_huge_page(skip);
-                    }
-                    skip = skip.wrapping_sub(k);
-                });
-            }
-        });
-}
-
-/// Lowers the calling thread to `SCHED_IDLE` (best effort).
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn lowest_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid `sched_param` for the call's duration; pid 0 is the
-    // calling thread, whose policy only the scheduler reads.
-    unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lowest_priority() {}
 
 /// As the floats' slice, like a vector's.
 impl std::fmt::Debug for HugeBuf {
@@ -674,9 +495,9 @@ impl std::ops::Deref for HugeBuf {
     fn deref(&self) -> &[f32] {
         match self {
             HugeBuf::Small(v) => v,
-            HugeBuf::Mapped {
-                map, offset, len, ..
-            } => bytemuck::cast_slice(&map[*offset..*offset + len * size_of::<f32>()]),
+            HugeBuf::Mapped { map, offset, len } => {
+                bytemuck::cast_slice(&map[*offset..*offset + len * size_of::<f32>()])
+            }
         }
     }
 }
@@ -685,9 +506,9 @@ impl std::ops::DerefMut for HugeBuf {
     fn deref_mut(&mut self) -> &mut [f32] {
         match self {
             HugeBuf::Small(v) => v,
-            HugeBuf::Mapped {
-                map, offset, len, ..
-            } => bytemuck::cast_slice_mut(&mut map[*offset..*offset + *len * size_of::<f32>()]),
+            HugeBuf::Mapped { map, offset, len } => {
+                bytemuck::cast_slice_mut(&mut map[*offset..*offset + *len * size_of::<f32>()])
+            }
         }
     }
 }
@@ -833,13 +654,11 @@ mod tests {
                 mut map,
                 offset,
                 len,
-                ..
             }) = HugeBuf::mapped(n, "a test")
             else {
                 panic!("not mapped");
             };
-            let small_chunks = fault_in(&mut map, offset, bytes, &costs, limit);
-            assert_eq!(small_chunks.len(), if small { 2 } else { 0 });
+            fault_in(&mut map, offset, bytes, &costs, limit);
             let start = map.as_ptr() as usize + offset;
             let found = vmas(start, start + bytes);
             assert!(!found.is_empty());
@@ -858,83 +677,10 @@ mod tests {
                     assert_eq!(*huge_kib, 0, "{found:?}");
                 }
             }
-            let buf = HugeBuf::Mapped {
-                map,
-                offset,
-                len,
-                small: small_chunks,
-            };
+            let buf = HugeBuf::Mapped { map, offset, len };
             assert_eq!(buf.len(), n);
             assert!(buf.iter().all(|x| x.to_bits() == 0));
         }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn small_chunks_move_to_huge_pages_under_readers() {
-        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
-            return;
-        }
-        let n = (6 << 20) / 4 + 3; // three whole chunks and a partial one
-        let Ok(HugeBuf::Mapped {
-            mut map,
-            offset,
-            len,
-            ..
-        }) = HugeBuf::mapped(n, "a test")
-        else {
-            panic!("not mapped");
-        };
-        let costs = FaultCosts::with(u32::MAX, 1);
-        let small = fault_in(&mut map, offset, n * 4, &costs, HUGE_FAULT_LIMIT_US);
-        let mut buf = HugeBuf::Mapped {
-            map,
-            offset,
-            len,
-            small,
-        };
-        assert_eq!(buf.small_chunks(), 3);
-        // Exact in f32 (n < 2^24).
-        buf.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
-        let buf = buf;
-        let done = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            for t in 0..2 {
-                let (buf, done) = (&buf, &done);
-                s.spawn(move || {
-                    // Reads every float of every chunk while they move, and once after.
-                    let mut sweeps = 0;
-                    loop {
-                        let last = done.load(Ordering::Acquire);
-                        for i in (t..buf.len()).step_by(61) {
-                            assert_eq!(buf[i], i as f32, "float {i}, sweep {sweeps}");
-                        }
-                        sweeps += 1;
-                        if last {
-                            break;
-                        }
-                    }
-                });
-            }
-            for k in 0..3 {
-                assert!(buf.move_to_huge_page(k), "chunk {k}");
-            }
-            assert!(!buf.move_to_huge_page(3), "no fourth chunk");
-            done.store(true, Ordering::Release);
-        });
-        assert!(buf.iter().enumerate().all(|(i, x)| *x == i as f32));
-        // The three chunks are their own mappings now, advised huge (the partial one stays
-        // small and `nh`).
-        let start = buf.as_ptr() as usize;
-        let found = vmas(start, start + 3 * HUGE_PAGE);
-        for (flags, rss, _) in &found {
-            let has = |f: &str| flags.split_whitespace().any(|x| x == f);
-            assert!(has("hg") && !has("nh"), "{found:?}");
-            assert!(*rss > 0, "{found:?}");
-        }
-        let covered: u64 = found.iter().map(|v| v.1).sum();
-        assert!(covered * 1024 >= 3 * HUGE_PAGE as u64, "{found:?}");
-        drop(buf);
     }
 
     #[test]

@@ -59,20 +59,6 @@ pub(super) enum Code {
     },
 }
 
-impl Code {
-    /// Calls `f` with each of the step's packed weight buffers.
-    pub(super) fn each_packed(&self, f: &mut dyn FnMut(&HugeBuf)) {
-        match self {
-            Code::Conv { packed, .. } | Code::Fc { packed, .. } => f(packed),
-            Code::Depthwise { packed, .. } => f(packed),
-            Code::GroupedConv { packed, .. } => packed.iter().for_each(f),
-            Code::Polyphase { convs, .. } => convs.iter().for_each(|(_, p)| f(p)),
-            Code::Pool(_) | Code::Elt { .. } | Code::Copy(_) | Code::Pad { .. } | Code::Host(_) => {
-            }
-        }
-    }
-}
-
 /// Every step's code, in the plan's order, and what it took to make.
 pub(super) struct Instantiated {
     pub code: Vec<Code>,

@@ -8,7 +8,7 @@ use crate::jit::{EltSpec, KernelListing, ThreadPool};
 use crate::lower::{Plan, Region, View};
 use crate::options::Options;
 use crate::tensor::Tensor;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long workers spin for the next layer before parking (waking a parked thread
@@ -112,9 +112,7 @@ struct Workspace {
 
 pub struct Model {
     name: String,
-    /// Shared with the thread that moves packed weights left on small pages onto huge
-    /// pages (`memory::move_to_huge_pages_later`), which holds them a chunk at a time.
-    steps: Arc<Vec<Step>>,
+    steps: Vec<Step>,
     batch: usize,
     input: Region,
     input_shape: Shape,
@@ -234,10 +232,6 @@ impl Model {
             })
             .max()
             .unwrap_or(0);
-        let steps = Arc::new(steps);
-        crate::memory::move_to_huge_pages_later(&steps, |steps, f| {
-            steps.iter().for_each(|s| s.code.each_packed(f))
-        });
         let model = Model {
             name: plan.name.clone(),
             steps,
