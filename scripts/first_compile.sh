@@ -45,7 +45,7 @@ import json, sys
 d = json.load(sys.stdin)
 load = open("/proc/loadavg").read().split()[0]
 print("CNNC_HUGE_PAGES=%-4s compile %7.1f ms  packing %7.1f ms  run median %7.2f ms  load %s"
-      % (sys.argv[1], d["compile_ms"], d["packing_ms"], d["median_ms"], load))
+      % (sys.argv[1], d["compile_ms"], d.get("packing_ms") or 0, d["median_ms"], load))
 ' "$p"
     done
 done

@@ -299,7 +299,8 @@ pub enum HugeBuf {
 }
 
 impl HugeBuf {
-    /// `len` zeros (a fresh mapping is zero; nothing is written).
+    /// `len` zeros (a fresh mapping is zero; a mapped one is faulted in here, a zero
+    /// written per page or per huge page: [`fault_in`]).
     pub fn zeroed(len: usize, what: &str) -> Result<Self> {
         match Self::mapping(len, what)? {
             Some(buf) => Ok(buf),
@@ -372,38 +373,40 @@ pub const HUGE_FAULT_LIMIT_US: u32 = 2000;
 /// is made chunk by chunk ([`choose_huge`]), so a compile pays for at most a huge page or
 /// two before it turns to the cheaper kind, whatever the host's memory is doing.
 #[derive(Debug, Default)]
-pub struct FaultCosts {
+pub(crate) struct FaultCosts {
     huge: AtomicU32,
     small: AtomicU32,
 }
 
-/// The process's fault costs, forgotten at the start of each compile
-/// ([`forget_fault_costs`]): what the host's memory costs changes within seconds (a
+/// The process's fault costs, forgotten at the start of each compile and of each new
+/// workspace ([`forget_fault_costs`]): what the host's memory costs changes within seconds (a
 /// block freed by a previous model is cheap until the guest reports it, about 2 s later).
 static FAULT_COSTS: FaultCosts = FaultCosts::new();
 
-/// Starts the process's choice of page size afresh (at the start of a compile).
-pub fn forget_fault_costs() {
+/// Starts the process's choice of page size afresh (at the start of a compile, and before
+/// a run's first workspace: `runtime::arena`).
+pub(crate) fn forget_fault_costs() {
     FAULT_COSTS.forget();
 }
 
 impl FaultCosts {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         FaultCosts {
             huge: AtomicU32::new(0),
             small: AtomicU32::new(0),
         }
     }
 
-    /// Costs as if measured (for tests and tools).
-    pub fn with(huge_us: u32, small_us: u32) -> Self {
+    /// Costs as if measured (for tests).
+    #[cfg(test)]
+    fn with(huge_us: u32, small_us: u32) -> Self {
         FaultCosts {
             huge: AtomicU32::new(huge_us),
             small: AtomicU32::new(small_us),
         }
     }
 
-    pub fn forget(&self) {
+    pub(crate) fn forget(&self) {
         self.huge.store(0, Ordering::Relaxed);
         self.small.store(0, Ordering::Relaxed);
     }
@@ -430,7 +433,7 @@ impl FaultCosts {
 /// each kind (0: unknown): yes while huge pages cost at most `limit_us`, or while small
 /// ones cost at least half as much (then the small pages would only lose the run its
 /// huge-page speed); otherwise small pages, until they prove as slow.
-pub fn choose_huge(huge_us: u32, small_us: u32, limit_us: u32) -> bool {
+pub(crate) fn choose_huge(huge_us: u32, small_us: u32, limit_us: u32) -> bool {
     huge_us <= limit_us || (small_us != 0 && small_us.saturating_mul(2) >= huge_us)
 }
 
@@ -640,7 +643,9 @@ mod tests {
     #[test]
     fn buffers_are_faulted_in_as_the_costs_say() {
         if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
-            return; // no THP in this kernel: `MADV_(NO)HUGEPAGE` fail, nothing to see
+            // No THP in this kernel: `MADV_(NO)HUGEPAGE` fail, nothing to see.
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
         }
         let n = (5 << 20) / 4 + 7; // 5 MiB and a bit: two full chunks and a partial one
         let bytes = n * 4;
@@ -666,6 +671,14 @@ mod tests {
             // huge page only where the kernel has one to give (THP mode, fragmentation).
             let rss: u64 = found.iter().map(|v| v.1).sum();
             assert!(!small || rss * 1024 >= bytes as u64, "{found:?}");
+            // Huge chunks: at least the page written in each full chunk, and every page of
+            // the partial last chunk (written page by page), resident.
+            let partial = (bytes % HUGE_PAGE) as u64;
+            let written = (bytes / HUGE_PAGE) as u64 * SMALL_PAGE as u64 + partial;
+            assert!(
+                rss * 1024 >= written / SMALL_PAGE as u64 * SMALL_PAGE as u64,
+                "{found:?}"
+            );
             let flag = if small { "nh" } else { "hg" };
             let other = if small { "hg" } else { "nh" };
             // The mapping starts advised huge as a whole (its head before the floats stays
@@ -681,6 +694,33 @@ mod tests {
             assert_eq!(buf.len(), n);
             assert!(buf.iter().all(|x| x.to_bits() == 0));
         }
+    }
+
+    /// Within one mapping: nothing measured, the first chunk is huge; its cost (at least
+    /// 1 us) is then over a limit of 0 and small pages are unmeasured, so the second chunk
+    /// is small. (The partial third one depends on the measured times.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_mapping_turns_to_small_pages_when_huge_ones_prove_slow() {
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+            return;
+        }
+        let n = (5 << 20) / 4 + 7;
+        let Ok(HugeBuf::Mapped {
+            mut map, offset, ..
+        }) = HugeBuf::mapped(n, "a test")
+        else {
+            panic!("not mapped");
+        };
+        fault_in(&mut map, offset, n * 4, &FaultCosts::default(), 0);
+        let start = map.as_ptr() as usize + offset;
+        let flags = |at: usize| vmas(at, at + 1).pop().expect("mapped").0;
+        let has = |flags: &str, f: &str| flags.split_whitespace().any(|x| x == f);
+        let first = flags(start);
+        assert!(has(&first, "hg") && !has(&first, "nh"), "{first}");
+        let second = flags(start + HUGE_PAGE);
+        assert!(has(&second, "nh") && !has(&second, "hg"), "{second}");
     }
 
     #[test]
