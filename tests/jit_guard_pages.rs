@@ -306,7 +306,8 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
             false => Guarded::new(kern.output_len(), after, f32::NAN),
         };
         let mut out = out_for();
-        let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
+        // NaN scratch: a kernel that read scratch it had not written would show it.
+        let mut scratch = Guarded::new(kern.scratch_len(), after, f32::NAN);
         kern.run(
             x.s(),
             wp.s(),
@@ -320,11 +321,14 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
         // Split across threads: the prologue's and the compute's parts. Also with a longer
         // scratch, as a model passes one buffer to every step: each thread's own part (a
         // grouped Winograd layer's) then starts at the thread's share of the whole buffer.
-        let pool = ThreadPool::new(2, std::time::Duration::from_micros(50));
-        let need = kern.scratch_len_on(2);
-        for len in [need, 2 * need + 37] {
+        for (threads, len) in [(2, 1), (2, 2), (3, 1), (3, 3)].map(|(threads, times)| {
+            let need = kern.scratch_len_on(threads);
+            // Exactly what the kernel needs, or longer (the new stride's case).
+            (threads, times * need + (times > 1) as usize * 37)
+        }) {
+            let pool = ThreadPool::new(threads, std::time::Duration::from_micros(50));
             let mut out2 = out_for();
-            let mut scratch = Guarded::new(len, after, 0.0);
+            let mut scratch = Guarded::new(len, after, f32::NAN);
             kern.run_parallel(
                 &pool,
                 x.s(),
@@ -339,7 +343,7 @@ fn conv_in_bounds(spec: &ConvSpec, km: KernelModule, pk: PendingConv) {
                     .iter()
                     .zip(out.s())
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{spec:?}, scratch of {len} floats"
+                "{spec:?}, {threads} threads, scratch of {len} floats"
             );
         }
     }
@@ -557,7 +561,7 @@ fn pool_in_bounds(spec: &PoolSpec, isa: cnnc::Isa) {
     for after in [true, false] {
         let x = Guarded::from(&vals(spec.input_len()), after);
         let mut out = Guarded::new(spec.output_len(), after, f32::NAN);
-        let mut scratch = Guarded::new(kern.scratch_len(), after, 0.0);
+        let mut scratch = Guarded::new(kern.scratch_len(), after, f32::NAN);
         kern.run(x.s(), out.m(), scratch.m(), 0..spec.channels)
             .unwrap();
         assert!(out.s().iter().all(|v| v.is_finite()), "{spec:?} at {isa}");

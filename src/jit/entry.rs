@@ -164,7 +164,8 @@ pub(crate) struct Entry {
     chunks_per_part: usize,
     /// On a pool, thread `t`'s part of a `Temp` buffer starts at `t` times the buffer's
     /// length over the threads (whole cache lines): the same place for every kernel given
-    /// the same buffer, so that no thread overwrites lines another thread's part held in
+    /// the same whole buffer (not the polyphase convs, which get a tail of it, nor a
+    /// buffer too short for the rounded share: the stride falls back to the slot's), so that no thread overwrites lines another thread's part held in
     /// another kernel (`CNNC_SCRATCH_FIXED=0`: at `t` times the slot's length, as before
     /// session 14).
     temp_fixed: bool,
@@ -325,8 +326,9 @@ impl Entry {
         // (`Write`, `Temp`) came from `&mut` slices, so nothing else aliases them while the
         // call runs. With a pool, concurrent calls get disjoint ranges, whose units write
         // disjoint elements of `Write` buffers, and disjoint `len`-float parts of `Temp`
-        // buffers (part `part` starts at `part` strides of at least `len` floats, the last
-        // part ending within the buffer: `addresses`).
+        // buffers (part `part`, below the pool's thread count as `split_in_chunks` gives
+        // it, starts at `part` strides of at least `len` floats, the last part ending
+        // within the buffer: `addresses`).
         unsafe {
             (self.f)(bufs, range.start as i64, range.end as i64)
         };
