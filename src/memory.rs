@@ -639,12 +639,21 @@ mod tests {
         out
     }
 
+    /// Whether this kernel has transparent huge pages (without them `MADV_(NO)HUGEPAGE`
+    /// fail and the page-size tests have nothing to see: they say they skip).
+    #[cfg(target_os = "linux")]
+    fn has_thp() -> bool {
+        let has = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists();
+        if !has {
+            eprintln!("skipped: this kernel has no transparent huge pages");
+        }
+        has
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn buffers_are_faulted_in_as_the_costs_say() {
-        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
-            // No THP in this kernel: `MADV_(NO)HUGEPAGE` fail, nothing to see.
-            eprintln!("skipped: this kernel has no transparent huge pages");
+        if !has_thp() {
             return;
         }
         let n = (5 << 20) / 4 + 7; // 5 MiB and a bit: two full chunks and a partial one
@@ -702,8 +711,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_mapping_turns_to_small_pages_when_huge_ones_prove_slow() {
-        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
-            eprintln!("skipped: this kernel has no transparent huge pages");
+        if !has_thp() {
             return;
         }
         let n = (5 << 20) / 4 + 7;
