@@ -118,8 +118,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // 57x57 with the last output's filter column 2 past the input).
         (40, 3, 4, 9, 5, 1, 2),
         (12, 57, 57, 9, 3, 2, 1),
-        // Filter columns two by two at stride 2 (a 2x2/2 with padding 1, a pair only).
+        // Filter columns two by two at stride 2 (a 2x2/2 with padding 1, a pair only; on
+        // an even width the last output's second column is the right padding).
         (20, 15, 17, 9, 2, 2, 1),
+        (20, 15, 16, 9, 2, 2, 1),
         // Outputs over 1 MB: the first call of a strip prefetches the next strip's outputs
         // for writing (the plane's last strip its own): a stem, a channel tail with 2
         // reduction blocks.
@@ -165,14 +167,18 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (32, 12, 12, 130, 1, 1, 0),
         // The same over 1024 pixels: 8x48 tiles at avx512.
         (32, 33, 35, 130, 1, 1, 0),
-        // Strided 1x1 (avx2 / avx512: the pointwise GEMM on the sampled pixels): the
-        // copy's last vector group reading the input's last column, odd and even widths,
-        // rows narrower than a group; weight major with prefetched weights.
+        // Strided 1x1 (avx2 / avx512: the pointwise GEMM on the sampled pixels where it
+        // goes weight major or has at most 36 input channels): the copy's last vector group
+        // reading the input's last column, odd and even widths, rows narrower than a group;
+        // weight major with prefetched weights. Else the implicit GEMM: stride 2 (the x86
+        // copy) and stride 3 (its f32x4 copy), reading up to the input's last column.
         (8, 15, 17, 20, 1, 2, 0),
         (6, 16, 16, 9, 1, 2, 0),
         (5, 7, 3, 7, 1, 2, 0),
         (9, 12, 19, 11, 1, 3, 0),
         (600, 13, 13, 480, 1, 2, 0),
+        (40, 57, 57, 20, 1, 2, 0),
+        (64, 22, 31, 13, 1, 3, 0),
         // Weight major over a 7x7 plane (avx512: one 48-pixel column whose kernel computes
         // the 49th pixel too; the extra column's reads and stores at the planes' ends), a
         // channel tail; and over 1 MB of weights (prefetched).

@@ -2413,10 +2413,16 @@ fn conv_direct_every_isa_bit_identical() {
         spec(12, 57, 57, 9, 3, 3, (2, 2), (1, 1)),
         spec(8, 6, 200, 9, 3, 3, (1, 1), (1, 1)),
         // Stride-2 copies taking filter columns two by two (`PanelCopy::pair`): 2x2/2 (one
-        // pair) with padding on one side, 1x5 at stride (1, 2) with padding 2 (two pairs and
-        // a lone column, spans of either tap of a pair at the row's ends).
+        // pair) with a padding column on each side and none above or below, 1x5 at stride
+        // (1, 2) with padding 2 (two pairs and a lone column, spans of either tap of a pair
+        // at the row's ends).
         spec(20, 15, 17, 9, 2, 2, (2, 2), (0, 1)),
         spec(20, 9, 31, 11, 1, 5, (1, 2), (0, 2)),
+        // Self-padding at the extremes: padding 3 around a 2x2 input (whole strips' filter
+        // rows and columns outside it), a one-row input, stride (3, 1) with padding.
+        spec(40, 2, 2, 9, 3, 3, (1, 1), (3, 3)),
+        spec(40, 1, 5, 9, 3, 3, (1, 1), (1, 1)),
+        spec(8, 13, 11, 9, 3, 3, (3, 1), (1, 1)),
     ];
     // (5 input channels: with 4 or fewer, 3x3 filters take the im2col bands.)
     for k in 1..=15 {
@@ -2528,9 +2534,11 @@ fn conv_strided_pointwise_every_isa_bit_identical() {
         spec(5, 9, 7, 6, 1, 1, (2, 2), (0, 0)),
         spec(7, 4, 3, 5, 1, 1, (2, 2), (0, 0)),
         spec(3, 1, 9, 2, 1, 1, (2, 2), (0, 0)),
-        spec(11, 22, 31, 13, 1, 1, (3, 3), (0, 0)),
-        spec(12, 13, 14, 9, 1, 1, (1, 2), (0, 0)),
-        spec(12, 14, 13, 9, 1, 1, (2, 1), (0, 0)),
+        // Strides 3, (1, 2) and (2, 1) on more than 36 channels: the implicit GEMM's
+        // copies by default (its f32x4 copy at stride 3).
+        spec(40, 22, 31, 13, 1, 1, (3, 3), (0, 0)),
+        spec(40, 13, 14, 9, 1, 1, (1, 2), (0, 0)),
+        spec(40, 14, 13, 9, 1, 1, (2, 1), (0, 0)),
         // 28 x 28 outputs: 24 full zmm tile columns and a half one; the column packed
         // (256 channels) and in chunks (600).
         spec(256, 56, 56, 29, 1, 1, (2, 2), (0, 0)),

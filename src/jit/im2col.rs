@@ -133,6 +133,8 @@ pub(crate) struct Im2colGemm {
     hp: usize,
     wp: usize,
     padded: bool,
+    /// Stride-2 copies take filter columns two by two ([`PanelCopy::pairs`]).
+    pairs: bool,
     /// Whether the full tiles prefetch the next tile's outputs for writing
     /// ([`MicroGemm::prefetch_out`]).
     prefetch_out: bool,
@@ -168,6 +170,7 @@ impl Im2colGemm {
             hp: spec.in_h + 2 * spec.pad_h,
             wp: spec.in_w + 2 * spec.pad_w,
             padded: spec.pad_h > 0 || spec.pad_w > 0,
+            pairs: spec.stride_w == 2 && spec.kernel_w >= 2 && super::x86::copy::pairs(),
             prefetch_out: prefetches_out(&spec),
             pool: None,
         };
@@ -420,7 +423,7 @@ impl Im2colGemm {
                 })
                 .collect(),
             pad: None,
-            pairs: super::x86::copy::pairs(),
+            pairs: self.pairs,
         };
         copy.takes().then_some(copy)
     }

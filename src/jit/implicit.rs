@@ -15,8 +15,10 @@
 //! multiply-add chain over the taps in order, from zero, then the epilogue: the same operations in
 //! the same order as the f32x4 direct kernel, so the results are bit-identical to it (tested).
 //!
-//! Padding is the direct kernel's: a prologue copies the input into a zero-bordered scratch
-//! buffer, so that packing has no bounds tests.
+//! Padding: the panel copies read the input where it is and write the zeros themselves
+//! ([`SelfPad`], [`ImplicitGemm::pads_itself`]); where they cannot (strips repeated along a
+//! row, strides over 2), the direct kernel's prologue copies the input into a zero-bordered
+//! scratch buffer first, so that packing has no bounds tests.
 //!
 //! Work units: (strip, block of output channels) pairs, strip major (as the pointwise GEMM),
 //! so a contiguous range covers contiguous pixels; a thread packs the panels of the strips
@@ -234,6 +236,8 @@ pub(crate) struct ImplicitGemm {
     /// Padding done by the panel copies, reading the input where it is
     /// ([`Self::pads_itself`]): no padded copy.
     self_pad: bool,
+    /// Stride-2 copies take filter columns two by two ([`PanelCopy::pairs`]).
+    pairs: bool,
     kinds: Vec<GroupKind>,
     strips: usize,
     /// Floats per panel row (the widest strip, rounded up to whole vectors).
@@ -300,6 +304,7 @@ impl ImplicitGemm {
             },
             padded: pad && !self_pad,
             self_pad,
+            pairs: spec.stride_w == 2 && spec.kernel_w >= 2 && super::x86::copy::pairs(),
             grouped,
             prefetch_w: if spec.weight_len() * 4 > PREFETCH_WEIGHTS_BYTES {
                 weight_prefetch_bytes()
@@ -323,13 +328,12 @@ impl ImplicitGemm {
 
     /// Whether the panel copies of a padded layer pad by themselves, reading the input
     /// where it is ([`SelfPad`]), instead of a prologue's padded copy of the whole input
-    /// (1.6 MB written and read back for ResNet-50's 3x3/2 from 56x56): where the x86
+    /// (1.7 MB written and read back for ResNet-50's 3x3/2 from 56x56): where the x86
     /// copy takes every strip (strides 1 and 2) and every strip's columns are known when
     /// the copy is emitted (no strip repeated along a row). `CNNC_SELF_PAD=0`, a measuring
     /// knob: never.
     fn pads_itself(spec: &ConvSpec, width: Width, kinds: &[GroupKind]) -> bool {
-        width != Width::X128
-            && matches!(spec.stride_w, 1 | 2)
+        PanelCopy::supports(width, spec.stride_w)
             && kinds
                 .iter()
                 .flat_map(|k| &k.strips)
@@ -499,8 +503,8 @@ impl ImplicitGemm {
         v
     }
 
-    /// Emits the compute function (over the input, or with padding over the scratch copy
-    /// that the prologue made).
+    /// Emits the compute function (over the input, padding by itself where
+    /// [`Self::pads_itself`], else over the scratch copy that the prologue made).
     pub(crate) fn emit_compute(&self, km: &mut KernelModule) -> Result<PendingId> {
         let plan = self.clone();
         let what = "implicit-gemm micro-kernel";
@@ -547,7 +551,7 @@ impl ImplicitGemm {
             dst_row: self.ldp * 4,
             pieces,
             pad,
-            pairs: super::x86::copy::pairs(),
+            pairs: self.pairs,
         };
         copy.takes().then_some(copy)
     }
@@ -900,8 +904,10 @@ impl ImplicitGemm {
 
     /// Copies the strip's columns of the im2col matrix for the input channels of block `kb`
     /// into the panel: row `(c - c0) * f + fy * kw + fx`, column `d * width + j` holds
-    /// `src[c][(oy0 + d) * sh + fy][(ox0 + j) * sw + fx]`. Those source positions are inside
-    /// the (padded) input: `(oh - 1) * sh + kh <= hp` and `(ow - 1) * sw + kw <= wp`.
+    /// `src[c][(oy0 + d) * sh + fy][(ox0 + j) * sw + fx]`. With the prologue's padded copy
+    /// those source positions are inside it (`(oh - 1) * sh + kh <= hp` and `(ow - 1) * sw
+    /// + kw <= wp`); padding by itself, the copy reads only the positions inside the input
+    /// (`hp`, `wp` its own) and writes zeros for the others ([`SelfPad`]).
     fn pack(&self, e: &mut Emit, c: &Ctx, at: &Placed, kb: Value) -> Result<()> {
         let s = self.spec;
         let (kh, kw, wp) = (s.kernel_h, s.kernel_w, self.wp);
@@ -1310,6 +1316,17 @@ mod tests {
             in_w: w,
             ..ConvSpec::square(c, h, k, f, s, p)
         };
+        let pairs_2x2 = ConvSpec {
+            pad_h: 0,
+            ..rect(20, 15, 17, 9, 2, 2, 1)
+        };
+        let pairs_1x5 = ConvSpec {
+            kernel_h: 1,
+            stride_h: 1,
+            pad_h: 0,
+            pad_w: 2,
+            ..rect(20, 9, 31, 11, 5, 2, 2)
+        };
         for (spec, width, pads) in [
             (ConvSpec::square(128, 56, 128, 3, 2, 1), Width::Z512, true),
             (ConvSpec::square(3, 224, 64, 7, 2, 3), Width::Z512, true),
@@ -1319,6 +1336,11 @@ mod tests {
             (ConvSpec::square(12, 57, 9, 3, 2, 1), Width::Z512, true),
             (ConvSpec::square(12, 57, 9, 3, 2, 1), Width::Y256, true),
             (rect(8, 6, 200, 9, 3, 1, 1), Width::Z512, false),
+            // The stride-2 pairs' shapes (`tests/jit_kernels.rs`).
+            (pairs_2x2, Width::Z512, true),
+            (pairs_2x2, Width::Y256, true),
+            (pairs_1x5, Width::Z512, true),
+            (pairs_1x5, Width::Y256, true),
             (ConvSpec::square(5, 17, 7, 3, 3, 1), Width::Z512, false),
             (ConvSpec::square(128, 57, 128, 3, 2, 0), Width::Z512, false),
         ] {

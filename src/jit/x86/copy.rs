@@ -15,7 +15,8 @@
 //! * Stride 2: each group of `lanes` outputs takes the even floats of two vectors: one
 //!   `vpermt2ps` (AVX-512) or `vshufps` + `vpermpd` (AVX2). Filter columns `fx` and
 //!   `fx + 1` share those two loads, the second tap taking the odd floats
-//!   ([`PanelCopy::pair`]; the 7x7/2 stem 0.975x the time).
+//!   ([`PanelCopy::pair`]; the 7x7/2 stem 0.975x the time; at AVX-512 each column's
+//!   permute also copies the index, `vmovaps` + `vpermi2ps`).
 //! * Reads: a piece's last group loads only the floats it copies (AVX-512 `k1`, AVX2
 //!   `vmaskmovps`: masked-off lanes do not fault); the groups before it read up to the
 //!   float after their last output, which the next group copies. So a copy reads only
@@ -77,8 +78,9 @@ pub struct PanelCopy {
     pub pieces: Vec<CopyPiece>,
     /// `None`: every source position is inside the (padded) source.
     pub pad: Option<SelfPad>,
-    /// Stride 2: filter columns two by two from the same loads ([`Self::pair`];
-    /// [`pairs`]).
+    /// Stride 2: filter columns two by two from the same loads ([`Self::pair`]); the
+    /// callers set it once per plan from [`pairs`], and only at stride 2 with 2+ columns
+    /// (so that the knob's two values do not make two copies of the other shapes).
     pub pairs: bool,
 }
 
@@ -106,14 +108,25 @@ fn disp(bytes: isize) -> Result<i32> {
 }
 
 impl PanelCopy {
+    /// Whether the generator takes copies at `width` and column stride `stride` (what
+    /// [`Self::takes`] asks of every shape; the implicit GEMM pads by itself only where
+    /// this holds).
+    pub fn supports(width: Width, stride: usize) -> bool {
+        width != Width::X128 && matches!(stride, 1 | 2)
+    }
+
     /// Whether the generator takes this shape.
     pub fn takes(&self) -> bool {
-        self.width != Width::X128
-            && matches!(self.stride, 1 | 2)
+        Self::supports(self.width, self.stride)
             && self.kh >= 1
             && self.kw >= 1
             && self.pieces.iter().all(|p| p.len > 0)
             && (self.pad.as_ref()).is_none_or(|p| p.at.len() == self.pieces.len())
+    }
+
+    /// Whether filter columns go two by two ([`Self::pair`]).
+    fn paired(&self) -> bool {
+        self.pairs && self.stride == 2 && self.kw >= 2
     }
 
     /// Outputs `lo..hi` of piece `i` at filter column `fx` read inside the source's row
@@ -142,7 +155,9 @@ impl PanelCopy {
         let mut odd = v.a.create_label();
         if self.stride == 2 && self.width == Width::Z512 {
             v.load(EVEN, AsmMemoryOperand::from(even))?;
-            v.load(ODD, AsmMemoryOperand::from(odd))?;
+            if self.paired() {
+                v.load(ODD, AsmMemoryOperand::from(odd))?;
+            }
         }
         let step = |v: &mut Vasm, r, bytes: usize| -> Result<()> {
             v.a.add(r, disp(bytes as isize)?).map_err(asm_err)
@@ -178,7 +193,7 @@ impl PanelCopy {
             while fx < self.kw {
                 let from = p.from + 4 * fx as isize;
                 let to = (fx * self.dst_row + p.to) as isize;
-                if self.stride == 2 && fx + 1 < self.kw && self.pairs {
+                if self.paired() && fx + 1 < self.kw {
                     let to2 = to + self.dst_row as isize;
                     let valid = (self.valid(i, fx), self.valid(i, fx + 1));
                     self.pair(&mut v, &mut masks, (from, to, to2, p.len), valid)?;
