@@ -295,13 +295,14 @@ impl PanelCopy {
     }
 
     /// `dst` = the even (`index` EVEN, `imm` 0x88) or odd (ODD, 0xDD) lanes of `A` then of
-    /// `B`, in order; `A` and `B` kept.
+    /// `B`, in order; `B` kept, and `A` unless it is `dst` (then one permute in place).
     fn lanes_of(&self, v: &mut Vasm, dst: usize, index: usize, imm: u32) -> Result<()> {
         use iced_x86::code_asm::{get_ymm, get_zmm};
         use iced_x86::Register::{YMM0, ZMM0};
         let z = |i: usize| get_zmm(ZMM0 + i as u32).expect("zmm below 32");
         let y = |i: usize| get_ymm(YMM0 + i as u32).expect("ymm below 16");
         match self.width {
+            Width::Z512 if dst == A => v.a.vpermt2ps(z(A), z(index), z(B)).map_err(asm_err),
             Width::Z512 => {
                 v.a.vmovaps(z(dst), z(index)).map_err(asm_err)?;
                 v.a.vpermi2ps(z(dst), z(A), z(B)).map_err(asm_err)
@@ -434,16 +435,6 @@ impl PanelCopy {
 
     /// `A` = the even lanes of `A` then of `B`, in order.
     fn even_lanes(&self, v: &mut Vasm) -> Result<()> {
-        use iced_x86::code_asm::{get_ymm, get_zmm};
-        use iced_x86::Register::{YMM0, ZMM0};
-        let z = |i: usize| get_zmm(ZMM0 + i as u32).expect("zmm below 32");
-        let y = |i: usize| get_ymm(YMM0 + i as u32).expect("ymm below 16");
-        match self.width {
-            Width::Z512 => v.a.vpermt2ps(z(A), z(EVEN), z(B)).map_err(asm_err),
-            _ => {
-                v.a.vshufps(y(A), y(A), y(B), 0x88).map_err(asm_err)?;
-                v.a.vpermpd(y(A), y(A), 0xD8).map_err(asm_err)
-            }
-        }
+        self.lanes_of(v, A, EVEN, 0x88)
     }
 }
