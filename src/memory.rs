@@ -384,7 +384,7 @@ pub(crate) struct FaultCosts {
 static FAULT_COSTS: FaultCosts = FaultCosts::new();
 
 /// Starts the process's choice of page size afresh (at the start of a compile, and before
-/// a run's first workspace: `runtime::arena`).
+/// a run's new workspace: `Model::take_workspace`).
 pub(crate) fn forget_fault_costs() {
     FAULT_COSTS.forget();
 }

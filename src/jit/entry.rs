@@ -165,9 +165,9 @@ pub(crate) struct Entry {
     /// On a pool, thread `t`'s part of a `Temp` buffer starts at `t` times the buffer's
     /// length over the threads (whole cache lines): the same place for every kernel given
     /// the same whole buffer (not the polyphase convs, which get a tail of it, nor a
-    /// buffer too short for the rounded share: the stride falls back to the slot's), so that no thread overwrites lines another thread's part held in
-    /// another kernel (`CNNC_SCRATCH_FIXED=0`: at `t` times the slot's length, as before
-    /// session 14).
+    /// buffer too short for the rounded share: the stride falls back to the slot's), so
+    /// that no thread overwrites lines another thread's part held in another kernel
+    /// (`CNNC_SCRATCH_FIXED=0`: at `t` times the slot's length, as before session 14).
     temp_fixed: bool,
 }
 

@@ -17,9 +17,6 @@ pub struct AlignedBuf {
 
 impl AlignedBuf {
     pub fn zeroed(len: usize, what: &str) -> Result<Self> {
-        // A workspace is made at a run, maybe long after the compile whose page costs the
-        // process remembers: measure afresh (memory::FaultCosts).
-        crate::memory::forget_fault_costs();
         let buf = crate::memory::HugeBuf::zeroed(len + ALIGN_FLOATS - 1, what)?;
         let line = 4 * ALIGN_FLOATS;
         // An f32 is 4-byte aligned, so the distance to the next line is whole floats.

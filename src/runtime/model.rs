@@ -358,10 +358,15 @@ impl Model {
         let idle = self.workspaces.lock().ok().and_then(|mut pool| pool.pop());
         match idle {
             Some(ws) => Ok(ws),
-            None => Ok(Workspace {
-                arena: AlignedBuf::zeroed(self.arena_len, "the activation arena")?,
-                scratch: AlignedBuf::zeroed(self.scratch_len, "kernel scratch memory")?,
-            }),
+            None => {
+                // A workspace is made at a run, maybe long after the compile whose page
+                // costs the process remembers: measure afresh (`memory::FaultCosts`).
+                crate::memory::forget_fault_costs();
+                Ok(Workspace {
+                    arena: AlignedBuf::zeroed(self.arena_len, "the activation arena")?,
+                    scratch: AlignedBuf::zeroed(self.scratch_len, "kernel scratch memory")?,
+                })
+            }
         }
     }
 
