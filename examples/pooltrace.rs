@@ -7,6 +7,8 @@
 //! publication (`w.late`), each thread's time inside chunks (`busy`), and how long the
 //! caller waited for the worker after its own last chunk (`wait`). Late starts are the
 //! hand-off, busy times above the one-thread halves are the data, waits are imbalance.
+//! Above the table: the median time per run between steps (a step's last job's end to the
+//! next step's publication) and the steps with the largest gaps before them.
 use std::collections::BTreeMap;
 
 #[path = "common/phase.rs"]
@@ -82,6 +84,10 @@ fn main() {
     let mut acc: [Acc; 2] = [BTreeMap::new(), BTreeMap::new()];
     let mut runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut placements: BTreeMap<(usize, (i64, i64)), usize> = BTreeMap::new();
+    // Per phase, per step: the time from the previous job's end to the step's first
+    // publication (the runtime's own work between steps), per run; and its sum per run.
+    let mut gaps: [BTreeMap<usize, Vec<f64>>; 2] = [BTreeMap::new(), BTreeMap::new()];
+    let mut gap_runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let t0 = std::time::Instant::now();
     while t0.elapsed().as_secs_f64() < seconds {
         let probe = phase::cross_core_us();
@@ -107,7 +113,13 @@ fn main() {
             runs[ph].push(el);
             let mut per: BTreeMap<(usize, usize), [f64; 5]> = BTreeMap::new();
             let mut nth = 0;
+            let mut gap_run = 0.0;
             for (i, j) in jobs.iter().enumerate() {
+                if i > 0 && jobs[i - 1].tag != j.tag {
+                    let g = j.submit.saturating_sub(jobs[i - 1].done) as f64 / 1e3;
+                    gaps[ph].entry(j.tag).or_default().push(g);
+                    gap_run += g;
+                }
                 nth = if i > 0 && jobs[i - 1].tag == j.tag {
                     nth + 1
                 } else {
@@ -133,6 +145,7 @@ fn main() {
             for (k, v) in per {
                 acc[ph].entry(k).or_default().push(v);
             }
+            gap_runs[ph].push(gap_run);
         }
     }
     let med = |mut v: Vec<f64>| {
@@ -144,6 +157,20 @@ fn main() {
         }
     };
     println!("(phase, (main's cpu, worker's cpu)): runs {placements:?}");
+    for (p, name) in ["fast", "slow"].iter().enumerate() {
+        let mut g: Vec<(f64, usize)> = gaps[p].iter().map(|(k, v)| (med(v.clone()), *k)).collect();
+        g.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let top: Vec<String> = g
+            .iter()
+            .take(8)
+            .map(|(us, k)| format!("{} {us:.1}", names[*k].split(' ').next().unwrap_or("")))
+            .collect();
+        println!(
+            "{name}: between steps {:.1} us a run (median); largest gaps before: {}",
+            med(gap_runs[p].clone()),
+            top.join(", ")
+        );
+    }
     println!(
         "runs: fast {} median {:.1} us, slow {} median {:.1} us",
         runs[0].len(),

@@ -173,6 +173,10 @@ pub(crate) struct PixelGemm {
     /// columns ([`lone_columns`]): columns of 48 pixels on the 8 x 48 tile, whose kernel also
     /// computes the 49th pixel with the channels in the lanes ([`MicroGemm::extra_x`]).
     lone: bool,
+    /// Floats from one channel's plane (input, output, residual) to the next: `s.pixels`,
+    /// or more for a GEMM over the first `s.pixels` columns of wider planes
+    /// ([`Self::with_plane_stride`]).
+    ld: usize,
 }
 
 /// The plane of a weight-major layer computed as one 8 x 48 column and a lone pixel
@@ -293,6 +297,7 @@ impl PixelGemm {
             subsample: None,
             residual_in_out: false,
             lone: false,
+            ld: s.pixels,
         };
         // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
         // the f32x4 path.
@@ -610,7 +615,7 @@ impl PixelGemm {
         (part, prefetch): (KPos, bool),
         src: XSrc,
     ) -> MicroGemm {
-        let (s, ep) = (self.s, self.s.epilogue);
+        let ep = self.s.epilogue;
         let epilogue = matches!(part, KPos::Only | KPos::Last);
         MicroGemm {
             width,
@@ -618,8 +623,8 @@ impl PixelGemm {
             cols,
             k: self.part_k(part),
             w_stride: self.mr,
-            ldx: if src == XSrc::Packed { cols } else { s.pixels },
-            ldo: s.pixels,
+            ldx: if src == XSrc::Packed { cols } else { self.ld },
+            ldo: self.ld,
             accumulate: matches!(part, KPos::Middle | KPos::Last),
             bias: epilogue && ep.bias,
             bias_per_col: false,
@@ -631,7 +636,7 @@ impl PixelGemm {
                 .map(|c| (c.min.to_bits(), c.max.to_bits())),
             prefetch_every: usize::from(prefetch && self.streamed),
             prefetch_w: if prefetch { self.prefetch_w } else { 0 },
-            pf_ldx: s.pixels,
+            pf_ldx: self.ld,
             prefetch_out: self.prefetch_out && !prefetch && self.outputs_prefetched(src, cols),
             // The pixel after the column, at `x + 4 np` in its plane row.
             extra_x: if self.lone && cols == self.np {
@@ -672,6 +677,21 @@ impl PixelGemm {
         }
         self
     }
+    /// The same GEMM over the first `s.pixels` columns of planes `ld >= s.pixels` floats
+    /// apart (a Winograd group of fewer tile rows than the others, in the others' `V` and
+    /// `M`): only [`Self::block_row`] on the wide tiles, which address every input, output
+    /// and residual row at `ld` (the f32x4 tiles and the other drivers keep `s.pixels`).
+    pub(crate) fn with_plane_stride(mut self, ld: usize) -> Result<Self> {
+        if ld < self.s.pixels || self.wide.is_none() {
+            return Err(crate::Error::Internal(format!(
+                "a plane stride of {ld} floats for {} pixels ({:?})",
+                self.s.pixels, self.wide
+            )));
+        }
+        self.ld = ld;
+        Ok(self)
+    }
+
     /// Bytes past its weights that a call prefetches (0: none).
     pub(crate) fn weight_prefetch(&self) -> usize {
         self.prefetch_w
@@ -950,7 +970,7 @@ impl PixelGemm {
     ) -> Result<()> {
         let (s, mr) = (self.s, self.mr);
         let x = e.b.ins().iadd(ptr.inp, pb);
-        let x = e.addr(x, ci, self.kc * s.pixels * 4);
+        let x = e.addr(x, ci, self.kc * self.ld * 4);
         let (x, pk) = match src {
             XSrc::Planes => (x, x),
             XSrc::Pack => (x, pk),
@@ -958,9 +978,9 @@ impl PixelGemm {
         };
         let w = e.addr(ptr.w, mb, s.in_c * mr * 4);
         let w = e.addr(w, ci, self.kc * mr * 4);
-        let out = e.addr(ptr.out, mb, mr * s.pixels * 4);
+        let out = e.addr(ptr.out, mb, mr * self.ld * 4);
         let out = e.b.ins().iadd(out, pb);
-        let res = e.addr(ptr.res, mb, mr * s.pixels * 4);
+        let res = e.addr(ptr.res, mb, mr * self.ld * 4);
         let res = e.b.ins().iadd(res, pb);
         let bias = e.addr(ptr.w, mb, mr * 4);
         let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);

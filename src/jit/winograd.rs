@@ -47,6 +47,7 @@
 //! transform stores only the inside part of each tile, into the `K x oh x ow` output. The x86
 //! layouts set their own `tp`, `hp` and `wp` for their vectors of 8 or 16 tiles (`ymm_layout`,
 //! `wide_layout`, `Groups`), each bound stated where it is set.
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{InstBuilder, Value};
 
 use super::cg::{fits, off, F32, F32X4};
@@ -207,15 +208,23 @@ pub(crate) struct WinogradPlan {
 /// tiles and the output transform, one after the other, all in the calling thread's part
 /// of the scratch. The group's `V` and `M` (and its padded rows) are rewritten by every
 /// group, so they stay in L2 (with `U`, read once per group) instead of making a round trip
-/// to memory: `V` and `M` of the whole 64 -> 64 layer at 56x56 are 1.8 MB each. The groups
-/// are the kernel's work units, so two threads each take whole groups and share only `U`.
+/// to memory: `V` and `M` of the whole 64 -> 64 layer at 56x56 are 1.8 MB each. The tile
+/// rows are the kernel's work units (`by_rows`), a call's range covered in groups, so two
+/// threads each take whole groups (and a shorter one) and share only `U`.
 #[derive(Clone, Debug)]
 struct Groups {
     /// Tile rows per group; the last group may reach past the grid's last tile row (those
     /// rows are transformed from zeros, computed, never stored).
     rows: usize,
-    /// Groups (the work units).
+    /// Groups of `rows` tile rows (the last one may reach past the grid).
     n: usize,
+    /// The work units are tile rows, and each call covers its range in groups of `rows`,
+    /// the last one shorter where the range ends first (the groups of the GEMMs in
+    /// `short`); else the units are the `n` groups. Why: 64 -> 64 at 56x56 is 7 groups of
+    /// 2 tile rows, which two threads split 4 / 3 (the caller waited a group, 60-70 us,
+    /// on each of ResNet-50's three); by tile rows each thread takes 3 groups and a group
+    /// of one row (`CNNC_WINOGRAD_SHORT=0`: by groups, to measure).
+    by_rows: bool,
     /// Floats per `(ξ, channel)` row of the group's `V` and `M`: `rows` tile rows of
     /// whole vectors of 16 tiles (`tw` rounded up: every vector starts on a cache line).
     cols: usize,
@@ -223,6 +232,9 @@ struct Groups {
     row_tiles: usize,
     /// The GEMM of the 36 positions over `cols` tiles (packing as the plan's `gemm`).
     gemm: PixelGemm,
+    /// With `by_rows`, the GEMMs of groups of `r = 1 .. rows` tile rows (at `r - 1`): over
+    /// their `r row_tiles` tiles of the same `V` and `M` rows (`cols` floats apart).
+    short: Vec<PixelGemm>,
     /// Floats per padded row (the input transform's vectors of 16 tiles read 80 columns).
     wp: usize,
     /// The input transform of one tile row of one channel, from the padded rows, and
@@ -723,14 +735,28 @@ impl WinogradPlan {
                 store: output_store(&spec, stride),
             };
             let last = spec.out_h() % TILE;
+            let by_rows = !crate::knobs::off("CNNC_WINOGRAD_SHORT");
+            let short = match by_rows {
+                true => (1..rows)
+                    .map(|r| {
+                        PixelGemm::new(gemm_spec(&spec, r * row_tiles), isa).with_plane_stride(cols)
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .ok()?,
+                false => Vec::new(),
+            };
             // The same packing of `U` as the whole layout's GEMM (the f32x4 fallback of a
             // wide GEMM would pack otherwise).
-            (gemm.mr() == self.gemm.mr()).then_some(Box::new(Groups {
+            let mr = self.gemm.mr();
+            let packs = gemm.mr() == mr && short.iter().all(|g| g.mr() == mr);
+            packs.then_some(Box::new(Groups {
                 rows,
                 n: th.div_ceil(rows),
+                by_rows,
                 cols,
                 row_tiles,
                 gemm,
+                short,
                 wp,
                 input,
                 direct: WinogradInput {
@@ -834,11 +860,13 @@ impl WinogradPlan {
         let pos = self.algo.pos();
         pos * self.u_stride() + self.gemm.channel_blocks() * self.gemm.mr() + prefetched
     }
-    /// Blocks of output channels (grouped: the groups).
+    /// Blocks of output channels (grouped: the tile rows, or the groups).
     pub(crate) fn work_units(&self) -> usize {
-        self.groups
-            .as_ref()
-            .map_or(self.gemm.channel_blocks(), |g| g.n)
+        match &self.groups {
+            Some(g) if g.by_rows => self.th,
+            Some(g) => g.n,
+            None => self.gemm.channel_blocks(),
+        }
     }
     /// For profiles: the GEMM's micro-kernel, and the groups.
     pub(crate) fn micro_kernel(&self) -> String {
@@ -1003,11 +1031,12 @@ impl WinogradPlan {
         })
     }
 
-    /// The kernel of the tile-group-major schedule ([`Groups`]): a function over groups
-    /// `begin..end` calling, for each group, the input side (input transform of every
-    /// input channel, from the input rows or, at the top and bottom, from a padded copy of
-    /// them), the 36 products and the output transform of every output channel, each a
-    /// function of its own (compiled [`KernelModule::quickly`]). All three use only the
+    /// The kernel of the tile-group-major schedule ([`Groups`]): a function over its units
+    /// `begin..end` (tile rows, or groups) calling, for each group of tile rows `t0..t1`, the
+    /// input side (input transform of every input channel, from the input rows or, at the
+    /// top and bottom, from a padded copy of them), the 36 products (on the GEMM of
+    /// `t1 - t0` rows) and the output transform of every output channel, each a function of
+    /// its own (compiled [`KernelModule::quickly`]) over `t0..t1`. All of them use only the
     /// calling thread's scratch (a `Temp` slot).
     pub(crate) fn emit_grouped(&self, km: &mut KernelModule) -> Result<PendingId> {
         let Some(groups) = self.groups.clone() else {
@@ -1021,19 +1050,18 @@ impl WinogradPlan {
             km.add_micro_once(2, "winograd input", &groups.direct, |i| i.emit())?,
         ];
         let input = km.quickly(|km| {
-            km.define_with_micros(&transforms, move |e, b: ConvBufs<_>, begin, end| {
-                e.for_range(begin, end, 1, |e, g| {
-                    plan.group_input(e, b.input, b.scratch, g)
-                })
+            km.define_with_micros(&transforms, move |e, b: ConvBufs<_>, t0, t1| {
+                plan.group_input(e, b.input, b.scratch, (t0, t1))
             })
         })?;
-        let plan = self.clone();
-        let micros = groups.gemm.add_micros(km)?;
-        let products = km.quickly(|km| {
-            km.define_with_micros(&micros, move |e, b, begin, end| {
-                e.for_range(begin, end, 1, |e, _| plan.group_products(e, &b))
-            })
-        })?;
+        let mut fns = vec![input];
+        for gemm in std::iter::once(&groups.gemm).chain(&groups.short) {
+            let (plan, gemm) = (self.clone(), gemm.clone());
+            let micros = gemm.add_micros(km)?;
+            fns.push(km.quickly(|km| {
+                km.define_with_micros(&micros, move |e, b, _, _| plan.group_products(e, &b, &gemm))
+            })?);
+        }
         let plan = self.clone();
         let mut transforms =
             vec![km.add_micro_once(4, "winograd output", &groups.output, |o| o.emit())?];
@@ -1041,21 +1069,55 @@ impl WinogradPlan {
             transforms.push(km.add_micro_once(4, "winograd output", last, |o| o.emit())?);
         }
         let output = km.quickly(|km| {
-            km.define_with_micros(&transforms, move |e, b: ConvBufs<_>, begin, end| {
-                e.for_range(begin, end, 1, |e, g| plan.group_output(e, &b, g))
+            km.define_with_micros(&transforms, move |e, b: ConvBufs<_>, t0, t1| {
+                plan.group_output(e, &b, (t0, t1))
             })
         })?;
-        let fns = [input, products, output];
+        fns.push(output);
+        let (rows, by_rows) = (groups.rows as i64, groups.by_rows);
         km.define_calling::<ConvBufs<Value>>(&fns, move |e, begin, end| {
             let bufs = e.bufs;
-            let fns = [e.callees[0], e.callees[1], e.callees[2]];
-            e.for_range(begin, end, 1, |e, g| {
-                let next = e.add_imm(g, 1);
-                for f in fns {
-                    e.b.ins().call(f, &[bufs, g, next]);
+            let callees = e.callees.clone();
+            let (input, output, full) = (callees[0], callees[callees.len() - 1], callees[1]);
+            let group = |e: &mut Emit, t0: Value, t1: Value| -> Result<()> {
+                e.b.ins().call(input, &[bufs, t0, t1]);
+                if by_rows {
+                    // Bounds: `t1 - t0` is 1 ..= rows (the loop below); the GEMM of that
+                    // many rows reads and writes only their columns of `V` and `M`.
+                    let r = e.b.ins().isub(t1, t0);
+                    let whole = e.b.ins().icmp_imm_s(IntCC::Equal, r, rows);
+                    e.when(whole, |e| {
+                        e.b.ins().call(full, &[bufs, t0, t1]);
+                        Ok(())
+                    })?;
+                    for (k, &f) in callees[2..callees.len() - 1].iter().enumerate() {
+                        let is = e.b.ins().icmp_imm_s(IntCC::Equal, r, k as i64 + 1);
+                        e.when(is, |e| {
+                            e.b.ins().call(f, &[bufs, t0, t1]);
+                            Ok(())
+                        })?;
+                    }
+                } else {
+                    e.b.ins().call(full, &[bufs, t0, t1]);
                 }
+                e.b.ins().call(output, &[bufs, t0, t1]);
                 Ok(())
-            })
+            };
+            if by_rows {
+                // Groups of `rows` tile rows from `begin`, the last one cut at `end`.
+                e.for_range(begin, end, rows, |e, t0| {
+                    let t1 = e.add_imm(t0, rows);
+                    let t1 = e.b.ins().smin(t1, end);
+                    group(e, t0, t1)
+                })
+            } else {
+                // Group g: tile rows `rows g .. rows g + rows` (past the grid at the end).
+                e.for_range(begin, end, 1, |e, g| {
+                    let t0 = e.mul_imm(g, rows);
+                    let t1 = e.add_imm(t0, rows);
+                    group(e, t0, t1)
+                })
+            }
         })
     }
 
@@ -1142,36 +1204,47 @@ impl WinogradPlan {
         })
     }
 
-    /// The input side of group `g`: for every input channel, the padded rows its tile rows
-    /// read (`4 rows + 2` rows from padded row `4 rows g`: input rows from `r0 = 4 rows g -
-    /// pad_h`, zeros outside the input), then their input transform into the group's `V`,
-    /// a call of the AVX-512 transform (`e.micros[0]`) per tile row.
-    fn group_input(&self, e: &mut Emit, inp: Value, scratch: Value, g: Value) -> Result<()> {
-        use cranelift_codegen::ir::condcodes::IntCC;
-        let (s, rows) = (self.spec, self.groups.as_ref().map_or(1, |g| g.rows));
-        let wh = TILE * rows + 2;
-        let r0 = e.mul_imm(g, (TILE * rows) as i64);
+    /// The input side of the group of tile rows `t0..t1` (`1 ..= rows` of them): for every
+    /// input channel, the padded rows its tile rows read (`4 (t1 - t0) + 2` rows from padded
+    /// row `4 t0`: input rows from `r0 = 4 t0 - pad_h`, zeros outside the input), then
+    /// their input transform into the group's `V`, a call of the AVX-512 transform
+    /// (`e.micros[0]`) per tile row.
+    fn group_input(
+        &self,
+        e: &mut Emit,
+        inp: Value,
+        scratch: Value,
+        (t0, t1): (Value, Value),
+    ) -> Result<()> {
+        let s = self.spec;
+        let n = e.b.ins().isub(t1, t0);
+        let r0 = e.mul_imm(t0, TILE as i64);
         let r0 = e.add_imm(r0, -(s.pad_h as i64));
-        // Rows `r0 .. r0 + wh` all inside the input: the transform reads them in place.
+        // Rows `r0 .. r0 + 4 n + 2` all inside the input: the transform reads them in place.
         let below = e.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, r0, 0);
-        let r1 = e.add_imm(r0, wh as i64);
+        let r1 = e.mul_imm(t1, TILE as i64);
+        let r1 = e.add_imm(r1, 2 - s.pad_h as i64);
         let above =
             e.b.ins()
                 .icmp_imm_s(IntCC::SignedLessThanOrEqual, r1, s.in_h as i64);
         let inside = e.b.ins().band(below, above);
-        e.when(inside, |e| self.group_input_direct(e, inp, scratch, r0))?;
-        e.unless(inside, |e| self.group_input_padded(e, inp, scratch, r0))
+        e.when(inside, |e| {
+            self.group_input_direct(e, inp, scratch, (r0, n))
+        })?;
+        e.unless(inside, |e| {
+            self.group_input_padded(e, inp, scratch, (r0, n))
+        })
     }
 
-    /// [`Self::group_input`] of a group whose rows `r0 .. r0 + 4 rows + 2` lie inside the
-    /// input: the AVX-512 transform (`e.micros[1]`) of each tile row from the input rows
-    /// (from column `-pad_w`: the lanes left and right of the row are masked).
+    /// [`Self::group_input`] of a group of `n` tile rows whose rows `r0 .. r0 + 4 n + 2` lie
+    /// inside the input: the AVX-512 transform (`e.micros[1]`) of each tile row from the
+    /// input rows (from column `-pad_w`: the lanes left and right of the row are masked).
     fn group_input_direct(
         &self,
         e: &mut Emit,
         inp: Value,
         scratch: Value,
-        r0: Value,
+        (r0, n): (Value, Value),
     ) -> Result<()> {
         let Some(gr) = &self.groups else {
             return Ok(());
@@ -1184,7 +1257,8 @@ impl WinogradPlan {
         e.for_const(0, s.in_c as i64, 1, |e, c| {
             let src = e.addr(first, c, s.in_h * s.in_w * 4);
             let vc = e.addr(vbase, c, gr.cols * 4);
-            e.for_const(0, gr.rows as i64, 1, |e, j| {
+            let zero = e.iconst(0);
+            e.for_range(zero, n, 1, |e, j| {
                 let row = e.addr(src, j, TILE * s.in_w * 4);
                 let vrow = e.addr(vc, j, gr.row_tiles * 4);
                 e.b.ins().call(e.micros[1], &[row, vrow]);
@@ -1193,16 +1267,17 @@ impl WinogradPlan {
         })
     }
 
-    /// [`Self::group_input`] of a group at the input's top or bottom: for every input
-    /// channel, the padded rows its tile rows read (input rows `r0 .. r0 + 4 rows + 2`,
-    /// zeros outside the input), then their input transform into the group's `V`, a call of
-    /// the AVX-512 transform (`e.micros[0]`) per tile row.
+    /// [`Self::group_input`] of a group of `n <= rows` tile rows at the input's top or
+    /// bottom: for every input channel, the padded rows a group of `rows` would read (input
+    /// rows `r0 .. r0 + 4 rows + 2`, zeros outside the input), then the input transform of
+    /// its `n` tile rows into the group's `V`, a call of the AVX-512 transform
+    /// (`e.micros[0]`) per tile row.
     fn group_input_padded(
         &self,
         e: &mut Emit,
         inp: Value,
         scratch: Value,
-        r0: Value,
+        (r0, n): (Value, Value),
     ) -> Result<()> {
         let Some(gr) = &self.groups else {
             return Ok(());
@@ -1229,7 +1304,7 @@ impl WinogradPlan {
                 e.copy(sp, dp, s.in_w)
             })?;
             let vc = e.addr(vbase, c, gr.cols * 4);
-            e.for_const(0, rows as i64, 1, |e, j| {
+            e.for_range(zero, n, 1, |e, j| {
                 let prow = e.addr(wc, j, TILE * wp * 4);
                 let vrow = e.addr(vc, j, gr.row_tiles * 4);
                 e.b.ins().call(e.micros[0], &[prow, vrow]);
@@ -1372,16 +1447,14 @@ impl WinogradPlan {
         })
     }
 
-    /// The 36 products of one group ([`Groups`]), every channel block of a position in turn
-    /// (the position's `V` rows of the group, `in_c x cols` floats, stay in L1 for all).
-    fn group_products(&self, e: &mut Emit, b: &ConvBufs<Value>) -> Result<()> {
-        let Some(g) = &self.groups else {
-            return Ok(());
-        };
+    /// The 36 products of one group ([`Groups`]) on `gemm` (its GEMM or, for fewer tile
+    /// rows, one of its `short` ones), every channel block of a position in turn (the
+    /// position's `V` rows of the group, `in_c x cols` floats, stay in L1 for all).
+    fn group_products(&self, e: &mut Emit, b: &ConvBufs<Value>, gemm: &PixelGemm) -> Result<()> {
         e.for_const(0, POS as i64, 1, |e, xi| {
             let ptr = self.position(e, b, xi);
-            let nmb = g.gemm.channel_blocks() as i64;
-            e.for_const(0, nmb, 1, |e, mb| g.gemm.block_row(e, &ptr, mb))
+            let nmb = gemm.channel_blocks() as i64;
+            e.for_const(0, nmb, 1, |e, mb| gemm.block_row(e, &ptr, mb))
         })
     }
 
@@ -1477,25 +1550,31 @@ impl WinogradPlan {
         Ok(())
     }
 
-    /// The output side of group `g`: for every output channel, each of the group's tile rows
-    /// inside the output by a call of the AVX-512 output transform (`e.micros[0]`; the last
-    /// tile row, when it has fewer than 4 output rows, `e.micros[1]`).
-    fn group_output(&self, e: &mut Emit, b: &ConvBufs<Value>, g: Value) -> Result<()> {
-        use cranelift_codegen::ir::condcodes::IntCC;
+    /// The output side of the group of tile rows `t0..t1` (`1 ..= rows` of them): for every
+    /// output channel, each of its tile rows inside the output by a call of the AVX-512
+    /// output transform (`e.micros[0]`; the last tile row, when it has fewer than 4 output
+    /// rows, `e.micros[1]`).
+    fn group_output(
+        &self,
+        e: &mut Emit,
+        b: &ConvBufs<Value>,
+        (first, t1): (Value, Value),
+    ) -> Result<()> {
         let Some(gr) = &self.groups else {
             return Ok(());
         };
         let (s, wl) = (self.spec, self.u_stride());
         let (oh, ow) = (s.out_h(), s.out_w());
         let mbase = self.m_base(e, b.scratch);
-        let first = e.mul_imm(g, gr.rows as i64);
+        let n = e.b.ins().isub(t1, first);
+        let zero = e.iconst(0);
         let bias0 = e.add_imm(b.packed, (POS * wl * 4) as i64);
         e.for_const(0, s.out_c as i64, 1, |e, k| {
             let mk = e.addr(mbase, k, gr.cols * 4);
             let ok = e.addr(b.out, k, oh * ow * 4);
             let rk = e.addr(b.residual, k, oh * ow * 4);
             let bias = e.addr(bias0, k, 4);
-            e.for_const(0, gr.rows as i64, 1, |e, j| {
+            e.for_range(zero, n, 1, |e, j| {
                 // Bounds: tile rows past the output's last are the group's overrun.
                 let ty = e.b.ins().iadd(first, j);
                 let args = [
@@ -1733,6 +1812,66 @@ mod tests {
                         .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{s:?}: groups of {rows} tile rows give other bits"
                 );
+            }
+        }
+    }
+
+    /// Grouped, the work units are tile rows and a range cut inside a group computes its
+    /// rows as a shorter group, on a GEMM over their columns only (at the top, in the
+    /// middle where the input is read in place, and at the bottom): the bits of the whole
+    /// range, for every way of cutting the tile rows in two and in three (NaN-poisoned
+    /// outputs, every one written). ResNet-50's 64 -> 64 at 56x56 (14 tile rows: 7 groups
+    /// of 2), an odd number of tile rows, and groups of 3 rows (2 short GEMMs).
+    #[test]
+    fn ranges_cut_inside_groups_give_the_bits_of_the_whole() {
+        if !Isa::host_levels().contains(&Isa::Avx512) {
+            return;
+        }
+        for (c, h, w, k, pad, rows) in [
+            (64, 56, 56, 64, 1, None),
+            (17, 34, 59, 16, 0, None),
+            (16, 21, 50, 20, 1, Some(3)),
+        ] {
+            let mut s = ConvSpec::square(c, h, k, 3, 1, pad);
+            s.in_w = w;
+            (s.bias, s.relu, s.residual) = (true, true, k % 2 == 0);
+            ROWS.with(|r| r.set(rows));
+            let plan = WinogradPlan::new(s, Isa::Avx512, &F4);
+            let mut km = KernelModule::new().unwrap();
+            km.set_isa(Isa::Avx512).unwrap();
+            let p = km.add_conv_with(&s, ConvMethod::Winograd).unwrap();
+            km.compile_pending(None).unwrap();
+            ROWS.with(|r| r.set(None));
+            let g = plan.groups.as_ref().expect("grouped");
+            assert!(g.by_rows && g.rows >= 2, "{s:?}: {g:?}");
+            assert_eq!(g.short.len(), g.rows - 1, "{s:?}");
+            let (w, b) = (values(s.weight_len(), 1), values(s.out_c, 2));
+            let packed = p.pack_weights(&w, Some(&b)).unwrap();
+            let (x, r) = (values(s.input_len(), 4), values(s.output_len(), 3));
+            let res = s.residual.then_some(r.as_slice());
+            let k = km.finalize().unwrap().get(p).unwrap();
+            let th = plan.th;
+            assert_eq!(k.work_units(), th, "{s:?}");
+            let mut scratch = vec![f32::NAN; k.scratch_len()];
+            let mut run = |cuts: &[usize]| {
+                let mut out = vec![f32::NAN; s.output_len()];
+                for pair in cuts.windows(2) {
+                    k.run(&x, &packed, res, &mut out, &mut scratch, pair[0]..pair[1])
+                        .unwrap();
+                }
+                out
+            };
+            let whole = run(&[0, th]);
+            assert!(whole.iter().all(|v| v.is_finite()), "{s:?}");
+            for a in 1..th {
+                for b in (a..th).step_by(2) {
+                    let cut = run(&[0, a, b, th]);
+                    let same = whole.iter().zip(&cut);
+                    assert!(
+                        same.into_iter().all(|(u, v)| u.to_bits() == v.to_bits()),
+                        "{s:?}: tile rows cut at {a} and {b} give other bits"
+                    );
+                }
             }
         }
     }
