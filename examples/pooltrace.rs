@@ -157,6 +157,19 @@ fn main() {
         }
     };
     println!("(phase, (main's cpu, worker's cpu)): runs {placements:?}");
+    // On a loaded host a two-thread model often gets one core (docs/jit-history.md,
+    // "Thread notes (session 13)"): its figures then measure nothing about two threads.
+    for (p, name) in ["fast", "slow"].iter().enumerate() {
+        let (same, all) = placements
+            .iter()
+            .filter(|((ph, _), _)| *ph == p)
+            .fold((0, 0), |(s, a), ((_, (m, w)), n)| {
+                (s + if m == w { *n } else { 0 }, a + n)
+            });
+        if 2 * same > all {
+            println!("WARNING: {name} phase: main and worker on one CPU in {same} of {all} runs");
+        }
+    }
     for (p, name) in ["fast", "slow"].iter().enumerate() {
         let mut g: Vec<(f64, usize)> = gaps[p].iter().map(|(k, v)| (med(v.clone()), *k)).collect();
         g.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -195,6 +208,8 @@ fn main() {
     );
     let mut sums = [[0.0; 5]; 2];
     let mut one_sum = 0.0;
+    // Per kind of step: steps, the one-thread sum and each phase's summed job medians.
+    let mut kinds: BTreeMap<String, (usize, f64, [f64; 2])> = BTreeMap::new();
     let keys: std::collections::BTreeSet<(usize, usize)> =
         acc.iter().flat_map(|a| a.keys().cloned()).collect();
     for &(k, nth) in &keys {
@@ -239,6 +254,16 @@ fn main() {
             f(&cols[0]),
             f(&cols[1])
         );
+        let e = kinds.entry(kind(name)).or_insert((0, 0.0, [0.0; 2]));
+        e.0 += usize::from(nth == 0);
+        if t1.is_finite() {
+            e.1 += t1;
+        }
+        for (sum, c) in e.2.iter_mut().zip(&cols) {
+            if c[0].is_finite() {
+                *sum += c[0];
+            }
+        }
     }
     let f = |c: &[f64; 5]| {
         c.iter()
@@ -247,4 +272,34 @@ fn main() {
             .join(" ")
     };
     println!("  sum {one_sum:>6.1} | {} | {}", f(&sums[0]), f(&sums[1]));
+    let mut kinds: Vec<_> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| (b.1 .2[1] - b.1 .2[0]).total_cmp(&(a.1 .2[1] - a.1 .2[0])));
+    println!("by kind (summed medians, us): steps, 1T | fast | slow | slow - fast");
+    for (k, (n, t1, j)) in kinds {
+        println!(
+            "  {k:<28} {n:>3} {t1:>8.1} | {:>8.1} | {:>8.1} | {:>+8.1}",
+            j[0],
+            j[1],
+            j[1] - j[0]
+        );
+    }
+}
+
+/// A step's kind for the summary: its operation (the name without the node), with the
+/// method and, for Winograd, whether grouped (`groups of`) or the whole layout.
+fn kind(name: &str) -> String {
+    let op = name.split_once(' ').map_or(name, |(_, rest)| rest);
+    let word = op.split_whitespace().next().unwrap_or("");
+    let method = name
+        .split_once('[')
+        .and_then(|(_, m)| m.split([',', ' ', ']']).next())
+        .unwrap_or("");
+    match method {
+        "winograd-f4x4" | "winograd-f2x2" if name.contains("groups of") => {
+            format!("{method} grouped")
+        }
+        "" => word.to_string(),
+        _ if op.starts_with("gemm 1x1") => format!("1x1 {method}"),
+        _ => format!("{word} {method}"),
+    }
 }
