@@ -288,10 +288,12 @@ const HUGE_PAGE: usize = 2 << 20;
 /// writer (as before session 14), and `CNNC_HUGE_FAULT_US=n` is the cost of a huge 2 MiB
 /// fault above which small pages are tried (default [`HUGE_FAULT_LIMIT_US`]); measuring
 /// knobs, read at each buffer.
+///
+/// A dropped buffer's mapping is kept for a later buffer of the same size ([`Mapping`]).
 pub enum HugeBuf {
     Small(Vec<f32>),
     Mapped {
-        map: memmap2::MmapMut,
+        map: Mapping,
         /// Bytes from the mapping's start to the first float (a 2 MiB boundary).
         offset: usize,
         len: usize,
@@ -303,7 +305,12 @@ impl HugeBuf {
     /// written per page or per huge page: [`fault_in`]).
     pub fn zeroed(len: usize, what: &str) -> Result<Self> {
         match Self::mapping(len, what)? {
-            Some(buf) => Ok(buf),
+            Some((mut buf, fresh)) => {
+                if !fresh {
+                    buf.fill(0.0);
+                }
+                Ok(buf)
+            }
             None => Ok(HugeBuf::Small(try_zeros(len, what)?)),
         }
     }
@@ -311,7 +318,7 @@ impl HugeBuf {
     /// `v`'s floats, copied into a mapping when they are large enough.
     pub fn from_vec(v: Vec<f32>, what: &str) -> Result<Self> {
         match Self::mapping(v.len(), what)? {
-            Some(mut buf) => {
+            Some((mut buf, _)) => {
                 buf.copy_from_slice(&v);
                 Ok(buf)
             }
@@ -319,9 +326,10 @@ impl HugeBuf {
         }
     }
 
-    /// A zeroed mapping for `len` floats, unless they are too few (or huge pages are
-    /// turned off) to be worth one.
-    fn mapping(len: usize, what: &str) -> Result<Option<Self>> {
+    /// A mapping for `len` floats, unless they are too few (or huge pages are turned off)
+    /// to be worth one, and whether it is fresh (zero, faulted in here) rather than the
+    /// mapping of a dropped buffer, whose pages are in and hold its floats.
+    fn mapping(len: usize, what: &str) -> Result<Option<(Self, bool)>> {
         let bytes = len.saturating_mul(size_of::<f32>());
         if bytes < HUGE_PAGE {
             return Ok(None);
@@ -332,11 +340,14 @@ impl HugeBuf {
             Some(true) => None,
             None => Some(crate::knobs::number("CNNC_HUGE_FAULT_US").unwrap_or(HUGE_FAULT_LIMIT_US)),
         };
+        if let Some(map) = bytes.checked_add(HUGE_PAGE).and_then(Spares::take) {
+            return Ok(Some((Self::at_huge_boundary(map, len), false)));
+        }
         let mut buf = Self::mapped(len, what)?;
         if let (Some(limit_us), HugeBuf::Mapped { map, offset, .. }) = (faults, &mut buf) {
             fault_in(map, *offset, bytes, &FAULT_COSTS, limit_us);
         }
-        Ok(Some(buf))
+        Ok(Some((buf, true)))
     }
 
     /// A zeroed mapping for `len` floats advised huge as a whole, its pages not yet
@@ -353,8 +364,108 @@ impl HugeBuf {
             // Advice only: where THP is off or unsupported the pages stay small.
             let _ = map.advise(memmap2::Advice::HugePage);
         }
+        Ok(Self::at_huge_boundary(map, len))
+    }
+
+    /// `len` floats from the first 2 MiB boundary of `map` (at least `len` floats and
+    /// a huge page long).
+    fn at_huge_boundary(map: memmap2::MmapMut, len: usize) -> Self {
         let offset = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
-        Ok(HugeBuf::Mapped { map, offset, len })
+        HugeBuf::Mapped {
+            map: Mapping(Some(map)),
+            offset,
+            len,
+        }
+    }
+}
+
+/// A [`HugeBuf`]'s mapping, which goes to the process's spares when the buffer is dropped
+/// ([`Spares`]). Always `Some` but while it is being dropped.
+pub struct Mapping(Option<memmap2::MmapMut>);
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Some(map) = self.0.take() {
+            Spares::keep(map);
+        }
+    }
+}
+
+impl std::ops::Deref for Mapping {
+    type Target = memmap2::MmapMut;
+    fn deref(&self) -> &memmap2::MmapMut {
+        self.0.as_ref().expect("a mapping is present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Mapping {
+    fn deref_mut(&mut self) -> &mut memmap2::MmapMut {
+        self.0.as_mut().expect("a mapping is present until dropped")
+    }
+}
+
+/// Mappings of dropped buffers (packed weights, workspaces), kept for a later buffer of
+/// the same size, most recently dropped last. A model compiled again, or another with
+/// buffers of the same sizes, then takes memory whose pages are already in, where a fresh
+/// mapping is faulted in 2 MiB (or 4 KiB) at a time: on the Zen 5 VM that cost 0.1-0.5 ms
+/// per 2 MiB when the host still backs the block and 7-30 ms when it does not, which made
+/// vgg_cifar's warm packing vary from 3 to 13 ms (session 15). What the allocator does
+/// for smaller buffers (glibc keeps freed chunks below its mmap threshold for the next
+/// `malloc`), bounded by [`SPARE_BYTES`] (the oldest go back to the system first).
+struct Spares {
+    maps: Vec<memmap2::MmapMut>,
+    bytes: usize,
+}
+
+/// Bytes of mappings [`Spares`] keeps at most (`CNNC_SPARE_MB=n`: `n` MiB, 0 none; a
+/// measuring knob): a small network's packed weights and workspace (vgg_cifar: ~30 MB).
+const SPARE_BYTES: usize = 64 << 20;
+
+static SPARES: std::sync::Mutex<Spares> = std::sync::Mutex::new(Spares {
+    maps: Vec::new(),
+    bytes: 0,
+});
+
+impl Spares {
+    fn lock() -> std::sync::MutexGuard<'static, Spares> {
+        // Every change is made whole under the lock: a panic elsewhere leaves it usable.
+        SPARES.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A kept mapping of exactly `bytes`, the most recently dropped.
+    fn take(bytes: usize) -> Option<memmap2::MmapMut> {
+        Self::lock().take_from(bytes)
+    }
+
+    fn take_from(&mut self, bytes: usize) -> Option<memmap2::MmapMut> {
+        let i = self.maps.iter().rposition(|m| m.len() == bytes)?;
+        self.bytes -= bytes;
+        Some(self.maps.remove(i))
+    }
+
+    /// Keeps `map` for a later buffer; the oldest kept ones that this puts over the
+    /// limit are unmapped (outside the lock), or `map` itself if it alone is over it.
+    fn keep(map: memmap2::MmapMut) {
+        let limit = crate::knobs::number::<usize>("CNNC_SPARE_MB")
+            .map_or(SPARE_BYTES, |mb| mb.saturating_mul(1 << 20));
+        let released = Self::lock().keep_in(map, limit);
+        drop(released);
+    }
+
+    /// Adds `map`, and returns what is no longer kept under `limit` bytes.
+    fn keep_in(&mut self, map: memmap2::MmapMut, limit: usize) -> Vec<memmap2::MmapMut> {
+        if map.len() > limit {
+            return vec![map];
+        }
+        self.bytes += map.len();
+        self.maps.push(map);
+        // Stops at `map` at the latest: it alone is within the limit.
+        let mut n = 0;
+        while self.bytes > limit {
+            self.bytes -= self.maps[n].len();
+            n += 1;
+        }
+        self.maps.drain(..n).collect()
     }
 }
 
@@ -563,6 +674,71 @@ mod tests {
         assert!(matches!(small, HugeBuf::Small(_)));
         assert_eq!(&small[..], &[1.5; 10]);
         assert!(HugeBuf::zeroed(usize::MAX / 8, "the test").is_err());
+    }
+
+    #[test]
+    fn spare_mappings_by_size_the_newest_first_the_oldest_released() {
+        let page = |n: usize| memmap2::MmapMut::map_anon(n * SMALL_PAGE).unwrap();
+        let mut s = Spares {
+            maps: Vec::new(),
+            bytes: 0,
+        };
+        let limit = 4 * SMALL_PAGE;
+        let (a, b, c) = (page(1), page(1), page(2));
+        let (pa, pb, pc) = (a.as_ptr(), b.as_ptr(), c.as_ptr());
+        assert!(s.keep_in(a, limit).is_empty());
+        assert!(s.keep_in(b, limit).is_empty());
+        assert!(s.keep_in(c, limit).is_empty());
+        assert_eq!(s.bytes, limit);
+        assert!(s.take_from(3 * SMALL_PAGE).is_none(), "only the exact size");
+        // Past the limit: the oldest goes.
+        let d = page(1);
+        let pd = d.as_ptr();
+        let released = s.keep_in(d, limit);
+        assert_eq!(
+            released.iter().map(|m| m.as_ptr()).collect::<Vec<_>>(),
+            [pa]
+        );
+        assert_eq!(s.take_from(SMALL_PAGE).map(|m| m.as_ptr()), Some(pd));
+        assert_eq!(s.take_from(SMALL_PAGE).map(|m| m.as_ptr()), Some(pb));
+        assert!(s.take_from(SMALL_PAGE).is_none());
+        // One over the limit by itself is not kept.
+        let released = s.keep_in(page(5), limit);
+        assert_eq!(released.len(), 1);
+        assert_eq!(s.bytes, 2 * SMALL_PAGE);
+        assert_eq!(s.take_from(2 * SMALL_PAGE).map(|m| m.as_ptr()), Some(pc));
+        assert_eq!((s.bytes, s.maps.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_dropped_buffers_mapping_serves_the_next_of_its_size_zeroed_or_filled() {
+        if crate::knobs::forced("CNNC_HUGE_PAGES") == Some(false)
+            || crate::knobs::number::<usize>("CNNC_SPARE_MB").is_some()
+        {
+            eprintln!("skipped: the knobs turn mappings or their reuse off");
+            return;
+        }
+        // A size no other test uses, so that no other thread takes the spare meanwhile.
+        let n = (3 << 20) / 4 + 12_345;
+        let mut a = HugeBuf::zeroed(n, "a test").unwrap();
+        assert!(matches!(a, HugeBuf::Mapped { .. }));
+        a.fill(f32::NAN);
+        let at = a.as_ptr();
+        drop(a);
+        let b = HugeBuf::zeroed(n, "a test").unwrap();
+        assert_eq!(b.as_ptr(), at, "the dropped buffer's mapping");
+        assert_eq!(b.as_ptr() as usize % HUGE_PAGE, 0);
+        assert_eq!(b.len(), n);
+        assert!(b.iter().all(|x| x.to_bits() == 0), "cleared");
+        drop(b);
+        let v: Vec<f32> = (0..n).map(|i| i as f32 - 0.5).collect();
+        let c = HugeBuf::from_vec(v.clone(), "a test").unwrap();
+        assert_eq!(c.as_ptr(), at);
+        assert!(c.iter().zip(&v).all(|(x, y)| x.to_bits() == y.to_bits()));
+        // Another size gets a mapping of its own.
+        let d = HugeBuf::zeroed(n + 1, "a test").unwrap();
+        assert_ne!(d.as_ptr(), at);
+        assert!(d.iter().all(|x| x.to_bits() == 0));
     }
 
     #[test]
