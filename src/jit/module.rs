@@ -136,6 +136,110 @@ fn host_isa(opt_level: &str, regalloc: &str) -> Result<OwnedTargetIsa> {
         .map_err(codegen_err)
 }
 
+/// Bytes of a [`CodeMemory`] mapping (more if one function needs more): address space,
+/// its pages faulted in only as code is written (SqueezeNet's ~130 kernels: a few hundred
+/// KB).
+const CODE_CHUNK: usize = 1 << 20;
+
+/// The module's code memory, a few large mappings filled in order, made executable at
+/// `finalize` (one `mprotect` each) and unmapped with the module. Cranelift's
+/// `SystemMemoryProvider` maps each function that does not fit what is left of the last
+/// page afresh, page-sized: SqueezeNet's compile made ~52 mappings, each one an `mmap`, an
+/// `mprotect` and an `munmap`. x86-64 only (no instruction cache to flush after writing
+/// code); elsewhere Cranelift's provider.
+#[derive(Default)]
+struct CodeMemory {
+    code: Chunks,
+    readonly: Chunks,
+    writable: Chunks,
+}
+
+/// Mappings of one kind of memory: the one being filled (`open`, bytes used), those
+/// filled (`full`), and those already protected.
+#[derive(Default)]
+struct Chunks {
+    open: Option<(memmap2::MmapMut, usize)>,
+    full: Vec<memmap2::MmapMut>,
+    protected: Vec<memmap2::Mmap>,
+}
+
+impl Chunks {
+    /// `size` bytes aligned to `align` (a power of two): from the open mapping if they
+    /// fit, else from a new one.
+    fn allocate(&mut self, size: usize, align: u64) -> std::io::Result<*mut u8> {
+        let align = usize::try_from(align)
+            .ok()
+            .filter(|a| a.is_power_of_two())
+            .ok_or_else(|| std::io::Error::other("code alignment not a power of two"))?;
+        if let Some((map, used)) = &mut self.open {
+            let base = map.as_ptr() as usize;
+            let start = (base + *used).next_multiple_of(align) - base;
+            if start + size <= map.len() {
+                *used = start + size;
+                return Ok(map.as_mut_ptr().wrapping_add(start));
+            }
+        }
+        // A mapping starts on a page boundary, which satisfies any alignment up to a page;
+        // beyond that, room to align within it.
+        let len = size.saturating_add(align).max(CODE_CHUNK);
+        let mut map = memmap2::MmapMut::map_anon(len)?;
+        let base = map.as_ptr() as usize;
+        let start = base.next_multiple_of(align) - base;
+        let ptr = map.as_mut_ptr().wrapping_add(start);
+        if let Some((old, _)) = self.open.replace((map, start + size)) {
+            self.full.push(old);
+        }
+        Ok(ptr)
+    }
+
+    /// Protects every mapping filled so far, executable or read-only; new allocations go
+    /// to new mappings.
+    fn protect(&mut self, exec: bool) -> std::io::Result<()> {
+        let open = self.open.take().map(|(m, _)| m);
+        for map in self.full.drain(..).chain(open) {
+            let done = if exec {
+                map.make_exec()?
+            } else {
+                map.make_read_only()?
+            };
+            self.protected.push(done);
+        }
+        Ok(())
+    }
+}
+
+impl cranelift_jit::JITMemoryProvider for CodeMemory {
+    fn allocate(
+        &mut self,
+        size: usize,
+        align: u64,
+        kind: cranelift_jit::JITMemoryKind,
+    ) -> std::io::Result<*mut u8> {
+        match kind {
+            cranelift_jit::JITMemoryKind::Executable => self.code.allocate(size, align),
+            cranelift_jit::JITMemoryKind::ReadOnly => self.readonly.allocate(size, align),
+            cranelift_jit::JITMemoryKind::Writable => self.writable.allocate(size, align),
+        }
+    }
+
+    /// Unmaps everything (the trait's contract: the caller guarantees that nothing in
+    /// it is used again). Dropping the provider unmaps too: `KernelModule` and `Compiled`
+    /// free the memory when they drop the module in any case.
+    #[allow(unsafe_code)] // The trait's method is `unsafe`; the body is safe code.
+    unsafe fn free_memory(&mut self) {
+        *self = CodeMemory::default();
+    }
+
+    fn finalize(
+        &mut self,
+        _branch_protection: cranelift_jit::BranchProtection,
+    ) -> cranelift_module::ModuleResult<()> {
+        let err = |err| cranelift_module::ModuleError::Allocation { err };
+        self.readonly.protect(false).map_err(err)?;
+        self.code.protect(true).map_err(err)
+    }
+}
+
 /// A module under construction: declare and define kernels, then [`finalize`](Self::finalize).
 pub struct KernelModule {
     module: Option<JITModule>,
@@ -216,6 +320,11 @@ impl KernelModule {
         let quick_target = host_isa("none", "backtracking")?;
         let driver_target = host_isa("none", "single_pass")?;
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+        // `CNNC_CODE_CHUNKS=0`: Cranelift's own code memory, a mapping per page or so (a
+        // measuring knob).
+        if cfg!(target_arch = "x86_64") && !crate::knobs::off("CNNC_CODE_CHUNKS") {
+            jb.memory_provider(Box::new(CodeMemory::default()));
+        }
         jb.symbol("cnnc_expf", cnnc_expf as *const u8);
         jb.symbol("fmaf", cnnc_fmaf as *const u8);
         jb.symbol("cnnc_prefetch", cnnc_prefetch as *const u8);
@@ -859,6 +968,40 @@ mod tests {
     use super::*;
     use crate::jit::test_values as values;
     use crate::jit::{ConvMethod, ConvSpec};
+
+    #[test]
+    fn code_memory_fills_few_mappings_in_order_aligned() {
+        let mut c = Chunks::default();
+        let a = c.allocate(100, 64).unwrap() as usize;
+        let b = c.allocate(10, 64).unwrap() as usize;
+        let d = c.allocate(3, 1).unwrap() as usize;
+        let e = c.allocate(8, 16).unwrap() as usize;
+        assert_eq!(a % 64, 0);
+        assert_eq!(b, a + 128, "the next 64-byte boundary after the first");
+        assert_eq!(d, b + 10);
+        assert_eq!(e, (d + 3).next_multiple_of(16));
+        assert!(c.full.is_empty(), "one mapping so far");
+        // What does not fit goes to a mapping of its own, as large as it needs.
+        let big = c.allocate(CODE_CHUNK + 1, 64).unwrap() as usize;
+        assert_eq!(big % 64, 0);
+        assert_eq!(c.full.len(), 1);
+        let (open, used) = c.open.as_ref().unwrap();
+        assert!(open.len() > CODE_CHUNK);
+        assert_eq!(*used, big - open.as_ptr() as usize + CODE_CHUNK + 1);
+        // Writable until protected (the last byte handed out, through the mapping).
+        let (open, used) = c.open.as_mut().unwrap();
+        open[*used - 1] = 0xc3;
+        // Protected, executable; what comes next goes to a new mapping.
+        c.protect(true).unwrap();
+        assert_eq!((c.full.len(), c.protected.len()), (0, 2));
+        assert!(c.open.is_none());
+        let f = c.allocate(4, 4).unwrap() as usize;
+        assert!(c.protected.iter().all(|m| {
+            let base = m.as_ptr() as usize;
+            f < base || f >= base + m.len()
+        }));
+        assert!(c.allocate(4, 3).is_err(), "an alignment not a power of two");
+    }
 
     /// The outputs of `specs` (each by `method`, NaN-poisoned first) from one module at
     /// `isa`, its drivers compiled `quick`ly or not, and how many micro-kernels it holds.
