@@ -1075,6 +1075,38 @@ mod tests {
         }
     }
 
+    /// The batch-1 fc, compiled without the optimiser ([`KernelModule::quickly`]), gives
+    /// the bits of the optimised one: feature tails (not a multiple of 4 inputs, a partial
+    /// last block of rows), bias, ReLU and residual; every output written.
+    #[test]
+    fn fc_compiled_quickly_gives_the_same_bits() {
+        let out = |quick: bool, spec: &crate::jit::FcSpec| {
+            let mut km = KernelModule::new().unwrap();
+            km.quick_allowed = quick;
+            let p = km.add_fc(spec).unwrap();
+            let code = km.finalize().unwrap();
+            let (w, b) = (
+                values(spec.in_features * spec.out_features, 1),
+                values(spec.out_features, 2),
+            );
+            let packed = p.pack_weights(&w, Some(&b)).unwrap();
+            let k = code.get(p).unwrap();
+            let mut o = vec![f32::NAN; spec.out_features];
+            let res = values(spec.out_features, 3);
+            k.run_all(&values(spec.in_features, 4), &packed, Some(&res), &mut o)
+                .unwrap();
+            o
+        };
+        for (c, k) in [(37, 19), (2048, 10), (5, 3), (64, 33)] {
+            let mut spec = crate::jit::FcSpec::new(c, k, 1);
+            (spec.bias, spec.relu, spec.residual) = (true, true, true);
+            let (q, o) = (out(true, &spec), out(false, &spec));
+            assert!(q.iter().all(|v| v.is_finite()), "{spec:?}");
+            let same = q.iter().zip(&o).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{spec:?}: the quick fc gives other bits");
+        }
+    }
+
     /// A micro-kernel is emitted once per process: a second module installs the bytes the
     /// first emitted, a spec never seen is emitted.
     #[test]
