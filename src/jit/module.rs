@@ -1107,6 +1107,36 @@ mod tests {
         }
     }
 
+    /// A network's softmax and global average pool, compiled without the optimiser, give
+    /// the bits of the optimised ones (channel counts not a multiple of 4, planes of one
+    /// pixel and of several); every output written.
+    #[test]
+    fn last_steps_compiled_quickly_give_the_same_bits() {
+        use crate::jit::elementwise::EltSpec;
+        let out = |quick: bool, spec: EltSpec, n_in: usize, n_out: usize| {
+            let mut km = KernelModule::new().unwrap();
+            km.quick_allowed = quick;
+            let p = km.add_elementwise(&spec).unwrap();
+            let code = km.finalize().unwrap();
+            let k = code.get(p).unwrap();
+            let mut o = vec![f32::NAN; n_out];
+            k.run_all(&[&values(n_in, 5)], &mut o).unwrap();
+            o
+        };
+        for (channels, hw) in [(10, 1), (1000, 1), (37, 9), (1000, 169), (6, 49)] {
+            let n = channels * hw;
+            for (spec, n_out) in [
+                (EltSpec::Softmax { channels, hw }, n),
+                (EltSpec::GlobalAvgPool { channels, hw }, channels),
+            ] {
+                let (q, o) = (out(true, spec, n, n_out), out(false, spec, n, n_out));
+                assert!(q.iter().all(|v| v.is_finite()), "{spec:?}");
+                let same = q.iter().zip(&o).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{spec:?}: quickly compiled, other bits");
+            }
+        }
+    }
+
     /// A micro-kernel is emitted once per process: a second module installs the bytes the
     /// first emitted, a spec never seen is emitted.
     #[test]
