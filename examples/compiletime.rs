@@ -118,7 +118,7 @@ fn main() -> cnnc::Result<()> {
                 cpu_compile.push(c2 - c1);
             }
             passes.push(t1 - t0);
-            codegen.push(t2 - t1 - model.packing_time());
+            codegen.push((t2 - t1).saturating_sub(model.packing_time()));
             packing.push(model.packing_time());
             total.push(t2 - t0);
         }

@@ -269,6 +269,8 @@ pub struct KernelModule {
     prefetch_func: FuncId,
     has_fma: bool,
     build_time: Duration,
+    /// Cranelift's time in the functions compiled so far, summed over the threads.
+    compile_cpu: Duration,
     /// With [`KernelModule::keep_listings`]: each kernel's CLIF and machine code.
     listings: Option<Vec<KernelListing>>,
     /// What the next kernels are for (a layer name), for listings.
@@ -358,6 +360,7 @@ impl KernelModule {
             prefetch_func,
             has_fma,
             build_time: Duration::ZERO,
+            compile_cpu: Duration::ZERO,
             listings: None,
             label: String::new(),
             convs: Default::default(),
@@ -429,6 +432,12 @@ impl KernelModule {
     /// mapping of the code memory).
     pub fn build_time(&self) -> Duration {
         self.build_time
+    }
+
+    /// Cranelift's time in the functions compiled so far, summed over the threads that
+    /// compiled them.
+    pub fn compile_cpu(&self) -> Duration {
+        self.compile_cpu
     }
 
     /// Keeps `table` alive as long as the code and returns its address for the generated code.
@@ -652,12 +661,14 @@ impl KernelModule {
         });
         let func = std::mem::replace(&mut self.ctx.func, Function::new());
         module.clear_context(&mut self.ctx);
+        let cost_ns = func.dfg.num_insts() as u64 * self.mode.ns_per_inst();
         self.pending.push(PendingFunction {
             fid,
             name,
             mode: self.mode,
             func: Mutex::new(func),
             listing,
+            cost_ns,
         });
         self.funcs.push(fid);
         self.build_time += t0.elapsed();
@@ -674,16 +685,58 @@ impl KernelModule {
     /// call it before to have the machine code in [`KernelModule::take_listings`] or to use
     /// threads.
     pub fn compile_pending(&mut self, pool: Option<&ThreadPool>) -> Result<()> {
+        self.compile_pending_with(pool, &[], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// [`KernelModule::compile_pending`], running `extra(j)` for each `j` of `extra_ns` (a
+    /// job of about that many nanoseconds: packing weights) on the same threads, and
+    /// returning their results in order. Jobs start longest first, compiles and extra jobs
+    /// alike: each thread takes the next, so a long one taken last would leave the others
+    /// idle at the end (Inception 3a's 5x5 driver, 0.45 ms of its ~1.2, was defined near
+    /// the end). The functions are installed in the order they were defined, so the code
+    /// is the same bytes at the same offsets whatever the threads.
+    pub(crate) fn compile_pending_with<T: Send>(
+        &mut self,
+        pool: Option<&ThreadPool>,
+        extra_ns: &[u64],
+        extra: impl Fn(usize) -> Result<T> + Sync,
+    ) -> Result<Vec<T>> {
         let t0 = Instant::now();
         let pending = std::mem::take(&mut self.pending);
         let targets = [&*self.target, &*self.quick_target, &*self.driver_target];
         let disasm = self.listings.is_some();
-        let compiled = run_jobs(pending.len(), pool, Context::new, |ctx, i| {
-            let p = &pending[i];
-            p.compile(ctx, targets[p.mode as usize], disasm)
+        let n = pending.len();
+        // Jobs `0..n` compile, `n..` are the extra ones; longest first, ties in order.
+        let mut order: Vec<usize> = (0..n + extra_ns.len()).collect();
+        let cost = |i: usize| match i.checked_sub(n) {
+            None => pending[i].cost_ns,
+            Some(j) => extra_ns[j],
+        };
+        order.sort_by_key(|&i| std::cmp::Reverse(cost(i)));
+        let done = run_jobs(order.len(), pool, Context::new, |ctx, k| {
+            let i = order[k];
+            Ok(match i.checked_sub(n) {
+                None => {
+                    let p = &pending[i];
+                    Done::Code(p.compile(ctx, targets[p.mode as usize], disasm)?)
+                }
+                Some(j) => Done::Extra(extra(j)?),
+            })
         })?;
+        let mut compiled: Vec<Option<CompiledFunction>> = (0..n).map(|_| None).collect();
+        let mut extras: Vec<Option<T>> = (0..extra_ns.len()).map(|_| None).collect();
+        for (&i, d) in order.iter().zip(done) {
+            match d {
+                Done::Code(c) => compiled[i] = Some(c),
+                Done::Extra(t) => extras[i - n] = Some(t),
+            }
+        }
+        let missing = || Error::Internal("a compile job left no result".into());
         let module = self.module.as_mut().expect("module present until finalize");
         for (p, c) in pending.iter().zip(compiled) {
+            let c = c.ok_or_else(missing)?;
+            self.compile_cpu += c.time;
             module
                 .define_function_bytes(p.fid, c.alignment, &c.bytes, &c.relocs)
                 .map_err(codegen_err)?;
@@ -698,7 +751,7 @@ impl KernelModule {
             }
         }
         self.build_time += t0.elapsed();
-        Ok(())
+        extras.into_iter().map(|e| e.ok_or_else(missing)).collect()
     }
 
     /// [`KernelModule::add_micro`] for the code `emit(spec)` makes, installed once per
@@ -802,6 +855,18 @@ enum Mode {
     Driver = 2,
 }
 
+impl Mode {
+    /// About what Cranelift takes per CLIF instruction (warm, Zen 5, session 15: SqueezeNet's
+    /// drivers 0.08 ms for 167, its Winograd functions 0.14-0.27 ms for 81-151, the global
+    /// pool at `speed` 0.22 ms for 141): to start the longest compiles first.
+    fn ns_per_inst(self) -> u64 {
+        match self {
+            Mode::Speed | Mode::Quick => 1600,
+            Mode::Driver => 500,
+        }
+    }
+}
+
 /// A function whose IR is built, waiting for [`KernelModule::compile_pending`].
 struct PendingFunction {
     fid: FuncId,
@@ -812,6 +877,14 @@ struct PendingFunction {
     func: Mutex<Function>,
     /// Its entry in the module's listings, to complete with the machine code.
     listing: Option<usize>,
+    /// About what compiling it takes, in nanoseconds ([`Mode::ns_per_inst`]).
+    cost_ns: u64,
+}
+
+/// What a job of [`KernelModule::compile_pending_with`] gives.
+enum Done<T> {
+    Code(CompiledFunction),
+    Extra(T),
 }
 
 /// A compiled function's machine code, ready to install with `define_function_bytes`.

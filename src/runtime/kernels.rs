@@ -2,7 +2,6 @@
 //! step's weights packed for its kernel (on the model's thread pool).
 use crate::error::{Error, Result};
 use crate::ir::{Graph, Hw, NodeId, Pad, Shape};
-use crate::jit::threads::run_jobs;
 use crate::jit::{
     pack_depthwise_weights, Compiled, ConvKernel, ConvMethod, ConvSpec, DepthwiseKernel,
     DepthwiseSpec, EltKernel, EltSpec, FcKernel, FcSpec, KernelListing, KernelModule, Pending,
@@ -274,29 +273,52 @@ pub(super) fn instantiate(
         module.keep_listings();
     }
     let gen = generate(plan, &mut module)?;
-    module.compile_pending(pool)?;
-    let listings = module.take_listings();
-    let code = module.finalize()?;
-
-    let packing_start = Instant::now();
     // Each compile measures afresh which page size its packed weights are faulted in
     // cheaper (the host's memory changes within seconds; `memory::HugeBuf`).
     crate::memory::forget_fault_costs();
     let mut jobs = Vec::new();
+    let mut job_ns = Vec::new();
     let mut job_of = Vec::with_capacity(plan.steps.len());
     for s in &plan.steps {
         job_of.push(pack_job(g, &gen, s)?.map(|j| {
             jobs.push(j);
+            // About a nanosecond a weight (vgg_cifar: 3.2 M weights packed in ~3.4 ms),
+            // to order the jobs.
+            job_ns.push(param(g, s.layer, "weight").map_or(0, |w| w.len() as u64));
             jobs.len() - 1
         }));
     }
-    let mut packed: Vec<Option<Vec<HugeBuf>>> =
-        run_jobs(jobs.len(), pool, || (), |_, i| jobs[i]())?
-            .into_iter()
-            .map(Some)
-            .collect();
+    // The weights are packed on the threads that compile the functions, in one list of
+    // jobs (each thread takes the next, longest first): at two threads a thread done with
+    // its share of one kind goes on with the other.
+    let packing_ns = std::sync::atomic::AtomicU64::new(0);
+    let pack = |i: usize| {
+        let t = Instant::now();
+        let out = jobs[i]();
+        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        packing_ns.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        out
+    };
+    // `CNNC_PACK_WITH_CODE=0`: the functions compiled first, then the weights packed (a
+    // measuring knob).
+    let (phase, cpu0) = (Instant::now(), module.compile_cpu());
+    let packed = if crate::knobs::off("CNNC_PACK_WITH_CODE") {
+        module.compile_pending(pool)?;
+        crate::jit::threads::run_jobs(jobs.len(), pool, || (), |_, i| pack(i))?
+    } else {
+        module.compile_pending_with(pool, &job_ns, pack)?
+    };
+    let mut packed: Vec<Option<Vec<HugeBuf>>> = packed.into_iter().map(Some).collect();
     drop(jobs);
-    let packing_time = packing_start.elapsed();
+    // The packing's share of the phase, by the jobs' times summed over the threads (at
+    // one thread, the wall time of the packing jobs).
+    let (pack, cpu) = (
+        packing_ns.into_inner() as f64,
+        module.compile_cpu().saturating_sub(cpu0).as_nanos() as f64,
+    );
+    let packing_time = phase.elapsed().mul_f64(pack / (pack + cpu).max(1.0));
+    let listings = module.take_listings();
+    let code = module.finalize()?;
 
     let (conv, fc) = (bind(&code, gen.conv)?, bind(&code, gen.fc)?);
     let (pool_k, elt) = (bind(&code, gen.pool)?, bind(&code, gen.elt)?);
