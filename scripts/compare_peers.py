@@ -9,8 +9,8 @@ generation, weight packing, one thread) against onnxruntime's one-thread session
 creation from the model's bytes, both measured two ways: "first", the first model a fresh
 process makes (cnnc: `cnnc bench`; onnxruntime: a new Python process that has imported
 onnxruntime and read the file), which pays for cold code, a fresh heap and its page
-faults; "warm", the median of later ones in one process (cnnc: `examples/compiletime.rs`,
-onnxruntime: sessions after a first). Prints one markdown table (paste it into BENCHMARKS.md).
+faults; "warm", the median of later ones in one process (cnnc: `examples/compiletime.rs`
+at one and at two threads, onnxruntime: one-thread sessions after a first). Prints one markdown table (paste it into BENCHMARKS.md).
 
 ONNX models (`--onnx a.onnx,b.onnx`) are imported with `cnnc import` instead, and
 onnxruntime runs the file itself, both cut before a final Softmax so that the check
@@ -129,11 +129,12 @@ def ort_first_session_ms(model):
     return float(out.stdout.split()[-1])
 
 
-def cnnc_warm_compile_ms(graph, reps=5):
-    """Median of cnnc's compiles repeated in one process (`examples/compiletime.rs`)."""
+def cnnc_warm_compile_ms(graph, threads=1, reps=5):
+    """Median of cnnc's compiles repeated in one process (`examples/compiletime.rs`), on
+    `threads` threads (code generation and packing use the model's threads)."""
     exe = REPO / "target" / "release" / "examples" / "compiletime"
-    out = subprocess.run([str(exe), str(graph), "--reps", str(reps)], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run([str(exe), str(graph), "--reps", str(reps), "--threads", str(threads)],
+                         check=True, capture_output=True, text=True).stdout
     return float(out.splitlines()[-1].split()[8])  # the total's median
 
 
@@ -209,7 +210,9 @@ def main():
             med = lambda v: sorted(v)[len(v) // 2]
             row = {"graph": g, "gflop": gflop, "rel_l2": err,
                    "cnnc_compile": med(compile_ms), "ort_first": med(ort_first),
-                   "cnnc_warm": cnnc_warm_compile_ms(graph), "ort_create": ort_creation_ms(model)}
+                   "cnnc_warm": cnnc_warm_compile_ms(graph),
+                   "cnnc_warm_2": cnnc_warm_compile_ms(graph, threads=2),
+                   "ort_create": ort_creation_ms(model)}
             for t in threads:
                 row[f"cnnc_{t}"] = med(ours[t])
                 row[f"ort_{t}"] = med(theirs[t])
@@ -220,7 +223,8 @@ def main():
           f"(--isa {args.isa or 'default'}); "
           f"median of {args.rounds} alternating rounds of {args.seconds} s each; batch 1\n")
     print("| network | GFLOP | cnnc 1T (ms) | ORT 1T (ms) | cnnc/ORT 1T | cnnc 2T (ms) | ORT 2T (ms) "
-          "| cnnc/ORT 2T | cnnc GFLOP/s 1T | cnnc compile / ORT session, first (ms) | warm (ms) "
+          "| cnnc/ORT 2T | cnnc GFLOP/s 1T | cnnc compile / ORT session, first (ms) "
+          "| warm: cnnc 1T, 2T / ORT (ms) "
           "| max rel L2 |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -228,7 +232,8 @@ def main():
               f"{r['cnnc_1'] / r['ort_1']:.2f} | {r['cnnc_2']:.3f} | {r['ort_2']:.3f} | "
               f"{r['cnnc_2'] / r['ort_2']:.2f} | {r['gflop'] / r['cnnc_1'] * 1e3:.1f} | "
               f"{r['cnnc_compile']:.0f} / {r['ort_first']:.0f} | "
-              f"{r['cnnc_warm']:.0f} / {r['ort_create']:.0f} | {r['rel_l2']:.1e} |")
+              f"{r['cnnc_warm']:.1f}, {r['cnnc_warm_2']:.1f} / {r['ort_create']:.1f} | "
+              f"{r['rel_l2']:.1e} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
