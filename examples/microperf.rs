@@ -35,6 +35,7 @@ fn spec(
         pf_ldx: 0,
         prefetch_out: false,
         extra_x: 0,
+        lanes: false,
         pack: false,
     }
 }

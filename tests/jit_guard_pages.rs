@@ -158,6 +158,11 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // and a plane narrower than a zmm tile.
         (70, 6, 6, 45, 1, 1, 0),
         (20, 4, 5, 30, 1, 1, 0),
+        // Weight major with a last tile column of 1-4 pixels (avx512: channels in the
+        // lanes, its masked weight and bias loads at the packed buffer's end, a channel
+        // tail of 6 or 9 rows, the output's last pixel against the guard page).
+        (256, 14, 14, 300, 1, 1, 0),
+        (64, 11, 3, 37, 1, 1, 0),
         // Weight major with over 1 MB of weights (prefetched ahead, into the packed
         // buffer's padding at its end).
         (520, 6, 6, 500, 1, 1, 0),

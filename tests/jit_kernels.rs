@@ -2217,6 +2217,14 @@ fn conv_pointwise_every_isa_bit_identical() {
         // Over 256 KB of output from packed columns (output prefetches), pixel tails.
         (64, 33, 33, 70),
         (200, 23, 29, 120),
+        // Weight major with a last tile column of 1-4 pixels (avx512: the kernel with the
+        // channels in the lanes): 14x14 (ResNet-50's 1024 -> 256, and a channel tail),
+        // 33, 34 and 35 pixels.
+        (1024, 14, 14, 256),
+        (256, 14, 14, 300),
+        (100, 11, 3, 45),
+        (77, 17, 2, 50),
+        (40, 5, 7, 37),
     ];
     let levels = cnnc::Isa::host_levels();
     let mut seed = 3000;

@@ -108,6 +108,7 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     // Or of its own outputs for writing (one row per loop iteration).
                     prefetch_out: [0, 1, 2, 4][(n / 2) % 4] == 0 && n % 3 != 1,
                     extra_x: 0,
+                    lanes: false,
                     pack: false,
                 });
             }
@@ -181,6 +182,7 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 pf_ldx: 0,
                 prefetch_out: false,
                 extra_x: 0,
+                lanes: false,
                 pack: false,
             };
             let mut km = KernelModule::new().unwrap();
@@ -231,6 +233,7 @@ fn short_operands_are_refused() {
             pf_ldx: 0,
             prefetch_out: false,
             extra_x: 0,
+            lanes: false,
             pack: false,
         };
         let mut km = KernelModule::new().unwrap();
@@ -295,10 +298,84 @@ fn extra_column_kernels_match_the_reference() {
             pf_ldx: 0,
             prefetch_out: n % 4 == 0,
             extra_x: (k * ldx + 3 + n) * 4,
+            lanes: false,
             pack: false,
         });
     }
     run_against_the_reference(&mut rng, &specs);
+}
+
+/// The kernels with the channels in the lanes (`MicroGemm::lanes`: a pointwise GEMM's last
+/// tile column of 1-4 pixels): every row count up to 16 at weight strides of 14 and 16 (and
+/// equal to the rows), every column count, reductions shorter than, equal to and past the
+/// unrolled step with remainders, every epilogue; bit for bit the reference (the vector
+/// tiles' chain and epilogue), NaN-poisoned outputs (the columns between `cols` and `ldo`
+/// stay NaN: only the tile is written).
+#[test]
+fn lanes_kernels_match_the_reference() {
+    if !widths().contains(&Width::Z512) {
+        return;
+    }
+    let mut rng = Rng(0x1a9e_5c0d_77b3);
+    let clip = Some(((-0.5f32).to_bits(), 0.75f32.to_bits()));
+    let mut specs = Vec::new();
+    let mut n = 0usize;
+    for rows in 1..=16 {
+        for w_stride in [rows, 14, 16].into_iter().filter(|&s| s >= rows) {
+            for cols in 1..=x86::gemm::LANES_COLS {
+                let k = [1, 3, 4, 9, 67, 256][n % 6];
+                specs.push(MicroGemm {
+                    width: Width::Z512,
+                    rows,
+                    cols,
+                    k,
+                    w_stride,
+                    ldx: 196 + n % 7,
+                    ldo: cols + 1 + n % 5,
+                    accumulate: false,
+                    bias: n % 3 != 2,
+                    bias_per_col: false,
+                    residual: n.is_multiple_of(2),
+                    relu: n % 4 < 2,
+                    clip: if n % 8 >= 5 { clip } else { None },
+                    prefetch_every: 0,
+                    prefetch_w: 0,
+                    pf_ldx: 0,
+                    prefetch_out: false,
+                    extra_x: 0,
+                    lanes: true,
+                    pack: false,
+                });
+                n += 1;
+            }
+        }
+    }
+    assert!(specs.iter().all(|s| s.check().is_ok()));
+    run_against_the_reference(&mut rng, &specs);
+    // Past what it supports: refused, not emitted wrong.
+    let base = specs[0];
+    for bad in [
+        MicroGemm { cols: 5, ..base },
+        MicroGemm {
+            w_stride: 17,
+            rows: 17,
+            ..base
+        },
+        MicroGemm {
+            accumulate: true,
+            ..base
+        },
+        MicroGemm {
+            prefetch_w: 256,
+            ..base
+        },
+        MicroGemm {
+            width: Width::Y256,
+            ..base
+        },
+    ] {
+        assert!(bad.check().is_err(), "{bad:?}");
+    }
 }
 
 /// Runs each of `specs` on random operands and compares every output with the reference's
@@ -354,6 +431,7 @@ fn packing_kernels_copy_their_input() {
                 pf_ldx: 2 * cols + 5,
                 prefetch_out: false,
                 extra_x: 0,
+                lanes: false,
                 pack: true,
             });
         }

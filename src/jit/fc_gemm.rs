@@ -176,6 +176,7 @@ impl FcGemm {
             pf_ldx: 0,
             prefetch_out: false,
             extra_x: 0,
+            lanes: false,
             pack: false,
         }
     }

@@ -173,6 +173,10 @@ pub(crate) struct PixelGemm {
     /// columns ([`lone_columns`]): columns of 48 pixels on the 8 x 48 tile, whose kernel also
     /// computes the 49th pixel with the channels in the lanes ([`MicroGemm::extra_x`]).
     lone: bool,
+    /// Weight major at zmm: a last tile column of at most [`x86::gemm::LANES_COLS`] pixels
+    /// runs on the kernel with the channels in the lanes ([`MicroGemm::lanes`]; 14x14
+    /// planes on 14 x 32 end in 4 pixels; `CNNC_LANES_TAIL=0`: the vector tile).
+    lanes_tail: bool,
     /// Floats from one channel's plane (input, output, residual) to the next: `s.pixels`,
     /// or more for a GEMM over the first `s.pixels` columns of wider planes
     /// ([`Self::with_plane_stride`]).
@@ -298,6 +302,7 @@ impl PixelGemm {
             residual_in_out: false,
             lone: false,
             ld: s.pixels,
+            lanes_tail: false,
         };
         // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
         // the f32x4 path.
@@ -336,6 +341,7 @@ impl PixelGemm {
             if self.weights_len() * 4 > STREAMED_WEIGHTS_BYTES {
                 self.prefetch_w = weight_prefetch_bytes();
             }
+            self.lanes_tail = zmm && self.mr <= 16 && !crate::knobs::off("CNNC_LANES_TAIL");
             // (Not over several columns of 48 + 1: the next column's address would be
             // `np + 1` floats on.)
             if self.expands() && self.s.pixels >= self.np && !(self.lone && self.columns() > 1) {
@@ -645,6 +651,12 @@ impl PixelGemm {
                 0
             },
             pack: src == XSrc::Pack,
+            lanes: self.lanes_tail
+                && cols < self.np
+                && cols <= x86::gemm::LANES_COLS
+                && part == KPos::Only
+                && !prefetch
+                && src == XSrc::Planes,
         }
     }
 

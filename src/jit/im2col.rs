@@ -328,6 +328,7 @@ impl Im2colGemm {
             pf_ldx: 0,
             prefetch_out: self.prefetch_out && cols == self.np,
             extra_x: 0,
+            lanes: false,
             pack: false,
         }
     }

@@ -477,6 +477,7 @@ impl ImplicitGemm {
             pf_ldx: 0,
             prefetch_out: self.prefetch_out && matches!(pos, KPos::Only | KPos::First),
             extra_x: 0,
+            lanes: false,
             pack: false,
         }
     }

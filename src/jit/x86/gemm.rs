@@ -111,10 +111,22 @@ pub struct MicroGemm {
     /// Each output is still one FMA chain over `c` in order, then the same epilogue
     /// (scalar), so the bits are those of a call for that pixel alone.
     pub extra_x: usize,
+    /// The tile with the channels in the lanes (AVX-512, `rows <= w_stride <= 16`, at most
+    /// [`LANES_COLS`] pixels, one reduction, no prefetch, pack or extra column): one zmm
+    /// accumulator per pixel, each step one masked load of the step's `rows` packed weights
+    /// and per pixel an FMA with its `x` broadcast from memory. For a tile column of a few
+    /// pixels (14x14 planes on 14 x 32 end in 4), whose vector tile spends `rows` FMAs a step
+    /// on them (14 for 4 pixels: 5-8% of the layer): `cols` FMAs and `cols + 1` loads. Each
+    /// output is the same FMA chain in the same order (`x * w + acc`), and the epilogue the
+    /// lone pixel's scalar one, so the bits are the vector tile's.
+    pub lanes: bool,
     /// Also store every x vector read at `pk + step * cols + j * lanes`: the tile's input
     /// packed contiguous, for the calls after it to read (full vectors only).
     pub pack: bool,
 }
+
+/// The most pixels a [`MicroGemm::lanes`] tile computes.
+pub const LANES_COLS: usize = 4;
 
 fn xmm(i: usize) -> AsmRegisterXmm {
     get_xmm(Register::XMM0 + i as u32).expect("xmm index below 32")
@@ -196,6 +208,25 @@ impl MicroGemm {
         if self.pack && self.tail() > 0 {
             return bad("packing a partial vector".into());
         }
+        if self.lanes {
+            let ok = self.width == Width::Z512
+                && self.w_stride <= 16
+                && self.cols <= LANES_COLS
+                && !self.accumulate
+                && !self.pack
+                && !self.bias_per_col
+                && self.extra_x == 0
+                && self.prefetch_every == 0
+                && self.prefetch_w == 0
+                && !self.prefetch_out;
+            if !ok {
+                return bad("channels in the lanes: a plain zmm tile of a few pixels".into());
+            }
+            disp((UNROLL * self.ldx + self.cols) * 4)?;
+            disp(UNROLL * self.w_stride * 4)?;
+            disp(((self.rows - 1) * self.ldo + self.cols) * 4)?;
+            return Ok(());
+        }
         let extra_ok = self.width == Width::Z512 && self.w_stride == 8 && self.rows <= 8;
         if self.extra_x > 0 && (!extra_ok || self.pack || !self.extra_x.is_multiple_of(4)) {
             return bad("an extra column needs 8-float zmm steps".into());
@@ -227,6 +258,9 @@ impl MicroGemm {
     /// The machine code (position independent).
     pub fn emit(&self) -> Result<Vec<u8>> {
         self.check()?;
+        if self.lanes {
+            return self.emit_lanes();
+        }
         let mut v = Vasm::new(self.width)?;
         // The extra column's ymm / xmm instructions name registers 16-31: EVEX only.
         v.a.set_prefer_vex(self.extra_x == 0);
@@ -251,6 +285,95 @@ impl MicroGemm {
             v.a.set_label(&mut label).map_err(asm_err)?;
             v.a.dd(&lanes).map_err(asm_err)?;
         }
+        v.finish()
+    }
+
+    /// The [`Self::lanes`] kernel. Registers: the accumulators of pixels `0..cols`, the
+    /// step's weights (`cols`), then the epilogue's scalar, zero and clip bounds; `k1` holds
+    /// the `rows` lanes (the weights' masked loads and the bias's add read only those, so
+    /// nothing past the packed rows is touched).
+    fn emit_lanes(&self) -> Result<Vec<u8>> {
+        let mut v = Vasm::new(self.width)?;
+        v.a.set_prefer_vex(false);
+        let (cols, w) = (self.cols, self.cols);
+        v.a.mov(eax, ((1u32 << self.rows) - 1) as i32)
+            .map_err(asm_err)?;
+        v.a.kmovw(iced_x86::code_asm::k1, eax).map_err(asm_err)?;
+        for j in 0..cols {
+            v.zero(j)?;
+        }
+        let step = |v: &mut Vasm, u: usize| -> Result<()> {
+            v.load_k1(w, rsi + disp(u * self.w_stride * 4)?)?;
+            for j in 0..cols {
+                // `acc += w * x`: the vector tile's `acc += x * w` (one rounding).
+                v.fma_bcst(j, w, rdi + disp((u * self.ldx + j) * 4)?)?;
+            }
+            Ok(())
+        };
+        let iters = self.k / UNROLL;
+        if iters > 0 {
+            v.a.mov(r10, iters as u64).map_err(asm_err)?;
+            let mut top = v.a.create_label();
+            v.a.set_label(&mut top).map_err(asm_err)?;
+            for u in 0..UNROLL {
+                step(&mut v, u)?;
+            }
+            v.a.add(rdi, disp(UNROLL * self.ldx * 4)?)
+                .map_err(asm_err)?;
+            v.a.add(rsi, disp(UNROLL * self.w_stride * 4)?)
+                .map_err(asm_err)?;
+            v.a.dec(r10).map_err(asm_err)?;
+            v.a.jnz(top).map_err(asm_err)?;
+        }
+        for u in 0..self.k % UNROLL {
+            step(&mut v, u)?;
+        }
+        // The epilogue: the bias as a vector (`acc + b`, as the vector rows' add), then
+        // through the red zone (64 bytes below the stack pointer: a leaf function's own)
+        // each row's residual, ReLU and clip as scalars in the vector rows' order, and the
+        // store.
+        let (t, zero, lo, hi) = (w + 1, w + 2, w + 3, w + 4);
+        if self.relu_alone() {
+            v.zero(zero)?;
+        }
+        if let Some((l, h)) = self.clip {
+            // As [`Self::epilogue`]: ReLU then clip is `max(x, max(lo, 0))`, then `min`.
+            let positive = f32::from_bits(l) > 0.0;
+            let l = if self.relu && !positive {
+                0.0f32.to_bits()
+            } else {
+                l
+            };
+            for (r, bits) in [(lo, l), (hi, h)] {
+                v.a.mov(eax, bits as i32).map_err(asm_err)?;
+                v.splat_eax(r)?;
+            }
+        }
+        for j in 0..cols {
+            if self.bias {
+                v.add_mem_k1(j, j, r8 + 0)?;
+            }
+            v.store(rsp - 64, j)?;
+            for i in 0..self.rows {
+                v.a.vmovss(xmm(t), dword_ptr(rsp - 64 + (i * 4) as i32))
+                    .map_err(asm_err)?;
+                let at = disp((i * self.ldo + j) * 4)?;
+                if self.residual {
+                    v.a.vaddss(xmm(t), xmm(t), dword_ptr(rcx + at))
+                        .map_err(asm_err)?;
+                }
+                if self.relu_alone() {
+                    v.a.vmaxss(xmm(t), xmm(zero), xmm(t)).map_err(asm_err)?;
+                }
+                if self.clip.is_some() {
+                    v.a.vmaxss(xmm(t), xmm(lo), xmm(t)).map_err(asm_err)?;
+                    v.a.vminss(xmm(t), xmm(hi), xmm(t)).map_err(asm_err)?;
+                }
+                v.a.vmovss(dword_ptr(rdx + at), xmm(t)).map_err(asm_err)?;
+            }
+        }
+        v.a.vzeroupper().map_err(asm_err)?;
+        v.a.ret().map_err(asm_err)?;
         v.finish()
     }
 
