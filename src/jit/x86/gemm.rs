@@ -332,44 +332,17 @@ impl MicroGemm {
         // through the red zone (64 bytes below the stack pointer: a leaf function's own)
         // each row's residual, ReLU and clip as scalars in the vector rows' order, and the
         // store.
-        let (t, zero, lo, hi) = (w + 1, w + 2, w + 3, w + 4);
-        if self.relu_alone() {
-            v.zero(zero)?;
-        }
-        if let Some((l, h)) = self.clip {
-            // As [`Self::epilogue`]: ReLU then clip is `max(x, max(lo, 0))`, then `min`.
-            let positive = f32::from_bits(l) > 0.0;
-            let l = if self.relu && !positive {
-                0.0f32.to_bits()
-            } else {
-                l
-            };
-            for (r, bits) in [(lo, l), (hi, h)] {
-                v.a.mov(eax, bits as i32).map_err(asm_err)?;
-                v.splat_eax(r)?;
-            }
-        }
+        let regs = (w + 1, w + 2, w + 3, w + 4);
+        self.epilogue_constants(&mut v, regs)?;
         for j in 0..cols {
             if self.bias {
                 v.add_mem_k1(j, j, r8 + 0)?;
             }
             v.store(rsp - 64, j)?;
             for i in 0..self.rows {
-                v.a.vmovss(xmm(t), dword_ptr(rsp - 64 + (i * 4) as i32))
+                v.a.vmovss(xmm(regs.0), dword_ptr(rsp - 64 + (i * 4) as i32))
                     .map_err(asm_err)?;
-                let at = disp((i * self.ldo + j) * 4)?;
-                if self.residual {
-                    v.a.vaddss(xmm(t), xmm(t), dword_ptr(rcx + at))
-                        .map_err(asm_err)?;
-                }
-                if self.relu_alone() {
-                    v.a.vmaxss(xmm(t), xmm(zero), xmm(t)).map_err(asm_err)?;
-                }
-                if self.clip.is_some() {
-                    v.a.vmaxss(xmm(t), xmm(lo), xmm(t)).map_err(asm_err)?;
-                    v.a.vminss(xmm(t), xmm(hi), xmm(t)).map_err(asm_err)?;
-                }
-                v.a.vmovss(dword_ptr(rdx + at), xmm(t)).map_err(asm_err)?;
+                self.scalar_epilogue(&mut v, regs, disp((i * self.ldo + j) * 4)?)?;
             }
         }
         v.a.vzeroupper().map_err(asm_err)?;
@@ -560,25 +533,7 @@ impl MicroGemm {
             Some(_) => (take(), take()),
             None => (0, 0),
         };
-        if self.relu_alone() {
-            v.zero(zero)?;
-        }
-        if let Some((l, h)) = self.clip {
-            // ReLU then clip is `max(x, max(lo, 0))` then `min`: the same values, NaN and
-            // `-0.0` included (`max(lo, max(0, x))`: both keep a NaN or `-0.0` x, and give
-            // `lo` where `lo > 0` exceeds `x`), with one register and one instruction less.
-            // (A NaN `lo` is a no-op in `max`: it becomes 0, the ReLU alone.)
-            let positive = f32::from_bits(l) > 0.0;
-            let l = if self.relu && !positive {
-                0.0f32.to_bits()
-            } else {
-                l
-            };
-            for (r, bits) in [(lo, l), (hi, h)] {
-                v.a.mov(eax, bits as i32).map_err(asm_err)?;
-                v.splat_eax(r)?;
-            }
-        }
+        self.epilogue_constants(v, (t, zero, lo, hi))?;
         self.extra_epilogue(v, (t, zero, lo, hi))?;
         let masked = |j: usize| j + 1 == nv && self.tail() > 0;
         for i in 0..self.rows {
@@ -648,25 +603,67 @@ impl MicroGemm {
         for i in 0..self.rows {
             v.a.vmovss(xmm(t), dword_ptr(rsp - 32 + (i * 4) as i32))
                 .map_err(asm_err)?;
-            let at = disp(i * self.ldo * 4 + self.cols * 4)?;
             if self.bias && self.bias_per_col {
                 v.a.vaddss(xmm(t), xmm(t), dword_ptr(r8 + disp(self.cols * 4)?))
                     .map_err(asm_err)?;
             }
-            if self.residual {
-                v.a.vaddss(xmm(t), xmm(t), dword_ptr(rcx + at))
-                    .map_err(asm_err)?;
-            }
-            if self.relu_alone() {
-                v.a.vmaxss(xmm(t), xmm(zero), xmm(t)).map_err(asm_err)?;
-            }
-            if self.clip.is_some() {
-                v.a.vmaxss(xmm(t), xmm(lo), xmm(t)).map_err(asm_err)?;
-                v.a.vminss(xmm(t), xmm(hi), xmm(t)).map_err(asm_err)?;
-            }
-            v.a.vmovss(dword_ptr(rdx + at), xmm(t)).map_err(asm_err)?;
+            self.scalar_epilogue(
+                v,
+                (t, zero, lo, hi),
+                disp(i * self.ldo * 4 + self.cols * 4)?,
+            )?;
         }
         Ok(())
+    }
+
+    /// The epilogue's constants: zero for ReLU, the clip bounds. ReLU then clip is
+    /// `max(x, max(lo, 0))` then `min`: the same values, NaN and `-0.0` included
+    /// (`max(lo, max(0, x))`: both keep a NaN or `-0.0` x, and give `lo` where `lo > 0`
+    /// exceeds `x`), with one register and one instruction less. (A NaN `lo` is a no-op in
+    /// `max`: it becomes 0, the ReLU alone.)
+    fn epilogue_constants(
+        &self,
+        v: &mut Vasm,
+        (_, zero, lo, hi): (usize, usize, usize, usize),
+    ) -> Result<()> {
+        if self.relu_alone() {
+            v.zero(zero)?;
+        }
+        if let Some((l, h)) = self.clip {
+            let positive = f32::from_bits(l) > 0.0;
+            let l = if self.relu && !positive {
+                0.0f32.to_bits()
+            } else {
+                l
+            };
+            for (r, bits) in [(lo, l), (hi, h)] {
+                v.a.mov(eax, bits as i32).map_err(asm_err)?;
+                v.splat_eax(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The rest of one output's epilogue as a scalar in `t` (the vector rows' operations in
+    /// their order): the residual at `rcx + at`, ReLU, clip, and the store at `rdx + at`.
+    fn scalar_epilogue(
+        &self,
+        v: &mut Vasm,
+        (t, zero, lo, hi): (usize, usize, usize, usize),
+        at: i32,
+    ) -> Result<()> {
+        if self.residual {
+            v.a.vaddss(xmm(t), xmm(t), dword_ptr(rcx + at))
+                .map_err(asm_err)?;
+        }
+        if self.relu_alone() {
+            v.a.vmaxss(xmm(t), xmm(zero), xmm(t)).map_err(asm_err)?;
+        }
+        if self.clip.is_some() {
+            v.a.vmaxss(xmm(t), xmm(lo), xmm(t)).map_err(asm_err)?;
+            v.a.vminss(xmm(t), xmm(hi), xmm(t)).map_err(asm_err)?;
+        }
+        v.a.vmovss(dword_ptr(rdx + at), xmm(t)).map_err(asm_err)
     }
 
     /// `a += [at]`, a vector from memory, only the tail's lanes when `masked` (AVX2: through
