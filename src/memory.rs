@@ -326,6 +326,13 @@ impl HugeBuf {
         }
     }
 
+    /// A mapping for `len` floats whose every float the caller writes (packed weights
+    /// written in order, padding included): fresh (zero) or a dropped buffer's (its
+    /// floats); `None` where [`HugeBuf::from_vec`] would keep a vector.
+    pub fn to_overwrite(len: usize, what: &str) -> Result<Option<Self>> {
+        Ok(Self::mapping(len, what)?.map(|(buf, _)| buf))
+    }
+
     /// A mapping for `len` floats, unless they are too few (or huge pages are turned off)
     /// to be worth one, and whether it is fresh (zero, faulted in here) rather than the
     /// mapping of a dropped buffer, whose pages are in and hold its floats.

@@ -996,7 +996,15 @@ impl Plan {
             Plan::Direct(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
             Plan::Implicit(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
             Plan::Im2col(d) => zeroed(&|out| d.pack_into(weights, bias, out)),
-            Plan::Gemm(g) => HugeBuf::from_vec(g.packed(weights, bias)?, "conv packed weights"),
+            // From 2 MiB up straight into the mapping, else into a vector of its own.
+            Plan::Gemm(g) => match HugeBuf::to_overwrite(self.packed_len(), "conv packed weights")?
+            {
+                Some(mut buf) => {
+                    g.pack_into(weights, bias, &mut buf)?;
+                    Ok(buf)
+                }
+                None => Ok(HugeBuf::Small(g.packed(weights, bias)?)),
+            },
             Plan::Winograd(w) => zeroed(&|out| w.pack_into(weights, bias, out)),
         }
     }

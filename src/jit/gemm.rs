@@ -539,28 +539,49 @@ impl PixelGemm {
     /// rows of the `[k][c]` matrix `w` (an index computed per weight, with two divisions by
     /// `mr`, took 1.7 ns a weight: a tenth of SqueezeNet's compile).
     pub(crate) fn packed(&self, w: &[f32], bias: Option<&[f32]>) -> Result<Vec<f32>> {
+        let mut out = crate::memory::try_with_capacity(self.packed_len(), "conv packed weights")?;
+        self.pack_to(w, bias, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::packed`] written over `out` (`packed_len()` floats, whatever they hold: a
+    /// mapping of 2 MiB or more, packed into directly rather than through a vector).
+    pub(crate) fn pack_into(&self, w: &[f32], bias: Option<&[f32]>, out: &mut [f32]) -> Result<()> {
+        if out.len() != self.packed_len() {
+            let msg = format!(
+                "{} floats for {} packed weights",
+                out.len(),
+                self.packed_len()
+            );
+            return Err(crate::Error::Internal(msg));
+        }
+        self.pack_to(w, bias, &mut Cursor { out, at: 0 })
+    }
+
+    fn pack_to(&self, w: &[f32], bias: Option<&[f32]>, out: &mut impl Sink) -> Result<()> {
         let (c, k, mr) = (self.s.in_c, self.s.out_c, self.mr);
         let n = self.packed_len();
-        let mut out = crate::memory::try_with_capacity(n, "conv packed weights")?;
+        // What the blocks and the bias take, checked first: nothing is written past `n`.
+        if self.nmb * c * mr + k > n {
+            let msg = format!("{} pointwise weights packed for {n}", self.nmb * c * mr + k);
+            return Err(crate::Error::Internal(msg));
+        }
         for blk in 0..self.nmb {
             let k0 = blk * mr;
             let rows = &w[k0 * c..k.min(k0 + mr) * c];
             let pad = mr - rows.len() / c;
             for ci in 0..c {
-                out.extend(rows.chunks_exact(c).map(|row| row[ci]));
-                out.extend(std::iter::repeat_n(0.0, pad));
+                out.put(rows.chunks_exact(c).map(|row| row[ci]));
+                out.put(std::iter::repeat_n(0.0, pad));
             }
         }
         match bias {
-            Some(b) => out.extend_from_slice(&b[..k]),
-            None => out.extend(std::iter::repeat_n(0.0, k)),
+            Some(b) => out.put(b[..k].iter().copied()),
+            None => out.put(std::iter::repeat_n(0.0, k)),
         }
-        if out.len() > n {
-            let msg = format!("{} pointwise weights packed for {n}", out.len());
-            return Err(crate::Error::Internal(msg));
-        }
-        out.resize(n, 0.0);
-        Ok(out)
+        let rest = n - out.written();
+        out.put(std::iter::repeat_n(0.0, rest));
+        Ok(())
     }
     /// Where weight `(ki, ci)` goes in the packed matrix.
     pub(crate) fn packed_index(&self, ki: usize, ci: usize) -> usize {
@@ -1186,6 +1207,43 @@ pub(crate) struct Ptrs {
     pub out: Value,
 }
 
+/// Where [`PixelGemm::pack_to`] writes its floats, in order: a vector (extended) or a
+/// slice (filled from the front).
+trait Sink {
+    fn put(&mut self, vals: impl Iterator<Item = f32>);
+    /// Floats written so far.
+    fn written(&self) -> usize;
+}
+
+impl Sink for Vec<f32> {
+    fn put(&mut self, vals: impl Iterator<Item = f32>) {
+        self.extend(vals);
+    }
+    fn written(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A slice filled from `at` on (floats past its end are dropped: `pack_to` checks the
+/// count first).
+struct Cursor<'a> {
+    out: &'a mut [f32],
+    at: usize,
+}
+
+impl Sink for Cursor<'_> {
+    fn put(&mut self, vals: impl Iterator<Item = f32>) {
+        let rest = self.out.get_mut(self.at..).unwrap_or_default();
+        for (d, v) in rest.iter_mut().zip(vals) {
+            *d = v;
+            self.at += 1;
+        }
+    }
+    fn written(&self) -> usize {
+        self.at
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1233,6 +1291,14 @@ mod tests {
                     let w: Vec<f32> = (0..in_c * out_c).map(|i| i as f32 + 1.0).collect();
                     let b: Vec<f32> = (0..out_c).map(|i| -(i as f32) - 1.0).collect();
                     let got = g.packed(&w, bias.then_some(&b[..])).unwrap();
+                    // Written over a buffer of NaN, every float.
+                    let mut over = vec![f32::NAN; g.packed_len()];
+                    g.pack_into(&w, bias.then_some(&b[..]), &mut over).unwrap();
+                    assert!(over
+                        .iter()
+                        .zip(&got)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()));
+                    assert!(g.pack_into(&w, None, &mut over[1..]).is_err());
                     let mut want = vec![0.0; g.packed_len()];
                     for ki in 0..out_c {
                         for ci in 0..in_c {
