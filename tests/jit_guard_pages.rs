@@ -210,11 +210,13 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (20, 9, 30, 23, 3, 1, 2),
         (16, 20, 20, 17, 3, 1, 1),
         // Winograd tile group by tile group (avx512): the input transform's vectors of 16
-        // tiles reading the padded rows' last columns, groups reaching past the last tile
-        // row, the input's first and last rows copied into a group's padded rows, and
-        // groups inside the input read in place (masked lanes left of column 0 and right of
-        // the last: the first channel's row before the buffer's start, the last channel's
-        // last row at its end).
+        // tiles reading the padded rows' last columns, a range's last group cut short (its
+        // GEMM over its own columns of `V` and `M`: a subset of the full GEMM's; the 2- and
+        // 3-thread splits cut inside groups), groups reaching past the last tile row (only
+        // with `CNNC_WINOGRAD_SHORT=0` in the environment), the input's first and last rows
+        // copied into a group's padded rows, and groups inside the input read in place
+        // (masked lanes left of column 0 and right of the last: the first channel's row
+        // before the buffer's start, the last channel's last row at its end).
         (16, 13, 50, 20, 3, 1, 1),
         (18, 36, 59, 16, 3, 1, 0),
         (16, 41, 61, 17, 3, 1, 1),

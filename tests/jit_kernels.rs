@@ -413,8 +413,9 @@ fn split_pools() -> &'static [ThreadPool; 2] {
 /// groups (7x7, 9x11) and row groups with partial last tiles, bias, residual and ReLU.
 /// At avx512 the transforms are AVX-512 code on 16 tiles per vector: grids whose rows are
 /// 13-16 or 30 tiles run tile group by tile group (`G`: one or two vectors of 16 tiles per
-/// row; groups of 1 and 2 tile rows, the last one reaching past the grid; partial last tile
-/// rows and columns; pads 0 and 1), and the grids of rows of up to 8 tiles that are not
+/// row; groups of 1 and 2 tile rows, a range's last group cut short at its end (a GEMM over
+/// its own columns), also inside a group where the pool splits the tile rows; partial last
+/// tile rows and columns; pads 0 and 1), and the grids of rows of up to 8 tiles that are not
 /// dense run the whole layout on them (`W`), rows of up to 8 (4) tiles stacked 2 (4) to a
 /// vector. At avx2 every grid that is not dense runs the AVX2 transforms on 8 tiles per
 /// vector ("ymm transforms"): rows of 1-3 vectors, the last vector with 1-8 real tiles,

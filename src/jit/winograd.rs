@@ -213,10 +213,12 @@ pub(crate) struct WinogradPlan {
 /// threads each take whole groups (and a shorter one) and share only `U`.
 #[derive(Clone, Debug)]
 struct Groups {
-    /// Tile rows per group; the last group may reach past the grid's last tile row (those
-    /// rows are transformed from zeros, computed, never stored).
+    /// Tile rows per group. With `by_rows` a call's last group is cut at its range's end
+    /// (the grid's last tile row at most); without, the last group may reach past the
+    /// grid's last tile row (those rows are transformed from zeros, computed, never stored).
     rows: usize,
-    /// Groups of `rows` tile rows (the last one may reach past the grid).
+    /// Groups of `rows` tile rows in the grid (the last one shorter, or without `by_rows`
+    /// reaching past the grid, where `rows` does not divide the tile rows).
     n: usize,
     /// The work units are tile rows, and each call covers its range in groups of `rows`,
     /// the last one shorter where the range ends first (the groups of the GEMMs in
@@ -736,6 +738,8 @@ impl WinogradPlan {
             };
             let last = spec.out_h() % TILE;
             let by_rows = !crate::knobs::off("CNNC_WINOGRAD_SHORT");
+            #[cfg(test)]
+            let by_rows = tests::SHORT.with(|f| f.get()).unwrap_or(by_rows);
             let short = match by_rows {
                 true => (1..rows)
                     .map(|r| {
@@ -1754,6 +1758,9 @@ mod tests {
     thread_local! {
         /// Tile rows per group for the plans this thread makes (`None`: the default).
         pub(super) static ROWS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+        /// Whether the plans this thread makes cut a range's last group short
+        /// (`CNNC_WINOGRAD_SHORT`; `None`: the knob).
+        pub(super) static SHORT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
         /// Whether the plans this thread makes keep the f32x4 transforms (no [`Ymm`]).
         pub(super) static NO_YMM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
@@ -1779,10 +1786,12 @@ mod tests {
         }
     }
 
-    /// Groups of several tile rows (the last one reaching past the grid, whose extra rows
-    /// are computed and never stored) give the bits of groups of one row: each tile's
-    /// values go through the same operations whatever its group. At avx512, the only
-    /// level that groups; every epilogue; tile rows of 1 and 2 vectors.
+    /// Groups of several tile rows give the bits of groups of one row: each tile's values
+    /// go through the same operations whatever its group. The whole range's last group is
+    /// shorter where the tile rows are not a whole number of groups (a GEMM over its own
+    /// columns), or, with `CNNC_WINOGRAD_SHORT=0`, reaches past the grid (those rows
+    /// computed from zeros, never stored). At avx512, the only level that groups; with and
+    /// without bias and residual; tile rows of 1 and 2 vectors; pads 0-2.
     #[test]
     fn groups_of_several_tile_rows_give_the_bits_of_one() {
         if !Isa::host_levels().contains(&Isa::Avx512) {
@@ -1792,25 +1801,31 @@ mod tests {
             (16, 21, 50, 20, 1),
             (17, 34, 59, 16, 0),
             (16, 17, 118, 18, 1),
+            (16, 26, 50, 17, 2),
         ] {
             let mut s = ConvSpec::square(c, h, k, 3, 1, pad);
             s.in_w = w;
-            (s.bias, s.relu, s.residual) = (true, true, k % 2 == 0);
-            let by_rows = |rows| {
+            (s.bias, s.relu, s.residual) = (k % 2 == 0, true, k % 2 == 0);
+            let by_rows = |rows, short| {
                 ROWS.with(|r| r.set(Some(rows)));
+                SHORT.with(|f| f.set(Some(short)));
+                let plan = WinogradPlan::new(s, Isa::Avx512, &F4);
+                let g = plan.groups.as_ref().expect("grouped");
+                assert_eq!((g.rows, g.by_rows), (rows, short), "{s:?}");
                 let out = run(&s, Isa::Avx512, true).0;
                 ROWS.with(|r| r.set(None));
+                SHORT.with(|f| f.set(None));
                 out
             };
-            let one = by_rows(1);
+            let one = by_rows(1, true);
             assert!(one.iter().all(|v| v.is_finite()), "{s:?}");
-            for rows in [2, 3] {
-                let other = by_rows(rows);
+            for (rows, short) in [(2, true), (3, true), (2, false), (3, false)] {
+                let other = by_rows(rows, short);
                 assert!(
                     one.iter()
                         .zip(&other)
                         .all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "{s:?}: groups of {rows} tile rows give other bits"
+                    "{s:?}: groups of {rows} tile rows (short {short}) give other bits"
                 );
             }
         }
@@ -1818,59 +1833,78 @@ mod tests {
 
     /// Grouped, the work units are tile rows and a range cut inside a group computes its
     /// rows as a shorter group, on a GEMM over their columns only (at the top, in the
-    /// middle where the input is read in place, and at the bottom): the bits of the whole
-    /// range, for every way of cutting the tile rows in two and in three (NaN-poisoned
-    /// outputs, every one written). ResNet-50's 64 -> 64 at 56x56 (14 tile rows: 7 groups
-    /// of 2), an odd number of tile rows, and groups of 3 rows (2 short GEMMs).
+    /// middle where the input is read in place, and at the bottom); with
+    /// `CNNC_WINOGRAD_SHORT=0` the units are whole groups, the last one reaching past the
+    /// grid. For every way of cutting the units in two and in three, each range run into
+    /// its own NaN-poisoned output writes exactly its own output rows (`4 t0 .. 4 t1`, every
+    /// channel: a short group writing a row of another range's would show) with the bits of
+    /// the whole range. ResNet-50's 64 -> 64 at 56x56 (14 tile rows: 7 groups of 2), an odd
+    /// number of tile rows (7: the whole range's last group short), groups of 3 rows (2
+    /// short GEMMs), pad 2, with and without residual (odd `k`).
     #[test]
     fn ranges_cut_inside_groups_give_the_bits_of_the_whole() {
         if !Isa::host_levels().contains(&Isa::Avx512) {
             return;
         }
-        for (c, h, w, k, pad, rows) in [
+        for ((c, h, w, k, pad, rows), short) in [
             (64, 56, 56, 64, 1, None),
-            (17, 34, 59, 16, 0, None),
+            (17, 30, 59, 17, 0, None),
             (16, 21, 50, 20, 1, Some(3)),
-        ] {
+            (16, 26, 50, 17, 2, Some(3)),
+        ]
+        .into_iter()
+        .flat_map(|shape| [(shape, true), (shape, false)])
+        {
             let mut s = ConvSpec::square(c, h, k, 3, 1, pad);
             s.in_w = w;
             (s.bias, s.relu, s.residual) = (true, true, k % 2 == 0);
             ROWS.with(|r| r.set(rows));
+            SHORT.with(|f| f.set(Some(short)));
             let plan = WinogradPlan::new(s, Isa::Avx512, &F4);
             let mut km = KernelModule::new().unwrap();
             km.set_isa(Isa::Avx512).unwrap();
             let p = km.add_conv_with(&s, ConvMethod::Winograd).unwrap();
             km.compile_pending(None).unwrap();
             ROWS.with(|r| r.set(None));
+            SHORT.with(|f| f.set(None));
             let g = plan.groups.as_ref().expect("grouped");
-            assert!(g.by_rows && g.rows >= 2, "{s:?}: {g:?}");
-            assert_eq!(g.short.len(), g.rows - 1, "{s:?}");
+            assert!(g.by_rows == short && g.rows >= 2, "{s:?}: {g:?}");
+            assert_eq!(g.short.len(), if short { g.rows - 1 } else { 0 }, "{s:?}");
             let (w, b) = (values(s.weight_len(), 1), values(s.out_c, 2));
             let packed = p.pack_weights(&w, Some(&b)).unwrap();
             let (x, r) = (values(s.input_len(), 4), values(s.output_len(), 3));
             let res = s.residual.then_some(r.as_slice());
             let k = km.finalize().unwrap().get(p).unwrap();
-            let th = plan.th;
-            assert_eq!(k.work_units(), th, "{s:?}");
-            let mut scratch = vec![f32::NAN; k.scratch_len()];
-            let mut run = |cuts: &[usize]| {
-                let mut out = vec![f32::NAN; s.output_len()];
-                for pair in cuts.windows(2) {
-                    k.run(&x, &packed, res, &mut out, &mut scratch, pair[0]..pair[1])
-                        .unwrap();
-                }
-                out
+            // Tile rows per work unit.
+            let (units, step) = match short {
+                true => (plan.th, 1),
+                false => (plan.th.div_ceil(g.rows), g.rows),
             };
-            let whole = run(&[0, th]);
+            assert_eq!(k.work_units(), units, "{s:?}");
+            let mut scratch = vec![f32::NAN; k.scratch_len()];
+            let (out_h, out_w) = (s.out_h(), s.out_w());
+            let mut whole = vec![f32::NAN; s.output_len()];
+            k.run(&x, &packed, res, &mut whole, &mut scratch, 0..units)
+                .unwrap();
             assert!(whole.iter().all(|v| v.is_finite()), "{s:?}");
-            for a in 1..th {
-                for b in (a..th).step_by(2) {
-                    let cut = run(&[0, a, b, th]);
-                    let same = whole.iter().zip(&cut);
-                    assert!(
-                        same.into_iter().all(|(u, v)| u.to_bits() == v.to_bits()),
-                        "{s:?}: tile rows cut at {a} and {b} give other bits"
-                    );
+            for a in 0..=units {
+                for b in a..=units {
+                    for (u0, u1) in [(0, a), (a, b), (b, units)] {
+                        let mut out = vec![f32::NAN; s.output_len()];
+                        k.run(&x, &packed, res, &mut out, &mut scratch, u0..u1)
+                            .unwrap();
+                        let mine = 4 * step * u0..4 * step * u1;
+                        for (i, (u, v)) in whole.iter().zip(&out).enumerate() {
+                            let row = i / out_w % out_h;
+                            assert!(
+                                match mine.contains(&row) {
+                                    true => u.to_bits() == v.to_bits(),
+                                    false => v.is_nan(),
+                                },
+                                "{s:?} (short {short}): units {u0}..{u1}, output row {row}"
+                            );
+                        }
+                    }
                 }
             }
         }
