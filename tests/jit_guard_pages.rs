@@ -159,10 +159,17 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (70, 6, 6, 45, 1, 1, 0),
         (20, 4, 5, 30, 1, 1, 0),
         // Weight major with a last tile column of 1-4 pixels (avx512: channels in the
-        // lanes, its masked weight and bias loads at the packed buffer's end, a channel
-        // tail of 6 or 9 rows, the output's last pixel against the guard page).
+        // lanes; a channel tail of 6 or 9 rows, the output's last pixel against the guard
+        // page). With 280 = 20 x 14 channels and under 1 MB of weights (no prefetch
+        // padding) the last block's masked bias load ends at the packed buffer's last float.
         (256, 14, 14, 300, 1, 1, 0),
         (64, 11, 3, 37, 1, 1, 0),
+        (64, 14, 14, 280, 1, 1, 0),
+        // Planes of 1-4 pixels only (the lanes kernel is the whole GEMM), and a strided
+        // 1x1 into 14x14 (the lanes kernel on the sampled pixels).
+        (300, 1, 1, 40, 1, 1, 0),
+        (64, 2, 2, 70, 1, 1, 0),
+        (300, 28, 28, 400, 1, 2, 0),
         // Weight major with over 1 MB of weights (prefetched ahead, into the packed
         // buffer's padding at its end).
         (520, 6, 6, 500, 1, 1, 0),

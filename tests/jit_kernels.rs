@@ -2226,6 +2226,11 @@ fn conv_pointwise_every_isa_bit_identical() {
         (100, 11, 3, 45),
         (77, 17, 2, 50),
         (40, 5, 7, 37),
+        // Planes of 1-4 pixels only (no full column: the lanes kernel is the whole GEMM),
+        // the last over 1 MB of weights (prefetched, so the vector tile).
+        (300, 1, 1, 40),
+        (64, 2, 2, 70),
+        (1024, 1, 1, 300),
     ];
     let levels = cnnc::Isa::host_levels();
     let mut seed = 3000;

@@ -158,7 +158,17 @@ fn micro_kernels_match_the_reference_bit_for_bit() {
 
 #[test]
 fn nan_inputs_propagate_through_relu_and_clip() {
-    for w in widths() {
+    // The vector tile (NaN in its fifth column), and at avx512 the tile with the channels in
+    // the lanes over 1-4 pixels, whose epilogue is the scalar one (NaN in its last column).
+    let mut cases: Vec<(Width, bool, usize)> = widths()
+        .into_iter()
+        .map(|w| (w, false, w.lanes() + 3))
+        .collect();
+    if widths().contains(&Width::Z512) {
+        cases.extend((1..=4).map(|cols| (Width::Z512, true, cols)));
+    }
+    for (w, lanes, cols) in cases {
+        let nan_col = if lanes { cols - 1 } else { 4 };
         for (relu, clip) in [
             (true, None),
             (false, Some((0f32.to_bits(), 6f32.to_bits()))),
@@ -166,11 +176,11 @@ fn nan_inputs_propagate_through_relu_and_clip() {
             let s = MicroGemm {
                 width: w,
                 rows: 2,
-                cols: w.lanes() + 3,
+                cols,
                 k: 5,
                 w_stride: 2,
-                ldx: w.lanes() + 3,
-                ldo: w.lanes() + 3,
+                ldx: cols,
+                ldo: cols,
                 accumulate: false,
                 bias: false,
                 bias_per_col: false,
@@ -182,7 +192,7 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 pf_ldx: 0,
                 prefetch_out: false,
                 extra_x: 0,
-                lanes: false,
+                lanes,
                 pack: false,
             };
             let mut km = KernelModule::new().unwrap();
@@ -190,7 +200,7 @@ fn nan_inputs_propagate_through_relu_and_clip() {
             let k = km.finalize().unwrap().get(p).unwrap();
             let (nx, nw, no, _) = s.operand_lens();
             let mut x = vec![1.0f32; nx];
-            x[s.ldx * 2 + 4] = f32::NAN;
+            x[s.ldx * 2 + nan_col] = f32::NAN;
             let wt = vec![-1.0f32; nw];
             let mut out = vec![7.0f32; no];
             k.run(&x, &wt, &mut out, None, None).unwrap();
@@ -199,10 +209,10 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                     let v = out[i * s.ldo + j];
                     assert_eq!(
                         v.is_nan(),
-                        j == 4,
-                        "{w:?} relu {relu} clip {clip:?} row {i} col {j}: {v}"
+                        j == nan_col,
+                        "{w:?} lanes {lanes} relu {relu} clip {clip:?} row {i} col {j}: {v}"
                     );
-                    if j != 4 {
+                    if j != nan_col {
                         assert_eq!(v.to_bits(), 0f32.to_bits(), "-5 clamps to 0");
                     }
                 }
@@ -371,6 +381,23 @@ fn lanes_kernels_match_the_reference() {
         },
         MicroGemm {
             width: Width::Y256,
+            ..base
+        },
+        MicroGemm {
+            bias_per_col: true,
+            ..base
+        },
+        MicroGemm { pack: true, ..base },
+        MicroGemm {
+            extra_x: 64,
+            ..base
+        },
+        MicroGemm {
+            prefetch_every: 1,
+            ..base
+        },
+        MicroGemm {
+            prefetch_out: true,
             ..base
         },
     ] {

@@ -502,7 +502,19 @@ impl PixelGemm {
     pub(crate) fn micro_kernel(&self) -> String {
         let isa = self.wide.map_or("f32x4", x86::Width::isa_name);
         let lone = if self.lone { "+1" } else { "" };
-        format!("{isa} {}x{}{lone}", self.mr, self.np)
+        // A last column of a few pixels with the channels in the lanes (the condition of
+        // `micro`'s `lanes`, for the call that covers that column whole).
+        let tail = self.s.pixels % self.np;
+        let lanes = if self.lanes_tail
+            && !self.lone
+            && (1..=x86::gemm::LANES_COLS).contains(&tail)
+            && self.chunks() == 1
+        {
+            format!(" +{tail} in lanes")
+        } else {
+            String::new()
+        };
+        format!("{isa} {}x{}{lone}{lanes}", self.mr, self.np)
     }
     /// Floats of the packed weight matrix alone (`[nmb][c][mr]`).
     pub(crate) fn weights_len(&self) -> usize {

@@ -21,6 +21,8 @@
 //! `vfmadd231ps zmm, zmm, [w]{1to16}`; see `bcst_in_reg`). The columns beyond the last full vector are
 //! loaded and stored under a mask (AVX-512: `k1`, AVX2: `vmaskmovps`), so the kernel reads and
 //! writes exactly the `rows x cols` elements (and `k x cols` inputs) it is given.
+//! Tiles of 1-4 pixels can instead put the channels in the lanes (`MicroGemm::lanes`: one
+//! accumulator per pixel, the step's `rows` weights in one masked load, `x` broadcast).
 //! The sum runs over `c` in order with one fused multiply-add per step, starting from zero,
 //! then `+ bias`, `+ residual`, the activation: the same operations in the same order as
 //! the Cranelift kernels, so results are bit-identical across ISA levels.
@@ -118,7 +120,9 @@ pub struct MicroGemm {
     /// pixels (14x14 planes on 14 x 32 end in 4), whose vector tile spends `rows` FMAs a step
     /// on them (14 for 4 pixels: 5-8% of the layer): `cols` FMAs and `cols + 1` loads. Each
     /// output is the same FMA chain in the same order (`x * w + acc`), and the epilogue the
-    /// lone pixel's scalar one, so the bits are the vector tile's.
+    /// lone pixel's scalar one, so the bits are the vector tile's (for NaN inputs, NaN-ness:
+    /// the FMA's operands are `w, [x]` where the tile's are `x, w`, so of two NaNs with
+    /// different payloads another one may come out).
     pub lanes: bool,
     /// Also store every x vector read at `pk + step * cols + j * lanes`: the tile's input
     /// packed contiguous, for the calls after it to read (full vectors only).
