@@ -725,15 +725,28 @@ impl PixelGemm {
     /// The same GEMM over the first `s.pixels` columns of planes `ld >= s.pixels` floats
     /// apart (a Winograd group of fewer tile rows than the others, in the others' `V` and
     /// `M`): only [`Self::block_row`] on the wide tiles, which address every input, output
-    /// and residual row at `ld` (the f32x4 tiles and the other drivers keep `s.pixels`).
+    /// and residual row at `ld`. Refused (an error, for the caller to fall back) on the
+    /// f32x4 tiles and with what addresses planes at `s.pixels` or runs another driver:
+    /// streaming, packing, a lone pixel, subsampling, weight prefetches (`pf_addr`), a
+    /// residual in the output; and where the kernels' offsets at `ld` leave i32.
     pub(crate) fn with_plane_stride(mut self, ld: usize) -> Result<Self> {
-        if ld < self.s.pixels || self.wide.is_none() {
+        let plain = !(self.streamed
+            || self.weight_major
+            || self.pack
+            || self.lone
+            || self.subsample.is_some()
+            || self.prefetch_w > 0
+            || self.residual_in_out);
+        if ld < self.s.pixels || self.wide.is_none() || !plain {
             return Err(crate::Error::Internal(format!(
-                "a plane stride of {ld} floats for {} pixels ({:?})",
+                "a plane stride of {ld} floats for {} pixels ({:?}, plain {plain})",
                 self.s.pixels, self.wide
             )));
         }
         self.ld = ld;
+        for m in self.micro_variants() {
+            m.check()?;
+        }
         Ok(self)
     }
 
@@ -776,6 +789,8 @@ impl PixelGemm {
     }
 
     fn body(&self, e: &mut Emit, b: ConvBufs<Value>, begin: Value, end: Value) -> Result<()> {
+        // The drivers below address planes at `s.pixels` ([`Self::with_plane_stride`]).
+        debug_assert_eq!(self.ld, self.s.pixels);
         let s = self.s;
         let ptr = Ptrs {
             inp: if self.is_subsampled() {
@@ -1102,6 +1117,8 @@ impl PixelGemm {
         nv: usize,
         ns: usize,
     ) -> Result<()> {
+        // Planes `s.pixels` apart ([`Self::with_plane_stride`] refuses the f32x4 tiles).
+        debug_assert_eq!(self.ld, self.s.pixels);
         let s = self.s;
         let (c, k, np) = (s.in_c, s.out_c, s.pixels);
         let cols: Vec<(Type, usize)> = (0..nv)
@@ -1259,6 +1276,32 @@ impl Sink for Cursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plane stride is taken only where [`PixelGemm::block_row`]'s wide tiles are all
+    /// that runs (a Winograd group's GEMM): not on the f32x4 tiles, not below the pixels,
+    /// not with weight prefetches, a streamed driver or a residual in the output, whose
+    /// addresses keep `s.pixels`.
+    #[test]
+    fn a_plane_stride_only_on_the_plain_wide_gemm() {
+        let s = PixelGemmSpec {
+            in_c: 20,
+            out_c: 18,
+            pixels: 32,
+            epilogue: Epilogue::default(),
+        };
+        assert!(PixelGemm::new(s, Isa::Sse).with_plane_stride(64).is_err());
+        for isa in [Isa::Avx2, Isa::Avx512] {
+            let g = || PixelGemm::new(s, isa);
+            assert!(g().with_plane_stride(64).is_ok(), "{isa}");
+            assert!(g().with_plane_stride(32).is_ok(), "{isa}");
+            assert!(g().with_plane_stride(31).is_err(), "{isa}");
+            let prefetching = g().prefetching_weights();
+            assert!(prefetching.with_plane_stride(64).is_err(), "{isa}");
+            assert!(g().streamed().with_plane_stride(64).is_err(), "{isa}");
+            let in_out = g().residual_in_out(true);
+            assert!(in_out.with_plane_stride(64).is_err(), "{isa}");
+        }
+    }
 
     #[test]
     fn output_prefetches_stay_in_the_plane() {

@@ -225,7 +225,13 @@ struct Groups {
     /// `short`); else the units are the `n` groups. Why: 64 -> 64 at 56x56 is 7 groups of
     /// 2 tile rows, which two threads split 4 / 3 (the caller waited a group, 60-70 us,
     /// on each of ResNet-50's three); by tile rows each thread takes 3 groups and a group
-    /// of one row (`CNNC_WINOGRAD_SHORT=0`: by groups, to measure).
+    /// of one row (`CNNC_WINOGRAD_SHORT=0`: by groups, to measure). A call's groups start
+    /// at its own range's start, and the pool's parts and chunks (`units * i / parts`,
+    /// `ceil(units / (2 parts))`) do not follow `rows`, so how many short groups run depends
+    /// on the chunking: ResNet-50's 14 tile rows on 2 threads make chunks of 4 and 3
+    /// (3 groups and a short one a thread), but grids of at most 4 tile rows make chunks of
+    /// 1 (every group short) and 3 threads cut more short groups. False where a short
+    /// group's GEMM cannot be made (the groups stay the units).
     by_rows: bool,
     /// Floats per `(ξ, channel)` row of the group's `V` and `M`: `rows` tile rows of
     /// whole vectors of 16 tiles (`tw` rounded up: every vector starts on a cache line).
@@ -740,15 +746,19 @@ impl WinogradPlan {
             let by_rows = !crate::knobs::off("CNNC_WINOGRAD_SHORT");
             #[cfg(test)]
             let by_rows = tests::SHORT.with(|f| f.get()).unwrap_or(by_rows);
+            // Where a short group's GEMM cannot be made, the groups stay the work units
+            // (grouped, without short groups), not the whole layout.
             let short = match by_rows {
                 true => (1..rows)
                     .map(|r| {
                         PixelGemm::new(gemm_spec(&spec, r * row_tiles), isa).with_plane_stride(cols)
                     })
                     .collect::<Result<Vec<_>>>()
-                    .ok()?,
-                false => Vec::new(),
+                    .ok(),
+                false => None,
             };
+            let by_rows = short.is_some();
+            let short = short.unwrap_or_default();
             // The same packing of `U` as the whole layout's GEMM (the f32x4 fallback of a
             // wide GEMM would pack otherwise).
             let mr = self.gemm.mr();
