@@ -352,7 +352,10 @@ impl HugeBuf {
         }
         let mut buf = Self::mapped(len, what)?;
         if let (Some(limit_us), HugeBuf::Mapped { map, offset, .. }) = (faults, &mut buf) {
-            fault_in(map, *offset, bytes, &FAULT_COSTS, limit_us);
+            // A mapping with chunks on small pages (faulted in while huge pages were slow)
+            // is not kept for reuse: it would pin that moment's choice on every later
+            // buffer of its size.
+            map.spare = fault_in(map, *offset, bytes, &FAULT_COSTS, limit_us);
         }
         Ok(Some((buf, true)))
     }
@@ -379,7 +382,10 @@ impl HugeBuf {
     fn at_huge_boundary(map: memmap2::MmapMut, len: usize) -> Self {
         let offset = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
         HugeBuf::Mapped {
-            map: Mapping(Some(map)),
+            map: Mapping {
+                map: Some(map),
+                spare: true,
+            },
             offset,
             len,
         }
@@ -387,12 +393,16 @@ impl HugeBuf {
 }
 
 /// A [`HugeBuf`]'s mapping, which goes to the process's spares when the buffer is dropped
-/// ([`Spares`]). Always `Some` but while it is being dropped.
-pub struct Mapping(Option<memmap2::MmapMut>);
+/// ([`Spares`]) if `spare` (all its chunks on huge pages, or never chosen chunk by chunk).
+pub struct Mapping {
+    /// Always `Some` but while it is being dropped.
+    map: Option<memmap2::MmapMut>,
+    spare: bool,
+}
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        if let Some(map) = self.0.take() {
+        if let Some(map) = self.map.take().filter(|_| self.spare) {
             Spares::keep(map);
         }
     }
@@ -401,13 +411,17 @@ impl Drop for Mapping {
 impl std::ops::Deref for Mapping {
     type Target = memmap2::MmapMut;
     fn deref(&self) -> &memmap2::MmapMut {
-        self.0.as_ref().expect("a mapping is present until dropped")
+        self.map
+            .as_ref()
+            .expect("a mapping is present until dropped")
     }
 }
 
 impl std::ops::DerefMut for Mapping {
     fn deref_mut(&mut self) -> &mut memmap2::MmapMut {
-        self.0.as_mut().expect("a mapping is present until dropped")
+        self.map
+            .as_mut()
+            .expect("a mapping is present until dropped")
     }
 }
 
@@ -459,21 +473,40 @@ impl Spares {
         drop(released);
     }
 
-    /// Adds `map`, and returns what is no longer kept under `limit` bytes.
+    /// Adds `map` (unless it alone is over `limit` bytes), and returns what is no longer
+    /// kept under `limit`: `map` if it is over it, then the oldest kept ones (all of them
+    /// where the limit was lowered to 0).
     fn keep_in(&mut self, map: memmap2::MmapMut, limit: usize) -> Vec<memmap2::MmapMut> {
+        let mut released = Vec::new();
         if map.len() > limit {
-            return vec![map];
+            released.push(map);
+        } else {
+            self.bytes += map.len();
+            self.maps.push(map);
         }
-        self.bytes += map.len();
-        self.maps.push(map);
-        // Stops at `map` at the latest: it alone is within the limit.
+        // Stops at the end at the latest, where nothing is kept.
         let mut n = 0;
         while self.bytes > limit {
             self.bytes -= self.maps[n].len();
             n += 1;
         }
-        self.maps.drain(..n).collect()
+        released.extend(self.maps.drain(..n));
+        released
     }
+}
+
+/// Gives the mappings kept for reuse ([`Spares`], up to 64 MiB of resident memory after
+/// the models that used them are dropped) back to the system; for an embedder that
+/// compiles no more models for a while. Buffers dropped later are kept again
+/// (`CNNC_SPARE_MB=0`: never).
+pub fn release_spare_memory() {
+    let released = {
+        let mut spares = Spares::lock();
+        spares.bytes = 0;
+        std::mem::take(&mut spares.maps)
+    };
+    // Unmapped outside the lock.
+    drop(released);
 }
 
 /// The size of a small page on x86-64 Linux (a write per `SMALL_PAGE` faults in every
@@ -560,16 +593,17 @@ pub(crate) fn choose_huge(huge_us: u32, small_us: u32, limit_us: u32) -> bool {
 /// `MADV_NOHUGEPAGE` and written once per small page, a huge one once (where the kernel
 /// has no huge page to give, the writer faults in the rest). Each full chunk's time goes
 /// into `costs`. Only bytes of the floats are written, and with the zero they
-/// hold.
+/// hold. Whether every chunk was given a huge page.
 fn fault_in(
     map: &mut memmap2::MmapMut,
     start: usize,
     bytes: usize,
     costs: &FaultCosts,
     limit_us: u32,
-) {
+) -> bool {
     let end = start + bytes;
     let mut at = start;
+    let mut all_huge = true;
 
     while at < end {
         let next = (at + HUGE_PAGE).min(end);
@@ -593,8 +627,10 @@ fn fault_in(
         if full {
             costs.record(huge, t.elapsed());
         }
+        all_huge &= huge;
         at = next;
     }
+    all_huge
 }
 
 /// As the floats' slice, like a vector's.
@@ -713,7 +749,14 @@ mod tests {
         let released = s.keep_in(page(5), limit);
         assert_eq!(released.len(), 1);
         assert_eq!(s.bytes, 2 * SMALL_PAGE);
-        assert_eq!(s.take_from(2 * SMALL_PAGE).map(|m| m.as_ptr()), Some(pc));
+        // A lowered limit releases the kept ones too, the oldest first.
+        let (e, f) = (page(1), page(1));
+        let pe = e.as_ptr();
+        assert!(s.keep_in(e, limit).is_empty());
+        let released = s.keep_in(f, 0);
+        assert_eq!(released.len(), 3);
+        assert_eq!(released[1].as_ptr(), pc);
+        assert_eq!(released[2].as_ptr(), pe);
         assert_eq!((s.bytes, s.maps.len()), (0, 0));
     }
 
@@ -731,6 +774,11 @@ mod tests {
         assert!(matches!(a, HugeBuf::Mapped { .. }));
         a.fill(f32::NAN);
         let at = a.as_ptr();
+        if !matches!(&a, HugeBuf::Mapped { map, .. } if map.spare) {
+            eprintln!("skipped: huge pages were slow to fault in, the mapping is not kept");
+            return;
+        }
+        let v: Vec<f32> = (0..n).map(|i| i as f32 - 0.5).collect();
         drop(a);
         let b = HugeBuf::zeroed(n, "a test").unwrap();
         assert_eq!(b.as_ptr(), at, "the dropped buffer's mapping");
@@ -738,7 +786,6 @@ mod tests {
         assert_eq!(b.len(), n);
         assert!(b.iter().all(|x| x.to_bits() == 0), "cleared");
         drop(b);
-        let v: Vec<f32> = (0..n).map(|i| i as f32 - 0.5).collect();
         let c = HugeBuf::from_vec(v.clone(), "a test").unwrap();
         assert_eq!(c.as_ptr(), at);
         assert!(c.iter().zip(&v).all(|(x, y)| x.to_bits() == y.to_bits()));

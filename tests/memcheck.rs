@@ -24,6 +24,9 @@ fn memcheck(graph: &str, batch: &str) {
             "run", graph, "--engine", "jit", "--batch", batch, "--top", "1",
         ])
         .current_dir(common::repo())
+        // Dropped buffers unmapped, not kept for reuse: a stale pointer into one then
+        // faults instead of reading another buffer's memory.
+        .env("CNNC_SPARE_MB", "0")
         .output()
         .expect("valgrind is installed (apt-get install valgrind)");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -42,6 +45,9 @@ fn plan_under_valgrind(graph: &str) -> String {
         .arg(env!("CARGO_BIN_EXE_cnnc"))
         .args(["compile", graph, "--emit", "plan", "--batch", "2"])
         .current_dir(common::repo())
+        // Dropped buffers unmapped, not kept for reuse: a stale pointer into one then
+        // faults instead of reading another buffer's memory.
+        .env("CNNC_SPARE_MB", "0")
         .output()
         .expect("valgrind is installed (apt-get install valgrind)");
     assert!(out.status.success(), "{graph}: {out:?}");

@@ -310,8 +310,8 @@ pub(super) fn instantiate(
     };
     let mut packed: Vec<Option<Vec<HugeBuf>>> = packed.into_iter().map(Some).collect();
     drop(jobs);
-    // The packing's share of the phase, by the jobs' times summed over the threads (at
-    // one thread, the wall time of the packing jobs).
+    // The packing's share of the phase, by the jobs' times summed over the threads against
+    // the phase's CPU time (an estimate: the phase also installs the code).
     let (pack, cpu) = (
         packing_ns.into_inner() as f64,
         module.compile_cpu().saturating_sub(cpu0).as_nanos() as f64,

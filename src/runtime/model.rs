@@ -264,8 +264,10 @@ impl Model {
     pub fn compile_time(&self) -> Duration {
         self.compile_time
     }
-    /// The part of [`Model::compile_time`] spent packing weights (for Winograd
-    /// convolutions, transforming them), on `threads` threads.
+    /// The part of [`Model::compile_time`] attributed to packing weights (for Winograd
+    /// convolutions, transforming them): packing runs in one list of jobs with code
+    /// generation, on the model's threads, so this is that phase's wall time apportioned
+    /// by the packing jobs' share of the CPU time, an estimate.
     pub fn packing_time(&self) -> Duration {
         self.packing_time
     }
