@@ -968,6 +968,7 @@ impl Plan {
     fn chunks_per_part(&self) -> usize {
         match self {
             Plan::Implicit(d) => d.chunks_per_part(),
+            Plan::Winograd(w) => w.chunks_per_part(),
             _ => super::threads::CHUNKS_PER_PART,
         }
     }

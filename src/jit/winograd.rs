@@ -226,12 +226,11 @@ struct Groups {
     /// 2 tile rows, which two threads split 4 / 3 (the caller waited a group, 60-70 us,
     /// on each of ResNet-50's three); by tile rows each thread takes 3 groups and a group
     /// of one row (`CNNC_WINOGRAD_SHORT=0`: by groups, to measure). A call's groups start
-    /// at its own range's start, and the pool's parts and chunks (`units * i / parts`,
-    /// `ceil(units / (2 parts))`) do not follow `rows`, so how many short groups run depends
-    /// on the chunking: ResNet-50's 14 tile rows on 2 threads make chunks of 4 and 3
-    /// (3 groups and a short one a thread), but grids of at most 4 tile rows make chunks of
-    /// 1 (every group short) and 3 threads cut more short groups. False where a short
-    /// group's GEMM cannot be made (the groups stay the units).
+    /// at its own range's start, and the pool's parts (`units * i / parts`) do not follow
+    /// `rows`, so how many short groups run depends on the split: one chunk per thread
+    /// ([`WinogradPlan::chunks_per_part`]) keeps it at one per thread on 2 threads (3
+    /// threads cut more). False where a short group's GEMM cannot be made (the groups stay
+    /// the units).
     by_rows: bool,
     /// Floats per `(ξ, channel)` row of the group's `V` and `M`: `rows` tile rows of
     /// whole vectors of 16 tiles (`tw` rounded up: every vector starts on a cache line).
@@ -880,6 +879,21 @@ impl WinogradPlan {
             Some(g) if g.by_rows => self.th,
             Some(g) => g.n,
             None => self.gemm.channel_blocks(),
+        }
+    }
+    /// Chunks per thread on a pool. Grouped by tile rows, one: a call's groups start at its
+    /// own range's start, so each chunk boundary inside a group cuts a short group (2
+    /// threads on 4 tile rows or fewer: chunks of one row, every group short; 20 tile rows
+    /// in groups of 2: chunks of 5, a short group in each, against none). Without
+    /// the finer chunks' balancing, ResNet-50 (the same groups either way) and VGG-19 (groups
+    /// of 1 row) at 2 threads took the same time (2026-12-01, B/A 0.99-1.01 both orders;
+    /// `CNNC_WINOGRAD_CHUNKS=n`: `n` chunks, to measure). Else the pool's default.
+    pub(crate) fn chunks_per_part(&self) -> usize {
+        match &self.groups {
+            Some(g) if g.by_rows => crate::knobs::number::<usize>("CNNC_WINOGRAD_CHUNKS")
+                .filter(|&n| n > 0)
+                .unwrap_or(1),
+            _ => crate::jit::threads::CHUNKS_PER_PART,
         }
     }
     /// For profiles: the GEMM's micro-kernel, and the groups.
@@ -1879,6 +1893,13 @@ mod tests {
             SHORT.with(|f| f.set(None));
             let g = plan.groups.as_ref().expect("grouped");
             assert!(g.by_rows == short && g.rows >= 2, "{s:?}: {g:?}");
+            // One chunk a thread by tile rows: fewer chunk boundaries, fewer short groups.
+            let chunks = if short {
+                1
+            } else {
+                crate::jit::threads::CHUNKS_PER_PART
+            };
+            assert_eq!(plan.chunks_per_part(), chunks, "{s:?}");
             assert_eq!(g.short.len(), if short { g.rows - 1 } else { 0 }, "{s:?}");
             let (w, b) = (values(s.weight_len(), 1), values(s.out_c, 2));
             let packed = p.pack_weights(&w, Some(&b)).unwrap();
