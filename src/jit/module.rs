@@ -1155,8 +1155,10 @@ mod tests {
     fn fc_compiled_quickly_gives_the_same_bits() {
         let out = |quick: bool, spec: &crate::jit::FcSpec| {
             let mut km = KernelModule::new().unwrap();
+            km.keep_listings();
             km.quick_allowed = quick;
             let p = km.add_fc(spec).unwrap();
+            assert_quick_where_allowed(&mut km, quick, "CNNC_FC_OPT");
             let code = km.finalize().unwrap();
             let (w, b) = (
                 values(spec.in_features * spec.out_features, 1),
@@ -1180,6 +1182,25 @@ mod tests {
         }
     }
 
+    /// Compiles what `km` has pending and checks that some function skipped the optimiser
+    /// exactly where `quick` allowed it (unless `knob` keeps the optimiser on), so that
+    /// the same-bits tests compare two different compilations.
+    fn assert_quick_where_allowed(km: &mut KernelModule, quick: bool, knob: &str) {
+        km.compile_pending(None).unwrap();
+        let listings = km.take_listings();
+        if crate::knobs::forced(knob) == Some(true) {
+            eprintln!("{knob}=1: both sides optimised");
+            return;
+        }
+        let unoptimised = listings
+            .iter()
+            .any(|l| !l.optimised && !l.clif.starts_with(';'));
+        assert_eq!(
+            unoptimised, quick,
+            "quick {quick}: a function without the optimiser"
+        );
+    }
+
     /// A network's softmax and global average pool, compiled without the optimiser, give
     /// the bits of the optimised ones (channel counts not a multiple of 4, planes of one
     /// pixel and of several); every output written.
@@ -1188,8 +1209,10 @@ mod tests {
         use crate::jit::elementwise::EltSpec;
         let out = |quick: bool, spec: EltSpec, n_in: usize, n_out: usize| {
             let mut km = KernelModule::new().unwrap();
+            km.keep_listings();
             km.quick_allowed = quick;
             let p = km.add_elementwise(&spec).unwrap();
+            assert_quick_where_allowed(&mut km, quick, "CNNC_ELT_OPT");
             let code = km.finalize().unwrap();
             let k = code.get(p).unwrap();
             let mut o = vec![f32::NAN; n_out];
