@@ -289,7 +289,8 @@ const HUGE_PAGE: usize = 2 << 20;
 /// fault above which small pages are tried (default [`HUGE_FAULT_LIMIT_US`]); measuring
 /// knobs, read at each buffer.
 ///
-/// A dropped buffer's mapping is kept for a later buffer of the same size ([`Mapping`]).
+/// A dropped buffer's mapping is kept for a later buffer of the same size ([`Mapping`]),
+/// unless some of it went to small pages or it is over what [`Spares`] keeps.
 pub enum HugeBuf {
     Small(Vec<f32>),
     Mapped {
@@ -774,9 +775,10 @@ mod tests {
         assert!(matches!(a, HugeBuf::Mapped { .. }));
         a.fill(f32::NAN);
         let at = a.as_ptr();
-        if !matches!(&a, HugeBuf::Mapped { map, .. } if map.spare) {
-            eprintln!("skipped: huge pages were slow to fault in, the mapping is not kept");
-            return;
+        // Where huge pages were slow to fault in just now, some chunks are small and the
+        // mapping would not be kept: this test is about reuse, so it keeps it anyway.
+        if let HugeBuf::Mapped { map, .. } = &mut a {
+            map.spare = true;
         }
         let v: Vec<f32> = (0..n).map(|i| i as f32 - 0.5).collect();
         drop(a);

@@ -727,8 +727,8 @@ impl PixelGemm {
     /// `M`): only [`Self::block_row`] on the wide tiles, which address every input, output
     /// and residual row at `ld`. Refused (an error, for the caller to fall back) on the
     /// f32x4 tiles and with what addresses planes at `s.pixels` or runs another driver:
-    /// streaming, packing, a lone pixel, subsampling, weight prefetches (`pf_addr`), a
-    /// residual in the output; and where the kernels' offsets at `ld` leave i32.
+    /// streaming, packing, a lone pixel, subsampling, weight or output prefetches (`pf_addr`,
+    /// the next column's rows), a residual in the output; and where the kernels' offsets at `ld` leave i32.
     pub(crate) fn with_plane_stride(mut self, ld: usize) -> Result<Self> {
         let plain = !(self.streamed
             || self.weight_major
@@ -736,6 +736,7 @@ impl PixelGemm {
             || self.lone
             || self.subsample.is_some()
             || self.prefetch_w > 0
+            || self.prefetch_out
             || self.residual_in_out);
         if ld < self.s.pixels || self.wide.is_none() || !plain {
             return Err(crate::Error::Internal(format!(
