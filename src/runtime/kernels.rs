@@ -273,50 +273,11 @@ pub(super) fn instantiate(
         module.keep_listings();
     }
     let gen = generate(plan, &mut module)?;
-    // Each compile measures afresh which page size its packed weights are faulted in
-    // cheaper (the host's memory changes within seconds; `memory::HugeBuf`).
-    crate::memory::forget_fault_costs();
-    let mut jobs = Vec::new();
-    let mut job_ns = Vec::new();
-    let mut job_of = Vec::with_capacity(plan.steps.len());
-    for s in &plan.steps {
-        job_of.push(pack_job(g, &gen, s)?.map(|j| {
-            jobs.push(j);
-            // About a nanosecond a weight (vgg_cifar: 3.2 M weights packed in ~3.4 ms),
-            // to order the jobs.
-            job_ns.push(param(g, s.layer, "weight").map_or(0, |w| w.len() as u64));
-            jobs.len() - 1
-        }));
-    }
-    // The weights are packed on the threads that compile the functions, in one list of
-    // jobs (each thread takes the next, longest first): at two threads a thread done with
-    // its share of one kind goes on with the other.
-    let packing_ns = std::sync::atomic::AtomicU64::new(0);
-    let pack = |i: usize| {
-        let t = Instant::now();
-        let out = jobs[i]();
-        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        packing_ns.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
-        out
-    };
-    // `CNNC_PACK_WITH_CODE=0`: the functions compiled first, then the weights packed (a
-    // measuring knob).
-    let (phase, cpu0) = (Instant::now(), module.compile_cpu());
-    let packed = if crate::knobs::off("CNNC_PACK_WITH_CODE") {
-        module.compile_pending(pool)?;
-        crate::jit::threads::run_jobs(jobs.len(), pool, || (), |_, i| pack(i))?
-    } else {
-        module.compile_pending_with(pool, &job_ns, pack)?
-    };
-    let mut packed: Vec<Option<Vec<HugeBuf>>> = packed.into_iter().map(Some).collect();
-    drop(jobs);
-    // The packing's share of the phase, by the jobs' times summed over the threads against
-    // the phase's CPU time (an estimate: the phase also installs the code).
-    let (pack, cpu) = (
-        packing_ns.into_inner() as f64,
-        module.compile_cpu().saturating_sub(cpu0).as_nanos() as f64,
-    );
-    let packing_time = phase.elapsed().mul_f64(pack / (pack + cpu).max(1.0));
+    let PackedWeights {
+        mut by_job,
+        job_of,
+        time: packing_time,
+    } = compile_and_pack(plan, g, &gen, &mut module, pool)?;
     let listings = module.take_listings();
     let code = module.finalize()?;
 
@@ -328,7 +289,7 @@ pub(super) fn instantiate(
     let mut steps = Vec::with_capacity(plan.steps.len());
     for (s, job) in plan.steps.iter().zip(job_of) {
         let no_weights = || Error::Internal(format!("{}: no packed weights", s.name));
-        let mut take = || job.and_then(|j| packed[j].take()).ok_or_else(no_weights);
+        let mut take = || job.and_then(|j| by_job[j].take()).ok_or_else(no_weights);
         // A step that runs one kernel call has one packed buffer.
         let mut take_one = || take()?.pop().ok_or_else(no_weights);
         steps.push(match &s.kernel {
@@ -391,5 +352,75 @@ pub(super) fn instantiate(
         code: steps,
         listings,
         packing_time,
+    })
+}
+
+/// Every step's packed weights, from [`compile_and_pack`].
+struct PackedWeights {
+    /// Each job's buffers, until a step takes them.
+    by_job: Vec<Option<Vec<HugeBuf>>>,
+    /// Each step's job (none for a step without weights).
+    job_of: Vec<Option<usize>>,
+    /// The packing's estimated share of the phase's time.
+    time: Duration,
+}
+
+/// Compiles `module`'s pending functions and packs every step's weights, on `pool`'s
+/// threads.
+fn compile_and_pack(
+    plan: &Plan,
+    g: &Graph,
+    gen: &Generated,
+    module: &mut KernelModule,
+    pool: Option<&ThreadPool>,
+) -> Result<PackedWeights> {
+    // Each compile measures afresh which page size its packed weights are faulted in
+    // cheaper (the host's memory changes within seconds; `memory::HugeBuf`).
+    crate::memory::forget_fault_costs();
+    let mut jobs = Vec::new();
+    let mut job_ns = Vec::new();
+    let mut job_of = Vec::with_capacity(plan.steps.len());
+    for s in &plan.steps {
+        job_of.push(pack_job(g, gen, s)?.map(|j| {
+            jobs.push(j);
+            // About a nanosecond a weight (vgg_cifar: 3.2 M weights packed in ~3.4 ms),
+            // to order the jobs.
+            job_ns.push(param(g, s.layer, "weight").map_or(0, |w| w.len() as u64));
+            jobs.len() - 1
+        }));
+    }
+    // The weights are packed on the threads that compile the functions, in one list of
+    // jobs (each thread takes the next, longest first): at two threads a thread done with
+    // its share of one kind goes on with the other.
+    let packing_ns = std::sync::atomic::AtomicU64::new(0);
+    let pack = |i: usize| {
+        let t = Instant::now();
+        let out = jobs[i]();
+        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        packing_ns.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        out
+    };
+    // `CNNC_PACK_WITH_CODE=0`: the functions compiled first, then the weights packed (a
+    // measuring knob).
+    let (phase, cpu0) = (Instant::now(), module.compile_cpu());
+    let packed = if crate::knobs::off("CNNC_PACK_WITH_CODE") {
+        module.compile_pending(pool)?;
+        crate::jit::threads::run_jobs(jobs.len(), pool, || (), |_, i| pack(i))?
+    } else {
+        module.compile_pending_with(pool, &job_ns, pack)?
+    };
+    let packed: Vec<Option<Vec<HugeBuf>>> = packed.into_iter().map(Some).collect();
+    drop(jobs);
+    // The packing's share of the phase, by the jobs' times summed over the threads against
+    // the phase's CPU time (an estimate: the phase also installs the code).
+    let (pack, cpu) = (
+        packing_ns.into_inner() as f64,
+        module.compile_cpu().saturating_sub(cpu0).as_nanos() as f64,
+    );
+    let packing_time = phase.elapsed().mul_f64(pack / (pack + cpu).max(1.0));
+    Ok(PackedWeights {
+        by_job: packed,
+        job_of,
+        time: packing_time,
     })
 }
