@@ -314,21 +314,8 @@ impl MicroGemm {
             }
             Ok(())
         };
-        let iters = self.k / UNROLL;
-        if iters > 0 {
-            v.a.mov(r10, iters as u64).map_err(asm_err)?;
-            let mut top = v.a.create_label();
-            v.a.set_label(&mut top).map_err(asm_err)?;
-            for u in 0..UNROLL {
-                step(&mut v, u)?;
-            }
-            v.a.add(rdi, disp(UNROLL * self.ldx * 4)?)
-                .map_err(asm_err)?;
-            v.a.add(rsi, disp(UNROLL * self.w_stride * 4)?)
-                .map_err(asm_err)?;
-            v.a.dec(r10).map_err(asm_err)?;
-            v.a.jnz(top).map_err(asm_err)?;
-        }
+        // (`check` refuses prefetches and packing here: the loop only steps `rdi`, `rsi`.)
+        self.reduction_loop(&mut v, self.k / UNROLL, false, step)?;
         for u in 0..self.k % UNROLL {
             step(&mut v, u)?;
         }
@@ -475,8 +462,8 @@ impl MicroGemm {
         } else {
             0
         };
-        self.reduction_loop(v, out_rows, true)?;
-        self.reduction_loop(v, iters - out_rows, false)?;
+        self.reduction_loop(v, out_rows, true, |v, u| self.step(v, u, true))?;
+        self.reduction_loop(v, iters - out_rows, false, |v, u| self.step(v, u, false))?;
         for u in 0..self.k % UNROLL {
             self.step(v, u, false)?;
         }
@@ -495,7 +482,13 @@ impl MicroGemm {
 
     /// `count` iterations of the unrolled reduction loop (`UNROLL` steps each); with
     /// `out_rows`, each also prefetches the output row at `r9` and moves `r9` a row on.
-    fn reduction_loop(&self, v: &mut Vasm, count: usize, out_rows: bool) -> Result<()> {
+    fn reduction_loop(
+        &self,
+        v: &mut Vasm,
+        count: usize,
+        out_rows: bool,
+        step: impl Fn(&mut Vasm, usize) -> Result<()>,
+    ) -> Result<()> {
         if count == 0 {
             return Ok(());
         }
@@ -503,7 +496,7 @@ impl MicroGemm {
         let mut top = v.a.create_label();
         v.a.set_label(&mut top).map_err(asm_err)?;
         for u in 0..UNROLL {
-            self.step(v, u, out_rows)?;
+            step(v, u)?;
         }
         v.a.add(rdi, disp(UNROLL * self.ldx * 4)?)
             .map_err(asm_err)?;
