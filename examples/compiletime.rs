@@ -8,6 +8,8 @@
 //! time on a loaded machine; one thread only). With `--functions N`, also the N functions
 //! Cranelift took longest to compile (the minimum over `reps` compiles that keep listings,
 //! so each also pays for its disassembly), and the totals with and without the optimiser.
+//! After each graph: how many of each compile's functions came from the process's cache of
+//! compiled code (`CNNC_CODE_CACHE=0` to compile them all every time).
 use std::time::{Duration, Instant};
 
 /// CPU time the calling thread has run (Linux's `/proc/thread-self/schedstat`), if known.
@@ -106,6 +108,7 @@ fn main() -> cnnc::Result<()> {
         };
         let (mut passes, mut codegen, mut packing) = (vec![], vec![], vec![]);
         let (mut total, mut cpu_passes, mut cpu_compile) = (vec![], vec![], vec![]);
+        let mut cache_counts = Vec::new();
         for _ in 0..reps {
             let mut h = g.clone();
             let (t0, c0) = (Instant::now(), thread_cpu());
@@ -113,6 +116,7 @@ fn main() -> cnnc::Result<()> {
             let (t1, c1) = (Instant::now(), thread_cpu());
             let model = cnnc::runtime::compile(&h, &opts)?;
             let t2 = Instant::now();
+            cache_counts.push(model.code_cache_counts());
             if let (Some(c0), Some(c1), Some(c2)) = (c0, c1, thread_cpu()) {
                 cpu_passes.push(c1 - c0);
                 cpu_compile.push(c2 - c1);
@@ -133,6 +137,11 @@ fn main() -> cnnc::Result<()> {
             cpu_summary(cpu_passes),
             cpu_summary(cpu_compile)
         );
+        // Functions from the process's cache of compiled code (`CNNC_CODE_CACHE=0`: none).
+        let counts: Vec<String> = (cache_counts.iter())
+            .map(|(hit, miss)| format!("{hit}/{}", hit + miss))
+            .collect();
+        println!("  functions from the code cache: {}", counts.join(" "));
         if functions > 0 {
             let mut h = g.clone();
             cnnc::passes::optimize(&mut h, &opts)?;

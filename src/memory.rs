@@ -510,6 +510,15 @@ pub fn release_spare_memory() {
     drop(released);
 }
 
+/// Empties the process's caches of compiled code (the Cranelift functions and the x86
+/// micro-kernels of the models compiled so far, up to 16 MiB each: a model compiled
+/// again skips Cranelift); for an embedder that compiles no more models for a while.
+/// Models compiled later fill them again (`CNNC_CODE_CACHE=0`: the Cranelift functions
+/// never). Models already compiled keep their own code.
+pub fn release_compile_caches() {
+    crate::jit::module::clear_code_caches();
+}
+
 /// The size of a small page on x86-64 Linux (a write per `SMALL_PAGE` faults in every
 /// page of a range; on a system with larger pages it faults each one several times over).
 const SMALL_PAGE: usize = 4096;

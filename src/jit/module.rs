@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cranelift_codegen::control::ControlPlane;
+use cranelift_codegen::incremental_cache::{compute_cache_key, CacheKeyHash};
 use cranelift_codegen::ir::{
     types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value,
 };
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
-use cranelift_codegen::Context;
+use cranelift_codegen::{Context, FinalizedMachReloc};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, FuncId, Linkage, Module, ModuleReloc};
@@ -66,6 +67,90 @@ impl MicroCache {
             c.code.insert(key.to_string(), code.clone());
         }
         Ok(code)
+    }
+}
+
+/// The machine code of the Cranelift functions compiled in this process, by Cranelift's
+/// incremental-cache key (`compute_cache_key`: a SHA-256 of the function's *stencil*, its
+/// CLIF without its name and with the functions it calls numbered in the order it declared
+/// them, and of the target's flags): a model compiled again, or another with layers of the
+/// same specs, installs the code without compiling it (Cranelift was ~1.1 ms of Inception
+/// 3a's 1.7 ms warm compile). The code is what Cranelift makes from the stencil and the
+/// flags alone, so a hit is the bytes a fresh compile would give; the relocations are kept
+/// as the stencil's (callee *k* of the function's declarations) and resolved against the
+/// new function's own names, so a driver calls the micro-kernels of its own module.
+/// Shared by every module and thread; a compile runs outside the lock. Bounded by
+/// [`CodeCache::cap`]; once full, new code is compiled and not kept.
+/// `release_compile_caches` empties it.
+#[derive(Default)]
+struct CodeCache {
+    code: std::collections::HashMap<CacheKeyHash, Arc<CachedCode>>,
+    bytes: usize,
+}
+
+/// A cached function: what [`PendingFunction::compile`] takes from Cranelift's result.
+struct CachedCode {
+    bytes: Box<[u8]>,
+    alignment: u64,
+    /// As the stencil has them: a callee is a `UserExternalNameRef`, an index into the
+    /// declarations of the function being installed.
+    relocs: Box<[FinalizedMachReloc]>,
+}
+
+impl CachedCode {
+    /// What it holds, counted against the cache's cap (with the map's entry).
+    fn footprint(&self) -> usize {
+        self.bytes.len() + std::mem::size_of_val(&*self.relocs) + 128
+    }
+}
+
+/// Default bytes of [`CodeCache`] (`CNNC_CODE_CACHE_MB`): ResNet-50's 43 functions take 80 KB,
+/// DenseNet-121's 104 150 KB (session 16).
+const CODE_CACHE_BYTES: usize = 16 << 20;
+
+static CODE_CACHE: std::sync::OnceLock<Mutex<CodeCache>> = std::sync::OnceLock::new();
+
+impl CodeCache {
+    /// The cache, locked. A thread that panicked while holding the lock left it consistent
+    /// (every change is one insert or one clear), so a poisoned lock is still usable.
+    fn lock() -> std::sync::MutexGuard<'static, CodeCache> {
+        let cache = CODE_CACHE.get_or_init(Default::default);
+        cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(key: &CacheKeyHash) -> Option<Arc<CachedCode>> {
+        Self::lock().code.get(key).cloned()
+    }
+
+    /// The byte cap: `CNNC_CODE_CACHE_MB`, else [`CODE_CACHE_BYTES`].
+    fn cap() -> usize {
+        crate::knobs::number::<usize>("CNNC_CODE_CACHE_MB").map_or(CODE_CACHE_BYTES, |mb| mb << 20)
+    }
+
+    /// Keeps `code` under `key` if it fits under the cap.
+    fn insert(key: CacheKeyHash, code: Arc<CachedCode>) {
+        let cap = Self::cap();
+        Self::lock().insert_capped(key, code, cap);
+    }
+
+    fn insert_capped(&mut self, key: CacheKeyHash, code: Arc<CachedCode>, cap: usize) {
+        let size = code.footprint();
+        if self.bytes + size <= cap && !self.code.contains_key(&key) {
+            self.bytes += size;
+            self.code.insert(key, code);
+        }
+    }
+}
+
+/// Empties the process-wide caches of compiled code (Cranelift functions and x86
+/// micro-kernels): models compiled later compile everything again.
+pub(crate) fn clear_code_caches() {
+    let code = std::mem::take(&mut *CodeCache::lock());
+    drop(code);
+    if let Some(m) = MICRO_CACHE.get() {
+        let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
+        m.code = Default::default();
+        m.bytes = 0;
     }
 }
 
@@ -265,6 +350,20 @@ pub struct KernelModule {
     funcs: Vec<FuncId>,
     /// Read-only tables referenced by address from the generated code (kept alive by `Compiled`).
     tables: Vec<Box<[i32]>>,
+    /// `tables.len()` when the last function was defined: a function defined after a new
+    /// table bakes its address into the code, which no other module would ask for again,
+    /// so it is not kept in the [`CodeCache`].
+    tables_seen: usize,
+    /// Whether functions compiled before in this process are taken from the [`CodeCache`]
+    /// and new ones kept there (`CNNC_CODE_CACHE=0`: never; tests compare both).
+    pub(crate) code_cache: bool,
+    /// Functions taken from the [`CodeCache`] and compiled, so far.
+    cache_hits: usize,
+    cache_misses: usize,
+    /// Each function's code and relocations as installed, in order, and whether it came
+    /// from the cache (tests compare them).
+    #[cfg(test)]
+    installed: Installed,
     exp_func: FuncId,
     prefetch_func: FuncId,
     has_fma: bool,
@@ -356,6 +455,12 @@ impl KernelModule {
             id: NEXT_MODULE_ID.fetch_add(1, Ordering::Relaxed),
             funcs: Vec::new(),
             tables: Vec::new(),
+            tables_seen: 0,
+            code_cache: !crate::knobs::off("CNNC_CODE_CACHE"),
+            cache_hits: 0,
+            cache_misses: 0,
+            #[cfg(test)]
+            installed: Vec::new(),
             exp_func,
             prefetch_func,
             has_fma,
@@ -435,9 +540,16 @@ impl KernelModule {
     }
 
     /// Cranelift's time in the functions compiled so far, summed over the threads that
-    /// compiled them.
+    /// compiled them (and the time taken to find those in the process's cache of compiled
+    /// code).
     pub fn compile_cpu(&self) -> Duration {
         self.compile_cpu
+    }
+
+    /// How many of the functions compiled so far were found in the process's cache of
+    /// compiled code, and how many Cranelift compiled.
+    pub fn code_cache_counts(&self) -> (usize, usize) {
+        (self.cache_hits, self.cache_misses)
     }
 
     /// Keeps `table` alive as long as the code and returns its address for the generated code.
@@ -662,6 +774,8 @@ impl KernelModule {
         let func = std::mem::replace(&mut self.ctx.func, Function::new());
         module.clear_context(&mut self.ctx);
         let cost_ns = func.dfg.num_insts() as u64 * self.mode.ns_per_inst();
+        let cacheable = self.tables_seen == self.tables.len();
+        self.tables_seen = self.tables.len();
         self.pending.push(PendingFunction {
             fid,
             name,
@@ -669,6 +783,7 @@ impl KernelModule {
             func: Mutex::new(func),
             listing,
             cost_ns,
+            cacheable,
         });
         self.funcs.push(fid);
         self.build_time += t0.elapsed();
@@ -707,24 +822,63 @@ impl KernelModule {
         let targets = [&*self.target, &*self.quick_target, &*self.driver_target];
         let disasm = self.listings.is_some();
         let n = pending.len();
-        // Jobs `0..n` compile, `n..` are the extra ones; longest first, ties in order.
-        let mut order: Vec<usize> = (0..n + extra_ns.len()).collect();
+        // The functions this process compiled before come from the cache, here, before
+        // the jobs: what is left to compile decides whether the threads are worth waking.
+        // Listings bypass the cache (a cached function has no disassembly).
+        let mut compiled: Vec<Option<CompiledFunction>> = (0..n).map(|_| None).collect();
+        let mut keys: Vec<Option<CacheKeyHash>> = vec![None; n];
+        if self.code_cache && !disasm {
+            for (i, p) in pending.iter().enumerate().filter(|(_, p)| p.cacheable) {
+                let t = Instant::now();
+                let func = p.func.lock().unwrap_or_else(|e| e.into_inner());
+                let key = compute_cache_key(targets[p.mode as usize], &func);
+                match CodeCache::get(&key) {
+                    Some(code) => {
+                        compiled[i] = Some(CompiledFunction::new(code, &func, p.fid, t));
+                        self.cache_hits += 1;
+                    }
+                    None => keys[i] = Some(key),
+                }
+            }
+        }
+        // Jobs `0..n` compile (those not found), `n..` are the extra ones; longest first,
+        // ties in order.
+        let mut order: Vec<usize> = (0..n).filter(|&i| compiled[i].is_none()).collect();
+        order.extend(n..n + extra_ns.len());
+        self.cache_misses += order.iter().filter(|&&i| i < n).count();
         let cost = |i: usize| match i.checked_sub(n) {
             None => pending[i].cost_ns,
             Some(j) => extra_ns[j],
         };
         order.sort_by_key(|&i| std::cmp::Reverse(cost(i)));
-        let done = run_jobs(order.len(), pool, Context::new, |ctx, k| {
-            let i = order[k];
-            Ok(match i.checked_sub(n) {
-                None => {
-                    let p = &pending[i];
-                    Done::Code(p.compile(ctx, targets[p.mode as usize], disasm)?)
-                }
-                Some(j) => Done::Extra(extra(j)?),
-            })
-        })?;
-        let mut compiled: Vec<Option<CompiledFunction>> = (0..n).map(|_| None).collect();
+        // Jobs that sum to little run on this thread: waking the pool's workers and
+        // handing results across cores cost more (a model compiled again, its functions
+        // cached, has only its weights to pack).
+        let work_ns: u64 = order.iter().map(|&i| cost(i)).sum();
+        let inline_ns = crate::knobs::number::<u64>("CNNC_COMPILE_INLINE_US")
+            .map_or(COMPILE_INLINE_NS, |us| us.saturating_mul(1000));
+        let pool = pool.filter(|_| work_ns >= inline_ns);
+        // A thread makes a Cranelift context only for its first compile.
+        let done = run_jobs(
+            order.len(),
+            pool,
+            || None,
+            |ctx, k| {
+                let i = order[k];
+                Ok(match i.checked_sub(n) {
+                    None => {
+                        let p = &pending[i];
+                        let ctx = ctx.get_or_insert_with(Context::new);
+                        let c = p.compile(ctx, targets[p.mode as usize], disasm)?;
+                        if let Some(key) = &keys[i] {
+                            CodeCache::insert(key.clone(), c.code.clone());
+                        }
+                        Done::Code(c)
+                    }
+                    Some(j) => Done::Extra(extra(j)?),
+                })
+            },
+        )?;
         let mut extras: Vec<Option<T>> = (0..extra_ns.len()).map(|_| None).collect();
         for (&i, d) in order.iter().zip(done) {
             match d {
@@ -738,17 +892,28 @@ impl KernelModule {
             let c = c.ok_or_else(missing)?;
             self.compile_cpu += c.time;
             module
-                .define_function_bytes(p.fid, c.alignment, &c.bytes, &c.relocs)
+                .define_function_bytes(p.fid, c.code.alignment, &c.code.bytes, &c.relocs)
                 .map_err(codegen_err)?;
             if let (Some(listings), Some(i)) = (self.listings.as_mut(), p.listing) {
                 listings[i].asm = c.asm;
-                listings[i].code_bytes = c.bytes.len();
+                listings[i].code_bytes = c.code.bytes.len();
                 listings[i].compile_time = c.time;
             }
             if let Some(dir) = std::env::var_os("CNNC_JIT_DUMP") {
                 let path = std::path::Path::new(&dir).join(format!("{}.bin", p.name));
-                let _ = std::fs::write(path, &c.bytes);
+                let _ = std::fs::write(path, &c.code.bytes);
             }
+            #[cfg(test)]
+            self.installed.push((
+                c.code.clone(),
+                {
+                    let r = c.relocs.iter();
+                    let r =
+                        r.map(|r| format!("{} {:?} {:?} {}", r.offset, r.kind, r.name, r.addend));
+                    r.collect::<Vec<_>>().join("; ")
+                },
+                c.hit,
+            ));
         }
         self.build_time += t0.elapsed();
         extras.into_iter().map(|e| e.ok_or_else(missing)).collect()
@@ -867,6 +1032,11 @@ impl Mode {
     }
 }
 
+/// The estimated time ([`Mode::ns_per_inst`], weights to pack) of the jobs of a
+/// [`KernelModule::compile_pending_with`] under which they run on the calling thread, not
+/// on the pool (`CNNC_COMPILE_INLINE_US`).
+const COMPILE_INLINE_NS: u64 = 300_000;
+
 /// A function whose IR is built, waiting for [`KernelModule::compile_pending`].
 struct PendingFunction {
     fid: FuncId,
@@ -879,6 +1049,8 @@ struct PendingFunction {
     listing: Option<usize>,
     /// About what compiling it takes, in nanoseconds ([`Mode::ns_per_inst`]).
     cost_ns: u64,
+    /// Whether its code may be kept in the [`CodeCache`] (it bakes in no table address).
+    cacheable: bool,
 }
 
 /// What a job of [`KernelModule::compile_pending_with`] gives.
@@ -887,14 +1059,36 @@ enum Done<T> {
     Extra(T),
 }
 
+#[cfg(test)]
+type Installed = Vec<(Arc<CachedCode>, String, bool)>;
+
 /// A compiled function's machine code, ready to install with `define_function_bytes`.
 struct CompiledFunction {
-    bytes: Vec<u8>,
-    alignment: u64,
+    code: Arc<CachedCode>,
+    /// `code`'s relocations, resolved against the function's own declarations.
     relocs: Vec<ModuleReloc>,
     /// The disassembly, when listings are kept.
     asm: String,
     time: Duration,
+    /// Whether it came from the [`CodeCache`].
+    hit: bool,
+}
+
+impl CompiledFunction {
+    /// `code` installed as `func` (`fid`), whose stencil it was compiled from (`t`: when
+    /// the work on it started).
+    fn new(code: Arc<CachedCode>, func: &Function, fid: FuncId, t: Instant) -> Self {
+        let relocs = (code.relocs.iter())
+            .map(|r| ModuleReloc::from_mach_reloc(r, func, fid))
+            .collect();
+        CompiledFunction {
+            code,
+            relocs,
+            asm: String::new(),
+            time: t.elapsed(),
+            hit: true,
+        }
+    }
 }
 
 impl PendingFunction {
@@ -918,19 +1112,15 @@ impl PendingFunction {
         let code = ctx
             .compiled_code()
             .ok_or_else(|| Error::Internal(format!("kernel {}: no code", self.name)))?;
-        let relocs = code
-            .buffer
-            .relocs()
-            .iter()
-            .map(|r| ModuleReloc::from_mach_reloc(r, &ctx.func, self.fid))
-            .collect();
-        Ok(CompiledFunction {
-            bytes: code.code_buffer().to_vec(),
+        let cached = CachedCode {
+            bytes: code.code_buffer().into(),
             alignment: u64::from(code.buffer.alignment),
-            relocs,
-            asm: code.vcode.clone().unwrap_or_default(),
-            time: t0.elapsed(),
-        })
+            relocs: code.buffer.relocs().into(),
+        };
+        let asm = code.vcode.clone().unwrap_or_default();
+        let mut done = CompiledFunction::new(Arc::new(cached), &ctx.func, self.fid, t0);
+        (done.asm, done.hit) = (asm, false);
+        Ok(done)
     }
 }
 
@@ -1231,6 +1421,157 @@ mod tests {
                 assert!(same, "{spec:?}: quickly compiled, other bits");
             }
         }
+    }
+
+    /// A module of `specs` (each by `method`) at `isa`, taking functions from the code
+    /// cache or not: its code, the pending kernels, each function as installed, and the
+    /// cache's counts (hits, compiled).
+    fn compile_specs(
+        specs: &[(ConvSpec, ConvMethod)],
+        isa: Isa,
+        cache: bool,
+    ) -> (
+        Arc<Compiled>,
+        Vec<super::super::PendingConv>,
+        Installed,
+        (usize, usize),
+    ) {
+        let mut km = KernelModule::new().unwrap();
+        km.set_isa(isa).unwrap();
+        km.code_cache = cache;
+        let pending: Vec<_> = (specs.iter())
+            .map(|(s, m)| km.add_conv_with(s, *m).unwrap())
+            .collect();
+        km.compile_pending(None).unwrap();
+        let (installed, counts) = (std::mem::take(&mut km.installed), km.code_cache_counts());
+        (km.finalize().unwrap(), pending, installed, counts)
+    }
+
+    /// The outputs of `pending` (compiled in `code`) on `specs`, NaN-poisoned first.
+    fn run_specs(
+        specs: &[(ConvSpec, ConvMethod)],
+        code: &Arc<Compiled>,
+        pending: Vec<super::super::PendingConv>,
+    ) -> Vec<Vec<f32>> {
+        let outs = specs.iter().zip(pending).map(|((s, _), p)| {
+            let (w, b) = (values(s.weight_len(), 1), values(s.out_c, 2));
+            let packed = p.pack_weights(&w, Some(&b)).unwrap();
+            let k = code.get(p).unwrap();
+            let mut out = vec![f32::NAN; s.output_len()];
+            let res = values(s.output_len(), 3);
+            k.run_all(&values(s.input_len(), 4), &packed, Some(&res), &mut out)
+                .unwrap();
+            assert!(out.iter().all(|v| v.is_finite()), "{s:?}");
+            out
+        });
+        outs.collect()
+    }
+
+    /// A module compiled again takes its functions from the process's code cache, and they
+    /// are the bytes, alignment and relocations (to the module's own micro-kernels and
+    /// functions, at other addresses) of a fresh compile; the kernels give the same bits,
+    /// also with the modules the code was first compiled for gone. At every ISA level; the
+    /// f32x4 direct conv bakes a table's address in and is never cached.
+    #[test]
+    fn cached_functions_are_the_code_of_a_fresh_compile() {
+        let mut specs = specs();
+        // 3x3 stride 1 at 14x14: Winograd's transforms (`Quick`) and GEMM drivers.
+        let mut w = ConvSpec::square(16, 14, 24, 3, 1, 1);
+        (w.bias, w.relu, w.residual) = (true, true, true);
+        specs.push((w, ConvMethod::Winograd));
+        for isa in Isa::host_levels() {
+            let (fresh, fresh_p, fresh_code, counts) = compile_specs(&specs, isa, false);
+            assert_eq!(counts.0, 0, "{isa}: the cache bypassed");
+            let n = counts.1;
+            // The first may find what another test compiled; the second finds everything
+            // that may be cached.
+            let (first, first_p, _, _) = compile_specs(&specs, isa, true);
+            let (again, again_p, again_code, counts) = compile_specs(&specs, isa, true);
+            assert_eq!(counts.0 + counts.1, n);
+            if isa == Isa::Sse {
+                assert!(counts.0 > 0 && counts.1 > 0, "{isa}: {counts:?}");
+            } else {
+                assert_eq!(counts, (n, 0), "{isa}");
+            }
+            assert_eq!(fresh_code.len(), again_code.len());
+            // Those compiled again (a table's address baked in) differ.
+            let from_cache = fresh_code.iter().zip(&again_code).filter(|(_, a)| a.2);
+            for (i, (f, a)) in from_cache.enumerate() {
+                assert_eq!(f.0.bytes, a.0.bytes, "{isa}: function {i}'s bytes");
+                assert_eq!(f.0.alignment, a.0.alignment, "{isa}: function {i}");
+                assert_eq!(f.1, a.1, "{isa}: function {i}'s relocations");
+            }
+            let (want, first_out) = (
+                run_specs(&specs, &fresh, fresh_p),
+                run_specs(&specs, &first, first_p),
+            );
+            // The modules compiled first are unmapped: the cached code must call only its
+            // own module's functions.
+            drop((fresh, first));
+            let got = run_specs(&specs, &again, again_p);
+            for ((w, g), f) in want.iter().zip(&got).zip(&first_out) {
+                assert!(w.iter().zip(g).all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(w.iter().zip(f).all(|(a, b)| a.to_bits() == b.to_bits()));
+            }
+        }
+    }
+
+    /// A function that differs from a cached one only by a constant is compiled, not
+    /// taken from the cache; the same function again is.
+    #[test]
+    fn a_function_with_another_constant_misses_the_code_cache() {
+        let counts = |c: i64| {
+            let mut km = KernelModule::new().unwrap();
+            km.define_n(1, |e, p, _, _| {
+                // A constant no other test uses.
+                let v = e.b.ins().iconst(types::I64, 0x5eed_c0de_0000 + c);
+                let flags = MemFlagsData::new().with_notrap().with_aligned();
+                e.b.ins().store(flags, v, p[0], 0);
+                Ok(())
+            })
+            .unwrap();
+            km.compile_pending(None).unwrap();
+            km.code_cache_counts()
+        };
+        assert_eq!(counts(1), (0, 1));
+        assert_eq!(counts(1), (1, 0));
+        assert_eq!(counts(2), (0, 1));
+        assert_eq!(counts(2), (1, 0));
+    }
+
+    /// The code cache keeps what fits under its cap and no more.
+    #[test]
+    fn the_code_cache_holds_its_cap() {
+        let isa = host_isa("none", "single_pass").unwrap();
+        let key = |c: i64| {
+            let mut func = Function::new();
+            let mut fctx = FunctionBuilderContext::new();
+            let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+            let block = b.create_block();
+            b.switch_to_block(block);
+            b.ins().iconst(types::I64, c);
+            b.ins().return_(&[]);
+            b.seal_all_blocks();
+            b.finalize(isa.frontend_config());
+            compute_cache_key(&*isa, &func)
+        };
+        let code = || {
+            Arc::new(CachedCode {
+                bytes: vec![0xC3; 1000].into(),
+                alignment: 16,
+                relocs: Box::new([]),
+            })
+        };
+        let size = code().footprint();
+        let mut cache = CodeCache::default();
+        for c in 0..10 {
+            cache.insert_capped(key(c), code(), 3 * size + size / 2);
+        }
+        assert_eq!((cache.code.len(), cache.bytes), (3, 3 * size));
+        assert!(cache.code.contains_key(&key(2)) && !cache.code.contains_key(&key(3)));
+        // The same key again is not counted twice.
+        cache.insert_capped(key(0), code(), 10 * size);
+        assert_eq!((cache.code.len(), cache.bytes), (3, 3 * size));
     }
 
     /// A micro-kernel is emitted once per process: a second module installs the bytes the

@@ -181,7 +181,20 @@ pub struct ThreadPool {
 impl ThreadPool {
     /// A pool of `threads` threads in total (the caller counts as one, so `threads - 1`
     /// workers are spawned); workers spin for `spin` after each job before parking.
+    /// Returns once every worker runs.
     pub fn new(threads: usize, spin: Duration) -> Self {
+        let pool = Self::spawn(threads, spin);
+        pool.wait_until_started();
+        pool
+    }
+
+    /// [`ThreadPool::new`] without waiting for the workers to run: the pool is usable at
+    /// once (a job's chunks go to the threads running; a worker that starts later joins
+    /// the job then running, if any). A model spawns its pool, compiles, and only then
+    /// waits ([`ThreadPool::wait_until_started`]): on a busy machine the scheduler may
+    /// start a new thread a time slice late (2-3 ms at 2 threads and a load of 3.5, more
+    /// than a small network's whole compile).
+    pub(crate) fn spawn(threads: usize, spin: Duration) -> Self {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
@@ -213,16 +226,20 @@ impl ThreadPool {
                     .expect("spawning a worker thread")
             })
             .collect();
-        // A new thread allocates as it starts (std keeps its name): wait until every worker
-        // runs, so that a worker the scheduler starts late does not allocate during a run
-        // (`run_into` allocates nothing, `tests/jit_run_no_alloc.rs`).
-        while shared.started.load(Ordering::Acquire) < threads - 1 {
-            std::thread::yield_now();
-        }
         ThreadPool {
             shared,
             workers,
             submit: Mutex::new(()),
+        }
+    }
+
+    /// Returns once every worker runs. A new thread allocates as it starts (std keeps its
+    /// name): a model waits before its first run, so that a worker the scheduler starts late
+    /// does not allocate during a run (`run_into` allocates nothing,
+    /// `tests/jit_run_no_alloc.rs`).
+    pub(crate) fn wait_until_started(&self) {
+        while self.shared.started.load(Ordering::Acquire) < self.workers.len() {
+            std::thread::yield_now();
         }
     }
 

@@ -63,6 +63,8 @@ pub(super) struct Instantiated {
     pub code: Vec<Code>,
     pub listings: Vec<KernelListing>,
     pub packing_time: Duration,
+    /// Functions found in the process's cache of compiled code, and compiled.
+    pub code_cache_counts: (usize, usize),
 }
 
 /// The kernels of one module before finalization, one per distinct spec.
@@ -279,6 +281,7 @@ pub(super) fn instantiate(
         time: packing_time,
     } = compile_and_pack(plan, g, &gen, &mut module, pool)?;
     let listings = module.take_listings();
+    let code_cache_counts = module.code_cache_counts();
     let code = module.finalize()?;
 
     let (conv, fc) = (bind(&code, gen.conv)?, bind(&code, gen.fc)?);
@@ -352,6 +355,7 @@ pub(super) fn instantiate(
         code: steps,
         listings,
         packing_time,
+        code_cache_counts,
     })
 }
 

@@ -128,6 +128,7 @@ pub struct Model {
     pool: Option<ThreadPool>,
     compile_time: Duration,
     packing_time: Duration,
+    code_cache_counts: (usize, usize),
 }
 
 /// Compiles a graph (with bound weights) to machine code for the host CPU, as it is:
@@ -174,7 +175,9 @@ impl Model {
     ) -> Result<(Model, Vec<KernelListing>)> {
         let start = Instant::now();
         check_threads(opts)?;
-        let pool = (opts.threads > 1).then(|| ThreadPool::new(opts.threads, POOL_SPIN));
+        // Waited for once the code is compiled: a worker the scheduler starts late does
+        // not hold up the compile (`ThreadPool::spawn`).
+        let pool = (opts.threads > 1).then(|| ThreadPool::spawn(opts.threads, POOL_SPIN));
         let made = instantiate(plan, g, keep_listings, pool.as_ref())?;
         let view = |v: usize| plan.values[v].view;
         let root = |v: usize| crate::lower::memory::root_of(plan, v).0;
@@ -232,6 +235,9 @@ impl Model {
             })
             .max()
             .unwrap_or(0);
+        if let Some(p) = &pool {
+            p.wait_until_started();
+        }
         let model = Model {
             name: plan.name.clone(),
             steps,
@@ -253,6 +259,7 @@ impl Model {
             pool,
             compile_time: start.elapsed(),
             packing_time: made.packing_time,
+            code_cache_counts: made.code_cache_counts,
         };
         Ok((model, made.listings))
     }
@@ -270,6 +277,12 @@ impl Model {
     /// by the packing jobs' share of the CPU time, an estimate.
     pub fn packing_time(&self) -> Duration {
         self.packing_time
+    }
+    /// How many of the model's Cranelift functions were found in the process's cache of
+    /// compiled code (those of models compiled before: docs/jit.md, "Compile time"), and
+    /// how many Cranelift compiled.
+    pub fn code_cache_counts(&self) -> (usize, usize) {
+        self.code_cache_counts
     }
     /// Images per kernel call.
     pub fn batch(&self) -> usize {
