@@ -221,6 +221,23 @@ fn host_isa(opt_level: &str, regalloc: &str) -> Result<OwnedTargetIsa> {
         .map_err(codegen_err)
 }
 
+/// The module's targets, by [`Mode`]: `speed` with the backtracking register allocator,
+/// `none` with it, `none` with the single-pass one. Made once per process (detecting the
+/// host's features and building the flags was ~2% of a warm compile of Inception 3a);
+/// `OwnedTargetIsa` is an `Arc`.
+fn host_targets() -> Result<[OwnedTargetIsa; 3]> {
+    static TARGETS: std::sync::OnceLock<[OwnedTargetIsa; 3]> = std::sync::OnceLock::new();
+    if let Some(t) = TARGETS.get() {
+        return Ok(t.clone());
+    }
+    let made = [
+        host_isa("speed", "backtracking")?,
+        host_isa("none", "backtracking")?,
+        host_isa("none", "single_pass")?,
+    ];
+    Ok(TARGETS.get_or_init(|| made).clone())
+}
+
 /// Bytes of a [`CodeMemory`] mapping (more if one function needs more): address space,
 /// its pages faulted in only as code is written (SqueezeNet's ~130 kernels: a few hundred
 /// KB).
@@ -406,7 +423,7 @@ pub(crate) struct Emit<'a> {
 impl KernelModule {
     /// A module for the host CPU (`opt_level=speed`; the IR verifier runs only in debug builds).
     pub fn new() -> Result<Self> {
-        let isa = host_isa("speed", "backtracking")?;
+        let [isa, quick_target, driver_target] = host_targets()?;
         if isa.pointer_type() != types::I64 {
             return Err(Error::Unsupported(
                 "the JIT supports only 64-bit targets".into(),
@@ -418,8 +435,6 @@ impl KernelModule {
             .any(|v| v.name == "has_fma" && v.as_bool() == Some(true))
             || cfg!(target_arch = "aarch64");
         let target = isa.clone();
-        let quick_target = host_isa("none", "backtracking")?;
-        let driver_target = host_isa("none", "single_pass")?;
         let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
         // `CNNC_CODE_CHUNKS=0`: Cranelift's own code memory, a mapping per page or so (a
         // measuring knob).
@@ -823,8 +838,8 @@ impl KernelModule {
         let disasm = self.listings.is_some();
         let n = pending.len();
         // The functions this process compiled before come from the cache, here, before
-        // the jobs: what is left to compile decides whether the threads are worth waking.
-        // Listings bypass the cache (a cached function has no disassembly).
+        // the jobs (a hit takes ~1 us per 1.3 KB of stencil hashed, a compile ~1.6 us per
+        // instruction). Listings bypass the cache (a cached function has no disassembly).
         let mut compiled: Vec<Option<CompiledFunction>> = (0..n).map(|_| None).collect();
         let mut keys: Vec<Option<CacheKeyHash>> = vec![None; n];
         if self.code_cache && !disasm {
@@ -851,13 +866,6 @@ impl KernelModule {
             Some(j) => extra_ns[j],
         };
         order.sort_by_key(|&i| std::cmp::Reverse(cost(i)));
-        // Jobs that sum to little run on this thread: waking the pool's workers and
-        // handing results across cores cost more (a model compiled again, its functions
-        // cached, has only its weights to pack).
-        let work_ns: u64 = order.iter().map(|&i| cost(i)).sum();
-        let inline_ns = crate::knobs::number::<u64>("CNNC_COMPILE_INLINE_US")
-            .map_or(COMPILE_INLINE_NS, |us| us.saturating_mul(1000));
-        let pool = pool.filter(|_| work_ns >= inline_ns);
         // A thread makes a Cranelift context only for its first compile.
         let done = run_jobs(
             order.len(),
@@ -1031,11 +1039,6 @@ impl Mode {
         }
     }
 }
-
-/// The estimated time ([`Mode::ns_per_inst`], weights to pack) of the jobs of a
-/// [`KernelModule::compile_pending_with`] under which they run on the calling thread, not
-/// on the pool (`CNNC_COMPILE_INLINE_US`).
-const COMPILE_INLINE_NS: u64 = 300_000;
 
 /// A function whose IR is built, waiting for [`KernelModule::compile_pending`].
 struct PendingFunction {
