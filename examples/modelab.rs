@@ -7,6 +7,8 @@
 //! in one process compare.
 use std::time::Instant;
 
+#[path = "common/ab.rs"]
+mod ab;
 #[path = "common/phase.rs"]
 mod phase;
 use phase::cross_core_us;
@@ -23,21 +25,12 @@ fn main() {
     let (path, var, va, vb) = (&a[0], &a[1], &a[2], &a[3]);
     let seconds: f64 = a.get(4).map_or(10.0, |s| s.parse().unwrap());
     let threads: usize = std::env::var("CNNC_THREADS").map_or(1, |v| v.parse().unwrap());
-    let mut g = cnnc::format::load(path).unwrap();
-    cnnc::weights::bind(&mut g, None).unwrap();
+    let g = ab::graph(path);
     let models: Vec<cnnc::Model> = [va, vb]
         .iter()
         .map(|v| {
-            match v.as_str() {
-                "-" => std::env::remove_var(var),
-                v => std::env::set_var(var, v),
-            }
-            let opts = cnnc::Options {
-                threads,
-                ..cnnc::Options::default()
-            };
             let before = anon_huge_mb();
-            let m = cnnc::compile(&g, &opts).unwrap();
+            let m = ab::compile_as(&g, var, v, threads);
             // Which pages the model's buffers got (`memory::HugeBuf` chooses by what faults
             // cost at compile time): the process's growth in transparent huge pages.
             if let (Some(b), Some(a)) = (before, anon_huge_mb()) {
@@ -46,18 +39,9 @@ fn main() {
             m
         })
         .collect();
-    let s = g.input_shape();
-    let data = (0..s.len())
-        .map(|i| ((i % 17) as f32 - 8.0) * 0.1)
-        .collect();
-    let x = cnnc::Tensor::new(vec![1, s.c, s.h, s.w], data).unwrap();
+    let x = ab::input(&g);
     let outs: Vec<_> = models.iter().map(|m| m.run(&x).unwrap()).collect();
-    let same = outs[0].iter().zip(&outs[1]).all(|(p, q)| {
-        p.data()
-            .iter()
-            .zip(q.data())
-            .all(|(u, v)| u.to_bits() == v.to_bits())
-    });
+    let same = ab::same_bits(&outs[0], &outs[1]);
     println!("outputs {}", if same { "bit-identical" } else { "DIFFER" });
     let mut bufs = outs;
     // At two threads or more, blocks of runs: a model's pool worker spins for a while after

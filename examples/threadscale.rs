@@ -22,6 +22,8 @@
 use cnnc::jit::*;
 use std::time::{Duration, Instant};
 
+#[path = "common/ab.rs"]
+mod ab;
 #[path = "common/phase.rs"]
 mod phase;
 
@@ -104,23 +106,9 @@ fn main() {
 }
 
 fn network(path: &str, rounds: usize) {
-    let mut g = cnnc::format::load(path).unwrap();
-    cnnc::weights::bind(&mut g, None).unwrap();
-    let models: Vec<cnnc::Model> = [1, 2]
-        .iter()
-        .map(|&threads| {
-            let opts = cnnc::Options {
-                threads,
-                ..cnnc::Options::default()
-            };
-            cnnc::compile(&g, &opts).unwrap()
-        })
-        .collect();
-    let s = g.input_shape();
-    let data = (0..s.len())
-        .map(|i| ((i % 17) as f32 - 8.0) * 0.1)
-        .collect();
-    let x = cnnc::Tensor::new(vec![1, s.c, s.h, s.w], data).unwrap();
+    let g = ab::graph(path);
+    let models: Vec<cnnc::Model> = [1, 2].iter().map(|&t| ab::compile(&g, t)).collect();
+    let x = ab::input(&g);
     let mut layers: Vec<Vec<Vec<f64>>> = vec![Vec::new(), Vec::new()];
     let mut totals = [Vec::new(), Vec::new()];
     // Per round, the run's time outside its profiled steps (between layers, the pool's
