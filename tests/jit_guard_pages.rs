@@ -416,8 +416,11 @@ fn conv_max_pool_stays_in_bounds() {
 }
 
 /// fc at every ISA level the host has: at batch > 1 the batch-row GEMM (the micro-kernels'
-/// masked feature tails, batch-tile remainders, reductions in several chunks) reading the
-/// input's last row and writing the output's last element against the guard page.
+/// masked feature tails, batch-tile remainders, reductions in several chunks), at batch 1
+/// the wide kernel at avx2 / avx512 (the input's masked last step, the masked last block's
+/// residual and output, the last block's biases: the packed buffer's last floats) or the
+/// f32x4 one, reading the input's last row and writing the output's last element against
+/// the guard page.
 #[test]
 fn fc_stays_in_bounds() {
     for isa in cnnc::Isa::host_levels() {
@@ -438,6 +441,11 @@ fn fc_stays_in_bounds_at(isa: cnnc::Isa) {
         (31, 45, 15),
         (2001, 33, 31),
         (3, 1, 3),
+        (17, 33, 1),
+        (2048 + 5, 17, 1),
+        (16, 16, 1),
+        (1, 1, 1),
+        (9, 8, 1),
     ] {
         let mut spec = FcSpec::new(ci, co, n);
         spec.bias = true;

@@ -1017,6 +1017,54 @@ fn fc_batch_every_isa_bit_identical() {
     }
 }
 
+/// fc at batch 1 at every ISA level the host has: at avx2 / avx512 the wide kernel
+/// (`x86::fc_dot`, one call per block of 8 / 16 output features), at sse the f32x4 kernel.
+/// In-features with every remainder of 8 and 16 (the wide kernel's masked last step: 1-17,
+/// 31-33, 1000, 2048 + 5), out-features around the blocks (its masked last block: 1, 7-9,
+/// 15-17, 33, 100, 1000), every epilogue combination; against the reference on
+/// NaN-poisoned outputs, bit-identical across split ranges (`check_fc_at`).
+#[test]
+fn fc_batch1_every_isa() {
+    let ins = (1..=17).chain([31, 32, 33, 1000, 2048 + 5]);
+    let outs = [1, 7, 8, 9, 15, 16, 17, 33, 100, 1000];
+    let mut seed = 7000;
+    for isa in cnnc::Isa::host_levels() {
+        let want = match isa {
+            cnnc::Isa::Sse => "f32x4 dot 8 features",
+            cnnc::Isa::Avx2 => "avx2 dot 8 features",
+            cnnc::Isa::Avx512 => "avx512 dot 16 features",
+        };
+        for (i, c) in ins.clone().enumerate() {
+            for j in 0..3 {
+                let k = outs[(i + 3 * j) % outs.len()];
+                let flags = (i * 3 + j) % 16;
+                let s = FcSpec {
+                    bias: flags & 1 != 0,
+                    relu: flags & 2 != 0,
+                    residual: flags & 4 != 0,
+                    clip: (flags & 8 != 0).then_some(PROP_CLIP),
+                    ..FcSpec::new(c, k, 1)
+                };
+                let (_, micro) = check_fc_at(&s, seed, Some(isa));
+                assert_eq!(micro, want, "{s:?} at {isa}");
+                seed += 4;
+            }
+        }
+        // Every epilogue combination on a masked step and a masked block.
+        for flags in 0..16 {
+            let s = FcSpec {
+                bias: flags & 1 != 0,
+                relu: flags & 2 != 0,
+                residual: flags & 4 != 0,
+                clip: (flags & 8 != 0).then_some(PROP_CLIP),
+                ..FcSpec::new(37, 21, 1)
+            };
+            check_fc_at(&s, seed, Some(isa));
+            seed += 4;
+        }
+    }
+}
+
 #[test]
 fn fc_shapes() {
     let mut seed = 2000;

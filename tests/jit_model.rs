@@ -40,6 +40,17 @@ fn conv_methods(plan: &Plan) -> Vec<(ConvMethod, bool)> {
         .collect()
 }
 
+/// The batch-1 fc layers' kernels: their sums are per lane (4, 8 or 16 partial sums, then a
+/// tree), so each width rounds otherwise; equal lists compute the same bits.
+fn fc_kernels(plan: &Plan) -> Vec<String> {
+    (plan.steps.iter())
+        .filter_map(|s| match s.kernel {
+            Kernel::Fc { spec, isa } if spec.batch == 1 => Some(spec.micro_kernel(isa)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
@@ -475,10 +486,11 @@ fn resnet18_matches_the_interpreter() {
 }
 
 /// Runs `g` on `x` with `opts` at every ISA level the host has: each level agrees with the
-/// interpreter's `want`, and the levels whose plans pick the same convolution methods as
-/// the first give its bits exactly (every kernel computes each output with the same
-/// operations in the same order at every level; Winograd's cost model may keep it at one
-/// level and not at another). Returns how many levels were compared bit for bit.
+/// interpreter's `want`, and the levels whose plans pick the same convolution methods (and
+/// batch-1 fc kernels) as the first give its bits exactly (every kernel computes each
+/// output with the same operations in the same order at every level; Winograd's cost model
+/// may keep it at one level and not at another, and a batch-1 fc sums per lane). Returns
+/// how many levels were compared bit for bit.
 fn agree_at_every_level(
     name: &str,
     g: &cnnc::Graph,
@@ -492,13 +504,17 @@ fn agree_at_every_level(
         ..opts.clone()
     };
     let first = compile(g, &at(levels[0])).unwrap().run(x).unwrap();
-    let methods = conv_methods(&lowered(g, &at(levels[0])));
+    let methods = |isa| {
+        let plan = lowered(g, &at(isa));
+        (conv_methods(&plan), fc_kernels(&plan))
+    };
+    let first_methods = methods(levels[0]);
     let what = |isa| format!("{name} at {isa} (winograd {})", opts.winograd);
     assert_agrees(&what(levels[0]), &first, want);
     let mut compared = 0;
     for &isa in &levels[1..] {
         let got = compile(g, &at(isa)).unwrap().run(x).unwrap();
-        if conv_methods(&lowered(g, &at(isa))) == methods {
+        if methods(isa) == first_methods {
             assert_eq!(got, first, "{}: not the bits of {}", what(isa), levels[0]);
             compared += 1;
         } else {

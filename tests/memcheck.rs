@@ -38,12 +38,13 @@ fn memcheck(graph: &str, batch: &str) {
     assert!(!stderr.contains("Invalid"), "{graph}: {stderr}");
 }
 
-/// The execution plan `cnnc compile --emit plan` prints for `graph` under valgrind.
-fn plan_under_valgrind(graph: &str) -> String {
+/// The execution plan `cnnc compile --emit plan` prints for `graph` at `batch` under
+/// valgrind.
+fn plan_under_valgrind(graph: &str, batch: &str) -> String {
     let out = Command::new("valgrind")
         .args(["--tool=none", "-q"])
         .arg(env!("CARGO_BIN_EXE_cnnc"))
-        .args(["compile", graph, "--emit", "plan", "--batch", "2"])
+        .args(["compile", graph, "--emit", "plan", "--batch", batch])
         .current_dir(common::repo())
         // Dropped buffers unmapped, not kept for reuse: a stale pointer into one then
         // faults instead of reading another buffer's memory.
@@ -55,15 +56,19 @@ fn plan_under_valgrind(graph: &str) -> String {
 }
 
 /// Valgrind does not emulate AVX-512 (its CPUID hides it), so under valgrind the JIT must
-/// pick avx2 on a host that has it, and the convolutions (and the fc layers at batch 2)
-/// must run on the wide micro-kernels: then memcheck checks the AVX2 micro-kernels and
-/// their masked tails.
+/// pick avx2 on a host that has it, and the convolutions (and the fc layers: at batch 2 the
+/// batch-row GEMM, at batch 1 the wide dot kernel) must run on the wide micro-kernels: then
+/// memcheck checks the AVX2 micro-kernels and their masked tails.
 fn assert_wide_kernels_under_valgrind(graph: &str) {
     let forced = std::env::var_os("CNNC_ISA").is_some_and(|v| !v.is_empty());
     if forced || !cnnc::Isa::host_levels().contains(&cnnc::Isa::Avx2) {
         return;
     }
-    let plan = plan_under_valgrind(graph);
+    let plan = plan_under_valgrind(graph, "1");
+    for line in plan.lines().filter(|l| l.contains(" fc [")) {
+        assert!(line.contains("avx2 dot 8 features"), "{graph}: {line}");
+    }
+    let plan = plan_under_valgrind(graph, "2");
     for line in plan.lines().filter(|l| l.contains(" conv [")) {
         assert!(line.contains("avx2 6x16"), "{graph}: {line}");
     }
@@ -99,5 +104,7 @@ fn jit_networks_make_no_invalid_memory_access() {
         );
         assert_wide_kernels_under_valgrind(graph);
         memcheck(graph, "2");
+        // Batch 1: the fc layers on the dot kernel.
+        memcheck(graph, "1");
     }
 }

@@ -3,9 +3,11 @@
 //!
 //! At batch > 1 the layer is a GEMM with the batch items as rows, on the wide micro-kernels
 //! at avx2 / avx512 ([`super::fc_gemm`]). At batch 1 it is memory-bound (every weight is
-//! used once) and runs on the f32x4 kernel below at every ISA level.
+//! used once): at avx2 / avx512 a Cranelift loop over blocks of 8 / 16 output features
+//! calls the x86 kernel [`x86::fc_dot::FcDot`] once per block (full-width weight loads,
+//! `prefetcht0` in the stream); at sse it runs on the f32x4 kernel below.
 //!
-//! Batch 1 is vectorised along the reduction: an accumulator holds four partial sums of one (row `k`,
+//! The f32x4 kernel (sse) is vectorised along the reduction: an accumulator holds four partial sums of one (row `k`,
 //! image `n`) pair over `c mod 4`, and is summed horizontally at the end. Per step of four
 //! input features the kernel loads one x vector per image and one weight vector per row; at
 //! batch 1 that is 9 loads for 8 FMAs over 128 bytes of weights (the fc is memory-bound: fc
@@ -25,6 +27,7 @@ use super::epilogue::{Clip, Epilogue};
 use super::fc_gemm::FcGemm;
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId, PREFETCH_BYTES};
 use super::threads::ThreadPool;
+use super::x86::{self, fc_dot::FcDot, Width};
 use crate::error::{Error, Result};
 use crate::memory::HugeBuf;
 use crate::options::Isa;
@@ -114,9 +117,11 @@ impl FcSpec {
         if let Some(c) = self.clip {
             c.validate()?;
         }
+        // The packings pad the features to whole blocks (at most 32 more outputs, 16 more
+        // inputs).
         let ok = fits(&[self.batch, self.in_features])
             && fits(&[self.batch, self.out_features])
-            && fits(&[self.out_features + 32, self.in_features + 1]);
+            && fits(&[self.out_features + 32, self.in_features + 16]);
         if !ok {
             return Err(Error::Unsupported(format!(
                 "an fc of {self} has tensors over the 1 GiB a JIT kernel addresses; use a smaller batch"
@@ -129,8 +134,11 @@ impl FcSpec {
 /// How an fc layer is computed.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum FcPlan {
-    /// Batch 1: dot products vectorised along the reduction (this module).
+    /// Batch 1 at sse: dot products vectorised along the reduction (this module).
     Dot,
+    /// Batch 1 at avx2 / avx512: the x86 kernel per block of `lanes` features, software
+    /// prefetch `prefetch` bytes ahead in the weights (0: none).
+    Wide { width: Width, prefetch: usize },
     /// Batch > 1: a GEMM with the items as rows, at the plan's ISA.
     Rows(FcGemm),
 }
@@ -138,7 +146,20 @@ pub(crate) enum FcPlan {
 impl FcPlan {
     pub(crate) fn new(s: &FcSpec, isa: Isa) -> Self {
         if s.batch == 1 {
-            FcPlan::Dot
+            match x86::width(isa) {
+                // `CNNC_FC_WIDE=0` (a measuring knob): the f32x4 kernel at every level.
+                Some(width) if !crate::knobs::off("CNNC_FC_WIDE") => {
+                    let prefetch = crate::knobs::number("CNNC_FC_PREFETCH")
+                        .map_or(WIDE_PREFETCH, |b: usize| b / 64 * 64);
+                    let p = FcPlan::Wide { width, prefetch };
+                    // (Offsets beyond i32: the f32x4 kernel, at any level.)
+                    if p.dot_kernels(s).iter().all(|d| d.check().is_ok()) {
+                        return p;
+                    }
+                    FcPlan::Dot
+                }
+                _ => FcPlan::Dot,
+            }
         } else {
             FcPlan::Rows(FcGemm::new(*s, isa))
         }
@@ -147,18 +168,28 @@ impl FcPlan {
     pub(crate) fn micro_kernel(&self) -> String {
         match self {
             FcPlan::Dot => "f32x4 dot 8 features".into(),
+            FcPlan::Wide { width, prefetch } => {
+                let pf = if *prefetch > 0 {
+                    format!(", prefetch {prefetch} B")
+                } else {
+                    String::new()
+                };
+                format!("{} dot {} features{pf}", width.isa_name(), width.lanes())
+            }
             FcPlan::Rows(g) => format!("batch rows, {}", g.micro_kernel()),
         }
     }
     fn packed_len(&self, s: &FcSpec) -> usize {
         match self {
             FcPlan::Dot => s.dot_packed_len(),
+            FcPlan::Wide { width, .. } => Self::wide_packed_len(s, *width),
             FcPlan::Rows(g) => g.packed_len(),
         }
     }
     fn work_units(&self, s: &FcSpec) -> usize {
         match self {
             FcPlan::Dot => s.nkb(),
+            FcPlan::Wide { width, .. } => Self::wide_blocks(s, *width),
             FcPlan::Rows(g) => g.work_units(),
         }
     }
@@ -182,12 +213,53 @@ impl FcPlan {
         };
         match self {
             FcPlan::Dot => pack_dot(spec, weights, bias),
+            FcPlan::Wide { width, .. } => pack_wide(spec, *width, weights, bias),
             FcPlan::Rows(g) => {
                 let mut out = HugeBuf::zeroed(self.packed_len(spec), "fc packed weights")?;
                 g.pack_into(weights, bias, &mut out);
                 Ok(out)
             }
         }
+    }
+}
+
+impl FcPlan {
+    /// Blocks of `lanes` output features of the wide batch-1 kernel.
+    fn wide_blocks(s: &FcSpec, width: Width) -> usize {
+        s.out_features.div_ceil(FcDot::block_rows(width))
+    }
+    /// Floats of its packed weights and biases.
+    fn wide_packed_len(s: &FcSpec, width: Width) -> usize {
+        let blocks = Self::wide_blocks(s, width);
+        blocks * (FcDot::block_len_for(width, s.in_features) + FcDot::block_rows(width))
+    }
+
+    /// The wide batch-1 kernels: for a full block, then (when the blocks do not divide the
+    /// features) for the last one.
+    fn dot_kernels(&self, s: &FcSpec) -> Vec<FcDot> {
+        let FcPlan::Wide { width, prefetch } = *self else {
+            return Vec::new();
+        };
+        let r = FcDot::block_rows(width);
+        let ep = s.epilogue();
+        let kernel = |rows| FcDot {
+            width,
+            c: s.in_features,
+            rows,
+            bias: ep.bias,
+            residual: ep.residual,
+            relu: ep.relu,
+            clip: ep.clip.map(|c| (c.min.to_bits(), c.max.to_bits())),
+            prefetch,
+        };
+        let mut v = Vec::new();
+        if s.out_features >= r {
+            v.push(kernel(r));
+        }
+        if !s.out_features.is_multiple_of(r) {
+            v.push(kernel(s.out_features % r));
+        }
+        v
     }
 }
 
@@ -230,6 +302,92 @@ fn pack_dot(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<Huge
     }
     Ok(out)
 }
+
+/// The wide batch-1 layout ([`x86::fc_dot`]): per block of `R = lanes` rows, per step of
+/// `L = lanes` input features, the `R` rows' `L` weights (zero past the last input), row `l`
+/// of the block at the slot whose sum the kernel's reduction puts in lane `l`
+/// ([`FcDot::lane_slots`]); rows past the last feature zero. Then the bias, `R` per block.
+fn pack_wide(
+    spec: &FcSpec,
+    width: Width,
+    weights: &[f32],
+    bias: Option<&[f32]>,
+) -> Result<HugeBuf> {
+    let (c, k, l) = (spec.in_features, spec.out_features, width.lanes());
+    let r = FcDot::block_rows(width);
+    let blocks = FcPlan::wide_blocks(spec, width);
+    let steps = c.div_ceil(l);
+    // The row of the block at each slot.
+    let mut row_at = vec![0; r];
+    for (lane, slot) in FcDot::lane_slots(width).into_iter().enumerate() {
+        row_at[slot] = lane;
+    }
+    // Written in order into zeros (a block's `r` rows stay in cache while it is written).
+    let len = FcPlan::wide_packed_len(spec, width);
+    let mut buf = HugeBuf::zeroed(len, "fc packed weights")?;
+    let (packed, biases) = buf.split_at_mut(blocks * r * steps * l);
+    for (kb, block) in packed.chunks_exact_mut(r * steps * l).enumerate() {
+        for (st, step) in block.chunks_exact_mut(r * l).enumerate() {
+            let (c0, c1) = (st * l, (st * l + l).min(c));
+            for (slot, dst) in step.chunks_exact_mut(l).enumerate() {
+                let ki = kb * r + row_at[slot];
+                if ki < k {
+                    dst[..c1 - c0].copy_from_slice(&weights[ki * c + c0..ki * c + c1]);
+                }
+            }
+        }
+    }
+    if let Some(b) = bias {
+        biases[..k].copy_from_slice(&b[..k]);
+    }
+    Ok(buf)
+}
+
+/// The driver of the wide batch-1 kernel: for each block of `begin..end`, one call of
+/// `kernels[0]` (full blocks) or, for the layer's last block when it is partial, of the
+/// last kernel, with the input, the block's packed weights, outputs, residuals and biases.
+fn wide_body(
+    s: &FcSpec,
+    kernels: &[FcDot],
+    e: &mut Emit,
+    a: FcBufs<Value>,
+    (begin, end): (Value, Value),
+) -> Result<()> {
+    use cranelift_codegen::ir::condcodes::IntCC;
+    let d = kernels[0];
+    let r = FcDot::block_rows(d.width);
+    let blocks = s.out_features.div_ceil(r);
+    let bias_base = (blocks * d.block_len() * 4) as i64;
+    let partial = !s.out_features.is_multiple_of(r);
+    e.for_range(begin, end, 1, |e, kb| {
+        let w = e.addr(a.packed, kb, d.block_len() * 4);
+        let b = e.addr(a.packed, kb, r * 4);
+        let b = e.add_imm(b, bias_base);
+        let out = e.addr(a.out, kb, r * 4);
+        let res = e.addr(a.residual, kb, r * 4);
+        let args = [a.input, w, out, res, b];
+        let call = |e: &mut Emit, i: usize| {
+            let f = e.micros[i];
+            e.b.ins().call(f, &args);
+            Ok(())
+        };
+        if !partial {
+            return call(e, 0);
+        }
+        if blocks == 1 {
+            return call(e, kernels.len() - 1);
+        }
+        let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, kb, blocks as i64 - 1);
+        e.when(is_last, |e| call(e, 1))?;
+        e.unless(is_last, |e| call(e, 0))
+    })
+}
+
+/// Software prefetch distance of the wide batch-1 kernel, bytes ahead in the weights (0:
+/// none; `CNNC_FC_PREFETCH=n` for A/B). Its loop reads the weights as fast as a plain read
+/// of the same bytes without it, from memory and from L3; `prefetcht0` 1-16 KB ahead was
+/// 1-9% slower from memory and 25% slower from L3 (docs/jit-history.md, session 16).
+const WIDE_PREFETCH: usize = 0;
 
 /// Unroll of the reduction at batch 1.
 const FC_UNROLL: usize = 2;
@@ -496,6 +654,7 @@ impl<'a> FcTile<'a> {
 }
 
 /// A fully connected layer defined in a [`KernelModule`], not yet finalized.
+#[derive(Clone)]
 pub struct PendingFc {
     id: PendingId,
     spec: FcSpec,
@@ -506,8 +665,12 @@ impl KernelModule {
     /// The fc kernel for `spec`, at the module's ISA level ([`KernelModule::set_isa`]).
     pub fn add_fc(&mut self, spec: &FcSpec) -> Result<PendingFc> {
         spec.validate()?;
+        self.add_fc_planned(spec, FcPlan::new(spec, self.isa()))
+    }
+
+    /// The fc kernel for `spec` computed as `plan` says.
+    fn add_fc_planned(&mut self, spec: &FcSpec, plan: FcPlan) -> Result<PendingFc> {
         let s = *spec;
-        let plan = FcPlan::new(spec, self.isa());
         let id = match &plan {
             // Streams the weights once (memory-bound): without the optimiser
             // ([`KernelModule::quickly`]; `CNNC_FC_OPT=1`, a measuring knob, keeps it) it
@@ -515,6 +678,15 @@ impl KernelModule {
             FcPlan::Dot if crate::knobs::forced("CNNC_FC_OPT") != Some(true) => self
                 .quickly(|km| km.define(move |e, b, begin, end| dot_body(&s, e, b, begin, end)))?,
             FcPlan::Dot => self.define(move |e, b, begin, end| dot_body(&s, e, b, begin, end))?,
+            FcPlan::Wide { .. } => {
+                let kernels = plan.dot_kernels(&s);
+                let ids: Vec<_> = (kernels.iter())
+                    .map(|d| self.add_micro_once(5, "fc dot kernel", d, FcDot::emit))
+                    .collect::<Result<_>>()?;
+                self.define_driver(&ids, move |e, b, begin, end| {
+                    wide_body(&s, &kernels, e, b, (begin, end))
+                })?
+            }
             FcPlan::Rows(g) => g.emit(self)?,
         };
         Ok(PendingFc {
@@ -583,8 +755,9 @@ impl FcKernel {
     pub fn spec(&self) -> &FcSpec {
         &self.spec
     }
-    /// What computes its tiles: `f32x4 dot 8 features` at batch 1, else the batch-row GEMM's
-    /// tile, e.g. `batch rows, avx512 8x32` (items x features).
+    /// What computes its tiles: at batch 1 `avx512 dot 16 features`, `avx2 dot 8 features`
+    /// or `f32x4 dot 8 features`, else the batch-row GEMM's tile, e.g. `batch rows, avx512
+    /// 8x32` (items x features).
     pub fn micro_kernel(&self) -> String {
         self.plan.micro_kernel()
     }
@@ -592,8 +765,8 @@ impl FcKernel {
     pub fn packed_len(&self) -> usize {
         self.plan.packed_len(&self.spec)
     }
-    /// Work units: blocks of output features (8 at batch 1, else panels of the GEMM: 8
-    /// features with f32x4, 16 with ymm, 32 with zmm).
+    /// Work units: blocks of output features (at batch 1 16 with zmm, 8 with ymm or f32x4,
+    /// else panels of the GEMM: 8 features with f32x4, 16 with ymm, 32 with zmm).
     pub fn work_units(&self) -> usize {
         self.entry.units()
     }
@@ -632,5 +805,52 @@ impl FcKernel {
         out: &mut [f32],
     ) -> Result<()> {
         self.run(input, packed, residual, out, 0..self.work_units())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wide batch-1 kernel with software prefetches (`CNNC_FC_PREFETCH`, off by
+    /// default) gives the bits of the one without, at every wide level the host has: the
+    /// prefetches only ask for lines (up to 16 KB past the packed weights: a prefetch never
+    /// faults). Input and output tails, several blocks, every epilogue but clip.
+    #[test]
+    fn prefetching_changes_no_bits() {
+        let levels = Isa::host_levels();
+        let widths = levels.iter().filter_map(|&isa| x86::width(isa));
+        for width in widths {
+            for (c, k) in [(37, 19), (2048 + 5, 40), (16, 16), (3, 100)] {
+                let mut s = FcSpec::new(c, k, 1);
+                (s.bias, s.relu, s.residual) = (true, true, true);
+                let w: Vec<f32> = (0..c * k).map(|i| (i % 29) as f32 * 0.1 - 1.4).collect();
+                let b: Vec<f32> = (0..k).map(|i| i as f32 * 0.01).collect();
+                let x: Vec<f32> = (0..c).map(|i| (i % 7) as f32 * 0.3 - 1.0).collect();
+                let res: Vec<f32> = (0..k).map(|i| (i % 5) as f32 - 2.0).collect();
+                let outs: Vec<Vec<f32>> = [0, 64, 4096, 16384]
+                    .into_iter()
+                    .map(|prefetch| {
+                        let mut km = KernelModule::new().unwrap();
+                        let plan = FcPlan::Wide { width, prefetch };
+                        let p = km.add_fc_planned(&s, plan).unwrap();
+                        let packed = p.pack_weights(&w, Some(&b)).unwrap();
+                        let code = km.finalize().unwrap();
+                        let kern = code.get(p).unwrap();
+                        let mut out = vec![f32::NAN; k];
+                        kern.run_all(&x, &packed, Some(&res), &mut out).unwrap();
+                        assert!(out.iter().all(|v| v.is_finite()), "{s:?} {prefetch}");
+                        out
+                    })
+                    .collect();
+                for o in &outs[1..] {
+                    let same = o
+                        .iter()
+                        .zip(&outs[0])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{s:?} at {width:?}: prefetching changed the bits");
+                }
+            }
+        }
     }
 }

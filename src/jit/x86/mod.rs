@@ -5,6 +5,7 @@
 //! whole vector unit (see `docs/jit.md`).
 pub mod copy;
 pub mod eltwise;
+pub mod fc_dot;
 pub mod gemm;
 pub mod peak;
 pub mod pool;

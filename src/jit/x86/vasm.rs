@@ -102,6 +102,11 @@ impl Vasm {
         wide!(self, vfmadd231ps(r(acc), r(a), r(b)))
     }
 
+    /// `acc += a * *mem` (a vector from memory).
+    pub fn fma_mem(&mut self, acc: usize, a: usize, mem: AsmMemoryOperand) -> Result<()> {
+        wide!(self, vfmadd231ps(r(acc), r(a), m(mem)))
+    }
+
     /// `acc += a * broadcast(*mem)` with an EVEX embedded broadcast (512 bits only).
     pub fn fma_bcst(&mut self, acc: usize, a: usize, mem: AsmMemoryOperand) -> Result<()> {
         debug_assert_eq!(self.w, Width::Z512);
