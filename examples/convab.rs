@@ -7,6 +7,9 @@
 //! the direct kernel). Pairs of runs alternating in one process are the only figures that
 //! stayed comparable on a shared host whose memory bandwidth swings several-fold.
 use cnnc::jit::*;
+
+#[path = "common/knob.rs"]
+mod knob;
 use std::time::Instant;
 
 fn main() {
@@ -28,10 +31,7 @@ fn main() {
         .collect();
     let mut variants = Vec::new();
     for v in [va, vb] {
-        match v.as_str() {
-            "-" => std::env::remove_var(var),
-            v => std::env::set_var(var, v),
-        }
+        knob::set(var, v);
         let mut km = KernelModule::new().unwrap();
         km.set_winograd(std::env::var_os("CNNC_NO_WINOGRAD").is_none());
         // CNNC_METHOD=winograd|direct: that method whatever the cost model picks.

@@ -9,6 +9,9 @@
 //! the wide kernel against the f32x4 one: `fcab 2048 1000 CNNC_FC_WIDE 0 -`; prefetch
 //! distances: `fcab 4096 4096 CNNC_FC_PREFETCH 4096 8192`.
 use cnnc::jit::*;
+
+#[path = "common/knob.rs"]
+mod knob;
 use std::time::Instant;
 
 fn main() {
@@ -26,10 +29,7 @@ fn main() {
     let x: Vec<f32> = (0..c).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
     let mut variants = Vec::new();
     for v in [va, vb] {
-        match v.as_str() {
-            "-" => std::env::remove_var(var),
-            v => std::env::set_var(var, v),
-        }
+        knob::set(var, v);
         let mut km = KernelModule::new().unwrap();
         let pk = km.add_fc(&spec).unwrap();
         let code = km.finalize().unwrap();

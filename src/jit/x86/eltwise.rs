@@ -55,16 +55,13 @@ impl ScaleShiftPlane {
         // Whole groups of UNROLL vectors in a loop (rdi, rsi advance), the rest after it.
         let groups = full / UNROLL;
         if groups > 0 {
-            v.a.mov(r8, groups as u64).map_err(asm_err)?;
-            let mut top = v.a.create_label();
-            v.a.set_label(&mut top).map_err(asm_err)?;
-            for j in 0..UNROLL {
-                self.vector(&mut v, j as i32 * vec_bytes, VALUES + j, None)?;
-            }
-            v.a.add(rdi, UNROLL as i32 * vec_bytes).map_err(asm_err)?;
-            v.a.add(rsi, UNROLL as i32 * vec_bytes).map_err(asm_err)?;
-            v.a.dec(r8).map_err(asm_err)?;
-            v.a.jnz(top).map_err(asm_err)?;
+            v.counted_loop(r8, groups, |v| {
+                for j in 0..UNROLL {
+                    self.vector(v, j as i32 * vec_bytes, VALUES + j, None)?;
+                }
+                v.a.add(rdi, UNROLL as i32 * vec_bytes).map_err(asm_err)?;
+                v.a.add(rsi, UNROLL as i32 * vec_bytes).map_err(asm_err)
+            })?;
         }
         for j in 0..full % UNROLL {
             self.vector(&mut v, j as i32 * vec_bytes, VALUES + j, None)?;

@@ -237,16 +237,13 @@ impl FcDot {
         let full = self.c / l;
         let iters = full / UNROLL;
         if iters > 0 {
-            v.a.mov(r10, iters as u64).map_err(asm_err)?;
-            let mut top = v.a.create_label();
-            v.a.set_label(&mut top).map_err(asm_err)?;
-            for u in 0..UNROLL {
-                step(&mut v, u, false)?;
-            }
-            v.a.add(rdi, disp(UNROLL * vb)?).map_err(asm_err)?;
-            v.a.add(rsi, disp(UNROLL * step_bytes)?).map_err(asm_err)?;
-            v.a.dec(r10).map_err(asm_err)?;
-            v.a.jnz(top).map_err(asm_err)?;
+            v.counted_loop(r10, iters, |v| {
+                for u in 0..UNROLL {
+                    step(v, u, false)?;
+                }
+                v.a.add(rdi, disp(UNROLL * vb)?).map_err(asm_err)?;
+                v.a.add(rsi, disp(UNROLL * step_bytes)?).map_err(asm_err)
+            })?;
         }
         let rest = full % UNROLL;
         for u in 0..rest {

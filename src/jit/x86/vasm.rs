@@ -184,6 +184,22 @@ impl Vasm {
         wide!(self, vminps(r(dst), r(a), r(b)))
     }
 
+    /// `body` emitted once and run `count` times (`count > 0`), counted down in `counter`
+    /// (the body must leave it alone; it advances its own pointers).
+    pub fn counted_loop(
+        &mut self,
+        counter: iced_x86::code_asm::AsmRegister64,
+        count: usize,
+        body: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        self.a.mov(counter, count as u64).map_err(asm_err)?;
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top).map_err(asm_err)?;
+        body(self)?;
+        self.a.dec(counter).map_err(asm_err)?;
+        self.a.jnz(top).map_err(asm_err)
+    }
+
     /// Zero-masked load of the lanes set in `k1` (masked-off lanes do not fault: AVX-512).
     pub fn load_k1(&mut self, dst: usize, mem: AsmMemoryOperand) -> Result<()> {
         self.a
