@@ -31,7 +31,12 @@
 //!
 //! Arguments (System V): `rdi` the input (`C` floats), `rsi` the block's packed weights
 //! (`S * R * L` floats), `rdx` the block's first output, `rcx` its first residual (read with
-//! `residual` only), `r8` the block's `R` biases (read with `bias` only).
+//! `residual` only), `r8` the block's `R` biases (read with `bias` only). What it touches:
+//! the `C` inputs (whole vectors, then the last `C % L` under the mask), the block's `S * R *
+//! L` weights in order, its `R` biases (the packing stores `R` per block, zero past the
+//! layer's features, so the whole vector lies in the buffer), and `rows` residuals and
+//! outputs (all `R` of a full block, the last block's under the mask); the prefetches only
+//! ask for lines.
 use iced_x86::code_asm::{
     byte_ptr, eax, k1, k2, r10, r8, rcx, rdi, rdx, rsi, zmmword_ptr, AsmMemoryOperand, CodeLabel,
 };
@@ -155,8 +160,9 @@ impl FcDot {
                     let (a, b) = op.imms();
                     let x = op.apply(&p[0], &p[1], a);
                     let y = op.apply(&p[0], &p[1], b);
-                    // The add sums partials of the same accumulator only.
-                    assert_eq!(x, y, "the tree adds lanes of different rows");
+                    // The add sums partials of the same accumulator only (the tree is
+                    // constant: `every_lane_ends_with_one_whole_accumulator` checks it).
+                    debug_assert_eq!(x, y, "the tree adds lanes of different rows");
                     x
                 })
                 .collect();
@@ -178,11 +184,6 @@ impl FcDot {
         }
         disp(UNROLL * self.r() * self.width.bytes() + self.prefetch)?;
         Ok(())
-    }
-
-    /// Floats each operand must hold for one call: `(x, w, out and res, bias)`.
-    pub fn operand_lens(&self) -> (usize, usize, usize, usize) {
-        (self.c, self.block_len(), self.rows, self.r())
     }
 
     /// The machine code (position independent).
