@@ -8,8 +8,8 @@
 //! stayed comparable on a shared host whose memory bandwidth swings several-fold.
 use cnnc::jit::*;
 
-#[path = "common/knob.rs"]
-mod knob;
+#[path = "common/ab.rs"]
+mod ab;
 use std::time::Instant;
 
 fn main() {
@@ -31,7 +31,7 @@ fn main() {
         .collect();
     let mut variants = Vec::new();
     for v in [va, vb] {
-        knob::set(var, v);
+        ab::set_knob(var, v);
         let mut km = KernelModule::new().unwrap();
         km.set_winograd(std::env::var_os("CNNC_NO_WINOGRAD").is_none());
         // CNNC_METHOD=winograd|direct: that method whatever the cost model picks.

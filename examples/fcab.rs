@@ -10,8 +10,8 @@
 //! distances: `fcab 4096 4096 CNNC_FC_PREFETCH 4096 8192`.
 use cnnc::jit::*;
 
-#[path = "common/knob.rs"]
-mod knob;
+#[path = "common/ab.rs"]
+mod ab;
 use std::time::Instant;
 
 fn main() {
@@ -29,7 +29,7 @@ fn main() {
     let x: Vec<f32> = (0..c).map(|i| (i % 17) as f32 * 0.1 - 0.8).collect();
     let mut variants = Vec::new();
     for v in [va, vb] {
-        knob::set(var, v);
+        ab::set_knob(var, v);
         let mut km = KernelModule::new().unwrap();
         let pk = km.add_fc(&spec).unwrap();
         let code = km.finalize().unwrap();

@@ -19,13 +19,19 @@ pub fn compile(g: &cnnc::Graph, threads: usize) -> cnnc::Model {
     cnnc::compile(g, &opts).unwrap()
 }
 
-/// `g` compiled with environment variable `var` set to `value` (`-`: unset), which it keeps
-/// afterwards.
-pub fn compile_as(g: &cnnc::Graph, var: &str, value: &str, threads: usize) -> cnnc::Model {
+/// Sets environment variable `var` to `value` (`-`: unsets it) for what is compiled next: the
+/// library reads a knob where it makes the decision.
+pub fn set_knob(var: &str, value: &str) {
     match value {
         "-" => std::env::remove_var(var),
         v => std::env::set_var(var, v),
     }
+}
+
+/// `g` compiled with environment variable `var` set to `value` (`-`: unset), which it keeps
+/// afterwards.
+pub fn compile_as(g: &cnnc::Graph, var: &str, value: &str, threads: usize) -> cnnc::Model {
+    set_knob(var, value);
     compile(g, threads)
 }
 
