@@ -139,7 +139,7 @@ fn main() -> cnnc::Result<()> {
         );
         // Functions from the process's cache of compiled code (`CNNC_CODE_CACHE=0`: none).
         let counts: Vec<String> = (cache_counts.iter())
-            .map(|(hit, miss)| format!("{hit}/{}", hit + miss))
+            .map(|c| format!("{}/{}", c.hits, c.hits + c.compiled))
             .collect();
         println!("  functions from the code cache: {}", counts.join(" "));
         if functions > 0 {

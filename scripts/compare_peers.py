@@ -226,7 +226,7 @@ def main():
           f"(--isa {args.isa or 'default'}); "
           f"median of {args.rounds} alternating rounds of {args.seconds} s each; batch 1; "
           f"warm: cnnc's later compiles take their functions from the process's code cache "
-          f"(Cranelift skipped{'; off here' if os.environ.get('CNNC_CODE_CACHE') == '0' else ''})\n")
+          f"(Cranelift skipped{'; off here' if os.environ.get('CNNC_CODE_CACHE', '').strip() == '0' else ''})\n")
     print("| network | GFLOP | cnnc 1T (ms) | ORT 1T (ms) | cnnc/ORT 1T | cnnc 2T (ms) | ORT 2T (ms) "
           "| cnnc/ORT 2T | cnnc GFLOP/s 1T | cnnc compile / ORT session, first (ms) "
           "| warm: cnnc 1T, 2T / ORT (ms) "

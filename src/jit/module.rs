@@ -81,11 +81,24 @@ impl MicroCache {
 /// new function's own names, so a driver calls the micro-kernels of its own module.
 /// Shared by every module and thread; a compile runs outside the lock. Bounded by
 /// [`CodeCache::cap`]; once full, new code is compiled and not kept.
-/// `release_compile_caches` empties it.
+/// `release_compile_caches` empties it. `CNNC_CODE_CACHE_CHECK=1` compiles every hit
+/// afresh and fails the compile if the code differs (Cranelift calls its incremental cache
+/// experimental; tests/code_cache.rs runs with it on).
 #[derive(Default)]
-struct CodeCache {
+pub(crate) struct CodeCache {
     code: std::collections::HashMap<CacheKeyHash, Arc<CachedCode>>,
     bytes: usize,
+    /// The byte cap; `None`: `CNNC_CODE_CACHE_MB`, else [`CODE_CACHE_BYTES`] (a test's
+    /// private cache sets it, independent of the environment).
+    cap: Option<usize>,
+}
+
+/// How many of a module's (or model's) Cranelift functions were found in the process's
+/// cache of compiled code, and how many Cranelift compiled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeCacheCounts {
+    pub hits: usize,
+    pub compiled: usize,
 }
 
 /// A cached function: what [`PendingFunction::compile`] takes from Cranelift's result.
@@ -97,40 +110,42 @@ struct CachedCode {
     relocs: Box<[FinalizedMachReloc]>,
 }
 
+/// Bytes counted per [`CodeCache`] entry besides the code and relocations: the map's slot,
+/// the 32-byte key and the `Arc`'s header, rounded up.
+const ENTRY_OVERHEAD: usize = 128;
+
 impl CachedCode {
     /// What it holds, counted against the cache's cap (with the map's entry).
     fn footprint(&self) -> usize {
-        self.bytes.len() + std::mem::size_of_val(&*self.relocs) + 128
+        self.bytes.len() + std::mem::size_of_val(&*self.relocs) + ENTRY_OVERHEAD
     }
 }
 
-/// Default bytes of [`CodeCache`] (`CNNC_CODE_CACHE_MB`): ResNet-50's 43 functions take 80 KB,
-/// DenseNet-121's 104 150 KB (session 16).
+/// Default bytes of [`CodeCache`] (`CNNC_CODE_CACHE_MB`): ResNet-50's 43 functions take
+/// ~80 KB, DenseNet-121's 104 functions ~150 KB (session 16).
 const CODE_CACHE_BYTES: usize = 16 << 20;
 
 static CODE_CACHE: std::sync::OnceLock<Mutex<CodeCache>> = std::sync::OnceLock::new();
 
 impl CodeCache {
-    /// The cache, locked. A thread that panicked while holding the lock left it consistent
+    /// The process's cache.
+    fn global() -> &'static Mutex<CodeCache> {
+        CODE_CACHE.get_or_init(Default::default)
+    }
+
+    /// `cache`, locked. A thread that panicked while holding the lock left it consistent
     /// (every change is one insert or one clear), so a poisoned lock is still usable.
-    fn lock() -> std::sync::MutexGuard<'static, CodeCache> {
-        let cache = CODE_CACHE.get_or_init(Default::default);
+    fn lock(cache: &Mutex<CodeCache>) -> std::sync::MutexGuard<'_, CodeCache> {
         cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(key: &CacheKeyHash) -> Option<Arc<CachedCode>> {
-        Self::lock().code.get(key).cloned()
-    }
-
-    /// The byte cap: `CNNC_CODE_CACHE_MB`, else [`CODE_CACHE_BYTES`].
-    fn cap() -> usize {
-        crate::knobs::number::<usize>("CNNC_CODE_CACHE_MB").map_or(CODE_CACHE_BYTES, |mb| mb << 20)
-    }
-
-    /// Keeps `code` under `key` if it fits under the cap.
-    fn insert(key: CacheKeyHash, code: Arc<CachedCode>) {
-        let cap = Self::cap();
-        Self::lock().insert_capped(key, code, cap);
+    /// The byte cap: its own, else `CNNC_CODE_CACHE_MB`, else [`CODE_CACHE_BYTES`] (read
+    /// once per compile, not per function).
+    fn cap(&self) -> usize {
+        self.cap.unwrap_or_else(|| {
+            crate::knobs::number::<usize>("CNNC_CODE_CACHE_MB")
+                .map_or(CODE_CACHE_BYTES, |mb| mb.saturating_mul(1 << 20))
+        })
     }
 
     fn insert_capped(&mut self, key: CacheKeyHash, code: Arc<CachedCode>, cap: usize) {
@@ -145,7 +160,16 @@ impl CodeCache {
 /// Empties the process-wide caches of compiled code (Cranelift functions and x86
 /// micro-kernels): models compiled later compile everything again.
 pub(crate) fn clear_code_caches() {
-    let code = std::mem::take(&mut *CodeCache::lock());
+    let mut cache = CodeCache::lock(CodeCache::global());
+    let cap = cache.cap;
+    let code = std::mem::replace(
+        &mut *cache,
+        CodeCache {
+            cap,
+            ..Default::default()
+        },
+    );
+    drop(cache);
     drop(code);
     if let Some(m) = MICRO_CACHE.get() {
         let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -367,13 +391,18 @@ pub struct KernelModule {
     funcs: Vec<FuncId>,
     /// Read-only tables referenced by address from the generated code (kept alive by `Compiled`).
     tables: Vec<Box<[i32]>>,
-    /// `tables.len()` when the last function was defined: a function defined after a new
-    /// table bakes its address into the code, which no other module would ask for again,
-    /// so it is not kept in the [`CodeCache`].
-    tables_seen: usize,
+    /// Set by [`KernelModule::add_table`], taken by the next function defined (the one
+    /// that bakes the table's address in, conv.rs): cache hygiene only. The address is an
+    /// `iconst` in the stencil, so it is part of the key and a hit can never be stale; such
+    /// an entry would just never hit again, so it is not kept in the [`CodeCache`].
+    next_uncacheable: bool,
     /// Whether functions compiled before in this process are taken from the [`CodeCache`]
     /// and new ones kept there (`CNNC_CODE_CACHE=0`: never; tests compare both).
     pub(crate) code_cache: bool,
+    /// Which cache: the process's, or a test's own.
+    pub(crate) cache: &'static Mutex<CodeCache>,
+    /// Whether each hit is compiled afresh and compared (`CNNC_CODE_CACHE_CHECK=1`).
+    pub(crate) code_cache_check: bool,
     /// Functions taken from the [`CodeCache`] and compiled, so far.
     cache_hits: usize,
     cache_misses: usize,
@@ -385,7 +414,8 @@ pub struct KernelModule {
     prefetch_func: FuncId,
     has_fma: bool,
     build_time: Duration,
-    /// Cranelift's time in the functions compiled so far, summed over the threads.
+    /// Cranelift's time in the functions compiled so far, summed over the threads, and the
+    /// time spent looking them up in the [`CodeCache`].
     compile_cpu: Duration,
     /// With [`KernelModule::keep_listings`]: each kernel's CLIF and machine code.
     listings: Option<Vec<KernelListing>>,
@@ -470,8 +500,10 @@ impl KernelModule {
             id: NEXT_MODULE_ID.fetch_add(1, Ordering::Relaxed),
             funcs: Vec::new(),
             tables: Vec::new(),
-            tables_seen: 0,
+            next_uncacheable: false,
             code_cache: !crate::knobs::off("CNNC_CODE_CACHE"),
+            cache: CodeCache::global(),
+            code_cache_check: crate::knobs::forced("CNNC_CODE_CACHE_CHECK") == Some(true),
             cache_hits: 0,
             cache_misses: 0,
             #[cfg(test)]
@@ -555,16 +587,19 @@ impl KernelModule {
     }
 
     /// Cranelift's time in the functions compiled so far, summed over the threads that
-    /// compiled them (and the time taken to find those in the process's cache of compiled
-    /// code).
+    /// compiled them, plus the time spent looking every function up in the process's cache
+    /// of compiled code (hashing its IR), hit or miss.
     pub fn compile_cpu(&self) -> Duration {
         self.compile_cpu
     }
 
     /// How many of the functions compiled so far were found in the process's cache of
     /// compiled code, and how many Cranelift compiled.
-    pub fn code_cache_counts(&self) -> (usize, usize) {
-        (self.cache_hits, self.cache_misses)
+    pub fn code_cache_counts(&self) -> CodeCacheCounts {
+        CodeCacheCounts {
+            hits: self.cache_hits,
+            compiled: self.cache_misses,
+        }
     }
 
     /// Keeps `table` alive as long as the code and returns its address for the generated code.
@@ -572,6 +607,7 @@ impl KernelModule {
         let b: Box<[i32]> = table.into_boxed_slice();
         let addr = b.as_ptr() as i64;
         self.tables.push(b);
+        self.next_uncacheable = true;
         addr
     }
 
@@ -789,8 +825,7 @@ impl KernelModule {
         let func = std::mem::replace(&mut self.ctx.func, Function::new());
         module.clear_context(&mut self.ctx);
         let cost_ns = func.dfg.num_insts() as u64 * self.mode.ns_per_inst();
-        let cacheable = self.tables_seen == self.tables.len();
-        self.tables_seen = self.tables.len();
+        let cacheable = !std::mem::take(&mut self.next_uncacheable);
         self.pending.push(PendingFunction {
             fid,
             name,
@@ -834,38 +869,23 @@ impl KernelModule {
     ) -> Result<Vec<T>> {
         let t0 = Instant::now();
         let pending = std::mem::take(&mut self.pending);
-        let targets = [&*self.target, &*self.quick_target, &*self.driver_target];
-        let disasm = self.listings.is_some();
         let n = pending.len();
-        // The functions this process compiled before come from the cache, here, before
-        // the jobs (a hit takes ~1 us per 1.3 KB of stencil hashed, a compile ~1.6 us per
-        // instruction). Listings bypass the cache (a cached function has no disassembly).
-        let mut compiled: Vec<Option<CompiledFunction>> = (0..n).map(|_| None).collect();
-        let mut keys: Vec<Option<CacheKeyHash>> = vec![None; n];
-        if self.code_cache && !disasm {
-            for (i, p) in pending.iter().enumerate().filter(|(_, p)| p.cacheable) {
-                let t = Instant::now();
-                let func = p.func.lock().unwrap_or_else(|e| e.into_inner());
-                let key = compute_cache_key(targets[p.mode as usize], &func);
-                match CodeCache::get(&key) {
-                    Some(code) => {
-                        compiled[i] = Some(CompiledFunction::new(code, &func, p.fid, t));
-                        self.cache_hits += 1;
-                    }
-                    None => keys[i] = Some(key),
-                }
-            }
-        }
-        // Jobs `0..n` compile (those not found), `n..` are the extra ones; longest first,
-        // ties in order.
-        let mut order: Vec<usize> = (0..n).filter(|&i| compiled[i].is_none()).collect();
+        let (mut compiled, keys) = self.take_from_cache(&pending);
+        // Jobs `0..n` compile (those not found, and with the check those found too), `n..`
+        // are the extra ones; longest first, ties in order.
+        let check = self.code_cache_check;
+        let mut order: Vec<usize> = (0..n).filter(|&i| compiled[i].is_none() || check).collect();
         order.extend(n..n + extra_ns.len());
-        self.cache_misses += order.iter().filter(|&&i| i < n).count();
+        self.cache_misses += compiled.iter().filter(|c| c.is_none()).count();
         let cost = |i: usize| match i.checked_sub(n) {
             None => pending[i].cost_ns,
             Some(j) => extra_ns[j],
         };
         order.sort_by_key(|&i| std::cmp::Reverse(cost(i)));
+        let targets = [&*self.target, &*self.quick_target, &*self.driver_target];
+        let disasm = self.listings.is_some();
+        // Read once here, not per function inside the jobs.
+        let (cache, cap) = (self.cache, CodeCache::lock(self.cache).cap());
         // A thread makes a Cranelift context only for its first compile.
         let done = run_jobs(
             order.len(),
@@ -879,7 +899,7 @@ impl KernelModule {
                         let ctx = ctx.get_or_insert_with(Context::new);
                         let c = p.compile(ctx, targets[p.mode as usize], disasm)?;
                         if let Some(key) = &keys[i] {
-                            CodeCache::insert(key.clone(), c.code.clone());
+                            CodeCache::lock(cache).insert_capped(key.clone(), c.code.clone(), cap);
                         }
                         Done::Code(c)
                     }
@@ -889,42 +909,87 @@ impl KernelModule {
         )?;
         let mut extras: Vec<Option<T>> = (0..extra_ns.len()).map(|_| None).collect();
         for (&i, d) in order.iter().zip(done) {
-            match d {
-                Done::Code(c) => compiled[i] = Some(c),
-                Done::Extra(t) => extras[i - n] = Some(t),
+            match (d, &compiled[i]) {
+                (Done::Code(c), Some(hit)) => {
+                    check_hit(&pending[i].name, &hit.code, &c.code)?;
+                    self.compile_cpu += c.time;
+                }
+                (Done::Code(c), None) => compiled[i] = Some(c),
+                (Done::Extra(t), _) => extras[i - n] = Some(t),
             }
         }
         let missing = || Error::Internal("a compile job left no result".into());
-        let module = self.module.as_mut().expect("module present until finalize");
         for (p, c) in pending.iter().zip(compiled) {
-            let c = c.ok_or_else(missing)?;
-            self.compile_cpu += c.time;
-            module
-                .define_function_bytes(p.fid, c.code.alignment, &c.code.bytes, &c.relocs)
-                .map_err(codegen_err)?;
-            if let (Some(listings), Some(i)) = (self.listings.as_mut(), p.listing) {
-                listings[i].asm = c.asm;
-                listings[i].code_bytes = c.code.bytes.len();
-                listings[i].compile_time = c.time;
-            }
-            if let Some(dir) = std::env::var_os("CNNC_JIT_DUMP") {
-                let path = std::path::Path::new(&dir).join(format!("{}.bin", p.name));
-                let _ = std::fs::write(path, &c.code.bytes);
-            }
-            #[cfg(test)]
-            self.installed.push((
-                c.code.clone(),
-                {
-                    let r = c.relocs.iter();
-                    let r =
-                        r.map(|r| format!("{} {:?} {:?} {}", r.offset, r.kind, r.name, r.addend));
-                    r.collect::<Vec<_>>().join("; ")
-                },
-                c.hit,
-            ));
+            self.install(p, c.ok_or_else(missing)?)?;
         }
         self.build_time += t0.elapsed();
         extras.into_iter().map(|e| e.ok_or_else(missing)).collect()
+    }
+
+    /// The functions of `pending` this process compiled before, from the cache (a hit
+    /// takes ~1 us per 1.3 KB of stencil hashed, a compile ~1.6 us per instruction), and
+    /// the keys of those to keep there once compiled. Listings bypass the cache (a cached
+    /// function has no disassembly), and so do functions that bake in a table's address.
+    fn take_from_cache(
+        &mut self,
+        pending: &[PendingFunction],
+    ) -> (Vec<Option<CompiledFunction>>, Vec<Option<CacheKeyHash>>) {
+        let n = pending.len();
+        let mut compiled: Vec<Option<CompiledFunction>> = (0..n).map(|_| None).collect();
+        let mut keys: Vec<Option<CacheKeyHash>> = vec![None; n];
+        if !self.code_cache || self.listings.is_some() {
+            return (compiled, keys);
+        }
+        let targets = [&*self.target, &*self.quick_target, &*self.driver_target];
+        for (i, p) in pending.iter().enumerate().filter(|(_, p)| p.cacheable) {
+            let t = Instant::now();
+            let func = p.func.lock().unwrap_or_else(|e| e.into_inner());
+            let key = compute_cache_key(targets[p.mode as usize], &func);
+            let hit = CodeCache::lock(self.cache).code.get(&key).cloned();
+            match hit {
+                Some(code) => {
+                    let relocs = resolve_relocs(&code, &func, p.fid);
+                    let time = t.elapsed();
+                    compiled[i] = Some(CompiledFunction {
+                        code,
+                        relocs,
+                        asm: String::new(),
+                        time,
+                        hit: true,
+                    });
+                    self.cache_hits += 1;
+                }
+                None => keys[i] = Some(key),
+            }
+            // A miss's lookup too (a hit's is its whole cost).
+            if compiled[i].is_none() {
+                self.compile_cpu += t.elapsed();
+            }
+        }
+        (compiled, keys)
+    }
+
+    /// Installs `c`, the code of `p`, in the module (and in the listings, the dump
+    /// directory and, in tests, the record of what was installed).
+    fn install(&mut self, p: &PendingFunction, c: CompiledFunction) -> Result<()> {
+        self.compile_cpu += c.time;
+        let module = self.module.as_mut().expect("module present until finalize");
+        module
+            .define_function_bytes(p.fid, c.code.alignment, &c.code.bytes, &c.relocs)
+            .map_err(codegen_err)?;
+        if let Some(dir) = std::env::var_os("CNNC_JIT_DUMP") {
+            let path = std::path::Path::new(&dir).join(format!("{}.bin", p.name));
+            let _ = std::fs::write(path, &c.code.bytes);
+        }
+        #[cfg(test)]
+        self.installed
+            .push((c.code.clone(), c.relocs.clone(), c.hit));
+        if let (Some(listings), Some(i)) = (self.listings.as_mut(), p.listing) {
+            listings[i].asm = c.asm;
+            listings[i].code_bytes = c.code.bytes.len();
+            listings[i].compile_time = c.time;
+        }
+        Ok(())
     }
 
     /// [`KernelModule::add_micro`] for the code `emit(spec)` makes, installed once per
@@ -1063,7 +1128,7 @@ enum Done<T> {
 }
 
 #[cfg(test)]
-type Installed = Vec<(Arc<CachedCode>, String, bool)>;
+type Installed = Vec<(Arc<CachedCode>, Vec<ModuleReloc>, bool)>;
 
 /// A compiled function's machine code, ready to install with `define_function_bytes`.
 struct CompiledFunction {
@@ -1073,25 +1138,34 @@ struct CompiledFunction {
     /// The disassembly, when listings are kept.
     asm: String,
     time: Duration,
-    /// Whether it came from the [`CodeCache`].
+    /// Whether it came from the [`CodeCache`] (recorded for the tests only).
+    #[cfg_attr(not(test), allow(dead_code))]
     hit: bool,
 }
 
-impl CompiledFunction {
-    /// `code` installed as `func` (`fid`), whose stencil it was compiled from (`t`: when
-    /// the work on it started).
-    fn new(code: Arc<CachedCode>, func: &Function, fid: FuncId, t: Instant) -> Self {
-        let relocs = (code.relocs.iter())
-            .map(|r| ModuleReloc::from_mach_reloc(r, func, fid))
-            .collect();
-        CompiledFunction {
-            code,
-            relocs,
-            asm: String::new(),
-            time: t.elapsed(),
-            hit: true,
-        }
-    }
+/// `code`'s relocations, resolved against the declarations of `func` (`fid`), whose
+/// stencil it was compiled from: callee *k* of the stencil is `func`'s callee *k*.
+fn resolve_relocs(code: &CachedCode, func: &Function, fid: FuncId) -> Vec<ModuleReloc> {
+    (code.relocs.iter())
+        .map(|r| ModuleReloc::from_mach_reloc(r, func, fid))
+        .collect()
+}
+
+/// `CNNC_CODE_CACHE_CHECK`: an error unless `hit`, the cached code of function `name`, is
+/// `fresh`, what Cranelift just compiled from the same IR.
+fn check_hit(name: &str, hit: &CachedCode, fresh: &CachedCode) -> Result<()> {
+    let differs = if hit.bytes != fresh.bytes {
+        "bytes"
+    } else if hit.alignment != fresh.alignment {
+        "alignment"
+    } else if hit.relocs != fresh.relocs {
+        "relocations"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Internal(format!(
+        "kernel {name}: the code cache's {differs} differ from a fresh compile's"
+    )))
 }
 
 impl PendingFunction {
@@ -1120,10 +1194,14 @@ impl PendingFunction {
             alignment: u64::from(code.buffer.alignment),
             relocs: code.buffer.relocs().into(),
         };
-        let asm = code.vcode.clone().unwrap_or_default();
-        let mut done = CompiledFunction::new(Arc::new(cached), &ctx.func, self.fid, t0);
-        (done.asm, done.hit) = (asm, false);
-        Ok(done)
+        let relocs = resolve_relocs(&cached, &ctx.func, self.fid);
+        Ok(CompiledFunction {
+            code: Arc::new(cached),
+            relocs,
+            asm: code.vcode.clone().unwrap_or_default(),
+            time: t0.elapsed(),
+            hit: false,
+        })
     }
 }
 
@@ -1426,28 +1504,74 @@ mod tests {
         }
     }
 
-    /// A module of `specs` (each by `method`) at `isa`, taking functions from the code
-    /// cache or not: its code, the pending kernels, each function as installed, and the
-    /// cache's counts (hits, compiled).
+    /// A code cache of its own for one test (its cap fixed, whatever the environment and
+    /// the other tests running in the process).
+    fn private_cache() -> &'static Mutex<CodeCache> {
+        Box::leak(Box::new(Mutex::new(CodeCache {
+            cap: Some(CODE_CACHE_BYTES),
+            ..Default::default()
+        })))
+    }
+
+    /// A module of `specs` (each by `method`) at `isa`, taking functions from `cache` (each
+    /// hit checked against a fresh compile) or compiling all, after `lead` other functions
+    /// (so that the specs' functions have other `FuncId`s): its code, the pending kernels,
+    /// each of the specs' functions as installed, and their cache counts.
     fn compile_specs(
         specs: &[(ConvSpec, ConvMethod)],
         isa: Isa,
-        cache: bool,
+        cache: Option<&'static Mutex<CodeCache>>,
+        lead: usize,
     ) -> (
         Arc<Compiled>,
         Vec<super::super::PendingConv>,
         Installed,
-        (usize, usize),
+        CodeCacheCounts,
     ) {
         let mut km = KernelModule::new().unwrap();
         km.set_isa(isa).unwrap();
-        km.code_cache = cache;
+        km.code_cache = cache.is_some();
+        km.code_cache_check = true;
+        if let Some(cache) = cache {
+            km.cache = cache;
+        }
+        for c in 0..lead {
+            km.define_n(1, |e, p, _, _| {
+                let v = e.b.ins().iconst(types::I64, c as i64);
+                e.b.ins()
+                    .store(MemFlagsData::new().with_notrap(), v, p[0], 0);
+                Ok(())
+            })
+            .unwrap();
+        }
+        km.compile_pending(None).unwrap();
+        let (before, _) = (km.code_cache_counts(), std::mem::take(&mut km.installed));
         let pending: Vec<_> = (specs.iter())
             .map(|(s, m)| km.add_conv_with(s, *m).unwrap())
             .collect();
         km.compile_pending(None).unwrap();
-        let (installed, counts) = (std::mem::take(&mut km.installed), km.code_cache_counts());
+        let (installed, after) = (std::mem::take(&mut km.installed), km.code_cache_counts());
+        let counts = CodeCacheCounts {
+            hits: after.hits - before.hits,
+            compiled: after.compiled - before.compiled,
+        };
         (km.finalize().unwrap(), pending, installed, counts)
+    }
+
+    /// `relocs` as text, with the module's own functions numbered as if `lead` functions
+    /// declared before them were not there (`FuncId`s 0 and 1 are `exp` and `prefetch`).
+    fn normalised(relocs: &[ModuleReloc], lead: u32) -> Vec<String> {
+        use cranelift_module::ModuleRelocTarget as T;
+        let own = |i: u32| if i >= 2 { i - lead } else { i };
+        let r = relocs.iter().map(|r| {
+            let target = match &r.name {
+                T::User { namespace, index } => format!("user {namespace}:{}", own(*index)),
+                T::FunctionOffset(f, o) => format!("func {} +{o}", own(f.as_u32())),
+                other => format!("{other:?}"),
+            };
+            format!("{} {:?} {target} {}", r.offset, r.kind, r.addend)
+        });
+        r.collect()
     }
 
     /// The outputs of `pending` (compiled in `code`) on `specs`, NaN-poisoned first.
@@ -1470,40 +1594,49 @@ mod tests {
         outs.collect()
     }
 
-    /// A module compiled again takes its functions from the process's code cache, and they
-    /// are the bytes, alignment and relocations (to the module's own micro-kernels and
-    /// functions, at other addresses) of a fresh compile; the kernels give the same bits,
-    /// also with the modules the code was first compiled for gone. At every ISA level; the
-    /// f32x4 direct conv bakes a table's address in and is never cached.
+    /// A module compiled again takes its functions from the code cache, and they are the
+    /// bytes, alignment and relocations (to the module's own micro-kernels and functions,
+    /// at other addresses and with other `FuncId`s) of a fresh compile; the kernels give the
+    /// same bits, also with the modules the code was first compiled for gone. At every ISA
+    /// level; the f32x4 direct conv bakes a table's address in and is never cached.
     #[test]
     fn cached_functions_are_the_code_of_a_fresh_compile() {
+        const LEAD: usize = 3;
         let mut specs = specs();
         // 3x3 stride 1 at 14x14: Winograd's transforms (`Quick`) and GEMM drivers.
         let mut w = ConvSpec::square(16, 14, 24, 3, 1, 1);
         (w.bias, w.relu, w.residual) = (true, true, true);
         specs.push((w, ConvMethod::Winograd));
         for isa in Isa::host_levels() {
-            let (fresh, fresh_p, fresh_code, counts) = compile_specs(&specs, isa, false);
-            assert_eq!(counts.0, 0, "{isa}: the cache bypassed");
-            let n = counts.1;
-            // The first may find what another test compiled; the second finds everything
-            // that may be cached.
-            let (first, first_p, _, _) = compile_specs(&specs, isa, true);
-            let (again, again_p, again_code, counts) = compile_specs(&specs, isa, true);
-            assert_eq!(counts.0 + counts.1, n);
+            let cache = private_cache();
+            let (fresh, fresh_p, fresh_code, counts) = compile_specs(&specs, isa, None, 0);
+            assert_eq!(counts.hits, 0, "{isa}: the cache bypassed");
+            let n = counts.compiled;
+            let (first, first_p, _, counts) = compile_specs(&specs, isa, Some(cache), 0);
+            assert_eq!((counts.hits, counts.compiled), (0, n), "{isa}");
+            // Its functions are declared after `LEAD` others: other `FuncId`s.
+            let (again, again_p, again_code, counts) =
+                compile_specs(&specs, isa, Some(cache), LEAD);
+            assert_eq!(counts.hits + counts.compiled, n);
             if isa == Isa::Sse {
-                assert!(counts.0 > 0 && counts.1 > 0, "{isa}: {counts:?}");
+                assert!(counts.hits > 0 && counts.compiled > 0, "{isa}: {counts:?}");
             } else {
-                assert_eq!(counts, (n, 0), "{isa}");
+                assert_eq!((counts.hits, counts.compiled), (n, 0), "{isa}");
             }
             assert_eq!(fresh_code.len(), again_code.len());
             // Those compiled again (a table's address baked in) differ.
-            let from_cache = fresh_code.iter().zip(&again_code).filter(|(_, a)| a.2);
-            for (i, (f, a)) in from_cache.enumerate() {
+            let mut remapped = 0;
+            for (i, (f, a)) in fresh_code.iter().zip(&again_code).enumerate() {
+                if !a.2 {
+                    continue;
+                }
                 assert_eq!(f.0.bytes, a.0.bytes, "{isa}: function {i}'s bytes");
                 assert_eq!(f.0.alignment, a.0.alignment, "{isa}: function {i}");
-                assert_eq!(f.1, a.1, "{isa}: function {i}'s relocations");
+                let want = normalised(&f.1, 0);
+                assert_eq!(want, normalised(&a.1, LEAD as u32), "{isa}: function {i}");
+                remapped += usize::from(want != normalised(&a.1, 0));
             }
+            assert!(remapped > 0, "{isa}: no relocation names another FuncId");
             let (want, first_out) = (
                 run_specs(&specs, &fresh, fresh_p),
                 run_specs(&specs, &first, first_p),
@@ -1512,34 +1645,82 @@ mod tests {
             // own module's functions.
             drop((fresh, first));
             let got = run_specs(&specs, &again, again_p);
-            for ((w, g), f) in want.iter().zip(&got).zip(&first_out) {
-                assert!(w.iter().zip(g).all(|(a, b)| a.to_bits() == b.to_bits()));
-                assert!(w.iter().zip(f).all(|(a, b)| a.to_bits() == b.to_bits()));
+            for (j, ((w, g), f)) in want.iter().zip(&got).zip(&first_out).enumerate() {
+                let same = |o: &[f32]| w.iter().zip(o).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same(g),
+                    "{isa}: spec {j}, the module compiled from the cache"
+                );
+                assert!(same(f), "{isa}: spec {j}, the module that filled the cache");
             }
         }
+    }
+
+    /// A module of one function storing `c`, compiled with `cache` (and `check`ing hits):
+    /// its cache counts.
+    fn compile_constant(
+        cache: &'static Mutex<CodeCache>,
+        c: i64,
+        check: bool,
+    ) -> Result<CodeCacheCounts> {
+        let mut km = KernelModule::new().unwrap();
+        (km.code_cache, km.cache, km.code_cache_check) = (true, cache, check);
+        km.define_n(1, |e, p, _, _| {
+            let v = e.b.ins().iconst(types::I64, 0x5eed_c0de_0000 + c);
+            let flags = MemFlagsData::new().with_notrap().with_aligned();
+            e.b.ins().store(flags, v, p[0], 0);
+            Ok(())
+        })
+        .unwrap();
+        km.compile_pending(None)?;
+        Ok(km.code_cache_counts())
     }
 
     /// A function that differs from a cached one only by a constant is compiled, not
     /// taken from the cache; the same function again is.
     #[test]
     fn a_function_with_another_constant_misses_the_code_cache() {
+        let cache = private_cache();
         let counts = |c: i64| {
-            let mut km = KernelModule::new().unwrap();
-            km.define_n(1, |e, p, _, _| {
-                // A constant no other test uses.
-                let v = e.b.ins().iconst(types::I64, 0x5eed_c0de_0000 + c);
-                let flags = MemFlagsData::new().with_notrap().with_aligned();
-                e.b.ins().store(flags, v, p[0], 0);
-                Ok(())
-            })
-            .unwrap();
-            km.compile_pending(None).unwrap();
-            km.code_cache_counts()
+            let k = compile_constant(cache, c, false).unwrap();
+            (k.hits, k.compiled)
         };
         assert_eq!(counts(1), (0, 1));
         assert_eq!(counts(1), (1, 0));
         assert_eq!(counts(2), (0, 1));
         assert_eq!(counts(2), (1, 0));
+    }
+
+    /// `CNNC_CODE_CACHE_CHECK`: a hit whose code is not what Cranelift compiles fails the
+    /// compile with an error; the true code passes.
+    #[test]
+    fn the_check_finds_cached_code_that_differs() {
+        let cache = private_cache();
+        let counts = |check| {
+            let k = compile_constant(cache, 3, check).map_err(|e| e.to_string());
+            k.map(|k| (k.hits, k.compiled))
+        };
+        assert_eq!(counts(true), Ok((0, 1)));
+        assert_eq!(counts(true), Ok((1, 0)));
+        let corrupt = |f: &dyn Fn(&mut CachedCode)| {
+            let mut c = CodeCache::lock(cache);
+            let entry = c.code.values_mut().next().unwrap();
+            let mut code = CachedCode {
+                bytes: entry.bytes.clone(),
+                alignment: entry.alignment,
+                relocs: entry.relocs.clone(),
+            };
+            f(&mut code);
+            *entry = Arc::new(code);
+        };
+        corrupt(&|c| c.alignment *= 2);
+        let err = counts(true).unwrap_err();
+        assert!(err.contains("alignment differ"), "{err}");
+        corrupt(&|c| c.bytes[0] ^= 1);
+        let err = counts(true).unwrap_err();
+        assert!(err.contains("bytes differ"), "{err}");
+        // Without the check, the entry is taken as it is.
+        assert_eq!(counts(false), Ok((1, 0)));
     }
 
     /// The code cache keeps what fits under its cap and no more.

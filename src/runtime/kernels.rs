@@ -64,7 +64,7 @@ pub(super) struct Instantiated {
     pub listings: Vec<KernelListing>,
     pub packing_time: Duration,
     /// Functions found in the process's cache of compiled code, and compiled.
-    pub code_cache_counts: (usize, usize),
+    pub code_cache_counts: crate::jit::module::CodeCacheCounts,
 }
 
 /// The kernels of one module before finalization, one per distinct spec.

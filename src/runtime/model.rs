@@ -128,7 +128,7 @@ pub struct Model {
     pool: Option<ThreadPool>,
     compile_time: Duration,
     packing_time: Duration,
-    code_cache_counts: (usize, usize),
+    code_cache_counts: crate::jit::module::CodeCacheCounts,
 }
 
 /// Compiles a graph (with bound weights) to machine code for the host CPU, as it is:
@@ -281,7 +281,7 @@ impl Model {
     /// How many of the model's Cranelift functions were found in the process's cache of
     /// compiled code (those of models compiled before: docs/jit.md, "Compile time"), and
     /// how many Cranelift compiled.
-    pub fn code_cache_counts(&self) -> (usize, usize) {
+    pub fn code_cache_counts(&self) -> crate::jit::module::CodeCacheCounts {
         self.code_cache_counts
     }
     /// Images per kernel call.
