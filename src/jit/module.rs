@@ -907,18 +907,21 @@ impl KernelModule {
                 })
             },
         )?;
+        let missing = || Error::Internal("a compile job left no result".into());
         let mut extras: Vec<Option<T>> = (0..extra_ns.len()).map(|_| None).collect();
         for (&i, d) in order.iter().zip(done) {
-            match (d, &compiled[i]) {
-                (Done::Code(c), Some(hit)) => {
-                    check_hit(&pending[i].name, &hit.code, &c.code)?;
-                    self.compile_cpu += c.time;
-                }
-                (Done::Code(c), None) => compiled[i] = Some(c),
-                (Done::Extra(t), _) => extras[i - n] = Some(t),
+            match d {
+                Done::Code(c) => match &compiled[i] {
+                    // A hit, compiled again by the check.
+                    Some(hit) => {
+                        check_hit(&pending[i].name, &hit.code, &c.code)?;
+                        self.compile_cpu += c.time;
+                    }
+                    None => compiled[i] = Some(c),
+                },
+                Done::Extra(t) => extras[i - n] = Some(t),
             }
         }
-        let missing = || Error::Internal("a compile job left no result".into());
         for (p, c) in pending.iter().zip(compiled) {
             self.install(p, c.ok_or_else(missing)?)?;
         }
