@@ -173,8 +173,11 @@ pub(crate) fn clear_code_caches() {
     drop(code);
     if let Some(m) = MICRO_CACHE.get() {
         let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-        m.code = Default::default();
+        let code = std::mem::take(&mut m.code);
         m.bytes = 0;
+        // Both maps are dropped outside their locks.
+        drop(m);
+        drop(code);
     }
 }
 
