@@ -1020,13 +1020,15 @@ fn fc_batch_every_isa_bit_identical() {
 /// fc at batch 1 at every ISA level the host has: at avx2 / avx512 the wide kernel
 /// (`x86::fc_dot`, one call per block of 8 / 16 output features), at sse the f32x4 kernel.
 /// In-features with every remainder of 8 and 16 (the wide kernel's masked last step: 1-17,
-/// 31-33, 1000, 2048 + 5), out-features around the blocks (its masked last block: 1, 7-9,
-/// 15-17, 33, 100, 1000), every epilogue combination; against the reference on
-/// NaN-poisoned outputs, bit-identical across split ranges (`check_fc_at`).
+/// 31-33, 1000, 2048 + 5; 53 and 63: an odd number of whole zmm steps, so the counted loop
+/// then a plain step), out-features around the blocks (its masked last block: 1, 7-9,
+/// 15-17, 33, 100, 1000; several whole blocks and no partial one: 32, 48), every epilogue
+/// combination; against the reference on NaN-poisoned outputs, bit-identical across split
+/// ranges (`check_fc_at`).
 #[test]
 fn fc_batch1_every_isa() {
-    let ins = (1..=17).chain([31, 32, 33, 1000, 2048 + 5]);
-    let outs = [1, 7, 8, 9, 15, 16, 17, 33, 100, 1000];
+    let ins = (1..=17).chain([31, 32, 33, 53, 63, 1000, 2048 + 5]);
+    let outs = [1, 7, 8, 9, 15, 16, 17, 32, 33, 48, 100, 1000];
     let mut seed = 7000;
     for isa in cnnc::Isa::host_levels() {
         let want = match isa {
@@ -1078,9 +1080,11 @@ fn fc_shapes() {
         (100, 13, 13),
         (512, 1000, 1),
         (9, 16, 5),
-        // Batch 1 with at least 1 MB of weights: chunks of 32 inputs (1 KB of weights) with
-        // prefetches. Exactly one chunk, one plus a 2-step iteration, one plus a single step
-        // and a 3-input tail, many chunks with every remainder.
+        // Batch 1 with at least 1 MB of weights: the f32x4 kernel's (sse's) chunks of 32
+        // inputs (1 KB of weights) with prefetches, run at sse as well as at the default
+        // level (the wide kernel at avx2 / avx512). Exactly one chunk, one plus a 2-step
+        // iteration, one plus a single step and a 3-input tail, many chunks with every
+        // remainder.
         (32, 8200, 1),
         (40, 6600, 1),
         (39, 6801, 1),
@@ -1096,6 +1100,9 @@ fn fc_shapes() {
             s.relu = relu;
             s.residual = residual;
             check_fc(&s, seed);
+            if n == 1 {
+                check_fc_at(&s, seed, Some(cnnc::Isa::Sse));
+            }
             seed += 4;
         }
     }
@@ -1494,6 +1501,11 @@ proptest! {
         s.residual = flags & 4 != 0;
         s.clip = (flags & 8 != 0).then_some(PROP_CLIP);
         check_fc(&s, seed);
+        // At batch 1 the default level is the wide kernel on AVX2 / AVX-512 hosts: keep the
+        // f32x4 batch-1 kernel under the property test too.
+        if n == 1 {
+            check_fc_at(&s, seed, Some(cnnc::Isa::Sse));
+        }
     }
 }
 

@@ -58,16 +58,20 @@ fn plan_under_valgrind(graph: &str, batch: &str) -> String {
 /// Valgrind does not emulate AVX-512 (its CPUID hides it), so under valgrind the JIT must
 /// pick avx2 on a host that has it, and the convolutions (and the fc layers: at batch 2 the
 /// batch-row GEMM, at batch 1 the wide dot kernel) must run on the wide micro-kernels: then
-/// memcheck checks the AVX2 micro-kernels and their masked tails.
-fn assert_wide_kernels_under_valgrind(graph: &str) {
+/// memcheck checks the AVX2 micro-kernels and their masked tails. Returns the number of fc
+/// layers in the batch-1 plan (`None`: not checked, no AVX2 or `CNNC_ISA` set).
+fn assert_wide_kernels_under_valgrind(graph: &str) -> Option<usize> {
     let forced = std::env::var_os("CNNC_ISA").is_some_and(|v| !v.is_empty());
     if forced || !cnnc::Isa::host_levels().contains(&cnnc::Isa::Avx2) {
-        return;
+        return None;
     }
     let plan = plan_under_valgrind(graph, "1");
-    for line in plan.lines().filter(|l| l.contains(" fc [")) {
+    let fc_lines: Vec<&str> = plan.lines().filter(|l| l.contains(" fc [")).collect();
+    for line in &fc_lines {
         assert!(line.contains("avx2 dot 8 features"), "{graph}: {line}");
     }
+    assert!(!plan.contains("avx512"), "{graph}: {plan}");
+    let fcs = fc_lines.len();
     let plan = plan_under_valgrind(graph, "2");
     for line in plan.lines().filter(|l| l.contains(" conv [")) {
         assert!(line.contains("avx2 6x16"), "{graph}: {line}");
@@ -77,6 +81,7 @@ fn assert_wide_kernels_under_valgrind(graph: &str) {
     }
     assert!(plan.contains(" conv ["), "{graph}: no conv in\n{plan}");
     assert!(!plan.contains("avx512"), "{graph}: {plan}");
+    Some(fcs)
 }
 
 #[test]
@@ -97,14 +102,25 @@ fn jit_networks_make_no_invalid_memory_access() {
         ],
     };
     assert!(!graphs.is_empty(), "CNNC_MEMCHECK_GRAPHS names no graph");
-    for graph in graphs {
+    // Graphs with fc layers: with them, some batch-1 fc must have been seen on the wide
+    // dot kernel (else a changed plan format would check nothing).
+    let with_fc = ["graphs/lenet5.yaml", "graphs/cs231n_example.yaml"];
+    let mut fcs = Some(0);
+    for &graph in &graphs {
         assert!(
             common::repo().join(graph).is_file(),
             "{graph}: no such graph"
         );
-        assert_wide_kernels_under_valgrind(graph);
+        let seen = assert_wide_kernels_under_valgrind(graph);
+        fcs = fcs.zip(seen).map(|(a, b)| a + b);
         memcheck(graph, "2");
         // Batch 1: the fc layers on the dot kernel.
         memcheck(graph, "1");
+    }
+    if graphs.iter().any(|g| with_fc.contains(g)) {
+        assert!(
+            fcs != Some(0),
+            "no batch-1 fc line in the plans of {graphs:?}"
+        );
     }
 }

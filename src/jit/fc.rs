@@ -4,8 +4,8 @@
 //! At batch > 1 the layer is a GEMM with the batch items as rows, on the wide micro-kernels
 //! at avx2 / avx512 ([`super::fc_gemm`]). At batch 1 it is memory-bound (every weight is
 //! used once): at avx2 / avx512 a Cranelift loop over blocks of 8 / 16 output features
-//! calls the x86 kernel [`x86::fc_dot::FcDot`] once per block (full-width weight loads,
-//! `prefetcht0` in the stream); at sse it runs on the f32x4 kernel below.
+//! calls the x86 kernel [`x86::fc_dot::FcDot`] once per block (full-width weight loads; no
+//! software prefetch by default); at sse it runs on the f32x4 kernel below.
 //!
 //! The f32x4 kernel (sse) is vectorised along the reduction: an accumulator holds four partial sums of one (row `k`,
 //! image `n`) pair over `c mod 4`, and is summed horizontally at the end. Per step of four
@@ -89,15 +89,16 @@ impl FcSpec {
     pub fn micro_kernel(&self, isa: Isa) -> String {
         FcPlan::new(self, isa).micro_kernel()
     }
-    /// Weight rows (output features) per block of the batch-1 kernel: 8 accumulators.
+    /// Weight rows (output features) per block of the f32x4 batch-1 kernel (sse's, and
+    /// every level's under `CNNC_FC_WIDE=0`): 8 accumulators.
     fn rows(&self) -> usize {
         8
     }
     fn nkb(&self) -> usize {
         self.out_features.div_ceil(self.rows())
     }
-    /// Floats of the batch-1 kernel's packed weights: `nkb` blocks of `rows * in` then the
-    /// bias padded to `nkb * rows`.
+    /// Floats of the f32x4 batch-1 kernel's packed weights: `nkb` blocks of `rows * in`
+    /// then the bias padded to `nkb * rows`.
     fn dot_packed_len(&self) -> usize {
         let r = self.rows();
         self.nkb() * r * self.in_features + self.nkb() * r
@@ -152,8 +153,11 @@ impl FcPlan {
                     let prefetch = crate::knobs::number("CNNC_FC_PREFETCH")
                         .map_or(WIDE_PREFETCH, |b: usize| b / 64 * 64);
                     let p = FcPlan::Wide { width, prefetch };
-                    // (Offsets beyond i32: the f32x4 kernel, at any level.)
-                    if p.dot_kernels(s).iter().all(|d| d.check().is_ok()) {
+                    // A kernel the generator refuses (a prefetch distance the
+                    // displacement cannot hold): the f32x4 kernel. No features: no kernels,
+                    // so not wide either (its driver calls the first block's kernel).
+                    let ks = p.dot_kernels(s);
+                    if !ks.is_empty() && ks.iter().all(|d| d.check().is_ok()) {
                         return p;
                     }
                     FcPlan::Dot
@@ -221,9 +225,7 @@ impl FcPlan {
             }
         }
     }
-}
 
-impl FcPlan {
     /// Blocks of `lanes` output features of the wide batch-1 kernel.
     fn wide_blocks(s: &FcSpec, width: Width) -> usize {
         s.out_features.div_ceil(FcDot::block_rows(width))
@@ -385,8 +387,10 @@ fn wide_body(
 
 /// Software prefetch distance of the wide batch-1 kernel, bytes ahead in the weights (0:
 /// none; `CNNC_FC_PREFETCH=n` for A/B). Its loop reads the weights as fast as a plain read
-/// of the same bytes without it, from memory and from L3; `prefetcht0` 1-16 KB ahead was
-/// 1-9% slower from memory and 25% slower from L3 (docs/jit-history.md, session 16).
+/// of the same bytes without it. `prefetcht0` 4 KB ahead, both-order pairs: neutral at one
+/// thread from memory, about 5% faster at two, 25% slower from L3; off because of L3 (a
+/// candidate: prefetch when the plan has two threads and the weights exceed L3;
+/// docs/jit-history.md, session 16).
 const WIDE_PREFETCH: usize = 0;
 
 /// Unroll of the reduction at batch 1.
@@ -811,6 +815,16 @@ impl FcKernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No output features: no wide kernels to call, so the plan is the f32x4 one at every
+    /// level (the wide driver indexes the first block's kernel).
+    #[test]
+    fn no_outputs_is_not_a_wide_plan() {
+        for isa in Isa::host_levels() {
+            let p = FcPlan::new(&FcSpec::new(37, 0, 1), isa);
+            assert!(matches!(p, FcPlan::Dot), "{isa}");
+        }
+    }
 
     /// The wide batch-1 kernel with software prefetches (`CNNC_FC_PREFETCH`, off by
     /// default) gives the bits of the one without, at every wide level the host has: the

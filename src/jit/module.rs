@@ -1426,12 +1426,14 @@ mod tests {
     }
 
     /// The batch-1 fc, compiled without the optimiser ([`KernelModule::quickly`]), gives
-    /// the bits of the optimised one: feature tails (not a multiple of 4 inputs, a partial
-    /// last block of rows), bias, ReLU and residual; every output written.
+    /// the bits of the optimised one at every level: sse's f32x4 kernel (feature tails: not
+    /// a multiple of 4 inputs, a partial last block of rows) and the wide kernel's driver;
+    /// bias, ReLU and residual; every output written.
     #[test]
     fn fc_compiled_quickly_gives_the_same_bits() {
-        let out = |quick: bool, spec: &crate::jit::FcSpec| {
+        let out = |quick: bool, spec: &crate::jit::FcSpec, isa: Isa| {
             let mut km = KernelModule::new().unwrap();
+            km.set_isa(isa).unwrap();
             km.keep_listings();
             km.quick_allowed = quick;
             let p = km.add_fc(spec).unwrap();
@@ -1449,13 +1451,15 @@ mod tests {
                 .unwrap();
             o
         };
-        for (c, k) in [(37, 19), (2048, 10), (5, 3), (64, 33)] {
-            let mut spec = crate::jit::FcSpec::new(c, k, 1);
-            (spec.bias, spec.relu, spec.residual) = (true, true, true);
-            let (q, o) = (out(true, &spec), out(false, &spec));
-            assert!(q.iter().all(|v| v.is_finite()), "{spec:?}");
-            let same = q.iter().zip(&o).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{spec:?}: the quick fc gives other bits");
+        for isa in Isa::host_levels() {
+            for (c, k) in [(37, 19), (2048, 10), (5, 3), (64, 33)] {
+                let mut spec = crate::jit::FcSpec::new(c, k, 1);
+                (spec.bias, spec.relu, spec.residual) = (true, true, true);
+                let (q, o) = (out(true, &spec, isa), out(false, &spec, isa));
+                assert!(q.iter().all(|v| v.is_finite()), "{spec:?} at {isa}");
+                let same = q.iter().zip(&o).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{spec:?} at {isa}: the quick fc gives other bits");
+            }
         }
     }
 

@@ -9,8 +9,9 @@
 //! the last step's lanes past `C` zero), so they are read in order, a whole cache line per
 //! zmm load. Per step: one load of the `L` inputs (from L1), then per row one
 //! `vfmadd231ps acc, x, [w]` (the weight vector is the FMA's memory operand) into the row's
-//! accumulator (`R` independent chains hide the FMA latency), and `prefetcht0` of the
-//! lines `prefetch` bytes ahead in the stream (the calls of consecutive blocks read one
+//! accumulator (`R` independent chains hide the FMA latency), and, when `prefetch > 0`
+//! (`CNNC_FC_PREFETCH`; off by default), `prefetcht0` of the lines `prefetch` bytes ahead
+//! in the stream (the calls of consecutive blocks read one
 //! stream: the prefetches of one block's last steps fetch the next block's first lines; past
 //! the last block they ask for the bias or lines after the buffer, which is harmless: a
 //! prefetch never faults, and reads nothing architecturally).
@@ -112,10 +113,6 @@ impl FcDot {
     pub fn block_rows(w: Width) -> usize {
         w.lanes()
     }
-    /// Reduction steps (vectors of `L` input features, the last one partial).
-    pub fn steps(&self) -> usize {
-        self.c.div_ceil(self.width.lanes())
-    }
     /// Floats of one block's packed weights.
     pub fn block_len(&self) -> usize {
         Self::block_len_for(self.width, self.c)
@@ -161,8 +158,10 @@ impl FcDot {
                     let x = op.apply(&p[0], &p[1], a);
                     let y = op.apply(&p[0], &p[1], b);
                     // The add sums partials of the same accumulator only (the tree is
-                    // constant: `every_lane_ends_with_one_whole_accumulator` checks it).
-                    debug_assert_eq!(x, y, "the tree adds lanes of different rows");
+                    // constant; `every_lane_ends_with_one_whole_accumulator` also checks
+                    // that each lane sums all of them, once). Once per pack, a few tiny
+                    // vectors: checked in release builds too.
+                    assert_eq!(x, y, "the tree adds lanes of different rows");
                     x
                 })
                 .collect();
@@ -181,6 +180,10 @@ impl FcDot {
         }
         if !self.prefetch.is_multiple_of(64) {
             return bad("prefetch distance not whole lines");
+        }
+        // The highest register named is the AVX2 rows' mask (ymm16 and up: not VEX).
+        if self.masks().1 >= self.width.registers() {
+            return bad("more registers than the width has");
         }
         disp(UNROLL * self.r() * self.width.bytes() + self.prefetch)?;
         Ok(())
@@ -352,16 +355,16 @@ impl Combine {
     }
 
     /// The instruction on lane labels: `op(u, v, imm)`.
-    fn apply(self, u: &[usize], v: &[usize], imm: u8) -> Vec<usize> {
+    fn apply<T: Clone>(self, u: &[T], v: &[T], imm: u8) -> Vec<T> {
         let n = u.len();
         let sel = |i: usize| usize::from(imm >> (2 * i) & 3);
-        let mut out = vec![0; n];
+        let mut out = u.to_vec();
         match self {
             // Block `j` of the result: block `sel(j)` of `u` (j < 2) or `v`.
             Combine::Blocks(..) => {
                 for j in 0..4 {
                     let src = if j < 2 { u } else { v };
-                    out[4 * j..4 * j + 4].copy_from_slice(&src[4 * sel(j)..4 * sel(j) + 4]);
+                    out[4 * j..4 * j + 4].clone_from_slice(&src[4 * sel(j)..4 * sel(j) + 4]);
                 }
             }
             // Half `j`: of `[u.lo, u.hi, v.lo, v.hi]` the one `imm >> 4j & 3` names.
@@ -370,7 +373,7 @@ impl Combine {
                     let s = usize::from(imm >> (4 * j) & 3);
                     let src = if s < 2 { u } else { v };
                     let h = (s % 2) * 4;
-                    out[4 * j..4 * j + 4].copy_from_slice(&src[h..h + 4]);
+                    out[4 * j..4 * j + 4].clone_from_slice(&src[h..h + 4]);
                 }
             }
             // Float `i` of each 128-bit block: float `sel(i)` of the block of `u` (i < 2)
@@ -379,7 +382,7 @@ impl Combine {
                 for b in (0..n).step_by(4) {
                     for i in 0..4 {
                         let src = if i < 2 { u } else { v };
-                        out[b + i] = src[b + sel(i)];
+                        out[b + i] = src[b + sel(i)].clone();
                     }
                 }
             }
@@ -408,6 +411,44 @@ mod tests {
             assert_eq!(slots.len(), w.lanes());
             slots.sort_unstable();
             assert_eq!(slots, (0..w.lanes()).collect::<Vec<_>>(), "{w:?}");
+        }
+    }
+
+    /// The tree replayed on (accumulator, partial sum) labels, the add a union: each final
+    /// lane holds every partial of one accumulator exactly once (so no half is dropped or
+    /// counted twice), the accumulators are a permutation, and it is `lane_slots`' order.
+    #[test]
+    fn the_tree_sums_every_partial_once() {
+        for w in [Width::Y256, Width::Z512] {
+            let l = w.lanes();
+            let mut vecs: Vec<Vec<Vec<(usize, usize)>>> = (0..FcDot::block_rows(w))
+                .map(|a| (0..l).map(|p| vec![(a, p)]).collect())
+                .collect();
+            for &op in tree(w) {
+                vecs = vecs
+                    .chunks(2)
+                    .map(|p| {
+                        let (ia, ib) = op.imms();
+                        let (x, y) = (op.apply(&p[0], &p[1], ia), op.apply(&p[0], &p[1], ib));
+                        x.into_iter().zip(y).map(|(x, y)| [x, y].concat()).collect()
+                    })
+                    .collect();
+            }
+            assert_eq!(vecs.len(), 1, "{w:?}");
+            let mut accs = Vec::new();
+            for (lane, mut labels) in vecs.pop().unwrap().into_iter().enumerate() {
+                labels.sort_unstable();
+                let a = labels[0].0;
+                let whole: Vec<_> = (0..l).map(|p| (a, p)).collect();
+                assert_eq!(labels, whole, "{w:?} lane {lane}");
+                accs.push(a);
+            }
+            assert_eq!(accs, FcDot::lane_slots(w), "{w:?}");
+            let want: &[usize] = match w {
+                Width::Z512 => &[0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15],
+                _ => &[0, 2, 4, 6, 1, 3, 5, 7],
+            };
+            assert_eq!(accs, want, "{w:?}");
         }
     }
 }

@@ -184,14 +184,18 @@ impl Vasm {
         wide!(self, vminps(r(dst), r(a), r(b)))
     }
 
-    /// `body` emitted once and run `count` times (`count > 0`), counted down in `counter`
-    /// (the body must leave it alone; it advances its own pointers).
+    /// `body` emitted once and run `count` times, counted down in `counter` (the body must
+    /// leave it alone; it advances its own pointers). `count == 0` emits nothing (the
+    /// loop tests at its bottom: emitted, it would run 2^64 times).
     pub fn counted_loop(
         &mut self,
         counter: iced_x86::code_asm::AsmRegister64,
         count: usize,
         body: impl FnOnce(&mut Self) -> Result<()>,
     ) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
         self.a.mov(counter, count as u64).map_err(asm_err)?;
         let mut top = self.a.create_label();
         self.a.set_label(&mut top).map_err(asm_err)?;
@@ -369,6 +373,29 @@ mod tests {
             assert_eq!(disassemble(&ours), disassemble(&theirs), "{w:?}");
             assert_eq!(ours[ours.len() - 8..], theirs[theirs.len() - 8..]);
         }
+    }
+
+    /// A loop of no iterations emits neither its counter, its body nor its branch (a
+    /// bottom-tested loop would run 2^64 times); one of 3 emits all three.
+    #[test]
+    fn a_counted_loop_of_zero_emits_nothing() {
+        let emit = |count: usize| {
+            let mut v = Vasm::new(Width::Z512).unwrap();
+            let mut ran = false;
+            v.counted_loop(rax, count, |v| {
+                ran = true;
+                v.fma(0, 1, 2)
+            })
+            .unwrap();
+            v.a.ret().unwrap();
+            (ran, disassemble(&v.finish().unwrap()))
+        };
+        let (ran, code) = emit(0);
+        assert!(!ran);
+        assert_eq!(code.lines().count(), 1, "{code}");
+        let (ran, code) = emit(3);
+        assert!(ran);
+        assert_eq!(code.lines().count(), 5, "{code}");
     }
 
     #[test]
