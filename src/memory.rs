@@ -510,11 +510,12 @@ pub fn release_spare_memory() {
     drop(released);
 }
 
-/// Empties the process's caches of compiled code (the Cranelift functions and the x86
-/// micro-kernels of the models compiled so far, up to 16 MiB each: a model compiled
-/// again skips Cranelift); for an embedder that compiles no more models for a while.
-/// Models compiled later fill them again (`CNNC_CODE_CACHE=0`: the Cranelift functions
-/// never). Models already compiled keep their own code.
+/// Empties the process's caches of compiled code: the Cranelift functions and the x86
+/// micro-kernels of the models compiled so far, by default up to 16 MiB each
+/// (`CNNC_CODE_CACHE_MB` sets the first), thanks to which a model compiled again skips
+/// Cranelift. For an embedder that compiles no more models for a while. Models compiled
+/// later fill them again (`CNNC_CODE_CACHE=0`: the Cranelift functions never). Models
+/// already compiled keep their own code.
 pub fn release_compile_caches() {
     crate::jit::module::clear_code_caches();
 }

@@ -267,7 +267,11 @@ impl FcPlan {
 
 /// Packs PyTorch-layout fc weights `[out, in]` (and bias `[out]`) for the fc kernel
 /// [`KernelModule::add_fc`] generates for `spec` at the default ISA level
-/// ([`Isa::default_level`]; for another level use [`PendingFc::pack_weights`]).
+/// ([`Isa::default_level`]; for another level use [`PendingFc::pack_weights`]). At batch 1
+/// the layout depends on the level (and on `CNNC_FC_WIDE`), and two layouts can have the
+/// same length, which is all a kernel can check: a buffer packed for another level gives
+/// wrong results without an error. Pack with the kernel's own [`PendingFc::pack_weights`]
+/// wherever the level is not the default.
 pub fn pack_fc_weights(spec: &FcSpec, weights: &[f32], bias: Option<&[f32]>) -> Result<HugeBuf> {
     spec.validate()?;
     FcPlan::new(spec, Isa::default_level()).pack(spec, weights, bias)

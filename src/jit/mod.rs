@@ -26,7 +26,7 @@ pub use depthwise::{pack_depthwise_weights, DepthwiseKernel, DepthwiseSpec, Pend
 pub use elementwise::{EltKernel, EltSpec, PendingElt};
 pub use epilogue::Clip;
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
-pub use module::{Compiled, KernelListing, KernelModule, MicroId, Pending};
+pub use module::{CodeCacheCounts, Compiled, KernelListing, KernelModule, MicroId, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
 pub use threads::ThreadPool;
 
