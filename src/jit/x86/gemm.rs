@@ -489,33 +489,28 @@ impl MicroGemm {
         out_rows: bool,
         step: impl Fn(&mut Vasm, usize) -> Result<()>,
     ) -> Result<()> {
-        if count == 0 {
-            return Ok(());
-        }
-        v.a.mov(r10, count as u64).map_err(asm_err)?;
-        let mut top = v.a.create_label();
-        v.a.set_label(&mut top).map_err(asm_err)?;
-        for u in 0..UNROLL {
-            step(v, u)?;
-        }
-        v.a.add(rdi, disp(UNROLL * self.ldx * 4)?)
-            .map_err(asm_err)?;
-        v.a.add(rsi, disp(UNROLL * self.w_stride * 4)?)
-            .map_err(asm_err)?;
-        if self.prefetch_every > 0 {
-            let rows = UNROLL.div_ceil(self.prefetch_every);
-            v.a.add(r9, disp(rows * self.pf_stride() * 4)?)
+        v.counted_loop(r10, count, |v| {
+            for u in 0..UNROLL {
+                step(v, u)?;
+            }
+            v.a.add(rdi, disp(UNROLL * self.ldx * 4)?)
                 .map_err(asm_err)?;
-        }
-        if out_rows {
-            v.a.add(r9, disp(self.ldo * 4)?).map_err(asm_err)?;
-        }
-        if self.pack {
-            v.a.add(r11, disp(UNROLL * self.cols * 4)?)
+            v.a.add(rsi, disp(UNROLL * self.w_stride * 4)?)
                 .map_err(asm_err)?;
-        }
-        v.a.dec(r10).map_err(asm_err)?;
-        v.a.jnz(top).map_err(asm_err)
+            if self.prefetch_every > 0 {
+                let rows = UNROLL.div_ceil(self.prefetch_every);
+                v.a.add(r9, disp(rows * self.pf_stride() * 4)?)
+                    .map_err(asm_err)?;
+            }
+            if out_rows {
+                v.a.add(r9, disp(self.ldo * 4)?).map_err(asm_err)?;
+            }
+            if self.pack {
+                v.a.add(r11, disp(UNROLL * self.cols * 4)?)
+                    .map_err(asm_err)?;
+            }
+            Ok(())
+        })
     }
 
     /// Bias, residual, activation and the store, row by row (`rdx`, `rcx` walk the rows).
