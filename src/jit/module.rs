@@ -965,11 +965,12 @@ impl KernelModule {
                     });
                     self.cache_hits += 1;
                 }
-                None => keys[i] = Some(key),
-            }
-            // A miss's lookup too (a hit's is its whole cost).
-            if compiled[i].is_none() {
-                self.compile_cpu += t.elapsed();
+                None => {
+                    keys[i] = Some(key);
+                    // A miss's lookup counts too (a hit's is its whole cost, counted when
+                    // it is installed).
+                    self.compile_cpu += t.elapsed();
+                }
             }
         }
         (compiled, keys)
