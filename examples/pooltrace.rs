@@ -32,7 +32,7 @@ fn cpus() -> (i64, i64) {
         let tid: u32 = e.file_name().to_string_lossy().parse().unwrap_or(0);
         if tid == pid {
             r.0 = cpu;
-        } else if head.contains("cnnc-worker-1") {
+        } else if head.contains("cnnc-worker") {
             r.1 = cpu;
         }
     }

@@ -28,7 +28,7 @@ pub use epilogue::Clip;
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
 pub use module::{CodeCacheCounts, Compiled, KernelListing, KernelModule, MicroId, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
-pub use threads::ThreadPool;
+pub use threads::{release_idle_workers, ThreadPool};
 
 /// Deterministic inputs in [-1, 1) for the unit tests of the kernels: `n` values, a different
 /// sequence per `seed`.

@@ -12,11 +12,16 @@
 //! slice, for every layer) costs at most the chunk it has taken: the caller computes the
 //! rest. The kernels compute every output element with the same instructions whatever the
 //! split, so results do not depend on the thread count or on who computed what.
+//!
+//! A dropped pool's workers are not joined: each parks as an idle worker of the process
+//! (up to [`MAX_IDLE_WORKERS`]) and the next pool made takes it instead of starting a new
+//! thread. Starting a thread costs a model's compile the wait for it to run (tens of
+//! microseconds on a quiet machine, a scheduler time slice on a busy one), which is most
+//! of a small network's warm compile at two threads.
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 type JobFn<'a> = dyn Fn(usize, Range<usize>) + Sync + 'a;
@@ -90,7 +95,7 @@ struct Shared {
     shutdown: AtomicBool,
     panicked: AtomicBool,
     spin: Duration,
-    /// Workers that have started running [`worker`].
+    /// Workers running: new threads once started, idle workers once handed the pool.
     started: AtomicUsize,
     /// `CNNC_POOL_TRACE=1`: each job's timeline (a measuring knob).
     trace: Option<Trace>,
@@ -174,14 +179,97 @@ impl Shared {
 
 pub struct ThreadPool {
     shared: Arc<Shared>,
-    workers: Vec<JoinHandle<()>>,
+    /// Worker threads (the caller not counted).
+    workers: usize,
     submit: Mutex<()>,
+}
+
+/// What a worker thread is to do: be worker `index` (1..) of the pool sharing `shared`.
+struct Assignment {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+/// Idle workers kept for later pools at most (more are let go): a machine's cores are
+/// rarely more, and a parked thread costs only its stack.
+pub const MAX_IDLE_WORKERS: usize = 16;
+
+/// A parked worker's mailbox: its next pool, or `Some(None)` to exit.
+#[derive(Default)]
+struct Mailbox {
+    next: Mutex<Option<Option<Assignment>>>,
+    wake: Condvar,
+}
+
+/// The process's idle workers, in a fixed array: a worker going idle allocates nothing
+/// (it may do so while another model runs, `tests/jit_run_no_alloc.rs`).
+static IDLE: Mutex<[Option<Arc<Mailbox>>; MAX_IDLE_WORKERS]> =
+    Mutex::new([const { None }; MAX_IDLE_WORKERS]);
+
+fn idle_workers() -> std::sync::MutexGuard<'static, [Option<Arc<Mailbox>>; MAX_IDLE_WORKERS]> {
+    IDLE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lets every idle worker thread exit (they are kept for later pools: [`ThreadPool`]); for
+/// an embedder that makes no more models for a while. Pools dropped later leave theirs
+/// idle again.
+pub fn release_idle_workers() {
+    for slot in idle_workers().iter_mut() {
+        if let Some(mailbox) = slot.take() {
+            *mailbox.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(None);
+            mailbox.wake.notify_one();
+        }
+    }
+}
+
+/// The idle workers now (for tests and measurements).
+pub fn idle_worker_count() -> usize {
+    idle_workers().iter().flatten().count()
+}
+
+/// A worker thread's life: the pools it is handed, one after the other, parked in
+/// [`IDLE`] between them.
+fn worker_thread(first: Assignment) {
+    let mailbox = Arc::new(Mailbox::default());
+    first.shared.started.fetch_add(1, Ordering::Release);
+    let mut next = first;
+    loop {
+        worker(&next.shared, next.index);
+        drop(next);
+        {
+            let mut idle = idle_workers();
+            let Some(slot) = idle.iter_mut().find(|m| m.is_none()) else {
+                return;
+            };
+            *slot = Some(mailbox.clone());
+        }
+        let mut g = mailbox.next.lock().unwrap_or_else(|e| e.into_inner());
+        next = loop {
+            match g.take() {
+                Some(Some(a)) => break a,
+                Some(None) => return,
+                None => g = mailbox.wake.wait(g).unwrap_or_else(|e| e.into_inner()),
+            }
+        };
+    }
+}
+
+/// Hands `a` to an idle worker (counted as started), or gives it back if there is none.
+fn hire_idle(a: Assignment) -> Option<Assignment> {
+    let mailbox = idle_workers().iter_mut().find_map(Option::take);
+    let Some(mailbox) = mailbox else {
+        return Some(a);
+    };
+    a.shared.started.fetch_add(1, Ordering::Release);
+    *mailbox.next.lock().unwrap_or_else(|e| e.into_inner()) = Some(Some(a));
+    mailbox.wake.notify_one();
+    None
 }
 
 impl ThreadPool {
     /// A pool of `threads` threads in total (the caller counts as one, so `threads - 1`
-    /// workers are spawned); workers spin for `spin` after each job before parking.
-    /// Returns once every worker runs.
+    /// workers: idle ones of dropped pools first, then new threads); workers spin for
+    /// `spin` after each job before parking. Returns once every worker runs.
     pub fn new(threads: usize, spin: Duration) -> Self {
         let pool = Self::spawn(threads, spin);
         pool.wait_until_started();
@@ -217,28 +305,33 @@ impl ThreadPool {
                 jobs: Mutex::new(Vec::with_capacity(1 << 16)),
             }),
         });
-        let workers = (1..threads)
-            .map(|i| {
-                let s = shared.clone();
+        for index in 1..threads {
+            let a = Assignment {
+                shared: shared.clone(),
+                index,
+            };
+            if let Some(a) = hire_idle(a) {
+                // Detached: a dropped pool's workers go idle rather than being joined.
                 std::thread::Builder::new()
-                    .name(format!("cnnc-worker-{i}"))
-                    .spawn(move || worker(&s, i))
-                    .expect("spawning a worker thread")
-            })
-            .collect();
+                    .name("cnnc-worker".into())
+                    .spawn(move || worker_thread(a))
+                    .expect("spawning a worker thread");
+            }
+        }
         ThreadPool {
             shared,
-            workers,
+            workers: threads - 1,
             submit: Mutex::new(()),
         }
     }
 
     /// Returns once every worker runs. A new thread allocates as it starts (std keeps its
-    /// name): a model waits before its first run, so that a worker the scheduler starts late
-    /// does not allocate during a run (`run_into` allocates nothing,
-    /// `tests/jit_run_no_alloc.rs`).
+    /// name, the worker its mailbox): a model waits before its first run, so that a worker
+    /// the scheduler starts late does not allocate during a run (`run_into` allocates
+    /// nothing, `tests/jit_run_no_alloc.rs`). An idle worker handed the pool counts as
+    /// running at once: it allocates nothing to join.
     pub(crate) fn wait_until_started(&self) {
-        while self.shared.started.load(Ordering::Acquire) < self.workers.len() {
+        while self.shared.started.load(Ordering::Acquire) < self.workers {
             std::thread::yield_now();
         }
     }
@@ -268,7 +361,7 @@ impl ThreadPool {
 
     /// Total threads, the caller included.
     pub fn threads(&self) -> usize {
-        self.workers.len() + 1
+        self.workers + 1
     }
 
     /// Runs `f(thread, range)` over chunks that together cover `0..units` once, on this
@@ -398,8 +491,8 @@ impl ThreadPool {
     }
 }
 
+/// Worker `index` of the pool sharing `s`, until the pool is dropped.
 fn worker(s: &Shared, index: usize) {
-    s.started.fetch_add(1, Ordering::Release);
     let mut seen = 0usize;
     loop {
         // Wait for a new epoch: spin first, then park.
@@ -449,20 +542,13 @@ fn worker(s: &Shared, index: usize) {
     }
 }
 
+/// Not joined: the workers leave [`worker`] at the shutdown and go idle ([`worker_thread`]).
+/// No job is running (`split` borrows the pool), so none still uses the pool's closures.
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
-        {
-            let _g = self
-                .shared
-                .sleepers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.shared.wake.notify_all();
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+        let _g = (self.shared.sleepers.lock()).unwrap_or_else(|e| e.into_inner());
+        self.shared.wake.notify_all();
     }
 }
 
