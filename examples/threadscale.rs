@@ -14,6 +14,10 @@
 //! lines of each of 16 planes, as a GEMM tile's stores) one half: the one it wrote
 //! (same) or the other thread's (cross), in turn; minima and medians of that phase.
 //!
+//! `threadscale phase`: the host's two-thread phase now (`examples/common/phase.rs`): the
+//! microseconds of the cross-core probe, the median of 5, then `fast` or `slow`
+//! (`scripts/compare_peers.py` labels its two-thread rounds with it).
+//!
 //! `threadscale GRAPH.yaml [rounds]`: a whole network compiled for 1 and for 2 threads,
 //! profiled alternately; per layer the minimum over the rounds at 1 and 2 threads (at 2,
 //! over the rounds of each of the host's phases, `examples/common/phase.rs`) and their
@@ -42,6 +46,12 @@ fn main() {
     }
     if which == "l3" {
         return l3_reads(&args[2..]);
+    }
+    if which == "phase" {
+        let mut us: Vec<f64> = (0..5).map(|_| phase::cross_core_us()).collect();
+        us.sort_by(f64::total_cmp);
+        let fast = us[2] < phase::FAST_BELOW_US;
+        return println!("{:.1} {}", us[2], if fast { "fast" } else { "slow" });
     }
     let spec = match which {
         "1x1" => ConvSpec {

@@ -10,7 +10,10 @@ creation from the model's bytes, both measured two ways: "first", the first mode
 process makes (cnnc: `cnnc bench`; onnxruntime: a new Python process that has imported
 onnxruntime and read the file), which pays for cold code, a fresh heap and its page
 faults; "warm", the median of later ones in one process (cnnc: `examples/compiletime.rs`
-at one and at two threads, onnxruntime: one-thread sessions after a first). Prints one markdown table (paste it into BENCHMARKS.md).
+at one and at two threads, onnxruntime: one-thread sessions after a first). Before each
+two-thread round of either engine the host's phase is probed (`threadscale phase`), and the
+table says which phase each round fell in and, where both engines had rounds in a phase,
+their ratio in that phase. Prints one markdown table (paste it into BENCHMARKS.md).
 
 ONNX models (`--onnx a.onnx,b.onnx`) are imported with `cnnc import` instead, and
 onnxruntime runs the file itself, both cut before a final Softmax so that the check
@@ -141,6 +144,16 @@ def cnnc_warm_compile_ms(graph, threads=1, reps=5):
     return float(row[8])  # the total's median
 
 
+def host_phase():
+    """The host's two-thread phase now, 'fast' or 'slow' (`examples/threadscale.rs phase`:
+    on a VM whose two vCPUs sometimes sit on one die and sometimes on two, a line one core
+    wrote costs the other 2-2.5x as much to read in the second phase, and two-thread times
+    differ by up to 1.5x between the phases)."""
+    exe = REPO / "target" / "release" / "examples" / "threadscale"
+    return subprocess.run([str(exe), "phase"], check=True, capture_output=True,
+                          text=True).stdout.split()[-1]
+
+
 def time_ort(sess, x, seconds):
     name = sess.get_inputs()[0].name
     for _ in range(3):
@@ -169,8 +182,8 @@ def main():
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=REPO, check=True)
-    subprocess.run(["cargo", "build", "--release", "-q", "--example", "compiletime"], cwd=REPO,
-                   check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "--example", "compiletime",
+                    "--example", "threadscale"], cwd=REPO, check=True)
     threads = [1, 2]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,10 +213,16 @@ def main():
 
             ours = {t: [] for t in threads}
             theirs = {t: [] for t in threads}
+            # The host's two-thread phase before each two-thread round, per engine.
+            phases = {"cnnc": [], "ort": []}
             compile_ms, ort_first = [], []
             for _ in range(args.rounds):
                 for t in threads:
+                    if t == 2:
+                        phases["ort"].append(host_phase())
                     theirs[t].append(time_ort(sessions[t], x, args.seconds))
+                    if t == 2:
+                        phases["cnnc"].append(host_phase())
                     rep = json.loads(cnnc("bench", graph, *isa, "--threads", t, "--time", args.seconds,
                                           "--json"))
                     ours[t].append(rep["median_ms"])
@@ -219,6 +238,13 @@ def main():
             for t in threads:
                 row[f"cnnc_{t}"] = med(ours[t])
                 row[f"ort_{t}"] = med(theirs[t])
+            row["phases"] = phases
+            row["by_phase"] = {}
+            for ph in ("fast", "slow"):
+                a = [v for v, p in zip(ours[2], phases["cnnc"]) if p == ph]
+                b = [v for v, p in zip(theirs[2], phases["ort"]) if p == ph]
+                if a and b:
+                    row["by_phase"][ph] = med(a) / med(b)
             rows.append(row)
             print(f"{g}: done", file=sys.stderr)
 
@@ -230,15 +256,17 @@ def main():
     print("| network | GFLOP | cnnc 1T (ms) | ORT 1T (ms) | cnnc/ORT 1T | cnnc 2T (ms) | ORT 2T (ms) "
           "| cnnc/ORT 2T | cnnc GFLOP/s 1T | cnnc compile / ORT session, first (ms) "
           "| warm: cnnc 1T, 2T / ORT (ms) "
-          "| max rel L2 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| max rel L2 | 2T phases cnnc / ORT | cnnc/ORT 2T by phase |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['graph']} | {r['gflop']:.4f} | {r['cnnc_1']:.3f} | {r['ort_1']:.3f} | "
               f"{r['cnnc_1'] / r['ort_1']:.2f} | {r['cnnc_2']:.3f} | {r['ort_2']:.3f} | "
               f"{r['cnnc_2'] / r['ort_2']:.2f} | {r['gflop'] / r['cnnc_1'] * 1e3:.1f} | "
               f"{r['cnnc_compile']:.0f} / {r['ort_first']:.0f} | "
               f"{r['cnnc_warm']:.1f}, {r['cnnc_warm_2']:.1f} / {r['ort_create']:.1f} | "
-              f"{r['rel_l2']:.1e} |")
+              f"{r['rel_l2']:.1e} | "
+              f"{''.join(p[0] for p in r['phases']['cnnc'])} / {''.join(p[0] for p in r['phases']['ort'])} | "
+              f"{', '.join(f'{k} {v:.2f}' for k, v in r['by_phase'].items()) or '-'} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
