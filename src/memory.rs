@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::ir::{stats::layer_stats, Graph, Op};
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The engine a run uses: the interpreter keeps every activation of the whole batch;
@@ -343,20 +343,29 @@ impl HugeBuf {
             return Ok(None);
         }
         // The knobs are read only for a buffer large enough to be mapped.
+        let small_only = std::env::var("CNNC_HUGE_PAGES").is_ok_and(|v| v.trim() == "small");
         let faults = match crate::knobs::forced("CNNC_HUGE_PAGES") {
             Some(false) => return Ok(None),
             Some(true) => None,
-            None => Some(crate::knobs::number("CNNC_HUGE_FAULT_US").unwrap_or(HUGE_FAULT_LIMIT_US)),
+            None if small_only => Some((&ALWAYS_SMALL, 0)),
+            None => Some((
+                &FAULT_COSTS,
+                crate::knobs::number("CNNC_HUGE_FAULT_US").unwrap_or(HUGE_FAULT_LIMIT_US),
+            )),
         };
         if let Some(map) = bytes.checked_add(HUGE_PAGE).and_then(Spares::take) {
             return Ok(Some((Self::at_huge_boundary(map, len), false)));
         }
         let mut buf = Self::mapped(len, what)?;
-        if let (Some(limit_us), HugeBuf::Mapped { map, offset, .. }) = (faults, &mut buf) {
+        if let (Some((costs, limit_us)), HugeBuf::Mapped { map, offset, .. }) = (faults, &mut buf) {
             // A mapping with chunks on small pages (faulted in while huge pages were slow)
             // is not kept for reuse: it would pin that moment's choice on every later
             // buffer of its size.
-            map.spare = fault_in(map, *offset, bytes, &FAULT_COSTS, limit_us);
+            let small = fault_in(map, *offset, bytes, costs, limit_us);
+            map.spare = small.is_empty();
+            if !small.is_empty() && !crate::knobs::off("CNNC_HUGE_COLLAPSE") {
+                map.owner = Collapses::lock().add(&small);
+            }
         }
         Ok(Some((buf, true)))
     }
@@ -386,6 +395,7 @@ impl HugeBuf {
             map: Mapping {
                 map: Some(map),
                 spare: true,
+                owner: 0,
             },
             offset,
             len,
@@ -399,10 +409,17 @@ pub struct Mapping {
     /// Always `Some` but while it is being dropped.
     map: Option<memmap2::MmapMut>,
     spare: bool,
+    /// Its key in [`Collapses`] while chunks of it wait there (0: none).
+    owner: u64,
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if self.owner != 0 {
+            // Under the lock, which a collapse holds: once this returns, no collapse is
+            // under way in this mapping or will be, and it can be unmapped.
+            Collapses::lock().forget(self.owner);
+        }
         if let Some(map) = self.map.take().filter(|_| self.spare) {
             Spares::keep(map);
         }
@@ -496,6 +513,280 @@ impl Spares {
     }
 }
 
+/// Chunks of live mappings that [`fault_in`] gave small pages (while huge faults were
+/// slow), waiting to be collapsed into huge pages in place (`MADV_COLLAPSE`, Linux 6.1+),
+/// oldest first, each with its mapping's key. A collapse is made with the lock held and a
+/// dropped [`Mapping`] removes its chunks under the lock before it is unmapped, so no
+/// collapse touches memory that is not (or no longer) a live buffer's.
+///
+/// Why: the small chunks cost the runs up to 1-2% (streaming 4 KiB pages), for the
+/// model's life. `MADV_COLLAPSE` keeps the contents and is transparent to threads reading
+/// or writing the chunk (they wait at a page fault while it copies), as khugepaged's
+/// collapses are; but it copies the 2 MiB into a new huge page and must get that page from
+/// the host (7-30 ms where the guest had reported it free), so it is done off the
+/// compile's path: by a background thread at idle priority ([`settle_later`]), or by the
+/// caller ([`settle_huge_pages`]). `CNNC_HUGE_COLLAPSE=0` (read at each buffer) leaves the
+/// chunks small.
+struct Collapses {
+    chunks: std::collections::VecDeque<(u64, usize)>,
+    /// The next mapping's key (from 1).
+    next_owner: u64,
+}
+
+static COLLAPSES: std::sync::Mutex<Collapses> = std::sync::Mutex::new(Collapses {
+    chunks: std::collections::VecDeque::new(),
+    next_owner: 1,
+});
+
+/// Full chunks that [`fault_in`] gave small pages, collapsed chunks, and chunks whose
+/// collapse failed, since the process started.
+static SMALL_CHUNKS: AtomicU64 = AtomicU64::new(0);
+static COLLAPSED: AtomicU64 = AtomicU64::new(0);
+static COLLAPSE_FAILED: AtomicU64 = AtomicU64::new(0);
+/// Set when the kernel refuses `MADV_COLLAPSE` itself (before Linux 6.1, or THP off):
+/// nothing is queued or tried after that.
+static COLLAPSE_UNSUPPORTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+impl Collapses {
+    fn lock() -> std::sync::MutexGuard<'static, Collapses> {
+        // Every change is made whole under the lock.
+        COLLAPSES.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues the chunks at `starts` (2 MiB each, of one mapping); the mapping's key (0:
+    /// none queued, where `MADV_COLLAPSE` proved unsupported).
+    fn add(&mut self, starts: &[usize]) -> u64 {
+        if starts.is_empty() || COLLAPSE_UNSUPPORTED.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let owner = self.next_owner;
+        self.next_owner += 1;
+        self.chunks.extend(starts.iter().map(|&at| (owner, at)));
+        owner
+    }
+
+    /// Removes the chunks of mapping `owner` (dropped).
+    fn forget(&mut self, owner: u64) {
+        self.chunks.retain(|&(o, _)| o != owner);
+    }
+}
+
+/// What became of the 2 MiB chunks of packed weights and arenas that were faulted in on
+/// small pages because huge pages were slow to fault in (docs/runtime.md, "Faulted in by
+/// the chunk"), since the process started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HugeChunkCounts {
+    /// Chunks faulted in on small pages.
+    pub small: u64,
+    /// Of those, collapsed into huge pages since.
+    pub collapsed: u64,
+    /// Collapses that failed (no huge page to be had, or unsupported).
+    pub failed: u64,
+    /// Chunks of live buffers waiting for a collapse.
+    pub pending: usize,
+}
+
+/// The process's [`HugeChunkCounts`].
+pub fn huge_chunk_counts() -> HugeChunkCounts {
+    HugeChunkCounts {
+        small: SMALL_CHUNKS.load(Ordering::Relaxed),
+        collapsed: COLLAPSED.load(Ordering::Relaxed),
+        failed: COLLAPSE_FAILED.load(Ordering::Relaxed),
+        pending: Collapses::lock().chunks.len(),
+    }
+}
+
+/// Collapses every chunk now waiting ([`Collapses`]) into huge pages, on the caller's
+/// thread; how many it collapsed. For an embedder that wants its models at full speed
+/// before serving, at a time of its choosing (each chunk may take the host 7-30 ms to
+/// back; a run reading a chunk meanwhile waits for it). The background thread
+/// ([`settle_later`]) does the same at idle priority.
+pub fn settle_huge_pages() -> usize {
+    let mut warm = WarmPage::new();
+    let mut n = 0;
+    while let Some(done) = collapse_next(&mut warm) {
+        n += usize::from(done);
+    }
+    n
+}
+
+/// Wakes the process's background thread (started on the first call) to collapse the
+/// chunks waiting, if any: after a compile, and after a run that made a workspace. The
+/// thread runs at `SCHED_IDLE` priority, so it takes only a CPU that nothing else wants.
+pub(crate) fn settle_later() {
+    static WAKE: std::sync::Condvar = std::sync::Condvar::new();
+    static STARTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    // A collapse under way holds the lock: then there is work, and the thread is awake.
+    if COLLAPSES.try_lock().is_ok_and(|q| q.chunks.is_empty()) {
+        return;
+    }
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    if !*started {
+        let spawned = std::thread::Builder::new()
+            .name("cnnc-settle".into())
+            .spawn(|| {
+                lower_own_priority();
+                let mut warm = WarmPage::new();
+                loop {
+                    while collapse_next(&mut warm).is_some() {}
+                    // Checked under STARTED, which `settle_later` holds to wake the
+                    // thread: chunks queued after the check come with a wake-up.
+                    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+                    while Collapses::lock().chunks.is_empty() {
+                        started = WAKE.wait(started).unwrap_or_else(|p| p.into_inner());
+                    }
+                }
+            });
+        // Without the thread the chunks stay small (the runs are correct either way).
+        *started = spawned.is_ok();
+    }
+    WAKE.notify_one();
+}
+
+/// Puts the calling thread at `SCHED_IDLE` (Linux): it runs only on a CPU nothing else
+/// wants. Best effort.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    sys::idle_priority();
+}
+
+/// A scratch huge page that a collapse has the host back first: the page `MADV_COLLAPSE`
+/// allocates is most often the one just freed on this CPU (the per-CPU lists keep huge
+/// pages too), so its host fault (7-30 ms where the guest had reported the block free)
+/// happens here, where no run waits for it, and the copy under the mmap lock is a copy.
+/// (Measured: 27 against 3-6 ms per collapse, load 5; docs/jit-history.md.)
+struct WarmPage {
+    map: Option<memmap2::MmapMut>,
+}
+
+impl WarmPage {
+    fn new() -> Self {
+        let map = memmap2::MmapMut::map_anon(2 * HUGE_PAGE).ok();
+        #[cfg(target_os = "linux")]
+        if let Some(m) = &map {
+            let _ = m.advise(memmap2::Advice::HugePage);
+        }
+        WarmPage { map }
+    }
+
+    /// Faults in the scratch huge page and frees it.
+    fn warm(&mut self) {
+        let Some(map) = &mut self.map else { return };
+        let at = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
+        map[at] = 1;
+        #[cfg(target_os = "linux")]
+        #[allow(unsafe_code)]
+        // SAFETY: a huge page inside this mapping, which only `warm` uses and nothing
+        // borrows now; what it held (a 1) is not needed.
+        let _ = unsafe { sys::madvise(map.as_ptr() as usize + at, HUGE_PAGE, libc::MADV_DONTNEED) };
+    }
+}
+
+/// Collapses the oldest waiting chunk: `Some(true)` if it is now a huge page,
+/// `Some(false)` if that failed, `None` if none waits.
+fn collapse_next(warm: &mut WarmPage) -> Option<bool> {
+    if Collapses::lock().chunks.is_empty() {
+        return None;
+    }
+    warm.warm();
+    let mut queue = Collapses::lock();
+    let (_, at) = queue.chunks.pop_front()?;
+    // With the lock held: the chunk's mapping is live until its drop has removed its
+    // chunks from the queue, which waits for the lock.
+    let result = collapse(at);
+    match result {
+        Collapse::Done => {
+            COLLAPSED.fetch_add(1, Ordering::Relaxed);
+        }
+        Collapse::Failed => {
+            COLLAPSE_FAILED.fetch_add(1, Ordering::Relaxed);
+        }
+        Collapse::Unsupported => {
+            COLLAPSE_FAILED.fetch_add(1 + queue.chunks.len() as u64, Ordering::Relaxed);
+            COLLAPSE_UNSUPPORTED.store(true, Ordering::Relaxed);
+            queue.chunks.clear();
+        }
+    }
+    Some(result == Collapse::Done)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Collapse {
+    Done,
+    /// This chunk (no huge page to be had, or its pages changed meanwhile).
+    Failed,
+    /// The kernel has no `MADV_COLLAPSE` (EINVAL: before Linux 6.1, or THP off).
+    Unsupported,
+}
+
+/// Advises the 2 MiB chunk at `at` huge again (undoing [`fault_in`]'s `MADV_NOHUGEPAGE`)
+/// and collapses it into a huge page in place. The caller guarantees that `at..at + 2
+/// MiB` is inside a live mapping of a [`HugeBuf`] (the [`Collapses`] lock).
+fn collapse(at: usize) -> Collapse {
+    #[cfg(target_os = "linux")]
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: the chunk is inside a live mapping (the caller's guarantee), and both
+        // advices keep what it holds.
+        let done = unsafe {
+            // Advice only (where it fails, so does the collapse).
+            let _ = sys::madvise(at, HUGE_PAGE, libc::MADV_HUGEPAGE);
+            sys::madvise(at, HUGE_PAGE, libc::MADV_COLLAPSE)
+        };
+        match done {
+            Ok(()) => Collapse::Done,
+            Err(libc::EINVAL) => Collapse::Unsupported,
+            Err(_) => Collapse::Failed,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = at;
+        Collapse::Unsupported
+    }
+}
+
+/// The system calls of the collapse, the crate's only ones outside `jit`.
+#[cfg(target_os = "linux")]
+mod sys {
+    /// `madvise(advice)` on the `len` bytes at `at` (whole pages); the errno on failure.
+    ///
+    /// # Safety
+    /// The range is mapped by this process for the call's duration, and the advice keeps
+    /// what it holds (`MADV_HUGEPAGE`; `MADV_COLLAPSE`, where the kernel copies the pages
+    /// into a huge page and maps it in their place, any thread touching the range
+    /// meanwhile waiting at a page fault, as with khugepaged), or is `MADV_DONTNEED` on
+    /// memory whose contents no one needs (anonymous private memory then reads as zero).
+    /// No reference is made to the range, so threads may hold `&` or `&mut` to it.
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn madvise(
+        at: usize,
+        len: usize,
+        advice: libc::c_int,
+    ) -> Result<(), libc::c_int> {
+        debug_assert!(matches!(
+            advice,
+            libc::MADV_HUGEPAGE | libc::MADV_COLLAPSE | libc::MADV_DONTNEED
+        ));
+        // SAFETY: the caller's guarantee.
+        match unsafe { libc::madvise(at as *mut libc::c_void, len, advice) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL)),
+        }
+    }
+
+    /// Puts the calling thread at `SCHED_IDLE`: it runs only on a CPU nothing else wants.
+    pub(super) fn idle_priority() {
+        let param = libc::sched_param { sched_priority: 0 };
+        #[allow(unsafe_code)]
+        // SAFETY: a system call on the calling thread (0) with a valid parameter.
+        let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    }
+}
+
 /// Gives the mappings kept for reuse ([`Spares`], up to 64 MiB of resident memory after
 /// the models that used them are dropped) back to the system; for an embedder that
 /// compiles no more models for a while. Buffers dropped later are kept again
@@ -544,6 +835,15 @@ pub(crate) struct FaultCosts {
 /// workspace ([`forget_fault_costs`]): what the host's memory costs changes within seconds (a
 /// block freed by a previous model is cheap until the guest reports it, about 2 s later).
 static FAULT_COSTS: FaultCosts = FaultCosts::new();
+
+/// Costs under which every full chunk is faulted in on small pages, as after a first
+/// compile while huge pages were slow: `CNNC_HUGE_PAGES=small` (a measuring knob, for
+/// A/B runs of [`settle_huge_pages`] and the like). Huge pages are never measured here, so
+/// they stay "slower" than any small chunk.
+static ALWAYS_SMALL: FaultCosts = FaultCosts {
+    huge: AtomicU32::new(u32::MAX),
+    small: AtomicU32::new(0),
+};
 
 /// Starts the process's choice of page size afresh (at the start of a compile, and before
 /// a run's new workspace: `Model::take_workspace`).
@@ -604,17 +904,18 @@ pub(crate) fn choose_huge(huge_us: u32, small_us: u32, limit_us: u32) -> bool {
 /// `MADV_NOHUGEPAGE` and written once per small page, a huge one once (where the kernel
 /// has no huge page to give, the writer faults in the rest). Each full chunk's time goes
 /// into `costs`. Only bytes of the floats are written, and with the zero they
-/// hold. Whether every chunk was given a huge page.
+/// hold. The addresses of the full chunks given small pages (none: every chunk huge; a
+/// partial last chunk, which has small pages anyway, is not listed).
 fn fault_in(
     map: &mut memmap2::MmapMut,
     start: usize,
     bytes: usize,
     costs: &FaultCosts,
     limit_us: u32,
-) -> bool {
+) -> Vec<usize> {
     let end = start + bytes;
     let mut at = start;
-    let mut all_huge = true;
+    let mut small = Vec::new();
 
     while at < end {
         let next = (at + HUGE_PAGE).min(end);
@@ -637,11 +938,14 @@ fn fault_in(
         }
         if full {
             costs.record(huge, t.elapsed());
+            if !huge {
+                small.push(map.as_ptr() as usize + at);
+            }
         }
-        all_huge &= huge;
         at = next;
     }
-    all_huge
+    SMALL_CHUNKS.fetch_add(small.len() as u64, Ordering::Relaxed);
+    small
 }
 
 /// As the floats' slice, like a vector's.
@@ -971,6 +1275,112 @@ mod tests {
         assert!(has(&first, "hg") && !has(&first, "nh"), "{first}");
         let second = flags(start + HUGE_PAGE);
         assert!(has(&second, "nh") && !has(&second, "hg"), "{second}");
+    }
+
+    #[test]
+    fn a_dropped_mappings_chunks_leave_the_collapse_queue() {
+        let mut q = Collapses {
+            chunks: std::collections::VecDeque::new(),
+            next_owner: 1,
+        };
+        assert_eq!(q.add(&[]), 0, "nothing queued, no key");
+        let a = q.add(&[1 << 21, 2 << 21]);
+        let b = q.add(&[5 << 21]);
+        assert!(a != 0 && b != 0 && a != b);
+        q.forget(a);
+        assert_eq!(q.chunks, [(b, 5 << 21)]);
+        q.forget(b);
+        assert!(q.chunks.is_empty());
+
+        // The process's queue: a mapping with chunks waiting takes them along when dropped.
+        if crate::knobs::forced("CNNC_HUGE_PAGES") == Some(false) {
+            return;
+        }
+        let Ok(HugeBuf::Mapped {
+            mut map, offset, ..
+        }) = HugeBuf::mapped((4 << 20) / 4, "a test")
+        else {
+            panic!("not mapped");
+        };
+        let start = map.as_ptr() as usize + offset;
+        let chunks = [start, start + HUGE_PAGE];
+        map.spare = false;
+        map.owner = Collapses::lock().add(&chunks);
+        if map.owner == 0 {
+            eprintln!("skipped: MADV_COLLAPSE proved unsupported");
+            return;
+        }
+        let owner = map.owner;
+        drop(map);
+        let queue = Collapses::lock();
+        assert!(queue.chunks.iter().all(|&(o, _)| o != owner));
+    }
+
+    /// A buffer faulted in on small pages holds huge pages after [`collapse`], and the
+    /// same floats; readers on other threads meanwhile see them unchanged.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn small_chunks_collapse_into_huge_pages_and_keep_their_values() {
+        if !has_thp() {
+            return;
+        }
+        let n = (6 << 20) / 4 + 3; // three full chunks and a partial one
+        let Ok(HugeBuf::Mapped {
+            mut map,
+            offset,
+            len,
+        }) = HugeBuf::mapped(n, "a test")
+        else {
+            panic!("not mapped");
+        };
+        let small = fault_in(&mut map, offset, n * 4, &FaultCosts::with(u32::MAX, 1), 0);
+        let start = map.as_ptr() as usize + offset;
+        assert_eq!(small, [start, start + HUGE_PAGE, start + 2 * HUGE_PAGE]);
+        let mut buf = HugeBuf::Mapped { map, offset, len };
+        for (i, x) in buf.iter_mut().enumerate() {
+            *x = i as f32 * 0.25 - 7.0;
+        }
+        let huge_kib = || -> u64 { vmas(start, start + n * 4).iter().map(|v| v.2).sum() };
+        assert_eq!(huge_kib(), 0, "small pages");
+        let expected = |i: usize| (i as f32 * 0.25 - 7.0).to_bits();
+        let buf = &buf;
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut sweeps = 0;
+                while !stop.load(Ordering::Relaxed) || sweeps == 0 {
+                    for i in (0..n).step_by(97) {
+                        assert_eq!(buf[i].to_bits(), expected(i), "float {i}");
+                    }
+                    sweeps += 1;
+                }
+            });
+            let mut done = 0u64;
+            for &at in &small {
+                match collapse(at) {
+                    Collapse::Done => done += 1,
+                    Collapse::Unsupported => {
+                        eprintln!("skipped: no MADV_COLLAPSE (before Linux 6.1?)");
+                        stop.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    // No free huge page in the system: nothing to check but the values.
+                    Collapse::Failed => eprintln!("a collapse failed: no huge page?"),
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            reader.join().unwrap();
+            // Each collapse that succeeded left a huge page.
+            assert!(
+                huge_kib() >= done * 2048,
+                "{done}: {:?}",
+                vmas(start, start + n * 4)
+            );
+            if done == 0 {
+                eprintln!("no chunk collapsed: only the values were checked");
+            }
+        });
+        assert!((0..n).all(|i| buf[i].to_bits() == expected(i)));
     }
 
     #[test]

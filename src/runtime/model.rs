@@ -261,6 +261,9 @@ impl Model {
             packing_time: made.packing_time,
             code_cache_counts: made.code_cache_counts,
         };
+        // Chunks of the packed weights faulted in on small pages (huge pages were slow to
+        // fault in) become huge pages in the background, after the compile.
+        crate::memory::settle_later();
         Ok((model, made.listings))
     }
 
@@ -377,10 +380,12 @@ impl Model {
                 // A workspace is made at a run, maybe long after the compile whose page
                 // costs the process remembers: measure afresh (`memory::FaultCosts`).
                 crate::memory::forget_fault_costs();
-                Ok(Workspace {
+                let ws = Workspace {
                     arena: AlignedBuf::zeroed(self.arena_len, "the activation arena")?,
                     scratch: AlignedBuf::zeroed(self.scratch_len, "kernel scratch memory")?,
-                })
+                };
+                crate::memory::settle_later();
+                Ok(ws)
             }
         }
     }

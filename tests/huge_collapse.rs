@@ -1,0 +1,60 @@
+//! A model whose packed weights were faulted in on small pages (`CNNC_HUGE_PAGES=small`,
+//! as after a first compile while huge pages were slow to fault in) has them collapsed
+//! into huge pages (`memory::settle_huge_pages`, or the background thread), runs to the
+//! same bits after, and a dropped model leaves nothing to collapse. One test in this
+//! binary: it sets the process's environment.
+use cnnc::{compile, Options, Tensor};
+
+#[test]
+fn small_chunks_of_packed_weights_are_collapsed_and_the_results_unchanged() {
+    if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+        eprintln!("skipped: this kernel has no transparent huge pages");
+        return;
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut g = cnnc::format::load(repo.join("graphs/vgg_cifar.yaml")).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let s = g.input_shape();
+    let x = Tensor::new(
+        vec![1, s.c, s.h, s.w],
+        cnnc::weights::standard_normal(7, "vgg_cifar", s.len()),
+    )
+    .unwrap();
+    std::env::set_var("CNNC_HUGE_PAGES", "small");
+    let opts = Options::default();
+    let before = cnnc::memory::huge_chunk_counts();
+    let model = compile(&g, &opts).unwrap();
+    let after_compile = cnnc::memory::huge_chunk_counts();
+    // vgg_cifar's 512 -> 512 convs pack 9.4 MB each (Winograd: more): several chunks.
+    assert!(
+        after_compile.small >= before.small + 4,
+        "{before:?} {after_compile:?}"
+    );
+    let first = model.run(&x).unwrap();
+    cnnc::memory::settle_huge_pages();
+    let settled = cnnc::memory::huge_chunk_counts();
+    assert_eq!(settled.pending, 0, "{settled:?}");
+    if settled.failed > before.failed && settled.collapsed == before.collapsed {
+        eprintln!("skipped: no collapse succeeded (no MADV_COLLAPSE?) {settled:?}");
+    } else {
+        assert!(settled.collapsed > before.collapsed, "{settled:?}");
+    }
+    let again = model.run(&x).unwrap();
+    for (a, b) in first.iter().zip(&again) {
+        assert!(a
+            .data()
+            .iter()
+            .zip(b.data())
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+    // Another model's chunks, dropped before any collapse: none is left queued.
+    std::env::set_var("CNNC_HUGE_COLLAPSE", "0");
+    let off = compile(&g, &opts).unwrap();
+    assert_eq!(cnnc::memory::huge_chunk_counts().pending, 0, "knob off");
+    drop(off);
+    std::env::remove_var("CNNC_HUGE_COLLAPSE");
+    let queued = compile(&g, &opts).unwrap();
+    drop(queued);
+    assert_eq!(cnnc::memory::huge_chunk_counts().pending, 0, "dropped");
+    std::env::remove_var("CNNC_HUGE_PAGES");
+}
