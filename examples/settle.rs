@@ -3,8 +3,10 @@
 //! and prints the compile time and what became of its 2 MiB chunks
 //! (`memory::huge_chunk_counts`: how many fell back to small pages), then runs it for
 //! SECONDS (default 5) and prints the runs' times by second, with the chunks collapsed so
-//! far. MODE: `bg` (the default background collapse), `off` (`CNNC_HUGE_COLLAPSE=0`), or
-//! `sync` (`memory::settle_huge_pages` right after the compile, timed). Set
+//! far. MODE: `bg` (the default background collapse, which waits while a run is in
+//! progress), `gaps` (the same with 10 ms between runs, as a server between requests),
+//! `off` (`CNNC_HUGE_COLLAPSE=0`), or `sync` (`memory::settle_huge_pages` right after the
+//! compile, timed). Set
 //! `CNNC_HUGE_PAGES=small` to have every chunk fall back, as after a slow first compile.
 use std::time::{Duration, Instant};
 
@@ -64,6 +66,9 @@ fn main() {
         let t = Instant::now();
         model.run_into(&x, &mut outs).unwrap();
         let ms = t.elapsed().as_secs_f64() * 1e3;
+        if mode == "gaps" {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         second.push(ms);
         all.push(ms);
         if start.elapsed() >= mark {

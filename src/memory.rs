@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::ir::{stats::layer_stats, Graph, Op};
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The engine a run uses: the interpreter keeps every activation of the whole batch;
@@ -524,8 +524,8 @@ impl Spares {
 /// or writing the chunk (they wait at a page fault while it copies), as khugepaged's
 /// collapses are; but it copies the 2 MiB into a new huge page and must get that page from
 /// the host (7-30 ms where the guest had reported it free), so it is done off the
-/// compile's path: by a background thread at idle priority ([`settle_later`]), or by the
-/// caller ([`settle_huge_pages`]). `CNNC_HUGE_COLLAPSE=0` (read at each buffer) leaves the
+/// compile's path: by a background thread while no run is in progress ([`settle_later`]),
+/// or by the caller ([`settle_huge_pages`]). `CNNC_HUGE_COLLAPSE=0` (read at each buffer) leaves the
 /// chunks small.
 struct Collapses {
     chunks: std::collections::VecDeque<(u64, usize)>,
@@ -601,51 +601,121 @@ pub fn huge_chunk_counts() -> HugeChunkCounts {
 /// thread; how many it collapsed. For an embedder that wants its models at full speed
 /// before serving, at a time of its choosing (each chunk may take the host 7-30 ms to
 /// back; a run reading a chunk meanwhile waits for it). The background thread
-/// ([`settle_later`]) does the same at idle priority.
+/// ([`settle_later`]) does the same while no run is in progress.
 pub fn settle_huge_pages() -> usize {
     let mut warm = WarmPage::new();
     let mut n = 0;
-    while let Some(done) = collapse_next(&mut warm) {
+    while let Some(done) = collapse_next(&mut warm, &|| true) {
         n += usize::from(done);
     }
     n
 }
 
+/// The background collapse's state: whether its thread is started, and the condition it
+/// waits on (chunks queued and no run in progress), signalled by [`settle_later`] and by
+/// the end of a run while the thread waits ([`RunGuard`]).
+static SETTLER: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static SETTLER_WAKE: std::sync::Condvar = std::sync::Condvar::new();
+/// Set while the thread waits for the runs in progress to end.
+static SETTLER_WAITS_FOR_RUNS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+/// Runs in progress in the process (`Model::run` and the like, [`RunGuard`]), and runs
+/// started since it started.
+static RUNS: AtomicUsize = AtomicUsize::new(0);
+static RUNS_STARTED: AtomicU64 = AtomicU64::new(0);
+
+/// How long no run must have been in progress before the background thread collapses a
+/// chunk: a gap between requests, not the moment between two runs of a loop (there a
+/// collapse would delay the next run, by up to 20 ms of a 28 ms ResNet-50 run).
+const QUIET: Duration = Duration::from_millis(5);
+
+/// Counts a run in progress while it lives: the background collapse waits for none to be,
+/// so that no run waits for a chunk it reads (a collapse takes 1-30 ms) or shares its CPU.
+pub(crate) struct RunGuard(());
+
+impl RunGuard {
+    pub(crate) fn new() -> Self {
+        RUNS_STARTED.fetch_add(1, Ordering::Relaxed);
+        RUNS.fetch_add(1, Ordering::SeqCst);
+        RunGuard(())
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        // SeqCst with the thread's store of the flag before it checks RUNS: either it sees
+        // this run ended, or this sees it waiting (then wakes it, under the lock it waits
+        // with, so the wake-up is not lost).
+        if RUNS.fetch_sub(1, Ordering::SeqCst) == 1 && SETTLER_WAITS_FOR_RUNS.load(Ordering::SeqCst)
+        {
+            let _started = SETTLER.lock().unwrap_or_else(|p| p.into_inner());
+            SETTLER_WAKE.notify_all();
+        }
+    }
+}
+
 /// Wakes the process's background thread (started on the first call) to collapse the
 /// chunks waiting, if any: after a compile, and after a run that made a workspace. The
-/// thread runs at `SCHED_IDLE` priority, so it takes only a CPU that nothing else wants.
+/// thread collapses a chunk at a time while no run is in progress: between a server's
+/// requests, not during a loop of runs back to back (for that, [`settle_huge_pages`]).
 pub(crate) fn settle_later() {
-    static WAKE: std::sync::Condvar = std::sync::Condvar::new();
-    static STARTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     // A collapse under way holds the lock: then there is work, and the thread is awake.
     if COLLAPSES.try_lock().is_ok_and(|q| q.chunks.is_empty()) {
         return;
     }
-    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    let mut started = SETTLER.lock().unwrap_or_else(|p| p.into_inner());
     if !*started {
         let spawned = std::thread::Builder::new()
             .name("cnnc-settle".into())
             .spawn(|| {
-                lower_own_priority();
+                if crate::knobs::forced("CNNC_HUGE_COLLAPSE_IDLE") == Some(true) {
+                    lower_own_priority();
+                }
                 let mut warm = WarmPage::new();
                 loop {
-                    while collapse_next(&mut warm).is_some() {}
-                    // Checked under STARTED, which `settle_later` holds to wake the
-                    // thread: chunks queued after the check come with a wake-up.
-                    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
-                    while Collapses::lock().chunks.is_empty() {
-                        started = WAKE.wait(started).unwrap_or_else(|p| p.into_inner());
+                    wait_for_work();
+                    let started = RUNS_STARTED.load(Ordering::Relaxed);
+                    let quiet = || {
+                        RUNS.load(Ordering::SeqCst) == 0
+                            && RUNS_STARTED.load(Ordering::Relaxed) == started
+                    };
+                    std::thread::sleep(QUIET);
+                    if quiet() {
+                        collapse_next(&mut warm, &quiet);
                     }
                 }
             });
         // Without the thread the chunks stay small (the runs are correct either way).
         *started = spawned.is_ok();
     }
-    WAKE.notify_one();
+    SETTLER_WAKE.notify_all();
+}
+
+/// Returns once chunks wait and no run is in progress (checked under [`SETTLER`], which
+/// those who change either hold to wake the thread).
+fn wait_for_work() {
+    let mut started = SETTLER.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        SETTLER_WAITS_FOR_RUNS.store(true, Ordering::SeqCst);
+        let runs = RUNS.load(Ordering::SeqCst);
+        if runs == 0 && !Collapses::lock().chunks.is_empty() {
+            SETTLER_WAITS_FOR_RUNS.store(false, Ordering::SeqCst);
+            return;
+        }
+        if runs == 0 {
+            // No work: only `settle_later` wakes the thread, not every run's end.
+            SETTLER_WAITS_FOR_RUNS.store(false, Ordering::SeqCst);
+        }
+        started = SETTLER_WAKE
+            .wait(started)
+            .unwrap_or_else(|p| p.into_inner());
+    }
 }
 
 /// Puts the calling thread at `SCHED_IDLE` (Linux): it runs only on a CPU nothing else
-/// wants. Best effort.
+/// wants. Best effort; a measuring knob (`CNNC_HUGE_COLLAPSE_IDLE=1`): a collapse holds
+/// the process's mmap lock, and at idle priority the thread was starved with it held
+/// while other processes ran (VGG-19 runs of 1.1-1.4 s against 0.07, load 3).
 fn lower_own_priority() {
     #[cfg(target_os = "linux")]
     sys::idle_priority();
@@ -684,12 +754,16 @@ impl WarmPage {
 }
 
 /// Collapses the oldest waiting chunk: `Some(true)` if it is now a huge page,
-/// `Some(false)` if that failed, `None` if none waits.
-fn collapse_next(warm: &mut WarmPage) -> Option<bool> {
+/// `Some(false)` if that failed or `go_on` said no after the scratch page was faulted in
+/// (which can take the host 30 ms: a run may have started), `None` if none waits.
+fn collapse_next(warm: &mut WarmPage, go_on: &dyn Fn() -> bool) -> Option<bool> {
     if Collapses::lock().chunks.is_empty() {
         return None;
     }
     warm.warm();
+    if !go_on() {
+        return Some(false);
+    }
     let mut queue = Collapses::lock();
     let (_, at) = queue.chunks.pop_front()?;
     // With the lock held: the chunk's mapping is live until its drop has removed its

@@ -61,6 +61,11 @@ pub fn bench(a: &BenchArgs) -> cnnc::Result<()> {
         // fresh multi-megabyte output per run costs page faults that are not the model's.
         Runner::Jit(_, model) => {
             let mut outs = model.run(&x)?;
+            // Steady-state runs: the chunks of packed weights (and of the arena, made by
+            // the first run) faulted in on small pages while huge pages were slow are
+            // collapsed into huge pages first, untimed (a server's background thread does
+            // it between requests; runs back to back leave it no time).
+            cnnc::memory::settle_huge_pages();
             measure(&budget, || model.run_into(&x, &mut outs))?
         }
         Runner::Interp(g) => measure(&budget, || cnnc::interp::run(g, x.clone()).map(drop))?,

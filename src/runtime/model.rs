@@ -422,6 +422,8 @@ impl Model {
                 )));
             }
         }
+        // The background collapse of small-page chunks waits while any run is in progress.
+        let _running = crate::memory::RunGuard::new();
         let mut ws = self.take_workspace()?;
         let result = (|| {
             for chunk_start in (0..n).step_by(self.batch) {
