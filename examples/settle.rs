@@ -89,9 +89,11 @@ fn main() {
             mark += Duration::from_secs(1);
         }
     }
-    println!(
-        "{mode}: all runs median {:.2} ms ({} runs)",
-        median(&mut all),
-        all.len()
-    );
+    if !all.is_empty() {
+        println!(
+            "{mode}: all runs median {:.2} ms ({} runs)",
+            median(&mut all),
+            all.len()
+        );
+    }
 }

@@ -629,8 +629,9 @@ static RUNS_STARTED: AtomicU64 = AtomicU64::new(0);
 /// collapse would delay the next run, by up to 20 ms of a 28 ms ResNet-50 run).
 const QUIET: Duration = Duration::from_millis(5);
 
-/// Counts a run in progress while it lives: the background collapse waits for none to be,
-/// so that no run waits for a chunk it reads (a collapse takes 1-30 ms) or shares its CPU.
+/// Counts a run (or a compile) in progress while it lives: the background collapse waits
+/// for none to be, so that no run waits for a chunk it reads (a collapse takes 1-30 ms) or
+/// shares its CPU, and no compile shares its CPUs.
 pub(crate) struct RunGuard(());
 
 impl RunGuard {

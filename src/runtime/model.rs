@@ -175,6 +175,8 @@ impl Model {
     ) -> Result<(Model, Vec<KernelListing>)> {
         let start = Instant::now();
         check_threads(opts)?;
+        // No background collapse of another model's chunks competes with the compile.
+        let _busy = crate::memory::RunGuard::new();
         // Waited for once the code is compiled: a worker the scheduler starts late does
         // not hold up the compile (`ThreadPool::spawn`).
         let pool = (opts.threads > 1).then(|| ThreadPool::spawn(opts.threads, POOL_SPIN));
