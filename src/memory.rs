@@ -289,6 +289,9 @@ const HUGE_PAGE: usize = 2 << 20;
 /// fault above which small pages are tried (default [`HUGE_FAULT_LIMIT_US`]); measuring
 /// knobs, read at each buffer.
 ///
+/// Full chunks faulted in on small pages are collapsed into huge pages later, off the
+/// compile's path ([`Collapses`]).
+///
 /// A dropped buffer's mapping is kept for a later buffer of the same size ([`Mapping`]),
 /// unless some of it went to small pages or it is over what [`Spares`] keeps.
 pub enum HugeBuf {
