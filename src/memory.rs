@@ -1263,6 +1263,15 @@ mod tests {
         out
     }
 
+    /// A fresh mapping for `n` floats, not faulted in: the mapping, the floats' offset
+    /// in it and their count.
+    fn unfaulted(n: usize) -> (Mapping, usize, usize) {
+        match HugeBuf::mapped(n, "a test") {
+            Ok(HugeBuf::Mapped { map, offset, len }) => (map, offset, len),
+            _ => panic!("not mapped"),
+        }
+    }
+
     /// Whether this kernel has transparent huge pages (without them `MADV_(NO)HUGEPAGE`
     /// fail and the page-size tests have nothing to see: they say they skip).
     #[cfg(target_os = "linux")]
@@ -1288,14 +1297,7 @@ mod tests {
             // Huge pages far slower than small ones (whatever the chunks measure): small.
             (FaultCosts::with(u32::MAX, 1), HUGE_FAULT_LIMIT_US, true),
         ] {
-            let Ok(HugeBuf::Mapped {
-                mut map,
-                offset,
-                len,
-            }) = HugeBuf::mapped(n, "a test")
-            else {
-                panic!("not mapped");
-            };
+            let (mut map, offset, len) = unfaulted(n);
             fault_in(&mut map, offset, bytes, &costs, limit);
             let start = map.as_ptr() as usize + offset;
             let found = vmas(start, start + bytes);
@@ -1339,12 +1341,7 @@ mod tests {
             return;
         }
         let n = (5 << 20) / 4 + 7;
-        let Ok(HugeBuf::Mapped {
-            mut map, offset, ..
-        }) = HugeBuf::mapped(n, "a test")
-        else {
-            panic!("not mapped");
-        };
+        let (mut map, offset, _) = unfaulted(n);
         fault_in(&mut map, offset, n * 4, &FaultCosts::default(), 0);
         let start = map.as_ptr() as usize + offset;
         let flags = |at: usize| vmas(at, at + 1).pop().expect("mapped").0;
@@ -1374,12 +1371,7 @@ mod tests {
         if crate::knobs::forced("CNNC_HUGE_PAGES") == Some(false) {
             return;
         }
-        let Ok(HugeBuf::Mapped {
-            mut map, offset, ..
-        }) = HugeBuf::mapped((4 << 20) / 4, "a test")
-        else {
-            panic!("not mapped");
-        };
+        let (mut map, offset, _) = unfaulted((4 << 20) / 4);
         let start = map.as_ptr() as usize + offset;
         let chunks = [start, start + HUGE_PAGE];
         map.spare = false;
@@ -1403,14 +1395,7 @@ mod tests {
             return;
         }
         let n = (6 << 20) / 4 + 3; // three full chunks and a partial one
-        let Ok(HugeBuf::Mapped {
-            mut map,
-            offset,
-            len,
-        }) = HugeBuf::mapped(n, "a test")
-        else {
-            panic!("not mapped");
-        };
+        let (mut map, offset, len) = unfaulted(n);
         let small = fault_in(&mut map, offset, n * 4, &FaultCosts::with(u32::MAX, 1), 0);
         let start = map.as_ptr() as usize + offset;
         assert_eq!(small, [start, start + HUGE_PAGE, start + 2 * HUGE_PAGE]);
