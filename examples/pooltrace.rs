@@ -78,6 +78,9 @@ fn main() {
     )
     .unwrap();
     let mut outs = m.run(&x).unwrap();
+    m1.run(&x).unwrap();
+    // Huge pages for what the compiles faulted in on small pages, as `cnnc bench` does.
+    cnnc::memory::settle_huge_pages();
     // Per phase (0 fast, 1 slow), per step: [job, w.late, busy0, busy1, wait] per run; and
     // whole runs.
     type Acc = BTreeMap<(usize, usize), Vec<[f64; 5]>>;

@@ -119,6 +119,12 @@ fn network(path: &str, rounds: usize) {
     let g = ab::graph(path);
     let models: Vec<cnnc::Model> = [1, 2].iter().map(|&t| ab::compile(&g, t)).collect();
     let x = ab::input(&g);
+    // Huge pages for what the compiles (and the first runs' arenas) faulted in on small
+    // pages, as `cnnc bench` does.
+    for m in &models {
+        m.run(&x).unwrap();
+    }
+    cnnc::memory::settle_huge_pages();
     let mut layers: Vec<Vec<Vec<f64>>> = vec![Vec::new(), Vec::new()];
     let mut totals = [Vec::new(), Vec::new()];
     // Per round, the run's time outside its profiled steps (between layers, the pool's
