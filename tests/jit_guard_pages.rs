@@ -285,16 +285,27 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
                 &[default, ConvMethod::Winograd, ConvMethod::Winograd2]
             };
             for &method in methods {
-                let mut km = KernelModule::new().unwrap();
-                km.set_isa(isa).unwrap();
-                let pk = match km.add_conv_with(&spec, method) {
-                    Ok(pk) => pk,
-                    Err(_) if method != default => continue,
-                    Err(e) => panic!("{spec:?}: {e}"),
+                // Made for pools of 2 and 3 threads too: the weight-major pointwise GEMM then
+                // orders its units by pixel parts (`KernelModule::set_threads`).
+                let made_for: &[usize] = match method {
+                    ConvMethod::PointwiseGemm => &[1, 2, 3],
+                    _ => &[1],
                 };
-                winograd_layers += usize::from(method == ConvMethod::Winograd);
-                small_tiles += usize::from(method == ConvMethod::Winograd2);
-                conv_in_bounds(&spec, km, pk);
+                for &threads in made_for {
+                    let mut km = KernelModule::new().unwrap();
+                    km.set_isa(isa).unwrap();
+                    km.set_threads(threads);
+                    let pk = match km.add_conv_with(&spec, method) {
+                        Ok(pk) => pk,
+                        Err(_) if method != default => continue,
+                        Err(e) => panic!("{spec:?}: {e}"),
+                    };
+                    if threads == 1 {
+                        winograd_layers += usize::from(method == ConvMethod::Winograd);
+                        small_tiles += usize::from(method == ConvMethod::Winograd2);
+                    }
+                    conv_in_bounds(&spec, km, pk);
+                }
             }
         }
     }

@@ -903,6 +903,14 @@ impl Plan {
             }
         })
     }
+    /// The plan for a pool of `threads` threads ([`KernelModule::set_threads`]): the
+    /// weight-major pointwise GEMM in pixel parts ([`PixelGemm::in_parts`]).
+    fn in_parts(self, threads: usize) -> Plan {
+        match self {
+            Plan::Gemm(g) => Plan::Gemm(g.in_parts(threads)),
+            p => p,
+        }
+    }
     fn packed_len(&self) -> usize {
         match self {
             Plan::Direct(d) => d.packed_len(),
@@ -1083,6 +1091,8 @@ pub struct PendingConv {
     parts: Option<Parts>,
     spec: ConvSpec,
     plan: Plan,
+    /// The module's threads when it was made ([`KernelModule::set_threads`]).
+    threads: usize,
 }
 
 impl KernelModule {
@@ -1098,9 +1108,11 @@ impl KernelModule {
     pub fn add_conv_with(&mut self, spec: &ConvSpec, method: ConvMethod) -> Result<PendingConv> {
         spec.validate()?;
         if let Some(p) = self.convs.get(&(*spec, method, self.isa)) {
-            return Ok(p.clone());
+            if p.threads == self.threads {
+                return Ok(p.clone());
+            }
         }
-        let plan = Plan::with_method(spec, method, self.isa)?;
+        let plan = Plan::with_method(spec, method, self.isa)?.in_parts(self.threads);
         // The prologue, then the compute function over the entry's units.
         let units = plan.work_units();
         let one_phase = |(id, parts): (PendingId, Option<(PendingId, PendingId)>)| {
@@ -1151,6 +1163,7 @@ impl KernelModule {
             parts,
             spec: *spec,
             plan,
+            threads: self.threads,
         };
         self.convs
             .insert((*spec, method, self.isa), pending.clone());
@@ -1179,6 +1192,7 @@ impl KernelModule {
             parts: None,
             spec: *spec,
             plan: Plan::Im2col(plan),
+            threads: self.threads,
         })
     }
 }

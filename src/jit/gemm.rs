@@ -78,6 +78,16 @@ fn fewer_rows_at_12(out_c: usize) -> bool {
     out_c.div_ceil(14) * 14 * 100 >= out_c.div_ceil(12) * 12 * 104
 }
 
+/// The fewest pixels per input channel of a weight-major layer whose units go in pixel
+/// parts on a pool ([`PixelGemm::in_parts`]): what the parts save is the next layer's
+/// reads of the other core's half of this layer's output (`out_c x pixels` floats), what
+/// they cost is every thread reading all the weights (`out_c x in_c`), so the ratio is
+/// `pixels / in_c`. ResNet-50 at two threads (`examples/modelab.rs`, session 17, mostly the
+/// slow phase): parts for 64 -> 256 at 56x56 (49 pixels per channel) 0.979 of the time of
+/// no parts; adding 128 -> 512 at 28x28 (6.1) 1.006 of that, adding the 14x14 layers too
+/// (0.8, 0.2) no better.
+const PARTS_PIXELS_PER_CHANNEL: usize = 16;
+
 /// The largest input of an expanding pointwise layer computed weight major
 /// ([`PixelGemm::expands`]): each channel block reads all of it, from L2.
 const EXPANSION_INPUT_BYTES: usize = 1 << 20;
@@ -154,6 +164,9 @@ pub(crate) struct PixelGemm {
     streamed: bool,
     /// Work units channel-block major ([`Self::streamed`]: the weights outweigh the input).
     weight_major: bool,
+    /// Weight major: pixel parts of the units, one per thread of the pool the kernel is
+    /// made for ([`Self::in_parts`]; 1: channel block by channel block over all pixels).
+    parts: usize,
     /// Bytes ahead that the first call of each channel block prefetches the weights
     /// (weight major, weights from memory; 0: not at all).
     prefetch_w: usize,
@@ -294,6 +307,7 @@ impl PixelGemm {
             wide,
             streamed: false,
             weight_major: false,
+            parts: 1,
             prefetch_w: 0,
             pack: false,
             prefetch_out: false,
@@ -393,6 +407,26 @@ impl PixelGemm {
     fn expands(&self) -> bool {
         let s = &self.s;
         s.out_c >= 4 * s.in_c && s.in_c >= 32 && s.in_c * s.pixels * 4 <= EXPANSION_INPUT_BYTES
+    }
+    /// Weight major on a pool of `threads` threads: the units go pixel part by pixel part,
+    /// one part of the tile columns per thread, and channel block by channel block within
+    /// a part ([`Self::by_parts`]), so that each thread computes every output channel of
+    /// its own pixels, which the next layer's thread reads (a pointwise layer, a residual
+    /// add: the pixel-major layers split by pixels too). Channel-block major over all
+    /// pixels, the next layer read half its input from lines the other core wrote: 2.3-4.6x
+    /// the cost when the host puts the two vCPUs on two dies (docs/jit-history.md, session
+    /// 17). Each thread then reads all the weights (from L1/L2 over its columns). Not where
+    /// there are fewer tile columns than threads (a 7x7 plane is one column of 48 + 1), and
+    /// only where the plane has [`PARTS_PIXELS_PER_CHANNEL`] pixels per input channel.
+    /// `CNNC_WEIGHT_MAJOR_PARTS=0` / `=1` (to measure): no layer / every layer in parts.
+    pub(crate) fn in_parts(mut self, threads: usize) -> Self {
+        let s = &self.s;
+        let chosen = crate::knobs::forced("CNNC_WEIGHT_MAJOR_PARTS")
+            .unwrap_or(s.pixels >= PARTS_PIXELS_PER_CHANNEL * s.in_c);
+        if self.weight_major && threads > 1 && self.columns() >= threads && chosen {
+            self.parts = threads;
+        }
+        self
     }
     /// Reads the residual from the output buffer (only where
     /// [`Self::writes_each_output_once`]).
@@ -532,9 +566,15 @@ impl PixelGemm {
     /// Tile columns (NP pixels, the last one possibly partial) times channel blocks, pixel
     /// major: a contiguous range of units covers a contiguous range of pixels, so threads
     /// read disjoint parts of the input, and ranges split evenly. With `weight_major`,
-    /// channel-block major: threads read disjoint parts of the weights.
+    /// channel-block major: threads read disjoint parts of the weights; with
+    /// [`Self::in_parts`], that in each of `parts` pixel parts of `part_columns` columns
+    /// (a part with fewer columns has units that compute nothing).
     pub(crate) fn work_units(&self) -> usize {
-        self.columns() * self.nmb
+        self.parts * self.part_columns() * self.nmb
+    }
+    /// Tile columns of the largest pixel part ([`Self::by_parts`]; all of them in one part).
+    fn part_columns(&self) -> usize {
+        self.columns().div_ceil(self.parts)
     }
     /// Tile columns (the last one possibly partial; with [`Self::lone`], columns of 48
     /// pixels and their lone pixel).
@@ -807,6 +847,7 @@ impl PixelGemm {
                 b.residual
             },
             out: b.out,
+            last_col: None,
         };
         let nmb = self.nmb as i64;
         let np = self.np;
@@ -831,6 +872,9 @@ impl PixelGemm {
         // (about PANEL_BYTES) stays in L2. (No full column: no code for one.)
         if nt_full == 0 {
             return self.last_column(e, &ptr, r, nmb, &in_range);
+        }
+        if self.weight_major && self.parts > 1 {
+            return self.by_parts(e, &ptr, begin, end, &in_range);
         }
         if self.weight_major {
             return self.by_weights(e, &ptr, begin, end, &in_range);
@@ -920,6 +964,108 @@ impl PixelGemm {
                 })?;
             }
             Ok(())
+        })
+    }
+
+    /// [`Self::by_weights`] in `parts` pixel parts ([`Self::in_parts`]): part `p` holds the
+    /// tile columns `cols * p / parts .. cols * (p + 1) / parts` (the pool's own split of a
+    /// range, so the parts hold as many pixels as the pixel-major layers give each thread,
+    /// to a column) and the units `p * span .. (p + 1) * span`, `span = nmb * cmax` (`cmax`
+    /// the largest part's columns, [`Self::part_columns`]): unit `p * span + mb * cmax + i`
+    /// is the part's column `i` of block `mb`, nothing where `i` is past the part's columns.
+    /// The pool's part `p` of the units (`units * p / parts`) is then exactly pixel part
+    /// `p`. The partial last column (if any) is the last part's.
+    fn by_parts(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        begin: Value,
+        end: Value,
+        in_range: &dyn Fn(&mut Emit, Value) -> Value,
+    ) -> Result<()> {
+        let np = self.np;
+        let (cols, parts) = (self.columns() as i64, self.parts as i64);
+        let (nmb, cmax) = (self.nmb as i64, self.part_columns() as i64);
+        let span = nmb * cmax;
+        let (full, r) = match self.lone {
+            true => (self.columns(), 0),
+            false => (self.s.pixels / np, self.s.pixels % np),
+        };
+        // With a lone pixel, columns of `np + 1` pixels.
+        let col_bytes = ((np + usize::from(self.lone)) * 4) as i64;
+        let p_lo = e.b.ins().udiv_imm_s(begin, span);
+        let p_hi = e.add_imm(end, span - 1);
+        let p_hi = e.b.ins().udiv_imm_s(p_hi, span);
+        let zero = e.iconst(0);
+        let full_v = e.iconst(full as i64);
+        e.for_range(p_lo, p_hi, 1, |e, p| {
+            // The part's columns `c0 .. c1`, the full ones `c0 .. fend`.
+            let c0 = e.mul_imm(p, cols);
+            let c0 = e.b.ins().udiv_imm_s(c0, parts);
+            let c1 = e.add_imm(p, 1);
+            let c1 = e.mul_imm(c1, cols);
+            let c1 = e.b.ins().udiv_imm_s(c1, parts);
+            let fend = e.b.ins().smin(c1, full_v);
+            let base = e.mul_imm(p, span);
+            // The part's blocks with units in the range (`p < p_hi`: `end > base`).
+            let lo = e.b.ins().isub(begin, base);
+            let lo = e.b.ins().smax(lo, zero);
+            let mb_lo = e.b.ins().udiv_imm_s(lo, cmax);
+            let hi = e.b.ins().isub(end, base);
+            let hi = e.add_imm(hi, cmax - 1);
+            let hi = e.b.ins().udiv_imm_s(hi, cmax);
+            let mb_hi = e.iconst(nmb);
+            let mb_hi = e.b.ins().smin(hi, mb_hi);
+            // The part's last full column prefetches its own outputs, not the next part's.
+            let last = e.add_imm(fend, -1);
+            let last = e.mul_imm(last, col_bytes);
+            let part_ptr = Ptrs {
+                last_col: Some(last),
+                ..*ptr
+            };
+            let ptr = &part_ptr;
+            e.for_range(mb_lo, mb_hi, 1, |e, mb| {
+                let u0 = e.mul_imm(mb, cmax);
+                let u0 = e.b.ins().iadd(base, u0);
+                // Unit of column `t` of the part: `ub + t`.
+                let ub = e.b.ins().isub(u0, c0);
+                // The block's first column in the range reads its weights from memory:
+                // with `prefetch_w`, that call prefetches them ahead.
+                let first = e.b.ins().isub(begin, ub);
+                let first = e.b.ins().smax(first, c0);
+                e.for_range(c0, fend, 1, |e, t| {
+                    let u = e.b.ins().iadd(ub, t);
+                    let c = in_range(e, u);
+                    e.when(c, |e| {
+                        let pb = e.mul_imm(t, col_bytes);
+                        if self.prefetch_w == 0 {
+                            return self.tile(e, ptr, mb, pb, np);
+                        }
+                        let ci = e.iconst(0);
+                        let src = (XSrc::Planes, ptr.inp);
+                        let tile = (mb, pb, np);
+                        let pf = e.b.ins().icmp(IntCC::Equal, t, first);
+                        e.when(pf, |e| {
+                            self.wide_tile(e, ptr, tile, (KPos::Only, ci), Some(ptr.inp), src)
+                        })?;
+                        e.unless(pf, |e| {
+                            self.wide_tile(e, ptr, tile, (KPos::Only, ci), None, src)
+                        })
+                    })
+                })?;
+                if r > 0 {
+                    // Column `full`, the last part's.
+                    let u = e.add_imm(ub, full as i64);
+                    let mine = e.b.ins().icmp_imm_s(IntCC::Equal, p, parts - 1);
+                    let c = in_range(e, u);
+                    let c = e.b.ins().band(c, mine);
+                    e.when(c, |e| {
+                        let pb = e.iconst((full * np * 4) as i64);
+                        self.tile(e, ptr, mb, pb, r)
+                    })?;
+                }
+                Ok(())
+            })
         })
     }
 
@@ -1048,8 +1194,13 @@ impl PixelGemm {
         let pf_out = (self.prefetch_out && self.outputs_prefetched(src, cols)).then(|| {
             // The next full column's outputs of these rows; the last full column's own (the
             // partial column after it is narrower).
-            let last = last_full_column(s.pixels, self.np) as i64;
-            let before = e.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, pb, last);
+            let before = match ptr.last_col {
+                Some(last) => e.b.ins().icmp(IntCC::UnsignedLessThan, pb, last),
+                None => {
+                    let last = last_full_column(s.pixels, self.np) as i64;
+                    e.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, pb, last)
+                }
+            };
             let next = e.add_imm(out, (self.np * 4) as i64);
             e.b.ins().select(before, next, out)
         });
@@ -1230,11 +1381,16 @@ pub(crate) fn call_for_block(
 
 /// Base pointers of one GEMM: the input planes, the packed weights (of this GEMM), the
 /// residual (read only with `residual`) and the output planes.
+#[derive(Clone, Copy)]
 pub(crate) struct Ptrs {
     pub inp: Value,
     pub w: Value,
     pub res: Value,
     pub out: Value,
+    /// The byte offset of the last full tile column whose tiles prefetch the next
+    /// column's outputs (`prefetch_out`; the last one prefetches its own): a thread's pixel
+    /// part's in [`PixelGemm::by_parts`], else (`None`) the plane's.
+    pub last_col: Option<Value>,
 }
 
 /// Where [`PixelGemm::pack_to`] writes its floats, in order: a vector (extended) or a

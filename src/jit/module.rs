@@ -434,6 +434,8 @@ pub struct KernelModule {
     pub(crate) winograd: bool,
     /// The vector ISA the kernels may use ([`KernelModule::set_isa`]).
     pub(crate) isa: Isa,
+    /// Threads of the pool the kernels will run on ([`KernelModule::set_threads`]).
+    pub(crate) threads: usize,
 }
 
 /// Everything a code generator needs while emitting one function.
@@ -522,6 +524,7 @@ impl KernelModule {
             micros: Default::default(),
             winograd: true,
             isa: Isa::default_level(),
+            threads: 1,
         })
     }
 
@@ -542,6 +545,14 @@ impl KernelModule {
     /// Pack their weights with [`crate::jit::PendingConv::pack_weights`], which follows it.
     pub fn set_winograd(&mut self, on: bool) {
         self.winograd = on;
+    }
+
+    /// The threads of the pool that will run the kernels added from now on (default 1):
+    /// some order their work units so that the pool's contiguous parts keep each thread on
+    /// its own pixels (`PixelGemm::in_parts`). Any kernel runs correctly, with the same
+    /// results, on any pool.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// Keeps the CLIF and the disassembly of every kernel defined from now on.

@@ -271,6 +271,8 @@ pub(super) fn instantiate(
     pool: Option<&ThreadPool>,
 ) -> Result<Instantiated> {
     let mut module = KernelModule::new()?;
+    // Kernels whose unit order follows the pool's split ([`KernelModule::set_threads`]).
+    module.set_threads(pool.map_or(1, ThreadPool::threads));
     if keep_listings {
         module.keep_listings();
     }

@@ -1,0 +1,187 @@
+//! The weight-major pointwise GEMM made for a pool of 2 or 3 threads
+//! (`KernelModule::set_threads`: its units in pixel parts, one per thread, channel block by
+//! channel block within a part; `PixelGemm::in_parts`) gives the bits of the kernel made for
+//! one thread, at every ISA level, and the pool's part `p` of its units computes every
+//! output channel of one run of pixels. The choice of which layers go in parts is read from
+//! `CNNC_WEIGHT_MAJOR_PARTS` when a kernel is made, so this file holds one test (its own
+//! process: no other test sees the knob set): the default choice first, then every
+//! weight-major layer (`=1`), which takes the 48 + 1 pixel columns and 1 MB weights too.
+use cnnc::jit::*;
+use std::time::Duration;
+
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+    let same = got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "{what}: differs");
+}
+
+/// A 1x1 conv `c -> k` over `h x w` with the `i`-th of a cycle of epilogues (bias, ReLU,
+/// residual, clip).
+fn pointwise(i: usize, (c, h, w, k): (usize, usize, usize, usize)) -> ConvSpec {
+    let mut s = ConvSpec::square(c, h, k, 1, 1, 0);
+    s.in_w = w;
+    s.bias = i.is_multiple_of(2);
+    s.relu = i % 3 != 1;
+    s.residual = i % 4 < 2;
+    s.clip = (i % 5 == 3).then_some(Clip {
+        min: -0.25,
+        max: 0.5,
+    });
+    s
+}
+
+/// Checks `shapes` (with what the parts should be at avx2 / avx512: `Some(true)`, each of
+/// the pool's parts of the units a run of pixels with all their channels; `Some(false)`,
+/// not (one order for all pixels); `None`, either) against the kernel made for one thread.
+/// Returns how many part checks ran.
+fn check(shapes: &[((usize, usize, usize, usize), Option<bool>)], pools: &[ThreadPool]) -> usize {
+    let mut checked = 0;
+    for (i, &(shape, local)) in shapes.iter().enumerate() {
+        let s = pointwise(i, shape);
+        let (c, h, w, k) = shape;
+        let px = h * w;
+        let seed = 8100 + 10 * i as u64;
+        let x = rand_vec(s.input_len(), seed);
+        let scale = 1.0 / (c as f32).sqrt();
+        let wt: Vec<f32> = (rand_vec(s.weight_len(), seed + 1).iter())
+            .map(|v| v * scale)
+            .collect();
+        let b = s.bias.then(|| rand_vec(k, seed + 2));
+        let r = s.residual.then(|| rand_vec(s.output_len(), seed + 3));
+        for isa in cnnc::Isa::host_levels() {
+            let m = ConvMethod::PointwiseGemm;
+            let made = |threads: usize, spec: &ConvSpec| {
+                let mut km = KernelModule::new().unwrap();
+                km.set_isa(isa).unwrap();
+                km.set_threads(threads);
+                let p = km.add_conv_with(spec, m).unwrap();
+                let packed = p.pack_weights(&wt, b.as_deref()).unwrap();
+                (km.finalize().unwrap().get(p).unwrap(), packed)
+            };
+            let (k1, packed) = made(1, &s);
+            let mut want = vec![f32::NAN; s.output_len()];
+            k1.run_all(&x, &packed, r.as_deref(), &mut want).unwrap();
+            for parts in [2usize, 3] {
+                let what = format!("{s:?} at {isa:?} made for {parts} threads");
+                let (kp, packed_p) = made(parts, &s);
+                assert_bits(&packed_p, &packed, &format!("{what}: packed"));
+                let mut out = vec![f32::NAN; s.output_len()];
+                kp.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();
+                assert_bits(&out, &want, &what);
+                // Unit by unit on a NaN-poisoned output: at most a tile each (14 x 49), and
+                // together every output.
+                let units = kp.work_units();
+                let mut out = vec![f32::NAN; s.output_len()];
+                let mut written = 0;
+                for u in 0..units {
+                    kp.run(&x, &packed, r.as_deref(), &mut out, &mut [], u..u + 1)
+                        .unwrap();
+                    let now = out.iter().filter(|v| !v.is_nan()).count();
+                    assert!(now - written <= 14 * 49, "{what}: unit {u}");
+                    written = now;
+                }
+                assert_bits(&out, &want, &format!("{what}, unit by unit"));
+                for pool in pools {
+                    let mut out = vec![f32::NAN; s.output_len()];
+                    kp.run_parallel(pool, &x, &packed, r.as_deref(), &mut out, &mut [])
+                        .unwrap();
+                    assert_bits(&out, &want, &format!("{what}, {} threads", pool.threads()));
+                }
+                // The pool's parts of the units, each on its own NaN output.
+                if let Some(local) = local.filter(|_| isa != cnnc::Isa::Sse) {
+                    checked += 1;
+                    let mut next = 0;
+                    let mut runs = true;
+                    for p in 0..parts {
+                        let mut out = vec![f32::NAN; s.output_len()];
+                        let range = units * p / parts..units * (p + 1) / parts;
+                        kp.run(&x, &packed, r.as_deref(), &mut out, &mut [], range)
+                            .unwrap();
+                        let done = |q: usize| (0..k).all(|ki| !out[ki * px + q].is_nan());
+                        let none = |q: usize| (0..k).all(|ki| out[ki * px + q].is_nan());
+                        let end = (next..px).find(|&q| !done(q)).unwrap_or(px);
+                        runs &= end > next && (0..next).chain(end..px).all(none);
+                        next = end;
+                    }
+                    runs &= next == px;
+                    assert_eq!(runs, local, "{what}: parts by pixels");
+                }
+                if s.residual && m.reads_residual_in_place(&s, isa) {
+                    let ip = ConvSpec {
+                        residual_in_place: true,
+                        ..s
+                    };
+                    let (kip, _) = made(parts, &ip);
+                    for pool in pools {
+                        let mut out = r.clone().unwrap();
+                        kip.run_parallel(pool, &x, &packed, None, &mut out, &mut [])
+                            .unwrap();
+                        let t = pool.threads();
+                        assert_bits(&out, &want, &format!("{what}, in place, {t} threads"));
+                    }
+                }
+            }
+        }
+    }
+    checked
+}
+
+#[test]
+fn weight_major_parts_give_the_bits_of_one_part() {
+    let pools = [2, 3].map(|n| ThreadPool::new(n, Duration::from_micros(20)));
+    let wide = cnnc::Isa::host_levels().len() > 1;
+    // The default choice: parts where the plane has 16+ pixels per input channel. 4x
+    // expansions over 1024+ pixels (avx512 8 x 48, output prefetches; 23 and 24 columns),
+    // more output channels than pixels over 14x14 (a last column of 4 pixels, a channel
+    // tail) and 13x17; 3 tile columns at avx2 and avx512 at least. Then layers the choice
+    // leaves in one order: 14x14 with 1024 channels in, too few columns for the threads
+    // (5x5, 7x7: one 48 + 1 column at avx512, 17x2).
+    let shapes = [
+        ((32, 33, 33, 130), Some(true)),
+        ((64, 56, 20, 256), Some(true)),
+        ((12, 14, 14, 300), Some(true)),
+        ((8, 13, 17, 250), Some(true)),
+        ((1024, 14, 14, 256), Some(false)),
+        ((2100, 5, 5, 130), None),
+        ((130, 7, 7, 61), None),
+        ((77, 17, 2, 50), None),
+    ];
+    let n = check(&shapes, &pools);
+    if wide {
+        assert!(n >= 16, "{n} part checks");
+    }
+    // Every weight-major layer in parts where it has as many columns as threads: 14x14 with
+    // 1 MB of weights (prefetched) and a 4-pixel last column, four columns of 48 + 1 pixels
+    // (avx512; a channel tail), a 4x expansion over 13x13 and ResNet-50's 128 -> 512 at
+    // 28x28 (25 columns of 14 x 32, output prefetches), 7x7 and 17x2 again.
+    std::env::set_var("CNNC_WEIGHT_MAJOR_PARTS", "1");
+    let shapes = [
+        ((1024, 14, 14, 256), Some(true)),
+        ((256, 14, 14, 300), Some(true)),
+        ((512, 14, 14, 523), Some(true)),
+        ((40, 13, 13, 161), Some(true)),
+        ((128, 28, 28, 512), Some(true)),
+        ((130, 7, 7, 61), None),
+        ((77, 17, 2, 50), None),
+    ];
+    let n = check(&shapes, &pools);
+    std::env::remove_var("CNNC_WEIGHT_MAJOR_PARTS");
+    if wide {
+        assert!(n >= 20, "{n} part checks");
+    }
+}
