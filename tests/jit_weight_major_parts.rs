@@ -30,9 +30,12 @@ fn assert_bits(got: &[f32], want: &[f32], what: &str) {
     assert!(same, "{what}: differs");
 }
 
+/// `(c, h, w, k)`: a 1x1 conv of `c` channels in, `k` out, over `h x w` pixels.
+type Shape = (usize, usize, usize, usize);
+
 /// A 1x1 conv `c -> k` over `h x w` with the `i`-th of a cycle of epilogues (bias, ReLU,
 /// residual, clip).
-fn pointwise(i: usize, (c, h, w, k): (usize, usize, usize, usize)) -> ConvSpec {
+fn pointwise(i: usize, (c, h, w, k): Shape) -> ConvSpec {
     let mut s = ConvSpec::square(c, h, k, 1, 1, 0);
     s.in_w = w;
     s.bias = i.is_multiple_of(2);
@@ -49,7 +52,7 @@ fn pointwise(i: usize, (c, h, w, k): (usize, usize, usize, usize)) -> ConvSpec {
 /// the pool's parts of the units a run of pixels with all their channels; `Some(false)`,
 /// not (one order for all pixels); `None`, either) against the kernel made for one thread.
 /// Returns how many part checks ran.
-fn check(shapes: &[((usize, usize, usize, usize), Option<bool>)], pools: &[ThreadPool]) -> usize {
+fn check(shapes: &[(Shape, Option<bool>)], pools: &[ThreadPool]) -> usize {
     let mut checked = 0;
     for (i, &(shape, local)) in shapes.iter().enumerate() {
         let s = pointwise(i, shape);
