@@ -2,20 +2,10 @@
 //! docs/jit.md, "Measuring knobs") must give the bits of the default split. Knobs are
 //! environment variables read when a pool is built, so this file holds one test (its own
 //! process: no other test sees them set).
+mod common;
 use cnnc::jit::*;
+use common::xorshift_vec as rand_vec;
 use std::time::Duration;
-
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
 
 /// Compiles `s` as Winograd (F(4x4) or F(2x2)) at `isa` and runs it on NaN-poisoned outputs:
 /// the whole range, split in 2 and 3 ranges, and on `pools`; every run must give the bits of

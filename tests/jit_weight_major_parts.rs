@@ -6,20 +6,10 @@
 //! `CNNC_WEIGHT_MAJOR_PARTS` when a kernel is made, so this file holds one test (its own
 //! process: no other test sees the knob set): the default choice first, then every
 //! weight-major layer (`=1`), which takes the 48 + 1 pixel columns and 1 MB weights too.
+mod common;
 use cnnc::jit::*;
+use common::xorshift_vec as rand_vec;
 use std::time::Duration;
-
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn assert_bits(got: &[f32], want: &[f32], what: &str) {
     let same = got.len() == want.len()

@@ -905,6 +905,18 @@ impl PixelGemm {
         self.last_column(e, &ptr, r, nmb, &in_range)
     }
 
+    /// The weight-major drivers' full tile columns, the pixels of the partial last one (0:
+    /// none) and the bytes from one column's start to the next (with a lone pixel, columns
+    /// of `np + 1` pixels, all full).
+    fn weight_major_columns(&self) -> (usize, usize, usize) {
+        let np = self.np;
+        let col_bytes = (np + usize::from(self.lone)) * 4;
+        match self.lone {
+            true => (self.columns(), 0, col_bytes),
+            false => (self.s.pixels / np, self.s.pixels % np, col_bytes),
+        }
+    }
+
     /// The units `[begin, end)` channel block by channel block, unit `u = mb * cols + t`
     /// covering tile column `t` (of `cols`, the last one possibly partial) of block `mb`:
     /// each block's weights (`in_c x mr` floats) are read once from memory and reused from
@@ -919,12 +931,7 @@ impl PixelGemm {
     ) -> Result<()> {
         let np = self.np;
         let cols = self.columns() as i64;
-        let (full, r) = match self.lone {
-            true => (self.columns(), 0),
-            false => (self.s.pixels / np, self.s.pixels % np),
-        };
-        // With a lone pixel, columns of `np + 1` pixels.
-        let col_bytes = (np + usize::from(self.lone)) * 4;
+        let (full, r, col_bytes) = self.weight_major_columns();
         let mb_lo = e.b.ins().udiv_imm_s(begin, cols);
         let mb_hi = e.add_imm(end, cols - 1);
         let mb_hi = e.b.ins().udiv_imm_s(mb_hi, cols);
@@ -939,20 +946,7 @@ impl PixelGemm {
                 let u = e.b.ins().iadd(u0, t);
                 let c = in_range(e, u);
                 e.when(c, |e| {
-                    let pb = e.mul_imm(t, col_bytes as i64);
-                    if self.prefetch_w == 0 {
-                        return self.tile(e, ptr, mb, pb, np);
-                    }
-                    let ci = e.iconst(0);
-                    let src = (XSrc::Planes, ptr.inp);
-                    let tile = (mb, pb, np);
-                    let pf = e.b.ins().icmp(IntCC::Equal, t, first);
-                    e.when(pf, |e| {
-                        self.wide_tile(e, ptr, tile, (KPos::Only, ci), Some(ptr.inp), src)
-                    })?;
-                    e.unless(pf, |e| {
-                        self.wide_tile(e, ptr, tile, (KPos::Only, ci), None, src)
-                    })
+                    self.block_column(e, ptr, mb, (t, first), col_bytes as i64)
                 })
             })?;
             if r > 0 {
@@ -964,6 +958,33 @@ impl PixelGemm {
                 })?;
             }
             Ok(())
+        })
+    }
+
+    /// The weight-major tile of block `mb` in full column `t` (`col_bytes` apart): with
+    /// `prefetch_w`, the block's first column in the range (`first`) reads its weights from
+    /// memory and takes the variant that prefetches them ahead.
+    fn block_column(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        mb: Value,
+        (t, first): (Value, Value),
+        col_bytes: i64,
+    ) -> Result<()> {
+        let pb = e.mul_imm(t, col_bytes);
+        if self.prefetch_w == 0 {
+            return self.tile(e, ptr, mb, pb, self.np);
+        }
+        let ci = e.iconst(0);
+        let src = (XSrc::Planes, ptr.inp);
+        let tile = (mb, pb, self.np);
+        let pf = e.b.ins().icmp(IntCC::Equal, t, first);
+        e.when(pf, |e| {
+            self.wide_tile(e, ptr, tile, (KPos::Only, ci), Some(ptr.inp), src)
+        })?;
+        e.unless(pf, |e| {
+            self.wide_tile(e, ptr, tile, (KPos::Only, ci), None, src)
         })
     }
 
@@ -987,12 +1008,8 @@ impl PixelGemm {
         let (cols, parts) = (self.columns() as i64, self.parts as i64);
         let (nmb, cmax) = (self.nmb as i64, self.part_columns() as i64);
         let span = nmb * cmax;
-        let (full, r) = match self.lone {
-            true => (self.columns(), 0),
-            false => (self.s.pixels / np, self.s.pixels % np),
-        };
-        // With a lone pixel, columns of `np + 1` pixels.
-        let col_bytes = ((np + usize::from(self.lone)) * 4) as i64;
+        let (full, r, col_bytes) = self.weight_major_columns();
+        let col_bytes = col_bytes as i64;
         let p_lo = e.b.ins().udiv_imm_s(begin, span);
         let p_hi = e.add_imm(end, span - 1);
         let p_hi = e.b.ins().udiv_imm_s(p_hi, span);
@@ -1036,22 +1053,7 @@ impl PixelGemm {
                 e.for_range(c0, fend, 1, |e, t| {
                     let u = e.b.ins().iadd(ub, t);
                     let c = in_range(e, u);
-                    e.when(c, |e| {
-                        let pb = e.mul_imm(t, col_bytes);
-                        if self.prefetch_w == 0 {
-                            return self.tile(e, ptr, mb, pb, np);
-                        }
-                        let ci = e.iconst(0);
-                        let src = (XSrc::Planes, ptr.inp);
-                        let tile = (mb, pb, np);
-                        let pf = e.b.ins().icmp(IntCC::Equal, t, first);
-                        e.when(pf, |e| {
-                            self.wide_tile(e, ptr, tile, (KPos::Only, ci), Some(ptr.inp), src)
-                        })?;
-                        e.unless(pf, |e| {
-                            self.wide_tile(e, ptr, tile, (KPos::Only, ci), None, src)
-                        })
-                    })
+                    e.when(c, |e| self.block_column(e, ptr, mb, (t, first), col_bytes))
                 })?;
                 if r > 0 {
                     // Column `full`, the last part's.
