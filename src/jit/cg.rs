@@ -249,6 +249,28 @@ impl Emit<'_> {
         self.branch_around(cond, false, body)
     }
 
+    /// `if cond { then } else { otherwise }`: one branch on `cond`, where a `when` and an
+    /// `unless` on the same condition would branch twice.
+    pub(crate) fn if_else(
+        &mut self,
+        cond: Value,
+        then: impl FnOnce(&mut Self) -> Result<()>,
+        otherwise: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        let then_block = self.b.create_block();
+        let else_block = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(cond, then_block, &[], else_block, &[]);
+        self.b.switch_to_block(then_block);
+        then(self)?;
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(else_block);
+        otherwise(self)?;
+        self.b.ins().jump(done, &[]);
+        self.b.switch_to_block(done);
+        Ok(())
+    }
+
     fn branch_around(
         &mut self,
         cond: Value,

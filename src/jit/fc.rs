@@ -384,8 +384,7 @@ fn wide_body(
             return call(e, kernels.len() - 1);
         }
         let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, kb, blocks as i64 - 1);
-        e.when(is_last, |e| call(e, 1))?;
-        e.unless(is_last, |e| call(e, 0))
+        e.if_else(is_last, |e| call(e, 1), |e| call(e, 0))
     })
 }
 
