@@ -35,39 +35,71 @@ static NEXT_MODULE_ID: AtomicU64 = AtomicU64::new(1);
 /// ~10% of its time in `MicroGemm::emit`). The code is position-independent (relative
 /// jumps, RIP-relative constants), so the same bytes serve every module. Bounded by
 /// [`MICRO_CACHE_BYTES`]; once full, new kernels are emitted and not kept.
-struct MicroCache {
-    code: std::collections::HashMap<String, Arc<[u8]>>,
-    bytes: usize,
-}
+type MicroCache = CappedMap<String, [u8]>;
 
 /// Code bytes the micro-kernel cache keeps at most (DenseNet-121's 418 kernels: ~1 MB).
 const MICRO_CACHE_BYTES: usize = 16 << 20;
 
 static MICRO_CACHE: std::sync::OnceLock<Mutex<MicroCache>> = std::sync::OnceLock::new();
 
-impl MicroCache {
-    /// The code of `key`, emitted by `emit` unless this process already has it.
-    fn get_or_emit(key: &str, emit: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<[u8]>> {
-        let cache = MICRO_CACHE.get_or_init(|| {
-            Mutex::new(MicroCache {
-                code: Default::default(),
-                bytes: 0,
-            })
-        });
-        // A thread that panicked while holding the lock left the map consistent (every
-        // insert is one call), so a poisoned lock is still usable.
-        let lock = || cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(code) = lock().code.get(key) {
-            return Ok(code.clone());
-        }
-        let code: Arc<[u8]> = emit()?.into();
-        let mut c = lock();
-        if c.bytes + code.len() <= MICRO_CACHE_BYTES {
-            c.bytes += code.len();
-            c.code.insert(key.to_string(), code.clone());
-        }
-        Ok(code)
+/// The code of micro-kernel `key`, emitted by `emit` unless this process already has it.
+fn micro_get_or_emit(key: &str, emit: impl FnOnce() -> Result<Vec<u8>>) -> Result<Arc<[u8]>> {
+    let cache = MICRO_CACHE.get_or_init(Default::default);
+    if let Some(code) = lock_unpoisoned(cache).get(key) {
+        return Ok(code);
     }
+    let code: Arc<[u8]> = emit()?.into();
+    let size = code.len();
+    lock_unpoisoned(cache).insert_capped(key.to_string(), code.clone(), size, MICRO_CACHE_BYTES);
+    Ok(code)
+}
+
+/// The bookkeeping of both caches of compiled code ([`MicroCache`], [`CodeCache`]): values
+/// by key, and the bytes they are counted for, kept within a cap.
+struct CappedMap<K, V: ?Sized> {
+    map: std::collections::HashMap<K, Arc<V>>,
+    bytes: usize,
+}
+
+// Not derived: the derive would ask `K` and `V` for `Default` too.
+impl<K, V: ?Sized> Default for CappedMap<K, V> {
+    fn default() -> Self {
+        Self {
+            map: Default::default(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: ?Sized> CappedMap<K, V> {
+    fn get<Q>(&self, key: &Q) -> Option<Arc<V>>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.map.get(key).cloned()
+    }
+
+    /// Keeps `value`, counted as `size` bytes, if that stays within `cap` and `key` is not
+    /// kept already (two threads that both missed insert the same key: counted once).
+    fn insert_capped(&mut self, key: K, value: Arc<V>, size: usize, cap: usize) {
+        if self.bytes + size <= cap && !self.map.contains_key(&key) {
+            self.bytes += size;
+            self.map.insert(key, value);
+        }
+    }
+
+    /// Empties it, handing back what it held (for the caller to drop outside its lock).
+    fn take(&mut self) -> std::collections::HashMap<K, Arc<V>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.map)
+    }
+}
+
+/// `cache`, locked. A thread that panicked while holding the lock left the cache
+/// consistent (every change is one insert or one clear), so a poisoned lock is still usable.
+fn lock_unpoisoned<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    cache.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The machine code of the Cranelift functions compiled in this process, by Cranelift's
@@ -86,8 +118,7 @@ impl MicroCache {
 /// experimental; tests/code_cache.rs runs with it on).
 #[derive(Default)]
 pub(crate) struct CodeCache {
-    code: std::collections::HashMap<CacheKeyHash, Arc<CachedCode>>,
-    bytes: usize,
+    entries: CappedMap<CacheKeyHash, CachedCode>,
     /// The byte cap; `None`: `CNNC_CODE_CACHE_MB`, else [`CODE_CACHE_BYTES`] (a test's
     /// private cache sets it, independent of the environment).
     cap: Option<usize>,
@@ -133,10 +164,9 @@ impl CodeCache {
         CODE_CACHE.get_or_init(Default::default)
     }
 
-    /// `cache`, locked. A thread that panicked while holding the lock left it consistent
-    /// (every change is one insert or one clear), so a poisoned lock is still usable.
+    /// `cache`, locked (see [`lock_unpoisoned`]).
     fn lock(cache: &Mutex<CodeCache>) -> std::sync::MutexGuard<'_, CodeCache> {
-        cache.lock().unwrap_or_else(|p| p.into_inner())
+        lock_unpoisoned(cache)
     }
 
     /// The byte cap: its own, else `CNNC_CODE_CACHE_MB`, else [`CODE_CACHE_BYTES`] (read
@@ -150,33 +180,18 @@ impl CodeCache {
 
     fn insert_capped(&mut self, key: CacheKeyHash, code: Arc<CachedCode>, cap: usize) {
         let size = code.footprint();
-        if self.bytes + size <= cap && !self.code.contains_key(&key) {
-            self.bytes += size;
-            self.code.insert(key, code);
-        }
+        self.entries.insert_capped(key, code, size, cap);
     }
 }
 
 /// Empties the process-wide caches of compiled code (Cranelift functions and x86
 /// micro-kernels): models compiled later compile everything again.
 pub(crate) fn clear_code_caches() {
-    let mut cache = CodeCache::lock(CodeCache::global());
-    let cap = cache.cap;
-    let code = std::mem::replace(
-        &mut *cache,
-        CodeCache {
-            cap,
-            ..Default::default()
-        },
-    );
-    drop(cache);
+    // Both maps are dropped outside their locks.
+    let code = CodeCache::lock(CodeCache::global()).entries.take();
     drop(code);
     if let Some(m) = MICRO_CACHE.get() {
-        let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
-        let code = std::mem::take(&mut m.code);
-        m.bytes = 0;
-        // Both maps are dropped outside their locks.
-        drop(m);
+        let code = lock_unpoisoned(m).take();
         drop(code);
     }
 }
@@ -962,7 +977,7 @@ impl KernelModule {
             let t = Instant::now();
             let func = p.func.lock().unwrap_or_else(|e| e.into_inner());
             let key = compute_cache_key(targets[p.mode as usize], &func);
-            let hit = CodeCache::lock(self.cache).code.get(&key).cloned();
+            let hit = CodeCache::lock(self.cache).entries.get(&key);
             match hit {
                 Some(code) => {
                     let relocs = resolve_relocs(&code, &func, p.fid);
@@ -1026,7 +1041,7 @@ impl KernelModule {
         if let Some(&id) = self.micros.get(&key) {
             return Ok(id);
         }
-        let code = MicroCache::get_or_emit(&key, || emit(spec))?;
+        let code = micro_get_or_emit(&key, || emit(spec))?;
         let id = self.add_micro(n_params, &code, what)?;
         self.micros.insert(key, id);
         Ok(id)
@@ -1726,7 +1741,7 @@ mod tests {
         assert_eq!(counts(true), Ok((1, 0)));
         let corrupt = |f: &dyn Fn(&mut CachedCode)| {
             let mut c = CodeCache::lock(cache);
-            let entry = c.code.values_mut().next().unwrap();
+            let entry = c.entries.map.values_mut().next().unwrap();
             let mut code = CachedCode {
                 bytes: entry.bytes.clone(),
                 alignment: entry.alignment,
@@ -1773,11 +1788,15 @@ mod tests {
         for c in 0..10 {
             cache.insert_capped(key(c), code(), 3 * size + size / 2);
         }
-        assert_eq!((cache.code.len(), cache.bytes), (3, 3 * size));
-        assert!(cache.code.contains_key(&key(2)) && !cache.code.contains_key(&key(3)));
+        let e = &cache.entries;
+        assert_eq!((e.map.len(), e.bytes), (3, 3 * size));
+        assert!(e.map.contains_key(&key(2)) && !e.map.contains_key(&key(3)));
         // The same key again is not counted twice.
         cache.insert_capped(key(0), code(), 10 * size);
-        assert_eq!((cache.code.len(), cache.bytes), (3, 3 * size));
+        assert_eq!(
+            (cache.entries.map.len(), cache.entries.bytes),
+            (3, 3 * size)
+        );
     }
 
     /// A micro-kernel is emitted once per process: a second module installs the bytes the
