@@ -33,10 +33,10 @@
 //! Arguments (System V): `rdi` the first channel's source (filter tap (0, 0)), `rsi` the
 //! panel, `rdx` the number of channels (at least 1); with [`SelfPad`], `rcx` the source row
 //! (of the unpadded input, may be negative) of filter row 0 for the strip's first row.
-use iced_x86::code_asm::{r10, r11, r8, r9, rcx, rdi, rdx, rsi, AsmMemoryOperand};
+use iced_x86::code_asm::{k1, r10, r11, r8, r9, rcx, rdi, rdx, rsi, AsmMemoryOperand};
 
-use super::pool::{Masks, MASK};
-use super::vasm::{asm_err, Vasm, Width};
+use super::pool::MASK;
+use super::vasm::{asm_err, Masks, Vasm, Width};
 use crate::error::{Error, Result};
 
 /// `len` floats at the kernel's stride from `from` bytes past a tap's source (negative:
@@ -406,7 +406,7 @@ impl PanelCopy {
         if n == self.width.lanes() {
             return v.store(dst, r);
         }
-        masks.set(v, 0, n)?;
+        masks.set(v, (k1, MASK), 0, n)?;
         match self.width {
             Width::Z512 => v.store_k1(dst, r),
             _ => v.maskstore(dst, MASK, r),
@@ -426,7 +426,7 @@ impl PanelCopy {
         if (lo, hi) == (0, self.width.lanes()) {
             return v.load(r, mem);
         }
-        masks.set(v, lo, hi)?;
+        masks.set(v, (k1, MASK), lo, hi)?;
         match self.width {
             Width::Z512 => v.load_k1(r, mem),
             _ => v.maskload(r, MASK, mem),

@@ -12,9 +12,9 @@
 //!
 //! Arguments (System V): `rdi` the input plane, `rsi` the output plane, `rdx` the channel's
 //! scale, `rcx` its shift.
-use iced_x86::code_asm::{eax, k1, r8, rcx, rdi, rdx, rsi, AsmMemoryOperand};
+use iced_x86::code_asm::{k1, r8, rcx, rdi, rdx, rsi};
 
-use super::vasm::{asm_err, Vasm, Width};
+use super::vasm::{asm_err, Masks, Vasm, Width};
 use crate::error::{Error, Result};
 
 /// Vectors per loop iteration.
@@ -67,28 +67,15 @@ impl ScaleShiftPlane {
             self.vector(&mut v, j as i32 * vec_bytes, VALUES + j, None)?;
         }
         let tail = self.hw % l;
-        let mut mask_data = None;
+        let mut masks = Masks::default();
         if tail > 0 {
             let at = (full % UNROLL) as i32 * vec_bytes;
-            if self.width == Width::Z512 {
-                v.a.mov(eax, ((1u32 << tail) - 1) as i32).map_err(asm_err)?;
-                v.a.kmovw(k1, eax).map_err(asm_err)?;
-            } else {
-                let label = v.a.create_label();
-                v.load(MASK, AsmMemoryOperand::from(label))?;
-                mask_data = Some(label);
-            }
+            masks.set(&mut v, (k1, MASK), 0, tail)?;
             self.vector(&mut v, at, VALUES, Some(tail))?;
         }
         v.a.vzeroupper().map_err(asm_err)?;
         v.a.ret().map_err(asm_err)?;
-        if let Some(mut label) = mask_data {
-            v.a.set_label(&mut label).map_err(asm_err)?;
-            let lanes: Vec<u32> = (0..l)
-                .map(|i| if i < tail { u32::MAX } else { 0 })
-                .collect();
-            v.a.dd(&lanes).map_err(asm_err)?;
-        }
+        masks.emit_data(&mut v)?;
         v.finish()
     }
 

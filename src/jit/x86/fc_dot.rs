@@ -38,11 +38,9 @@
 //! layer's features, so the whole vector lies in the buffer), and `rows` residuals and
 //! outputs (all `R` of a full block, the last block's under the mask); the prefetches only
 //! ask for lines.
-use iced_x86::code_asm::{
-    byte_ptr, eax, k1, k2, r10, r8, rcx, rdi, rdx, rsi, zmmword_ptr, AsmMemoryOperand, CodeLabel,
-};
+use iced_x86::code_asm::{byte_ptr, k1, k2, r10, r8, rcx, rdi, rdx, rsi, zmmword_ptr};
 
-use super::vasm::{asm_err, Vasm, Width};
+use super::vasm::{asm_err, Masks, Vasm, Width};
 use super::winograd::Activation;
 use crate::error::{Error, Result};
 
@@ -196,17 +194,9 @@ impl FcDot {
         let mut v = Vasm::new(w)?;
         let zmm = w == Width::Z512;
         let (xmask, _) = self.masks();
-        let mut data: Vec<(CodeLabel, usize)> = Vec::new();
+        let mut masks = Masks::default();
         if self.x_tail() > 0 {
-            if zmm {
-                v.a.mov(eax, ((1u32 << self.x_tail()) - 1) as i32)
-                    .map_err(asm_err)?;
-                v.a.kmovw(k2, eax).map_err(asm_err)?;
-            } else {
-                let label = v.a.create_label();
-                v.load(xmask, AsmMemoryOperand::from(label))?;
-                data.push((label, self.x_tail()));
-            }
+            masks.set(&mut v, (k2, xmask), 0, self.x_tail())?;
         }
         for a in 0..r {
             v.zero(a)?;
@@ -257,14 +247,10 @@ impl FcDot {
             step(&mut v, rest, true)?;
         }
         self.reduce(&mut v)?;
-        self.epilogue(&mut v, &mut data)?;
+        self.epilogue(&mut v, &mut masks)?;
         v.a.vzeroupper().map_err(asm_err)?;
         v.a.ret().map_err(asm_err)?;
-        for (mut label, n) in data {
-            let lanes: Vec<u32> = (0..l).map(|i| if i < n { u32::MAX } else { 0 }).collect();
-            v.a.set_label(&mut label).map_err(asm_err)?;
-            v.a.dd(&lanes).map_err(asm_err)?;
-        }
+        masks.emit_data(&mut v)?;
         v.finish()
     }
 
@@ -287,21 +273,13 @@ impl FcDot {
     }
 
     /// `+ bias`, `+ residual`, the activation and the store of register 0, masked to `rows`.
-    fn epilogue(&self, v: &mut Vasm, data: &mut Vec<(CodeLabel, usize)>) -> Result<()> {
+    fn epilogue(&self, v: &mut Vasm, masks: &mut Masks) -> Result<()> {
         let zmm = self.width == Width::Z512;
         let masked = self.rows < self.r();
         let (_, rmask) = self.masks();
         let t = self.tmp();
         if masked {
-            if zmm {
-                v.a.mov(eax, ((1u32 << self.rows) - 1) as i32)
-                    .map_err(asm_err)?;
-                v.a.kmovw(k1, eax).map_err(asm_err)?;
-            } else {
-                let label = v.a.create_label();
-                v.load(rmask, AsmMemoryOperand::from(label))?;
-                data.push((label, self.rows));
-            }
+            masks.set(v, (k1, rmask), 0, self.rows)?;
         }
         if self.bias {
             // The packed biases of a block are `R` floats (zero past the layer's features).

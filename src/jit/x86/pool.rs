@@ -36,10 +36,9 @@
 //! Arguments (System V): `rdi` the channel's input plane, `rsi` its output plane.
 use iced_x86::code_asm::{
     eax, k1, k2, qword_ptr, r10, r11, r8, r9, rcx, rdi, rsi, zmmword_ptr, AsmMemoryOperand,
-    CodeLabel,
 };
 
-use super::vasm::{asm_err, Vasm, Width};
+use super::vasm::{asm_err, Masks, Vasm, Width};
 use crate::error::{Error, Result};
 
 /// The kernel of one max pool shape: everything baked in.
@@ -110,7 +109,7 @@ const NAN: usize = 11;
 const ONES: usize = 11;
 const NAN_T: usize = 12;
 const PERM: usize = 13;
-/// The AVX2 mask register of [`Masks::set`] (also the panel copy's).
+/// The AVX2 mask register of the lanes [`Masks::set`] sets (also the panel copy's).
 pub(super) const MASK: usize = 14;
 const NEG_INF: usize = 15;
 /// [`MaxPoolPlane::deinterleaves`]: the column vectors reduced over the rows (`A` at the
@@ -128,42 +127,6 @@ const IDX_ODD: usize = 17;
 fn disp(bytes: isize) -> Result<i32> {
     i32::try_from(bytes)
         .map_err(|_| Error::Codegen(format!("max pool kernel offset {bytes} exceeds i32")))
-}
-
-/// The lanes `[lo, hi)` of a masked load or store, and the AVX2 masks' labels (emitted
-/// after the code: a label plus a displacement is not RIP-relative in iced's assembler).
-#[derive(Default)]
-pub(super) struct Masks(Vec<((usize, usize), CodeLabel)>);
-
-impl Masks {
-    /// AVX-512: the lanes in `k1`; AVX2: in register `MASK`.
-    pub(super) fn set(&mut self, v: &mut Vasm, lo: usize, hi: usize) -> Result<()> {
-        if v.w == Width::Z512 {
-            let bits = ((1u32 << hi) - 1) & !((1u32 << lo) - 1);
-            v.a.mov(eax, bits as i32).map_err(asm_err)?;
-            return v.a.kmovw(k1, eax).map_err(asm_err);
-        }
-        let label = match self.0.iter().find(|m| m.0 == (lo, hi)) {
-            Some(m) => m.1,
-            None => {
-                let label = v.a.create_label();
-                self.0.push(((lo, hi), label));
-                label
-            }
-        };
-        v.load(MASK, AsmMemoryOperand::from(label))
-    }
-
-    pub(super) fn emit_data(self, v: &mut Vasm) -> Result<()> {
-        for ((lo, hi), mut label) in self.0 {
-            v.a.set_label(&mut label).map_err(asm_err)?;
-            let lanes: Vec<u32> = (0..v.w.lanes())
-                .map(|i| if (lo..hi).contains(&i) { u32::MAX } else { 0 })
-                .collect();
-            v.a.dd(&lanes).map_err(asm_err)?;
-        }
-        Ok(())
-    }
 }
 
 impl MaxPoolPlane {
@@ -297,7 +260,7 @@ impl MaxPoolPlane {
         let row = self.in_w as isize;
         disp(((self.out_h * self.stride_h + self.kernel_h) * self.in_w * 4) as isize)?;
         let mut v = Vasm::new(self.width)?;
-        let mut masks = Masks(Vec::new());
+        let mut masks = Masks::default();
         let mut order = v.a.create_label();
         let (mut even, mut odd) = (v.a.create_label(), v.a.create_label());
         if self.deinterleaves() {
@@ -400,7 +363,7 @@ impl MaxPoolPlane {
             if lo >= hi {
                 return mov(v, dst, NEG_INF);
             }
-            masks.set(v, lo, hi)?;
+            masks.set(v, (k1, MASK), lo, hi)?;
             match self.width {
                 Width::Z512 => {
                     mov(v, dst, NEG_INF)?;
@@ -474,7 +437,7 @@ impl MaxPoolPlane {
                 if n == l {
                     return v.store(out, MAX);
                 }
-                masks.set(v, 0, n)?;
+                masks.set(v, (k1, MASK), 0, n)?;
                 match self.width {
                     Width::Z512 => v.store_k1(out, MAX),
                     _ => v.maskstore(out, MASK, MAX),

@@ -3,7 +3,8 @@
 //! AVX2 and AVX-512. Registers are numbered `0..32` (`0..16` below 512 bits).
 use iced_x86::code_asm::{
     dword_bcst, dword_ptr, get_xmm, get_ymm, get_zmm, xmmword_ptr, ymmword_ptr, zmmword_ptr,
-    AsmMemoryOperand, AsmRegisterXmm, AsmRegisterYmm, AsmRegisterZmm, CodeAssembler,
+    AsmMemoryOperand, AsmRegisterK, AsmRegisterXmm, AsmRegisterYmm, AsmRegisterZmm, CodeAssembler,
+    CodeLabel,
 };
 use iced_x86::{Encoder, IcedError, Register};
 use std::collections::HashMap;
@@ -83,6 +84,52 @@ macro_rules! wide {
     };
 }
 
+/// Lanes `lo..hi` (`hi <= 16`) as the bits of an AVX-512 mask register.
+pub(crate) fn lane_bits(lo: usize, hi: usize) -> u32 {
+    debug_assert!(lo <= hi && hi <= 16);
+    ((1u32 << hi) - 1) & !((1u32 << lo) - 1)
+}
+
+/// The lane masks of a kernel's masked loads and stores: AVX-512 sets a mask register;
+/// below, a vector register is loaded from a constant of the kernel, emitted after its
+/// code by [`Masks::emit_data`] (a label plus a displacement is not RIP-relative in iced's
+/// assembler). Masks of the same lanes share one constant.
+#[derive(Default)]
+pub(crate) struct Masks(Vec<((usize, usize), CodeLabel)>);
+
+impl Masks {
+    /// AVX-512: lanes `lo..hi` in `k` (through `eax`); below: in vector register `reg`.
+    pub fn set(
+        &mut self,
+        v: &mut Vasm,
+        (k, reg): (AsmRegisterK, usize),
+        lo: usize,
+        hi: usize,
+    ) -> Result<()> {
+        if v.w == Width::Z512 {
+            return v.kmask(k, lo, hi);
+        }
+        let label = match self.0.iter().find(|m| m.0 == (lo, hi)) {
+            Some(m) => m.1,
+            None => {
+                let label = v.a.create_label();
+                self.0.push(((lo, hi), label));
+                label
+            }
+        };
+        v.load(reg, AsmMemoryOperand::from(label))
+    }
+
+    /// The constants of the masks [`Self::set`] loaded, after the kernel's code.
+    pub fn emit_data(self, v: &mut Vasm) -> Result<()> {
+        for ((lo, hi), mut label) in self.0 {
+            v.a.set_label(&mut label).map_err(asm_err)?;
+            v.mask_data(lo, hi)?;
+        }
+        Ok(())
+    }
+}
+
 /// The assembler and the width its vector instructions use.
 pub(crate) struct Vasm {
     pub a: CodeAssembler,
@@ -95,6 +142,27 @@ impl Vasm {
             a: CodeAssembler::new(64).map_err(asm_err)?,
             w,
         })
+    }
+
+    /// AVX-512: mask register `k` = lanes `lo..hi` (through `eax`).
+    pub fn kmask(&mut self, k: AsmRegisterK, lo: usize, hi: usize) -> Result<()> {
+        self.kmask_bits(k, lane_bits(lo, hi))
+    }
+
+    /// AVX-512: mask register `k` = `bits` (through `eax`).
+    pub fn kmask_bits(&mut self, k: AsmRegisterK, bits: u32) -> Result<()> {
+        use iced_x86::code_asm::eax;
+        self.a.mov(eax, bits as i32).map_err(asm_err)?;
+        self.a.kmovw(k, eax).map_err(asm_err)
+    }
+
+    /// A vector constant of this width for `vmaskmovps`: all ones in lanes `lo..hi`, zero
+    /// in the others.
+    pub fn mask_data(&mut self, lo: usize, hi: usize) -> Result<()> {
+        let lanes: Vec<u32> = (0..self.w.lanes())
+            .map(|i| if (lo..hi).contains(&i) { u32::MAX } else { 0 })
+            .collect();
+        self.a.dd(&lanes).map_err(asm_err)
     }
 
     /// `acc += a * b` (registers).

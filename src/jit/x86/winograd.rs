@@ -135,8 +135,7 @@ impl WinogradInput {
         disp(((5 + 4 * (self.stack - 1)) * self.row_stride() + 64 + 4) * 4)?;
         let mut v = Vasm::new(Width::Z512)?;
         let tables = start(&mut v, IDX, &[(C4, 4.0), (C2, 2.0), (C5, 5.0)])?;
-        v.a.mov(eax, 0xFF00).map_err(asm_err)?;
-        v.a.kmovw(k1, eax).map_err(asm_err)?;
+        v.kmask(k1, 8, 16)?;
         on_stack(&mut v, STACK, |v| {
             (0..self.vectors).try_for_each(|q| self.vector(v, q))
         })?;
@@ -205,8 +204,7 @@ impl WinogradInput {
             if bits == 0 {
                 v.zero(r)?;
             } else {
-                v.a.mov(eax, bits as i32).map_err(asm_err)?;
-                v.a.kmovw(k2, eax).map_err(asm_err)?;
+                v.kmask_bits(k2, bits)?;
                 v.a.vmovups(zr(r).k2().z(), m(16 * i)?).map_err(asm_err)?;
             }
             *sr = Src::Reg(r);
@@ -472,8 +470,7 @@ impl WinogradOutput {
             v.a.vpermt2ps(c, zr(QU + m % 2), zr(PAIRS + second))
                 .map_err(asm_err)?;
             if n < LANES {
-                v.a.mov(eax, ((1u32 << n) - 1) as i32).map_err(asm_err)?;
-                v.a.kmovw(k2, eax).map_err(asm_err)?;
+                v.kmask(k2, 0, n)?;
             }
             let at = disp(((4 * j + a) * self.store.ow + col) * 4)?;
             self.epilogue(v, CHUNKS + m, at, n < LANES)?;

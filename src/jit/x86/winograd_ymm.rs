@@ -410,10 +410,7 @@ impl YmmOutput {
         if edge != 0 {
             // Lanes below `ow % 8` of the vector at the right edge.
             v.a.set_label(&mut mask).map_err(asm_err)?;
-            let lanes: Vec<u32> = (0..YMM_LANES)
-                .map(|l| if l < edge { u32::MAX } else { 0 })
-                .collect();
-            v.a.dd(&lanes).map_err(asm_err)?;
+            v.mask_data(0, edge)?;
         }
         v.finish()
     }
