@@ -27,14 +27,14 @@
 //! then `+ bias`, `+ residual`, the activation: the same operations in the same order as
 //! the Cranelift kernels, so results are bit-identical across ISA levels.
 use iced_x86::code_asm::{
-    byte_ptr, dword_ptr, eax, get_xmm, get_ymm, qword_ptr, r10, r11, r8, r9, rcx, rdi, rdx, rsi,
-    rsp, ymmword_ptr, AsmMemoryOperand, AsmRegisterXmm, AsmRegisterYmm,
+    byte_ptr, dword_ptr, eax, get_xmm, get_ymm, k1, qword_ptr, r10, r11, r8, r9, rcx, rdi, rdx,
+    rsi, rsp, ymmword_ptr, AsmMemoryOperand, AsmRegisterXmm, AsmRegisterYmm,
 };
 use iced_x86::Register;
 
 use std::sync::Arc;
 
-use super::vasm::{asm_err, Vasm, Width};
+use super::vasm::{asm_err, Masks, Vasm, Width};
 use crate::error::{Error, Result};
 use crate::jit::module::{Compiled, KernelModule, MicroId, Pending};
 
@@ -268,27 +268,17 @@ impl MicroGemm {
         let mut v = Vasm::new(self.width)?;
         // The extra column's ymm / xmm instructions name registers 16-31: EVEX only.
         v.a.set_prefer_vex(self.extra_x == 0);
-        let mut mask_data = None;
-        if let Some(m) = self.mask_reg() {
-            let label = v.a.create_label();
-            v.load(m, AsmMemoryOperand::from(label))?;
-            mask_data = Some(label);
-        } else if self.tail() > 0 {
-            v.a.mov(eax, ((1u32 << self.tail()) - 1) as i32)
-                .map_err(asm_err)?;
-            v.a.kmovw(iced_x86::code_asm::k1, eax).map_err(asm_err)?;
+        let mut masks = Masks::default();
+        if self.tail() > 0 {
+            // `mask_reg` is `Some` below AVX-512; AVX-512 sets `k1` and names no register.
+            let reg = self.mask_reg().unwrap_or_default();
+            masks.set(&mut v, (k1, reg), 0, self.tail())?;
         }
         self.reduction(&mut v)?;
         self.epilogue(&mut v)?;
         v.a.vzeroupper().map_err(asm_err)?;
         v.a.ret().map_err(asm_err)?;
-        if let Some(mut label) = mask_data {
-            let lanes: Vec<u32> = (0..self.width.lanes())
-                .map(|l| if l < self.tail() { u32::MAX } else { 0 })
-                .collect();
-            v.a.set_label(&mut label).map_err(asm_err)?;
-            v.a.dd(&lanes).map_err(asm_err)?;
-        }
+        masks.emit_data(&mut v)?;
         v.finish()
     }
 
@@ -300,9 +290,7 @@ impl MicroGemm {
         let mut v = Vasm::new(self.width)?;
         v.a.set_prefer_vex(false);
         let (cols, w) = (self.cols, self.cols);
-        v.a.mov(eax, ((1u32 << self.rows) - 1) as i32)
-            .map_err(asm_err)?;
-        v.a.kmovw(iced_x86::code_asm::k1, eax).map_err(asm_err)?;
+        v.kmask(k1, 0, self.rows)?;
         for j in 0..cols {
             v.zero(j)?;
         }
