@@ -33,17 +33,16 @@ fn main() {
         let mut km = KernelModule::new().unwrap();
         let pk = km.add_fc(&spec).unwrap();
         let code = km.finalize().unwrap();
-        let kern = code.get(pk.clone()).unwrap();
-        variants.push((kern, pk));
+        variants.push(code.get(pk).unwrap());
     }
     // Copies allocated in turn for the two variants and the read.
     let mut packs: [Vec<cnnc::memory::HugeBuf>; 2] = [Vec::new(), Vec::new()];
     let mut reads = Vec::new();
     for _ in 0..copies {
         for (v, p) in variants.iter().zip(packs.iter_mut()) {
-            p.push(v.1.pack_weights(&w, Some(&b)).unwrap());
+            p.push(v.pack_weights(&w, Some(&b)).unwrap());
         }
-        reads.push(variants[0].1.pack_weights(&w, Some(&b)).unwrap());
+        reads.push(variants[0].pack_weights(&w, Some(&b)).unwrap());
     }
     let pool =
         (threads > 1).then(|| ThreadPool::new(threads, std::time::Duration::from_micros(200)));
@@ -52,7 +51,7 @@ fn main() {
     let t1 = Instant::now();
     let mut round = 0;
     while t1.elapsed().as_secs_f64() < 4.0 {
-        for (i, (kern, _)) in variants.iter().enumerate() {
+        for (i, kern) in variants.iter().enumerate() {
             let (packed, out) = (&packs[i][round % copies], &mut outs[i]);
             let t = Instant::now();
             match &pool {
@@ -85,9 +84,9 @@ fn main() {
         let m = med(&times[i]);
         println!(
             "  {var}={v} ({}): median {m:.3} ms, {:.1} GB/s, {:.0}% of the read",
-            variants[i].0.micro_kernel(),
-            gbs(m, variants[i].0.packed_len()),
-            100.0 * read / m * variants[i].0.packed_len() as f64 / reads[0].len() as f64,
+            variants[i].micro_kernel(),
+            gbs(m, variants[i].packed_len()),
+            100.0 * read / m * variants[i].packed_len() as f64 / reads[0].len() as f64,
         );
     }
     println!(

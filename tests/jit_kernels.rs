@@ -944,6 +944,15 @@ fn check_fc_at(s: &FcSpec, seed: u64, isa: Option<cnnc::Isa>) -> (Vec<f32>, Stri
     let code = km.finalize().unwrap();
     let k = code.get(p).unwrap();
     assert_eq!(packed.len(), k.packed_len());
+    if isa.is_some() {
+        // The compiled kernel packs as its pending handle did.
+        let again = k.pack_weights(&w, b.as_deref()).unwrap();
+        assert!(again
+            .iter()
+            .zip(packed.iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert_eq!(again.len(), packed.len());
+    }
     let what = format!("{s:?} at {isa:?} ({})", k.micro_kernel());
     let mut out = vec![f32::NAN; s.output_len()];
     k.run_all(&x, &packed, r.as_deref(), &mut out).unwrap();

@@ -661,7 +661,6 @@ impl<'a> FcTile<'a> {
 }
 
 /// A fully connected layer defined in a [`KernelModule`], not yet finalized.
-#[derive(Clone)]
 pub struct PendingFc {
     id: PendingId,
     spec: FcSpec,
@@ -768,7 +767,12 @@ impl FcKernel {
     pub fn micro_kernel(&self) -> String {
         self.plan.micro_kernel()
     }
-    /// Floats of the packed weights it reads ([`PendingFc::pack_weights`]).
+    /// Packs the layer's weights `[out, in]` (and bias) for this kernel, as
+    /// [`PendingFc::pack_weights`] does.
+    pub fn pack_weights(&self, weights: &[f32], bias: Option<&[f32]>) -> Result<HugeBuf> {
+        self.plan.pack(&self.spec, weights, bias)
+    }
+    /// Floats of the packed weights it reads ([`Self::pack_weights`]).
     pub fn packed_len(&self) -> usize {
         self.plan.packed_len(&self.spec)
     }
