@@ -287,8 +287,11 @@ impl FcGemm {
                 return self.panel(e, a, &t, tail);
             }
             let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, p, last);
-            e.when(is_last, |e| self.panel(e, a, &t, tail))?;
-            e.unless(is_last, |e| self.panel(e, a, &t, np))
+            e.if_else(
+                is_last,
+                |e| self.panel(e, a, &t, tail),
+                |e| self.panel(e, a, &t, np),
+            )
         })
     }
 

@@ -1256,12 +1256,11 @@ impl WinogradPlan {
             e.b.ins()
                 .icmp_imm_s(IntCC::SignedLessThanOrEqual, r1, s.in_h as i64);
         let inside = e.b.ins().band(below, above);
-        e.when(inside, |e| {
-            self.group_input_direct(e, inp, scratch, (r0, n))
-        })?;
-        e.unless(inside, |e| {
-            self.group_input_padded(e, inp, scratch, (r0, n))
-        })
+        e.if_else(
+            inside,
+            |e| self.group_input_direct(e, inp, scratch, (r0, n)),
+            |e| self.group_input_padded(e, inp, scratch, (r0, n)),
+        )
     }
 
     /// [`Self::group_input`] of a group of `n` tile rows whose rows `r0 .. r0 + 4 n + 2` lie
