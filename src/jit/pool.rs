@@ -231,6 +231,30 @@ fn body(s: &PoolSpec, e: &mut Emit, b: PoolBufs<Value>, begin: Value, end: Value
             e.load(ty, p, o)
         }
     };
+    // One tap into the window's accumulator: the max (NaN wins) or the sum.
+    let fold = |e: &mut Emit, acc: Option<Value>, v: Value| {
+        Some(match acc {
+            None => v,
+            Some(a) if is_max => e.max_nan(a, v),
+            Some(a) => e.b.ins().fadd(a, v),
+        })
+    };
+    // The window's output (`ty`: one float or four) to output `ox` of `orow`: the max, or
+    // the sum times `inv`.
+    let store = |e: &mut Emit, acc: Option<Value>, ty, (orow, ox): (Value, Value)| {
+        let mut r = acc.expect("window is not empty");
+        if !is_max {
+            let k = e.b.ins().f32const(inv);
+            let k = if ty == F32X4 {
+                e.b.ins().splat(F32X4, k)
+            } else {
+                k
+            };
+            r = e.b.ins().fmul(r, k);
+        }
+        let op = e.addr(orow, ox, 4);
+        e.store(r, op, 0);
+    };
     e.for_range(begin, end, 1, |e, c| {
         let plane = e.addr(inp, c, s.in_h * s.in_w * 4);
         let src = if s.padded() {
@@ -272,21 +296,10 @@ fn body(s: &PoolSpec, e: &mut Emit, b: PoolBufs<Value>, begin: Value, end: Value
                             let b = ld(e, F32X4, base, off(o + q * 8 + 16));
                             e.shuffle_lanes(a, b, fx % 2)
                         };
-                        acc = Some(match acc {
-                            None => v,
-                            Some(a) if is_max => e.max_nan(a, v),
-                            Some(a) => e.b.ins().fadd(a, v),
-                        });
+                        acc = fold(e, acc, v);
                     }
                 }
-                let mut r = acc.expect("window is not empty");
-                if !is_max {
-                    let k = e.b.ins().f32const(inv);
-                    let k = e.b.ins().splat(F32X4, k);
-                    r = e.b.ins().fmul(r, k);
-                }
-                let op = e.addr(orow, ox, 4);
-                e.store(r, op, 0);
+                store(e, acc, F32X4, (orow, ox));
                 Ok(())
             })?;
             // Scalar outputs.
@@ -296,20 +309,10 @@ fn body(s: &PoolSpec, e: &mut Emit, b: PoolBufs<Value>, begin: Value, end: Value
                 for fy in 0..s.kernel_h {
                     for fx in 0..s.kernel_w {
                         let v = ld(e, F32, base, off((fy * wp + fx) * 4));
-                        acc = Some(match acc {
-                            None => v,
-                            Some(a) if is_max => e.max_nan(a, v),
-                            Some(a) => e.b.ins().fadd(a, v),
-                        });
+                        acc = fold(e, acc, v);
                     }
                 }
-                let mut r = acc.expect("window is not empty");
-                if !is_max {
-                    let k = e.b.ins().f32const(inv);
-                    r = e.b.ins().fmul(r, k);
-                }
-                let op = e.addr(orow, ox, 4);
-                e.store(r, op, 0);
+                store(e, acc, F32, (orow, ox));
                 Ok(())
             })
         })
