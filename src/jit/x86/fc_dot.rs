@@ -40,7 +40,7 @@
 //! ask for lines.
 use iced_x86::code_asm::{byte_ptr, k1, k2, r10, r8, rcx, rdi, rdx, rsi, zmmword_ptr};
 
-use super::vasm::{asm_err, Masks, Vasm, Width};
+use super::vasm::{asm_err, zr, Masks, Vasm, Width};
 use super::winograd::Activation;
 use crate::error::{Error, Result};
 
@@ -367,10 +367,6 @@ impl Combine {
         }
         out
     }
-}
-
-fn zr(i: usize) -> iced_x86::code_asm::AsmRegisterZmm {
-    iced_x86::code_asm::get_zmm(iced_x86::Register::ZMM0 + i as u32).expect("zmm index below 32")
 }
 
 fn disp(bytes: usize) -> Result<i32> {

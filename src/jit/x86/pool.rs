@@ -38,7 +38,7 @@ use iced_x86::code_asm::{
     eax, k1, k2, qword_ptr, r10, r11, r8, r9, rcx, rdi, rsi, zmmword_ptr, AsmMemoryOperand,
 };
 
-use super::vasm::{asm_err, Masks, Vasm, Width};
+use super::vasm::{asm_err, yr, zr, Masks, Vasm, Width};
 use crate::error::{Error, Result};
 
 /// The kernel of one max pool shape: everything baked in.
@@ -503,13 +503,6 @@ type RowClass = (usize, usize, std::ops::Range<usize>, bool);
 enum Place {
     Loop,
     Edge(usize),
-}
-
-fn zr(i: usize) -> iced_x86::code_asm::AsmRegisterZmm {
-    iced_x86::code_asm::get_zmm(iced_x86::Register::ZMM0 + i as u32).expect("zmm below 32")
-}
-fn yr(i: usize) -> iced_x86::code_asm::AsmRegisterYmm {
-    iced_x86::code_asm::get_ymm(iced_x86::Register::YMM0 + i as u32).expect("ymm below 16")
 }
 
 /// `dst = src` (registers).

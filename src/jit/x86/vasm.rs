@@ -53,13 +53,15 @@ pub(crate) fn asm_err(e: IcedError) -> Error {
     Error::Codegen(format!("x86 assembler: {e}"))
 }
 
-fn xr(i: usize) -> AsmRegisterXmm {
+/// Vector register `i` at each width (`i < 32`; below AVX-512, `i < 16`), for the
+/// kernels' own instructions.
+pub(crate) fn xr(i: usize) -> AsmRegisterXmm {
     get_xmm(Register::XMM0 + i as u32).expect("xmm index below 32")
 }
-fn yr(i: usize) -> AsmRegisterYmm {
+pub(crate) fn yr(i: usize) -> AsmRegisterYmm {
     get_ymm(Register::YMM0 + i as u32).expect("ymm index below 32")
 }
-fn zr(i: usize) -> AsmRegisterZmm {
+pub(crate) fn zr(i: usize) -> AsmRegisterZmm {
     get_zmm(Register::ZMM0 + i as u32).expect("zmm index below 32")
 }
 

@@ -19,11 +19,10 @@
 //! (each vector of 16 tiles reads columns `4 tx0 .. 4 tx0 + 80`: the caller's rows hold
 //! `4 vectors * 16 + 16` columns), writes 36 vectors of 16 floats `v_stride` floats apart.
 use iced_x86::code_asm::{
-    eax, k1, k2, r11, rcx, rdi, rdx, rsi, rsp, zmmword_ptr, AsmMemoryOperand, AsmRegisterZmm,
-    CodeLabel,
+    eax, k1, k2, r11, rcx, rdi, rdx, rsi, rsp, zmmword_ptr, AsmMemoryOperand, CodeLabel,
 };
 
-use super::vasm::{asm_err, Vasm, Width};
+use super::vasm::{asm_err, zr, Vasm, Width};
 use crate::error::{Error, Result};
 
 /// The input transform of one tile row of one channel, shapes baked in.
@@ -66,10 +65,6 @@ const MASKED: usize = 28;
 
 /// Bytes of the stack area holding `t` (36 vectors).
 const STACK: usize = 36 * 64;
-
-fn zr(i: usize) -> AsmRegisterZmm {
-    iced_x86::code_asm::get_zmm(iced_x86::Register::ZMM0 + i as u32).expect("zmm index below 32")
-}
 
 pub(super) fn disp(bytes: usize) -> Result<i32> {
     i32::try_from(bytes)

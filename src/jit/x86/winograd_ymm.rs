@@ -44,11 +44,9 @@
 //! `8 vectors` floats of each of the 36 planes `m_stride` apart, the `rows x ow` pixels at
 //! `rdx` (with a residual), writes those at `rsi` (stacked: the `rows[1] x ow` pixels 4
 //! rows below too).
-use iced_x86::code_asm::{
-    rcx, rdi, rdx, rsi, ymmword_ptr, AsmMemoryOperand, AsmRegisterYmm, CodeLabel,
-};
+use iced_x86::code_asm::{rcx, rdi, rdx, rsi, ymmword_ptr, AsmMemoryOperand, CodeLabel};
 
-use super::vasm::{asm_err, Vasm, Width};
+use super::vasm::{asm_err, yr, Vasm, Width};
 use super::winograd::{disp, splat, Activation, OutputStore};
 use crate::error::{Error, Result};
 use crate::jit::winograd::{AT, BT};
@@ -83,10 +81,6 @@ pub struct YmmOutput {
     /// second row past it).
     pub rows: [usize; 2],
     pub store: OutputStore,
-}
-
-fn yr(i: usize) -> AsmRegisterYmm {
-    iced_x86::code_asm::get_ymm(iced_x86::Register::YMM0 + i as u32).expect("ymm index below 16")
 }
 
 /// A term's value: a register, or a vector in memory.
