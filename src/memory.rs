@@ -810,7 +810,7 @@ fn collapse(at: usize) -> Collapse {
         let done = unsafe {
             // Advice only (where it fails, so does the collapse).
             let _ = sys::madvise(at, HUGE_PAGE, libc::MADV_HUGEPAGE);
-            sys::madvise(at, HUGE_PAGE, libc::MADV_COLLAPSE)
+            sys::madvise(at, HUGE_PAGE, sys::MADV_COLLAPSE)
         };
         match done {
             Ok(()) => Collapse::Done,
@@ -828,6 +828,12 @@ fn collapse(at: usize) -> Collapse {
 /// The system calls of the collapse, the crate's only ones outside `jit`.
 #[cfg(target_os = "linux")]
 mod sys {
+    /// `MADV_COLLAPSE` (Linux 6.1+): the UAPI value, 25 on every architecture, spelled out
+    /// here because libc defines it for glibc targets only (not musl).
+    pub(super) const MADV_COLLAPSE: libc::c_int = 25;
+    #[cfg(target_env = "gnu")]
+    const _: () = assert!(MADV_COLLAPSE == libc::MADV_COLLAPSE);
+
     /// `madvise(advice)` on the `len` bytes at `at` (whole pages); the errno on failure.
     ///
     /// # Safety
@@ -845,7 +851,7 @@ mod sys {
     ) -> Result<(), libc::c_int> {
         debug_assert!(matches!(
             advice,
-            libc::MADV_HUGEPAGE | libc::MADV_COLLAPSE | libc::MADV_DONTNEED
+            libc::MADV_HUGEPAGE | MADV_COLLAPSE | libc::MADV_DONTNEED
         ));
         // SAFETY: the caller's guarantee.
         match unsafe { libc::madvise(at as *mut libc::c_void, len, advice) } {
