@@ -23,8 +23,9 @@
 //! ```
 //!
 //! `unsafe` code is denied, but for the items that call generated code, map and free it and
-//! hand work to the thread pool (in `jit`), each allowed where it stands with its invariant
-//! in a `// SAFETY:` comment.
+//! hand work to the thread pool (in `jit`), and the page-advice system calls of
+//! `memory` (`madvise`, the settle thread's priority), each allowed where it stands with its
+//! invariant in a `// SAFETY:` comment.
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 pub mod error;

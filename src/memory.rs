@@ -546,10 +546,25 @@ static COLLAPSES: std::sync::Mutex<Collapses> = std::sync::Mutex::new(Collapses 
 static SMALL_CHUNKS: AtomicU64 = AtomicU64::new(0);
 static COLLAPSED: AtomicU64 = AtomicU64::new(0);
 static COLLAPSE_FAILED: AtomicU64 = AtomicU64::new(0);
-/// Set when the kernel refuses `MADV_COLLAPSE` itself (before Linux 6.1, or THP off):
-/// nothing is queued or tried after that.
-static COLLAPSE_UNSUPPORTED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether chunks may be collapsed here, probed once: the kernel knows `MADV_COLLAPSE`
+/// (Linux 6.1+; `madvise(0, 0, advice)` returns 0 iff the advice is supported, touching
+/// nothing) and the system's THP mode is not `never` (`MADV_COLLAPSE` ignores that mode,
+/// so the admin's `never` is respected here). Where not, nothing is queued and no page
+/// policy changes. An error after that is one chunk's (EINVAL too: a range with no page
+/// in, or write-protected after a fork), not the process's.
+pub fn huge_collapse_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        #[cfg(target_os = "linux")]
+        {
+            let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+            thp.is_ok_and(|mode| !mode.contains("[never]")) && sys::collapse_known()
+        }
+        #[cfg(not(target_os = "linux"))]
+        false
+    })
+}
 
 impl Collapses {
     fn lock() -> std::sync::MutexGuard<'static, Collapses> {
@@ -558,9 +573,9 @@ impl Collapses {
     }
 
     /// Queues the chunks at `starts` (2 MiB each, of one mapping); the mapping's key (0:
-    /// none queued, where `MADV_COLLAPSE` proved unsupported).
+    /// none queued, where collapses are not supported: [`huge_collapse_supported`]).
     fn add(&mut self, starts: &[usize]) -> u64 {
-        if starts.is_empty() || COLLAPSE_UNSUPPORTED.load(Ordering::Relaxed) {
+        if starts.is_empty() || !huge_collapse_supported() {
             return 0;
         }
         let owner = self.next_owner;
@@ -773,55 +788,55 @@ fn collapse_next(warm: &mut WarmPage, go_on: &dyn Fn() -> bool) -> Option<bool> 
     // With the lock held: the chunk's mapping is live until its drop has removed its
     // chunks from the queue, which waits for the lock.
     let result = collapse(at);
-    match result {
-        Collapse::Done => {
-            COLLAPSED.fetch_add(1, Ordering::Relaxed);
-        }
-        Collapse::Failed => {
-            COLLAPSE_FAILED.fetch_add(1, Ordering::Relaxed);
-        }
-        Collapse::Unsupported => {
-            COLLAPSE_FAILED.fetch_add(1 + queue.chunks.len() as u64, Ordering::Relaxed);
-            COLLAPSE_UNSUPPORTED.store(true, Ordering::Relaxed);
-            queue.chunks.clear();
-        }
-    }
+    let counter = match result {
+        Collapse::Done => &COLLAPSED,
+        Collapse::Failed(_) => &COLLAPSE_FAILED,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
     Some(result == Collapse::Done)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Collapse {
     Done,
-    /// This chunk (no huge page to be had, or its pages changed meanwhile).
-    Failed,
-    /// The kernel has no `MADV_COLLAPSE` (EINVAL: before Linux 6.1, or THP off).
-    Unsupported,
+    /// This chunk, with the errno: no huge page to be had (ENOMEM, EAGAIN), its pages
+    /// busy or changed meanwhile, or not collapsible (EINVAL: none in, write-protected
+    /// after a fork, ...). It is advised small again.
+    Failed(i32),
 }
 
 /// Advises the 2 MiB chunk at `at` huge again (undoing [`fault_in`]'s `MADV_NOHUGEPAGE`)
-/// and collapses it into a huge page in place. The caller guarantees that `at..at + 2
-/// MiB` is inside a live mapping of a [`HugeBuf`] (the [`Collapses`] lock).
+/// and collapses it into a huge page in place; where that fails, advises it small again,
+/// so that khugepaged does not collapse it later at a time of its own (during runs).
+/// Meant for a chunk of a live [`HugeBuf`] mapping (the [`Collapses`] lock), where only
+/// `collapse_next` changes the page advice; called only where
+/// [`huge_collapse_supported`].
 fn collapse(at: usize) -> Collapse {
     #[cfg(target_os = "linux")]
     {
         #[allow(unsafe_code)]
-        // SAFETY: the chunk is inside a live mapping (the caller's guarantee), and both
-        // advices keep what it holds.
+        // SAFETY: `madvise` with these advices never changes memory contents, whatever the
+        // range: at worst it fails (ENOMEM where nothing is mapped). That the chunk is a
+        // live buffer's (the caller's side) keeps it from changing the page policy of
+        // memory that is not ours.
         let done = unsafe {
             // Advice only (where it fails, so does the collapse).
             let _ = sys::madvise(at, HUGE_PAGE, libc::MADV_HUGEPAGE);
-            sys::madvise(at, HUGE_PAGE, sys::MADV_COLLAPSE)
+            let done = sys::madvise(at, HUGE_PAGE, sys::MADV_COLLAPSE);
+            if done.is_err() {
+                let _ = sys::madvise(at, HUGE_PAGE, libc::MADV_NOHUGEPAGE);
+            }
+            done
         };
         match done {
             Ok(()) => Collapse::Done,
-            Err(libc::EINVAL) => Collapse::Unsupported,
-            Err(_) => Collapse::Failed,
+            Err(errno) => Collapse::Failed(errno),
         }
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = at;
-        Collapse::Unsupported
+        Collapse::Failed(0)
     }
 }
 
@@ -838,7 +853,7 @@ mod sys {
     ///
     /// # Safety
     /// The range is mapped by this process for the call's duration, and the advice keeps
-    /// what it holds (`MADV_HUGEPAGE`; `MADV_COLLAPSE`, where the kernel copies the pages
+    /// what it holds (`MADV_HUGEPAGE`, `MADV_NOHUGEPAGE`; `MADV_COLLAPSE`, where the kernel copies the pages
     /// into a huge page and maps it in their place, any thread touching the range
     /// meanwhile waiting at a page fault, as with khugepaged), or is `MADV_DONTNEED` on
     /// memory whose contents no one needs (anonymous private memory then reads as zero).
@@ -851,7 +866,7 @@ mod sys {
     ) -> Result<(), libc::c_int> {
         debug_assert!(matches!(
             advice,
-            libc::MADV_HUGEPAGE | MADV_COLLAPSE | libc::MADV_DONTNEED
+            libc::MADV_HUGEPAGE | libc::MADV_NOHUGEPAGE | MADV_COLLAPSE | libc::MADV_DONTNEED
         ));
         // SAFETY: the caller's guarantee.
         match unsafe { libc::madvise(at as *mut libc::c_void, len, advice) } {
@@ -860,6 +875,15 @@ mod sys {
                 .raw_os_error()
                 .unwrap_or(libc::EINVAL)),
         }
+    }
+
+    /// Whether the kernel knows `MADV_COLLAPSE`: `madvise` on an empty range returns 0 iff
+    /// the advice is supported (madvise(2)), and touches no memory.
+    pub(super) fn collapse_known() -> bool {
+        #[allow(unsafe_code)]
+        // SAFETY: an empty range at 0: nothing is advised.
+        let known = unsafe { libc::madvise(std::ptr::null_mut(), 0, MADV_COLLAPSE) };
+        known == 0
     }
 
     /// Puts the calling thread at `SCHED_IDLE`: it runs only on a CPU nothing else wants.
@@ -1383,7 +1407,7 @@ mod tests {
         map.spare = false;
         map.owner = Collapses::lock().add(&chunks);
         if map.owner == 0 {
-            eprintln!("skipped: MADV_COLLAPSE proved unsupported");
+            eprintln!("skipped: collapses not supported here");
             return;
         }
         let owner = map.owner;
@@ -1425,16 +1449,20 @@ mod tests {
                 }
             });
             let mut done = 0u64;
+            let mut no_page = 0u64;
             for &at in &small {
                 match collapse(at) {
                     Collapse::Done => done += 1,
-                    Collapse::Unsupported => {
-                        eprintln!("skipped: no MADV_COLLAPSE (before Linux 6.1?)");
+                    // No free huge page in the system (or none now): only the values to check.
+                    Collapse::Failed(libc::ENOMEM | libc::EAGAIN) => no_page += 1,
+                    // Anything else (EINVAL: the chunk left advised small, ...) is a bug
+                    // where the collapse is supported.
+                    Collapse::Failed(errno) => {
                         stop.store(true, Ordering::Relaxed);
+                        assert!(!huge_collapse_supported(), "errno {errno} at {at:#x}");
+                        eprintln!("skipped: collapses not supported here");
                         return;
                     }
-                    // No free huge page in the system: nothing to check but the values.
-                    Collapse::Failed => eprintln!("a collapse failed: no huge page?"),
                 }
             }
             stop.store(true, Ordering::Relaxed);
@@ -1445,11 +1473,51 @@ mod tests {
                 "{done}: {:?}",
                 vmas(start, start + n * 4)
             );
+            assert_eq!(done + no_page, small.len() as u64);
             if done == 0 {
-                eprintln!("no chunk collapsed: only the values were checked");
+                eprintln!("no chunk collapsed (no huge page to be had): only the values checked");
             }
         });
         assert!((0..n).all(|i| buf[i].to_bits() == expected(i)));
+    }
+
+    /// A chunk whose collapse fails (no page in it: EINVAL) is advised small again, and the
+    /// failure is that chunk's: collapses stay supported and the next chunk collapses.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_failed_collapse_leaves_its_chunk_small_and_others_collapsible() {
+        if !has_thp() || !huge_collapse_supported() {
+            eprintln!("skipped: collapses not supported here");
+            return;
+        }
+        let n = (4 << 20) / 4;
+        let (mut map, offset, _) = unfaulted(n);
+        let start = map.as_ptr() as usize + offset;
+        // The first chunk faulted in on small pages, the second never touched.
+        fault_in(
+            &mut map,
+            offset,
+            HUGE_PAGE,
+            &FaultCosts::with(u32::MAX, 1),
+            0,
+        );
+        let empty = start + HUGE_PAGE;
+        let flags = |at: usize| vmas(at, at + 1).pop().expect("mapped").0;
+        let has = |flags: &str, f: &str| flags.split_whitespace().any(|x| x == f);
+        assert!(matches!(collapse(empty), Collapse::Failed(_)));
+        let left = flags(empty);
+        assert!(has(&left, "nh") && !has(&left, "hg"), "{left}");
+        assert!(huge_collapse_supported());
+        match collapse(start) {
+            Collapse::Done => {
+                let now = flags(start);
+                assert!(has(&now, "hg"), "{now}");
+            }
+            Collapse::Failed(libc::ENOMEM | libc::EAGAIN) => {
+                eprintln!("no huge page to be had: only the failed chunk checked")
+            }
+            Collapse::Failed(errno) => panic!("errno {errno}"),
+        }
     }
 
     #[test]
