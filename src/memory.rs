@@ -634,6 +634,12 @@ pub fn settle_huge_pages() -> usize {
 /// the end of a run while the thread waits ([`RunGuard`]).
 static SETTLER: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
 static SETTLER_WAKE: std::sync::Condvar = std::sync::Condvar::new();
+/// Set by the thread once its start-up (the only part of it that allocates: the knob's
+/// read, thread-local set-up) is done; [`settle_later`] waits for it, so that no run in
+/// progress (a steady `run_into` allocates nothing: tests/jit_run_no_alloc.rs) sees the
+/// thread allocate.
+static SETTLER_READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+static SETTLER_READY_WAKE: std::sync::Condvar = std::sync::Condvar::new();
 /// Set while the thread waits for the runs in progress to end.
 static SETTLER_WAITS_FOR_RUNS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
@@ -691,6 +697,8 @@ pub(crate) fn settle_later() {
                     lower_own_priority();
                 }
                 let mut warm = WarmPage::new();
+                *SETTLER_READY.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                SETTLER_READY_WAKE.notify_all();
                 loop {
                     wait_for_work();
                     let started = RUNS_STARTED.load(Ordering::Relaxed);
@@ -706,6 +714,16 @@ pub(crate) fn settle_later() {
             });
         // Without the thread the chunks stay small (the runs are correct either way).
         *started = spawned.is_ok();
+        if *started {
+            // The caller (a compile, or a run that made its workspace) waits the thread's
+            // start-up out, under SETTLER, which the start-up does not take.
+            let mut ready = SETTLER_READY.lock().unwrap_or_else(|p| p.into_inner());
+            while !*ready {
+                ready = SETTLER_READY_WAKE
+                    .wait(ready)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
     }
     SETTLER_WAKE.notify_all();
 }
