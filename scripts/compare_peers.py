@@ -4,7 +4,9 @@
 For each graph: `cnnc export` writes the ONNX model (same seeded weights), onnxruntime
 and `cnnc run` compute the same input and the outputs must agree (relative L2 < 1e-4);
 then `cnnc bench --json` and onnxruntime are timed alternately, round after round, so
-machine drift hits both alike. Compile time is cnnc's `compile_ms` (passes, code
+machine drift hits both alike. `cnnc bench` times after settling: chunks of packed
+weights and arena faulted in on small pages are collapsed into huge pages after the first
+run, untimed (its JSON's `settled_chunks`, `settle_ms`; session 17 on). Compile time is cnnc's `compile_ms` (passes, code
 generation, weight packing, one thread) against onnxruntime's one-thread session
 creation from the model's bytes, both measured two ways: "first", the first model a fresh
 process makes (cnnc: `cnnc bench`; onnxruntime: a new Python process that has imported

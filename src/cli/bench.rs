@@ -56,6 +56,7 @@ pub fn bench(a: &BenchArgs) -> cnnc::Result<()> {
         max_runs: a.runs,
         warmup: a.warmup,
     };
+    let mut settle = Settle::default();
     let times = match &runner {
         // The model alone: outputs reused (`run_into`), no copy of the input per run. A
         // fresh multi-megabyte output per run costs page faults that are not the model's.
@@ -65,7 +66,9 @@ pub fn bench(a: &BenchArgs) -> cnnc::Result<()> {
             // the first run) faulted in on small pages while huge pages were slow are
             // collapsed into huge pages first, untimed (a server's background thread does
             // it between requests; runs back to back leave it no time).
-            cnnc::memory::settle_huge_pages();
+            let t = Instant::now();
+            settle.chunks = cnnc::memory::settle_huge_pages();
+            settle.ms = t.elapsed().as_secs_f64() * 1e3;
             measure(&budget, || model.run_into(&x, &mut outs))?
         }
         Runner::Interp(g) => measure(&budget, || cnnc::interp::run(g, x.clone()).map(drop))?,
@@ -91,6 +94,8 @@ pub fn bench(a: &BenchArgs) -> cnnc::Result<()> {
         images_per_s: a.batch as f64 / median.as_secs_f64(),
         gflops: 2.0 * macs as f64 * a.batch as f64 / median.as_secs_f64() / 1e9,
         peak_memory_mb: peak_memory_mb(),
+        settled_chunks: settle.chunks,
+        settle_ms: settle.ms,
     };
     if a.json {
         println!(
@@ -125,6 +130,18 @@ pub struct BenchReport {
     pub gflops: f64,
     /// Peak resident memory of the process (Linux `VmHWM`), when known.
     pub peak_memory_mb: Option<f64>,
+    /// Chunks of packed weights and arena on small pages collapsed into huge pages after
+    /// the first run, before the timed runs (`memory::settle_huge_pages`), and how long
+    /// that took: untimed, as a server's background thread does it between requests.
+    pub settled_chunks: usize,
+    pub settle_ms: f64,
+}
+
+/// What the settle before the timed runs did (nothing for the interpreter).
+#[derive(Default)]
+struct Settle {
+    chunks: usize,
+    ms: f64,
 }
 
 pub struct Budget {
@@ -194,6 +211,12 @@ impl BenchReport {
         );
         if let Some(m) = self.peak_memory_mb {
             println!("peak memory: {m:.1} MB");
+        }
+        if self.settled_chunks > 0 {
+            println!(
+                "huge pages: {} chunks collapsed before timing ({:.1} ms, untimed)",
+                self.settled_chunks, self.settle_ms
+            );
         }
     }
 }
