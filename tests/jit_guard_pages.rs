@@ -2,77 +2,9 @@
 //! against an inaccessible guard page (after its end, then before its start), so any
 //! out-of-bounds load or store crashes the test.
 #![cfg(unix)]
+mod common;
 use cnnc::jit::*;
-
-/// `n` floats whose end (or start) touches a PROT_NONE page.
-struct Guarded {
-    base: *mut libc::c_void,
-    map_len: usize,
-    ptr: *mut f32,
-    n: usize,
-}
-
-impl Guarded {
-    fn new(n: usize, guard_after: bool, fill: f32) -> Self {
-        let page = 4096usize;
-        let bytes = (n * 4).div_ceil(page) * page;
-        let map_len = bytes + 2 * page;
-        // SAFETY: plain anonymous mapping, then protection changes within it.
-        unsafe {
-            let base = libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(base, libc::MAP_FAILED);
-            let b = base as *mut u8;
-            assert_eq!(libc::mprotect(base, page, libc::PROT_NONE), 0);
-            assert_eq!(
-                libc::mprotect(b.add(page + bytes) as *mut _, page, libc::PROT_NONE),
-                0
-            );
-            let start = if guard_after {
-                b.add(page + bytes - n * 4)
-            } else {
-                b.add(page)
-            };
-            let ptr = start as *mut f32;
-            for i in 0..n {
-                *ptr.add(i) = fill;
-            }
-            Guarded {
-                base,
-                map_len,
-                ptr,
-                n,
-            }
-        }
-    }
-    fn from(v: &[f32], guard_after: bool) -> Self {
-        let g = Self::new(v.len(), guard_after, 0.0);
-        // SAFETY: `g` holds v.len() writable floats.
-        unsafe { std::slice::from_raw_parts_mut(g.ptr, g.n) }.copy_from_slice(v);
-        g
-    }
-    fn s(&self) -> &[f32] {
-        // SAFETY: n floats, initialised in `new`.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.n) }
-    }
-    fn m(&mut self) -> &mut [f32] {
-        // SAFETY: as above, and `&mut self` makes it exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.n) }
-    }
-}
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        unsafe { libc::munmap(self.base, self.map_len) };
-    }
-}
+use common::guarded::Guarded;
 
 fn vals(n: usize) -> Vec<f32> {
     (0..n)
@@ -179,6 +111,9 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         (32, 12, 12, 130, 1, 1, 0),
         // The same over 1024 pixels: 8x48 tiles at avx512.
         (32, 33, 35, 130, 1, 1, 0),
+        // Made for 3 threads (pixel parts), the last part only the partial column: 3 x 23
+        // pixels, 16+ per channel in; at avx512 two columns of 32 pixels and a 5-pixel tail.
+        (4, 3, 23, 250, 1, 1, 0),
         // Strided 1x1 (avx2 / avx512: the pointwise GEMM on the sampled pixels where it
         // goes weight major or has at most 36 input channels): the copy's last vector group
         // reading the input's last column, odd and even widths, rows narrower than a group;

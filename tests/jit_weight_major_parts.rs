@@ -8,6 +8,8 @@
 //! weight-major layer (`=1`), which takes the 48 + 1 pixel columns and 1 MB weights too.
 mod common;
 use cnnc::jit::*;
+#[cfg(unix)]
+use common::guarded::Guarded;
 use common::xorshift_vec as rand_vec;
 use std::time::Duration;
 
@@ -20,13 +22,13 @@ fn assert_bits(got: &[f32], want: &[f32], what: &str) {
     assert!(same, "{what}: differs");
 }
 
-/// `(c, h, w, k)`: a 1x1 conv of `c` channels in, `k` out, over `h x w` pixels.
-type Shape = (usize, usize, usize, usize);
+/// `(c, h, w, k, stride)`: a 1x1 conv of `c` channels in, `k` out, from `h x w` pixels.
+type Shape = (usize, usize, usize, usize, usize);
 
 /// A 1x1 conv `c -> k` over `h x w` with the `i`-th of a cycle of epilogues (bias, ReLU,
 /// residual, clip).
-fn pointwise(i: usize, (c, h, w, k): Shape) -> ConvSpec {
-    let mut s = ConvSpec::square(c, h, k, 1, 1, 0);
+fn pointwise(i: usize, (c, h, w, k, stride): Shape) -> ConvSpec {
+    let mut s = ConvSpec::square(c, h, k, 1, stride, 0);
     s.in_w = w;
     s.bias = i.is_multiple_of(2);
     s.relu = i % 3 != 1;
@@ -46,8 +48,8 @@ fn check(shapes: &[(Shape, Option<bool>)], pools: &[ThreadPool]) -> usize {
     let mut checked = 0;
     for (i, &(shape, local)) in shapes.iter().enumerate() {
         let s = pointwise(i, shape);
-        let (c, h, w, k) = shape;
-        let px = h * w;
+        let (c, k) = (shape.0, shape.3);
+        let px = s.out_h() * s.out_w();
         let seed = 8100 + 10 * i as u64;
         let x = rand_vec(s.input_len(), seed);
         let scale = 1.0 / (c as f32).sqrt();
@@ -79,10 +81,14 @@ fn check(shapes: &[(Shape, Option<bool>)], pools: &[ThreadPool]) -> usize {
                 // Unit by unit on a NaN-poisoned output: at most a tile each (14 x 49), and
                 // together every output.
                 let units = kp.work_units();
+                // NaN scratch (a strided 1x1 copies its sampled input there).
+                let mut scratch = vec![f32::NAN; kp.scratch_len()];
+                let scratch_on =
+                    |pool: &ThreadPool| vec![f32::NAN; kp.scratch_len_on(pool.threads())];
                 let mut out = vec![f32::NAN; s.output_len()];
                 let mut written = 0;
                 for u in 0..units {
-                    kp.run(&x, &packed, r.as_deref(), &mut out, &mut [], u..u + 1)
+                    kp.run(&x, &packed, r.as_deref(), &mut out, &mut scratch, u..u + 1)
                         .unwrap();
                     let now = out.iter().filter(|v| !v.is_nan()).count();
                     assert!(now - written <= 14 * 49, "{what}: unit {u}");
@@ -91,10 +97,19 @@ fn check(shapes: &[(Shape, Option<bool>)], pools: &[ThreadPool]) -> usize {
                 assert_bits(&out, &want, &format!("{what}, unit by unit"));
                 for pool in pools {
                     let mut out = vec![f32::NAN; s.output_len()];
-                    kp.run_parallel(pool, &x, &packed, r.as_deref(), &mut out, &mut [])
-                        .unwrap();
+                    kp.run_parallel(
+                        pool,
+                        &x,
+                        &packed,
+                        r.as_deref(),
+                        &mut out,
+                        &mut scratch_on(pool),
+                    )
+                    .unwrap();
                     assert_bits(&out, &want, &format!("{what}, {} threads", pool.threads()));
                 }
+                #[cfg(unix)]
+                guarded_runs(&kp, [&x, &packed], r.as_deref(), pools, &want, &what);
                 // The pool's parts of the units, each on its own NaN output.
                 if let Some(local) = local.filter(|_| isa != cnnc::Isa::Sse) {
                     checked += 1;
@@ -103,7 +118,7 @@ fn check(shapes: &[(Shape, Option<bool>)], pools: &[ThreadPool]) -> usize {
                     for p in 0..parts {
                         let mut out = vec![f32::NAN; s.output_len()];
                         let range = units * p / parts..units * (p + 1) / parts;
-                        kp.run(&x, &packed, r.as_deref(), &mut out, &mut [], range)
+                        kp.run(&x, &packed, r.as_deref(), &mut out, &mut scratch, range)
                             .unwrap();
                         let done = |q: usize| (0..k).all(|ki| !out[ki * px + q].is_nan());
                         let none = |q: usize| (0..k).all(|ki| out[ki * px + q].is_nan());
@@ -122,8 +137,15 @@ fn check(shapes: &[(Shape, Option<bool>)], pools: &[ThreadPool]) -> usize {
                     let (kip, _) = made(parts, &ip);
                     for pool in pools {
                         let mut out = r.clone().unwrap();
-                        kip.run_parallel(pool, &x, &packed, None, &mut out, &mut [])
-                            .unwrap();
+                        kip.run_parallel(
+                            pool,
+                            &x,
+                            &packed,
+                            None,
+                            &mut out,
+                            &mut vec![f32::NAN; kip.scratch_len_on(pool.threads())],
+                        )
+                        .unwrap();
                         let t = pool.threads();
                         assert_bits(&out, &want, &format!("{what}, in place, {t} threads"));
                     }
@@ -134,46 +156,90 @@ fn check(shapes: &[(Shape, Option<bool>)], pools: &[ThreadPool]) -> usize {
     checked
 }
 
+/// `kern` on buffers against guard pages (after their ends, then before their starts): all
+/// units on one thread, unit by unit, and on each pool, every run giving `want`. Any load
+/// or store outside the buffers, whatever the parts' order of the units, crashes the test
+/// (the output prefetches are `prefetchw`, which cannot fault).
+#[cfg(unix)]
+fn guarded_runs(
+    kern: &ConvKernel,
+    [x, packed]: [&[f32]; 2],
+    r: Option<&[f32]>,
+    pools: &[ThreadPool],
+    want: &[f32],
+    what: &str,
+) {
+    for after in [true, false] {
+        let (x, wp) = (Guarded::from(x, after), Guarded::from(packed, after));
+        let r = r.map(|r| Guarded::from(r, after));
+        let r = r.as_ref().map(|r| r.s());
+        let nan = |n: usize| Guarded::new(n, after, f32::NAN);
+        let units = kern.work_units();
+        let (mut out, mut scratch) = (nan(want.len()), nan(kern.scratch_len()));
+        kern.run(x.s(), wp.s(), r, out.m(), scratch.m(), 0..units)
+            .unwrap();
+        assert_bits(out.s(), want, &format!("{what}, guarded ({after})"));
+        let mut out = nan(want.len());
+        for u in 0..units {
+            kern.run(x.s(), wp.s(), r, out.m(), scratch.m(), u..u + 1)
+                .unwrap();
+        }
+        let what = format!("{what}, guarded ({after})");
+        assert_bits(out.s(), want, &format!("{what}, unit by unit"));
+        for pool in pools {
+            let t = pool.threads();
+            let (mut out, mut scratch) = (nan(want.len()), nan(kern.scratch_len_on(t)));
+            kern.run_parallel(pool, x.s(), wp.s(), r, out.m(), scratch.m())
+                .unwrap();
+            assert_bits(out.s(), want, &format!("{what}, {t} threads"));
+        }
+    }
+}
+
 #[test]
 fn weight_major_parts_give_the_bits_of_one_part() {
     let pools = [2, 3].map(|n| ThreadPool::new(n, Duration::from_micros(20)));
     // A part check per shape with an expected layout, wide level and pool size (2, 3):
-    // 5 shapes x 2 per level in each group below, whichever wide levels the host has.
+    // 6 shapes x 2 per level in each group below, whichever wide levels the host has.
     let wide = (cnnc::Isa::host_levels().into_iter())
         .filter(|&i| i != cnnc::Isa::Sse)
         .count();
     // The default choice: parts where the plane has 16+ pixels per input channel. 4x
     // expansions over 1024+ pixels (avx512 8 x 48, output prefetches; 23 and 24 columns),
     // more output channels than pixels over 14x14 (a last column of 4 pixels, a channel
-    // tail) and 13x17; 3 tile columns at avx2 and avx512 at least. Then layers the choice
+    // tail) and 13x17; 3 tile columns at avx2 and avx512 at least, and 3x23 (at avx512
+    // the third part only the partial column of 5 pixels). Then layers the choice
     // leaves in one order: 14x14 with 1024 channels in, too few columns for the threads
     // (5x5, 7x7: one 48 + 1 column at avx512, 17x2).
     let shapes = [
-        ((32, 33, 33, 130), Some(true)),
-        ((64, 56, 20, 256), Some(true)),
-        ((12, 14, 14, 300), Some(true)),
-        ((8, 13, 17, 250), Some(true)),
-        ((1024, 14, 14, 256), Some(false)),
-        ((2100, 5, 5, 130), None),
-        ((130, 7, 7, 61), None),
-        ((77, 17, 2, 50), None),
+        ((32, 33, 33, 130, 1), Some(true)),
+        ((64, 56, 20, 256, 1), Some(true)),
+        ((12, 14, 14, 300, 1), Some(true)),
+        ((8, 13, 17, 250, 1), Some(true)),
+        ((4, 3, 23, 250, 1), Some(true)),
+        ((1024, 14, 14, 256, 1), Some(false)),
+        ((2100, 5, 5, 130, 1), None),
+        ((130, 7, 7, 61, 1), None),
+        ((77, 17, 2, 50, 1), None),
     ];
-    assert_eq!(check(&shapes, &pools), 10 * wide, "part checks");
+    assert_eq!(check(&shapes, &pools), 12 * wide, "part checks");
     // Every weight-major layer in parts where it has as many columns as threads: 14x14 with
     // 1 MB of weights (prefetched) and a 4-pixel last column, four columns of 48 + 1 pixels
     // (avx512; a channel tail), a 4x expansion over 13x13 and ResNet-50's 128 -> 512 at
-    // 28x28 (25 columns of 14 x 32, output prefetches), 7x7 and 17x2 again.
+    // 28x28 (25 columns of 14 x 32, output prefetches), a strided 1x1 into 14x14 (the
+    // sampled input), 7x7 and 17x2 again. Every kernel also runs on guarded buffers.
     std::env::set_var("CNNC_WEIGHT_MAJOR_PARTS", "1");
     let shapes = [
-        ((1024, 14, 14, 256), Some(true)),
-        ((256, 14, 14, 300), Some(true)),
-        ((512, 14, 14, 523), Some(true)),
-        ((40, 13, 13, 161), Some(true)),
-        ((128, 28, 28, 512), Some(true)),
-        ((130, 7, 7, 61), None),
-        ((77, 17, 2, 50), None),
+        ((1024, 14, 14, 256, 1), Some(true)),
+        ((256, 14, 14, 300, 1), Some(true)),
+        ((512, 14, 14, 523, 1), Some(true)),
+        ((40, 13, 13, 161, 1), Some(true)),
+        ((128, 28, 28, 512, 1), Some(true)),
+        ((300, 28, 28, 400, 2), Some(true)),
+        ((130, 7, 7, 61, 1), None),
+        ((77, 17, 2, 50, 1), None),
     ];
     let n = check(&shapes, &pools);
     std::env::remove_var("CNNC_WEIGHT_MAJOR_PARTS");
-    assert_eq!(n, 10 * wide, "part checks");
+    assert_eq!(n, 12 * wide, "part checks");
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: golden fixtures, graphs and parameters
 //! written by hand, closeness checks, the example graphs, and a pass that breaks graphs.
 #![allow(dead_code)]
+#[cfg(unix)]
+pub mod guarded;
 use cnnc::passes::{Changed, Pass};
 use cnnc::tensor::rel_l2;
 use cnnc::{Graph, Tensor};
