@@ -135,6 +135,16 @@ fn check(shapes: &[(Shape, Option<bool>)], pools: &[ThreadPool]) -> usize {
                         ..s
                     };
                     let (kip, _) = made(parts, &ip);
+                    // Unit by unit too: each output is read (its residual) and stored by
+                    // one unit, so a unit that computed a tile another unit computes (a
+                    // padding unit of a short part, say) would add its residual twice.
+                    let mut out = r.clone().unwrap();
+                    let mut scratch = vec![f32::NAN; kip.scratch_len()];
+                    for u in 0..kip.work_units() {
+                        kip.run(&x, &packed, None, &mut out, &mut scratch, u..u + 1)
+                            .unwrap();
+                    }
+                    assert_bits(&out, &want, &format!("{what}, in place, unit by unit"));
                     for pool in pools {
                         let mut out = r.clone().unwrap();
                         kip.run_parallel(
