@@ -166,7 +166,7 @@ pub(crate) struct PixelGemm {
     weight_major: bool,
     /// Weight major: pixel parts of the units, one per thread of the pool the kernel is
     /// made for ([`Self::in_parts`]; 1: channel block by channel block over all pixels).
-    parts: usize,
+    pixel_parts: usize,
     /// Bytes ahead that the first call of each channel block prefetches the weights
     /// (weight major, weights from memory; 0: not at all).
     prefetch_w: usize,
@@ -307,7 +307,7 @@ impl PixelGemm {
             wide,
             streamed: false,
             weight_major: false,
-            parts: 1,
+            pixel_parts: 1,
             prefetch_w: 0,
             pack: false,
             prefetch_out: false,
@@ -414,17 +414,21 @@ impl PixelGemm {
     /// its own pixels, which the next layer's thread reads (a pointwise layer, a residual
     /// add: the pixel-major layers split by pixels too). Channel-block major over all
     /// pixels, the next layer read half its input from lines the other core wrote: 2.3-4.6x
-    /// the cost when the host puts the two vCPUs on two dies (docs/jit-history.md, session
-    /// 17). Each thread then reads all the weights (from L1/L2 over its columns). Not where
-    /// there are fewer tile columns than threads (a 7x7 plane is one column of 48 + 1), and
-    /// only where the plane has [`PARTS_PIXELS_PER_CHANNEL`] pixels per input channel.
+    /// the cost when the host puts the two vCPUs on two dies (docs/jit-history.md, "Thread
+    /// notes (session 13)"). Each thread then reads all the weights (from L1/L2 over its
+    /// columns). Not where there are fewer tile columns than threads (a 7x7 plane is one
+    /// column of 48 + 1 at avx512), and only where the plane has
+    /// [`PARTS_PIXELS_PER_CHANNEL`] pixels per input channel.
     /// `CNNC_WEIGHT_MAJOR_PARTS=0` / `=1` (to measure): no layer / every layer in parts.
     pub(crate) fn in_parts(mut self, threads: usize) -> Self {
+        if !self.weight_major || threads < 2 || self.columns() < threads {
+            return self;
+        }
         let s = &self.s;
         let chosen = crate::knobs::forced("CNNC_WEIGHT_MAJOR_PARTS")
             .unwrap_or(s.pixels >= PARTS_PIXELS_PER_CHANNEL * s.in_c);
-        if self.weight_major && threads > 1 && self.columns() >= threads && chosen {
-            self.parts = threads;
+        if chosen {
+            self.pixel_parts = threads;
         }
         self
     }
@@ -567,14 +571,15 @@ impl PixelGemm {
     /// major: a contiguous range of units covers a contiguous range of pixels, so threads
     /// read disjoint parts of the input, and ranges split evenly. With `weight_major`,
     /// channel-block major: threads read disjoint parts of the weights; with
-    /// [`Self::in_parts`], that in each of `parts` pixel parts of `part_columns` columns
-    /// (a part with fewer columns has units that compute nothing).
+    /// [`Self::in_parts`], that in each of `pixel_parts` pixel parts of
+    /// [`Self::columns_per_part`] columns (a part with fewer columns has units that compute
+    /// nothing).
     pub(crate) fn work_units(&self) -> usize {
-        self.parts * self.part_columns() * self.nmb
+        self.pixel_parts * self.columns_per_part() * self.nmb
     }
     /// Tile columns of the largest pixel part ([`Self::by_parts`]; all of them in one part).
-    fn part_columns(&self) -> usize {
-        self.columns().div_ceil(self.parts)
+    fn columns_per_part(&self) -> usize {
+        self.columns().div_ceil(self.pixel_parts)
     }
     /// Tile columns (the last one possibly partial; with [`Self::lone`], columns of 48
     /// pixels and their lone pixel).
@@ -847,7 +852,7 @@ impl PixelGemm {
                 b.residual
             },
             out: b.out,
-            last_col: None,
+            last_full_col_bytes: None,
         };
         let nmb = self.nmb as i64;
         let np = self.np;
@@ -873,7 +878,7 @@ impl PixelGemm {
         if nt_full == 0 {
             return self.last_column(e, &ptr, r, nmb, &in_range);
         }
-        if self.weight_major && self.parts > 1 {
+        if self.weight_major && self.pixel_parts > 1 {
             return self.by_parts(e, &ptr, begin, end, &in_range);
         }
         if self.weight_major {
@@ -988,14 +993,17 @@ impl PixelGemm {
         })
     }
 
-    /// [`Self::by_weights`] in `parts` pixel parts ([`Self::in_parts`]): part `p` holds the
-    /// tile columns `cols * p / parts .. cols * (p + 1) / parts` (the pool's own split of a
-    /// range, so the parts hold as many pixels as the pixel-major layers give each thread,
-    /// to a column) and the units `p * span .. (p + 1) * span`, `span = nmb * cmax` (`cmax`
-    /// the largest part's columns, [`Self::part_columns`]): unit `p * span + mb * cmax + i`
-    /// is the part's column `i` of block `mb`, nothing where `i` is past the part's columns.
-    /// The pool's part `p` of the units (`units * p / parts`) is then exactly pixel part
-    /// `p`. The partial last column (if any) is the last part's.
+    /// [`Self::by_weights`] in `parts = pixel_parts` pixel parts ([`Self::in_parts`]): part
+    /// `p` holds the tile columns `cols * p / parts .. cols * (p + 1) / parts` (the pool's
+    /// own split of a range, so the parts hold as many pixels as the pixel-major layers give
+    /// each thread, to a column) and the units `p * span .. (p + 1) * span`,
+    /// `span = nmb * cmax` (`cmax` the largest part's columns, [`Self::columns_per_part`]):
+    /// unit `p * span + mb * cmax + i` is the part's column `i` of block `mb`, nothing where
+    /// `i` is past the part's columns. On a pool of `parts` threads (without
+    /// `CNNC_SPLIT_ROTATE`), the pool's part `p` of the units (`units * p / parts`) is then
+    /// exactly pixel part `p` (but for the back chunks another thread steals when one is
+    /// late). Correct on any split of the units. The partial last column (if any) is the
+    /// last part's.
     fn by_parts(
         &self,
         e: &mut Emit,
@@ -1005,8 +1013,8 @@ impl PixelGemm {
         in_range: &dyn Fn(&mut Emit, Value) -> Value,
     ) -> Result<()> {
         let np = self.np;
-        let (cols, parts) = (self.columns() as i64, self.parts as i64);
-        let (nmb, cmax) = (self.nmb as i64, self.part_columns() as i64);
+        let (cols, parts) = (self.columns() as i64, self.pixel_parts as i64);
+        let (nmb, cmax) = (self.nmb as i64, self.columns_per_part() as i64);
         let span = nmb * cmax;
         let (full, r, col_bytes) = self.weight_major_columns();
         let col_bytes = col_bytes as i64;
@@ -1037,7 +1045,7 @@ impl PixelGemm {
             let last = e.add_imm(fend, -1);
             let last = e.mul_imm(last, col_bytes);
             let part_ptr = Ptrs {
-                last_col: Some(last),
+                last_full_col_bytes: Some(last),
                 ..*ptr
             };
             let ptr = &part_ptr;
@@ -1196,7 +1204,7 @@ impl PixelGemm {
         let pf_out = (self.prefetch_out && self.outputs_prefetched(src, cols)).then(|| {
             // The next full column's outputs of these rows; the last full column's own (the
             // partial column after it is narrower).
-            let before = match ptr.last_col {
+            let before = match ptr.last_full_col_bytes {
                 Some(last) => e.b.ins().icmp(IntCC::UnsignedLessThan, pb, last),
                 None => {
                     let last = last_full_column(s.pixels, self.np) as i64;
@@ -1392,7 +1400,7 @@ pub(crate) struct Ptrs {
     /// The byte offset of the last full tile column whose tiles prefetch the next
     /// column's outputs (`prefetch_out`; the last one prefetches its own): a thread's pixel
     /// part's in [`PixelGemm::by_parts`], else (`None`) the plane's.
-    pub last_col: Option<Value>,
+    pub last_full_col_bytes: Option<Value>,
 }
 
 /// Where [`PixelGemm::pack_to`] writes its floats, in order: a vector (extended) or a

@@ -1458,7 +1458,7 @@ impl WinogradPlan {
             w: e.addr(b.packed, xi, self.u_stride() * 4),
             res: b.residual,
             out: e.addr(mbase, xi, lay.m_stride * 4),
-            last_col: None,
+            last_full_col_bytes: None,
         }
     }
 
