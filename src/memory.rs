@@ -364,7 +364,7 @@ impl HugeBuf {
             // A mapping with chunks on small pages (faulted in while huge pages were slow)
             // is not kept for reuse: it would pin that moment's choice on every later
             // buffer of its size.
-            let small = fault_in(map, *offset, bytes, costs, limit_us);
+            let small = fault_in(map.bytes_mut(), *offset, bytes, costs, limit_us);
             map.spare = small.is_empty();
             if !small.is_empty() && !crate::knobs::off("CNNC_HUGE_COLLAPSE") {
                 map.owner = Collapses::lock().add(&small);
@@ -419,9 +419,7 @@ pub struct Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         if self.owner != 0 {
-            // Under the lock, which a collapse holds: once this returns, no collapse is
-            // under way in this mapping or will be, and it can be unmapped.
-            Collapses::lock().forget(self.owner);
+            Collapses::forget(self.owner);
         }
         if let Some(map) = self.map.take().filter(|_| self.spare) {
             Spares::keep(map);
@@ -438,8 +436,11 @@ impl std::ops::Deref for Mapping {
     }
 }
 
-impl std::ops::DerefMut for Mapping {
-    fn deref_mut(&mut self) -> &mut memmap2::MmapMut {
+impl Mapping {
+    /// The mapping, writable. Not `DerefMut`: safe code outside this module could then
+    /// swap the memory of two buffers under their [`Collapses`] keys, and a collapse
+    /// queued for one would change the page policy of memory that is no longer its.
+    fn bytes_mut(&mut self) -> &mut memmap2::MmapMut {
         self.map
             .as_mut()
             .expect("a mapping is present until dropped")
@@ -518,9 +519,9 @@ impl Spares {
 
 /// Chunks of live mappings that [`fault_in`] gave small pages (while huge faults were
 /// slow), waiting to be collapsed into huge pages in place (`MADV_COLLAPSE`, Linux 6.1+),
-/// oldest first, each with its mapping's key. A collapse is made with the lock held and a
-/// dropped [`Mapping`] removes its chunks under the lock before it is unmapped, so no
-/// collapse touches memory that is not (or no longer) a live buffer's.
+/// oldest first, each with its mapping's key. A dropped [`Mapping`] removes its chunks
+/// and waits out a collapse in flight in it before it is unmapped, so no collapse touches
+/// memory that is not (or no longer) a live buffer's.
 ///
 /// Why: the small chunks cost the runs up to 1-2% (streaming 4 KiB pages), for the
 /// model's life. `MADV_COLLAPSE` keeps the contents and is transparent to threads reading
@@ -530,16 +531,29 @@ impl Spares {
 /// compile's path: by a background thread while no run is in progress ([`settle_later`]),
 /// or by the caller ([`settle_huge_pages`]). `CNNC_HUGE_COLLAPSE=0` (read at each buffer) leaves the
 /// chunks small.
+///
+/// The queue's lock is held only to change it, never across a system call (a collapse
+/// takes 1-30 ms, more under compaction): a collapse marks its mapping `in_flight` and
+/// runs unlocked, and only the drop of that one mapping waits for it ([`COLLAPSE_ENDED`]).
+/// Collapses run one at a time ([`COLLAPSING`]), so one mark is enough.
 struct Collapses {
     chunks: std::collections::VecDeque<(u64, usize)>,
     /// The next mapping's key (from 1).
     next_owner: u64,
+    /// The key of the mapping a collapse is under way in (0: none).
+    in_flight: u64,
 }
 
 static COLLAPSES: std::sync::Mutex<Collapses> = std::sync::Mutex::new(Collapses {
     chunks: std::collections::VecDeque::new(),
     next_owner: 1,
+    in_flight: 0,
 });
+/// Signalled (under the [`COLLAPSES`] lock) when a collapse clears `in_flight`.
+static COLLAPSE_ENDED: std::sync::Condvar = std::sync::Condvar::new();
+/// Held for the whole of a collapse: the background thread and [`settle_huge_pages`]
+/// callers take turns.
+static COLLAPSING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Full chunks that [`fault_in`] gave small pages, collapsed chunks, and chunks whose
 /// collapse failed, since the process started.
@@ -584,9 +598,22 @@ impl Collapses {
         owner
     }
 
-    /// Removes the chunks of mapping `owner` (dropped).
-    fn forget(&mut self, owner: u64) {
+    /// Removes the chunks of mapping `owner`.
+    fn remove(&mut self, owner: u64) {
         self.chunks.retain(|&(o, _)| o != owner);
+    }
+
+    /// Removes the chunks of mapping `owner` (being dropped) from the process's queue and
+    /// waits for a collapse under way in it to end: after this no collapse touches the
+    /// mapping, and it can be unmapped.
+    fn forget(owner: u64) {
+        let mut queue = Self::lock();
+        queue.remove(owner);
+        while queue.in_flight == owner {
+            queue = COLLAPSE_ENDED
+                .wait(queue)
+                .unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
@@ -684,7 +711,7 @@ impl Drop for RunGuard {
 /// thread collapses a chunk at a time while no run is in progress: between a server's
 /// requests, not during a loop of runs back to back (for that, [`settle_huge_pages`]).
 pub(crate) fn settle_later() {
-    // A collapse under way holds the lock: then there is work, and the thread is awake.
+    // The lock is held only briefly, to change the queue (then the thread is awake).
     if COLLAPSES.try_lock().is_ok_and(|q| q.chunks.is_empty()) {
         return;
     }
@@ -801,11 +828,18 @@ fn collapse_next(warm: &mut WarmPage, go_on: &dyn Fn() -> bool) -> Option<bool> 
     if !go_on() {
         return Some(false);
     }
-    let mut queue = Collapses::lock();
-    let (_, at) = queue.chunks.pop_front()?;
-    // With the lock held: the chunk's mapping is live until its drop has removed its
-    // chunks from the queue, which waits for the lock.
+    let _turn = COLLAPSING.lock().unwrap_or_else(|p| p.into_inner());
+    let at = {
+        let mut queue = Collapses::lock();
+        let (owner, at) = queue.chunks.pop_front()?;
+        queue.in_flight = owner;
+        at
+    };
+    // The chunk's mapping stays live until `in_flight` is cleared: its drop waits for that
+    // (`Collapses::forget`).
     let result = collapse(at);
+    Collapses::lock().in_flight = 0;
+    COLLAPSE_ENDED.notify_all();
     let counter = match result {
         Collapse::Done => &COLLAPSED,
         Collapse::Failed(_) => &COLLAPSE_FAILED,
@@ -826,7 +860,8 @@ enum Collapse {
 /// Advises the 2 MiB chunk at `at` huge again (undoing [`fault_in`]'s `MADV_NOHUGEPAGE`)
 /// and collapses it into a huge page in place; where that fails, advises it small again,
 /// so that khugepaged does not collapse it later at a time of its own (during runs).
-/// Meant for a chunk of a live [`HugeBuf`] mapping (the [`Collapses`] lock), where only
+/// Meant for a chunk of a live [`HugeBuf`] mapping (marked `in_flight` in [`Collapses`],
+/// which its drop waits out), where only
 /// `collapse_next` changes the page advice; called only where
 /// [`huge_collapse_supported`].
 fn collapse(at: usize) -> Collapse {
@@ -1104,9 +1139,9 @@ impl std::ops::DerefMut for HugeBuf {
     fn deref_mut(&mut self) -> &mut [f32] {
         match self {
             HugeBuf::Small(v) => v,
-            HugeBuf::Mapped { map, offset, len } => {
-                bytemuck::cast_slice_mut(&mut map[*offset..*offset + *len * size_of::<f32>()])
-            }
+            HugeBuf::Mapped { map, offset, len } => bytemuck::cast_slice_mut(
+                &mut map.bytes_mut()[*offset..*offset + *len * size_of::<f32>()],
+            ),
         }
     }
 }
@@ -1346,7 +1381,7 @@ mod tests {
             (FaultCosts::with(u32::MAX, 1), HUGE_FAULT_LIMIT_US, true),
         ] {
             let (mut map, offset, len) = unfaulted(n);
-            fault_in(&mut map, offset, bytes, &costs, limit);
+            fault_in(map.bytes_mut(), offset, bytes, &costs, limit);
             let start = map.as_ptr() as usize + offset;
             let found = vmas(start, start + bytes);
             assert!(!found.is_empty());
@@ -1390,7 +1425,7 @@ mod tests {
         }
         let n = (5 << 20) / 4 + 7;
         let (mut map, offset, _) = unfaulted(n);
-        fault_in(&mut map, offset, n * 4, &FaultCosts::default(), 0);
+        fault_in(map.bytes_mut(), offset, n * 4, &FaultCosts::default(), 0);
         let start = map.as_ptr() as usize + offset;
         let flags = |at: usize| vmas(at, at + 1).pop().expect("mapped").0;
         let has = |flags: &str, f: &str| flags.split_whitespace().any(|x| x == f);
@@ -1405,14 +1440,15 @@ mod tests {
         let mut q = Collapses {
             chunks: std::collections::VecDeque::new(),
             next_owner: 1,
+            in_flight: 0,
         };
         assert_eq!(q.add(&[]), 0, "nothing queued, no key");
         let a = q.add(&[1 << 21, 2 << 21]);
         let b = q.add(&[5 << 21]);
         assert!(a != 0 && b != 0 && a != b);
-        q.forget(a);
+        q.remove(a);
         assert_eq!(q.chunks, [(b, 5 << 21)]);
-        q.forget(b);
+        q.remove(b);
         assert!(q.chunks.is_empty());
 
         // The process's queue: a mapping with chunks waiting takes them along when dropped.
@@ -1434,6 +1470,45 @@ mod tests {
         assert!(queue.chunks.iter().all(|&(o, _)| o != owner));
     }
 
+    /// The drop of a mapping whose chunk is being collapsed waits for the collapse to end
+    /// (it must not unmap the range under it); the drops of other mappings do not.
+    #[test]
+    fn only_the_collapsed_mappings_drop_waits_for_the_collapse() {
+        if crate::knobs::forced("CNNC_HUGE_PAGES") == Some(false) {
+            return;
+        }
+        let queued = || {
+            let (mut map, offset, _) = unfaulted((2 << 20) / 4);
+            map.spare = false;
+            map.owner = Collapses::lock().add(&[map.as_ptr() as usize + offset]);
+            map
+        };
+        let (busy, other) = (queued(), queued());
+        if busy.owner == 0 {
+            eprintln!("skipped: collapses not supported here");
+            return;
+        }
+        // As `collapse_next` does, without the system call: no real collapse runs
+        // meanwhile (they take `COLLAPSING` first), so none clears this mark.
+        let turn = COLLAPSING.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut queue = Collapses::lock();
+            queue.remove(busy.owner);
+            queue.in_flight = busy.owner;
+        }
+        let dropper = std::thread::spawn(move || drop(busy));
+        drop(other);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !dropper.is_finished(),
+            "the mapping was dropped during its collapse"
+        );
+        Collapses::lock().in_flight = 0;
+        COLLAPSE_ENDED.notify_all();
+        drop(turn);
+        dropper.join().unwrap();
+    }
+
     /// A buffer faulted in on small pages holds huge pages after [`collapse`], and the
     /// same floats; readers on other threads meanwhile see them unchanged.
     #[cfg(target_os = "linux")]
@@ -1444,7 +1519,13 @@ mod tests {
         }
         let n = (6 << 20) / 4 + 3; // three full chunks and a partial one
         let (mut map, offset, len) = unfaulted(n);
-        let small = fault_in(&mut map, offset, n * 4, &FaultCosts::with(u32::MAX, 1), 0);
+        let small = fault_in(
+            map.bytes_mut(),
+            offset,
+            n * 4,
+            &FaultCosts::with(u32::MAX, 1),
+            0,
+        );
         let start = map.as_ptr() as usize + offset;
         assert_eq!(small, [start, start + HUGE_PAGE, start + 2 * HUGE_PAGE]);
         let mut buf = HugeBuf::Mapped { map, offset, len };
@@ -1513,7 +1594,7 @@ mod tests {
         let start = map.as_ptr() as usize + offset;
         // The first chunk faulted in on small pages, the second never touched.
         fault_in(
-            &mut map,
+            map.bytes_mut(),
             offset,
             HUGE_PAGE,
             &FaultCosts::with(u32::MAX, 1),
