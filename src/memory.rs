@@ -657,8 +657,7 @@ pub fn settle_huge_pages() -> usize {
 }
 
 /// The background collapse's state: whether its thread is started, and the condition it
-/// waits on (chunks queued and no run in progress), signalled by [`settle_later`] and by
-/// the end of a run while the thread waits ([`RunGuard`]).
+/// waits on (chunks queued), signalled by [`settle_later`].
 static SETTLER: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
 static SETTLER_WAKE: std::sync::Condvar = std::sync::Condvar::new();
 /// Set by the thread once its start-up (the only part of it that allocates: the knob's
@@ -667,9 +666,6 @@ static SETTLER_WAKE: std::sync::Condvar = std::sync::Condvar::new();
 /// thread allocate.
 static SETTLER_READY: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
 static SETTLER_READY_WAKE: std::sync::Condvar = std::sync::Condvar::new();
-/// Set while the thread waits for the runs in progress to end.
-static SETTLER_WAITS_FOR_RUNS: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
 /// Runs in progress in the process (`Model::run` and the like, [`RunGuard`]), and runs
 /// started since it started.
 static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -680,9 +676,16 @@ static RUNS_STARTED: AtomicU64 = AtomicU64::new(0);
 /// collapse would delay the next run, by up to 20 ms of a 28 ms ResNet-50 run).
 const QUIET: Duration = Duration::from_millis(5);
 
+/// While runs are seen, the background thread looks again after this, doubling up to
+/// [`MAX_RECHECK`]: the runs' ends do not wake it (that cost every run of a loop a futex
+/// wake and the thread a turn on a core where a pool worker spins, only to find no quiet
+/// 5 ms), so after the last run it starts within this.
+const RECHECK: Duration = Duration::from_millis(10);
+const MAX_RECHECK: Duration = Duration::from_secs(1);
+
 /// Counts a run (or a compile) in progress while it lives: the background collapse waits
 /// for none to be, so that no run waits for a chunk it reads (a collapse takes 1-30 ms) or
-/// shares its CPU, and no compile shares its CPUs.
+/// shares its CPU, and no compile shares its CPUs. Two atomics, nothing else.
 pub(crate) struct RunGuard(());
 
 impl RunGuard {
@@ -695,14 +698,7 @@ impl RunGuard {
 
 impl Drop for RunGuard {
     fn drop(&mut self) {
-        // SeqCst with the thread's store of the flag before it checks RUNS: either it sees
-        // this run ended, or this sees it waiting (then wakes it, under the lock it waits
-        // with, so the wake-up is not lost).
-        if RUNS.fetch_sub(1, Ordering::SeqCst) == 1 && SETTLER_WAITS_FOR_RUNS.load(Ordering::SeqCst)
-        {
-            let _started = SETTLER.lock().unwrap_or_else(|p| p.into_inner());
-            SETTLER_WAKE.notify_all();
-        }
+        RUNS.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -726,6 +722,7 @@ pub(crate) fn settle_later() {
                 let mut warm = WarmPage::new();
                 *SETTLER_READY.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 SETTLER_READY_WAKE.notify_all();
+                let mut recheck = RECHECK;
                 loop {
                     wait_for_work();
                     let started = RUNS_STARTED.load(Ordering::Relaxed);
@@ -736,6 +733,10 @@ pub(crate) fn settle_later() {
                     std::thread::sleep(QUIET);
                     if quiet() {
                         collapse_next(&mut warm, &quiet);
+                        recheck = RECHECK;
+                    } else {
+                        std::thread::sleep(recheck);
+                        recheck = (recheck * 2).min(MAX_RECHECK);
                     }
                 }
             });
@@ -755,21 +756,11 @@ pub(crate) fn settle_later() {
     SETTLER_WAKE.notify_all();
 }
 
-/// Returns once chunks wait and no run is in progress (checked under [`SETTLER`], which
-/// those who change either hold to wake the thread).
+/// Returns once chunks wait (checked under [`SETTLER`], which [`settle_later`] holds to
+/// wake the thread).
 fn wait_for_work() {
     let mut started = SETTLER.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        SETTLER_WAITS_FOR_RUNS.store(true, Ordering::SeqCst);
-        let runs = RUNS.load(Ordering::SeqCst);
-        if runs == 0 && !Collapses::lock().chunks.is_empty() {
-            SETTLER_WAITS_FOR_RUNS.store(false, Ordering::SeqCst);
-            return;
-        }
-        if runs == 0 {
-            // No work: only `settle_later` wakes the thread, not every run's end.
-            SETTLER_WAITS_FOR_RUNS.store(false, Ordering::SeqCst);
-        }
+    while Collapses::lock().chunks.is_empty() {
         started = SETTLER_WAKE
             .wait(started)
             .unwrap_or_else(|p| p.into_inner());
