@@ -682,7 +682,16 @@ impl ImplicitGemm {
             panel: e.add_imm(c.panel, (i * self.panel_bytes()) as i64),
             ..*c
         };
+        // The range's first block of output channels: the least of the strips' `mlo`
+        // (units are channel-block major), at most the last block.
+        let mb0 = e.b.ins().udiv_imm_s(c.begin, self.strips as i64);
+        let last_mb = e.iconst(nmb - 1);
+        let mb0 = e.b.ins().smin(mb0, last_mb);
+        let warm = self.prefetch_w > 0 && !crate::knobs::off("CNNC_IMPLICIT_WARM");
         e.for_const(0, self.nkb as i64, 1, |e, kb| {
+            if warm {
+                self.warm_first_weights(e, c, kb, mb0);
+            }
             for (i, at) in placed.iter().enumerate() {
                 let any = e.b.ins().icmp(IntCC::SignedLessThan, at.mlo, at.mhi);
                 let c = panel(e, i);
@@ -722,6 +731,39 @@ impl ImplicitGemm {
                 })
             })
         })
+    }
+
+    /// Touches (loads, results unused) the first [`Self::prefetch_w`] bytes of the weights
+    /// of block `mb0` in reduction block `kb`, before the panels of `kb` are packed. The
+    /// micro-kernels prefetch the weights' stream `prefetch_w` ahead, so a call's first
+    /// lines were asked for by the call before it in the stream; but split channel-block
+    /// major on two threads, the thread with the upper blocks starts each reduction block in
+    /// the middle of its stream, after the other thread's blocks: nothing asked for its
+    /// first lines, and the other thread's last call of the block before asked for the
+    /// lower thread's instead. Those misses came one after another at the start of each
+    /// of the 19 reduction blocks of 3x3 512 -> 512 at 7x7 (`docs/jit-history.md`, session
+    /// 18). Touched here, they arrive while the panels are packed. Loads that may trap (the
+    /// default flags), so that Cranelift keeps them; `CNNC_IMPLICIT_WARM=0`, a measuring
+    /// knob: not at all.
+    ///
+    /// In bounds: block `(kb, mb0)` starts inside the weights (`mb0 < nmb`), and the packed
+    /// buffer holds `prefetch_w` bytes of padding after the weights and the bias
+    /// ([`Self::packed_len`]), so every line read lies inside it.
+    fn warm_first_weights(&self, e: &mut Emit, c: &Ctx, kb: Value, mb0: Value) {
+        let last =
+            e.b.ins()
+                .icmp_imm_s(IntCC::Equal, kb, (self.nkb - 1) as i64);
+        let (full, short) = (self.steps(KPos::First), self.steps(KPos::Last));
+        let full = e.iconst((full * self.mr * 4) as i64);
+        let short = e.iconst((short * self.mr * 4) as i64);
+        let per_block = e.b.ins().select(last, short, full);
+        let wk = e.addr(c.b.packed, kb, self.block_offset(1) * 4);
+        let at = e.b.ins().imul(mb0, per_block);
+        let w = e.b.ins().iadd(wk, at);
+        let may_trap = cranelift_codegen::ir::MemFlagsData::new();
+        for line in 0..self.prefetch_w / 64 {
+            e.b.ins().load(I64, may_trap, w, cg_off(line * 64));
+        }
     }
 
     /// The groups of `kind` whose units meet `begin..end`.
