@@ -425,8 +425,13 @@ impl PixelGemm {
             return self;
         }
         let s = &self.s;
+        // A contracting layer (fewer channels out than in: ResNet-50's 1024 -> 256 at 14x14)
+        // in parts too: each thread reads all the weights, but its output, and so the next
+        // layer's reads, stay on its core, and its input, written by an expansion by channel
+        // blocks, is read half from the other core either way.
+        let contracting = s.out_c < s.in_c && !crate::knobs::off("CNNC_PARTS_CONTRACTING");
         let chosen = crate::knobs::forced("CNNC_WEIGHT_MAJOR_PARTS")
-            .unwrap_or(s.pixels >= PARTS_PIXELS_PER_CHANNEL * s.in_c);
+            .unwrap_or(s.pixels >= PARTS_PIXELS_PER_CHANNEL * s.in_c || contracting);
         if chosen {
             self.pixel_parts = threads;
         }
