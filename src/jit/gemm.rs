@@ -418,7 +418,10 @@ impl PixelGemm {
     /// notes (session 13)"). Each thread then reads all the weights (from L1/L2 over its
     /// columns). Not where there are fewer tile columns than threads (a 7x7 plane is one
     /// column of 48 + 1 at avx512), and only where the plane has
-    /// [`PARTS_PIXELS_PER_CHANNEL`] pixels per input channel.
+    /// [`PARTS_PIXELS_PER_CHANNEL`] pixels per input channel or the layer has fewer
+    /// channels out than in (ResNet-50's 1024 -> 256 at 14x14, 0.2 pixels per channel: at
+    /// two threads 0.988-1.003 of the time without, `CNNC_PARTS_CONTRACTING=0`, in the slow
+    /// phase, 0.999-1.013 in the fast one; docs/jit-history.md, "session 18, pw2t").
     /// `CNNC_WEIGHT_MAJOR_PARTS=0` / `=1` (to measure): no layer / every layer in parts.
     pub(crate) fn in_parts(mut self, threads: usize) -> Self {
         if !self.weight_major || threads < 2 || self.columns() < threads {
