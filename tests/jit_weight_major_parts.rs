@@ -215,21 +215,20 @@ fn guarded_runs(
 fn weight_major_parts_give_the_bits_of_one_part() {
     let pools = [2, 3].map(|n| ThreadPool::new(n, Duration::from_micros(20)));
     // A part check per shape with an expected layout, wide level and thread count the
-    // kernel is made for (2, 3; 5 over 1024+ pixels): per level, 14 in the first group
+    // kernel is made for (2, 3; 5 over 1024+ pixels): per level, 18 in the first group
     // below, 12 in the second and 2 in the third, whichever wide levels the host has.
     let wide = (cnnc::Isa::host_levels().into_iter())
         .filter(|&i| i != cnnc::Isa::Sse)
         .count();
-    // The default choice: parts where the plane has 16+ pixels per input channel (or fewer
-    // channels out than in). 4x
-    // expansions over 1024+ pixels (avx512 8 x 48, output prefetches; 23 and 24 columns),
-    // more output channels than pixels over 14x14 (a last column of 4 pixels, a channel
-    // tail) and 13x17; 3 tile columns at avx2 and avx512 at least, and 3x23 (at avx512
-    // the third part only the partial column of 5 pixels). Then layers the choice
-    // leaves in one order (under 16 pixels per channel in): 14x14 with 1024 channels in;
-    // 5x5, 7x7 and 17x2 (`None`: left unchecked here, see below).
-    // Contracting layers (fewer channels out than in) go in parts whatever their pixels per
-    // channel: 14x14 with 1024 channels in; an expansion at 14x14 stays in one order.
+    // The default choice: parts where the plane has 16+ pixels per input channel, or where
+    // a quarter of the channels go out or fewer (a bottleneck's reduction). 4x expansions
+    // over 1024+ pixels (avx512 8 x 48, output prefetches; 23 and 24 columns), more output
+    // channels than pixels over 14x14 (a last column of 4 pixels, a channel tail) and
+    // 13x17; 3 tile columns at avx2 and avx512 at least, and 3x23 (at avx512 the third
+    // part only the partial column of 5 pixels); the reduction 1024 -> 256 at 14x14. Then
+    // layers the choice leaves in one order (under 16 pixels per channel in): 14x14 with
+    // 1024 channels in and 512 out (half, not a quarter), an expansion at 14x14; 5x5, 7x7
+    // and 17x2 (`None`: left unchecked here, see below).
     let shapes = [
         ((32, 33, 33, 130, 1), Some(true)),
         ((64, 56, 20, 256, 1), Some(true)),
@@ -237,12 +236,13 @@ fn weight_major_parts_give_the_bits_of_one_part() {
         ((8, 13, 17, 250, 1), Some(true)),
         ((4, 3, 23, 250, 1), Some(true)),
         ((1024, 14, 14, 256, 1), Some(true)),
+        ((1024, 14, 14, 512, 1), Some(false)),
         ((256, 14, 14, 1024, 1), Some(false)),
         ((2100, 5, 5, 130, 1), None),
         ((130, 7, 7, 61, 1), None),
         ((77, 17, 2, 50, 1), None),
     ];
-    assert_eq!(check(&shapes, &pools), 16 * wide, "part checks");
+    assert_eq!(check(&shapes, &pools), 18 * wide, "part checks");
     // `CNNC_PARTS_CONTRACTING=0`: the contracting layer by channel blocks over all pixels.
     std::env::set_var("CNNC_PARTS_CONTRACTING", "0");
     let n = check(&[((1024, 14, 14, 256, 1), Some(false))], &pools);

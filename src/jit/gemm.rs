@@ -418,8 +418,8 @@ impl PixelGemm {
     /// notes (session 13)"). Each thread then reads all the weights (from L1/L2 over its
     /// columns). Not where there are fewer tile columns than threads (a 7x7 plane is one
     /// column of 48 + 1 at avx512), and only where the plane has
-    /// [`PARTS_PIXELS_PER_CHANNEL`] pixels per input channel or the layer has fewer
-    /// channels out than in (ResNet-50's 1024 -> 256 at 14x14, 0.2 pixels per channel: at
+    /// [`PARTS_PIXELS_PER_CHANNEL`] pixels per input channel or the layer has a quarter of
+    /// the channels out or fewer (ResNet-50's 1024 -> 256 at 14x14, 0.2 pixels per channel: at
     /// two threads 0.988-1.003 of the time without, `CNNC_PARTS_CONTRACTING=0`, in the slow
     /// phase, 0.999-1.013 in the fast one; docs/jit-history.md, "session 18, pw2t").
     /// `CNNC_WEIGHT_MAJOR_PARTS=0` / `=1` (to measure): no layer / every layer in parts.
@@ -428,11 +428,12 @@ impl PixelGemm {
             return self;
         }
         let s = &self.s;
-        // A contracting layer (fewer channels out than in: ResNet-50's 1024 -> 256 at 14x14)
-        // in parts too: each thread reads all the weights, but its output, and so the next
-        // layer's reads, stay on its core, and its input, written by an expansion by channel
-        // blocks, is read half from the other core either way.
-        let contracting = s.out_c < s.in_c && !crate::knobs::off("CNNC_PARTS_CONTRACTING");
+        // A bottleneck's reduction (a quarter of the channels out or fewer: ResNet-50's
+        // 1024 -> 256 at 14x14) in parts too: each thread reads all the weights, but its
+        // output, and so the next layer's reads, stay on its core, and its input, written by
+        // an expansion by channel blocks, is read half from the other core either way. Not
+        // DenseNet-121's 1024 -> 512 at 14x14 (before an average pool): 1.002-1.008.
+        let contracting = 4 * s.out_c <= s.in_c && !crate::knobs::off("CNNC_PARTS_CONTRACTING");
         let chosen = crate::knobs::forced("CNNC_WEIGHT_MAJOR_PARTS")
             .unwrap_or(s.pixels >= PARTS_PIXELS_PER_CHANNEL * s.in_c || contracting);
         if chosen {
