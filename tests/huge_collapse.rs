@@ -31,11 +31,26 @@ fn small_chunks_of_packed_weights_are_collapsed_and_the_results_unchanged() {
         "{before:?} {after_compile:?}"
     );
     let first = model.run(&x).unwrap();
-    cnnc::memory::settle_huge_pages();
+    let n = cnnc::memory::settle_huge_pages();
     let settled = cnnc::memory::huge_chunk_counts();
     assert_eq!(settled.pending, 0, "{settled:?}");
-    if settled.failed > before.failed && settled.collapsed == before.collapsed {
-        eprintln!("skipped: no collapse succeeded (no MADV_COLLAPSE?) {settled:?}");
+    // Where collapses are not supported (a kernel before 6.1, THP `never`) or are turned
+    // off, nothing is queued: nothing is collapsed, and nothing fails.
+    let off = std::env::var("CNNC_HUGE_COLLAPSE").is_ok_and(|v| v.trim() == "0");
+    if off || !cnnc::memory::huge_collapse_supported() {
+        assert_eq!(after_compile.pending, 0, "{after_compile:?}");
+        assert_eq!(n, 0);
+        assert_eq!(
+            (settled.collapsed, settled.failed),
+            (before.collapsed, before.failed),
+            "{settled:?}"
+        );
+        eprintln!("collapses not supported here (or CNNC_HUGE_COLLAPSE=0): none queued");
+    } else if settled.failed > before.failed && settled.collapsed == before.collapsed {
+        // Supported, so each failure was ENOMEM or EAGAIN (no huge page to be had) or a bug:
+        // the lib test `small_chunks_collapse_into_huge_pages_and_keep_their_values` tells
+        // those apart.
+        eprintln!("skipped: no collapse succeeded (no huge page to be had?) {settled:?}");
     } else {
         assert!(settled.collapsed > before.collapsed, "{settled:?}");
     }
