@@ -114,7 +114,8 @@ pub struct HugeChunkCounts {
     pub small: u64,
     /// Of those, collapsed into huge pages since.
     pub collapsed: u64,
-    /// Collapses that failed (no huge page to be had, or unsupported).
+    /// Collapses that failed (no huge page to be had, the chunk's pages busy or not
+    /// collapsible); where collapses are not supported nothing is queued, so none fails.
     pub failed: u64,
     /// Chunks of live buffers waiting for a collapse.
     pub pending: usize,
