@@ -341,6 +341,39 @@ fn kernels_compiled_on_threads_are_the_serially_compiled_ones() {
     }
 }
 
+/// The runtime makes its kernels for its pool's size (`KernelModule::set_threads`): in the
+/// bottleneck block the 64 -> 256 expansion at 56x56 goes in pixel parts at two threads
+/// (`PixelGemm::in_parts`), so its code differs from the one-thread model's, and only
+/// where a kernel orders its units for the threads (the bits do not change either way:
+/// `example_graphs_with_seeded_weights_match_the_interpreter`).
+#[test]
+fn the_runtime_makes_its_kernels_for_its_pools_size() {
+    if cnnc::Isa::default_level() == cnnc::Isa::Sse
+        || std::env::var("CNNC_WEIGHT_MAJOR_PARTS").is_ok()
+    {
+        eprintln!("skipped: no pixel parts at sse, or CNNC_WEIGHT_MAJOR_PARTS set");
+        return;
+    }
+    let mut g = cnnc::format::load(repo().join("graphs/resnet_bottleneck_block.yaml")).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let opts = |threads| Options {
+        threads,
+        ..Options::default()
+    };
+    cnnc::passes::optimize(&mut g, &opts(1)).unwrap();
+    let one = cnnc::runtime::listings(&g, &opts(1)).unwrap();
+    let two = cnnc::runtime::listings(&g, &opts(2)).unwrap();
+    assert_eq!(one.len(), two.len());
+    let differ: Vec<&str> = (one.iter().zip(&two))
+        .filter(|(a, b)| a.asm != b.asm)
+        .map(|(a, _)| a.label.as_str())
+        .collect();
+    assert!(
+        !differ.is_empty() && differ.iter().all(|l| l.contains("expand")),
+        "kernels made differently at 2 threads: {differ:?}"
+    );
+}
+
 /// Graphs that stress the memory planner and the passes: a node reading one buffer in two
 /// slots, outputs that are the input or alias each other, shortcuts around one conv or fc.
 /// Three items: at batch 2 a full chunk (read from the caller's memory, outputs written
