@@ -3,7 +3,8 @@
 //! into huge pages (`memory::settle_huge_pages`, or the background thread), runs to the
 //! same bits after, and a dropped model leaves nothing to collapse. One test in this
 //! binary: it sets the process's environment.
-use cnnc::{compile, Options, Tensor};
+mod common;
+use cnnc::{compile, Options};
 
 #[test]
 fn small_chunks_of_packed_weights_are_collapsed_and_the_results_unchanged() {
@@ -11,15 +12,7 @@ fn small_chunks_of_packed_weights_are_collapsed_and_the_results_unchanged() {
         eprintln!("skipped: this kernel has no transparent huge pages");
         return;
     }
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut g = cnnc::format::load(repo.join("graphs/vgg_cifar.yaml")).unwrap();
-    cnnc::weights::bind(&mut g, None).unwrap();
-    let s = g.input_shape();
-    let x = Tensor::new(
-        vec![1, s.c, s.h, s.w],
-        cnnc::weights::standard_normal(7, "vgg_cifar", s.len()),
-    )
-    .unwrap();
+    let (g, x) = common::seeded_example("vgg_cifar", 1, 7);
     std::env::set_var("CNNC_HUGE_PAGES", "small");
     let opts = Options::default();
     let before = cnnc::memory::huge_chunk_counts();
@@ -55,12 +48,9 @@ fn small_chunks_of_packed_weights_are_collapsed_and_the_results_unchanged() {
         assert!(settled.collapsed > before.collapsed, "{settled:?}");
     }
     let again = model.run(&x).unwrap();
+    assert_eq!(first.len(), again.len());
     for (a, b) in first.iter().zip(&again) {
-        assert!(a
-            .data()
-            .iter()
-            .zip(b.data())
-            .all(|(x, y)| x.to_bits() == y.to_bits()));
+        common::assert_bits(a.data(), b.data(), "the model's outputs");
     }
     // Another model's chunks, dropped before any collapse: none is left queued.
     std::env::set_var("CNNC_HUGE_COLLAPSE", "0");

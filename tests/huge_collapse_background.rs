@@ -4,7 +4,8 @@
 //! or failed, and the model then runs to the bits of one whose chunks stayed small. One
 //! test in this binary: it sets the process's environment, and the thread and its counters
 //! are the process's (`tests/huge_collapse.rs` tests the embedder's call).
-use cnnc::{compile, Options, Tensor};
+mod common;
+use cnnc::{compile, Options};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -16,15 +17,7 @@ fn a_compiles_small_chunks_are_collapsed_in_the_background() {
         eprintln!("skipped: collapses not supported here, or CNNC_HUGE_COLLAPSE=0");
         return;
     }
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut g = cnnc::format::load(repo.join("graphs/vgg_cifar.yaml")).unwrap();
-    cnnc::weights::bind(&mut g, None).unwrap();
-    let s = g.input_shape();
-    let x = Tensor::new(
-        vec![1, s.c, s.h, s.w],
-        cnnc::weights::standard_normal(11, "vgg_cifar", s.len()),
-    )
-    .unwrap();
+    let (g, x) = common::seeded_example("vgg_cifar", 1, 11);
     let opts = Options::default();
     std::env::set_var("CNNC_HUGE_PAGES", "small");
     // The reference: the same chunks on small pages, never queued (so it wakes nothing).
@@ -60,12 +53,9 @@ fn a_compiles_small_chunks_are_collapsed_in_the_background() {
         eprintln!("no collapse succeeded (no huge page to be had?): {now:?}");
     }
     let (got, want) = (model.run(&x).unwrap(), small.run(&x).unwrap());
+    assert_eq!(got.len(), want.len());
     for (a, b) in got.iter().zip(&want) {
-        assert!(a
-            .data()
-            .iter()
-            .zip(b.data())
-            .all(|(x, y)| x.to_bits() == y.to_bits()));
+        common::assert_bits(a.data(), b.data(), "the model's outputs");
     }
     std::env::remove_var("CNNC_HUGE_PAGES");
 }

@@ -125,20 +125,6 @@ fn golden_graphs_match_the_interpreter_at_several_batch_sizes() {
     }
 }
 
-/// `graphs/{name}.yaml` with its seeded weights, and a standard normal input of `batch`
-/// images from `seed`.
-fn seeded_example(name: &str, batch: usize, seed: u64) -> (cnnc::Graph, Tensor) {
-    let mut g = cnnc::format::load(repo().join(format!("graphs/{name}.yaml"))).unwrap();
-    cnnc::weights::bind(&mut g, None).unwrap();
-    let s = g.input_shape();
-    let x = Tensor::new(
-        vec![batch, s.c, s.h, s.w],
-        cnnc::weights::standard_normal(seed, name, batch * s.len()),
-    )
-    .unwrap();
-    (g, x)
-}
-
 #[test]
 fn example_graphs_with_seeded_weights_match_the_interpreter() {
     for name in [
@@ -303,20 +289,25 @@ fn compile_emits_the_ir_and_machine_code_of_every_kernel() {
     assert!(asm.contains("ret") && asm.contains("vfmadd"), "{asm}");
 }
 
-/// Kernels are compiled on the model's threads: which thread compiles which function must
-/// not change the code (the listings, machine code included, are identical at 1 and 3
-/// threads), and a model compiled on threads computes what one compiled serially does.
-#[test]
-fn kernels_compiled_on_threads_are_the_serially_compiled_ones() {
-    let mut g = cnnc::format::load(repo().join("graphs/inception3a.yaml")).unwrap();
+/// The listings of every kernel of `graphs/{name}.yaml` (seeded weights, optimized) in a
+/// model of each of `threads` threads.
+fn listings_at(name: &str, threads: [usize; 2]) -> [Vec<cnnc::jit::KernelListing>; 2] {
+    let mut g = cnnc::format::load(repo().join(format!("graphs/{name}.yaml"))).unwrap();
     cnnc::weights::bind(&mut g, None).unwrap();
     let opts = |threads| Options {
         threads,
         ..Options::default()
     };
     cnnc::passes::optimize(&mut g, &opts(1)).unwrap();
-    let serial = cnnc::runtime::listings(&g, &opts(1)).unwrap();
-    let threaded = cnnc::runtime::listings(&g, &opts(3)).unwrap();
+    threads.map(|t| cnnc::runtime::listings(&g, &opts(t)).unwrap())
+}
+
+/// Kernels are compiled on the model's threads: which thread compiles which function must
+/// not change the code (the listings, machine code included, are identical at 1 and 3
+/// threads), and a model compiled on threads computes what one compiled serially does.
+#[test]
+fn kernels_compiled_on_threads_are_the_serially_compiled_ones() {
+    let [serial, threaded] = listings_at("inception3a", [1, 3]);
     assert!(serial.len() > 10, "{} kernels", serial.len());
     assert_eq!(serial.len(), threaded.len());
     // Tables (gather offsets) are baked in by address, which differs between two models.
@@ -354,15 +345,7 @@ fn the_runtime_makes_its_kernels_for_its_pools_size() {
         eprintln!("skipped: no pixel parts at sse, or CNNC_WEIGHT_MAJOR_PARTS set");
         return;
     }
-    let mut g = cnnc::format::load(repo().join("graphs/resnet_bottleneck_block.yaml")).unwrap();
-    cnnc::weights::bind(&mut g, None).unwrap();
-    let opts = |threads| Options {
-        threads,
-        ..Options::default()
-    };
-    cnnc::passes::optimize(&mut g, &opts(1)).unwrap();
-    let one = cnnc::runtime::listings(&g, &opts(1)).unwrap();
-    let two = cnnc::runtime::listings(&g, &opts(2)).unwrap();
+    let [one, two] = listings_at("resnet_bottleneck_block", [1, 2]);
     assert_eq!(one.len(), two.len());
     let differ: Vec<&str> = (one.iter().zip(&two))
         .filter(|(a, b)| a.asm != b.asm)

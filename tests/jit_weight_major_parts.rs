@@ -12,17 +12,8 @@ mod common;
 use cnnc::jit::*;
 #[cfg(unix)]
 use common::guarded::Guarded;
-use common::xorshift_vec as rand_vec;
+use common::{assert_bits, xorshift_vec as rand_vec};
 use std::time::Duration;
-
-fn assert_bits(got: &[f32], want: &[f32], what: &str) {
-    let same = got.len() == want.len()
-        && got
-            .iter()
-            .zip(want)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-    assert!(same, "{what}: differs");
-}
 
 /// `(c, h, w, k, stride)`: a 1x1 conv of `c` channels in, `k` out, from `h x w` pixels.
 type Shape = (usize, usize, usize, usize, usize);

@@ -174,3 +174,27 @@ pub fn xorshift_vec(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `graphs/{name}.yaml` with its seeded weights, and a standard normal input of `batch`
+/// images from `seed`.
+pub fn seeded_example(name: &str, batch: usize, seed: u64) -> (Graph, Tensor) {
+    let mut g = cnnc::format::load(repo().join(format!("graphs/{name}.yaml"))).unwrap();
+    cnnc::weights::bind(&mut g, None).unwrap();
+    let s = g.input_shape();
+    let x = Tensor::new(
+        vec![batch, s.c, s.h, s.w],
+        cnnc::weights::standard_normal(seed, name, batch * s.len()),
+    )
+    .unwrap();
+    (g, x)
+}
+
+/// `got` holds exactly the floats of `want`, bit for bit.
+pub fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+    let same = got.len() == want.len()
+        && got
+            .iter()
+            .zip(want)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "{what}: differs");
+}
