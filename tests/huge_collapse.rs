@@ -1,6 +1,7 @@
 //! A model whose packed weights were faulted in on small pages (`CNNC_HUGE_PAGES=small`,
 //! as after a first compile while huge pages were slow to fault in) has them collapsed
-//! into huge pages (`memory::settle_huge_pages`, or the background thread), runs to the
+//! into huge pages (`memory::settle_huge_pages`; the background thread: its own test file),
+//! each one a huge page in the process's `AnonHugePages`, runs to the
 //! same bits after, and a dropped model leaves nothing to collapse. One test in this
 //! binary: it sets the process's environment.
 mod common;
@@ -24,8 +25,18 @@ fn small_chunks_of_packed_weights_are_collapsed_and_the_results_unchanged() {
         "{before:?} {after_compile:?}"
     );
     let first = model.run(&x).unwrap();
+    let huge_before = anon_huge_kib();
     let n = cnnc::memory::settle_huge_pages();
     let settled = cnnc::memory::huge_chunk_counts();
+    // Each chunk this call collapsed is a huge page now (not only a count): the process's
+    // huge pages grew by as many, less at most the background thread's scratch page, which
+    // it may have held just before (it frees it before each collapse of its own).
+    if let (Some(b), Some(a)) = (huge_before, anon_huge_kib()) {
+        assert!(
+            a + 2048 >= b + 2048 * n as u64,
+            "{n} collapsed: {b} -> {a} KiB"
+        );
+    }
     assert_eq!(settled.pending, 0, "{settled:?}");
     // Where collapses are not supported (a kernel before 6.1, THP `never`) or are turned
     // off, nothing is queued: nothing is collapsed, and nothing fails.
@@ -62,4 +73,11 @@ fn small_chunks_of_packed_weights_are_collapsed_and_the_results_unchanged() {
     drop(queued);
     assert_eq!(cnnc::memory::huge_chunk_counts().pending, 0, "dropped");
     std::env::remove_var("CNNC_HUGE_PAGES");
+}
+
+/// The process's transparent huge pages (`AnonHugePages` of `/proc/self/smaps_rollup`), KiB.
+fn anon_huge_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
