@@ -42,6 +42,10 @@ fn conv_stays_in_bounds_at(isa: cnnc::Isa) {
         // Weights over 1 MB, prefetched ahead (grouped, and strip by strip).
         (300, 7, 7, 131, 3, 1, 1),
         (290, 39, 41, 115, 3, 2, 1),
+        // The same grouped at ymm too (7x7 from stride 2): 4 reduction blocks, the last one
+        // a channel shorter, a channel tail of 5 rows; with the last unit run alone below,
+        // the touch of the first weights of the last block (`warm_first_weights`) at avx2.
+        (299, 13, 13, 131, 3, 2, 1),
         // Over 256 KB of weights (prefetched too), strip by strip.
         (70, 11, 12, 110, 3, 2, 1),
         (600, 5, 4, 7, 1, 2, 0),
