@@ -423,7 +423,20 @@ impl PixelGemm {
     /// two threads 0.988-1.003 of the time without, `CNNC_PARTS_CONTRACTING=0`, in the slow
     /// phase, 0.999-1.013 in the fast one; docs/jit-history.md, "session 18, pw2t").
     /// `CNNC_WEIGHT_MAJOR_PARTS=0` / `=1` (to measure): no layer / every layer in parts.
-    pub(crate) fn in_parts(mut self, threads: usize) -> Self {
+    ///
+    /// An expansion whose input (a thread's share of it) outgrows L2 goes in more parts,
+    /// [`Self::l2_parts_per_thread`] per thread, at any thread count.
+    pub(crate) fn in_parts(self, threads: usize) -> Self {
+        self.in_parts_for(threads, super::host_cache::l2_bytes())
+    }
+    /// [`Self::in_parts`] on a host with `l2` bytes of L2 per core.
+    fn in_parts_for(mut self, threads: usize, l2: usize) -> Self {
+        let threads = threads.max(1);
+        let l2_parts = threads * self.l2_parts_per_thread(threads, l2);
+        if self.weight_major && l2_parts > threads && self.columns() >= l2_parts {
+            self.pixel_parts = l2_parts;
+            return self;
+        }
         if !self.weight_major || threads < 2 || self.columns() < threads {
             return self;
         }
@@ -440,6 +453,26 @@ impl PixelGemm {
             self.pixel_parts = threads;
         }
         self
+    }
+    /// Pixel parts per thread of an expansion ([`Self::expands`]): every channel block reads
+    /// all the input of its part, which stays in L2 only where it is small beside it. Where a
+    /// thread's share is over half the host's L2 (`l2`, [`super::host_cache::l2_bytes`]), parts of
+    /// a quarter of it: on Zen 2 (512 KB), ResNet-50's 64 -> 256 at 56x56 (800 KB of input)
+    /// took 0.86-0.90 of the time in 4 parts against 1 at one thread, 8 parts 0.99 of 4, 2
+    /// parts 1.04 of 4 (`examples/convab.rs`, weights from 20 copies, with and without a
+    /// residual, warm and `CNNC_FLUSH_MB=16`, 500-1300 pairs; 128 -> 512 at 28x28 in 2
+    /// parts: 0.95). On a 1 MB L2 the same layer goes in 4 parts at one thread, unchanged at
+    /// two.
+    fn l2_parts_per_thread(&self, threads: usize, l2: usize) -> usize {
+        if !self.expands() {
+            return 1;
+        }
+        let share = self.s.in_c * self.s.pixels * 4 / threads;
+        if share <= l2 / 2 {
+            1
+        } else {
+            share.div_ceil(l2 / 4)
+        }
     }
     /// Reads the residual from the output buffer (only where
     /// [`Self::writes_each_output_once`]).
@@ -1457,6 +1490,33 @@ mod tests {
     /// that runs (a Winograd group's GEMM): not on the f32x4 tiles, not below the pixels,
     /// not with weight prefetches, a streamed driver or a residual in the output, whose
     /// addresses keep `s.pixels`.
+    #[test]
+    fn expansions_go_in_parts_that_fit_l2() {
+        let spec = |in_c, pixels, out_c| PixelGemmSpec {
+            in_c,
+            out_c,
+            pixels,
+            epilogue: Epilogue::default(),
+        };
+        let parts = |s, threads, l2_kb: usize| {
+            let g = PixelGemm::new(s, Isa::Avx2).streamed();
+            g.in_parts_for(threads, l2_kb << 10).pixel_parts
+        };
+        // ResNet-50's 64 -> 256 at 56x56, 784 KB of input: in quarters of a 512 KB L2 at one
+        // thread (7 parts) and two (4 each), of a 1 MB L2 at one thread only; in thread
+        // parts alone (16 pixels per channel) where the L2 holds it.
+        let expansion = spec(64, 3136, 256);
+        assert_eq!(parts(expansion, 1, 512), 7);
+        assert_eq!(parts(expansion, 2, 512), 8);
+        assert_eq!(parts(expansion, 1, 1024), 4);
+        assert_eq!(parts(expansion, 2, 1024), 2);
+        assert_eq!(parts(expansion, 1, 2048), 1);
+        // Not a reduction's input, however large (256 -> 64 at 56x56, pixel major).
+        assert_eq!(parts(spec(256, 3136, 64), 1, 512), 1);
+        // No more parts than tile columns (40 -> 160 at 6x6: 3 columns of 16).
+        assert_eq!(parts(spec(40, 36, 160), 1, 1), 1);
+    }
+
     #[test]
     fn a_plane_stride_only_on_the_plain_wide_gemm() {
         let s = PixelGemmSpec {

@@ -11,6 +11,7 @@ mod epilogue;
 pub mod fc;
 mod fc_gemm;
 mod gemm;
+mod host_cache;
 mod im2col;
 mod implicit;
 pub mod module;
