@@ -23,7 +23,11 @@ impl Rng {
 fn reference(m: &MicroGemm, x: &[f32], w: &[f32], res: &[f32], bias: &[f32], out: &mut [f32]) {
     // The extra column (`extra_x`) reads its x rows from their own place.
     let extra = usize::from(m.extra_x > 0);
-    for i in 0..m.rows {
+    // With several channel blocks (`lane_blocks`), row `i` is row `i % w_stride` of block
+    // `i / w_stride`, whose weights start `block_stride` floats after the previous block's.
+    let rows = (m.lane_blocks - 1) * m.w_stride + m.rows;
+    for i in 0..rows {
+        let wi = |c: usize| (i / m.w_stride) * m.block_stride + c * m.w_stride + i % m.w_stride;
         for j in 0..m.cols + extra {
             let mut acc = if m.accumulate {
                 out[i * m.ldo + j]
@@ -32,7 +36,7 @@ fn reference(m: &MicroGemm, x: &[f32], w: &[f32], res: &[f32], bias: &[f32], out
             };
             let x0 = if j == m.cols { m.extra_x / 4 } else { j };
             for c in 0..m.k {
-                acc = w[c * m.w_stride + i].mul_add(x[c * m.ldx + x0], acc);
+                acc = w[wi(c)].mul_add(x[c * m.ldx + x0], acc);
             }
             if m.bias {
                 acc += bias[if m.bias_per_col { j } else { i }];
@@ -109,6 +113,8 @@ fn shapes(w: Width) -> Vec<MicroGemm> {
                     prefetch_out: [0, 1, 2, 4][(n / 2) % 4] == 0 && n % 3 != 1,
                     extra_x: 0,
                     lanes: false,
+                    lane_blocks: 1,
+                    block_stride: 0,
                     pack: false,
                 });
             }
@@ -158,14 +164,19 @@ fn micro_kernels_match_the_reference_bit_for_bit() {
 
 #[test]
 fn nan_inputs_propagate_through_relu_and_clip() {
-    // The vector tile (NaN in its fifth column), and at avx512 the tile with the channels in
-    // the lanes over 1-4 pixels, whose epilogue is the scalar one (NaN in its last column).
+    // The vector tile (NaN in its fifth column), and the tiles with the channels in the lanes
+    // (avx512: 1-4 pixels; avx2: one), whose epilogue is the scalar one (NaN in its last
+    // column).
     let mut cases: Vec<(Width, bool, usize)> = widths()
         .into_iter()
         .map(|w| (w, false, w.lanes() + 3))
         .collect();
     if widths().contains(&Width::Z512) {
         cases.extend((1..=4).map(|cols| (Width::Z512, true, cols)));
+    }
+    // At avx2, the lanes kernel of one pixel (a block of channels per call here).
+    if widths().contains(&Width::Y256) {
+        cases.push((Width::Y256, true, 1));
     }
     for (w, lanes, cols) in cases {
         let nan_col = if lanes { cols - 1 } else { 4 };
@@ -193,6 +204,8 @@ fn nan_inputs_propagate_through_relu_and_clip() {
                 prefetch_out: false,
                 extra_x: 0,
                 lanes,
+                lane_blocks: 1,
+                block_stride: 0,
                 pack: false,
             };
             let mut km = KernelModule::new().unwrap();
@@ -244,6 +257,8 @@ fn short_operands_are_refused() {
             prefetch_out: false,
             extra_x: 0,
             lanes: false,
+            lane_blocks: 1,
+            block_stride: 0,
             pack: false,
         };
         let mut km = KernelModule::new().unwrap();
@@ -309,6 +324,8 @@ fn extra_column_kernels_match_the_reference() {
             prefetch_out: n % 4 == 0,
             extra_x: (k * ldx + 3 + n) * 4,
             lanes: false,
+            lane_blocks: 1,
+            block_stride: 0,
             pack: false,
         });
     }
@@ -354,6 +371,8 @@ fn lanes_kernels_match_the_reference() {
                     prefetch_out: false,
                     extra_x: 0,
                     lanes: true,
+                    lane_blocks: 1,
+                    block_stride: 0,
                     pack: false,
                 });
                 n += 1;
@@ -381,6 +400,7 @@ fn lanes_kernels_match_the_reference() {
         },
         MicroGemm {
             width: Width::Y256,
+            cols: 2,
             ..base
         },
         MicroGemm {
@@ -398,6 +418,85 @@ fn lanes_kernels_match_the_reference() {
         },
         MicroGemm {
             prefetch_out: true,
+            ..base
+        },
+    ] {
+        assert!(bad.check().is_err(), "{bad:?}");
+    }
+}
+
+/// The AVX2 kernels with the channels in the lanes: one pixel of 1 to `LANE_BLOCKS` channel
+/// blocks per call (`lane_blocks`), blocks of 3, 6 and 8 rows, the last block of every row
+/// count, blocks packed back to back or apart, short and unrolled reductions, every
+/// epilogue; what they do not support is refused.
+#[test]
+fn lane_block_kernels_match_the_reference() {
+    if !widths().contains(&Width::Y256) {
+        return;
+    }
+    let mut rng = Rng(0x0b10_c4a5_e5d1);
+    let clip = Some(((-0.5f32).to_bits(), 0.75f32.to_bits()));
+    let mut specs = Vec::new();
+    let mut n = 0usize;
+    for blocks in 1..=x86::gemm::LANE_BLOCKS {
+        for w_stride in [3, 6, 8] {
+            for rows in [1, w_stride / 2, w_stride].into_iter().filter(|&r| r > 0) {
+                let k = [1, 3, 4, 9, 67, 256][n % 6];
+                specs.push(MicroGemm {
+                    width: Width::Y256,
+                    rows,
+                    cols: 1,
+                    k,
+                    w_stride,
+                    ldx: 49 + n % 7,
+                    ldo: 49 + n % 5,
+                    accumulate: false,
+                    bias: n % 3 != 2,
+                    bias_per_col: false,
+                    residual: n.is_multiple_of(2),
+                    relu: n % 4 < 2,
+                    clip: if n % 8 >= 5 { clip } else { None },
+                    prefetch_every: 0,
+                    prefetch_w: 0,
+                    pf_ldx: 0,
+                    prefetch_out: false,
+                    extra_x: 0,
+                    lanes: true,
+                    lane_blocks: blocks,
+                    block_stride: k * w_stride + [0, 5][n % 2] + [0, 8][usize::from(k == 1)],
+                    pack: false,
+                });
+                n += 1;
+            }
+        }
+    }
+    assert!(specs.iter().all(|s| s.check().is_ok()));
+    run_against_the_reference(&mut rng, &specs);
+    let base = specs[specs.len() - 1];
+    for bad in [
+        MicroGemm { cols: 2, ..base },
+        MicroGemm {
+            lane_blocks: x86::gemm::LANE_BLOCKS + 1,
+            ..base
+        },
+        MicroGemm {
+            block_stride: base.k * base.w_stride - 1,
+            ..base
+        },
+        MicroGemm {
+            w_stride: 9,
+            ..base
+        },
+        MicroGemm {
+            accumulate: true,
+            ..base
+        },
+        MicroGemm {
+            prefetch_w: 256,
+            ..base
+        },
+        MicroGemm {
+            lanes: false,
             ..base
         },
     ] {
@@ -459,6 +558,8 @@ fn packing_kernels_copy_their_input() {
                 prefetch_out: false,
                 extra_x: 0,
                 lanes: false,
+                lane_blocks: 1,
+                block_stride: 0,
                 pack: true,
             });
         }

@@ -177,6 +177,8 @@ impl FcGemm {
             prefetch_out: false,
             extra_x: 0,
             lanes: false,
+            lane_blocks: 1,
+            block_stride: 0,
             pack: false,
         }
     }

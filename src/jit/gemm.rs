@@ -777,6 +777,8 @@ impl PixelGemm {
                 && part == KPos::Only
                 && !prefetch
                 && src == XSrc::Planes,
+            lane_blocks: 1,
+            block_stride: 0,
         }
     }
 

@@ -329,6 +329,8 @@ impl Im2colGemm {
             prefetch_out: self.prefetch_out && cols == self.np,
             extra_x: 0,
             lanes: false,
+            lane_blocks: 1,
+            block_stride: 0,
             pack: false,
         }
     }

@@ -478,6 +478,8 @@ impl ImplicitGemm {
             prefetch_out: self.prefetch_out && matches!(pos, KPos::Only | KPos::First),
             extra_x: 0,
             lanes: false,
+            lane_blocks: 1,
+            block_stride: 0,
             pack: false,
         }
     }

@@ -124,6 +124,13 @@ pub struct MicroGemm {
     /// the FMA's operands are `w, [x]` where the tile's are `x, w`, so of two NaNs with
     /// different payloads another one may come out).
     pub lanes: bool,
+    /// With [`Self::lanes`] at AVX2 ([`Self::emit_lane_blocks`]): the channel blocks one call
+    /// computes for its one pixel (`cols == 1`), block `b`'s weights `block_stride` floats
+    /// after block `b - 1`'s and its rows `b * w_stride ..` of `out`, `res` and `bias`; all
+    /// blocks `w_stride` rows but the last, `rows`. 1 everywhere else.
+    pub lane_blocks: usize,
+    /// Floats from one block's packed weights to the next ([`Self::lane_blocks`]; 0 with one).
+    pub block_stride: usize,
     /// Also store every x vector read at `pk + step * cols + j * lanes`: the tile's input
     /// packed contiguous, for the calls after it to read (full vectors only).
     pub pack: bool,
@@ -131,6 +138,12 @@ pub struct MicroGemm {
 
 /// The most pixels a [`MicroGemm::lanes`] tile computes.
 pub const LANES_COLS: usize = 4;
+
+/// The most channel blocks of an AVX2 [`MicroGemm::lanes`] call (an accumulator each, with
+/// the broadcast input, the last block's weights, the mask and the epilogue's temporaries
+/// in the 16 ymm registers). `LANE_BLOCKS` chains of one FMA per step hide the FMA latency
+/// (Zen 2: 5 cycles, 2 a cycle) with the load ports (`LANE_BLOCKS + 2` loads a step) busy.
+pub const LANE_BLOCKS: usize = 8;
 
 fn xmm(i: usize) -> AsmRegisterXmm {
     get_xmm(Register::XMM0 + i as u32).expect("xmm index below 32")
@@ -212,6 +225,12 @@ impl MicroGemm {
         if self.pack && self.tail() > 0 {
             return bad("packing a partial vector".into());
         }
+        if self.lanes && self.width == Width::Y256 {
+            return self.check_lane_blocks();
+        }
+        if self.lane_blocks != 1 {
+            return bad("several channel blocks in one call: AVX2 lanes only".into());
+        }
         if self.lanes {
             let ok = self.width == Width::Z512
                 && self.w_stride <= 16
@@ -259,9 +278,43 @@ impl MicroGemm {
         Ok(())
     }
 
+    /// [`Self::check`] of an AVX2 [`Self::lanes`] kernel ([`Self::emit_lane_blocks`]).
+    fn check_lane_blocks(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Codegen(format!("x86 micro-kernel {self:?}: {m}")));
+        let plain = !self.accumulate
+            && !self.pack
+            && !self.bias_per_col
+            && self.extra_x == 0
+            && self.prefetch_every == 0
+            && self.prefetch_w == 0
+            && !self.prefetch_out;
+        if !plain || self.cols != 1 || self.w_stride > 8 {
+            return bad("AVX2 channels in the lanes: one pixel, at most 8 rows a block");
+        }
+        if !(1..=LANE_BLOCKS).contains(&self.lane_blocks) {
+            return bad("AVX2 channels in the lanes: 1 to LANE_BLOCKS blocks");
+        }
+        // A block but the last reads 8 floats a step (`w_stride` its own): up to 8 -
+        // `w_stride` floats of its next step, or of the next block, which holds at least
+        // `rows` floats after `block_stride` (so the reads stay in `operand_lens`).
+        if self.lane_blocks > 1
+            && (self.block_stride < self.k * self.w_stride || self.block_stride + self.rows < 8)
+        {
+            return bad("AVX2 channels in the lanes: overlapping or short blocks");
+        }
+        let last = self.lane_blocks - 1;
+        disp(UNROLL * self.ldx * 4)?;
+        disp((last * self.block_stride + UNROLL * self.w_stride) * 4)?;
+        disp((last * self.w_stride + self.rows) * self.ldo * 4)?;
+        Ok(())
+    }
+
     /// The machine code (position independent).
     pub fn emit(&self) -> Result<Vec<u8>> {
         self.check()?;
+        if self.lanes && self.width == Width::Y256 {
+            return self.emit_lane_blocks();
+        }
         if self.lanes {
             return self.emit_lanes();
         }
@@ -326,6 +379,68 @@ impl MicroGemm {
         }
         v.a.vzeroupper().map_err(asm_err)?;
         v.a.ret().map_err(asm_err)?;
+        v.finish()
+    }
+
+    /// The AVX2 [`Self::lanes`] kernel: one pixel of [`Self::lane_blocks`] channel blocks,
+    /// each block's channels in the lanes of one accumulator (registers `0..blocks`). Each
+    /// step broadcasts the pixel's input into register `blocks` and multiplies it by every
+    /// block's packed weights of the step: a memory operand (8 floats, see
+    /// [`Self::check_lane_blocks`]), but for the last block a masked load of its `rows`
+    /// lanes (register `blocks + 1` under the mask in register 15), so the call reads no
+    /// weight past its last block's. For the one pixel a vector tile leaves after its full
+    /// columns (7x7 planes on 16-pixel columns: 3 x 16 + 1), whose masked tile spends as
+    /// many FMAs on it as on 16 pixels: here one FMA per block and step, with `blocks`
+    /// independent chains to hide the FMA latency. Each output is the same FMA chain in the
+    /// same order (`x * w + acc`, as the vector tile's), then the same epilogue as scalars.
+    fn emit_lane_blocks(&self) -> Result<Vec<u8>> {
+        let mut v = Vasm::new(self.width)?;
+        let nb = self.lane_blocks;
+        let (x, t, mask) = (nb, nb + 1, 15);
+        let mut masks = Masks::default();
+        masks.set(&mut v, (k1, mask), 0, self.rows)?;
+        for b in 0..nb {
+            v.zero(b)?;
+        }
+        let step = |v: &mut Vasm, u: usize| -> Result<()> {
+            v.bcst(x, rdi + disp(u * self.ldx * 4)?)?;
+            for b in 0..nb {
+                let at = rsi + disp((b * self.block_stride + u * self.w_stride) * 4)?;
+                if b + 1 < nb {
+                    v.fma_mem(b, x, at)?;
+                } else {
+                    v.maskload(t, mask, at)?;
+                    v.fma(b, x, t)?;
+                }
+            }
+            Ok(())
+        };
+        self.reduction_loop(&mut v, self.k / UNROLL, false, step)?;
+        for u in 0..self.k % UNROLL {
+            step(&mut v, u)?;
+        }
+        // Each block's lanes through the red zone (32 bytes below the stack pointer: a leaf
+        // function's own), then per row the bias, residual, ReLU and clip as scalars, in the
+        // vector rows' order, and the store.
+        let regs = (nb, nb + 1, nb + 2, nb + 3);
+        self.epilogue_constants(&mut v, regs)?;
+        for b in 0..nb {
+            v.store(rsp - 32, b)?;
+            let rows = if b + 1 < nb { self.w_stride } else { self.rows };
+            for i in 0..rows {
+                let row = b * self.w_stride + i;
+                v.a.vmovss(xmm(regs.0), dword_ptr(rsp - 32 + (i * 4) as i32))
+                    .map_err(asm_err)?;
+                if self.bias {
+                    v.a.vaddss(xmm(regs.0), xmm(regs.0), dword_ptr(r8 + disp(row * 4)?))
+                        .map_err(asm_err)?;
+                }
+                self.scalar_epilogue(&mut v, regs, disp(row * self.ldo * 4)?)?;
+            }
+        }
+        v.a.vzeroupper().map_err(asm_err)?;
+        v.a.ret().map_err(asm_err)?;
+        masks.emit_data(&mut v)?;
         v.finish()
     }
 
@@ -677,6 +792,17 @@ impl MicroGemm {
     pub fn operand_lens(&self) -> (usize, usize, usize, usize) {
         // The extra column: its x rows, 8 weights a step and 8 biases (`rows <= 8` of them
         // used), one more output per row (and bias per column).
+        if self.lane_blocks > 1 {
+            let before = (self.lane_blocks - 1) * self.w_stride;
+            return (
+                (self.k - 1) * self.ldx + 1,
+                (self.lane_blocks - 1) * self.block_stride
+                    + (self.k - 1) * self.w_stride
+                    + self.rows,
+                (before + self.rows - 1) * self.ldo + 1,
+                before + self.rows,
+            );
+        }
         let extra = usize::from(self.extra_x > 0);
         let x_extra = extra * (self.extra_x / 4 + (self.k - 1) * self.ldx + 1);
         let rows_read = if extra > 0 { 8 } else { self.rows };
