@@ -736,9 +736,16 @@ fn conv_pointwise_pixel_ranges() {
         (130, 5, 7, 45, false),
         (20, 4, 5, 30, true),
         // A 7x7 plane, weight major: at avx512 one 48-pixel column per channel block whose
-        // kernel computes the 49th pixel too (8 x 48 + 1), with a channel tail.
+        // kernel computes the 49th pixel too (8 x 48 + 1), with a channel tail; at avx2
+        // three 16-pixel columns and the 49th pixel in lanes (3 groups of 8 blocks of 6
+        // channels, the last of 6 blocks and a tail of 4; 2 groups, the last of 3 blocks).
         (37, 7, 7, 130, true),
         (70, 7, 7, 64, false),
+        // 289 = 18 x 16 + 1 pixels: at avx2 the lone pixel in lanes, pixel major (1 group
+        // of 8 blocks, the last 2 rows) and weight major (an expansion; 8 groups of 8 and
+        // one block in the last group).
+        (64, 17, 17, 44, true),
+        (32, 17, 17, 294, false),
         // 14x14 and 7x14 planes, weight major with 512+ channels in and out: at avx512
         // columns of 48 + 1 pixels (4 and 2), a channel tail of 5; over 1 MB of weights.
         (520, 14, 14, 517, true),
@@ -767,6 +774,10 @@ fn conv_pointwise_pixel_ranges() {
         let code = km.finalize().unwrap();
         let kn = code.get(p).unwrap();
         let units = kn.work_units();
+        if cnnc::Isa::default_level() == cnnc::Isa::Avx2 {
+            let lanes = h * w > 16 && h * w % 16 == 1;
+            assert_eq!(kn.micro_kernel().ends_with("+1 in lanes"), lanes, "{s:?}");
+        }
         // Tile (channels, pixels) per ISA level: f32x4 6x8, avx2 6x16, avx512 8x48 where
         // the tile column packs (at most 128 KB, pixel major) else 14x32.
         // Channel block major where the weights outweigh the input or a bottleneck expands
@@ -832,10 +843,24 @@ fn conv_pointwise_pixel_ranges() {
                 (u / nmb, u % nmb)
             };
             let px = (h * w - t * col_px).min(col_px);
-            let ch = (k - mb * mr).min(mr);
+            // At avx2 the one pixel after the full columns (`16 n + 1` pixels) goes in
+            // lanes, 8 channel blocks a call: the unit of each group's last block computes
+            // the group's, the others none.
+            let lone_lanes = cnnc::Isa::default_level() == cnnc::Isa::Avx2
+                && h * w > np
+                && h * w % np == 1
+                && t == cols - 1;
+            let first_block = match (lone_lanes, mb + 1 == nmb, mb % 8 == 7) {
+                (false, _, _) => mb,
+                (true, true, _) => mb / 8 * 8,
+                (true, false, true) => mb - 7,
+                (true, false, false) => mb + 1,
+            };
+            let rows = first_block * mr..(k.min((mb + 1) * mr)).max(first_block * mr);
+            let ch = rows.len();
             let now = out.iter().filter(|v| !v.is_nan()).count();
             assert_eq!(now - written, px * ch, "{s:?} unit {u}");
-            for ki in mb * mr..mb * mr + ch {
+            for ki in rows {
                 let row = &out[ki * h * w + t * col_px..ki * h * w + t * col_px + px];
                 assert!(row.iter().all(|v| !v.is_nan()), "{s:?} unit {u}");
             }

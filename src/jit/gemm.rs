@@ -190,6 +190,11 @@ pub(crate) struct PixelGemm {
     /// runs on the kernel with the channels in the lanes ([`MicroGemm::lanes`]; 14x14
     /// planes on 14 x 32 end in 4 pixels; `CNNC_LANES_TAIL=0`: the vector tile).
     lanes_tail: bool,
+    /// At avx2, the one pixel after the full tile columns (a plane of `16 n + 1` pixels: 7x7,
+    /// 17x17) goes to the kernel with the channels in the lanes, [`x86::gemm::LANE_BLOCKS`]
+    /// channel blocks a call ([`Self::lone_in_lanes`]; `CNNC_LANE_BLOCKS=0`: the masked
+    /// vector tile, as before).
+    lane_groups: bool,
     /// Floats from one channel's plane (input, output, residual) to the next: `s.pixels`,
     /// or more for a GEMM over the first `s.pixels` columns of wider planes
     /// ([`Self::with_plane_stride`]).
@@ -317,6 +322,7 @@ impl PixelGemm {
             lone: false,
             ld: s.pixels,
             lanes_tail: false,
+            lane_groups: !crate::knobs::off("CNNC_LANE_BLOCKS"),
         };
         // What the generator cannot emit (offsets beyond i32, relu + clip on ymm) stays on
         // the f32x4 path.
@@ -591,6 +597,8 @@ impl PixelGemm {
             && self.chunks() == 1
         {
             format!(" +{tail} in lanes")
+        } else if self.lone_in_lanes() {
+            " +1 in lanes".to_string()
         } else {
             String::new()
         };
@@ -697,8 +705,12 @@ impl PixelGemm {
         let s = self.s;
         let rows = [self.mr, s.out_c % self.mr];
         let full = if s.pixels >= self.np { self.np } else { 0 };
-        // With a lone pixel, the full column's kernel computes it.
-        let rest = if self.lone { 0 } else { s.pixels % self.np };
+        // With a lone pixel, the full column's kernel computes it; in lanes, its own.
+        let rest = if self.lone || self.lone_in_lanes() {
+            0
+        } else {
+            s.pixels % self.np
+        };
         let cols = [full, rest];
         let mut v = Vec::new();
         for &r in rows.iter().filter(|&&r| r > 0) {
@@ -729,7 +741,108 @@ impl PixelGemm {
                 }
             }
         }
+        v.extend(self.lane_group_micros(width));
         v
+    }
+
+    /// Whether the one pixel after the full tile columns goes in lanes ([`Self::lane_groups`]).
+    fn lone_in_lanes(&self) -> bool {
+        self.lane_groups
+            && self.wide == Some(Width::Y256)
+            && self.s.pixels > self.np
+            && self.s.pixels % self.np == 1
+    }
+
+    /// The kernels of [`Self::lone_in_lanes`]: groups of [`x86::gemm::LANE_BLOCKS`] channel
+    /// blocks (if there is one besides the last), then the last group, which holds the
+    /// channel tail ([`Self::lane_group`]).
+    fn lane_group_micros(&self, width: Width) -> Vec<MicroGemm> {
+        if !self.lone_in_lanes() {
+            return Vec::new();
+        }
+        let (full, last) = self.lane_groups_shapes();
+        let last = self.lane_micro(width, last);
+        match full {
+            Some(full) if self.lane_micro(width, full) != last => {
+                vec![self.lane_micro(width, full), last]
+            }
+            _ => vec![last],
+        }
+    }
+
+    /// `(blocks, rows of the last block)` of a full group of [`Self::lone_in_lanes`] (none
+    /// where the last group is the only one) and of the last group.
+    fn lane_groups_shapes(&self) -> (Option<(usize, usize)>, (usize, usize)) {
+        let (g, nmb) = (x86::gemm::LANE_BLOCKS, self.nmb);
+        let last_rows = self.s.out_c - (nmb - 1) * self.mr;
+        let full = (nmb > g).then_some((g, self.mr));
+        (full, ((nmb - 1) % g + 1, last_rows))
+    }
+
+    /// The lanes kernel of `blocks` channel blocks for the lone pixel, the last block with
+    /// `rows` rows: the whole reduction and the epilogue.
+    fn lane_micro(&self, width: Width, (blocks, rows): (usize, usize)) -> MicroGemm {
+        MicroGemm {
+            lanes: true,
+            lane_blocks: blocks,
+            block_stride: self.s.in_c * self.mr,
+            prefetch_out: false,
+            ..self.micro(width, (rows, 1), (KPos::Only, false), XSrc::Planes)
+        }
+    }
+
+    /// The lone pixel (at byte offset `pb` in the planes) of block `mb`'s rows with
+    /// [`Self::lone_in_lanes`]: the unit of the last block of each group of
+    /// [`x86::gemm::LANE_BLOCKS`] computes the group's (so its blocks' weights were the last
+    /// ones read, in L1/L2), the others nothing. Else the block's tile of `r` pixels.
+    fn tail_tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, r: usize) -> Result<()> {
+        if !self.lone_in_lanes() {
+            return self.tile(e, ptr, mb, pb, r);
+        }
+        let (g, last) = (x86::gemm::LANE_BLOCKS as i64, self.nmb as i64 - 1);
+        let (full, last_group) = self.lane_groups_shapes();
+        let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, mb, last);
+        e.when(is_last, |e| {
+            let b0 = e.iconst(last / g * g);
+            self.lane_group(e, ptr, b0, pb, last_group)
+        })?;
+        let Some(full) = full else {
+            return Ok(());
+        };
+        let in_group = e.b.ins().urem_imm_s(mb, g);
+        let ends = e.b.ins().icmp_imm_s(IntCC::Equal, in_group, g - 1);
+        let not_last = e.b.ins().icmp_imm_s(IntCC::NotEqual, mb, last);
+        let ends = e.b.ins().band(ends, not_last);
+        e.when(ends, |e| {
+            let b0 = e.add_imm(mb, 1 - g);
+            self.lane_group(e, ptr, b0, pb, full)
+        })
+    }
+
+    /// The call of the lanes kernel for `(blocks, rows)` on blocks `b0 ..` at pixel byte
+    /// offset `pb`.
+    fn lane_group(
+        &self,
+        e: &mut Emit,
+        ptr: &Ptrs,
+        b0: Value,
+        pb: Value,
+        shape: (usize, usize),
+    ) -> Result<()> {
+        let (s, mr) = (self.s, self.mr);
+        let m = self.lane_micro(self.wide.unwrap_or(Width::Y256), shape);
+        let i = (self.micro_variants().iter().position(|v| *v == m))
+            .ok_or_else(|| crate::Error::Codegen(format!("no lanes micro-kernel {m:?}")))?;
+        let x = e.b.ins().iadd(ptr.inp, pb);
+        let w = e.addr(ptr.w, b0, s.in_c * mr * 4);
+        let out = e.addr(ptr.out, b0, mr * self.ld * 4);
+        let out = e.b.ins().iadd(out, pb);
+        let res = e.addr(ptr.res, b0, mr * self.ld * 4);
+        let res = e.b.ins().iadd(res, pb);
+        let bias = e.addr(ptr.w, b0, mr * 4);
+        let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
+        e.b.ins().call(e.micros[i], &[x, w, out, res, bias, x, x]);
+        Ok(())
     }
 
     /// The micro-kernel of a `rows x cols` tile computing `part` of the reduction, with or
@@ -1003,7 +1116,7 @@ impl PixelGemm {
                 let c = in_range(e, u);
                 e.when(c, |e| {
                     let pb = e.iconst((full * np * 4) as i64);
-                    self.tile(e, ptr, mb, pb, r)
+                    self.tail_tile(e, ptr, mb, pb, r)
                 })?;
             }
             Ok(())
@@ -1115,7 +1228,7 @@ impl PixelGemm {
                     let c = e.b.ins().band(c, mine);
                     e.when(c, |e| {
                         let pb = e.iconst((full * np * 4) as i64);
-                        self.tile(e, ptr, mb, pb, r)
+                        self.tail_tile(e, ptr, mb, pb, r)
                     })?;
                 }
                 Ok(())
@@ -1195,7 +1308,7 @@ impl PixelGemm {
                 let c = in_range(e, u);
                 e.when(c, |e| {
                     let pb = e.iconst(nt_full * (self.np * 4) as i64);
-                    self.tile(e, ptr, mb, pb, r)
+                    self.tail_tile(e, ptr, mb, pb, r)
                 })
             })?;
         }
