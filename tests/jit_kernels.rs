@@ -2361,6 +2361,7 @@ fn conv_residual_read_in_place_every_isa() {
         spec(130, 8, 8, 29, 1, 1, (1, 1), (0, 0)),
         spec(600, 9, 9, 44, 1, 1, (1, 1), (0, 0)),
         spec(1100, 9, 9, 20, 1, 1, (1, 1), (0, 0)),
+        spec(2200, 6, 6, 20, 1, 1, (1, 1), (0, 0)),
         spec(2100, 5, 5, 130, 1, 1, (1, 1), (0, 0)),
         spec(300, 7, 7, 70, 1, 1, (1, 1), (0, 0)),
         spec(64, 33, 33, 70, 1, 1, (1, 1), (0, 0)),
@@ -2437,8 +2438,9 @@ fn conv_residual_read_in_place_every_isa() {
         }
     }
     assert!(in_place >= shapes.len(), "{in_place} in place");
-    // The 1100-channel columns go in chunks at avx2 and avx512 (the 600-channel ones at
-    // avx512), the f32x4 tiles never.
+    // Columns over 128 KB go in chunks of input channels: at avx2 (16 pixels) the
+    // 2200-channel ones, at avx512 (48 pixels) the 600- and 1100-channel ones too; the
+    // f32x4 tiles never.
     if cnnc::Isa::host_levels().len() > 1 {
         assert!(refused >= 1, "{refused} refused");
     }
