@@ -430,7 +430,7 @@ impl PixelGemm {
     /// phase, 0.999-1.013 in the fast one; docs/jit-history.md, "session 18, pw2t").
     /// `CNNC_WEIGHT_MAJOR_PARTS=0` / `=1` (to measure): no layer / every layer in parts.
     ///
-    /// An expansion whose input (a thread's share of it) outgrows L2 goes in more parts,
+    /// A layer whose input (a thread's share of it) outgrows L2 goes in more parts,
     /// [`Self::l2_parts_per_thread`] per thread, at any thread count.
     pub(crate) fn in_parts(self, threads: usize) -> Self {
         self.in_parts_for(threads, super::host_cache::l2_bytes())
@@ -460,21 +460,24 @@ impl PixelGemm {
         }
         self
     }
-    /// Pixel parts per thread of an expansion ([`Self::expands`]): every channel block reads
-    /// all the input of its part, which stays in L2 only where it is small beside it. Where a
-    /// thread's share is over half the host's L2 (`l2`, [`super::host_cache::l2_bytes`]), parts of
-    /// a quarter of it: on Zen 2 (512 KB), ResNet-50's 64 -> 256 at 56x56 (800 KB of input)
-    /// took 0.86-0.90 of the time in 4 parts against 1 at one thread, 8 parts 0.99 of 4, 2
-    /// parts 1.04 of 4 (`examples/convab.rs`, weights from 20 copies, with and without a
-    /// residual, warm and `CNNC_FLUSH_MB=16`, 500-1300 pairs; 128 -> 512 at 28x28 in 2
-    /// parts: 0.95). On a 1 MB L2 the same layer goes in 4 parts at one thread, unchanged at
-    /// two.
+    /// Pixel parts per thread of a weight-major layer: every channel block reads all the
+    /// input of its part, from L2 only where it fits beside the weights and outputs
+    /// streaming through. Where a thread's share of the input is over the host's L2 (`l2`,
+    /// [`super::host_cache::l2_bytes`]; half of it for an expansion, [`Self::expands`],
+    /// whose output stream is 4x its input), parts of a quarter of it, each of which reads
+    /// all the weights. On Zen 2 (512 KB), one thread (`examples/convab.rs`, weights from 20
+    /// copies, with and without a residual, warm and `CNNC_FLUSH_MB=16`, 400-1300 pairs):
+    /// ResNet-50's 64 -> 256 at 56x56 (784 KB of input) in 7 parts took 0.88-0.94 of the
+    /// time in one (4 parts 0.86-0.90, 8 parts 0.99 of 4, 2 parts 1.04 of 4), 128 -> 512 at
+    /// 28x28 0.94, 1024 -> 256 and 1024 -> 512 at 14x14 0.94; but 2048 -> 512 at 7x7 (400
+    /// KB, 4 MB of weights) 1.05 in parts of 128 KB, so a layer that is not an expansion
+    /// stays whole up to the full L2. `examples/modelab.rs`, one thread: ResNet-50 0.986
+    /// (expansions) then 0.985 (all), DenseNet-121 0.982; two threads 0.995 (the halves fit).
+    /// On a 1 MB L2 the 56x56 expansion goes in 4 parts at one thread, as before at two.
     fn l2_parts_per_thread(&self, threads: usize, l2: usize) -> usize {
-        if !self.expands() {
-            return 1;
-        }
+        let limit = if self.expands() { l2 / 2 } else { l2 };
         let share = self.s.in_c * self.s.pixels * 4 / threads;
-        if share <= l2 / 2 {
+        if share <= limit {
             1
         } else {
             share.div_ceil(l2 / 4)
@@ -1606,7 +1609,7 @@ mod tests {
     /// not with weight prefetches, a streamed driver or a residual in the output, whose
     /// addresses keep `s.pixels`.
     #[test]
-    fn expansions_go_in_parts_that_fit_l2() {
+    fn weight_major_layers_go_in_parts_that_fit_l2() {
         let spec = |in_c, pixels, out_c| PixelGemmSpec {
             in_c,
             out_c,
@@ -1626,7 +1629,15 @@ mod tests {
         assert_eq!(parts(expansion, 1, 1024), 4);
         assert_eq!(parts(expansion, 2, 1024), 2);
         assert_eq!(parts(expansion, 1, 2048), 1);
-        // Not a reduction's input, however large (256 -> 64 at 56x56, pixel major).
+        // A reduction, weight major (1024 -> 256 at 14x14, 784 KB): in 7 parts over the
+        // whole of a 512 KB L2 at one thread; at two, in the thread parts of a reduction.
+        let reduction = spec(1024, 196, 256);
+        assert_eq!(parts(reduction, 1, 512), 7);
+        assert_eq!(parts(reduction, 2, 512), 2);
+        assert_eq!(parts(reduction, 1, 1024), 1);
+        // Not 2048 -> 512 at 7x7 (392 KB: inside the L2), however many weights.
+        assert_eq!(parts(spec(2048, 49, 512), 1, 512), 1);
+        // Nor a pixel-major layer, whatever its input (256 -> 64 at 56x56).
         assert_eq!(parts(spec(256, 3136, 64), 1, 512), 1);
         // No more parts than tile columns (40 -> 160 at 6x6: 3 columns of 16).
         assert_eq!(parts(spec(40, 36, 160), 1, 1), 1);
