@@ -443,7 +443,12 @@ impl PixelGemm {
             self.pixel_parts = l2_parts;
             return self;
         }
-        if !self.weight_major || threads < 2 || self.columns() < threads {
+        // With the lone pixel in lanes, the last column costs a fraction of a full one: parts
+        // by columns are even only where the full columns are (a 7x7 plane's 3 + 1 in two
+        // parts of 2 and 1 + 1 took 1.01 of the time of channel-block halves at two
+        // threads, ResNet-50, `examples/modelab.rs`).
+        let uneven = self.lone_in_lanes() && !(self.s.pixels / self.np).is_multiple_of(threads);
+        if !self.weight_major || threads < 2 || self.columns() < threads || uneven {
             return self;
         }
         let s = &self.s;
