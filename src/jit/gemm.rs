@@ -444,10 +444,11 @@ impl PixelGemm {
             return self;
         }
         // With the lone pixel in lanes, the last column costs a fraction of a full one: parts
-        // by columns are even only where the full columns are (a 7x7 plane's 3 + 1 in two
-        // parts of 2 and 1 + 1 took 1.01 of the time of channel-block halves at two
-        // threads, ResNet-50, `examples/modelab.rs`).
-        let uneven = self.lone_in_lanes() && !(self.s.pixels / self.np).is_multiple_of(threads);
+        // by columns are uneven where a few full columns do not split evenly (a 7x7 plane's
+        // 3 + 1 in two parts of 2 and 1 + 1 took 1.01 of the time of channel-block halves
+        // at two threads, ResNet-50, `examples/modelab.rs`).
+        let full = self.s.pixels / self.np;
+        let uneven = self.lone_in_lanes() && !full.is_multiple_of(threads) && full < 4 * threads;
         if !self.weight_major || threads < 2 || self.columns() < threads || uneven {
             return self;
         }
@@ -1640,8 +1641,12 @@ mod tests {
         assert_eq!(parts(reduction, 1, 512), 7);
         assert_eq!(parts(reduction, 2, 512), 2);
         assert_eq!(parts(reduction, 1, 1024), 1);
-        // Not 2048 -> 512 at 7x7 (392 KB: inside the L2), however many weights.
+        // Not 2048 -> 512 at 7x7 (392 KB: inside the L2), however many weights; nor in
+        // thread parts (a reduction), whose 3 full columns and lone pixel in lanes would
+        // split unevenly. 17x17 (18 full columns) does.
         assert_eq!(parts(spec(2048, 49, 512), 1, 512), 1);
+        assert_eq!(parts(spec(2048, 49, 512), 2, 512), 1);
+        assert_eq!(parts(spec(2048, 289, 512), 2, 8192), 2);
         // Nor a pixel-major layer, whatever its input (256 -> 64 at 56x56).
         assert_eq!(parts(spec(256, 3136, 64), 1, 512), 1);
         // No more parts than tile columns (40 -> 160 at 6x6: 3 columns of 16).
