@@ -2827,6 +2827,32 @@ fn conv_max_pool_fused_is_the_conv_then_the_pool() {
                     tp.threads()
                 );
             }
+            // Made for a pool of 2 or 3 threads (`set_threads`: units sized to even out
+            // the threads; SqueezeNet's 7 units for one thread become 8 and 10), the same
+            // bits on each pool.
+            for threads in [2usize, 3] {
+                let mut km = KernelModule::new().unwrap();
+                km.set_isa(isa).unwrap();
+                km.set_threads(threads);
+                let pt = km.add_conv_max_pool(&c, &p).unwrap();
+                let code = km.finalize().unwrap();
+                let kt = code.get(pt).unwrap();
+                if i == 0 {
+                    assert_eq!((units, kt.work_units()), (7, 4 + 2 * threads), "{what}");
+                }
+                for tp in split_pools() {
+                    let mut scratch = vec![0.0f32; kt.scratch_len_on(tp.threads())];
+                    let mut out = vec![f32::NAN; p.output_len()];
+                    kt.run_parallel(tp, &x, &packed_f, None, &mut out, &mut scratch)
+                        .unwrap();
+                    let on = tp.threads();
+                    assert_eq!(
+                        bits(&out),
+                        bits(&want),
+                        "{what}: made for {threads}, on {on}"
+                    );
+                }
+            }
         }
         seed += 7;
     }

@@ -1179,7 +1179,7 @@ impl KernelModule {
     pub fn add_conv_max_pool(&mut self, spec: &ConvSpec, pool: &PoolSpec) -> Result<PendingConv> {
         spec.validate()?;
         let plan = x86::width(self.isa)
-            .and_then(|w| Im2colGemm::with_max_pool(*spec, w, pool))
+            .and_then(|w| Im2colGemm::with_max_pool(*spec, w, pool, self.threads))
             .ok_or_else(|| {
                 Error::Codegen(format!(
                     "no fused kernel for a conv of {spec} and a max pool of {pool} at {}",
@@ -1200,7 +1200,7 @@ impl KernelModule {
 /// Whether [`KernelModule::add_conv_max_pool`] takes `spec` followed by `pool` at `isa`.
 pub fn conv_max_pool_fuses(spec: &ConvSpec, pool: &PoolSpec, isa: Isa) -> bool {
     spec.validate().is_ok()
-        && x86::width(isa).is_some_and(|w| Im2colGemm::with_max_pool(*spec, w, pool).is_some())
+        && x86::width(isa).is_some_and(|w| Im2colGemm::with_max_pool(*spec, w, pool, 1).is_some())
 }
 
 /// The entry function of a conv with a prologue: the prologue over all `channels` input

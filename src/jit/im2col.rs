@@ -80,6 +80,29 @@ impl FusedPool {
     fn units(&self) -> usize {
         self.spec.out_h().div_ceil(self.rows)
     }
+    /// The pool rows per unit, at most `most`, that give `threads` threads the most even
+    /// shares of the work as the thread pool splits the units (`units * t / threads ..`),
+    /// counted in conv rows (each unit computes the rows its windows cover, recomputing
+    /// those it shares with the previous unit); the larger on a tie (one thread: the fewest
+    /// units).
+    fn even_rows(spec: &PoolSpec, most: usize, threads: usize) -> usize {
+        let (oh, threads) = (spec.out_h(), threads.max(1));
+        let largest_share = |rows: usize| {
+            let n = oh.div_ceil(rows);
+            let cost = |u: usize| Self::conv_rows_of(spec, rows.min(oh - u * rows));
+            (0..threads)
+                .map(|t| {
+                    (n * t / threads..n * (t + 1) / threads)
+                        .map(cost)
+                        .sum::<usize>()
+                })
+                .max()
+        };
+        (1..=most.max(1))
+            .rev()
+            .min_by_key(|&r| largest_share(r))
+            .unwrap_or(1)
+    }
     /// `(first unit, count, pool rows, conv rows)` of the full units and the last one.
     fn unit_kinds(&self) -> [(usize, usize, usize, usize); 2] {
         let (oh, n) = (self.spec.out_h(), self.units());
@@ -185,7 +208,17 @@ impl Im2colGemm {
     /// as one kernel whose output is the pool's, or `None` where that is not built: a
     /// padded conv or one with a residual, a pool other than max, with vertical padding or
     /// without a wide kernel.
-    pub(crate) fn with_max_pool(spec: ConvSpec, width: Width, pool: &PoolSpec) -> Option<Self> {
+    ///
+    /// The units are sized for a pool of `threads` ([`FusedPool::even_rows`]): SqueezeNet's
+    /// 55 pool rows, at most 8 a unit, went in 7 units of 8 rows, split 3 / 4 at two
+    /// threads (the caller waited 107 us of a 3.8 ms run on Zen 2, `examples/pooltrace.rs`);
+    /// now 8 units of 7 (`examples/modelab.rs`, two threads: 0.987 of the time).
+    pub(crate) fn with_max_pool(
+        spec: ConvSpec,
+        width: Width,
+        pool: &PoolSpec,
+        threads: usize,
+    ) -> Option<Self> {
         let fits = pool.kind == PoolKind::Max
             && (pool.channels, pool.in_h, pool.in_w) == (spec.out_c, spec.out_h(), spec.out_w())
             && pool.pad_h == 0
@@ -203,10 +236,15 @@ impl Im2colGemm {
             .last()
             .unwrap_or(1);
         // `CNNC_FUSED_POOL_ROWS=r`: units of `r` pool rows (up to `most`), to measure.
-        let rows = match crate::knobs::number("CNNC_FUSED_POOL_ROWS") {
-            Some(r) if (1..=most).contains(&r) => r,
-            _ => oh.div_ceil(oh.div_ceil(most)),
-        };
+        match crate::knobs::number("CNNC_FUSED_POOL_ROWS") {
+            Some(r) if (1..=most).contains(&r) => Self::fused(spec, width, pool, r),
+            _ => Self::fused(spec, width, pool, FusedPool::even_rows(pool, most, threads))
+                .or_else(|| Self::fused(spec, width, pool, FusedPool::even_rows(pool, most, 1))),
+        }
+    }
+
+    /// [`Self::with_max_pool`] in units of `rows` pool rows, if its kernels take them.
+    fn fused(spec: ConvSpec, width: Width, pool: &PoolSpec, rows: usize) -> Option<Self> {
         let fused = FusedPool {
             spec: *pool,
             rows,
@@ -712,4 +750,34 @@ fn clamp_range(
     let lo = e.b.ins().smax(begin, lo);
     let hi = e.iconst((first + count) as i64);
     (lo, e.b.ins().smin(end, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_pool_units_even_out_the_threads() {
+        // SqueezeNet's 3x3/2 max pool of 111 conv rows (55 pool rows), at most 8 a unit.
+        let pool = PoolSpec {
+            kind: PoolKind::Max,
+            channels: 64,
+            in_h: 111,
+            in_w: 111,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride_h: 2,
+            stride_w: 2,
+            pad_h: 0,
+            pad_w: 0,
+        };
+        // One thread: the fewest units (7 of 8 rows, 117 conv rows; 8 of 7 would be 118).
+        assert_eq!(FusedPool::even_rows(&pool, 8, 1), 8);
+        // Two: 8 units of 7 rows, 4 each (60 / 58 conv rows; 7 units of 8: 51 / 66).
+        assert_eq!(FusedPool::even_rows(&pool, 8, 2), 7);
+        // Three: 10 units of 6 (39 / 39 / 42 conv rows; 8 units of 7: 30 / 45 / 43).
+        assert_eq!(FusedPool::even_rows(&pool, 8, 3), 6);
+        // No more rows than the pool has, nor a unit of none.
+        assert_eq!(FusedPool::even_rows(&pool, 1, 2), 1);
+    }
 }
