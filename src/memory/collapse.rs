@@ -20,34 +20,36 @@ use std::time::Duration;
 /// or by the caller ([`settle_huge_pages`]). `CNNC_HUGE_COLLAPSE=0` (read at each buffer) leaves the
 /// chunks small.
 ///
-/// The queue's lock is held only to change it, never across a system call (a collapse
-/// takes 1-30 ms, more under compaction): a collapse marks its mapping `in_flight` and
-/// runs unlocked, and only the drop of that one mapping waits for it ([`COLLAPSE_ENDED`]).
-/// Collapses run one at a time ([`COLLAPSING`]), so one mark is enough.
+/// No lock is held across a system call (a collapse takes 1-30 ms, more under
+/// compaction): a collapse marks its mapping `in_flight` under the queue's lock and runs
+/// unlocked; only the drop of that one mapping, and the next collapse (they run one at a
+/// time, so one mark is enough), wait for it ([`COLLAPSE_ENDED`]). The mark names the
+/// process that set it: a child forked during a collapse inherits the mark but not the
+/// collapse, and neither its drop of that mapping nor its own collapses wait for it.
 pub(super) struct Collapses {
     chunks: std::collections::VecDeque<(u64, usize)>,
     /// The next mapping's key (from 1).
     next_owner: u64,
-    /// The key of the mapping a collapse is under way in (0: none).
+    /// The key of the mapping a collapse is under way in (0: none) and the process
+    /// running it.
     in_flight: u64,
+    in_flight_pid: u32,
 }
 
-static COLLAPSES: std::sync::Mutex<Collapses> = std::sync::Mutex::new(Collapses {
+static COLLAPSE_QUEUE: std::sync::Mutex<Collapses> = std::sync::Mutex::new(Collapses {
     chunks: std::collections::VecDeque::new(),
     next_owner: 1,
     in_flight: 0,
+    in_flight_pid: 0,
 });
-/// Signalled (under the [`COLLAPSES`] lock) when a collapse clears `in_flight`.
+/// Signalled (under the [`COLLAPSE_QUEUE`] lock) when a collapse clears `in_flight`.
 static COLLAPSE_ENDED: std::sync::Condvar = std::sync::Condvar::new();
-/// Held for the whole of a collapse: the background thread and [`settle_huge_pages`]
-/// callers take turns.
-static COLLAPSING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Full chunks that [`fault_in`] gave small pages, collapsed chunks, and chunks whose
 /// collapse failed, since the process started.
 pub(super) static SMALL_CHUNKS: AtomicU64 = AtomicU64::new(0);
-static COLLAPSED: AtomicU64 = AtomicU64::new(0);
-static COLLAPSE_FAILED: AtomicU64 = AtomicU64::new(0);
+static COLLAPSED_CHUNKS: AtomicU64 = AtomicU64::new(0);
+static FAILED_COLLAPSES: AtomicU64 = AtomicU64::new(0);
 
 /// Whether chunks may be collapsed here, probed once: the kernel knows `MADV_COLLAPSE`
 /// (Linux 6.1+; `madvise(0, 0, advice)` returns 0 iff the advice is supported, touching
@@ -71,7 +73,7 @@ pub fn huge_collapse_supported() -> bool {
 impl Collapses {
     pub(super) fn lock() -> std::sync::MutexGuard<'static, Collapses> {
         // Every change is made whole under the lock.
-        COLLAPSES.lock().unwrap_or_else(|p| p.into_inner())
+        COLLAPSE_QUEUE.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues the chunks at `starts` (2 MiB each, of one mapping); the mapping's key (0:
@@ -97,11 +99,51 @@ impl Collapses {
     pub(super) fn forget(owner: u64) {
         let mut queue = Self::lock();
         queue.remove(owner);
-        while queue.in_flight == owner {
-            queue = COLLAPSE_ENDED
-                .wait(queue)
-                .unwrap_or_else(|p| p.into_inner());
+        while queue.collapsing() == Some(owner) {
+            queue = Self::wait(queue);
         }
+    }
+
+    /// The mapping a collapse of this process is under way in (a mark its parent left
+    /// before a fork is no collapse of this process's).
+    fn collapsing(&self) -> Option<u64> {
+        (self.in_flight != 0 && self.in_flight_pid == std::process::id()).then_some(self.in_flight)
+    }
+
+    /// Waits (the lock released meanwhile) for a collapse to end.
+    fn wait(queue: std::sync::MutexGuard<'static, Self>) -> std::sync::MutexGuard<'static, Self> {
+        COLLAPSE_ENDED
+            .wait(queue)
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The queue, locked, once no collapse of this process is under way.
+    fn lock_between_collapses() -> std::sync::MutexGuard<'static, Self> {
+        let mut queue = Self::lock();
+        while queue.collapsing().is_some() {
+            queue = Self::wait(queue);
+        }
+        queue
+    }
+
+    /// Marks the collapse of a chunk of mapping `owner` under way in this process, until
+    /// the returned mark is dropped (so a collapse that panics clears it too: a drop of the
+    /// mapping would otherwise wait for ever).
+    fn mark_in_flight(&mut self, owner: u64) -> InFlight {
+        self.in_flight = owner;
+        self.in_flight_pid = std::process::id();
+        InFlight(())
+    }
+}
+
+/// A collapse under way ([`Collapses::mark_in_flight`]): its drop clears the mark and wakes
+/// those waiting for it.
+struct InFlight(());
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        Collapses::lock().in_flight = 0;
+        COLLAPSE_ENDED.notify_all();
     }
 }
 
@@ -125,8 +167,8 @@ pub struct HugeChunkCounts {
 pub fn huge_chunk_counts() -> HugeChunkCounts {
     HugeChunkCounts {
         small: SMALL_CHUNKS.load(Ordering::Relaxed),
-        collapsed: COLLAPSED.load(Ordering::Relaxed),
-        failed: COLLAPSE_FAILED.load(Ordering::Relaxed),
+        collapsed: COLLAPSED_CHUNKS.load(Ordering::Relaxed),
+        failed: FAILED_COLLAPSES.load(Ordering::Relaxed),
         pending: Collapses::lock().chunks.len(),
     }
 }
@@ -197,7 +239,7 @@ impl Drop for RunGuard {
 /// requests, not during a loop of runs back to back (for that, [`settle_huge_pages`]).
 pub(crate) fn settle_later() {
     // The lock is held only briefly, to change the queue (then the thread is awake).
-    if COLLAPSES.try_lock().is_ok_and(|q| q.chunks.is_empty()) {
+    if COLLAPSE_QUEUE.try_lock().is_ok_and(|q| q.chunks.is_empty()) {
         return;
     }
     let mut started = SETTLER.lock().unwrap_or_else(|p| p.into_inner());
@@ -308,21 +350,19 @@ fn collapse_next(warm: &mut WarmPage, go_on: &dyn Fn() -> bool) -> Option<bool> 
     if !go_on() {
         return Some(false);
     }
-    let _turn = COLLAPSING.lock().unwrap_or_else(|p| p.into_inner());
-    let at = {
-        let mut queue = Collapses::lock();
+    let (at, mark) = {
+        // One at a time: the background thread and `settle_huge_pages` callers take turns.
+        let mut queue = Collapses::lock_between_collapses();
         let (owner, at) = queue.chunks.pop_front()?;
-        queue.in_flight = owner;
-        at
+        (at, queue.mark_in_flight(owner))
     };
-    // The chunk's mapping stays live until `in_flight` is cleared: its drop waits for that
+    // The chunk's mapping stays live until the mark is cleared: its drop waits for that
     // (`Collapses::forget`).
     let result = collapse(at);
-    Collapses::lock().in_flight = 0;
-    COLLAPSE_ENDED.notify_all();
+    drop(mark);
     let counter = match result {
-        Collapse::Done => &COLLAPSED,
-        Collapse::Failed(_) => &COLLAPSE_FAILED,
+        Collapse::Done => &COLLAPSED_CHUNKS,
+        Collapse::Failed(_) => &FAILED_COLLAPSES,
     };
     counter.fetch_add(1, Ordering::Relaxed);
     Some(result == Collapse::Done)
@@ -440,6 +480,7 @@ mod tests {
             chunks: std::collections::VecDeque::new(),
             next_owner: 1,
             in_flight: 0,
+            in_flight_pid: 0,
         };
         assert_eq!(q.add(&[]), 0, "nothing queued, no key");
         let a = q.add(&[1 << 21, 2 << 21]);
@@ -488,13 +529,12 @@ mod tests {
             return;
         }
         // As `collapse_next` does, without the system call: no real collapse runs
-        // meanwhile (they take `COLLAPSING` first), so none clears this mark.
-        let turn = COLLAPSING.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let mut queue = Collapses::lock();
+        // meanwhile (they wait while a mark of this process is set), so none clears it.
+        let mark = {
+            let mut queue = Collapses::lock_between_collapses();
             queue.remove(busy.owner);
-            queue.in_flight = busy.owner;
-        }
+            queue.mark_in_flight(busy.owner)
+        };
         let dropper = std::thread::spawn(move || drop(busy));
         drop(other);
         std::thread::sleep(Duration::from_millis(50));
@@ -502,10 +542,58 @@ mod tests {
             !dropper.is_finished(),
             "the mapping was dropped during its collapse"
         );
-        Collapses::lock().in_flight = 0;
-        COLLAPSE_ENDED.notify_all();
-        drop(turn);
+        drop(mark);
         dropper.join().unwrap();
+    }
+
+    /// A mark that another process set (a parent's collapse, in flight when it forked this
+    /// process) holds up neither the drop of its mapping nor this process's collapses.
+    #[test]
+    fn a_mark_from_before_a_fork_is_no_collapse_here() {
+        if crate::knobs::forced("CNNC_HUGE_PAGES") == Some(false) {
+            return;
+        }
+        let (mut map, offset, _) = unfaulted((2 << 20) / 4);
+        map.spare = false;
+        map.owner = Collapses::lock().add(&[map.as_ptr() as usize + offset]);
+        if map.owner == 0 {
+            eprintln!("skipped: collapses not supported here");
+            return;
+        }
+        {
+            let mut queue = Collapses::lock_between_collapses();
+            queue.in_flight = map.owner;
+            queue.in_flight_pid = std::process::id().wrapping_add(1);
+            assert_eq!(queue.collapsing(), None);
+        }
+        let owner = map.owner;
+        let dropper = std::thread::spawn(move || drop(map));
+        std::thread::sleep(Duration::from_millis(50));
+        let dropped = dropper.is_finished();
+        {
+            let mut queue = Collapses::lock();
+            if queue.in_flight == owner {
+                queue.in_flight = 0;
+            }
+        }
+        COLLAPSE_ENDED.notify_all();
+        dropper.join().unwrap();
+        assert!(dropped, "the drop waited for another process's collapse");
+    }
+
+    /// A collapse that panics clears its mark: the drop of its mapping does not wait for
+    /// ever.
+    #[test]
+    fn a_collapse_that_panics_clears_its_mark() {
+        let owner = u64::MAX;
+        let panicked = std::thread::spawn(move || {
+            let _mark = Collapses::lock_between_collapses().mark_in_flight(owner);
+            panic!("a collapse panicking (on purpose, for the test)");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_ne!(Collapses::lock().collapsing(), Some(owner));
+        Collapses::forget(owner);
     }
 
     /// A buffer faulted in on small pages holds huge pages after [`collapse`], and the
