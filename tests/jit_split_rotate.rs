@@ -1,5 +1,6 @@
-//! The thread-split knob that changes which thread computes what (`CNNC_SPLIT_ROTATE`;
-//! docs/jit.md, "Measuring knobs") must give the bits of the default split. Knobs are
+//! The thread-split knobs that change which thread computes what (`CNNC_SPLIT_ROTATE`,
+//! `CNNC_POOL_GUIDED`; docs/jit.md, "Measuring knobs") must give the bits of the default
+//! split. Knobs are
 //! environment variables read when a pool is built, so this file holds one test (its own
 //! process: no other test sees them set).
 mod common;
@@ -61,6 +62,11 @@ fn a_rotating_pool_gives_the_default_bits() {
     std::env::set_var("CNNC_SPLIT_ROTATE", "1");
     let rotating = pools();
     std::env::remove_var("CNNC_SPLIT_ROTATE");
+    // And pools whose parts go in whole chunks (`CNNC_POOL_GUIDED=0`), where by default a
+    // part's last chunks shrink, each taking half of what is left.
+    std::env::set_var("CNNC_POOL_GUIDED", "0");
+    let unguided = pools();
+    std::env::remove_var("CNNC_POOL_GUIDED");
     // Winograd's whole layouts (three splits, each rotated: every phase's threads read
     // what the other wrote) of both algorithms: f32x4 transforms (rows of 10 tiles, dense
     // 7x7), zmm transforms of 2 and 4 tile rows a vector at avx512 (27x27, 13x13), more
@@ -84,14 +90,16 @@ fn a_rotating_pool_gives_the_default_bits() {
             };
             let s = ConvSpec { in_w: w, ..s };
             let base = run(&s, method, isa, &default_pools);
-            let rotated = run(&s, method, isa, &rotating);
             let what = format!("{s:?} by {method:?} at {isa}");
-            assert!(
-                base.iter()
-                    .zip(&rotated)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{what}: the knob changes the bits"
-            );
+            for (knob, pools) in [("rotate", &rotating), ("unguided", &unguided)] {
+                let other = run(&s, method, isa, pools);
+                assert!(
+                    base.iter()
+                        .zip(&other)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what}: the {knob} knob changes the bits"
+                );
+            }
         }
     }
 }

@@ -49,15 +49,18 @@ impl PartRange {
         self.0
             .store(((r.end as u64) << 32) | r.start as u64, Ordering::Relaxed);
     }
-    /// Takes up to `n` units from the front (or from the back).
-    fn take(&self, n: usize, back: bool) -> Option<Range<usize>> {
+    /// Takes up to `n` units from the front (or from the back); `guided`, at most half of
+    /// what is left (rounded up), so that the part's last units go in ever smaller chunks
+    /// another thread can take.
+    fn take(&self, n: usize, back: bool, guided: bool) -> Option<Range<usize>> {
         let mut v = self.0.load(Ordering::Acquire);
         loop {
             let (lo, hi) = ((v & 0xffff_ffff) as usize, (v >> 32) as usize);
             if lo >= hi {
                 return None;
             }
-            let n = n.min(hi - lo);
+            let left = hi - lo;
+            let n = n.min(if guided { left.div_ceil(2) } else { left });
             let (taken, next) = if back {
                 (hi - n..hi, (((hi - n) as u64) << 32) | lo as u64)
             } else {
@@ -84,6 +87,10 @@ struct Shared {
     parts: Box<[PartRange]>,
     /// Units per chunk of the running job.
     chunk: AtomicUsize,
+    /// Whether the running job's chunks are guided ([`PartRange::take`]): jobs of two or
+    /// more chunks a part, with `guided` (`CNNC_POOL_GUIDED=0`: none).
+    guided_job: AtomicBool,
+    guided: bool,
     /// Thread `t` starts on part `(t + shift) % n` of the running job (0 but to measure:
     /// `rotate`).
     shift: AtomicUsize,
@@ -150,11 +157,12 @@ impl Shared {
     fn work(&self, job: &Job, me: usize) {
         let n = self.parts.len();
         let chunk = self.chunk.load(Ordering::Relaxed);
+        let guided = self.guided_job.load(Ordering::Relaxed);
         let shift = self.shift.load(Ordering::Relaxed);
         let mut span = ThreadSpan::default();
         for k in 0..n {
             let victim = (me + shift + k) % n;
-            while let Some(r) = self.parts[victim].take(chunk, k > 0) {
+            while let Some(r) = self.parts[victim].take(chunk, k > 0, guided) {
                 match &self.trace {
                     Some(t) => {
                         let t0 = t.now();
@@ -290,6 +298,8 @@ impl ThreadPool {
             active: AtomicUsize::new(0),
             parts: (0..threads).map(|_| PartRange(AtomicU64::new(0))).collect(),
             chunk: AtomicUsize::new(1),
+            guided_job: AtomicBool::new(false),
+            guided: !crate::knobs::off("CNNC_POOL_GUIDED"),
             shift: AtomicUsize::new(0),
             rotate: crate::knobs::forced("CNNC_SPLIT_ROTATE") == Some(true),
             sleepers: Mutex::new(0),
@@ -392,6 +402,9 @@ impl ThreadPool {
         }
         let chunk = units.div_ceil(parts * chunks_per_part.max(1));
         s.chunk.store(chunk, Ordering::Relaxed);
+        // A job of one chunk a part keeps its parts whole (each call repeats a large cost).
+        s.guided_job
+            .store(s.guided && chunks_per_part >= 2, Ordering::Relaxed);
         if s.rotate {
             let next = (s.shift.load(Ordering::Relaxed) + 1) % parts;
             s.shift.store(next, Ordering::Relaxed);
@@ -414,7 +427,7 @@ impl ThreadPool {
         if mine.is_err() {
             // Take what is left, so that the workers stop soon.
             for p in s.parts.iter() {
-                while p.take(usize::MAX, false).is_some() {}
+                while p.take(usize::MAX, false, false).is_some() {}
             }
         }
         s.job.store(std::ptr::null_mut(), Ordering::SeqCst);
@@ -534,7 +547,7 @@ fn worker(s: &Shared, index: usize) {
             if catch_unwind(AssertUnwindSafe(|| s.work(job, index))).is_err() {
                 s.panicked.store(true, Ordering::Release);
                 for p in s.parts.iter() {
-                    while p.take(usize::MAX, false).is_some() {}
+                    while p.take(usize::MAX, false, false).is_some() {}
                 }
             }
         }
@@ -591,4 +604,30 @@ pub fn run_jobs<S, T: Send>(
                 .unwrap_or_else(|| Err(crate::error::Error::Internal("a job did not run".into())))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn takes(part: Range<usize>, n: usize, back: bool, guided: bool) -> Vec<Range<usize>> {
+        let p = PartRange(AtomicU64::new(0));
+        p.set(part);
+        std::iter::from_fn(|| p.take(n, back, guided)).collect()
+    }
+
+    #[test]
+    fn guided_takes_halve_what_is_left() {
+        // Chunks of 3 from the front: whole chunks while half of what is left is more.
+        let sizes: Vec<usize> = takes(0..16, 3, false, true)
+            .iter()
+            .map(|r| r.len())
+            .collect();
+        assert_eq!(sizes, [3, 3, 3, 3, 2, 1, 1]);
+        // From the back, at most half of what is left each time.
+        assert_eq!(takes(4..11, 100, true, true), [7..11, 5..7, 4..5]);
+        // Unguided: the chunk, the rest.
+        assert_eq!(takes(0..7, 3, false, false), [0..3, 3..6, 6..7]);
+        assert_eq!(takes(4..11, 100, true, false), [4..11]);
+    }
 }
