@@ -628,6 +628,6 @@ mod tests {
         assert_eq!(takes(4..11, 100, true, true), [7..11, 5..7, 4..5]);
         // Unguided: the chunk, the rest.
         assert_eq!(takes(0..7, 3, false, false), [0..3, 3..6, 6..7]);
-        assert_eq!(takes(4..11, 100, true, false), [4..11]);
+        assert_eq!(takes(4..11, 100, true, false), vec![(4..11)]);
     }
 }
