@@ -746,6 +746,11 @@ fn conv_pointwise_pixel_ranges() {
         // one block in the last group).
         (64, 17, 17, 44, true),
         (32, 17, 17, 294, false),
+        // 169 = 10 x 16 + 8 + 1 pixels (SqueezeNet's 13x13): at avx2 a last column of one
+        // vector and the last pixel in lanes, weight major with a channel tail (a 1000-class
+        // classifier's shape, smaller) and pixel major.
+        (96, 13, 13, 200, true),
+        (70, 13, 13, 20, false),
         // 14x14 and 7x14 planes, weight major with 512+ channels in and out: at avx512
         // columns of 48 + 1 pixels (4 and 2), a channel tail of 5; over 1 MB of weights.
         (520, 14, 14, 517, true),
@@ -775,7 +780,7 @@ fn conv_pointwise_pixel_ranges() {
         let kn = code.get(p).unwrap();
         let units = kn.work_units();
         if cnnc::Isa::default_level() == cnnc::Isa::Avx2 {
-            let lanes = h * w > 16 && h * w % 16 == 1;
+            let lanes = h * w > 16 && (h * w % 16) % 8 == 1;
             assert_eq!(kn.micro_kernel().ends_with("+1 in lanes"), lanes, "{s:?}");
         }
         // Tile (channels, pixels) per ISA level: f32x4 6x8, avx2 6x16, avx512 8x48 where
@@ -843,26 +848,38 @@ fn conv_pointwise_pixel_ranges() {
                 (u / nmb, u % nmb)
             };
             let px = (h * w - t * col_px).min(col_px);
-            // At avx2 the one pixel after the full columns (`16 n + 1` pixels) goes in
-            // lanes, 8 channel blocks a call: the unit of each group's last block computes
-            // the group's, the others none.
+            let ch = (k - mb * mr).min(mr);
+            // At avx2 the last pixel after the full columns or after the last column's full
+            // vector (`16 n + 1` or `16 n + 9` pixels) goes in lanes, 8 channel blocks a
+            // call: the unit of each group's last block computes the group's, the others
+            // none.
             let lone_lanes = cnnc::Isa::default_level() == cnnc::Isa::Avx2
                 && h * w > np
-                && h * w % np == 1
+                && (h * w % np) % 8 == 1
                 && t == cols - 1;
-            let first_block = match (lone_lanes, mb + 1 == nmb, mb % 8 == 7) {
-                (false, _, _) => mb,
-                (true, true, _) => mb / 8 * 8,
-                (true, false, true) => mb - 7,
-                (true, false, false) => mb + 1,
+            let first_block = match (mb + 1 == nmb, mb % 8 == 7) {
+                (true, _) => mb / 8 * 8,
+                (false, true) => mb - 7,
+                (false, false) => mb + 1,
             };
-            let rows = first_block * mr..(k.min((mb + 1) * mr)).max(first_block * mr);
-            let ch = rows.len();
+            let lone_rows = match lone_lanes {
+                true => first_block * mr..(k.min((mb + 1) * mr)).max(first_block * mr),
+                false => 0..0,
+            };
+            let vector_px = px - usize::from(lone_lanes);
             let now = out.iter().filter(|v| !v.is_nan()).count();
-            assert_eq!(now - written, px * ch, "{s:?} unit {u}");
-            for ki in rows {
-                let row = &out[ki * h * w + t * col_px..ki * h * w + t * col_px + px];
+            assert_eq!(
+                now - written,
+                vector_px * ch + lone_rows.len(),
+                "{s:?} unit {u}"
+            );
+            for ki in mb * mr..mb * mr + ch {
+                let at = ki * h * w + t * col_px;
+                let row = &out[at..at + vector_px];
                 assert!(row.iter().all(|v| !v.is_nan()), "{s:?} unit {u}");
+            }
+            for ki in lone_rows {
+                assert!(!out[ki * h * w + h * w - 1].is_nan(), "{s:?} unit {u}");
             }
             written = now;
         }

@@ -714,11 +714,12 @@ impl PixelGemm {
         let s = self.s;
         let rows = [self.mr, s.out_c % self.mr];
         let full = if s.pixels >= self.np { self.np } else { 0 };
-        // With a lone pixel, the full column's kernel computes it; in lanes, its own.
-        let rest = if self.lone || self.lone_in_lanes() {
+        // With a lone pixel, the full column's kernel computes it; in lanes, its own (after
+        // a vector of the column's other pixels, if any).
+        let rest = if self.lone {
             0
         } else {
-            s.pixels % self.np
+            s.pixels % self.np - usize::from(self.lone_in_lanes())
         };
         let cols = [full, rest];
         let mut v = Vec::new();
@@ -754,12 +755,14 @@ impl PixelGemm {
         v
     }
 
-    /// Whether the one pixel after the full tile columns goes in lanes ([`Self::lane_groups`]).
+    /// Whether the last pixel goes in lanes ([`Self::lane_groups`]): the one after the full
+    /// tile columns, or after the partial column's full vector (13x13 = 10 x 16 + 8 + 1).
     fn lone_in_lanes(&self) -> bool {
+        let lanes = Width::Y256.lanes();
         self.lane_groups
             && self.wide == Some(Width::Y256)
             && self.s.pixels > self.np
-            && self.s.pixels % self.np == 1
+            && (self.s.pixels % self.np) % lanes == 1
     }
 
     /// The kernels of [`Self::lone_in_lanes`]: groups of [`x86::gemm::LANE_BLOCKS`] channel
@@ -800,14 +803,19 @@ impl PixelGemm {
         }
     }
 
-    /// The lone pixel (at byte offset `pb` in the planes) of block `mb`'s rows with
-    /// [`Self::lone_in_lanes`]: the unit of the last block of each group of
-    /// [`x86::gemm::LANE_BLOCKS`] computes the group's (so its blocks' weights were the last
-    /// ones read, in L1/L2), the others nothing. Else the block's tile of `r` pixels.
+    /// The partial last column of block `mb` (`r` pixels at byte offset `pb` in the planes):
+    /// the block's tile of `r` pixels, or with [`Self::lone_in_lanes`] of the `r - 1`
+    /// before the last (none or a full vector) and the last pixel in lanes: the unit of the
+    /// last block of each group of [`x86::gemm::LANE_BLOCKS`] computes the group's (so its
+    /// blocks' weights were the last ones read, in L1/L2), the others nothing.
     fn tail_tile(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value, r: usize) -> Result<()> {
         if !self.lone_in_lanes() {
             return self.tile(e, ptr, mb, pb, r);
         }
+        if r > 1 {
+            self.tile(e, ptr, mb, pb, r - 1)?;
+        }
+        let pb = e.add_imm(pb, (4 * (r - 1)) as i64);
         let (g, last) = (x86::gemm::LANE_BLOCKS as i64, self.nmb as i64 - 1);
         let (full, last_group) = self.lane_groups_shapes();
         let is_last = e.b.ins().icmp_imm_s(IntCC::Equal, mb, last);
