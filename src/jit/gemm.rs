@@ -449,7 +449,7 @@ impl PixelGemm {
         // at two threads, ResNet-50, `examples/modelab.rs`).
         let full = self.s.pixels / self.np;
         let uneven = self.lone_in_lanes() && !full.is_multiple_of(threads) && full < 4 * threads;
-        if !self.weight_major || threads < 2 || self.columns() < threads || uneven {
+        if !self.weight_major || threads < 2 || self.columns() < threads {
             return self;
         }
         let s = &self.s;
@@ -460,7 +460,7 @@ impl PixelGemm {
         // DenseNet-121's 1024 -> 512 at 14x14 (before an average pool): 1.002-1.008.
         let contracting = 4 * s.out_c <= s.in_c && !crate::knobs::off("CNNC_PARTS_CONTRACTING");
         let chosen = crate::knobs::forced("CNNC_WEIGHT_MAJOR_PARTS")
-            .unwrap_or(s.pixels >= PARTS_PIXELS_PER_CHANNEL * s.in_c || contracting);
+            .unwrap_or((s.pixels >= PARTS_PIXELS_PER_CHANNEL * s.in_c || contracting) && !uneven);
         if chosen {
             self.pixel_parts = threads;
         }
