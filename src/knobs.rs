@@ -18,6 +18,11 @@ pub(crate) fn number<T: FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok()?.trim().parse().ok()
 }
 
+/// `name=word`: a named variant of the design (`CNNC_HUGE_PAGES=small`).
+pub(crate) fn is(name: &str, word: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v.trim() == word)
+}
+
 /// `name=1` / `name=0`: a choice the design makes by itself, forced either way.
 pub(crate) fn forced(name: &str) -> Option<bool> {
     match std::env::var(name).ok()?.trim() {

@@ -92,7 +92,7 @@ impl HugeBuf {
             return Ok(None);
         }
         // The knobs are read only for a buffer large enough to be mapped.
-        let small_only = std::env::var("CNNC_HUGE_PAGES").is_ok_and(|v| v.trim() == "small");
+        let small_only = crate::knobs::is("CNNC_HUGE_PAGES", "small");
         let faults = match crate::knobs::forced("CNNC_HUGE_PAGES") {
             Some(false) => return Ok(None),
             Some(true) => None,
