@@ -846,20 +846,27 @@ impl PixelGemm {
         pb: Value,
         shape: (usize, usize),
     ) -> Result<()> {
-        let (s, mr) = (self.s, self.mr);
         let m = self.lane_micro(self.wide.unwrap_or(Width::Y256), shape);
         let i = (self.micro_variants().iter().position(|v| *v == m))
             .ok_or_else(|| crate::Error::Codegen(format!("no lanes micro-kernel {m:?}")))?;
         let x = e.b.ins().iadd(ptr.inp, pb);
-        let w = e.addr(ptr.w, b0, s.in_c * mr * 4);
-        let out = e.addr(ptr.out, b0, mr * self.ld * 4);
-        let out = e.b.ins().iadd(out, pb);
-        let res = e.addr(ptr.res, b0, mr * self.ld * 4);
-        let res = e.b.ins().iadd(res, pb);
-        let bias = e.addr(ptr.w, b0, mr * 4);
-        let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
+        let [w, out, res, bias] = self.block_ptrs(e, ptr, b0, pb);
         e.b.ins().call(e.micros[i], &[x, w, out, res, bias, x, x]);
         Ok(())
+    }
+
+    /// Block `mb`'s packed weights, its output and residual rows at pixel byte offset `pb`,
+    /// and its bias (after the packed weights).
+    fn block_ptrs(&self, e: &mut Emit, ptr: &Ptrs, mb: Value, pb: Value) -> [Value; 4] {
+        let mr = self.mr;
+        let w = e.addr(ptr.w, mb, self.s.in_c * mr * 4);
+        let out = e.addr(ptr.out, mb, mr * self.ld * 4);
+        let out = e.b.ins().iadd(out, pb);
+        let res = e.addr(ptr.res, mb, mr * self.ld * 4);
+        let res = e.b.ins().iadd(res, pb);
+        let bias = e.addr(ptr.w, mb, mr * 4);
+        let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
+        [w, out, res, bias]
     }
 
     /// The micro-kernel of a `rows x cols` tile computing `part` of the reduction, with or
@@ -1367,14 +1374,8 @@ impl PixelGemm {
             XSrc::Pack => (x, pk),
             XSrc::Packed => (pk, pk),
         };
-        let w = e.addr(ptr.w, mb, s.in_c * mr * 4);
+        let [w, out, res, bias] = self.block_ptrs(e, ptr, mb, pb);
         let w = e.addr(w, ci, self.kc * mr * 4);
-        let out = e.addr(ptr.out, mb, mr * self.ld * 4);
-        let out = e.b.ins().iadd(out, pb);
-        let res = e.addr(ptr.res, mb, mr * self.ld * 4);
-        let res = e.b.ins().iadd(res, pb);
-        let bias = e.addr(ptr.w, mb, mr * 4);
-        let bias = e.add_imm(bias, (self.weights_len() * 4) as i64);
         let pf_out = (self.prefetch_out && self.outputs_prefetched(src, cols)).then(|| {
             // The next full column's outputs of these rows; the last full column's own (the
             // partial column after it is narrower).

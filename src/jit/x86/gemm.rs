@@ -235,13 +235,7 @@ impl MicroGemm {
             let ok = self.width == Width::Z512
                 && self.w_stride <= 16
                 && self.cols <= LANES_COLS
-                && !self.accumulate
-                && !self.pack
-                && !self.bias_per_col
-                && self.extra_x == 0
-                && self.prefetch_every == 0
-                && self.prefetch_w == 0
-                && !self.prefetch_out;
+                && self.plain_reduction();
             if !ok {
                 return bad("channels in the lanes: a plain zmm tile of a few pixels".into());
             }
@@ -278,17 +272,22 @@ impl MicroGemm {
         Ok(())
     }
 
-    /// [`Self::check`] of an AVX2 [`Self::lanes`] kernel ([`Self::emit_lane_blocks`]).
-    fn check_lane_blocks(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::Codegen(format!("x86 micro-kernel {self:?}: {m}")));
-        let plain = !self.accumulate
+    /// One reduction from zero with the per-row epilogue and nothing else: no accumulate,
+    /// pack, per-column bias, extra column or prefetch (what the [`Self::lanes`] kernels take).
+    fn plain_reduction(&self) -> bool {
+        !self.accumulate
             && !self.pack
             && !self.bias_per_col
             && self.extra_x == 0
             && self.prefetch_every == 0
             && self.prefetch_w == 0
-            && !self.prefetch_out;
-        if !plain || self.cols != 1 || self.w_stride > 8 {
+            && !self.prefetch_out
+    }
+
+    /// [`Self::check`] of an AVX2 [`Self::lanes`] kernel ([`Self::emit_lane_blocks`]).
+    fn check_lane_blocks(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Codegen(format!("x86 micro-kernel {self:?}: {m}")));
+        if !self.plain_reduction() || self.cols != 1 || self.w_stride > 8 {
             return bad("AVX2 channels in the lanes: one pixel, at most 8 rows a block");
         }
         if !(1..=LANE_BLOCKS).contains(&self.lane_blocks) {
