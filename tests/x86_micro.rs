@@ -338,13 +338,47 @@ fn extra_column_kernels_match_the_reference() {
 /// unrolled step with remainders, every epilogue; bit for bit the reference (the vector
 /// tiles' chain and epilogue), NaN-poisoned outputs (the columns between `cols` and `ldo`
 /// stay NaN: only the tile is written).
+/// A kernel with the channels in the lanes (`rows x cols`, `k` steps, weights at
+/// `w_stride`), one block, x and out rows packed, with the `n`-th of a cycle of epilogues
+/// (bias, residual, ReLU, clip).
+fn lanes_spec(
+    width: Width,
+    (rows, cols, k, w_stride): (usize, usize, usize, usize),
+    n: usize,
+) -> MicroGemm {
+    let clip = Some(((-0.5f32).to_bits(), 0.75f32.to_bits()));
+    MicroGemm {
+        width,
+        rows,
+        cols,
+        k,
+        w_stride,
+        ldx: cols,
+        ldo: cols,
+        accumulate: false,
+        bias: n % 3 != 2,
+        bias_per_col: false,
+        residual: n.is_multiple_of(2),
+        relu: n % 4 < 2,
+        clip: if n % 8 >= 5 { clip } else { None },
+        prefetch_every: 0,
+        prefetch_w: 0,
+        pf_ldx: 0,
+        prefetch_out: false,
+        extra_x: 0,
+        lanes: true,
+        lane_blocks: 1,
+        block_stride: 0,
+        pack: false,
+    }
+}
+
 #[test]
 fn lanes_kernels_match_the_reference() {
     if !widths().contains(&Width::Z512) {
         return;
     }
     let mut rng = Rng(0x1a9e_5c0d_77b3);
-    let clip = Some(((-0.5f32).to_bits(), 0.75f32.to_bits()));
     let mut specs = Vec::new();
     let mut n = 0usize;
     for rows in 1..=16 {
@@ -352,28 +386,9 @@ fn lanes_kernels_match_the_reference() {
             for cols in 1..=x86::gemm::LANES_COLS {
                 let k = [1, 3, 4, 9, 67, 256][n % 6];
                 specs.push(MicroGemm {
-                    width: Width::Z512,
-                    rows,
-                    cols,
-                    k,
-                    w_stride,
                     ldx: 196 + n % 7,
                     ldo: cols + 1 + n % 5,
-                    accumulate: false,
-                    bias: n % 3 != 2,
-                    bias_per_col: false,
-                    residual: n.is_multiple_of(2),
-                    relu: n % 4 < 2,
-                    clip: if n % 8 >= 5 { clip } else { None },
-                    prefetch_every: 0,
-                    prefetch_w: 0,
-                    pf_ldx: 0,
-                    prefetch_out: false,
-                    extra_x: 0,
-                    lanes: true,
-                    lane_blocks: 1,
-                    block_stride: 0,
-                    pack: false,
+                    ..lanes_spec(Width::Z512, (rows, cols, k, w_stride), n)
                 });
                 n += 1;
             }
@@ -435,7 +450,6 @@ fn lane_block_kernels_match_the_reference() {
         return;
     }
     let mut rng = Rng(0x0b10_c4a5_e5d1);
-    let clip = Some(((-0.5f32).to_bits(), 0.75f32.to_bits()));
     let mut specs = Vec::new();
     let mut n = 0usize;
     for blocks in 1..=x86::gemm::LANE_BLOCKS {
@@ -443,28 +457,11 @@ fn lane_block_kernels_match_the_reference() {
             for rows in [1, w_stride / 2, w_stride].into_iter().filter(|&r| r > 0) {
                 let k = [1, 3, 4, 9, 67, 256][n % 6];
                 specs.push(MicroGemm {
-                    width: Width::Y256,
-                    rows,
-                    cols: 1,
-                    k,
-                    w_stride,
                     ldx: 49 + n % 7,
                     ldo: 49 + n % 5,
-                    accumulate: false,
-                    bias: n % 3 != 2,
-                    bias_per_col: false,
-                    residual: n.is_multiple_of(2),
-                    relu: n % 4 < 2,
-                    clip: if n % 8 >= 5 { clip } else { None },
-                    prefetch_every: 0,
-                    prefetch_w: 0,
-                    pf_ldx: 0,
-                    prefetch_out: false,
-                    extra_x: 0,
-                    lanes: true,
                     lane_blocks: blocks,
                     block_stride: k * w_stride + [0, 5][n % 2] + [0, 8][usize::from(k == 1)],
-                    pack: false,
+                    ..lanes_spec(Width::Y256, (rows, 1, k, w_stride), n)
                 });
                 n += 1;
             }

@@ -773,13 +773,15 @@ impl PixelGemm {
             return Vec::new();
         }
         let (full, last) = self.lane_groups_shapes();
+        let mut v: Vec<MicroGemm> = full
+            .map(|f| self.lane_micro(width, f))
+            .into_iter()
+            .collect();
         let last = self.lane_micro(width, last);
-        match full {
-            Some(full) if self.lane_micro(width, full) != last => {
-                vec![self.lane_micro(width, full), last]
-            }
-            _ => vec![last],
+        if !v.contains(&last) {
+            v.push(last);
         }
+        v
     }
 
     /// `(blocks, rows of the last block)` of a full group of [`Self::lone_in_lanes`] (none
