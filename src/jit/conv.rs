@@ -806,8 +806,9 @@ impl ConvMethod {
     /// input first (10-14% of those layers): 256 -> 512 from 56 (ResNet-50) 0.93x the time,
     /// 0.90x cold, 0.88x on two threads, 0.99x at avx2; 64 -> 128 from 56 (ResNet-18) 0.91x,
     /// 0.94x at avx2; weight major (512 -> 1024 from 28, 1024 -> 2048 from 14) 1.04x, so
-    /// not there (`docs/jit-history.md`, session 14). `CNNC_STRIDED_IMPLICIT=0`, a measuring
-    /// knob: never.
+    /// not there (`docs/jit-history.md`, session 14; on a Zen 3 host, session 21, 0.97x and
+    /// 1.05x, best of runs). `CNNC_STRIDED_IMPLICIT=0` / `=1`, a measuring knob: never /
+    /// wherever the implicit GEMM takes the layer.
     fn strided_on_implicit(spec: &ConvSpec, isa: Isa) -> bool {
         // The plans below divide by strides and channel counts: only a valid spec
         // (`add_conv` refuses the others with a message) may build them.
@@ -822,10 +823,9 @@ impl ConvMethod {
             Plan::for_method(&spec, ConvMethod::PointwiseGemm, isa),
             Ok(Plan::Gemm(g)) if !g.is_weight_major()
         );
-        pixel_major
-            && Im2colGemm::new(spec, w).is_none()
+        Im2colGemm::new(spec, w).is_none()
             && ImplicitGemm::new(spec, w).is_some()
-            && !crate::knobs::off("CNNC_STRIDED_IMPLICIT")
+            && crate::knobs::forced("CNNC_STRIDED_IMPLICIT").unwrap_or(pixel_major)
     }
 
     /// Whether this method at `isa` can read `spec`'s residual from its output buffer
