@@ -380,6 +380,10 @@ fn edge_graphs_match_the_interpreter_at_every_level() {
         )
         .unwrap();
         let want = cnnc::interp::run(&g, x.clone()).unwrap();
+        // The input where the run reads it in place (on a cache line) and where it copies it
+        // into the arena first (a float past one).
+        let mut on_line = cnnc::runtime::arena::AlignedBuf::zeroed(x.len(), "input").unwrap();
+        on_line.as_mut_slice().copy_from_slice(x.data());
         let mut shifted = vec![0.0f32];
         shifted.extend_from_slice(x.data());
         for level in [OptLevel::O0, OptLevel::O1, OptLevel::O2] {
@@ -399,6 +403,8 @@ fn edge_graphs_match_the_interpreter_at_every_level() {
                     .collect();
                 model.run_into(&x, &mut got).unwrap();
                 assert_agrees(&format!("{what}, NaN outputs"), &got, &want);
+                let on = model.run_slice(x.shape(), on_line.as_mut_slice()).unwrap();
+                assert_agrees(&format!("{what}, input on a line"), &on, &want);
                 let off = model.run_slice(x.shape(), &shifted[1..]).unwrap();
                 assert_agrees(&format!("{what}, input off a line"), &off, &want);
             }
