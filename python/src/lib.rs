@@ -27,5 +27,6 @@ fn cnnc(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(graph::load, m)?)?;
     m.add_function(wrap_pyfunction!(model::compile, m)?)?;
     m.add_function(wrap_pyfunction!(model::interpret, m)?)?;
+    m.add_function(wrap_pyfunction!(model::settle_huge_pages, m)?)?;
     Ok(())
 }

@@ -264,3 +264,12 @@ pub fn interpret<'py>(
     let outs = py.detach(|| cnnc::interp::run(g, t)).map_err(to_py)?;
     array::outputs(py, outs)
 }
+
+/// Collapses into huge pages, now and on this thread, every chunk of packed weights and
+/// arena that a compile or a first run faulted in on small pages; how many it collapsed. A
+/// background thread does the same between runs; call this after a model's first run to
+/// time or serve it at full speed at once, as `cnnc bench` does.
+#[pyfunction]
+pub fn settle_huge_pages(py: Python<'_>) -> usize {
+    py.detach(cnnc::memory::settle_huge_pages)
+}
