@@ -5,6 +5,9 @@ use crate::error::{Error, Result};
 use crate::lower::memory::ALIGN_FLOATS;
 use crate::lower::{Region, View};
 
+/// Bytes of a cache line: where the arena's first float, and so every buffer, starts.
+pub(crate) const LINE_BYTES: usize = 4 * ALIGN_FLOATS;
+
 /// `len` zeroed floats starting on a 64-byte boundary (on huge pages when large: see
 /// [`crate::memory::HugeBuf`]). Safe code: a buffer with up to 15 floats of slack, the
 /// start chosen by the buffer's address (which never changes: it is never resized).
@@ -18,9 +21,8 @@ pub struct AlignedBuf {
 impl AlignedBuf {
     pub fn zeroed(len: usize, what: &str) -> Result<Self> {
         let buf = crate::memory::HugeBuf::zeroed(len + ALIGN_FLOATS - 1, what)?;
-        let line = 4 * ALIGN_FLOATS;
         // An f32 is 4-byte aligned, so the distance to the next line is whole floats.
-        let start = (line - buf.as_ptr() as usize % line) % line / 4;
+        let start = (LINE_BYTES - buf.as_ptr() as usize % LINE_BYTES) % LINE_BYTES / 4;
         Ok(AlignedBuf { buf, start, len })
     }
     pub fn as_mut_slice(&mut self) -> &mut [f32] {

@@ -114,7 +114,7 @@ struct Output {
 /// block 1.063 (two threads 1.114), inception 3a 1.149 (0.993), ResNet-18, SqueezeNet and
 /// vgg_cifar 0.996-1.001.
 fn starts_on_line(data: &[f32]) -> bool {
-    (data.as_ptr() as usize).is_multiple_of(4 * crate::lower::memory::ALIGN_FLOATS)
+    (data.as_ptr() as usize).is_multiple_of(crate::runtime::arena::LINE_BYTES)
 }
 
 /// Per-run memory: the activation arena and kernel scratch space.
