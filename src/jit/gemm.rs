@@ -389,6 +389,11 @@ impl PixelGemm {
         }
         self
     }
+    /// The wide tile of `mr` channels x `np` pixels instead of the default.
+    pub(crate) fn with_tile(mut self, mr: usize, np: usize) -> Self {
+        self.set_tile(mr, np);
+        self
+    }
     /// Channels x pixels of the wide tile (the panel a whole number of tile columns).
     fn set_tile(&mut self, mr: usize, np: usize) {
         self.mr = mr;

@@ -335,16 +335,36 @@ fn call_rows<const N: usize>(oh: usize, stack: usize) -> ([usize; N], Option<[us
     (full, last)
 }
 
-/// The whole layout's GEMM over `tp` tiles: [`gemm_spec`], prefetching the weights where
-/// `U` exceeds L2 (read once, from memory; `CNNC_WINOGRAD_PF=0` turns it off, to measure).
+/// The whole layout's GEMM over `tp` tiles: [`gemm_spec`], on blocks of
+/// [`SINGLE_VECTOR_ROWS`] channels where `tp` is one zmm vector, prefetching the weights
+/// where `U` exceeds L2 (read once, from memory; `CNNC_WINOGRAD_PF=0` turns it off, to
+/// measure).
 fn whole_gemm(s: &ConvSpec, tp: usize, isa: Isa, pos: usize) -> PixelGemm {
-    let gemm = PixelGemm::new(gemm_spec(s, tp), isa);
+    let mut gemm = PixelGemm::new(gemm_spec(s, tp), isa);
+    if isa == Isa::Avx512 && tp <= LANES {
+        let (rows, default) = (SINGLE_VECTOR_ROWS, gemm.mr());
+        if s.out_c.next_multiple_of(rows) <= s.out_c.next_multiple_of(default) {
+            gemm = gemm.with_tile(rows, LANES);
+        }
+    }
     let streams = pos * s.in_c * s.out_c * 4 > STREAMED_WEIGHTS_BYTES;
     if streams && !crate::knobs::off("CNNC_WINOGRAD_PF") {
         return gemm.prefetching_weights();
     }
     gemm
 }
+
+/// Output channels per block of the zmm GEMMs over at most 16 tiles (14x14 and 13x13
+/// outputs: a column is one vector, each multiply-add has its own broadcast, so taller
+/// blocks reuse nothing more) where they pad `out_c` no more than the default 14 do: 256
+/// channels are 16 blocks of 16 against 19 of 14 (the last 4 rows), 32 (DenseNet-121's)
+/// 2 against 3 (the last 4). Measured on the Intel host (session 22, `examples/convab.rs`,
+/// `U` from 20 copies, one thread): 256 -> 256 at 14x14 0.966x the time on 14 rows (24
+/// rows: 0.964, 28: 0.999); `examples/modelab.rs` one / two threads: DenseNet-121
+/// 0.986 / 0.985, ResNet-50 0.993 / 1.002, SqueezeNet 1.000, VGG-19 0.999. Not over
+/// wider grids, whose two-vector columns reuse each broadcast (128 -> 128 at 28x28 on
+/// 16 x 16: 1.078).
+const SINGLE_VECTOR_ROWS: usize = 16;
 
 /// The GEMM of the 36 positions of a layer `s` over `pixels` tiles (the epilogue comes
 /// after the output transform).
