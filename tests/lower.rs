@@ -344,8 +344,14 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
         // Winograd's cost model: with the wide kernels, its 4x weights only pay off on
         // outputs of 14x14 and more (at avx512 since session 12, where the wide GEMMs are
         // estimated overlapping their reading of `U`); ResNet-18's last stage, 7x7, runs
-        // direct at avx512 and F(2x2, 3x3) at avx2.
+        // F(2x2, 3x3) at avx2 and at avx512 on a host that splits 512-bit FMAs, direct at
+        // avx512 where they are full width.
         let isa = opts(OptLevel::O2, 1).isa;
+        let small_tiles = match isa {
+            cnnc::Isa::Sse => false,
+            cnnc::Isa::Avx2 => true,
+            cnnc::Isa::Avx512 => cnnc::jit::host_zmm_fma() == cnnc::jit::ZmmFma::Split,
+        };
         let min_hw = match isa {
             cnnc::Isa::Sse => 0,
             cnnc::Isa::Avx2 | cnnc::Isa::Avx512 => 14,
@@ -360,7 +366,7 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
         let stride_1_3x3 = spec.kernel_h == 3 && spec.stride_h == 1;
         let want = if stride_1_3x3 && winograd {
             ConvMethod::Winograd
-        } else if stride_1_3x3 && isa == cnnc::Isa::Avx2 {
+        } else if stride_1_3x3 && small_tiles {
             ConvMethod::Winograd2
         } else if spec.kernel_h == 1 && (spec.stride_h == 1 || wide) {
             ConvMethod::PointwiseGemm
@@ -377,45 +383,56 @@ fn convolutions_get_the_algorithm_their_shape_allows() {
 /// Winograd's cost model at every ISA level: it reads 4x the direct kernel's weights, so it
 /// wins on large outputs and loses where there are few tiles to share them, unless the
 /// direct kernel is the slow f32x4 one (measured in `WinogradPlan::beats_direct`'s
-/// documentation).
+/// documentation), or a zmm kernel on a host that splits 512-bit multiply-adds in halves.
 #[test]
 fn winograd_only_where_its_weights_pay_off() {
+    use cnnc::jit::ZmmFma::{Full, Split};
     use ConvMethod::{Direct, Winograd, Winograd2};
-    // (in, output size, out, method at avx512, at avx2, at sse). F(2x2, 3x3) where F(4x4)'s
-    // tiles are few, at avx2 and avx512 (measured with `examples/convab.rs`, weights from 8
-    // copies, load 6: avx2 512 -> 512 at 7x7 1.74 against the direct kernel's 3.1 ms
-    // (median of pairs 1.78x), 256 -> 256 at 7x7 1.74x, 128 -> 32 at 7x7 1.67x; avx512 256 ->
-    // 256 at 8x8 1.5-1.8x). F(4x4) at avx512 on 13x13 and 14x14 outputs since its GEMMs are
-    // estimated overlapping their reading of `U` (session 12, weights from 20 copies: 256 ->
-    // 256 at 14x14 in 0.54x the direct kernel's time, 512 -> 512 0.70x, 64 -> 256 at 13x13
-    // 0.67x, 128 -> 32 at 14x14 0.76x), but not on 7x7 (there 1.6-1.9x the direct kernel's).
-    for (c, hw, k, avx512, avx2, sse) in [
-        (64, 56, 64, Winograd, Winograd, Winograd),
-        (128, 28, 128, Winograd, Winograd, Winograd),
-        (256, 14, 256, Winograd, Winograd, Winograd),
-        (512, 14, 512, Winograd, Winograd, Winograd),
-        (128, 14, 32, Winograd, Winograd, Winograd),
-        (64, 13, 256, Winograd, Winograd, Winograd),
-        (16, 56, 16, Winograd, Winograd, Winograd),
-        (512, 7, 512, Direct, Winograd2, Winograd),
-        (256, 7, 256, Direct, Winograd2, Winograd),
-        (256, 8, 256, Winograd2, Winograd2, Winograd),
-        (128, 8, 256, Winograd2, Winograd2, Winograd),
-        (128, 7, 32, Direct, Winograd2, Winograd),
-        (8, 56, 8, Direct, Direct, Direct),
+    // (in, output size, out, method at avx512 with full-width FMAs, with split ones, at avx2,
+    // at sse). F(2x2, 3x3) where F(4x4)'s tiles are few, at avx2 and avx512 (measured with
+    // `examples/convab.rs`, weights from 8 copies, load 6: avx2 512 -> 512 at 7x7 1.74
+    // against the direct kernel's 3.1 ms (median of pairs 1.78x), 256 -> 256 at 7x7 1.74x,
+    // 128 -> 32 at 7x7 1.67x; avx512 256 -> 256 at 8x8 1.5-1.8x). F(4x4) at avx512 on 13x13
+    // and 14x14 outputs since its GEMMs are estimated overlapping their reading of `U`
+    // (session 12, weights from 20 copies: 256 -> 256 at 14x14 in 0.54x the direct kernel's
+    // time, 512 -> 512 0.70x, 64 -> 256 at 13x13 0.67x, 128 -> 32 at 14x14 0.76x), but not on
+    // 7x7 with full-width FMAs (there 1.6-1.9x the direct kernel's); with split ones (Zen 4,
+    // session 23) F(2x2) takes 0.67-0.73x the direct kernel's time on 7x7.
+    for (c, hw, k, avx512, split, avx2, sse) in [
+        (64, 56, 64, Winograd, Winograd, Winograd, Winograd),
+        (128, 28, 128, Winograd, Winograd, Winograd, Winograd),
+        (256, 14, 256, Winograd, Winograd, Winograd, Winograd),
+        (512, 14, 512, Winograd, Winograd, Winograd, Winograd),
+        (128, 14, 32, Winograd, Winograd, Winograd, Winograd),
+        (64, 13, 256, Winograd, Winograd, Winograd, Winograd),
+        (16, 56, 16, Winograd, Winograd, Winograd, Winograd),
+        (512, 7, 512, Direct, Winograd2, Winograd2, Winograd),
+        (256, 7, 256, Direct, Winograd2, Winograd2, Winograd),
+        (256, 8, 256, Winograd2, Winograd2, Winograd2, Winograd),
+        (128, 8, 256, Winograd2, Winograd2, Winograd2, Winograd),
+        (128, 7, 32, Direct, Winograd2, Winograd2, Winograd),
+        (8, 56, 8, Direct, Direct, Direct, Direct),
     ] {
         let spec = ConvSpec::square(c, hw, k, 3, 1, 1);
-        for (isa, want) in [
-            (cnnc::Isa::Sse, sse),
-            (cnnc::Isa::Avx2, avx2),
-            (cnnc::Isa::Avx512, avx512),
+        for (isa, zmm, want) in [
+            (cnnc::Isa::Sse, Full, sse),
+            (cnnc::Isa::Avx2, Full, avx2),
+            (cnnc::Isa::Avx512, Full, avx512),
+            (cnnc::Isa::Avx512, Split, split),
         ] {
+            let method = ConvMethod::for_host(&spec, true, isa, zmm);
+            assert_eq!(method, want, "{spec:?} at {isa}, {zmm:?}");
+            assert_eq!(ConvMethod::for_host(&spec, false, isa, zmm), Direct);
+        }
+        // On this host: as on the kind of host it measures itself to be.
+        let here = cnnc::jit::host_zmm_fma();
+        for isa in [cnnc::Isa::Sse, cnnc::Isa::Avx2, cnnc::Isa::Avx512] {
+            let zmm = if isa == cnnc::Isa::Avx512 { here } else { Full };
             assert_eq!(
                 ConvMethod::for_spec(&spec, true, isa),
-                want,
-                "{spec:?} at {isa}"
+                ConvMethod::for_host(&spec, true, isa, zmm),
+                "{spec:?} at {isa} on a {here:?} host"
             );
-            assert_eq!(ConvMethod::for_spec(&spec, false, isa), Direct);
         }
     }
 }

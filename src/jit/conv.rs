@@ -29,6 +29,7 @@ use super::cg::{fits, off, window_out, F32, F32X4, I32, I64, MAX_DIM};
 use super::entry::{slot_layout, Buf, Entry, Slot};
 use super::epilogue::{ChannelBlock, Clip, Epilogue};
 use super::gemm::{self, PixelGemm};
+use super::host_fma::{host_zmm_fma, ZmmFma};
 use super::im2col::Im2colGemm;
 use super::implicit::ImplicitGemm;
 use super::module::{Compiled, Emit, KernelModule, Pending, PendingId};
@@ -773,10 +774,23 @@ impl ConvMethod {
         Plan::with_method(spec, *self, isa).map_or_else(|_| String::new(), |p| p.micro_kernel())
     }
 
-    /// The fastest method for `spec` at `isa` (Winograd only if `winograd` allows it and
-    /// its cost model expects it to beat the direct kernel: see `WinogradPlan::beats_direct`).
+    /// The fastest method for `spec` at `isa` on this host (Winograd only if `winograd`
+    /// allows it and its cost model expects it to beat the direct kernel: see
+    /// `WinogradPlan::beats_direct`; at avx512 that depends on [`host_zmm_fma`]).
     pub fn for_spec(spec: &ConvSpec, winograd: bool, isa: Isa) -> ConvMethod {
-        let winograd_wins = || WinogradPlan::fastest(spec, isa).filter(|w| w.beats_direct(isa));
+        let zmm = match isa {
+            Isa::Avx512 if winograd && WinogradPlan::fastest(spec, isa, ZmmFma::Full).is_some() => {
+                host_zmm_fma()
+            }
+            _ => ZmmFma::Full,
+        };
+        Self::for_host(spec, winograd, isa, zmm)
+    }
+
+    /// [`Self::for_spec`] on a host whose 512-bit multiply-adds are `zmm`.
+    pub fn for_host(spec: &ConvSpec, winograd: bool, isa: Isa, zmm: ZmmFma) -> ConvMethod {
+        let winograd_wins =
+            || WinogradPlan::fastest(spec, isa, zmm).filter(|w| w.beats_direct(isa, zmm));
         if let Some(w) = winograd.then(winograd_wins).flatten() {
             match w.has_small_tiles() {
                 true => ConvMethod::Winograd2,

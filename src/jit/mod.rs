@@ -12,6 +12,7 @@ pub mod fc;
 mod fc_gemm;
 mod gemm;
 mod host_cache;
+pub mod host_fma;
 mod im2col;
 mod implicit;
 pub mod module;
@@ -27,6 +28,7 @@ pub use depthwise::{pack_depthwise_weights, DepthwiseKernel, DepthwiseSpec, Pend
 pub use elementwise::{EltKernel, EltSpec, PendingElt};
 pub use epilogue::Clip;
 pub use fc::{pack_fc_weights, FcKernel, FcSpec, PendingFc};
+pub use host_fma::{host_zmm_fma, ZmmFma};
 pub use module::{CodeCacheCounts, Compiled, KernelListing, KernelModule, MicroId, Pending};
 pub use pool::{PendingPool, PoolKernel, PoolKind, PoolSpec};
 pub use threads::{release_idle_workers, ThreadPool};

@@ -54,6 +54,7 @@ use super::cg::{fits, off, F32, F32X4};
 use super::conv::{ConvBufs, ConvSpec, PROLOGUE_USES};
 use super::epilogue::Epilogue;
 use super::gemm::{PixelGemm, PixelGemmSpec, Ptrs};
+use super::host_fma::ZmmFma;
 use super::implicit::STREAMED_WEIGHTS_BYTES;
 use super::module::{Emit, KernelModule, MicroId, PendingId};
 use super::x86::winograd::{OutputStore, WinogradInput, WinogradOutput, LANES};
@@ -442,12 +443,19 @@ pub(crate) struct WinogradFns {
 const WINOGRAD_MARGIN: f64 = 1.25;
 
 /// Multiply-adds per second of the wide GEMM and of the implicit-GEMM direct kernel at
-/// `isa`, measured on whole layers (one thread), and the lanes of a vector.
-fn rates(isa: Isa) -> (f64, f64, usize) {
-    match isa {
-        Isa::Sse => (17e9, 16e9, 4),
-        Isa::Avx2 => (40e9, 30e9, 8),
-        Isa::Avx512 => (60e9, 65e9, 16),
+/// `isa`, measured on whole layers (one thread), and the lanes of a vector. The avx512
+/// rates were measured on hosts with full-width 512-bit FMA units; where the host splits
+/// them ([`ZmmFma::Split`], Zen 4) the zmm kernels compute at the ymm kernels' FLOP/s, so
+/// the model takes avx2's rates with zmm vectors. Measured there (session 23, `convab`,
+/// weights from 8 copies): F(2x2, 3x3) in 0.67-0.73x the direct kernel's time on every 7x7
+/// layer shape of our networks (32 -> 32, 64 -> 64, 128 -> 32, 256 -> 256, 512 -> 512),
+/// which the full-width rates kept direct.
+fn rates(isa: Isa, zmm: ZmmFma) -> (f64, f64, usize) {
+    match (isa, zmm) {
+        (Isa::Sse, _) => (17e9, 16e9, 4),
+        (Isa::Avx2, _) => (40e9, 30e9, 8),
+        (Isa::Avx512, ZmmFma::Split) => (40e9, 30e9, 16),
+        (Isa::Avx512, ZmmFma::Full) => (60e9, 65e9, 16),
     }
 }
 /// One core's memory bandwidth (bytes per second), for the weights.
@@ -516,8 +524,8 @@ impl WinogradPlan {
     /// the speedup the overlapped estimate gives (512 -> 512 at 14x14, memory contended:
     /// 0.78x), where the summed one gave 0.86-1.11x, never Winograd's margin.
     /// `CNNC_WINOGRAD_OVERLAP=0` adds it again (to measure).
-    pub(crate) fn beats_direct(&self, isa: Isa) -> bool {
-        let (_, direct_rate, _) = rates(isa);
+    pub(crate) fn beats_direct(&self, isa: Isa, zmm: ZmmFma) -> bool {
+        let (_, direct_rate, _) = rates(isa, zmm);
         let s = &self.spec;
         let pairs = (s.in_c * s.out_c) as f64;
         let pixels = (s.out_h() * s.out_w()) as f64;
@@ -540,7 +548,7 @@ impl WinogradPlan {
         // The f32x4 GEMM's reading of `U` does not overlap its multiply-adds (measured).
         let overlapped = isa != Isa::Sse
             && (self.has_small_tiles() || !crate::knobs::off("CNNC_WINOGRAD_OVERLAP"));
-        self.estimate(isa, overlapped) * WINOGRAD_MARGIN < direct
+        self.estimate(isa, zmm, overlapped) * WINOGRAD_MARGIN < direct
     }
 
     /// Seconds the cost model of [`Self::beats_direct`] expects this plan to take at `isa`:
@@ -551,8 +559,8 @@ impl WinogradPlan {
     /// 4-8 copies, avx512, load 5-7): 256 -> 256 at 8x8 0.273 / 0.476 ms, 128 -> 256 at 8x8
     /// 0.139 / 0.252 (avx2 0.397 / 0.700 and 0.179 / 0.348), 512 -> 512 at 7x7 1.65 / 1.53
     /// (the model keeps it direct).
-    fn estimate(&self, isa: Isa, overlapped: bool) -> f64 {
-        let (gemm_rate, _, lanes) = rates(isa);
+    fn estimate(&self, isa: Isa, zmm: ZmmFma, overlapped: bool) -> f64 {
+        let (gemm_rate, _, lanes) = rates(isa, zmm);
         let s = &self.spec;
         let pairs = (s.in_c * s.out_c) as f64;
         let pos = self.algo.pos() as f64;
@@ -577,16 +585,16 @@ impl WinogradPlan {
     /// F(2x2, 3x3) only with the wide kernels (where it was measured), and not with
     /// `CNNC_WINOGRAD_SMALL=0` (to measure). Only the plan picked here is compared with the
     /// direct kernel ([`Self::beats_direct`]).
-    pub(crate) fn fastest(s: &ConvSpec, isa: Isa) -> Option<Self> {
+    pub(crate) fn fastest(s: &ConvSpec, isa: Isa, zmm: ZmmFma) -> Option<Self> {
         let small = isa != Isa::Sse && !crate::knobs::off("CNNC_WINOGRAD_SMALL");
         let plans = [
             Self::for_spec(s, isa),
             Self::small_tiles(s, isa).filter(|_| small),
         ];
-        plans
-            .into_iter()
-            .flatten()
-            .min_by(|a, b| a.estimate(isa, true).total_cmp(&b.estimate(isa, true)))
+        plans.into_iter().flatten().min_by(|a, b| {
+            let estimate = |p: &Self| p.estimate(isa, zmm, true);
+            estimate(a).total_cmp(&estimate(b))
+        })
     }
 
     /// Whether this plan is F(2x2, 3x3) ([`Self::small_tiles`]).

@@ -42,27 +42,47 @@ pub fn flops(width: Width, iters: u64) -> f64 {
 /// Measures the peak on the calling thread: GFLOP/s, best of `rounds` timed calls of the
 /// loop with `iters` iterations each. `Err` if the host cannot run `width`.
 pub fn measure(width: Width, iters: u64, rounds: usize) -> Result<f64> {
-    let isa = match width {
-        Width::X128 => Isa::Sse,
-        Width::Y256 => Isa::Avx2,
-        Width::Z512 => Isa::Avx512,
-    };
-    isa.check_host()?;
+    Ok(measure_each(&[width], iters, rounds)?[0])
+}
+
+/// [`measure`] for several widths in one module, their rounds interleaved (so that a noisy
+/// neighbour or a frequency change weighs on every width alike): GFLOP/s per width, in
+/// order.
+pub fn measure_each(widths: &[Width], iters: u64, rounds: usize) -> Result<Vec<f64>> {
     let mut km = KernelModule::new()?;
-    let id = km.add_micro(1, &fma_loop(width)?, "fma peak loop")?;
-    let code = km.finalize()?;
-    let ptr = code.micro_ptr(id)?;
-    // SAFETY: the loop reads and writes only vector registers and `rdi` (its argument),
-    // runs `iters` iterations (at least one) and returns; `check_host` made sure the CPU
-    // has its instructions. `code` keeps the memory alive for the calls.
-    #[allow(unsafe_code)]
-    let f: extern "C" fn(u64) = unsafe { std::mem::transmute(ptr) };
-    let iters = iters.max(1);
-    let mut best = f64::MAX;
-    for _ in 0..rounds.max(1) {
-        let t = Instant::now();
-        f(iters);
-        best = best.min(t.elapsed().as_secs_f64());
+    let mut ids = Vec::with_capacity(widths.len());
+    for &width in widths {
+        let isa = match width {
+            Width::X128 => Isa::Sse,
+            Width::Y256 => Isa::Avx2,
+            Width::Z512 => Isa::Avx512,
+        };
+        isa.check_host()?;
+        ids.push(km.add_micro(1, &fma_loop(width)?, "fma peak loop")?);
     }
-    Ok(flops(width, iters) / best / 1e9)
+    let code = km.finalize()?;
+    let mut loops = Vec::with_capacity(ids.len());
+    for id in ids {
+        let ptr = code.micro_ptr(id)?;
+        // SAFETY: the loop reads and writes only vector registers and `rdi` (its argument),
+        // runs `iters` iterations (at least one) and returns; `check_host` made sure the CPU
+        // has its instructions. `code` keeps the memory alive for the calls.
+        #[allow(unsafe_code)]
+        let f: extern "C" fn(u64) = unsafe { std::mem::transmute(ptr) };
+        loops.push(f);
+    }
+    let iters = iters.max(1);
+    let mut best = vec![f64::MAX; loops.len()];
+    for _ in 0..rounds.max(1) {
+        for (f, best) in loops.iter().zip(&mut best) {
+            let t = Instant::now();
+            f(iters);
+            *best = best.min(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(widths
+        .iter()
+        .zip(best)
+        .map(|(&w, secs)| flops(w, iters) / secs / 1e9)
+        .collect())
 }
