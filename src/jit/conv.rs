@@ -778,10 +778,9 @@ impl ConvMethod {
     /// allows it and its cost model expects it to beat the direct kernel: see
     /// `WinogradPlan::beats_direct`; at avx512 that depends on [`host_zmm_fma`]).
     pub fn for_spec(spec: &ConvSpec, winograd: bool, isa: Isa) -> ConvMethod {
+        // Measured (once per process) only where it can matter.
         let zmm = match isa {
-            Isa::Avx512 if winograd && WinogradPlan::fastest(spec, isa, ZmmFma::Full).is_some() => {
-                host_zmm_fma()
-            }
+            Isa::Avx512 if winograd && WinogradPlan::has_shape(spec) => host_zmm_fma(),
             _ => ZmmFma::Full,
         };
         Self::for_host(spec, winograd, isa, zmm)

@@ -477,8 +477,13 @@ impl WinogradPlan {
         Self::with_algo(s, isa, &F2)
     }
 
+    /// Whether `s` has the filter Winograd computes: 3x3, stride 1.
+    pub(crate) fn has_shape(s: &ConvSpec) -> bool {
+        s.kernel_h == 3 && s.kernel_w == 3 && s.stride_h == 1 && s.stride_w == 1
+    }
+
     fn with_algo(s: &ConvSpec, isa: Isa, algo: &'static Algo) -> Option<Self> {
-        let shape = s.kernel_h == 3 && s.kernel_w == 3 && s.stride_h == 1 && s.stride_w == 1;
+        let shape = Self::has_shape(s);
         let big = s.in_c >= MIN_CHANNELS && s.out_c >= MIN_CHANNELS;
         if !(shape && big && s.out_h() >= algo.tile && s.out_w() >= algo.tile) {
             return None;
